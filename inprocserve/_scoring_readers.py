@@ -431,8 +431,9 @@ def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator
         header = _is_header(first)
         named = _header_columns(first) if header else None  # checked against the first data line's columns
         # (else every line holds as many fields as the first; a blank first line says nothing of them)
-        width = _header_columns(first)
-        limit = known or (_line_limit(width, _NUMBER_CHARS) if width else _HEADER_LIMIT)
+        fields = _header_columns(first)
+        limit = known or (_line_limit(fields, _NUMBER_CHARS) if fields else _HEADER_LIMIT)
+        block_columns = None  # the first block's: numpy checks a block's lines against each other, not blocks
         # (read by the file's readline, with no step in Python per line: a _Lines here cost a third more time)
         rest = iter(functools.partial(file.readline, limit + 1), "")
         lines = rest if header else itertools.chain([first], rest)
@@ -471,6 +472,15 @@ def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator
                         "or added on one side); fix the header or the rows"
                     )
                 named = None
+            if block_columns is not None and matrix.shape[1] != block_columns:
+                # (a model whose feature axis is open took each block at its own width: a file of two exports
+                # joined, the second with a column more, was scored with exit 0)
+                raise InvalidInputError(
+                    f"input {path}, line {numbers[0]}: {matrix.shape[1]} columns where the lines before have "
+                    f"{block_columns} (every line must hold the same number of columns, each a number, for input "
+                    f"{name!r})"
+                )
+            block_columns = matrix.shape[1]
             yield _shape_for(matrix, rank)
 
 

@@ -520,3 +520,16 @@ def test_an_output_named_like_an_argument_of_savez_is_written_to_the_npz(tmp_pat
         assert sorted(answers.files) == sorted([name, "y"])
         np.testing.assert_array_equal(answers[name], x)
         np.testing.assert_array_equal(answers["y"], -x)
+
+
+def test_a_csv_whose_lines_change_width_between_blocks_is_refused_for_an_open_feature_axis(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # read a block at a time, each block was checked only against itself: two exports joined, the second with a
+    # column more, were scored each at its own width (a model answering a sum per row exited 0; this one broke
+    # the CSV writer with a traceback). A change at line 4097 falls between blocks of any power of two rows.
+    model = _identity_model(tmp_path, TensorProto.FLOAT, ["batch", "features"])
+    (tmp_path / "x.csv").write_text("1,2\n" * 4096 + "1,2,3\n" * 4096)
+    assert _score(model, tmp_path / "x.csv", tmp_path / "y.csv") == 1
+    assert "x.csv, line 4097: 3 columns where the lines before have 2" in capsys.readouterr().err
+    assert not (tmp_path / "y.csv").exists()
