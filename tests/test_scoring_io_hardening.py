@@ -17,6 +17,8 @@ from onnx import TensorProto, helper
 from inprocserve.__main__ import main
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 
+from .test_scoring_fixed_rows import build_fixed_rows_model
+
 
 @pytest.fixture
 def scale_file(tmp_path: Path) -> Path:
@@ -533,3 +535,18 @@ def test_a_csv_whose_lines_change_width_between_blocks_is_refused_for_an_open_fe
     assert _score(model, tmp_path / "x.csv", tmp_path / "y.csv") == 1
     assert "x.csv, line 4097: 3 columns where the lines before have 2" in capsys.readouterr().err
     assert not (tmp_path / "y.csv").exists()
+
+
+def test_a_csv_whose_lines_end_in_a_carriage_return_alone_has_all_its_rows_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Excel for Mac's "CSV (Macintosh)": the rows, read right, were counted as one line, and a model taking 4
+    # rows per run refused the file ("1 rows are not a multiple of 4"); the progress bar showed 8/1
+    model = _save(build_fixed_rows_model(4), tmp_path, "four")
+    x = np.arange(32, dtype=np.float32).reshape(8, 4)
+    (tmp_path / "x.csv").write_text("".join(",".join(f"{v:g}" for v in row) + "\r" for row in x), newline="")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(["score", str(model), str(tmp_path / "x.csv"), str(tmp_path / "y.npz")]) == 0
+    assert "100.0% 8/8 rows" in capsys.readouterr().err
+    with np.load(tmp_path / "y.npz") as answers:
+        np.testing.assert_array_equal(answers["y"], x * x)
