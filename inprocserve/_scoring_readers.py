@@ -102,7 +102,7 @@ def read_inputs(
     except InvalidInputError:
         raise  # already says what is wrong with the file
     except (OSError, ValueError, *_DAMAGED_ARCHIVE) as exc:
-        raise InvalidInputError(f"input {path} cannot be read: {exc or type(exc).__name__}") from exc
+        raise InvalidInputError(f"input {path} cannot be read: {_numpy_reason(exc)}") from exc
     if suffix == ".csv":
         try:
             plan = _csv_plan(path, signature)  # (before the first row: a header that does not fit names it)
@@ -117,6 +117,18 @@ def read_inputs(
 # version or compression it does not know (NotImplementedError), a member cut short (EOFError), a corrupt
 # deflate stream (zlib.error). The score command let them out as a traceback instead of its one error line.
 _DAMAGED_ARCHIVE = (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error)
+
+
+def _numpy_reason(error: BaseException) -> str:
+    """numpy's words for a file it refuses, less its advice to load a header over its size limit with
+    ``allow_pickle=True`` ("fully trust the .npy file"): the command never unpickles, and np.save writes a
+    header of a few hundred bytes, so such a header is damaged or hostile."""
+    if isinstance(error, ValueError) and "max_header_size" in str(error):
+        return (
+            "its .npy header is larger than numpy reads safely (np.save writes a few hundred bytes): the file is "
+            "damaged, or was not written by np.save; write it again with np.save or np.savez"
+        )
+    return str(error) or type(error).__name__
 
 
 def _check_npz_members(path: Path) -> None:
@@ -144,7 +156,7 @@ def _check_npz_members(path: Path) -> None:
                         shape, _, dtype = np.lib.format.read_array_header_2_0(file)
                     header_bytes = file.tell()
             except (ValueError, OSError, *_DAMAGED_ARCHIVE) as exc:
-                reason = str(exc) or f"{type(exc).__name__} (damaged or cut short)"
+                reason = _numpy_reason(exc) if str(exc) else f"{type(exc).__name__} (damaged or cut short)"
                 raise InvalidInputError(
                     f"input {path}: member {member.filename!r} is not a .npy array: {reason}"
                 ) from exc

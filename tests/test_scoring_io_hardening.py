@@ -550,3 +550,22 @@ def test_a_csv_whose_lines_end_in_a_carriage_return_alone_has_all_its_rows_count
     assert "100.0% 8/8 rows" in capsys.readouterr().err
     with np.load(tmp_path / "y.npz") as answers:
         np.testing.assert_array_equal(answers["y"], x * x)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_npy_header_over_numpys_size_limit_is_refused_without_advice_to_unpickle(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    # numpy's refusal went out as it is: "fully trust the .npy file using allow_pickle=True", advice to load a
+    # hostile file unsafely, which the command cannot even do
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }" + " " * 100_000 + "\n"
+    data = b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header.encode() + bytes(48)
+    if suffix == ".npy":
+        (tmp_path / "x.npy").write_bytes(data)
+    else:
+        with zipfile.ZipFile(tmp_path / "x.npz", "w") as archive:
+            archive.writestr("x.npy", data)
+    assert _score(scale_file, tmp_path / f"x{suffix}", tmp_path / "y.npy") == 1
+    err = capsys.readouterr().err
+    assert "header is larger than numpy reads safely" in err and "allow_pickle" not in err
+    assert not (tmp_path / "y.npy").exists()
