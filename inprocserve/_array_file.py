@@ -45,6 +45,13 @@ def not_numpy_file(head: bytes) -> str | None:
     return f"not a .npy or .npz file ({what}); write the arrays with np.save or np.savez"
 
 
+# numpy refuses such a header "unless you fully trust the .npy file using allow_pickle=True": advice to load a
+# damaged or hostile file unsafely, which this library never does
+_HUGE_HEADER = (
+    "its .npy header is larger than numpy reads safely (np.save writes a few hundred bytes): the file is damaged, "
+    "or was not written by np.save; write the arrays with np.save or np.savez"
+)
+
 _OBJECTS = (
     "{what} holds Python objects (an object array), never unpickled; save it as text or numbers "
     "(array.astype(str), array.astype(np.float32))"
@@ -71,7 +78,7 @@ def load_arrays(path: Path, *, pickled: list[str] | None = None) -> np.ndarray |
             try:
                 loaded = np.load(handle, allow_pickle=False)  # never unpickle
             except ValueError as exc:  # (a .npy is read here: its object array is refused at once)
-                if "allow_pickle" not in str(exc):
+                if not _pickled(exc):
                     raise
                 if pickled is None:
                     raise UnreadableArrayFileError(_OBJECTS.format(what="the array")) from None
@@ -85,7 +92,7 @@ def load_arrays(path: Path, *, pickled: list[str] | None = None) -> np.ndarray |
                     try:
                         arrays[key] = loaded[key]
                     except ValueError as exc:
-                        if "allow_pickle" not in str(exc):  # numpy's refusal of an object array's pickle
+                        if not _pickled(exc):  # numpy's refusal of an object array's pickle
                             raise
                         if pickled is None:
                             raise UnreadableArrayFileError(_OBJECTS.format(what=f"array {key!r}")) from None
@@ -94,4 +101,12 @@ def load_arrays(path: Path, *, pickled: list[str] | None = None) -> np.ndarray |
     except UnreadableArrayFileError:
         raise
     except Exception as exc:  # (numpy's parsing of a damaged file raises many kinds: TokenError, zlib.error...)
+        if isinstance(exc, ValueError) and "max_header_size" in str(exc):  # (numpy advises allow_pickle=True)
+            raise UnreadableArrayFileError(_HUGE_HEADER) from exc
         raise UnreadableArrayFileError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _pickled(error: ValueError) -> bool:
+    """Whether numpy refused an object array's pickle; its refusal of a header over its size limit also names
+    ``allow_pickle`` (and was reported as an object array)."""
+    return "allow_pickle" in str(error) and "max_header_size" not in str(error)

@@ -140,3 +140,17 @@ def test_a_npy_warmup_of_an_object_array_fails_the_load_saying_how_to_save_it(
     error = make_server(repository).status()["models"]["scale"]["versions"]["1"]["error"]
     assert "the array holds Python objects (an object array), never unpickled" in error
     assert "allow_pickle" not in error
+
+
+def test_a_npy_warmup_with_a_header_over_numpys_limit_fails_the_load_without_advice_to_unpickle(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # numpy's refusal names allow_pickle ("fully trust the .npy file"), and it was reported as an object array
+    save_model(build_scale_model(), repository, "scale", 1)
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 4), }" + " " * 100_000 + "\n"
+    data = b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header.encode() + bytes(32)
+    (repository / "scale" / "warmup.npy").write_bytes(data)
+    (repository / "scale" / "config.toml").write_text('[warmup]\ninputs_file = "warmup.npy"\n')
+    error = make_server(repository).status()["models"]["scale"]["versions"]["1"]["error"]
+    assert "header is larger than numpy reads safely" in error
+    assert "allow_pickle" not in error
