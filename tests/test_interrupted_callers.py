@@ -465,36 +465,28 @@ def test_given_up_requests_behind_a_queued_one_do_not_pile_up_while_the_runner_i
     assert head.result(timeout=20)["picked"].shape == (1, 2)  # the queued request is answered as ever
 
 
-def test_a_caller_interrupted_just_after_queueing_frees_the_identical_requests_that_follow_it(
-    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+@pytest.mark.parametrize(
+    ("cache", "where"),
+    [(CacheConfig(share_in_flight=True), "queued"), (CacheConfig(enabled=True), "handed to the full way")],
+)
+def test_a_caller_interrupted_while_it_leads_frees_the_identical_requests_that_follow_it(
+    cache: CacheConfig,
+    where: str,
+    busy_repository: Path,
+    make_server: ServerFactory,
+    hold_session: SessionHolder,
 ) -> None:
-    """Interrupted as the router notes its queued request (the last step before the caller waits): the
-    request is given up like an interrupted wait, and an identical request that came to follow it runs (it
-    followed a lead nobody would ever release, and hung)."""
-    config = ModelConfig(cache=CacheConfig(share_in_flight=True))
-    server = make_server(busy_repository, models={"busy": config})
-    batcher = batcher_of(server)
-    blocker = hold_session(server, rows=60, at_most_s=30.0)
-    with pytest.raises(Interrupted), interrupted_at(Router.served.__code__):
-        server.predict("busy", busy_inputs(1, seed=1))
-    identical = server.submit("busy", busy_inputs(1, seed=1))
-    blocker.release()
-    assert identical.result(timeout=20)["picked"].shape == (1, 2)
-    assert server.predict("busy", busy_inputs(1, seed=1), timeout_s=10)["picked"].shape == (1, 2)
-    wait_until(lambda: len(server._sharing) == 0 and batcher.in_flight == 0 and batcher.queued_rows == 0)
-
-
-def test_a_caller_interrupted_as_its_cache_miss_goes_the_full_way_frees_the_identical_requests_that_follow_it(
-    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
-) -> None:
-    """A cache miss that finds the session busy leads identical requests already, and hands its lead to the
-    full way: interrupted in between (as ``_dispatch`` begins), the lead was never ended, and every identical
-    request after it followed it, and waited for good."""
-    server = make_server(busy_repository, models={"busy": ModelConfig(cache=CacheConfig(enabled=True))})
+    """Identical requests follow a request in flight. Interrupted as the router notes its queued request (the
+    last step before the caller waits), the request is given up like an interrupted wait; a cache miss that
+    finds the session busy hands its lead to the full way, and interrupted in between (as ``_dispatch``
+    begins), its lead is ended. Either way an identical request that came to follow it runs (it followed a
+    lead nobody would ever release, and hung)."""
+    server = make_server(busy_repository, models={"busy": ModelConfig(cache=cache)})
     batcher = batcher_of(server)
     server.predict("busy", busy_inputs(1, seed=2))  # (the first request adopts the runners: the full way)
     blocker = hold_session(server, rows=60, at_most_s=30.0)
-    with pytest.raises(Interrupted), interrupted_at(inprocserve.Server._dispatch.__code__):
+    code = Router.served.__code__ if where == "queued" else inprocserve.Server._dispatch.__code__
+    with pytest.raises(Interrupted), interrupted_at(code):
         server.predict("busy", busy_inputs(1, seed=1))
     identical = server.submit("busy", busy_inputs(1, seed=1))
     blocker.release()
