@@ -15,7 +15,7 @@ import numpy as np
 
 from ._regular_file import open_regular_file
 
-__all__ = ["UnreadableArrayFileError", "load_arrays", "not_numpy_file"]
+__all__ = ["UnreadableArrayFileError", "huge_header", "load_arrays", "not_numpy_file"]
 
 
 class UnreadableArrayFileError(Exception):
@@ -45,12 +45,17 @@ def not_numpy_file(head: bytes) -> str | None:
     return f"not a .npy or .npz file ({what}); write the arrays with np.save or np.savez"
 
 
-# numpy refuses such a header "unless you fully trust the .npy file using allow_pickle=True": advice to load a
-# damaged or hostile file unsafely, which this library never does
-_HUGE_HEADER = (
-    "its .npy header is larger than numpy reads safely (np.save writes a few hundred bytes): the file is damaged, "
-    "or was not written by np.save; write the arrays with np.save or np.savez"
-)
+def huge_header(error: BaseException) -> str | None:
+    """What to say of numpy's refusal of a .npy header over its size limit (``None`` for another error): numpy
+    refuses it "unless you fully trust the .npy file using allow_pickle=True", advice to load a damaged or
+    hostile file unsafely, which this library never does."""
+    if not (isinstance(error, ValueError) and "max_header_size" in str(error)):
+        return None
+    return (
+        "its .npy header is larger than numpy reads safely (np.save writes a few hundred bytes): the file is "
+        "damaged, or was not written by np.save; write the arrays with np.save or np.savez"
+    )
+
 
 _OBJECTS = (
     "{what} holds Python objects (an object array), never unpickled; save it as text or numbers "
@@ -101,12 +106,13 @@ def load_arrays(path: Path, *, pickled: list[str] | None = None) -> np.ndarray |
     except UnreadableArrayFileError:
         raise
     except Exception as exc:  # (numpy's parsing of a damaged file raises many kinds: TokenError, zlib.error...)
-        if isinstance(exc, ValueError) and "max_header_size" in str(exc):  # (numpy advises allow_pickle=True)
-            raise UnreadableArrayFileError(_HUGE_HEADER) from exc
+        reason = huge_header(exc)
+        if reason is not None:
+            raise UnreadableArrayFileError(reason) from exc
         raise UnreadableArrayFileError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _pickled(error: ValueError) -> bool:
     """Whether numpy refused an object array's pickle; its refusal of a header over its size limit also names
     ``allow_pickle`` (and was reported as an object array)."""
-    return "allow_pickle" in str(error) and "max_header_size" not in str(error)
+    return "allow_pickle" in str(error) and huge_header(error) is None

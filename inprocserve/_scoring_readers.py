@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ._array_file import not_numpy_file
+from ._array_file import huge_header, not_numpy_file
 from ._errors import InvalidInputError
 from ._scoring_columns import (
     ColumnPlan,
@@ -121,14 +121,8 @@ _DAMAGED_ARCHIVE = (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.erro
 
 def _numpy_reason(error: BaseException) -> str:
     """numpy's words for a file it refuses, less its advice to load a header over its size limit with
-    ``allow_pickle=True`` ("fully trust the .npy file"): the command never unpickles, and np.save writes a
-    header of a few hundred bytes, so such a header is damaged or hostile."""
-    if isinstance(error, ValueError) and "max_header_size" in str(error):
-        return (
-            "its .npy header is larger than numpy reads safely (np.save writes a few hundred bytes): the file is "
-            "damaged, or was not written by np.save; write it again with np.save or np.savez"
-        )
-    return str(error) or type(error).__name__
+    ``allow_pickle=True`` (see :func:`huge_header`)."""
+    return huge_header(error) or str(error) or type(error).__name__
 
 
 def _check_npz_members(path: Path) -> None:
