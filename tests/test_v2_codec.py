@@ -521,6 +521,43 @@ def test_an_oversized_body_is_refused_before_it_is_read(served: inprocserve.Serv
     assert status == 400 and "5000" not in document["error"] and "over the 100 allowed" in document["error"]
 
 
+def test_json_over_its_own_cap_is_refused_before_it_is_parsed_and_binary_tensors_are_not_held_to_it() -> None:
+    limits = v2.Limits(max_json_bytes=200)
+    unparsable = b"{" + b" " * 300  # (malformed JSON: a parse would have said so, not the cap)
+    with pytest.raises(
+        inprocserve.InvalidInputError, match=r"JSON is 301 bytes or more, over the 200 allowed \(Limits"
+    ):
+        v2.decode_infer_request(unparsable, {}, limits=limits)
+    data = np.arange(400, dtype=np.float32).reshape(100, 4)
+    body, headers = binary_body(data.tobytes(), data.nbytes, shape=data.shape)
+    assert len(body) > 1600
+    assert np.array_equal(v2.decode_infer_request(body, headers, limits=limits).inputs["x"], data)
+    with pytest.raises(inprocserve.InvalidInputError, match="binary data"):
+        v2.decode_infer_request(request_json(x_input(data.ravel().tolist(), shape=data.shape)), {}, limits=limits)
+    with pytest.raises(inprocserve.ConfigurationError, match="max_json_bytes must be an int >= 1"):
+        v2.Limits(max_json_bytes=0)
+
+
+def test_a_json_body_over_the_json_cap_is_refused_before_it_is_read(served: inprocserve.Server) -> None:
+    endpoints = v2.Endpoints(lambda: served, limits=v2.Limits(max_json_bytes=200))
+
+    def never(size: int) -> bytes:
+        raise AssertionError("the body was read")
+
+    response = endpoints.handle("POST", "/v2/models/scale/infer", {"content-length": "201"}, never)
+    assert response.status == 400 and b"over the 200 allowed (Limits.max_json_bytes)" in response.body
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", b" " * 5000)  # no Content-Length
+    assert status == 400 and "over the 200 allowed (Limits.max_json_bytes)" in document["error"]
+    bomb = gzip.compress(b" " * 10_000)
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", bomb, {"Content-Encoding": "gzip"})
+    assert status == 400 and "over the 200 allowed (Limits.max_json_bytes)" in document["error"]
+    x = np.ones((32, 4), np.float32)
+    body, headers = v2.encode_infer_request({"x": x}, binary=True)
+    assert len(body) > 200 and int(headers[v2.HEADER_LENGTH]) <= 200
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", body, headers)
+    assert status == 200, document
+
+
 def test_deadlines_come_from_the_app_and_the_timeout_parameter(served: inprocserve.Server) -> None:
     endpoints = v2.Endpoints(lambda: served)
     body, headers = v2.encode_infer_request({"x": np.ones((1, 4), np.float32)})

@@ -28,7 +28,16 @@ from .._log_limit import LogLimit, since
 from .._server import Server
 from .._signature import Signature, convertible
 from ..web import ERROR_STATUS, NO_SERVER, _control_unknown, body_cut_short, retry_after, server_or_none
-from ._codec import Limits, RequestedOutput, TensorHeader, _header, decode_infer_request, encode_infer_response
+from ._codec import (
+    HEADER_LENGTH,
+    Limits,
+    RequestedOutput,
+    TensorHeader,
+    _header,
+    decode_infer_request,
+    encode_infer_response,
+    json_too_large,
+)
 from ._datatypes import DATATYPES, datatype_of_onnx
 
 __all__ = ["Endpoints", "Response", "model_metadata", "server_metadata", "server_readiness"]
@@ -362,6 +371,10 @@ class Endpoints:
 
     def _read_body(self, headers: Mapping[str, str], read: Callable[[int], bytes]) -> bytes:
         limit = self._limits.max_body_bytes
+        too_large = _too_large
+        if _header(headers, HEADER_LENGTH) is None and self._limits.max_json_bytes < limit:
+            limit = self._limits.max_json_bytes  # (all JSON: refused before it is read, not once parsed)
+            too_large = json_too_large
         declared = _header(headers, "Content-Length")
         if declared is not None and not declared.strip():  # (a WSGI server's empty CONTENT_LENGTH: no header)
             declared = None
@@ -371,7 +384,7 @@ class Endpoints:
                 f"Content-Length {declared[:40]!r} is not a number of bytes; send the body's length"
             )
         if declared_bytes is not None and declared_bytes > limit:
-            raise _too_large(declared_bytes, limit)
+            raise too_large(declared_bytes, limit)
         chunks: list[bytes] = []
         total = 0
         while True:  # bounded: each pass reads at least one byte, and stops past the limit
@@ -381,7 +394,7 @@ class Endpoints:
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise _too_large(total, limit)
+                raise too_large(total, limit)
         cut_short = body_cut_short(total, declared_bytes)  # (else a binary section that does not add up, say)
         if cut_short is not None:
             raise cut_short
@@ -399,7 +412,7 @@ class Endpoints:
         except zlib.error as exc:
             raise InvalidInputError(f"the {encoding} request body cannot be decompressed: {exc}") from None
         if len(inflated) > limit or inflater.unconsumed_tail:
-            raise _too_large(len(inflated), limit)
+            raise too_large(len(inflated), limit)
         if not inflater.eof:
             raise InvalidInputError(f"the {encoding} request body is truncated")
         if inflater.unused_data:  # another gzip member, or anything else: never silently dropped
