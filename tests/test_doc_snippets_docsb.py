@@ -234,7 +234,7 @@ def test_errors_mds_http_column_is_the_plug_ins_status() -> None:
 
 
 def test_protocol_mds_limits_table_is_v2_limits_defaults() -> None:
-    sizes = {"64 MiB": 64 * 2**20, "16 Mi": 16 * 2**20, "1 Mi": 2**20}
+    sizes = {"64 MiB": 64 * 2**20, "16 MiB": 16 * 2**20, "16 Mi": 16 * 2**20, "1 Mi": 2**20}
     limits = v2.Limits()
     rows = table("docs/protocol.md", "| Limit | Default | Caps |")
     assert {row[0].strip("`") for row in rows} == set(limits.__dataclass_fields__)
