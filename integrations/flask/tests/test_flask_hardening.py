@@ -227,3 +227,24 @@ def test_a_flag_provider_or_context_of_the_wrong_kind_fails_at_init_app(
     # Server(flags=...) raises, in the same words.
     with pytest.raises(inprocserve.ConfigurationTypeError, match=message):
         make_app(repository, **{key: value})
+
+
+# -- settings that turn each other off, and init_app's retry ----------------------------------------------------------
+
+
+def test_init_app_refused_for_a_setting_can_be_called_again_once_it_is_fixed(repository: Path) -> None:
+    # The status page with no token is found while the endpoints are built: init_app had registered the
+    # extension by then, so the second init_app, after the fix, raised "already registered on this app".
+    app = Flask(__name__)
+    app.config.update(INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_STATUS_PAGE=True)
+    extension = Inprocserve()
+    with pytest.raises(inprocserve.ConfigurationError, match="no token is set"):
+        extension.init_app(app)
+    app.config["INPROCSERVE_STATUS_PAGE_TOKEN"] = "a-long-status-token"
+    extension.init_app(app)
+    try:
+        client = app.test_client()
+        page = client.get("/-/inprocserve/status", headers={"Authorization": "Bearer a-long-status-token"})
+        assert page.status_code == 200
+    finally:
+        Inprocserve.close(app)

@@ -163,6 +163,29 @@ class Inprocserve:
                     f"{key} {problem}; use a long random string such as secrets.token_urlsafe(32)"
                 )
         _check_settings(app.config)
+        if not app.config["INPROCSERVE_ENDPOINTS"] and app.config["INPROCSERVE_STATUS_PAGE"]:
+            raise inprocserve.ConfigurationError("INPROCSERVE_STATUS_PAGE needs INPROCSERVE_ENDPOINTS = True")
+        # Everything that can still refuse a setting runs before the app is touched: a refusal found after
+        # the extension was registered (the status page with no token, the start-up check of EAGER) left it
+        # half-registered, and init_app, called again once the setting was fixed, raised "already registered".
+        endpoints = _blueprint(app.config) if app.config["INPROCSERVE_ENDPOINTS"] else None
+        protocol = None
+        if app.config["INPROCSERVE_V2_PROTOCOL"]:
+            from .v2 import blueprint as v2_blueprint
+
+            protocol = v2_blueprint(app.config)
+        if app.config["INPROCSERVE_EAGER"] and app.config["INPROCSERVE_REPOSITORY"] is not None:
+            # Check now, so a broken repository fails the start-up (not that of a gunicorn worker replacing
+            # an earlier one: see check_at_start); build in each worker after the fork, never here: this may
+            # be a pre-forking master, which must not import onnxruntime (its forked workers would hang or
+            # abort at exit).
+            problems = check_at_start(
+                app.config["INPROCSERVE_REPOSITORY"],
+                config=app.config["INPROCSERVE_MODEL_CONFIG"],
+                models=app.config["INPROCSERVE_MODELS"],
+                follow_symlinks=app.config["INPROCSERVE_FOLLOW_SYMLINKS"],  # (linked releases: checked too)
+            )
+            _log_problems(problems)
         state = _State(app)
         app.extensions[_EXTENSION] = state
         app.before_request(_note_start)  # the deadline header's budget counts from here
@@ -171,27 +194,11 @@ class Inprocserve:
             handler = _error_handler({**ERROR_STATUS, **overrides}, app.config["INPROCSERVE_RETRY_AFTER_S"])
             for error_type in {**ERROR_STATUS, **overrides}:
                 app.register_error_handler(error_type, handler)
-        if app.config["INPROCSERVE_ENDPOINTS"]:
-            app.register_blueprint(_blueprint(app.config), url_prefix=app.config["INPROCSERVE_URL_PREFIX"])
-        elif app.config["INPROCSERVE_STATUS_PAGE"]:
-            raise inprocserve.ConfigurationError("INPROCSERVE_STATUS_PAGE needs INPROCSERVE_ENDPOINTS = True")
-        if app.config["INPROCSERVE_V2_PROTOCOL"]:
-            from .v2 import blueprint as v2_blueprint
-
-            app.register_blueprint(v2_blueprint(app.config))
+        if endpoints is not None:
+            app.register_blueprint(endpoints, url_prefix=app.config["INPROCSERVE_URL_PREFIX"])
+        if protocol is not None:
+            app.register_blueprint(protocol)
         if app.config["INPROCSERVE_EAGER"]:
-            # Check now, so a broken repository fails the start-up (not that of a gunicorn worker replacing
-            # an earlier one: see check_at_start); build in each worker after the fork, never here: this may
-            # be a pre-forking master, which must not import onnxruntime (its forked workers would hang or
-            # abort at exit).
-            if state.config["INPROCSERVE_REPOSITORY"] is not None:
-                problems = check_at_start(
-                    state.config["INPROCSERVE_REPOSITORY"],
-                    config=state.config["INPROCSERVE_MODEL_CONFIG"],
-                    models=state.config["INPROCSERVE_MODELS"],
-                    follow_symlinks=state.config["INPROCSERVE_FOLLOW_SYMLINKS"],  # (linked releases: checked too)
-                )
-                _log_problems(problems)
             inprocserve.build_after_fork(state.warm)
 
     @staticmethod
