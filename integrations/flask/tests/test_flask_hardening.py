@@ -232,6 +232,19 @@ def test_a_flag_provider_or_context_of_the_wrong_kind_fails_at_init_app(
 # -- settings that turn each other off, and init_app's retry ----------------------------------------------------------
 
 
+@pytest.mark.parametrize("token_key", ["INPROCSERVE_ADMIN_TOKEN", "INPROCSERVE_STATUS_PAGE_TOKEN"])
+def test_a_token_with_the_endpoints_off_fails_at_init_app(repository: Path, token_key: str) -> None:
+    # With INPROCSERVE_ENDPOINTS = False no endpoint reads the token: the admin endpoints were a 404, the
+    # token ignored without a word, and whoever set it took them for protected (or on).
+    app = Flask(__name__)
+    app.config.update(
+        {"INPROCSERVE_REPOSITORY": str(repository), "INPROCSERVE_ENDPOINTS": False, token_key: "a-long-secret"}
+    )
+    with pytest.raises(inprocserve.ConfigurationError, match=f"{token_key} is set but INPROCSERVE_ENDPOINTS"):
+        Inprocserve(app)
+    assert "inprocserve" not in app.extensions
+
+
 def test_init_app_refused_for_a_setting_can_be_called_again_once_it_is_fixed(repository: Path) -> None:
     # The status page with no token is found while the endpoints are built: init_app had registered the
     # extension by then, so the second init_app, after the fix, raised "already registered on this app".

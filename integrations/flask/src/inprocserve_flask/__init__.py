@@ -163,8 +163,7 @@ class Inprocserve:
                     f"{key} {problem}; use a long random string such as secrets.token_urlsafe(32)"
                 )
         _check_settings(app.config)
-        if not app.config["INPROCSERVE_ENDPOINTS"] and app.config["INPROCSERVE_STATUS_PAGE"]:
-            raise inprocserve.ConfigurationError("INPROCSERVE_STATUS_PAGE needs INPROCSERVE_ENDPOINTS = True")
+        _check_endpoint_settings(app.config)
         # Everything that can still refuse a setting runs before the app is touched: a refusal found after
         # the extension was registered (the status page with no token, the start-up check of EAGER) left it
         # half-registered, and init_app, called again once the setting was fixed, raised "already registered".
@@ -312,6 +311,26 @@ def _check_settings(config: Mapping[str, Any]) -> None:
     )
     if problem is not None:  # (of the wrong kind: the type Server(config=..., models=...) raises)
         raise inprocserve.ConfigurationTypeError(problem)
+
+
+def _check_endpoint_settings(config: Mapping[str, Any]) -> None:
+    """Refuse settings that only the endpoints read when ``INPROCSERVE_ENDPOINTS`` is off: a token set there
+    was ignored without a word (the admin endpoints a 404), and whoever set it took them for on, and protected.
+
+    Raises:
+        inprocserve.ConfigurationError: naming both settings.
+    """
+    if config["INPROCSERVE_ENDPOINTS"]:
+        return
+    if config["INPROCSERVE_STATUS_PAGE"]:
+        raise inprocserve.ConfigurationError("INPROCSERVE_STATUS_PAGE needs INPROCSERVE_ENDPOINTS = True")
+    for key in ("INPROCSERVE_ADMIN_TOKEN", "INPROCSERVE_STATUS_PAGE_TOKEN"):
+        if config[key] is not None:
+            raise inprocserve.ConfigurationError(
+                f"{key} is set but INPROCSERVE_ENDPOINTS = False: no endpoint is served, so the token turns on and "
+                f"protects nothing; set INPROCSERVE_ENDPOINTS = True to serve the admin endpoints and the status "
+                f"page, or leave {key} unset"
+            )
 
 
 def _error_status_problem(statuses: object) -> str | None:
