@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -261,3 +262,32 @@ def test_init_app_refused_for_a_setting_can_be_called_again_once_it_is_fixed(rep
         assert page.status_code == 200
     finally:
         Inprocserve.close(app)
+
+
+# -- after close -----------------------------------------------------------------------------------------------------
+
+
+def test_a_request_after_close_is_a_503_and_builds_no_new_server(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Inprocserve.close(app) in a shutdown hook, then a request still arriving: it quietly built a new server
+    # (loading every model, starting its threads) in a process on its way out.
+    app = make_app(repository)
+
+    @app.post("/score")
+    def score() -> Any:
+        from inprocserve_flask import predict
+
+        return {"y": predict("scale", {"x": [[1, 2, 3, 4]]})["y"].tolist()}
+
+    client = app.test_client()
+    assert client.post("/score").status_code == 200
+    Inprocserve.close(app)
+    with caplog.at_level(logging.WARNING, logger="inprocserve_flask"):
+        for path in ("/score", "/v2/models/scale/infer"):
+            response = client.post(path, json={"inputs": [X]})
+            assert response.status_code == 503, (path, response.get_data(as_text=True))
+            assert response.headers["Retry-After"] == "1"
+            assert "Inprocserve.close" in response.get_data(as_text=True), path
+    assert not app.extensions["inprocserve"].started  # nothing was built again
+    assert any("Inprocserve.close" in record.getMessage() for record in caplog.records)

@@ -93,7 +93,8 @@ class _State:
         self.config = {key: config[key] for key in DEFAULTS}
         self.app = app
         self.holder = web.ProcessLocalServer(self._build)
-        self._closed = False  # closed by Inprocserve.close: forked children no longer warm it up
+        self._closed = False  # closed by Inprocserve.close: forked children no longer warm it up, requests get 503
+        self._refusal_logged = False
         # read on every predict: the settings, and the WSGI environ keys of the two headers, resolved once
         self.make_context: Callable[[], Mapping[str, Any]] | None = self.config["INPROCSERVE_CONTEXT"] or None
         self.default_timeout_s: float | None = self.config["INPROCSERVE_TIMEOUT_S"]
@@ -104,7 +105,33 @@ class _State:
 
     @property
     def server(self) -> inprocserve.Server:
+        """This process's server, built on first use.
+
+        Raises:
+            inprocserve.ServerClosedError: ``Inprocserve.close(app)`` closed it (a 503): a request still
+                arriving in a process on its way out built a whole new server (every model, its threads).
+        """
+        refused = self.refused()
+        if refused is not None:
+            raise refused
         return self.holder.get()
+
+    def refused(self) -> inprocserve.ServerClosedError | None:
+        """The error a request gets once ``Inprocserve.close(app)`` closed the server (logged the first time),
+        else ``None``."""
+        if not self._closed:
+            return None
+        if not self._refusal_logged:  # (once: every request after the close would log it)
+            self._refusal_logged = True
+            logger.warning(
+                "inprocserve: a request reached app %r after Inprocserve.close(app); refused with a 503, its "
+                "server is not built again in this process",
+                self.app.name,
+            )
+        return inprocserve.ServerClosedError(
+            "the model server of this app was closed (Inprocserve.close(app)): the process is shutting down; "
+            "retry on another worker"
+        )
 
     @property
     def started(self) -> bool:
@@ -217,7 +244,8 @@ class Inprocserve:
 
     @staticmethod
     def close(app: Flask) -> None:
-        """Close the app's server in this process (for shutdown hooks and tests)."""
+        """Close the app's server in this process, for good (for shutdown hooks and tests): a later request is
+        answered 503 (``inprocserve.ServerClosedError``), and no new server is built. Idempotent."""
         state = app.extensions.get(_EXTENSION)
         if state is not None:
             state.close()
@@ -465,7 +493,7 @@ def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
         Anything ``Server.predict`` raises; with the default error handlers they become HTTP responses.
     """
     state = _state()
-    server = state.holder.get()
+    server = state.server
     try:  # (free where it does not raise: outside a request, Flask's RuntimeError is replaced below)
         environ = None  # the request's, read only for what is not given: an app context may be enough
         if "context" not in kwargs:

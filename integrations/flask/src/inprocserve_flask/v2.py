@@ -32,6 +32,7 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
         warming=lambda: eager and _state().holder.building,  # probes answer 503 during the warm-up, as /ready
     )
     make_context = config["INPROCSERVE_CONTEXT"] or default_context
+    not_ready_headers = {"Retry-After": web.retry_after(config["INPROCSERVE_RETRY_AFTER_S"])}
     routes = Blueprint("inprocserve_v2", __name__)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # the protocol answers a wrong one with a JSON 405
@@ -39,6 +40,10 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     @routes.route("/v2", methods=methods, strict_slashes=False)
     @routes.route("/v2/<path:rest>", methods=methods)
     def protocol(rest: str = "") -> Response:
+        closed = _state().refused()
+        if closed is not None:  # (else answered as a server that could not start: "its log says why")
+            body = json.dumps({"error": str(closed)})
+            return Response(body, status=503, headers=not_ready_headers, content_type="application/json")
         if web.body_end_unknown(request.environ):  # (read as empty, it was refused as malformed JSON)
             return Response(json.dumps({"error": web.LENGTH_REQUIRED}), status=411, content_type="application/json")
         answer = endpoints.handle(
