@@ -291,3 +291,18 @@ def test_a_request_after_close_is_a_503_and_builds_no_new_server(
             assert "Inprocserve.close" in response.get_data(as_text=True), path
     assert not app.extensions["inprocserve"].started  # nothing was built again
     assert any("Inprocserve.close" in record.getMessage() for record in caplog.records)
+
+
+# -- control characters in a protocol path ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("POST", "/v2/models/a%0Ab/infer"), ("GET", "/v2/models/a%0Db/ready"), ("GET", "/v2/models/scale%0A")],
+)
+def test_a_control_character_in_a_protocol_path_is_a_json_error(app: Flask, method: str, path: str) -> None:
+    # werkzeug's path converter stops at a newline: Flask's HTML 404 page, where every other /v2 error is the
+    # protocol's JSON {"error": ...}
+    response = app.test_client().open(path, method=method, json={"inputs": [X]})
+    assert response.status_code == 404 and response.is_json, response.get_data(as_text=True)
+    assert response.json["error"].startswith("unknown model '") and "\\" in response.json["error"]  # (escaped)

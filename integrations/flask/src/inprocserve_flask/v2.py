@@ -14,10 +14,22 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from inprocserve import v2, web
 
 __all__ = ["blueprint"]
+
+
+_CONVERTER = "inprocserve_v2_path"
+
+
+class _AnyPath(PathConverter):
+    """werkzeug's ``path``, newlines included: its ``.`` stops at one, so a path with a newline
+    (``/v2/models/a%0Ab/infer``) matched no route, and Flask answered its HTML 404 page where the protocol
+    answers every other error with its JSON ``{"error": ...}``."""
+
+    regex = "[^/](?s:.*?)"
 
 
 def blueprint(config: Mapping[str, Any]) -> Blueprint:
@@ -36,9 +48,11 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     routes = Blueprint("inprocserve_v2", __name__)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # the protocol answers a wrong one with a JSON 405
+    # (recorded before the routes, so that the converter is there when they are added to the app)
+    routes.record_once(lambda state: state.app.url_map.converters.setdefault(_CONVERTER, _AnyPath))
 
     @routes.route("/v2", methods=methods, strict_slashes=False)
-    @routes.route("/v2/<path:rest>", methods=methods)
+    @routes.route(f"/v2/<{_CONVERTER}:rest>", methods=methods)
     def protocol(rest: str = "") -> Response:
         closed = _state().refused()
         if closed is not None:  # (else answered as a server that could not start: "its log says why")
