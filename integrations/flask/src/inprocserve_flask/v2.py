@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Response, request
+from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
@@ -48,8 +49,11 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     routes = Blueprint("inprocserve_v2", __name__)
 
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # the protocol answers a wrong one with a JSON 405
+
     # (recorded before the routes, so that the converter is there when they are added to the app)
-    routes.record_once(lambda state: state.app.url_map.converters.setdefault(_CONVERTER, _AnyPath))
+    @routes.record_once
+    def add_converter(state: BlueprintSetupState) -> None:
+        state.app.url_map.converters.setdefault(_CONVERTER, _AnyPath)
 
     @routes.route("/v2", methods=methods, strict_slashes=False)
     @routes.route(f"/v2/<{_CONVERTER}:rest>", methods=methods)
