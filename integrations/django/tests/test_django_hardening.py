@@ -351,3 +351,22 @@ def test_a_token_no_header_can_carry_is_a_system_check_error(repository: Path, k
     with override_settings(INPROCSERVE={"REPOSITORY": str(repository), key: token}):
         errors = [m for m in run_checks() if m.id == "inprocserve.E010"]
     assert len(errors) == 1 and key in errors[0].msg
+
+
+# -- admin endpoints without a token ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["get", "head", "put", "delete", "post"])
+def test_the_admin_endpoints_are_404_without_a_token_whatever_the_method(repository: Path, method: str) -> None:
+    # The docs say 404 when no token is configured, as the Flask plug-in answers (no such route): a GET was a
+    # 405 (the POST-only check came first), which told whoever probed that the endpoint was there.
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository)}):
+        for path in ("/-/inprocserve/reload", "/-/inprocserve/models/scale/switch"):
+            response = getattr(Client(), method)(path, headers=ADMIN)
+            assert response.status_code == 404, (method, path)
+    reset_server()
+
+
+def test_the_admin_endpoints_with_a_token_are_post_only(served: Path) -> None:
+    response = Client().get("/-/inprocserve/reload", headers=ADMIN)
+    assert (response.status_code, response["Allow"]) == (405, "POST")

@@ -306,3 +306,15 @@ def test_a_control_character_in_a_protocol_path_is_a_json_error(app: Flask, meth
     response = app.test_client().open(path, method=method, json={"inputs": [X]})
     assert response.status_code == 404 and response.is_json, response.get_data(as_text=True)
     assert response.json["error"].startswith("unknown model '") and "\\" in response.json["error"]  # (escaped)
+
+
+@pytest.mark.parametrize(("token", "status"), [(None, 404), ("secret", 405)])
+def test_a_get_on_an_admin_endpoint_is_answered_as_the_django_plug_in_answers_it(
+    repository: Path, token: str | None, status: int
+) -> None:
+    app = make_app(repository, INPROCSERVE_ADMIN_TOKEN=token)
+    try:
+        for path in ("/-/inprocserve/reload", "/-/inprocserve/models/scale/switch"):
+            assert app.test_client().get(path, headers=ADMIN).status_code == status, path
+    finally:
+        Inprocserve.close(app)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import cast
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 
@@ -69,14 +69,19 @@ _BODY_ERRORS: dict[type[Exception], tuple[int, str]] = {
 (snake_case codes, as every other error the plug-in answers, where these answered class names)."""
 
 
-def _admin(action: str) -> Callable[..., JsonResponse]:
-    """An admin view: POST only, off without a token (404), 401 without the right one."""
+def _admin(action: str) -> Callable[..., HttpResponse]:
+    """An admin view: off without a token (404, whatever the method), POST only, 401 without the right token."""
 
     @csrf_exempt  # authenticated by the bearer token, never by a cookie
-    @require_POST
-    def view(request: HttpRequest, name: str | None = None) -> JsonResponse:
+    def view(request: HttpRequest, name: str | None = None) -> HttpResponse:
+        # (the token first: a GET was a 405 while the endpoints were off, where the docs and the Flask plug-in,
+        # which has no such route then, answer 404)
         if not settings()["ADMIN_TOKEN"]:
             raise Http404("admin endpoints are off (INPROCSERVE['ADMIN_TOKEN'] is not set)")
+        return act(request, name)
+
+    @require_POST
+    def act(request: HttpRequest, name: str | None) -> JsonResponse:
         if not _authorized(request):
             unauthorized = {"error": "unauthorized", "message": web.ADMIN_UNAUTHORIZED}
             return JsonResponse(unauthorized, status=401, headers={"WWW-Authenticate": "Bearer"})
@@ -92,7 +97,7 @@ def _admin(action: str) -> Callable[..., JsonResponse]:
         return JsonResponse(answer.body, status=answer.status, headers=dict(answer.headers))
 
     view.__name__ = action
-    return cast(Callable[..., JsonResponse], view)
+    return cast(Callable[..., HttpResponse], view)
 
 
 reload = _admin("reload")
