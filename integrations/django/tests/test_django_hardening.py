@@ -370,3 +370,24 @@ def test_the_admin_endpoints_are_404_without_a_token_whatever_the_method(reposit
 def test_the_admin_endpoints_with_a_token_are_post_only(served: Path) -> None:
     response = Client().get("/-/inprocserve/reload", headers=ADMIN)
     assert (response.status_code, response["Allow"]) == (405, "POST")
+
+
+# -- control characters in a protocol path ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/v2/models/a%0Ab/infer"),
+        ("GET", "/v2/models/a%0Db/ready"),
+        ("GET", "/v2/models/scale%0A"),
+        ("GET", "/api/ml/v2/models/a%0Ab/ready"),
+    ],
+)
+def test_a_control_character_in_a_protocol_path_is_a_json_error(served: Path, method: str, path: str) -> None:
+    # The URL pattern's "." stops at a newline: Django's HTML 404 page, where every other /v2 error is the
+    # protocol's JSON {"error": ...}
+    response = Client().generic(method, path, json.dumps({"inputs": [X]}), content_type="application/json")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json", response.content[:200]
+    error = response.json()["error"]
+    assert error.startswith("unknown model '") and "\\" in error  # (escaped)

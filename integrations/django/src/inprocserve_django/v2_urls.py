@@ -6,5 +6,7 @@ from django.urls import re_path
 from . import v2_views
 
 urlpatterns = [
-    re_path(r"^(?P<rest>v2(?:/.*)?)$", v2_views.endpoint, name="inprocserve-v2"),
+    # (?s: "." takes a newline too: without it /v2/models/a%0Ab/infer matched no pattern, and got Django's HTML
+    # 404 page, where every other /v2 error is the protocol's JSON {"error": ...})
+    re_path(r"^(?P<rest>v2(?:/(?s:.*))?)$", v2_views.endpoint, name="inprocserve-v2"),
 ]
