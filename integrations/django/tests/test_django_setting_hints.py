@@ -98,3 +98,25 @@ def test_an_unknown_key_names_the_key_it_is_close_to(repository: Path) -> None:
     with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "TIMEOUT": 1.0}):
         (message,) = [message for message in run_checks() if message.id == "inprocserve.E004"]
     assert "'TIMEOUT' (TIMEOUT_S?)" in message.msg, message.msg
+
+
+urlpatterns: list[Any] = []
+"""(This module as the URLconf of a project that does not include ``inprocserve_django.urls``.)"""
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"ADMIN_TOKEN": "a-long-random-admin-token"}, {"STATUS_PAGE": True, "STATUS_PAGE_TOKEN": "a-long-status-token"}],
+)
+def test_a_token_for_endpoints_no_url_serves_is_warned(repository: Path, settings: dict[str, Any]) -> None:
+    """The Django counterpart of the Flask plug-in's INPROCSERVE_ENDPOINTS = False: with inprocserve_django.urls
+    in no URLconf, a token set for the admin endpoints or the status page was ignored without a word, and
+    whoever set it took them for on, and protected."""
+    settings = {"REPOSITORY": str(repository), **settings}
+    with override_settings(ROOT_URLCONF=__name__, INPROCSERVE=settings):
+        warned = [message for message in run_checks() if message.id == "inprocserve.W004"]
+    assert len(warned) == 1, warned
+    named = "ADMIN_TOKEN" if "ADMIN_TOKEN" in settings else "STATUS_PAGE"
+    assert f"INPROCSERVE['{named}']" in warned[0].msg and "inprocserve_django.urls" in warned[0].msg, warned[0].msg
+    assert 'include("inprocserve_django.urls")' in (warned[0].hint or "")
+    assert hints(settings, "inprocserve.W004") == []  # (the test project includes them)

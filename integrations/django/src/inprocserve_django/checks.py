@@ -110,6 +110,47 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     return messages
 
 
+@register(Tags.urls)
+def check_endpoints_routed(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """inprocserve.W004: ``ADMIN_TOKEN``, ``STATUS_PAGE`` or ``STATUS_PAGE_TOKEN`` is set, but no URLconf
+    includes ``inprocserve_django.urls``, which serves what they turn on (the Flask plug-in's
+    ``INPROCSERVE_ENDPOINTS = False`` with a token, which it refuses): the token was ignored without a word,
+    and whoever set it took the admin endpoints (or the page) for on, and protected. A warning: a project may
+    route them in a URLconf of its own per request. (Not run where the middleware refuses invalid settings:
+    it would import the URLconf at start-up.)"""
+    try:
+        config = settings()
+    except ImproperlyConfigured:  # (E012 says so)
+        return []
+    named = [key for key in ("ADMIN_TOKEN", "STATUS_PAGE", "STATUS_PAGE_TOKEN") if config[key] not in (None, False)]
+    if not named or _urls_included():
+        return []
+    return [
+        Warning(
+            f"INPROCSERVE['{named[0]}'] is set, but no URLconf includes inprocserve_django.urls: the admin "
+            "endpoints and the status page are not served, so the token turns on and protects nothing.",
+            hint='Add path("-/inprocserve/", include("inprocserve_django.urls")) to your urlpatterns '
+            f"(docs/django.md), or leave {' and '.join(named)} unset.",
+            id="inprocserve.W004",
+        )
+    ]
+
+
+def _urls_included() -> bool:
+    """Whether a URLconf includes ``inprocserve_django.urls`` (under any prefix or instance namespace: its
+    application namespace is reversed). A URLconf that does not import counts as one: Django's own checks
+    report it."""
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        reverse("inprocserve:health")
+    except NoReverseMatch:
+        return False
+    except Exception:
+        return True
+    return True
+
+
 _MIDDLEWARE = "inprocserve_django.middleware.InprocserveMiddleware"
 
 
