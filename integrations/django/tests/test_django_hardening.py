@@ -391,3 +391,33 @@ def test_a_control_character_in_a_protocol_path_is_a_json_error(served: Path, me
     assert response.status_code == 404 and response["Content-Type"] == "application/json", response.content[:200]
     error = response.json()["error"]
     assert error.startswith("unknown model '") and "\\" in error  # (escaped)
+
+
+# -- after close_server ----------------------------------------------------------------------------------------------
+
+
+def test_a_request_after_close_server_is_a_503_and_builds_no_new_server(
+    served: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A shutdown hook's reset_server() (its docstring said "shutdown"), then a request still arriving: it
+    # quietly built a new server (every model, its threads) in a process on its way out, where the Flask
+    # plug-in's Inprocserve.close(app) now answers 503.
+    from inprocserve_django import close_server
+    from inprocserve_django.server import _holder
+
+    client = Client()
+    infer = {"path": "/v2/models/scale/infer", "data": {"inputs": [X]}}
+    score = {"path": "/score", "data": {"rows": [[1, 2, 3, 4]]}}
+    assert client.post(**infer, content_type="application/json").status_code == 200
+    close_server()
+    try:
+        with caplog.at_level(logging.WARNING, logger="inprocserve_django"):
+            for request in (score, infer):
+                response = client.post(**request, content_type="application/json")
+                assert response.status_code == 503, (request, response.content)
+                assert response["Retry-After"] == "1" and b"close_server" in response.content, response.content
+        assert not _holder.started  # nothing was built again
+        assert any("close_server" in record.getMessage() for record in caplog.records)
+    finally:
+        reset_server()  # (opens it again: settings changes and tests use it)
+    assert client.post(**infer, content_type="application/json").status_code == 200

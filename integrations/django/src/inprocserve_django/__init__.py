@@ -15,6 +15,6 @@
 
 from __future__ import annotations
 
-from .server import OutsideRequestError, aget_server, apredict, get_server, predict, reset_server
+from .server import OutsideRequestError, aget_server, apredict, close_server, get_server, predict, reset_server
 
-__all__ = ["OutsideRequestError", "aget_server", "apredict", "get_server", "predict", "reset_server"]
+__all__ = ["OutsideRequestError", "aget_server", "apredict", "close_server", "get_server", "predict", "reset_server"]

@@ -4,6 +4,7 @@ runs for every ``manage.py`` command and twice under the autoreloader)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from functools import lru_cache
 from typing import Any
@@ -16,6 +17,8 @@ import inprocserve
 from inprocserve import web
 
 from .conf import settings
+
+logger = logging.getLogger(__name__)
 
 
 def _build() -> inprocserve.Server:
@@ -47,14 +50,48 @@ def _build() -> inprocserve.Server:
 _holder = web.ProcessLocalServer(_build)
 
 
+class _Closing:
+    """Whether :func:`close_server` closed this process's server for good (until :func:`reset_server`)."""
+
+    closed = False
+    logged = False  # (the refusal is logged once: every request after the close would log it)
+
+
+def refused() -> inprocserve.ServerClosedError | None:
+    """The error a request gets once :func:`close_server` closed the server (logged the first time), else
+    ``None``."""
+    if not _Closing.closed:
+        return None
+    if not _Closing.logged:
+        _Closing.logged = True
+        logger.warning(
+            "inprocserve: a request arrived after inprocserve_django.close_server(); refused with a 503, the "
+            "server is not built again in this process"
+        )
+    return inprocserve.ServerClosedError(
+        "the model server was closed (inprocserve_django.close_server()): the process is shutting down; retry on "
+        "another worker"
+    )
+
+
 def get_server() -> inprocserve.Server:
-    """The server for this process, built from ``settings.INPROCSERVE`` on first use."""
+    """The server for this process, built from ``settings.INPROCSERVE`` on first use.
+
+    Raises:
+        inprocserve.ServerClosedError: :func:`close_server` closed it (the middleware answers 503).
+    """
+    closed = refused()
+    if closed is not None:
+        raise closed
     return _holder.get()
 
 
 async def aget_server() -> inprocserve.Server:
     """:func:`get_server` for async code: when this process's server is not built yet, it is built (or, in
     eager mode, waited for while the warm-up builds it) on a worker thread, never on the event loop's."""
+    closed = refused()
+    if closed is not None:
+        raise closed
     if _holder.started:
         return _holder.get()
     return await asyncio.to_thread(_holder.get)
@@ -67,12 +104,22 @@ def building() -> bool:
 
 def warm_after_fork() -> None:
     """The eager builder run in each forked worker: build and warm this process's server now."""
-    if settings()["EAGER"]:  # settings may have changed since it was registered
+    if settings()["EAGER"] and not _Closing.closed:  # settings may have changed since it was registered
         get_server()
 
 
 def reset_server() -> None:
-    """Close this process's server; the next use builds a new one (settings changed, tests, shutdown)."""
+    """Close this process's server; the next use builds a new one (settings changed, tests). Opens it again
+    after :func:`close_server`."""
+    _holder.close()
+    _Closing.closed = _Closing.logged = False
+
+
+def close_server() -> None:
+    """Close this process's server for good (a shutdown hook): a later request is answered 503
+    (``inprocserve.ServerClosedError``) and no new server is built, as after the Flask plug-in's
+    ``Inprocserve.close(app)``; :func:`reset_server` opens it again. Idempotent."""
+    _Closing.closed = True
     _holder.close()
 
 

@@ -13,12 +13,12 @@ from functools import lru_cache
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from inprocserve import v2
+from inprocserve import v2, web
 
 from .body import LengthRequired, body_reader
 from .conf import settings
 from .middleware import not_logged_per_request
-from .server import building, get_server, remaining_budget, request_context
+from .server import building, get_server, refused, remaining_budget, request_context
 
 __all__ = ["endpoint"]
 
@@ -39,6 +39,11 @@ def endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
     config = settings()
     if not config["V2_PROTOCOL"]:
         raise Http404("the Open Inference Protocol is off (INPROCSERVE['V2_PROTOCOL'])")
+    closed = refused()
+    if closed is not None:  # (else answered as a server that could not start: "its log says why")
+        response = JsonResponse({"error": str(closed)}, status=503)
+        response["Retry-After"] = web.retry_after(config["RETRY_AFTER_S"])
+        return not_logged_per_request(response)
     endpoints = _endpoints(config["V2_LIMITS"], tuple(config["REQUIRED_MODELS"]), config["RETRY_AFTER_S"])
     # request.read streams the body under the protocol's own cap (not DATA_UPLOAD_MAX_MEMORY_SIZE); if a
     # middleware already read request.body, Django reads it back from memory.
