@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -260,6 +261,24 @@ def test_init_app_refused_for_a_setting_can_be_called_again_once_it_is_fixed(rep
         client = app.test_client()
         page = client.get("/-/inprocserve/status", headers={"Authorization": "Bearer a-long-status-token"})
         assert page.status_code == 200
+    finally:
+        Inprocserve.close(app)
+
+
+def test_init_app_refused_by_the_eager_start_up_check_can_be_called_again_once_the_model_is_fixed(
+    repository: Path,
+) -> None:
+    # EAGER's check of the repository ran after the extension was registered: once the broken model was
+    # removed, init_app raised "already registered on this app".
+    app = Flask(__name__)
+    app.config.update(INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_EAGER=True)
+    with pytest.raises(inprocserve.ModelLoadError, match="broken"):
+        Inprocserve(app)
+    shutil.rmtree(repository / "broken")
+    Inprocserve(app)
+    try:
+        Inprocserve.warm(app)
+        assert app.test_client().get("/-/inprocserve/ready").status_code == 200
     finally:
         Inprocserve.close(app)
 
