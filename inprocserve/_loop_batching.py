@@ -284,16 +284,19 @@ class _LoopState:
     def _flush(self) -> None:
         self._flush_due = False
         self._last_flush_requests, self._iteration_requests = self._iteration_requests, 0
+        groups = deque(self._groups.items())
+        self._groups = {}
+        pending = deque(self._pending)
+        self._pending = []
         queued: list[Batcher] = []
-        if self._groups:
-            groups = self._groups
-            self._groups = {}
-            for group in groups.values():
+        try:
+            while groups:
+                _key, group = groups.popleft()
                 try:
                     if self._start(group) and group.batcher not in queued:
                         queued.append(group.batcher)
-                except Exception as exc:  # a bug, or no memory to stack: no task may wait forever
-                    if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
+                except BaseException as exc:  # a bug, no memory to stack, or an interruption: no task may wait forever
+                    if isinstance(exc, Exception) and not raised_by_signal_handler(exc):  # (a time limit: no bug)
                         logger.exception("inprocserve: merged requests to %r failed", group.target.name)
                     # A part queued before it failed (its tasks' withdrawal hooks are set) is answered by its
                     # run: its batcher is woken below. Refused too, it stayed queued, woken by nobody.
@@ -303,25 +306,40 @@ class _LoopState:
                     group.refused(
                         [m for m in group.members if not m.waiter.done() and m.waiter not in withdrawals], exc
                     )
-        pending = self._pending
-        self._pending = []
-        for batcher in pending:
-            ran = False
-            self._running_here = True  # answers posted meanwhile (any batcher's) are drained below, unwoken
-            try:
-                ran = batcher.run_lone_here(RUN_ON_LOOP_UNDER_S, accept=self._owns)
-            except Exception as exc:  # a bug: its request stays queued for the worker woken below
-                if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
-                    logger.exception("inprocserve: running a request of %r on the loop failed", batcher.model)
-            finally:
-                self._running_here = False
-                if self._inbox:
-                    self._drain()
-                if not ran:
-                    batcher.wake()
-        for batcher in queued:
-            if batcher not in pending:
-                batcher.wake()
+                    if not isinstance(exc, Exception):
+                        raise
+            woken = deque(batcher for batcher in queued if batcher not in pending)
+            while pending:
+                batcher = pending.popleft()
+                ran = False
+                self._running_here = True  # answers posted meanwhile (any batcher's) are drained below, unwoken
+                try:
+                    ran = batcher.run_lone_here(RUN_ON_LOOP_UNDER_S, accept=self._owns)
+                except Exception as exc:  # a bug: its request stays queued for the worker woken below
+                    if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
+                        logger.exception("inprocserve: running a request of %r on the loop failed", batcher.model)
+                finally:
+                    self._running_here = False
+                    if self._inbox:
+                        self._drain()
+                    if not ran:
+                        batcher.wake()
+            while woken:
+                woken.popleft().wake()
+        except BaseException:
+            # The loop's thread interrupted (a signal handler raised a BaseException: gevent's Timeout, Ctrl-C,
+            # a task queue's time limit): the group it was starting got the interruption, and what it had not
+            # come to yet is flushed in the next iteration. Dropped, those groups' tasks waited forever (or
+            # until their own deadline), and the requests queued for the batchers not yet woken until other
+            # traffic came.
+            for key, group in groups:
+                self._groups.setdefault(key, group)
+            for batcher in (*pending, *queued):
+                if batcher not in self._pending:
+                    self._pending.append(batcher)
+            if self._groups or self._pending:
+                self._flush_at_iteration_end()
+            raise
 
     def _flush_lost(self) -> None:
         """The loop dropped this iteration's flush unrun: closed (asyncio empties its queue of due callbacks)

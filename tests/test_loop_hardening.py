@@ -1,0 +1,95 @@
+"""apredict's merged way when the loop's own thread is interrupted (a signal handler raising a
+``BaseException`` that is no ``Exception``: gevent's ``Timeout``, a task queue's time limit, Ctrl-C) in the
+middle of its bookkeeping: no task may be left waiting forever, nor past its own deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import _loop_batching
+
+from .conftest import ServerFactory, wait_until
+from .test_interrupted_callers import Interrupted, interrupted_at
+
+
+def _outcome(task: asyncio.Task[Any]) -> Any:
+    """What a task got: its answer's first value, its error, or "waiting"."""
+    if not task.done():
+        return "waiting"
+    return task.exception() or task.result()["y"][0, 0]
+
+
+def test_a_flush_interrupted_as_it_starts_a_group_leaves_no_task_waiting(
+    scale_repository: Path, make_server: ServerFactory
+) -> None:
+    """One loop iteration made two groups (requests with a deadline and without are kept apart). The loop's
+    thread interrupted as the end-of-iteration flush starts the first: that group's task gets the
+    interruption, the other group is still run. (Both were dropped: their tasks waited forever, or until
+    their own deadline.)"""
+    server = make_server(scale_repository)
+    server.predict("scale", np.ones((1, 4), np.float32))  # adopts the runners: the merged way applies
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        tasks = [
+            asyncio.ensure_future(server.apredict("scale", np.full((1, 4), 1.0, np.float32))),
+            asyncio.ensure_future(server.apredict("scale", np.full((1, 4), 2.0, np.float32), timeout_s=60)),
+        ]
+        with interrupted_at(_loop_batching._LoopState._start.__code__):
+            await asyncio.sleep(0)  # each task made its request
+            await asyncio.sleep(0)  # the iteration's flush ran
+        await asyncio.wait(tasks, timeout=5)
+        first = [_outcome(task) for task in tasks]
+        for task in tasks:
+            task.cancel()
+        later = asyncio.gather(*(server.apredict("scale", np.full((1, 4), i, np.float32)) for i in range(3)))
+        return first, [answer["y"][0, 0] for answer in await asyncio.wait_for(later, 10)]
+
+    first, later = asyncio.run(main())
+    assert isinstance(first[0], Interrupted), first
+    assert first[1] == 4.0, first
+    assert later == [0.0, 2.0, 4.0]
+    batcher = server._registry.routes["scale"].default.batcher
+    assert batcher is not None
+    wait_until(lambda: batcher.in_flight == 0 and batcher.queued_rows == 0)
+
+
+def test_a_flush_interrupted_as_it_runs_a_queued_request_still_wakes_the_other_versions(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests queued the full way (two models with a cache) in one iteration: the flush tries to run each
+    version's lone request on the loop, and wakes a worker where it did not. Interrupted as it tries the
+    first, the second version's worker was never woken: its task waited until other traffic came."""
+    from inprocserve.testing import build_scale_model, save_model
+
+    save_model(build_scale_model(2.0), repository, "a", 1)
+    save_model(build_scale_model(3.0), repository, "b", 1)
+    cached = inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True))
+    server = make_server(repository, models={"a": cached, "b": cached})
+    x = np.ones((1, 4), np.float32)
+    server.predict("a", x)  # (starts the workers: they are parked when the requests below come)
+    server.predict("b", x)
+    batchers = [server._registry.routes[name].default.batcher for name in ("a", "b")]
+    for batcher in batchers:
+        assert batcher is not None
+        server.submit(batcher.model, x + 1).result(timeout=10)
+        wait_until(lambda batcher=batcher: len(batcher._idle) == batcher._pool.size)
+
+    from inprocserve._batching import Batcher
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(server.apredict(name, x * 5)) for name in ("a", "b")]
+        with interrupted_at(Batcher.run_lone_here.__code__):
+            await asyncio.sleep(0)  # each task made its request
+            await asyncio.sleep(0)  # the iteration's flush ran
+        await asyncio.wait(tasks, timeout=5)
+        return [_outcome(task) for task in tasks]
+
+    first, second = asyncio.run(main())
+    assert first == 10.0  # (its batcher was woken as the interruption passed)
+    assert second == 15.0
