@@ -820,29 +820,40 @@ class _Group:
             self._arm(member.expires_at)
 
     def _arm(self, when: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(when, self._expire)
+        # Armed, then the previous timer cancelled: the loop's thread interrupted in between (a signal handler
+        # raised) leaves two timers, each answering only the tasks due by its own time (see _expire). Cancelled
+        # first, an interruption before the new one was armed left the group without a timer: its tasks
+        # waited past their deadlines for the run ahead of theirs, however long.
+        previous = self.timer
+        self.timer = self.loop.call_at(when, self._expire, when)
         self.expires_at = when
+        if previous is not None:
+            previous.cancel()
 
-    def _expire(self) -> None:
-        """The timer fired: answer each task past its deadline with ``DeadlineExceededError``, and arm the
-        timer again for the next deadline of a task still waiting."""
-        # loops fire timers up to a clock tick early (uvloop rounds to whole milliseconds): it is due now
-        now = max(self.loop.time(), self.expires_at)
-        self.timer = None
-        self.expires_at = _NEVER
-        following = _NEVER
-        for member in self.members:
-            if member.waiter.done():
-                continue
-            if member.expires_at <= now:
-                assert member.timeout_s is not None
-                _expire(self.state, member.waiter, self.target.name, member.version, member.timeout_s)
-            elif member.expires_at < following:
-                following = member.expires_at
-        if following < _NEVER:
-            self._arm(following)
+    def _expire(self, when: float) -> None:
+        """The timer armed for ``when`` fired: answer each task past its deadline with
+        ``DeadlineExceededError``, and arm the timer again for the next deadline of a task still waiting. A
+        timer an interruption left behind (see :meth:`_arm`) answers the tasks due by its own time, and leaves
+        the group's timer armed."""
+        # Loops fire timers up to a clock tick early (uvloop rounds to whole milliseconds): due by its own time.
+        # (By the group's next deadline, a timer left behind answered tasks whose deadline was still to come.)
+        now = max(self.loop.time(), when)
+        own = when == self.expires_at
+        if own:
+            self.timer = None
+            self.expires_at = _NEVER
+        try:
+            for member in self.members:
+                if member.expires_at <= now and not member.waiter.done():
+                    assert member.timeout_s is not None
+                    _expire(self.state, member.waiter, self.target.name, member.version, member.timeout_s)
+        finally:
+            # (interrupted too, a signal handler raising as a task was answered: the others keep a timer; left
+            # without, they waited past their deadlines, or forever)
+            if own:
+                following = min((m.expires_at for m in self.members if not m.waiter.done()), default=_NEVER)
+                if following < _NEVER:
+                    self._arm(following)
 
     def answered(self) -> None:
         """Some tasks were answered: once all are, the timer is not needed (and would keep them alive)."""

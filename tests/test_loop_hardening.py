@@ -5,6 +5,7 @@ middle of its bookkeeping: no task may be left waiting forever, nor past its own
 from __future__ import annotations
 
 import asyncio
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import inprocserve
 from inprocserve import _loop_batching
 
-from .conftest import ServerFactory, wait_until
+from .conftest import ServerFactory, SessionHolder, busy_inputs, version_status, wait_until
 from .test_interrupted_callers import Interrupted, interrupted_at
 
 
@@ -93,3 +94,67 @@ def test_a_flush_interrupted_as_it_runs_a_queued_request_still_wakes_the_other_v
     first, second = asyncio.run(main())
     assert first == 10.0  # (its batcher was woken as the interruption passed)
     assert second == 15.0
+
+
+@pytest.mark.parametrize("step", range(len(inspect.getsourcelines(_loop_batching._Group._arm)[0])))
+def test_a_task_interrupted_as_its_groups_timer_is_armed_leaves_the_others_deadlines(
+    step: int, busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    """A task joins its iteration's group with the earliest deadline of it, and the loop's thread is
+    interrupted as the group's timer is armed again for it: the task that joined before it is still answered
+    at its own deadline. (Interrupted once the old timer was cancelled and before the new one was armed, the
+    group had no timer: its tasks waited behind the run ahead of them, however long.)"""
+    arm = _loop_batching._Group._arm
+    line = inspect.getsourcelines(arm)[1] + step  # interrupted at the first line run past this one
+    server = make_server(busy_repository)
+    blocker = hold_session(server)  # the merged request waits behind it until the test lets it go
+
+    async def hurried() -> Any:
+        with interrupted_at(arm.__code__, after_line=line):
+            return await server.apredict("busy", busy_inputs(1, index=1), timeout_s=0.05)
+
+    async def main() -> list[Any]:
+        patient = asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=0), timeout_s=0.3))
+        interrupted = asyncio.ensure_future(hurried())
+        later = asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=2), timeout_s=60))
+        await asyncio.wait([patient], timeout=3)
+        got = [_outcome(patient), _outcome(interrupted), blocker.done()]
+        blocker.let_go()
+        got.append((await asyncio.wait_for(later, 20))["picked"].tolist())
+        return got
+
+    patient, interrupted, blocker_done, later = asyncio.run(main())
+    blocker.release()
+    assert isinstance(patient, inprocserve.DeadlineExceededError), patient
+    assert isinstance(interrupted, Interrupted)
+    assert not blocker_done  # answered at its deadline, not when the run ahead of it was done
+    assert later == [[4.0, 5.0]]
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+
+
+def test_a_group_timer_interrupted_as_it_answers_a_task_still_answers_the_others_at_their_deadlines(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    """The group's timer fires for two tasks due at once, and the loop's thread is interrupted (a signal
+    handler raised) as it answers the first: every task still gets its deadline's error at its deadline, the
+    run ahead of theirs still going. (The timer was armed again only after the loop over its tasks: the
+    other task due then, and the one due later, waited for that run, however long.)"""
+    server = make_server(busy_repository)
+    blocker = hold_session(server)  # the merged request waits behind it until the test lets it go
+
+    async def main() -> list[Any]:
+        tasks = [
+            asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i), timeout_s=timeout_s))
+            for i, timeout_s in enumerate((0.05, 0.05, 0.3))
+        ]
+        with interrupted_at(_loop_batching._expire.__code__):
+            await asyncio.wait(tasks, timeout=3)
+        got = [_outcome(task) for task in tasks]
+        blocker.let_go()
+        return [*got, blocker.done()]
+
+    *got, blocker_done = asyncio.run(main())
+    blocker.release()
+    assert all(isinstance(outcome, inprocserve.DeadlineExceededError) for outcome in got), got
+    assert not blocker_done
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
