@@ -872,6 +872,9 @@ class _Group:
             ended = error
             if ended is None:
                 ended = CancelledError() if waiter.cancelled() else waiter.exception() or CancelledError()
+                # given up, as a synchronous caller's request given up in the queue: in the version's latency
+                # errors on the status page (left out, only the full way's given-up tasks were counted)
+                target.latency.record(time.perf_counter() - member.started, failed=True)
             self.server._telemetry.refused(
                 member.span, member.started, target.name, target.version, member.decision, ended
             )

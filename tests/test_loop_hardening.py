@@ -1,6 +1,7 @@
 """apredict's merged way when the loop's own thread is interrupted (a signal handler raising a
 ``BaseException`` that is no ``Exception``: gevent's ``Timeout``, a task queue's time limit, Ctrl-C) in the
-middle of its bookkeeping: no task may be left waiting forever, nor past its own deadline."""
+middle of its bookkeeping: no task may be left waiting forever, nor past its own deadline; and what the
+merged way records of tasks that give up."""
 
 from __future__ import annotations
 
@@ -158,3 +159,30 @@ def test_a_group_timer_interrupted_as_it_answers_a_task_still_answers_the_others
     assert all(isinstance(outcome, inprocserve.DeadlineExceededError) for outcome in got), got
     assert not blocker_done
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+
+
+def test_tasks_that_give_up_before_their_flush_are_counted_in_the_versions_latency(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    """Tasks cancelled before the end of the iteration that made their requests never run: like a synchronous
+    caller that gives up, each is counted in the version's latency, as an error, on the status page. (They
+    were left out: the page counted the two answered tasks and no error.)"""
+    server = make_server(busy_repository)
+    blocker = hold_session(server)
+    before = version_status(server, "busy")["latency_ms"]
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(4)]
+        await asyncio.sleep(0)  # each task made its request; the iteration's end has not come
+        tasks[0].cancel()
+        tasks[3].cancel()
+        blocker.let_go()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = asyncio.run(main())
+    blocker.release()
+    assert [type(r).__name__ for r in results] == ["CancelledError", "Prediction", "Prediction", "CancelledError"]
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    after = version_status(server, "busy")["latency_ms"]
+    # the blocker and the two answered tasks in the percentiles, the two cancelled ones as errors
+    assert (after["count"] - before["count"], after["errors"] - before["errors"]) == (3, 2)
