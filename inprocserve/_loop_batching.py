@@ -93,6 +93,7 @@ RUN_ON_LOOP_UNDER_S = 200e-6
 # session runs the other half (see _LoopState._start).
 LOOP_WORK_PER_REQUEST_S = 15e-6
 _NEVER = float("inf")
+_ANSWER = object()  # a task's answer claimed by the worker posting it (see _LoopState._claims)
 _SPLIT_FROM_ROWS = 16  # a group smaller than this runs whole: halves this small run inefficiently
 # How long lone requests may be answered at once, on the loop, in one iteration (see _LoopState.alone): a task
 # that calls again and again yields to the loop after about this long, as a callback that runs this long would.
@@ -135,6 +136,7 @@ class _LoopState:
 
     __slots__ = (
         "__weakref__",
+        "_claims",
         "_flush_due",
         "_generation",
         "_groups",
@@ -164,6 +166,10 @@ class _LoopState:
         # withdraw_when_given_up): a plain asyncio future, which the task awaits for less than it would a
         # subclass of its own that could hold the hook (about 0.9 µs per request, a tenth of the loop's work).
         self._withdrawals: dict[asyncio.Future[Any], Callable[[asyncio.Future[Any]], object]] = {}
+        # Who answers a task whose request a worker is finishing: the answer (_ANSWER, set as the worker records
+        # it: _LoopFuture.given_error) or the task's deadline (its error, set by _expire), whichever comes
+        # first (dict.setdefault: one atomic step under the GIL). Until the answer is drained.
+        self._claims: dict[asyncio.Future[Any], Any] = {}
         self._pending: list[Batcher] = []  # batchers that got requests this iteration, not yet woken
         # requests of this iteration to merge, per version, with and without a deadline (see join)
         self._groups: dict[tuple[Batcher, bool], _Group] = {}
@@ -719,12 +725,15 @@ class _LoopState:
                     sink.group.refused([m for m in sink.members if not m.waiter.done()], exc)
             elif type(sink) is _Group:  # a task of it that went the full way was answered (see _LoopFuture)
                 sink.answered()
-            elif sink.done():  # cancelled, or its deadline answered it
-                continue
-            elif error is None:
-                sink.set_result(value)
             else:
-                sink.set_exception(error)
+                if self._claims:
+                    self._claims.pop(sink, None)
+                if sink.done():  # cancelled, or its deadline answered it
+                    continue
+                if error is None:
+                    sink.set_result(value)
+                else:
+                    sink.set_exception(error)
 
 
 class _FlushCall:
@@ -1002,8 +1011,14 @@ class _LoopFuture:
 
     def given_error(self) -> BaseException | None:
         """What the task got already, if its own deadline or a cancellation answered it before its request
-        finished (read across threads, like ``set_running_or_notify_cancel``): its request is recorded so."""
-        return _given(self._waiter) if self._waiter.done() else None
+        finished (read across threads, like ``set_running_or_notify_cancel``): its request is recorded so.
+        Else the answer about to be recorded and posted is claimed as the task's: a deadline passing
+        meanwhile leaves the task to it (see :func:`_expire`)."""
+        waiter = self._waiter
+        if waiter.done():
+            return _given(waiter)
+        claimed = self._state._claims.setdefault(waiter, _ANSWER)
+        return None if claimed is _ANSWER else claimed
 
     def set_result(self, value: Any) -> None:
         self._post(value, None)
@@ -1019,6 +1034,7 @@ class _LoopFuture:
         waiter = self._waiter
         self._state.answered_first(waiter)  # answered: no longer withdrawn if its task gives up
         if waiter.done():  # cancelled by its task meanwhile: tell the server, as a cancelled Future does
+            self._state._claims.pop(waiter, None)
             if self._group is not None:
                 self._state.post(self._group, None, None)
             raise InvalidStateError("cancelled")
@@ -1132,11 +1148,20 @@ def _expire(
         # in the loop's queue): it is the task's, and its request was recorded so on the worker's thread. The
         # task was told its deadline passed while the metrics counted the request answered.
         state._drain()
-    if not waiter.done():
-        waiter.set_exception(
-            DeadlineExceededError(f"model {model!r}: no answer within {timeout_s:g}s", model=model, version=version)
-        )
-        state.gave_up(waiter)
+    if waiter.done():
+        return
+    late = DeadlineExceededError(f"model {model!r}: no answer within {timeout_s:g}s", model=model, version=version)
+    if state._claims.setdefault(waiter, late) is not late:
+        # A worker recorded its request answered (before this deadline: see _LoopFuture.given_error), and is
+        # posting the answer: it is the task's. (Answered here, the task got this error while the status page
+        # and the metrics counted an answer.)
+        return
+    try:
+        waiter.set_exception(late)
+    finally:
+        state._claims.pop(waiter, None)
+        del late
+    state.gave_up(waiter)
 
 
 def given_up(awaited: object) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,35 @@ def test_tasks_that_give_up_before_their_flush_are_counted_in_the_versions_laten
     after = version_status(server, "busy")["latency_ms"]
     # the blocker and the two answered tasks in the percentiles, the two cancelled ones as errors
     assert (after["count"] - before["count"], after["errors"] - before["errors"]) == (3, 2)
+
+
+def test_a_deadline_passing_as_a_worker_hands_the_answer_over_agrees_with_what_is_recorded(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request queued the full way is answered by a worker, which records it (the status page's latency),
+    then posts the answer to the loop. The task's deadline passing in between gave the task
+    ``DeadlineExceededError`` while the page counted an answer: now the task gets the answer it was
+    recorded with."""
+    server = make_server(busy_repository)
+    monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)  # the full way, as with a cache
+    answered = server._answered
+
+    def slow_after_recording(*args: Any, **kwargs: Any) -> None:
+        answered(*args, **kwargs)
+        time.sleep(0.8)  # the task's deadline passes before the answer is posted
+
+    monkeypatch.setattr(server, "_answered", slow_after_recording)
+    before = version_status(server, "busy")["latency_ms"]
+
+    async def main() -> Any:
+        try:
+            return await server.apredict("busy", busy_inputs(1, index=1), timeout_s=0.5)
+        except inprocserve.DeadlineExceededError as exc:
+            return exc
+
+    got = asyncio.run(main())
+    after = version_status(server, "busy")["latency_ms"]
+    recorded = (after["count"] - before["count"], after["errors"] - before["errors"])
+    assert recorded == (1, 0)  # the worker recorded the answer before the deadline
+    assert isinstance(got, inprocserve.Prediction), got
+    assert got["picked"].tolist() == [[2.0, 3.0]]
