@@ -219,3 +219,42 @@ def test_a_deadline_passing_as_a_worker_hands_the_answer_over_agrees_with_what_i
     assert recorded == (1, 0)  # the worker recorded the answer before the deadline
     assert isinstance(got, inprocserve.Prediction), got
     assert got["picked"].tolist() == [[2.0, 3.0]]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs Batcher.run_plain / Server._dispatch (outside _loop_batching) to keep a group run on the "
+    "loop counted in flight while its tasks are queued again, so that they can be readmitted, not shed",
+)
+def test_the_tasks_of_a_failed_run_on_the_loop_are_not_shed_when_queued_again(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, hold_session: SessionHolder
+) -> None:
+    """The loop runs its iteration's group itself (a free session, a short run), and the run fails (one
+    task's input fails in onnxruntime): each task is queued again on its own, to find whose input it was.
+    Meanwhile other callers filled the queue: the tasks whose inputs were fine got ``QueueFullError``,
+    though they were admitted, and ran, once; a worker's failed merged run readmits its tasks."""
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 10.0)  # the group runs on the loop
+    config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_queue_rows=8))
+    server = make_server(busy_repository, models={"busy": config})
+    server.predict("busy", busy_inputs(1))  # adopts the runners; the session is then free
+    hand_over = _loop_batching._LoopState._hand_over
+    others: list[Any] = []
+
+    def others_fill_the_queue(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not others:  # the run failed: another caller holds the session, and another fills the queue
+            others.append(hold_session(server, rows=2))
+            others.append(server.submit("busy", busy_inputs(8, seed=3)))
+        hand_over(self, *args, **kwargs)
+
+    monkeypatch.setattr(_loop_batching._LoopState, "_hand_over", others_fill_the_queue)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("busy", busy_inputs(1, index=i)) for i in (1, 99)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(main())
+    others[0].release()
+    others[1].result(timeout=20)
+    assert others, "the loop's run did not fail"
+    assert isinstance(results[0], inprocserve.Prediction), results[0]  # (QueueFullError)
+    assert isinstance(results[1], inprocserve.InvalidInputError), results[1]
