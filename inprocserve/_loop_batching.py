@@ -642,21 +642,31 @@ class _LoopState:
     # -- giving up (a task cancelled, or answered by its deadline) -------------------------------------------
 
     def withdraw_when_given_up(
-        self, waiter: asyncio.Future[Any], hook: Callable[[asyncio.Future[Any]], object]
-    ) -> None:
+        self, waiter: asyncio.Future[Any], hook: Callable[[asyncio.Future[Any]], object], *, replace: bool = True
+    ) -> bool:
         """Call ``hook(waiter)`` once the task awaiting ``waiter`` gives up before its answer comes: cancelled
         (``Server.apredict`` catches its cancellation: :func:`given_up`) or answered by its own deadline
         (:func:`_expire`); or now, if it did already. Its queued request then leaves the queue at once, instead
         of counting against ``max_queue_rows`` and holding its inputs until a worker takes it. From any thread
-        (a request queued by a worker: :meth:`_hand_over`); :meth:`answered_first` takes the hook back."""
-        self._withdrawals[waiter] = hook
+        (a request queued by a worker: :meth:`_hand_over`); :meth:`answered_first` takes the hook back.
+        ``replace=False``: not if a hook is set already (a newer request's: see :meth:`_Merged.withdraw_when_given_up`).
+        Returns whether the hook was set."""
+        if replace:
+            self._withdrawals[waiter] = hook
+        elif self._withdrawals.setdefault(waiter, hook) is not hook:  # (one atomic step under the GIL)
+            return False
         if waiter.done():  # (gave up before the hook was set: a repeated call is harmless, see Batcher.withdraw)
             self.gave_up(waiter)
+        return True
 
-    def answered_first(self, waiter: asyncio.Future[Any]) -> None:
+    def answered_first(
+        self, waiter: asyncio.Future[Any], hook: Callable[[asyncio.Future[Any]], object] | None = None
+    ) -> None:
         """``waiter``'s request was answered (or taken to run): its task's giving up withdraws nothing now.
-        Kept, the hook (it holds the request, and so its inputs and outputs) would stay until the loop goes."""
-        self._withdrawals.pop(waiter, None)
+        Kept, the hook (it holds the request, and so its inputs and outputs) would stay until the loop goes.
+        ``hook``: only if that one is still set (not a newer request's)."""
+        if hook is None or self._withdrawals.get(waiter) is hook:
+            self._withdrawals.pop(waiter, None)
 
     def gave_up(self, waiter: asyncio.Future[Any]) -> None:
         """The task awaiting ``waiter`` gave up: withdraw its queued request (once; nothing if none is)."""
@@ -929,13 +939,17 @@ class _Merged:
         state = self.state
         self._left = 0
         hook = functools.partial(self._gave_up, batcher, request)
+        # A worker may have taken the request since the batcher let go of its lock, its run failed, and each
+        # task been queued again on its own with a hook of its own (deliver): that newer hook is kept. (This
+        # one replaced it, and was then taken back below: a task cancelled later left its request queued.)
         for member in self.members:
             if not member.waiter.done():
                 self._left += 1
-                state.withdraw_when_given_up(member.waiter, hook)
+                if not state.withdraw_when_given_up(member.waiter, hook, replace=False):
+                    self._left -= 1
         if request.state != QUEUED:  # taken meanwhile (the lock was let go): see _LoopFuture's
             for member in self.members:
-                state.answered_first(member.waiter)
+                state.answered_first(member.waiter, hook)
 
     def _gave_up(self, batcher: Batcher, request: Request, waiter: asyncio.Future[Any]) -> None:
         self._left -= 1

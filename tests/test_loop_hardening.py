@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,52 @@ def test_the_tasks_of_a_failed_run_on_the_loop_are_not_shed_when_queued_again(
     assert others, "the loop's run did not fail"
     assert isinstance(results[0], inprocserve.Prediction), results[0]  # (QueueFullError)
     assert isinstance(results[1], inprocserve.InvalidInputError), results[1]
+
+
+def test_a_task_whose_request_a_worker_queued_again_meanwhile_still_withdraws_it_when_cancelled(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, hold_session: SessionHolder
+) -> None:
+    """The loop queues its group as one request; before the loop has set the tasks' withdrawal hooks, a busy
+    worker takes it, its run fails (one task's input), and the worker queues each task again on its own,
+    with hooks of their own. The loop's late hooks overwrote those, then were taken back: a task cancelled
+    afterwards left its request in the queue, counted against ``max_queue_rows``, until a worker came."""
+    server = make_server(busy_repository)
+    blocker = hold_session(server)  # the worker is busy: it takes the group's request once done, unwoken
+    handed, resume = threading.Event(), threading.Event()
+    watch = _loop_batching._Merged.withdraw_when_given_up
+    hand_over = _loop_batching._LoopState._hand_over
+
+    def late(self: Any, *args: Any) -> None:  # (the loop's thread, just after it queued the group)
+        blocker.let_go()
+        handed.wait(20)
+        watch(self, *args)
+
+    def handing_over(self: Any, *args: Any, **kwargs: Any) -> None:  # (the worker's thread, its run failed)
+        hand_over(self, *args, **kwargs)
+        handed.set()
+        resume.wait(20)  # the tasks' requests stay queued until the test is done looking
+
+    monkeypatch.setattr(_loop_batching._Merged, "withdraw_when_given_up", late)
+    monkeypatch.setattr(_loop_batching._LoopState, "_hand_over", handing_over)
+
+    async def main() -> tuple[int, list[Any]]:
+        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in (1, 99)]
+        await asyncio.sleep(0)  # each task made its request
+        await asyncio.sleep(0)  # the iteration's flush queued them, and the worker queued them again
+        assert handed.is_set()
+        tasks[0].cancel()
+        await asyncio.sleep(0)  # the cancelled task takes its cancellation
+        await asyncio.sleep(0)
+        queued = version_status(server, "busy")["queued_rows"]
+        resume.set()
+        return queued, await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        queued, results = asyncio.run(main())
+    finally:
+        resume.set()
+        handed.set()
+    blocker.release()
+    assert [type(r).__name__ for r in results] == ["CancelledError", "InvalidInputError"]
+    assert queued == 1  # the other task's request alone (the cancelled one's was left: 2)
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
