@@ -1211,6 +1211,7 @@ def apredict(
     if state is None or state._loop() is not loop:
         state = _state_of(loop)
     opened = None
+    waiter: asyncio.Future[Prediction] | None = None
     state._routing = True  # (until it returns: see _routing_on_this_thread)
     try:
         tried = state.alone()
@@ -1229,7 +1230,7 @@ def apredict(
             if answer is not None:
                 state.answered_alone(started)
                 return answer
-        waiter: asyncio.Future[Prediction] = loop.create_future()
+        waiter = loop.create_future()
         if opened is not None:
             if _join_opened(server, state, loop, waiter, opened, version, context, timeout_s):
                 return waiter
@@ -1263,6 +1264,11 @@ def apredict(
     except WaitOffLoop:  # its routing must wait for a flag provider: never on the loop, which would stall
         return _off_loop(server, state, loop, model, inputs, version, context, timeout_s)
     except BaseException as exc:
+        if waiter is not None and not waiter.done():
+            # Raised once its request joined its iteration's group (as the flush was arranged): the task never
+            # awaits it, so it is given up, and the group runs without it. Left in, its rows ran for nobody and
+            # it was recorded answered while its task got the interruption.
+            waiter.cancel()
         if opened is not None and opened.lead is not None:
             # Raised before the full way took the lead over (the loop's thread interrupted as _dispatch began):
             # identical requests already follow it, and waited for good. (Nothing if it ended or was taken over.)

@@ -308,3 +308,33 @@ def test_a_task_whose_request_a_worker_queued_again_meanwhile_still_withdraws_it
     assert [type(r).__name__ for r in results] == ["CancelledError", "InvalidInputError"]
     assert queued == 1  # the other task's request alone (the cancelled one's was left: 2)
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+
+
+def test_a_task_interrupted_once_it_joined_its_group_is_not_run_nor_counted_answered(
+    busy_repository: Path, make_server: ServerFactory
+) -> None:
+    """The loop's thread interrupted (a signal handler raised) once a task's request joined its iteration's
+    group, as it arranges the iteration's flush: the task never awaits it, so the group runs without it.
+    (Its rows ran for nobody, and the status page counted it answered while its task got the interruption.)"""
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))  # adopts the runners: the merged way applies
+    before = version_status(server, "busy")
+
+    async def main() -> list[Any]:
+        with interrupted_at(_loop_batching._LoopState._flush_at_iteration_end.__code__):
+            tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(2)]
+            await asyncio.sleep(0)  # each task made its request
+        await asyncio.wait(tasks, timeout=10)
+        return [task.exception() or task.result()["picked"].tolist() if task.done() else "waiting" for task in tasks]
+
+    first, second = asyncio.run(main())
+    assert isinstance(first, Interrupted)
+    assert second == [[2.0, 3.0]]
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    after = version_status(server, "busy")
+    assert after["rows_run"] - before["rows_run"] == 1
+    latency = (
+        after["latency_ms"]["count"] - before["latency_ms"]["count"],
+        after["latency_ms"]["errors"] - before["latency_ms"]["errors"],
+    )
+    assert latency == (1, 1)
