@@ -692,6 +692,7 @@ class _LoopState:
         leaves ``_wake_due`` set: without this, every later answer would pile up)."""
         if self.closed():
             self._inbox.clear()
+            self._claims.clear()  # (nobody is left to answer: the claims' futures are let go with the answers)
             self._wake_due = False
             return
         self._inbox.append((sink, value, error))
