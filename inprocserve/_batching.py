@@ -1106,6 +1106,24 @@ class Batcher:
         with self._lock:
             return self._drained.wait_for(lambda: self._in_flight == 0, timeout_s)
 
+    def hold_open(self, callers: int) -> bool:
+        """Count ``callers`` in flight while their requests, which ran once and failed, are queued again one by
+        one (:meth:`let_go` ends it): an event loop's group whose run failed, handed over as a worker's failed
+        merged run is, so that each is readmitted (queued even while closing, never shed) with :meth:`close`
+        still waiting for them. False, holding nothing, when the batcher is closing already."""
+        with self._lock:
+            if self._closing:
+                return False
+            self._in_flight += callers
+            return True
+
+    def let_go(self, callers: int) -> None:
+        """End a :meth:`hold_open` of ``callers``."""
+        with self._lock:
+            self._in_flight -= callers
+            if self._closing:
+                self._notify_if_drained()
+
     def _notify_if_drained(self) -> None:
         if self._in_flight == 0:
             self._drained.notify_all()

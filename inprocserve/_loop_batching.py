@@ -513,7 +513,7 @@ class _LoopState:
             shape = getattr(array, "shape", ())
             if shape[:1] != (rows,):
                 group.batcher.disable_merging(f"output {name!r} has shape {shape} for a batch of {rows} rows")
-                self._hand_over(group, members)
+                self._hand_over(group, members, ran=True)
                 return False
         return True
 
@@ -529,7 +529,7 @@ class _LoopState:
         be one task's input, so several tasks are each handed to the full way, where a failing batch is
         bisected down to the request that fails."""
         if len(members) > 1 and _isolable(error):
-            self._hand_over(group, members)
+            self._hand_over(group, members, ran=True)
         else:
             self._answer(group, members, None, error, timing, queue_wait_s)
 
@@ -584,11 +584,26 @@ class _LoopState:
             start = end
         group.answered()
 
-    def _hand_over(self, group: _Group, members: list[_Member], *, on_loop: bool = True) -> None:
+    def _hand_over(self, group: _Group, members: list[_Member], *, on_loop: bool = True, ran: bool = False) -> None:
         """Send each task's request the full way (routed again if its version retired meanwhile), as it would
         have gone unmerged; its span, start and deadline carry over. ``on_loop=False``: called on a worker's
         thread (``_Merged.deliver``, the merged request still counted in flight): each is queued again on the
-        version that ran it, even while it closes, a refusal is posted to the loop and a batcher woken directly."""
+        version that ran it, even while it closes, a refusal is posted to the loop and a batcher woken directly.
+        ``ran``: on the loop, the tasks' merged request ran (and failed, or gave outputs that cannot be split):
+        they were admitted once, so they are queued again as a worker's are, held in flight meanwhile
+        (:meth:`Batcher.hold_open`), not shed behind a queue that filled since."""
+        batcher = group.target.batcher
+        held = False
+        try:
+            if on_loop and ran and batcher is not None:
+                held = batcher.hold_open(len(members))
+            self._hand_over_each(group, members, on_loop=on_loop, readmit=not on_loop or held)
+        finally:
+            if held:
+                batcher.let_go(len(members))  # type: ignore[union-attr]  # (held: not None)
+
+    def _hand_over_each(self, group: _Group, members: list[_Member], *, on_loop: bool, readmit: bool) -> None:
+        """:meth:`_hand_over`'s work."""
         from ._server import _Opened  # (the server imports this module)
 
         server, target = group.server, group.target
@@ -614,7 +629,7 @@ class _LoopState:
                     handle,  # type: ignore[arg-type]  # stands in for a concurrent.futures.Future
                     inline=False,
                     opened=opened,
-                    readmit=not on_loop,
+                    readmit=readmit,
                 )
             except Exception as exc:  # refused (and recorded so): the task gets the error
                 # (its traceback holds this frame and _dispatch's, which hold the task's future and inputs: a

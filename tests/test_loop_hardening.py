@@ -222,11 +222,6 @@ def test_a_deadline_passing_as_a_worker_hands_the_answer_over_agrees_with_what_i
     assert got["picked"].tolist() == [[2.0, 3.0]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs Batcher.run_plain / Server._dispatch (outside _loop_batching) to keep a group run on the "
-    "loop counted in flight while its tasks are queued again, so that they can be readmitted, not shed",
-)
 def test_the_tasks_of_a_failed_run_on_the_loop_are_not_shed_when_queued_again(
     busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, hold_session: SessionHolder
 ) -> None:
