@@ -1,5 +1,5 @@
 """Reading the ``score`` command's input files as ``predict_many`` inputs: ``.npy`` (memory-mapped), ``.npz``
-(one array per input, each member's header checked before it is loaded), CSV and Parquet (streamed in batches
+(one array per input, read chunk by chunk: :mod:`._scoring_npz`), CSV and Parquet (streamed in batches
 of one request, every row a row: a header detected, missing values and text refused by line or row)."""
 
 from __future__ import annotations
@@ -7,16 +7,13 @@ from __future__ import annotations
 import csv
 import functools
 import itertools
-import math
-import zipfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
-from ._array_file import huge_header, not_numpy_file
+from ._array_file import not_numpy_file
 from ._errors import InvalidInputError
 from ._scoring_columns import (
     ColumnPlan,
@@ -27,6 +24,7 @@ from ._scoring_columns import (
     to_float,
 )
 from ._scoring_formats import file_format, pyarrow_modules
+from ._scoring_npz import DAMAGED_ARCHIVE, npz_inputs, numpy_reason
 from ._signature import Signature
 
 __all__ = ["read_inputs"]
@@ -76,33 +74,11 @@ def read_inputs(
             array = np.load(path, mmap_mode="r", allow_pickle=False)  # read chunk by chunk as they are scored
             return array, (len(array) if array.ndim else None)
         if suffix == ".npz":
-            _check_npz_members(path)
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-            # (a single value is taken for an input the model takes as one, rank 0: a scale beside rows, as
-            # predict_many takes it)
-            single = {spec.name for spec in signature.inputs if spec.shape is not None and len(spec.shape) == 0}
-            scalars = [name for name, array in arrays.items() if array.ndim == 0 and name not in single]
-            if scalars:
-                raise InvalidInputError(
-                    f"input {path}: array {scalars[0]!r} is a single value (0 dimensions); every array needs a "
-                    "first axis of rows: save it with shape (rows, ...), e.g. np.savez(path, x=x.reshape(1, -1))"
-                )
-            # checked here, naming the file: predict_many's words ("a batch is an empty mapping", "the inputs of
-            # a batch must have the same number of rows") named neither it nor its arrays' origin
-            if not arrays:
-                raise InvalidInputError(f"input {path} holds no arrays; save one per input, e.g. np.savez(path, x=x)")
-            rows = {name: len(array) for name, array in arrays.items() if array.ndim}
-            if len(set(rows.values())) > 1:
-                listing = ", ".join(f"{name!r} has {count}" for name, count in rows.items())
-                raise InvalidInputError(
-                    f"input {path}: its arrays must have the same number of rows (one per input row): {listing}"
-                )
-            return arrays, next(iter(rows.values()), 1)  # (single values alone: one row, as predict_many reads them)
+            return npz_inputs(path, signature, chunk_rows)  # (read chunk by chunk, as a .npy is)
     except InvalidInputError:
         raise  # already says what is wrong with the file
-    except (OSError, ValueError, *_DAMAGED_ARCHIVE) as exc:
-        raise InvalidInputError(f"input {path} cannot be read: {_numpy_reason(exc)}") from exc
+    except (OSError, ValueError, *DAMAGED_ARCHIVE) as exc:
+        raise InvalidInputError(f"input {path} cannot be read: {numpy_reason(exc)}") from exc
     if suffix == ".csv":
         try:
             plan = _csv_plan(path, signature)  # (before the first row: a header that does not fit names it)
@@ -111,58 +87,6 @@ def read_inputs(
         total = _count_csv_rows(path) if count_rows else None
         return _csv_batches(path, signature, plan, chunk_rows), total
     return _parquet_batches(path, signature, chunk_rows)
-
-
-# What zipfile and zlib raise for a damaged .npz, beside OSError and ValueError: a header byte naming a zip
-# version or compression it does not know (NotImplementedError), a member cut short (EOFError), a corrupt
-# deflate stream (zlib.error). The score command let them out as a traceback instead of its one error line.
-_DAMAGED_ARCHIVE = (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error)
-
-
-def _numpy_reason(error: BaseException) -> str:
-    """numpy's words for a file it refuses, less its advice to load a header over its size limit with
-    ``allow_pickle=True`` (see :func:`huge_header`)."""
-    return huge_header(error) or str(error) or type(error).__name__
-
-
-def _check_npz_members(path: Path) -> None:
-    """Reads each member's .npy header (not its data) and refuses a member whose header claims more bytes than
-    the member holds: ``np.load`` would otherwise allocate the claimed shape first (a corrupt or hostile file
-    ends in a ``MemoryError``).
-
-    Raises:
-        InvalidInputError: a member is not a readable .npy array, or its shape does not fit its size.
-    """
-    try:
-        archive = zipfile.ZipFile(path)
-    except (OSError, *_DAMAGED_ARCHIVE) as exc:
-        raise InvalidInputError(f"input {path} cannot be read as .npz (a zip of .npy arrays): {exc}") from exc
-    with archive:
-        for member in archive.infolist():
-            if member.is_dir():
-                continue
-            try:
-                with archive.open(member) as file:
-                    version = np.lib.format.read_magic(file)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(file)
-                    else:
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(file)
-                    header_bytes = file.tell()
-            except (ValueError, OSError, *_DAMAGED_ARCHIVE) as exc:
-                reason = _numpy_reason(exc) if str(exc) else f"{type(exc).__name__} (damaged or cut short)"
-                raise InvalidInputError(
-                    f"input {path}: member {member.filename!r} is not a .npy array: {reason}"
-                ) from exc
-            if dtype.hasobject:
-                continue  # np.load refuses it with its own message (allow_pickle=False)
-            claimed = math.prod(shape) * dtype.itemsize
-            if claimed > member.file_size - header_bytes:
-                raise InvalidInputError(
-                    f"input {path}: member {member.filename!r} claims shape {tuple(shape)} of {dtype} "
-                    f"({claimed:,} bytes) but holds {max(member.file_size - header_bytes, 0):,} bytes of data; "
-                    "the file is truncated or corrupt: write it again with np.savez"
-                )
 
 
 # A field may be quoted, as CSV allows ("1.5"): Python's csv.QUOTE_ALL, pandas' to_csv(quoting=...) and

@@ -1,0 +1,220 @@
+"""Reading a ``.npz`` input of the ``score`` command chunk by chunk, as a ``.npy`` is (memory-mapped): each
+member's .npy header (its shape and dtype) is read first and checked against the others and against the model;
+then the members are read together, a chunk of rows at a time, from their zip streams.
+
+Read whole, as ``np.load`` reads a member, a small compressed file that expands to more than memory (a member
+of zeros declaring 40 GB, honest or a zip bomb's lie) allocated the whole array first and ended in a
+``MemoryError`` traceback; read this way, memory follows the chunk, and a member whose data ends before its
+header's rows (a truncated file, or a zip entry lying about its size) is an error naming it.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from ._array_file import huge_header
+from ._errors import InvalidInputError
+from ._signature import Signature
+
+__all__ = ["DAMAGED_ARCHIVE", "npz_inputs", "numpy_reason"]
+
+# What zipfile and zlib raise for a damaged .npz, beside OSError and ValueError: a header byte naming a zip
+# version or compression it does not know (NotImplementedError), a member cut short (EOFError), a corrupt
+# deflate stream (zlib.error). The score command let them out as a traceback instead of its one error line.
+DAMAGED_ARCHIVE = (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error)
+
+# The most bytes a member is read in at once where it cannot be read by rows: one row (or a single value), or
+# a whole array saved in Fortran order (its rows are not contiguous). Past it, the member is refused by its
+# header, before anything is allocated.
+_WHOLE_LIMIT = 1 << 30
+
+
+def numpy_reason(error: BaseException) -> str:
+    """numpy's words for a file it refuses, less its advice to load a header over its size limit with
+    ``allow_pickle=True`` (see :func:`huge_header`)."""
+    return huge_header(error) or str(error) or type(error).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """One array of the archive, as its .npy header describes it."""
+
+    info: zipfile.ZipInfo
+    name: str  # the array's name, as np.load gives it: the member's name less ".npy"
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+    fortran: bool
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape[1:]) * self.dtype.itemsize
+
+    def where(self, path: Path) -> str:
+        return f"input {path}: member {self.info.filename!r}"
+
+
+def _read_header(file: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    version = np.lib.format.read_magic(file)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(file)
+    return np.lib.format.read_array_header_2_0(file)
+
+
+def _members(path: Path, archive: zipfile.ZipFile) -> list[_Member]:
+    """The archive's arrays, each checked by its header, before any data is read.
+
+    Raises:
+        InvalidInputError: a member is not a .npy array, holds Python objects, is named twice, claims more bytes
+            than its zip entry holds, or cannot be read by rows and is over :data:`_WHOLE_LIMIT` bytes.
+    """
+    members: dict[str, _Member] = {}
+    for info in archive.infolist():
+        if info.is_dir():
+            continue
+        where = f"input {path}: member {info.filename!r}"
+        try:
+            with archive.open(info) as file:
+                shape, fortran, dtype = _read_header(file)
+                header_bytes = file.tell()
+        except (ValueError, OSError, *DAMAGED_ARCHIVE) as exc:
+            reason = numpy_reason(exc) if str(exc) else f"{type(exc).__name__} (damaged or cut short)"
+            raise InvalidInputError(f"{where} is not a .npy array: {reason}") from exc
+        if dtype.hasobject:
+            raise InvalidInputError(
+                f"{where} holds Python objects (an object array), never unpickled; save it as text or numbers "
+                "(array.astype(str), array.astype(np.float32))"
+            )
+        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if name in members:  # (np.load kept the last one without a word)
+            raise InvalidInputError(f"{where} is in the archive twice; save each array once, e.g. np.savez(path, x=x)")
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed > info.file_size - header_bytes:
+            raise InvalidInputError(
+                f"{where} claims shape {tuple(shape)} of {dtype} ({claimed:,} bytes) but holds "
+                f"{max(info.file_size - header_bytes, 0):,} bytes of data; the file is truncated or corrupt: write "
+                "it again with np.savez"
+            )
+        member = _Member(info, name, tuple(shape), dtype, fortran and len(shape) > 1)
+        whole = claimed if member.fortran or not shape else member.row_bytes
+        if whole > _WHOLE_LIMIT:
+            what = "in Fortran order (its rows are not contiguous)" if member.fortran else "one row of"
+            raise InvalidInputError(
+                f"{where} claims shape {tuple(shape)} of {dtype}: {what} {whole:,} bytes, more than is read at "
+                f"once ({_WHOLE_LIMIT:,}); "
+                + (
+                    "save it in C order (np.ascontiguousarray) to have it read by rows"
+                    if member.fortran
+                    else "the file is corrupt, or not a file of rows"
+                )
+            )
+        members[name] = member
+    return list(members.values())
+
+
+def npz_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[Iterator[dict[str, np.ndarray]], int]:
+    """The arrays of ``path`` as batches of up to ``chunk_rows`` rows (a single value, taken whole with every
+    batch, for an input the model takes as one), and their rows.
+
+    Raises:
+        InvalidInputError: the archive or a member cannot be read, a single value for an input of rows, no
+            arrays, or arrays of different rows (when the batches are read: a member cut short, naming it).
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, *DAMAGED_ARCHIVE) as exc:
+        raise InvalidInputError(f"input {path} cannot be read as .npz (a zip of .npy arrays): {exc}") from exc
+    try:
+        members = _members(path, archive)
+        # (a single value is taken for an input the model takes as one, rank 0: a scale beside rows, as
+        # predict_many takes it)
+        single = {spec.name for spec in signature.inputs if spec.shape is not None and len(spec.shape) == 0}
+        scalars = [member.name for member in members if not member.shape and member.name not in single]
+        if scalars:
+            raise InvalidInputError(
+                f"input {path}: array {scalars[0]!r} is a single value (0 dimensions); every array needs a "
+                "first axis of rows: save it with shape (rows, ...), e.g. np.savez(path, x=x.reshape(1, -1))"
+            )
+        # checked here, naming the file: predict_many's words ("a batch is an empty mapping", "the inputs of
+        # a batch must have the same number of rows") named neither it nor its arrays' origin
+        if not members:
+            raise InvalidInputError(f"input {path} holds no arrays; save one per input, e.g. np.savez(path, x=x)")
+        rows = {member.name: member.shape[0] for member in members if member.shape}
+        if len(set(rows.values())) > 1:
+            listing = ", ".join(f"{name!r} has {count}" for name, count in rows.items())
+            raise InvalidInputError(
+                f"input {path}: its arrays must have the same number of rows (one per input row): {listing}"
+            )
+    except BaseException:
+        archive.close()
+        raise
+    total = next(iter(rows.values()), 1)  # (single values alone: one row, as predict_many reads them)
+    return _batches(path, archive, members, total, chunk_rows), total
+
+
+def _batches(
+    path: Path, archive: zipfile.ZipFile, members: list[_Member], total: int, chunk_rows: int
+) -> Iterator[dict[str, np.ndarray]]:
+    with archive:
+        streams: dict[str, IO[bytes]] = {}
+        whole: dict[str, np.ndarray] = {}
+        try:
+            for member in members:
+                stream = archive.open(member.info)
+                streams[member.name] = stream
+                _read_header(stream)
+                if member.fortran or not member.shape:  # (bounded by _WHOLE_LIMIT)
+                    whole[member.name] = _read(path, member, stream, math.prod(member.shape), 0).reshape(
+                        member.shape, order="F" if member.fortran else "C"
+                    )
+            if not any(member.shape for member in members):
+                yield dict(whole)
+                return
+            for start in range(0, total, chunk_rows):
+                stop = min(total, start + chunk_rows)
+                batch: dict[str, np.ndarray] = {}
+                for member in members:
+                    if member.name in whole:
+                        value = whole[member.name]
+                        batch[member.name] = value if not member.shape else value[start:stop]
+                        continue
+                    items = (stop - start) * math.prod(member.shape[1:])
+                    flat = _read(path, member, streams[member.name], items, start)
+                    batch[member.name] = flat.reshape((stop - start, *member.shape[1:]))
+                yield batch
+        finally:
+            for stream in streams.values():
+                stream.close()
+
+
+def _read(path: Path, member: _Member, stream: IO[bytes], items: int, first_row: int) -> np.ndarray:
+    """``items`` values of ``member`` from its stream, at row ``first_row``.
+
+    Raises:
+        InvalidInputError: the member's data ends before them, or is damaged, naming the member.
+    """
+    wanted = items * member.dtype.itemsize
+    if not wanted:  # (no rows, or a dtype of no bytes: np.frombuffer refuses an empty buffer)
+        return np.empty(items, dtype=member.dtype)
+    try:
+        data = stream.read(wanted)
+    except (OSError, *DAMAGED_ARCHIVE) as exc:
+        raise InvalidInputError(
+            f"{member.where(path)} cannot be read past row {first_row:,}: {exc or type(exc).__name__}; the file "
+            "is damaged: write it again with np.savez"
+        ) from exc
+    if len(data) < wanted:
+        held = first_row + len(data) // max(member.row_bytes, 1)
+        rows = member.shape[0] if member.shape else 1
+        raise InvalidInputError(
+            f"{member.where(path)} ends after {held:,} of the {rows:,} rows its header declares: the file is "
+            "truncated or corrupt (its zip entry claims more than it holds): write it again with np.savez"
+        )
+    return np.frombuffer(data, dtype=member.dtype, count=items)

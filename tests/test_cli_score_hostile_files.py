@@ -1,0 +1,93 @@
+"""``python -m inprocserve score`` on hostile or unusual files: a .npz member that expands to more than memory
+(a zip bomb), and a large honest one, read chunk by chunk as a .npy is."""
+
+from __future__ import annotations
+
+import io
+import struct
+import tracemalloc
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inprocserve.__main__ import main
+from inprocserve.testing import build_scale_model, save_model
+
+
+@pytest.fixture
+def scale_file(tmp_path: Path) -> Path:
+    return save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
+
+
+def _score(*args: Path | str) -> int:
+    return main(["score", "--quiet", *(str(arg) for arg in args)])
+
+
+def _zip64_member(path: Path, name: str, data: bytes, *, declared_size: int) -> None:
+    """A .npz of one deflated member holding ``data`` whose zip entry declares ``declared_size`` bytes once
+    expanded (a zip bomb's claim: the archive's sizes are not checked until the member is read to its end)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    packed = packer.compress(data) + packer.flush()
+    crc, filename = zlib.crc32(data), name.encode()
+    sizes = struct.pack("<HHQQ", 1, 16, declared_size, len(packed))  # the zip64 extra field
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, 8, 0, 0x21, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(filename), 20)
+    central = struct.pack(
+        "<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, 8, 0, 0x21, crc, 0xFFFFFFFF, 0xFFFFFFFF, len(filename), 20, 0,
+        0, 0, 0, 0,
+    )  # fmt: skip
+    body = local + filename + sizes + packed
+    directory = central + filename + sizes
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(directory), len(body), 0)
+    path.write_bytes(body + directory + end)
+
+
+def test_an_npz_member_expanding_to_more_than_memory_is_an_error_naming_it_not_a_memory_error(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 64 KiB of zeros whose header and zip entry declare a TiB: np.load allocated the TiB first (MemoryError,
+    # a traceback) before reading a byte of it
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 4), np.float32))
+    header["shape"] = (2**36, 4)
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, header)
+    data = member.getvalue() + bytes(4096 * 16)
+    _zip64_member(tmp_path / "x.npz", "x.npy", data, declared_size=len(member.getvalue()) + 2**40)
+    tracemalloc.start()
+    try:
+        assert _score("--batch-rows", "1024", scale_file, tmp_path / "x.npz", tmp_path / "y.npz") == 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000, f"{peak:,} bytes at the peak"
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: input {tmp_path / 'x.npz'}: member 'x.npy' ends after 4,096 of the ")
+    assert "truncated or corrupt" in err
+    assert not (tmp_path / "y.npz").exists()
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def _peak_bytes(*args: Path | str) -> int:
+    tracemalloc.start()
+    try:
+        assert _score(*args) == 0
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_large_compressed_npz_is_read_chunk_by_chunk_as_a_npy_is(tmp_path: Path, scale_file: Path) -> None:
+    # read whole, its 2.6 MB (and as many again for the bytes they were read from) were held at once, where a
+    # .npy of them is memory-mapped: a member of 40 GB ended in a MemoryError
+    x = np.tile(np.arange(4, dtype=np.float32), (160_000, 1))
+    np.save(tmp_path / "x.npy", x)
+    np.savez_compressed(tmp_path / "x.npz", x=x)
+    _peak_bytes(scale_file, tmp_path / "x.npy", tmp_path / "y.parquet")  # (the imports of a first run)
+    as_npy = _peak_bytes("--batch-rows", "4096", scale_file, tmp_path / "x.npy", tmp_path / "y.parquet")
+    as_npz = _peak_bytes("--batch-rows", "4096", scale_file, tmp_path / "x.npz", tmp_path / "z.parquet")
+    assert as_npz < as_npy + x.nbytes / 4, f"{as_npz:,} bytes at the peak ({as_npy:,} for the .npy): read whole"
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pq.read_table(tmp_path / "z.parquet")
+    assert table.num_rows == 160_000
+    np.testing.assert_array_equal(table.column("y_3").to_numpy(), np.full(160_000, 6.0, np.float32))
