@@ -463,10 +463,15 @@ def _beyond_float(where: str, value: object, dtype: np.dtype[Any], name: str) ->
     )
 
 
+_PARQUET_BUFFER = 1 << 20  # bytes read at a time from a column's chunk (a page is read whole: 1 MiB by default)
+
+
 def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple[Iterator[Any], int]:
     pa, pq = pyarrow_modules()
     try:
-        table = pq.ParquetFile(path)
+        # Buffered, not pre-buffered: pyarrow read each column's chunk of a row group whole before its first
+        # batch, so memory followed the row group (one of the whole file, as many writers make), not the batch
+        table = pq.ParquetFile(path, buffer_size=_PARQUET_BUFFER, pre_buffer=False)
     except Exception as exc:  # pyarrow raises its own error types
         raise InvalidInputError(f"input {path} cannot be read as Parquet: {exc}") from exc
     plan = plan_columns(signature, table.schema_arrow.names, str(path))

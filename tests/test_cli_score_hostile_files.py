@@ -15,6 +15,8 @@ import pytest
 from inprocserve.__main__ import main
 from inprocserve.testing import build_scale_model, save_model
 
+from .conftest import run_python
+
 
 @pytest.fixture
 def scale_file(tmp_path: Path) -> Path:
@@ -91,3 +93,39 @@ def test_a_large_compressed_npz_is_read_chunk_by_chunk_as_a_npy_is(tmp_path: Pat
     table = pq.read_table(tmp_path / "z.parquet")
     assert table.num_rows == 160_000
     np.testing.assert_array_equal(table.column("y_3").to_numpy(), np.full(160_000, 6.0, np.float32))
+
+
+_ARROW_PEAK = """
+import sys
+import pyarrow
+from inprocserve.__main__ import main
+status = main(["score", "--quiet", "--batch-rows", "1024", *sys.argv[1:]])
+print(status, pyarrow.default_memory_pool().max_memory())
+"""
+
+
+def _arrow_peak(tmp_path: Path, rows: int) -> int:
+    """The most memory pyarrow held in a run over a Parquet file of one row group of ``rows`` rows of 8 columns,
+    ended by a null in its second batch of 1024 rows."""
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    model = save_model(build_scale_model(2.0, features=8), tmp_path / "models", "wide", 1)
+    values = np.random.default_rng(0).standard_normal((rows, 8)).astype(np.float32)
+    columns = {f"f{i}": pa.array(values[:, i]) for i in range(8)}
+    mask = np.zeros(rows, bool)
+    mask[1500] = True
+    columns["f0"] = pa.array(values[:, 0], mask=mask)
+    path = tmp_path / f"x{rows}.parquet"
+    pq.write_table(pa.table(columns), path, row_group_size=rows, compression="none")
+    done = run_python(_ARROW_PEAK, str(model), str(path), str(tmp_path / "y.csv"))
+    status, peak = done.stdout.split()
+    assert status == "1", done.stderr
+    assert "column 'f0' has a null (missing value) at row 1501" in done.stderr
+    return int(peak)
+
+
+def test_a_parquet_row_group_is_read_in_batches_not_whole(tmp_path: Path) -> None:
+    # pyarrow's ParquetFile read each column's chunk of a row group whole, before its first batch: memory
+    # followed the row group (a file of one row group, as many writers make, held at once), not --batch-rows
+    small, large = _arrow_peak(tmp_path, 150_000), _arrow_peak(tmp_path, 600_000)
+    assert large < small * 1.5, f"{large:,} bytes held by pyarrow at the peak, {small:,} for a quarter of the rows"
