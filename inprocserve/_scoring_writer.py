@@ -33,6 +33,11 @@ def _columns(answer: Mapping[str, Any]) -> list[tuple[str, np.ndarray]]:
     return columns
 
 
+def _per_row(shape: tuple[int, ...]) -> str:
+    """An answer's row, in words: ``4 values per row (shape (4,))``."""
+    return f"{math.prod(shape)} values per row (shape {shape})"
+
+
 def _fmt(values: np.ndarray) -> str:
     kind = values.dtype.kind
     if kind == "f":
@@ -106,6 +111,8 @@ class AnswerWriter:
         self._fmts: list[str] = []
         self._written = False
         self._maps = {spec.name: spec for spec in signature.outputs if spec.is_maps_per_row}
+        self._row_shapes: dict[str, tuple[int, ...]] = {}  # each output's shape of a row, from the first chunk
+        self._rows = 0  # rows answered so far
         self._keys: dict[str, tuple[Any, ...]] = {}
         """Each ZipMap output's keys (the classes), from its first map: its columns, in that order."""
         try:
@@ -139,6 +146,7 @@ class AnswerWriter:
         return tabular
 
     def write(self, answer: Mapping[str, Any]) -> None:
+        self._check_widths(answer)
         self._written = True
         if self.format in (".npy", ".npz"):
             for output, values in self._tabular(answer).items():
@@ -162,6 +170,31 @@ class AnswerWriter:
         if self._parquet is None:
             self._parquet = pq.ParquetWriter(self._temp, table.schema)
         self._parquet.write_table(table)
+
+    def _check_widths(self, answer: Mapping[str, Any]) -> None:
+        """Each output's rows keep the shape of the first chunk's, checked as each chunk comes.
+
+        Raises:
+            InvalidInputError: an output's rows changed shape (a model with an open output axis sized by its
+                request), naming the output, the chunk's input rows and both shapes. The answers were joined
+                only at the end, after every row was scored (.npy/.npz), or failed on numpy's or pyarrow's
+                words, naming neither the output nor the rows (CSV, Parquet).
+        """
+        rows = 0
+        for output, values in answer.items():
+            if output in self._maps or not isinstance(values, np.ndarray) or not values.ndim:
+                continue  # (a ZipMap's maps: their keys are checked by _map_matrix)
+            rows, tail = len(values), values.shape[1:]
+            first = self._row_shapes.setdefault(output, tail)
+            if tail != first:
+                raise InvalidInputError(
+                    f"output {output!r} answers {_per_row(tail)} for input rows {self._rows + 1}.."
+                    f"{self._rows + rows}, where the rows before have {_per_row(first)}: the model sizes an open "
+                    "axis of its answer by the request, so its answers cannot form one file (nothing was written); "
+                    "score every row in one chunk (--batch-rows as many as the rows), or call server.predict_many "
+                    "from Python"
+                )
+        self._rows += rows
 
     def _write_csv(self, columns: list[tuple[str, np.ndarray]]) -> None:
         if self._text is None:

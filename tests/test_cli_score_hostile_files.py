@@ -1,5 +1,5 @@
 """``python -m inprocserve score`` on hostile or unusual files: a .npz member that expands to more than memory
-(a zip bomb), and a large honest one, read chunk by chunk as a .npy is."""
+(a zip bomb) and a large honest one, a Parquet file of one large row group, answers that change width."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from inprocserve.__main__ import main
 from inprocserve.testing import build_scale_model, save_model
@@ -98,6 +99,8 @@ def test_a_large_compressed_npz_is_read_chunk_by_chunk_as_a_npy_is(tmp_path: Pat
 _ARROW_PEAK = """
 import sys
 import pyarrow
+from onnx import TensorProto, helper, numpy_helper
+
 from inprocserve.__main__ import main
 status = main(["score", "--quiet", "--batch-rows", "1024", *sys.argv[1:]])
 print(status, pyarrow.default_memory_pool().max_memory())
@@ -129,3 +132,50 @@ def test_a_parquet_row_group_is_read_in_batches_not_whole(tmp_path: Path) -> Non
     # followed the row group (a file of one row group, as many writers make, held at once), not --batch-rows
     small, large = _arrow_peak(tmp_path, 150_000), _arrow_peak(tmp_path, 600_000)
     assert large < small * 1.5, f"{large:,} bytes held by pyarrow at the peak, {small:,} for a quarter of the rows"
+
+
+def _widening_model(tmp_path: Path) -> Path:
+    """x (float [batch, 2]) -> y (float [batch, open]): x repeated as often as the largest value of its request,
+    so its width changes from one chunk to the next (an open output axis sized by the data)."""
+    most = helper.make_node("ReduceMax", ["x"], ["most"], keepdims=0)
+    graph = helper.make_graph(
+        [
+            most,
+            helper.make_node("Cast", ["most"], ["times"], to=TensorProto.INT64),
+            helper.make_node("Reshape", ["times", "one_shape"], ["times_1"]),
+            helper.make_node("Concat", ["one", "times_1"], ["repeats"], axis=0),
+            helper.make_node("Tile", ["x", "repeats"], ["y"]),
+        ],
+        "widening",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "width"])],
+        initializer=[
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+            numpy_helper.from_array(np.array([1], np.int64), "one_shape"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    return save_model(model, tmp_path / "models", "widening", 1)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".csv", ".parquet"])
+def test_an_answer_whose_width_changes_between_chunks_fails_at_that_chunk(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    # the .npy/.npz answers were joined only at the end, after every row was scored ("all the input array
+    # dimensions except for the concatenation axis must match exactly"); a CSV file's end was a traceback
+    # (numpy's "fmt has wrong shape"), a Parquet file's pyarrow's words, naming neither the output nor the rows
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow")
+    model = _widening_model(tmp_path)
+    x = np.ones((1000, 2), np.float32)
+    x[500:] = 2  # from row 501 (a request of chunks of 10 starts there), 4 values per row where 2 were before
+    np.save(tmp_path / "x.npy", x)
+    assert _score("--batch-rows", "10", model, tmp_path / "x.npy", tmp_path / f"y{suffix}") == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: output 'y' answers 4 values per row (shape (4,)) for input rows 501..510, where the rows before "
+        "have 2 values per row (shape (2,))" in err
+    ), err
+    assert not (tmp_path / f"y{suffix}").exists()
+    assert not list(tmp_path.glob("*.partial"))
