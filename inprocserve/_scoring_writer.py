@@ -100,10 +100,14 @@ class AnswerWriter:
         self.path = path
         self.format = file_format(path, "output")
         self.signature = signature
-        if not path.parent.is_dir():
-            raise InvalidInputError(f"output folder {path.parent} does not exist")
-        # Created on first write with the process's usual permissions; unique per process and writer.
-        self._temp = path.parent / f".{path.name}.{os.getpid()}.{id(self):x}.partial"
+        # Written through a symbolic link (and a folder that is one): renamed over the link itself, the answers
+        # replaced it with a plain file, and the file it pointed to kept its old answers.
+        self._target = Path(os.path.realpath(path))
+        if not self._target.parent.is_dir():
+            raise InvalidInputError(f"output folder {self._target.parent} does not exist")
+        # Beside the file it replaces (a rename within one file system), with the process's usual permissions;
+        # unique per process and writer.
+        self._temp = self._target.parent / f".{self._target.name}.{os.getpid()}.{id(self):x}.partial"
         self._parts: dict[str, list[np.ndarray]] = {}
         self._text: TextIO | None = None
         self._csv: Any = None
@@ -122,7 +126,8 @@ class AnswerWriter:
             # but before its caller holds it to discard it.
             self._temp.touch(exist_ok=False)
         except OSError as exc:
-            raise InvalidInputError(f"output {path} cannot be written in {path.parent}: {exc.strerror or exc}") from exc
+            folder = self._target.parent
+            raise InvalidInputError(f"output {path} cannot be written in {folder}: {exc.strerror or exc}") from exc
         except BaseException:  # stopped (Ctrl-C, SIGTERM) as the file was made: it is nobody's to remove
             with contextlib.suppress(OSError):
                 self._temp.unlink()
@@ -230,8 +235,8 @@ class AnswerWriter:
                 self._save(file, arrays)
         self._close_streams()
         _fsync(self._temp)  # the data is on disk before the name points at it (a crash leaves old or new)
-        os.replace(self._temp, self.path)
-        _fsync_folder(self.path.parent)  # and so is the rename itself
+        os.replace(self._temp, self._target)
+        _fsync_folder(self._target.parent)  # and so is the rename itself
 
     def _save(self, file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
         if self.format == ".npz":

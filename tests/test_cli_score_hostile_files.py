@@ -179,3 +179,33 @@ def test_an_answer_whose_width_changes_between_chunks_fails_at_that_chunk(
     ), err
     assert not (tmp_path / f"y{suffix}").exists()
     assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_an_output_given_as_a_symbolic_link_is_written_through_it(
+    tmp_path: Path, scale_file: Path, suffix: str
+) -> None:
+    # the answers were renamed over the link itself: the link was replaced by a plain file, and the file it
+    # pointed to (a shared folder's, a release's "current") kept its old answers
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / f"answers{suffix}"
+    target.write_text("old answers")
+    (tmp_path / f"y{suffix}").symlink_to(target)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(tmp_path / "x.npy", x)
+    assert _score(scale_file, tmp_path / "x.npy", tmp_path / f"y{suffix}") == 0
+    assert (tmp_path / f"y{suffix}").is_symlink() and (tmp_path / f"y{suffix}").resolve() == target
+    written = np.load(target) if suffix == ".npy" else np.loadtxt(target, delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(written, x * 2)
+    assert not list(tmp_path.glob("*.partial")) and not list(target.parent.glob("*.partial"))
+
+
+def test_a_failed_run_leaves_the_file_an_output_link_points_to_whole(tmp_path: Path, scale_file: Path) -> None:
+    (tmp_path / "shared").mkdir()
+    target = tmp_path / "shared" / "answers.csv"
+    target.write_text("old answers")
+    (tmp_path / "y.csv").symlink_to(target)
+    (tmp_path / "x.csv").write_text("1,2,3,4\n1,2,3\n")
+    assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 1
+    assert (tmp_path / "y.csv").is_symlink() and target.read_text() == "old answers"
+    assert not list(tmp_path.glob("*.partial")) and not list(target.parent.glob("*.partial"))
