@@ -11,6 +11,7 @@ header's rows (a truncated file, or a zip entry lying about its size) is an erro
 from __future__ import annotations
 
 import math
+import tokenize
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -24,12 +25,13 @@ from ._array_file import huge_header
 from ._errors import InvalidInputError
 from ._signature import Signature
 
-__all__ = ["DAMAGED_ARCHIVE", "npz_inputs", "numpy_reason"]
+__all__ = ["DAMAGED_FILE", "npz_inputs", "numpy_reason"]
 
-# What zipfile and zlib raise for a damaged .npz, beside OSError and ValueError: a header byte naming a zip
-# version or compression it does not know (NotImplementedError), a member cut short (EOFError), a corrupt
-# deflate stream (zlib.error). The score command let them out as a traceback instead of its one error line.
-DAMAGED_ARCHIVE = (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error)
+# What zipfile, zlib and numpy raise for a damaged .npy or .npz, beside OSError and ValueError: a header byte
+# naming a zip version or compression it does not know (NotImplementedError), a member cut short (EOFError), a
+# corrupt deflate stream (zlib.error), a .npy header cut inside its braces (numpy parses it with the tokenize
+# module: TokenError). The score command let them out as a traceback instead of its one error line.
+DAMAGED_FILE = (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error, tokenize.TokenError)
 
 # The most bytes a member is read in at once where it cannot be read by rows: one row (or a single value), or
 # a whole array saved in Fortran order (its rows are not contiguous). Past it, the member is refused by its
@@ -40,6 +42,8 @@ _WHOLE_LIMIT = 1 << 30
 def numpy_reason(error: BaseException) -> str:
     """numpy's words for a file it refuses, less its advice to load a header over its size limit with
     ``allow_pickle=True`` (see :func:`huge_header`)."""
+    if isinstance(error, tokenize.TokenError):  # (its words alone, "('EOF in multi-line statement', (2, 0))")
+        return f"its .npy header cannot be parsed ({error.args[0]}): the file is damaged; write it again"
     return huge_header(error) or str(error) or type(error).__name__
 
 
@@ -84,7 +88,7 @@ def _members(path: Path, archive: zipfile.ZipFile) -> list[_Member]:
             with archive.open(info) as file:
                 shape, fortran, dtype = _read_header(file)
                 header_bytes = file.tell()
-        except (ValueError, OSError, *DAMAGED_ARCHIVE) as exc:
+        except (ValueError, OSError, *DAMAGED_FILE) as exc:
             reason = numpy_reason(exc) if str(exc) else f"{type(exc).__name__} (damaged or cut short)"
             raise InvalidInputError(f"{where} is not a .npy array: {reason}") from exc
         if dtype.hasobject:
@@ -129,7 +133,7 @@ def npz_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[Itera
     """
     try:
         archive = zipfile.ZipFile(path)
-    except (OSError, *DAMAGED_ARCHIVE) as exc:
+    except (OSError, *DAMAGED_FILE) as exc:
         raise InvalidInputError(f"input {path} cannot be read as .npz (a zip of .npy arrays): {exc}") from exc
     try:
         members = _members(path, archive)
@@ -205,7 +209,7 @@ def _read(path: Path, member: _Member, stream: IO[bytes], items: int, first_row:
         return np.empty(items, dtype=member.dtype)
     try:
         data = stream.read(wanted)
-    except (OSError, *DAMAGED_ARCHIVE) as exc:
+    except (OSError, *DAMAGED_FILE) as exc:
         raise InvalidInputError(
             f"{member.where(path)} cannot be read past row {first_row:,}: {exc or type(exc).__name__}; the file "
             "is damaged: write it again with np.savez"

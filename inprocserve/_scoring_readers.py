@@ -24,7 +24,7 @@ from ._scoring_columns import (
     to_float,
 )
 from ._scoring_formats import file_format, pyarrow_modules
-from ._scoring_npz import DAMAGED_ARCHIVE, npz_inputs, numpy_reason
+from ._scoring_npz import DAMAGED_FILE, npz_inputs, numpy_reason
 from ._signature import Signature
 
 __all__ = ["read_inputs"]
@@ -77,7 +77,7 @@ def read_inputs(
             return npz_inputs(path, signature, chunk_rows)  # (read chunk by chunk, as a .npy is)
     except InvalidInputError:
         raise  # already says what is wrong with the file
-    except (OSError, ValueError, *DAMAGED_ARCHIVE) as exc:
+    except (OSError, ValueError, *DAMAGED_FILE) as exc:
         raise InvalidInputError(f"input {path} cannot be read: {numpy_reason(exc)}") from exc
     if suffix == ".csv":
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import struct
 import tracemalloc
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -209,3 +210,22 @@ def test_a_failed_run_leaves_the_file_an_output_link_points_to_whole(tmp_path: P
     assert _score(scale_file, tmp_path / "x.csv", tmp_path / "y.csv") == 1
     assert (tmp_path / "y.csv").is_symlink() and target.read_text() == "old answers"
     assert not list(tmp_path.glob("*.partial")) and not list(target.parent.glob("*.partial"))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_npy_header_cut_inside_its_braces_is_an_error_line_not_a_traceback(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    # numpy parses the header with the tokenize module, whose TokenError ("EOF in multi-line statement") went
+    # out as a traceback: a damaged byte in a header's closing brace was enough
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), ".ljust(63) + "\n"
+    data = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(48)
+    if suffix == ".npy":
+        (tmp_path / "x.npy").write_bytes(data)
+    else:
+        with zipfile.ZipFile(tmp_path / "x.npz", "w") as archive:
+            archive.writestr("x.npy", data)
+    assert _score(scale_file, tmp_path / f"x{suffix}", tmp_path / "y.npy") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: input {tmp_path / f'x{suffix}'}") and "EOF in multi-line statement" in err, err
+    assert not (tmp_path / "y.npy").exists()
