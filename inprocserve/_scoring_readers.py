@@ -14,6 +14,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from ._array_file import not_numpy_file
+from ._backend import raised_by_signal_handler
 from ._errors import InvalidInputError
 from ._scoring_columns import (
     ColumnPlan,
@@ -495,7 +496,7 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
 
     def batches() -> Iterator[np.ndarray]:
         first_row = 1
-        for batch in table.iter_batches(batch_size=chunk_rows, columns=features if index else None):
+        for batch in _arrow_batches(path, table, chunk_rows, features if index else None):
             if not batch.num_rows:
                 continue  # an empty row group: a request needs at least one row
             for column_name, column in zip(batch.schema.names, batch.columns, strict=True):
@@ -531,6 +532,33 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
     return batches(), int(table.metadata.num_rows)
 
 
+def _arrow_batches(path: Path, table: Any, chunk_rows: int, columns: list[str] | None) -> Iterator[Any]:
+    """The record batches of ``table`` (a ``ParquetFile``), each pyarrow error in reading one (a damaged page,
+    a codec it lacks) an error naming the file and the rows it was reading: pyarrow's words alone ("Couldn't
+    deserialize thrift", "Unexpected end of stream") named neither.
+
+    Raises:
+        InvalidInputError: a batch cannot be read.
+    """
+    first_row = 1
+    batches = table.iter_batches(batch_size=chunk_rows, columns=columns)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # pyarrow raises its own error types (ArrowInvalid, ArrowNotImplementedError...)
+            if raised_by_signal_handler(exc):  # (a task's time limit as it read: not the file's fault)
+                raise
+            words = " ".join(str(exc).split())  # (pyarrow's run over lines: the command's error is one)
+            raise InvalidInputError(
+                f"input {path} cannot be read as Parquet (reading its rows from row {first_row}): {words}; the file "
+                "is damaged or was not written whole"
+            ) from exc
+        if batch is None:
+            return
+        first_row += batch.num_rows
+        yield batch
+
+
 def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) -> Iterator[dict[str, np.ndarray]]:
     """The file's row groups in batches, each input taken from its named columns."""
     pa, _ = pyarrow_modules()
@@ -556,7 +584,7 @@ def _parquet_named(path: Path, table: Any, plan: ColumnPlan, chunk_rows: int) ->
                     f"{'text' if spec.dtype == np.dtype(object) else f'{spec.dtype} ({wanted})'}: convert the column"
                 )
     first_row = 1
-    for batch in table.iter_batches(batch_size=chunk_rows, columns=None):
+    for batch in _arrow_batches(path, table, chunk_rows, None):
         if not batch.num_rows:
             continue  # an empty row group: a request needs at least one row
         arrays: dict[str, np.ndarray] = {}

@@ -229,3 +229,23 @@ def test_a_npy_header_cut_inside_its_braces_is_an_error_line_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith(f"error: input {tmp_path / f'x{suffix}'}") and "EOF in multi-line statement" in err, err
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_a_parquet_page_that_cannot_be_read_is_an_error_naming_the_file_and_row(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # pyarrow's words alone ("Couldn't deserialize thrift: ...") named neither the file nor where in it
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    x = np.arange(400, dtype=np.float32).reshape(100, 4)
+    pq.write_table(pa.table({f"c{i}": x[:, i] for i in range(4)}), tmp_path / "x.parquet", row_group_size=50)
+    page = pq.ParquetFile(tmp_path / "x.parquet").metadata.row_group(0).column(2).data_page_offset
+    data = bytearray((tmp_path / "x.parquet").read_bytes())
+    data[page : page + 8] = b"\xff" * 8  # the page header of column c2
+    (tmp_path / "x.parquet").write_bytes(bytes(data))
+    assert _score("--batch-rows", "10", scale_file, tmp_path / "x.parquet", tmp_path / "y.csv") == 1
+    err = capsys.readouterr().err
+    where = f"error: input {tmp_path / 'x.parquet'} cannot be read as Parquet (reading its rows from row 1): "
+    assert err.startswith(where) and "the file is damaged or was not written whole" in err, err
+    assert err.count("\n") == 1, err  # (one line: pyarrow's words ran over three)
+    assert not (tmp_path / "y.csv").exists()
