@@ -72,12 +72,13 @@ def _read_header(file: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]
     return np.lib.format.read_array_header_2_0(file)
 
 
-def _members(path: Path, archive: zipfile.ZipFile) -> list[_Member]:
+def _members(path: Path, archive: zipfile.ZipFile, signature: Signature) -> list[_Member]:
     """The archive's arrays, each checked by its header, before any data is read.
 
     Raises:
-        InvalidInputError: a member is not a .npy array, holds Python objects, is named twice, claims more bytes
-            than its zip entry holds, or cannot be read by rows and is over :data:`_WHOLE_LIMIT` bytes.
+        InvalidInputError: a member is not a .npy array, holds Python objects, is none of the model's inputs, is
+            named twice, claims more bytes than its zip entry holds, or cannot be read by rows and is over
+            :data:`_WHOLE_LIMIT` bytes.
     """
     members: dict[str, _Member] = {}
     for info in archive.infolist():
@@ -97,6 +98,13 @@ def _members(path: Path, archive: zipfile.ZipFile) -> list[_Member]:
                 "(array.astype(str), array.astype(np.float32))"
             )
         name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        if name not in signature.input_names:
+            # refused here, by its header: every member is read as rows are (a stream each), and predict_many
+            # refused it only after the first chunk was read
+            takes = ", ".join(spec.describe() for spec in signature.inputs)
+            raise InvalidInputError(
+                f"{where}: array {name!r} is none of the model's inputs ({takes}); save only those, one array each"
+            )
         if name in members:  # (np.load kept the last one without a word)
             raise InvalidInputError(f"{where} is in the archive twice; save each array once, e.g. np.savez(path, x=x)")
         claimed = math.prod(shape) * dtype.itemsize
@@ -136,7 +144,7 @@ def npz_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[Itera
     except (OSError, *DAMAGED_FILE) as exc:
         raise InvalidInputError(f"input {path} cannot be read as .npz (a zip of .npy arrays): {exc}") from exc
     try:
-        members = _members(path, archive)
+        members = _members(path, archive, signature)
         # (a single value is taken for an input the model takes as one, rank 0: a scale beside rows, as
         # predict_many takes it)
         single = {spec.name for spec in signature.inputs if spec.shape is not None and len(spec.shape) == 0}

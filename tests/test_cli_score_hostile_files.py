@@ -249,3 +249,16 @@ def test_a_parquet_page_that_cannot_be_read_is_an_error_naming_the_file_and_row(
     assert err.startswith(where) and "the file is damaged or was not written whole" in err, err
     assert err.count("\n") == 1, err  # (one line: pyarrow's words ran over three)
     assert not (tmp_path / "y.csv").exists()
+
+
+def test_an_npz_array_that_is_none_of_the_models_inputs_is_refused_before_any_row_is_read(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # read as rows are, each array is a stream held open: a file of thousands of members (ids, labels) held
+    # thousands, and predict_many refused them only after the first chunk was read
+    arrays = {f"id{i}": np.arange(3) for i in range(2000)}
+    np.savez_compressed(tmp_path / "x.npz", x=np.ones((3, 4), np.float32), **arrays)  # type: ignore[arg-type]
+    assert _score(scale_file, tmp_path / "x.npz", tmp_path / "y.npy") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: input {tmp_path / 'x.npz'}: member 'id0.npy': array 'id0' is none of the ")
+    assert "inputs (x: tensor(float) [batch, 4])" in err and "predict_many" not in err, err
