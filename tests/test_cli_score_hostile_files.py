@@ -262,3 +262,19 @@ def test_an_npz_array_that_is_none_of_the_models_inputs_is_refused_before_any_ro
     err = capsys.readouterr().err
     assert err.startswith(f"error: input {tmp_path / 'x.npz'}: member 'id0.npy': array 'id0' is none of the ")
     assert "inputs (x: tensor(float) [batch, 4])" in err and "predict_many" not in err, err
+
+
+def test_an_npz_holding_an_array_twice_is_refused_not_scored_on_either(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # np.load took the last of two members of one name without a word: which rows were scored depended on
+    # the order a tool appended them in
+    with zipfile.ZipFile(tmp_path / "x.npz", "w") as archive, pytest.warns(UserWarning, match="Duplicate name"):
+        for value in (1, 2):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.full((3, 4), value, np.float32))
+            archive.writestr("x.npy", member.getvalue())
+    assert _score(scale_file, tmp_path / "x.npz", tmp_path / "y.npy") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: input {tmp_path / 'x.npz'}: member 'x.npy' is in the archive twice"), err
+    assert not (tmp_path / "y.npy").exists()
