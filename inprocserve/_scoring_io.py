@@ -4,10 +4,10 @@
 Formats, by file extension: ``.npy`` (one array: the input of a one-input model), ``.npz`` (one array per
 input name; answers: one array per output name), ``.csv`` (columns form the float matrix of a one-input model;
 a header row is optional and detected; answers: columns ``<output>_<i>``) and ``.parquet`` (like CSV; needs
-``pyarrow``). Inputs are read chunk by chunk where the format allows (``.npy`` memory-mapped, CSV and Parquet
-streamed); answers are written to a temporary file that is fsynced and replaces OUTPUT (whose folder is then
-fsynced) only when every row succeeded. An input with no rows gives an empty output of the same form (zero
-rows, the outputs' dtypes/columns).
+``pyarrow``). Inputs are read chunk by chunk (``.npy`` memory-mapped, ``.npz`` from its zip streams, CSV and
+Parquet streamed); answers are written to a temporary file beside OUTPUT (beside the file it links to, if it
+is a symbolic link) that is fsynced and replaces it (its folder then fsynced) only when every row succeeded.
+An input with no rows gives an empty output of the same form (zero rows, the outputs' dtypes/columns).
 
 Reading the files is :mod:`._scoring_readers`, writing them :mod:`._scoring_writer`; this module runs the command.
 """

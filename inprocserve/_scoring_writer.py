@@ -1,6 +1,6 @@
 """Writing the ``score`` command's answers: in order, into a temporary file beside OUTPUT that is fsynced and
-renamed over it only when every row was scored (``.npy``/``.npz`` collected and saved at the end, never
-pickled; CSV and Parquet written as the answers come)."""
+renamed over it only when every row was scored (``.npy``/``.npz`` spooled to unnamed temporary files as the
+answers come and saved at the end, never pickled; CSV and Parquet written as the answers come)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import contextlib
 import csv
 import math
 import os
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import IO, Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -108,7 +110,7 @@ class AnswerWriter:
         # Beside the file it replaces (a rename within one file system), with the process's usual permissions;
         # unique per process and writer.
         self._temp = self._target.parent / f".{self._target.name}.{os.getpid()}.{id(self):x}.partial"
-        self._parts: dict[str, list[np.ndarray]] = {}
+        self._parts: dict[str, _Spool] = {}  # each output's answers for a .npy/.npz file
         self._text: TextIO | None = None
         self._csv: Any = None
         self._parquet: Any = None
@@ -157,7 +159,9 @@ class AnswerWriter:
             for output, values in self._tabular(answer).items():
                 if isinstance(values, list) and not values:
                     continue  # a ZipMap's maps for no rows, before any map named its columns
-                self._parts.setdefault(output, []).append(_storable(output, np.asarray(values)))
+                if output not in self._parts:
+                    self._parts[output] = _Spool(self._target.parent)
+                self._parts[output].add(_storable(output, np.asarray(values)))
             if self.format == ".npy" and len(self._parts) != 1:
                 raise InvalidInputError(f"the model has {len(self._parts)} outputs; write them to a .npz file")
             return
@@ -228,7 +232,7 @@ class AnswerWriter:
         if not self._written:  # an empty input: zero rows, with the outputs' dtypes and columns
             self.write(self.signature.empty_answer())
         if self.format in (".npy", ".npz"):
-            arrays = {name: np.concatenate(parts) for name, parts in self._parts.items()}
+            arrays: dict[str, _Spool | np.ndarray] = dict(self._parts)
             for output, keys in self._keys.items():  # the classes a ZipMap's columns stand for, in order
                 arrays.setdefault(f"{output}_keys", np.array(keys))
             with self._temp.open("wb") as file:
@@ -238,11 +242,11 @@ class AnswerWriter:
         os.replace(self._temp, self._target)
         _fsync_folder(self._target.parent)  # and so is the rename itself
 
-    def _save(self, file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+    def _save(self, file: BinaryIO, arrays: dict[str, _Spool | np.ndarray]) -> None:
         if self.format == ".npz":
             _savez(file, arrays)
         elif arrays:
-            np.save(file, next(iter(arrays.values())), allow_pickle=False)
+            _write_array(file, next(iter(arrays.values())))
 
     def _close_streams(self) -> None:
         if self._text is not None:
@@ -251,6 +255,8 @@ class AnswerWriter:
         if self._parquet is not None:
             self._parquet.close()
             self._parquet = None
+        for spool in self._parts.values():
+            spool.close()
 
     def discard(self) -> None:
         self._close_streams()
@@ -281,11 +287,67 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _savez(file: BinaryIO, arrays: dict[str, np.ndarray]) -> None:
+def _savez(file: BinaryIO, arrays: dict[str, _Spool | np.ndarray]) -> None:
     """``np.savez(file, **arrays)``, written as numpy writes it (one uncompressed ``<name>.npy`` each), but
     with the outputs' names never taken for its arguments: an output named ``file`` failed with a TypeError
     after every row was scored, and one named ``allow_pickle`` was left out of the file without a word."""
     with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         for name, array in arrays.items():
             with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+                _write_array(member, array)
+
+
+def _write_array(file: IO[bytes], array: _Spool | np.ndarray) -> None:
+    if isinstance(array, _Spool):
+        array.save(file)
+    else:
+        np.lib.format.write_array(file, np.asanyarray(array), allow_pickle=False)
+
+
+class _Spool:
+    """One output's answers for a ``.npy``/``.npz`` file, chunk after chunk: numbers in an unnamed temporary file
+    beside OUTPUT (gone with the process, however it ends), written out after a .npy header at the end; text in
+    memory (its width may change from chunk to chunk). Collected in memory and joined at the end, the answers
+    of a large input (a .npy memory-mapped, a .npz read chunk by chunk) were held whole, twice over at the
+    join: memory followed the file, not the chunk."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._file: IO[bytes] | None = None
+        self._dtype: np.dtype[Any] | None = None
+        self._row_shape: tuple[int, ...] = ()
+        self._rows = 0
+        self._held: list[np.ndarray] = []
+
+    def add(self, part: np.ndarray) -> None:
+        if part.dtype.kind in "USV" or not part.ndim or self._held:
+            self._held.append(part)
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(dir=self._folder)
+            self._dtype, self._row_shape = part.dtype, part.shape[1:]
+        # (the rows' shape is checked chunk by chunk: AnswerWriter._check_widths)
+        self._file.write(np.ascontiguousarray(part, dtype=self._dtype).tobytes())
+        self._rows += len(part)
+
+    def save(self, file: IO[bytes]) -> None:
+        """Write the answers as one .npy array."""
+        if self._file is None or self._dtype is None:
+            np.lib.format.write_array(file, np.concatenate(self._held), allow_pickle=False)
+            return
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self._dtype),
+            "fortran_order": False,
+            "shape": (self._rows, *self._row_shape),
+        }
+        try:
+            np.lib.format.write_array_header_1_0(file, header)
+        except ValueError:  # (a header over 64 KiB: a dtype of many fields)
+            np.lib.format.write_array_header_2_0(file, header)
+        self._file.seek(0)
+        shutil.copyfileobj(self._file, file, 1 << 16)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -278,3 +278,22 @@ def test_an_npz_holding_an_array_twice_is_refused_not_scored_on_either(
     err = capsys.readouterr().err
     assert err.startswith(f"error: input {tmp_path / 'x.npz'}: member 'x.npy' is in the archive twice"), err
     assert not (tmp_path / "y.npy").exists()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_npy_and_npz_answers_are_spooled_to_disk_not_held_until_the_end(
+    tmp_path: Path, scale_file: Path, suffix: str
+) -> None:
+    # collected in memory and joined at the end, the answers of a large input (a .npy memory-mapped, a .npz read
+    # chunk by chunk) were held whole, twice over at the join: a 40 GB input ran out of memory at its end
+    pytest.importorskip("pyarrow")
+    x = np.tile(np.arange(4, dtype=np.float32), (160_000, 1))
+    np.save(tmp_path / "x.npy", x)
+    for warm in ("warm.npy", "warm.parquet"):  # (the imports of a first run)
+        _peak_bytes(scale_file, tmp_path / "x.npy", tmp_path / warm)
+    streamed = _peak_bytes("--batch-rows", "4096", scale_file, tmp_path / "x.npy", tmp_path / "y.parquet")
+    collected = _peak_bytes("--batch-rows", "4096", scale_file, tmp_path / "x.npy", tmp_path / f"y{suffix}")
+    assert collected < streamed + x.nbytes / 4, f"{collected:,} bytes at the peak ({streamed:,} for Parquet)"
+    answers = np.load(tmp_path / "y.npy") if suffix == ".npy" else np.load(tmp_path / "y.npz")["y"]
+    np.testing.assert_array_equal(answers, x * 2)
+    assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")], "a spool file was left"
