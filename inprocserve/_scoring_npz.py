@@ -115,6 +115,7 @@ def _members(path: Path, archive: zipfile.ZipFile, signature: Signature) -> list
                 "it again with np.savez"
             )
         member = _Member(info, name, tuple(shape), dtype, fortran and len(shape) > 1)
+        _check_row_shape(where, member, signature)
         whole = claimed if member.fortran or not shape else member.row_bytes
         if whole > _WHOLE_LIMIT:
             what = "in Fortran order (its rows are not contiguous)" if member.fortran else "one row of"
@@ -129,6 +130,27 @@ def _members(path: Path, archive: zipfile.ZipFile, signature: Signature) -> list
             )
         members[name] = member
     return list(members.values())
+
+
+def _check_row_shape(where: str, member: _Member, signature: Signature) -> None:
+    """A member's rows must fit the fixed axes its input declares: a chunk is read before predict_many checks it,
+    and a header declaring rows of a GB each (a damaged or hostile file: zeros compress a thousandfold) had a
+    chunk of them read, many GB, before the model refused them. Only where the ranks agree: predict_many says
+    what it makes of another rank.
+
+    Raises:
+        InvalidInputError: an axis after the rows differs from the one the input fixes.
+    """
+    spec = next(spec for spec in signature.inputs if spec.name == member.name)
+    if spec.shape is None or len(spec.shape) != len(member.shape) or not member.shape:
+        return
+    declared = spec.shape[1:]
+    if any(isinstance(want, int) and want != got for want, got in zip(declared, member.shape[1:], strict=True)):
+        wanted = tuple(want if isinstance(want, int) else "?" for want in declared)
+        raise InvalidInputError(
+            f"{where} holds rows of shape {member.shape[1:]}, where input {member.name!r} takes rows of shape "
+            f"{wanted} ({spec.describe()}): save the input's own array"
+        )
 
 
 def npz_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[Iterator[dict[str, np.ndarray]], int]:

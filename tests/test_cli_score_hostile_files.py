@@ -297,3 +297,22 @@ def test_npy_and_npz_answers_are_spooled_to_disk_not_held_until_the_end(
     answers = np.load(tmp_path / "y.npy") if suffix == ".npy" else np.load(tmp_path / "y.npz")["y"]
     np.testing.assert_array_equal(answers, x * 2)
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")], "a spool file was left"
+
+
+def test_an_npz_member_whose_rows_the_model_cannot_take_is_refused_by_its_header(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a chunk is read before predict_many checks it: a header declaring rows of a GB each (a damaged or hostile
+    # file, zeros that compress a thousandfold) had 16 rows read, 16 GB, before the model's [batch, 4] refused them
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 4), np.float32))
+    header["shape"] = (300, 250_000_000)
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, header)
+    data = member.getvalue() + bytes(1 << 16)
+    _zip64_member(tmp_path / "x.npz", "x.npy", data, declared_size=len(member.getvalue()) + 300 * 10**9)
+    assert _score(scale_file, tmp_path / "x.npz", tmp_path / "y.npz") == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"error: input {tmp_path / 'x.npz'}: member 'x.npy' holds rows of shape (250000000,), where input 'x' "
+        "takes rows of shape (4,)"
+    ), err
