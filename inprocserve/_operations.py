@@ -390,6 +390,8 @@ class Operations:
 
             self._change_control(model, change, actor)
             logger.info("model %r: canary is now %s at %g%%", model, version, share)
+        if version is not None:
+            self._warn_if_canary_flags_override(model, version, share)
 
     def kill(self, model: str, *, actor: str | None = None) -> None:
         """See :meth:`Server.kill`."""
@@ -726,6 +728,38 @@ class Operations:
                 version,
                 serving,
                 routes.state.keys.stable,
+            )
+
+    def _warn_if_canary_flags_override(self, model: str, version: int, percent: float) -> None:
+        """Say so when the ``<model>.canary.percent`` or ``<model>.canary.version`` flag, set, wins over what
+        :meth:`set_canary` just set (as :meth:`_warn_if_a_flag_overrides` says of the stable flag): the canary
+        was logged as set while requests kept the flag's share or version."""
+        try:
+            keys = self._registry.routes_of(model).state.keys
+        except Exception:  # (unloaded meanwhile: nothing to say here)
+            return
+        flagged_percent = self._registry.flag_number(keys.canary_percent, percent)
+        flagged_version = self._registry.flag_number(keys.canary_version, float(version))
+        overriding = [
+            key
+            for key, flagged, wanted in (
+                (keys.canary_percent, flagged_percent, percent),
+                (keys.canary_version, flagged_version, float(version)),
+            )
+            if flagged != wanted
+        ]
+        if overriding:
+            logger.warning(
+                "model %r: the canary is now version %s at %g%%, but requests get version %g at %g%%: the %s "
+                "flag%s set and win%s over what set_canary sets; change or clear the flag to move traffic",
+                model,
+                version,
+                percent,
+                flagged_version,
+                flagged_percent,
+                " and ".join(map(repr, overriding)),
+                "s are" if len(overriding) > 1 else " is",
+                "" if len(overriding) > 1 else "s",
             )
 
     def interleave(

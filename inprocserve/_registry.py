@@ -1494,6 +1494,16 @@ class Registry:
         state = self.control.models.get(name)
         return set() if state is None else state.versions
 
+    def flag_number(self, key: str, default: float) -> float:
+        """The number flag ``key`` gives a request without a context: ``default`` when no flag provider is
+        configured, the flag is not set or unusable, or the provider fails (as a request's read falls back)."""
+        flags = self._flags
+        if flags is None:
+            return default
+        return flags.run(
+            lambda: flags.number(key, default, {}, []), lambda _reason: default, effect="its value is taken as unset"
+        )
+
     def routes_of(self, model: str) -> Routes:
         routes = self.routes.get(model)
         if routes is None:

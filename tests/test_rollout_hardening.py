@@ -1194,6 +1194,29 @@ def test_a_switch_that_a_stable_flag_overrides_says_traffic_did_not_move(
     assert not [record for record in caplog.records if "wins over the alias" in record.getMessage()]
 
 
+def test_a_canary_that_a_canary_flag_overrides_says_traffic_did_not_move(
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # set_canary was logged as done while the 'scale.canary.percent' flag kept every key on its own share, and
+    # nothing said why (switch and promote warn of a 'scale.stable' flag that wins)
+    flags = InMemoryFlags({"scale.canary.percent": 100})
+    server = make_server(versions, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(stable=1))
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.set_canary("scale", 3, percent=0.01)
+    assert predict(server, "u1").version == 3
+    warned = [record.getMessage() for record in caplog.records if "wins over" in record.getMessage()]
+    assert warned == [
+        "model 'scale': the canary is now version 3 at 0.01%, but requests get version 3 at 100%: the "
+        "'scale.canary.percent' flag is set and wins over what set_canary sets; change or clear the flag to "
+        "move traffic"
+    ]
+    caplog.clear()
+    flags.set("scale.canary.percent", 0.01)  # the flag agrees: nothing to say
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.set_canary("scale", 3, percent=0.01)
+    assert not [record for record in caplog.records if "wins over" in record.getMessage()]
+
+
 def test_a_canary_with_no_version_and_no_flag_provider_is_warned_of_at_load(
     versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
