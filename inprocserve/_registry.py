@@ -151,6 +151,10 @@ class Registry:
         self._kept_from_policy: dict[str, set[int]] = {}
         # versions loaded by hand (load(name, version=N)): served whatever the policy, until unloaded by hand
         self._loaded_by_hand: dict[str, set[int]] = {}
+        # Versions loaded by path (load(path=...)) of a model handed back to the repository by load(name, version=N):
+        # served as loaded (never replaced by the repository's file of that number, nor retired by its policy) until
+        # unloaded by hand or load(name) hands the whole model to the policy
+        self._by_path: dict[str, set[int]] = {}
         # Versions held back from the default by the compatibility gate, and why (per model).
         self.incompatible: dict[str, dict[int, list[str]]] = {}
         self.routers: dict[str, Router] = {}  # kept while a version is loaded: statistics survive reloads
@@ -258,13 +262,21 @@ class Registry:
                 effective = self.config_for(name, source, config)
                 if version is not None:
                     self._load_version(name, version, source.versions[version], effective)
+                    if by_hand and name in self._explicit:  # handed back to the repository (after the load: a
+                        # failed one changes nothing): a model loaded by path before stayed out of every refresh, so
+                        # its new versions were never served. What the path loaded keeps serving beside it.
+                        self._explicit.discard(name)
+                        self._by_path[name] = {
+                            n for n, copy in self.loaded.get(name, {}).items() if copy.path != source.versions.get(n)
+                        }
                     if with_the_rest and not by_hand and name not in self._explicit:
                         for number in self._control_versions(name):  # (loaded by the sync, as follow() would)
                             self._named_again(name, number)
                         for problem in self._sync_model(name, source, effective, named={version}):
                             logger.warning("model %r: loading it to serve version %s: %s", name, version, problem)
                         return version
-                    # (a model loaded by path has no policy to apply: its other versions are no repository's)
+                    # (a model loaded by path, for a pinned request or an operation, has no policy to apply:
+                    # its other versions are no repository's)
                     if not by_hand or name in self._explicit:
                         self.publish(name)
                         return version
@@ -336,6 +348,7 @@ class Registry:
             self._unloaded_versions.pop(name, None)
             self._kept_from_policy.pop(name, None)
             self._loaded_by_hand.pop(name, None)
+            self._by_path.pop(name, None)
         elif by_hand:
             self._unloaded_versions.get(name, set()).discard(version)
             self._kept_from_policy.get(name, set()).discard(version)
@@ -359,12 +372,14 @@ class Registry:
             if version is None:
                 self._unloaded.add(name)
                 self._loaded_by_hand.pop(name, None)
+                self._by_path.pop(name, None)
                 self._load_configs.pop(name, None)  # a later load(name) reads the repository's configuration
                 self.retire(name, list(loaded), timeout_s=timeout_s)
                 return
             self._unloaded_versions.setdefault(name, set()).add(version)
             self._kept_from_policy.get(name, set()).discard(version)
             self._loaded_by_hand.get(name, set()).discard(version)
+            self._by_path.get(name, set()).discard(version)
             source: ModelSource | None = None
             config: ModelConfig | None = None
             if self.repository is not None and name not in self._explicit:
@@ -474,7 +489,7 @@ class Registry:
             for key in [key for key in self._load_errors if key[1] not in self.failures.get(key[0], {})]:
                 del self._load_errors[key]  # (a version gone from disk, or whose failure was forgotten)
                 self._load_log.forget(key)
-            for hand in (self._unloaded_versions, self._kept_from_policy, self._loaded_by_hand):
+            for hand in (self._unloaded_versions, self._kept_from_policy, self._loaded_by_hand, self._by_path):
                 for name in list(hand):
                     if name not in scan.models and name not in scan.unreadable:  # (unreadable: not gone)
                         del hand[name]
@@ -583,12 +598,13 @@ class Registry:
         problems.extend(self._absent_references(name, source, config))
         router = self.routers.get(name)
         unloaded = self._unloaded_versions.get(name, set())
+        by_path = self._by_path.get(name, set())  # (kept as the path loaded them)
         removed: set[int] = set()  # versions of the scan whose files are gone since (see _Removed)
         for number, current in list(self.loaded.get(name, {}).items()):
             if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more
                 return [*problems, _stopping(name)]
             path = source.versions.get(number)
-            if path is None or number in failures or number in unloaded:
+            if path is None or number in failures or number in unloaded or number in by_path:
                 continue
             stamp = _stamp(path)
             if stamp is None:  # removed since the scan (see _Removed): no change to load, the next scan retires it
@@ -665,7 +681,7 @@ class Registry:
         with self.routing:
             loaded = set(self.loaded.get(name, {}))
             named = self._control_versions(name) & loaded & (set(source.versions) - unloaded)
-            keep = set(wanted) | {default} | named | self._gone_but_served(name, source)
+            keep = set(wanted) | {default} | named | self._gone_but_served(name, source) | (by_path & loaded)
             held = self.incompatible.get(name, {})
             for number in [v for v in held if v not in keep]:
                 held.pop(number, None)

@@ -1109,6 +1109,23 @@ def test_a_model_loaded_by_name_after_one_loaded_by_path_is_hot_reloaded_again(
     assert server.models == {"scale": [2]}
 
 
+def test_a_version_loaded_by_name_after_a_load_by_path_hands_the_model_back_to_the_repository(
+    repository: Path, tmp_path: Path, make_server: ServerFactory
+) -> None:
+    # as plain load(name) does: after load(name, version=N) the model stayed out of every later refresh, so the
+    # next release was never served (and a removed one never retired) until a restart
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    mine = save_model(build_scale_model(10.0), tmp_path / "builds", "scale", 1)
+    server = make_server(repository)
+    assert server.load("scale", path=mine, version=9) == 9  # my build, beside the repository's version 1
+    assert server.load("scale", version=1) == 1  # the repository's, to compare with
+    save_model(build_scale_model(2.0), repository, "scale", 2)  # the next release
+    assert server.refresh() == []
+    assert server.models == {"scale": [2, 9]}  # (mine serves as loaded until I unload it)
+    assert float(one(server)["y"][0, 0]) == 2.0
+    assert float(server.predict("scale", np.ones((1, 4), np.float32), version=9)["y"][0, 0]) == 10.0
+
+
 def test_a_failed_load_by_path_of_a_model_unloaded_by_hand_leaves_it_unloaded(
     repository: Path, tmp_path: Path, make_server: ServerFactory
 ) -> None:
