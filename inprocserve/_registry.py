@@ -66,6 +66,10 @@ _CONTROL_RETRY_CAP_S = 60.0  # longest wait between two tries of a control revis
 _PUBLISHED_KEPT = 4096
 """Names and (name, version) pairs ever published that are kept for the metrics of refusals (see
 ``Registry.published``): past it, only those published now are (a version per release, for weeks)."""
+_RELOAD_DRAIN_S = 30.0
+"""How long a refresh waits (holding the lifecycle lock) for a version it stopped serving to drain; past it, the
+rest of the drain goes on in a thread of its own (see Registry._drain): with ``pool.max_run_s`` off, one stuck run
+stopped hot reload of every model. 30 s, as ``Server.close`` waits per version by default."""
 _LOAD_ATTEMPTS = 3  # loads of a version whose files keep changing while it loads, before it waits for a refresh
 _WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized-graph cache): not changes
 _HEAL_FIRST_S = 1.0  # a worker started past a failed repository check, without polling: first retry (see start_healer)
@@ -226,6 +230,7 @@ class Registry:
         self._poll_interval_s = poll_interval_s
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
+        self._drainers: set[threading.Thread] = set()  # versions a refresh left to drain on their own (see _drain)
 
     def load(
         self,
@@ -393,7 +398,7 @@ class Registry:
             if source is None or config is None:
                 self.retire(name, [version], timeout_s=timeout_s)
                 return
-            problems = self._sync_model(name, source, config, timeout_s=timeout_s)
+            problems = self._sync_model(name, source, config, timeout_s=timeout_s, bounded=False)
             for problem in problems:
                 logger.warning("model %r: after unloading version %s: %s", name, version, problem)
             if version in self.loaded.get(name, {}):  # no other version to fall back to
@@ -471,7 +476,7 @@ class Registry:
             for name in list(self.loaded):
                 if name not in scan.models and name not in self._explicit and name not in scan.unreadable:
                     logger.info("model %r is gone from the repository; unloading it", name)
-                    self.retire(name, list(self.loaded[name]))
+                    self.retire(name, list(self.loaded[name]), bounded=True)
             for name in list(self.failures):
                 if name not in scan.models and name not in self._explicit and name not in scan.unreadable:
                     del self.failures[name]
@@ -571,6 +576,7 @@ class Registry:
         *,
         timeout_s: float | None = None,
         named: frozenset[int] | set[int] = frozenset(),
+        bounded: bool = True,
     ) -> list[str]:
         """Make the loaded versions of ``name`` match its version policy and its files; the lifecycle lock is
         held. ``named``: versions kept loaded besides (an operation's, before its control revision names them).
@@ -660,7 +666,7 @@ class Registry:
             loaded_now = list(self.loaded.get(name, {}))
             if not source.versions and loaded_now:  # every version folder is gone: stop serving it
                 logger.info("model %r has no version folder left in the repository; unloading it", name)
-                self.retire(name, loaded_now, timeout_s=timeout_s)
+                self.retire(name, loaded_now, timeout_s=timeout_s, bounded=bounded)
             elif usable:  # a policy that selects nothing (a typo?) never unloads what serves
                 # (and with nothing loaded yet, at start-up, the model serves nothing: that is said too, or
                 # it vanished without a word, strict=True passed and /ready answered 200)
@@ -688,7 +694,7 @@ class Registry:
             self.publish(name, keep=keep)
         stale = [v for v in loaded if v not in keep]
         if stale:  # (one the watcher makes served meanwhile, without the lifecycle lock, stays)
-            self.retire(name, stale, timeout_s=timeout_s, spare_named=set(source.versions) - unloaded)
+            self.retire(name, stale, timeout_s=timeout_s, spare_named=set(source.versions) - unloaded, bounded=bounded)
         return problems
 
     def _forget_gone_models(self, scan: RepositoryScan) -> None:
@@ -865,10 +871,9 @@ class Registry:
             if previous is not None:  # same version number, new file: swap, then drain the old one
                 self.publish(name)
         if previous is not None:
-            previous.retire()
-            # the replaced copy is unloaded like any other version: without this count every hot reload
-            # added a "loaded" event and no "unloaded" one, and loaded - unloaded kept growing
-            add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
+            # the replaced copy is unloaded like any other version (counted: without it every hot reload added a
+            # "loaded" event and no "unloaded" one), and a stuck run of it does not hold the refresh (see _drain)
+            self._drain(name, [previous], timeout_s=None, bounded=True)
 
     def _build(
         self, name: str, number: int, path: Path, config: ModelConfig, *, remote: RemoteModel | None, scanned: bool
@@ -1038,13 +1043,19 @@ class Registry:
                     self.routes[name] = dataclasses.replace(routes, state=routing)
 
     def retire(
-        self, name: str, numbers: list[int], *, timeout_s: float | None = None, spare_named: set[int] | None = None
+        self,
+        name: str,
+        numbers: list[int],
+        *,
+        timeout_s: float | None = None,
+        spare_named: set[int] | None = None,
+        bounded: bool = False,
     ) -> None:
         """Stop routing to ``numbers``, then drain them (without the routing lock). ``spare_named``: not those
         the control state serves when they are taken out, nor those of ``spare_named`` it keeps loaded (a
         previous stable version, for an instant rollback), as it may have changed since ``numbers`` were
-        chosen (see :meth:`adopt_at_once`)."""
-        self._drain(name, self._detach(name, numbers, spare_named=spare_named), timeout_s=timeout_s)
+        chosen (see :meth:`adopt_at_once`). ``bounded``: a refresh's (see :meth:`_drain`)."""
+        self._drain(name, self._detach(name, numbers, spare_named=spare_named), timeout_s=timeout_s, bounded=bounded)
 
     def _detach(self, name: str, numbers: list[int], *, spare_named: set[int] | None) -> list[ModelVersion]:
         with self.routing:
@@ -1059,11 +1070,43 @@ class Registry:
             self.publish(name)
         return retiring
 
-    def _drain(self, name: str, retiring: list[ModelVersion], *, timeout_s: float | None) -> None:
+    def _drain(
+        self, name: str, retiring: list[ModelVersion], *, timeout_s: float | None, bounded: bool = False
+    ) -> None:
+        """Drain and unload ``retiring``. ``bounded`` (a refresh, a hot reload: no caller asked to wait), with
+        no ``timeout_s``: each is waited for at most ``_RELOAD_DRAIN_S``, then left to finish its runs (never
+        cut) and unload on a thread of its own, with a warning: the lifecycle lock is released for the rest."""
         for version in retiring:
+            if not bounded or timeout_s is not None or self.closed:
+                self._unload_drained(name, version, timeout_s=timeout_s)
+                continue
+            drainer = threading.Thread(
+                target=self._unload_drained,
+                args=(name, version),
+                kwargs={"timeout_s": None},
+                name="inprocserve-drain",
+                daemon=True,
+            )
+            self._drainers.add(drainer)
+            drainer.start()
+            drainer.join(_RELOAD_DRAIN_S)
+            if drainer.is_alive():
+                logger.warning(
+                    "model %r version %s: a run is still running %g s after it stopped serving%s; the refresh goes "
+                    "on, and the version is unloaded when its last run ends",
+                    name,
+                    version.version,
+                    _RELOAD_DRAIN_S,
+                    " (pool.max_run_s is off)" if not version.config.pool.max_run_s else "",
+                )
+
+    def _unload_drained(self, name: str, version: ModelVersion, *, timeout_s: float | None) -> None:
+        try:
             drained = version.retire(timeout_s=timeout_s)
             add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
             logger.info("model %r version %s unloaded%s", name, version.version, "" if drained else " (timed out)")
+        finally:
+            self._drainers.discard(threading.current_thread())
 
     def find_in_repository(self, name: str) -> ModelSource:
         if self.repository is None:
@@ -1623,6 +1666,8 @@ class Registry:
             for name in list(self.loaded):
                 self.retire(name, list(self.loaded[name]), timeout_s=timeout_s)
             self.routes.clear()
+        for drainer in list(self._drainers):  # (left by a refresh to drain on their own: see _drain)
+            drainer.join(timeout_s)
         return opened
 
     def shadow_max_abs_diff(self, model: str) -> float | None:
@@ -1652,6 +1697,7 @@ class Registry:
         self.lock = threading.RLock()
         self.routing = threading.RLock()
         self._stop = threading.Event()
+        self._drainers = set()  # (the parent's threads)
         if closing:
             self.closed = True
             self._stop.set()

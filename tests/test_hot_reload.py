@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import _batching, _ort_backend
+from inprocserve import _batching, _ort_backend, _registry
 from inprocserve._model import ModelVersion
 from inprocserve._registry import Registry
 from inprocserve.testing import ManualClock, build_mlp_model, build_scale_model, save_model
 
-from .conftest import ServerFactory, past_the_tick, wait_until
+from .conftest import ServerFactory, SessionHolder, build_busy_model, past_the_tick, wait_until
 
 
 def one(server: inprocserve.Server) -> inprocserve.Prediction:
@@ -1201,3 +1201,33 @@ def test_a_poll_while_the_serving_versions_file_is_written_again_keeps_it_servin
     file.unlink()
     server.refresh()  # a refresh asked for takes the repository as it is
     assert server.models == {"scale": [1]}
+
+
+def test_a_stuck_run_of_a_replaced_version_does_not_stop_hot_reload(
+    busy_repository: Path,
+    make_server: ServerFactory,
+    hold_session: SessionHolder,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # With pool.max_run_s off, a refresh waited without limit for the replaced version's run to end, holding the
+    # lifecycle lock: hot reload of every model stopped behind one stuck run
+    monkeypatch.setattr(_registry, "_RELOAD_DRAIN_S", 0.2)
+    (busy_repository / "busy" / "config.toml").write_text("[pool]\nmax_run_s = 0\n")
+    server = make_server(busy_repository)
+    held = hold_session(server, at_most_s=30)  # a run that does not end (until the test lets it go)
+    save_model(build_busy_model(), busy_repository, "busy", 2)
+    refreshing = threading.Thread(target=server.refresh)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        refreshing.start()
+        refreshing.join(10)
+        stopped = refreshing.is_alive()
+        held.let_go()  # (so that the old code's refresh ends)
+        refreshing.join(30)
+    assert not stopped, "the refresh waited for the stuck run"
+    assert server.models == {"busy": [2]}
+    assert held.future.result(timeout=30)["y"].shape == (3000, 512)  # the stuck run was not cut: it ended
+    assert [r.getMessage() for r in caplog.records if "still running" in r.getMessage()] == [
+        "model 'busy' version 1: a run is still running 0.2 s after it stopped serving (pool.max_run_s is off); "
+        "the refresh goes on, and the version is unloaded when its last run ends"
+    ]
