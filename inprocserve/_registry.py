@@ -1485,7 +1485,7 @@ class Registry:
                 problem = None
                 if number not in files:
                     problem = f"version {number} is not in the repository (yet)"
-                elif self._failed_unchanged(name, number):
+                elif self._failed_unchanged(name, number, source):
                     problem = f"version {number} failed to load: {self.failures[name][number].error}"
                 else:
                     try:
@@ -1527,13 +1527,19 @@ class Registry:
                     router.state_for(current.config, alias=None, killed=current.killed, refusal=current.refusal)
                 )
 
-    def _failed_unchanged(self, name: str, number: int) -> bool:
-        """Whether ``number`` failed to load and none of the files that load read changed since."""
+    def _failed_unchanged(self, name: str, number: int, source: ModelSource | None) -> bool:
+        """Whether ``number`` failed to load and neither the files that load read nor the configuration it
+        failed on changed since (as :meth:`_sync_model` checks both): a version that failed on a wrong
+        ``load(config=...)`` was refused on the right one, until the next refresh tried it."""
         failure = self.failures.get(name, {}).get(number)
         if failure is None or failure.stamp is None or self.repository is None:
             return False
         folder = self.repository / name / str(number)  # where a repository scan finds the version's file
-        return any(failure.stamp == _stamp(folder / file, access=True) for file in (MODEL_FILENAME, REMOTE_FILENAME))
+        if not any(failure.stamp == _stamp(folder / file, access=True) for file in (MODEL_FILENAME, REMOTE_FILENAME)):
+            return False
+        if failure.config is None or source is None:
+            return True
+        return not _configs_differ(failure.config, self.config_for(name, source, None))
 
     def _absent_references(self, name: str, source: ModelSource, config: ModelConfig) -> list[str]:
         """The versions ``config.rollout`` names (stable, canary, arms, shadows) that are not in the

@@ -786,3 +786,26 @@ def test_a_write_never_changes_the_mode_of_a_file_swapped_in_for_its_temporary(
     with contextlib.suppress(OSError, inprocserve.ConfigurationError):
         ControlFile(repository).bump_reload()
     assert secret.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_revision_naming_a_version_that_failed_on_another_config_tries_it_on_the_config_in_force(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # follow() checked whether the failed version's files changed, not whether its configuration did: the
+    # canary was refused with the old config's error until the next refresh (a refresh retried it at once)
+    save_model(build_scale_model(1.0), repository, "scale", 1)  # 4 features
+    np.save(repository / "scale" / "wide.npy", np.ones((1, 8), np.float32))  # the warm-up of 8 features
+    server = make_server(repository, control_interval_s=None)
+    save_model(build_scale_model(2.0, features=8), repository, "scale", 2)
+    missing = ModelConfig(warmup=inprocserve.WarmupConfig(inputs_file="missing.npz"))
+    with pytest.raises(inprocserve.ModelLoadError, match=r"missing\.npz"):
+        server.load("scale", config=missing)  # version 1 keeps serving as it was loaded; version 2 failed
+    wide = ModelConfig(warmup=inprocserve.WarmupConfig(inputs_file="wide.npy"))
+    with pytest.raises(inprocserve.ModelLoadError, match="do not fit"):
+        server.load("scale", version=1, config=wide)  # right for version 2 (8 features), not for version 1
+    other = make_server(repository, control_interval_s=None)
+    other.set_canary("scale", 2, percent=50)
+    assert server.sync_control() == 1
+    assert server.status()["control"]["error"] is None
+    assert server.models == {"scale": [1, 2]}
+    assert server.predict("scale", np.ones((1, 8), np.float32), version=2)["y"][0, 0] == 2.0
