@@ -220,6 +220,10 @@ class Registry:
         self._missing_files: dict[tuple[str, int], float] = {}
         self._unmatched: set[str] = set()  # names of models= that matched no model (warned about once)
         self._load_configs: dict[str, ModelConfig] = {}  # load(name, config=...) of a repository model: kept
+        # The rollout of the configuration in force of each model served from the repository (set by each sync):
+        # what it is routed by, not its default version's copy's, which keeps its old configuration when its
+        # reload on the new one fails (the file's version policy applied, and its rollout did not)
+        self._rollouts: dict[str, RolloutConfig] = {}
         self.lock = threading.RLock()
         # The routing lock: held only to change what requests see (the loaded versions, the routing snapshots,
         # the control state), never while a version loads, warms up or drains, so that the control watcher can
@@ -334,11 +338,14 @@ class Registry:
             # or one unloaded by hand came back at the next refresh.
             marked = name not in self._explicit
             self._explicit.add(name)
+            rollout = self._rollouts.pop(name, None)  # (routed by its versions' own configuration from now on)
             try:
                 self._load_version(name, version, file, effective, remote=remote)
             except BaseException:
                 if marked:
                     self._explicit.discard(name)
+                if rollout is not None:
+                    self._rollouts[name] = rollout
                 raise
             self._named_by_load(name, asked, by_hand=by_hand)
             loaded = list(self.loaded[name])
@@ -379,6 +386,7 @@ class Registry:
                 self._loaded_by_hand.pop(name, None)
                 self._by_path.pop(name, None)
                 self._load_configs.pop(name, None)  # a later load(name) reads the repository's configuration
+                self._rollouts.pop(name, None)
                 self.retire(name, list(loaded), timeout_s=timeout_s)
                 return
             self._unloaded_versions.setdefault(name, set()).add(version)
@@ -685,6 +693,7 @@ class Registry:
         # version stable (without the lifecycle lock), and it stays. A held-back default stays, whatever the
         # policy says.
         with self.routing:
+            self._rollouts[name] = config.rollout
             loaded = set(self.loaded.get(name, {}))
             named = self._control_versions(name) & loaded & (set(source.versions) - unloaded)
             keep = set(wanted) | {default} | named | self._gone_but_served(name, source) | (by_path & loaded)
@@ -701,7 +710,14 @@ class Registry:
         """Forget what is kept per model name of the models gone from the repository and no longer loaded (a
         repository that gains and loses a model folder per experiment added an entry to each of these per
         name, for the worker's life)."""
-        for kept in (self.incompatible, self._latest, self._policy_problems, self._reference_problems, self._on_disk):
+        for kept in (
+            self.incompatible,
+            self._latest,
+            self._policy_problems,
+            self._reference_problems,
+            self._on_disk,
+            self._rollouts,
+        ):
             for name in [name for name in kept if self._gone_for_good(name, scan)]:
                 del kept[name]
         for name in [name for name in self._config_files if self._gone_for_good(name, scan)]:
@@ -995,7 +1011,8 @@ class Registry:
         latest = self._latest.get(name)
         default = versions[latest] if latest in versions else versions[max(versions)]
         state = self.control.models.get(name)
-        rollout = default.config.rollout if state is None else controlled(default.config.rollout, state)
+        configured = self._rollouts.get(name, default.config.rollout)
+        rollout = configured if state is None else controlled(configured, state)
         router = self.routers.get(name)
         if router is None:
             router = self.routers[name] = Router(name, rollout, self._flags, shadow_gate=self._shadow_gate)

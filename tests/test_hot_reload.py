@@ -1231,3 +1231,22 @@ def test_a_stuck_run_of_a_replaced_version_does_not_stop_hot_reload(
         "model 'busy' version 1: a run is still running 0.2 s after it stopped serving (pool.max_run_s is off); "
         "the refresh goes on, and the version is unloaded when its last run ends"
     ]
+
+
+def test_a_config_toml_whose_default_version_fails_to_reload_applies_its_rollout_with_its_policy(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The version policy of the new file applied while its rollout did not (routing took the old copy's): the
+    # file's parts applied apart, and the stable version it names never took the traffic
+    save_model(build_scale_model(1.0), repository, "scale", 1)  # 4 features
+    save_model(build_scale_model(2.0, features=8), repository, "scale", 2)
+    server = make_server(repository)
+    assert server.models == {"scale": [2]}
+    np.save(repository / "scale" / "narrow.npy", np.ones((1, 4), np.float32))  # a warm-up version 2 refuses
+    (repository / "scale" / "config.toml").write_text(
+        'version_policy = "all"\n[warmup]\ninputs_file = "narrow.npy"\n[rollout]\nstable = 1\n'
+    )
+    problems = server.refresh()
+    assert len(problems) == 1 and "(version 2 as loaded before keeps serving)" in problems[0]
+    assert server.models == {"scale": [1, 2]}  # the policy
+    assert server.predict("scale", np.ones((1, 4), np.float32)).version == 1  # and the rollout, together
