@@ -1091,10 +1091,12 @@ class Registry:
         self, name: str, retiring: list[ModelVersion], *, timeout_s: float | None, bounded: bool = False
     ) -> None:
         """Drain and unload ``retiring``. ``bounded`` (a refresh, a hot reload: no caller asked to wait), with
-        no ``timeout_s``: each is waited for at most ``_RELOAD_DRAIN_S``, then left to finish its runs (never
-        cut) and unload on a thread of its own, with a warning: the lifecycle lock is released for the rest."""
+        no ``timeout_s``, of a version whose runs have no time limit (``pool.max_run_s`` off): each is waited for
+        at most ``_RELOAD_DRAIN_S``, then left to finish its runs (never cut) and unload on a thread of its own,
+        with a warning, so that the lifecycle lock is released. (With the limit on, every run ends within it:
+        the drain is waited for here, as before, and the version stops taking requests before this returns.)"""
         for version in retiring:
-            if not bounded or timeout_s is not None or self.closed:
+            if not bounded or timeout_s is not None or self.closed or version.config.pool.max_run_s is not None:
                 self._unload_drained(name, version, timeout_s=timeout_s)
                 continue
             drainer = threading.Thread(
@@ -1109,12 +1111,11 @@ class Registry:
             drainer.join(_RELOAD_DRAIN_S)
             if drainer.is_alive():
                 logger.warning(
-                    "model %r version %s: a run is still running %g s after it stopped serving%s; the refresh goes "
-                    "on, and the version is unloaded when its last run ends",
+                    "model %r version %s: a run is still running %g s after it stopped serving (pool.max_run_s is "
+                    "off); the refresh goes on, and the version is unloaded when its last run ends",
                     name,
                     version.version,
                     _RELOAD_DRAIN_S,
-                    " (pool.max_run_s is off)" if not version.config.pool.max_run_s else "",
                 )
 
     def _unload_drained(self, name: str, version: ModelVersion, *, timeout_s: float | None) -> None:
