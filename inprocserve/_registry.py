@@ -271,6 +271,8 @@ class Registry:
                 effective = self.config_for(name, source, config)
                 if version is not None:
                     self._load_version(name, version, source.versions[version], effective)
+                    if by_hand:  # (the repository's copy of it replaced the path's, if any: refreshed as any other)
+                        self._by_path.get(name, set()).discard(version)
                     if by_hand and name in self._explicit:  # handed back to the repository (after the load: a
                         # failed one changes nothing): a model loaded by path before stayed out of every refresh, so
                         # its new versions were never served. What the path loaded keeps serving beside it.

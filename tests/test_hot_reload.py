@@ -1124,6 +1124,12 @@ def test_a_version_loaded_by_name_after_a_load_by_path_hands_the_model_back_to_t
     assert server.models == {"scale": [2, 9]}  # (mine serves as loaded until I unload it)
     assert float(one(server)["y"][0, 0]) == 2.0
     assert float(server.predict("scale", np.ones((1, 4), np.float32), version=9)["y"][0, 0]) == 10.0
+    nine = save_model(build_scale_model(9.0), repository, "scale", 9)
+    server.load("scale", version=9)  # the repository's 9 over mine: hot reloaded as any other from now on
+    past_the_tick(nine)
+    save_model(build_scale_model(90.0), repository, "scale", 9)
+    assert server.refresh() == []
+    assert float(server.predict("scale", np.ones((1, 4), np.float32), version=9)["y"][0, 0]) == 90.0
 
 
 def test_a_failed_load_by_path_of_a_model_unloaded_by_hand_leaves_it_unloaded(
