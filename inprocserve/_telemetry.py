@@ -857,15 +857,35 @@ class Metrics:
         self._recording.close()
 
     def _observe(self, kind: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        # Two servers of one process may serve the same model version: the SDK keeps one value per attribute
+        # set of a gauge, the last observed, so the first server's queue read 0 while the second stood idle.
+        # Their rows queued, requests in flight and bytes held add up; a drift score is not a quantity: the
+        # worst of them is the one to alert on.
+        combine: Callable[[float, float], float] = max if kind in _WORST_OF else _add
+
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             if kind == "queue":  # the first gauge's callback: once per collection
                 self.flush()
+            combined: dict[frozenset[tuple[str, Any]], list[Any]] = {}  # attribute set -> [value, attributes]
             for source in list(self._gauges):
                 for gauge, value, attributes in source():
                     if gauge == kind:
-                        yield Observation(value, attributes)
+                        key = frozenset(attributes.items())
+                        entry = combined.get(key)
+                        if entry is None:
+                            combined[key] = [value, attributes]
+                        else:
+                            entry[0] = combine(entry[0], value)
+            return [Observation(value, attributes) for value, attributes in combined.values()]
 
         return callback
+
+
+_WORST_OF = frozenset({"psi", "ks"})  # gauges whose values of several servers are not added: the largest is kept
+
+
+def _add(first: float, second: float) -> float:
+    return first + second
 
 
 METRICS = Metrics()
