@@ -264,7 +264,7 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[st
         # the runs (session.run calls) the batch-size chart counts: batches_run counts a request larger than
         # max_batch_size once, whatever the slices it ran in ("1 batch of 10 rows" under a limit of 4)
         runs = _mapping(entry.get("batch_size")).get("batches")
-        batches = runs if isinstance(runs, int) and runs else entry.get("batches_run")
+        batches = runs if _finite(runs) and runs > 0 else entry.get("batches_run")
         rows_run = entry.get("rows_run")
         mean_rows = rows_run / batches if isinstance(batches, int) and batches and isinstance(rows_run, int) else None
         drift = entry.get("drift") if isinstance(entry.get("drift"), Mapping) else None
