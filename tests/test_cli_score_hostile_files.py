@@ -14,19 +14,15 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from inprocserve.__main__ import main
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import run_python
+from .test_scoring_io_hardening import _score, write_npy_bytes
 
 
 @pytest.fixture
 def scale_file(tmp_path: Path) -> Path:
     return save_model(build_scale_model(2.0), tmp_path / "models", "scale", 1)
-
-
-def _score(*args: Path | str) -> int:
-    return main(["score", "--quiet", *(str(arg) for arg in args)])
 
 
 def _zip64_member(path: Path, name: str, data: bytes, *, declared_size: int) -> None:
@@ -220,12 +216,7 @@ def test_a_npy_header_cut_inside_its_braces_is_an_error_line_not_a_traceback(
     # out as a traceback: a damaged byte in a header's closing brace was enough
     header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), ".ljust(63) + "\n"
     data = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(48)
-    if suffix == ".npy":
-        (tmp_path / "x.npy").write_bytes(data)
-    else:
-        with zipfile.ZipFile(tmp_path / "x.npz", "w") as archive:
-            archive.writestr("x.npy", data)
-    assert _score(scale_file, tmp_path / f"x{suffix}", tmp_path / "y.npy") == 1
+    assert _score(scale_file, write_npy_bytes(tmp_path, data, suffix), tmp_path / "y.npy") == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: input {tmp_path / f'x{suffix}'}") and "EOF in multi-line statement" in err, err
     assert not (tmp_path / "y.npy").exists()

@@ -440,11 +440,14 @@ def test_a_task_cancelled_while_queued_is_never_run(
     monkeypatch: pytest.MonkeyPatch,
     hold_session: Callable[..., HeldSession],
 ) -> None:
-    """Queued on its own (the full way), or still in its iteration's group (merged at the iteration's end)."""
+    """Queued on its own (the full way), or still in its iteration's group (merged at the iteration's end).
+    Either way, like a synchronous caller that gives up, each cancelled task is counted in the version's
+    latency as an error, on the status page (merged ones were left out: the page counted no error)."""
     server = make_server(busy_repository)
     if way == "full":
         full_way_only(server, monkeypatch)
     blocker = hold_session(server)
+    before = version_status(server, "busy")["latency_ms"]
 
     async def main() -> list[Any]:
         tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(4)]
@@ -458,7 +461,11 @@ def test_a_task_cancelled_while_queued_is_never_run(
     blocker.release()
     assert [type(r).__name__ for r in results] == ["CancelledError", "Prediction", "Prediction", "CancelledError"]
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
-    assert version_status(server, "busy")["rows_run"] == 3000 + 2
+    status = version_status(server, "busy")
+    assert status["rows_run"] == 3000 + 2
+    # the blocker and the two answered tasks in the percentiles, the two cancelled ones as errors
+    after = status["latency_ms"]
+    assert (after["count"] - before["count"], after["errors"] - before["errors"]) == (3, 2)
 
 
 def test_a_merged_request_runs_unless_all_its_tasks_gave_up(

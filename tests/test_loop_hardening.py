@@ -163,33 +163,6 @@ def test_a_group_timer_interrupted_as_it_answers_a_task_still_answers_the_others
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
 
 
-def test_tasks_that_give_up_before_their_flush_are_counted_in_the_versions_latency(
-    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
-) -> None:
-    """Tasks cancelled before the end of the iteration that made their requests never run: like a synchronous
-    caller that gives up, each is counted in the version's latency, as an error, on the status page. (They
-    were left out: the page counted the two answered tasks and no error.)"""
-    server = make_server(busy_repository)
-    blocker = hold_session(server)
-    before = version_status(server, "busy")["latency_ms"]
-
-    async def main() -> list[Any]:
-        tasks = [asyncio.ensure_future(server.apredict("busy", busy_inputs(1, index=i))) for i in range(4)]
-        await asyncio.sleep(0)  # each task made its request; the iteration's end has not come
-        tasks[0].cancel()
-        tasks[3].cancel()
-        blocker.let_go()
-        return await asyncio.gather(*tasks, return_exceptions=True)
-
-    results = asyncio.run(main())
-    blocker.release()
-    assert [type(r).__name__ for r in results] == ["CancelledError", "Prediction", "Prediction", "CancelledError"]
-    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
-    after = version_status(server, "busy")["latency_ms"]
-    # the blocker and the two answered tasks in the percentiles, the two cancelled ones as errors
-    assert (after["count"] - before["count"], after["errors"] - before["errors"]) == (3, 2)
-
-
 def test_a_deadline_passing_as_a_worker_hands_the_answer_over_agrees_with_what_is_recorded(
     busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -70,6 +70,18 @@ def _score(*args: Path | str) -> int:
     return main(["score", "--quiet", *(str(arg) for arg in args)])
 
 
+def write_npy_bytes(folder: Path, data: bytes, suffix: str) -> Path:
+    """``data``, the bytes of a hand-made (damaged) ``.npy``, written as ``x.npy``, or as the member ``x.npy`` of
+    ``x.npz`` when ``suffix`` is ``".npz"``; returns the file's path."""
+    path = folder / f"x{suffix}"
+    if suffix == ".npy":
+        path.write_bytes(data)
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("x.npy", data)
+    return path
+
+
 # -- 1. CSV output quotes what needs quoting ------------------------------------------------------------------
 
 
@@ -560,12 +572,7 @@ def test_a_npy_header_over_numpys_size_limit_is_refused_without_advice_to_unpick
     # hostile file unsafely, which the command cannot even do
     header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }" + " " * 100_000 + "\n"
     data = b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header.encode() + bytes(48)
-    if suffix == ".npy":
-        (tmp_path / "x.npy").write_bytes(data)
-    else:
-        with zipfile.ZipFile(tmp_path / "x.npz", "w") as archive:
-            archive.writestr("x.npy", data)
-    assert _score(scale_file, tmp_path / f"x{suffix}", tmp_path / "y.npy") == 1
+    assert _score(scale_file, write_npy_bytes(tmp_path, data, suffix), tmp_path / "y.npy") == 1
     err = capsys.readouterr().err
     assert "header is larger than numpy reads safely" in err and "allow_pickle" not in err
     assert not (tmp_path / "y.npy").exists()
