@@ -52,7 +52,8 @@ class BatchExecution:
         unbatchable: Called with a reason when the model's outputs turn out to have no batch axis (a merged
             batch's, or a slice's, do not have one entry per row); from then on nothing is merged or sliced.
         clock: The monotonic clock the requests' deadlines are on.
-        telemetry: The version's metric recorder (batch size, duration and queue wait, once per batch).
+        telemetry: The version's metric recorder: batch size and duration once per ``session.run`` (each slice
+            of a request run in slices, each run of a bisected batch), queue wait once per batch.
     """
 
     def __init__(
@@ -92,7 +93,7 @@ class BatchExecution:
         Returns the batch's timing when it was one run that succeeded (a measure of the run's cost), else
         ``None`` (a request run in slices, a batch that failed or was bisected)."""
         started = self._clock()
-        timing = BatchTiming(batch[0].rows if len(batch) == 1 else sum(request.rows for request in batch))
+        timing = _RunTiming(batch[0].rows if len(batch) == 1 else sum(request.rows for request in batch))
         longest_wait = 0.0
         for request in batch:
             request.queue_wait_s = max(0.0, started - request.enqueued_at) if request.enqueued_at else 0.0
@@ -124,10 +125,9 @@ class BatchExecution:
                 compute_s=timing.compute_s,
                 error=batch[0].error if failed else None,
             )
+        if not inline:  # (status()'s batch_size counted each run as it ended: see _ran)
+            self._telemetry.runs_finished(timing.runs, queue_wait_s=longest_wait)
         whole = len(batch) > 1 or self._slice_rows(batch[0]) is None
-        if whole:  # (a sliced request's runs counted each slice)
-            self.batch_sizes.record(timing.rows)
-        self._telemetry.batch_finished(timing.rows, timing.compute_s, inline=inline, queue_wait_s=longest_wait)
         return timing if one_run and whole else None
 
     def run_alone(self, runner: Any, request: Request) -> tuple[dict[str, Any] | None, BaseException | None]:
@@ -265,9 +265,8 @@ class BatchExecution:
             started = time.perf_counter()
             try:
                 outputs = self._run_batch(runner, request.arrays, timeout_s=timeout_s, parent=parent)
-            finally:  # (added: a failing batch's halves are run again, and each run counts)
-                if request.batch is not None:
-                    request.batch.compute_s += time.perf_counter() - started
+            finally:  # (a failing batch's halves are run again, and each run counts)
+                self._ran(request.batch, request.rows, time.perf_counter() - started)
             return [dict(zip(self._output_names, outputs, strict=True))]
         crop = None
         if self._padding is not None:
@@ -279,9 +278,18 @@ class BatchExecution:
         try:
             outputs = self._run_batch(runner, feeds, timeout_s=timeout_s, parent=parent)
         finally:
-            if batch[0].batch is not None:
-                batch[0].batch.compute_s += time.perf_counter() - started
+            self._ran(batch[0].batch, sum(request.rows for request in batch), time.perf_counter() - started)
         return split_outputs(outputs, self._output_names, [r.rows for r in batch], crop=crop)
+
+    def _ran(self, timing: BatchTiming | None, rows: int, seconds: float) -> None:
+        """A ``session.run`` of ``rows`` rows of the batch timed by ``timing`` ended (or failed) after ``seconds``:
+        add it to the batch's compute time, to ``status()``'s ``batch_size``, and to the runs the batch's metrics
+        record (:meth:`execute`)."""
+        self.batch_sizes.record(rows)
+        if timing is not None:
+            timing.compute_s += seconds
+            if isinstance(timing, _RunTiming):
+                timing.runs.append((rows, seconds))
 
     def _slice_rows(self, request: Request) -> int | None:
         """The rows of each slice a lone ``request`` is run in, or ``None`` when it is run whole."""
@@ -306,13 +314,23 @@ class BatchExecution:
             rows = min(step, request.rows - start)
             try:
                 outputs = self._run_batch(runner, chunk, timeout_s=left, parent=parent)
-            finally:
-                if timing is not None:
-                    timing.compute_s += time.perf_counter() - started
-                self.batch_sizes.record(rows)  # (each slice is a run, one that failed too: see execute)
+            finally:  # (each slice is a run, one that failed too)
+                self._ran(timing, rows, time.perf_counter() - started)
             check_rows(outputs, self._output_names, rows, what="a slice of a large request")
             parts.append(outputs)
         return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}
+
+
+class _RunTiming(BatchTiming):
+    """The timing of a batch :meth:`BatchExecution.execute` runs, with each of its ``session.run`` calls:
+    ``(rows, seconds)``, in order (one for a batch that ran whole; a slice each for a request run in slices; a
+    run each of a failing batch and of the halves it was bisected into)."""
+
+    __slots__ = ("runs",)
+
+    def __init__(self, rows: int) -> None:
+        super().__init__(rows)
+        self.runs: list[tuple[int, float]] = []
 
 
 def _request_spans(batch: list[Request]) -> Iterator[Any]:

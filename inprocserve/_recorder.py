@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import metrics
@@ -45,8 +45,9 @@ class Recorder:
 
     * per request: ``inprocserve.request.duration``, and ``inprocserve.requests.deadline_exceeded`` if it
       missed its deadline;
-    * per batch run by a worker: ``inprocserve.batch.size``, ``inprocserve.batch.duration`` and
-      ``inprocserve.batch.queue_wait`` (how long its longest-waiting request waited: what the flush policy
+    * per batch run by a worker: ``inprocserve.batch.size`` and ``inprocserve.batch.duration`` once per
+      ``session.run`` (a request larger than ``max_batch_size`` runs in slices: one record per slice), and
+      ``inprocserve.batch.queue_wait`` once (how long its longest-waiting request waited: what the flush policy
       bounds, and what grows when the sessions cannot keep up). A request run at once on its caller's
       thread (a lone request on an idle server) is not a batch: its rows and compute time are on its span,
       and its time in ``inprocserve.request.duration``.
@@ -202,6 +203,22 @@ class Recorder:
         pending.append((metrics.batch_duration, compute_s, attributes))
         if queue_wait_s is not None:
             pending.append((metrics.batch_queue_wait, queue_wait_s, attributes))
+        try:  # (a backlog may be recorded here, on the worker's thread: the SDK runs in it)
+            self._pended()
+        except Exception:
+            _telemetry_failed("recording a metric")
+
+    def runs_finished(self, runs: Sequence[tuple[int, float]], *, queue_wait_s: float) -> None:
+        """Record a batch a worker ran: ``inprocserve.batch.size`` and ``.duration`` once for each of its
+        ``session.run`` calls ``(rows, seconds)`` (a request run in slices makes one per slice, a bisected batch
+        one per run), and ``inprocserve.batch.queue_wait`` once (left to the recording thread, like durations)."""
+        if _metrics_state._METER_PROVIDER is None:
+            return
+        metrics, attributes, pending = self._metrics, self.attributes, self._pending
+        for rows, seconds in runs:
+            pending.append((metrics.batch_size, rows, attributes))
+            pending.append((metrics.batch_duration, seconds, attributes))
+        pending.append((metrics.batch_queue_wait, queue_wait_s, attributes))
         try:  # (a backlog may be recorded here, on the worker's thread: the SDK runs in it)
             self._pended()
         except Exception:

@@ -652,7 +652,7 @@ class Metrics:
         self.batch_duration = meter.create_histogram(
             "inprocserve.batch.duration",
             unit="s",
-            description="Time of one session.run of a merged batch",
+            description="Time of one executed session.run (each slice of a request run in slices is one)",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
         # Counted on the request path: plain integers the SDK reads at collection (see Tally)

@@ -8,10 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import inprocserve
+from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import HeldSession, ServerFactory, busy_inputs
+from .conftest import HeldSession, ServerFactory, busy_inputs, version_status, wait_until
 from .test_telemetry import Otel
 from .test_telemetry import otel as otel  # the fixture: one SDK per process
 
@@ -79,3 +81,62 @@ def test_a_request_run_in_slices_is_one_batch_in_batches_run_and_a_run_per_slice
     server.submit("scale", np.ones((10, 4), np.float32)).result(timeout=30)
     entry = server.status()["models"]["scale"]["versions"]["1"]
     assert (entry["batches_run"], entry["rows_run"], entry["batch_size"]["batches"]) == (2, 20, 6)
+
+
+def _batch_counts(otel: Otel, name: str, model: str) -> int:
+    return sum(point.count for point in otel.metric_points(name) if point.attributes["inprocserve.model.name"] == model)
+
+
+def _batch_points(otel: Otel, name: str, model: str) -> tuple[int, float, float]:
+    """The (count, sum, max) of a batch histogram for ``model``'s version 1."""
+    (point,) = [point for point in otel.metric_points(name) if point.attributes["inprocserve.model.name"] == model]
+    return point.count, point.sum, point.max
+
+
+def test_batch_size_and_duration_record_each_run_of_a_request_run_in_slices(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    # inprocserve.batch.size is "rows per executed session.run": a queued request larger than max_batch_size runs
+    # in slices of at most that many rows, and was recorded as one run of all its rows (10 rows, under a limit of
+    # 4), beside a status() batch_size that counted its three runs.
+    save_model(build_scale_model(2.0), repository, "sliced_runs", 1)
+    config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=4))
+    server = make_server(repository, config=config)
+    server.submit("sliced_runs", np.ones((10, 4), np.float32)).result(timeout=30)
+    # (the worker records the batch once it has answered it: its queue wait is recorded with its runs)
+    wait_until(lambda: _batch_counts(otel, "inprocserve.batch.queue_wait", "sliced_runs") == 1)
+    assert _batch_points(otel, "inprocserve.batch.size", "sliced_runs") == (3, 10, 4)  # runs of 4, 4 and 2 rows
+    runs, _, _ = _batch_points(otel, "inprocserve.batch.duration", "sliced_runs")
+    assert runs == 3
+    waits, _, _ = _batch_points(otel, "inprocserve.batch.queue_wait", "sliced_runs")
+    assert waits == 1  # one batch, however many runs
+
+
+def test_a_bisected_batch_records_each_of_its_runs(
+    otel: Otel, busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
+) -> None:
+    # A merged batch that fails is bisected until only the failing request gets the error: 2 requests, one with an
+    # index out of bounds, make three session.run calls (2 rows, then 1 and 1). They were recorded as one run of 2
+    # rows (and status()'s batch_size, which counts runs, counted one).
+    server = make_server(busy_repository)
+
+    def sizes() -> tuple[int, float]:
+        points = [
+            p for p in otel.metric_points("inprocserve.batch.size") if p.attributes["inprocserve.model.name"] == "busy"
+        ]
+        return sum(p.count for p in points), sum(p.sum for p in points)
+
+    runs_before, rows_before = sizes()
+    waits_before = _batch_counts(otel, "inprocserve.batch.queue_wait", "busy")
+    status_before = version_status(server, "busy")["batch_size"]["batches"]
+    blocker = hold_session(server, rows=1)
+    good = server.submit("busy", busy_inputs(1, index=3))
+    poisoned = server.submit("busy", busy_inputs(1, index=99))
+    blocker.release()
+    assert good.result(timeout=60)["picked"].tolist() == [[6.0, 7.0]]
+    with pytest.raises(inprocserve.InvalidInputError):
+        poisoned.result(timeout=60)
+    wait_until(lambda: _batch_counts(otel, "inprocserve.batch.queue_wait", "busy") == waits_before + 2)
+    runs, rows = sizes()
+    assert (runs - runs_before, rows - rows_before) == (4, 5)  # the blocker's run of 1 row, then 2, 1 and 1
+    assert version_status(server, "busy")["batch_size"]["batches"] - status_before == 4
