@@ -302,8 +302,10 @@ class BatchExecution:
 
         Raises:
             BatchShapeError: a slice's output does not have one entry per row of the slice (a count of things
-                found, a scalar): stitched, its entries would be numbered within each slice, not the request.
-                The request is then run again whole, and no request is sliced or merged any more.
+                found, a scalar): stitched, its entries would be numbered within each slice, not the request;
+                or the slices' outputs differ in an inner length (one that follows the rows run together, or
+                is padded to the longest of them), so they cannot be stitched at all. The request is then run
+                again whole, and no request is sliced or merged any more.
         """
         parts = []
         timing = request.batch
@@ -318,7 +320,25 @@ class BatchExecution:
                 self._ran(timing, rows, time.perf_counter() - started)
             check_rows(outputs, self._output_names, rows, what="a slice of a large request")
             parts.append(outputs)
+        _check_stitching(parts, self._output_names)
         return {name: np.concatenate([part[index] for part in parts]) for index, name in enumerate(self._output_names)}
+
+
+def _check_stitching(parts: Sequence[Sequence[Any]], names: Sequence[str]) -> None:
+    """Check that the slices' outputs ``parts`` (each in the order of ``names``) can be stitched on axis 0.
+
+    Raises:
+        BatchShapeError: an output's inner axes differ between two slices (numpy's ``concatenate`` raised a plain
+            ``ValueError`` for them, which reached the caller as if its request were wrong).
+    """
+    first = parts[0]
+    for part in parts[1:]:
+        for index, name in enumerate(names):
+            if np.shape(part[index])[1:] != np.shape(first[index])[1:]:
+                raise BatchShapeError(
+                    f"output {name!r} has inner shape {np.shape(first[index])[1:]} for one slice of a large request"
+                    f" and {np.shape(part[index])[1:]} for another: its length follows the rows run together"
+                )
 
 
 class _RunTiming(BatchTiming):

@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 import inprocserve
 from inprocserve.testing import build_scale_model, save_model
@@ -140,3 +142,38 @@ def test_a_bisected_batch_records_each_of_its_runs(
     runs, rows = sizes()
     assert (runs - runs_before, rows - rows_before) == (4, 5)  # the blocker's run of 1 row, then 2, 1 and 1
     assert version_status(server, "busy")["batch_size"]["batches"] - status_before == 4
+
+
+def build_gram_model() -> onnx.ModelProto:
+    """``y = x @ x.T`` on ``x[batch, 4]``: ``y[batch, k]`` with ``k`` the rows run together, so the rows are not
+    independent (the load check sees it; ``rows_independent = "yes"`` skips that check)."""
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"]), helper.make_node("MatMul", ["x", "t"], ["y"])],
+        "gram",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "k"])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_slices_whose_outputs_do_not_stitch_run_the_request_whole(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    # A queued request larger than max_batch_size whose slices' outputs have different inner lengths (here the
+    # rows of each slice: 4, 4 and 2) could not be stitched: numpy's concatenate raised a plain ValueError on the
+    # worker, which the caller got ("all the input array dimensions except for the concatenation axis must match
+    # exactly") and which the request metrics recorded as client_error, hidden from ModelErrorRateHigh though the
+    # caller could do nothing about it. Like a slice whose rows do not match, the request now runs again whole.
+    save_model(build_gram_model(), repository, "gram", 1)
+    config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=4, rows_independent="yes"))
+    server = make_server(repository, config=config)
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    answer = server.submit("gram", x).result(timeout=30)
+    np.testing.assert_allclose(answer["y"], x @ x.T)
+    assert server.status()["models"]["gram"]["versions"]["1"]["unbatchable_reason"]  # (logged once)
+    outcomes = {
+        point.attributes["inprocserve.outcome"]
+        for point in otel.metric_points("inprocserve.request.duration")
+        if point.attributes["inprocserve.model.name"] == "gram"
+    }
+    assert outcomes == {"ok"}
