@@ -3,6 +3,7 @@ process holds, however many servers it runs."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from onnx import TensorProto, helper
 import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import HeldSession, ServerFactory, busy_inputs, version_status, wait_until
+from .conftest import HeldSession, ServerFactory, busy_inputs, pin_run_cost, version_status, wait_until
 from .test_telemetry import Otel
 from .test_telemetry import otel as otel  # the fixture: one SDK per process
 
@@ -177,3 +178,30 @@ def test_slices_whose_outputs_do_not_stitch_run_the_request_whole(
         if point.attributes["inprocserve.model.name"] == "gram"
     }
     assert outcomes == {"ok"}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_batching.Batcher.run_lone_here (not this area) records a queued request that an event loop's thread ran"
+    " in slices with one batch_finished of all its rows; it should record the runs BatchExecution.execute kept"
+    " (request.batch.runs, through Recorder.runs_finished), as a worker's batch does",
+)
+def test_a_request_an_event_loop_runs_in_slices_records_each_run(
+    otel: Otel, repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # apredict queues a request and its loop runs it itself, at the end of the iteration, when its measured run
+    # cost is short: a request larger than max_batch_size then runs in slices on the loop's thread (status()
+    # counts its three runs) and inprocserve.batch.size recorded one run of all 10 rows.
+    pin_run_cost(monkeypatch, fixed_s=0.00001, per_row_s=0.000001)  # quick enough for the loop to run it itself
+    save_model(build_scale_model(2.0), repository, "loop_sliced", 1)
+    config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=4))
+    server = make_server(repository, config=config)
+
+    async def requests() -> None:  # (a few: now and then a worker takes one, and records it right)
+        for _ in range(5):
+            await server.apredict("loop_sliced", np.ones((10, 4), np.float32))
+
+    asyncio.run(requests())
+    wait_until(lambda: _batch_counts(otel, "inprocserve.batch.queue_wait", "loop_sliced") == 5)
+    assert version_status(server, "loop_sliced")["batch_size"]["batches"] == 15  # each ran in slices
+    assert _batch_points(otel, "inprocserve.batch.size", "loop_sliced") == (15, 50, 4)
