@@ -504,7 +504,10 @@ class Batcher:
         if runner is not None:
             request = batch[0]
             timing = request.batch  # it was queued: a batch of one, recorded like a worker's
-            if timing is not None:
+            runs = getattr(timing, "runs", None)  # (run in slices: each slice's session.run, as a worker's)
+            if runs:
+                self.telemetry.runs_finished(runs, queue_wait_s=request.queue_wait_s)
+            elif timing is not None:
                 self.telemetry.batch_finished(
                     timing.rows, timing.compute_s, inline=False, queue_wait_s=request.queue_wait_s
                 )

@@ -180,12 +180,6 @@ def test_slices_whose_outputs_do_not_stitch_run_the_request_whole(
     assert outcomes == {"ok"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_batching.Batcher.run_lone_here (not this area) records a queued request that an event loop's thread ran"
-    " in slices with one batch_finished of all its rows; it should record the runs BatchExecution.execute kept"
-    " (request.batch.runs, through Recorder.runs_finished), as a worker's batch does",
-)
 def test_a_request_an_event_loop_runs_in_slices_records_each_run(
     otel: Otel, repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
