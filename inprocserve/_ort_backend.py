@@ -389,6 +389,9 @@ def _graph_written(partial: Path) -> bool:
         return True
 
 
+_BINDING_FAILED = "Error in execution: "  # (how onnxruntime's run_with_iobinding words every failure)
+
+
 def _remove(path: Path) -> None:
     try:
         path.unlink()
@@ -1098,7 +1101,17 @@ class OnnxruntimeBackend:
             values.append(value)
         for name in self._output_names:
             binding.bind_output(name, device, device_id)
-        session.run_with_iobinding(binding, run_options if run_options is not None else self._run_options)
+        options = run_options if run_options is not None else self._run_options
+        try:
+            session.run_with_iobinding(binding, options)
+        except RuntimeError as exc:
+            if options.terminate or not str(exc).startswith(_BINDING_FAILED):
+                raise
+            # The binding's run raises a bare RuntimeError that drops onnxruntime's status code: a client's bad
+            # value (an index past a table: INVALID_ARGUMENT) read as the server's failure. The plain run of the
+            # same feeds fails again at that node with onnxruntime's typed error, which the caller translates.
+            del values
+            return session._sess.run(self._output_names, feeds, options)  # type: ignore[no-any-return]
         outputs = list(binding.copy_outputs_to_cpu())
         del values  # (only now: the run and the copies back are done)
         return outputs

@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from inprocserve import ConfigurationError, ModelConfig, PoolConfig
+from inprocserve import ConfigurationError, InvalidInputError, ModelConfig, PoolConfig
 from inprocserve._config import load_model_config
 from inprocserve._ort_backend import OnnxruntimeBackend
 from inprocserve._ort_rules import thread_budget, usable_cores
-from inprocserve.testing import build_add_model, build_mlp_model, build_scale_model, save_model
+from inprocserve.testing import build_add_model, build_gather_model, build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, past_the_tick, run_threads, version_status
 
@@ -187,6 +187,19 @@ def test_io_binding_path_gives_the_same_answers(repository: Path, make_server: S
     status = version_status(server, "mlp")
     assert status["io_binding"] is True
     assert version_status(make_server(repository), "mlp")["io_binding"] is False  # default on the CPU
+
+
+def test_io_binding_refuses_an_index_out_of_range_as_the_clients_error(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """onnxruntime's ``run_with_iobinding`` raises a bare ``RuntimeError("Error in execution: ...")`` that drops
+    the status code: an index past the table (its INVALID_ARGUMENT) was an InferenceError, a 500 counted against
+    the server, where the plain run's was the client's InvalidInputError (a 400)."""
+    save_model(build_gather_model(table_rows=10), repository, "gather", 1)
+    server = make_server(repository, config=ModelConfig(pool=PoolConfig(io_binding=True)))
+    with pytest.raises(InvalidInputError, match=r"model 'gather' version 1 failed to run: .*out of data bounds"):
+        server.predict("gather", np.array([11]))
+    np.testing.assert_array_equal(server.predict("gather", np.array([2]))["rows"], [[8, 9, 10, 11]])
 
 
 def test_io_binding_is_off_by_default_on_a_gpu_too(
