@@ -858,7 +858,9 @@ def _text(name: str, value: Any, *, raw_bytes: bool = False) -> np.ndarray:
             f"input {name!r}: a numpy array of dtype {array.dtype} drops the trailing zero bytes of each element; "
             "send the bytes as an array of dtype object (np.array(values, dtype=object)) or a list"
         )
-    if array.dtype.kind not in "OUS":  # (S: numpy's bytes, e.g. np.array([b"paris"]), decoded as UTF-8 below)
+    # (S: numpy's bytes, e.g. np.array([b"paris"]), decoded as UTF-8 below; T: numpy 2's variable-width text,
+    # np.dtypes.StringDType, whose missing value, if it has one, becomes its na_object and is refused below)
+    if array.dtype.kind not in "OUST":
         raise InvalidInputError(
             f"input {name!r}: expected strings (tensor(string)), got an array of {array.dtype}; send text: a list "
             "of str, or a numpy array of dtype str or object"

@@ -67,6 +67,17 @@ def test_a_numpy_array_of_bytes_is_text_like_a_list_of_bytes(served: inprocserve
         served.predict("text", {"text": np.array([1.5, 2.5])})
 
 
+@pytest.mark.skipif(not hasattr(getattr(np, "dtypes", None), "StringDType"), reason="numpy 2's StringDType")
+def test_a_numpy_2_string_array_is_text(served: inprocserve.Server) -> None:
+    # numpy 2's variable-width text (np.dtypes.StringDType, dtype kind "T") was refused as not text: "expected
+    # strings (tensor(string)), got an array of StringDType(); send text", for an array of nothing but text
+    text = np.array(["hé", "paris"], dtype=np.dtypes.StringDType())
+    assert served.predict("text", {"text": text})["echo"].tolist() == ["hé", "paris"]
+    missing = np.array(["fine", None], dtype=np.dtypes.StringDType(na_object=None))
+    with pytest.raises(inprocserve.InvalidInputError, match=r"element #1 is NoneType; send text"):
+        served.predict("text", {"text": missing})
+
+
 def test_a_json_lone_surrogate_is_a_400_and_the_requests_beside_it_are_answered(served: inprocserve.Server) -> None:
     endpoints = v2.Endpoints(lambda: served)
 
