@@ -268,9 +268,18 @@ class Registry:
                     raise ModelNotFoundError(
                         f"model {name!r} has no version {version} in the repository", model=name, version=version
                     )
+                kept_config = self._load_configs.get(name)
                 effective = self.config_for(name, source, config)
                 if version is not None:
-                    self._load_version(name, version, source.versions[version], effective)
+                    try:
+                        self._load_version(name, version, source.versions[version], effective)
+                    except BaseException:  # a failed load changes nothing: its config= in force, the next
+                        # refresh or control revision loaded every version on the config the call failed with
+                        if kept_config is None:
+                            self._load_configs.pop(name, None)
+                        else:
+                            self._load_configs[name] = kept_config
+                        raise
                     if by_hand:  # (the repository's copy of it replaced the path's, if any: refreshed as any other)
                         self._by_path.get(name, set()).discard(version)
                     if by_hand and name in self._explicit:  # handed back to the repository (after the load: a

@@ -1256,3 +1256,20 @@ def test_a_config_toml_whose_default_version_fails_to_reload_applies_its_rollout
     assert len(problems) == 1 and "(version 2 as loaded before keeps serving)" in problems[0]
     assert server.models == {"scale": [1, 2]}  # the policy
     assert server.predict("scale", np.ones((1, 4), np.float32)).version == 1  # and the rollout, together
+
+
+def test_a_failed_load_of_a_version_with_a_config_leaves_the_config_in_force(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The config= of a load(name, version=N) that failed stayed in force for the model: the next release was
+    # loaded on it, and failed as the call had, while the call had changed nothing else
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    wrong = inprocserve.ModelConfig(warmup=inprocserve.WarmupConfig(inputs_file="missing.npz"))
+    with pytest.raises(inprocserve.ModelLoadError, match=r"missing\.npz"):
+        server.load("scale", version=1, config=wrong)
+    assert one(server).version == 1  # (version 1 keeps serving as it was loaded)
+    save_model(build_scale_model(2.0), repository, "scale", 2)  # the next release
+    assert server.refresh() == []
+    assert server.models == {"scale": [2]}
+    assert one(server).version == 2
