@@ -234,7 +234,9 @@ class Registry:
         self._poll_interval_s = poll_interval_s
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
-        self._drainers: set[threading.Thread] = set()  # versions a refresh left to drain on their own (see _drain)
+        # versions a refresh left to drain on threads of their own (see _drain), each by its thread: close() closes
+        # those still draining once its wait is over, as it does a loaded version
+        self._drainers: dict[threading.Thread, ModelVersion] = {}
 
     def load(
         self,
@@ -1117,7 +1119,7 @@ class Registry:
                 name="inprocserve-drain",
                 daemon=True,
             )
-            self._drainers.add(drainer)
+            self._drainers[drainer] = version
             drainer.start()
             drainer.join(_RELOAD_DRAIN_S)
             if drainer.is_alive():
@@ -1135,7 +1137,7 @@ class Registry:
             add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
             logger.info("model %r version %s unloaded%s", name, version.version, "" if drained else " (timed out)")
         finally:
-            self._drainers.discard(threading.current_thread())
+            self._drainers.pop(threading.current_thread(), None)
 
     def find_in_repository(self, name: str) -> ModelSource:
         if self.repository is None:
@@ -1701,9 +1703,18 @@ class Registry:
             for name in list(self.loaded):
                 self.retire(name, list(self.loaded[name]), timeout_s=timeout_s)
             self.routes.clear()
-        for drainer in list(self._drainers):  # (left by a refresh to drain on their own: see _drain)
-            drainer.join(timeout_s)
+        self.close_draining(timeout_s=timeout_s)
         return opened
+
+    def close_draining(self, *, timeout_s: float | None) -> None:
+        """Retire the versions a refresh left to drain on threads of their own (see :meth:`_drain`), as
+        :meth:`close` retires a loaded one: wait up to ``timeout_s`` for their runs, then close them, stopping
+        the runs still in flight. They are no longer in :attr:`loaded`: only waited for, a stuck run went on after
+        ``close()``, its version's sessions and threads never closed. For :meth:`close` and the clean-up of a
+        server nobody closed. Without the lifecycle lock (a drain may take ``timeout_s``)."""
+        for drainer, version in list(self._drainers.items()):
+            if drainer.is_alive():
+                version.retire(timeout_s=timeout_s)  # (its thread then ends, and logs the unload)
 
     def shadow_max_abs_diff(self, model: str) -> float | None:
         """``model``'s ``rollout.shadow.max_abs_diff`` as routed now (for the shadow runner's comparisons)."""
@@ -1732,7 +1743,9 @@ class Registry:
         self.lock = threading.RLock()
         self.routing = threading.RLock()
         self._stop = threading.Event()
-        self._drainers = set()  # (the parent's threads)
+        # The parent's threads, and what they drain: closed by the parent, not waited for or closed again here
+        # (this copy's runs are the parent's, and never end here)
+        self._drainers = {}
         if closing:
             self.closed = True
             self._stop.set()
