@@ -234,9 +234,12 @@ class Registry:
         self._poll_interval_s = poll_interval_s
         self._poller: threading.Thread | None = None
         self._stop = threading.Event()
-        # versions a refresh left to drain on threads of their own (see _drain), each by its thread: close() closes
-        # those still draining once its wait is over, as it does a loaded version
-        self._drainers: dict[threading.Thread, ModelVersion] = {}
+        # Versions a refresh left to drain on threads of their own (see _drain), or that unload() drains without the
+        # lifecycle lock, each with the thread that drains it: close() closes those still draining once its wait is
+        # over, as it does a loaded version (see close_draining)
+        self._drainers: dict[ModelVersion, threading.Thread] = {}
+        # While unload() holds the lifecycle lock: what it retires, drained once it releases the lock (see unload)
+        self._deferred: list[tuple[str, ModelVersion]] | None = None
 
     def load(
         self,
@@ -389,7 +392,22 @@ class Registry:
             self._kept_from_policy.setdefault(name, set()).add(version)
 
     def unload(self, name: str, version: int | None = None, *, timeout_s: float | None = None) -> None:
-        """See :meth:`Server.unload` (the lifecycle lock serializes it with every other change)."""
+        """See :meth:`Server.unload` (the lifecycle lock serializes it with every other change). What it takes out
+        of service is drained once the lock is released: waited for under it (up to ``timeout_s``, without limit
+        by default), one stuck run stopped every refresh, poll and load of every model behind the unload."""
+        with self.lock:
+            self._deferred = []
+            try:
+                self._unload(name, version, timeout_s=timeout_s)
+            finally:
+                retiring, self._deferred = self._deferred, None
+                current = threading.current_thread()
+                for _name, each in retiring:  # (close() closes them once its own wait is over: see close_draining)
+                    self._drainers[each] = current
+        for model, each in retiring:
+            self._unload_drained(model, each, timeout_s=timeout_s)
+
+    def _unload(self, name: str, version: int | None, *, timeout_s: float | None) -> None:
         with self.lock:
             loaded = self.loaded.get(name, {})
             if not loaded or (version is not None and version not in loaded):
@@ -1108,6 +1126,9 @@ class Registry:
         at most ``_RELOAD_DRAIN_S``, then left to finish its runs (never cut) and unload on a thread of its own,
         with a warning, so that the lifecycle lock is released. (With the limit on, every run ends within it:
         the drain is waited for here, as before, and the version stops taking requests before this returns.)"""
+        if self._deferred is not None and not bounded:  # unload()'s: drained once it releases the lifecycle lock
+            self._deferred.extend((name, version) for version in retiring)
+            return
         for version in retiring:
             if not bounded or timeout_s is not None or self.closed or version.config.pool.max_run_s is not None:
                 self._unload_drained(name, version, timeout_s=timeout_s)
@@ -1119,7 +1140,7 @@ class Registry:
                 name="inprocserve-drain",
                 daemon=True,
             )
-            self._drainers[drainer] = version
+            self._drainers[version] = drainer
             drainer.start()
             drainer.join(_RELOAD_DRAIN_S)
             if drainer.is_alive():
@@ -1137,7 +1158,7 @@ class Registry:
             add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "unloaded"})
             logger.info("model %r version %s unloaded%s", name, version.version, "" if drained else " (timed out)")
         finally:
-            self._drainers.pop(threading.current_thread(), None)
+            self._drainers.pop(version, None)
 
     def find_in_repository(self, name: str) -> ModelSource:
         if self.repository is None:
@@ -1712,7 +1733,7 @@ class Registry:
         the runs still in flight. They are no longer in :attr:`loaded`: only waited for, a stuck run went on after
         ``close()``, its version's sessions and threads never closed. For :meth:`close` and the clean-up of a
         server nobody closed. Without the lifecycle lock (a drain may take ``timeout_s``)."""
-        for drainer, version in list(self._drainers.items()):
+        for version, drainer in list(self._drainers.items()):
             if drainer.is_alive():
                 version.retire(timeout_s=timeout_s)  # (its thread then ends, and logs the unload)
 
@@ -1746,6 +1767,7 @@ class Registry:
         # The parent's threads, and what they drain: closed by the parent, not waited for or closed again here
         # (this copy's runs are the parent's, and never end here)
         self._drainers = {}
+        self._deferred = None
         if closing:
             self.closed = True
             self._stop.set()

@@ -1351,3 +1351,51 @@ def test_a_forked_child_neither_waits_for_nor_closes_the_parents_version_left_dr
 
     assert float(run_in_forked_child(in_the_child)) < 10
     assert held.release()["y"].shape == (3000, 512)  # the parent's run was not stopped
+
+
+def test_unload_waiting_for_a_stuck_run_does_not_stop_the_hot_reload_of_other_models(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    # unload(name, version) without a timeout_s waits for the version's runs, as documented, but it held the
+    # lifecycle lock meanwhile: with one run stuck, every refresh, poll and load of every model waited too
+    save_model(build_scale_model(1.0), busy_repository, "scale", 1)
+    server = make_server(busy_repository)
+    held = hold_session(server, at_most_s=30)  # a run that does not end (until the test lets it go)
+    unloading = threading.Thread(target=server.unload, args=("busy", 1))
+    unloading.start()
+    wait_until(lambda: "busy" not in server.models)  # it stopped serving, and waits for the run
+    save_model(build_scale_model(2.0), busy_repository, "scale", 2)
+    refreshing = threading.Thread(target=server.refresh)
+    refreshing.start()
+    refreshing.join(5)
+    stopped = refreshing.is_alive()
+    still_waiting = unloading.is_alive()
+    held.let_go()  # (so that the old code's refresh ends)
+    refreshing.join(30)
+    unloading.join(30)
+    assert not stopped, "the refresh waited for the unload's stuck run"
+    assert still_waiting, "unload() returned before the run it waits for ended"
+    assert not unloading.is_alive()
+    assert server.models == {"scale": [2]}
+    assert held.future.result(timeout=30)["y"].shape == (3000, 512)  # the run was not cut: it ended
+
+
+def test_close_stops_the_stuck_run_an_unload_waits_for(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    # close() waited for the lifecycle lock that the unload held for as long as the run went on: for ever
+    server = make_server(busy_repository)
+    held = hold_session(server, at_most_s=30)  # a run that does not end (until the test lets it go)
+    unloading = threading.Thread(target=server.unload, args=("busy", 1))
+    unloading.start()
+    wait_until(lambda: "busy" not in server.models)  # it stopped serving, and waits for the run
+    closing = threading.Thread(target=server.close, kwargs={"timeout_s": 0.2})
+    closing.start()
+    closing.join(10)
+    stopped = closing.is_alive()
+    held.let_go()  # the run goes on only if close() left its session open
+    closing.join(30)
+    unloading.join(30)
+    assert not stopped, "close() waited for the run the unload waits for"
+    with pytest.raises(inprocserve.ServerClosedError):
+        held.future.result(timeout=30)
