@@ -159,6 +159,7 @@ class Registry:
         # served as loaded (never replaced by the repository's file of that number, nor retired by its policy) until
         # unloaded by hand or load(name) hands the whole model to the policy
         self._by_path: dict[str, set[int]] = {}
+        self._shadowed: dict[str, set[int]] = {}  # releases numbered as one of those, as warned (see _sync_model)
         # Versions held back from the default by the compatibility gate, and why (per model).
         self.incompatible: dict[str, dict[int, list[str]]] = {}
         self.routers: dict[str, Router] = {}  # kept while a version is loaded: statistics survive reloads
@@ -416,6 +417,7 @@ class Registry:
                 self._unloaded.add(name)
                 self._loaded_by_hand.pop(name, None)
                 self._by_path.pop(name, None)
+                self._shadowed.pop(name, None)
                 self._load_configs.pop(name, None)  # a later load(name) reads the repository's configuration
                 self._rollouts.pop(name, None)
                 self.retire(name, list(loaded), timeout_s=timeout_s)
@@ -644,6 +646,7 @@ class Registry:
         router = self.routers.get(name)
         unloaded = self._unloaded_versions.get(name, set())
         by_path = self._by_path.get(name, set())  # (kept as the path loaded them)
+        shadowed = self._shadowed_releases(name, source, by_path)
         removed: set[int] = set()  # versions of the scan whose files are gone since (see _Removed)
         for number, current in list(self.loaded.get(name, {}).items()):
             if self._stop.is_set():  # the process is exiting (see stop_poller): load nothing more
@@ -672,7 +675,10 @@ class Registry:
             usable = [
                 v
                 for v in source.versions
-                if (v not in failures or v in current_versions) and v not in unloaded and v not in removed
+                if (v not in failures or v in current_versions)
+                and v not in unloaded
+                and v not in removed
+                and v not in shadowed
             ]
             kept_out = self._kept_from_policy.get(name, set())
             selectable = [v for v in usable if v not in kept_out] if kept_out else usable
@@ -737,6 +743,36 @@ class Registry:
             self.retire(name, stale, timeout_s=timeout_s, spare_named=set(source.versions) - unloaded, bounded=bounded)
         return problems
 
+    def _shadowed_releases(self, name: str, source: ModelSource, by_path: set[int]) -> set[int]:
+        """The repository's versions of ``name`` numbered as a build loaded by path that keeps serving (see
+        :attr:`_by_path`): the build keeps its number, and the release is not served (nor chosen by the policy)
+        until the build is unloaded or replaced (``load(name, version=N)``, ``load(name)``), with a warning once.
+        A build loaded by path takes the next number, which a later release may take too: the release was never
+        loaded, without a word, and the policy made the build, as that version, the default."""
+        loaded = self.loaded.get(name, {})
+        shadowed = {n for n in by_path if n in source.versions and n in loaded and loaded[n].path != source.versions[n]}
+        warned = self._shadowed.setdefault(name, set())
+        for number in sorted(shadowed - warned):
+            logger.warning(
+                "model %r: version %s in the repository (%s) is not served: version %s here is a build loaded by "
+                "path (%s), which keeps its number and serves requests pinned to it; serve the release with "
+                "server.load(%r, version=%s) (in place of the build) or server.load(%r) (the whole model by its "
+                "policy)",
+                name,
+                number,
+                source.versions[number],
+                number,
+                loaded[number].path,
+                name,
+                number,
+                name,
+            )
+        warned &= shadowed  # (said again if it comes back)
+        warned |= shadowed
+        if not warned:
+            del self._shadowed[name]
+        return shadowed
+
     def _forget_gone_models(self, scan: RepositoryScan) -> None:
         """Forget what is kept per model name of the models gone from the repository and no longer loaded (a
         repository that gains and loses a model folder per experiment added an entry to each of these per
@@ -748,6 +784,7 @@ class Registry:
             self._reference_problems,
             self._on_disk,
             self._rollouts,
+            self._shadowed,
         ):
             for name in [name for name in kept if self._gone_for_good(name, scan)]:
                 del kept[name]

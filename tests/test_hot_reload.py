@@ -1399,3 +1399,26 @@ def test_close_stops_the_stuck_run_an_unload_waits_for(
     assert not stopped, "close() waited for the run the unload waits for"
     with pytest.raises(inprocserve.ServerClosedError):
         held.future.result(timeout=30)
+
+
+def test_a_release_numbered_as_a_build_loaded_by_path_waits_for_it_with_a_warning(
+    repository: Path, tmp_path: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A build loaded by path takes the next number (2 here). Release 2 arriving later was never loaded, without
+    # a word, and the policy made the build, as "version 2", the default: my build took every request
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    mine = save_model(build_scale_model(10.0), tmp_path / "builds", "scale", 1)
+    server = make_server(repository)
+    assert server.load("scale", path=mine) == 2  # my build, to compare with
+    assert server.load("scale", version=1) == 1  # the repository's model again (my build keeps serving)
+    save_model(build_scale_model(2.0), repository, "scale", 2)  # the next release, numbered as my build
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.refresh()
+        server.refresh()
+    warnings = [r.getMessage() for r in caplog.records if "loaded by path" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # (once, not at every poll)
+    assert str(mine) in warnings[0] and str(repository / "scale" / "2" / "model.onnx") in warnings[0]
+    assert float(one(server)["y"][0, 0]) == 1.0  # the default is still the repository's version 1
+    assert float(server.predict("scale", np.ones((1, 4), np.float32), version=2)["y"][0, 0]) == 10.0
+    assert server.load("scale", version=2) == 2  # the release, in place of my build
+    assert float(one(server)["y"][0, 0]) == 2.0
