@@ -1074,6 +1074,12 @@ class Server(RolloutMethods):
         from the repository, unloading one version applies the version policy to the remaining versions
         at once: with ``latest`` the next highest version is loaded and warmed up first, then takes over.
 
+        Args:
+            timeout_s: How long to wait for the unloaded versions' queued and running requests: those still
+                queued then get :class:`ServerClosedError` and a run still going is stopped by onnxruntime.
+                ``None``: wait until they finish (a run's own ``pool.max_run_s`` still bounds it). Other models'
+                hot reload and loads go on meanwhile; :meth:`close` stops what is left once its own wait is over.
+
         Raises:
             ModelNotFoundError: the model or version is not loaded.
         """
@@ -1291,6 +1297,8 @@ def _clean_up_unclosed(
         logger.error("a model is still loading after %gs; exiting anyway", _EXIT_WAIT_S)
     if shadow.close():
         close_versions(loaded)
+        if registry is not None:  # (versions a refresh or an unload left draining: not in loaded any more)
+            registry.close_draining(timeout_s=1.0)
     else:
         logger.error("a shadow run is still in flight after %gs; exiting without closing the sessions", STOP_WAIT_S)
     drift.close(timeout_s=1.0)

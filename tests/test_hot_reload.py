@@ -1305,10 +1305,6 @@ def test_close_stops_the_stuck_run_of_a_version_a_refresh_left_draining(
         held.future.result(timeout=30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_server._clean_up_unclosed closes registry.loaded only: it must call registry.close_draining() too",
-)
 def test_the_clean_up_of_an_unclosed_server_stops_the_stuck_run_of_a_version_left_draining(
     busy_repository: Path, hold_session: SessionHolder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
