@@ -55,6 +55,7 @@ from ._ort_rules import (
     OPTIMIZED_GRAPH,
     RUN_ERROR_MAP,
     ProviderSpec,
+    allocation_error,
     check_provider_names,
     memory_pattern,
     onnxruntime_builds,
@@ -1105,8 +1106,13 @@ class OnnxruntimeBackend:
         try:
             session.run_with_iobinding(binding, options)
         except RuntimeError as exc:
-            if options.terminate or not str(exc).startswith(_BINDING_FAILED):
-                raise
+            text = str(exc)
+            if (
+                options.terminate
+                or not text.startswith(_BINDING_FAILED)
+                or allocation_error(text, model=self.model, version=self.version) is not None
+            ):
+                raise  # (an allocation that failed says so in these words too: not run a second time)
             # The binding's run raises a bare RuntimeError that drops onnxruntime's status code: a client's bad
             # value (an index past a table: INVALID_ARGUMENT) read as the server's failure. The plain run of the
             # same feeds fails again at that node with onnxruntime's typed error, which the caller translates.

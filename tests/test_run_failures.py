@@ -148,6 +148,32 @@ def address_space_capped() -> Iterator[int]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
+def test_an_allocation_that_fails_through_io_binding_is_refused_without_a_second_run(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, address_space_capped: int
+) -> None:
+    """I/O binding's run words every failure alike ("Error in execution: ..."), so a failed one is run again
+    without the binding for onnxruntime's typed error; an allocation that failed says so in those words already,
+    and its second run only asked for the memory again (the same failure, twice the time)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state
+
+    save_model(build_filled_loop_model(), repository, "filled", 1)
+    pool = inprocserve.PoolConfig(io_binding=True)
+    server = make_server(repository, config=ModelConfig(pool=pool, warmup=inprocserve.WarmupConfig(enabled=False)))
+    np.testing.assert_array_equal(server.predict("filled", filled(10))["y"], np.ones((1, 4)))
+    plain_runs: list[int] = []
+    run = onnxruntime_pybind11_state.InferenceSession.run
+
+    def counted(self: object, *args: object, **kwargs: object) -> object:
+        plain_runs.append(1)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime_pybind11_state.InferenceSession, "run", counted)
+    with pytest.raises(inprocserve.InputTooLargeError, match="bound the input that sets this size"):
+        server.predict("filled", filled(2**40))
+    assert plain_runs == []
+    np.testing.assert_array_equal(server.predict("filled", filled(20, value=3.0))["y"], np.full((1, 4), 3.0))
+
+
 def test_a_run_that_asks_for_more_memory_than_the_host_has_is_the_clients_error_naming_what_to_bound(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, address_space_capped: int
 ) -> None:
