@@ -120,3 +120,15 @@ def test_a_token_for_endpoints_no_url_serves_is_warned(repository: Path, setting
     assert f"INPROCSERVE['{named}']" in warned[0].msg and "inprocserve_django.urls" in warned[0].msg, warned[0].msg
     assert 'include("inprocserve_django.urls")' in (warned[0].hint or "")
     assert hints(settings, "inprocserve.W004") == []  # (the test project includes them)
+
+
+def test_a_status_page_token_with_the_page_off_is_warned(repository: Path) -> None:
+    """STATUS_PAGE_TOKEN without STATUS_PAGE: the page answered 404 and the token was ignored without a word, as
+    the Flask plug-in's INPROCSERVE_STATUS_PAGE_TOKEN with the page off, which it refuses."""
+    settings = {"REPOSITORY": str(repository), "STATUS_PAGE_TOKEN": "a-long-status-token"}
+    with override_settings(INPROCSERVE=settings):
+        warned = [message for message in run_checks() if message.id == "inprocserve.W005"]
+    assert len(warned) == 1, warned
+    assert "INPROCSERVE['STATUS_PAGE_TOKEN'] is set but INPROCSERVE['STATUS_PAGE'] is off" in warned[0].msg
+    assert "STATUS_PAGE" in (warned[0].hint or "")
+    assert hints({**settings, "STATUS_PAGE": True}, "inprocserve.W005") == []

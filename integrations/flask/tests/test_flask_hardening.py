@@ -247,6 +247,19 @@ def test_a_token_with_the_endpoints_off_fails_at_init_app(repository: Path, toke
     assert "inprocserve" not in app.extensions
 
 
+def test_a_status_page_token_with_the_page_off_fails_at_init_app(repository: Path) -> None:
+    # The page is off unless INPROCSERVE_STATUS_PAGE is on: the token was ignored without a word, /status a 404,
+    # and whoever set the token took the page for served, and protected.
+    app = Flask(__name__)
+    app.config.update(INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_STATUS_PAGE_TOKEN="a-long-status-token")
+    with pytest.raises(
+        inprocserve.ConfigurationError,
+        match=r"INPROCSERVE_STATUS_PAGE_TOKEN is set but INPROCSERVE_STATUS_PAGE is off.*STATUS_PAGE = True",
+    ):
+        Inprocserve(app)
+    assert "inprocserve" not in app.extensions
+
+
 def test_init_app_refused_for_a_setting_can_be_called_again_once_it_is_fixed(repository: Path) -> None:
     # The status page with no token is found while the endpoints are built: init_app had registered the
     # extension by then, so the second init_app, after the fix, raised "already registered on this app".

@@ -105,6 +105,16 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="inprocserve.E007",
             )
         )
+    if config["STATUS_PAGE_TOKEN"] not in (None, "") and not config["STATUS_PAGE"]:
+        # (the page answered 404 and the token was ignored: whoever set it took the page for served, and protected)
+        messages.append(
+            Warning(
+                "INPROCSERVE['STATUS_PAGE_TOKEN'] is set but INPROCSERVE['STATUS_PAGE'] is off: the status page "
+                "answers 404, so the token protects nothing.",
+                hint="Set INPROCSERVE['STATUS_PAGE'] = True to serve the page, or leave STATUS_PAGE_TOKEN unset.",
+                id="inprocserve.W005",
+            )
+        )
     messages.extend(_shadow_errors(config))
     messages.extend(_middleware_warnings())
     return messages

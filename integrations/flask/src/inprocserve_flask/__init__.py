@@ -345,10 +345,19 @@ def _check_endpoint_settings(config: Mapping[str, Any]) -> None:
     """Refuse settings that only the endpoints read when ``INPROCSERVE_ENDPOINTS`` is off: a token set there
     was ignored without a word (the admin endpoints a 404), and whoever set it took them for on, and protected.
 
+    The status page's own token with the page off is refused the same way: the page was a 404, the token
+    ignored without a word.
+
     Raises:
         inprocserve.ConfigurationError: naming both settings.
     """
     if config["INPROCSERVE_ENDPOINTS"]:
+        if config["INPROCSERVE_STATUS_PAGE_TOKEN"] not in (None, "") and not config["INPROCSERVE_STATUS_PAGE"]:
+            raise inprocserve.ConfigurationError(
+                "INPROCSERVE_STATUS_PAGE_TOKEN is set but INPROCSERVE_STATUS_PAGE is off: the status page is not "
+                "served, so the token protects nothing; set INPROCSERVE_STATUS_PAGE = True to serve the page, or "
+                "leave INPROCSERVE_STATUS_PAGE_TOKEN unset"
+            )
         return
     if config["INPROCSERVE_STATUS_PAGE"]:
         raise inprocserve.ConfigurationError("INPROCSERVE_STATUS_PAGE needs INPROCSERVE_ENDPOINTS = True")
