@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import html
 import logging
 import math
 import os
@@ -266,9 +267,17 @@ def server_or_none(server: Callable[[], Server], asked: str) -> Server | None:
     """The app's server, built by ``server()`` if it is not yet (the plug-ins' lazy mode); ``None`` if it cannot
     be built in this process (its repository gone at a worker's first request, an invalid ``config.toml``),
     logged at most once a minute with the cause, which a client must not see: it names the server's files.
-    ``asked``: what asked for it, for the log."""
+    ``asked``: what asked for it, for the log.
+
+    Raises:
+        ServerClosedError: the app closed its server for good (the plug-ins' ``Inprocserve.close(app)``,
+            ``close_server()``): no failure to build, so neither :data:`NO_SERVER` nor an error logged; answer
+            it as a 503 with its message (the probes and pages here do).
+    """
     try:
         return server()
+    except ServerClosedError:  # (it was answered "could not start", and logged at ERROR every minute)
+        raise
     except Exception as exc:  # (a later call builds it again: the worker serves once the cause is gone)
         skipped = _UNBUILT.due()
         if skipped is not None:
@@ -301,7 +310,14 @@ def status_page(server: Callable[[], Server], *, title: str | None = None) -> tu
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
     }
-    built = server_or_none(server, "status page")
+    try:
+        built = server_or_none(server, "status page")
+    except ServerClosedError as exc:
+        page = (
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>inprocserve status</title></head>'
+            f"<body><p>{html.escape(str(exc))}</p></body></html>"
+        )
+        return 503, page, {**headers, "Retry-After": "5"}
     if built is None:
         page = (
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>inprocserve status</title></head>'
@@ -316,8 +332,11 @@ def status_page(server: Callable[[], Server], *, title: str | None = None) -> tu
 def probe_readiness(server: Callable[[], Server], required: Sequence[str] | None = None) -> Readiness:
     """The readiness of the app's server (see :func:`readiness`), built by ``server()`` if it is not yet: one
     that cannot be built is not ready (:data:`NO_SERVER`, a 503 like any other), where the probe answered a
-    500 and logged a traceback each time."""
-    built = server_or_none(server, "readiness probe")
+    500 and logged a traceback each time. One the app closed for good is not ready, and ``closed``."""
+    try:
+        built = server_or_none(server, "readiness probe")
+    except ServerClosedError:
+        return Readiness(ready=False, closed=True)
     return Readiness(ready=False, unbuilt=True) if built is None else readiness(built, required)
 
 

@@ -421,3 +421,32 @@ def test_a_request_after_close_server_is_a_503_and_builds_no_new_server(
     finally:
         reset_server()  # (opens it again: settings changes and tests use it)
     assert client.post(**infer, content_type="application/json").status_code == 200
+
+
+def test_the_probes_and_pages_of_a_closed_server_say_closed_and_log_no_error(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After close_server() the probes, /models and the status page answered "the model server could not start
+    # in this worker (its log says why)", and logged "cannot be built in this process" at ERROR every minute:
+    # an alert for a server that was only closed.
+    from inprocserve_django import close_server
+
+    settings = {"REPOSITORY": str(repository), "STATUS_PAGE": True, "STATUS_PAGE_TOKEN": "secret"}
+    with override_settings(INPROCSERVE=settings):
+        client = Client()
+        assert client.get("/-/inprocserve/ready").status_code == 200
+        close_server()
+        try:
+            with caplog.at_level(logging.WARNING):
+                ready = client.get("/-/inprocserve/ready")
+                models = client.get("/-/inprocserve/models")
+                page = client.get("/-/inprocserve/status", headers=ADMIN)
+        finally:
+            reset_server()
+    for response in (ready, models, page):
+        assert response.status_code == 503 and response.has_header("Retry-After"), response.request["PATH_INFO"]
+        assert inprocserve.web.NO_SERVER.encode() not in response.content, response.request["PATH_INFO"]
+    assert ready.json()["ready"] is False and ready.json()["closed"] is True, ready.json()
+    assert "close_server" in models.json()["error"], models.json()
+    assert b"close_server" in page.content
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

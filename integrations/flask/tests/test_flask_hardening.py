@@ -325,6 +325,31 @@ def test_a_request_after_close_is_a_503_and_builds_no_new_server(
     assert any("Inprocserve.close" in record.getMessage() for record in caplog.records)
 
 
+def test_the_probes_and_pages_of_a_closed_app_say_closed_and_log_no_error(
+    repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After Inprocserve.close(app) the probes, /models and the status page answered "the model server could not
+    # start in this worker (its log says why)", and logged "cannot be built in this process" at ERROR every
+    # minute: an alert for a server that was only closed.
+    app = make_app(repository, INPROCSERVE_STATUS_PAGE=True)
+    client = app.test_client()
+    assert client.get("/-/inprocserve/ready").status_code == 503  # (built: "broken" is not servable)
+    Inprocserve.close(app)
+    caplog.clear()  # ("broken" failed to load, at ERROR)
+    with caplog.at_level(logging.WARNING):
+        ready = client.get("/-/inprocserve/ready")
+        models = client.get("/-/inprocserve/models")
+        page = client.get("/-/inprocserve/status", headers=ADMIN)
+    for response in (ready, models, page):
+        assert response.status_code == 503 and "Retry-After" in response.headers, response.request.path
+        assert inprocserve.web.NO_SERVER not in response.get_data(as_text=True), response.request.path
+    assert ready.json["ready"] is False and ready.json["closed"] is True, ready.json
+    assert "Inprocserve.close" in models.json["error"], models.json
+    assert "Inprocserve.close" in page.get_data(as_text=True)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert not app.extensions["inprocserve"].started  # nothing was built again
+
+
 # -- control characters in a protocol path ---------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from inprocserve import web
 from inprocserve._status_page import TOKEN_NEEDED
 
 from .conf import settings
+from .middleware import not_logged_per_request
 from .server import get_server
 
 __all__ = ["status_page"]
@@ -40,4 +41,5 @@ def status_page(request: HttpRequest) -> HttpResponse:
     response = HttpResponse(html, status=status, content_type="text/html; charset=utf-8")
     for name, value in headers.items():
         response[name] = value
-    return response
+    # (a 503, the server closed or not built here: the library logs why, at most once a minute; a close is no error)
+    return not_logged_per_request(response) if status == 503 else response

@@ -16,7 +16,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST, require_safe
 
-from inprocserve import InvalidInputError, web
+from inprocserve import InvalidInputError, ServerClosedError, web
 
 from .body import LengthRequired, whole_body
 from .conf import settings
@@ -48,13 +48,18 @@ def ready(request: HttpRequest) -> JsonResponse:
 
 @csrf_exempt
 @require_safe
-def models(request: HttpRequest) -> JsonResponse:
-    server = web.server_or_none(get_server, "GET /models")
-    if server is None:  # (its cause names files: logged, not answered)
-        response = JsonResponse({"error": web.NO_SERVER}, status=503)
-        response["Retry-After"] = web.retry_after(settings()["RETRY_AFTER_S"])
-        return response
-    return JsonResponse(server.status(include_paths=_authorized(request)))
+def models(request: HttpRequest) -> HttpResponse:
+    try:
+        server = web.server_or_none(get_server, "GET /models")
+    except ServerClosedError as exc:  # (close_server(): not a server that failed to start)
+        error = str(exc)
+    else:
+        if server is not None:
+            return JsonResponse(server.status(include_paths=_authorized(request)))
+        error = web.NO_SERVER  # (its cause names files: logged, not answered)
+    response = JsonResponse({"error": error}, status=503)
+    response["Retry-After"] = web.retry_after(settings()["RETRY_AFTER_S"])
+    return not_logged_per_request(response)  # (the library logs why, at most once a minute; a close is no error)
 
 
 def _authorized(request: HttpRequest) -> bool:

@@ -575,7 +575,10 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
 
     @blueprint.get("/models")
     def models() -> Any:
-        server = web.server_or_none(lambda: _state().server, "GET /models")
+        try:
+            server = web.server_or_none(lambda: _state().server, "GET /models")
+        except inprocserve.ServerClosedError as exc:  # (Inprocserve.close(app): not a server that failed to start)
+            return jsonify({"error": str(exc)}), 503, not_ready_headers
         if server is None:  # (its cause names files: logged, not answered)
             return jsonify({"error": web.NO_SERVER}), 503, not_ready_headers
         return jsonify(server.status(include_paths=authorized()))
