@@ -211,6 +211,7 @@ def test_the_read_only_endpoints_answer_other_methods_405(served: Path, path: st
             for method in ("post", "put", "patch", "delete", "options", "trace"):
                 response = getattr(client, method)(path)
                 assert (response.status_code, response["Allow"]) == (405, "GET, HEAD"), (method, response.content)
+                assert response.json()["error"] == "method_not_allowed", response.content  # (was an empty body)
                 assert b"scale" not in response.content
             assert client.get(path).status_code == 200
             head = client.head(path)
@@ -450,3 +451,13 @@ def test_the_probes_and_pages_of_a_closed_server_say_closed_and_log_no_error(
     assert "close_server" in models.json()["error"], models.json()
     assert b"close_server" in page.content
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.parametrize("method", ["get", "put", "delete", "patch", "options"])
+@pytest.mark.parametrize("path", ["/-/inprocserve/reload", "/-/inprocserve/models/scale/switch"])
+def test_a_wrong_method_on_an_admin_endpoint_is_a_json_405(served: Path, method: str, path: str) -> None:
+    # Django's require_POST answered an empty body, where every other answer of the admin endpoints is JSON
+    response = getattr(Client(), method)(path, headers=ADMIN)
+    assert (response.status_code, response["Allow"]) == (405, "POST"), response.content[:200]
+    assert response["Content-Type"] == "application/json", response.content[:200]
+    assert response.json()["error"] == "method_not_allowed" and "POST" in response.json()["message"]

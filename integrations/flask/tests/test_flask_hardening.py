@@ -375,3 +375,24 @@ def test_a_get_on_an_admin_endpoint_is_answered_as_the_django_plug_in_answers_it
             assert app.test_client().get(path, headers=ADMIN).status_code == status, path
     finally:
         Inprocserve.close(app)
+
+
+# -- wrong methods ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "PATCH", "PROPFIND"])
+@pytest.mark.parametrize("path", ["/-/inprocserve/reload", "/-/inprocserve/models/scale/switch"])
+def test_a_wrong_method_on_an_admin_endpoint_is_a_json_405(app: Flask, method: str, path: str) -> None:
+    # werkzeug's HTML "Method Not Allowed" page, where every other answer of the admin endpoints is JSON
+    response = app.test_client().open(path, method=method, headers=ADMIN)
+    assert response.status_code == 405 and response.is_json, response.get_data(as_text=True)[:200]
+    assert response.json["error"] == "method_not_allowed" and "POST" in response.json["message"], response.json
+    assert "POST" in response.headers["Allow"].split(", ")
+
+
+@pytest.mark.parametrize("path", ["/-/inprocserve/health", "/-/inprocserve/ready", "/-/inprocserve/models"])
+def test_a_wrong_method_on_a_read_only_endpoint_is_a_json_405(app: Flask, path: str) -> None:
+    response = app.test_client().open(path, method="POST", json={})
+    assert response.status_code == 405 and response.is_json, response.get_data(as_text=True)[:200]
+    assert response.json["error"] == "method_not_allowed" and "GET or HEAD" in response.json["message"]
+    assert {"GET", "HEAD"} <= set(response.headers["Allow"].split(", "))

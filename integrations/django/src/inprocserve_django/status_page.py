@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_safe
 
 from inprocserve import web
 from inprocserve._status_page import TOKEN_NEEDED
@@ -20,6 +19,7 @@ from inprocserve._status_page import TOKEN_NEEDED
 from .conf import settings
 from .middleware import not_logged_per_request
 from .server import get_server
+from .views import only
 
 __all__ = ["status_page"]
 
@@ -27,7 +27,7 @@ _REALM = 'Basic realm="inprocserve status", charset="UTF-8"'
 
 
 @csrf_exempt  # (its token authorizes it, never a cookie: another method is a 405, not CSRF's 403)
-@require_safe  # GET and HEAD, as the Flask plug-in's page
+@only("GET", "HEAD")  # as the Flask plug-in's page (another method: a JSON 405)
 def status_page(request: HttpRequest) -> HttpResponse:
     config = settings()
     token = config["STATUS_PAGE_TOKEN"]

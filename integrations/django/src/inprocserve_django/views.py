@@ -8,33 +8,60 @@ and answer is :func:`inprocserve.web.admin_answer`; these views add Django's rou
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import cast
+from typing import Any, TypeVar, cast
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST, require_safe
 
 from inprocserve import InvalidInputError, ServerClosedError, web
+from inprocserve._brief import brief
 
 from .body import LengthRequired, whole_body
 from .conf import settings
 from .middleware import not_logged_per_request
 from .server import building, get_server
 
+_View = TypeVar("_View", bound=Callable[..., HttpResponse])
+
+_METHODS_TAKEN = {"POST": "the admin endpoints take POST (with Authorization: Bearer <token>)"}
+"""What the 405 of a view that takes these methods says (others: "this endpoint takes GET or HEAD")."""
+
+
+def only(*methods: str) -> Callable[[_View], _View]:
+    """Django's ``require_http_methods`` answering JSON: its 405 had an empty body, where every other answer of
+    these endpoints is JSON ``{"error": <code>, "message": ...}`` (as the Flask plug-in's 405 now is)."""
+    allow = ", ".join(methods)
+    does = _METHODS_TAKEN.get(" ".join(methods), f"this endpoint takes {' or '.join(methods)}")
+
+    def decorate(view: _View) -> _View:
+        @functools.wraps(view)
+        def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                message = f"{does}; this request sent {brief(request.method)}"
+                body = {"error": "method_not_allowed", "message": message}
+                return JsonResponse(body, status=405, headers={"Allow": allow})
+            return view(request, *args, **kwargs)
+
+        return cast(_View, checked)
+
+    return decorate
+
+
 # The read-only endpoints answer GET and HEAD, and any other method 405 (as the Flask plug-in's do), exempt from
 # CSRF checks, which would answer a POST with an HTML 403 about cookies: any method answered the whole status.
 
 
 @csrf_exempt
-@require_safe
+@only("GET", "HEAD")
 def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
 @csrf_exempt
-@require_safe
+@only("GET", "HEAD")
 def ready(request: HttpRequest) -> JsonResponse:
     if settings()["EAGER"] and building():  # warming up after the fork: not ready, and do not wait for it
         readiness = web.Readiness.warming_up()
@@ -47,7 +74,7 @@ def ready(request: HttpRequest) -> JsonResponse:
 
 
 @csrf_exempt
-@require_safe
+@only("GET", "HEAD")
 def models(request: HttpRequest) -> HttpResponse:
     try:
         server = web.server_or_none(get_server, "GET /models")
@@ -85,7 +112,7 @@ def _admin(action: str) -> Callable[..., HttpResponse]:
             raise Http404("admin endpoints are off (INPROCSERVE['ADMIN_TOKEN'] is not set)")
         return act(request, name)
 
-    @require_POST
+    @only("POST")
     def act(request: HttpRequest, name: str | None) -> JsonResponse:
         if not _authorized(request):
             unauthorized = {"error": "unauthorized", "message": web.ADMIN_UNAUTHORIZED}

@@ -220,6 +220,8 @@ class Inprocserve:
             handler = _error_handler({**ERROR_STATUS, **overrides}, app.config["INPROCSERVE_RETRY_AFTER_S"])
             for error_type in {**ERROR_STATUS, **overrides}:
                 app.register_error_handler(error_type, handler)
+        if endpoints is not None or protocol is not None:
+            app.before_request(_wrong_method)  # (routing fails before any blueprint's own hook or handler)
         if endpoints is not None:
             app.register_blueprint(endpoints, url_prefix=app.config["INPROCSERVE_URL_PREFIX"])
         if protocol is not None:
@@ -611,6 +613,38 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         return admin(action, name)
 
     return blueprint
+
+
+_METHODS_TAKEN = {"POST": "the admin endpoints take POST (with Authorization: Bearer <token>)"}
+"""What the 405 of an endpoint that takes these methods says (others: "this endpoint takes GET or HEAD")."""
+
+
+def _wrong_method() -> Any:
+    """The JSON 405 of this plug-in's endpoints (``Allow`` as werkzeug's), answered before the request is
+    dispatched: werkzeug's HTML "Method Not Allowed" page was the only answer of the admin and read-only
+    endpoints that was no JSON, and under ``/v2`` a method the route does not list (``PROPFIND``) got it too,
+    where the protocol answers every wrong method with its own ``{"error": ...}`` 405. ``None`` (Flask goes
+    on) for any other request, the app's own routes' included."""
+    from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+    error = request.routing_exception
+    if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
+        return None
+    adapter = current_app.create_url_adapter(request)
+    try:  # (the rule the path matched with a method it takes)
+        rule, args = adapter.match(method=error.valid_methods[0], return_rule=True)  # type: ignore[union-attr]
+    except HTTPException:
+        return None
+    endpoint = str(rule.endpoint)
+    if endpoint.startswith("inprocserve_v2."):  # the protocol's own 405 (its Allow is the path's method)
+        return current_app.view_functions[endpoint](**args)
+    if not endpoint.startswith("inprocserve."):
+        return None
+    taken = [method for method in error.valid_methods if method != "OPTIONS"]
+    does = _METHODS_TAKEN.get(" ".join(taken), f"this endpoint takes {' or '.join(taken)}")
+    message = f"{does}; this request sent {brief(request.method)}"
+    body = {"error": "method_not_allowed", "message": message}
+    return jsonify(body), 405, {"Allow": ", ".join(error.valid_methods)}
 
 
 def _admin_body() -> bytes:
