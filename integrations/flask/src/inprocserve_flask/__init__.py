@@ -630,9 +630,12 @@ def _wrong_method() -> Any:
     error = request.routing_exception
     if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
         return None
+    valid = list(error.valid_methods)
     adapter = current_app.create_url_adapter(request)
+    if adapter is None:
+        return None
     try:  # (the rule the path matched with a method it takes)
-        rule, args = adapter.match(method=error.valid_methods[0], return_rule=True)  # type: ignore[union-attr]
+        rule, args = adapter.match(method=valid[0], return_rule=True)
     except HTTPException:
         return None
     endpoint = str(rule.endpoint)
@@ -640,11 +643,11 @@ def _wrong_method() -> Any:
         return current_app.view_functions[endpoint](**args)
     if not endpoint.startswith("inprocserve."):
         return None
-    taken = [method for method in error.valid_methods if method != "OPTIONS"]
+    taken = [method for method in valid if method != "OPTIONS"]
     does = _METHODS_TAKEN.get(" ".join(taken), f"this endpoint takes {' or '.join(taken)}")
     message = f"{does}; this request sent {brief(request.method)}"
     body = {"error": "method_not_allowed", "message": message}
-    return jsonify(body), 405, {"Allow": ", ".join(error.valid_methods)}
+    return jsonify(body), 405, {"Allow": ", ".join(valid)}
 
 
 def _admin_body() -> bytes:
