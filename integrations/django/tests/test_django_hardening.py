@@ -394,6 +394,14 @@ def test_a_control_character_in_a_protocol_path_is_a_json_error(served: Path, me
     assert error.startswith("unknown model '") and "\\" in error  # (escaped)
 
 
+@pytest.mark.parametrize("path", ["/v2%0A", "/v2%0D", "/v2%09", "/v2%0A/models/scale/ready", "/api/ml/v2%0A"])
+def test_a_control_character_right_after_v2_is_the_protocol_s_json_404(served: Path, path: str) -> None:
+    # "/v2" followed at once by a control character matched no pattern: Django's HTML 404 page
+    response = Client().get(path)
+    assert response.status_code == 404 and response["Content-Type"] == "application/json", response.content[:200]
+    assert response.json()["error"].startswith("no Open Inference Protocol endpoint at '/v2\\"), response.json()
+
+
 # -- after close_server ----------------------------------------------------------------------------------------------
 
 

@@ -365,6 +365,14 @@ def test_a_control_character_in_a_protocol_path_is_a_json_error(app: Flask, meth
     assert response.json["error"].startswith("unknown model '") and "\\" in response.json["error"]  # (escaped)
 
 
+@pytest.mark.parametrize("path", ["/v2%0A", "/v2%0D", "/v2%09", "/v2%0A/models/scale/ready", "/v2%7F"])
+def test_a_control_character_right_after_v2_is_the_protocol_s_json_404(app: Flask, path: str) -> None:
+    # "/v2" followed at once by a control character matched neither /v2 nor /v2/<path>: Flask's HTML 404 page
+    response = app.test_client().get(path)
+    assert response.status_code == 404 and response.is_json, response.get_data(as_text=True)[:200]
+    assert response.json["error"].startswith("no Open Inference Protocol endpoint at '/v2\\"), response.json
+
+
 @pytest.mark.parametrize(("token", "status"), [(None, 404), ("secret", 405)])
 def test_a_get_on_an_admin_endpoint_is_answered_as_the_django_plug_in_answers_it(
     repository: Path, token: str | None, status: int

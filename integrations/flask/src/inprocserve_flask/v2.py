@@ -33,6 +33,17 @@ class _AnyPath(PathConverter):
     regex = "[^/](?s:.*?)"
 
 
+_CONTROL_CONVERTER = "inprocserve_v2_control"
+
+
+class _ControlFirst(PathConverter):
+    """The rest of a path that goes on from ``/v2`` with a control character, not a slash (``/v2%0A``): it matched
+    neither ``/v2`` nor ``/v2/<path>``, so Flask answered its HTML 404 page; the protocol answers it its JSON 404."""
+
+    regex = "[\\x00-\\x1f\\x7f](?s:.*)"
+    part_isolating = False  # (it spans slashes: /v2%0A/models/m/ready; werkzeug reads a regex without "/" as one part)
+
+
 def blueprint(config: Mapping[str, Any]) -> Blueprint:
     """The ``/v2`` routes, answering for the current app's server."""
     from . import _remaining_budget, _state, default_context
@@ -54,9 +65,11 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     @routes.record_once
     def add_converter(state: BlueprintSetupState) -> None:
         state.app.url_map.converters.setdefault(_CONVERTER, _AnyPath)
+        state.app.url_map.converters.setdefault(_CONTROL_CONVERTER, _ControlFirst)
 
     @routes.route("/v2", methods=methods, strict_slashes=False)
     @routes.route(f"/v2/<{_CONVERTER}:rest>", methods=methods)
+    @routes.route(f"/v2<{_CONTROL_CONVERTER}:rest>", methods=methods)
     def protocol(rest: str = "") -> Response:
         closed = _state().refused()
         if closed is not None:  # (else answered as a server that could not start: "its log says why")
