@@ -404,3 +404,15 @@ def test_a_wrong_method_on_a_read_only_endpoint_is_a_json_405(app: Flask, path: 
     assert response.status_code == 405 and response.is_json, response.get_data(as_text=True)[:200]
     assert response.json["error"] == "method_not_allowed" and "GET or HEAD" in response.json["message"]
     assert {"GET", "HEAD"} <= set(response.headers["Allow"].split(", "))
+
+
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "MKCOL"])
+@pytest.mark.parametrize(("path", "allow"), [("/v2/models/scale/infer", "POST"), ("/v2/models/scale/ready", "GET")])
+def test_a_method_the_protocol_routes_do_not_list_is_the_protocol_s_json_405(
+    app: Flask, method: str, path: str, allow: str
+) -> None:
+    # The /v2 routes list GET, POST, PUT, PATCH and DELETE: any other method got werkzeug's HTML 405 page (its
+    # Allow naming every method listed), where the protocol answers a wrong method with its JSON 405
+    response = app.test_client().open(path, method=method)
+    assert response.status_code == 405 and response.is_json, response.get_data(as_text=True)[:200]
+    assert response.headers["Allow"] == allow and list(response.json) == ["error"], response.json
