@@ -630,7 +630,7 @@ def _wrong_method() -> Any:
     error = request.routing_exception
     if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
         return None
-    valid = list(error.valid_methods)
+    valid = sorted(error.valid_methods, key=lambda method: (method != "GET", method))  # (werkzeug's is a set's order)
     adapter = current_app.create_url_adapter(request)
     if adapter is None:
         return None
