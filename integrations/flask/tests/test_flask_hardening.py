@@ -416,3 +416,16 @@ def test_a_method_the_protocol_routes_do_not_list_is_the_protocol_s_json_405(
     response = app.test_client().open(path, method=method)
     assert response.status_code == 405 and response.is_json, response.get_data(as_text=True)[:200]
     assert response.headers["Allow"] == allow and list(response.json) == ["error"], response.json
+
+
+@pytest.mark.parametrize("path", ["/-/inprocserve/models/scale/switch", "/v2/models/scale/infer"])
+def test_a_body_over_max_content_length_is_a_json_413(repository: Path, path: str) -> None:
+    # Flask's MAX_CONTENT_LENGTH trips while the body is read: werkzeug's HTML 413 page, where the Django plug-in's
+    # admin endpoints answer {"error": "too_large", ...} and every other answer of these endpoints is JSON
+    app = make_app(repository, MAX_CONTENT_LENGTH=64)
+    try:
+        response = app.test_client().post(path, json={"version": 1, "inputs": [X], "pad": "x" * 200}, headers=ADMIN)
+    finally:
+        Inprocserve.close(app)
+    assert response.status_code == 413 and response.is_json, response.get_data(as_text=True)[:200]
+    assert "64 bytes" in str(response.json), response.json

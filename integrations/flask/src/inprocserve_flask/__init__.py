@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, has_request_context, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.local import LocalProxy
 
 import inprocserve
@@ -600,6 +601,8 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
             body = _admin_body()
         except inprocserve.InvalidInputError as exc:  # (broken chunked framing, a client gone mid-upload)
             return jsonify({"error": "invalid_input", "message": str(exc)}), 400
+        except RequestEntityTooLarge:  # (werkzeug's HTML page; the Django plug-in answers this code)
+            return jsonify({"error": "too_large", "message": _too_large_message()}), 413
         actor = f"admin endpoint from {request.remote_addr}"
         answer = web.admin_answer(_state().server, action, model, body, actor=actor, retry_after_s=retry_after_s)
         return jsonify(answer.body), answer.status, dict(answer.headers)
@@ -648,6 +651,14 @@ def _wrong_method() -> Any:
     message = f"{does}; this request sent {brief(request.method)}"
     body = {"error": "method_not_allowed", "message": message}
     return jsonify(body), 405, {"Allow": ", ".join(valid)}
+
+
+def _too_large_message() -> str:
+    """What a client is told, with a 413, of a body over the app's ``MAX_CONTENT_LENGTH``."""
+    return (
+        f"the request body is larger than this app accepts ({current_app.config['MAX_CONTENT_LENGTH']} bytes, "
+        "its MAX_CONTENT_LENGTH): send a smaller one"
+    )
 
 
 def _admin_body() -> bytes:

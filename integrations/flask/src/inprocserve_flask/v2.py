@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 from flask.blueprints import BlueprintSetupState
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.routing import PathConverter
 
 from inprocserve import v2, web
@@ -46,7 +46,7 @@ class _ControlFirst(PathConverter):
 
 def blueprint(config: Mapping[str, Any]) -> Blueprint:
     """The ``/v2`` routes, answering for the current app's server."""
-    from . import _remaining_budget, _state, default_context
+    from . import _remaining_budget, _state, _too_large_message, default_context
 
     eager = config["INPROCSERVE_EAGER"]
     endpoints = v2.Endpoints(
@@ -77,15 +77,18 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
             return Response(body, status=503, headers=not_ready_headers, content_type="application/json")
         if web.body_end_unknown(request.environ):  # (read as empty, it was refused as malformed JSON)
             return Response(json.dumps({"error": web.LENGTH_REQUIRED}), status=411, content_type="application/json")
-        answer = endpoints.handle(
-            request.method,
-            request.path,
-            dict(request.headers),
-            # a broken chunked body is a 400, not a 500; Flask's own answers (413 over MAX_CONTENT_LENGTH) stay
-            web.body_reader(request.stream.read, passing=(HTTPException,)),
-            context=make_context,
-            budget_s=_remaining_budget,
-        )
+        try:
+            answer = endpoints.handle(
+                request.method,
+                request.path,
+                dict(request.headers),
+                # a broken chunked body is a 400, not a 500; Flask's own answers (413 over MAX_CONTENT_LENGTH) stay
+                web.body_reader(request.stream.read, passing=(HTTPException,)),
+                context=make_context,
+                budget_s=_remaining_budget,
+            )
+        except RequestEntityTooLarge:  # (over MAX_CONTENT_LENGTH: werkzeug's HTML page, not the protocol's JSON)
+            return Response(json.dumps({"error": _too_large_message()}), status=413, content_type="application/json")
         return Response(answer.body, status=answer.status, headers=answer.headers)
 
     return routes
