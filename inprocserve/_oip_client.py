@@ -77,7 +77,8 @@ class TransportError(Exception):
     Attributes:
         sent: Whether the request may have reached the server (``False``: it certainly did not, as when the
             connection was refused, so retrying cannot run it twice).
-        timed_out: Whether it failed because a timeout ran out.
+        timed_out: Whether it failed because the call's time ran out (not ``connect_timeout_s``: a host that
+            does not answer a connection attempt in that time is down, as one that refuses it).
         too_long: Whether the answer's body ran past the size the call allowed (it was not read to its end).
     """
 
@@ -174,7 +175,7 @@ class HttpClient:
             # call's callers (that frame's ``f_back``: a predict on its caller's thread, its inputs) until the
             # collector's next full pass. Its tracebacks go; what it says is in the message.
             drop_tracebacks(exc)
-            raise _failed(exc, exceptions, timeout, timeout_s, watch) from None
+            raise _failed(exc, exceptions, timeout, timeout_s, watch, self._connect_timeout_s) from None
         finally:
             _calls.watch = None
             watch.end()
@@ -232,12 +233,23 @@ class HttpClient:
         self._watchdog.forget()
 
 
-def _failed(exc: BaseException, exceptions: Any, timeout: Any, timeout_s: float, watch: Watch) -> TransportError:
+def _failed(
+    exc: BaseException, exceptions: Any, timeout: Any, timeout_s: float, watch: Watch, connect_timeout_s: float
+) -> TransportError:
     """The :class:`TransportError` of urllib3's error ``exc`` (``exceptions``: urllib3's module of them)."""
     if isinstance(exc, exceptions.NewConnectionError):  # before ConnectTimeoutError: it subclasses it
         return TransportError(f"cannot connect: {_reason(exc)}", sent=False)
     if isinstance(exc, exceptions.ConnectTimeoutError):
-        return TransportError(f"no connection within {timeout.connect_timeout:.3g} s", sent=False, timed_out=True)
+        if timeout.connect_timeout < connect_timeout_s:  # cut short by the time the call had left: its deadline
+            return TransportError(f"no connection within {timeout.connect_timeout:.3g} s", sent=False, timed_out=True)
+        # The whole connect_timeout_s with no answer to the connection attempt: the host is down, or its port
+        # black-holed (a firewall, a full accept queue), as a refused connection says it is down. Said as a
+        # timeout, it was a DeadlineExceededError naming the call's timeout_s, of which it had spent a fraction,
+        # and it never counted for the circuit when the caller's deadline was the shorter.
+        return TransportError(
+            f"cannot connect: no answer to the connection attempt within connect_timeout_s = {connect_timeout_s:.3g} s",
+            sent=False,
+        )
     if isinstance(exc, exceptions.EmptyPoolError):
         return TransportError(f"no free connection within {timeout_s:.3g} s", sent=False, timed_out=True)
     if isinstance(exc, exceptions.ClosedPoolError):

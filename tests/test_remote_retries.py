@@ -636,6 +636,59 @@ def test_a_connection_is_used_again_up_to_the_keep_alive_timeout_the_server_anno
     assert backend.status()["failures"] == 0
 
 
+def stop_taking_connections(server: Scripted) -> list[socket.socket]:
+    """The server's host stops answering connection attempts (down, or its port black-holed): the server no
+    longer accepts, and its accept queue is filled, so the kernel drops further attempts unanswered. Returns
+    the sockets that fill the queue (to close at the end)."""
+    server.shutdown()  # (the listening socket stays open)
+    queued = []
+    for _ in range(server.request_queue_size + 4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(server.server_address)
+        queued.append(filler)
+    return queued
+
+
+def test_a_host_that_answers_no_connection_attempt_is_unavailable_and_opens_the_circuit(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A connection attempt left unanswered for connect_timeout_s was a DeadlineExceededError "no answer ...
+    # within the request's 5 s" after 0.2 s, and, the caller's deadline being the shorter, it never counted
+    # for the circuit: every request waited out connect timeouts, for as long as the host was down.
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.01)  # (the connection prepare() left is not used again)
+    backend = backend_for(backends, scripted, retries=1, connect_timeout_s=0.2, timeout_s=30, failure_threshold=2)
+    queued = stop_taking_connections(scripted)
+    try:
+        time.sleep(0.05)
+        for _ in range(2):
+            with pytest.raises(inprocserve.RemoteUnavailableError, match=r"connect_timeout_s = 0\.2 s") as caught:
+                backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+            assert "is unavailable: cannot connect" in str(caught.value)
+        assert backend.status()["circuit"] == "open"
+        with pytest.raises(inprocserve.RemoteUnavailableError, match="failing fast"):
+            backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+    finally:
+        for filler in queued:
+            filler.close()
+
+
+def test_a_connect_cut_short_by_the_callers_deadline_is_the_callers_timeout(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.01)
+    backend = backend_for(backends, scripted, retries=0, connect_timeout_s=5, timeout_s=30, failure_threshold=1)
+    queued = stop_taking_connections(scripted)
+    try:
+        time.sleep(0.05)
+        with pytest.raises(inprocserve.DeadlineExceededError, match=r"request's 0\.2 s"):
+            backend.run(backend.runners()[0], FEEDS, timeout_s=0.2)
+        assert backend.status()["circuit"] == "closed"  # (no sign of the server's health in 0.2 s)
+    finally:
+        for filler in queued:
+            filler.close()
+
+
 def test_a_batch_too_large_for_the_server_is_sent_in_halves(scripted: Scripted, backends: list[RemoteBackend]) -> None:
     backend = backend_for(backends, scripted, retries=0, failure_threshold=100)
     failed: list[BaseException] = []
