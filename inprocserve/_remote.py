@@ -14,7 +14,8 @@ locally and each batch is **one** inference call. What this module adds on top o
 * the W3C ``traceparent`` of the batch's span, so the remote server's spans join the trace;
 * fork safety: no connection crosses a fork.
 
-Errors: 400/422 -> :class:`InvalidInputError` (the batcher bisects to the bad request); 404 ->
+Errors: 400/422 -> :class:`InvalidInputError` (the batcher bisects to the bad request), unless the model's
+``/ready`` then says it is not ready (a model still loading: :class:`RemoteUnavailableError`); 404 ->
 :class:`ModelLoadError` in :meth:`prepare`, :class:`InferenceError` in :meth:`run`; 504 and timeouts ->
 :class:`DeadlineExceededError`; 5xx, refused or reset connections, an open circuit ->
 :class:`RemoteUnavailableError`; a call in flight when :meth:`RemoteBackend.close` ends it, or a shadow call
@@ -317,10 +318,11 @@ class RemoteBackend:
         """Send one batch as one inference request; return its outputs in signature order.
 
         Raises:
-            InvalidInputError: the server refused these values (400/422), or ``feeds`` lacks one of the
+            InvalidInputError: the server refused these values (400/422, its model ready), or ``feeds`` lacks one of the
                 signature's inputs (the batcher never sends such feeds).
             DeadlineExceededError: ``timeout_s`` (or ``remote.timeout_s``) ran out, or the server said 504.
-            RemoteUnavailableError: refused or reset connection, a 5xx, or the circuit is open.
+            RemoteUnavailableError: refused or reset connection, a 5xx, a 400/422 from a model that is not
+                ready (loading), or the circuit is open.
             InferenceError: 404, or an answer that is not the model's outputs (or outputs in another width
                 whose values the declared type cannot hold).
             ServerClosedError: :meth:`close` was called, before the call or while it was in flight.
@@ -448,6 +450,19 @@ class RemoteBackend:
                 if self._backoff(attempt, deadline, at_least_s=retry_after):
                     attempt += 1
                     continue
+            if response.status in (400, 422) and not self._model_ready(deadline):
+                # The model did not run: the server refused it for not being loaded (MLServer answers 400 "Model
+                # x is not ready yet." while it loads one, as after a restart: it serves HTTP before its models
+                # are loaded). Taken for the inputs' fault, each batch was bisected down to single requests,
+                # every caller was told its inputs were bad (an HTTP 400), and the circuit took the server for
+                # up. It is the server's unavailability: retried as a 503 is, and counted for the circuit.
+                if self._backoff(attempt, deadline):
+                    attempt += 1
+                    continue
+                raise self._unavailable(
+                    f"{remote.endpoint}/infer answered {response.status}: {_message(response)} (and "
+                    f"{remote.endpoint}/ready says the model is not ready)"
+                )
             raise self._refused(response, caller_binds=caller_binds, sent_at=sent_at, deadline=deadline)
 
     def health(self) -> str | None:
@@ -613,6 +628,21 @@ class RemoteBackend:
                 model=self.model,
                 version=self.version,
             )
+
+    def _model_ready(self, deadline: float) -> bool:
+        """Whether the remote model says it is ready (``GET .../ready`` answered 200), asked after the server
+        refused a call's inputs: a server may refuse a model it is still loading so (MLServer's 400). ``True``
+        when it cannot tell within the deadline (the refusal then stands as the inputs')."""
+        remaining = deadline - self._clock()
+        if remaining <= 0:
+            return True
+        try:
+            response = self._http().request(
+                "GET", self.remote.path + "/ready", timeout_s=remaining, max_bytes=_DOCUMENT_MAX_BYTES
+            )
+        except TransportError:
+            return True
+        return response.status == 200
 
     def _backoff(self, attempt: int, deadline: float, *, at_least_s: float | None = None) -> bool:
         """Wait before retry ``attempt + 1`` if retries are left and the wait leaves time for the call.

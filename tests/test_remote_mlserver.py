@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,7 @@ from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
 from inprocserve.testing import build_gather_model, build_mlp_model
 
+from .conftest import wait_until
 from .ports import reserved_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +41,9 @@ pytestmark = pytest.mark.skipif(
 
 RUNTIME = '''
 """An MLServer runtime that runs model.onnx with onnxruntime; onnxruntime's refusals become 400s."""
+
+import asyncio
+import os
 
 import onnxruntime
 from mlserver import MLModel
@@ -65,11 +70,27 @@ class OnnxRuntime(MLModel):
             model_version=self.version,
             outputs=[NumpyCodec.encode_output(name, array) for name, array in zip(self._outputs, arrays)],
         )
+
+
+class HeldRuntime(OnnxRuntime):
+    """Loads as OnnxRuntime does, once the file ``hold`` beside the model is gone (a load that takes a while)."""
+
+    async def load(self) -> bool:
+        hold = os.path.join(os.path.dirname(self.settings.parameters.uri), "hold")
+        while os.path.exists(hold):
+            await asyncio.sleep(0.02)
+        return await super().load()
 '''
 
 
 def write_model(
-    folder: Path, name: str, model: object, inputs: list[dict[str, object]], outputs: list[dict[str, object]]
+    folder: Path,
+    name: str,
+    model: object,
+    inputs: list[dict[str, object]],
+    outputs: list[dict[str, object]],
+    *,
+    implementation: str = "onnx_runtime.OnnxRuntime",
 ) -> Path:
     from onnx import save
 
@@ -78,7 +99,7 @@ def write_model(
     save(model, str(target / "model.onnx"))
     settings = {
         "name": name,
-        "implementation": "onnx_runtime.OnnxRuntime",
+        "implementation": implementation,
         "parameters": {"uri": str(target / "model.onnx"), "version": "1"},
         "inputs": inputs,
         "outputs": outputs,
@@ -126,6 +147,14 @@ def mlserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
         build_sqrt_model(),
         [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
         [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+    )
+    write_model(
+        folder,
+        "held",
+        build_sqrt_model(),
+        [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}],
+        [{"name": "y", "datatype": "FP32", "shape": [-1, 2]}],
+        implementation="onnx_runtime.HeldRuntime",
     )
     http_port = reserved_port()  # MLServer takes port numbers only
     settings = {
@@ -240,3 +269,52 @@ def test_a_nan_answered_by_mlserver_reaches_the_caller_as_nan(
     (answer,) = backend.run(backend.runners()[0], {"x": np.array([[-1.0, 4.0], [9.0, -4.0]], np.float32)})
     assert answer.dtype == np.float32 and answer.shape == (2, 2)
     assert np.isnan(answer[0, 0]) and np.isnan(answer[1, 1]) and answer[0, 1] == 2.0 and answer[1, 0] == 3.0
+
+
+def post(url: str) -> int:
+    request = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def ready_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_a_model_mlserver_is_still_loading_is_unavailable_not_the_callers_bad_input(
+    mlserver: tuple[str, Path], backends: list[RemoteBackend]
+) -> None:
+    # MLServer serves HTTP before its models are loaded (a restarted server loads them as it starts, as it does
+    # a model loaded through its repository API), and answers a model that is loading 400 "Model held with
+    # version 1 is not ready yet.": that was an InvalidInputError, the batcher bisected each batch down to
+    # single requests, every caller was told its inputs were bad (an HTTP 400), and the circuit took the
+    # server for up. The model did not run: it is a RemoteUnavailableError (a 503), counted for the circuit.
+    url, folder = mlserver
+    backend = make(backends, url, "held")
+    backend.prepare()
+    feeds = {"x": np.array([[4.0, 9.0]], np.float32)}
+    hold = folder / "held" / "hold"
+    hold.touch()
+    loading: threading.Thread | None = None
+    try:
+        assert post(f"{url}/v2/repository/models/held/unload") == 200
+        loading = threading.Thread(target=post, args=(f"{url}/v2/repository/models/held/load",), daemon=True)
+        loading.start()
+        wait_until(lambda: ready_status(f"{url}/v2/models/held/versions/1/ready") == 400)  # loading (404: unknown)
+        with pytest.raises(inprocserve.RemoteUnavailableError, match="not ready") as caught:
+            backend.run(backend.runners()[0], feeds, timeout_s=5)
+        assert not isinstance(caught.value, inprocserve.InvalidInputError)
+        assert backend.status()["consecutive_failures"] == 1
+    finally:
+        hold.unlink(missing_ok=True)
+        if loading is not None:
+            loading.join(timeout=30)
+    (answer,) = backend.run(backend.runners()[0], feeds)  # loaded: answered again
+    np.testing.assert_array_equal(answer, [[2.0, 3.0]])

@@ -558,15 +558,17 @@ def test_a_refusal_longer_than_any_answer_is_still_the_callers_error(
     # answer "too long", a RemoteUnavailableError counted against the server, and three opened the circuit.
     backend = backend_for(backends, scripted, retries=0, failure_threshold=3)
     for _ in range(4):
+        connections = scripted.connections
         scripted.script = ["long 422"]
         with pytest.raises(inprocserve.InvalidInputError, match=r"answered 422: .*x must be >= 0"):
             backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+        # the half-read connection was not used again: the GET of the model's readiness that follows a refusal
+        # opened a new one
+        assert scripted.connections == connections + 1
     assert backend.status()["circuit"] == "closed"
     assert backend.status()["failures"] == 0
-    connections = scripted.connections
-    (answer,) = backend.run(backend.runners()[0], FEEDS)  # the half-read connection was not used again
+    (answer,) = backend.run(backend.runners()[0], FEEDS)
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
-    assert scripted.connections == connections + 1
 
 
 def test_a_refusal_cut_at_the_error_read_still_gives_its_message(
