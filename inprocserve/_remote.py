@@ -624,7 +624,7 @@ class RemoteBackend:
                 # path under /versions/: it serves one version of a model, reached without one.
                 hint = " (the server serves no model versions, as KServe's Python model server: leave version out)"
             raise ModelLoadError(
-                f"{where} answered {response.status}: {_message(response)}{hint}",
+                f"{where} answered {response.status}: {_hidden(_message(response), self.remote.headers)}{hint}",
                 model=self.model,
                 version=self.version,
             )
@@ -875,6 +875,7 @@ class RemoteBackend:
         return error
 
     def _error(self, kind: type[_E], message: str, *, count: bool = True) -> _E:
+        message = _hidden(message, self.remote.headers)
         with self._lock:
             if count:
                 self._failures += 1
@@ -1022,6 +1023,24 @@ def _message(response: HttpResponse) -> str:
         if start is not None:
             return _json_string_start(start.group(1))[:500]
     return response.body[:200].decode("utf-8", "replace") or "(no body)"
+
+
+_SECRET_MIN_CHARS = 8
+"""A header value (or a word of one, the token of ``Bearer <token>``) at least this long is hidden where the
+server's text quotes it back; a shorter one is too short to be a secret (and would hide common words)."""
+
+
+def _hidden(text: str, headers: Mapping[str, str]) -> str:
+    """``text`` with the values of ``headers`` (and their words) replaced by ``***``. A server's message is
+    shown in errors (the body of a web client's 503), status, the health reason and the circuit's warning: a
+    gateway that quoted the request's ``Authorization`` header back put its token in all of them."""
+    secrets = set()
+    for value in headers.values():
+        secrets.add(value.strip())
+        secrets.update(value.split())
+    for secret in sorted((s for s in secrets if len(s) >= _SECRET_MIN_CHARS), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 _MESSAGE_START = re.compile(rb'\s*\{\s*"(?:error|detail)"\s*:\s*"((?:[^"\\]|\\.)*)')

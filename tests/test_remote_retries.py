@@ -49,7 +49,8 @@ class Scripted(ThreadingHTTPServer):
     answer, then y = 2x 0.2 s later), "switch" (a 101 Switching Protocols, then y = 2x 0.2 s later), "flood"
     (y of three million values, whatever the rows), "long 422" (a refusal whose message runs to 6 MB), "error 200"
     (a failure answered with status 200 and the protocol's error document), "json rows" (20 MB of JSON that
-    declares y of five million rows, whatever the rows).
+    declares y of five million rows, whatever the rows), "echo auth" (a 502 whose message quotes the request's
+    Authorization header).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown); with ``keep_alive_s`` set,
     a POST on a connection idle longer is answered by closing it (a request that crossed the server's close of
@@ -166,6 +167,10 @@ class Handler(BaseHTTPRequestHandler):
         if step == "json rows":
             answer = b'{"outputs": [{"name": "y", "datatype": "FP32", "shape": [5000000, 1], "data": ['
             self._send(200, answer + b"1.5," * 4999999 + b"1.5]}]}", {"Content-Type": "application/json"})
+            return
+        if step == "echo auth":  # a gateway's failure that quotes the request's credential back
+            error = f"upstream refused the request (Authorization: {self.headers.get('Authorization')})"
+            self._send(502, json.dumps({"error": error}).encode(), {"Content-Type": "application/json"})
             return
         if step == "error 200":  # a failure said in the body only, as some servers and gateways do
             self._send(200, json.dumps({"error": "CUDA out of memory"}).encode(), {"Content-Type": "application/json"})
@@ -689,6 +694,27 @@ def test_a_connect_cut_short_by_the_callers_deadline_is_the_callers_timeout(
     finally:
         for filler in queued:
             filler.close()
+
+
+def test_a_credential_the_server_quotes_back_is_never_shown_nor_logged(
+    scripted: Scripted, backends: list[RemoteBackend], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The server's message goes into the error (a web client's 503 body), last_error (status, the health
+    # reason, the readiness probe's body) and the circuit's warning: a gateway that quoted the request's
+    # Authorization header back put the token in all of them.
+    token = "Bearer s3cr3t-t0ken-8c1f"
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=1, headers={"Authorization": token})
+    scripted.script = ["echo auth"]
+    with caplog.at_level("WARNING", logger="inprocserve._remote"):
+        with pytest.raises(inprocserve.RemoteUnavailableError, match="answered 502") as caught:
+            backend.run(backend.runners()[0], FEEDS)
+        with pytest.raises(inprocserve.RemoteUnavailableError, match="failing fast") as fast:
+            backend.run(backend.runners()[0], FEEDS)
+    assert "Authorization: ***" in str(caught.value)
+    shown = [str(caught.value), str(fast.value), str(backend.status()), str(backend.health()), caplog.text]
+    assert "failed 1 calls in a row" in caplog.text  # (the circuit's warning, with the last error)
+    for text in shown:
+        assert "s3cr3t" not in text
 
 
 def test_a_batch_too_large_for_the_server_is_sent_in_halves(scripted: Scripted, backends: list[RemoteBackend]) -> None:
