@@ -50,7 +50,7 @@ class Scripted(ThreadingHTTPServer):
     (y of three million values, whatever the rows), "long 422" (a refusal whose message runs to 6 MB), "error 200"
     (a failure answered with status 200 and the protocol's error document), "json rows" (20 MB of JSON that
     declares y of five million rows, whatever the rows), "echo auth" (a 502 whose message quotes the request's
-    Authorization header).
+    Authorization header), "size lies" (y's FP64 bytes, declared as FP32 of the size FP32 takes).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown); with ``keep_alive_s`` set,
     a POST on a connection idle longer is answered by closing it (a request that crossed the server's close of
@@ -189,6 +189,22 @@ class Handler(BaseHTTPRequestHandler):
             self._send(400, json.dumps({"error": error}).encode(), {"Content-Type": "application/json"})
             return
         y = request.inputs["x"] * 2
+        if step == "size lies":  # y's FP64 bytes, declared FP32 with the size FP32 takes: half of them claimed
+            head = json.dumps(
+                {
+                    "outputs": [
+                        {
+                            "name": "y",
+                            "datatype": "FP32",
+                            "shape": list(y.shape),
+                            "parameters": {"binary_data_size": y.size * 4},
+                        }
+                    ]
+                }
+            ).encode()
+            raw = y.astype(np.float64).tobytes()
+            self._send(200, head + raw, {"Inference-Header-Content-Length": str(len(head))})
+            return
         if step == "float64":
             y = y.astype(np.float64)
         elif step == "int64":
@@ -715,6 +731,20 @@ def test_a_credential_the_server_quotes_back_is_never_shown_nor_logged(
     assert "failed 1 calls in a row" in caplog.text  # (the circuit's warning, with the last error)
     for text in shown:
         assert "s3cr3t" not in text
+
+
+def test_a_binary_answer_whose_sizes_do_not_add_up_to_its_data_is_refused(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # A server that wrote y's FP64 bytes but declared FP32 with the size FP32 takes: the first half of the
+    # bytes was read as FP32 values and the rest ignored, so the callers got garbage numbers, silently.
+    backend = backend_for(backends, scripted, retries=0)
+    scripted.script = ["size lies"]
+    with pytest.raises(inprocserve.InferenceError, match="binary_data_size add up to 32") as caught:
+        backend.run(backend.runners()[0], FEEDS)
+    assert not isinstance(caught.value, inprocserve.InvalidInputError)  # the answer's fault: no bisecting
+    (answer,) = backend.run(backend.runners()[0], FEEDS)
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
 
 
 def test_a_batch_too_large_for_the_server_is_sent_in_halves(scripted: Scripted, backends: list[RemoteBackend]) -> None:

@@ -173,6 +173,13 @@ def decode_checked_response(
             planned.append((TensorHeader(name, datatype, tuple(shape)), raw, None, 0))
         else:
             raise InvalidInputError(f"output {name!r}: no data, or a binary_data_size that does not fit the body")
+    if offset != len(binary):
+        # Sizes that do not claim the whole binary section lie about it (a server that wrote FP64 bytes for an
+        # output declared FP32, with the size FP32 takes: the first half was read as the values, silently), as
+        # a request's are refused on the server side.
+        raise InvalidInputError(
+            f"the binary section has {len(binary)} bytes but the outputs' binary_data_size add up to {offset}"
+        )
     wanted = None if check is None else check([header for header, _, _, _ in planned])
     outputs: dict[str, np.ndarray] = {}
     for header, raw, size, start in planned:
