@@ -701,6 +701,15 @@ class RemoteBackend:
             )
         except InvalidInputError as exc:  # the server's answer is broken, not the request: no bisecting
             raise self._error(InferenceError, f"the answer is not an inference response: {exc}") from None
+        asked, answered = self.remote.version, decoded.model_version
+        if asked is not None and answered and not _same_version(answered, asked):
+            # A gateway between that routes by model name only (a rewrite that drops /versions/N) has the
+            # server's default version answer: a canary pinned to a version was served by another, silently.
+            raise self._error(
+                InferenceError,
+                f"the answer of {self.remote.endpoint} was answered by model version {answered[:64]!r}, not the "
+                f"{asked!r} asked for; does a proxy or gateway between route by the model's name only?",
+            )
         outputs: list[np.ndarray] = []
         for spec in signature.outputs:
             array = decoded.outputs.get(spec.name)
@@ -932,6 +941,13 @@ def _answer_cap(signature: Signature, rows: int) -> int | None:
             count *= dim
         elements += count
     return elements * _ANSWER_BYTES_PER_ELEMENT + _ANSWER_SLACK_BYTES
+
+
+def _same_version(answered: str, asked: str) -> bool:
+    """Whether an answer's ``model_version`` is the version asked for (``"03"`` is ``"3"``: Triton numbers)."""
+    if answered.isascii() and answered.isdigit() and asked.isascii() and asked.isdigit():
+        return int(answered) == int(asked)
+    return answered == asked
 
 
 def _same_kind(answered: np.dtype[Any], declared: np.dtype[Any]) -> bool:

@@ -50,7 +50,8 @@ class Scripted(ThreadingHTTPServer):
     (y of three million values, whatever the rows), "long 422" (a refusal whose message runs to 6 MB), "error 200"
     (a failure answered with status 200 and the protocol's error document), "json rows" (20 MB of JSON that
     declares y of five million rows, whatever the rows), "echo auth" (a 502 whose message quotes the request's
-    Authorization header), "size lies" (y's FP64 bytes, declared as FP32 of the size FP32 takes).
+    Authorization header), "size lies" (y's FP64 bytes, declared as FP32 of the size FP32 takes), "version 2"
+    (y = 2x, answered as model version 2's).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown); with ``keep_alive_s`` set,
     a POST on a connection idle longer is answered by closing it (a request that crossed the server's close of
@@ -213,7 +214,8 @@ class Handler(BaseHTTPRequestHandler):
             y = y[:, :3]
         elif step == "thrice":
             y = np.stack([y] * 3)
-        answer, headers = v2.encode_infer_response({"y": y}, binary=request.binary_output)
+        version = "2" if step == "version 2" else None  # (the version that answered, as Triton says it)
+        answer, headers = v2.encode_infer_response({"y": y}, binary=request.binary_output, model_version=version)
         self._send(200, answer, headers)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -744,6 +746,23 @@ def test_a_binary_answer_whose_sizes_do_not_add_up_to_its_data_is_refused(
         backend.run(backend.runners()[0], FEEDS)
     assert not isinstance(caught.value, inprocserve.InvalidInputError)  # the answer's fault: no bisecting
     (answer,) = backend.run(backend.runners()[0], FEEDS)
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+
+
+def test_an_answer_of_another_model_version_than_the_one_pinned_is_refused(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # A gateway between that routes by model name only (a rewrite that drops /versions/3) has the default
+    # version answer: a canary pinned to version 3 was served by version 2, silently, its answers said so.
+    backend = backend_for(backends, scripted, retries=0, version="3")
+    scripted.script = ["version 2"]
+    with pytest.raises(inprocserve.InferenceError, match="answered by model version '2', not the '3' asked for"):
+        backend.run(backend.runners()[0], FEEDS)
+    (answer,) = backend.run(backend.runners()[0], FEEDS)  # an answer that names no version is taken
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+    unpinned = backend_for(backends, scripted, retries=0)
+    scripted.script = ["version 2"]
+    (answer,) = unpinned.run(unpinned.runners()[0], FEEDS)  # the server picks the version: any is the one
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
 
 
