@@ -442,6 +442,8 @@ def _quantize(args: argparse.Namespace) -> int:
             continue
         agreement = figures.get("label_agreement")
         extra = f", label agreement {agreement:.1%}" if agreement is not None else ""
+        if figures.get("not_finite_in_one_only"):
+            extra += f", {figures['not_finite_in_one_only']} value(s) NaN or infinite in one model only"
         diff = figures["max_abs_diff"]
         print(f"accuracy on {report['sample_rows']} random rows, {output}: max abs diff {diff:.4g}{extra}")
     return OK

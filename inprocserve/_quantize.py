@@ -295,6 +295,19 @@ def _scores(answer: Any) -> Any:
     return answer
 
 
+def _differences(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """The largest difference of two float answers where both are numbers, and how many values are NaN or
+    infinite in one answer but not the same in the other. Over every value, one NaN (a ``Log`` or ``Sqrt`` of
+    a negative random input, NaN in both models) made the difference NaN: "max abs diff nan", and
+    ``"max_abs_diff": NaN`` in ``--json``, which is not JSON (jq refused the report)."""
+    finite = np.isfinite(a) & np.isfinite(b)
+    same = (a == b) | (np.isnan(a) & np.isnan(b))  # (NaN in both, or the same infinity: the same answer)
+    return {
+        "max_abs_diff": float(np.max(np.abs(a - b), where=finite, initial=0.0)),
+        "not_finite_in_one_only": int(np.count_nonzero(~finite & ~same)),
+    }
+
+
 def _compare(source: Path, target: Path, *, sample_rows: int, seconds: float) -> dict[str, Any]:
     try:
         original, quantized = _session(source), _session(target)
@@ -321,7 +334,7 @@ def _compare(source: Path, target: Path, *, sample_rows: int, seconds: float) ->
             continue
         if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype.kind == "f" and a.shape == b.shape):
             continue
-        entry: dict[str, Any] = {"max_abs_diff": float(np.max(np.abs(a - b))) if a.size else 0.0}
+        entry = _differences(a, b)
         if a.ndim == 2 and a.shape[1] >= 2:
             entry["label_agreement"] = float(np.mean(np.argmax(a, axis=1) == np.argmax(b, axis=1)))
         accuracy[spec.name] = entry

@@ -206,6 +206,37 @@ def test_quantize_a_model_with_a_scalar_input(tmp_path: Path, capsys: pytest.Cap
     assert "speed, batch 1: " in capsys.readouterr().out
 
 
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (jq and every strict reader refuse it)")
+
+
+def test_quantize_of_a_model_that_answers_nan_reports_valid_json_and_a_real_difference(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """log(x @ w) is NaN wherever x @ w < 0, in the original as in the quantized model: --json printed
+    ``"max_abs_diff": NaN`` (not JSON: jq refused the report) and the text said "max abs diff nan", whatever the
+    quantization did to the answers that are numbers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32), "w")
+    model = _model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Log", ["h"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [weights],
+    )
+    source = save_model(model, tmp_path, "log", 1)
+    arguments = ["quantize", "--seconds", "0.01", "--sample", "64", str(source), str(tmp_path / "q.onnx")]
+    assert main(["quantize", "--json", *arguments[1:]]) == 0
+    report = json.loads(capsys.readouterr().out, parse_constant=_refuse_constant)
+    y = report["accuracy"]["y"]
+    assert 0 < y["max_abs_diff"] < 1  # over the answers that are numbers in both models
+    assert isinstance(y["not_finite_in_one_only"], int)
+    assert main(arguments) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("accuracy on"))
+    assert "nan" not in line, line
+
+
 def test_quantize_counts_rows_by_an_input_that_has_them_whatever_comes_first(tmp_path: Path) -> None:
     """A scalar first input counted one row per 64-row run: the speed report was 64 times too low."""
     import onnxruntime as ort
