@@ -382,9 +382,9 @@ def add_quantize(commands: Subparsers) -> None:
         examples="  python -m inprocserve quantize models/fraud/2/model.onnx fraud-int8.onnx\n"
         "  python -m inprocserve quantize --sample 1024 --json model.onnx model-int8.onnx\n\n"
         "TARGET is written to a temporary file beside it and renamed into place once the quantized model\n"
-        "has loaded, so a failure leaves it as it was; it must not be SOURCE itself, and its folder must\n"
-        "exist. Ship it as a new version like any release: into a new version folder made outside the\n"
-        'repository, then moved in whole (docs/repository.md, "Hot reload").\n'
+        "has loaded, so a failure leaves it as it was; it must be neither SOURCE itself nor a folder, and\n"
+        "its folder must exist. Ship it as a new version like any release: into a new version folder made\n"
+        'outside the repository, then moved in whole (docs/repository.md, "Hot reload").\n'
         "Exit status 1 when the model cannot be quantized, 2 when it could not run (a usage error, a missing\n"
         "SOURCE or target folder, onnx not installed).\n\n"
         "Needs onnx: pip install 'inprocserve[quantize]'\n",

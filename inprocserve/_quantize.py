@@ -134,6 +134,10 @@ def _check(source: Path, target: Path, sample_rows: int, seconds: float) -> None
             f"the target {target} is the source model itself; write the quantized model to another file "
             "(quantizing in place would replace the model and compare it with itself)"
         )
+    if target.is_dir():  # (found before quantizing: the rename over it failed, naming the temporary file)
+        raise IsADirectoryError(
+            f"the target {target} is a folder; give the file to write, such as {target / source.name}"
+        )
     if not target.parent.is_dir():
         raise FileNotFoundError(f"the target's folder {target.parent} does not exist; create it first")
 
@@ -245,6 +249,7 @@ def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: flo
         ValueError: ``target`` is ``source`` (also through a link), ``sample_rows`` is not an int >= 1 or
             ``seconds`` is not a finite number > 0.
         FileNotFoundError: ``target``'s folder does not exist.
+        IsADirectoryError: ``target`` is a folder.
         OSError: the temporary file cannot be written in ``target``'s folder, or renamed into place.
         ModelLoadError: the source cannot be loaded or quantized, the quantized model cannot be loaded, or
             either does not run on the synthesized inputs (the message names their shapes).

@@ -115,6 +115,23 @@ def test_quantize_a_missing_source_or_target_folder_could_not_run(
     assert "does not exist; create it first" in capsys.readouterr().err
 
 
+def test_quantize_to_a_folder_names_the_folder_before_it_quantizes(
+    mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`quantize model.onnx out/` quantized and measured the model, then failed to rename its temporary file
+    over the folder: "error: [Errno 21] Is a directory: '.out.1f2e....tmp' -> 'out'"."""
+    target = tmp_path / "out"
+    target.mkdir()
+    monkeypatch.chdir(tmp_path)
+    for given in (str(target), ""):  # ("" is the current folder: "Device or resource busy: '..3a9f.tmp' -> '.'")
+        assert main(["quantize", "--seconds", "0.01", "--sample", "4", str(mlp), given]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert "is a folder" in err and "model.onnx" in err and ".tmp" not in err, err
+    assert list(target.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp", "out"]  # no temporary file left
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [("--sample", "0"), ("--sample", "-1"), ("--seconds", "0"), ("--seconds", "-1"), ("--seconds", "nan")],
