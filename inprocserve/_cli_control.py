@@ -196,7 +196,16 @@ def add_rollback(commands: Subparsers) -> None:
 
 
 def _canary_version(text: str) -> int | None:
-    return None if text == "none" else int(text)
+    """An argparse ``type``: a version number, or ``none`` (argparse's own refusal named this function:
+    "invalid _canary_version value")."""
+    if text == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a version: give a whole number >= 1, or 'none' to remove the canary"
+        ) from None
 
 
 def add_canary(commands: Subparsers) -> None:

@@ -507,6 +507,17 @@ def test_fleet_commands_on_a_missing_repository_could_not_run(
     assert main(["reload", str(tmp_path / "nowhere")]) == 2
 
 
+@pytest.mark.parametrize("version", ["four", "v4", "None"])
+def test_a_canary_version_that_is_not_one_is_named_with_what_to_give(
+    repository: Path, version: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # argparse named the private function that reads it: "argument version: invalid _canary_version value"
+    err = usage_error(["canary", str(repository), "fraud", version, "10"], capsys)
+    assert f"argument version: {version!r} is not a version: give a whole number >= 1, or 'none'" in err, err
+    assert "_canary_version" not in err
+    assert not ControlFile(repository).path.exists()
+
+
 # -- a reader that goes away -------------------------------------------------------------------------------
 
 
