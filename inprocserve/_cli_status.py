@@ -66,7 +66,11 @@ def status_url(url: str) -> str:
     Raises:
         ValueError: ``url`` is not an http(s) URL with a host.
     """
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018  (read for its check: a port out of range or not a number)
+    except ValueError as exc:  # (said alone, "Invalid IPv6 URL" named neither the argument nor the address)
+        raise ValueError(f"{url!r} is not a URL that can be read ({exc}); e.g. http://127.0.0.1:8000") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{url!r} is not an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000")
     path = parts.path.rstrip("/")

@@ -491,6 +491,17 @@ def test_status_refuses_what_is_not_an_http_url(capsys: pytest.CaptureFixture[st
     assert "is not an http:// or https:// URL with a host" in result.stderr
 
 
+@pytest.mark.parametrize("url", ["http://[::1:8000", "http://127.0.0.1:80000", "http://127.0.0.1:port"])
+def test_status_names_a_url_it_cannot_read(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # A typo in the address said only "error: Invalid IPv6 URL", "error: Port out of range 0-65535" or
+    # "error: Port could not be cast to integer value as 'port'", naming neither the argument nor the address.
+    result = cli(capsys, "status", url)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {url!r} is not a URL that can be read (")
+    assert result.stderr.count("\n") == 1
+    assert "e.g. http://127.0.0.1:8000" in result.stderr
+
+
 def test_a_required_gpu_that_is_missing_says_how_to_install_the_gpu_build() -> None:
     from inprocserve._ort_rules import resolve_providers
 
