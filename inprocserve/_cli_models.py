@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,14 @@ from ._cli_common import (
     OK,
     PROBLEMS,
     Subparsers,
+    Terminated,
     add_command,
     fail,
+    interrupted_by,
     positive_float,
     positive_int,
     printable,
+    unwind_on_sigterm,
 )
 from ._config import ModelConfig, PoolConfig, WarmupConfig, load_model_config
 from ._control import CONTROL_FILENAME, ControlFile, describe_unknown_keys
@@ -386,7 +391,8 @@ def add_quantize(commands: Subparsers) -> None:
         "its folder must exist. Ship it as a new version like any release: into a new version folder made\n"
         'outside the repository, then moved in whole (docs/repository.md, "Hot reload").\n'
         "Exit status 1 when the model cannot be quantized, 2 when it could not run (a usage error, a missing\n"
-        "SOURCE or target folder, onnx not installed).\n\n"
+        "SOURCE or target folder, onnx not installed); 130, 143 or 129 when stopped by SIGINT (Ctrl-C), SIGTERM\n"
+        "or SIGHUP (TARGET untouched, no temporary file left).\n\n"
         "Needs onnx: pip install 'inprocserve[quantize]'\n",
     )
     parser.add_argument("source", help="the model.onnx to quantize")
@@ -401,6 +407,17 @@ def add_quantize(commands: Subparsers) -> None:
     parser.set_defaults(run=_quantize)
 
 
+def _stopped(interruption: BaseException, target: str) -> int:
+    """Stopped from outside: one line, and the exit status a shell reports for a command ended by the signal."""
+    stop = interruption.signum if isinstance(interruption, Terminated) else signal.SIGINT
+    with contextlib.suppress(OSError):  # (a hangup closed the terminal: the line has nowhere to go)
+        print(
+            f"error: stopped by {stop.name} before the quantized model was written; {target} was not written",
+            file=sys.stderr,
+        )
+    return 128 + stop.value
+
+
 def _quantize(args: argparse.Namespace) -> int:
     from ._quantize import quantize
 
@@ -413,10 +430,19 @@ def _quantize(args: argparse.Namespace) -> int:
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        report = quantize(source, Path(args.target), sample_rows=args.sample, seconds=args.seconds)
+        # SIGTERM (`timeout`, docker stop, a cancelled CI job) killed the command on the spot, leaving its hidden
+        # temporary file (a whole model) beside TARGET; now it unwinds as Ctrl-C does, and quantize removes it.
+        with unwind_on_sigterm():
+            report = quantize(source, Path(args.target), sample_rows=args.sample, seconds=args.seconds)
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _stopped(exc, args.target)
     except ImportError as exc:  # the message names the extra to install
+        if (interruption := interrupted_by(exc)) is not None:  # (a signal as onnx or onnxruntime was imported)
+            return _stopped(interruption, args.target)
         return fail(str(exc), CANNOT_RUN)
     except InprocserveError as exc:  # before ValueError: a ConfigurationError is both
+        if (interruption := interrupted_by(exc)) is not None:  # (a signal raised inside onnxruntime's run)
+            return _stopped(interruption, args.target)
         return fail(str(exc), PROBLEMS)
     except (ValueError, OSError) as exc:  # the target is the source, its folder is missing or not writable
         return fail(str(exc), CANNOT_RUN)

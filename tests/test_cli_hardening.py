@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -130,6 +131,27 @@ def test_quantize_to_a_folder_names_the_folder_before_it_quantizes(
         assert "is a folder" in err and "model.onnx" in err and ".tmp" not in err, err
     assert list(target.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp", "out"]  # no temporary file left
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_quantize_stopped_from_outside_leaves_no_temporary_file(mlp: Path, tmp_path: Path, stop: int) -> None:
+    """`timeout 60 python -m inprocserve quantize ...` (or docker stop, a cancelled CI job): SIGTERM killed the
+    command on the spot and left its hidden .TARGET.<hex>.tmp, a whole model, beside TARGET, one more per run
+    stopped; Ctrl-C ended in a KeyboardInterrupt traceback."""
+    target = tmp_path / "out" / "q.onnx"
+    target.parent.mkdir()
+    command = [sys.executable, "-m", "inprocserve", "quantize", "--seconds", "60", str(mlp), str(target)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + 60
+        while not any(target.parent.iterdir()) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert [p.name.endswith(".tmp") for p in target.parent.iterdir()] == [True]  # being measured now
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + stop, err
+    stopped_by = signal.Signals(stop).name
+    assert err == f"error: stopped by {stopped_by} before the quantized model was written; {target} was not written\n"
+    assert list(target.parent.iterdir()) == []
 
 
 @pytest.mark.parametrize(
