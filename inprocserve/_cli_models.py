@@ -446,6 +446,8 @@ def _quantize(args: argparse.Namespace) -> int:
         return fail(str(exc), PROBLEMS)
     except (ValueError, OSError) as exc:  # the target is the source, its folder is missing or not writable
         return fail(str(exc), CANNOT_RUN)
+    except MemoryError as exc:  # (numpy's "Unable to allocate 2.91 TiB ..." was a traceback: a zero too many)
+        return fail(f"--sample {args.sample}: {exc or 'out of memory'}; give fewer rows", CANNOT_RUN)
     finally:
         root.setLevel(level)
     if args.json:

@@ -166,6 +166,18 @@ def test_quantize_refuses_numbers_it_cannot_use(
     assert not (tmp_path / "q.onnx").exists()
 
 
+def test_quantize_names_a_sample_too_large_for_memory(
+    mlp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One zero too many in --sample ended in numpy's _ArrayMemoryError traceback ("Unable to allocate 2.91 TiB").
+    target = tmp_path / "q.onnx"
+    assert main(["quantize", "--seconds", "0.01", "--sample", "100000000000", str(mlp), str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --sample 100000000000: ") and "give fewer rows" in err and err.count("\n") == 1
+    assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp"]  # no temporary file left
+
+
 def test_quantize_refuses_infinite_seconds(mlp: Path, tmp_path: Path) -> None:
     result = run_cli("quantize", "--seconds", "inf", str(mlp), str(tmp_path / "q.onnx"))  # it never returned
     assert result.returncode == 2
