@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import raised_by_signal_handler
+from ._cli_common import raise_if_stopped
 from ._declared_shapes import session_signature
 from ._errors import ModelLoadError
 from ._extras import require
@@ -107,6 +108,7 @@ def _rows_per_second(
     rows = _rows(feeds)
     runs, started = 0, time.perf_counter()
     while runs == 0 or time.perf_counter() - started < seconds:  # at least one timed run: a rate above 0
+        raise_if_stopped()  # (a stop signal that onnx's or onnxruntime's C code swallowed: see raise_if_stopped)
         session.run(None, feeds)
         runs += 1
     return runs * rows / (time.perf_counter() - started)
@@ -261,8 +263,10 @@ def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: flo
     left_in_float32 = _left_in_float32(source)
     written = _write_quantized(tools, source, target.parent, target.name, left_in_float32=set(left_in_float32))
     try:
+        raise_if_stopped()
         report = _compare(source, written, sample_rows=sample_rows, seconds=seconds)
         report["left_in_float32"] = left_in_float32
+        raise_if_stopped()  # (never put in place the model of a run that was stopped)
         os.replace(written, target)
     except BaseException:
         written.unlink(missing_ok=True)
