@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from dataclasses import replace
 from pathlib import Path
 
 from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail
 from ._config import ModelConfig, load_model_config
 from ._control import (
+    CONTROL_FILENAME,
     ControlFile,
     ControlFileUnavailableError,
     ModelControl,
@@ -34,7 +36,7 @@ def _control(args: argparse.Namespace) -> int:
     Exit status 0 when written; 1 when the change is refused (unknown model or version, invalid control
     file, nothing to roll back to); 2 when it could not run (a usage error, a repository that is not a
     folder, or the control file or its lock could not be opened or written, or the lock stayed held by
-    another writer)."""
+    another writer); 130 when stopped by Ctrl-C (one line, no traceback)."""
     repository = Path(args.repository)
     if args.command == "canary" and args.version is not None and args.percent is None:
         return fail(
@@ -111,6 +113,12 @@ def _control(args: argparse.Namespace) -> int:
             else:
                 kill = args.command == "kill"
                 written = control.set_model(args.model, lambda state: replace(state, kill=kill), actor=args.actor)
+    except KeyboardInterrupt:  # (Ctrl-C while it waited for another writer's lock ended in a traceback)
+        return fail(
+            f"stopped by SIGINT before the change was confirmed (nothing is written while it waits for another "
+            f"writer's lock); read {repository / CONTROL_FILENAME} to see whether it was",
+            128 + signal.SIGINT,
+        )
     except (ControlFileUnavailableError, OSError) as exc:
         return fail(str(exc), CANNOT_RUN)
     except (InprocserveError, ValueError) as exc:

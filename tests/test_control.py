@@ -7,6 +7,9 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -582,6 +585,35 @@ def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
     assert final.revision == 5 * 25
     assert {name: state.stable for name, state in final.models.items()} == {f"m{w}": 25 for w in range(5)}
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_ctrl_c_while_the_command_line_waits_for_the_lock_is_one_line(three_versions: Path) -> None:
+    """An on-call engineer's `switch` waited for a lock another writer held, and Ctrl-C ended it in a
+    KeyboardInterrupt traceback; it now says in one line that it was stopped and where to look."""
+    import fcntl
+
+    lock_path = three_versions / ".inprocserve-control.lock"
+    descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX)  # (a record lock: the command line's process waits for it)
+        command = [sys.executable, "-m", "inprocserve", "switch", str(three_versions), "scale", "2"]
+        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+            wait_until(lambda: _holds_open(process.pid, lock_path) or process.poll() is not None, timeout_s=30)
+            process.send_signal(signal.SIGINT)
+            out, err = process.communicate(timeout=30)
+    finally:
+        os.close(descriptor)
+    assert process.returncode == 130, err
+    assert out == ""
+    assert err.startswith("error: stopped by SIGINT") and "Traceback" not in err and err.count("\n") == 1, err
+    assert ControlFile(three_versions).read().revision == 0  # (nothing was written)
+
+
+def _holds_open(pid: int, path: Path) -> bool:
+    try:
+        return any(os.path.realpath(fd) == os.path.realpath(path) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:  # (a descriptor closed while listed)
+        return False
 
 
 def test_control_documents_are_validated() -> None:
