@@ -1217,6 +1217,25 @@ def test_a_poll_while_the_serving_versions_file_is_written_again_keeps_it_servin
     assert server.models == {"scale": [1]}
 
 
+def _runs_without_a_limit(busy_repository: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``busy``'s runs have no time limit (``pool.max_run_s`` off), and a refresh waits 0.2 s (not 30) for a
+    version it stopped serving before leaving it to drain on a thread of its own."""
+    monkeypatch.setattr(_registry, "_RELOAD_DRAIN_S", 0.2)
+    (busy_repository / "busy" / "config.toml").write_text("[pool]\nmax_run_s = 0\n")
+
+
+def _stuck_in_a_drain(
+    server: inprocserve.Server, busy_repository: Path, hold_session: SessionHolder
+) -> tuple[Any, Any]:
+    """A run of ``busy`` version 1 that does not end (until the test lets it go), then a refresh to a version 2:
+    version 1 is left draining. Returns the held run and version 1."""
+    held = hold_session(server, at_most_s=30)
+    draining = server._registry.loaded["busy"][1]
+    save_model(build_busy_model(), busy_repository, "busy", 2)
+    server.refresh()
+    return held, draining
+
+
 def test_a_stuck_run_of_a_replaced_version_does_not_stop_hot_reload(
     busy_repository: Path,
     make_server: ServerFactory,
@@ -1226,8 +1245,7 @@ def test_a_stuck_run_of_a_replaced_version_does_not_stop_hot_reload(
 ) -> None:
     # With pool.max_run_s off, a refresh waited without limit for the replaced version's run to end, holding the
     # lifecycle lock: hot reload of every model stopped behind one stuck run
-    monkeypatch.setattr(_registry, "_RELOAD_DRAIN_S", 0.2)
-    (busy_repository / "busy" / "config.toml").write_text("[pool]\nmax_run_s = 0\n")
+    _runs_without_a_limit(busy_repository, monkeypatch)
     server = make_server(busy_repository)
     held = hold_session(server, at_most_s=30)  # a run that does not end (until the test lets it go)
     save_model(build_busy_model(), busy_repository, "busy", 2)
@@ -1292,12 +1310,9 @@ def test_close_stops_the_stuck_run_of_a_version_a_refresh_left_draining(
     # A version a refresh left to drain on a thread of its own was no longer loaded: close() waited its
     # timeout_s for that thread and returned with the run going on, its sessions and threads never closed,
     # where close() stops every run still in flight once its wait is over
-    monkeypatch.setattr(_registry, "_RELOAD_DRAIN_S", 0.2)
-    (busy_repository / "busy" / "config.toml").write_text("[pool]\nmax_run_s = 0\n")
+    _runs_without_a_limit(busy_repository, monkeypatch)
     server = make_server(busy_repository)
-    held = hold_session(server, at_most_s=30)  # a run that does not end (until the test lets it go)
-    save_model(build_busy_model(), busy_repository, "busy", 2)
-    server.refresh()  # version 1 is left draining
+    held, _ = _stuck_in_a_drain(server, busy_repository, hold_session)
     assert server.models == {"busy": [2]}
     server.close(timeout_s=0.2)
     held.let_go()  # the run goes on only if close() left its session open
@@ -1310,13 +1325,9 @@ def test_the_clean_up_of_an_unclosed_server_stops_the_stuck_run_of_a_version_lef
 ) -> None:
     # As close() does: a version a refresh left draining is no longer loaded, and the clean-up of a server
     # nobody closed (a web worker's, at its exit) closed only the loaded ones
-    monkeypatch.setattr(_registry, "_RELOAD_DRAIN_S", 0.2)
-    (busy_repository / "busy" / "config.toml").write_text("[pool]\nmax_run_s = 0\n")
+    _runs_without_a_limit(busy_repository, monkeypatch)
     server = inprocserve.Server(busy_repository)
-    held = hold_session(server, at_most_s=30)  # a run that does not end (until the test lets it go)
-    draining = server._registry.loaded["busy"][1]
-    save_model(build_busy_model(), busy_repository, "busy", 2)
-    server.refresh()  # version 1 is left draining
+    held, draining = _stuck_in_a_drain(server, busy_repository, hold_session)
     del server
     gc.collect()  # (the clean-up runs on a thread of its own)
     wait_until(lambda: draining.state == "unloaded", timeout_s=5)  # (closed: unloaded, its run held or not)
@@ -1333,12 +1344,9 @@ def test_a_forked_child_neither_waits_for_nor_closes_the_parents_version_left_dr
 ) -> None:
     # The child's copy of a version its parent left draining has runs that are the parent's: they never end in
     # the child, whose close() must not wait for them, and the parent's run goes on
-    monkeypatch.setattr(_registry, "_RELOAD_DRAIN_S", 0.2)
-    (busy_repository / "busy" / "config.toml").write_text("[pool]\nmax_run_s = 0\n")
+    _runs_without_a_limit(busy_repository, monkeypatch)
     server = make_server(busy_repository)
-    held = hold_session(server, at_most_s=30)
-    save_model(build_busy_model(), busy_repository, "busy", 2)
-    server.refresh()  # version 1 is left draining
+    held, _ = _stuck_in_a_drain(server, busy_repository, hold_session)
 
     def in_the_child() -> str:
         started = time.monotonic()
