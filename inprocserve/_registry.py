@@ -397,11 +397,11 @@ class Registry:
         of service is drained once the lock is released: waited for under it (up to ``timeout_s``, without limit
         by default), one stuck run stopped every refresh, poll and load of every model behind the unload."""
         with self.lock:
-            self._deferred = []
+            outer, self._deferred = self._deferred, []  # (an unload within an unload: each drains its own)
             try:
                 self._unload(name, version, timeout_s=timeout_s)
             finally:
-                retiring, self._deferred = self._deferred, None
+                retiring, self._deferred = self._deferred, outer
                 current = threading.current_thread()
                 for _name, each in retiring:  # (close() closes them once its own wait is over: see close_draining)
                     self._drainers[each] = current
@@ -746,7 +746,7 @@ class Registry:
     def _shadowed_releases(self, name: str, source: ModelSource, by_path: set[int]) -> set[int]:
         """The repository's versions of ``name`` numbered as a build loaded by path that keeps serving (see
         :attr:`_by_path`): the build keeps its number, and the release is not served (nor chosen by the policy)
-        until the build is unloaded or replaced (``load(name, version=N)``, ``load(name)``), with a warning once.
+        until it is loaded by name (``load(name, version=N)``, ``load(name)``), with a warning once.
         A build loaded by path takes the next number, which a later release may take too: the release was never
         loaded, without a word, and the policy made the build, as that version, the default."""
         loaded = self.loaded.get(name, {})

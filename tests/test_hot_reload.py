@@ -1401,6 +1401,7 @@ def test_close_stops_the_stuck_run_an_unload_waits_for(
     closing.join(30)
     unloading.join(30)
     assert not stopped, "close() waited for the run the unload waits for"
+    assert not unloading.is_alive(), "the unload still waits after close() stopped the run"
     with pytest.raises(inprocserve.ServerClosedError):
         held.future.result(timeout=30)
 

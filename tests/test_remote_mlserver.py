@@ -271,18 +271,11 @@ def test_a_nan_answered_by_mlserver_reaches_the_caller_as_nan(
     assert np.isnan(answer[0, 0]) and np.isnan(answer[1, 1]) and answer[0, 1] == 2.0 and answer[1, 0] == 3.0
 
 
-def post(url: str) -> int:
-    request = urllib.request.Request(url, data=b"", method="POST")
+def http_status(url: str, *, method: str = "GET", timeout_s: float = 5.0) -> int:
+    """The HTTP status ``url`` answers (an error status too), for a request with an empty body."""
+    request = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
-def ready_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -304,10 +297,15 @@ def test_a_model_mlserver_is_still_loading_is_unavailable_not_the_callers_bad_in
     hold.touch()
     loading: threading.Thread | None = None
     try:
-        assert post(f"{url}/v2/repository/models/held/unload") == 200
-        loading = threading.Thread(target=post, args=(f"{url}/v2/repository/models/held/load",), daemon=True)
+        assert http_status(f"{url}/v2/repository/models/held/unload", method="POST", timeout_s=30) == 200
+        loading = threading.Thread(
+            target=http_status,
+            args=(f"{url}/v2/repository/models/held/load",),
+            kwargs={"method": "POST", "timeout_s": 30},
+            daemon=True,
+        )
         loading.start()
-        wait_until(lambda: ready_status(f"{url}/v2/models/held/versions/1/ready") == 400)  # loading (404: unknown)
+        wait_until(lambda: http_status(f"{url}/v2/models/held/versions/1/ready") == 400)  # loading (404: unknown)
         with pytest.raises(inprocserve.RemoteUnavailableError, match="not ready") as caught:
             backend.run(backend.runners()[0], feeds, timeout_s=5)
         assert not isinstance(caught.value, inprocserve.InvalidInputError)
