@@ -141,6 +141,13 @@ def _check(source: Path, target: Path, sample_rows: int, seconds: float) -> None
             f"the target {target} is a folder; give the file to write, such as {target / source.name}"
         )
     if not target.parent.is_dir():
+        # (a file where the folder goes: "does not exist; create it first" sent the user to create what exists)
+        existing = next((folder for folder in target.parents if folder.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise NotADirectoryError(
+                f"the target's folder {existing} is a file, not a folder; give a TARGET in a folder, or move the "
+                "file away"
+            )
         raise FileNotFoundError(f"the target's folder {target.parent} does not exist; create it first")
 
 
@@ -251,6 +258,7 @@ def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: flo
         ValueError: ``target`` is ``source`` (also through a link), ``sample_rows`` is not an int >= 1 or
             ``seconds`` is not a finite number > 0.
         FileNotFoundError: ``target``'s folder does not exist.
+        NotADirectoryError: ``target``'s folder (or one above it) is a file.
         IsADirectoryError: ``target`` is a folder.
         OSError: the temporary file cannot be written in ``target``'s folder, or renamed into place.
         ModelLoadError: the source cannot be loaded or quantized, the quantized model cannot be loaded, or

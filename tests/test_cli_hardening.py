@@ -116,6 +116,20 @@ def test_quantize_a_missing_source_or_target_folder_could_not_run(
     assert "does not exist; create it first" in capsys.readouterr().err
 
 
+def test_quantize_into_a_folder_that_is_a_file_says_it_is_a_file(
+    mlp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`quantize model.onnx release/q.onnx`, where release is a file (a tarball, a notes file of that name): it said
+    "the target's folder release does not exist; create it first", and creating it failed: it does exist."""
+    somefile = tmp_path / "release"
+    somefile.write_text("notes")
+    assert main(["quantize", "--seconds", "0.01", "--sample", "4", str(mlp), str(somefile / "q.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"{somefile} is a file, not a folder" in err and "does not exist" not in err, err
+    assert somefile.read_text() == "notes"
+
+
 def test_quantize_to_a_folder_names_the_folder_before_it_quantizes(
     mlp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
