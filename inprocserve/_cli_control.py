@@ -216,6 +216,18 @@ def _canary_version(text: str) -> int | None:
         ) from None
 
 
+def _canary_percent(text: str) -> float:
+    """An argparse ``type``: a number, with or without a trailing ``%`` (``10%`` is how a share is written;
+    argparse said "invalid float value: '10%'"). Its range, 0 to 100, is checked with the change (exit 1)."""
+    number = text.strip().removesuffix("%").rstrip()
+    try:
+        return float(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a percentage: give a number from 0 to 100, such as 10 (or 10%)"
+        ) from None
+
+
 def add_canary(commands: Subparsers) -> None:
     parser = _command(
         commands,
@@ -226,7 +238,9 @@ def add_canary(commands: Subparsers) -> None:
         "VERSION.\n",
     )
     parser.add_argument("version", type=_canary_version, help="the canary version, or 'none'")
-    parser.add_argument("percent", type=float, nargs="?", default=None, help="share of users, 0 to 100")
+    parser.add_argument(
+        "percent", type=_canary_percent, nargs="?", default=None, help="share of users, 0 to 100 (10 or 10%%)"
+    )
 
 
 def add_kill(commands: Subparsers) -> None:

@@ -566,6 +566,38 @@ def test_a_canary_version_that_is_not_one_is_named_with_what_to_give(
     assert not ControlFile(repository).path.exists()
 
 
+@pytest.mark.parametrize("percent", ["10%", "10 %", "10"])
+def test_a_canary_percent_may_end_with_a_percent_sign(
+    repository: Path, percent: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`canary models/ fraud 4 10%` said argparse's "argument percent: invalid float value: '10%'"."""
+    save_model(build_scale_model(4.0), repository, "fraud", 4)
+    assert main(["canary", str(repository), "fraud", "4", percent]) == 0, capsys.readouterr().err
+    model = ControlFile(repository).read().models["fraud"]
+    assert (model.canary_version, model.canary_percent) == (4, 10.0)
+
+
+@pytest.mark.parametrize("percent", ["ten", "10%%", "%"])
+def test_a_canary_percent_that_is_not_a_number_says_what_to_give(
+    repository: Path, percent: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = usage_error(["canary", str(repository), "fraud", "4", percent], capsys)
+    assert f"argument percent: {percent!r} is not a percentage: give a number from 0 to 100, such as 10" in err, err
+    assert "invalid float value" not in err
+    assert not ControlFile(repository).path.exists()
+
+
+@pytest.mark.parametrize("percent", ["150", "150%", "-5"])
+def test_a_canary_percent_out_of_range_names_the_range(
+    repository: Path, percent: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save_model(build_scale_model(4.0), repository, "fraud", 4)
+    assert main(["canary", str(repository), "fraud", "4", percent]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "0..100" in err and err.count("\n") == 1, err
+    assert not ControlFile(repository).path.exists()
+
+
 # -- a reader that goes away -------------------------------------------------------------------------------
 
 
