@@ -42,7 +42,7 @@ Exit status: 0 when all is well; 1 when the command ran and found a problem (a m
 an app that is not healthy, a change refused); 2 when it could not run at all (a usage error, or a file,
 folder or URL named on the command line that is missing or cannot be read); 141 when the reader of its
 output went away (`| head`), as for a program stopped by SIGPIPE; 130 when stopped by Ctrl-C (and for
-score and quantize, 143 or 129 when stopped by SIGTERM or SIGHUP: no temporary file is left).
+score, quantize and the fleet commands, 143 or 129 when stopped by SIGTERM or SIGHUP: no temporary file is left).
 """
 
 AddCommand = Callable[[Subparsers], None]

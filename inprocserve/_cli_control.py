@@ -13,10 +13,11 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
-from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, add_command, fail
+from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, Terminated, add_command, fail, unwind_on_sigterm
 from ._config import ModelConfig, load_model_config
 from ._control import (
     CONTROL_FILENAME,
+    Control,
     ControlFile,
     ControlFileUnavailableError,
     ModelControl,
@@ -36,7 +37,8 @@ def _control(args: argparse.Namespace) -> int:
     Exit status 0 when written; 1 when the change is refused (unknown model or version, invalid control
     file, nothing to roll back to); 2 when it could not run (a usage error, a repository that is not a
     folder, or the control file or its lock could not be opened or written, or the lock stayed held by
-    another writer); 130 when stopped by Ctrl-C (one line, no traceback)."""
+    another writer); 130, 143 or 129 when stopped by Ctrl-C, SIGTERM or SIGHUP (one line, no traceback, no
+    temporary file left)."""
     repository = Path(args.repository)
     if args.command == "canary" and args.version is not None and args.percent is None:
         return fail(
@@ -62,62 +64,17 @@ def _control(args: argparse.Namespace) -> int:
             CANNOT_RUN,
         )
     try:
-        scan = scan_repository(repository, follow_symlinks=args.follow_symlinks)
-        control = ControlFile(repository)
-        if args.command == "reload":
-            written = control.bump_reload(actor=args.actor)
-        else:
-            source = scan.models.get(args.model)
-            if source is None:
-                raise InprocserveError(
-                    f"model {args.model!r} is not in the repository {repository}{_link_hint(args, scan.problems)}"
-                )
-            version: int | None = getattr(args, "version", None)
-            if version is not None and version not in source.versions:
-                known = ", ".join(map(str, sorted(source.versions))) or "none"
-                raise InprocserveError(
-                    f"model {args.model!r} has no version {version} (versions: {known})"
-                    f"{_link_hint(args, scan.problems)}"
-                )
-            if args.command == "switch":
-                assert version is not None
-                stable, current = version, _configured_default(source)
-                written = control.set_model(
-                    args.model, lambda state: switched(state, stable, current=current), actor=args.actor
-                )
-            elif args.command == "rollback":
-
-                def back(state: ModelControl) -> ModelControl:
-                    previous = state.previous_stable
-                    if previous is None:
-                        raise nothing_to_roll_back(
-                            args.model, state.stable if state.stable is not None else _configured_default(source)
-                        )
-                    if previous not in source.versions:  # (removed since): every worker would fall back to latest
-                        known = ", ".join(map(str, sorted(source.versions))) or "none"
-                        raise InprocserveError(
-                            f"model {args.model!r}: the version to roll back to, {previous}, is not in the repository "
-                            f"(versions: {known}){_link_hint(args, scan.problems)}; nothing was written. Switch to "
-                            "a version that is (`switch`)"
-                        )
-                    return switched(state, previous)
-
-                written = control.set_model(args.model, back, actor=args.actor)
-            elif args.command == "canary":
-                percent = 0.0 if version is None else validate_percent(args.percent)
-                written = control.set_model(
-                    args.model,
-                    lambda state: replace(state, canary_version=version, canary_percent=percent),
-                    actor=args.actor,
-                )
-            else:
-                kill = args.command == "kill"
-                written = control.set_model(args.model, lambda state: replace(state, kill=kill), actor=args.actor)
-    except KeyboardInterrupt:  # (Ctrl-C while it waited for another writer's lock ended in a traceback)
+        # SIGTERM or SIGHUP (a `timeout` around the command, a cancelled CI job, a dropped ssh session) killed it
+        # on the spot: exit 143 with nothing said, and its temporary file left beside the control file when it
+        # came before the rename. Now it unwinds as Ctrl-C does: the temporary file is removed, one line says so.
+        with unwind_on_sigterm():
+            written = _change(args, repository)
+    except (KeyboardInterrupt, Terminated) as exc:  # (Ctrl-C while it waited for another writer's lock: a traceback)
+        stop = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         return fail(
-            f"stopped by SIGINT before the change was confirmed (nothing is written while it waits for another "
+            f"stopped by {stop.name} before the change was confirmed (nothing is written while it waits for another "
             f"writer's lock); read {repository / CONTROL_FILENAME} to see whether it was",
-            128 + signal.SIGINT,
+            128 + stop.value,
         )
     except (ControlFileUnavailableError, OSError) as exc:
         return fail(str(exc), CANNOT_RUN)
@@ -125,6 +82,66 @@ def _control(args: argparse.Namespace) -> int:
         return fail(str(exc), PROBLEMS)
     print(json.dumps(written.to_dict(), indent=2))
     return OK
+
+
+def _change(args: argparse.Namespace, repository: Path) -> Control:
+    """Check the change against the repository and write it; the written control file's contents.
+
+    Raises:
+        ControlFileUnavailableError, OSError: the control file or its lock could not be opened or written.
+        InprocserveError, ValueError: the change is refused.
+    """
+    scan = scan_repository(repository, follow_symlinks=args.follow_symlinks)
+    control = ControlFile(repository)
+    if args.command == "reload":
+        written = control.bump_reload(actor=args.actor)
+    else:
+        source = scan.models.get(args.model)
+        if source is None:
+            raise InprocserveError(
+                f"model {args.model!r} is not in the repository {repository}{_link_hint(args, scan.problems)}"
+            )
+        version: int | None = getattr(args, "version", None)
+        if version is not None and version not in source.versions:
+            known = ", ".join(map(str, sorted(source.versions))) or "none"
+            raise InprocserveError(
+                f"model {args.model!r} has no version {version} (versions: {known}){_link_hint(args, scan.problems)}"
+            )
+        if args.command == "switch":
+            assert version is not None
+            stable, current = version, _configured_default(source)
+            written = control.set_model(
+                args.model, lambda state: switched(state, stable, current=current), actor=args.actor
+            )
+        elif args.command == "rollback":
+
+            def back(state: ModelControl) -> ModelControl:
+                previous = state.previous_stable
+                if previous is None:
+                    raise nothing_to_roll_back(
+                        args.model, state.stable if state.stable is not None else _configured_default(source)
+                    )
+                if previous not in source.versions:  # (removed since): every worker would fall back to latest
+                    known = ", ".join(map(str, sorted(source.versions))) or "none"
+                    raise InprocserveError(
+                        f"model {args.model!r}: the version to roll back to, {previous}, is not in the repository "
+                        f"(versions: {known}){_link_hint(args, scan.problems)}; nothing was written. Switch to "
+                        "a version that is (`switch`)"
+                    )
+                return switched(state, previous)
+
+            written = control.set_model(args.model, back, actor=args.actor)
+        elif args.command == "canary":
+            percent = 0.0 if version is None else validate_percent(args.percent)
+            written = control.set_model(
+                args.model,
+                lambda state: replace(state, canary_version=version, canary_percent=percent),
+                actor=args.actor,
+            )
+        else:
+            kill = args.command == "kill"
+            written = control.set_model(args.model, lambda state: replace(state, kill=kill), actor=args.actor)
+    return written
 
 
 def _version_folders(folder: Path) -> list[str]:

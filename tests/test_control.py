@@ -587,9 +587,11 @@ def test_concurrent_writers_lose_no_update(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_ctrl_c_while_the_command_line_waits_for_the_lock_is_one_line(three_versions: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_while_the_command_line_waits_for_the_lock_is_one_line(three_versions: Path, stop: int) -> None:
     """An on-call engineer's `switch` waited for a lock another writer held, and Ctrl-C ended it in a
-    KeyboardInterrupt traceback; it now says in one line that it was stopped and where to look."""
+    KeyboardInterrupt traceback; it now says in one line that it was stopped and where to look. SIGTERM (a
+    `timeout` around it, a cancelled CI job) ended it with status 143 and nothing at all on stderr."""
     import fcntl
 
     lock_path = three_versions / ".inprocserve-control.lock"
@@ -599,14 +601,44 @@ def test_ctrl_c_while_the_command_line_waits_for_the_lock_is_one_line(three_vers
         command = [sys.executable, "-m", "inprocserve", "switch", str(three_versions), "scale", "2"]
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
             wait_until(lambda: _holds_open(process.pid, lock_path) or process.poll() is not None, timeout_s=30)
-            process.send_signal(signal.SIGINT)
+            process.send_signal(stop)
             out, err = process.communicate(timeout=30)
     finally:
         os.close(descriptor)
-    assert process.returncode == 130, err
+    assert process.returncode == 128 + stop, err
     assert out == ""
-    assert err.startswith("error: stopped by SIGINT") and "Traceback" not in err and err.count("\n") == 1, err
+    stopped_by = f"error: stopped by {signal.Signals(stop).name}"
+    assert err.startswith(stopped_by) and "Traceback" not in err and err.count("\n") == 1, err
     assert ControlFile(three_versions).read().revision == 0  # (nothing was written)
+
+
+# In the child: SIGTERM arrives just before the written temporary file is renamed over the control file.
+_TERMINATED_BEFORE_THE_RENAME = """
+import os, signal, sys
+from inprocserve.__main__ import main
+real_replace = os.replace
+def replace(source, target, *args, **kwargs):
+    if str(target).endswith("inprocserve-control.json"):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real_replace(source, target, *args, **kwargs)
+os.replace = replace
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_between_the_temporary_file_and_its_rename_leaves_neither(three_versions: Path) -> None:
+    """`timeout 5 python -m inprocserve kill ...` firing as the change was written: SIGTERM killed the command
+    on the spot, leaving its .inprocserve-control.<random>.tmp in the repository, one more per stopped run."""
+    assert ControlFile(three_versions).set_model("scale", lambda state: ModelControl(stable=2)).revision == 1
+    before = (three_versions / CONTROL_FILENAME).read_bytes()
+    command = [sys.executable, "-c", _TERMINATED_BEFORE_THE_RENAME, "kill", str(three_versions), "scale"]
+    process = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert process.returncode == 128 + signal.SIGTERM, process.stderr
+    assert process.stdout == ""
+    err = process.stderr
+    assert err.startswith("error: stopped by SIGTERM") and err.count("\n") == 1, err
+    assert [p.name for p in three_versions.iterdir() if p.name.endswith(".tmp")] == []
+    assert (three_versions / CONTROL_FILENAME).read_bytes() == before  # whole, and the change not made
 
 
 def _holds_open(pid: int, path: Path) -> bool:
