@@ -8,6 +8,7 @@ function in ``COMMANDS``. The commands themselves live in ``_cli_models`` (files
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import signal
@@ -78,11 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit status (0 ok, 1 problems found, 2 could not run; 141 when the
-    reader of its output went away, as for a program stopped by SIGPIPE)."""
+    reader of its output went away, as for a program stopped by SIGPIPE; 130 when stopped by Ctrl-C)."""
     args = build_parser().parse_args(argv)
     try:
         status = int(args.run(args))
         sys.stdout.flush()  # (a reader gone shows here, not as "Exception ignored" at exit)
+    except KeyboardInterrupt:
+        # Ctrl-C in `status` waiting on a hung app, or in `inspect` and `validate` waiting on a remote model's
+        # server, ended in a KeyboardInterrupt traceback. They only read, so there is nothing to undo or to
+        # check; the commands that write (score, quantize, the fleet commands) say what became of their output.
+        with contextlib.suppress(OSError):
+            print(f"error: stopped by SIGINT before {args.command} finished", file=sys.stderr)
+        return 128 + signal.SIGINT
     except BrokenPipeError:
         # `status --json URL | head`, `validate --json models/ | head`: the reader went away. That printed a
         # BrokenPipeError traceback and exited 1 ("found a problem"), after a control change was written.

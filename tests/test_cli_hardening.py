@@ -7,6 +7,7 @@ repository that links its versions (docs/repository.md's release folders); a mis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,8 @@ import pytest
 from inprocserve.__main__ import main
 from inprocserve._control import ControlFile
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
+
+from .interruptible import interruptible
 
 pytest.importorskip("onnx")  # quantize needs the "quantize" extra; testing's model builders need onnx too
 
@@ -596,6 +599,62 @@ def test_a_canary_percent_out_of_range_names_the_range(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "0..100" in err and err.count("\n") == 1, err
     assert not ControlFile(repository).path.exists()
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_server() -> Iterator[tuple[str, threading.Event]]:
+    """An address that takes connections and never answers (a hung app or remote server), and an event set
+    once a client has connected."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    connected = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # (closed at teardown)
+            while True:
+                held.append(listener.accept()[0])
+                connected.set()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", connected
+    listener.close()
+    for connection in held:
+        connection.close()
+
+
+@pytest.mark.parametrize("command", ["status", "inspect", "validate"])
+def test_ctrl_c_in_a_read_only_command_is_one_line(
+    tmp_path: Path, command: str, silent_server: tuple[str, threading.Event]
+) -> None:
+    """Ctrl-C in `status` waiting on a hung app, or in `inspect` and `validate` waiting on a remote model's
+    server, ended in a KeyboardInterrupt traceback, as the fleet commands and score no longer do."""
+    url, connected = silent_server
+    version = tmp_path / "models" / "fraud" / "1"
+    version.mkdir(parents=True)
+    (version / "remote.toml").write_text(f'url = "{url}"\nmodel = "fraud"\ntimeout_s = 60\nretries = 0\n')
+    argv = {
+        "status": ["status", "--timeout", "60", url],
+        "inspect": ["inspect", str(version / "remote.toml")],
+        "validate": ["validate", str(tmp_path / "models")],
+    }[command]
+    with subprocess.Popen(
+        [sys.executable, "-m", "inprocserve", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=interruptible,
+    ) as process:
+        assert connected.wait(60) or process.poll() is not None
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    assert out == ""
+    assert process.returncode == 130, err
+    assert err.startswith("error: stopped by SIGINT") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
 # -- a reader that goes away -------------------------------------------------------------------------------
