@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -385,11 +386,15 @@ def add_quantize(commands: Subparsers) -> None:
         "quantize",
         summary="dynamic INT8 quantization, with a size/speed/accuracy report",
         examples="  python -m inprocserve quantize models/fraud/2/model.onnx fraud-int8.onnx\n"
-        "  python -m inprocserve quantize --sample 1024 --json model.onnx model-int8.onnx\n\n"
+        "  python -m inprocserve quantize --sample 1024 --json model.onnx model-int8.onnx\n"
+        "  python -m inprocserve quantize --max-abs-diff 0.05 model.onnx model-int8.onnx\n\n"
         "TARGET is written to a temporary file beside it and renamed into place once the quantized model\n"
         "has loaded, so a failure leaves it as it was; it must be neither SOURCE itself nor a folder, and\n"
         "its folder must exist. Ship it as a new version like any release: into a new version folder made\n"
         'outside the repository, then moved in whole (docs/repository.md, "Hot reload").\n'
+        "TARGET is not written either when a value is NaN or infinite in one model only (--allow-not-finite\n"
+        "writes it anyway) or, with --max-abs-diff D, when a float output is further off than D: the report is\n"
+        "printed, then why (exit status 1).\n"
         "Exit status 1 when the model cannot be quantized, 2 when it could not run (a usage error, a missing\n"
         "SOURCE or target folder, onnx not installed); 130, 143 or 129 when stopped by SIGINT (Ctrl-C), SIGTERM\n"
         "or SIGHUP (TARGET untouched, no temporary file left).\n\n"
@@ -403,8 +408,30 @@ def add_quantize(commands: Subparsers) -> None:
     parser.add_argument(
         "--seconds", type=positive_float, default=1.0, help="seconds per speed measurement (> 0, default 1)"
     )
+    parser.add_argument(
+        "--max-abs-diff",
+        type=_max_abs_diff,
+        metavar="D",
+        help="refuse (exit 1, TARGET not written) when a float output differs from the original's by more than D",
+    )
+    parser.add_argument(
+        "--allow-not-finite",
+        action="store_true",
+        help="write TARGET even where a value is NaN or infinite in one model only (refused by default)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=_quantize)
+
+
+def _max_abs_diff(text: str) -> float:
+    """An argparse ``type``: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give one > 0, e.g. 0.05") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0, e.g. 0.05")
+    return value
 
 
 def _stopped(interruption: BaseException, target: str) -> int:
@@ -419,7 +446,7 @@ def _stopped(interruption: BaseException, target: str) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from ._quantize import quantize
+    from ._quantize import AccuracyRefusedError, quantize
 
     source = Path(args.source)
     if not source.is_file():
@@ -433,13 +460,23 @@ def _quantize(args: argparse.Namespace) -> int:
         # SIGTERM (`timeout`, docker stop, a cancelled CI job) killed the command on the spot, leaving its hidden
         # temporary file (a whole model) beside TARGET; now it unwinds as Ctrl-C does, and quantize removes it.
         with unwind_on_sigterm():
-            report = quantize(source, Path(args.target), sample_rows=args.sample, seconds=args.seconds)
+            report = quantize(
+                source,
+                Path(args.target),
+                sample_rows=args.sample,
+                seconds=args.seconds,
+                max_abs_diff=args.max_abs_diff,
+                allow_not_finite=args.allow_not_finite,
+            )
     except (KeyboardInterrupt, Terminated) as exc:
         return _stopped(exc, args.target)
     except ImportError as exc:  # the message names the extra to install
         if (interruption := interrupted_by(exc)) is not None:  # (a signal as onnx or onnxruntime was imported)
             return _stopped(interruption, args.target)
         return fail(str(exc), CANNOT_RUN)
+    except AccuracyRefusedError as exc:  # (the report shows what was refused; the error line says so)
+        _print_quantize_report(exc.report, as_json=args.json)
+        return fail(str(exc), PROBLEMS)
     except InprocserveError as exc:  # before ValueError: a ConfigurationError is both
         if (interruption := interrupted_by(exc)) is not None:  # (a signal raised inside onnxruntime's run)
             return _stopped(interruption, args.target)
@@ -450,10 +487,15 @@ def _quantize(args: argparse.Namespace) -> int:
         return fail(f"--sample {args.sample}: {exc or 'out of memory'}; give fewer rows", CANNOT_RUN)
     finally:
         root.setLevel(level)
-    if args.json:
+    _print_quantize_report(report, as_json=args.json)
+    return OK
+
+
+def _print_quantize_report(report: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
         print(json.dumps(report, indent=2))
-        return OK
-    print(f"{report['source']} -> {report['target']}")
+        return
+    print(f"{report['source']} -> {report['target']}{'' if report['written'] else ' (not written)'}")
     print(f"size: {report['bytes_before']:,} -> {report['bytes_after']:,} bytes ({report['size_ratio']:.2f}x)")
     for op_type, reason in report["left_in_float32"].items():
         print(f"not quantized: {op_type} ({reason})")
@@ -474,4 +516,3 @@ def _quantize(args: argparse.Namespace) -> int:
             extra += f", {figures['not_finite_in_one_only']} value(s) NaN or infinite in one model only"
         diff = figures["max_abs_diff"]
         print(f"accuracy on {report['sample_rows']} random rows, {output}: max abs diff {diff:.4g}{extra}")
-    return OK

@@ -25,7 +25,7 @@ from ._errors import ModelLoadError
 from ._extras import require
 from ._signature import MOST_MADE_UP_RANK, PROBE_INNER_SIZES, Signature
 
-__all__ = ["quantize"]
+__all__ = ["AccuracyRefusedError", "quantize"]
 
 
 def _session(path: Path) -> Any:
@@ -68,6 +68,36 @@ def _inputs(
         if array.dtype.kind == "f":
             feeds[name] = rng.standard_normal(array.shape).astype(array.dtype)
     return feeds
+
+
+class AccuracyRefusedError(ModelLoadError):
+    """The quantized model's answers are too far from the original's: NaN or infinite where the original's are
+    numbers (or the other way round), or further off than ``max_abs_diff``. ``report`` is the comparison, its
+    ``refused`` saying why; the target was not written."""
+
+    report: dict[str, Any]
+
+
+def _refusals(accuracy: dict[str, Any], *, max_abs_diff: float | None, allow_not_finite: bool) -> list[str]:
+    """Why the answers compared in ``accuracy`` are not good enough to write the quantized model (none: they are).
+
+    Refused by default: values NaN or infinite in one model only. A NaN score served where the original answers
+    a number is no rounding difference (a fraud score of NaN passes every threshold test as false); the report
+    counted them and the model was renamed into place with exit status 0, which a deploy script reads as fit to
+    ship. On random inputs a model whose own answers are NaN for some (``Log`` of a negative input) can flip at
+    the edge of its domain: ``allow_not_finite`` is the operator's call for it."""
+    refused = []
+    for output, figures in accuracy.items():
+        if figures.get("not_finite_in_one_only") and not allow_not_finite:
+            refused.append(
+                f"{output}: {figures['not_finite_in_one_only']} value(s) NaN or infinite in one model only "
+                "(--allow-not-finite writes it anyway)"
+            )
+        if max_abs_diff is not None and figures.get("max_abs_diff", 0.0) > max_abs_diff:
+            refused.append(
+                f"{output}: max abs diff {figures['max_abs_diff']:.4g} is more than --max-abs-diff {max_abs_diff:g}"
+            )
+    return refused
 
 
 def _run(session: Any, feeds: dict[str, np.ndarray], source: Path, *, quantized: bool) -> list[Any]:
@@ -248,11 +278,21 @@ def _write_quantized(tools: Any, source: Path, folder: Path, name: str, *, left_
     return path
 
 
-def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: float = 1.0) -> dict[str, Any]:
+def quantize(
+    source: Path,
+    target: Path,
+    *,
+    sample_rows: int = 256,
+    seconds: float = 1.0,
+    max_abs_diff: float | None = None,
+    allow_not_finite: bool = False,
+) -> dict[str, Any]:
     """Quantize ``source`` into ``target`` and compare them. Needs ``pip install 'inprocserve[quantize]'``.
 
     The quantized model is written to a temporary file in ``target``'s folder and renamed over ``target``
-    only once it has loaded and been measured, so a failure leaves ``target`` as it was.
+    only once it has loaded and been measured, and its answers are close enough to the original's: no value
+    NaN or infinite in one model only (unless ``allow_not_finite``), no float output further off than
+    ``max_abs_diff`` (when given). A failure or a refusal leaves ``target`` as it was.
 
     Raises:
         ValueError: ``target`` is ``source`` (also through a link), ``sample_rows`` is not an int >= 1 or
@@ -263,6 +303,7 @@ def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: flo
         OSError: the temporary file cannot be written in ``target``'s folder, or renamed into place.
         ModelLoadError: the source cannot be loaded or quantized, the quantized model cannot be loaded, or
             either does not run on the synthesized inputs (the message names their shapes).
+        AccuracyRefusedError: the answers are too far off (a ``ModelLoadError``; its ``report`` says why).
         ImportError: onnx is missing (the message names the ``quantize`` extra).
     """
     _check(source, target, sample_rows, seconds)
@@ -274,6 +315,15 @@ def quantize(source: Path, target: Path, *, sample_rows: int = 256, seconds: flo
         raise_if_stopped()
         report = _compare(source, written, sample_rows=sample_rows, seconds=seconds)
         report["left_in_float32"] = left_in_float32
+        report["refused"] = _refusals(report["accuracy"], max_abs_diff=max_abs_diff, allow_not_finite=allow_not_finite)
+        report["written"] = not report["refused"]
+        if report["refused"]:
+            refusal = AccuracyRefusedError(
+                f"the quantized model answers too far from the original on {report['sample_rows']} random rows: "
+                f"{'; '.join(report['refused'])}; {target} was not written"
+            )
+            refusal.report = {"source": str(source), "target": str(target), **report}
+            raise refusal
         raise_if_stopped()  # (never put in place the model of a run that was stopped)
         os.replace(written, target)
     except BaseException:

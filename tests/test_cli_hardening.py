@@ -294,7 +294,8 @@ def test_quantize_of_a_model_that_answers_nan_reports_valid_json_and_a_real_diff
         [weights],
     )
     source = save_model(model, tmp_path, "log", 1)
-    arguments = ["quantize", "--seconds", "0.01", "--sample", "64", str(source), str(tmp_path / "q.onnx")]
+    arguments = ["quantize", "--seconds", "0.01", "--sample", "64", "--allow-not-finite", str(source)]
+    arguments.append(str(tmp_path / "q.onnx"))  # (NaN in one model only near log's 0 would be refused)
     assert main(["quantize", "--json", *arguments[1:]]) == 0
     report = json.loads(capsys.readouterr().out, parse_constant=_refuse_constant)
     y = report["accuracy"]["y"]
@@ -303,6 +304,82 @@ def test_quantize_of_a_model_that_answers_nan_reports_valid_json_and_a_real_diff
     assert main(arguments) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("accuracy on"))
     assert "nan" not in line, line
+
+
+def _nan_when_quantized(tmp_path: Path) -> Path:
+    """sqrt(x² @ w - sum(x² * w) + 0.001): a number for every input in float32 (the two sums are one), NaN for
+    most rows once the MatMul's small weights are quantized to 0 (the quantized sum falls short)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.array([[1.0]] + [[0.003]] * 7, np.float32)
+    model = _model(
+        [
+            helper.make_node("Mul", ["x", "x"], ["squares"]),
+            helper.make_node("MatMul", ["squares", "w"], ["quantized_sum"]),
+            helper.make_node("Mul", ["squares", "w_row"], ["products"]),
+            helper.make_node("ReduceSum", ["products", "axes"], ["float_sum"], keepdims=1),
+            helper.make_node("Sub", ["quantized_sum", "float_sum"], ["difference"]),
+            helper.make_node("Add", ["difference", "margin"], ["above_zero"]),
+            helper.make_node("Sqrt", ["above_zero"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1])],
+        [
+            numpy_helper.from_array(weights, "w"),
+            numpy_helper.from_array(weights[:, 0], "w_row"),
+            numpy_helper.from_array(np.array([1], np.int64), "axes"),
+            numpy_helper.from_array(np.array(1e-3, np.float32), "margin"),
+        ],
+    )
+    return save_model(model, tmp_path, "sqrt", 1)
+
+
+def test_quantize_refuses_a_model_that_answers_nan_where_the_original_answers_numbers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The report counted the NaN answers ("213 value(s) NaN or infinite in one model only") and renamed the
+    quantized model into place with exit status 0: a deploy script that checks the status shipped a model that
+    answers NaN for most rows."""
+    source, target = _nan_when_quantized(tmp_path), tmp_path / "q.onnx"
+    arguments = ["quantize", "--seconds", "0.01", str(source), str(target)]
+    assert main(arguments) == 1
+    captured = capsys.readouterr()
+    assert "NaN or infinite in one model only" in captured.out  # the report is still shown
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert "NaN or infinite" in captured.err and f"{target} was not written" in captured.err, captured.err
+    assert "--allow-not-finite" in captured.err, captured.err
+    assert not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sqrt"]  # no temporary file left
+
+    assert main(["quantize", "--json", *arguments[1:]]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"]["y"]["not_finite_in_one_only"] > 0
+    assert report["written"] is False and len(report["refused"]) == 1, report
+    assert not target.exists()
+
+    assert main(["quantize", "--allow-not-finite", *arguments[1:]]) == 0  # (the operator's call)
+    assert target.exists()
+
+
+def test_quantize_refuses_answers_further_off_than_max_abs_diff(
+    mlp: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "q.onnx"
+    arguments = ["quantize", "--seconds", "0.01", "--sample", "16", str(mlp), str(target)]
+    assert main(["quantize", "--json", *arguments[1:]]) == 0
+    report = json.loads(capsys.readouterr().out)
+    difference = report["accuracy"]["y"]["max_abs_diff"]
+    assert report["written"] is True and report["refused"] == []
+    target.unlink()
+    assert main(["quantize", "--max-abs-diff", f"{difference / 2:g}", *arguments[1:]]) == 1
+    err = capsys.readouterr().err
+    assert f"max abs diff {difference:.4g} is more than --max-abs-diff {difference / 2:g}" in err, err
+    assert not target.exists()
+    assert main(["quantize", "--max-abs-diff", f"{difference * 2:g}", *arguments[1:]]) == 0
+    assert target.exists()
+    assert "--max-abs-diff: 'nan' must be a finite number > 0" in usage_error(
+        ["quantize", "--max-abs-diff", "nan", *arguments[1:]], capsys
+    )
 
 
 def test_quantize_counts_rows_by_an_input_that_has_them_whatever_comes_first(tmp_path: Path) -> None:
