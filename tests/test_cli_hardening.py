@@ -382,31 +382,13 @@ def test_quantize_refuses_answers_further_off_than_max_abs_diff(
     )
 
 
-def test_quantize_counts_rows_by_an_input_that_has_them_whatever_comes_first(tmp_path: Path) -> None:
-    """A scalar first input counted one row per 64-row run: the speed report was 64 times too low."""
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
+def test_quantize_counts_rows_by_an_input_that_has_them_whatever_comes_first() -> None:
+    """A scalar first input counted one row per 64-row run: the speed report was 64 times too low. (Checked on
+    the count itself: two timings of 0.05 s, compared, moved past any bound on a loaded machine.)"""
+    from inprocserve._quantize import _rows
 
-    from inprocserve._quantize import _rows_per_second
-
-    model = _model(
-        [helper.make_node("Mul", ["x", "t"], ["y"])],
-        [
-            helper.make_tensor_value_info("t", TensorProto.FLOAT, []),
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [],
-    )
-    session = ort.InferenceSession(str(save_model(model, tmp_path, "scaled", 1)), providers=["CPUExecutionProvider"])
     x, t = np.ones((64, 4), np.float32), np.array(2.0, np.float32)
-    rates = [
-        _rows_per_second(session, feeds, 0.05, tmp_path, quantized=False)
-        for feeds in ({"t": t, "x": x}, {"x": x, "t": t})
-    ]
-    # The same runs, the same rows counted: counted by the scalar, one order's rate was 64 times the other's
-    # (a loaded machine moves two timings of 0.05 s by several times: the bound leaves room for that).
-    assert 1 / 16 < rates[0] / rates[1] < 16, rates
+    assert _rows({"t": t, "x": x}) == _rows({"x": x, "t": t}) == 64
 
 
 # -- status --------------------------------------------------------------------------------------------
