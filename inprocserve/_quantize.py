@@ -370,7 +370,7 @@ def _differences(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
     finite = np.isfinite(a) & np.isfinite(b)
     same = (a == b) | (np.isnan(a) & np.isnan(b))  # (NaN in both, or the same infinity: the same answer)
     return {
-        "max_abs_diff": float(np.max(np.abs(a - b), where=finite, initial=0.0)),
+        "max_abs_diff": float(np.max(np.abs(a[finite] - b[finite]), initial=0.0)),
         "not_finite_in_one_only": int(np.count_nonzero(~finite & ~same)),
     }
 

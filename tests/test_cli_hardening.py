@@ -979,11 +979,6 @@ def test_status_prints_an_endpoints_reason_phrase_with_its_control_characters_as
         listener.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_quantize._differences subtracts every pair before masking: the same infinity in both models is "
-    "inf - inf, and numpy's 'RuntimeWarning: invalid value encountered in subtract' reaches the operator (review)",
-)
 def test_quantize_of_a_model_that_answers_the_same_infinity_in_both_prints_no_numpy_warning(tmp_path: Path) -> None:
     """log(relu(x @ w)) is -inf wherever x @ w <= 0, in the original as in the quantized model: the same answer,
     which the report leaves out of max abs diff, but the command printed numpy's RuntimeWarning (a source path
@@ -1002,7 +997,18 @@ def test_quantize_of_a_model_that_answers_the_same_infinity_in_both_prints_no_nu
         [weights],
     )
     source = save_model(model, tmp_path, "log", 1)
-    result = run_cli("quantize", "--json", "--seconds", "0.01", "--sample", "64", str(source), str(tmp_path / "q.onnx"))
+    # (--allow-not-finite: at the edge of log's domain one value may flip to -inf in one model only)
+    result = run_cli(
+        "quantize",
+        "--json",
+        "--allow-not-finite",
+        "--seconds",
+        "0.01",
+        "--sample",
+        "64",
+        str(source),
+        str(tmp_path / "q.onnx"),
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr
     assert 0 <= json.loads(result.stdout)["accuracy"]["y"]["max_abs_diff"] < 1
