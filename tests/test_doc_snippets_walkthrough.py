@@ -1,7 +1,8 @@
 """Snippets a new team copies in its first hour that the other doc-snippet tests did not run: the quickstart's
-toy models, the imports of django.md's project files, repository.md's two ``Server(...)`` calls and
-protocol.md's tritonclient and curl session. Each failed as written once (a name not imported, a model to
-find first, an app that was three lines of one), so each runs here as a user copies it.
+toy models, the imports of django.md's project files, repository.md's two ``Server(...)`` calls,
+protocol.md's tritonclient and curl session, and the README's steps to try its Flask view. Each failed as
+written once (a name not imported, a model to find first, an app that was three lines of one), so each runs
+here as a user copies it.
 """
 
 from __future__ import annotations
@@ -152,3 +153,49 @@ def test_protocol_mds_tritonclient_and_curl_session_runs_as_written(tmp_path: Pa
                 assert _without_request_ids(answer.stdout) == _without_request_ids(shown_answer), command
     finally:
         stop_process(master)
+
+
+def test_the_readmes_flask_view_runs_as_its_try_it_steps_say(tmp_path: Path) -> None:
+    """The README's Flask and Django views read ``transactions`` and ``probability``, and no step said where such
+    a model comes from (the quickstart's toy models take ``x``): a newcomer had nothing to serve them with."""
+    from .ports import reserved_port
+
+    section = (ROOT / "README.md").read_text().split("## Flask in ten lines\n", 1)[1].split("\n## ", 1)[0]
+    (commands,) = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+    lines = [line.split("  #", 1)[0] for line in commands.replace("\\\n", "").splitlines()]
+    (build,) = [line for line in lines if line.startswith("python examples/")]
+    (run,) = [line for line in lines if line.startswith("flask ")]
+    (curl,) = [line for line in lines if line.startswith("curl ")]
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # (the commands run in a clone's root)
+    subprocess.run(
+        [sys.executable, *shlex.split(build)[1:]], cwd=tmp_path, check=True, timeout=120, stdout=subprocess.DEVNULL
+    )
+    (app,) = python_blocks("README.md", "## Flask in ten lines")
+    (tmp_path / "app.py").write_text(app)
+    port = reserved_port()
+    words = shlex.split(run.replace("5050", str(port)))
+    log = tmp_path / "flask.log"
+    with open(log, "wb") as output:
+        flask = subprocess.Popen(
+            [sys.executable, "-m", *words], cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )  # fmt: skip
+    try:
+        curl_words = shlex.split(curl.replace("5050", str(port)))
+        body = curl_words[curl_words.index("-d") + 1].encode()
+        url = next(word for word in curl_words if word.startswith("http://"))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=30) as answer:
+                    shown = json.load(answer)
+                break
+            except OSError:
+                assert flask.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "flask run did not start"
+                time.sleep(0.2)
+        assert shown["version"] == 1 and len(shown["probability"]) == 1, shown
+        assert f'"version":{shown["version"]}' in section and f"[{str(shown['probability'][0])[:5]}..." in section
+    finally:
+        stop_process(flask)
