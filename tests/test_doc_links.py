@@ -2,12 +2,14 @@
 heading of the page it points to (as GitHub spells a heading's anchor).
 
 A renamed heading or a moved page otherwise breaks links silently, and the reader lands at the top of a long
-page (or on GitHub's 404) in the middle of following a step.
+page (or on GitHub's 404) in the middle of following a step. And what the documents' commands write into a
+clone stays out of ``git status``.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,19 @@ def test_every_relative_link_and_anchor_resolves(document: str) -> None:
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             broken.append(f"{target}: no heading with anchor #{anchor} in {linked.relative_to(ROOT)}")
     assert broken == [], f"{document}: {broken}"
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "models/fraud/1/model.onnx",  # README's and the quickstart's commands, run in the clone's root
+        "examples/flask_fraud/models/fraud/1/model.onnx",  # examples/flask_fraud/app.py's own steps
+    ],
+)
+def test_the_models_the_documents_commands_write_into_a_clone_are_ignored_by_git(written: str) -> None:
+    """``cd examples/flask_fraud && python build_models.py`` left its models untracked, one
+    ``git add -A`` away from a commit."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git clone")
+    check = subprocess.run(["git", "check-ignore", "-q", "--no-index", written], cwd=ROOT, check=False)
+    assert check.returncode == 0, f"{written} is not ignored: add its folder to .gitignore"
