@@ -1,8 +1,8 @@
 """Snippets a new team copies in its first hour that the other doc-snippet tests did not run: the quickstart's
 toy models, the imports of django.md's project files, repository.md's two ``Server(...)`` calls,
-protocol.md's tritonclient and curl session, and the README's steps to try its Flask view. Each failed as
-written once (a name not imported, a model to find first, an app that was three lines of one), so each runs
-here as a user copies it.
+protocol.md's tritonclient and curl session, django.md's example and the README's steps to try its Flask
+view. Each failed as written once (a name not imported, a model to find first, an app that was three lines
+of one, a Host refused), so each runs here as a user copies it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -199,3 +200,49 @@ def test_the_readmes_flask_view_runs_as_its_try_it_steps_say(tmp_path: Path) -> 
         assert f'"version":{shown["version"]}' in section and f"[{str(shown['probability'][0])[:5]}..." in section
     finally:
         stop_process(flask)
+
+
+def test_django_mds_example_serves_a_page_as_written(tmp_path: Path) -> None:
+    """Copied as written, its steps exported DJANGO_ALLOWED_HOSTS=api.example.com, so the page a newcomer then
+    asked for on 127.0.0.1 was a 400 (and no step said which URL to ask for)."""
+    pytest.importorskip("uvicorn")
+    from .ports import reserved_port
+
+    section = (ROOT / "docs" / "django.md").read_text().split("\n## Example\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```bash\n(.*?)```", section, re.DOTALL)
+    lines = block.splitlines()
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # (the commands run in a clone's root)
+    exports = "\n".join(line for line in lines if line.startswith("export "))
+    shown = subprocess.run(
+        ["bash", "-c", f"{exports}\nenv -0"], cwd=tmp_path, capture_output=True, text=True, check=True, timeout=30
+    ).stdout
+    env = dict(entry.split("=", 1) for entry in shown.split("\0") if "=" in entry)
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    (build,) = [line for line in lines if line.startswith("python ")]
+    subprocess.run([sys.executable, *shlex.split(build)[1:]], cwd=tmp_path, env=env, check=True, timeout=120)
+    port = reserved_port()
+    (serve,) = [line for line in lines if line.startswith("uvicorn ")]
+    (curl,) = [line for line in lines if line.startswith("curl ")]
+    log = tmp_path / "uvicorn.log"
+    with open(log, "wb") as output:
+        uvicorn = subprocess.Popen(
+            [sys.executable, "-m", *shlex.split(serve.replace("8000", str(port)), comments=True)],
+            cwd=tmp_path, env=env, stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        (url,) = [word for word in shlex.split(curl, comments=True) if word.startswith("http://")]
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url.replace("8000", str(port)), timeout=30) as answer:
+                    page = json.load(answer)
+                break
+            except urllib.error.HTTPError as refused:
+                pytest.fail(f"{url}: {refused.code} {refused.read()[:300]!r}")
+            except OSError:
+                assert uvicorn.poll() is None, log.read_text()[-2000:]
+                assert time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.2)
+        assert page["products"] and page["click_token"], page
+    finally:
+        stop_process(uvicorn)

@@ -10,9 +10,11 @@ yourself (DJANGO_RECOMMEND_REPOSITORY absolute: gunicorn's --chdir changes the w
     python examples/django_recommend/run.py --build-rankers models/
     export DJANGO_RECOMMEND_REPOSITORY=$PWD/models DJANGO_SECRET_KEY=$(openssl rand -hex 32)
     export DJANGO_RECOMMEND_SCORE_TOKEN=$(openssl rand -hex 32)   # optional: turns /score on (ASGI only)
-    export DJANGO_ALLOWED_HOSTS=api.example.com   # the Host names served (default: 127.0.0.1,localhost)
+    # export DJANGO_ALLOWED_HOSTS=api.example.com   # served under a public name: the Host names answered
+    #                                               # (default: 127.0.0.1,localhost; any other Host gets a 400)
     uvicorn --factory --app-dir examples/django_recommend recommend:asgi_application --port 8000   # ASGI
     gunicorn --chdir examples/django_recommend --threads 8 'recommend:wsgi_application()'           # WSGI
+    curl 'http://127.0.0.1:8000/rank?user=alice'    # a ranked page: products, positions and a click_token
 
 One worker process each, on purpose: a page's interleaving is remembered by the process that made it, and
 a click that reaches another worker is not counted (docs/rollouts.md, "In a fleet").
