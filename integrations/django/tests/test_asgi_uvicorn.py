@@ -1,14 +1,21 @@
-"""A Django async view under a real uvicorn: concurrent HTTP requests share batches on uvicorn's event loop."""
+"""A Django async view under a real uvicorn: concurrent HTTP requests share batches on uvicorn's event loop,
+and clients that hang up mid-request have their requests withdrawn."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import socket
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from asgi_serving import call, serve
+from asgi_serving import Served, call, serve
+
+from inprocserve.testing import build_mlp_model, save_model
 
 CLIENTS = 32
 REQUESTS = 192
@@ -50,3 +57,70 @@ def test_invalid_input_through_uvicorn_is_a_400_and_the_server_keeps_serving(uvi
     status, body = call(uvicorn_port, "POST", "/ascore", {"rows": [[1, 2]]})
     assert status == 400 and body["error"] == "invalid_input"
     assert call(uvicorn_port, "POST", "/ascore", {"rows": [[1, 1, 1, 1]]}) == (200, {"y": [[2.0] * 4], "version": 1})
+
+
+SLOW_ROWS = 2000  # of the 4→1024→1024→1024→4 MLP: a run of 0.1-0.5 s here, longer than any probe below
+
+
+@pytest.fixture
+def slow_uvicorn(tmp_path: Path) -> Iterator[Served]:
+    """uvicorn (asyncio's loop) serving the test project with ``scale`` a model slow enough that a request can
+    be seen running and queued: 2,000 rows take 0.1-0.5 s."""
+    pytest.importorskip("uvicorn")
+    save_model(build_mlp_model((4, 1024, 1024, 1024, 4), softmax=False), tmp_path / "models", "scale", 1)
+    served = serve("uvicorn", tmp_path)
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def _scale_version(served: Served) -> dict[str, Any]:
+    status, models = served.call("GET", "/-/inprocserve/models")
+    assert status == 200, models
+    version: dict[str, Any] = models["models"]["scale"]["versions"]["1"]
+    return version
+
+
+def _posted(served: Served, path: str, rows: np.ndarray) -> socket.socket:
+    """A connection that has sent ``POST path`` with ``rows`` and reads nothing back."""
+    body = json.dumps({"rows": rows.tolist()}).encode()
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    connection = socket.create_connection(("127.0.0.1", served.port), timeout=30)
+    connection.sendall(head.encode() + b"\r\n\r\n" + body)
+    return connection
+
+
+def _wait_for(served: Served, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The ``scale`` version's status once ``done`` holds for it (at most 30 s)."""
+    deadline = time.monotonic() + 30
+    while not done(version := _scale_version(served)):
+        assert time.monotonic() < deadline, version
+        time.sleep(0.002)
+    return version
+
+
+def test_clients_that_hang_up_mid_request_have_their_requests_withdrawn(slow_uvicorn: Served) -> None:
+    """A long run going on, two clients' requests queued behind it, and all three clients hang up: Django
+    cancels each view's task, the queued requests leave the queue at once (they never run, and hold no room
+    in ``max_queue_rows`` while the run goes on), the counts go back to 0, nothing is logged (no "Task
+    exception was never retrieved", no "coroutine ... was never awaited"), and the next request is answered."""
+    rng = np.random.default_rng(0)
+    connections = [_posted(slow_uvicorn, "/ascore", rng.standard_normal((2 * SLOW_ROWS, 4), dtype=np.float32))]
+    try:
+        _wait_for(slow_uvicorn, lambda version: version["in_flight"] == 1 and version["queued_rows"] == 0)  # running
+        for _ in range(2):
+            connections.append(_posted(slow_uvicorn, "/ascore", rng.standard_normal((64, 4), dtype=np.float32)))
+        _wait_for(slow_uvicorn, lambda version: version["queued_rows"] == 128)
+    finally:
+        for connection in connections:
+            connection.close()
+    withdrawn = _wait_for(slow_uvicorn, lambda version: version["queued_rows"] == 0)
+    assert withdrawn["batches_run"] == 0, "the queued requests left the queue only once the long run had ended"
+    version = _wait_for(slow_uvicorn, lambda version: version["in_flight"] == 0)
+    assert (version["batches_run"], version["rows_run"]) == (1, 2 * SLOW_ROWS), version  # the long run alone
+    status, body = slow_uvicorn.call("POST", "/ascore", {"rows": [[1, 1, 1, 1]]})
+    assert status == 200 and len(body["y"]) == 1, body
+    time.sleep(0.2)  # (asyncio logs a task's unretrieved exception when the task is collected)
+    output = slow_uvicorn.output()
+    assert "Traceback" not in output and "never retrieved" not in output and "never awaited" not in output, output
