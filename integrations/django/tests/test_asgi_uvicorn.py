@@ -1,5 +1,6 @@
 """A Django async view under a real uvicorn: concurrent HTTP requests share batches on uvicorn's event loop,
-and clients that hang up mid-request have their requests withdrawn."""
+clients that hang up mid-request have their requests withdrawn, and a sync view's long run holds up no other
+request."""
 
 from __future__ import annotations
 
@@ -124,3 +125,27 @@ def test_clients_that_hang_up_mid_request_have_their_requests_withdrawn(slow_uvi
     time.sleep(0.2)  # (asyncio logs a task's unretrieved exception when the task is collected)
     output = slow_uvicorn.output()
     assert "Traceback" not in output and "never retrieved" not in output and "never awaited" not in output, output
+
+
+def test_a_sync_view_running_a_long_prediction_holds_up_no_other_request(slow_uvicorn: Served) -> None:
+    """Under ASGI, Django runs each synchronous view through ``sync_to_async(thread_sensitive=True)`` inside a
+    context of the request's own (``ThreadSensitiveContext``): a sync view blocked in ``predict`` for a long run
+    leaves the event loop and other requests' sync views free (docs/django.md, "Example")."""
+    rows = np.random.default_rng(1).standard_normal((SLOW_ROWS * 2, 4), dtype=np.float32)
+    expected = slow_uvicorn.call("POST", "/score", {"rows": rows[:1].tolist()})
+    assert expected[0] == 200, expected
+    connection = _posted(slow_uvicorn, "/score", rows)
+    try:
+        deadline = time.monotonic() + 30
+        while _scale_version(slow_uvicorn)["in_flight"] == 0:  # the sync view's run has begun
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        # another request's sync view (the health endpoint) and an async view are answered meanwhile
+        assert slow_uvicorn.call("GET", "/-/inprocserve/health") == (200, {"status": "ok"})
+        assert slow_uvicorn.call("GET", "/loop")[0] == 200
+        assert _scale_version(slow_uvicorn)["in_flight"] == 1, "the long run ended before the others were answered"
+        connection.settimeout(30)
+        answer = connection.recv(64)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+    finally:
+        connection.close()
