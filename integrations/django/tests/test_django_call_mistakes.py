@@ -9,11 +9,13 @@ attribute 'META'".)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import inprocserve_django
 import pytest
+from django.http import HttpRequest, JsonResponse
 from django.test import RequestFactory, override_settings
 from inprocserve_django import OutsideRequestError, apredict, get_server, predict, reset_server
 
@@ -89,3 +91,19 @@ def test_outside_request_error_is_exported_and_survives_pickling() -> None:
     assert "OutsideRequestError" in inprocserve_django.__all__
     error = pickle.loads(pickle.dumps(OutsideRequestError("no request", model="scale")))
     assert type(error) is OutsideRequestError and error.model == "scale" and str(error) == "no request"
+
+
+def test_predict_in_an_async_view_says_to_await_apredict(served: None) -> None:
+    """``predict`` (not ``apredict``) in an ``async def`` view blocked the worker's event loop, and every other
+    request on it, for the whole run (and built the server there, on a first request), with no error for an
+    anonymous request, while a logged-in user's request failed on Django's ``SynchronousOnlyOperation`` (the
+    session read): the error now says to await ``apredict``."""
+
+    async def ascore(request: HttpRequest) -> JsonResponse:
+        result = predict(request, "scale", ROWS)  # (apredict forgotten)
+        return JsonResponse({"y": result["y"].tolist()})
+
+    with pytest.raises(TypeError) as caught:
+        asyncio.run(ascore(RequestFactory().post("/ascore")))
+    message = str(caught.value)
+    assert "await inprocserve_django.apredict(request, 'scale', inputs)" in message, message

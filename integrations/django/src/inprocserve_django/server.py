@@ -253,10 +253,19 @@ def predict(request: HttpRequest, model: str, inputs: Any = _NO_INPUTS, **kwargs
     Raises:
         OutsideRequestError: given ``None`` for the request (a task, a command); a ``TypeError`` too.
         TypeError: called without the request first (``predict("fraud", inputs)``, as the core's is), or
-            without inputs.
+            without inputs, or on an event loop's thread (an async view: it awaits :func:`apredict`).
         Anything ``Server.predict`` raises; the middleware turns them into JSON answers.
     """
     _check_call("predict", request, model, inputs)
+    if asyncio._get_running_loop() is not None:  # (None off a loop; raises nothing)
+        # An async view: the run would block the event loop, and every request of the worker, throughout (a
+        # first request would also build the server there), and a logged-in user's session read would fail on
+        # Django's SynchronousOnlyOperation while an anonymous request went through.
+        raise TypeError(
+            "inprocserve_django.predict was called on an event loop's thread (an async view), where it would "
+            "block every request of this worker for the whole run: in an async view, "
+            f"await inprocserve_django.apredict(request, {model!r}, inputs)"
+        )
     server = get_server()
     if "context" not in kwargs:
         kwargs["context"] = request_context(request)
