@@ -159,12 +159,16 @@ def test_quantize_stopped_from_outside_leaves_no_temporary_file(mlp: Path, tmp_p
     target.parent.mkdir()
     command = [sys.executable, "-m", "inprocserve", "quantize", "--seconds", "60", str(mlp), str(target)]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
-        deadline = time.monotonic() + 60
-        while not any(target.parent.iterdir()) and time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.05)
-        assert [p.name.endswith(".tmp") for p in target.parent.iterdir()] == [True]  # being measured now
-        process.send_signal(stop)
-        _, err = process.communicate(timeout=60)
+        try:
+            deadline = time.monotonic() + 45
+            while not any(target.parent.iterdir()) and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.05)
+            assert [p.name.endswith(".tmp") for p in target.parent.iterdir()] == [True]  # being measured now
+            process.send_signal(stop)
+            _, err = process.communicate(timeout=45)
+        finally:
+            if process.poll() is None:  # (a failed test leaves no command running into the next tests)
+                process.kill()
     assert process.returncode == 128 + stop, err
     stopped_by = signal.Signals(stop).name
     assert err == f"error: stopped by {stopped_by} before the quantized model was written; {target} was not written\n"

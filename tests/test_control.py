@@ -600,9 +600,14 @@ def test_ctrl_c_while_the_command_line_waits_for_the_lock_is_one_line(three_vers
         fcntl.lockf(descriptor, fcntl.LOCK_EX)  # (a record lock: the command line's process waits for it)
         command = [sys.executable, "-m", "inprocserve", "switch", str(three_versions), "scale", "2"]
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
-            wait_until(lambda: _holds_open(process.pid, lock_path) or process.poll() is not None, timeout_s=30)
-            process.send_signal(stop)
-            out, err = process.communicate(timeout=30)
+            try:
+                wait_until(lambda: _holds_open(process.pid, lock_path) or process.poll() is not None, timeout_s=30)
+                assert process.poll() is None, "the command ended before it was seen waiting for the lock"
+                process.send_signal(stop)
+                out, err = process.communicate(timeout=30)
+            finally:
+                if process.poll() is None:  # (a failed test leaves no command running into the next tests)
+                    process.kill()
     finally:
         os.close(descriptor)
     assert process.returncode == 128 + stop, err

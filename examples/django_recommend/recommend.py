@@ -397,8 +397,9 @@ def stats(request: HttpRequest) -> JsonResponse:
 # `interleave` and `record_click` have no async variants, and block (interleave until both rankers have
 # answered; record_click on the lock it shares with the threads interleaving): they run on a worker thread
 # through sync_to_async, so that the event loop keeps serving meanwhile. thread_sensitive=False because both
-# are thread-safe: Django's default (True) would run every such call of the process on one thread, one at a
-# time, and concurrent pages could never share a batch.
+# are thread-safe: Django's default (True) runs a request's such calls on one thread of that request's own
+# (Django gives each ASGI request its own thread-sensitive context), one after the other; False lets them run
+# on the executor's threads like any other call.
 
 
 @require_GET
