@@ -158,7 +158,10 @@ def test_quantize_stopped_from_outside_leaves_no_temporary_file(mlp: Path, tmp_p
     target = tmp_path / "out" / "q.onnx"
     target.parent.mkdir()
     command = [sys.executable, "-m", "inprocserve", "quantize", "--seconds", "60", str(mlp), str(target)]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+    # (interruptible: a shell ignores SIGINT in its background commands, as CI's may run this one)
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+    ) as process:
         try:
             deadline = time.monotonic() + 45
             while not any(target.parent.iterdir()) and time.monotonic() < deadline and process.poll() is None:

@@ -26,6 +26,7 @@ from inprocserve._control import CONTROL_FILENAME, Control, ControlFile, ModelCo
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import VALUES_NOT_SPEED_S, ServerFactory, wait_until
+from .interruptible import interruptible
 
 X = np.ones((1, 4), np.float32)
 WAIT_S = 30
@@ -599,7 +600,10 @@ def test_ctrl_c_while_the_command_line_waits_for_the_lock_is_one_line(three_vers
     try:
         fcntl.lockf(descriptor, fcntl.LOCK_EX)  # (a record lock: the command line's process waits for it)
         command = [sys.executable, "-m", "inprocserve", "switch", str(three_versions), "scale", "2"]
-        with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        # (interruptible: a shell ignores SIGINT in its background commands, as CI's may run this one)
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+        ) as process:
             try:
                 wait_until(lambda: _holds_open(process.pid, lock_path) or process.poll() is not None, timeout_s=30)
                 assert process.poll() is None, "the command ended before it was seen waiting for the lock"
