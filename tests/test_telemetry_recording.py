@@ -28,7 +28,7 @@ from inprocserve._tally import Tally
 from inprocserve._telemetry import METRICS
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, race_rounds, run_in_forked_child, run_python
+from .conftest import ServerFactory, race_rounds, run_in_forked_child, run_python, wait_until
 from .test_telemetry import Otel
 
 # The process-wide SDK (providers can be set once per process) and the scale repository, as fixtures:
@@ -467,14 +467,24 @@ def test_requests_the_loop_runs_itself_are_recorded_as_predict_records_them(
     server = make_server(tmp_path)
     x = np.ones((2, 4), np.float32)
 
+    def settled() -> None:
+        # A request a worker answered has its batch recorded, and its runner given back, only after the
+        # answer: the next request found the runner taken and went the full way (a batch of one, recorded as a
+        # batch), and the counts were read before the last record (seen in CI, two workers on two cores)
+        batcher = server._registry.loaded[model][1].batcher
+        assert batcher is not None
+        wait_until(lambda: not batcher.adopted or batcher._pool.has_free())
+
     async def one_by_one() -> None:
         for _ in range(3):
+            settled()
             await server.apredict(model, x)
 
     async def together() -> None:
         await asyncio.gather(*(server.apredict(model, x) for _ in range(3)))
 
     asyncio.run(one_by_one())  # (the first request of a process adopts the runners the full way)
+    settled()
     METRICS.flush()
     before, before_rows = _count(otel, "inprocserve.batch.size", model)
     requests_before, _ = _count(otel, "inprocserve.request.duration", model)
