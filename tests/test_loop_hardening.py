@@ -214,6 +214,7 @@ def test_the_tasks_of_a_failed_run_on_the_loop_are_not_shed_when_queued_again(
             others.append(hold_session(server, rows=2))
             others.append(server.submit("busy", busy_inputs(8, seed=3)))
         hand_over(self, *args, **kwargs)
+        others[0].let_go()  # (the tasks are queued again, or refused: the queue may drain now)
 
     monkeypatch.setattr(_loop_batching._LoopState, "_hand_over", others_fill_the_queue)
 
