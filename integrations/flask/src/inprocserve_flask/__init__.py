@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, has_request_context, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
 from werkzeug.local import LocalProxy
 
 import inprocserve
@@ -628,10 +628,8 @@ def _wrong_method() -> Any:
     endpoints that was no JSON, and under ``/v2`` a method the route does not list (``PROPFIND``) got it too,
     where the protocol answers every wrong method with its own ``{"error": ...}`` 405. ``None`` (Flask goes
     on) for any other request, the app's own routes' included."""
-    from werkzeug.exceptions import HTTPException, MethodNotAllowed
-
-    error = request.routing_exception
-    if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
+    error = request.routing_exception  # (run before every request of the app: None for a route that matched)
+    if error is None or not isinstance(error, MethodNotAllowed) or not error.valid_methods:
         return None
     valid = sorted(error.valid_methods, key=lambda method: (method != "GET", method))  # (werkzeug's is a set's order)
     adapter = current_app.create_url_adapter(request)
