@@ -8,7 +8,7 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TypeAlias
 
@@ -18,6 +18,7 @@ __all__ = [
     "add_command",
     "fail",
     "positive_float",
+    "positive_number",
     "positive_int",
     "printable",
     "raise_if_stopped",
@@ -58,15 +59,24 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    """An argparse ``type``: a finite number > 0 (``0``, negatives, ``nan`` and ``inf`` are usage errors)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give seconds > 0, e.g. 1 or 0.5") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0, e.g. 1 or 0.5")
-    return value
+def positive_number(what: str, example: str) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number > 0 (``0``, negatives, ``nan`` and ``inf`` are usage errors), its
+    messages naming ``what`` the number is and an ``example``."""
+
+    def positive(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {what} > 0, e.g. {example}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0, e.g. {example}")
+        return value
+
+    return positive
+
+
+positive_float = positive_number("seconds", "1 or 0.5")
+"""An argparse ``type`` for seconds: a finite number > 0."""
 
 
 def printable(text: str) -> str:

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import math
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from ._cli_common import (
     interrupted_by,
     positive_float,
     positive_int,
+    positive_number,
     printable,
     unwind_on_sigterm,
 )
@@ -410,7 +410,7 @@ def add_quantize(commands: Subparsers) -> None:
     )
     parser.add_argument(
         "--max-abs-diff",
-        type=_max_abs_diff,
+        type=positive_number("one", "0.05"),
         metavar="D",
         help="refuse (exit 1, TARGET not written) when a float output differs from the original's by more than D",
     )
@@ -421,17 +421,6 @@ def add_quantize(commands: Subparsers) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(run=_quantize)
-
-
-def _max_abs_diff(text: str) -> float:
-    """An argparse ``type``: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give one > 0, e.g. 0.05") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0, e.g. 0.05")
-    return value
 
 
 def _stopped(interruption: BaseException, target: str) -> int:
