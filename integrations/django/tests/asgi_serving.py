@@ -126,6 +126,14 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
+def scale_version(served: Served) -> dict[str, Any]:
+    """Version 1 of the served ``scale`` model, as the plug-in's ``/models`` endpoint reports it."""
+    status, models = served.call("GET", "/-/inprocserve/models")
+    assert status == 200, models
+    version: dict[str, Any] = models["models"]["scale"]["versions"]["1"]
+    return version
+
+
 def serve(server: str, tmp_path: Path, *, loop: str = "asyncio", workers: int = 1, inprocserve: str = "") -> Served:
     """Start ``server`` on the test project with a repository holding the ``scale`` model (y = 2 x, 4 columns),
     and wait (at most a minute) until it answers. ``inprocserve``: more entries of the ``INPROCSERVE`` setting,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from asgi_serving import Served, serve
+from asgi_serving import Served, scale_version, serve
 
 from inprocserve.testing import build_mlp_model, save_model
 
@@ -55,13 +55,6 @@ def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield running
     finally:
         running.stop()
-
-
-def scale_version(served: Served) -> dict[str, Any]:
-    status, models = served.call("GET", "/-/inprocserve/models")
-    assert status == 200, models
-    version: dict[str, Any] = models["models"]["scale"]["versions"]["1"]
-    return version
 
 
 def burst(served: Served, requests: int = REQUESTS) -> None:

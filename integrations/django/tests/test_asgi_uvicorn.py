@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from asgi_serving import Served, call, serve
+from asgi_serving import Served, call, scale_version, serve
 
 from inprocserve.testing import build_mlp_model, save_model
 
@@ -76,13 +76,6 @@ def slow_uvicorn(tmp_path: Path) -> Iterator[Served]:
         served.stop()
 
 
-def _scale_version(served: Served) -> dict[str, Any]:
-    status, models = served.call("GET", "/-/inprocserve/models")
-    assert status == 200, models
-    version: dict[str, Any] = models["models"]["scale"]["versions"]["1"]
-    return version
-
-
 def _posted(served: Served, path: str, rows: np.ndarray) -> socket.socket:
     """A connection that has sent ``POST path`` with ``rows`` and reads nothing back."""
     body = json.dumps({"rows": rows.tolist()}).encode()
@@ -95,7 +88,7 @@ def _posted(served: Served, path: str, rows: np.ndarray) -> socket.socket:
 def _wait_for(served: Served, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """The ``scale`` version's status once ``done`` holds for it (at most 30 s)."""
     deadline = time.monotonic() + 30
-    while not done(version := _scale_version(served)):
+    while not done(version := scale_version(served)):
         assert time.monotonic() < deadline, version
         time.sleep(0.002)
     return version
@@ -137,13 +130,13 @@ def test_a_sync_view_running_a_long_prediction_holds_up_no_other_request(slow_uv
     connection = _posted(slow_uvicorn, "/score", rows)
     try:
         deadline = time.monotonic() + 30
-        while _scale_version(slow_uvicorn)["in_flight"] == 0:  # the sync view's run has begun
+        while scale_version(slow_uvicorn)["in_flight"] == 0:  # the sync view's run has begun
             assert time.monotonic() < deadline
             time.sleep(0.002)
         # another request's sync view (the health endpoint) and an async view are answered meanwhile
         assert slow_uvicorn.call("GET", "/-/inprocserve/health") == (200, {"status": "ok"})
         assert slow_uvicorn.call("GET", "/loop")[0] == 200
-        assert _scale_version(slow_uvicorn)["in_flight"] == 1, "the long run ended before the others were answered"
+        assert scale_version(slow_uvicorn)["in_flight"] == 1, "the long run ended before the others were answered"
         connection.settimeout(30)
         answer = connection.recv(64)
         assert answer.startswith(b"HTTP/1.1 200"), answer
