@@ -18,6 +18,7 @@ import pytest
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, PaddingConfig
 from inprocserve._flush_policy import CONCURRENCY_WINDOW_S
+from inprocserve._ort_backend import OnnxruntimeBackend
 from inprocserve.testing import ManualClock, build_add_model, build_gather_model, build_mlp_model, save_model
 
 from .conftest import (
@@ -282,7 +283,6 @@ def test_cropping_an_unnamed_output_axis_of_another_length_is_stopped_and_every_
     The requests are queued behind a run held at a gate, so that they share batches whatever the host's
     speed (sent from eight threads and left to chance, they sometimes never merged in 30 rounds on a loaded
     host, and nothing was checked)."""
-    from inprocserve._ort_backend import OnnxruntimeBackend
 
     run = OnnxruntimeBackend.run
     armed, holding, gate = threading.Event(), threading.Event(), threading.Event()
@@ -600,6 +600,17 @@ def test_two_callers_of_a_model_that_computes_longer_are_merged(
     # models'. A delay far above a loaded host's stalls: at the automatic one (1.5 ms), a caller descheduled
     # that long came too late for its companion and ran alone. The wait ends as the companion comes.
     pin_run_cost(monkeypatch, fixed_s=0.0015, per_row_s=0.0002)
+    # Each run also waits 2 ms off the CPU (as a GPU's run, or a remote one, keeps the host's cores free):
+    # with its cost all CPU, a host whose cores other work kept busy ran one caller at a time, each
+    # request's run over before the other caller was scheduled again, so no request ever found the other's
+    # in flight (60 runs of one: with nothing concurrent there is nothing to merge, rightly).
+    run = OnnxruntimeBackend.run
+
+    def run_off_the_cpu_too(self: OnnxruntimeBackend, runner: Any, feeds: Any, **kwargs: Any) -> Any:
+        time.sleep(0.002)
+        return run(self, runner, feeds, **kwargs)
+
+    monkeypatch.setattr(OnnxruntimeBackend, "run", run_off_the_cpu_too)
     server = make_server(repository, config=ModelConfig(batching=BatchingConfig(max_delay_s=0.5)))
 
     def call(index: int) -> None:
