@@ -241,6 +241,8 @@ class Registry:
         self._drainers: dict[ModelVersion, threading.Thread] = {}
         # While unload() holds the lifecycle lock: what it retires, drained once it releases the lock (see unload)
         self._deferred: list[tuple[str, ModelVersion]] | None = None
+        # What load(name, config=...) built before it changed anything (see _stage), taken by the sync's loads
+        self._staged: dict[tuple[str, int], tuple[ModelVersion, _Stamp | None]] = {}
 
     def load(
         self,
@@ -323,10 +325,21 @@ class Registry:
                 # Handed back to the repository: a model loaded by path before is refreshed again (its versions
                 # loaded by path are replaced or retired by the policy below), where it stayed out of every refresh.
                 self._explicit.discard(name)
+                if config is not None:  # all or nothing: a version that fails on it changes nothing that serves
+                    try:
+                        self._stage(name, source, effective)
+                    except BaseException:
+                        if kept_config is None:
+                            self._load_configs.pop(name, None)
+                        else:
+                            self._load_configs[name] = kept_config
+                        raise
                 # (a rollout naming an absent version is logged: the model loads, and load() says so by returning)
-                problems = [
-                    p for p in self._sync_model(name, source, effective) if p != self._reference_problems.get(name)
-                ]
+                try:
+                    synced = self._sync_model(name, source, effective)
+                finally:
+                    self._unstage(name)
+                problems = [p for p in synced if p != self._reference_problems.get(name)]
                 routes = self.routes.get(name)
                 if problems and (routes is not None or name not in self._policy_problems):
                     raise ModelLoadError("; ".join(problems), model=name)
@@ -959,11 +972,56 @@ class Registry:
             # "loaded" event and no "unloaded" one), and a stuck run of it does not hold the refresh (see _drain)
             self._drain(name, [previous], timeout_s=None, bounded=True)
 
+    def _stage(self, name: str, source: ModelSource, config: ModelConfig) -> None:
+        """Build, unpublished, every version ``load(name, config=...)`` loads or reloads on ``config``, kept for
+        the sync that follows (see :meth:`_build`); the first that fails raises, and what was built is let go.
+        A load that failed part-way kept its configuration, with some versions reloaded on it beside others on
+        the old one, where a failed load changes nothing that serves."""
+        loaded = self.loaded.get(name, {})
+        unloaded = self._unloaded_versions.get(name, set())
+        by_path = self._by_path.get(name, set())
+        kept_out = self._kept_from_policy.get(name, set())
+        usable = [v for v in source.versions if v not in unloaded]
+        wanted = set(config.version_policy.select([v for v in usable if v not in kept_out]))
+        wanted |= (config.rollout.referenced_versions | self._loaded_by_hand.get(name, set())) & set(usable)
+        wanted |= {v for v in loaded if v in usable and v not in by_path}
+        try:
+            for number in sorted(wanted):
+                path = source.versions[number]
+                stamp = _stamp(path)
+                current = loaded.get(number)
+                if current is not None and not self._changed(current, path, config, stamp=stamp):
+                    continue
+                candidate, failed = self._build(name, number, path, config, remote=None, scanned=False)
+                if failed is not None:
+                    candidate.retire()
+                    raise ModelLoadError(
+                        f"model {name!r}: version {number} failed to load on the configuration passed: "
+                        f"{failure_text(failed, name, number)}; nothing changed (the configuration and versions in "
+                        "force before go on serving)",
+                        model=name,
+                        version=number,
+                    ) from failed
+                self._staged[(name, number)] = (candidate, stamp)
+        except BaseException:
+            self._unstage(name)
+            raise
+
+    def _unstage(self, name: str) -> None:
+        """Let go of what :meth:`_stage` built for ``name`` and no load took."""
+        for key in [key for key in self._staged if key[0] == name]:
+            self._staged.pop(key)[0].retire()
+
     def _build(
         self, name: str, number: int, path: Path, config: ModelConfig, *, remote: RemoteModel | None, scanned: bool
     ) -> tuple[ModelVersion, ModelLoadError | None]:
         """Build and load one copy of a version (see :meth:`_load_version`): the copy, and why it failed to
-        load if it did (nothing recorded yet)."""
+        load if it did (nothing recorded yet); or the copy :meth:`_stage` built of it, if its files are the same."""
+        staged = self._staged.pop((name, number), None)
+        if staged is not None:
+            if staged[0].path == path and staged[0].config is config and staged[1] == _stamp(path):
+                return staged[0], None
+            staged[0].retire()
         backend = None
         if remote is not None:
             from ._remote import RemoteBackend  # late: the remote backend's codec imports the server

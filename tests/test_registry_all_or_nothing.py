@@ -1,0 +1,39 @@
+"""A load that fails part-way changes nothing that serves: the registry's all-or-nothing loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+
+def test_a_failed_load_of_a_model_with_a_config_changes_nothing_that_serves(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Version 2 takes 3 features, version 1 takes 4: the warm-up inputs fit version 1 only
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0, features=3), repository, "scale", 2)
+    np.save(repository / "scale" / "warm.npy", np.ones((1, 4), np.float32))
+    every = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+    server = make_server(repository, models={"scale": every})
+    assert server.models == {"scale": [1, 2]}
+    tight = inprocserve.ModelConfig(
+        version_policy=inprocserve.VersionPolicy.all(),
+        batching=inprocserve.BatchingConfig(max_request_rows=1),
+        warmup=inprocserve.WarmupConfig(inputs_file="warm.npy"),
+    )
+    with pytest.raises(inprocserve.ModelLoadError, match=r"version 2 .*expected size 3 on axis 1"):
+        server.load("scale", config=tight)
+    # Nothing changed: version 1 still takes two rows (the old configuration), as version 2 does
+    assert server.models == {"scale": [1, 2]}
+    assert server.predict("scale", np.ones((2, 4), np.float32), version=1).version == 1
+    assert server.predict("scale", np.ones((2, 3), np.float32), version=2).version == 2
+    # ... and the configuration the call failed with is not in force for the next refresh either
+    assert server.refresh() == []
+    assert server.predict("scale", np.ones((2, 4), np.float32), version=1).version == 1
