@@ -1137,6 +1137,13 @@ class Registry:
         latest = self._latest.get(name)
         default = versions[latest] if latest in versions else versions[max(versions)]
         state = self.control.models.get(name)
+        builds = self._builds_named(name, state)
+        if state is not None and builds:  # (what names a build is not followed: see follow)
+            state = dataclasses.replace(
+                state,
+                stable=None if state.stable in builds else state.stable,
+                canary_version=None if state.canary_version in builds else state.canary_version,
+            )
         configured = self._rollouts.get(name, default.config.rollout)
         rollout = configured if state is None else controlled(configured, state)
         router = self.routers.get(name)
@@ -1445,7 +1452,18 @@ class Registry:
         if state is None or name in self._explicit or name in self._unloaded:
             return True
         loaded = set(self.loaded.get(name, {}))
-        return not loaded or _served(state) <= loaded
+        return not loaded or (_served(state) <= loaded and not self._builds_named(name, state))
+
+    def _builds_named(self, name: str, state: ModelControl | None) -> dict[int, Path]:
+        """The versions ``state`` serves (its stable version, its canary) that only a build loaded by path holds
+        here (see :attr:`_by_path`), and the build's file: the fleet's version N is a release, and a build of
+        one's own numbered N served the fleet's traffic as it."""
+        by_path = self._by_path.get(name)
+        if state is None or not by_path:
+            return {}
+        loaded = self.loaded.get(name, {})
+        named = {state.stable, state.canary_version} & by_path
+        return {number: loaded[number].path for number in sorted(n for n in named if n is not None and n in loaded)}
 
     @property
     def control_pending(self) -> bool:
@@ -1654,8 +1672,26 @@ class Registry:
                         number,
                         problem,
                     )
+            for number, build in self._builds_named(name, state).items():
+                release = (source.versions if source is not None else self._repository_files(name)).get(number)
+                where = f"the repository's release ({release})" if release else "the release (not in the repository)"
+                missing.append(
+                    f"version {number} here is a build loaded by path ({build}), not {where}: the build does not "
+                    f"serve the fleet's traffic as version {number}; serve the release with "
+                    f"server.load({name!r}, version={number}) (in place of the build)"
+                )
         self._route_by_control(name)
         return missing
+
+    def _repository_files(self, name: str) -> Mapping[int, Path]:
+        """The version files of ``name`` in the repository (none if it cannot be scanned)."""
+        if self.repository is None:
+            return {}
+        try:
+            source = scan_repository(self.repository, follow_symlinks=self._follow_symlinks, only=name).models.get(name)
+        except Exception:  # (a file-system hiccup: the message names no release then)
+            return {}
+        return {} if source is None else source.versions
 
     def _route_by_control(self, name: str) -> None:
         """Publish ``name`` with its control state (what is loaded of it)."""

@@ -878,3 +878,34 @@ def test_a_revision_naming_a_version_that_failed_on_another_config_tries_it_on_t
     assert server.status()["control"]["error"] is None
     assert server.models == {"scale": [1, 2]}
     assert server.predict("scale", np.ones((1, 8), np.float32), version=2)["y"][0, 0] == 2.0
+
+
+def test_a_revision_naming_a_version_only_a_build_loaded_by_path_holds_here_is_not_served_by_the_build(
+    repository: Path, make_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A build of one's own, loaded by path beside the releases, takes the next number (3); release 3 lands
+    # later, and the fleet is switched to it: this worker served the build as the fleet's version 3
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    writer = make_server(repository, control_interval_s=None)
+    follower = make_server(repository, control_interval_s=None)
+    build = save_model(build_scale_model(7.0), tmp_path / "builds", "scale", 1)
+    assert follower.load("scale", path=build) == 3
+    follower.load("scale", version=2)  # handed back to the repository: the build serves beside the releases
+    save_model(build_scale_model(3.0), repository, "scale", 3)  # release 3
+    writer.refresh()
+    writer.switch("scale", 3)
+    with caplog.at_level("ERROR", logger="inprocserve._registry"):
+        follower.sync_control()
+        follower.sync_control()  # (retried: said once)
+    assert served_version(follower) == 2  # not the build: its answers are 7 x, not 3 x
+    said = [r.getMessage() for r in caplog.records if "build loaded by path" in r.getMessage()]
+    assert len(said) == 1, said
+    assert str(build) in said[0] and str(repository / "scale" / "3" / "model.onnx") in said[0]
+    assert "server.load('scale', version=3)" in said[0]
+    error = follower.status()["control"]["error"]
+    assert error is not None and "build loaded by path" in error
+    follower.load("scale", version=3)  # the release in place of the build: the revision applies
+    follower.sync_control()
+    assert served_version(follower) == 3
+    assert follower.status()["control"]["error"] is None
