@@ -44,6 +44,7 @@ from ._flush_policy import RunCost
 from ._heap import give_back_freed_memory
 from ._integrity import resolve_model_file
 from ._ort_backend import build_onnxruntime_backend
+from ._ort_rules import thread_oversubscription
 from ._remote_model import read_remote_toml, unknown_keys_warning
 from ._repository import is_remote
 from ._request import Finisher
@@ -231,6 +232,12 @@ class ModelVersion:
             ", ".join(self.backend.providers),
             self.backend.concurrency,
         )
+        threads = getattr(self.backend, "intra_op_threads", None)  # (an onnxruntime backend's, as chosen)
+        oversubscribed = (
+            None if threads is None else thread_oversubscription(self.config.pool, intra_op_threads=threads)
+        )
+        if oversubscribed is not None:
+            logger.warning("model %r version %s: %s", self.name, self.version, oversubscribed)
         if self.config_warning is not None:
             # Said once the version serves, not as its file is read: a version whose model server is down is
             # read again at every poll, and said its remote.toml's unknown keys at each (its failure, once).

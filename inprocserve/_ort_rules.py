@@ -41,6 +41,7 @@ __all__ = [
     "onnxruntime_version",
     "resolve_providers",
     "thread_budget",
+    "thread_oversubscription",
     "translate_run_error",
     "usable_cores",
 ]
@@ -283,9 +284,34 @@ def memory_pattern(config: PoolConfig, inputs: Sequence[Declared] | None) -> boo
 
 
 def thread_budget(config: PoolConfig) -> int:
-    """Intra-op threads per session such that (sessions x threads) <= usable cores."""
+    """Intra-op threads per session such that sessions x (threads + inter-op threads - 1) <= usable cores (at
+    least 1). With ``inter_op_threads`` N > 1 a session runs independent graph branches on a pool of N threads of
+    its own, each working beside the intra-op pool's threads (one of which is the calling thread): that pool
+    was left out, and N > 1 oversubscribed the cores the budget had handed out whole, without a word."""
     sessions = config.size if config.share_session is False else 1
-    return config.intra_op_threads or max(1, usable_cores() // sessions)
+    return config.intra_op_threads or max(1, usable_cores() // sessions - (config.inter_op_threads - 1))
+
+
+def thread_oversubscription(config: PoolConfig, *, intra_op_threads: int) -> str | None:
+    """Why the sessions of a version with ``intra_op_threads`` each (as chosen) and ``config.inter_op_threads``
+    keep more threads busy than the usable cores (``None``: they do not, or there is no inter-op pool): said at
+    load, where the budget cannot make up for it (``intra_op_threads`` set by hand, or more inter-op threads
+    than the cores leave room for)."""
+    inter = config.inter_op_threads
+    if inter == 1:
+        return None
+    sessions = config.size if config.share_session is False else 1
+    cores = usable_cores()
+    threads = sessions * (intra_op_threads + inter - 1)
+    if threads <= cores:
+        return None
+    return (
+        f"pool.inter_op_threads = {inter} runs graph branches on {inter} threads per session beside its "
+        f"{intra_op_threads} intra-op thread(s): {sessions} session(s) x ({intra_op_threads} + {inter} - 1) = "
+        f'{threads} threads on {cores} usable core(s), more than the cores (docs/repository.md, "Thread '
+        'budget"); lower pool.inter_op_threads (1 runs the graph in sequence), pool.intra_op_threads or the '
+        "sessions (pool.size with share_session = false)"
+    )
 
 
 @functools.cache
