@@ -188,6 +188,17 @@ class Signature:
         for index, group in enumerate(self.tied_axes):
             self._shared_symbols[f"{_TIED}{index}"] = list(group)
         self._single = self.inputs[0].name if len(self.inputs) == 1 else None
+        output_rows = {spec.shape[0] for spec in self.outputs if spec.shape and isinstance(spec.shape[0], str)}
+        self._rows_from: str | None = None
+        """Where the inputs need not share axis 0: the input whose axis 0 is named as an output's (the rows the
+        answers have; a table beside it, ``[k, 4]``, is not), which holds a request's rows whatever the order
+        the model declares its inputs in (the first input's, it was: ``max_request_rows`` bounded a table
+        declared first). ``None``: the first input's, as the declared shapes tell nothing better."""
+        if not self._same_rows:
+            self._rows_from = next(
+                (spec.name for spec in self.inputs if spec.shape and spec.shape[0] and spec.shape[0] in output_rows),
+                None,
+            )
         self.fixed_rows: int | None = _fixed_rows(self.inputs, self.outputs)
         """The rows of every run where the model fixes axis 0 at one size on every input and output (``None``:
         it does not): a model exported without a dynamic batch axis (``torch.onnx.export`` without
@@ -381,7 +392,8 @@ class Signature:
                         )
             if array.ndim:
                 if rows < 0:
-                    rows = array.shape[0]
+                    if self._rows_from is None or spec.name == self._rows_from:
+                        rows = array.shape[0]
                 elif self._same_rows and array.shape[0] != rows:
                     raise InvalidInputError(
                         f"input {spec.name!r}: has {array.shape[0]} rows but the other inputs have {rows}; "

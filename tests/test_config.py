@@ -702,14 +702,7 @@ def _rows_against_a_table(*, table_first: bool) -> Any:
     return model
 
 
-_TABLE_FIRST_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="Signature.validate (_signature.py, outside this area) takes the rows of a request whose inputs do not "
-    "share axis 0 from the first input declared: the lead makes the fix (see registryfix3's report)",
-)
-
-
-@pytest.mark.parametrize("table_first", [False, pytest.param(True, marks=_TABLE_FIRST_XFAIL)])
+@pytest.mark.parametrize("table_first", [False, True])
 def test_max_request_rows_bounds_the_same_rows_whatever_the_order_of_the_inputs(
     repository: Path, make_server: ServerFactory, *, table_first: bool
 ) -> None:
