@@ -278,12 +278,27 @@ class Operations:
             routes = self._registry.serving(model, version)
             if not force:
                 self._refuse_if_incompatible(routes, model, version)
+            self._refuse_if_a_build(model, version)
             self._refuse_if_gone(model, version, self._registry.repository_versions(model))
             self._registry.incompatible.get(model, {}).pop(version, None)  # the operator accepted its signature
             current = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
             self._change_control(model, lambda state: switched(state, version, current=current), actor)
             logger.info("model %r: stable version is now %s", model, version)
         self._warn_if_a_flag_overrides(model, version)
+
+    def _refuse_if_a_build(self, model: str, version: int) -> None:
+        """Refuse to make the fleet serve ``version`` where a build loaded by path holds it here: every other
+        worker would serve the release of that number and this one neither (it refuses a revision naming its
+        build: the registry's ``follow``), with nothing said to the operator but ``control.error``."""
+        build = self._registry.build_by_path(model, version)
+        if build is not None:
+            raise ModelNotFoundError(
+                f"model {model!r}: version {version} here is a build loaded by path ({build}), not the "
+                f"repository's release {version}; nothing was written: serve the release here first with "
+                f"server.load({model!r}, version={version}) (in place of the build)",
+                model=model,
+                version=version,
+            )
 
     @staticmethod
     def _refuse_if_gone(model: str, version: int, versions: set[int] | None) -> None:
@@ -381,6 +396,7 @@ class Operations:
             else:
                 version = validate_version(version)
                 self._registry.serving(model, version)
+                self._refuse_if_a_build(model, version)
                 self._refuse_if_gone(model, version, self._registry.repository_versions(model))
 
             def change(state: ModelControl) -> ModelControl:

@@ -1454,6 +1454,14 @@ class Registry:
         loaded = set(self.loaded.get(name, {}))
         return not loaded or (_served(state) <= loaded and not self._builds_named(name, state))
 
+    def build_by_path(self, name: str, version: int) -> Path | None:
+        """The file of the build loaded by path that holds ``version`` of ``name`` here (``None``: a release,
+        or not loaded): the fleet's version N is the repository's release N, which such a build is not."""
+        if version not in self._by_path.get(name, ()):
+            return None
+        loaded = self.loaded.get(name, {}).get(version)
+        return None if loaded is None else loaded.path
+
     def _builds_named(self, name: str, state: ModelControl | None) -> dict[int, Path]:
         """The versions ``state`` serves (its stable version, its canary) that only a build loaded by path holds
         here (see :attr:`_by_path`), and the build's file: the fleet's version N is a release, and a build of

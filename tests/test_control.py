@@ -909,3 +909,28 @@ def test_a_revision_naming_a_version_only_a_build_loaded_by_path_holds_here_is_n
     follower.sync_control()
     assert served_version(follower) == 3
     assert follower.status()["control"]["error"] is None
+
+
+@pytest.mark.parametrize("change", ["switch", "set_canary"])
+def test_a_switch_to_a_number_a_build_loaded_by_path_holds_here_is_refused_and_nothing_is_written(
+    repository: Path, make_server: ServerFactory, tmp_path: Path, change: str
+) -> None:
+    # The operator on the worker that holds the build: the fleet would have moved to release 3 while this
+    # worker refused it (control.error only), and the call said nothing
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    server = make_server(repository, control_interval_s=None)
+    build = save_model(build_scale_model(7.0), tmp_path / "builds", "scale", 1)
+    assert server.load("scale", path=build) == 3
+    server.load("scale", version=2)
+    save_model(build_scale_model(3.0), repository, "scale", 3)  # release 3, in the repository
+    revision = server.status()["control"]["revision"]
+    with pytest.raises(inprocserve.ModelNotFoundError, match=r"version 3 here is a build loaded by path") as refused:
+        if change == "switch":
+            server.switch("scale", 3)
+        else:
+            server.set_canary("scale", 3, percent=10)
+    assert str(build) in str(refused.value) and "server.load('scale', version=3)" in str(refused.value)
+    assert server.status()["control"]["revision"] == revision  # nothing written
+    server.load("scale", version=3)  # the release in place of the build: the switch goes through
+    getattr(server, change)("scale", 3, **({} if change == "switch" else {"percent": 10}))
