@@ -6,7 +6,8 @@ each turns the typed results below into its framework's responses.
 * :func:`readiness` (also ``Server.readiness``): whether the server can answer, and why not, per model.
 * :func:`http_status`, :func:`error_code`, :func:`error_answer`: a library error as an HTTP answer.
 * :func:`run_admin_action`, :func:`admin_answer`: the admin endpoints (reload, switch, rollback, canary,
-  kill, resume) with their JSON bodies checked, since they come from the network.
+  kill, resume) with their JSON bodies checked, since they come from the network; :func:`admin_encoding_refused`:
+  the 415 of a compressed admin body.
 * :func:`budget_spent`: the error, recorded, for a prediction whose request spent its time budget first.
 * :func:`status_page`: the status page as an HTTP answer (a 503 page where the server cannot be built).
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
@@ -91,6 +92,7 @@ __all__ = [
     "SECONDS_SETTINGS",
     "SHADOW_SETTINGS",
     "admin_answer",
+    "admin_encoding_refused",
     "body_cut_short",
     "body_end_unknown",
     "body_reader",
@@ -765,6 +767,22 @@ LENGTH_REQUIRED = (
     "server that ends chunked input (gunicorn does)"
 )
 """What a client is told (with a 411) when its body's end cannot be found: see :func:`body_end_unknown`."""
+
+
+def admin_encoding_refused(content_encoding: str | None) -> AdminAnswer | None:
+    """The 415 of an admin request whose body has this ``Content-Encoding`` header (its ``error`` is
+    ``unsupported_encoding``, its ``Accept-Encoding: identity`` the coding taken, as RFC 7694 has it), or
+    ``None`` for a body sent as it is (no header, ``identity``). An admin body is a few bytes of JSON: a gzip
+    one was read as raw bytes and refused as "not JSON", sending its sender to look for a mistake in JSON
+    that was right. Check it before reading the body."""
+    encoding = (content_encoding or "").strip()
+    if encoding.lower() in ("", "identity"):
+        return None
+    message = (
+        f"the admin endpoints read their JSON body as it is sent, and this one has Content-Encoding "
+        f"{brief(encoding)}: send it uncompressed, without a Content-Encoding header"
+    )
+    return AdminAnswer(415, {"error": "unsupported_encoding", "message": message}, {"Accept-Encoding": "identity"})
 
 
 def body_end_unknown(environ: Mapping[str, Any]) -> bool:

@@ -6,6 +6,7 @@ checks."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import io
 import json
@@ -469,3 +470,24 @@ def test_a_wrong_method_on_an_admin_endpoint_is_a_json_405(served: Path, method:
     assert (response.status_code, response["Allow"]) == (405, "POST"), response.content[:200]
     assert response["Content-Type"] == "application/json", response.content[:200]
     assert response.json()["error"] == "method_not_allowed" and "POST" in response.json()["message"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_a_compressed_admin_body_is_a_415_naming_its_encoding(served: Path, encoding: str) -> None:
+    # A gzip body was read as raw bytes: "the body is not JSON" for JSON that was right, once uncompressed
+    save_model(build_scale_model(3.0), served, "scale", 2)
+    client = Client()
+    before = client.get("/-/inprocserve/models").json()["models"]["scale"]["stable_version"]
+    headers = {**ADMIN, "Content-Encoding": encoding}
+    body = gzip.compress(b'{"version": 2}')
+    response = client.post(
+        "/-/inprocserve/models/scale/switch", data=body, content_type="application/json", headers=headers
+    )
+    assert response.status_code == 415, response.content
+    assert response.json()["error"] == "unsupported_encoding" and encoding in response.json()["message"]
+    assert response["Accept-Encoding"] == "identity"
+    assert client.get("/-/inprocserve/models").json()["models"]["scale"]["stable_version"] == before
+    plain = client.post(
+        "/-/inprocserve/models/scale/switch", data={"version": 2}, content_type="application/json", headers=ADMIN
+    )
+    assert plain.status_code == 200, plain.content

@@ -429,3 +429,25 @@ def test_a_body_over_max_content_length_is_a_json_413(repository: Path, path: st
         Inprocserve.close(app)
     assert response.status_code == 413 and response.is_json, response.get_data(as_text=True)[:200]
     assert "64 bytes" in str(response.json), response.json
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_a_compressed_admin_body_is_a_415_naming_its_encoding(repository: Path, encoding: str) -> None:
+    # A gzip body was read as raw bytes: "the body is not JSON" for JSON that was right, once uncompressed
+    save_model(build_scale_model(3.0), repository, "scale", 2)
+    app = make_app(repository)
+    try:
+        client = app.test_client()
+        before = client.get("/-/inprocserve/models").json["models"]["scale"]["stable_version"]
+        headers = {**ADMIN, "Content-Encoding": encoding, "Content-Type": "application/json"}
+        response = client.post(
+            "/-/inprocserve/models/scale/switch", data=gzip.compress(b'{"version": 2}'), headers=headers
+        )
+        assert response.status_code == 415, response.get_data(as_text=True)
+        assert response.json["error"] == "unsupported_encoding" and encoding in response.json["message"]
+        assert response.headers["Accept-Encoding"] == "identity"
+        assert client.get("/-/inprocserve/models").json["models"]["scale"]["stable_version"] == before
+        plain = client.post("/-/inprocserve/models/scale/switch", json={"version": 2}, headers=ADMIN)
+        assert plain.status_code == 200, plain.json
+    finally:
+        Inprocserve.close(app)

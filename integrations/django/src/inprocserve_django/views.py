@@ -117,6 +117,9 @@ def _admin(action: str) -> Callable[..., HttpResponse]:
         if not _authorized(request):
             unauthorized = {"error": "unauthorized", "message": web.ADMIN_UNAUTHORIZED}
             return JsonResponse(unauthorized, status=401, headers={"WWW-Authenticate": "Bearer"})
+        refused = web.admin_encoding_refused(request.headers.get("Content-Encoding"))
+        if refused is not None:  # (a gzip body was read as raw bytes: refused as "not JSON")
+            return JsonResponse(refused.body, status=refused.status, headers=dict(refused.headers))
         try:  # (request.body of a chunked request is empty: the action ran as if no body was sent)
             body = whole_body(request)
         except (LengthRequired, InvalidInputError, RequestDataTooBig) as exc:  # (broken chunked framing, ...)

@@ -595,6 +595,9 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         if not authorized():
             unauthorized = {"error": "unauthorized", "message": web.ADMIN_UNAUTHORIZED}
             return jsonify(unauthorized), 401, {"WWW-Authenticate": "Bearer"}
+        refused = web.admin_encoding_refused(request.headers.get("Content-Encoding"))
+        if refused is not None:  # (a gzip body was read as raw bytes: refused as "not JSON")
+            return jsonify(refused.body), refused.status, dict(refused.headers)
         if web.body_end_unknown(request.environ):  # (read as empty: the action ran as if no body was sent)
             return jsonify({"error": "length_required", "message": web.LENGTH_REQUIRED}), 411
         try:
