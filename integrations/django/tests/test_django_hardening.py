@@ -491,3 +491,25 @@ def test_a_compressed_admin_body_is_a_415_naming_its_encoding(served: Path, enco
         "/-/inprocserve/models/scale/switch", data={"version": 2}, content_type="application/json", headers=ADMIN
     )
     assert plain.status_code == 200, plain.content
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/-/inprocserve/models%0A",
+        "/-/inprocserve/models/scale/switch%0A",
+        "/-/inprocserve/reload/",
+        "/-/inprocserve/ready%00",
+    ],
+)
+def test_a_slightly_wrong_path_under_the_prefix_is_a_json_404(served: Path, path: str) -> None:
+    # Django's HTML 404 page answered, where every other answer of the endpoints is JSON
+    response = Client().post(path, headers=ADMIN)
+    assert response.status_code == 404 and response["Content-Type"] == "application/json", response.content[:200]
+    assert response.json()["error"] == "not_found" and "health, ready, models" in response.json()["message"]
+
+
+def test_the_project_s_own_404_is_left_to_the_project(served: Path) -> None:
+    for path in ("/nope", "/-/inprocserve/nope", "/-/inprocserve/readyx"):  # (no endpoint begins so)
+        response = Client().get(path)
+        assert response.status_code == 404 and response["Content-Type"] != "application/json", path

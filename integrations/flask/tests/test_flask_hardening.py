@@ -451,3 +451,26 @@ def test_a_compressed_admin_body_is_a_415_naming_its_encoding(repository: Path, 
         assert plain.status_code == 200, plain.json
     finally:
         Inprocserve.close(app)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/-/inprocserve/models%0A", "/-/inprocserve/models/scale/switch%0A", "/-/inprocserve/nope", "/-/inprocserve%0A"],
+)
+def test_a_slightly_wrong_path_under_the_prefix_is_a_json_404(app: Flask, path: str) -> None:
+    # werkzeug's HTML 404 page answered, where every other answer of the endpoints is JSON
+    response = app.test_client().post(path, headers=ADMIN)
+    assert response.status_code == 404 and response.is_json, response.get_data(as_text=True)[:200]
+    assert response.json["error"] == "not_found" and "health, ready, models" in response.json["message"]
+
+
+def test_the_app_s_own_404_is_left_to_the_app(repository: Path) -> None:
+    app = make_app(repository, INPROCSERVE_URL_PREFIX="/ops/")
+    try:
+        client = app.test_client()
+        assert client.get("/ops/nope").json["error"] == "not_found"
+        for path in ("/nope", "/opsx/ready", "/ops"):  # not under the prefix: the app's own page
+            response = client.get(path)
+            assert response.status_code == 404 and not response.is_json, path
+    finally:
+        Inprocserve.close(app)

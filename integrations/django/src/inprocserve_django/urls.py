@@ -1,6 +1,6 @@
 """``path("-/inprocserve/", include("inprocserve_django.urls"))``"""
 
-from django.urls import path
+from django.urls import path, re_path
 
 from . import status_page, views
 
@@ -16,4 +16,8 @@ urlpatterns = [
     path("models/<str:name>/canary", views.canary, name="canary"),
     path("models/<str:name>/kill", views.kill, name="kill"),
     path("models/<str:name>/resume", views.resume, name="resume"),
+    # Any other path that begins as one of the above (/-/inprocserve/models%0A, models/m/switch/, reload/x): the
+    # JSON 404 of views.not_found, where Django's HTML page answered. (Only those: this URLconf may be included at
+    # the root, where a catch-all would take every path of the project.)
+    re_path(r"^(?:health|ready|models|status|reload)[^\w-](?s:.*)\Z", views.not_found, name="not-found"),
 ]

@@ -89,6 +89,18 @@ def models(request: HttpRequest) -> HttpResponse:
     return not_logged_per_request(response)  # (the library logs why, at most once a minute; a close is no error)
 
 
+@csrf_exempt  # (any method: a 404 either way, never CSRF's HTML 403)
+def not_found(request: HttpRequest) -> HttpResponse:
+    """The JSON 404 of a path that begins as one of the plug-in's endpoints and names none of them (a control
+    character after it, a trailing slash, a typo in an admin action): Django's HTML 404 page answered."""
+    message = (
+        f"no inprocserve endpoint at {brief(request.path)}: the endpoints are health, ready, models, status "
+        "(INPROCSERVE['STATUS_PAGE']), reload and models/<name>/<switch|rollback|canary|kill|resume> "
+        "(INPROCSERVE['ADMIN_TOKEN'])"
+    )
+    return not_logged_per_request(JsonResponse({"error": "not_found", "message": message}, status=404))
+
+
 def _authorized(request: HttpRequest) -> bool:
     return web.check_token(request.headers.get("Authorization"), settings()["ADMIN_TOKEN"])
 

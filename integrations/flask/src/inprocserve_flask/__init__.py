@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, has_request_context, jsonify, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.local import LocalProxy
 
 import inprocserve
@@ -103,6 +103,9 @@ class _State:
         self.user_key = web.environ_key(self.user_header)
         self.deadline_header: str | None = self.config["INPROCSERVE_DEADLINE_HEADER"]
         self.deadline_key = web.environ_key(self.deadline_header)
+        # the endpoints' prefix, for the JSON 404 of a path under it that names none (None: all the app's paths)
+        prefix = str(self.config["INPROCSERVE_URL_PREFIX"] or "").rstrip("/")
+        self.endpoints_prefix: str | None = prefix if self.config["INPROCSERVE_ENDPOINTS"] and prefix else None
 
     @property
     def server(self) -> inprocserve.Server:
@@ -222,7 +225,7 @@ class Inprocserve:
             for error_type in {**ERROR_STATUS, **overrides}:
                 app.register_error_handler(error_type, handler)
         if endpoints is not None or protocol is not None:
-            app.before_request(_wrong_method)  # (routing fails before any blueprint's own hook or handler)
+            app.before_request(_routing_error)  # (routing fails before any blueprint's own hook or handler)
         if endpoints is not None:
             app.register_blueprint(endpoints, url_prefix=app.config["INPROCSERVE_URL_PREFIX"])
         if protocol is not None:
@@ -625,14 +628,19 @@ _METHODS_TAKEN = {"POST": "the admin endpoints take POST (with Authorization: Be
 """What the 405 of an endpoint that takes these methods says (others: "this endpoint takes GET or HEAD")."""
 
 
-def _wrong_method() -> Any:
-    """The JSON 405 of this plug-in's endpoints (``Allow`` as werkzeug's), answered before the request is
-    dispatched: werkzeug's HTML "Method Not Allowed" page was the only answer of the admin and read-only
-    endpoints that was no JSON, and under ``/v2`` a method the route does not list (``PROPFIND``) got it too,
-    where the protocol answers every wrong method with its own ``{"error": ...}`` 405. ``None`` (Flask goes
-    on) for any other request, the app's own routes' included."""
+def _routing_error() -> Any:
+    """The JSON 405 of this plug-in's endpoints (``Allow`` as werkzeug's), and the JSON 404 of a path under their
+    prefix that names none of them, answered before the request is dispatched: werkzeug's HTML "Method Not
+    Allowed" page was the only answer of the admin and read-only endpoints that was no JSON, and under ``/v2`` a
+    method the route does not list (``PROPFIND``) got it too, where the protocol answers every wrong method with
+    its own ``{"error": ...}`` 405; a slightly wrong path (``/-/inprocserve/models%0A``, a typo) got werkzeug's
+    HTML 404 page. ``None`` (Flask goes on) for any other request, the app's own routes' included."""
     error = request.routing_exception  # (run before every request of the app: None for a route that matched)
-    if error is None or not isinstance(error, MethodNotAllowed) or not error.valid_methods:
+    if error is None:
+        return None
+    if isinstance(error, NotFound):
+        return _not_found()
+    if not isinstance(error, MethodNotAllowed) or not error.valid_methods:
         return None
     valid = sorted(error.valid_methods, key=lambda method: (method != "GET", method))  # (werkzeug's is a set's order)
     adapter = current_app.create_url_adapter(request)
@@ -652,6 +660,24 @@ def _wrong_method() -> Any:
     message = f"{does}; this request sent {brief(request.method)}"
     body = {"error": "method_not_allowed", "message": message}
     return jsonify(body), 405, {"Allow": ", ".join(valid)}
+
+
+def _not_found() -> Any:
+    """The JSON 404 of a path under the endpoints' prefix that names no endpoint (``None`` for another path: the
+    app's own 404)."""
+    prefix = _state().endpoints_prefix
+    path = request.path
+    if prefix is None or not path.startswith(prefix) or path == prefix:
+        return None
+    after = path[len(prefix)]
+    if after != "/" and not (after < " " or after == "\x7f"):  # (/-/inprocservex: not under the prefix)
+        return None
+    message = (
+        f"no inprocserve endpoint at {brief(path)}: under {prefix}/ the endpoints are health, ready, models, "
+        "status (INPROCSERVE_STATUS_PAGE), reload and models/<name>/<switch|rollback|canary|kill|resume> "
+        "(INPROCSERVE_ADMIN_TOKEN)"
+    )
+    return jsonify({"error": "not_found", "message": message}), 404
 
 
 def _too_large_message() -> str:
