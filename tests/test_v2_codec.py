@@ -380,7 +380,7 @@ def test_metadata_health_and_readiness(served: inprocserve.Server) -> None:
         assert status == 404 and set(document) == {"error"}, path
     assert call(endpoints, "GET", "/v2/models/scale/versions/one")[0] == 400
     status, _, response = call(endpoints, "DELETE", "/v2/models/scale")
-    assert status == 405 and response.headers["Allow"] == "GET"
+    assert status == 405 and response.headers["Allow"] == "GET, HEAD, OPTIONS"
     assert call(endpoints, "GET", "/v2/models/scale/infer")[0] == 405
 
 

@@ -217,8 +217,9 @@ class Endpoints:
             return _not_found(path)
         rest = parts[1:]
         if rest == [] or rest in (["health", "live"], ["health", "ready"]):
-            if method not in ("GET", "HEAD"):
-                return _not_allowed("GET")
+            refused = _method_refused(method, _READ)
+            if refused is not None:
+                return refused
             if rest == []:
                 return Response.json(200, server_metadata())
             if rest[1] == "live":
@@ -252,16 +253,19 @@ class Endpoints:
                 raise
             tail = tail[2:]
         if tail == []:
-            if method not in ("GET", "HEAD"):
-                return _not_allowed("GET")
+            refused = _method_refused(method, _READ)
+            if refused is not None:
+                return refused
             return Response.json(200, model_metadata(self._served(), name, version))
         if tail == ["ready"]:
-            if method not in ("GET", "HEAD"):
-                return _not_allowed("GET")
+            refused = _method_refused(method, _READ)
+            if refused is not None:
+                return refused
             return self._model_ready(name, version)
         if tail == ["infer"]:
-            if method != "POST":
-                return _not_allowed("POST")
+            refused = _method_refused(method, _INFER)
+            if refused is not None:
+                return refused
             return self._infer(name, version, headers, read, context, budget_s)
         return _not_found(path)
 
@@ -665,5 +669,17 @@ def _not_found(path: str) -> Response:
     return Response.json(404, {"error": f"no Open Inference Protocol endpoint at {path[:200]!r}"})
 
 
-def _not_allowed(allowed: str) -> Response:
-    return Response.json(405, {"error": f"method not allowed; use {allowed}"}, {"Allow": allowed})
+_READ = ("GET", "HEAD")
+_INFER = ("POST",)
+
+
+def _method_refused(method: str, methods: tuple[str, ...]) -> Response | None:
+    """The answer of a protocol path that takes ``methods`` to ``method``, or ``None`` when it takes it: a 405, or
+    the 200 of ``OPTIONS`` (a CORS preflight's, too), each with an ``Allow`` true to the path. Flask answered
+    ``OPTIONS`` itself, listing every method its routes took (GET for ``infer``), and Django with a 405."""
+    allow = ", ".join((*methods, "OPTIONS"))
+    if method == "OPTIONS":
+        return Response(200, b"", {"Allow": allow})
+    if method in methods:
+        return None
+    return Response.json(405, {"error": f"method not allowed; use {methods[0]}"}, {"Allow": allow})

@@ -513,3 +513,23 @@ def test_the_project_s_own_404_is_left_to_the_project(served: Path) -> None:
     for path in ("/nope", "/-/inprocserve/nope", "/-/inprocserve/readyx"):  # (no endpoint begins so)
         response = Client().get(path)
         assert response.status_code == 404 and response["Content-Type"] != "application/json", path
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/v2/models/scale/infer", "POST, OPTIONS"),
+        ("/v2/models/scale", "GET, HEAD, OPTIONS"),
+        ("/v2/models/scale/ready", "GET, HEAD, OPTIONS"),
+        ("/v2", "GET, HEAD, OPTIONS"),
+    ],
+)
+def test_options_answers_what_each_protocol_path_takes(served: Path, path: str, allow: str) -> None:
+    # OPTIONS was the protocol's 405 here (and Flask's own 200 listing GET for infer in the Flask plug-in): a CORS
+    # preflight that no CORS middleware answered failed; now a 200 whose Allow is the path's own, as its 405's
+    client = Client()
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": allow.split(", ")[0]}
+    response = client.options(path, headers=preflight)
+    assert (response.status_code, response["Allow"]) == (200, allow), response.content
+    wrong = client.generic("GET" if allow.startswith("POST") else "POST", path)
+    assert (wrong.status_code, wrong["Allow"]) == (405, allow)

@@ -407,7 +407,10 @@ def test_a_wrong_method_on_a_read_only_endpoint_is_a_json_405(app: Flask, path: 
 
 
 @pytest.mark.parametrize("method", ["TRACE", "PROPFIND", "MKCOL"])
-@pytest.mark.parametrize(("path", "allow"), [("/v2/models/scale/infer", "POST"), ("/v2/models/scale/ready", "GET")])
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [("/v2/models/scale/infer", "POST, OPTIONS"), ("/v2/models/scale/ready", "GET, HEAD, OPTIONS")],
+)
 def test_a_method_the_protocol_routes_do_not_list_is_the_protocol_s_json_405(
     app: Flask, method: str, path: str, allow: str
 ) -> None:

@@ -140,7 +140,8 @@ def test_versions_ids_and_errors_through_tritonclient(client: triton.InferenceSe
 
 def test_a_wrong_method_is_a_json_405(app: Flask) -> None:
     response = app.test_client().delete("/v2/models/scale")
-    assert response.status_code == 405 and response.headers["Allow"] == "GET" and list(response.json) == ["error"]
+    assert response.status_code == 405 and list(response.json) == ["error"]
+    assert response.headers["Allow"] == "GET, HEAD, OPTIONS"
 
 
 def test_bad_limits_fail_at_init_app(repository: Path) -> None:
@@ -462,3 +463,25 @@ def test_a_content_length_that_is_no_number_of_bytes_is_named_as_the_fault(app: 
         server.shutdown()
         thread.join(timeout=10)
         server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/v2/models/scale/infer", "POST, OPTIONS"),
+        ("/v2/models/scale/versions/1/infer", "POST, OPTIONS"),
+        ("/v2/models/scale", "GET, HEAD, OPTIONS"),
+        ("/v2/models/scale/ready", "GET, HEAD, OPTIONS"),
+        ("/v2/health/live", "GET, HEAD, OPTIONS"),
+        ("/v2", "GET, HEAD, OPTIONS"),
+    ],
+)
+def test_options_answers_what_each_protocol_path_takes(app: Flask, path: str, allow: str) -> None:
+    # Flask answered OPTIONS itself with every method the /v2 routes list (GET, PUT, DELETE for infer): a CORS
+    # preflight still gets a 200, and Allow is now the path's own; a wrong method's 405 says the same
+    client = app.test_client()
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": allow.split(", ")[0]}
+    response = client.options(path, headers=preflight)
+    assert (response.status_code, response.headers["Allow"]) == (200, allow), response.get_data(as_text=True)
+    wrong = client.open(path, method="GET" if allow.startswith("POST") else "POST")
+    assert (wrong.status_code, wrong.headers["Allow"]) == (405, allow)

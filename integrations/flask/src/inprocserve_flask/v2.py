@@ -59,7 +59,9 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     not_ready_headers = {"Retry-After": web.retry_after(config["INPROCSERVE_RETRY_AFTER_S"])}
     routes = Blueprint("inprocserve_v2", __name__)
 
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]  # the protocol answers a wrong one with a JSON 405
+    # the protocol answers a wrong method with a JSON 405, and OPTIONS with the Allow of the path (Flask's own
+    # OPTIONS answer listed every method here: GET for infer, POST for ready)
+    methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
     # (recorded before the routes, so that the converter is there when they are added to the app)
     @routes.record_once
