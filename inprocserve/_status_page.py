@@ -261,10 +261,10 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[st
         if entry.get("reload_error"):
             notes.append(_badge("new files failed", "warn"))
         latency = _mapping(entry.get("latency_ms"))
-        # the runs (session.run calls) the batch-size chart counts: batches_run counts a request larger than
-        # max_batch_size once, whatever the slices it ran in ("1 batch of 10 rows" under a limit of 4)
-        runs = _mapping(entry.get("batch_size")).get("batches")
-        batches = runs if _finite(runs) and runs > 0 else entry.get("batches_run")
+        # the batches that succeeded and their rows, both: the runs the batch-size chart counts (session.run
+        # calls) include failed ones, whose rows rows_run does not hold (4 rows in one batch and 3 failed runs
+        # read "1 row per batch"); a request larger than max_batch_size is one batch here, its slices runs there
+        batches = entry.get("batches_run")
         rows_run = entry.get("rows_run")
         mean_rows = rows_run / batches if isinstance(batches, int) and batches and isinstance(rows_run, int) else None
         drift = entry.get("drift") if isinstance(entry.get("drift"), Mapping) else None

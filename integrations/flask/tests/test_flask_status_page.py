@@ -259,3 +259,27 @@ def test_chromium_takes_a_screenshot_for_the_docs(live_page: str, tmp_path: Path
     if os.environ.get("INPROCSERVE_DOCS_SCREENSHOT") == "1":
         DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, DOCS_SCREENSHOT)
+
+
+def test_rows_per_batch_counts_the_batches_whose_rows_it_counts(repository: Path) -> None:
+    # The page divided the rows of the batches that succeeded by every run, failed runs too: one batch of 4 rows
+    # and three requests that failed in onnxruntime showed "1" row per batch
+    from inprocserve.testing import build_gather_model
+
+    save_model(build_gather_model(table_rows=10), repository, "gather", 1)
+    app = make_app(repository, INPROCSERVE_STATUS_PAGE=True, INPROCSERVE_STATUS_PAGE_TOKEN=TOKEN)
+    try:
+        with app.app_context():
+            server.predict("gather", {"index": np.array([1, 2, 3, 4], dtype=np.int64)})
+            for _ in range(3):
+                with pytest.raises(inprocserve.InferenceError):
+                    server.predict("gather", {"index": np.array([99], dtype=np.int64)})
+        page = app.test_client().get(PAGE, headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True)
+    finally:
+        Inprocserve.close(app)
+    section = page[page.index('id="model-gather"') :]
+    row = section[section.index("<tr><td>v1") : section.index("</tr>", section.index("<tr><td>v1"))]
+    cells = row.split('<td class="n">')[1:]
+    answered, errors, batches, rows_per_batch = (cells[i].split("</td>")[0] for i in (0, 1, 5, 6))
+    assert (answered, errors) == ("1", "3"), row
+    assert (batches, rows_per_batch) == ("1", "4"), row
