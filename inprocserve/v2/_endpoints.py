@@ -23,6 +23,7 @@ from .._errors import (
     InprocserveError,
     InvalidInputError,
     ModelNotFoundError,
+    ServerClosedError,
 )
 from .._log_limit import LogLimit, since
 from .._server import Server
@@ -82,7 +83,10 @@ def model_metadata(server: Server, name: str, version: int | None = None) -> dic
         ModelNotFoundError: the model, or that version of it, is not servable.
     """
     servable = server.models.get(name)
-    model = server._brief_status([name], signatures=True)["models"].get(name)  # (an unauthenticated endpoint: no paths)
+    status = server._brief_status([name], signatures=True)  # (an unauthenticated endpoint: no paths)
+    if status["closed"]:  # (a closed server has no models left: each was "unknown", a 404)
+        raise ServerClosedError("the server is closed", model=name, version=version)
+    model = status["models"].get(name)
     if not servable or model is None:
         known = ", ".join(sorted(server.models)) or "none"
         raise ModelNotFoundError(f"unknown model {brief(name)} (servable models: {known})", model=name)
@@ -297,6 +301,9 @@ class Endpoints:
             )
         servable = server.models.get(name)
         status = server._brief_status([name])  # load errors without file paths
+        if status["closed"]:  # (a closed server has no models left: the model was "unknown", a 404)
+            error = f"model {brief(name)} is not ready: the server is closed"
+            return Response.json(503, {**document, "ready": False, "error": error}, {"Retry-After": self._retry_after})
         model = status["models"].get(name)
         unhealthy = {} if model is None else model.get("unhealthy") or {}
         asked = str(version if version is not None else model["answering_version"] if model else None)

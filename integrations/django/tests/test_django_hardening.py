@@ -533,3 +533,15 @@ def test_options_answers_what_each_protocol_path_takes(served: Path, path: str, 
     assert (response.status_code, response["Allow"]) == (200, allow), response.content
     wrong = client.generic("GET" if allow.startswith("POST") else "POST", path)
     assert (wrong.status_code, wrong["Allow"]) == (405, allow)
+
+
+def test_the_protocol_s_model_paths_of_a_closed_server_say_closed(served: Path) -> None:
+    # A shutdown hook that closes the server itself (get_server().close()): a closed server has no models left,
+    # and /v2/models/<m>/ready and its metadata answered 404 "unknown model 'scale'"
+    client = Client()
+    assert client.get("/v2/models/scale/ready").status_code == 200
+    get_server().close()
+    for path in ("/v2/models/scale/ready", "/v2/models/scale", "/v2/models/scale/versions/1/ready"):
+        response = client.get(path)
+        assert (response.status_code, response.get("Retry-After")) == (503, "1"), (path, response.content)
+        assert "closed" in response.json()["error"], (path, response.content)

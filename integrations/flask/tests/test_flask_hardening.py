@@ -477,3 +477,19 @@ def test_the_app_s_own_404_is_left_to_the_app(repository: Path) -> None:
             assert response.status_code == 404 and not response.is_json, path
     finally:
         Inprocserve.close(app)
+
+
+def test_the_protocol_s_model_paths_of_a_closed_server_say_closed(app: Flask) -> None:
+    # A shutdown hook that closes the server itself (inprocserve_flask.server.close()): a closed server has no
+    # models left, and /v2/models/<m>/ready and its metadata answered 404 "unknown model 'scale'"
+    from inprocserve_flask import server
+
+    client = app.test_client()
+    assert client.get("/v2/models/scale/ready").status_code == 200
+    with app.app_context():
+        server.close()
+    for path in ("/v2/models/scale/ready", "/v2/models/scale", "/v2/models/scale/versions/1/ready"):
+        response = client.get(path)
+        assert (response.status_code, response.headers.get("Retry-After")) == (503, "1"), (path, response.json)
+        assert "closed" in response.json["error"], (path, response.json)
+    assert client.get("/-/inprocserve/ready").json["closed"] is True
