@@ -16,8 +16,13 @@ urlpatterns = [
     path("models/<str:name>/canary", views.canary, name="canary"),
     path("models/<str:name>/kill", views.kill, name="kill"),
     path("models/<str:name>/resume", views.resume, name="resume"),
-    # Any other path that begins as one of the above (/-/inprocserve/models%0A, models/m/switch/, reload/x): the
-    # JSON 404 of views.not_found, where Django's HTML page answered. (Only those: this URLconf may be included at
-    # the root, where a catch-all would take every path of the project.)
-    re_path(r"^(?:health|ready|models|status|reload)[^\w-](?s:.*)\Z", views.not_found, name="not-found"),
+    # A path that begins as one of the above and holds a control character (/-/inprocserve/models%0A,
+    # models/m/switch%00): the JSON 404 of views.not_found, where Django's HTML page answered. Only those: this
+    # URLconf may be included at the root, where a wider pattern (models/..., status.json) would take the
+    # project's own paths.
+    re_path(
+        r"^(?:health|ready|models|status|reload)(?=[/\x00-\x1f\x7f])[^\x00-\x1f\x7f]*[\x00-\x1f\x7f](?s:.*)\Z",
+        views.not_found,
+        name="not-found",
+    ),
 ]
