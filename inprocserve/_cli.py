@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from ._cli_common import Subparsers
+from ._cli_common import Subparsers, Terminated, unwind_on_sigterm
 from ._cli_control import CONTROL_COMMANDS
 from ._cli_models import add_inspect, add_quantize, add_validate
 from ._cli_score import add_score
@@ -42,8 +42,8 @@ Run "python -m inprocserve COMMAND --help" for a command's options and examples.
 Exit status: 0 when all is well; 1 when the command ran and found a problem (a model that does not load,
 an app that is not healthy, a change refused); 2 when it could not run at all (a usage error, or a file,
 folder or URL named on the command line that is missing or cannot be read); 141 when the reader of its
-output went away (`| head`), as for a program stopped by SIGPIPE; 130 when stopped by Ctrl-C (and for
-score, quantize and the fleet commands, 143 or 129 when stopped by SIGTERM or SIGHUP: no temporary file is left).
+output went away (`| head`), as for a program stopped by SIGPIPE; 130, 143 or 129 when stopped by Ctrl-C,
+SIGTERM or SIGHUP (one line says so; no temporary file is left).
 """
 
 AddCommand = Callable[[Subparsers], None]
@@ -79,18 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command and return its exit status (0 ok, 1 problems found, 2 could not run; 141 when the
-    reader of its output went away, as for a program stopped by SIGPIPE; 130 when stopped by Ctrl-C)."""
+    reader of its output went away, as for a program stopped by SIGPIPE; 130, 143 or 129 when stopped by
+    Ctrl-C, SIGTERM or SIGHUP)."""
     args = build_parser().parse_args(argv)
     try:
-        status = int(args.run(args))
+        # SIGTERM and SIGHUP unwind every command as Ctrl-C does: `status`, `inspect` and `validate` (a
+        # `timeout` around a health check, a cancelled CI job) were killed by it with nothing said.
+        with unwind_on_sigterm():
+            status = int(args.run(args))
         sys.stdout.flush()  # (a reader gone shows here, not as "Exception ignored" at exit)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         # Ctrl-C in `status` waiting on a hung app, or in `inspect` and `validate` waiting on a remote model's
         # server, ended in a KeyboardInterrupt traceback. They only read, so there is nothing to undo or to
         # check; the commands that write (score, quantize, the fleet commands) say what became of their output.
+        stop = exc.signum if isinstance(exc, Terminated) else signal.SIGINT
         with contextlib.suppress(OSError):
-            print(f"error: stopped by SIGINT before {args.command} finished", file=sys.stderr)
-        return 128 + signal.SIGINT
+            print(f"error: stopped by {stop.name} before {args.command} finished", file=sys.stderr)
+        return 128 + stop
     except BrokenPipeError:
         # `status --json URL | head`, `validate --json models/ | head`: the reader went away. That printed a
         # BrokenPipeError traceback and exited 1 ("found a problem"), after a control change was written.

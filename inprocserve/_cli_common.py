@@ -119,6 +119,10 @@ _stopped_by: BaseException | type[BaseException] | None = None
 """The exception a stop signal raised in the command running under :func:`unwind_on_sigterm`, once one came."""
 
 
+_unwinding = False
+"""Whether :func:`unwind_on_sigterm` is in force (on the main thread): an inner one leaves the outer's in place."""
+
+
 def raise_if_stopped() -> None:
     """Raise again the exception of a stop signal that came but did not unwind the command: Python code run
     from C may have its exception discarded there. On Python 3.13 the import of onnxruntime's compiled module
@@ -140,9 +144,11 @@ def unwind_on_sigterm() -> Iterator[None]:
     platform has it and it is not ignored (``nohup`` ignores it: the run goes on). Raised once; a second stop
     while cleaning up is ignored (SIGKILL still ends it). Ctrl-C (SIGINT, while Python's own handler is in
     place) raises ``KeyboardInterrupt`` as it would; all are noted for :func:`raise_if_stopped`. Only on the
-    main thread (where signal handlers run); the previous handlers are put back after."""
-    global _stopped_by
-    if threading.current_thread() is not threading.main_thread():
+    main thread (where signal handlers run); the previous handlers are put back after. Re-entrant: inside
+    another one (``main()`` runs every command under one, and the commands that write under their own, to say
+    what became of their output) it changes nothing, so a stop raised once stays raised once."""
+    global _stopped_by, _unwinding
+    if threading.current_thread() is not threading.main_thread() or _unwinding:
         yield
         return
 
@@ -164,7 +170,7 @@ def unwind_on_sigterm() -> Iterator[None]:
         if not (_stopped_by is not None and isinstance(unraisable.exc_value, Terminated | KeyboardInterrupt)):
             previous_unraisable(unraisable)
 
-    _stopped_by = None
+    _stopped_by, _unwinding = None, True
     previous_unraisable = sys.unraisablehook
     sys.unraisablehook = quiet_when_stopped
     previous = signal.signal(signal.SIGTERM, terminate)
@@ -185,4 +191,4 @@ def unwind_on_sigterm() -> Iterator[None]:
         if hangup is not None:
             signal.signal(hangup, signal.SIG_DFL)
         sys.unraisablehook = previous_unraisable
-        _stopped_by = None
+        _stopped_by, _unwinding = None, False
