@@ -1,8 +1,10 @@
 """``switch|rollback|canary|kill|resume|reload REPOSITORY ...``: fleet-wide rollout changes from a shell.
 
 Each command writes the repository's control file, which every server on that repository follows (see
-docs/operations.md, "Running a fleet"). Nothing here imports onnxruntime, so it is safe on any host that
-sees the repository.
+docs/operations.md, "Running a fleet"). ``switch`` and ``canary`` load the version they name first, as
+``validate`` does (onnxruntime is imported then), and refuse one that does not load; ``--no-load-check``
+skips that (a host that cannot load it, such as one without the fleet's GPU), and the other commands load
+nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +15,17 @@ import signal
 from dataclasses import replace
 from pathlib import Path
 
-from ._cli_common import CANNOT_RUN, OK, PROBLEMS, Subparsers, Terminated, add_command, fail, unwind_on_sigterm
+from ._cli_common import (
+    CANNOT_RUN,
+    OK,
+    PROBLEMS,
+    Subparsers,
+    Terminated,
+    add_command,
+    fail,
+    interrupted_by,
+    unwind_on_sigterm,
+)
 from ._config import ModelConfig, load_model_config
 from ._control import (
     CONTROL_FILENAME,
@@ -104,9 +116,14 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
         version: int | None = getattr(args, "version", None)
         if version is not None and version not in source.versions:
             known = ", ".join(map(str, sorted(source.versions))) or "none"
+            # (a folder without its model file was refused with "no version 7" alone, while the folder is there)
+            why = next((f": {p}" for p in scan.problems if p.startswith(f"{source.folder / str(version)}:")), "")
             raise InprocserveError(
-                f"model {args.model!r} has no version {version} (versions: {known}){_link_hint(args, scan.problems)}"
+                f"model {args.model!r} has no version {version} (versions: {known}){why}"
+                f"{_link_hint(args, scan.problems)}; nothing was written"
             )
+        if version is not None and getattr(args, "load_check", False):
+            _check_loads(args, repository, source, version)
         if args.command == "switch":
             assert version is not None
             stable, current = version, _configured_default(source)
@@ -142,6 +159,28 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
             kill = args.command == "kill"
             written = control.set_model(args.model, lambda state: replace(state, kill=kill), actor=args.actor)
     return written
+
+
+def _check_loads(args: argparse.Namespace, repository: Path, source: ModelSource, version: int) -> None:
+    """Load ``version`` as ``validate`` does, before the fleet is sent to it: a folder whose name is right but
+    whose model.onnx was cut short by a failed copy (or is unreadable, or is no model) was written, and every
+    server then failed to load the version it was told to serve.
+
+    Raises:
+        InprocserveError: it does not load, or the model's config.toml cannot be read; the message says so.
+    """
+    from ._cli_models import check_version  # (imports onnxruntime as the version loads: only here)
+
+    try:
+        config = ModelConfig() if source.config_path is None else load_model_config(source.config_path, ignored=[])
+        check_version(args.model, version, source.versions[version], config, follow_symlinks=args.follow_symlinks)
+    except InprocserveError as exc:
+        if (interruption := interrupted_by(exc)) is not None:  # (a signal as onnxruntime was imported or ran)
+            raise interruption from None
+        raise InprocserveError(
+            f"{exc}; nothing was written (servers would fail to load it too: `python -m inprocserve validate "
+            f"{repository}` checks the repository; --no-load-check writes the change unchecked)"
+        ) from None
 
 
 def _version_folders(folder: Path) -> list[str]:
@@ -193,11 +232,21 @@ def _command(
         action=argparse.BooleanOptionalAction,
         default=True,
         help="count linked model and version folders when checking that MODEL and VERSION exist, as a fleet "
-        "of Server(..., follow_symlinks=True) serves them (default; nothing is loaded here); "
+        "of Server(..., follow_symlinks=True) serves them (default); "
         "--no-follow-symlinks counts only real folders, as a server without follow_symlinks does",
     )
     parser.set_defaults(run=_control)
     return parser
+
+
+def _load_check_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-load-check",
+        dest="load_check",
+        action="store_false",
+        help="write the change without loading VERSION first (by default a version that does not load here, "
+        "as validate loads it, is refused)",
+    )
 
 
 def add_switch(commands: Subparsers) -> None:
@@ -206,9 +255,12 @@ def add_switch(commands: Subparsers) -> None:
         "switch",
         "make VERSION the stable version on every worker and host",
         "  python -m inprocserve switch models/ fraud 3\n"
-        "  python -m inprocserve switch --actor alice models/ fraud 3\n",
+        "  python -m inprocserve switch --actor alice models/ fraud 3\n\n"
+        "VERSION is loaded first, as validate loads it: one that does not load here is refused (exit status 1,\n"
+        "nothing written); --no-load-check writes the change without loading it.\n",
     )
     parser.add_argument("version", type=int, help="the version that becomes stable")
+    _load_check_option(parser)
 
 
 def add_rollback(commands: Subparsers) -> None:
@@ -252,12 +304,14 @@ def add_canary(commands: Subparsers) -> None:
         "send PERCENT percent of users to VERSION, sticky per user ('none' removes the canary)",
         "  python -m inprocserve canary models/ fraud 4 10\n  python -m inprocserve canary models/ fraud none\n\n"
         "While set, the canary replaces the model's configured rollout strategy; PERCENT is required with a\n"
-        "VERSION.\n",
+        "VERSION. VERSION is loaded first, as validate loads it: one that does not load here is refused (exit\n"
+        "status 1, nothing written); --no-load-check writes the change without loading it.\n",
     )
     parser.add_argument("version", type=_canary_version, help="the canary version, or 'none'")
     parser.add_argument(
         "percent", type=_canary_percent, nargs="?", default=None, help="share of users, 0 to 100 (10 or 10%%)"
     )
+    _load_check_option(parser)
 
 
 def add_kill(commands: Subparsers) -> None:

@@ -36,7 +36,7 @@ from ._remote_model import read_remote_toml, unknown_keys_warning
 from ._repository import MODEL_FILENAME, REMOTE_FILENAME, is_remote, scan_repository
 from ._signature import ANY_RANK, Signature
 
-__all__ = ["add_inspect", "add_quantize", "add_validate", "validate_repository"]
+__all__ = ["add_inspect", "add_quantize", "add_validate", "check_version", "validate_repository"]
 
 
 def _noop_deliver(request: object) -> None:  # the CLI never submits requests
@@ -54,6 +54,25 @@ def _load(name: str, version: int, path: Path, config: ModelConfig, *, follow_sy
     model = ModelVersion(name, version, path, config, deliver=_noop_deliver, follow_symlinks=follow_symlinks)
     model.load()
     return model
+
+
+def _quiet(config: ModelConfig) -> ModelConfig:
+    """``config`` with one small session: a check that a version loads, not of how fast it serves."""
+    return dataclasses.replace(config, pool=PoolConfig(size=1, intra_op_threads=1, providers=config.pool.providers))
+
+
+def check_version(name: str, version: int, path: Path, config: ModelConfig, *, follow_symlinks: bool = False) -> None:
+    """Load one version as ``validate`` does (warm-up included, with ``config``), or ask a remote version's
+    server for it, and let it go.
+
+    Raises:
+        ModelLoadError: it does not load (its file is missing, unreadable or not a model; its warm-up fails),
+            or its ``remote.toml`` is invalid or its server cannot be reached or has no such model.
+    """
+    if is_remote(path):
+        _remote_signature(name, version, path, [])
+        return
+    _load(name, version, path, _quiet(config), follow_symlinks=follow_symlinks).retire()
 
 
 def _remote_signature(name: str, version: int, path: Path, ignored: list[str]) -> tuple[Signature, str]:
@@ -286,10 +305,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             )
             entry["policy_error"] = "; ".join(filter(None, (entry["policy_error"], absence)))
             problems.append(f"{name}: {absence}")
-        # one small session per version: validation checks that it loads, not how fast it serves
-        quiet = dataclasses.replace(
-            config, pool=PoolConfig(size=1, intra_op_threads=1, providers=config.pool.providers)
-        )
+        quiet = _quiet(config)  # (one small session per version)
         for version, path in sorted(source.versions.items()):
             result: dict[str, Any] = {"ok": False, "served": False, "error": None, "signature": None}
             entry["versions"][str(version)] = result

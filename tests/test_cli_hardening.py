@@ -624,6 +624,34 @@ def test_fleet_commands_on_a_missing_repository_could_not_run(
     assert main(["reload", str(tmp_path / "nowhere")]) == 2
 
 
+@pytest.mark.parametrize("command", ["switch", "canary"])
+def test_switch_and_canary_refuse_a_version_that_cannot_load(repository: Path, command: str) -> None:
+    """`switch models/ fraud 2` checked the folder's name only: a model.onnx cut short by a failed copy was
+    written into the control file with exit status 0, and every server of the fleet then failed to load the
+    version it was told to serve (each logged "applied only in part" and kept retrying). It is loaded first,
+    as `validate` loads it; a folder with no model file is named with what it lacks."""
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    broken = repository / "fraud" / "2" / "model.onnx"
+    broken.parent.mkdir()
+    broken.write_bytes(b"\x08\x07garbage, not a model")  # (a copy cut short)
+    (repository / "fraud" / "3").mkdir()  # (a copy not started)
+    percent = ["10"] if command == "canary" else []
+    refused = run_cli(command, str(repository), "fraud", "2", *percent)
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"cannot load {broken}" in refused.stderr and "nothing was written" in refused.stderr, refused.stderr
+    assert "--no-load-check" in refused.stderr, refused.stderr
+    missing = run_cli(command, str(repository), "fraud", "3", *percent)
+    assert missing.returncode == 1, missing.stderr
+    assert f"{repository / 'fraud' / '3'}: missing model.onnx" in missing.stderr, missing.stderr
+    assert not ControlFile(repository).path.exists()  # nothing written
+    # the operator's call (a host that cannot load it, e.g. without the fleet's GPU): written unchecked
+    forced = run_cli(command, "--no-load-check", str(repository), "fraud", "2", *percent)
+    assert forced.returncode == 0, forced.stderr
+    state = ControlFile(repository).read().models["fraud"]
+    assert (state.canary_version if command == "canary" else state.stable) == 2
+
+
 @pytest.mark.parametrize("version", ["four", "v4", "None"])
 def test_a_canary_version_that_is_not_one_is_named_with_what_to_give(
     repository: Path, version: str, capsys: pytest.CaptureFixture[str]
