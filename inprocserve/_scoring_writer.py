@@ -1,6 +1,6 @@
 """Writing the ``score`` command's answers: in order, into a temporary file beside OUTPUT that is fsynced and
 renamed over it only when every row was scored (``.npy``/``.npz`` spooled to unnamed temporary files as the
-answers come and saved at the end, never pickled; CSV and Parquet written as the answers come)."""
+answers come, text included, and saved at the end, never pickled; CSV and Parquet written as the answers come)."""
 
 from __future__ import annotations
 
@@ -305,11 +305,12 @@ def _write_array(file: IO[bytes], array: _Spool | np.ndarray) -> None:
 
 
 class _Spool:
-    """One output's answers for a ``.npy``/``.npz`` file, chunk after chunk: numbers in an unnamed temporary file
-    beside OUTPUT (gone with the process, however it ends), written out after a .npy header at the end; text in
-    memory (its width may change from chunk to chunk). Collected in memory and joined at the end, the answers
-    of a large input (a .npy memory-mapped, a .npz read chunk by chunk) were held whole, twice over at the
-    join: memory followed the file, not the chunk."""
+    """One output's answers for a ``.npy``/``.npz`` file, chunk after chunk, in an unnamed temporary file beside
+    OUTPUT (gone with the process, however it ends), written out after a .npy header at the end. Collected in
+    memory and joined at the end, the answers of a large input (a .npy memory-mapped, a .npz read chunk by
+    chunk) were held whole, twice over at the join: memory followed the file, not the chunk. Text (numpy's
+    ``U`` or ``S``) is spooled at each chunk's own width ("7" then "123456"), noted per chunk, and widened to
+    the widest chunk's as it is written out, a chunk at a time (it was held in memory, for that width)."""
 
     def __init__(self, folder: Path) -> None:
         self._folder = folder
@@ -318,16 +319,23 @@ class _Spool:
         self._row_shape: tuple[int, ...] = ()
         self._rows = 0
         self._held: list[np.ndarray] = []
+        self._text_chunks: list[tuple[np.dtype[Any], int]] = []
+        """Each text chunk's dtype (its width) and rows, in the order they are in the file."""
 
     def add(self, part: np.ndarray) -> None:
-        if part.dtype.kind in "USV" or not part.ndim or self._held:
+        if part.dtype.kind == "V" or not part.ndim or self._held:
             self._held.append(part)
             return
         if self._file is None:
             self._file = tempfile.TemporaryFile(dir=self._folder)
             self._dtype, self._row_shape = part.dtype, part.shape[1:]
         # (the rows' shape is checked chunk by chunk: AnswerWriter._check_widths)
-        self._file.write(np.ascontiguousarray(part, dtype=self._dtype).tobytes())
+        if part.dtype.kind in "US":
+            self._dtype = np.result_type(self._dtype, part.dtype)  # the widest so far
+            self._text_chunks.append((part.dtype, len(part)))
+            self._file.write(np.ascontiguousarray(part).tobytes())
+        else:
+            self._file.write(np.ascontiguousarray(part, dtype=self._dtype).tobytes())
         self._rows += len(part)
 
     def save(self, file: IO[bytes]) -> None:
@@ -345,7 +353,14 @@ class _Spool:
         except ValueError:  # (a header over 64 KiB: a dtype of many fields)
             np.lib.format.write_array_header_2_0(file, header)
         self._file.seek(0)
-        shutil.copyfileobj(self._file, file, 1 << 16)
+        if not self._text_chunks:
+            shutil.copyfileobj(self._file, file, 1 << 16)
+            return
+        values_per_row = math.prod(self._row_shape)
+        for dtype, rows in self._text_chunks:
+            count = rows * values_per_row
+            chunk = np.frombuffer(self._file.read(dtype.itemsize * count), dtype=dtype, count=count)
+            file.write(chunk.astype(self._dtype).tobytes())
 
     def close(self) -> None:
         if self._file is not None:

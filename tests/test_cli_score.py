@@ -607,3 +607,50 @@ def test_a_wide_first_line_read_in_part_is_still_told_from_a_header(
     expected[0, before] = np.inf
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
     assert "100.0% 2/2 rows" in capsys.readouterr().err
+
+
+def _number_as_text_model() -> Any:
+    """y = x as text (``tensor(string) [batch, 1]``): "7" for 7, "123456" for 123456, so the answers of a
+    chunk of small numbers are narrower than those of a chunk of large ones."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.STRING)],
+        "as-text",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["batch", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_text_answers_to_npy_or_npz_are_spooled_not_held(tmp_path: Path, suffix: str) -> None:
+    """A text output's answers were held in memory until the end (their width changes from chunk to chunk:
+    "7" then "123456"), then joined into one copy more: memory followed the input, not the chunk, where a
+    number output's is spooled to disk. Each chunk is now spooled at its own width and widened as it is
+    written out once the widest is known."""
+    path = save_model(_number_as_text_model(), tmp_path / "models", "as-text", 1)
+    x = np.arange(200_000, dtype=np.float32).reshape(-1, 1)  # widths 1 to 6 characters: 4.8 MB as numpy text
+    np.save(tmp_path / "x.npy", x)
+    expected = onnxruntime.InferenceSession(str(path)).run(None, {"x": x})[0].astype(np.str_)
+    del x
+    out = tmp_path / f"y{suffix}"
+    np.save(tmp_path / "few.npy", np.arange(10, dtype=np.float32).reshape(-1, 1))
+    assert main(["score", "--quiet", str(path), str(tmp_path / "few.npy"), str(out)]) == 0  # (imports done)
+    tracemalloc.start()
+    try:
+        assert main(["score", "--quiet", "--batch-rows", "4096", str(path), str(tmp_path / "x.npy"), str(out)]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    if suffix == ".npy":
+        answers = np.load(out, allow_pickle=False)
+    else:
+        with np.load(out, allow_pickle=False) as archive:
+            answers = archive["y"]
+    assert answers.dtype == expected.dtype == np.dtype("<U6")
+    np.testing.assert_array_equal(answers, expected)
+    assert peak < 4_000_000, f"{peak:,} bytes at the peak: the text answers were held whole"  # (2.1 MB here)
+    _no_leftovers(tmp_path)
