@@ -15,7 +15,9 @@ decides whether a retry is safe. :mod:`inprocserve._remote` maps both to the lib
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import os
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -115,7 +117,7 @@ class HttpClient:
         self._pool: Any = self._urllib3.connection_from_url(
             f"{parts.scheme}://{parts.netloc}", maxsize=max_connections, block=True
         )
-        self._pool.ConnectionCls = _watched(self._pool.ConnectionCls)
+        self._pool.ConnectionCls = _watched(self._pool.ConnectionCls, _Resolver())
         self._watchdog = CallWatchdog(name=f"inprocserve-http-deadline-{parts.netloc}")
         self._pid = os.getpid()
 
@@ -136,8 +138,9 @@ class HttpClient:
             timeout_s: Cap on the whole call: waiting for a free connection, connecting, sending, and reading
                 the answer. A watchdog shuts the socket when it runs out, so a server that trickles its
                 headers or its body a byte at a time cannot hold the call longer. (A connection attempt
-                has no socket to shut yet: it is bounded by ``connect_timeout_s`` on its own, so the worst
-                case is ``timeout_s`` plus that, when the connection is opened at the very end.)
+                has no socket to shut yet: it is bounded by ``connect_timeout_s`` on its own, resolving the
+                host's name included, so the worst case is ``timeout_s`` plus that, when the connection is
+                opened at the very end.)
             max_bytes: The longest body taken (at most :data:`MAX_RESPONSE_BYTES`): reading stops past it.
                 An error answer (status 300 or more) is returned whatever its length, with only the first
                 64 KiB of its body (enough for its message).
@@ -266,9 +269,12 @@ def _late(timeout_s: float) -> TransportError:
     return TransportError(f"no whole answer within {timeout_s:.3g} s", sent=True, timed_out=True)
 
 
-def _watched(connection_class: Any) -> Any:
-    """A subclass of urllib3's connection class that hands its socket to the calling thread's :class:`Watch`,
-    once connected and at each request (a kept-alive connection is reused without connecting again)."""
+def _watched(connection_class: Any, resolver: _Resolver) -> Any:
+    """A subclass of urllib3's connection class that resolves its host within the connect timeout (see
+    :class:`_Resolver`) and hands its socket to the calling thread's :class:`Watch`: as soon as it exists
+    (before a TLS handshake), once connected and at each request (a kept-alive connection is reused without
+    connecting again)."""
+    exceptions = require("urllib3", extra="remote", feature="a remote model (RemoteModel)").exceptions
 
     class WatchedConnection(connection_class):  # type: ignore[misc]
         response_class = _FinalResponse
@@ -289,6 +295,46 @@ def _watched(connection_class: Any) -> Any:
             super().connect()
             _arm(self.sock)
 
+        def _new_conn(self) -> Any:
+            host: str = self._dns_host  # type: ignore[has-type]
+            timeout: Any = self.timeout  # type: ignore[has-type]
+            limited = isinstance(timeout, int | float)
+            if _is_address(host) or not limited:
+                sock = super()._new_conn()
+            else:
+                started = time.monotonic()
+                infos = self._resolved(host, timeout)
+                # (the time resolving took comes off the connect's: connect_timeout_s bounds both together)
+                self.timeout = max(0.001, timeout - (time.monotonic() - started))
+                try:
+                    sock = self._connect_any(infos)
+                finally:
+                    self._dns_host, self.timeout = host, timeout
+            return sock
+
+        def _resolved(self, host: str, timeout: float) -> list[Any]:
+            try:
+                return resolver.resolve(host, self.port, timeout_s=timeout)
+            except TimeoutError:
+                raise exceptions.ConnectTimeoutError(
+                    self, f"resolving {host!r} took longer than {timeout:.3g} s"
+                ) from None
+            except socket.gaierror as exc:
+                raise exceptions.NameResolutionError(host, self, exc) from None
+
+        def _connect_any(self, infos: list[Any]) -> Any:
+            # Each address the resolver gave, in its order, as urllib3 (create_connection) tries them; the
+            # host's name stays for TLS (server_hostname, the certificate's check) once this returns.
+            error: BaseException | None = None
+            for address in dict.fromkeys(str(info[4][0]) for info in infos):
+                self._dns_host = address
+                try:
+                    return super()._new_conn()
+                except exceptions.HTTPError as exc:  # (NewConnectionError, ConnectTimeoutError: the next one)
+                    error = exc
+            assert error is not None  # (getaddrinfo gives at least one address, or raises)
+            raise error
+
         def request(self, *args: Any, **kwargs: Any) -> None:
             _arm(self.sock)
             super().request(*args, **kwargs)
@@ -304,6 +350,78 @@ def _watched(connection_class: Any) -> Any:
 
     WatchedConnection.__name__ = WatchedConnection.__qualname__ = f"Watched{connection_class.__name__}"
     return WatchedConnection
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class _Lookup:
+    __slots__ = ("done", "error", "infos")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.infos: list[Any] = []
+        self.error: BaseException | None = None
+
+
+class _Resolver:
+    """Name resolution within a timeout, for one client's connections.
+
+    ``getaddrinfo`` takes no timeout, and urllib3 calls it before its connect timeout starts: a resolver that
+    stalled (a DNS server that drops queries: the C library waits ``timeout`` x ``attempts`` of resolv.conf per
+    name server, 5 s x 2 by default, and longer through a stuck nscd or systemd-resolved) held a call past its
+    deadline, with its pool slot, and no watchdog could end it (there is no socket to shut yet). Here the
+    lookup runs on a thread of its own, and the connection waits for it only up to its connect timeout (the
+    call's deadline where that is shorter). A lookup that stalls is shared by every connection to the same
+    host and port while it lasts, so a stalled resolver holds one thread, not one per call; it ends when
+    ``getaddrinfo`` returns, and nothing is cached past it (the system's resolver keeps its own cache).
+
+    Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], _Lookup] = {}
+
+    def resolve(self, host: str, port: int, *, timeout_s: float) -> list[Any]:
+        """``getaddrinfo(host, port)`` for a stream socket.
+
+        Raises:
+            TimeoutError: no answer within ``timeout_s`` (the lookup goes on, for the next caller).
+            socket.gaierror: the name does not resolve.
+        """
+        key = (host, port)
+        with self._lock:
+            lookup = self._pending.get(key)
+            if lookup is None:
+                lookup = self._pending[key] = _Lookup()
+                threading.Thread(
+                    target=self._look_up, args=(key, lookup), name=f"inprocserve-resolve-{host}", daemon=True
+                ).start()
+        if not lookup.done.wait(timeout_s):
+            raise TimeoutError(f"resolving {host!r} took longer than {timeout_s:.3g} s")
+        error = lookup.error
+        if error is not None:  # (a copy: the lookup's error may be raised on several threads at once)
+            raise type(error)(*error.args)
+        return lookup.infos
+
+    def _look_up(self, key: tuple[str, int], lookup: _Lookup) -> None:
+        try:
+            # (the family urllib3 itself asks for: IPv4 only where the host has no IPv6)
+            family = require("urllib3", extra="remote", feature="a remote model (RemoteModel)").util.connection
+            lookup.infos = socket.getaddrinfo(*key, family.allowed_gai_family(), socket.SOCK_STREAM)
+        except OSError as exc:
+            lookup.error = exc
+        finally:
+            with self._lock:
+                if self._pending.get(key) is lookup:
+                    del self._pending[key]
+            lookup.done.set()
 
 
 def _idle_limit(keep_alive: str | None) -> float | None:

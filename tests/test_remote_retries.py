@@ -1248,3 +1248,65 @@ def test_an_answer_that_fits_the_batch_but_takes_past_the_deadline_to_decode_is_
     assert re.search(r"'label' of shape \[1, 4000000\].*to decode", str(refused)), str(refused)
     label_server.columns = 3
     assert server.predict("scale", {"x": x}, timeout_s=0.5)["label"].tolist() == [["ab"] * 3]
+
+
+def raised_within(call: Callable[[], Any], hang_s: float = 10.0) -> tuple[BaseException | None, float]:
+    """What ``call`` raised on a thread of its own, and how long it took; fails past ``hang_s`` (a hang
+    detector, not a latency bound)."""
+    outcome: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            call()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=target, daemon=True)
+    started = time.monotonic()
+    caller.start()
+    caller.join(timeout=hang_s)
+    assert not caller.is_alive(), f"the call still ran after {hang_s} s"
+    return (outcome[0] if outcome else None), time.monotonic() - started
+
+
+def stall_resolving(monkeypatch: pytest.MonkeyPatch, host: str) -> tuple[threading.Event, list[int]]:
+    """Make ``socket.getaddrinfo`` stall for ``host`` until the returned event is set, as a DNS server that
+    drops queries does (a stalled DNS server cannot be run here: the OS resolver is stood in for); returns the
+    event and a one-item list counting the lookups stalled at the moment."""
+    real = socket.getaddrinfo
+    release = threading.Event()
+    stalled = [0]
+
+    def getaddrinfo(name: Any, *args: Any, **kwargs: Any) -> Any:
+        if name == host and not release.is_set():
+            stalled[0] += 1
+            release.wait(30)
+            stalled[0] -= 1
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return release, stalled
+
+
+def test_a_stalled_name_resolution_ends_at_the_callers_deadline(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # urllib3 resolves the host before its connect timeout starts, and no watchdog can end a lookup (no socket
+    # yet): a stalled resolver held the predict, and its connection slot, for as long as it stalled.
+    remote = RemoteModel(url=f"http://localhost:{scripted.server_port}", model="scale", concurrency=1, retries=0)
+    backend = RemoteBackend("scale", 1, remote)
+    backends.append(backend)
+    backend.prepare()
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)  # each call opens a connection, so resolves the host
+    release, stalled = stall_resolving(monkeypatch, "localhost")
+    try:
+        for _ in range(2):  # the second: the one connection slot was given back
+            error, took_s = raised_within(lambda: backend.run(backend.runners()[0], FEEDS, timeout_s=0.3))
+            assert took_s < 2.0
+            assert isinstance(error, inprocserve.DeadlineExceededError), error
+            assert "request's 0.3 s" in str(error)
+        assert stalled[0] == 1  # one lookup, shared by the calls, holds one thread while the resolver stalls
+    finally:
+        release.set()
+    (answer,) = backend.run(backend.runners()[0], FEEDS)
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
