@@ -140,7 +140,7 @@ class HttpClient:
                 headers or its body a byte at a time cannot hold the call longer. (A connection attempt
                 has no socket to shut yet: it is bounded by ``connect_timeout_s`` on its own, resolving the
                 host's name included, so the worst case is ``timeout_s`` plus that, when the connection is
-                opened at the very end.)
+                opened at the very end; a TLS handshake after it is within ``timeout_s``.)
             max_bytes: The longest body taken (at most :data:`MAX_RESPONSE_BYTES`): reading stops past it.
                 An error answer (status 300 or more) is returned whatever its length, with only the first
                 64 KiB of its body (enough for its message).
@@ -274,12 +274,15 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
     :class:`_Resolver`) and hands its socket to the calling thread's :class:`Watch`: as soon as it exists
     (before a TLS handshake), once connected and at each request (a kept-alive connection is reused without
     connecting again)."""
-    exceptions = require("urllib3", extra="remote", feature="a remote model (RemoteModel)").exceptions
+    urllib3 = require("urllib3", extra="remote", feature="a remote model (RemoteModel)")
+    exceptions = urllib3.exceptions
+    tls = issubclass(connection_class, urllib3.connection.HTTPSConnection)
 
     class WatchedConnection(connection_class):  # type: ignore[misc]
         response_class = _FinalResponse
         idle_since: float | None = None  # when its last answer came (None: not used since it connected)
         idle_limit: float | None = None  # from the server's Keep-Alive header (None: not said, _IDLE_S)
+        _handshake_handle: socket.socket | None = None  # what the watch shuts while TLS is set up (see _new_conn)
 
         @property
         def is_connected(self) -> bool:
@@ -292,7 +295,12 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
 
         def connect(self) -> None:
             self.idle_since = None
-            super().connect()
+            try:
+                super().connect()
+            finally:
+                handle, self._handshake_handle = self._handshake_handle, None
+                if handle is not None:
+                    handle.close()  # (the connection stays open: this was only a second descriptor of it)
             _arm(self.sock)
 
         def _new_conn(self) -> Any:
@@ -310,6 +318,13 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
                     sock = self._connect_any(infos)
                 finally:
                     self._dns_host, self.timeout = host, timeout
+            if tls:
+                # Armed before the TLS handshake, which the connect timeout bounds, not the call's: a connection
+                # opened late in a call (after waiting for a slot) had a handshake dripped by its server run past
+                # the call's timeout. By a duplicate of the socket: the handshake detaches this one (no file
+                # descriptor left to shut down), and a shutdown of either ends the connection of both.
+                self._handshake_handle = sock.dup()
+                _arm(self._handshake_handle)
             return sock
 
         def _resolved(self, host: str, timeout: float) -> list[Any]:

@@ -1310,3 +1310,56 @@ def test_a_stalled_name_resolution_ends_at_the_callers_deadline(
         release.set()
     (answer,) = backend.run(backend.runners()[0], FEEDS)
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+
+
+@pytest.fixture
+def handshake_dripper() -> Iterator[int]:
+    """A port whose server answers each connection's TLS ClientHello a byte every 50 ms: the start of a
+    handshake record of 16 KiB that never ends (until teardown)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(4096)  # the ClientHello
+            for byte in b"\x16\x03\x03\x40\x00" + b"\x02" * 16384:
+                if stop.wait(0.05):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:  # the client gave up and closed
+                    return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1]
+    stop.set()
+    listener.close()
+
+
+def test_a_tls_handshake_dripped_a_byte_at_a_time_ends_at_the_calls_timeout(handshake_dripper: int) -> None:
+    # CPython bounds a handshake as a whole by the socket's timeout, which urllib3 sets to the connect timeout
+    # (capped by the call's whole timeout_s): a connection opened late in a call, after waiting for the one
+    # slot, had its handshake run past the call's timeout by up to that much, while the watchdog only got
+    # the socket once the handshake was over.
+    client = _oip_client.HttpClient(
+        f"https://127.0.0.1:{handshake_dripper}", max_connections=1, connect_timeout_s=5.0, headers={}
+    )
+    try:
+        holder = threading.Thread(target=raised_within, args=(lambda: client.request("GET", "/v2", timeout_s=0.6),))
+        holder.start()  # takes the one connection slot: its handshake drips until its 0.6 s run out
+        time.sleep(0.05)
+        error, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
+        holder.join()
+    finally:
+        client.close()
+    assert isinstance(error, _oip_client.TransportError), error
+    assert error.timed_out
+    assert took_s < 1.35  # (was 1.6: the 0.55 s waited for the slot, then a 1 s handshake)
