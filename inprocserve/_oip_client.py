@@ -71,6 +71,10 @@ class HttpResponse:
     status: int
     body: bytes
     headers: dict[str, str]
+    ended_by_close: bool = False
+    """Whether the body had no length said (no ``Content-Length``, not chunked: an HTTP/1.0 answer, say) and
+    ended where the server closed the connection: a body cut short by a close then looks whole here, and only
+    what it holds can tell (:mod:`inprocserve._remote` takes one it cannot read for cut, a transport failure)."""
 
 
 class TransportError(Exception):
@@ -184,7 +188,11 @@ class HttpClient:
             watch.end()
             if unhook is not None:
                 unhook()
-        return HttpResponse(response.status, data, {name.lower(): value for name, value in response.headers.items()})
+        headers = {name.lower(): value for name, value in response.headers.items()}
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        return HttpResponse(
+            response.status, data, headers, ended_by_close="content-length" not in headers and not chunked
+        )
 
     @staticmethod
     def _read(response: Any, deadline: float, timeout_s: float, watch: Watch, max_bytes: int) -> bytes:

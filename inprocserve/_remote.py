@@ -17,7 +17,8 @@ locally and each batch is **one** inference call. What this module adds on top o
 Errors: 400/422 -> :class:`InvalidInputError` (the batcher bisects to the bad request), unless the model's
 ``/ready`` then says it is not ready (a model still loading: :class:`RemoteUnavailableError`); 404 ->
 :class:`ModelLoadError` in :meth:`prepare`, :class:`InferenceError` in :meth:`run`; 504 and timeouts ->
-:class:`DeadlineExceededError`; 5xx, refused or reset connections, an open circuit ->
+:class:`DeadlineExceededError`; 5xx, refused or reset connections, an answer cut short (one without a
+length, ended by a close, that is not whole), an open circuit ->
 :class:`RemoteUnavailableError`; a call in flight when :meth:`RemoteBackend.close` ends it, or a shadow call
 when its server closes (``_stop_signal``) -> :class:`ServerClosedError` (not counted against the server).
 """
@@ -96,6 +97,10 @@ _ANSWER_SLACK_BYTES = 4 << 20
 # A protocol document (server or model metadata, readiness) is a few kilobytes, a hundred for a model of
 # thousands of tensors; one past this is refused as it is read (a gigabyte of JSON held a load for a minute).
 _DOCUMENT_MAX_BYTES = 16 << 20
+
+
+class _CutShort(Exception):
+    """An answer whose end was the connection's close (no length said) that is not a whole answer: cut short."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +448,11 @@ class RemoteBackend:
                 self._breaker.success()
                 try:
                     return self._outputs(signature, response, rows, deadline=deadline, limit_s=limit_s)
+                except _CutShort as exc:  # a transport failure, as a connection reset mid-answer is
+                    if remote.retry_after_send and self._backoff(attempt, deadline):
+                        attempt += 1
+                        continue
+                    raise self._unavailable(str(exc)) from None
                 except InferenceError as exc:  # the server ran the rows: sending them again would run them again
                     raise whole_batch(exc) from exc.__cause__
             if response.status in (429, 503):
@@ -700,6 +710,15 @@ class RemoteBackend:
                 response.body, response.headers, limits=_RESPONSE_LIMITS, check=check, checkpoint=checkpoint
             )
         except InvalidInputError as exc:  # the server's answer is broken, not the request: no bisecting
+            if response.ended_by_close:
+                # No length said (HTTP/1.0, or Connection: close): the close ended the body, and an answer cut
+                # short by one looks whole. Unreadable so, it was taken for the model's fault (an InferenceError,
+                # the circuit told the server was fine); with a Content-Length or chunks, urllib3 finds the cut
+                # and it is a transport failure (RemoteUnavailableError, counted for the circuit): so is this.
+                raise _CutShort(
+                    f"the connection closed before the answer's end (it said no Content-Length, so its end is the "
+                    f"close, and what came is not a whole inference response: {exc})"
+                ) from None
             raise self._error(InferenceError, f"the answer is not an inference response: {exc}") from None
         asked, answered = self.remote.version, decoded.model_version
         if asked is not None and answered and not _same_version(answered, asked):

@@ -51,7 +51,8 @@ class Scripted(ThreadingHTTPServer):
     (a failure answered with status 200 and the protocol's error document), "json rows" (20 MB of JSON that
     declares y of five million rows, whatever the rows), "echo auth" (a 502 whose message quotes the request's
     Authorization header), "size lies" (y's FP64 bytes, declared as FP32 of the size FP32 takes), "version 2"
-    (y = 2x, answered as model version 2's).
+    (y = 2x, answered as model version 2's), "cut 1.0" (y = 2x as HTTP/1.0, without Content-Length, closed
+    halfway through).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown); with ``keep_alive_s`` set,
     a POST on a connection idle longer is answered by closing it (a request that crossed the server's close of
@@ -216,6 +217,13 @@ class Handler(BaseHTTPRequestHandler):
             y = np.stack([y] * 3)
         version = "2" if step == "version 2" else None  # (the version that answered, as Triton says it)
         answer, headers = v2.encode_infer_response({"y": y}, binary=request.binary_output, model_version=version)
+        if step == "cut 1.0":  # an HTTP/1.0 answer (no Content-Length: its end is the close), closed halfway
+            self.close_connection = True
+            head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            self.wfile.write(f"HTTP/1.0 200 OK\r\n{head}\r\n".encode() + answer[: len(answer) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
         self._send(200, answer, headers)
 
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -1363,3 +1371,19 @@ def test_a_tls_handshake_dripped_a_byte_at_a_time_ends_at_the_calls_timeout(hand
     assert isinstance(error, _oip_client.TransportError), error
     assert error.timed_out
     assert took_s < 1.35  # (was 1.6: the 0.55 s waited for the slot, then a 1 s handshake)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_an_http_1_0_answer_cut_by_a_close_is_a_transport_failure(
+    scripted: Scripted, backends: list[RemoteBackend], binary: bool
+) -> None:
+    # Without a Content-Length, an answer ends where the connection closes: one closed halfway looked whole,
+    # and was an InferenceError (the model's fault, for every caller), not the failure a reset connection is.
+    backend = backend_for(backends, scripted, retries=2, binary_tensors=binary)
+    scripted.script = ["cut 1.0"]
+    with pytest.raises(inprocserve.RemoteUnavailableError, match="connection closed before the answer's end"):
+        backend.run(backend.runners()[0], FEEDS)
+    assert scripted.posts == 1  # (the model may have run: not sent again, but with retry_after_send)
+    assert backend.status()["consecutive_failures"] == 1
+    (answer,) = backend.run(backend.runners()[0], FEEDS)
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
