@@ -8,7 +8,8 @@ locally and each batch is **one** inference call. What this module adds on top o
 * the signature, from the remote model's metadata (``-1`` dimensions are dynamic);
 * deadlines, sent as the protocol's ``timeout`` parameter (microseconds) and enforced locally over the whole
   call (the HTTP client's watchdog shuts the socket when it runs out);
-* retries only where they cannot run a request twice (connection refused, 503, 429; metadata GETs), with
+* retries only where they cannot run a request twice (connection refused, 503, 429, but a gateway's 503 for
+  an upstream reset after it forwarded the request; metadata GETs), with
   jittered exponential backoff that honours a short ``Retry-After``, and always within the deadline;
 * a circuit breaker (:mod:`inprocserve._circuit`) so a server that is down, or hung, fails calls fast;
 * the W3C ``traceparent`` of the batch's span, so the remote server's spans join the trace;
@@ -455,11 +456,18 @@ class RemoteBackend:
                     raise self._unavailable(str(exc)) from None
                 except InferenceError as exc:  # the server ran the rows: sending them again would run them again
                     raise whole_batch(exc) from exc.__cause__
-            if response.status in (429, 503):
+            reset = response.status == 503 and _upstream_reset(response)
+            if response.status in (429, 503) and (not reset or remote.retry_after_send):
                 retry_after = _retry_after(response)
                 if self._backoff(attempt, deadline, at_least_s=retry_after):
                     attempt += 1
                     continue
+            if reset and not remote.retry_after_send:
+                raise self._unavailable(
+                    f"{remote.endpoint}/infer answered 503: {_message(response)} (a gateway whose connection to the "
+                    "model server was reset after it forwarded the request: the model may have run, so the "
+                    "request is not sent again; retry_after_send = true allows it)"
+                )
             if response.status in (400, 422) and not self._model_ready(deadline):
                 # The model did not run: the server refused it for not being loaded (MLServer answers 400 "Model
                 # x is not ready yet." while it loads one, as after a restart: it serves HTTP before its models
@@ -1041,6 +1049,25 @@ def _http_date(value: str) -> datetime.datetime | None:
 def _retry_after(response: HttpResponse) -> float | None:
     """The seconds ``response``'s ``Retry-After`` asks for (see :func:`retry_after_seconds`)."""
     return retry_after_seconds(response.headers.get("retry-after"), date=response.headers.get("date"))
+
+
+_SENT_NOWHERE = ("connection failure", "connection timeout", "overflow", "refused stream")
+"""Envoy's reset reasons for a request it never forwarded: it could not connect (``connection failure``,
+``remote connection failure``, ``connection timeout``), its circuit breaker shed it (``overflow``), or the
+server refused the HTTP/2 stream unprocessed (``remote refused stream reset``)."""
+
+
+def _upstream_reset(response: HttpResponse) -> bool:
+    """Whether a 503 is a gateway's for a connection to the model server reset after it forwarded the request,
+    so the model may have run: Envoy's (Istio's, most service meshes') ``upstream connect error or
+    disconnect/reset before headers. reset reason: connection termination`` (or ``remote reset``, ...). Not
+    for one it never forwarded (:data:`_SENT_NOWHERE`), nor for a 503 of another kind (a server shedding load,
+    a model still loading, Envoy's ``no healthy upstream``): those cannot have run."""
+    text = response.body[:4096].decode("utf-8", "replace").lower()
+    if "reset before headers" not in text:
+        return False
+    reason = text.rpartition("reset reason:")[2]
+    return not any(never_sent in reason for never_sent in _SENT_NOWHERE)
 
 
 def _message(response: HttpResponse) -> str:

@@ -92,11 +92,12 @@ class RemoteModel:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False)
     """Sent with every request (authorization, tenant); values never appear in logs or status."""
     retries: int = 2
-    """Retries of a call that certainly did not run (connection refused, 503), within the deadline."""
+    """Retries of a call that certainly did not run (connection refused, 503, 429), within the deadline."""
     retry_after_send: bool = False
-    """Also retry after the request may have reached the server (reset connection, 502): only for models
-    whose inference has no side effects worth protecting, since the server may run it twice. An answer too
-    long for its batch is never sent again (it would be as long again)."""
+    """Also retry after the request may have reached the server (reset connection, 502, a gateway's 503 for
+    its upstream connection reset after it forwarded the request): only for models whose inference has no
+    side effects worth protecting, since the server may run it twice. An answer too long for its batch is
+    never sent again (it would be as long again)."""
     protocol: str = "http"
     """``"http"`` (REST with the binary tensor extension where the server offers it); gRPC is not supported."""
     concurrency: int = 4

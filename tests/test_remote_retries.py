@@ -51,8 +51,8 @@ class Scripted(ThreadingHTTPServer):
     (a failure answered with status 200 and the protocol's error document), "json rows" (20 MB of JSON that
     declares y of five million rows, whatever the rows), "echo auth" (a 502 whose message quotes the request's
     Authorization header), "size lies" (y's FP64 bytes, declared as FP32 of the size FP32 takes), "version 2"
-    (y = 2x, answered as model version 2's), "cut 1.0" (y = 2x as HTTP/1.0, without Content-Length, closed
-    halfway through).
+    (y = 2x, answered as model version 2's), "envoy R" (Envoy's 503 for an upstream reset of reason R),
+    "cut 1.0" (y = 2x as HTTP/1.0, without Content-Length, closed halfway through).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown); with ``keep_alive_s`` set,
     a POST on a connection idle longer is answered by closing it (a request that crossed the server's close of
@@ -148,6 +148,15 @@ class Handler(BaseHTTPRequestHandler):
         if isinstance(step, tuple):  # a status with headers
             status, extra = step
             self._send(status, json.dumps({"error": f"scripted {status}"}).encode(), extra)
+            return
+        if isinstance(step, str) and step.startswith("envoy "):  # a gateway's 503 for its upstream: Envoy's text
+            reason = step.removeprefix("envoy ")
+            text = f"upstream connect error or disconnect/reset before headers. reset reason: {reason}".encode()
+            self.send_response_only(503)
+            for name, value in (("server", "envoy"), ("content-type", "text/plain"), ("content-length", len(text))):
+                self.send_header(name, str(value))
+            self.end_headers()
+            self.wfile.write(text)
             return
         if step == "deep 500":  # an error body no JSON parser can take: nested past Python's recursion limit
             self._send(500, b"[" * 200_000, {"Content-Type": "application/json"})
@@ -1387,3 +1396,29 @@ def test_an_http_1_0_answer_cut_by_a_close_is_a_transport_failure(
     assert backend.status()["consecutive_failures"] == 1
     (answer,) = backend.run(backend.runners()[0], FEEDS)
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+
+
+@pytest.mark.parametrize(("allowed", "posts", "retries"), [(False, 1, 0), (True, 3, 2)])
+def test_a_gateways_503_for_an_upstream_reset_after_the_request_went_is_retried_only_when_allowed(
+    scripted: Scripted, backends: list[RemoteBackend], allowed: bool, posts: int, retries: int
+) -> None:
+    # Envoy answers 503 when the model server's connection is reset before its answer: the request was
+    # forwarded, and the model may have run. It was retried as a 503 that cannot have run, though
+    # retry_after_send = false promises a request that may have run is not sent again (as a reset is not).
+    backend = backend_for(backends, scripted, retries=2, retry_after_send=allowed)
+    scripted.script = ["envoy connection termination"] * 3
+    with pytest.raises(inprocserve.RemoteUnavailableError, match="reset reason: connection termination"):
+        backend.run(backend.runners()[0], FEEDS)
+    assert scripted.posts == posts  # allowed: within the retry budget, and counted as retries
+    assert backend.status()["retries"] == retries
+
+
+def test_a_gateways_503_for_an_upstream_it_could_not_reach_is_retried(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    backend = backend_for(backends, scripted, retries=2)
+    scripted.script = ["envoy connection failure", "envoy overflow"]  # never forwarded: it cannot have run
+    (answer,) = backend.run(backend.runners()[0], FEEDS)
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+    assert scripted.posts == 3
+    assert backend.status()["retries"] == 2
