@@ -718,7 +718,7 @@ class RemoteBackend:
                 response.body, response.headers, limits=_RESPONSE_LIMITS, check=check, checkpoint=checkpoint
             )
         except InvalidInputError as exc:  # the server's answer is broken, not the request: no bisecting
-            if response.ended_by_close:
+            if response.ended_by_close and _cut_short(response):
                 # No length said (HTTP/1.0, or Connection: close): the close ended the body, and an answer cut
                 # short by one looks whole. Unreadable so, it was taken for the model's fault (an InferenceError,
                 # the circuit told the server was fine); with a Content-Length or chunks, urllib3 finds the cut
@@ -1049,6 +1049,37 @@ def _http_date(value: str) -> datetime.datetime | None:
 def _retry_after(response: HttpResponse) -> float | None:
     """The seconds ``response``'s ``Retry-After`` asks for (see :func:`retry_after_seconds`)."""
     return retry_after_seconds(response.headers.get("retry-after"), date=response.headers.get("date"))
+
+
+_PARSED_AGAIN_BYTES = 1 << 20
+"""The longest JSON :func:`_cut_short` parses to tell a cut document from a malformed one (a failure's path)."""
+
+
+def _cut_short(response: HttpResponse) -> bool:
+    """Whether an answer that ended where its connection closed (no length said), and could not be decoded,
+    holds less than it declares: cut short by the close (a transport failure), not a whole answer that is
+    wrong (the server's :class:`InferenceError`, its message kept: a failure answered with status 200)."""
+    body = response.body
+    raw = response.headers.get("inference-header-content-length", "").strip()
+    length = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else None
+    if length is not None and length > len(body):
+        return True
+    document_bytes = body if length is None else body[:length]
+    if not document_bytes.rstrip().endswith(b"}"):  # (a whole JSON object ends so)
+        return True
+    if len(document_bytes) > _PARSED_AGAIN_BYTES:
+        return False
+    try:
+        document = json.loads(document_bytes)
+    except (ValueError, RecursionError):
+        return True
+    outputs = document.get("outputs") if isinstance(document, dict) else None
+    if length is None or not isinstance(outputs, list):
+        return False
+    sizes = (
+        output.get("parameters", {}).get("binary_data_size") if isinstance(output, dict) else None for output in outputs
+    )
+    return sum(size for size in sizes if isinstance(size, int)) > len(body) - length
 
 
 _SENT_NOWHERE = ("connection failure", "connection timeout", "overflow", "refused stream")

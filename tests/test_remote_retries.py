@@ -52,7 +52,8 @@ class Scripted(ThreadingHTTPServer):
     declares y of five million rows, whatever the rows), "echo auth" (a 502 whose message quotes the request's
     Authorization header), "size lies" (y's FP64 bytes, declared as FP32 of the size FP32 takes), "version 2"
     (y = 2x, answered as model version 2's), "envoy R" (Envoy's 503 for an upstream reset of reason R),
-    "cut 1.0" (y = 2x as HTTP/1.0, without Content-Length, closed halfway through).
+    "cut 1.0" (y = 2x as HTTP/1.0, without Content-Length, closed halfway through), "error 200 1.0" (the
+    "error 200" document as HTTP/1.0, whole).
     Past the script, it answers y = 2x. Inputs other than those METADATA names are refused with a 400, as a
     server does; with ``hang_gets`` set, GETs are never answered (until teardown); with ``keep_alive_s`` set,
     a POST on a connection idle longer is answered by closing it (a request that crossed the server's close of
@@ -226,10 +227,14 @@ class Handler(BaseHTTPRequestHandler):
             y = np.stack([y] * 3)
         version = "2" if step == "version 2" else None  # (the version that answered, as Triton says it)
         answer, headers = v2.encode_infer_response({"y": y}, binary=request.binary_output, model_version=version)
-        if step == "cut 1.0":  # an HTTP/1.0 answer (no Content-Length: its end is the close), closed halfway
+        if step in ("cut 1.0", "error 200 1.0"):  # an HTTP/1.0 answer (no Content-Length: it ends at the close)
             self.close_connection = True
+            if step == "error 200 1.0":  # whole, but a failure's: the protocol's error document
+                answer, headers = json.dumps({"error": "CUDA out of memory"}).encode(), {}
+            else:  # closed halfway
+                answer = answer[: len(answer) // 2]
             head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-            self.wfile.write(f"HTTP/1.0 200 OK\r\n{head}\r\n".encode() + answer[: len(answer) // 2])
+            self.wfile.write(f"HTTP/1.0 200 OK\r\n{head}\r\n".encode() + answer)
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
             return
@@ -1422,3 +1427,14 @@ def test_a_gateways_503_for_an_upstream_it_could_not_reach_is_retried(
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
     assert scripted.posts == 3
     assert backend.status()["retries"] == 2
+
+
+def test_a_whole_http_1_0_answer_that_is_not_the_models_outputs_is_still_an_inference_error(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    backend = backend_for(backends, scripted, retries=2)
+    scripted.script = ["error 200 1.0"]
+    with pytest.raises(inprocserve.InferenceError, match="CUDA out of memory") as caught:
+        backend.run(backend.runners()[0], FEEDS)
+    assert type(caught.value) is inprocserve.InferenceError
+    assert backend.status()["consecutive_failures"] == 0
