@@ -74,7 +74,8 @@ class HttpResponse:
     ended_by_close: bool = False
     """Whether the body had no length said (no ``Content-Length``, not chunked: an HTTP/1.0 answer, say) and
     ended where the server closed the connection: a body cut short by a close then looks whole here, and only
-    what it holds can tell (:mod:`inprocserve._remote` takes one it cannot read for cut, a transport failure)."""
+    what it holds can tell (:mod:`inprocserve._remote` takes one that holds less than it declares for cut, a
+    transport failure)."""
 
 
 class TransportError(Exception):
@@ -436,8 +437,8 @@ class _Resolver:
     def _look_up(self, key: tuple[str, int], lookup: _Lookup) -> None:
         try:
             # (the family urllib3 itself asks for: IPv4 only where the host has no IPv6)
-            family = require("urllib3", extra="remote", feature="a remote model (RemoteModel)").util.connection
-            lookup.infos = socket.getaddrinfo(*key, family.allowed_gai_family(), socket.SOCK_STREAM)
+            connection = require("urllib3", extra="remote", feature="a remote model (RemoteModel)").util.connection
+            lookup.infos = socket.getaddrinfo(*key, connection.allowed_gai_family(), socket.SOCK_STREAM)
         except OSError as exc:
             lookup.error = exc
         finally:
