@@ -258,6 +258,8 @@ def _failed(
         # black-holed (a firewall, a full accept queue), as a refused connection says it is down. Said as a
         # timeout, it was a DeadlineExceededError naming the call's timeout_s, of which it had spent a fraction,
         # and it never counted for the circuit when the caller's deadline was the shorter.
+        if isinstance(exc, _ResolveTimeout):  # (a name server that does not answer: the host cannot be reached)
+            return TransportError(f"cannot connect: {_reason(exc)} (connect_timeout_s)", sent=False)
         return TransportError(
             f"cannot connect: no answer to the connection attempt within connect_timeout_s = {connect_timeout_s:.3g} s",
             sent=False,
@@ -286,6 +288,7 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
     urllib3 = require("urllib3", extra="remote", feature="a remote model (RemoteModel)")
     exceptions = urllib3.exceptions
     tls = issubclass(connection_class, urllib3.connection.HTTPSConnection)
+    resolve_timeout = type("ResolveTimeoutError", (exceptions.ConnectTimeoutError, _ResolveTimeout), {})
 
     class WatchedConnection(connection_class):  # type: ignore[misc]
         response_class = _FinalResponse
@@ -340,9 +343,7 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
             try:
                 return resolver.resolve(host, self.port, timeout_s=timeout)
             except TimeoutError:
-                raise exceptions.ConnectTimeoutError(
-                    self, f"resolving {host!r} took longer than {timeout:.3g} s"
-                ) from None
+                raise resolve_timeout(self, f"resolving {host!r} took longer than {timeout:.3g} s") from None
             except socket.gaierror as exc:
                 raise exceptions.NameResolutionError(host, self, exc) from None
 
@@ -374,6 +375,10 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
 
     WatchedConnection.__name__ = WatchedConnection.__qualname__ = f"Watched{connection_class.__name__}"
     return WatchedConnection
+
+
+class _ResolveTimeout(Exception):
+    """Marks the ``ConnectTimeoutError`` of a name that did not resolve in time (see :func:`_failed`)."""
 
 
 def _is_address(host: str) -> bool:

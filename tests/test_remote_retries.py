@@ -1438,3 +1438,23 @@ def test_a_whole_http_1_0_answer_that_is_not_the_models_outputs_is_still_an_infe
         backend.run(backend.runners()[0], FEEDS)
     assert type(caught.value) is inprocserve.InferenceError
     assert backend.status()["consecutive_failures"] == 0
+
+
+def test_a_name_not_resolved_within_connect_timeout_s_is_a_server_that_cannot_be_reached(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    remote = RemoteModel(
+        url=f"http://localhost:{scripted.server_port}", model="scale", retries=1, connect_timeout_s=0.2
+    )
+    backend = RemoteBackend("scale", 1, remote, sleep=lambda _: None)
+    backends.append(backend)
+    backend.prepare()
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)  # each call opens a connection, so resolves the host
+    release, _ = stall_resolving(monkeypatch, "localhost")
+    try:
+        with pytest.raises(inprocserve.RemoteUnavailableError, match=r"resolving 'localhost' took longer than 0\.2"):
+            backend.run(backend.runners()[0], FEEDS)  # (retried once: it cannot have run)
+    finally:
+        release.set()
+    assert backend.status()["retries"] == 1
+    assert backend.status()["consecutive_failures"] == 1
