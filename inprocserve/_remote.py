@@ -446,16 +446,20 @@ class RemoteBackend:
                 raise self._unavailable(str(exc)) from None
             if response.status == 200:
                 self._answered_in(sent_at)
-                self._breaker.success()
+                cut = False
                 try:
                     return self._outputs(signature, response, rows, deadline=deadline, limit_s=limit_s)
                 except _CutShort as exc:  # a transport failure, as a connection reset mid-answer is
+                    cut = True  # (no success first: a server cutting every answer never opened the circuit)
                     if remote.retry_after_send and self._backoff(attempt, deadline):
                         attempt += 1
                         continue
                     raise self._unavailable(str(exc)) from None
                 except InferenceError as exc:  # the server ran the rows: sending them again would run them again
                     raise whole_batch(exc) from exc.__cause__
+                finally:
+                    if not cut:  # answered: the server is up, whatever the answer holds
+                        self._breaker.success()
             reset = response.status == 503 and _upstream_reset(response)
             if response.status in (429, 503) and (not reset or remote.retry_after_send):
                 retry_after = _retry_after(response)

@@ -1458,3 +1458,12 @@ def test_a_name_not_resolved_within_connect_timeout_s_is_a_server_that_cannot_be
         release.set()
     assert backend.status()["retries"] == 1
     assert backend.status()["consecutive_failures"] == 1
+
+
+def test_a_server_that_cuts_every_answer_opens_the_circuit(scripted: Scripted, backends: list[RemoteBackend]) -> None:
+    backend = backend_for(backends, scripted, retries=0, failure_threshold=2)
+    scripted.script = ["cut 1.0", "cut 1.0"]
+    for _ in range(2):
+        with pytest.raises(inprocserve.RemoteUnavailableError, match="connection closed before the answer's end"):
+            backend.run(backend.runners()[0], FEEDS)
+    assert backend.status()["circuit"] == "open"
