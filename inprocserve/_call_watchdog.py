@@ -59,6 +59,9 @@ class Watch:
         with self._lock:
             if self._ended:
                 return
+            before = self._sock
+            if before is not None and before is not sock and self._owners.get(id(before)) is self:
+                del self._owners[id(before)]  # (a second connection, or a TLS one over the first: one entry each)
             self._sock = sock
             self._owners[id(sock)] = self
             if self._fired:

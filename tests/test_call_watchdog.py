@@ -149,3 +149,28 @@ def test_a_sweep_keeps_every_call_still_running(
     assert not any(watch.fired for watch in running)
     for watch in running:
         watch.end()
+
+
+def test_a_call_armed_again_on_another_socket_leaves_nothing_of_the_first_behind(watchdog: CallWatchdog) -> None:
+    # A TLS connection arms its call twice (the plain socket for the handshake, then the TLS one), as a call
+    # that opens a second connection does: the first socket's entry stayed until its id was reused, one per
+    # such call for the life of the process
+    sockets = [socket.socket() for _ in range(4)]
+    try:
+        for first, second in (sockets[:2], sockets[2:]):
+            watch = watchdog.watch(30.0)
+            watch.arm(first)
+            watch.arm(second)
+            assert watch.end() is False
+        assert watchdog._owners == {}
+        # and a socket the pool handed to another call meanwhile keeps that call's entry
+        taken, mine = sockets[:2]
+        watch, other = watchdog.watch(30.0), watchdog.watch(30.0)
+        watch.arm(taken)
+        other.arm(taken)
+        watch.arm(mine)
+        assert watchdog._owners == {id(taken): other, id(mine): watch}
+        watch.end(), other.end()
+    finally:
+        for sock in sockets:
+            sock.close()
