@@ -346,6 +346,8 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
                 raise resolve_timeout(self, f"resolving {host!r} took longer than {timeout:.3g} s") from None
             except socket.gaierror as exc:
                 raise exceptions.NameResolutionError(host, self, exc) from None
+            except UnicodeError:  # (a label empty or over 63 characters: what urllib3 says of it)
+                raise exceptions.LocationParseError(f"'{host}', label empty or too long") from None
 
         def _connect_any(self, infos: list[Any]) -> Any:
             # Each address the resolver gave, in its order, as urllib3 (create_connection) tries them; the
@@ -423,6 +425,7 @@ class _Resolver:
         Raises:
             TimeoutError: no answer within ``timeout_s`` (the lookup goes on, for the next caller).
             socket.gaierror: the name does not resolve.
+            UnicodeError: the name cannot be encoded (IDNA: a label empty or too long).
         """
         key = (host, port)
         with self._lock:
@@ -444,7 +447,7 @@ class _Resolver:
             # (the family urllib3 itself asks for: IPv4 only where the host has no IPv6)
             connection = require("urllib3", extra="remote", feature="a remote model (RemoteModel)").util.connection
             lookup.infos = socket.getaddrinfo(*key, connection.allowed_gai_family(), socket.SOCK_STREAM)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # (UnicodeError: the IDNA encoding of a name such as 'a..b')
             lookup.error = exc
         finally:
             with self._lock:

@@ -1467,3 +1467,13 @@ def test_a_server_that_cuts_every_answer_opens_the_circuit(scripted: Scripted, b
         with pytest.raises(inprocserve.RemoteUnavailableError, match="connection closed before the answer's end"):
             backend.run(backend.runners()[0], FEEDS)
     assert backend.status()["circuit"] == "open"
+
+
+def test_a_host_name_with_an_empty_label_is_a_server_that_cannot_be_reached(backends: list[RemoteBackend]) -> None:
+    # A typo in the URL's host (two dots) makes getaddrinfo raise UnicodeError, not OSError: the resolver's
+    # thread died of it and the call failed with a bare AssertionError, where urllib3 said what was wrong.
+    remote = RemoteModel(url="http://models..internal:8000", model="scale", retries=0, connect_timeout_s=1)
+    backend = RemoteBackend("scale", 1, remote, sleep=lambda _: None)
+    backends.append(backend)
+    with pytest.raises(inprocserve.InprocserveError, match=r"models\.\.internal.*label empty or too long"):
+        backend.prepare()
