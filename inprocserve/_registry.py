@@ -270,6 +270,7 @@ class Registry:
         with self.lock:
             self.check_open()
             if path is None and remote is None:
+                marks = self._marks(name)  # (put back if the load fails: it changes nothing, hand unloads included)
                 self._named_by_load(name, version, by_hand=by_hand)
                 source = self.find_in_repository(name)
                 if version is not None and version not in source.versions:
@@ -283,6 +284,7 @@ class Registry:
                         self._load_version(name, version, source.versions[version], effective)
                     except BaseException:  # a failed load changes nothing: its config= in force, the next
                         # refresh or control revision loaded every version on the config the call failed with
+                        self._restore_marks(name, marks)
                         if kept_config is None:
                             self._load_configs.pop(name, None)
                         else:
@@ -329,6 +331,7 @@ class Registry:
                     try:
                         self._stage(name, source, effective)
                     except BaseException:
+                        self._restore_marks(name, marks)
                         if kept_config is None:
                             self._load_configs.pop(name, None)
                         else:
@@ -396,6 +399,28 @@ class Registry:
             self._kept_from_policy.get(name, set()).discard(version)
         else:
             self._named_again(name, version)
+
+    def _marks(self, name: str) -> tuple[bool, bool, list[set[int] | None]]:
+        """What :meth:`load` changes of the marks hand loads and unloads left on ``name`` before it loads anything
+        (see :meth:`_named_by_load`), for :meth:`_restore_marks`: a load that failed had forgotten a hand unload,
+        and the next refresh served again the model (or version) taken out of service."""
+        hand = (self._unloaded_versions, self._kept_from_policy, self._loaded_by_hand, self._by_path)
+        return name in self._unloaded, name in self._explicit, [None if name not in d else set(d[name]) for d in hand]
+
+    def _restore_marks(self, name: str, marks: tuple[bool, bool, list[set[int] | None]]) -> None:
+        unloaded, explicit, kept = marks
+        for flag, marked in ((unloaded, self._unloaded), (explicit, self._explicit)):
+            if flag:
+                marked.add(name)
+            else:
+                marked.discard(name)
+        for versions, hand in zip(
+            kept, (self._unloaded_versions, self._kept_from_policy, self._loaded_by_hand, self._by_path), strict=True
+        ):
+            if versions is None:
+                hand.pop(name, None)
+            else:
+                hand[name] = versions
 
     def _named_again(self, name: str, version: int) -> None:
         """``version`` is loaded because a control revision, an operation or a pinned request names it: one

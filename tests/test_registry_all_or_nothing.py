@@ -37,3 +37,24 @@ def test_a_failed_load_of_a_model_with_a_config_changes_nothing_that_serves(
     # ... and the configuration the call failed with is not in force for the next refresh either
     assert server.refresh() == []
     assert server.predict("scale", np.ones((2, 4), np.float32), version=1).version == 1
+
+
+@pytest.mark.parametrize("version", [None, 1])
+def test_a_failed_load_keeps_a_model_unloaded_by_hand_out_of_the_next_refresh(
+    repository: Path, make_server: ServerFactory, version: int | None
+) -> None:
+    # An operator takes a model out of service, then tries it on a new configuration, which fails ("nothing
+    # changed"): the load had already forgotten the hand unload, so the next refresh served the model again.
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    np.save(repository / "scale" / "warm.npy", np.ones((1, 3), np.float32))  # fits neither version
+    every = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+    server = make_server(repository, models={"scale": every})
+    server.unload("scale")
+    warmed = inprocserve.ModelConfig(
+        version_policy=inprocserve.VersionPolicy.all(), warmup=inprocserve.WarmupConfig(inputs_file="warm.npy")
+    )
+    with pytest.raises(inprocserve.ModelLoadError, match="warm-up"):
+        server.load("scale", version=version, config=warmed)
+    assert server.refresh() == []
+    assert server.models == {}
