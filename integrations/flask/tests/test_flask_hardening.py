@@ -493,3 +493,26 @@ def test_the_protocol_s_model_paths_of_a_closed_server_say_closed(app: Flask) ->
         assert (response.status_code, response.headers.get("Retry-After")) == (503, "1"), (path, response.json)
         assert "closed" in response.json["error"], (path, response.json)
     assert client.get("/-/inprocserve/ready").json["closed"] is True
+
+
+def test_an_app_s_own_404_under_a_prefix_it_shares_is_left_to_the_app(repository: Path) -> None:
+    # An app that mounts the endpoints under its own /api, beside its routes there, and answers its 404s in its own
+    # format: after the upgrade inprocserve's JSON 404 answered the app's clients for the app's own paths.
+    app = make_app(repository, INPROCSERVE_URL_PREFIX="/api")
+
+    @app.get("/api/orders/<int:order>")
+    def order(order: int) -> dict[str, int]:
+        return {"order": order}
+
+    @app.errorhandler(404)
+    def not_found(error: Exception) -> tuple[dict[str, str], int]:
+        return {"detail": "no such page"}, 404
+
+    try:
+        client = app.test_client()
+        assert client.get("/api/orders/7").json == {"order": 7}
+        response = client.get("/api/orders/seven")
+        assert (response.status_code, response.json) == (404, {"detail": "no such page"})
+        assert client.get("/api/health").status_code == 200
+    finally:
+        Inprocserve.close(app)

@@ -672,6 +672,11 @@ def _not_found() -> Any:
     after = path[len(prefix)]
     if after != "/" and not (after < " " or after == "\x7f"):  # (/-/inprocservex: not under the prefix)
         return None
+    if any(  # a prefix the app shares (its own routes under /api beside the endpoints): its 404 is the app's
+        rule.rule.startswith(f"{prefix}/") and rule.endpoint.partition(".")[0] not in ("inprocserve", "inprocserve_v2")
+        for rule in current_app.url_map.iter_rules()
+    ):
+        return None
     message = (
         f"no inprocserve endpoint at {brief(path)}: under {prefix}/ the endpoints are health, ready, models, "
         "status (INPROCSERVE_STATUS_PAGE), reload and models/<name>/<switch|rollback|canary|kill|resume> "
