@@ -340,8 +340,14 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
             return sock
 
         def _resolved(self, host: str, timeout: float) -> list[Any]:
+            # The call's watch ends the wait as it would shut a socket (close(), a closing server's shadow call):
+            # there is none yet, and close() waited for a stalled lookup's whole connect timeout
+            woken = threading.Event()
+            _arm(_Wake(woken))
             try:
-                return resolver.resolve(host, self.port, timeout_s=timeout)
+                return resolver.resolve(host, self.port, timeout_s=timeout, woken=woken)
+            except _Ended:  # (its deadline: the caller's timeout, as a connect it cut short; close(): closed)
+                raise resolve_timeout(self, f"the call ended while resolving {host!r}") from None
             except TimeoutError:
                 raise resolve_timeout(self, f"resolving {host!r} took longer than {timeout:.3g} s") from None
             except socket.gaierror as exc:
@@ -391,13 +397,31 @@ def _is_address(host: str) -> bool:
     return True
 
 
+class _Ended(Exception):
+    """A wait for a lookup that the call's watch ended (see :class:`_Wake`)."""
+
+
+class _Wake:
+    """Stands for the socket a call waiting on a lookup does not have yet: its watch's shutdown of it (the
+    client closed, a closing server's shadow call) ends the wait."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def shutdown(self, how: int) -> None:
+        self._event.set()
+
+
 class _Lookup:
-    __slots__ = ("done", "error", "infos")
+    __slots__ = ("done", "error", "infos", "waiters")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.infos: list[Any] = []
         self.error: BaseException | None = None
+        self.waiters: list[threading.Event] = []  # (each caller's, set as the lookup ends)
 
 
 class _Resolver:
@@ -419,10 +443,11 @@ class _Resolver:
         self._lock = threading.Lock()
         self._pending: dict[tuple[str, int], _Lookup] = {}
 
-    def resolve(self, host: str, port: int, *, timeout_s: float) -> list[Any]:
-        """``getaddrinfo(host, port)`` for a stream socket.
+    def resolve(self, host: str, port: int, *, timeout_s: float, woken: threading.Event | None = None) -> list[Any]:
+        """``getaddrinfo(host, port)`` for a stream socket; ``woken``, set by another thread, ends the wait.
 
         Raises:
+            _Ended: ``woken`` was set first.
             TimeoutError: no answer within ``timeout_s`` (the lookup goes on, for the next caller).
             socket.gaierror: the name does not resolve.
             UnicodeError: the name cannot be encoded (IDNA: a label empty or too long).
@@ -435,8 +460,12 @@ class _Resolver:
                 threading.Thread(
                     target=self._look_up, args=(key, lookup), name=f"inprocserve-resolve-{host}", daemon=True
                 ).start()
-        if not lookup.done.wait(timeout_s):
+            event = threading.Event() if woken is None else woken
+            lookup.waiters.append(event)
+        if not event.wait(timeout_s):
             raise TimeoutError(f"resolving {host!r} took longer than {timeout_s:.3g} s")
+        if not lookup.done.is_set():
+            raise _Ended(f"the wait for {host!r} was ended")
         error = lookup.error
         if error is not None:  # (a copy: the lookup's error may be raised on several threads at once)
             raise type(error)(*error.args)
@@ -453,7 +482,10 @@ class _Resolver:
             with self._lock:
                 if self._pending.get(key) is lookup:
                     del self._pending[key]
+                waiters, lookup.waiters = lookup.waiters, []
             lookup.done.set()
+            for waiter in waiters:
+                waiter.set()
 
 
 def _idle_limit(keep_alive: str | None) -> float | None:

@@ -1477,3 +1477,26 @@ def test_a_host_name_with_an_empty_label_is_a_server_that_cannot_be_reached(back
     backends.append(backend)
     with pytest.raises(inprocserve.InprocserveError, match=r"models\.\.internal.*label empty or too long"):
         backend.prepare()
+
+
+def test_closing_the_backend_ends_a_call_stalled_resolving_the_host_at_once(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # close() ends the calls in flight at once: one waiting on a stalled name server has no socket for the
+    # watchdog to shut, and held the close (a server's shutdown) for the whole connect_timeout_s
+    remote = RemoteModel(url=f"http://localhost:{scripted.server_port}", model="scale", retries=0, connect_timeout_s=8)
+    backend = RemoteBackend("scale", 1, remote, sleep=lambda _: None)
+    backends.append(backend)
+    backend.prepare()
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)  # each call opens a connection, so resolves the host
+    release, stalled = stall_resolving(monkeypatch, "localhost")
+    try:
+        closer = threading.Timer(0.3, backend.close)
+        closer.start()
+        error, took_s = raised_within(lambda: backend.run(backend.runners()[0], FEEDS, timeout_s=20))
+        closer.join()
+        assert stalled[0] == 1  # (it was waiting on the lookup)
+        assert isinstance(error, inprocserve.ServerClosedError), error
+        assert took_s < 3.0
+    finally:
+        release.set()
