@@ -173,7 +173,10 @@ def unwind_on_sigterm() -> Iterator[None]:
     _stopped_by, _unwinding = None, True
     previous_unraisable = sys.unraisablehook
     sys.unraisablehook = quiet_when_stopped
-    previous = signal.signal(signal.SIGTERM, terminate)
+    previous = signal.getsignal(signal.SIGTERM)
+    ignored = previous == signal.SIG_IGN  # (ignored by the parent, as nohup does SIGHUP: left as it is)
+    if not ignored:
+        signal.signal(signal.SIGTERM, terminate)
     previous_int = signal.getsignal(signal.SIGINT)
     if previous_int is signal.default_int_handler:  # (not one of the program's own, nor SIGINT ignored)
         signal.signal(signal.SIGINT, interrupt)
@@ -185,7 +188,8 @@ def unwind_on_sigterm() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        if not ignored:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         if previous_int is signal.default_int_handler:
             signal.signal(signal.SIGINT, previous_int)
         if hangup is not None:

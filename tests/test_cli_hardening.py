@@ -758,6 +758,39 @@ def test_stopping_a_read_only_command_is_one_line(
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
 
+def _terminate_ignored() -> None:
+    """In the child: SIGTERM ignored, as a parent that ignores it leaves it (and Ctrl-C as a terminal gives it)."""
+    interruptible()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def test_a_read_only_command_started_with_sigterm_ignored_goes_on_ignoring_it(
+    silent_server: tuple[str, threading.Event],
+) -> None:
+    """A SIGTERM its parent chose to ignore stopped `status` once every command ran under the stop handlers
+    (SIGHUP ignored by nohup was already left as it was)."""
+    url, connected = silent_server
+    with subprocess.Popen(
+        [sys.executable, "-m", "inprocserve", "status", "--timeout", "60", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_terminate_ignored,
+    ) as process:
+        try:
+            assert connected.wait(60)
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(subprocess.TimeoutExpired):
+                process.wait(timeout=1.0)  # still waiting on the server
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=60)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130, err
+    assert err == "error: stopped by SIGINT before status finished\n", err
+
+
 # -- a reader that goes away -------------------------------------------------------------------------------
 
 
