@@ -81,6 +81,7 @@ def model_metadata(server: Server, name: str, version: int | None = None) -> dic
 
     Raises:
         ModelNotFoundError: the model, or that version of it, is not servable.
+        ServerClosedError: the server is closed (its models are not gone: the endpoints answer 503).
     """
     servable = server.models.get(name)
     status = server._brief_status([name], signatures=True)  # (an unauthenticated endpoint: no paths)
