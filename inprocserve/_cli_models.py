@@ -57,8 +57,21 @@ def _load(name: str, version: int, path: Path, config: ModelConfig, *, follow_sy
 
 
 def _quiet(config: ModelConfig) -> ModelConfig:
-    """``config`` with one small session: a check that a version loads, not of how fast it serves."""
-    return dataclasses.replace(config, pool=PoolConfig(size=1, intra_op_threads=1, providers=config.pool.providers))
+    """``config`` with one small session: a check that a version loads, not of how fast it serves. The rest of
+    its pool settings are kept (graph optimization, provider options, memory arena...): a version that loads
+    only with them was refused, and one that fails only with them passed. Not ``require_gpu`` (the check
+    runs where the fleet's GPU may not be: the providers fall back as they would), nor the optimized model's
+    cache (a file written beside the model) or shared weights (a process-wide store)."""
+    pool = dataclasses.replace(
+        config.pool,
+        size=1,
+        intra_op_threads=1,
+        inter_op_threads=1,
+        require_gpu=False,
+        optimized_model_cache=False,
+        shared_weights=False,
+    )
+    return dataclasses.replace(config, pool=pool)
 
 
 def check_version(name: str, version: int, path: Path, config: ModelConfig, *, follow_symlinks: bool = False) -> None:

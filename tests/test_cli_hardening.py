@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from inprocserve import ModelConfig, PoolConfig
 from inprocserve.__main__ import main
 from inprocserve._control import ControlFile
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
@@ -1087,3 +1088,29 @@ def test_quantize_of_a_model_that_answers_the_same_infinity_in_both_prints_no_nu
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr
     assert 0 <= json.loads(result.stdout)["accuracy"]["y"]["max_abs_diff"] < 1
+
+
+def test_the_load_check_keeps_the_versions_own_pool_settings() -> None:
+    """`validate` and the load check of `switch` and `canary` built the session with onnxruntime's defaults
+    for all but the providers: a version that loads only with its config.toml's graph optimization, provider
+    options or memory settings was refused, and one that fails only with them passed."""
+    from inprocserve._cli_models import _quiet
+
+    pool = PoolConfig(
+        size=4,
+        graph_optimization="basic",
+        provider_options={"CPUExecutionProvider": {"arena_extend_strategy": "kSameAsRequested"}},
+        memory_arena=False,
+        memory_pattern=False,
+        require_gpu=True,
+        optimized_model_cache=True,
+    )
+    checked = _quiet(ModelConfig(pool=pool)).pool
+    assert (checked.graph_optimization, checked.memory_arena, checked.memory_pattern) == ("basic", False, False)
+    assert checked.provider_options == pool.provider_options
+    assert (checked.size, checked.intra_op_threads, checked.require_gpu, checked.optimized_model_cache) == (
+        1,
+        1,
+        False,
+        False,
+    )
