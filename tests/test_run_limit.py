@@ -21,7 +21,7 @@ import inprocserve
 from inprocserve import ConfigurationError, ModelConfig, PoolConfig, RunTimeLimitError, web
 from inprocserve._config import load_model_config
 from inprocserve._ort_backend import build_onnxruntime_backend
-from inprocserve._run_limit import SWEEPER_THREAD, RunSlot
+from inprocserve._run_limit import SWEEPER_THREAD, RunSlot, sweeper
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, count_batch_runs, run_python, wait_until
@@ -138,13 +138,16 @@ def test_an_exception_while_a_run_arms_the_sweep_leaves_the_limit_working(loop_r
         runner = backend.runners()[0]
         limit = backend._limit
         assert limit is not None
-        watchdog = limit._watchdog  # (the process's: every version's sweeps)
+        # The process's sweeper, which every version's sweeps are armed on. (Read from the limit, it was the one
+        # the warm-up's sweep had been armed on: on a host of one CPU the thread count is not measured, prepare()
+        # runs nothing through the limit, no sweep had been armed yet and the limit's watchdog was still None.)
+        watchdog = sweeper()
 
         def arm_raising_once(*args: Any, **kwargs: Any) -> Any:
             del watchdog.arm  # (the class's again)
             raise _TaskTimeLimit
 
-        wait_until(lambda: not limit.sweeping, timeout_s=5)  # (the warm-up's sweep came and went)
+        wait_until(lambda: not limit.sweeping, timeout_s=5)  # (the warm-up's sweep, if it armed one, came and went)
         watchdog.arm = arm_raising_once  # type: ignore[method-assign]
         try:
             with pytest.raises(_TaskTimeLimit):
