@@ -17,7 +17,7 @@ import sys
 import threading
 import tracemalloc
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig, PoolConfig, RolloutConfig, _request
 from inprocserve._batch_queue import BatchQueue
 from inprocserve._batching import Batcher
+from inprocserve._ort_backend import OnnxruntimeBackend
 from inprocserve._request import Request, complete_batch
 from inprocserve._rollout import Decision, Router
 from inprocserve._wake_relay import RELAY
@@ -554,7 +555,9 @@ def test_an_interruption_as_a_runner_is_taken_gives_it_back_and_counts_nothing(
     """Interrupted as the lock is let go after the runner was taken and the request counted, before the run:
     the runner stayed lent for good (every later request of the version waited for it until its deadline)
     and the request counted in flight (close() waited its whole timeout for it)."""
-    # a tiny model: one intra-op thread, so batch scoring's iterating thread runs requests too (run_beside)
+    # a tiny model: one intra-op thread, so batch scoring's iterating thread runs requests too (run_beside),
+    # where a core is left for it: two, whatever this host has (on a host of one CPU it never ran one)
+    monkeypatch.setattr("inprocserve._scoring_plan.usable_cores", lambda: 2)
     save_model(build_scale_model(2.0), repository, "scale", 1)
     config = ModelConfig(cache=CacheConfig(share_in_flight=True)) if function == "submit" else ModelConfig()
     server = make_server(repository, models={"scale": config})
@@ -564,6 +567,21 @@ def test_an_interruption_as_a_runner_is_taken_gives_it_back_and_counts_nothing(
     list(server.predict_many("scale", rows))  # adopts the runners, and the scoring lane's
     lock = LockRaisingAsItIsLetGo(batcher._lock, function)
     monkeypatch.setattr(batcher, "_lock", lock)
+    if function == "run_beside":
+        # The iterating thread runs a request of its own only while the oldest one is still running on a
+        # worker: the workers' runs wait (off the CPU) until it has taken its runner. Left to chance, a host
+        # whose cores are busy may run every request on the workers before the iterating thread looks, and
+        # nothing is interrupted (DID NOT RAISE).
+        run = OnnxruntimeBackend.run
+        iterating = threading.current_thread()
+
+        def run_once_the_iterating_thread_took_its_runner(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() is not iterating:
+                with suppress(AssertionError):  # (never taken: the runs go on, and the test fails below)
+                    wait_until(lambda: not lock.armed, timeout_s=5)
+            return run(self, *args, **kwargs)
+
+        monkeypatch.setattr(OnnxruntimeBackend, "run", run_once_the_iterating_thread_took_its_runner)
     with pytest.raises(Interrupted):
         if function == "run_beside":
             for _ in server.predict_many("scale", rows):
