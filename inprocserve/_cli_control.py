@@ -1,8 +1,9 @@
 """``switch|rollback|canary|kill|resume|reload REPOSITORY ...``: fleet-wide rollout changes from a shell.
 
 Each command writes the repository's control file, which every server on that repository follows (see
-docs/operations.md, "Running a fleet"). ``switch`` and ``canary`` load the version they name first, as
-``validate`` does (onnxruntime is imported then), and refuse one that does not load; ``--no-load-check``
+docs/operations.md, "Running a fleet"). ``switch`` and ``canary`` load the version they name first, and
+``rollback`` the version it goes back to, as ``validate`` does (onnxruntime is imported then), and refuse
+one that does not load; ``--no-load-check``
 skips that (a host that cannot load it, such as one without the fleet's GPU), and the other commands load
 nothing.
 """
@@ -41,6 +42,14 @@ from ._errors import ConfigurationError, InprocserveError
 from ._repository import MODEL_FILENAME, REMOTE_FILENAME, ModelSource, scan_repository
 
 __all__ = ["CONTROL_COMMANDS"]
+
+_ROLLBACK_TRIES = 3
+"""How often a rollback loads the version to go back to, when other writers' switches keep moving it."""
+
+
+class _TargetMoved(Exception):
+    """Raised inside the control file's lock: the version a rollback goes back to is not the one it loaded (a
+    signal to try again, never raised to a caller)."""
 
 
 def _control(args: argparse.Namespace) -> int:
@@ -131,23 +140,7 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
                 args.model, lambda state: switched(state, stable, current=current), actor=args.actor
             )
         elif args.command == "rollback":
-
-            def back(state: ModelControl) -> ModelControl:
-                previous = state.previous_stable
-                if previous is None:
-                    raise nothing_to_roll_back(
-                        args.model, state.stable if state.stable is not None else _configured_default(source)
-                    )
-                if previous not in source.versions:  # (removed since): every worker would fall back to latest
-                    known = ", ".join(map(str, sorted(source.versions))) or "none"
-                    raise InprocserveError(
-                        f"model {args.model!r}: the version to roll back to, {previous}, is not in the repository "
-                        f"(versions: {known}){_link_hint(args, scan.problems)}; nothing was written. Switch to "
-                        "a version that is (`switch`)"
-                    )
-                return switched(state, previous)
-
-            written = control.set_model(args.model, back, actor=args.actor)
+            written = _roll_back(args, repository, control, source, scan.problems)
         elif args.command == "canary":
             percent = 0.0 if version is None else validate_percent(args.percent)
             written = control.set_model(
@@ -161,10 +154,58 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
     return written
 
 
-def _check_loads(args: argparse.Namespace, repository: Path, source: ModelSource, version: int) -> None:
+def _roll_back(
+    args: argparse.Namespace, repository: Path, control: ControlFile, source: ModelSource, problems: list[str]
+) -> Control:
+    """Write the rollback of ``args.model`` to its previous stable version, loaded first as ``switch`` loads
+    the version it names: a previous version whose model.onnx was cut short since (a failed copy over it) was
+    written unloaded, and every server of the fleet then failed to load it. The version is loaded outside the
+    control file's lock (every other writer would wait for the load) and read again inside it: when another
+    writer's switch moved it meanwhile, nothing is written and the new one is loaded, as
+    ``Server.rollback`` does, for at most ``_ROLLBACK_TRIES`` tries.
+
+    Raises:
+        InprocserveError: nothing to roll back to, or the version is gone or does not load.
+        ControlFileUnavailableError: the version moved at every try, or the file cannot be read or written.
+    """
+    for _ in range(_ROLLBACK_TRIES):
+        checked = control.read().models.get(args.model, ModelControl()).previous_stable
+        if args.load_check and checked is not None and checked in source.versions:
+            _check_loads(args, repository, source, checked, what=f"the version to roll back to, {checked}: ")
+
+        def back(state: ModelControl, checked: int | None = checked) -> ModelControl:
+            previous = state.previous_stable
+            if previous is None:
+                raise nothing_to_roll_back(
+                    args.model, state.stable if state.stable is not None else _configured_default(source)
+                )
+            if previous not in source.versions:  # (removed since): every worker would fall back to latest
+                known = ", ".join(map(str, sorted(source.versions))) or "none"
+                raise InprocserveError(
+                    f"model {args.model!r}: the version to roll back to, {previous}, is not in the repository "
+                    f"(versions: {known}){_link_hint(args, problems)}; nothing was written. Switch to "
+                    "a version that is (`switch`)"
+                )
+            if args.load_check and previous != checked:  # (never loaded inside the lock: other writers wait)
+                raise _TargetMoved
+            return switched(state, previous)
+
+        try:
+            return control.set_model(args.model, back, actor=args.actor)
+        except _TargetMoved:  # another writer switched meanwhile: load what it leaves to go back to
+            continue
+    raise ControlFileUnavailableError(
+        f"model {args.model!r}: its previous stable version moved {_ROLLBACK_TRIES} times during this rollback "
+        "(other writers are switching it); nothing was written. Retry once they are done"
+    )
+
+
+def _check_loads(
+    args: argparse.Namespace, repository: Path, source: ModelSource, version: int, *, what: str = ""
+) -> None:
     """Load ``version`` as ``validate`` does, before the fleet is sent to it: a folder whose name is right but
     whose model.onnx was cut short by a failed copy (or is unreadable, or is no model) was written, and every
-    server then failed to load the version it was told to serve.
+    server then failed to load the version it was told to serve. ``what`` begins the message of a refusal.
 
     Raises:
         InprocserveError: it does not load, or the model's config.toml cannot be read; the message says so.
@@ -178,7 +219,7 @@ def _check_loads(args: argparse.Namespace, repository: Path, source: ModelSource
         if (interruption := interrupted_by(exc)) is not None:  # (a signal as onnxruntime was imported or ran)
             raise interruption from None
         raise InprocserveError(
-            f"{exc}; nothing was written (servers would fail to load it too: `python -m inprocserve validate "
+            f"{what}{exc}; nothing was written (servers would fail to load it too: `python -m inprocserve validate "
             f"{repository}` checks the repository; --no-load-check writes the change unchecked)"
         ) from None
 
@@ -239,12 +280,12 @@ def _command(
     return parser
 
 
-def _load_check_option(parser: argparse.ArgumentParser) -> None:
+def _load_check_option(parser: argparse.ArgumentParser, version: str = "VERSION") -> None:
     parser.add_argument(
         "--no-load-check",
         dest="load_check",
         action="store_false",
-        help="write the change without loading VERSION first (by default a version that does not load here, "
+        help=f"write the change without loading {version} first (by default a version that does not load here, "
         "as validate loads it, is refused)",
     )
 
@@ -264,12 +305,15 @@ def add_switch(commands: Subparsers) -> None:
 
 
 def add_rollback(commands: Subparsers) -> None:
-    _command(
+    parser = _command(
         commands,
         "rollback",
         "go back to the stable version before the last switch",
-        "  python -m inprocserve rollback models/ fraud\n",
+        "  python -m inprocserve rollback models/ fraud\n\n"
+        "The version to go back to is loaded first, as validate loads it: one that does not load here is\n"
+        "refused (exit status 1, nothing written); --no-load-check writes the change without loading it.\n",
     )
+    _load_check_option(parser, "the version to go back to")
 
 
 def _canary_version(text: str) -> int | None:

@@ -26,7 +26,7 @@ import pytest
 
 from inprocserve import ModelConfig, PoolConfig
 from inprocserve.__main__ import main
-from inprocserve._control import ControlFile
+from inprocserve._control import ControlFile, switched
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .interruptible import interruptible
@@ -651,6 +651,57 @@ def test_switch_and_canary_refuse_a_version_that_cannot_load(repository: Path, c
     assert forced.returncode == 0, forced.stderr
     state = ControlFile(repository).read().models["fraud"]
     assert (state.canary_version if command == "canary" else state.stable) == 2
+
+
+def test_rollback_refuses_a_version_to_go_back_to_that_cannot_load(repository: Path) -> None:
+    """`rollback models/ fraud` wrote the previous stable version into the control file with exit status 0
+    without loading it: its model.onnx, cut short since (a failed copy over it), then failed to load on every
+    server of the fleet. It is loaded first, as `switch` loads the version it names."""
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    save_model(build_scale_model(2.0), repository, "fraud", 2)
+    assert main(["switch", str(repository), "fraud", "1"]) == 0
+    assert main(["switch", str(repository), "fraud", "2"]) == 0  # the fleet on 2; a rollback goes back to 1
+    broken = repository / "fraud" / "1" / "model.onnx"
+    broken.write_bytes(broken.read_bytes()[:20])  # (cut short)
+    before = ControlFile(repository).path.read_bytes()
+    refused = run_cli("rollback", str(repository), "fraud")
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"cannot load {broken}" in refused.stderr and "nothing was written" in refused.stderr, refused.stderr
+    assert "--no-load-check" in refused.stderr, refused.stderr
+    assert ControlFile(repository).path.read_bytes() == before  # nothing written
+    # the operator's call (a host that cannot load it): written unchecked
+    forced = run_cli("rollback", "--no-load-check", str(repository), "fraud")
+    assert forced.returncode == 0, forced.stderr
+    assert ControlFile(repository).read().models["fraud"].stable == 1
+
+
+def test_rollback_loads_what_another_writers_switch_leaves_to_go_back_to(
+    repository: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The version to go back to is loaded before the control file's lock is taken, and read again inside it:
+    when another operator's switch moved it meanwhile, the new one is loaded first, never written unloaded."""
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    assert main(["switch", str(repository), "fraud", "2"]) == 0
+    assert main(["switch", str(repository), "fraud", "3"]) == 0  # previous stable: 2, which loads
+    (repository / "fraud" / "1" / "model.onnx").write_bytes(b"not onnx")
+    meanwhile = [[1, 3]]  # another writer, after the rollback loaded 2: previous stable 1, which cannot load
+
+    class SwitchedMeanwhile(ControlFile):
+        def update(self, change: Any, *, actor: str | None = None) -> Any:
+            for version in meanwhile.pop(0) if meanwhile else []:
+                other = ControlFile(self.folder)
+                other.set_model("fraud", lambda state, version=version: switched(state, version), actor="other")
+            return super().update(change, actor=actor)
+
+    monkeypatch.setattr("inprocserve._cli_control.ControlFile", SwitchedMeanwhile)
+    capsys.readouterr()
+    assert main(["rollback", str(repository), "fraud"]) == 1
+    err = capsys.readouterr().err
+    assert "the version to roll back to, 1: " in err and "nothing was written" in err, err
+    state = ControlFile(repository).read().models["fraud"]
+    assert (state.stable, state.previous_stable) == (3, 1)  # the other writer's, not rolled back to 1
 
 
 @pytest.mark.parametrize("version", ["four", "v4", "None"])
