@@ -25,6 +25,7 @@ from ._cli_common import (
     positive_int,
     positive_number,
     printable,
+    raise_if_stopped,
     unwind_on_sigterm,
 )
 from ._config import ModelConfig, PoolConfig, WarmupConfig, load_model_config
@@ -84,8 +85,11 @@ def check_version(name: str, version: int, path: Path, config: ModelConfig, *, f
     """
     if is_remote(path):
         _remote_signature(name, version, path, [])
-        return
-    _load(name, version, path, _quiet(config), follow_symlinks=follow_symlinks).retire()
+    else:
+        _load(name, version, path, _quiet(config), follow_symlinks=follow_symlinks).retire()
+    # A stop signal that came as onnxruntime loaded may have been lost (see raise_if_stopped): switch, canary
+    # and rollback went on to write the control file, exit 0, after a SIGTERM.
+    raise_if_stopped()
 
 
 def _remote_signature(name: str, version: int, path: Path, ignored: list[str]) -> tuple[Signature, str]:
@@ -159,8 +163,10 @@ def _inspect(args: argparse.Namespace) -> int:
     try:
         model = _load(path.parent.parent.name or "model", 1, path, config)
     except InprocserveError as exc:
+        raise_if_stopped()  # (a stop that came as onnxruntime loaded: see raise_if_stopped)
         return fail(printable(str(exc)), PROBLEMS)
     try:
+        raise_if_stopped()  # (it printed the model's inputs and outputs, exit 0)
         assert model.signature is not None
         info = {"path": str(path), "bytes": path.stat().st_size, "providers": model.providers}
         info.update(model.signature.to_dict())
@@ -340,12 +346,14 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             try:
                 model = _load(name, version, path, quiet, follow_symlinks=follow_symlinks)
             except InprocserveError as exc:
+                raise_if_stopped()  # (a stop that came as onnxruntime loaded: see raise_if_stopped)
                 result["error"] = str(exc)
                 problems.append(f"{name} v{version}: {exc}")
                 continue
             assert model.signature is not None
             result.update(ok=True, signature=model.signature.to_dict())
             model.retire()
+            raise_if_stopped()  # (validate went on with the next version, and printed its report)
         # What a server started now serves, as it chooses: the policy applied to the versions that load (a
         # failed latest leaves the one before it serving), and the versions its rollout or the control file
         # names (a stable pin, a canary, a shadow; the control file's previous stable, loaded for a rollback),

@@ -704,6 +704,60 @@ def test_rollback_loads_what_another_writers_switch_leaves_to_go_back_to(
     assert (state.stable, state.previous_stable) == (3, 1)  # the other writer's, not rolled back to 1
 
 
+# Runs the command with the signal raised in a finalizer as each model loads: Python drops a finalizer's
+# exception ("Exception ignored in"), as it drops the one a handler raises while onnxruntime's compiled module
+# initializes (Python 3.13) or in the import system's callbacks: only raise_if_stopped() sees it came.
+_SIGNAL_DROPPED_AS_THE_MODEL_LOADS = """
+import runpy, signal, sys
+import inprocserve._cli_models as models
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (see tests/interruptible.py)
+signal_number = int(sys.argv.pop(1))
+load = models._load
+class Finalized:
+    def __del__(self):
+        signal.raise_signal(signal_number)
+def load_with_a_finalizer(*args, **kwargs):
+    Finalized()
+    return load(*args, **kwargs)
+models._load = load_with_a_finalizer
+runpy.run_module("inprocserve", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("command", ["switch", "canary", "rollback", "validate", "inspect"])
+def test_a_stop_dropped_as_a_model_loads_stops_the_command(
+    repository: Path, command: str, stop: signal.Signals
+) -> None:
+    """`timeout 60 python -m inprocserve switch models/ fraud 2`, its SIGTERM handled while the version loaded
+    where Python drops a handler's exception: switch went on and wrote the control file, exit 0 (the fleet was
+    sent to the version after all); validate and inspect printed their report as if never stopped."""
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    save_model(build_scale_model(2.0), repository, "fraud", 2)
+    ControlFile(repository).set_model("fraud", lambda state: switched(switched(state, 1), 2))
+    before = ControlFile(repository).path.read_bytes()
+    argv = {
+        "switch": ["switch", str(repository), "fraud", "1"],
+        "canary": ["canary", str(repository), "fraud", "1", "10"],
+        "rollback": ["rollback", str(repository), "fraud"],
+        "validate": ["validate", str(repository)],
+        "inspect": ["inspect", str(repository / "fraud" / "2")],
+    }[command]
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_DROPPED_AS_THE_MODEL_LOADS, str(int(stop)), *argv],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        preexec_fn=interruptible,
+    )
+    assert result.returncode == 128 + stop, result.stderr
+    assert result.stdout == "", result.stdout
+    assert result.stderr.startswith(f"error: stopped by {stop.name} before "), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert ControlFile(repository).path.read_bytes() == before  # nothing written
+
+
 @pytest.mark.parametrize("version", ["four", "v4", "None"])
 def test_a_canary_version_that_is_not_one_is_named_with_what_to_give(
     repository: Path, version: str, capsys: pytest.CaptureFixture[str]
