@@ -131,7 +131,12 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
                 f"model {args.model!r} has no version {version} (versions: {known}){why}"
                 f"{_link_hint(args, scan.problems)}; nothing was written"
             )
-        if version is not None and getattr(args, "load_check", False):
+        # (before the load: a percentage outside 0..100 was refused only once the version had loaded)
+        percent = 0.0 if version is None or args.command != "canary" else validate_percent(args.percent)
+        # A canary at 0 % sends no one to its version and no server loads it: `canary models/ fraud 4 0`, the
+        # way to turn down a canary found broken, was refused because it did not load.
+        sends_users = args.command != "canary" or percent > 0
+        if version is not None and getattr(args, "load_check", False) and sends_users:
             _check_loads(args, repository, source, version)
         if args.command == "switch":
             assert version is not None
@@ -142,7 +147,6 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
         elif args.command == "rollback":
             written = _roll_back(args, repository, control, source, scan.problems)
         elif args.command == "canary":
-            percent = 0.0 if version is None else validate_percent(args.percent)
             written = control.set_model(
                 args.model,
                 lambda state: replace(state, canary_version=version, canary_percent=percent),
@@ -349,7 +353,8 @@ def add_canary(commands: Subparsers) -> None:
         "  python -m inprocserve canary models/ fraud 4 10\n  python -m inprocserve canary models/ fraud none\n\n"
         "While set, the canary replaces the model's configured rollout strategy; PERCENT is required with a\n"
         "VERSION. VERSION is loaded first, as validate loads it: one that does not load here is refused (exit\n"
-        "status 1, nothing written); --no-load-check writes the change without loading it.\n",
+        "status 1, nothing written); --no-load-check writes the change without loading it. At PERCENT 0 it is\n"
+        "not loaded: no one is sent to it (`canary models/ fraud 4 0` turns down a canary found broken).\n",
     )
     parser.add_argument("version", type=_canary_version, help="the canary version, or 'none'")
     parser.add_argument(

@@ -704,6 +704,23 @@ def test_rollback_loads_what_another_writers_switch_leaves_to_go_back_to(
     assert (state.stable, state.previous_stable) == (3, 1)  # the other writer's, not rolled back to 1
 
 
+def test_a_canary_that_cannot_load_can_be_turned_down_to_zero(repository: Path) -> None:
+    """A canary found broken (its model.onnx overwritten by a bad copy: the fleet's logs fill with load
+    failures) is turned down with `canary models/ fraud 2 0`, which sends no one to it and has no server load
+    it: the load check refused exactly that (exit 1), so the way out needed --no-load-check."""
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    save_model(build_scale_model(2.0), repository, "fraud", 2)
+    assert main(["canary", str(repository), "fraud", "2", "10"]) == 0
+    (repository / "fraud" / "2" / "model.onnx").write_bytes(b"\x08\x07garbage, not a model")
+    down = run_cli("canary", str(repository), "fraud", "2", "0")
+    assert down.returncode == 0, down.stderr
+    state = ControlFile(repository).read().models["fraud"]
+    assert (state.canary_version, state.canary_percent, state.canary_active) == (2, 0.0, False)
+    # sending users to it is still refused
+    assert run_cli("canary", str(repository), "fraud", "2", "5").returncode == 1
+    assert ControlFile(repository).read().models["fraud"].canary_percent == 0
+
+
 # Runs the command with the signal raised in a finalizer as each model loads: Python drops a finalizer's
 # exception ("Exception ignored in"), as it drops the one a handler raises while onnxruntime's compiled module
 # initializes (Python 3.13) or in the import system's callbacks: only raise_if_stopped() sees it came.
