@@ -160,8 +160,11 @@ def _inspect(args: argparse.Namespace) -> int:
     if is_remote(path):
         return _inspect_remote(path, as_json=args.json)
     config = ModelConfig(pool=PoolConfig(size=1, intra_op_threads=1), warmup=WarmupConfig(enabled=False))
+    # (a version folder's number names the version: a broken models/fraud/7/model.onnx was "version 1")
+    folder = path.parent.name
+    version = int(folder) if folder.isdecimal() and int(folder) >= 1 else 1
     try:
-        model = _load(path.parent.parent.name or "model", 1, path, config)
+        model = _load(path.parent.parent.name or "model", version, path, config)
     except InprocserveError as exc:
         raise_if_stopped()  # (a stop that came as onnxruntime loaded: see raise_if_stopped)
         return fail(printable(str(exc)), PROBLEMS)

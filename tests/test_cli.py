@@ -59,6 +59,17 @@ def test_inspect_a_broken_file_exits_non_zero(tmp_path: Path, capsys: object) ->
     assert "cannot load" in capsys.readouterr().err  # type: ignore[attr-defined]
 
 
+def test_inspect_a_broken_version_names_its_version(repository: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `inspect models/fraud/7/model.onnx` of a copy cut short said "model 'fraud' version 1: cannot load
+    # models/fraud/7/model.onnx", a version the operator never named (and one that may load fine)
+    bad = repository / "fraud" / "7" / "model.onnx"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x08\x07garbage, not a model")
+    assert main(["inspect", str(bad.parent)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model 'fraud' version 7: cannot load {bad}: "), err
+
+
 def test_validate_a_good_repository(repository: Path, capsys: object) -> None:
     save_model(build_scale_model(), repository, "scale", 1)
     save_model(build_scale_model(), repository, "scale", 2)
