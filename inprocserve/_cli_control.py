@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,8 +26,10 @@ from ._cli_common import (
     add_command,
     fail,
     interrupted_by,
+    printable,
     unwind_on_sigterm,
 )
+from ._close_match import TYPO_CUTOFF, close_match
 from ._config import ModelConfig, load_model_config
 from ._control import (
     CONTROL_FILENAME,
@@ -119,8 +122,10 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
     else:
         source = scan.models.get(args.model)
         if source is None:
+            # (it named neither the models there nor that nothing was written: `kill models/ frud` in an incident)
             raise InprocserveError(
-                f"model {args.model!r} is not in the repository {repository}{_link_hint(args, scan.problems)}"
+                f"model {args.model!r} is not in the repository {repository} ({_models_there(args.model, scan.models)})"
+                f"{_link_hint(args, scan.problems)}; nothing was written"
             )
         version: int | None = getattr(args, "version", None)
         if version is not None and version not in source.versions:
@@ -240,6 +245,23 @@ def _version_folders(folder: Path) -> list[str]:
         ]
     except OSError:  # (a folder it may not read: the write that follows says so)
         return []
+
+
+_MODELS_NAMED = 20
+"""How many of the repository's models a refusal of an unknown one lists."""
+
+
+def _models_there(model: str, models: Iterable[str]) -> str:
+    """``models: a, b; did you mean 'b'?``: the repository's models (the first ``_MODELS_NAMED``, their
+    control characters as escapes) and the one ``model`` is a typo of, if any."""
+    names = sorted(models)
+    if not names:
+        return "it holds no model"
+    shown = ", ".join(printable(name) for name in names[:_MODELS_NAMED])
+    more = f", ... ({len(names)} in all)" if len(names) > _MODELS_NAMED else ""
+    meant = close_match(model, names, cutoff=TYPO_CUTOFF)
+    guess = "" if meant is None else f"; did you mean {printable(repr(meant))}?"
+    return f"models: {shown}{more}{guess}"
 
 
 def _link_hint(args: argparse.Namespace, problems: list[str]) -> str:

@@ -653,6 +653,23 @@ def test_switch_and_canary_refuse_a_version_that_cannot_load(repository: Path, c
     assert (state.canary_version if command == "canary" else state.stable) == 2
 
 
+@pytest.mark.parametrize("command", [["kill"], ["resume"], ["rollback"], ["canary", "none"], ["switch", "1"]])
+def test_a_model_name_mistyped_is_refused_naming_the_models_there(
+    repository: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `kill models/ frud` during an incident said only "model 'frud' is not in the repository models/": not
+    # which models are there, nor that nothing was written (the other refusals say both)
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    save_model(build_scale_model(1.0), repository, "churn", 1)
+    assert main([command[0], str(repository), "frud", *command[1:]]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"error: model 'frud' is not in the repository {repository} (models: churn, fraud; did you mean "
+        "'fraud'?); nothing was written\n"
+    ), err
+    assert not ControlFile(repository).path.exists()
+
+
 def test_rollback_refuses_a_version_to_go_back_to_that_cannot_load(repository: Path) -> None:
     """`rollback models/ fraud` wrote the previous stable version into the control file with exit status 0
     without loading it: its model.onnx, cut short since (a failed copy over it), then failed to load on every
