@@ -180,7 +180,7 @@ def _roll_back(
     for _ in range(_ROLLBACK_TRIES):
         checked = control.read().models.get(args.model, ModelControl()).previous_stable
         if args.load_check and checked is not None and checked in source.versions:
-            _check_loads(args, repository, source, checked, what=f"the version to roll back to, {checked}: ")
+            _check_loads(args, repository, source, checked, what="the version to roll back to does not load: ")
 
         def back(state: ModelControl, checked: int | None = checked) -> ModelControl:
             previous = state.previous_stable
