@@ -737,6 +737,9 @@ def test_a_canary_that_cannot_load_can_be_turned_down_to_zero(repository: Path) 
     # sending users to it is still refused
     assert run_cli("canary", str(repository), "fraud", "2", "5").returncode == 1
     assert ControlFile(repository).read().models["fraud"].canary_percent == 0
+    # a percentage out of range is named as the problem, not the load it no longer waits for
+    out_of_range = run_cli("canary", str(repository), "fraud", "2", "150")
+    assert out_of_range.returncode == 1 and "percent must lie in 0..100" in out_of_range.stderr, out_of_range.stderr
 
 
 # Runs the command with the signal raised in a finalizer as each model loads: Python drops a finalizer's
