@@ -43,6 +43,7 @@ from ._control import (
 )
 from ._errors import ConfigurationError, InprocserveError
 from ._repository import MODEL_FILENAME, REMOTE_FILENAME, ModelSource, scan_repository
+from ._signature import Signature, incompatibilities
 
 __all__ = ["CONTROL_COMMANDS"]
 
@@ -141,11 +142,15 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
         # A canary at 0 % sends no one to its version and no server loads it: `canary models/ fraud 4 0`, the
         # way to turn down a canary found broken, was refused because it did not load.
         sends_users = args.command != "canary" or percent > 0
+        signature = None
         if version is not None and getattr(args, "load_check", False) and sends_users:
-            _check_loads(args, repository, source, version)
+            signature = _check_loads(args, repository, source, version)
         if args.command == "switch":
             assert version is not None
             stable, current = version, _configured_default(source)
+            if signature is not None and not args.force:
+                serving = control.read().models.get(args.model, ModelControl()).stable or current
+                _refuse_if_incompatible(args, repository, source, serving, version, signature)
             written = control.set_model(
                 args.model, lambda state: switched(state, stable, current=current), actor=args.actor
             )
@@ -211,10 +216,11 @@ def _roll_back(
 
 def _check_loads(
     args: argparse.Namespace, repository: Path, source: ModelSource, version: int, *, what: str = ""
-) -> None:
+) -> Signature:
     """Load ``version`` as ``validate`` does, before the fleet is sent to it: a folder whose name is right but
     whose model.onnx was cut short by a failed copy (or is unreadable, or is no model) was written, and every
     server then failed to load the version it was told to serve. ``what`` begins the message of a refusal.
+    Returns the version's signature.
 
     Raises:
         InprocserveError: it does not load, or the model's config.toml cannot be read; the message says so.
@@ -223,7 +229,9 @@ def _check_loads(
 
     try:
         config = ModelConfig() if source.config_path is None else load_model_config(source.config_path, ignored=[])
-        check_version(args.model, version, source.versions[version], config, follow_symlinks=args.follow_symlinks)
+        return check_version(
+            args.model, version, source.versions[version], config, follow_symlinks=args.follow_symlinks
+        )
     except InprocserveError as exc:
         if (interruption := interrupted_by(exc)) is not None:  # (a signal as onnxruntime was imported or ran)
             raise interruption from None
@@ -231,6 +239,36 @@ def _check_loads(
             f"{what}{exc}; nothing was written (servers would fail to load it too: `python -m inprocserve validate "
             f"{repository}` checks the repository; --no-load-check writes the change unchecked)"
         ) from None
+
+
+def _refuse_if_incompatible(
+    args: argparse.Namespace,
+    repository: Path,
+    source: ModelSource,
+    serving: int | None,
+    version: int,
+    signature: Signature,
+) -> None:
+    """Refuse a switch to ``version`` (whose ``signature`` was loaded) when it would break the callers of the
+    version ``serving`` now, as ``Server.switch`` does without ``force``: the CLI wrote it, exit 0, and every
+    caller of the fleet then sent inputs it does not take. A serving version that is not there or does not
+    load here is not compared (switching away from it is the fix).
+
+    Raises:
+        InprocserveError: the signatures are incompatible; the message lists why.
+    """
+    if serving is None or serving == version or serving not in source.versions:
+        return
+    try:
+        current = _check_loads(args, repository, source, serving)
+    except InprocserveError:
+        return
+    problems = incompatibilities(current, signature)
+    if problems:
+        raise InprocserveError(
+            f"model {args.model!r} version {version} is not compatible with version {serving}, which serves now: "
+            f"{'; '.join(problems)}; nothing was written. Once callers are ready, --force switches anyway"
+        )
 
 
 def _version_folders(folder: Path) -> list[str]:
@@ -324,10 +362,17 @@ def add_switch(commands: Subparsers) -> None:
         "  python -m inprocserve switch models/ fraud 3\n"
         "  python -m inprocserve switch --actor alice models/ fraud 3\n\n"
         "VERSION is loaded first, as validate loads it: one that does not load here is refused (exit status 1,\n"
-        "nothing written); --no-load-check writes the change without loading it.\n",
+        "nothing written); --no-load-check writes the change without loading it. A VERSION whose inputs or outputs\n"
+        "would break the callers of the version serving now is refused too; --force switches anyway.\n",
     )
     parser.add_argument("version", type=int, help="the version that becomes stable")
     _load_check_option(parser)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="switch even to a version whose inputs or outputs would break the callers of the version serving "
+        "now (refused by default, as Server.switch refuses it without force=True)",
+    )
 
 
 def add_rollback(commands: Subparsers) -> None:

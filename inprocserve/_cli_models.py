@@ -75,21 +75,27 @@ def _quiet(config: ModelConfig) -> ModelConfig:
     return dataclasses.replace(config, pool=pool)
 
 
-def check_version(name: str, version: int, path: Path, config: ModelConfig, *, follow_symlinks: bool = False) -> None:
+def check_version(
+    name: str, version: int, path: Path, config: ModelConfig, *, follow_symlinks: bool = False
+) -> Signature:
     """Load one version as ``validate`` does (warm-up included, with ``config``), or ask a remote version's
-    server for it, and let it go.
+    server for it, and let it go; its signature.
 
     Raises:
         ModelLoadError: it does not load (its file is missing, unreadable or not a model; its warm-up fails),
             or its ``remote.toml`` is invalid or its server cannot be reached or has no such model.
     """
     if is_remote(path):
-        _remote_signature(name, version, path, [])
+        signature = _remote_signature(name, version, path, [])[0]
     else:
-        _load(name, version, path, _quiet(config), follow_symlinks=follow_symlinks).retire()
+        model = _load(name, version, path, _quiet(config), follow_symlinks=follow_symlinks)
+        assert model.signature is not None
+        signature = model.signature
+        model.retire()
     # A stop signal that came as onnxruntime loaded may have been lost (see raise_if_stopped): switch, canary
     # and rollback went on to write the control file, exit 0, after a SIGTERM.
     raise_if_stopped()
+    return signature
 
 
 def _remote_signature(name: str, version: int, path: Path, ignored: list[str]) -> tuple[Signature, str]:

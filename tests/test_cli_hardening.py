@@ -27,7 +27,7 @@ import pytest
 from inprocserve import ModelConfig, PoolConfig
 from inprocserve.__main__ import main
 from inprocserve._control import ControlFile, switched
-from inprocserve.testing import build_mlp_model, build_scale_model, save_model
+from inprocserve.testing import build_add_model, build_mlp_model, build_scale_model, save_model
 
 from .interruptible import interruptible
 
@@ -720,6 +720,24 @@ def test_rollback_loads_what_another_writers_switch_leaves_to_go_back_to(
     assert "nothing was written" in err, err
     state = ControlFile(repository).read().models["fraud"]
     assert (state.stable, state.previous_stable) == (3, 1)  # the other writer's, not rolled back to 1
+
+
+def test_switch_refuses_a_version_whose_signature_breaks_the_callers_unless_forced(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`server.switch("fraud", 1)` and the admin endpoint refuse a version whose inputs or outputs would break
+    the callers of the version serving now (PromotionRefusedError, 409) unless forced; `python -m inprocserve
+    switch models/ fraud 1` wrote it, exit 0, and every caller of the fleet then sent inputs it does not take."""
+    save_model(build_add_model(), repository, "fraud", 1)  # inputs a, b, n
+    save_model(build_scale_model(2.0), repository, "fraud", 2)  # input x: serves now (the latest)
+    capsys.readouterr()
+    assert main(["switch", str(repository), "fraud", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model 'fraud' version 1 is not compatible with version 2, which serves now: "), err
+    assert "--force" in err and "nothing was written" in err and err.count("\n") == 1, err
+    assert not ControlFile(repository).path.exists()
+    assert main(["switch", "--force", str(repository), "fraud", "1"]) == 0  # callers are ready
+    assert ControlFile(repository).read().models["fraud"].stable == 1
 
 
 def test_a_canary_that_cannot_load_can_be_turned_down_to_zero(repository: Path) -> None:
