@@ -47,13 +47,15 @@ from ._signature import Signature, incompatibilities
 
 __all__ = ["CONTROL_COMMANDS"]
 
-_ROLLBACK_TRIES = 3
-"""How often a rollback loads the version to go back to, when other writers' switches keep moving it."""
+_TRIES = 3
+"""How often a rollback loads the version to go back to, or a switch the version serving now, when other
+writers' switches keep moving it."""
 
 
 class _TargetMoved(Exception):
-    """Raised inside the control file's lock: the version a rollback goes back to is not the one it loaded (a
-    signal to try again, never raised to a caller)."""
+    """Raised inside the control file's lock: the version a rollback goes back to, or the one a switch's
+    compatibility gate compared with, is not the one it loaded (a signal to try again, never raised to a
+    caller)."""
 
 
 def _control(args: argparse.Namespace) -> int:
@@ -147,13 +149,7 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
             signature = _check_loads(args, repository, source, version)
         if args.command == "switch":
             assert version is not None
-            stable, current = version, _configured_default(source)
-            if signature is not None and not args.force:
-                serving = control.read().models.get(args.model, ModelControl()).stable or current
-                _refuse_if_incompatible(args, repository, source, serving, version, signature)
-            written = control.set_model(
-                args.model, lambda state: switched(state, stable, current=current), actor=args.actor
-            )
+            written = _switch(args, repository, control, source, version, signature)
         elif args.command == "rollback":
             written = _roll_back(args, repository, control, source, scan.problems)
         elif args.command == "canary":
@@ -168,6 +164,50 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
     return written
 
 
+def _switch(
+    args: argparse.Namespace,
+    repository: Path,
+    control: ControlFile,
+    source: ModelSource,
+    version: int,
+    signature: Signature | None,
+) -> Control:
+    """Write the switch of ``args.model`` to ``version`` (whose ``signature`` was loaded; ``None``: not
+    loaded, not compared), refused when it would break the callers of the version serving now unless
+    ``--force``. That version is loaded outside the control file's lock and read again inside it: another
+    writer's switch that landed meanwhile was overwritten unchecked (3 over the 1 it had just put back, exit
+    0), so nothing is written and the new serving version is compared, for at most ``_TRIES`` tries.
+
+    Raises:
+        InprocserveError: the signatures are incompatible (the message lists why).
+        ControlFileUnavailableError: the serving version moved at every try, or the file cannot be read or
+            written.
+    """
+    current = _configured_default(source)
+
+    def serving(state: ModelControl) -> int | None:
+        return state.stable if state.stable is not None else current
+
+    for _ in range(_TRIES):
+        compared = serving(control.read().models.get(args.model, ModelControl()))
+        if signature is not None and not args.force:
+            _refuse_if_incompatible(args, repository, source, compared, version, signature)
+
+        def to(state: ModelControl, compared: int | None = compared) -> ModelControl:
+            if signature is not None and not args.force and serving(state) != compared:
+                raise _TargetMoved  # (never loaded inside the lock: other writers wait)
+            return switched(state, version, current=current)
+
+        try:
+            return control.set_model(args.model, to, actor=args.actor)
+        except _TargetMoved:  # another writer switched meanwhile: compare with what serves now
+            continue
+    raise ControlFileUnavailableError(
+        f"model {args.model!r}: the version serving moved {_TRIES} times during this switch (other writers are "
+        "switching it); nothing was written. Retry once they are done"
+    )
+
+
 def _roll_back(
     args: argparse.Namespace, repository: Path, control: ControlFile, source: ModelSource, problems: list[str]
 ) -> Control:
@@ -176,13 +216,13 @@ def _roll_back(
     written unloaded, and every server of the fleet then failed to load it. The version is loaded outside the
     control file's lock (every other writer would wait for the load) and read again inside it: when another
     writer's switch moved it meanwhile, nothing is written and the new one is loaded, as
-    ``Server.rollback`` does, for at most ``_ROLLBACK_TRIES`` tries.
+    ``Server.rollback`` does, for at most ``_TRIES`` tries.
 
     Raises:
         InprocserveError: nothing to roll back to, or the version is gone or does not load.
         ControlFileUnavailableError: the version moved at every try, or the file cannot be read or written.
     """
-    for _ in range(_ROLLBACK_TRIES):
+    for _ in range(_TRIES):
         checked = control.read().models.get(args.model, ModelControl()).previous_stable
         if args.load_check and checked is not None and checked in source.versions:
             _check_loads(args, repository, source, checked, what="the version to roll back to does not load: ")
@@ -209,7 +249,7 @@ def _roll_back(
         except _TargetMoved:  # another writer switched meanwhile: load what it leaves to go back to
             continue
     raise ControlFileUnavailableError(
-        f"model {args.model!r}: its previous stable version moved {_ROLLBACK_TRIES} times during this rollback "
+        f"model {args.model!r}: its previous stable version moved {_TRIES} times during this rollback "
         "(other writers are switching it); nothing was written. Retry once they are done"
     )
 

@@ -1299,3 +1299,33 @@ def test_the_load_check_keeps_the_versions_own_pool_settings() -> None:
         False,
         False,
     )
+
+
+def test_switch_compares_with_the_version_serving_when_it_writes_not_when_it_read(
+    repository: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two operators at once: `switch models/ fraud 3` (compatible with 2, serving as it starts) while another
+    operator's `switch --force models/ fraud 1` lands as it loads and compares. The serving version was read
+    before the loads, outside the control file's lock, so 3 was written over 1 (exit 0) and every caller of
+    version 1 then sent inputs version 3 does not take; it is compared again with what serves when it writes."""
+    import inprocserve._cli_control as cli_control
+
+    save_model(build_add_model(), repository, "fraud", 1)  # inputs a, b, n
+    save_model(build_scale_model(2.0), repository, "fraud", 2)  # input x
+    save_model(build_scale_model(3.0), repository, "fraud", 3)  # input x: compatible with 2, not with 1
+    assert main(["switch", str(repository), "fraud", "2"]) == 0
+    real = cli_control.incompatibilities
+    landed: list[bool] = []
+
+    def meanwhile(serving: Any, candidate: Any) -> list[str]:  # (the other operator's write, as this one compares)
+        if not landed:
+            landed.append(True)
+            ControlFile(repository).set_model("fraud", lambda state: switched(state, 1))
+        return real(serving, candidate)
+
+    monkeypatch.setattr(cli_control, "incompatibilities", meanwhile)
+    capsys.readouterr()
+    assert main(["switch", str(repository), "fraud", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model 'fraud' version 3 is not compatible with version 1, which serves now: "), err
+    assert ControlFile(repository).read().models["fraud"].stable == 1
