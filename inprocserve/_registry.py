@@ -270,8 +270,6 @@ class Registry:
         with self.lock:
             self.check_open()
             if path is None and remote is None:
-                marks = self._marks(name)  # (put back if the load fails: it changes nothing, hand unloads included)
-                self._named_by_load(name, version, by_hand=by_hand)
                 source = self.find_in_repository(name)
                 if version is not None and version not in source.versions:
                     raise ModelNotFoundError(
@@ -279,6 +277,10 @@ class Registry:
                     )
                 kept_config = self._load_configs.get(name)
                 effective = self.config_for(name, source, config)
+                # (after the refusals above, which change nothing: a load of a version not there forgot the hand
+                # unload, and the next refresh served the model taken out of service)
+                marks = self._marks(name)  # (put back if the load fails: it changes nothing, hand unloads included)
+                self._named_by_load(name, version, by_hand=by_hand)
                 if version is not None:
                     try:
                         self._load_version(name, version, source.versions[version], effective)

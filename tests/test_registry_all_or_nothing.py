@@ -58,3 +58,17 @@ def test_a_failed_load_keeps_a_model_unloaded_by_hand_out_of_the_next_refresh(
         server.load("scale", version=version, config=warmed)
     assert server.refresh() == []
     assert server.models == {}
+
+
+def test_a_load_of_a_version_not_in_the_repository_keeps_a_model_unloaded_by_hand_out_of_service(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # An operator takes a model out of service, then mistypes the version to try (there is no version 9):
+    # ModelNotFoundError, yet the load had forgotten the hand unload first, so the next refresh served it again.
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    server = make_server(repository)
+    server.unload("scale")
+    with pytest.raises(inprocserve.ModelNotFoundError, match="no version 9"):
+        server.load("scale", version=9)
+    assert server.refresh() == []
+    assert server.models == {}
