@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import sys
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -301,7 +302,14 @@ def _refuse_if_incompatible(
         return
     try:
         current = _check_loads(args, repository, source, serving)
-    except InprocserveError:
+    except InprocserveError as exc:
+        print(
+            printable(
+                f"warning: model {args.model!r} version {serving}, which serves now, does not load here, so version "
+                f"{version} was not compared with it ({exc})"
+            ),
+            file=sys.stderr,
+        )
         return
     problems = incompatibilities(current, signature)
     if problems:

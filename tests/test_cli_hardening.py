@@ -740,6 +740,24 @@ def test_switch_refuses_a_version_whose_signature_breaks_the_callers_unless_forc
     assert ControlFile(repository).read().models["fraud"].stable == 1
 
 
+def test_a_switch_away_from_a_version_that_does_not_load_says_it_was_not_compared(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Switching away from a broken stable version is the fix, so it is not refused; but the switch was
+    written without its compatibility check, and nothing said so."""
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    save_model(build_scale_model(2.0), repository, "fraud", 2)
+    assert main(["switch", str(repository), "fraud", "2"]) == 0
+    (repository / "fraud" / "2" / "model.onnx").write_bytes(b"\x08\x07garbage, not a model")
+    capsys.readouterr()
+    assert main(["switch", str(repository), "fraud", "1"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "warning: model 'fraud' version 2, which serves now, does not load here, so version 1 was not compared"
+    ), err
+    assert ControlFile(repository).read().models["fraud"].stable == 1
+
+
 def test_a_canary_that_cannot_load_can_be_turned_down_to_zero(repository: Path) -> None:
     """A canary found broken (its model.onnx overwritten by a bad copy: the fleet's logs fill with load
     failures) is turned down with `canary models/ fraud 2 0`, which sends no one to it and has no server load
