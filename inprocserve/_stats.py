@@ -94,20 +94,23 @@ class BatchSizeHistogram:
     Thread-safe enough for statistics, like :class:`LatencyHistogram`.
     """
 
-    __slots__ = ("_counts",)
+    __slots__ = ("_counts", "_rows")
 
     def __init__(self) -> None:
         self._counts = [0] * _BATCH_BUCKETS
+        self._rows = 0
 
     def record(self, rows: int) -> None:
         """Count one batch of ``rows`` rows (``rows`` >= 1)."""
         index = (rows - 1).bit_length()
         self._counts[index if index < _BATCH_BUCKETS else _BATCH_BUCKETS - 1] += 1
+        self._rows += rows
 
     def snapshot(self, *, max_rows: int = 1) -> dict[str, Any]:
-        """``{"batches", "histogram"}``: ``histogram`` maps a row range ("1", "2", "3-4", "5-8", ...) to the
-        number of batches of that size, from 1 row up to the bucket holding ``max_rows`` or the largest
-        batch seen, whichever is larger (so empty buckets show batches that never filled)."""
+        """``{"batches", "rows", "histogram"}``: ``histogram`` maps a row range ("1", "2", "3-4", "5-8", ...)
+        to the number of batches of that size, from 1 row up to the bucket holding ``max_rows`` or the largest
+        batch seen, whichever is larger (so empty buckets show batches that never filled); ``rows``: the rows
+        of all of them (``rows / batches`` is the mean rows per run, every run counted alike)."""
         counts = list(self._counts)
         last = max(
             (max_rows - 1).bit_length() if max_rows >= 1 else 0,
@@ -116,6 +119,7 @@ class BatchSizeHistogram:
         last = min(last, _BATCH_BUCKETS - 1)
         return {
             "batches": sum(counts),
+            "rows": self._rows,
             "histogram": {_batch_label(index): counts[index] for index in range(last + 1)},
         }
 

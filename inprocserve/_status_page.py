@@ -261,11 +261,14 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[st
         if entry.get("reload_error"):
             notes.append(_badge("new files failed", "warn"))
         latency = _mapping(entry.get("latency_ms"))
-        # the batches that succeeded and their rows, both: the runs the batch-size chart counts (session.run
-        # calls) include failed ones, whose rows rows_run does not hold (4 rows in one batch and 3 failed runs
-        # read "1 row per batch"); a request larger than max_batch_size is one batch here, its slices runs there
-        batches = entry.get("batches_run")
-        rows_run = entry.get("rows_run")
+        # the runs the batch-size chart counts (session.run calls: each slice of a request larger than
+        # max_batch_size, failed runs too) and their rows, both from the chart: batches_run counts such a request
+        # once ("1 batch of 10 rows" under a limit of 4), and rows_run only the rows of runs that succeeded (4 rows
+        # in one batch and 3 failed runs read "1 row per batch" divided by every run)
+        sizes = _mapping(entry.get("batch_size"))
+        batches, rows_run = sizes.get("batches"), sizes.get("rows")
+        if not (isinstance(batches, int) and isinstance(rows_run, int)):  # (a status from before the chart's rows)
+            batches, rows_run = entry.get("batches_run"), entry.get("rows_run")
         mean_rows = rows_run / batches if isinstance(batches, int) and batches and isinstance(rows_run, int) else None
         drift = entry.get("drift") if isinstance(entry.get("drift"), Mapping) else None
         drift_text = "—" if drift is None else _badge("drifting", "bad") if drift.get("drifting") else "no drift"

@@ -57,7 +57,7 @@ def test_a_request_run_in_slices_counts_each_slice_as_a_run(scale_repository: Pa
     np.testing.assert_array_equal(server.predict("scale", rows)["y"], rows * 2)
     np.testing.assert_array_equal(server.submit("scale", rows).result()["y"], rows * 2)
     sizes = version_status(server, "scale")["batch_size"]
-    assert sizes == {"batches": 8, "histogram": {"1": 0, "2": 0, "3-4": 8}}
+    assert sizes == {"batches": 8, "rows": 8 * 4, "histogram": {"1": 0, "2": 0, "3-4": 8}}
 
 
 def test_a_slice_whose_run_fails_counts_as_a_run(repository: Path, make_server: ServerFactory) -> None:

@@ -135,6 +135,7 @@ def test_batch_sizes_fall_in_power_of_two_buckets_up_to_the_batch_limit() -> Non
     snapshot = histogram.snapshot(max_rows=32)
     assert snapshot == {
         "batches": 8,
+        "rows": 33,
         "histogram": {"1": 2, "2": 1, "3-4": 2, "5-8": 2, "9-16": 1, "17-32": 0},
     }
     histogram.record(10**6)  # a request larger than any bucket: counted in the last one
