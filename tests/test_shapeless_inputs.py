@@ -15,7 +15,6 @@ from onnx import TensorProto, helper, numpy_helper
 from inprocserve import InvalidInputError
 from inprocserve.__main__ import main
 from inprocserve._declared_shapes import Shapeless, shapeless_tensors
-from inprocserve._ort_rules import usable_cores
 from inprocserve.testing import save_model
 
 from .conftest import ServerFactory
@@ -176,7 +175,11 @@ def test_lengths_that_must_agree_are_found_beside_an_input_that_needs_a_rank(
 
 @pytest.mark.parametrize("warmup", ["enabled = false", 'inputs_file = "warmup.npz"'])
 def test_lengths_that_must_agree_are_found_beside_an_input_that_needs_a_rank_with_no_made_up_warm_up(
-    warmup: str, repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+    warmup: str,
+    repository: Path,
+    make_server: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With the warm-up switched off, or read from ``warmup.inputs_file``, no made-up warm-up found the rank
     that the input of any rank needs: the runs that find which lengths must agree made it up as a scalar,
@@ -198,14 +201,19 @@ def test_lengths_that_must_agree_are_found_beside_an_input_that_needs_a_rank_wit
 
 @pytest.mark.parametrize("warmup", ["", "[warmup]\nenabled = false\n"])
 def test_a_fast_model_that_needs_a_rank_gets_one_thread_like_any_fast_model(
-    warmup: str, repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+    warmup: str,
+    repository: Path,
+    make_server: ServerFactory,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The thread probe, which times a made-up run before any session is built (so before the warm-up),
     made an input of any rank up as a scalar: a MatMul refused it, the probe failed, and a model whose run
     takes microseconds got the whole thread budget (a wake-up per operator on each run). It tries the ranks
     the warm-up tries."""
-    if usable_cores() == 1:
-        pytest.skip("this process may use one core: every model gets one thread, probed or not")
+    # Two usable cores, whatever this host has: on one (a CI runner pinned or quota'd to one CPU) every model
+    # gets one thread unprobed, and this test was skipped there.
+    monkeypatch.setattr("inprocserve._ort_rules.usable_cores", lambda: 2)
     save_model(self_product(), repository, "product")
     (repository / "product" / "config.toml").write_text(f"{warmup}[pool]\nsize = 1\n")
     with caplog.at_level(logging.INFO, logger="inprocserve"):
