@@ -286,11 +286,7 @@ class Registry:
                         self._load_version(name, version, source.versions[version], effective)
                     except BaseException:  # a failed load changes nothing: its config= in force, the next
                         # refresh or control revision loaded every version on the config the call failed with
-                        self._restore_marks(name, marks)
-                        if kept_config is None:
-                            self._load_configs.pop(name, None)
-                        else:
-                            self._load_configs[name] = kept_config
+                        self._undo_failed_load(name, marks, kept_config)
                         raise
                     if by_hand:  # (the repository's copy of it replaced the path's, if any: refreshed as any other)
                         self._by_path.get(name, set()).discard(version)
@@ -333,11 +329,7 @@ class Registry:
                     try:
                         self._stage(name, source, effective)
                     except BaseException:
-                        self._restore_marks(name, marks)
-                        if kept_config is None:
-                            self._load_configs.pop(name, None)
-                        else:
-                            self._load_configs[name] = kept_config
+                        self._undo_failed_load(name, marks, kept_config)
                         raise
                 # (a rollout naming an absent version is logged: the model loads, and load() says so by returning)
                 try:
@@ -408,6 +400,17 @@ class Registry:
         and the next refresh served again the model (or version) taken out of service."""
         hand = (self._unloaded_versions, self._kept_from_policy, self._loaded_by_hand, self._by_path)
         return name in self._unloaded, name in self._explicit, [None if name not in d else set(d[name]) for d in hand]
+
+    def _undo_failed_load(
+        self, name: str, marks: tuple[bool, bool, list[set[int] | None]], kept_config: ModelConfig | None
+    ) -> None:
+        """What a failed :meth:`load` put back: the marks it cleared (``marks``, from :meth:`_marks`) and the
+        configuration in force before it (``kept_config``; ``None``: none was passed before)."""
+        self._restore_marks(name, marks)
+        if kept_config is None:
+            self._load_configs.pop(name, None)
+        else:
+            self._load_configs[name] = kept_config
 
     def _restore_marks(self, name: str, marks: tuple[bool, bool, list[set[int] | None]]) -> None:
         unloaded, explicit, kept = marks

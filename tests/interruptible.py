@@ -1,10 +1,11 @@
-"""``preexec_fn`` for a child a test stops with SIGINT, as Ctrl-C stops a terminal's foreground job."""
+"""``preexec_fn`` for a child a test stops with SIGINT, as Ctrl-C stops a terminal's foreground job; and the
+command line run with a stop signal Python drops as a model loads."""
 
 from __future__ import annotations
 
 import signal
 
-__all__ = ["interruptible"]
+__all__ = ["interruptible", "signal_dropped_as_it_loads"]
 
 
 def interruptible() -> None:
@@ -13,3 +14,26 @@ def interruptible() -> None:
     Python then installs no KeyboardInterrupt handler: the test's SIGINT did nothing (daphne and waitress,
     which leave SIGINT to Python, then served on until the test killed them)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def signal_dropped_as_it_loads(module: str, loader: str) -> str:
+    """A script (``python -c SCRIPT SIGNUM ARGS...``) that runs ``python -m inprocserve ARGS...`` with signal
+    ``SIGNUM`` raised in a finalizer as ``module.loader`` (the command's model load) is called. Python drops a
+    finalizer's exception ("Exception ignored in"), as it drops the one a handler raises while onnxruntime's
+    compiled module initializes (Python 3.13) or in the import system's callbacks: only the command's
+    ``raise_if_stopped()`` sees that the stop came."""
+    return f"""
+import runpy, signal, sys
+import {module} as loading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (see tests/interruptible.py)
+signal_number = int(sys.argv.pop(1))
+load = loading.{loader}
+class Finalized:
+    def __del__(self):
+        signal.raise_signal(signal_number)
+def load_with_a_finalizer(*args, **kwargs):
+    Finalized()
+    return load(*args, **kwargs)
+loading.{loader} = load_with_a_finalizer
+runpy.run_module("inprocserve", run_name="__main__")
+"""

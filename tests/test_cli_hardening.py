@@ -29,7 +29,7 @@ from inprocserve.__main__ import main
 from inprocserve._control import ControlFile, switched
 from inprocserve.testing import build_add_model, build_mlp_model, build_scale_model, save_model
 
-from .interruptible import interruptible
+from .interruptible import interruptible, signal_dropped_as_it_loads
 
 pytest.importorskip("onnx")  # quantize needs the "quantize" extra; testing's model builders need onnx too
 
@@ -778,24 +778,7 @@ def test_a_canary_that_cannot_load_can_be_turned_down_to_zero(repository: Path) 
     assert out_of_range.returncode == 1 and "percent must lie in 0..100" in out_of_range.stderr, out_of_range.stderr
 
 
-# Runs the command with the signal raised in a finalizer as each model loads: Python drops a finalizer's
-# exception ("Exception ignored in"), as it drops the one a handler raises while onnxruntime's compiled module
-# initializes (Python 3.13) or in the import system's callbacks: only raise_if_stopped() sees it came.
-_SIGNAL_DROPPED_AS_THE_MODEL_LOADS = """
-import runpy, signal, sys
-import inprocserve._cli_models as models
-signal.signal(signal.SIGINT, signal.default_int_handler)  # (see tests/interruptible.py)
-signal_number = int(sys.argv.pop(1))
-load = models._load
-class Finalized:
-    def __del__(self):
-        signal.raise_signal(signal_number)
-def load_with_a_finalizer(*args, **kwargs):
-    Finalized()
-    return load(*args, **kwargs)
-models._load = load_with_a_finalizer
-runpy.run_module("inprocserve", run_name="__main__")
-"""
+_SIGNAL_DROPPED_AS_THE_MODEL_LOADS = signal_dropped_as_it_loads("inprocserve._cli_models", "_load")
 
 
 # Runs the command with the signal sent as soon as onnxruntime's compiled module begins to initialize (as the

@@ -18,7 +18,7 @@ import pytest
 from inprocserve.__main__ import main
 from inprocserve.testing import build_add_model, build_gather_model, build_mlp_model, build_scale_model, save_model
 
-from .interruptible import interruptible
+from .interruptible import interruptible, signal_dropped_as_it_loads
 from .toolkit_models import CLASSES, build_string_label_classifier
 
 
@@ -346,24 +346,7 @@ def test_a_hangup_under_nohup_leaves_the_run_going(tmp_path: Path, scale_file: P
     np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _x() * 2)
 
 
-# Runs the command with the signal raised in a finalizer as the model loads: Python drops a finalizer's
-# exception ("Exception ignored in"), as Python 3.13 drops the one a handler raises while onnxruntime's compiled
-# module initializes (a module attribute look-up that words its AttributeError with a property).
-_SIGNAL_DROPPED_AS_THE_MODEL_LOADS = """
-import runpy, signal, sys
-import inprocserve._scoring_io as scoring
-signal.signal(signal.SIGINT, signal.default_int_handler)  # (see tests/interruptible.py)
-signal_number = int(sys.argv.pop(1))
-loaded = scoring._loaded
-class Finalized:
-    def __del__(self):
-        signal.raise_signal(signal_number)
-def loaded_with_a_finalizer(*args, **kwargs):
-    Finalized()
-    return loaded(*args, **kwargs)
-scoring._loaded = loaded_with_a_finalizer
-runpy.run_module("inprocserve", run_name="__main__")
-"""
+_SIGNAL_DROPPED_AS_THE_MODEL_LOADS = signal_dropped_as_it_loads("inprocserve._scoring_io", "_loaded")
 
 
 @pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
