@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-__all__ = ["interruptible", "signal_dropped_as_it_loads"]
+__all__ = ["STOPPED_WHILE_ONNXRUNTIME_LOADS", "interruptible", "signal_dropped_as_it_loads"]
 
 
 def interruptible() -> None:
@@ -37,3 +37,19 @@ def load_with_a_finalizer(*args, **kwargs):
 loading.{loader} = load_with_a_finalizer
 runpy.run_module("inprocserve", run_name="__main__")
 """
+
+
+STOPPED_WHILE_ONNXRUNTIME_LOADS = """
+import os, runpy, signal, sys, threading, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (see tests/interruptible.py)
+signal_number = int(sys.argv.pop(1))
+def stop():
+    while "onnxruntime.capi.onnxruntime_pybind11_state" not in sys.modules:
+        time.sleep(0.0002)
+    os.kill(os.getpid(), signal_number)
+threading.Thread(target=stop, daemon=True).start()
+runpy.run_module("inprocserve", run_name="__main__")
+"""
+"""A script (``python -c SCRIPT SIGNUM ARGS...``) that runs ``python -m inprocserve ARGS...`` with signal
+``SIGNUM`` sent as soon as onnxruntime's compiled module begins to initialize (as the first model loads): its
+init turns the handler's exception into "ImportError: initialization failed"."""

@@ -29,7 +29,7 @@ from inprocserve.__main__ import main
 from inprocserve._control import ControlFile, switched
 from inprocserve.testing import build_add_model, build_mlp_model, build_scale_model, save_model
 
-from .interruptible import interruptible, signal_dropped_as_it_loads
+from .interruptible import STOPPED_WHILE_ONNXRUNTIME_LOADS, interruptible, signal_dropped_as_it_loads
 
 pytest.importorskip("onnx")  # quantize needs the "quantize" extra; testing's model builders need onnx too
 
@@ -781,19 +781,7 @@ def test_a_canary_that_cannot_load_can_be_turned_down_to_zero(repository: Path) 
 _SIGNAL_DROPPED_AS_THE_MODEL_LOADS = signal_dropped_as_it_loads("inprocserve._cli_models", "_load")
 
 
-# Runs the command with the signal sent as soon as onnxruntime's compiled module begins to initialize (as the
-# first model loads): its init turns the handler's exception into "ImportError: initialization failed".
-_STOPPED_WHILE_ONNXRUNTIME_LOADS = """
-import os, runpy, signal, sys, threading, time
-signal.signal(signal.SIGINT, signal.default_int_handler)  # (see tests/interruptible.py)
-signal_number = int(sys.argv.pop(1))
-def stop():
-    while "onnxruntime.capi.onnxruntime_pybind11_state" not in sys.modules:
-        time.sleep(0.0002)
-    os.kill(os.getpid(), signal_number)
-threading.Thread(target=stop, daemon=True).start()
-runpy.run_module("inprocserve", run_name="__main__")
-"""
+_STOPPED_WHILE_ONNXRUNTIME_LOADS = STOPPED_WHILE_ONNXRUNTIME_LOADS
 
 
 @pytest.mark.parametrize(

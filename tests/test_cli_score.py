@@ -18,7 +18,7 @@ import pytest
 from inprocserve.__main__ import main
 from inprocserve.testing import build_add_model, build_gather_model, build_mlp_model, build_scale_model, save_model
 
-from .interruptible import interruptible, signal_dropped_as_it_loads
+from .interruptible import STOPPED_WHILE_ONNXRUNTIME_LOADS, interruptible, signal_dropped_as_it_loads
 from .toolkit_models import CLASSES, build_string_label_classifier
 
 
@@ -282,18 +282,7 @@ def _run_stopped(
     return result
 
 
-# Runs the command, with the signal sent as soon as onnxruntime's compiled module begins to initialize.
-_STOPPED_WHILE_ONNXRUNTIME_LOADS = """
-import os, runpy, signal, sys, threading, time
-signal.signal(signal.SIGINT, signal.default_int_handler)  # (see tests/interruptible.py)
-signal_number = int(sys.argv.pop(1))
-def stop():
-    while "onnxruntime.capi.onnxruntime_pybind11_state" not in sys.modules:
-        time.sleep(0.0002)
-    os.kill(os.getpid(), signal_number)
-threading.Thread(target=stop, daemon=True).start()
-runpy.run_module("inprocserve", run_name="__main__")
-"""
+_STOPPED_WHILE_ONNXRUNTIME_LOADS = STOPPED_WHILE_ONNXRUNTIME_LOADS
 
 
 @pytest.mark.parametrize(("stop", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
