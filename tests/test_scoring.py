@@ -829,9 +829,12 @@ def test_a_batch_sent_in_parts_is_answered_when_the_last_parts_version_is_unload
 
     monkeypatch.setattr(_scoring, "_wait", unload_before_the_rescore)
     batch = np.ones((2000, 4), np.float32)  # more rows than one request takes: sent in parts
-    answers = list(server.predict_many("scale", [batch] * 40))
-    assert unloaded  # (a part on each version, the last on 2: 1 - 0.75 ** 40 of the time)
-    assert len(answers) == 40
+    answers = list(server.predict_many("scale", [batch] * 80))
+    # The batches have no key: each part's version is drawn at random, and a batch whose last part is on 2
+    # and an earlier one on 1 comes at least one time in four, so none in 80 is 0.75 ** 80 (1e-10 a run;
+    # 40 batches failed one run in 100,000).
+    assert unloaded
+    assert len(answers) == 80
     for answer in answers:
         np.testing.assert_array_equal(answer["y"], batch * answer.version)
 
