@@ -16,6 +16,7 @@ interleavings, input samples, the draws' generators) stays on the :class:`Router
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -358,7 +359,9 @@ class Router:
         self._assignments = _Assignments(_ASSIGNMENTS_KEPT, _ASSIGNMENT_TTL_S)
         # The arm a bandit last drew for a targeting key: a draw is not a function of the key, so an outcome
         # reported by key can only be credited to what was drawn (set under the lock the draw holds anyway).
-        self._bandit_keys: TTLCache[str, str] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
+        # Keyed by a digest of the key (:func:`_draw_key`), never the key's text: a client's megabyte of user id
+        # was held for the hour, up to 100 000 of them.
+        self._bandit_keys: TTLCache[bytes, str] = TTLCache(maxsize=_ASSIGNMENTS_KEPT, ttl=_ASSIGNMENT_TTL_S)
         # Whether a draw may be remembered for a key (set by a draw, cleared once none is left): while not, no
         # request looks into _bandit_keys (a look takes the lock) to forget one.
         self._drew_for_keys = False
@@ -1043,7 +1046,7 @@ class Router:
                 # (a decision its caller gave up, which answered with the stable version, remembers no draw:
                 # checked under the lock the fallback's forgetting takes, which comes after the giving up)
                 if key is not None and not self._flags.abandoned():
-                    self._bandit_keys[key] = name
+                    self._bandit_keys[_draw_key(key)] = name
                     self._drew_for_keys = True
             reason = f"bandit ({config.bandit.policy})"
         version = variants[name].version
@@ -1150,7 +1153,7 @@ class Router:
         go. Once no draw is remembered, requests stop looking (the bandit may draw again later)."""
         if key is not None:
             with self._lock:
-                self._bandit_keys.pop(key, None)
+                self._bandit_keys.pop(_draw_key(key), None)
                 if not self._bandit_keys:  # (len() expires old draws: under the lock)
                     self._drew_for_keys = False
 
@@ -1297,8 +1300,9 @@ class Router:
         read attribute by attribute credited a canary user's outcome to "stable", which neither state says."""
         if state.latest:  # its requests are "default": counted in no variant, nothing to attribute
             return None
+        remembered_as = _draw_key(key)
         with self._lock:
-            drawn = self._bandit_keys.get(key)
+            drawn = self._bandit_keys.get(remembered_as)
         if drawn is not None:
             arm = state.config.variants.get(drawn)
             return drawn, None if arm is None else arm.version
@@ -1460,6 +1464,13 @@ def _configured(config: RolloutConfig) -> dict[str, Any]:
         "shadow": list(config.shadow.versions),
         "shadow_percent": config.shadow.percent,
     }
+
+
+def _draw_key(key: str) -> bytes:
+    """What a bandit's draw for a targeting key is remembered under: 16 bytes of blake2b of the key, whatever
+    its length (a request's key is a client's text, as long as it likes). Two keys share a draw by chance once
+    in 2**64 pairs or so, far below a reward's noise."""
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 def _whole(key: str, value: Any) -> int:

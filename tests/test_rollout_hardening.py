@@ -223,6 +223,28 @@ def test_a_bandit_outcome_by_key_goes_to_the_arm_that_served_the_key(
     assert arms[served]["outcomes"] == 30 and sum(arm["served"] for arm in arms.values()) == 1
 
 
+def test_a_bandit_remembers_draws_for_huge_targeting_keys_in_bounded_memory(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    # A client that sends a megabyte as its user id (a JSON body's field, a header) must not make the worker
+    # hold that megabyte for the hour the bandit remembers its draw: 100 000 of them would be 100 GB.
+    server = make_server(versions, config=rollout(strategy="bandit", variants=ARMS, seed=1))
+    predict(server, "warm-up")
+
+    def user(i: int) -> str:  # (made afresh for each request, as a request's body is: only the server keeps it)
+        return f"{i:04d}" + "x" * 250_000
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        served = [predict(server, user(i)).variant for i in range(24)]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1_000_000, f"{held} bytes held after 24 requests with keys of 250 KB"
+    assert [server.record_outcome(None, 1.0, model="scale", key=user(i)) for i in range(24)] == served
+
+
 def test_an_outcome_by_key_after_the_bandit_ended_goes_to_the_variant_the_key_gets_now(
     versions: Path, make_server: ServerFactory
 ) -> None:
