@@ -1345,9 +1345,12 @@ class Router:
             except ValueError:  # larger than the whole bound: its clicks cannot be credited
                 pass
 
-    def record_click(self, request_id: str, item: int) -> str | None:
+    def record_click(self, request_id: object, item: int) -> str | None:
         """Credit the team whose ranker contributed ``item``, once per item of a page, in the wins of the pair
-        of rankers that made the page; returns "A", "B" or None if unknown."""
+        of rankers that made the page; returns "A", "B" or None if unknown (an id that is no text too, as
+        :meth:`record_outcome` has it: a click endpoint hands on a client's JSON, an object or a list)."""
+        if not isinstance(request_id, str):
+            return None
         with self._lock:
             interleaving = self._interleavings.get(request_id)
             position = None if interleaving is None else interleaving.position_of(item)

@@ -772,6 +772,23 @@ def test_team_draft_results_still_credit_clicks_after_being_stored() -> None:
     assert [router.record_click("q", item) for item in mixed.order] == mixed.teams
 
 
+@pytest.mark.parametrize("request_id", [{"id": "q"}, ["q"], {"q"}])
+def test_a_click_on_a_request_id_that_is_no_text_counts_nothing_and_returns_none(
+    repository: Path, make_server: ServerFactory, request_id: Any
+) -> None:
+    # A click endpoint hands on what the client's JSON holds: a request id sent as an object or a list is as
+    # unknown as any other id (record_outcome says None), never a TypeError ("unhashable type") out of a view.
+    save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)
+    save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)
+    server = make_server(repository, config=rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2))))
+    ranked = server.interleave("ranker", np.arange(4, dtype=np.float32).reshape(4, 1))
+    assert server.record_click(request_id, ranked.order[0]) is None
+    assert server.record_click(request_id, ranked.order[0], model="ranker") is None
+    assert server.record_outcome(request_id, 1.0) is None
+    wins = server.status()["models"]["ranker"]["rollout"]["interleaving"]
+    assert (wins["A"], wins["B"], wins["ties"]) == (0, 0, 0)
+
+
 # -- 10. the inputs kept for guarded promotion ----------------------------------------------------------------
 
 
