@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from . import _fork
 from ._brief import CutShort, brief_text
 from ._config_checks import MAX_INTERVAL_S, is_number, shown
@@ -138,17 +140,17 @@ class _LookupFlags:
         value = self._lookup(key)
         if value is _MISSING:
             return default
-        if not isinstance(value, bool):
+        if not isinstance(value, bool | np.bool_):  # (numpy's too: a value set from a data frame)
             raise FlagTypeError(
                 f"flag {key!r} must be a boolean, got {_value_shown(value)}{_spelling_hint(value, 'boolean')}"
             )
-        return value
+        return bool(value)
 
     def get_number(self, key: str, default: float, context: Mapping[str, Any]) -> float:
         value = self._lookup(key)
         if value is _MISSING:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, np.bool_) or not is_number(value):  # (numpy's numbers too, as the flag reader's)
             raise FlagTypeError(
                 f"flag {key!r} must be a number, got {_value_shown(value)}{_spelling_hint(value, 'number')}"
             )
@@ -741,7 +743,7 @@ def _said(exc: BaseException) -> str:
 _SAID_CHARACTERS = 1000
 
 
-def _as_float(key: str, value: int | float) -> float:
+def _as_float(key: str, value: Any) -> float:
     """A number flag's value as a float; an int too large for one is the flag's problem, not the provider's."""
     try:
         return float(value)

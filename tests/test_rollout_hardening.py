@@ -610,6 +610,21 @@ def test_numpy_flag_values_are_the_booleans_and_numbers_they_hold(versions: Path
     assert (flags["failures"], flags["unusable"]) == (0, 0)
 
 
+@pytest.mark.parametrize("percent", [np.int64(100), np.float32(100.0), np.float64(100.0)])
+def test_numpy_values_set_in_memory_flags_are_the_booleans_and_numbers_they_hold(
+    versions: Path, make_server: ServerFactory, percent: Any
+) -> None:
+    # A percentage read from a pandas frame and set in InMemoryFlags was refused with "flag 'scale.canary.percent'
+    # must be a number, got np.int64(100)", while the same value from a provider of one's own was taken.
+    flags = InMemoryFlags({"scale.kill": np.False_, "scale.canary.percent": percent})
+    server = canary_server(make_server, versions, flags)
+    assert (predict(server, "u").version, predict(server, "u").variant) == (2, "canary")
+    flags.set("scale.kill", np.True_)
+    assert (predict(server, "u").version, predict(server, "u").variant) == (1, "stable")
+    status = server.status()["models"]["scale"]["rollout"]["flags"]
+    assert (status["failures"], status["unusable"]) == (0, 0)
+
+
 @pytest.mark.parametrize(
     "provider",
     [
