@@ -16,6 +16,7 @@ import itertools
 import json
 import logging
 import math
+import numbers
 import os
 import queue
 import reprlib
@@ -743,6 +744,24 @@ def _said(exc: BaseException) -> str:
 _SAID_CHARACTERS = 1000
 
 
+_PLAIN_ATTRIBUTES = (str, int, float, bool)
+
+
+def _attribute(value: str | numbers.Real | np.bool_) -> str | int | float | bool:
+    """A scalar of a request's context as the plain value an evaluation context holds: numpy's (a data frame's
+    row) too. flagd's rules raised TypeError on ``np.str_`` (the request answered stable, counted as the
+    provider failing), and ``np.int64``, ``np.float32`` and ``np.bool_`` were left out, so no rule saw them."""
+    if type(value) in _PLAIN_ATTRIBUTES:  # (the usual case, at once)
+        return value  # type: ignore[return-value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, str):
+        return str.__str__(value)  # (a plain str, whatever the subclass)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value)
+
+
 def _as_float(key: str, value: Any) -> float:
     """A number flag's value as a float; an int too large for one is the flag's problem, not the provider's."""
     try:
@@ -766,8 +785,8 @@ class OpenFeatureFlags:
     OpenFeature provider drives rollouts.
 
     The request context becomes the evaluation context: its targeting key (``targeting_key_field``,
-    default ``user_id``) becomes ``targeting_key`` and the other scalar fields become attributes. An
-    evaluation that the SDK reports as an error (it returns the default with an error code) raises
+    default ``user_id``) becomes ``targeting_key`` and the other scalar fields (numpy's as plain values) become
+    attributes. An evaluation that the SDK reports as an error (it returns the default with an error code) raises
     :class:`FlagError`, so it is counted like any other provider failure.
 
     **Static flags are remembered.** A rollout reads five or more flags per request, and the SDK costs
@@ -1014,9 +1033,9 @@ class OpenFeatureFlags:
         """
         try:
             attributes = {
-                k: v
+                k: _attribute(v)
                 for k, v in context.items()
-                if k != self.targeting_key_field and isinstance(v, str | int | float | bool)
+                if k != self.targeting_key_field and isinstance(v, str | numbers.Real | np.bool_)
             }  # (the same key as the rollout's buckets: flag rules and buckets agree on who the user is)
         except Exception as exc:  # (anything a caller's object raises)
             raise InvalidInputError(

@@ -131,6 +131,31 @@ def test_static_and_absent_flags_are_evaluated_once_and_targeted_ones_every_requ
     assert server.status()["models"]["scale"]["rollout"]["flags"]["failures"] == 0
 
 
+@pytest.mark.parametrize("blocking", [None, True])
+@pytest.mark.parametrize(
+    ("rule", "context"),
+    [
+        (STAFF_GET_THE_CANARY, {"user_id": "u1", "plan": np.str_("staff")}),
+        ({"if": [{">=": [{"var": "age"}, 18]}, "all", "none"]}, {"user_id": "u1", "age": np.int64(30)}),
+        ({"if": [{">=": [{"var": "score"}, 0.5]}, "all", "none"]}, {"user_id": "u1", "score": np.float32(0.75)}),
+        ({"if": [{"var": "staff"}, "all", "none"]}, {"user_id": "u1", "staff": np.bool_(True)}),
+    ],
+)
+def test_numpy_scalars_in_the_context_are_the_attributes_they_hold(
+    flagd: Flagd, scale: Path, make_server: ServerFactory, rule: Any, context: dict[str, Any], blocking: Any
+) -> None:
+    # A context built from a data frame's row holds numpy scalars. np.str_ went to flagd as it was, and its
+    # rule raised TypeError (the request answered stable, counted as the provider failing); np.int64 and
+    # np.bool_ were left out of the evaluation context, so a rule on them never matched.
+    flagd.write({"scale.canary.percent": flag({"none": 0, "all": 100}, "none", rule)})
+    flagd.start()
+    flags = flagd.flags(Evaluations(), blocking=blocking)
+    server = make_server(scale, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, config=CANARY)
+    answer = server.predict("scale", X, context=context)
+    assert (answer.version, answer.variant) == (2, "canary"), answer.reason
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["failures"] == 0
+
+
 def test_reuse_static_s_0_evaluates_every_flag_of_every_request(
     flagd: Flagd, scale: Path, make_server: ServerFactory
 ) -> None:
