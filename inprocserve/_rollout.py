@@ -389,9 +389,14 @@ class Router:
         """The parent's threads are not in a forked child: a lock one of them held at the fork (a request's
         note) would stay held there, and the child's requests would wait for it for ever. The routing state
         is immutable: the child routes by the one published at the fork, as the registry's. The child's request
-        ids have another prefix (see _Assignments.after_fork_in_child)."""
+        ids have another prefix (see _Assignments.after_fork_in_child). Without a ``seed``, the child's draws
+        are its own: generators seeded in the parent (a gunicorn ``--preload`` master) drew the same bandit
+        arms and interleaving coins in every worker."""
         self._lock = threading.Lock()
         self._assignments.after_fork_in_child()
+        if self.state.config.seed is None:
+            self._rng = np.random.default_rng()
+            self._coin = random.Random()
 
     def state_for(
         self, config: RolloutConfig, *, alias: int | None = None, killed: bool = False, refusal: str | None = None

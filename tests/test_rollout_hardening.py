@@ -24,7 +24,7 @@ from inprocserve._experiments import BUCKETS, Interleaving, VariantStats, bucket
 from inprocserve._rollout import Router
 from inprocserve.testing import build_gather_model, build_scale_model, save_model
 
-from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout, wait_until
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, rollout, run_in_forked_child, wait_until
 from .test_interrupted_callers import Interrupted, interrupt
 from .test_interrupted_callers import interruptible as interruptible  # (a fixture)
 from .test_v2_codec import build_text_model
@@ -243,6 +243,33 @@ def test_a_bandit_remembers_draws_for_huge_targeting_keys_in_bounded_memory(
         tracemalloc.stop()
     assert held < 1_000_000, f"{held} bytes held after 24 requests with keys of 250 KB"
     assert [server.record_outcome(None, 1.0, model="scale", key=user(i)) for i in range(24)] == served
+
+
+def test_workers_forked_from_one_server_draw_bandit_arms_and_interleavings_of_their_own(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    # Under gunicorn --preload the server is made in the master and every worker is a fork of it. The bandit's
+    # and the interleaving's generators, seeded from the OS once in the master, drew the same sequence in
+    # every worker: the n-th request of each worker got the same arm, the n-th page the same coin flips.
+    save_model(build_scale_model(1.0, features=1), versions, "ranker", 1)
+    save_model(build_scale_model(-1.0, features=1), versions, "ranker", 2)
+    server = make_server(
+        versions,
+        models={
+            "scale": rollout(strategy="bandit", variants=ARMS),
+            "ranker": rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2))),
+        },
+    )
+    items = np.arange(8, dtype=np.float32).reshape(8, 1)
+
+    def draws() -> str:  # (keyless: 40 draws of two arms alike, and 40 pages' first team)
+        arms = "".join(server.predict("scale", X).variant for _ in range(40))
+        teams = "".join(server.interleave("ranker", items).teams[0] for _ in range(40))
+        return f"{arms} {teams}"
+
+    first, second = run_in_forked_child(draws).split(), run_in_forked_child(draws).split()
+    assert first[0] != second[0]  # (alike by chance once in 2**40)
+    assert first[1] != second[1]
 
 
 def test_an_outcome_by_key_after_the_bandit_ended_goes_to_the_variant_the_key_gets_now(
