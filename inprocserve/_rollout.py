@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import logging
 import math
+import numbers
 import random
 import threading
 import time
@@ -35,7 +36,7 @@ from . import _fork
 from ._assignments import _COUNTED, RequestNumber, _Assignments, _Counted
 from ._backend import raised_by_signal_handler
 from ._config import RolloutConfig
-from ._config_checks import shown
+from ._config_checks import is_number, shown
 from ._errors import ControlStateUnknownError, InvalidInputError
 from ._experiments import (
     AB_SALT_SUFFIX,
@@ -1485,9 +1486,15 @@ def _whole(key: str, value: Any) -> int:
     """A flag value that names a version (a whole number), or :class:`UnusableFlag` saying why it does not."""
     # (an int is whole as it is: float() of one past any float raised OverflowError, counted as the provider
     # failing where a list flag, shadow.versions or rankers, held it)
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-        raise UnusableFlag(key, f"{key!r} must name a version (a whole number), got {_value_shown(value)}")
-    return int(value)
+    # (numpy's numbers too: a provider backed by numpy data hands back list(array)'s np.int64)
+    if not isinstance(value, bool | np.bool_):
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            number = float(value)
+            if number.is_integer():  # (NaN and the infinities are not)
+                return int(number)
+    raise UnusableFlag(key, f"{key!r} must name a version (a whole number), got {_value_shown(value)}")
 
 
 def _version(key: str, value: Any, ready: Mapping[int, Any]) -> int:
@@ -1538,7 +1545,7 @@ def _weights(key: str, value: Any, variants: Mapping[str, Any]) -> dict[str, flo
     weights: dict[str, float] = {}
     for name, weight in value.items():
         try:  # (an int past any float overflows both the test and float())
-            usable = not isinstance(weight, bool) and isinstance(weight, int | float) and weight >= 0
+            usable = not isinstance(weight, np.bool_) and is_number(weight) and weight >= 0  # (numpy's too)
             weights[name] = float(weight) if usable and not math.isinf(weight) else math.nan
         except OverflowError:
             weights[name] = math.nan

@@ -637,6 +637,23 @@ def test_numpy_flag_values_are_the_booleans_and_numbers_they_hold(versions: Path
     assert (flags["failures"], flags["unusable"]) == (0, 0)
 
 
+def test_numpy_numbers_inside_object_flags_are_the_numbers_they_hold(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    # A provider backed by numpy data hands back weights from a Series' to_dict() and versions from list(array):
+    # numpy numbers inside a table or a list, refused as "must be a finite number >= 0, got np.int64(0)".
+    weights = RawProvider({"scale.ab.weights": {"a": np.int64(0), "b": np.float32(1.0)}})
+    server = make_server(
+        versions, flags=weights, flag_timeout_s=VALUES_NOT_SPEED_S, config=rollout(strategy="ab", variants=ARMS)
+    )
+    assert {(predict(server, f"u{i}").version, predict(server, f"u{i}").variant) for i in range(20)} == {(2, "b")}
+    shadows = RawProvider({"scale.shadow.versions": [np.int64(3)], "scale.rankers": [np.int64(2), np.int64(1)]})
+    server = canary_server(make_server, versions, shadows)
+    result = predict(server, "u")
+    assert (result.version, result.variant) == (2, "canary") and "shadows off" not in result.reason, result.reason
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["unusable"] == 0
+
+
 @pytest.mark.parametrize("percent", [np.int64(100), np.float32(100.0), np.float64(100.0)])
 def test_numpy_values_set_in_memory_flags_are_the_booleans_and_numbers_they_hold(
     versions: Path, make_server: ServerFactory, percent: Any
