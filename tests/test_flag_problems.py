@@ -7,6 +7,7 @@ reason says which flag is wrong and why.
 
 from __future__ import annotations
 
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,25 @@ def test_showing_a_huge_unusable_value_costs_nothing_that_grows_with_it(
         tracemalloc.stop()
     assert result.version == 1 and "'scale.strategy' must be a string" in result.reason and len(result.reason) < 300
     assert peak < 1_000_000, peak
+
+
+@pytest.mark.parametrize("percent", [100, 0])
+def test_a_shadow_list_of_a_million_versions_turns_shadows_off_at_once(
+    versions: Path, make_server: ServerFactory, percent: float
+) -> None:
+    # A million entries pasted into shadow.versions, each naming a loaded version: every one was checked for
+    # every request (a second a request, shadows at 0 % or not), a flag service's mistake that was an outage.
+    values = {"scale.shadow.versions": [3] * 1_000_000, "scale.shadow.percent": percent}
+    server = make_server(
+        versions, flag_timeout_s=VALUES_NOT_SPEED_S, flags=InMemoryFlags(values), config=rollout(**CANARY)
+    )
+    server.predict("scale", X, context={"user_id": "u"})
+    started = time.perf_counter()
+    results = [server.predict("scale", X, context={"user_id": f"u{i}"}) for i in range(5)]
+    assert time.perf_counter() - started < 0.25  # (5 requests: the list's length costs nothing)
+    assert {result.version for result in results} == {1}
+    assert "shadows off: unusable flag: 'scale.shadow.versions' lists 1000000 versions" in results[0].reason
+    assert server.status()["models"]["scale"]["rollout"]["flags"]["unusable"] == 6
 
 
 class FailingWithAHugeMessage(InMemoryFlags):
