@@ -54,6 +54,7 @@ from ._experiments import (
 from ._flag_reader import DECISION_FALLBACK, FlagReader, UnusableFlag
 from ._flags import FlagTypeError, MustAsk, WaitOffLoop, _value_shown, targeting_key_of
 from ._held_bytes import held_bytes
+from ._rollout_config import SHADOWS_LISTED
 
 __all__ = ["Decision", "FlagReader", "Router", "RoutingState"]
 
@@ -919,7 +920,7 @@ class Router:
                         weights = tuple((name, given.get(name, 0.0)) for name in variants)
                     wanted = flags.obj(keys.shadow_versions, list(config.shadow.versions), _EMPTY, reads)
                     if not _no_versions(wanted):
-                        if not isinstance(wanted, list | tuple) or len(wanted) > _SHADOWS_LISTED:
+                        if not isinstance(wanted, list | tuple) or len(wanted) > SHADOWS_LISTED:
                             return None
                         shadows = tuple(_whole(keys.shadow_versions, v) for v in wanted)
                         percent = flags.number(keys.shadow_percent, config.shadow.percent, _EMPTY, reads)
@@ -1078,9 +1079,9 @@ class Router:
                 return (), None
             if not isinstance(wanted, list | tuple):
                 raise UnusableFlag(key, f"{key!r} must be a list of versions, got {_value_shown(wanted)}")
-            if len(wanted) > _SHADOWS_LISTED:  # (each entry is checked: a million of them took a second a request)
+            if len(wanted) > SHADOWS_LISTED:  # (each entry is checked: a million of them took a second a request)
                 raise UnusableFlag(
-                    key, f"{key!r} lists {len(wanted)} versions; list at most {_SHADOWS_LISTED}: {_value_shown(wanted)}"
+                    key, f"{key!r} lists {len(wanted)} versions; list at most {SHADOWS_LISTED}: {_value_shown(wanted)}"
                 )
             # (a version listed twice, [2, 2], gets one copy: two would double its load and count each request
             # twice in its comparison)
@@ -1450,11 +1451,6 @@ class _Interleaved:
 def _sample_bytes(arrays: Mapping[str, Any]) -> int:
     """Bytes a promotion sample's arrays hold (a text input's strings too)."""
     return held_bytes(arrays.values())
-
-
-_SHADOWS_LISTED = 64
-"""The most entries a ``shadow.versions`` flag may list (a version listed twice counts twice): a few versions run
-in the shadow at most, and a longer list is a mistake (a million entries cost a second a request to check)."""
 
 
 def _no_versions(value: object) -> bool:

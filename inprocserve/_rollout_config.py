@@ -56,6 +56,12 @@ def _version(name: str, value: Any) -> None:
         )
 
 
+SHADOWS_LISTED = 64
+"""The most versions ``shadow.versions`` (the configuration's, or its flag's) may list, a version listed twice
+counting twice: a few versions run in the shadow at most, and a longer list is a mistake (each entry is checked
+for every request: a million of them took a second a request)."""
+
+
 def _versions(name: str, values: Any) -> tuple[int, ...]:
     versions = check_list(f"rollout.{name}", values)
     if any(not is_int(v) or v < 1 for v in versions):
@@ -123,6 +129,10 @@ class ShadowConfig:
     def __post_init__(self) -> None:
         plain_fields(self)
         object.__setattr__(self, "versions", _versions("shadow.versions", self.versions))
+        if len(self.versions) > SHADOWS_LISTED:
+            raise ConfigurationError(
+                f"rollout.shadow.versions lists {len(self.versions)} versions; list at most {SHADOWS_LISTED}"
+            )
         _percent("shadow.percent", self.percent)
         limit = self.max_abs_diff
         if limit is not None and (not is_number(limit) or not 0 <= limit < float("inf")):

@@ -626,6 +626,13 @@ def test_a_shadows_max_abs_diff_must_be_a_finite_number_at_least_zero(value: obj
         ShadowConfig(max_abs_diff=value)  # type: ignore[arg-type]
 
 
+def test_a_shadow_list_of_more_than_64_versions_is_refused_as_the_flag_of_it_is() -> None:
+    # each listed version is checked for every request; the flag of it is unusable past 64 (docs/rollouts.md)
+    assert len(ShadowConfig(versions=tuple(range(1, 65))).versions) == 64
+    with pytest.raises(ConfigurationError, match=r"rollout\.shadow\.versions lists 65 versions; list at most 64"):
+        ShadowConfig(versions=tuple(range(1, 66)))
+
+
 # -- config= and models= of the wrong type ------------------------------------------------------------------
 
 
