@@ -1,0 +1,134 @@
+"""The numbers a fleet shows under a real gunicorn (``--preload``, several workers): the metrics set up as
+docs/observability.md's "Under gunicorn" hook says (every worker's port, summed, counts every request sent,
+and a worker replaced after a SIGKILL exports again)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from inprocserve.testing import build_mlp_model, save_model
+
+from .ports import listening_socket, reserved_port
+from .processes import stop_process
+from .test_doc_snippets_docsa import blocks, metrics_page
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="gunicorn's fork hooks and /proc: Linux")
+
+APP = """
+import os
+import numpy as np
+import inprocserve
+
+_server = None
+
+def build():
+    global _server
+    if _server is None:
+        _server = inprocserve.Server(repository=os.environ["METRICS_TEST_REPOSITORY"])
+    return _server
+
+inprocserve.build_after_fork(build)
+
+def app(environ, start_response):
+    build().predict("mlp", np.ones((1, 4), np.float32))
+    start_response("200 OK", [("Connection", "close")])
+    return [str(os.getpid()).encode()]
+"""
+
+COUNT = re.compile(r'^inprocserve_request_duration_seconds_count\{[^}]*outcome="ok"[^}]*\} (\S+)$', re.MULTILINE)
+
+
+def requests_counted(ports: list[int]) -> dict[int, float]:
+    """Each exporting port's count of requests answered ``ok`` (the histogram's ``_count`` over its series)."""
+    counted = {}
+    for port in ports:
+        page = metrics_page(port)
+        if page is not None:
+            counted[port] = sum(float(value) for value in COUNT.findall(page))
+    return counted
+
+
+@contextmanager
+def fleet(
+    tmp_path: Path, ports: list[int], *, workers: int = 2, app: str = APP
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """gunicorn ``--preload`` with the docs' hook (its port range replaced by ``ports``): master and URL."""
+    (conf,) = [block for block in blocks("docs/observability.md", "## Setup") if "def post_fork" in block]
+    (tmp_path / "gunicorn.conf.py").write_text(conf.replace("range(9464, 9464 + 8)", repr(ports)))
+    (tmp_path / "metrics_app.py").write_text(app)
+    save_model(build_mlp_model((4, 8, 2)), tmp_path / "models", "mlp")
+    listener = listening_socket()
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    command = [
+        sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--workers", str(workers),
+        "--worker-class", "gthread", "--threads", "2", "--preload", "--graceful-timeout", "5",
+        "--bind", f"fd://{listener.fileno()}", "metrics_app:app",
+    ]  # fmt: skip
+    log = tmp_path / "gunicorn.log"
+    with listener, open(log, "wb") as output:
+        master = subprocess.Popen(
+            command, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT, pass_fds=[listener.fileno()],
+            env={**os.environ, "METRICS_TEST_REPOSITORY": str(tmp_path / "models")},
+        )  # fmt: skip
+    try:
+        yield master, base
+    finally:
+        stop_process(master)
+
+
+def send(base: str, count: int) -> Counter[int]:
+    """``count`` requests, one connection each; how many each worker (by pid) answered."""
+    answered: Counter[int] = Counter()
+    for _ in range(count):
+        with urllib.request.urlopen(base, timeout=30) as answer:
+            answered[int(answer.read())] += 1
+    return answered
+
+
+def counted_at_least(ports: list[int], total: float) -> dict[int, float] | None:
+    counted = requests_counted(ports)
+    return counted if sum(counted.values()) >= total else None
+
+
+def wait_for(check, what: str, seconds: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not (found := check()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return found
+
+
+def test_the_workers_ports_add_up_to_every_request_sent(tmp_path: Path) -> None:
+    ports = [reserved_port() for _ in range(4)]
+    with fleet(tmp_path, ports) as (_, base):
+        wait_for(lambda: len(requests_counted(ports)) == 2, "two workers exporting")
+        answered = send(base, 40)
+        counted = wait_for(lambda: counted_at_least(ports, 40), "40 counted", seconds=10)
+    assert sum(counted.values()) == 40, (counted, answered)
+    assert len(counted) == 2
+
+
+def test_a_worker_killed_and_replaced_exports_on_the_freed_port(tmp_path: Path) -> None:
+    ports = [reserved_port() for _ in range(4)]
+    with fleet(tmp_path, ports) as (_, base):
+        wait_for(lambda: len(requests_counted(ports)) == 2, "two workers exporting")
+        answered = send(base, 20)
+        victim = next(iter(answered))
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in send(base, 4) and len(requests_counted(ports)) == 2, "a replacement exporting")
+        before = sum(requests_counted(ports).values())
+        send(base, 20)
+        after = wait_for(lambda: counted_at_least(ports, before + 20), "+20", seconds=10)
+    assert sum(after.values()) == before + 20, after
