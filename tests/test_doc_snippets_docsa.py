@@ -95,7 +95,7 @@ os._exit(0)
 
 
 def test_the_observability_setup_serves_the_libraries_and_the_process_metrics(tmp_path: Path) -> None:
-    setup, prometheus, _gunicorn, _uvicorn = blocks("docs/observability.md", "## Setup")
+    setup, prometheus, *_ = blocks("docs/observability.md", "## Setup")  # (then the gunicorn and uvicorn ones)
     (buckets,) = blocks("docs/observability.md", "### Histogram buckets")
     (by_model,) = blocks("docs/observability.md", "### Series of released versions")
     port = reserved_port()
