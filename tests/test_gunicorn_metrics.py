@@ -174,7 +174,9 @@ def test_under_gevent_workers_every_scrape_is_answered(tmp_path: Path) -> None:
         scrapes = []
         for _ in range(4):
             scrapes += [metrics_page(port) is not None for port in exporting]
+        counted = requests_counted(ports)
     assert all(scrapes), scrapes
+    assert sum(counted.values()) == 10, counted
 
 
 def test_a_worker_killed_and_replaced_exports_on_the_freed_port(tmp_path: Path) -> None:
