@@ -177,6 +177,8 @@ def test_under_gevent_workers_every_scrape_is_answered(tmp_path: Path) -> None:
         counted = requests_counted(ports)
     assert all(scrapes), scrapes
     assert sum(counted.values()) == 10, counted
+    log = (tmp_path / "gunicorn.log").read_text()
+    assert "SIGKILL" not in log and "Traceback" not in log, log  # (each worker stopped by itself)
 
 
 def test_a_worker_killed_and_replaced_exports_on_the_freed_port(tmp_path: Path) -> None:
