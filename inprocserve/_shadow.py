@@ -340,6 +340,9 @@ STOP_WAIT_S = 5.0
 """How long :meth:`ShadowRunner.close` waits for the shadow thread once it stopped the run in flight: an
 onnxruntime run stops between two operators and a remote call at once (its socket is shut), so this is
 for the operator running then, or a backend that cannot stop a run early."""
+CALLBACK_WAIT_S = 0.1
+"""How long :meth:`ShadowRunner.close` waits for an ``on_shadow`` callback in progress once no run is in
+flight (then it leaves the callback running and says so)."""
 MAX_RUN_S = 5.0
 """No shadow run takes longer than this, however long its version's last runs took: what a runaway owes
 pauses every shadow for at most this / budget (250 s with the default budget)."""
@@ -647,6 +650,7 @@ class ShadowRunner:
                         # (a stopped run's time is what it took at least)
                         self._costs[(job.model, job.shadow.version)] = spent / max(job.rows, 1)
                     self._running = None
+                    self._cond.notify_all()  # (close() waits for the run to be out of the backend)
             # Handed over once the run's time is settled: the application's callback (a log write to a slow
             # sink) is no shadow run. Timed with the run, a 20 ms sink made a 0.2 ms shadow cost 20 ms of the
             # budget and of its expected time, and shadows were sampled 40 times less often.
@@ -827,9 +831,12 @@ class ShadowRunner:
             return {str(v): s.to_dict() for (m, v), s in self._stats.items() if m == model}
 
     def close(self) -> bool:
-        """Drop the queued copies, stop the run in flight and wait for the thread to end (up to
-        ``STOP_WAIT_S``). Returns whether it ended: while it has not, its run may still be inside the
-        backend, whose sessions must not be closed (onnxruntime aborts the process). Idempotent."""
+        """Drop the queued copies, stop the run in flight and wait (up to ``STOP_WAIT_S``) until the thread
+        is out of the backend for good. Returns whether it is: while it is not, its run may still be inside
+        the backend, whose sessions must not be closed (onnxruntime aborts the process); a warning then names
+        the run abandoned. The ``on_shadow`` callback is not waited for: it is the application's code, which
+        touches no session (a log sink that hangs held every ``close()`` for ``STOP_WAIT_S``, silently); a
+        warning says it is left running. Idempotent."""
         with self._cond:
             self._closed = True
             self._queued_bytes -= sum(job.nbytes for job in self._jobs)
@@ -841,8 +848,30 @@ class ShadowRunner:
         self._stop.stop()
         if thread is None or thread is threading.current_thread():
             return True
-        thread.join(timeout=STOP_WAIT_S)
-        return not thread.is_alive()
+        with self._cond:  # (the thread notifies once its run is settled: _serve's finally)
+            self._cond.wait_for(lambda: self._running is None, timeout=STOP_WAIT_S)
+            running, started = self._running, self._run_started
+        if running is not None:
+            logger.warning(
+                "closing: shadow version %s of model %r is still running the copy of request %s after %.1f s "
+                "(%g s after it was told to stop); abandoned, its sessions are left to the process's end",
+                running.shadow.version,
+                running.model,
+                running.request_id,
+                self._clock() - started,
+                STOP_WAIT_S,
+            )
+            return False
+        # Out of the backend for good: past here the thread only hands its last comparison to on_shadow, finds
+        # the queue closed and ends. Waited for briefly, so a prompt callback is not reported as hung.
+        thread.join(timeout=min(STOP_WAIT_S, CALLBACK_WAIT_S))
+        if thread.is_alive():
+            logger.warning(
+                "closing: the on_shadow callback has not returned after %g s; not waited for (the shadow thread "
+                "ends when it returns)",
+                min(STOP_WAIT_S, CALLBACK_WAIT_S),
+            )
+        return True
 
 
 def _nbytes(values: Any) -> int:

@@ -4,6 +4,7 @@ abort it (SIGABRT) for a thread still inside a run."""
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -22,7 +23,7 @@ from inprocserve._stop_signal import StopSignal, stop_with
 from inprocserve.testing import build_scale_model, save_model
 
 from . import test_remote_retries
-from .conftest import ServerFactory, count_batch_runs, run_python, wait_until
+from .conftest import ServerFactory, SessionHolder, count_batch_runs, run_python, wait_until
 from .test_remote_retries import FEEDS, Scripted, backend_for
 
 # The scripted model server and the backends closed after each test, as test_remote_retries.py has them.
@@ -335,34 +336,65 @@ def test_a_process_that_exits_after_close_gave_up_on_a_run_exits_cleanly(tmp_pat
     assert time.time() - float(result.stdout.split()[-1]) < 4.0
 
 
-def test_a_shadow_thread_that_does_not_end_leaves_the_sessions_to_the_process_end(
-    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+def shadowed_scale(repository: Path) -> ModelConfig:
+    """Version 1 of ``scale`` answers, version 2 shadows it."""
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    return ModelConfig(
+        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
+        version_policy=VersionPolicy.all(),
+    )
+
+
+def test_a_shadow_thread_still_inside_a_run_leaves_the_sessions_to_the_process_end(
+    repository: Path,
+    hold_session: SessionHolder,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # The at-exit cleanup closes no session while the shadow thread may still be inside one (onnxruntime
-    # aborts the process then). An on_shadow callback that does not return stands in for a run that does not
-    # stop (a backend that cannot stop one early).
+    # The at-exit cleanup closes no session while the shadow thread is still inside one (onnxruntime aborts
+    # the process then), and says which run it abandoned. The shadow run is held in the backend, where the
+    # stop signal cannot reach it (a backend that cannot stop a run early).
     from inprocserve import _shadow
 
     monkeypatch.setattr(_shadow, "STOP_WAIT_S", 0.1)
-    save_model(build_scale_model(1.0), repository, "scale", 1)
-    save_model(build_scale_model(2.0), repository, "scale", 2)
+    server = make_server(repository, config=shadowed_scale(repository), shadow_budget=1.0)
+    inputs = {"x": np.ones((1, 4), np.float32)}
+    hold_session.mark(inputs).let_go()  # the caller's run goes on at once
+    shadow_run = hold_session.mark(inputs, at_most_s=30)  # its copy's run on version 2 is held
+    try:
+        assert server.predict("scale", inputs).version == 1
+        assert shadow_run.started.wait(10)
+        with caplog.at_level(logging.WARNING, logger="inprocserve._shadow"):
+            server._finalizer()  # what interpreter exit runs for a server nobody closed (see _reaper)
+        versions = server._registry.loaded["scale"]
+        assert [versions[1].state, versions[2].state] == ["ready", "ready"]
+        assert "shadow version 2 of model 'scale' is still running the copy of request" in caplog.text
+    finally:
+        shadow_run.let_go()
+
+
+def test_close_does_not_wait_for_an_on_shadow_callback_that_hangs_and_says_so(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An application's on_shadow that writes to a log sink that hangs: close() waited STOP_WAIT_S (5 s) for
+    # it, every time, and said nothing. The callback touches no session: close() goes on at once, says so.
     held, release = threading.Event(), threading.Event()
 
     def hold(_comparison: inprocserve.ShadowComparison) -> None:
         held.set()
         release.wait(30)
 
-    config = ModelConfig(
-        rollout=RolloutConfig(stable=1, shadow=inprocserve.ShadowConfig(versions=(2,))),
-        version_policy=VersionPolicy.all(),
-    )
-    server = make_server(repository, config=config, on_shadow=hold, shadow_budget=1.0)
+    server = make_server(repository, config=shadowed_scale(repository), on_shadow=hold, shadow_budget=1.0)
     server.predict("scale", np.ones((1, 4), np.float32))
     assert held.wait(10)
     try:
-        server._finalizer()  # what interpreter exit runs for a server nobody closed (see _reaper)
-        versions = server._registry.loaded["scale"]
-        assert [versions[1].state, versions[2].state] == ["ready", "ready"]
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="inprocserve._shadow"):
+            server.close()
+        assert time.monotonic() - started < 2.0
+        assert "the on_shadow callback has not returned" in caplog.text
     finally:
         release.set()
 
