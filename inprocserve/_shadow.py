@@ -426,6 +426,9 @@ class ShadowRunner:
         self._tokens = budget  # seconds of shadow running allowed now; holds at most one second's allowance
         self._refilled_at = clock()
         self._costs: dict[tuple[str, int], float] = {}  # what the last run of each model version took per row
+        # When the shadow version whose runs the figures above count was loaded: a version loaded anew (its file
+        # replaced and refreshed, or unloaded and loaded again) is another model under the same number
+        self._loaded_at: dict[tuple[str, int], float] = {}
         self._stats: dict[tuple[str, int], ShadowStats] = {}
         # a shadow version that fails every copy (or every copy of some clients' requests) would log a line per
         # copy: its failures are logged once a minute per version, with the count since (all are in status())
@@ -555,7 +558,35 @@ class ShadowRunner:
         """Forget what is kept of one shadow version (its statistics, cost and attributes) (lock held)."""
         del self._stats[key]
         self._costs.pop(key, None)
+        self._loaded_at.pop(key, None)
         self._over_budget_attributes.pop(key, None)
+
+    def _note_loaded(self, job: _Job) -> None:
+        """Start a shadow version's figures and measured cost afresh when its copy is for a version loaded
+        after the one they count (lock held). Kept, a version whose file was fixed and refreshed read as
+        differing by the replaced file's largest difference for the worker's life, its runs and agreement mixed
+        with the other file's, and its first runs were stopped against the other file's time. Its drops
+        (the budget's and the queue's, not the file's) are kept. A copy queued for the replaced version, taken
+        later, is loaded earlier: it changes nothing (and is not run: its version is retired)."""
+        loaded_at = getattr(job.shadow, "loaded_at", None)
+        if loaded_at is None:
+            return
+        key = (job.model, job.shadow.version)
+        before = self._loaded_at.get(key)
+        if before is not None and loaded_at <= before:
+            return
+        self._loaded_at[key] = loaded_at
+        old = self._stats.get(key)
+        if before is None or old is None:
+            return
+        self._stats[key] = ShadowStats(
+            dropped_full=old.dropped_full,
+            dropped_busy=old.dropped_busy,
+            dropped_budget=old.dropped_budget,
+            dropped_large=old.dropped_large,
+            stopped_budget=old.stopped_budget,
+        )
+        self._costs.pop(key, None)
 
     def _owed_by_run(self) -> float:
         """What the run in flight has spent so far beyond its reservation: owed already, though settled only
@@ -622,6 +653,7 @@ class ShadowRunner:
                     return
                 job = self._jobs.popleft()
                 self._queued_bytes -= job.nbytes
+                self._note_loaded(job)
                 self._refill()
                 allowance = self._tokens + job.reserved  # what is left of the bucket, its own reservation included
                 if allowance <= 0:  # spent by the runs before this one (they took longer than they reserved)

@@ -17,7 +17,7 @@ import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, RolloutConfig, ShadowComparison, VersionPolicy
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
-from .conftest import ServerFactory, build_busy_model, busy_inputs, wait_until
+from .conftest import ServerFactory, build_busy_model, busy_inputs, past_the_tick, wait_until
 
 X = np.ones((1, 4), np.float32)
 
@@ -816,3 +816,28 @@ def test_a_label_one_class_off_is_a_disagreeing_row_not_a_difference() -> None:
     labels = np.array([0, 1, 2, 3], np.int64)
     comparison = compare_outputs({"label": labels}, {"label": np.array([0, 1, 2, 0], np.int64)})
     assert (comparison.max_abs_diff, comparison.label_agreement) == (None, 0.75)
+
+
+def test_a_shadow_version_replaced_on_disk_starts_its_figures_afresh(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Version 2 (x * 2) disagrees with version 1 (x * 1); its file is fixed (x * 1) and the server refreshed.
+    # Its status mixed the two files' comparisons: the fixed version read as differing by 1.0 for the
+    # worker's life, and its runs, errors and agreement counted the replaced file's.
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    path = save_model(build_scale_model(2.0), repository, "scale", 2)
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    server.predict("scale", X)
+    wait_until(lambda: len(seen) == 1)
+    assert stats(server, "scale")["max_abs_diff"] == 1.0
+    past_the_tick(path)
+    save_model(build_scale_model(1.0), repository, "scale", 2)
+    assert server.refresh() == []
+    for count in range(2, 5):
+        server.predict("scale", X)
+        wait_until(lambda count=count: len(seen) == count)
+    assert [comparison.max_abs_diff for comparison in seen] == [1.0, 0.0, 0.0, 0.0]
+    figures = stats(server, "scale")
+    assert (figures["runs"], figures["max_abs_diff"], figures["label_agreement"]) == (3, 0.0, 1.0)
+    assert figures["by_primary"]["1"]["runs"] == 3 and figures["by_primary"]["1"]["max_abs_diff"] == 0.0
