@@ -576,6 +576,9 @@ class ShadowRunner:
         if before is not None and loaded_at <= before:
             return
         self._loaded_at[key] = loaded_at
+        if len(self._loaded_at) > 2 * VERSIONS_KEPT:  # (versions whose copies never ran: no figures to bound it)
+            for forgotten in [known for known in self._loaded_at if known not in self._stats and known != key]:
+                del self._loaded_at[forgotten]
         old = self._stats.get(key)
         if before is None or old is None:
             return
