@@ -81,8 +81,8 @@ class ShadowComparison:
     """Largest absolute difference over the numeric outputs both versions produced, labels aside (None if
     none)."""
     label_agreement: float | None
-    """Share of rows that agree: the argmax of outputs shaped [rows, classes], and labels (text, or integers
-    shaped [rows] or [rows, 1]) by equality (None if there are none)."""
+    """Share of rows that agree: the argmax of outputs shaped [rows, classes], and labels (text, integers
+    shaped [rows] or [rows, 1], or booleans of any shape) by equality (None if there are none)."""
     error: str | None
     """Why the shadow run failed, if it did (the caller was never affected)."""
     latency_s: float
@@ -110,8 +110,9 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
     """Max absolute difference, row agreement and the first mismatch between two answers to the same request.
 
     Numeric outputs give the difference, and those shaped [rows, classes] the argmax agreement; labels (text,
-    as converted scikit-learn classifiers answer them, or integers shaped [rows] or [rows, 1]) give only the
-    agreement, row by row where equal (a label one class off is not a difference of 1). A ZipMap's list of
+    as converted scikit-learn classifiers answer them, integers shaped [rows] or [rows, 1], or booleans of any
+    shape, such as a multi-label model's flags) give only the agreement, row by row where equal (a label one
+    class off is not a difference of 1). A ZipMap's list of
     per-row class scores is compared as the [rows, classes] array of its scores, classes in sorted order.
 
     An output of the first answer that the second lacks, or has with another number of axes, or as text
@@ -149,7 +150,7 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
             continue
         if expected.size == 0:
             continue
-        if text or (expected.dtype.kind in "biu" and (expected.ndim == 1 or expected.shape[1:] == (1,))):
+        if text or _labels(expected, got):
             # labels: the share of rows that agree; no difference (a label off by one class is no "0.05")
             equal = _equal_elements(expected, got) if text else expected == got
             agreements.append(float(np.mean(equal.reshape(equal.shape[0] if equal.ndim else 1, -1).all(axis=1))))
@@ -171,6 +172,16 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
                 rows_agree &= ~unequal.any(axis=1)
             agreements.append(float(np.mean(rows_agree)))
     return Comparison(max(diffs) if diffs else None, float(np.mean(agreements)) if agreements else None, mismatch)
+
+
+def _labels(expected: np.ndarray, got: np.ndarray) -> bool:
+    """Whether two numeric outputs of one shape are labels, compared row by row by equality: integers shaped
+    [rows] or [rows, 1], and flags (booleans, in both answers) of any shape. A multi-label model's flags,
+    [rows, labels], are no class scores: by their argmax, a row whose second label turned off read as
+    agreeing, and the flag that changed as a difference of 1."""
+    if expected.dtype.kind == "b" and got.dtype.kind == "b":
+        return True
+    return expected.dtype.kind in "biu" and (expected.ndim == 1 or expected.shape[1:] == (1,))
 
 
 def _comparable(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:

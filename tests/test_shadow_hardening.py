@@ -841,3 +841,37 @@ def test_a_shadow_version_replaced_on_disk_starts_its_figures_afresh(
     figures = stats(server, "scale")
     assert (figures["runs"], figures["max_abs_diff"], figures["label_agreement"]) == (3, 0.0, 1.0)
     assert figures["by_primary"]["1"]["runs"] == 3 and figures["by_primary"]["1"]["max_abs_diff"] == 0.0
+
+
+def build_flags_model(threshold: float) -> Any:
+    """A multi-label model: ``flags = x > threshold``, bool ``[batch, 4]`` (one flag per label)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Greater", ["x", "threshold"], ["flags"])],
+        "flags",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("flags", TensorProto.BOOL, ["batch", 4])],
+        [numpy_helper.from_array(np.array(threshold, np.float32), "threshold")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_multi_label_flags_are_compared_row_by_row_not_by_their_argmax(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A multi-label classifier answers one bool flag per label. Its candidate turns the second label off for
+    # this row: the argmax of [T, T, F, F] and [T, F, F, F] is the same, so the row read as agreeing (label
+    # agreement 1.0, result "agree") and the flag that changed as a "difference of 1.0".
+    save_model(build_flags_model(0.0), repository, "scale", 1)
+    save_model(build_flags_model(0.5), repository, "scale", 2)
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    rows = np.array([[1.0, 0.2, -1.0, -1.0], [1.0, 1.0, -1.0, -1.0]], np.float32)
+    assert server.predict("scale", rows)["flags"].tolist() == [[True, True, False, False], [True, True, False, False]]
+    wait_until(lambda: len(seen) == 1)
+    assert (seen[0].max_abs_diff, seen[0].label_agreement, seen[0].mismatch) == (None, 0.5, None)
