@@ -325,11 +325,29 @@ class DriftMonitor:
         self.last: dict[str, dict[str, float]] = {}
         self.drifting = False
         self._said = LogLimit(DRIFT_REPEAT_S)  # when the drifting warning is due (see _say)
+        _fork.register(self)
         if config.reference_file:
             path = resolve_model_file(
                 folder, config.reference_file, what="drift reference file", model=model, version=version
             )
             self._features = self._reference_from_file(path)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child (a worker of a server built, and used, before the fork) starts with a lock of its
+        own: a request thread of the parent noting its rows at the instant of the fork held it for good here,
+        and the child's first request, which feeds drift once answered, hung on it. A capture handed to the
+        parent's scoring thread is started over: the child's scorer has none of the parent's queue, and the
+        reference was never built here (every window was dropped, for the worker's life). So are the open
+        window and a capture under way, when a thread of the parent was changing them."""
+        whole = self._lock.acquire(blocking=False)
+        if whole:
+            self._lock.release()
+        self._lock = threading.Lock()
+        if not whole:
+            self._pending, self._pending_rows = [], 0
+        if self._features is None and (not whole or self._captured_rows >= self.config.capture_reference):
+            self._capture, self._captured_rows, self._unkept_rows = [], 0, 0
+            self._pending, self._pending_rows = [], 0
 
     def _fail(self, message: str) -> ModelLoadError:
         return ModelLoadError(

@@ -23,7 +23,7 @@ from inprocserve._inflight import inputs_key
 from inprocserve._signature import TensorSpec
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, run_in_forked_child
 from .toolkit_models import CLASSES, build_string_label_classifier
 
 
@@ -1091,3 +1091,55 @@ def test_a_live_request_that_follows_a_promotion_replay_is_fed_to_drift(
     np.testing.assert_array_equal(live.result(timeout=10)["y"], x * 2)
     assert drain()
     assert drift_status(server)["windows"] == 1
+
+
+def test_a_worker_forked_while_a_thread_is_inside_the_drift_monitor_answers_and_scores(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A request thread of the parent was noting its rows (the version's drift lock held) at the instant of the
+    # fork: the child has no such thread to release it, and its first request, which feeds drift on the
+    # caller's thread once answered, hung on that lock for good.
+    from .test_fork import held_by_another_thread
+
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(40)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (4000, 4)).astype(np.float32))
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=400)))
+    x = rng.normal(0, 1, (400, 4)).astype(np.float32)
+    server.predict("scale", x[:50])
+    monitor = server._registry.routes["scale"].versions[1].drift
+    assert monitor is not None
+    with held_by_another_thread(monitor._lock):
+
+        def in_the_child() -> str:
+            server.predict("scale", x, timeout_s=5)  # (the parent's open window, being changed, is dropped)
+            assert drain(5)
+            return str(drift_status(server)["windows"])
+
+        assert run_in_forked_child(in_the_child, timeout_s=20) == "1"
+
+
+def test_a_reference_being_built_at_a_fork_is_captured_again_in_the_child(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The parent's capture was complete and queued for its scoring thread at the instant of the fork: the
+    # child's scorer starts with an empty queue, so the reference was never built there, and the child's
+    # version counted every window as dropped with no reference, for the worker's life.
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(capture_reference=100, window=100)))
+    gate = blocked(server)  # the parent's scoring thread is busy: the capture waits in its queue
+    rng = np.random.default_rng(41)
+    try:
+        server.predict("scale", rng.normal(0, 1, (100, 4)).astype(np.float32))
+
+        def in_the_child() -> str:
+            for _ in range(4):
+                server.predict("scale", rng.normal(0, 1, (100, 4)).astype(np.float32), timeout_s=5)
+                assert drain(5)
+            status = drift_status(server)
+            return f"{status['reference_ready']} {status['windows']}"
+
+        ready, windows = run_in_forked_child(in_the_child, timeout_s=20).split()
+        assert ready == "True" and int(windows) >= 2
+    finally:
+        gate.set()
