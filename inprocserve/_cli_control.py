@@ -125,6 +125,22 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
         written = control.bump_reload(actor=args.actor)
     else:
         source = scan.models.get(args.model)
+        clears = args.command in ("kill", "resume") or (args.command == "canary" and args.version is None)
+        if source is None and clears and args.model in control.read().models:
+            # A model whose folder was removed keeps serving from memory on the servers that had it loaded, and
+            # the control file keeps its entry: `resume` or `canary ... none` were refused, so that entry could
+            # not be cleared (nor the model killed) from a shell. These load nothing, so they are written.
+            print(
+                f"note: model {args.model!r} is not in the repository {repository}; changing its entry in the control "
+                "file only",
+                file=sys.stderr,
+            )
+            kill = args.command == "kill"
+            if args.command == "canary":
+                return control.set_model(
+                    args.model, lambda state: replace(state, canary_version=None, canary_percent=0.0), actor=args.actor
+                )
+            return control.set_model(args.model, lambda state: replace(state, kill=kill), actor=args.actor)
         if source is None:
             # (it named neither the models there nor that nothing was written: `kill models/ frud` in an incident)
             raise InprocserveError(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -1318,3 +1319,38 @@ def test_switch_compares_with_the_version_serving_when_it_writes_not_when_it_rea
     err = capsys.readouterr().err
     assert err.startswith("error: model 'fraud' version 3 is not compatible with version 1, which serves now: "), err
     assert ControlFile(repository).read().models["fraud"].stable == 1
+
+
+@pytest.mark.parametrize(
+    ("command", "cleared"),
+    [
+        (["resume"], lambda state: not state.kill),
+        (["kill"], lambda state: state.kill),
+        (["canary", "none"], lambda state: state.canary_version is None and state.canary_percent == 0),
+    ],
+)
+def test_a_model_removed_from_the_repository_can_still_be_turned_down_from_the_command_line(
+    repository: Path, command: list[str], cleared: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The fleet ran fraud 1 with a canary on 2, killed; fraud's folder was then removed (retired), while its
+    # servers kept serving it from memory: `resume`/`canary none` were refused with "model 'fraud' is not in
+    # the repository", so the control file's entry could not be cleared from the command line.
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    save_model(build_scale_model(2.0), repository, "fraud", 2)
+    save_model(build_scale_model(1.0), repository, "churn", 1)
+    assert main(["switch", str(repository), "fraud", "1"]) == 0
+    assert main(["canary", str(repository), "fraud", "2", "10"]) == 0
+    assert main(["kill", str(repository), "fraud"]) == 0
+    shutil.rmtree(repository / "fraud")
+    capsys.readouterr()
+    assert main([command[0], str(repository), "fraud", *command[1:]]) == 0
+    err = capsys.readouterr().err
+    assert "model 'fraud' is not in the repository" in err and "control file" in err, err
+    assert cleared(ControlFile(repository).read().models["fraud"])
+    # setting a version to serve still refuses: no server could load it
+    for refused in (["switch", "fraud", "1"], ["canary", "fraud", "2", "10"], ["rollback", "fraud"]):
+        assert main([refused[0], str(repository), *refused[1:]]) == 1
+        assert "model 'fraud' is not in the repository" in capsys.readouterr().err
+    # a name the control file does not have is refused as before (a typo in an incident)
+    assert main([command[0], str(repository), "frud", *command[1:]]) == 1
+    assert "did you mean 'churn'?" not in capsys.readouterr().err
