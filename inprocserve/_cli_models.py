@@ -153,6 +153,17 @@ def _holds_a_version(entry: Path) -> bool:
     return entry.name.isdecimal() and (entry / MODEL_FILENAME).is_file()
 
 
+def _model_name(path: Path) -> str:
+    """The model ``inspect`` names for ``path``: its model folder's in a repository (``fraud`` for
+    ``models/fraud/7/model.onnx``), else the file's own (a loose ``downloads/fraud-v3.onnx`` was named after
+    the folder two levels up); ``model`` when neither says more."""
+    if path.parent.name.isdecimal():
+        return path.parent.parent.name or "model"
+    if path.stem in ("model", "remote"):
+        return path.parent.name or "model"
+    return path.stem or "model"
+
+
 def _inspect(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if path.is_dir():
@@ -170,7 +181,7 @@ def _inspect(args: argparse.Namespace) -> int:
     folder = path.parent.name
     version = int(folder) if folder.isdecimal() and int(folder) >= 1 else 1
     try:
-        model = _load(path.parent.parent.name or "model", version, path, config)
+        model = _load(_model_name(path), version, path, config)
     except InprocserveError as exc:
         raise_if_stopped()  # (a stop that came as onnxruntime loaded: see raise_if_stopped)
         return fail(printable(str(exc)), PROBLEMS)
@@ -201,7 +212,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _inspect_remote(path: Path, *, as_json: bool) -> int:
     ignored: list[str] = []
     try:
-        signature, endpoint = _remote_signature(path.parent.parent.name or "model", 1, path, ignored)
+        signature, endpoint = _remote_signature(_model_name(path), 1, path, ignored)
     except InprocserveError as exc:
         return fail(printable(str(exc)), PROBLEMS)
     if ignored:  # (on stderr: --json's output stays one document)
