@@ -1013,7 +1013,13 @@ class Registry:
         kept_out = self._kept_from_policy.get(name, set())
         usable = [v for v in source.versions if v not in unloaded]
         wanted = set(config.version_policy.select([v for v in usable if v not in kept_out]))
-        wanted |= (config.rollout.referenced_versions | self._loaded_by_hand.get(name, set())) & set(usable)
+        # (the versions the sync adds whatever the policy, the control file's among them: left out, one that
+        # failed on ``config`` was built by the sync, outside all or nothing, and the call raised with the rest
+        # serving on ``config``)
+        router = self.routers.get(name)
+        named = config.rollout.referenced_versions | self._loaded_by_hand.get(name, set())
+        named |= self._control_versions(name) | ({router.state.alias} if router and router.state.alias else set())
+        wanted |= named & set(usable)
         wanted |= {v for v in loaded if v in usable and v not in by_path}
         try:
             for number in sorted(wanted):

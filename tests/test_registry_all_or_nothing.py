@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import inprocserve
+from inprocserve._control import ControlFile
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -70,5 +72,27 @@ def test_a_load_of_a_version_not_in_the_repository_keeps_a_model_unloaded_by_han
     server.unload("scale")
     with pytest.raises(inprocserve.ModelNotFoundError, match="no version 9"):
         server.load("scale", version=9)
+    assert server.refresh() == []
+    assert server.models == {}
+
+
+def test_a_failed_load_of_a_model_with_a_config_changes_nothing_when_the_version_that_fails_is_the_fleets(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The fleet serves version 1 (its control file's stable) while version 2 is the latest. An operator took the
+    # model out of service, then loads it on a configuration whose warm-up inputs fit version 2 only: the
+    # all-or-nothing part built version 2 and left out version 1, which the sync after it then failed to build,
+    # so the call raised yet left the model serving version 2 on the new configuration, kept for every refresh.
+    save_model(build_scale_model(1.0, features=3), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    np.save(repository / "scale" / "warm.npy", np.ones((1, 4), np.float32))
+    ControlFile(repository).set_model("scale", lambda state: replace(state, stable=1))
+    server = make_server(repository, control_interval_s=None)
+    assert server.models == {"scale": [1, 2]}
+    server.unload("scale")
+    warmed = inprocserve.ModelConfig(warmup=inprocserve.WarmupConfig(inputs_file="warm.npy"))
+    with pytest.raises(inprocserve.ModelLoadError, match=r"version 1 .*expected size 3 on axis 1"):
+        server.load("scale", config=warmed)
+    assert server.models == {}
     assert server.refresh() == []
     assert server.models == {}
