@@ -1020,6 +1020,13 @@ class Registry:
         named = config.rollout.referenced_versions | self._loaded_by_hand.get(name, set())
         named |= self._control_versions(name) | ({router.state.alias} if router and router.state.alias else set())
         wanted |= named & set(usable)
+        if not wanted:  # (refused by the sync after the loaded versions were reloaded on ``config``, kept in force)
+            error = ModelLoadError if name in self.routes else ModelNotFoundError
+            raise error(
+                f"model {name!r}: the version_policy of the configuration passed selects none of the versions in the "
+                f"repository ({', '.join(map(str, sorted(source.versions))) or 'none'}); nothing changed",
+                model=name,
+            )
         wanted |= {v for v in loaded if v in usable and v not in by_path}
         try:
             for number in sorted(wanted):

@@ -96,3 +96,24 @@ def test_a_failed_load_of_a_model_with_a_config_changes_nothing_when_the_version
     assert server.models == {}
     assert server.refresh() == []
     assert server.models == {}
+
+
+def test_a_load_with_a_config_whose_policy_selects_no_version_changes_nothing(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A mistyped policy (version 9 of a model with versions 1 and 2) on a tighter configuration: the call
+    # raised "its version_policy selects none of the versions", yet the configuration stayed in force, version 2
+    # reloaded on it (two rows refused) and kept on it through every refresh.
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "scale", 2)
+    server = make_server(repository, control_interval_s=None)
+    mistyped = inprocserve.ModelConfig(
+        version_policy=inprocserve.VersionPolicy.specific(9),
+        batching=inprocserve.BatchingConfig(max_request_rows=1),
+    )
+    with pytest.raises(inprocserve.ModelLoadError, match=r"selects none of the versions in the repository \(1, 2\)"):
+        server.load("scale", config=mistyped)
+    assert server.models == {"scale": [2]}
+    assert server.predict("scale", np.ones((2, 4), np.float32)).version == 2
+    assert server.refresh() == []
+    assert server.predict("scale", np.ones((2, 4), np.float32)).version == 2
