@@ -516,3 +516,24 @@ def test_an_app_s_own_404_under_a_prefix_it_shares_is_left_to_the_app(repository
         assert client.get("/api/health").status_code == 200
     finally:
         Inprocserve.close(app)
+
+
+def test_the_endpoints_blueprint_nested_in_a_teams_own_is_refused_at_registration(repository: Path) -> None:
+    # A team mounting everything under its own /ops blueprint took the plug-in's blueprint from app.blueprints and
+    # nested it (Flask names it "ops.inprocserve"): a second copy of the endpoints that the plug-in's JSON 404 and
+    # 405 do not know (found by blueprint name), so /ops/-/inprocserve/modles got werkzeug's HTML page again.
+    from flask import Blueprint
+
+    app = make_app(repository)
+    try:
+        ops = Blueprint("ops", __name__)
+        ops.register_blueprint(app.blueprints["inprocserve"])
+        with pytest.raises(ValueError, match=r"INPROCSERVE_URL_PREFIX"):
+            app.register_blueprint(ops, url_prefix="/ops")
+        client = app.test_client()
+        assert client.get("/ops/-/inprocserve/health").status_code == 404
+        assert client.get("/-/inprocserve/health").status_code == 200
+        response = client.get("/-/inprocserve/modles")
+        assert response.status_code == 404 and response.json["error"] == "not_found"
+    finally:
+        Inprocserve.close(app)

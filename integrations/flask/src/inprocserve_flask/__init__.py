@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, has_request_context, jsonify, request
+from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.local import LocalProxy
 
@@ -556,6 +557,20 @@ def _error_handler(statuses: Mapping[type[Exception], int], retry_after_s: float
 
 def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     blueprint = Blueprint("inprocserve", __name__)
+    prefix = config["INPROCSERVE_URL_PREFIX"]
+
+    # (recorded before the routes: raised before any of them is added)
+    @blueprint.record
+    def registered_once(state: BlueprintSetupState) -> None:
+        # Taken from app.blueprints and nested in a team's own ("ops.inprocserve") or registered again, it was a
+        # second copy of the endpoints that the JSON 404 and 405 of _routing_error do not know (by blueprint name)
+        if not state.first_registration:
+            raise ValueError(
+                f"the inprocserve endpoints are registered by Inprocserve.init_app, once, at INPROCSERVE_URL_PREFIX "
+                f"({prefix!r}); they cannot be registered again or nested in another blueprint (here as "
+                f"{state.name!r}): to move them, set INPROCSERVE_URL_PREFIX (such as '/ops/-/inprocserve')"
+            )
+
     token = config["INPROCSERVE_ADMIN_TOKEN"]
     eager = config["INPROCSERVE_EAGER"]
     retry_after_s = config["INPROCSERVE_RETRY_AFTER_S"]
