@@ -86,6 +86,12 @@ def render_status_page(
         f"repository {_text(status.get('repository'))}",
         f"generated at {escape(when)}",
     ]
+    worker = _mapping(status.get("worker"))
+    if worker.get("pid") is not None:
+        # Under several workers each load is drawn by whichever took the connection, from its own counts: said,
+        # or two loads a second apart disagree with nothing to say why and read as the fleet's figures.
+        host = f" on {_text(worker['hostname'])}" if worker.get("hostname") else ""
+        facts.insert(1, f"worker {_text(worker['pid'])}{host} (its own figures)")
     if status.get("closed"):
         facts.insert(0, '<span class="badge bad">server closed</span>')
     control = _mapping(status.get("control"))

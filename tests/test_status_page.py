@@ -199,6 +199,19 @@ def test_the_page_shows_every_model_version_and_statistic(rollout_server: inproc
     assert inprocserve.render_status_page(json_round_trip, now=None).count("<svg") == page.count("<svg")
 
 
+def test_the_page_says_which_worker_drew_it(rollout_server: inprocserve.Server) -> None:
+    # under several workers each load is one worker's figures, whichever took the connection (the gunicorn
+    # test in test_gunicorn_metrics.py shows it across two real workers)
+    status = rollout_server.status()
+    header = inprocserve.render_status_page(status).split("<header>", 1)[1].split("</header>", 1)[0]
+    worker = status["worker"]
+    assert f"worker {worker['pid']} on {worker['hostname']} (its own figures)" in header
+    hostile = {**status, "worker": {"pid": "<script>", "hostname": None}}
+    header = inprocserve.render_status_page(hostile).split("<header>", 1)[1].split("</header>", 1)[0]
+    assert "worker &lt;script&gt; (its own figures)" in header  # (escaped, and no host said when none is known)
+    assert "worker" not in inprocserve.render_status_page({**status, "worker": None}).split("</header>", 1)[0]
+
+
 def test_a_bandit_shows_its_arm_shares(repository: Path, make_server: ServerFactory) -> None:
     for version in (1, 2):
         save_model(build_scale_model(float(version)), repository, "bandit", version)
