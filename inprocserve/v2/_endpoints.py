@@ -599,9 +599,13 @@ def _mismatch(signature: Signature, tensors: Sequence[TensorHeader], max_rows: i
                         f"input {spec.name!r}: expected size {size} on axis {axis} ({takes}), got shape {list(shape)}"
                     )
         if shape:
+            # (the rows are read as validate reads them: from the input whose axis 0 the outputs name where the
+            # inputs need not share it; the first input's, a table of entries declared first was taken for the
+            # rows, and a request that predict serves was refused over max_request_rows, or as one of 0 rows)
             if rows < 0:
-                rows = shape[0]
-            elif signature.batchable and shape[0] != rows:
+                if signature._rows_from is None or spec.name == signature._rows_from:
+                    rows = shape[0]
+            elif signature._same_rows and shape[0] != rows:
                 return (
                     f"input {spec.name!r}: has {shape[0]} rows but the other inputs have {rows}; "
                     "all inputs need the same number of rows"

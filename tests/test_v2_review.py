@@ -1,0 +1,45 @@
+"""The Open Inference Protocol endpoints read as hostile input, against the protocol's text: requests the
+endpoints refused that ``Server.predict`` serves, and refusals that were no 400 saying what to fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import inprocserve
+from inprocserve import v2
+from inprocserve.testing import save_model
+
+from .conftest import ServerFactory
+from .test_config import _rows_against_a_table
+from .test_v2_codec import call
+
+
+def test_a_table_declared_before_the_rows_is_not_held_to_max_request_rows(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # scores[batch, k] = x[batch, 4] @ table[k, 4]^T: the rows are x's; predict serves a table of any size, the
+    # protocol's header check took the first input's axis 0 (the table's entries) for the rows
+    save_model(_rows_against_a_table(table_first=True), repository, "match", 1)
+    config = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_request_rows=2))
+    server = make_server(repository, models={"match": config})
+    endpoints = v2.Endpoints(lambda: server)
+
+    def infer(rows: int, entries: int) -> tuple[int, dict[str, object]]:
+        tensors = [("x", rows), ("table", entries)]
+        inputs = [{"name": n, "shape": [k, 4], "datatype": "FP32", "data": [1.0] * 4 * k} for n, k in tensors]
+        status, document, _ = call(endpoints, "POST", "/v2/models/match/infer", json.dumps({"inputs": inputs}).encode())
+        return status, document
+
+    for entries in (5, 0):
+        status, document = infer(1, entries)
+        assert status == 200, document
+        assert document["outputs"] == [
+            {"name": "scores", "datatype": "FP32", "shape": [1, entries], "data": [4.0] * entries}
+        ]
+    status, document = infer(3, 1)  # the rows are still bounded
+    assert (status, document["error"]) == (
+        400,
+        "model 'match' version 1: the request has 3 rows, more than the 2 allowed per request "
+        "(batching.max_request_rows); split it into smaller requests",
+    )
