@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
 import inprocserve
 from inprocserve import v2
 from inprocserve.testing import save_model
@@ -42,4 +46,22 @@ def test_a_table_declared_before_the_rows_is_not_held_to_max_request_rows(
         400,
         "model 'match' version 1: the request has 3 rows, more than the 2 allowed per request "
         "(batching.max_request_rows); split it into smaller requests",
+    )
+
+
+@pytest.mark.parametrize("off_by", [-1, -40, 1, 2])
+def test_a_json_part_cut_wrong_by_the_inference_header_length_names_that_header(off_by: int) -> None:
+    # a client whose Inference-Header-Content-Length is off (counted in characters, not bytes, or before a field
+    # was added) sent well-formed JSON, and was told "the request JSON is malformed: Extra data" or
+    # "Unterminated string": nothing pointed at the header that cut it
+    x = triton.InferInput("x", [1, 4], "FP32")
+    x.set_data_from_numpy(np.arange(4, dtype=np.float32).reshape(1, 4))
+    body, json_length = triton.InferenceServerClient.generate_request_body([x])
+    assert json_length is not None
+    with pytest.raises(inprocserve.InvalidInputError) as refused:
+        v2.decode_infer_request(body, {v2.HEADER_LENGTH: str(json_length + off_by)})
+    assert str(refused.value).startswith("the request JSON is malformed: ")
+    assert str(refused.value).endswith(
+        f"; it is the body's first {json_length + off_by} bytes, as {v2.HEADER_LENGTH} says: check that the header "
+        "counts the JSON's bytes exactly"
     )

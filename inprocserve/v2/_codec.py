@@ -186,7 +186,14 @@ def decode_infer_request(
     json_text = body if json_length is None else body[:json_length]
     if len(json_text) > limits.max_json_bytes:
         raise json_too_large(len(json_text), limits.max_json_bytes)
-    document = _parse_json(json_text)
+    # (a JSON part the header cut wrong was said to be malformed JSON: the client's JSON blamed, not the length)
+    cut = (
+        ""
+        if json_length is None
+        else f"; it is the body's first {json_length} bytes, as {HEADER_LENGTH} says: check that the header "
+        "counts the JSON's bytes exactly"
+    )
+    document = _parse_json(json_text, malformed_hint=cut)
     binary = memoryview(body)[len(body) if json_length is None else json_length :]
     if not isinstance(document, dict):
         raise InvalidInputError("the request body must be a JSON object with an 'inputs' list")
@@ -424,14 +431,19 @@ _HOOKED_PARSE_ABOVE_BYTES = 1 << 20
 
 
 def _parse_json(
-    raw: bytes | memoryview, checkpoint: Callable[[], None] | None = None, *, from_client: bool = True
+    raw: bytes | memoryview,
+    checkpoint: Callable[[], None] | None = None,
+    *,
+    from_client: bool = True,
+    malformed_hint: str = "",
 ) -> Any:
     """``raw`` parsed. With ``checkpoint``, a document over 1 MiB calls it every :data:`CHECK_EVERY` numbers:
     ``json.loads`` is one call that holds the GIL throughout, and a one-row answer of 10 million FP32 (a
     dynamic non-batch axis) took 2 s to parse, past a 0.5 s deadline, every other thread of the process
     stalled. Numbers parsed through a Python function cost about 30% more, and let other threads run between
     them. (Text has no such hook: a document of strings is parsed in one go.) A client's request may name a key
-    once (``_unique_json``); an answer read from a model server (``from_client=False``) is read as json reads it."""
+    once (``_unique_json``); an answer read from a model server (``from_client=False``) is read as json reads it.
+    ``malformed_hint`` ends the message of malformed JSON (where it came from, when that may be the fault)."""
     if checkpoint is not None and len(raw) > _HOOKED_PARSE_ABOVE_BYTES:
         seen = 0
 
@@ -466,7 +478,7 @@ def _parse_json(
                 f"the request JSON holds an integer of more than {sys.get_int_max_str_digits()} digits, which no "
                 "datatype, shape or parameter takes; send numbers that fit the tensor's datatype"
             ) from None
-        raise InvalidInputError(f"the request JSON is malformed: {exc}") from None
+        raise InvalidInputError(f"the request JSON is malformed: {exc}{malformed_hint}") from None
 
 
 def _parameters(raw: object, where: str) -> dict[str, Any]:
