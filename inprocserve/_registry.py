@@ -1883,12 +1883,17 @@ class Registry:
 
     def _why_not(self, model: str, version: object) -> str:
         """Why ``version`` of a served ``model`` is not served though it is in the repository, as a hint for
-        :meth:`not_found` ("" when it is not there). (One unloaded by hand is loaded again by a pinned
-        request, so it is not refused here.)"""
+        :meth:`not_found` ("" when it is not there): it failed to load, was unloaded by hand, or its model's
+        version_policy leaves it out."""
         if not isinstance(version, int) or version not in self._on_disk.get(model, frozenset()):
             return ""
         if version in self.failures.get(model, {}):
             return f"; version {version} is in the repository but failed to load: see the server's status or log"
+        if version in self._unloaded_versions.get(model, ()):
+            return (
+                f"; version {version} is in the repository but was unloaded (Server.unload): "
+                f"Server.load({model!r}, version={version}) serves it again"
+            )
         return (
             f"; version {version} is in the repository, but the model's version_policy does not select it: "
             'serve it with version_policy = "all" (or { specific = [...] }) in its config.toml'

@@ -67,11 +67,6 @@ def test_a_json_part_cut_wrong_by_the_inference_header_length_names_that_header(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="inprocserve/_registry.py Registry._why_not: a version unloaded by hand is said to be left out by the "
-    "version policy (the lead's fix: say it was unloaded, and that Server.load(name, version=N) serves it again)",
-)
 def test_a_pinned_request_to_a_version_unloaded_by_hand_is_told_so_not_sent_to_the_version_policy(
     repository: Path, make_server: ServerFactory
 ) -> None:
@@ -85,3 +80,8 @@ def test_a_pinned_request_to_a_version_unloaded_by_hand_is_told_so_not_sent_to_t
     assert status == 404
     assert "version_policy" not in document["error"], document
     assert "unloaded" in document["error"], document
+    assert "Server.load('scale', version=1) serves it again" in document["error"], document
+    with pytest.raises(inprocserve.ModelNotFoundError, match=r"was unloaded \(Server\.unload\)"):
+        server.predict("scale", np.ones((1, 4), dtype=np.float32), version=1)
+    server.load("scale", version=1)
+    assert server.predict("scale", np.ones((1, 4), dtype=np.float32), version=1).version == 1
