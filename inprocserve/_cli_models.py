@@ -153,11 +153,17 @@ def _holds_a_version(entry: Path) -> bool:
     return entry.name.isdecimal() and (entry / MODEL_FILENAME).is_file()
 
 
+def _in_a_version_folder(path: Path) -> bool:
+    """Whether ``path`` is a repository's model file in its version folder (``models/fraud/7/model.onnx``): a
+    file of another name in a numbered folder (``releases/3/fraud-v3.onnx``) is a loose file."""
+    return path.parent.name.isdecimal() and path.name in (MODEL_FILENAME, REMOTE_FILENAME)
+
+
 def _model_name(path: Path) -> str:
     """The model ``inspect`` names for ``path``: its model folder's in a repository (``fraud`` for
     ``models/fraud/7/model.onnx``), else the file's own (a loose ``downloads/fraud-v3.onnx`` was named after
     the folder two levels up); ``model`` when neither says more."""
-    if path.parent.name.isdecimal():
+    if _in_a_version_folder(path):
         return path.parent.parent.name or "model"
     if path.stem in ("model", "remote"):
         return path.parent.name or "model"
@@ -179,7 +185,7 @@ def _inspect(args: argparse.Namespace) -> int:
     config = ModelConfig(pool=PoolConfig(size=1, intra_op_threads=1), warmup=WarmupConfig(enabled=False))
     # (a version folder's number names the version: a broken models/fraud/7/model.onnx was "version 1")
     folder = path.parent.name
-    version = int(folder) if folder.isdecimal() and int(folder) >= 1 else 1
+    version = int(folder) if _in_a_version_folder(path) and int(folder) >= 1 else 1
     try:
         model = _load(_model_name(path), version, path, config)
     except InprocserveError as exc:

@@ -83,6 +83,19 @@ def test_inspect_a_broken_loose_file_names_the_file_not_the_folder_above_it(
     assert err.startswith(f"error: model 'fraud-v3' version 1: cannot load {bad}: "), err
 
 
+def test_inspect_a_broken_loose_file_in_a_numbered_folder_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `inspect releases/3/fraud-v3.onnx`: a numbered folder holding a file of another name is no version folder
+    # (a repository's holds model.onnx), yet it said "model 'releases' version 3: cannot load ..."
+    bad = tmp_path / "releases" / "3" / "fraud-v3.onnx"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"\x08\x07garbage, not a model")
+    assert main(["inspect", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model 'fraud-v3' version 1: cannot load {bad}: "), err
+
+
 def test_validate_a_good_repository(repository: Path, capsys: object) -> None:
     save_model(build_scale_model(), repository, "scale", 1)
     save_model(build_scale_model(), repository, "scale", 2)
