@@ -150,8 +150,9 @@ class Registry:
         self._explicit: set[str] = set()  # loaded with load(path=...): refresh() leaves them alone
         self._unloaded: set[str] = set()  # unloaded by hand: refresh() does not bring them back
         self._unloaded_versions: dict[str, set[int]] = {}  # versions unloaded by hand, likewise
-        # Versions unloaded by hand, then loaded again for a control revision or a pinned request that names
-        # them: served while they are named, never the policy's choice (a canary on one took the default).
+        # Versions unloaded by hand, then loaded again for a control revision or an operation that names them
+        # (a pinned request loads nothing: see _why_not): served while they are named, never the policy's choice
+        # (a canary on one took the default).
         self._kept_from_policy: dict[str, set[int]] = {}
         # versions loaded by hand (load(name, version=N)): served whatever the policy, until unloaded by hand
         self._loaded_by_hand: dict[str, set[int]] = {}
@@ -256,7 +257,7 @@ class Registry:
         with_the_rest: bool = False,
     ) -> int:
         """See :meth:`Server.load` (the lifecycle lock serializes it with every other change). ``by_hand``:
-        called by :meth:`Server.load`, not for a control revision or a pinned request (which load a version
+        called by :meth:`Server.load`, not for a control revision or an operation (which load a version
         for as long as they name it, and leave the policy to the next refresh). ``with_the_rest``: ``version``
         of a model served from the repository is loaded with what its policy and control state serve, and
         published with them (see :meth:`serving`)."""
@@ -428,8 +429,8 @@ class Registry:
                 hand[name] = versions
 
     def _named_again(self, name: str, version: int) -> None:
-        """``version`` is loaded because a control revision, an operation or a pinned request names it: one
-        unloaded by hand serves as named, never as the policy's choice, until loaded by hand again."""
+        """``version`` is loaded because a control revision or an operation names it: one unloaded by hand
+        serves as named, never as the policy's choice, until loaded by hand again."""
         unloaded_by_hand = self._unloaded_versions.get(name, set())
         if version in unloaded_by_hand:
             unloaded_by_hand.discard(version)
