@@ -563,12 +563,17 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     @blueprint.record
     def registered_once(state: BlueprintSetupState) -> None:
         # Taken from app.blueprints and nested in a team's own ("ops.inprocserve") or registered again, it was a
-        # second copy of the endpoints that the JSON 404 and 405 of _routing_error do not know (by blueprint name)
-        if not state.first_registration:
+        # second copy of the endpoints that the JSON 404 and 405 of _routing_error do not know (by blueprint name).
+        # Registered on another app (known by the config init_app was given), its views found no extension there:
+        # an HTML 500 for /ready, and a 503 saying the model server could not start, for /models.
+        elsewhere = state.app.config is not config
+        if elsewhere or not state.first_registration:
+            where = f"on app {state.app.name!r}" if elsewhere else f"as {state.name!r}"
             raise ValueError(
                 f"the inprocserve endpoints are registered by Inprocserve.init_app, once, at INPROCSERVE_URL_PREFIX "
-                f"({prefix!r}); they cannot be registered again or nested in another blueprint (here as "
-                f"{state.name!r}): to move them, set INPROCSERVE_URL_PREFIX (such as '/ops/-/inprocserve')"
+                f"({prefix!r}); they cannot be registered again or nested in another blueprint (here {where}): "
+                "to move them, set INPROCSERVE_URL_PREFIX (such as '/ops/-/inprocserve'); for another app, call "
+                "Inprocserve(app) on it"
             )
 
     token = config["INPROCSERVE_ADMIN_TOKEN"]
