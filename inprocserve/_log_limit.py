@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
+from . import _fork
+
 __all__ = ["LOG_EVERY_S", "LogLimit", "since"]
 
 LOG_EVERY_S = 60.0
@@ -25,7 +27,7 @@ _MAX_KEYS = 1024  # problems followed at once: past it the oldest is forgotten (
 class LogLimit:
     """When to log each of several steady problems, told apart by a key (a model, a kind of problem).
 
-    Thread-safe.
+    Thread-safe, and fork-safe: a forked child gets a lock of its own.
 
     Args:
         every_s: Least time between two lines of one problem.
@@ -38,6 +40,13 @@ class LogLimit:
         self._lock = threading.Lock()
         # key -> [when last logged, times not logged since, going on, its end not said since that line]
         self._state: dict[Hashable, list[float | int | bool]] = {}
+        _fork.register(self)
+
+    def _after_fork_in_child(self) -> None:
+        """A forked child's lock of its own: a thread of the parent asking at the instant of the fork (the drift
+        scorer, which asks for every window it scores) held it for good there, and the child's first ask hung
+        (its drift scoring thread, for the worker's life). What was logged when is kept."""
+        self._lock = threading.Lock()
 
     def due(self, key: Hashable = None) -> int | None:
         """Count one occurrence of ``key``'s problem. Returns None when it should not be logged now, else

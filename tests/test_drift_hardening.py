@@ -1119,6 +1119,34 @@ def test_a_worker_forked_while_a_thread_is_inside_the_drift_monitor_answers_and_
         assert run_in_forked_child(in_the_child, timeout_s=20) == "1"
 
 
+def test_a_worker_forked_while_the_scoring_thread_says_whether_a_version_drifts_scores_on(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The parent's scoring thread was inside the monitor's log limit (each scored window asks it whether to say
+    # that the version drifts, or no longer does) at the instant of the fork: its lock stayed held in the child,
+    # whose scoring thread hung on it after its first window, and the worker scored no drift for its life.
+    from .test_fork import held_by_another_thread
+
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    rng = np.random.default_rng(43)
+    np.savez(repository / "scale" / "reference.npz", x=rng.normal(0, 1, (4000, 4)).astype(np.float32))
+    server = make_server(repository, config=ModelConfig(drift=DriftConfig(reference_file="reference.npz", window=400)))
+    x = rng.normal(0, 1, (400, 4)).astype(np.float32)
+    server.predict("scale", x)
+    assert drain()
+    monitor = server._registry.routes["scale"].versions[1].drift
+    assert monitor is not None
+    with held_by_another_thread(monitor._said._lock):
+
+        def in_the_child() -> str:
+            for _ in range(2):
+                server.predict("scale", x, timeout_s=5)
+                assert drain(5), "the scoring thread is stuck"
+            return str(drift_status(server)["windows"])
+
+        assert run_in_forked_child(in_the_child, timeout_s=20) == "3"
+
+
 def test_a_reference_being_built_at_a_fork_is_captured_again_in_the_child(
     repository: Path, make_server: ServerFactory
 ) -> None:
