@@ -36,6 +36,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from . import _fork
 from ._backend import raised_by_signal_handler
+from ._brief import brief
 from ._config_checks import is_number
 from ._errors import ConfigurationError, DeadlineExceededError, InvalidInputError, VersionRetiredError
 from ._held_bytes import held_bytes
@@ -273,6 +274,7 @@ class ShadowStats:
     dropped_full: int = 0
     dropped_busy: int = 0
     dropped_budget: int = 0
+    callback_errors: int = 0  # comparisons the on_shadow callback raised on
     dropped_large: int = 0  # requests whose copy would be larger than the runner copies (max_queued_bytes / 4)
     stopped_budget: int = 0  # runaway runs stopped at their limit (also counted in dropped_budget)
     compared: int = 0  # comparisons with a finite difference
@@ -329,6 +331,7 @@ class ShadowStats:
             "dropped_over_budget": self.dropped_budget,
             "dropped_too_large": self.dropped_large,
             "stopped_over_budget": self.stopped_budget,
+            "on_shadow_errors": self.callback_errors,
             **{key: value for key, value in self.comparisons().items() if key not in ("runs", "errors")},
             "by_primary": {str(version): counts.comparisons() for version, counts in sorted(self.by_primary.items())},
         }
@@ -704,10 +707,25 @@ class ShadowRunner:
             if result is not None and self.on_result is not None:
                 try:
                     self.on_result(result)
-                except Exception as exc:  # (once a minute, with its traceback: a sink that is down raised for
-                    skipped = self._failing.due("on_shadow")  # every comparison, 300 tracebacks for 300 copies)
+                # BaseException too: a sink calling sys.exit() (or a gevent Timeout) ended the one shadow thread,
+                # and every later copy waited in a queue nobody read, then was dropped as queue_full, silently
+                except BaseException as exc:  # (once a minute, with its traceback: a sink that is down raised for
+                    self._count_callback_error(result)  # every comparison, 300 tracebacks for 300 copies)
+                    skipped = self._failing.due("on_shadow")
                     if skipped is not None:
-                        logger.error("the on_shadow callback raised%s", since(skipped), exc_info=exc)
+                        logger.error(
+                            "the on_shadow callback raised %s%s (%s); the shadow thread goes on",
+                            type(exc).__name__,
+                            since(skipped),
+                            _callable_name(self.on_result),
+                            exc_info=exc,
+                        )
+
+    def _count_callback_error(self, result: ShadowComparison) -> None:
+        with self._cond:
+            stat = self._stats.get((result.model, result.shadow_version))
+            if stat is not None:  # (not a version forgotten meanwhile)
+                stat.callback_errors += 1
 
     def _run(self, job: _Job, limit_s: float | None) -> bool:
         """Run ``job`` within ``limit_s`` seconds and record its outcome; whether the run measured what its
@@ -918,6 +936,15 @@ class ShadowRunner:
                 min(STOP_WAIT_S, CALLBACK_WAIT_S),
             )
         return True
+
+
+def _callable_name(function: Callable[..., Any]) -> str:
+    """``module.qualname`` of an application's callback (its repr for an object without them)."""
+    name = getattr(function, "__qualname__", None)
+    module = getattr(function, "__module__", None)
+    if not isinstance(name, str):
+        return brief(function)
+    return f"{module}.{name}" if isinstance(module, str) else name
 
 
 def _nbytes(values: Any) -> int:

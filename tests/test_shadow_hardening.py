@@ -875,3 +875,31 @@ def test_multi_label_flags_are_compared_row_by_row_not_by_their_argmax(
     assert server.predict("scale", rows)["flags"].tolist() == [[True, True, False, False], [True, True, False, False]]
     wait_until(lambda: len(seen) == 1)
     assert (seen[0].max_abs_diff, seen[0].label_agreement, seen[0].mismatch) == (None, 0.5, None)
+
+
+@pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt()], ids=["SystemExit", "KeyboardInterrupt"])
+def test_an_on_shadow_callback_raising_a_base_exception_keeps_the_shadow_thread_running(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, raised: BaseException
+) -> None:
+    # An application's sink that calls sys.exit() on a fatal write (or a gevent Timeout, a BaseException) ended
+    # the shadow thread: every later copy waited in a queue nobody read, then was dropped as queue_full, and
+    # nothing said the thread was gone.
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    logged: list[ShadowComparison] = []
+
+    def fragile_sink(comparison: ShadowComparison) -> None:
+        logged.append(comparison)
+        if len(logged) == 1:
+            raise raised
+
+    server = make_server(repository, config=shadowed(), on_shadow=fragile_sink, shadow_budget=1.0)
+    for sent in (1, 2, 3):
+        assert server.predict("scale", X).version == 1
+        wait_until(lambda n=sent: len(logged) == n)
+    shadow = stats(server, "scale")
+    assert shadow["runs"] == 3 and shadow["dropped_queue_full"] == 0
+    assert shadow["on_shadow_errors"] == 1
+    failures = [r for r in caplog.records if "on_shadow callback" in r.getMessage()]
+    assert len(failures) == 1 and "fragile_sink" in failures[0].getMessage()
+    assert failures[0].exc_info is not None and failures[0].exc_info[1] is raised
