@@ -166,10 +166,29 @@ def flags_setting_problem(value: object) -> str | None:
         return None
     if isinstance(value, type):
         return f"must be a flag provider, got the class {value.__name__}: pass {value.__name__}(...)"
-    return (
+    refusal = (
         "must be an inprocserve.FlagProvider (InMemoryFlags, EnvFlags, FileFlags, OpenFeatureFlags, ...) or None, "
         f"got {shown(value)}"
     )
+    # A team's own provider that lacks one member was told only its repr: say which members and what they are
+    # (not for a value that has none of them, a string say, where the list would be noise)
+    missing = [member for member in _FLAG_PROVIDER_MEMBERS if not hasattr(value, member)]
+    if len(missing) == len(_FLAG_PROVIDER_MEMBERS):
+        return refusal
+    meanings = "; ".join(f"{member}: {_FLAG_PROVIDER_MEMBERS[member]}" for member in missing)
+    return f"{refusal}, which lacks {', '.join(missing)} ({meanings})"
+
+
+_FLAG_PROVIDER_MEMBERS = {
+    "name": "a str naming the provider in logs, status and metrics",
+    "blocking": "a bool, True if an evaluation may wait on I/O (it is then run on a helper thread within "
+    "flag_timeout_s), False for one that reads memory",
+    "get_boolean": "a method (key, default, context) -> bool",
+    "get_number": "a method (key, default, context) -> float",
+    "get_string": "a method (key, default, context) -> str",
+    "get_object": "a method (key, default, context) -> the flag's value",
+}
+"""What :class:`~inprocserve.FlagProvider` asks of a provider, and what each member is."""
 
 
 def bool_setting_problem(value: object) -> str | None:

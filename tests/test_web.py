@@ -508,3 +508,37 @@ def test_a_body_reader_lets_the_framework_s_own_answers_pass() -> None:
         web.body_reader(over_the_limit, passing=(TooLarge,))(1024)
     with pytest.raises(inprocserve.InvalidInputError, match=r"\(TooLarge: 413"):
         web.body_reader(over_the_limit)(1024)
+
+
+class _OwnFlags:
+    """A team's own flag provider, written from the docs' four get_* methods."""
+
+    def get_boolean(self, key: str, default: bool, context: Any) -> bool:
+        return default
+
+    def get_number(self, key: str, default: float, context: Any) -> float:
+        return default
+
+    def get_string(self, key: str, default: str, context: Any) -> str:
+        return default
+
+    def get_object(self, key: str, default: Any, context: Any) -> Any:
+        return default
+
+
+class _NamedFlags(_OwnFlags):
+    name = "team-flags"
+
+
+def test_a_flag_provider_missing_an_attribute_is_told_which_and_what_it_means(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The refusal said only "must be an inprocserve.FlagProvider (...), got <_NamedFlags object at 0x...>": a
+    # provider that had every get_* method and a name was not told that 'blocking' was what it lacked.
+    problem = web.flags_setting_problem(_NamedFlags())
+    assert problem is not None and "lacks blocking" in problem and "name" not in problem.split("lacks")[1]
+    assert "wait on I/O" in problem  # what the attribute means
+    problem = web.flags_setting_problem(_OwnFlags())
+    assert problem is not None and "lacks name, blocking" in problem and "logs" in problem
+    with pytest.raises(inprocserve.ConfigurationError, match="lacks blocking"):
+        make_server(repository, flags=_NamedFlags())
