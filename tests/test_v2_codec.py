@@ -985,3 +985,28 @@ def test_a_float_among_many_integers_is_refused_without_a_python_step_per_number
         _python_lines_to_decode(body % (rows + 1, b"1," * rows, b"1.5"))
         < _python_lines_to_decode(body % (rows + 1, b"1," * rows, b"2")) + 1000
     )
+
+
+@pytest.mark.parametrize(
+    ("extra", "shown"),
+    [
+        ({"parameters": {"binary_data_output": None}}, "binary_data_output must be true or false, got null"),
+        ({"parameters": {"binary_data_output": "true"}}, 'binary_data_output must be true or false, got "true"'),
+        ({"parameters": {"timeout": True}}, "timeout must be a number of microseconds >= 0, got true"),
+        ({"parameters": {"user_id": False}}, "user_id must be a string or an integer, got false"),
+        (
+            {"outputs": [{"name": "y", "parameters": {"binary_data": "no"}}]},
+            'binary_data must be true or false, got "no"',
+        ),
+    ],
+)
+def test_a_refused_json_value_is_shown_as_json(extra: dict[str, Any], shown: str) -> None:
+    # A JavaScript client that sent "binary_data_output": null was told "got None", Python's word for a value
+    # it never wrote (and true, false, strings came back as True, False, 'true').
+    with pytest.raises(inprocserve.InvalidInputError, match=re.escape(shown) + "$"):
+        v2.decode_infer_request(request_json(x_input([1, 2, 3, 4]), **extra), {})
+
+
+def test_a_refused_shape_is_shown_as_json() -> None:
+    with pytest.raises(inprocserve.InvalidInputError, match=re.escape("got [1, null, true]")):
+        v2.decode_infer_request(request_json(x_input([1, 2, 3, 4], shape=[1, None, True])), {})

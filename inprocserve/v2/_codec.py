@@ -235,7 +235,9 @@ def decode_infer_request(
         size = tensor_parameters.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise InvalidInputError(f"input {brief(name)}: binary_data_size must be an int >= 0, got {brief(size)}")
+                raise InvalidInputError(
+                    f"input {brief(name)}: binary_data_size must be an int >= 0, got {_json_brief(size)}"
+                )
             if "data" in raw:
                 raise InvalidInputError(f"input {brief(name)}: has both 'data' and binary_data_size; send one of them")
             if offset + size > len(binary):
@@ -253,7 +255,7 @@ def decode_infer_request(
         )
     binary_output = parameters.get("binary_data_output", False)
     if not isinstance(binary_output, bool):
-        raise InvalidInputError(f"parameter binary_data_output must be true or false, got {brief(binary_output)}")
+        raise InvalidInputError(f"parameter binary_data_output must be true or false, got {_json_brief(binary_output)}")
     outputs = _requested_outputs(document.get("outputs"), limits)
     timeout_s = _timeout_s(parameters.get("timeout"))
     user_id = _user_id(parameters.get("user_id"))
@@ -481,6 +483,28 @@ def _parse_json(
         raise InvalidInputError(f"the request JSON is malformed: {exc}{malformed_hint}") from None
 
 
+_JSON_WORDS = {None: "null", True: "true", False: "false"}
+_SHOWN_CHARACTERS = 40
+
+
+def _json_brief(value: object, depth: int = 2) -> str:
+    """A value read from the request's JSON, shown as the client wrote it (``null``, ``true``, ``"text"``),
+    cut short as :func:`brief` does: Python's ``None``, ``True`` and ``'text'`` named values the client never
+    sent (a JavaScript client's ``null`` was refused as "got None")."""
+    if value is None or isinstance(value, bool):
+        return _JSON_WORDS[value]
+    if isinstance(value, str):
+        if len(value) <= _SHOWN_CHARACTERS:
+            return json.dumps(value, ensure_ascii=False)
+        return f"{json.dumps(value[:_SHOWN_CHARACTERS], ensure_ascii=False)}...({len(value)} characters)"
+    if isinstance(value, list) and depth > 0:
+        shown = [_json_brief(item, depth - 1) for item in value[:8]]
+        return "[" + ", ".join(shown + (["..."] if len(value) > 8 else [])) + "]"
+    if isinstance(value, list | dict):
+        return "[...]" if isinstance(value, list) else "{...}"
+    return brief(value)
+
+
 def _parameters(raw: object, where: str) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -516,7 +540,7 @@ def _tensor_header(raw: object, index: int, limits: Limits) -> tuple[str, str, l
     assert isinstance(datatype, str)
     shape = raw.get("shape")
     if not isinstance(shape, list) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
-        raise InvalidInputError(f"tensor {brief(name)}: 'shape' must be a list of ints >= 0, got {brief(shape)}")
+        raise InvalidInputError(f"tensor {brief(name)}: 'shape' must be a list of ints >= 0, got {_json_brief(shape)}")
     if len(shape) > limits.max_rank:
         raise InvalidInputError(
             f"tensor {brief(name)}: {len(shape)} dimensions, more than the {limits.max_rank} allowed"
@@ -559,7 +583,9 @@ def _requested_outputs(raw: object, limits: Limits) -> tuple[RequestedOutput, ..
             raise InvalidInputError(f"output {brief(name)}: the shared memory extension is not supported")
         binary = parameters.get("binary_data")
         if binary is not None and not isinstance(binary, bool):
-            raise InvalidInputError(f"output {brief(name)}: binary_data must be true or false, got {brief(binary)}")
+            raise InvalidInputError(
+                f"output {brief(name)}: binary_data must be true or false, got {_json_brief(binary)}"
+            )
         if any(r.name == name for r in requested):
             raise InvalidInputError(f"output {brief(name)} is requested twice")
         requested.append(RequestedOutput(name, binary))
@@ -570,7 +596,7 @@ def _timeout_s(raw: object) -> float | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise InvalidInputError(f"parameter timeout must be a number of microseconds >= 0, got {brief(raw)}")
+        raise InvalidInputError(f"parameter timeout must be a number of microseconds >= 0, got {_json_brief(raw)}")
     try:
         microseconds = float(raw)  # (an integer too large for a float overflows here)
     except OverflowError:
@@ -584,7 +610,7 @@ def _user_id(raw: object) -> str | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, str | int):
-        raise InvalidInputError(f"parameter user_id must be a string or an integer, got {brief(raw)}")
+        raise InvalidInputError(f"parameter user_id must be a string or an integer, got {_json_brief(raw)}")
     if isinstance(raw, int) and raw.bit_length() > _MAX_USER_ID_BITS:  # (str() of a huge one costs, or fails)
         raise InvalidInputError(f"parameter user_id: an integer of {raw.bit_length()} bits is not a user id")
     return checked_user_id(str(raw), "parameter user_id")  # the rule of the X-User-Id header
