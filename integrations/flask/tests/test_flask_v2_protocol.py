@@ -485,3 +485,29 @@ def test_options_answers_what_each_protocol_path_takes(app: Flask, path: str, al
     assert (response.status_code, response.headers["Allow"]) == (200, allow), response.get_data(as_text=True)
     wrong = client.open(path, method="GET" if allow.startswith("POST") else "POST")
     assert (wrong.status_code, wrong.headers["Allow"]) == (405, allow)
+
+
+@pytest.mark.parametrize("how", ["nested", "again"])
+def test_the_v2_blueprint_nested_in_a_teams_own_or_registered_again_is_refused(repository: Path, how: str) -> None:
+    # A team mounting everything under its own /ml blueprint took the /v2 blueprint from app.blueprints and
+    # nested it (or registered it again under a prefix and another name): a second copy whose routes answered
+    # /ml/v2/... with the protocol's 404 for a path it does not know (it reads the request's whole path),
+    # so standard clients pointed at /ml found no model at all, and nothing said the copy could not work.
+    from flask import Blueprint
+
+    app = make_app(repository)
+    try:
+        if how == "nested":
+            ml = Blueprint("ml", __name__)
+            ml.register_blueprint(app.blueprints["inprocserve_v2"])
+            with pytest.raises(ValueError, match=r"registered by Inprocserve.init_app, once, at the root"):
+                app.register_blueprint(ml, url_prefix="/ml")
+        else:
+            with pytest.raises(ValueError, match=r"cannot be registered again or nested"):
+                app.register_blueprint(app.blueprints["inprocserve_v2"], url_prefix="/ml", name="ml_v2")
+        client = app.test_client()
+        assert client.get("/ml/v2/health/live").status_code == 404
+        response = client.get("/v2/health/live")
+        assert response.status_code == 200 and response.json == {"live": True}
+    finally:
+        Inprocserve.close(app)

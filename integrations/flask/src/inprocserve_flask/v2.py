@@ -63,6 +63,20 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     # OPTIONS answer listed every method here: GET for infer, POST for ready)
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
+    # (recorded before the routes: raised before any of them is added)
+    @routes.record
+    def registered_once(state: BlueprintSetupState) -> None:
+        # Taken from app.blueprints and nested in a team's own ("ml.inprocserve_v2") or registered again under a
+        # prefix, it was a second copy that answered every path with the protocol's 404: it reads the request's
+        # whole path, and standard clients look for /v2 at the root
+        if not state.first_registration:
+            raise ValueError(
+                "the /v2 protocol routes are registered by Inprocserve.init_app, once, at the root "
+                "(INPROCSERVE_V2_PROTOCOL = True), where standard clients look for them; they cannot be registered "
+                f"again or nested in another blueprint (here as {state.name!r}): to serve the app under a prefix, "
+                "mount the whole app there (the WSGI server's SCRIPT_NAME)"
+            )
+
     # (recorded before the routes, so that the converter is there when they are added to the app)
     @routes.record_once
     def add_converter(state: BlueprintSetupState) -> None:
