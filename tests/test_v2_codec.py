@@ -1010,3 +1010,31 @@ def test_a_refused_json_value_is_shown_as_json(extra: dict[str, Any], shown: str
 def test_a_refused_shape_is_shown_as_json() -> None:
     with pytest.raises(inprocserve.InvalidInputError, match=re.escape("got [1, null, true]")):
         v2.decode_infer_request(request_json(x_input([1, 2, 3, 4], shape=[1, None, True])), {})
+
+
+def build_two_output_model() -> Any:
+    """y = x and z = x: an earlier version that still has an output its successor dropped."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+    outputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None, 4]) for name in ("y", "z")]
+    nodes = [helper.make_node("Identity", ["x"], [name]) for name in ("y", "z")]
+    graph = helper.make_graph(nodes, "two_outputs", [x], outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_output_only_a_version_that_does_not_answer_has_is_refused_before_the_model_runs(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Version 1 (loaded, version_policy "all", but not routed: the latest answers) still has output z, which
+    # version 2 dropped: a request for z passed the early check (some loaded version has it), version 2 ran, and
+    # the 400 came after the run, with its cost and a latency recorded, where the docs promise it before.
+    save_model(build_two_output_model(), repository, "m", 1)
+    save_model(build_scale_model(2.0), repository, "m", 2)
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all()))
+    endpoints = v2.Endpoints(lambda: server)
+    body = request_json(x_input([1, 2, 3, 4]), outputs=[{"name": "z"}])
+    status, document, _ = call(endpoints, "POST", "/v2/models/m/infer", body)
+    assert status == 400 and "output 'z' is not an output of model 'm' (version 2 answers" in document["error"]
+    assert "pin version 1" in document["error"]
+    assert server.status()["models"]["m"]["versions"]["2"]["rows_run"] == 0  # refused before the model ran
+    status, document, _ = call(endpoints, "POST", "/v2/models/m/versions/1/infer", body)  # pinned: answered
+    assert status == 200 and [output["name"] for output in document["outputs"]] == ["z"]

@@ -26,6 +26,8 @@ from .._errors import (
     ServerClosedError,
 )
 from .._log_limit import LogLimit, since
+from .._model import ModelVersion
+from .._registry import Routes
 from .._server import Server
 from .._signature import Signature, convertible
 from ..web import ERROR_STATUS, NO_SERVER, _control_unknown, body_cut_short, retry_after, server_or_none
@@ -538,7 +540,8 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
     if routes is None:
         return  # unloaded meanwhile: predict says so
     pinned = None if version is None else routes.versions.get(version)
-    candidates = list(routes.versions.values()) if pinned is None else [pinned]
+    answering = _answering(routes) if version is None else None
+    candidates = [pinned] if pinned is not None else [answering] if answering is not None else routes.versions.values()
     names: dict[str, None] = {}
     tensors: set[str] = set()
     for target in candidates:
@@ -550,8 +553,19 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
                 tensors.add(spec.name)
     for output in requested:
         if output.name not in names:
+            having = [
+                other.version
+                for other in routes.versions.values()
+                if other.signature is not None and any(spec.name == output.name for spec in other.signature.outputs)
+            ]
+            where = pin = ""
+            if having:  # (another loaded version has it: say which answers, and which to pin)
+                pin = f"; pin version {having[-1]}, which has it (/v2/models/{name}/versions/N)"
+                if answering is not None:
+                    where = f" (version {answering.version} answers requests that name none)"
             raise InvalidInputError(
-                f"output {brief(output.name)} is not an output of model {brief(name)}; outputs: {', '.join(names)}",
+                f"output {brief(output.name)} is not an output of model {brief(name)}{where}; "
+                f"outputs: {', '.join(names)}{pin}",
                 model=name,
                 version=version,
             )
@@ -562,6 +576,20 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
                 model=name,
                 version=version,
             )
+
+
+def _answering(routes: Routes) -> ModelVersion | None:
+    """The version that answers every request naming none, where no flag, draw or key decides it (no rollout:
+    the stable version named, else the latest); ``None`` where the decision is the request's (a canary,
+    flags): then an output some loaded version has is checked against the one that answered, after it ran."""
+    state = routes.state
+    if not (state.latest or state.trivial):
+        return None
+    try:
+        decision = routes.router.decide(routes.versions, routes.default.version, None, state)
+    except Exception:  # (a worker that refuses every request: predict says why)
+        return None
+    return routes.versions.get(decision.version) or routes.default  # (as predict routes)
 
 
 def _mismatch(signature: Signature, tensors: Sequence[TensorHeader], max_rows: int) -> str | None:
