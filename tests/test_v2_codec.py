@@ -27,7 +27,7 @@ from inprocserve import v2
 from inprocserve.testing import build_add_model, build_scale_model, save_model
 from inprocserve.v2._client_codec import decode_checked_response
 
-from .conftest import HeldSession, ServerFactory, busy_inputs, version_status, wait_until
+from .conftest import HeldSession, ServerFactory, busy_inputs, rollout, version_status, wait_until
 
 NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
 
@@ -1038,3 +1038,19 @@ def test_an_output_only_a_version_that_does_not_answer_has_is_refused_before_the
     assert server.status()["models"]["m"]["versions"]["2"]["rows_run"] == 0  # refused before the model ran
     status, document, _ = call(endpoints, "POST", "/v2/models/m/versions/1/infer", body)  # pinned: answered
     assert status == 200 and [output["name"] for output in document["outputs"]] == ["z"]
+
+
+def test_under_a_canary_an_output_only_the_other_version_has_is_refused_naming_the_version_that_answered(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Under a canary the version is the request's, decided as it runs: a client asking for z, which only the
+    # canary has, was refused by the stable version's answer as "not an output of model 'm'" while the same
+    # request from another user was answered, with nothing saying which version answered or what to pin.
+    save_model(build_scale_model(2.0), repository, "m", 1)
+    save_model(build_two_output_model(), repository, "m", 2)
+    server = make_server(repository, config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}))
+    endpoints = v2.Endpoints(lambda: server)
+    body = request_json(x_input([1, 2, 3, 4]), outputs=[{"name": "z"}])
+    status, document, _ = call(endpoints, "POST", "/v2/models/m/infer", body)
+    assert status == 400 and "model 'm' version 1, which answered this request" in document["error"]
+    assert "pin version 2, which has it" in document["error"]

@@ -27,6 +27,7 @@ from .._errors import (
 )
 from .._log_limit import LogLimit, since
 from .._model import ModelVersion
+from .._prediction import Prediction
 from .._registry import Routes
 from .._server import Server
 from .._signature import Signature, convertible
@@ -374,6 +375,8 @@ class Endpoints:
             prediction = server.predict(name, request.inputs, version=version, context=routing, timeout_s=budget)
         except InvalidInputError as exc:
             raise _explain_bytes(exc, server, name, version, request.datatypes) from None
+        if request.outputs and version is None:
+            _check_answer_outputs(server, name, prediction, request.outputs)
         body, response_headers = encode_infer_response(
             prediction,
             request.outputs,
@@ -576,6 +579,34 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
                 model=name,
                 version=version,
             )
+
+
+def _check_answer_outputs(
+    server: Server, name: str, prediction: Prediction, requested: Sequence[RequestedOutput]
+) -> None:
+    """Refuse a requested output that the version routed to (under a canary or flags) does not have, naming
+    that version and one to pin: refused as "not an output of model", a client that another user's same
+    request got answered for had nothing to go on.
+
+    Raises:
+        InvalidInputError: names the output, the version that answered and the versions that have it.
+    """
+    missing = next((output.name for output in requested if output.name not in prediction), None)
+    if missing is None:
+        return
+    routes = server._registry.routes.get(name)
+    having = [
+        other.version
+        for other in (() if routes is None else routes.versions.values())
+        if other.signature is not None and any(spec.name == missing for spec in other.signature.outputs)
+    ]
+    pin = "" if not having else f"; pin version {having[-1]}, which has it (/v2/models/{name}/versions/N)"
+    raise InvalidInputError(
+        f"output {brief(missing)} is not an output of model {brief(name)} version {prediction.version}, which "
+        f"answered this request (the version is decided request by request); outputs: {', '.join(prediction)}{pin}",
+        model=name,
+        version=prediction.version,
+    )
 
 
 def _answering(routes: Routes) -> ModelVersion | None:
