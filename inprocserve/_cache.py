@@ -144,17 +144,31 @@ _ENTRY_OVERHEAD = 512
 
 
 def _entry_bytes(outputs: Mapping[str, Any]) -> int:
-    """What a kept answer holds: each array's buffer (the whole batch's, for a row kept as a view of it),
-    the strings of a text output, a ZipMap's maps, and a fixed cost per entry."""
+    """What a kept answer holds: each array's buffer (the whole batch's, for a row kept as a view of it), a
+    sequence output's tensors, the strings of a text output, a ZipMap's maps, and a fixed cost per entry."""
     total = _ENTRY_OVERHEAD
     for value in outputs.values():
         if isinstance(value, np.ndarray):
-            base = value
-            while isinstance(base.base, np.ndarray):
-                base = base.base
-            total += held_bytes([value]) + (base.nbytes - value.nbytes if base is not value else 0)
-        elif isinstance(value, list):  # a ZipMap's rows: a dict of Python floats each
-            total += sum(sys.getsizeof(row) + 56 * len(row) if isinstance(row, dict) else 64 for row in value)
+            total += _array_bytes(value)
+        elif isinstance(value, list):  # a ZipMap's rows (a dict of Python floats each), or a sequence's tensors
+            total += sum(
+                sys.getsizeof(row) + 56 * len(row)
+                if isinstance(row, dict)
+                else _array_bytes(row)
+                if isinstance(row, np.ndarray)
+                else 64
+                for row in value
+            )
         else:
             total += sys.getsizeof(value)
     return total
+
+
+def _array_bytes(value: np.ndarray) -> int:
+    """What an array holds: its buffer (the whole batch's, for a row kept as a view of it) and the strings of
+    a text array. (A tensor of a sequence output was weighed as 64 bytes: answers of 512 KiB each, 20 of them
+    kept under a 2 MiB bound.)"""
+    base = value
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    return held_bytes([value]) + (base.nbytes - value.nbytes if base is not value else 0)
