@@ -20,7 +20,7 @@ from cachetools import Cache, LRUCache, TTLCache
 from . import _fork
 from ._config import CacheConfig
 from ._held_bytes import held_bytes
-from ._inflight import inputs_key, shareable
+from ._inflight import inputs_key, sealed, shareable
 
 __all__ = ["PredictionCache"]
 
@@ -91,17 +91,21 @@ class PredictionCache:
                 self.misses += 1
 
     def store(self, key: bytes, outputs: Mapping[str, Any]) -> None:
-        """Keep a successful answer; its arrays become read-only, since every later hit shares them (any other
-        output is kept as a copy, and each hit gets a copy of its own). An array that is a small slice of a
-        batch's output is kept as a copy: the slice would keep the whole batch's output alive (up to
-        ``max_batch_size`` times its own size) for as long as it is cached."""
+        """Keep a successful answer; its arrays become read-only for good (:func:`sealed`: the caller it answered
+        gets them so too), since every later hit shares them (any other output is kept as a copy, and each hit
+        gets a copy of its own). An array that is a small slice of a batch's output is kept as a copy: the slice
+        would keep the whole batch's output alive (up to ``max_batch_size`` times its own size) for as long as
+        it is cached."""
         kept = dict(shareable(outputs))  # (other values copied: the caller it answered may change its own)
         for name, value in kept.items():
             if isinstance(value, np.ndarray):
                 base = value.base
                 if isinstance(base, np.ndarray) and value.nbytes * 2 < base.nbytes:
-                    value = kept[name] = value.copy()
-                value.flags.writeable = False
+                    kept[name] = sealed(value.copy())  # (the caller it answered keeps its row as it was)
+                    continue
+                kept[name] = shared = sealed(value)
+                if shared is not value and isinstance(outputs, dict):  # the caller it answered holds outputs
+                    outputs[name] = shared  # (holding the array itself, it could make it writable again)
         size = _entry_bytes(kept)
         if size > self._config.max_bytes:
             return  # larger than max_bytes alone: not kept (it would evict every other answer)

@@ -34,7 +34,7 @@ from ._request_telemetry import RequestTelemetry
 if TYPE_CHECKING:
     from ._model import ModelVersion
 
-__all__ = ["Coalescer", "Lead", "LeaderGone", "Sharing", "inputs_key", "shareable"]
+__all__ = ["Coalescer", "Lead", "LeaderGone", "Sharing", "inputs_key", "sealed", "shareable"]
 
 Key = tuple[str, int, int, bytes]  # model, version, the copy's identity, the inputs' digest
 
@@ -113,6 +113,36 @@ def shareable(outputs: Mapping[str, Any]) -> Mapping[str, Any]:
     return {name: value if isinstance(value, np.ndarray) else _copied(value) for name, value in outputs.items()}
 
 
+def sealed(array: np.ndarray) -> np.ndarray:
+    """``array`` read-only for good, for several callers to share: itself if numpy refuses to make it writable
+    again (onnxruntime's memory), else a read-only view of it, or of a copy of its memory if others may write
+    that (a view of a read-only array that owns its memory cannot be made writable).
+
+    An array that owns its memory (a text output, a row of a batch copied) could be made writable again with
+    ``setflags(write=True)``, numpy's usual advice for 'assignment destination is read-only': a caller who did
+    so changed the answer that every later hit, or every follower, got."""
+    array.flags.writeable = False
+    try:
+        array.flags.writeable = True
+    except ValueError:
+        return array  # (refused: nobody can change it)
+    array.flags.writeable = False
+    if array.base is not None:  # a view of memory someone may still write: a copy of its own
+        array = array.copy()
+        array.flags.writeable = False
+    return array.view()
+
+
+def seal(outputs: Mapping[str, Any]) -> None:
+    """Make the arrays of ``outputs``, an answer about to be shared, read-only for good (:func:`sealed`),
+    in place: the caller it answers holds the same mapping."""
+    for name, value in outputs.items():
+        if isinstance(value, np.ndarray):
+            shared = sealed(value)
+            if shared is not value and isinstance(outputs, dict):
+                outputs[name] = shared
+
+
 def _copied(value: Any) -> Any:
     """A copy of a non-tensor output: a ZipMap's list of maps of numbers as new maps (a tenth of deepcopy's
     cost: about 2 ms for 4,096 rows), anything else by deepcopy."""
@@ -161,9 +191,7 @@ class Coalescer:
         if future is None:  # nobody followed it (or released already)
             return
         if outputs is not None:  # one answer for several callers: none may change it for the others
-            for array in outputs.values():
-                if isinstance(array, np.ndarray):
-                    array.flags.writeable = False
+            seal(outputs)
         if error is not None:
             future.set_exception(LeaderGone(error) if _leader_only(error) else error)
         elif outputs is None:  # no answer and no error: never leave followers waiting

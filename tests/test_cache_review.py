@@ -1,5 +1,6 @@
 """The prediction cache after a third review: answers that are sequences of tensors are weighed by what they
-hold against ``max_bytes``."""
+hold against ``max_bytes``; a cached answer cannot be made writable again, so no caller can change it for the
+next."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from onnx import TensorProto, helper
 
 from inprocserve import CacheConfig, ModelConfig
-from inprocserve.testing import save_model
+from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
 
@@ -38,3 +40,53 @@ def test_answers_that_are_sequences_of_tensors_are_bounded_by_max_bytes(
     status = server.status()["models"]["parts"]["versions"]["1"]["cache"]
     assert status["entries"] == 3, status  # (four would hold 2 MiB and their bookkeeping)
     assert 3 * 2**19 <= status["bytes"] <= status["max_bytes"]
+
+
+def build_text_model() -> Any:
+    """``y = x`` on text: onnxruntime answers a string output as an object array that owns its memory."""
+    x = helper.make_tensor_value_info("x", TensorProto.STRING, ["batch", 1])
+    y = helper.make_tensor_value_info("y", TensorProto.STRING, ["batch", 1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "text", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def change_in_place(answer: np.ndarray, value: Any) -> None:
+    """What a caller does when told 'assignment destination is read-only' (numpy's usual advice)."""
+    try:
+        answer.setflags(write=True)
+    except ValueError:  # (refused: the answer stays as it is)
+        return
+    answer.flat[0] = value
+
+
+@pytest.mark.parametrize("changed", ["the answer that filled the cache", "a cache hit"])
+def test_a_cached_text_answer_made_writable_again_cannot_change_the_next_hit(
+    repository: Path, make_server: ServerFactory, changed: str
+) -> None:
+    # Text answers own their memory, so their read-only flag could be set back: a caller that did so and
+    # changed its answer changed what every later identical request got from the cache.
+    save_model(build_text_model(), repository, "text", 1)
+    server = make_server(repository, models={"text": ModelConfig(cache=CacheConfig(enabled=True))})
+    words = np.array([["hello"]], object)
+    answer = server.predict("text", words)["y"]
+    if changed == "a cache hit":
+        answer = server.predict("text", words)["y"]
+    change_in_place(answer, "changed")
+    assert server.predict("text", words)["y"][0, 0] == "hello"
+    assert server.status()["models"]["text"]["versions"]["1"]["cache"]["hits"] >= 1
+
+
+def test_a_cached_row_of_a_batch_made_writable_again_cannot_change_the_next_hit(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A row cut from a merged batch is cached as a copy, which owns its memory: its read-only flag could be set
+    # back, and a caller who did so changed the answer every later identical request got.
+    save_model(build_scale_model(2.0, features=256), repository, "wide", 1)
+    server = make_server(repository, models={"wide": ModelConfig(cache=CacheConfig(enabled=True))})
+    futures = [server.submit("wide", np.full((1, 256), i, np.float32)) for i in range(64)]
+    for future in futures:
+        future.result(30)
+    for i in range(64):
+        change_in_place(server.predict("wide", np.full((1, 256), i, np.float32))["y"], -1.0)  # cache hits
+    for i in range(64):
+        np.testing.assert_array_equal(server.predict("wide", np.full((1, 256), i, np.float32))["y"][0, 0], 2.0 * i)

@@ -800,3 +800,17 @@ def test_a_leader_interrupted_right_after_it_joined_frees_its_key(
         server.submit("busy", inputs)
     assert len(server._sharing) == 0  # had it kept the key, the identical request below would follow nobody
     assert server.submit("busy", inputs).result(timeout=WAIT_S)["y"].shape == (1, BUSY_WIDTH)
+
+
+def test_a_shared_text_answer_cannot_be_made_writable_again() -> None:
+    # A text output owns its memory: a caller could set its read-only flag back and change every follower's.
+    coalescer = Coalescer()
+    assert coalescer.join(KEY) is None
+    follower = coalescer.join(KEY)
+    assert follower is not None
+    outputs = {"label": np.array(["cat", "dog"], object)}
+    coalescer.release(KEY, outputs, None)
+    for answer in (outputs["label"], follower.result(timeout=0)["label"]):  # the leader's and the follower's
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            answer.setflags(write=True)
+    assert follower.result(timeout=0)["label"].tolist() == ["cat", "dog"]
