@@ -1,9 +1,10 @@
-"""The prediction cache after a third review: answers that are sequences of tensors are weighed by what they
-hold against ``max_bytes``; a cached answer cannot be made writable again, so no caller can change it for the
-next."""
+"""The prediction cache after a third review: answers that are sequences of tensors, or maps with text
+labels, are weighed by what they hold against ``max_bytes``; a cached answer cannot be made writable again, so
+no caller can change it for the next."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,34 @@ def test_a_cached_row_of_a_batch_made_writable_again_cannot_change_the_next_hit(
         change_in_place(server.predict("wide", np.full((1, 256), i, np.float32))["y"], -1.0)  # cache hits
     for i in range(64):
         np.testing.assert_array_equal(server.predict("wide", np.full((1, 256), i, np.float32))["y"][0, 0], 2.0 * i)
+
+
+def build_labelled_classifier(labels: list[str]) -> Any:
+    """A classifier as skl2onnx exports one with text labels: its ZipMap answers ``{label: score}`` a row."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", len(labels)])
+    probabilities = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", len(labels)])
+    scores = helper.make_map_type_proto(TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    zipmap = helper.make_value_info("output_probability", helper.make_sequence_type_proto(scores))
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["probs"], axis=1),
+        helper.make_node("ZipMap", ["probs"], ["output_probability"], domain="ai.onnx.ml", classlabels_strings=labels),
+    ]
+    graph = helper.make_graph(nodes, "classifier", [x], [probabilities, zipmap])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=9)
+
+
+def test_maps_with_text_labels_are_weighed_with_their_labels(repository: Path, make_server: ServerFactory) -> None:
+    # Each row's map holds its own copy of every label: weighed as if its keys were small integers, 50 answers
+    # of a classifier with long label names held 23 MB where the cache counted 14 against max_bytes.
+    labels = [f"catalogue-category-{index:04d}-of-the-shop" for index in range(200)]
+    save_model(build_labelled_classifier(labels), repository, "classifier", 1)
+    server = make_server(repository, models={"classifier": ModelConfig(cache=CacheConfig(enabled=True))})
+    held = 0
+    for seed in range(10):
+        answer = server.predict("classifier", np.random.default_rng(seed).standard_normal((16, 200), np.float32))
+        for row in answer["output_probability"]:  # (each caller's copy holds what the cached one does)
+            held += sys.getsizeof(row) + sum(sys.getsizeof(label) + sys.getsizeof(row[label]) for label in row)
+        held += answer["probs"].nbytes
+    counted = server.status()["models"]["classifier"]["versions"]["1"]["cache"]["bytes"]
+    assert held <= counted < 1.2 * held, (counted, held)
