@@ -1,10 +1,12 @@
 """Reading a model's TOML files (``config.toml``, ``remote.toml``) from the repository, whatever lies there:
 anything but a regular file (see :mod:`._regular_file`), a file of megabytes, a document nested past Python's
-recursion limit, a byte-order mark. Each is an error naming the file, or read as its author meant it.
+recursion limit, a byte-order mark, an integer of thousands of digits. Each is an error naming the file, or read
+as its author meant it.
 """
 
 from __future__ import annotations
 
+import sys
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -56,6 +58,11 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
+    except ValueError:  # tomllib's int() of more digits than Python converts (4300): "Exceeds the limit ..."
+        raise ConfigurationError(
+            f"{path}: not valid TOML: it holds an integer of more than {sys.get_int_max_str_digits()} digits, "
+            "which no setting takes; write the value meant"
+        ) from None
     except RecursionError:
         raise ConfigurationError(f"{path}: not valid TOML: nested too deeply") from None
 
