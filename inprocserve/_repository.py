@@ -39,6 +39,11 @@ DATA_SUFFIXES = (".npz", ".npy")
 # never climb out of the repository (no '..', no separators, no absolute paths) nor hide as a dot-file.
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
+MAX_VERSION_DIGITS = 18
+"""Longest version number: what ``/v2/models/<name>/versions/<version>`` takes, within the control file's and
+the metrics' 64-bit integers."""
+_VERSION = re.compile(rf"[1-9][0-9]{{0,{MAX_VERSION_DIGITS - 1}}}")
+
 
 def is_remote(path: Path) -> bool:
     """Whether a version's file (a value of :attr:`ModelSource.versions`) is a ``remote.toml``."""
@@ -191,8 +196,13 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
                 f"and {'/'.join(DATA_SUFFIXES)} data files){hint}"
             )
             continue
-        if not entry.name.isdecimal() or entry.name.startswith("0") or not entry.name.isascii():
-            problems.append(f"{entry}: version folders must be positive integers without leading zeros")
+        # ASCII digits only (int() takes the Arabic-Indic "٣" for 3), and at most 18 of them: a longer number
+        # is no version anyone can name (/v2 paths take 18 digits, the control file and metrics int64).
+        if not _VERSION.fullmatch(entry.name):
+            problems.append(
+                f"{entry}: version folders must be positive integers of at most {MAX_VERSION_DIGITS} digits, "
+                "without leading zeros"
+            )
             continue
         model_file, remote_file = entry / MODEL_FILENAME, entry / REMOTE_FILENAME
         if model_file.is_file() and remote_file.is_file():
