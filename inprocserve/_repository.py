@@ -112,25 +112,27 @@ def scan_repository(repository: Path, *, follow_symlinks: bool = False, only: st
             continue
         try:
             if not follow_symlinks and folder.is_symlink():
-                result.problems.append(f"{folder}: the model folder is a symbolic link; {_LINK_HINT}")
+                result.problems.append(f"{_shown(folder)}: the model folder is a symbolic link; {_LINK_HINT}")
                 continue
             if not folder.is_dir():
                 gone = _gone(folder)
                 if gone is not None:
                     result.problems.extend(gone)
                     continue
-                result.problems.append(f"{folder}: not a model folder (expected <model>/<version>/{MODEL_FILENAME})")
+                result.problems.append(
+                    f"{_shown(folder)}: not a model folder (expected <model>/<version>/{MODEL_FILENAME})"
+                )
                 continue
             try:
                 name = validate_model_name(folder.name)
             except ModelNotFoundError as exc:
-                result.problems.append(f"{folder}: {exc}")
+                result.problems.append(f"{_shown(folder)}: {exc}")
                 continue
             problems: list[str] = []
             source = _scan_model(name, folder, problems, follow_symlinks=follow_symlinks)
         except OSError as exc:  # one unreadable folder must not hide the others
             result.problems.append(
-                f"{folder}: cannot be read ({_reason(exc)}); what is loaded from it keeps serving until it can"
+                f"{_shown(folder)}: cannot be read ({_reason(exc)}); what is loaded from it keeps serving until it can"
             )
             result.unreadable.add(folder.name)
             continue
@@ -161,12 +163,22 @@ def _gone(path: Path, *, follow_symlinks: bool = True) -> list[str] | None:
     if not path.is_symlink():
         return []
     if not follow_symlinks:
-        return [f"{path}: a symbolic link; {_LINK_HINT}"]
+        return [f"{_shown(path)}: a symbolic link; {_LINK_HINT}"]
     try:
         target = os.readlink(path)
     except OSError:  # (removed since)
         return []
-    return [f"{path}: a symbolic link to {target}, which does not exist (restore it, or remove the link)"]
+    return [
+        f"{_shown(path)}: a symbolic link to {_shown(target)}, which does not exist (restore it, or remove the link)"
+    ]
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` for a problem: as it is, or, when a name in it holds a line break, a terminal escape or bytes
+    that are not UTF-8 (a lone surrogate), with those written as Python escapes (``\\n``, ``\\x1b``,
+    ``\\udcff``): each problem is one line of the log, and one that a UTF-8 log file or JSON reader takes."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _reason(error: OSError) -> str:
@@ -192,7 +204,7 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
                     f"({folder.parent}/<model>/{name}/{MODEL_FILENAME})"
                 )
             problems.append(
-                f"{entry}: unexpected file in a model folder (only version folders, {CONFIG_FILENAME} "
+                f"{_shown(entry)}: unexpected file in a model folder (only version folders, {CONFIG_FILENAME} "
                 f"and {'/'.join(DATA_SUFFIXES)} data files){hint}"
             )
             continue
@@ -200,7 +212,7 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
         # is no version anyone can name (/v2 paths take 18 digits, the control file and metrics int64).
         if not _VERSION.fullmatch(entry.name):
             problems.append(
-                f"{entry}: version folders must be positive integers of at most {MAX_VERSION_DIGITS} digits, "
+                f"{_shown(entry)}: version folders must be positive integers of at most {MAX_VERSION_DIGITS} digits, "
                 "without leading zeros"
             )
             continue

@@ -3,8 +3,12 @@ and reported, the rest of the repository is served, and every report stays one r
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from pathlib import Path
+
+import pytest
 
 from inprocserve.testing import build_scale_model, save_model
 
@@ -26,3 +30,32 @@ def test_a_version_folder_of_more_than_18_digits_is_skipped_and_reported(
     assert server.status()["models"]["fraud"]["default_version"] == 1
     problems = server.refresh()
     assert f"{huge}: version folders must be positive integers of at most 18 digits" in "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["file in the repository", "model folder", "version folder", "file in a model folder"],
+)
+def test_a_name_with_a_line_break_an_escape_or_bytes_not_utf8_is_reported_on_one_readable_line(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """A folder named ``x\\nERROR ...`` wrote a forged line into the log (a terminal escape, colours), and one
+    of bytes not UTF-8 a lone surrogate that a UTF-8 log file (``logging.FileHandler(..., encoding="utf-8")``)
+    refused with "--- Logging error ---", losing the warning."""
+    caplog.set_level(logging.WARNING, logger="inprocserve")
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    hostile = b"evil\nERROR inprocserve forged \x1b[2J\xff"
+    parent = repository if where in ("file in the repository", "model folder") else repository / "fraud"
+    path = os.fsencode(parent) + b"/" + hostile
+    if where.startswith("file"):
+        Path(os.fsdecode(path)).write_bytes(b"notes")
+    else:
+        os.mkdir(path)
+    server = make_server(repository)
+    problems = server.refresh()
+    logged = [record.getMessage() for record in caplog.records if record.name.startswith("inprocserve")]
+    assert any("evil" in line for line in problems) and any("evil" in line for line in logged)
+    for line in [*problems, *logged]:
+        assert line.isprintable(), line
+        line.encode("utf-8")  # (no lone surrogate)
+    assert server.models == {"fraud": [1]}
