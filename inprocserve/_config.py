@@ -156,7 +156,7 @@ class PaddingConfig:
                 if not is_int(axis) or axis < 1:
                     raise ConfigurationError(
                         f"batching.padding.{kind}[{name!r}] must be an axis >= 1 (axis 0 is the batch axis), "
-                        f"got {axis!r}"
+                        f"got {shown(axis)}"
                     )
         value: object = self.value  # any number, -inf included (an additive attention mask), not a bool
         if isinstance(value, Mapping):
@@ -241,7 +241,9 @@ class BatchingConfig:
         if self.max_request_rows is not None:
             check_int("batching.max_request_rows", self.max_request_rows, 1)
         if self.padding is not None and not isinstance(self.padding, PaddingConfig):
-            raise ConfigurationError(f"batching.padding must be a table ([batching.padding]), got {self.padding!r}")
+            raise ConfigurationError(
+                f"batching.padding must be a table ([batching.padding]), got {shown(self.padding)}"
+            )
 
     def _convert_max_delay_ms(self) -> None:
         milliseconds = self.max_delay_ms
@@ -388,7 +390,7 @@ class PoolConfig:
                 check_bool("pool.memory_pattern", self.memory_pattern)
             except ConfigurationError:
                 raise ConfigurationError(
-                    f'pool.memory_pattern must be true, false or "auto", got {self.memory_pattern!r}'
+                    f'pool.memory_pattern must be true, false or "auto", got {shown(self.memory_pattern)}'
                 ) from None
             object.__setattr__(self, "memory_pattern", bool(self.memory_pattern))
         if self.providers != "auto":
@@ -396,12 +398,13 @@ class PoolConfig:
             object.__setattr__(self, "providers", providers)
         devices = check_list("pool.device_ids", self.device_ids)
         if not devices or any(not is_int(device) or device < 0 for device in devices):
-            raise ConfigurationError(f"pool.device_ids must be non-negative integers, got {self.device_ids!r}")
+            raise ConfigurationError(f"pool.device_ids must be non-negative integers, got {shown(self.device_ids)}")
         object.__setattr__(self, "device_ids", devices)
         object.__setattr__(self, "provider_options", _provider_options(self.provider_options))
         if self.graph_optimization not in ("disable", "basic", "extended", "all"):
             raise ConfigurationError(
-                f"pool.graph_optimization must be one of disable, basic, extended, all; got {self.graph_optimization!r}"
+                "pool.graph_optimization must be one of disable, basic, extended, all; "
+                f"got {shown(self.graph_optimization)}"
             )
 
 
@@ -412,7 +415,9 @@ _MAX_THREADS = 1024  # sessions or threads per model version: more can only be a
 def _providers(value: object) -> tuple[str, ...]:
     providers = () if isinstance(value, str) else check_list("pool.providers", value)
     if not providers or not all(isinstance(name, str) and name for name in providers):
-        raise ConfigurationError(f"pool.providers must be 'auto' or a non-empty list of provider names, got {value!r}")
+        raise ConfigurationError(
+            f"pool.providers must be 'auto' or a non-empty list of provider names, got {shown(value)}"
+        )
     return providers
 
 
@@ -424,7 +429,7 @@ def _provider_options(value: object) -> dict[str, dict[str, str]]:
         for key, option in table.items():
             if not isinstance(option, str | numbers.Real | os.PathLike):
                 raise ConfigurationError(
-                    f"pool.provider_options.{name}.{key} must be a string or a number, got {option!r}"
+                    f"pool.provider_options.{name}.{key} must be a string or a number, got {shown(option)}"
                 )
         options[str(name)] = {str(key): str(option) for key, option in table.items()}
     return options
@@ -573,7 +578,7 @@ class InputBounds:
         check_bound("min", self.min)
         check_bound("max", self.max)
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ConfigurationError(f"min ({self.min!r}) is above max ({self.max!r}): no value could pass")
+            raise ConfigurationError(f"min ({shown(self.min)}) is above max ({shown(self.max)}): no value could pass")
 
 
 def _input_bounds(name: object, value: object) -> InputBounds:
@@ -643,7 +648,7 @@ class ModelConfig:
                     f"{name} must be a {kind.__name__}, got {value!r}: {_how_to_make(name, value)}"
                 )
         if self.nan_policy not in ("allow", "reject"):
-            raise ConfigurationError(f"nan_policy must be 'allow' or 'reject', got {self.nan_policy!r}")
+            raise ConfigurationError(f"nan_policy must be 'allow' or 'reject', got {shown(self.nan_policy)}")
         inputs = check_table("inputs", self.inputs)
         object.__setattr__(self, "inputs", {name: _input_bounds(name, value) for name, value in inputs.items()})
 
@@ -773,7 +778,7 @@ def _merge(
     for key, value in data.items():
         if key in _SECTIONS:
             if not isinstance(value, Mapping):
-                raise ConfigurationError(f"{source}: [{key}] must be a table, got {value!r}")
+                raise ConfigurationError(f"{source}: [{key}] must be a table, got {shown(value)}")
             changes[key] = _replace_section(getattr(config, key), key, value, source, ignored=ignored)
         elif key == "version_policy":
             changes[key] = parse_version_policy(value, source)
@@ -896,7 +901,9 @@ def _group_flat_rollout_keys(converted: dict[str, Any], source: str) -> None:
     for key, (group, inner) in moved.items():
         table = converted.get(group)
         if table is not None and not isinstance(table, Mapping):
-            raise ConfigurationError(f"{source}: rollout.{group} must be a table ([rollout.{group}]), got {table!r}")
+            raise ConfigurationError(
+                f"{source}: rollout.{group} must be a table ([rollout.{group}]), got {shown(table)}"
+            )
         table = dict(table or {})
         table.setdefault(inner, flat[key])  # a key written in the table wins over its flat form
         converted[group] = table

@@ -53,7 +53,7 @@ def check_int(key: str, value: object, low: int, high: int | None = MAX_COUNT) -
     float."""
     if not is_int(value) or value < low or (high is not None and value > high):  # type: ignore[operator]
         bounds = f">= {low}" if high is None else f">= {low} and <= {high}"
-        raise ConfigurationError(f"{key} must be {bounds} (an integer), got {value!r}")
+        raise ConfigurationError(f"{key} must be {bounds} (an integer), got {shown(value)}")
 
 
 def check_number(key: str, value: object, low: float, high: float | None = None, *, above: bool = False) -> None:
@@ -63,7 +63,7 @@ def check_number(key: str, value: object, low: float, high: float | None = None,
     valid = (number > low if above else number >= low) and (high is None or number <= high)
     if not valid:
         bounds = f"{'>' if above else '>='} {low}" + ("" if high is None else f" and <= {high}")
-        raise ConfigurationError(f"{key} must be a finite number {bounds}, got {value!r}")
+        raise ConfigurationError(f"{key} must be a finite number {bounds}, got {shown(value)}")
 
 
 def check_bound(key: str, value: object) -> None:
@@ -94,7 +94,7 @@ def check_bool(key: str, value: object, *, optional: bool = False) -> None:
     """A real bool (numpy's too): a quoted ``"false"`` is a non-empty string, which Python takes for true."""
     if not isinstance(value, bool | np.bool_) and not (optional and value is None):
         unset = ", or unset" if optional else ""
-        raise ConfigurationError(f"{key} must be true or false (no quotes){unset}, got {value!r}")
+        raise ConfigurationError(f"{key} must be true or false (no quotes){unset}, got {shown(value)}")
 
 
 def check_text(key: str, value: object, *, optional: bool = False, blank: bool = True, path: bool = False) -> None:
@@ -103,13 +103,13 @@ def check_text(key: str, value: object, *, optional: bool = False, blank: bool =
         value = os.fspath(value)
     if not (isinstance(value, str) and (blank or value)) and not (optional and value is None):
         what = ("a path" if path else "a string") if blank else ("a non-empty path" if path else "a non-empty string")
-        raise ConfigurationError(f"{key} must be {what}{', or unset' if optional else ''}, got {value!r}")
+        raise ConfigurationError(f"{key} must be {what}{', or unset' if optional else ''}, got {shown(value)}")
 
 
 def check_table(key: str, value: object) -> Mapping[Any, Any]:
     """A table (a mapping in code)."""
     if not isinstance(value, Mapping):
-        raise ConfigurationError(f"{key} must be a table, got {value!r}")
+        raise ConfigurationError(f"{key} must be a table, got {shown(value)}")
     return value
 
 
@@ -117,7 +117,7 @@ def check_list(key: str, values: object) -> tuple[Any, ...]:
     """A list (any iterable in code) as a tuple; a string or a table is not taken for a list of its letters
     or keys."""
     if isinstance(values, str | bytes | Mapping) or not isinstance(values, Iterable):
-        raise ConfigurationError(f"{key} must be a list, got {values!r}")
+        raise ConfigurationError(f"{key} must be a list, got {shown(values)}")
     return tuple(values)
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from inprocserve import ConfigurationError
+from inprocserve._config import load_model_config
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -24,3 +28,48 @@ def test_an_integer_of_thousands_of_digits_is_a_configuration_error_naming_the_f
     assert error.startswith(f"{config}: not valid TOML: ")
     assert "integer" in error and "digits" in error
     assert server.models == {"other": [1]}
+
+
+HUGE = "x" * 500_000
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (f"batching = '{HUGE}'", "[batching] must be a table"),
+        (f"[batching]\nmax_batch_size = '{HUGE}'", "batching.max_batch_size must be"),
+        ("[batching]\nmax_batch_size = [" + "1, " * 100_000 + "]", "batching.max_batch_size must be"),
+        (f"[batching]\nmax_delay_s = '{HUGE}'", "batching.max_delay_s must be"),
+        (f"[batching]\nenabled = '{HUGE}'", "batching.enabled must be"),
+        (f"[batching]\npadding = '{HUGE}'", "batching.padding must be a table"),
+        (f"[pool]\ngraph_optimization = '{HUGE}'", "pool.graph_optimization must be"),
+        (f"[pool]\nproviders = '{HUGE}'", "pool.providers must be"),
+        (f"[pool]\ndevice_ids = ['{HUGE}']", "pool.device_ids must be"),
+        (f"[pool]\nmemory_pattern = '{HUGE}'", "pool.memory_pattern must be"),
+        (f"[warmup]\ninputs_file = [{HUGE[:100_000]!r}]".replace("'", '"'), "warmup.inputs_file must be"),
+        pytest.param(
+            f"[rollout]\ncanary = '{HUGE}'",
+            "rollout.canary must be a table",
+            marks=pytest.mark.xfail(strict=True, reason="_rollout_config.py quotes the value whole (not my area)"),
+        ),
+        (f"nan_policy = '{HUGE}'", "nan_policy must be"),
+        (f"[inputs.x]\nmin = '{HUGE}'", "inputs.x: min must be"),
+        (f"[inputs.x]\nmax = {'9' * 4000}", "inputs.x: max must be"),
+        pytest.param(
+            f"version_policy = '{HUGE}'",
+            "version_policy must be",
+            marks=pytest.mark.xfail(strict=True, reason="_version_policy.py quotes the value whole (not my area)"),
+        ),
+    ],
+    ids=lambda value: value if len(value) < 40 else "",
+)
+def test_a_wrong_value_of_half_a_megabyte_is_quoted_short(tmp_path: Path, text: str, key: str) -> None:
+    """A value of the wrong type was quoted whole: a 500 kB string (or a list of 100,000 numbers) where a
+    count belongs made a 500 kB config_error in every status(), on the status page and in the log."""
+    path = tmp_path / "config.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigurationError) as info:
+        load_model_config(path, ignored=[])
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and key in message
+    assert len(message) < 1000, message[:300]
