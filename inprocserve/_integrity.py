@@ -515,14 +515,23 @@ def resolve_model_file(folder: Path, name: str, *, what: str, model: str, versio
     """``folder / name`` for a file that a model's config names, refused unless it stays inside ``folder``.
 
     Raises:
-        ModelLoadError: ``name`` is absolute or resolves (links followed) outside the model folder.
+        ModelLoadError: ``name`` is absolute, holds a NUL byte, resolves (links followed) outside the model
+            folder, or cannot be resolved (a link loop).
     """
-    resolved = (folder / name).resolve()
-    if os.path.isabs(name) or "\x00" in name or not resolved.is_relative_to(folder.resolve()):
-        raise ModelLoadError(
-            f"model {model!r}: the {what} {name!r} must be a path inside the model folder {folder}, "
-            f"but resolves to {resolved}",
+
+    def fail(why: str) -> ModelLoadError:
+        return ModelLoadError(
+            f"model {model!r}: the {what} {name!r} must be a path inside the model folder {folder}, {why}",
             model=model,
             version=version,
         )
+
+    if "\x00" in name:  # (before resolve(), which raises a bare "ValueError: embedded null byte" of it)
+        raise fail("but holds a NUL byte")
+    try:
+        resolved = (folder / name).resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop (Python 3.11 and 3.12 raise RuntimeError)
+        raise fail(f"but cannot be resolved: {exc}") from None
+    if os.path.isabs(name) or not resolved.is_relative_to(folder.resolve()):
+        raise fail(f"but resolves to {resolved}")
     return resolved

@@ -1,0 +1,44 @@
+"""Files a model's ``config.toml`` names, and checksum files, as hostile input: each refusal fails the version
+with a ``ModelLoadError`` that names the setting and the file, and the models beside it keep serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+
+def a_name_with_a_nul_byte(folder: Path) -> str:
+    return "warm\\u0000up.npz"  # (TOML's escape: the file's text holds a NUL byte once read)
+
+
+def a_link_to_itself(folder: Path) -> str:
+    (folder / "loop.npz").symlink_to("loop.npz")
+    return "loop.npz"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "what"),
+    [("warmup", "inputs_file", "warm-up inputs file"), ("drift", "reference_file", "drift reference file")],
+)
+@pytest.mark.parametrize("make", [a_name_with_a_nul_byte, a_link_to_itself], ids=lambda make: make.__name__)
+def test_a_file_named_in_config_toml_that_no_path_can_reach_fails_the_version_saying_which_setting(
+    repository: Path, make_server: ServerFactory, section: str, key: str, what: str, make: object
+) -> None:
+    """Python's own errors escaped the check: "cannot load .../model.onnx: ValueError: embedded null byte",
+    or "RuntimeError: Symlink loop from ...", naming neither the setting nor what to fix."""
+    save_model(build_scale_model(2.0), repository, "m", 1)
+    save_model(build_scale_model(2.0), repository, "other", 1)
+    folder = repository / "m"
+    name = make(folder)  # type: ignore[operator]
+    (folder / "config.toml").write_text(f'[{section}]\n{key} = "{name}"\n')
+    server = make_server(repository, follow_symlinks=True)
+    status = server.status()["models"]["m"]["versions"]["1"]
+    assert status["state"] == "failed"
+    assert f"the {what} " in status["error"], status["error"]
+    assert "ValueError" not in status["error"] and "RuntimeError" not in status["error"]
+    assert server.models == {"other": [1]}
