@@ -348,7 +348,10 @@ def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, foll
         raise fail(f"{what} at {location!r}: '..' may not climb out of the version folder")
     root = folder.resolve()
     target = folder / location
-    resolved = target.resolve()
+    try:
+        resolved = target.resolve()
+    except (OSError, RuntimeError) as exc:  # a link loop (Python 3.11 and 3.12 raise RuntimeError)
+        raise fail(f"{what} at {location!r}, which cannot be resolved: {exc}") from None
     if not resolved.is_relative_to(root):
         raise fail(f"{what} at {location!r}, which resolves to {resolved}, outside the version folder {root}")
     if not follow_symlinks and resolved != Path(os.path.normpath(root / location)):

@@ -10,6 +10,7 @@ import pytest
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
+from .test_integrity import initializer_model, write_version
 
 
 def a_name_with_a_nul_byte(folder: Path) -> str:
@@ -41,4 +42,21 @@ def test_a_file_named_in_config_toml_that_no_path_can_reach_fails_the_version_sa
     assert status["state"] == "failed"
     assert f"the {what} " in status["error"], status["error"]
     assert "ValueError" not in status["error"] and "RuntimeError" not in status["error"]
+    assert server.models == {"other": [1]}
+
+
+@pytest.mark.parametrize("follow_symlinks", [False, True])
+def test_external_data_through_a_link_loop_fails_the_version_saying_which_tensor(
+    repository: Path, make_server: ServerFactory, follow_symlinks: bool
+) -> None:
+    """The external-data check resolved the location first: a link to itself failed the version with Python's
+    "RuntimeError: Symlink loop from ...", naming no tensor."""
+    model_file = write_version(repository, initializer_model({"location": "loop.bin"}))
+    (model_file.parent / "loop.bin").symlink_to("loop.bin")
+    save_model(build_scale_model(2.0), repository, "other", 1)
+    server = make_server(repository, follow_symlinks=follow_symlinks)
+    status = server.status()["models"]["m"]["versions"]["1"]
+    assert status["state"] == "failed"
+    assert "tensor 'w' keeps its data outside the model at 'loop.bin'" in status["error"], status["error"]
+    assert "RuntimeError" not in status["error"]
     assert server.models == {"other": [1]}
