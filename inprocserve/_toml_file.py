@@ -1,11 +1,12 @@
 """Reading a model's TOML files (``config.toml``, ``remote.toml``) from the repository, whatever lies there:
 anything but a regular file (see :mod:`._regular_file`), a file of megabytes, a document nested past Python's
-recursion limit, a byte-order mark, an integer of thousands of digits. Each is an error naming the file, or read
-as its author meant it.
+recursion limit, a byte-order mark, UTF-16 or another encoding, an integer of thousands of digits. Each is an
+error naming the file, or read as its author meant it.
 """
 
 from __future__ import annotations
 
+import codecs
 import sys
 import tomllib
 from collections.abc import Iterable
@@ -53,10 +54,17 @@ def read_toml(path: Path) -> dict[str, Any]:
     if len(raw) > MAX_TOML_BYTES:
         raise ConfigurationError(f"{path}: larger than {MAX_TOML_BYTES} bytes: not a model's settings")
     try:
-        # A byte-order mark (as some Windows editors write) is not TOML: tomllib's "Invalid statement (at line
-        # 1, column 1)" would not say what to fix, and the file is otherwise what its author meant.
-        return tomllib.loads(raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = _decoded(raw)
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        where = f"line {line}: " if exc.encoding == "utf-8" else ""
+        raise ConfigurationError(
+            f"{path}: not {exc.encoding.upper()} text ({where}byte 0x{exc.object[exc.start]:02x}); save it as "
+            "UTF-8 (TOML's encoding)"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
     except ValueError:  # tomllib's int() of more digits than Python converts (4300): "Exceeds the limit ..."
         raise ConfigurationError(
@@ -65,6 +73,20 @@ def read_toml(path: Path) -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise ConfigurationError(f"{path}: not valid TOML: nested too deeply") from None
+
+
+def _decoded(raw: bytes) -> str:
+    """A TOML file's text. A byte-order mark (as some Windows editors write) is not TOML: tomllib's "Invalid
+    statement (at line 1, column 1)" would not say what to fix, and the file is otherwise what its author
+    meant. Windows PowerShell's ``Out-File`` and ``>`` write UTF-16 with one, read as such (as checksum files
+    are, :mod:`._integrity`).
+
+    Raises:
+        UnicodeDecodeError: the bytes are not UTF-8 (nor UTF-16 after its byte-order mark).
+    """
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    return raw.removeprefix(codecs.BOM_UTF8).decode("utf-8")
 
 
 def name_unknown_key(where: str, key: str, known: Iterable[str]) -> str:

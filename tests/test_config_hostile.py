@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,27 @@ def test_a_wrong_value_of_half_a_megabyte_is_quoted_short(tmp_path: Path, text: 
     message = str(info.value)
     assert message.startswith(f"{path}: ") and key in message
     assert len(message) < 1000, message[:300]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_a_config_toml_saved_as_utf16_with_its_byte_order_mark_is_read(tmp_path: Path, encoding: str) -> None:
+    """Windows PowerShell's ``Out-File`` and ``>`` write UTF-16 with a byte-order mark (as the checksum files
+    that are read so): the file was refused with "'utf-8' codec can't decode byte 0xff in position 0"."""
+    path = tmp_path / "config.toml"
+    path.write_bytes(codecs.BOM_UTF16_LE if encoding.endswith("le") else codecs.BOM_UTF16_BE)
+    with path.open("ab") as handle:
+        handle.write("# café\r\n[batching]\r\nmax_batch_size = 8\r\n".encode(encoding))
+    assert load_model_config(path).batching.max_batch_size == 8
+
+
+def test_a_config_toml_in_another_encoding_is_refused_saying_to_save_it_as_utf8(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A Latin-1 comment refused the file with Python's "'utf-8' codec can't decode byte 0xe9 in position 5:
+    invalid continuation byte": no line, and no word of what to do."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    config = repository / "scale" / "config.toml"
+    config.write_bytes("[batching]\n# réglé pour la production\nmax_batch_size = 8\n".encode("latin-1"))
+    error = make_server(repository).status()["models"]["scale"]["config_error"]
+    assert error.startswith(f"{config}: not UTF-8 text (line 2: byte 0xe9)")
+    assert "save it as UTF-8" in error
