@@ -230,7 +230,12 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
             problems.append(f"{entry}: the {what} is a symbolic link; {_LINK_HINT}")
             continue
         if not model_file.is_file():
-            problems.append(f"{entry}: missing {MODEL_FILENAME} (or {REMOTE_FILENAME} for a remote model)")
+            there = [path.name for path in (model_file, remote_file) if path.exists()]  # (a folder, a pipe)
+            problems.append(
+                f"{entry}: {there[0]} is not a regular file (a folder, a pipe or a device); write the file there"
+                if there
+                else f"{entry}: missing {MODEL_FILENAME} (or {REMOTE_FILENAME} for a remote model)"
+            )
             continue
         versions[int(entry.name)] = model_file
     if not versions:

@@ -59,3 +59,28 @@ def test_a_name_with_a_line_break_an_escape_or_bytes_not_utf8_is_reported_on_one
         assert line.isprintable(), line
         line.encode("utf-8")  # (no lone surrogate)
     assert server.models == {"fraud": [1]}
+
+
+def a_folder(path: Path) -> None:
+    path.mkdir()  # (``cp -r`` of an export folder, or ``mkdir -p models/fraud/2/model.onnx`` by mistake)
+
+
+def a_pipe(path: Path) -> None:
+    os.mkfifo(path)  # (a pipe that nothing writes: opened, it would wait for good)
+
+
+@pytest.mark.parametrize("make", [a_folder, a_pipe], ids=lambda make: make.__name__)
+def test_a_model_onnx_that_is_no_file_is_reported_as_such_not_as_missing(
+    repository: Path, make_server: ServerFactory, make: object
+) -> None:
+    """The scan said "missing model.onnx" of a version folder that plainly holds one (a folder, a pipe):
+    whoever looked found it there, and was not told what was wrong with it."""
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    version = repository / "fraud" / "2"
+    version.mkdir()
+    make(version / "model.onnx")  # type: ignore[operator]
+    server = make_server(repository)
+    assert server.models == {"fraud": [1]}
+    problems = "\n".join(server.refresh())
+    assert f"{version}: model.onnx is not a regular file (a folder, a pipe or a device)" in problems
+    assert "missing model.onnx" not in problems
