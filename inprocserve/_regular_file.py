@@ -12,6 +12,7 @@ Opening it blocking after a check that it is a regular file would wait on whatev
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -33,7 +34,7 @@ def open_regular_file(path: Path, *, lease_wait_s: float = LEASE_WAIT_S) -> Bina
     """The regular file at ``path``, open for reading (binary), never blocking on what lies there.
 
     Raises:
-        NotARegularFileError: ``path`` is no regular file.
+        NotARegularFileError: ``path`` is no regular file (a socket included, which refuses any open).
         OSError: it cannot be opened (``BlockingIOError``: another process held a lease on it past
             ``lease_wait_s``).
     """
@@ -48,6 +49,10 @@ def open_regular_file(path: Path, *, lease_wait_s: float = LEASE_WAIT_S) -> Bina
                 raise
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # a Unix socket (or a device file with no device): no file to read
+                raise NotARegularFileError(f"{path} is not a regular file (a socket or a device)") from None
+            raise
     try:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise NotARegularFileError(f"{path} is not a regular file (a folder, a pipe or a device)")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import codecs
+import socket
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,19 @@ def test_a_config_toml_in_another_encoding_is_refused_saying_to_save_it_as_utf8(
     error = make_server(repository).status()["models"]["scale"]["config_error"]
     assert error.startswith(f"{config}: not UTF-8 text (line 2: byte 0xe9)")
     assert "save it as UTF-8" in error
+
+
+def test_a_socket_where_config_toml_belongs_is_no_regular_file(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A Unix socket (a dev server's, left in the folder) refused its open with "[Errno 6] No such device or
+    address", which said nothing of what lay there nor what to do."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(2.0), repository, "other", 1)
+    config = repository / "scale" / "config.toml"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(config))
+        server = make_server(repository)
+        error = server.status()["models"]["scale"]["config_error"]
+    assert error == f"{config}: not a regular file (a folder, a pipe or a device); write the file there"
+    assert server.models == {"other": [1]}
