@@ -107,6 +107,7 @@ def scan_repository(repository: Path, *, follow_symlinks: bool = False, only: st
     except OSError as exc:
         raise ConfigurationError(f"model repository {str(repository)!r} cannot be read: {_reason(exc)}") from None
     result = RepositoryScan()
+    skipped = _Skipped(repository, result.problems)
     for folder in folders:
         if folder.name.startswith("."):
             continue
@@ -119,14 +120,12 @@ def scan_repository(repository: Path, *, follow_symlinks: bool = False, only: st
                 if gone is not None:
                     result.problems.extend(gone)
                     continue
-                result.problems.append(
-                    f"{_shown(folder)}: not a model folder (expected <model>/<version>/{MODEL_FILENAME})"
-                )
+                skipped.add(f"{_shown(folder)}: not a model folder (expected <model>/<version>/{MODEL_FILENAME})")
                 continue
             try:
                 name = validate_model_name(folder.name)
             except ModelNotFoundError as exc:
-                result.problems.append(f"{_shown(folder)}: {exc}")
+                skipped.add(f"{_shown(folder)}: {exc}")
                 continue
             problems: list[str] = []
             source = _scan_model(name, folder, problems, follow_symlinks=follow_symlinks)
@@ -138,7 +137,31 @@ def scan_repository(repository: Path, *, follow_symlinks: bool = False, only: st
             continue
         result.problems.extend(problems)
         result.models[name] = source
+    skipped.close()
     return result
+
+
+SHOWN_SKIPPED = 20
+"""Entries of one folder named in problems as stray files or badly named folders; the rest are counted in one
+more problem. A data set synced into a model folder made a warning per file (thousands, in the log at start
+and in ``refresh()``'s and ``validate``'s answers)."""
+
+
+class _Skipped:
+    """The stray entries of one folder, appended to ``problems`` up to :data:`SHOWN_SKIPPED`, then counted."""
+
+    def __init__(self, folder: Path, problems: list[str]) -> None:
+        self._folder, self._problems, self._count = folder, problems, 0
+
+    def add(self, problem: str) -> None:
+        self._count += 1
+        if self._count <= SHOWN_SKIPPED:
+            self._problems.append(problem)
+
+    def close(self) -> None:
+        if self._count > SHOWN_SKIPPED:
+            more = self._count - SHOWN_SKIPPED
+            self._problems.append(f"{_shown(self._folder)}: {more} more entries skipped like those above")
 
 
 def _file_hint(repository: Path) -> str:
@@ -187,6 +210,7 @@ def _reason(error: OSError) -> str:
 
 def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks: bool) -> ModelSource:
     versions: dict[int, Path] = {}
+    skipped = _Skipped(folder, problems)
     for entry in sorted(folder.iterdir()):
         if entry.name == CONFIG_FILENAME or entry.name.startswith("."):
             continue
@@ -203,7 +227,7 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
                     f"it ({folder.parent.parent}) as the repository, or move {name} into a model folder "
                     f"({folder.parent}/<model>/{name}/{MODEL_FILENAME})"
                 )
-            problems.append(
+            skipped.add(
                 f"{_shown(entry)}: unexpected file in a model folder (only version folders, {CONFIG_FILENAME} "
                 f"and {'/'.join(DATA_SUFFIXES)} data files){hint}"
             )
@@ -211,7 +235,7 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
         # ASCII digits only (int() takes the Arabic-Indic "٣" for 3), and at most 18 of them: a longer number
         # is no version anyone can name (/v2 paths take 18 digits, the control file and metrics int64).
         if not _VERSION.fullmatch(entry.name):
-            problems.append(
+            skipped.add(
                 f"{_shown(entry)}: version folders must be positive integers of at most {MAX_VERSION_DIGITS} digits, "
                 "without leading zeros"
             )
@@ -238,6 +262,7 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
             )
             continue
         versions[int(entry.name)] = model_file
+    skipped.close()
     if not versions:
         problems.append(
             f"{folder}: model {name!r} has no version folder with a {MODEL_FILENAME} (or {REMOTE_FILENAME})"

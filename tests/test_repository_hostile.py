@@ -84,3 +84,24 @@ def test_a_model_onnx_that_is_no_file_is_reported_as_such_not_as_missing(
     problems = "\n".join(server.refresh())
     assert f"{version}: model.onnx is not a regular file (a folder, a pipe or a device)" in problems
     assert "missing model.onnx" not in problems
+
+
+@pytest.mark.parametrize("where", ["repository", "model folder"])
+def test_thousands_of_stray_entries_are_reported_as_the_first_20_and_a_count(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """A data set synced into the repository, or into a model folder, was reported entry by entry: a warning
+    per file in the log at start (thousands; again as it changed), and as many lines from refresh() and
+    ``validate``."""
+    caplog.set_level(logging.WARNING, logger="inprocserve")
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    folder = repository if where == "repository" else repository / "fraud"
+    for index in range(500):
+        (folder / f"image_{index:05}.jpg").write_bytes(b"")
+    server = make_server(repository)
+    problems = server.refresh()
+    logged = [record for record in caplog.records if "image_" in record.getMessage()]
+    assert len(problems) <= 21 and len(logged) <= 21
+    assert f"{folder}/image_00000.jpg: " in problems[0]
+    assert problems[-1] == f"{folder}: 480 more entries skipped like those above"
+    assert server.models == {"fraud": [1]}
