@@ -234,7 +234,8 @@ class BatchingConfig:
         sizes = check_list("batching.preferred_batch_sizes", self.preferred_batch_sizes)
         if any(not is_int(size) or size < 1 or size > self.max_batch_size for size in sizes):
             raise ConfigurationError(
-                f"batching.preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size}), got {sizes}"
+                f"batching.preferred_batch_sizes must lie in 1..max_batch_size ({self.max_batch_size}), "
+                f"got {shown(sizes)}"
             )
         object.__setattr__(self, "preferred_batch_sizes", tuple(sorted(set(sizes))))
         check_int("batching.max_queue_rows", self.max_queue_rows, 1)

@@ -44,6 +44,7 @@ HUGE = "x" * 500_000
         (f"[batching]\nmax_delay_s = '{HUGE}'", "batching.max_delay_s must be"),
         (f"[batching]\nenabled = '{HUGE}'", "batching.enabled must be"),
         (f"[batching]\npadding = '{HUGE}'", "batching.padding must be a table"),
+        (f"[batching]\npreferred_batch_sizes = ['{HUGE}']", "batching.preferred_batch_sizes must"),
         (f"[pool]\ngraph_optimization = '{HUGE}'", "pool.graph_optimization must be"),
         (f"[pool]\nproviders = '{HUGE}'", "pool.providers must be"),
         (f"[pool]\ndevice_ids = ['{HUGE}']", "pool.device_ids must be"),
