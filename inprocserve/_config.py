@@ -284,7 +284,8 @@ def _is_float(value: object) -> bool:
 
 
 def _finite_at_least_zero(value: object) -> bool:
-    return is_number(value) and math.isfinite(value) and value >= 0  # type: ignore[arg-type, operator]
+    # (not math.isfinite alone: it raises OverflowError for an int past any float, such as 400 digits in TOML)
+    return _is_float(value) and math.isfinite(value) and value >= 0  # type: ignore[arg-type, operator]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

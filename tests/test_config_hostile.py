@@ -116,3 +116,14 @@ def test_a_socket_where_config_toml_belongs_is_no_regular_file(
         error = server.status()["models"]["scale"]["config_error"]
     assert error == f"{config}: not a regular file (a folder, a pipe or a device); write the file there"
     assert server.models == {"other": [1]}
+
+
+@pytest.mark.filterwarnings("ignore:.*max_delay_ms is deprecated:DeprecationWarning")
+def test_a_deprecated_max_delay_ms_past_any_float_is_a_configuration_error_naming_the_key(tmp_path: Path) -> None:
+    """An integer of 400 digits (TOML's integers have no bound in tomllib) escaped as Python's bare
+    "OverflowError: int too large to convert to float", naming neither the file nor the key."""
+    path = tmp_path / "config.toml"
+    path.write_text("[batching]\nmax_delay_ms = 1" + "0" * 400 + "\n")
+    with pytest.raises(ConfigurationError, match=r"batching\.max_delay_ms must be a finite number") as info:
+        load_model_config(path, ignored=[])
+    assert str(info.value).startswith(f"{path}: ")
