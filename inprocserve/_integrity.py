@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from ._brief import brief, brief_text
 from ._errors import ModelLoadError
 from ._racy import Sighting, changed_long_ago, sighting
 from ._regular_file import NotARegularFileError, read_regular_file
@@ -338,38 +339,48 @@ def check_external_data(model_file: Path, *, model: str, version: int, follow_sy
 
 
 def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, follow_symlinks: bool) -> None:
-    what = f"tensor {reference.tensor!r} keeps its data outside the model"
+    # The tensor's name and its entries are the model file's bytes (a download, a converter): quoted cut short,
+    # a location of 100,000 characters made an error of twice that in status() and the log.
+    what = f"tensor {brief(reference.tensor)} keeps its data outside the model"
     location = reference.entries.get("location", "")
+    quoted = brief(location)
     if not location:
         raise fail(f"{what} but names no location")
     if "\x00" in location or os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location:
-        raise fail(f"{what} at {location!r}: only paths relative to the version folder are allowed")
+        raise fail(f"{what} at {quoted}: only paths relative to the version folder are allowed")
     if ".." in re.split(r"[/\\]", location):
-        raise fail(f"{what} at {location!r}: '..' may not climb out of the version folder")
+        raise fail(f"{what} at {quoted}: '..' may not climb out of the version folder")
     root = folder.resolve()
     target = folder / location
     try:
         resolved = target.resolve()
     except (OSError, RuntimeError) as exc:  # a link loop (Python 3.11 and 3.12 raise RuntimeError)
-        raise fail(f"{what} at {location!r}, which cannot be resolved: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a symbolic link loop"
+        raise fail(f"{what} at {quoted}, which cannot be resolved: {reason}") from None
     if not resolved.is_relative_to(root):
-        raise fail(f"{what} at {location!r}, which resolves to {resolved}, outside the version folder {root}")
+        raise fail(
+            f"{what} at {quoted}, which resolves to {brief_text(str(resolved))}, outside the version folder {root}"
+        )
     if not follow_symlinks and resolved != Path(os.path.normpath(root / location)):
-        raise fail(f"{what} at {location!r} through a symbolic link, which is refused")
-    if not resolved.is_file():
-        raise fail(f"{what} at {location!r}, which is not a file in the version folder")
+        raise fail(f"{what} at {quoted} through a symbolic link, which is refused")
+    try:
+        is_file = resolved.is_file()
+    except OSError as exc:  # (a name too long for the file system: ENAMETOOLONG)
+        raise fail(f"{what} at {quoted}, which cannot be read: {exc.strerror or exc}") from None
+    if not is_file:
+        raise fail(f"{what} at {quoted}, which is not a file in the version folder")
     try:  # onnxruntime says only "SystemError : 13" of a file it may not read (a umask that keeps the server out)
         with resolved.open("rb"):
             pass
     except OSError as exc:
-        raise fail(f"{what} at {location!r}, which cannot be read: {exc.strerror or exc}") from None
+        raise fail(f"{what} at {quoted}, which cannot be read: {exc.strerror or exc}") from None
     numbers: dict[str, int] = {}
     for key in ("offset", "length"):
         text = reference.entries.get(key)
         if text is None:
             continue
         if not _DIGITS.fullmatch(text):
-            raise fail(f"{what} with {key} {text!r}, which is not a non-negative integer")
+            raise fail(f"{what} with {key} {brief(text)}, which is not a non-negative integer")
         numbers[key] = int(text)
     size = resolved.stat().st_size
     offset = numbers.get("offset", 0)
@@ -378,7 +389,7 @@ def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, foll
         raise fail(f"{what}: length {length} is less than the {reference.expected_bytes} bytes its shape needs")
     end = offset + (length or 0)
     if offset > size or end > size:
-        raise fail(f"{what}: bytes {offset} to {end} lie beyond the end of {location!r} ({size} bytes)")
+        raise fail(f"{what}: bytes {offset} to {end} lie beyond the end of {quoted} ({size} bytes)")
 
 
 _T = TypeVar("_T")

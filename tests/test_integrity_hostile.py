@@ -60,3 +60,28 @@ def test_external_data_through_a_link_loop_fails_the_version_saying_which_tensor
     assert "tensor 'w' keeps its data outside the model at 'loop.bin'" in status["error"], status["error"]
     assert "RuntimeError" not in status["error"]
     assert server.models == {"other": [1]}
+
+
+@pytest.mark.parametrize(
+    ("entries", "tensor"),
+    [
+        ({"location": "w" * 100_000}, "w"),
+        ({"location": "/" + "w" * 100_000}, "w"),
+        ({"location": "weights.bin", "offset": "9" * 100_000}, "w"),
+        ({"location": "w" * 200}, "t" * 100_000),
+    ],
+    ids=["long location", "long absolute location", "long offset", "long tensor name"],
+)
+def test_a_model_naming_external_data_with_a_huge_string_fails_with_a_short_message(
+    repository: Path, make_server: ServerFactory, entries: dict[str, str], tensor: str
+) -> None:
+    """A model file is someone else's bytes (a download, a converter): a location or tensor name of 100,000
+    characters was quoted whole (twice, with the error of the path it made), into status() and the log."""
+    model = initializer_model(entries)
+    model.graph.initializer[0].name = tensor
+    model.graph.node[0].input[1] = tensor
+    write_version(repository, model)
+    server = make_server(repository)
+    error = server.status()["models"]["m"]["versions"]["1"]["error"]
+    assert "keeps its data outside the model" in error
+    assert len(error) < 1000, error[:300]
