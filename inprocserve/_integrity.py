@@ -28,7 +28,7 @@ from typing import Generic, TypeVar
 from ._brief import brief, brief_text
 from ._errors import ModelLoadError
 from ._racy import Sighting, changed_long_ago, sighting
-from ._regular_file import NotARegularFileError, read_regular_file
+from ._regular_file import NotARegularFileError, open_regular_file, read_regular_file
 from ._remote_model import REMOTE_FILENAME, read_remote_toml
 
 __all__ = [
@@ -246,7 +246,7 @@ def _references_in(model_file: Path) -> list[ExternalData]:
         OSError: the file cannot be read.
         ValueError: it is not a well-formed ModelProto.
     """
-    with model_file.open("rb") as handle:
+    with open_regular_file(model_file) as handle:  # (a pipe's open waited for a writer for good)
         data = handle.read()
     return external_data(data) if data else []
 
@@ -327,6 +327,8 @@ def check_external_data(model_file: Path, *, model: str, version: int, follow_sy
         return ModelLoadError(f"model {model!r} version {version}: {message}", model=model, version=version)
 
     if not model_file.is_file():
+        if model_file.exists():  # (a pipe: read, it waited for a writer for good)
+            raise fail(f"model file {model_file} is not a regular file (a folder, a pipe or a device)")
         raise fail(f"model file {model_file} does not exist")
     try:
         references = _references_in(model_file)  # (an empty file refers to nothing; onnxruntime says why)
@@ -480,7 +482,7 @@ def file_sha256(path: Path) -> str:
     if cached is not None:
         return cached
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open_regular_file(path) as handle:  # (a pipe's open waited for a writer for good)
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     result = digest.hexdigest()
@@ -517,7 +519,12 @@ def _check_checksum(model_file: Path, fail: _Fail) -> None:
             "write: sha256sum model.onnx > model.onnx.sha256)"
         )
     expected = words[0].lower()
-    actual = file_sha256(model_file)
+    try:
+        actual = file_sha256(model_file)
+    except NotARegularFileError:
+        raise fail(f"model file {model_file} is not a regular file (a folder, a pipe or a device)") from None
+    except OSError as exc:
+        raise fail(f"model file {model_file} cannot be read: {exc.strerror or exc}") from None
     if actual != expected:
         raise fail(f"{model_file} has sha256 {actual}, but {sidecar.name} expects {expected}; the file is refused")
 

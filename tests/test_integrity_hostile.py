@@ -3,10 +3,14 @@ with a ``ModelLoadError`` that names the setting and the file, and the models be
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
+from inprocserve import ModelLoadError
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -85,3 +89,41 @@ def test_a_model_naming_external_data_with_a_huge_string_fails_with_a_short_mess
     error = server.status()["models"]["m"]["versions"]["1"]["error"]
     assert "keeps its data outside the model" in error
     assert len(error) < 1000, error[:300]
+
+
+@pytest.mark.parametrize("checksum", [False, True], ids=["without checksum", "with checksum"])
+def test_loading_a_pipe_by_path_fails_at_once_instead_of_waiting_for_a_writer(
+    tmp_path: Path, make_server: ServerFactory, checksum: bool
+) -> None:
+    """``server.load("m", path=...)`` of a pipe (a deploy script's ``mkfifo``, a process substitution) opened
+    it to read its external-data names and its digest, and waited for a writer for good: the call never
+    returned, and the lifecycle lock it held stopped every refresh."""
+    version = tmp_path / "m" / "1"
+    version.mkdir(parents=True)
+    pipe = version / "model.onnx"
+    os.mkfifo(pipe)
+    if checksum:
+        (version / "model.onnx.sha256").write_text("0" * 64 + "  model.onnx\n")
+    server = make_server()
+    outcome: list[BaseException | None] = []
+
+    def load() -> None:
+        try:
+            server.load("m", path=pipe)
+            outcome.append(None)
+        except BaseException as exc:  # (handed to the test's thread)
+            outcome.append(exc)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    loader.join(timeout=10)
+    if loader.is_alive():  # let it go: writers that close at once (each open of the pipe reads it empty)
+        for _ in range(100):
+            with contextlib.suppress(OSError):  # (ENXIO: no reader at this instant)
+                os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+            loader.join(timeout=0.1)
+            if not loader.is_alive():
+                break
+        pytest.fail("load(path=<a pipe>) was still waiting for a writer after 10 s")
+    assert isinstance(outcome[0], ModelLoadError)
+    assert f"model file {pipe} is not a regular file" in str(outcome[0])
