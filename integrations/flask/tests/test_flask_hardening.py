@@ -556,27 +556,6 @@ def test_an_empty_admin_body_sent_with_content_encoding_gzip_is_a_415_too(reposi
         Inprocserve.close(app)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="integrations/flask/src/inprocserve_flask/v2.py blueprint(): no guard against a second registration, as "
-    "a175ff8 gave the endpoints' blueprint (outside this area, for the lead: the same record hook, naming "
-    "INPROCSERVE_V2_PROTOCOL)",
-)
-def test_the_v2_blueprint_nested_in_a_teams_own_is_refused_at_registration(repository: Path) -> None:
-    # The same team mounting everything under /ops takes the /v2 blueprint too: it was registered without a word,
-    # and every path of the copy (/ops/v2/models/scale/ready) answered 404 "no Open Inference Protocol endpoint".
-    from flask import Blueprint
-
-    app = make_app(repository)
-    try:
-        ops = Blueprint("ops", __name__)
-        ops.register_blueprint(app.blueprints["inprocserve_v2"])
-        with pytest.raises(ValueError, match=r"registered again or nested"):
-            app.register_blueprint(ops, url_prefix="/ops")
-    finally:
-        Inprocserve.close(app)
-
-
 def test_the_endpoints_blueprint_registered_on_another_app_is_refused_at_registration(repository: Path) -> None:
     # An admin app of one's own, given the plug-in's blueprint taken from the app that has the extension: it was
     # registered without a word, then /ready answered an HTML 500 (RuntimeError "inprocserve is not registered on
