@@ -24,6 +24,7 @@ from ._config_checks import (
     is_int,
     is_number,
     plain_fields,
+    shown,
 )
 from ._errors import ConfigurationError
 
@@ -44,7 +45,7 @@ Strategy = Literal["stable", "canary", "ab", "bandit"]
 
 def _percent(name: str, value: Any) -> None:
     if not is_number(value) or not 0 <= value <= 100:
-        raise ConfigurationError(f"rollout.{name} must lie in 0..100, got {value!r}")
+        raise ConfigurationError(f"rollout.{name} must lie in 0..100, got {shown(value)}")
 
 
 def _version(name: str, value: Any) -> None:
@@ -52,7 +53,7 @@ def _version(name: str, value: Any) -> None:
     if value is not None and (not is_int(value) or value < 1):
         raise ConfigurationError(
             f"rollout.{name} must be a version number, a whole number >= 1 such as {name.rsplit('.')[-1]} = 2 "
-            f"(no quotes), got {value!r}"
+            f"(no quotes), got {shown(value)}"
         )
 
 
@@ -65,7 +66,7 @@ for every request: a million of them took a second a request)."""
 def _versions(name: str, values: Any) -> tuple[int, ...]:
     versions = check_list(f"rollout.{name}", values)
     if any(not is_int(v) or v < 1 for v in versions):
-        raise ConfigurationError(f"rollout.{name} must list positive version numbers, got {list(versions)!r}")
+        raise ConfigurationError(f"rollout.{name} must list positive version numbers, got {shown(list(versions))}")
     return versions
 
 
@@ -79,7 +80,7 @@ class VariantConfig:
     def __post_init__(self) -> None:
         plain_fields(self)
         if not is_int(self.version) or self.version < 1:
-            raise ConfigurationError(f"rollout variant version must be a positive int, got {self.version!r}")
+            raise ConfigurationError(f"rollout variant version must be a positive int, got {shown(self.version)}")
         check_number("rollout variant weight", self.weight, 0)
 
 
@@ -109,7 +110,9 @@ class BanditConfig:
     def __post_init__(self) -> None:
         plain_fields(self)
         if self.policy not in ("thompson", "epsilon_greedy"):
-            raise ConfigurationError(f"rollout.bandit.policy must be thompson or epsilon_greedy, got {self.policy!r}")
+            raise ConfigurationError(
+                f"rollout.bandit.policy must be thompson or epsilon_greedy, got {shown(self.policy)}"
+            )
         check_number("rollout.bandit.epsilon", self.epsilon, 0, 1)
 
 
@@ -137,7 +140,7 @@ class ShadowConfig:
         limit = self.max_abs_diff
         if limit is not None and (not is_number(limit) or not 0 <= limit < float("inf")):
             raise ConfigurationError(
-                f"rollout.shadow.max_abs_diff must be a finite number >= 0 (or left out), got {limit!r}"
+                f"rollout.shadow.max_abs_diff must be a finite number >= 0 (or left out), got {shown(limit)}"
             )
 
 
@@ -152,7 +155,9 @@ class InterleavingConfig:
         if self.rankers is not None:
             rankers = _versions("interleaving.rankers", self.rankers)
             if len(rankers) != 2:
-                raise ConfigurationError(f"rollout.interleaving.rankers must name two versions, got {list(rankers)!r}")
+                raise ConfigurationError(
+                    f"rollout.interleaving.rankers must name two versions, got {shown(list(rankers))}"
+                )
             object.__setattr__(self, "rankers", rankers)
 
 
@@ -221,7 +226,9 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         plain_fields(self)
         if self.strategy not in ("stable", "canary", "ab", "bandit"):
-            raise ConfigurationError(f"rollout.strategy must be stable, canary, ab or bandit, got {self.strategy!r}")
+            raise ConfigurationError(
+                f"rollout.strategy must be stable, canary, ab or bandit, got {shown(self.strategy)}"
+            )
         _version("stable", self.stable)
         self._group_flat_fields()
         variants = {
@@ -229,7 +236,7 @@ class RolloutConfig:
         }
         object.__setattr__(self, "variants", variants)
         if self.strategy in ("ab", "bandit") and len(variants) < 2:
-            raise ConfigurationError(f"rollout.strategy {self.strategy!r} needs at least two rollout.variants")
+            raise ConfigurationError(f"rollout.strategy {shown(self.strategy)} needs at least two rollout.variants")
         if self.strategy == "ab" and not any(variant.weight > 0 for variant in variants.values()):
             # (it loaded, and every request was then sent to the latest version, an arm or not, as unusable)
             raise ConfigurationError(
@@ -266,7 +273,7 @@ class RolloutConfig:
             if isinstance(value, Mapping):
                 object.__setattr__(self, group, kind(**value))
             elif not isinstance(value, kind):
-                raise ConfigurationError(f"rollout.{group} must be a table ([rollout.{group}]), got {value!r}")
+                raise ConfigurationError(f"rollout.{group} must be a table ([rollout.{group}]), got {shown(value)}")
         if not moved:
             return
         old = ", ".join(given)
@@ -285,7 +292,8 @@ class RolloutConfig:
                 given = getattr(current, inner)
                 if given != getattr(default, inner) and given != value:
                     raise ConfigurationError(
-                        f"rollout.{group}.{inner} ({given!r}) and its deprecated flat field ({value!r}) disagree; "
+                        f"rollout.{group}.{inner} ({shown(given)}) and its deprecated flat field ({shown(value)}) "
+                        "disagree; "
                         f"set only rollout.{group}.{inner}"
                     )
             object.__setattr__(self, group, GROUPS[group](**{**_as_dict(current), **values}))

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._config_checks import check_int, check_list, is_int, plain_fields
+from ._config_checks import check_int, check_list, is_int, plain_fields, shown
 from ._errors import ConfigurationError
 
 __all__ = ["VersionPolicy", "parse_version_policy"]
@@ -23,14 +23,14 @@ class VersionPolicy:
     def __post_init__(self) -> None:
         plain_fields(self)
         if self.kind not in ("latest", "all", "specific"):
-            raise ConfigurationError(f"version policy must be latest, all or specific, got {self.kind!r}")
+            raise ConfigurationError(f"version policy must be latest, all or specific, got {shown(self.kind)}")
         if self.kind == "latest" and (not is_int(self.count) or self.count < 1):  # True is an int, to Python
-            raise ConfigurationError(f"version policy latest needs a count >= 1 (an integer), got {self.count!r}")
+            raise ConfigurationError(f"version policy latest needs a count >= 1 (an integer), got {shown(self.count)}")
         versions = check_list("version policy versions", self.versions)
         for version in versions:
             check_int("version policy versions", version, 1, None)
         if self.kind == "specific" and not versions:
-            raise ConfigurationError(f"version policy specific needs positive versions, got {self.versions!r}")
+            raise ConfigurationError(f"version policy specific needs positive versions, got {shown(self.versions)}")
         object.__setattr__(self, "versions", versions)
 
     @classmethod
@@ -71,7 +71,8 @@ def parse_version_policy(value: Any, source: str) -> VersionPolicy:
         except ConfigurationError as exc:  # { latest = 0 }, { specific = [0] }
             raise ConfigurationError(f"{source}: {exc}") from None
     raise ConfigurationError(
-        f'{source}: version_policy must be "latest", "all", {{ latest = N }} or {{ specific = [1, 2] }}, got {value!r}'
+        f'{source}: version_policy must be "latest", "all", {{ latest = N }} or {{ specific = [1, 2] }}, '
+        f"got {shown(value)}"
     )
 
 

@@ -50,19 +50,13 @@ HUGE = "x" * 500_000
         (f"[pool]\ndevice_ids = ['{HUGE}']", "pool.device_ids must be"),
         (f"[pool]\nmemory_pattern = '{HUGE}'", "pool.memory_pattern must be"),
         (f"[warmup]\ninputs_file = [{HUGE[:100_000]!r}]".replace("'", '"'), "warmup.inputs_file must be"),
-        pytest.param(
-            f"[rollout]\ncanary = '{HUGE}'",
-            "rollout.canary must be a table",
-            marks=pytest.mark.xfail(strict=True, reason="_rollout_config.py quotes the value whole (not my area)"),
-        ),
+        (f"[rollout]\ncanary = '{HUGE}'", "rollout.canary must be a table"),
+        (f"[rollout]\nstrategy = '{HUGE}'", "rollout.strategy must be"),
+        (f"[rollout.shadow]\nversions = [{', '.join(['0'] * 100_000)}]", "rollout.shadow.versions must list"),
         (f"nan_policy = '{HUGE}'", "nan_policy must be"),
         (f"[inputs.x]\nmin = '{HUGE}'", "inputs.x: min must be"),
         (f"[inputs.x]\nmax = {'9' * 4000}", "inputs.x: max must be"),
-        pytest.param(
-            f"version_policy = '{HUGE}'",
-            "version_policy must be",
-            marks=pytest.mark.xfail(strict=True, reason="_version_policy.py quotes the value whole (not my area)"),
-        ),
+        (f"version_policy = '{HUGE}'", "version_policy must be"),
     ],
     ids=lambda value: value if len(value) < 40 else "",
 )
