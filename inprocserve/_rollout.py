@@ -1041,6 +1041,7 @@ class Router:
                 versions = ", ".join(str(v.version) for v in variants.values())
                 return stable, "stable", f"no bandit arm is ready (versions {versions})"
             self._flags.before_draw()  # (a try that may yet be abandoned must not draw)
+            remembered_as = None if key is None else _draw_key(key)  # (a digest: outside the lock)
             with self._lock:
                 stats = {  # (status shows every arm)
                     n: self._stats.get(n) or self._started(n, v.version) for n, v in variants.items()
@@ -1052,8 +1053,8 @@ class Router:
                     name = epsilon_greedy(arms, self._rng, config.bandit.epsilon)
                 # (a decision its caller gave up, which answered with the stable version, remembers no draw:
                 # checked under the lock the fallback's forgetting takes, which comes after the giving up)
-                if key is not None and not self._flags.abandoned():
-                    self._bandit_keys[_draw_key(key)] = name
+                if remembered_as is not None and not self._flags.abandoned():
+                    self._bandit_keys[remembered_as] = name
                     self._drew_for_keys = True
             reason = f"bandit ({config.bandit.policy})"
         version = variants[name].version
@@ -1163,8 +1164,9 @@ class Router:
         a reload ended the bandit for it): the arm last drawn for it no longer says where its outcomes by key
         go. Once no draw is remembered, requests stop looking (the bandit may draw again later)."""
         if key is not None:
+            remembered_as = _draw_key(key)  # (a digest: outside the lock)
             with self._lock:
-                self._bandit_keys.pop(_draw_key(key), None)
+                self._bandit_keys.pop(remembered_as, None)
                 if not self._bandit_keys:  # (len() expires old draws: under the lock)
                     self._drew_for_keys = False
 
