@@ -70,6 +70,7 @@ from ._errors import (
 from ._flag_reader import MAX_FLAG_TIMEOUT_S
 from ._flags import FlagProvider
 from ._log_limit import LogLimit, since
+from ._repository import MAX_VERSION_DIGITS
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES
 from ._snapshot import relative_to_repository
 from ._unique_json import DuplicateKeyError
@@ -516,7 +517,7 @@ def retry_after(seconds: float) -> str:
 ADMIN_ACTIONS = ("canary", "kill", "reload", "resume", "rollback", "switch")
 """The admin endpoints' actions; every one but ``reload`` names a model."""
 
-_MAX_VERSION = 2**31  # a larger int is no version: the client's mistake, not an overflow further down
+_MAX_VERSION = 10**MAX_VERSION_DIGITS  # what a version folder may be named (a larger int: the client's mistake)
 
 _ADMIN_STATUS: Mapping[type[Exception], int] = {
     ModelNotFoundError: 404,
@@ -668,7 +669,9 @@ def _percent(percent: object) -> float:
 def _version(version: object) -> int:
     # bool is an int to Python, and a huge int is no version: both are the client's mistake
     if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < _MAX_VERSION:
-        raise ValueError(f'"version" must be a positive int below 2**31, got {version!r:.40}')
+        raise ValueError(
+            f'"version" must be a positive int of at most {MAX_VERSION_DIGITS} digits, got {version!r:.40}'
+        )
     return version
 
 
