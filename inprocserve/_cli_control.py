@@ -43,7 +43,7 @@ from ._control import (
     validate_percent,
 )
 from ._errors import ConfigurationError, InprocserveError
-from ._repository import MODEL_FILENAME, REMOTE_FILENAME, ModelSource, scan_repository
+from ._repository import MODEL_FILENAME, REMOTE_FILENAME, ModelSource, is_version_name, scan_repository
 from ._signature import Signature, incompatibilities
 
 __all__ = ["CONTROL_COMMANDS"]
@@ -339,7 +339,7 @@ def _version_folders(folder: Path) -> list[str]:
     """The names of ``folder``'s version folders (a number holding a model.onnx or remote.toml), in order: a
     model's folder given where the repository goes, where the servers never read a control file."""
     try:
-        found = [entry for entry in folder.iterdir() if entry.name.isdecimal() and entry.is_dir()]
+        found = [entry for entry in folder.iterdir() if is_version_name(entry.name) and entry.is_dir()]
         return [
             entry.name
             for entry in sorted(found, key=lambda entry: int(entry.name))

@@ -34,7 +34,7 @@ from ._errors import ConfigurationError, InprocserveError
 from ._model import ModelVersion
 from ._remote import RemoteBackend
 from ._remote_model import read_remote_toml, unknown_keys_warning
-from ._repository import MODEL_FILENAME, REMOTE_FILENAME, is_remote, scan_repository
+from ._repository import MODEL_FILENAME, REMOTE_FILENAME, is_remote, is_version_name, scan_repository
 from ._signature import ANY_RANK, Signature
 
 __all__ = ["add_inspect", "add_quantize", "add_validate", "check_version", "validate_repository"]
@@ -150,13 +150,13 @@ def _version_folder_hint(folder: Path) -> str:
 
 
 def _holds_a_version(entry: Path) -> bool:
-    return entry.name.isdecimal() and (entry / MODEL_FILENAME).is_file()
+    return is_version_name(entry.name) and (entry / MODEL_FILENAME).is_file()
 
 
 def _in_a_version_folder(path: Path) -> bool:
     """Whether ``path`` is a repository's model file in its version folder (``models/fraud/7/model.onnx``): a
     file of another name in a numbered folder (``releases/3/fraud-v3.onnx``) is a loose file."""
-    return path.parent.name.isdecimal() and path.name in (MODEL_FILENAME, REMOTE_FILENAME)
+    return is_version_name(path.parent.name) and path.name in (MODEL_FILENAME, REMOTE_FILENAME)
 
 
 def _model_name(path: Path) -> str:

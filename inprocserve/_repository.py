@@ -45,6 +45,11 @@ the metrics' 64-bit integers."""
 _VERSION = re.compile(rf"[1-9][0-9]{{0,{MAX_VERSION_DIGITS - 1}}}")
 
 
+def is_version_name(name: str) -> bool:
+    """Whether ``name`` names a version folder as the scan reads one (``7``; not ``07``, ``٣`` or 19 digits)."""
+    return _VERSION.fullmatch(name) is not None
+
+
 def is_remote(path: Path) -> bool:
     """Whether a version's file (a value of :attr:`ModelSource.versions`) is a ``remote.toml``."""
     return path.name == REMOTE_FILENAME

@@ -701,6 +701,19 @@ def test_the_command_line_drives_the_fleet(three_versions: Path, make_server: Se
     assert ControlFile(three_versions).read().revision == 8
 
 
+def test_a_model_named_like_a_number_the_scan_reads_as_no_version_is_no_version_folder(
+    three_versions: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The repository's check read `01` (a model's name: letters, digits, '.', '_' and '-') holding a loose
+    model.onnx as a version folder, as `isdecimal()` does, where the scan reads no version of that name: the
+    command refused the repository as a model folder."""
+    from inprocserve.__main__ import main
+
+    (three_versions / "01").mkdir()
+    (three_versions / "01" / "model.onnx").write_bytes((three_versions / "scale" / "1" / "model.onnx").read_bytes())
+    assert main(["kill", str(three_versions), "scale"]) == 0, capsys.readouterr().err
+
+
 def test_the_command_line_refuses_a_models_folder_given_as_the_repository(
     three_versions: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
