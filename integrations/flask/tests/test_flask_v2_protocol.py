@@ -511,3 +511,21 @@ def test_the_v2_blueprint_nested_in_a_teams_own_or_registered_again_is_refused(r
         assert response.status_code == 200 and response.json == {"live": True}
     finally:
         Inprocserve.close(app)
+
+
+def test_the_v2_blueprint_registered_on_another_app_is_refused_at_registration(repository: Path) -> None:
+    # An app of one's own (an internal gateway) given the /v2 blueprint taken from the app that has the
+    # extension: it was registered without a word, then every /v2 path there failed, finding no extension on
+    # that app, where standard clients were pointed.
+    from flask import Flask
+
+    app = make_app(repository)
+    try:
+        gateway = Flask("gateway")
+        with pytest.raises(ValueError, match=r"cannot be registered again or nested.*\(here on app 'gateway'"):
+            gateway.register_blueprint(app.blueprints["inprocserve_v2"])
+        assert gateway.test_client().get("/v2/health/live").status_code == 404
+        response = app.test_client().get("/v2/health/live")
+        assert response.status_code == 200 and response.json == {"live": True}
+    finally:
+        Inprocserve.close(app)
