@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, has_request_context, jsonify, request
-from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.local import LocalProxy
 
@@ -40,6 +39,7 @@ from inprocserve import web
 from inprocserve._brief import brief
 from inprocserve._prefork import check_at_start, refuse_at_start
 
+from ._registration import register_once
 from .status_page import add_status_page
 
 logger = logging.getLogger(__name__)
@@ -559,22 +559,19 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     blueprint = Blueprint("inprocserve", __name__)
     prefix = config["INPROCSERVE_URL_PREFIX"]
 
-    # (recorded before the routes: raised before any of them is added)
-    @blueprint.record
-    def registered_once(state: BlueprintSetupState) -> None:
-        # Taken from app.blueprints and nested in a team's own ("ops.inprocserve") or registered again, it was a
-        # second copy of the endpoints that the JSON 404 and 405 of _routing_error do not know (by blueprint name).
-        # Registered on another app (known by the config init_app was given), its views found no extension there:
-        # an HTML 500 for /ready, and a 503 saying the model server could not start, for /models.
-        elsewhere = state.app.config is not config
-        if elsewhere or not state.first_registration:
-            where = f"on app {state.app.name!r}" if elsewhere else f"as {state.name!r}"
-            raise ValueError(
-                f"the inprocserve endpoints are registered by Inprocserve.init_app, once, at INPROCSERVE_URL_PREFIX "
-                f"({prefix!r}); they cannot be registered again or nested in another blueprint (here {where}): "
-                "to move them, set INPROCSERVE_URL_PREFIX (such as '/ops/-/inprocserve'); for another app, call "
-                "Inprocserve(app) on it"
-            )
+    # (before the routes: raised before any of them is added) Nested ("ops.inprocserve") or registered again, a
+    # copy that the JSON 404 and 405 of _routing_error do not know (by blueprint name); on another app, an HTML
+    # 500 for /ready and a 503 saying the model server could not start, for /models.
+    register_once(
+        blueprint,
+        config,
+        lambda where: (
+            f"the inprocserve endpoints are registered by Inprocserve.init_app, once, at INPROCSERVE_URL_PREFIX "
+            f"({prefix!r}); they cannot be registered again or nested in another blueprint (here {where}): "
+            "to move them, set INPROCSERVE_URL_PREFIX (such as '/ops/-/inprocserve'); for another app, call "
+            "Inprocserve(app) on it"
+        ),
+    )
 
     token = config["INPROCSERVE_ADMIN_TOKEN"]
     eager = config["INPROCSERVE_EAGER"]

@@ -19,6 +19,8 @@ from werkzeug.routing import PathConverter
 
 from inprocserve import v2, web
 
+from ._registration import register_once
+
 __all__ = ["blueprint"]
 
 
@@ -63,23 +65,20 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     # OPTIONS answer listed every method here: GET for infer, POST for ready)
     methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
-    # (recorded before the routes: raised before any of them is added)
-    @routes.record
-    def registered_once(state: BlueprintSetupState) -> None:
-        # Taken from app.blueprints and nested in a team's own ("ml.inprocserve_v2") or registered again under a
-        # prefix, it was a second copy that answered every path with the protocol's 404: it reads the request's
-        # whole path, and standard clients look for /v2 at the root. Registered on another app (known by the
-        # config init_app was given), its views found no extension there: an HTML 500 for every /v2 path.
-        elsewhere = state.app.config is not config
-        if elsewhere or not state.first_registration:
-            where = f"on app {state.app.name!r}" if elsewhere else f"as {state.name!r}"
-            raise ValueError(
-                "the /v2 protocol routes are registered by Inprocserve.init_app, once, at the root "
-                "(INPROCSERVE_V2_PROTOCOL = True), where standard clients look for them; they cannot be registered "
-                f"again or nested in another blueprint (here {where}): to serve the app under a prefix, "
-                "mount the whole app there (the WSGI server's SCRIPT_NAME); for another app, call Inprocserve(app) "
-                "on it"
-            )
+    # (before the routes: raised before any of them is added) Nested ("ml.inprocserve_v2") or registered again
+    # under a prefix, a copy that answered every path with the protocol's 404 (it reads the request's whole path,
+    # and standard clients look for /v2 at the root); on another app, an HTML 500 for every /v2 path.
+    register_once(
+        routes,
+        config,
+        lambda where: (
+            "the /v2 protocol routes are registered by Inprocserve.init_app, once, at the root "
+            "(INPROCSERVE_V2_PROTOCOL = True), where standard clients look for them; they cannot be registered "
+            f"again or nested in another blueprint (here {where}): to serve the app under a prefix, "
+            "mount the whole app there (the WSGI server's SCRIPT_NAME); for another app, call Inprocserve(app) "
+            "on it"
+        ),
+    )
 
     # (recorded before the routes, so that the converter is there when they are added to the app)
     @routes.record_once
