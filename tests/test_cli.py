@@ -70,25 +70,21 @@ def test_inspect_a_broken_version_names_its_version(repository: Path, capsys: py
     assert err.startswith(f"error: model 'fraud' version 7: cannot load {bad}: "), err
 
 
-def test_inspect_a_broken_loose_file_names_the_file_not_the_folder_above_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    "where",
+    [
+        # a file straight from a download, outside models/<name>/<version>/: it said "model 'team' version 1:
+        # cannot load ...", the folder two levels up taken for a model's name
+        "team/downloads/fraud-v3.onnx",
+        # a numbered folder holding a file of another name is no version folder (a repository's holds
+        # model.onnx), yet it said "model 'releases' version 3: cannot load ..."
+        "releases/3/fraud-v3.onnx",
+    ],
+)
+def test_inspect_a_broken_loose_file_names_the_file_not_a_folder_above_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
 ) -> None:
-    # `inspect team/downloads/fraud-v3.onnx` (a file straight from a download, outside models/<name>/<version>/)
-    # said "model 'team' version 1: cannot load ...": the folder two levels up, taken for a model's name
-    bad = tmp_path / "team" / "downloads" / "fraud-v3.onnx"
-    bad.parent.mkdir(parents=True)
-    bad.write_bytes(b"\x08\x07garbage, not a model")
-    assert main(["inspect", str(bad)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: model 'fraud-v3' version 1: cannot load {bad}: "), err
-
-
-def test_inspect_a_broken_loose_file_in_a_numbered_folder_names_the_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # `inspect releases/3/fraud-v3.onnx`: a numbered folder holding a file of another name is no version folder
-    # (a repository's holds model.onnx), yet it said "model 'releases' version 3: cannot load ..."
-    bad = tmp_path / "releases" / "3" / "fraud-v3.onnx"
+    bad = tmp_path / where
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"\x08\x07garbage, not a model")
     assert main(["inspect", str(bad)]) == 1
