@@ -122,3 +122,34 @@ def test_maps_with_text_labels_are_weighed_with_their_labels(repository: Path, m
         held += answer["probs"].nbytes
     counted = server.status()["models"]["classifier"]["versions"]["1"]["cache"]["bytes"]
     assert held <= counted < 1.2 * held, (counted, held)
+
+
+def change_through_bases(answer: np.ndarray, value: Any) -> bool:
+    """What a caller whose answer refuses ``setflags(write=True)`` may try next: the arrays it is a view of
+    (``answer.base``, ``answer.base.base``...). Whether one of them took the change."""
+    base = answer.base
+    while isinstance(base, np.ndarray):
+        try:
+            base.setflags(write=True)
+        except ValueError:
+            base = base.base
+            continue
+        base.flat[0] = value
+        return True
+    return False
+
+
+def test_a_cached_row_of_a_batch_cannot_be_changed_through_the_array_it_is_a_view_of(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A row cut from a merged batch was cached as a read-only view of a copy of its own, and that copy, which
+    # owns its memory, is the view's .base: made writable again and changed, it changed every later hit.
+    save_model(build_scale_model(2.0, features=256), repository, "wide", 1)
+    server = make_server(repository, models={"wide": ModelConfig(cache=CacheConfig(enabled=True))})
+    futures = [server.submit("wide", np.full((1, 256), i, np.float32)) for i in range(64)]
+    answers = [future.result(30)["y"] for future in futures]  # (the answers that filled the cache)
+    hits = [server.predict("wide", np.full((1, 256), i, np.float32))["y"] for i in range(64)]
+    changed = [change_through_bases(answer, -1.0) for answer in answers + hits]
+    for i in range(64):
+        np.testing.assert_array_equal(server.predict("wide", np.full((1, 256), i, np.float32))["y"][0, 0], 2.0 * i)
+    assert not any(changed)
