@@ -96,6 +96,10 @@ class PredictionCache:
         gets a copy of its own). An array that is a small slice of a batch's output is kept as a copy: the slice
         would keep the whole batch's output alive (up to ``max_batch_size`` times its own size) for as long as
         it is cached."""
+        if _least_bytes(outputs) > self._config.max_bytes:
+            # too large to keep whatever is copied (what it holds of its own, at least): neither copied nor
+            # sealed for nothing (a row of a batch over max_bytes was copied, then dropped)
+            return
         kept = dict(shareable(outputs))  # (other values copied: the caller it answered may change its own)
         for name, value in kept.items():
             if isinstance(value, np.ndarray):
@@ -175,6 +179,13 @@ def _size_of(entry: tuple[int, Mapping[str, Any]]) -> int:
 
 _ENTRY_OVERHEAD = 512
 """What an entry costs beyond its answer's data, in bytes (its key, dict, arrays' headers, the cache's links)."""
+
+
+def _least_bytes(outputs: Mapping[str, Any]) -> int:
+    """The least an answer kept holds, copied or not: its arrays' own buffers (not the batch a row views, nor a
+    text array's strings) and the fixed cost per entry; quick (a ZipMap's maps and texts, slow to weigh, are
+    left for :func:`_entry_bytes`)."""
+    return _ENTRY_OVERHEAD + sum(value.nbytes for value in outputs.values() if isinstance(value, np.ndarray))
 
 
 def _entry_bytes(outputs: Mapping[str, Any]) -> int:

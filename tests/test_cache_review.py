@@ -5,6 +5,7 @@ no caller can change it for the next."""
 from __future__ import annotations
 
 import sys
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,24 @@ def test_a_cached_row_of_a_batch_cannot_be_changed_through_the_array_it_is_a_vie
     for i in range(64):
         np.testing.assert_array_equal(server.predict("wide", np.full((1, 256), i, np.float32))["y"][0, 0], 2.0 * i)
     assert not any(changed)
+
+
+def test_an_answer_larger_than_max_bytes_is_neither_copied_nor_sealed() -> None:
+    # The cache copied a row of a merged batch, and sealed every other answer read-only, before it weighed
+    # the answer against max_bytes: one too large to keep cost a copy of its size for nothing, and left its
+    # caller an answer read-only though nothing shares it.
+    from inprocserve._cache import PredictionCache
+
+    cache = PredictionCache(CacheConfig(enabled=True, max_bytes=64 * 2**10))
+    batch = np.ones((8, 65536), np.float32)  # 8 rows of 256 KiB, each over max_bytes alone
+    row, whole = batch[2:3], np.ones((1, 65536), np.float32)
+    tracemalloc.start()
+    try:
+        cache.store(b"row", {"y": row})
+        cache.store(b"whole", {"y": whole})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2**10, peak  # (a copy of the row: 256 KiB)
+    assert row.flags.writeable and whole.flags.writeable
+    assert cache.status()["entries"] == 0
