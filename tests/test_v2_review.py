@@ -85,3 +85,39 @@ def test_a_pinned_request_to_a_version_unloaded_by_hand_is_told_so_not_sent_to_t
         server.predict("scale", np.ones((1, 4), dtype=np.float32), version=1)
     server.load("scale", version=1)
     assert server.predict("scale", np.ones((1, 4), dtype=np.float32), version=1).version == 1
+
+
+def _float8_model() -> object:
+    """``y = float8(x)`` (FLOAT8E4M3FN, which onnxruntime answers as numpy uint8: the raw bits) and ``z = x``."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT8E4M3FN, ["batch", 2])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 2])
+    nodes = [
+        helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E4M3FN),
+        helper.make_node("Identity", ["x"], ["z"]),
+    ]
+    graph = helper.make_graph(nodes, "float8", [x], [y, z])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_a_float8_output_is_never_sent_as_uint8(repository: Path, make_server: ServerFactory, binary: bool) -> None:
+    # onnxruntime answers a float8 tensor as uint8 (its bits): the protocol answered it as UINT8, [60, 192] for
+    # [1.5, -2.0], numbers a client took for the model's, while the metadata said tensor(float8e4m3fn)
+    save_model(_float8_model(), repository, "f8", 1)
+    endpoints = v2.Endpoints(lambda: make_server(repository))
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.5, -2.0]}
+    y = {"name": "y", "parameters": {"binary_data": binary}}
+    status, document, _ = call(endpoints, "GET", "/v2/models/f8")
+    assert [o["datatype"] for o in document["outputs"]] == ["tensor(float8e4m3fn)", "FP32"]
+    status, document, _ = call(endpoints, "POST", "/v2/models/f8/infer", json.dumps({"inputs": [x]}).encode())
+    assert status == 200 and [o["name"] for o in document["outputs"]] == ["z"], document  # what it can carry
+    body = json.dumps({"inputs": [x], "outputs": [y]}).encode()
+    status, document, _ = call(endpoints, "POST", "/v2/models/f8/infer", body)
+    assert (status, document["error"]) == (
+        400,
+        "output 'y' of model 'f8' is a tensor(float8e4m3fn), which the protocol has no datatype for; "
+        "ask for the model's other outputs with 'outputs'",
+    )

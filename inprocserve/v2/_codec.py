@@ -42,6 +42,7 @@ __all__ = [
     "TensorHeader",
     "decode_infer_request",
     "encode_infer_response",
+    "uncarried_output",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -307,6 +308,7 @@ def encode_infer_response(
     model_version: int | str | None = None,
     request_id: str | None = None,
     parameters: Mapping[str, Any] | None = None,
+    uncarried: Mapping[str, str] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """Encode outputs as a response body; returns ``(body, headers)``.
 
@@ -314,6 +316,9 @@ def encode_infer_response(
         prediction: The answer (a :class:`~inprocserve.Prediction` names its model and version itself).
         requested: The outputs to send, in order; ``None`` sends every output.
         binary: Send outputs without their own choice as binary tensors.
+        uncarried: The model's tensor outputs of a type the protocol has no datatype for, with their ONNX type
+            (``tensor(float8e4m3fn)``: onnxruntime answers its bits as ``uint8``, which would be sent as
+            ``UINT8`` numbers the model never meant): left out of every output, refused by name.
 
     Raises:
         InvalidInputError: a requested output is not an output of the model, or a ``BYTES`` output to send
@@ -323,8 +328,11 @@ def encode_infer_response(
     if isinstance(prediction, Prediction):
         model_name = prediction.model if model_name is None else model_name
         model_version = prediction.version if model_version is None else model_version
+    uncarried = uncarried or {}
     if requested is None:  # every output the protocol can carry
-        wanted = [RequestedOutput(name) for name, value in prediction.items() if _is_tensor(value)]
+        wanted = [
+            RequestedOutput(name) for name, value in prediction.items() if _is_tensor(value) and name not in uncarried
+        ]
         if not wanted and len(prediction):
             raise InvalidInputError(
                 f"model {model_name!r} has no tensor outputs: {', '.join(prediction)} are sequences or maps, "
@@ -341,6 +349,8 @@ def encode_infer_response(
                 f"outputs: {', '.join(prediction)}"
             )
         value = prediction[output.name]
+        if output.name in uncarried:
+            raise uncarried_output(output.name, model_name, uncarried[output.name])
         if not _is_tensor(value):
             raise InvalidInputError(
                 f"output {brief(output.name)} of model {model_name!r} is a sequence or map (an ONNX ZipMap, say), "
@@ -382,6 +392,14 @@ def encode_infer_response(
             parts += [text[:-1], b',"data":[', *_json_elements(data, entry["name"], "output"), b"]}"]
     parts.append(b"]}")
     return _assemble_parts(parts, chunks)
+
+
+def uncarried_output(name: str, model: object, onnx_type: str) -> InvalidInputError:
+    """The refusal of a requested output whose tensor type (float8, say) the protocol has no datatype for."""
+    return InvalidInputError(
+        f"output {brief(name)} of model {brief(model)} is a {onnx_type}, which the protocol has no datatype for; "
+        "ask for the model's other outputs with 'outputs'"
+    )
 
 
 # -- pieces ----------------------------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from ._codec import (
     decode_infer_request,
     encode_infer_response,
     json_too_large,
+    uncarried_output,
 )
 from ._datatypes import DATATYPES, datatype_of_onnx
 
@@ -383,6 +384,7 @@ class Endpoints:
             binary=request.binary_output,
             request_id=request.id,
             parameters={"inprocserve_variant": prediction.variant, "inprocserve_request_id": prediction.request_id},
+            uncarried=_uncarried(server, name, prediction.version),
         )
         return Response(200, body, response_headers)
 
@@ -547,6 +549,7 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
     candidates = [pinned] if pinned is not None else [answering] if answering is not None else routes.versions.values()
     names: dict[str, None] = {}
     tensors: set[str] = set()
+    uncarried: dict[str, str] = {}
     for target in candidates:
         if target.signature is None:  # not known here: the answer decides
             return
@@ -554,6 +557,8 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
             names[spec.name] = None
             if spec.onnx_type is None or spec.onnx_type.startswith("tensor("):
                 tensors.add(spec.name)
+            if spec.onnx_type is not None and _uncarried_type(spec.onnx_type):
+                uncarried[spec.name] = spec.onnx_type
     for output in requested:
         if output.name not in names:
             having = [
@@ -572,6 +577,8 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
                 model=name,
                 version=version,
             )
+        if output.name in uncarried:
+            raise uncarried_output(output.name, name, uncarried[output.name])
         if output.name not in tensors:
             raise InvalidInputError(
                 f"output {brief(output.name)} of model {brief(name)} is a sequence or map (an ONNX ZipMap, say), "
@@ -607,6 +614,27 @@ def _check_answer_outputs(
         model=name,
         version=prediction.version,
     )
+
+
+def _uncarried_type(onnx_type: str) -> bool:
+    """Whether ``onnx_type`` is a tensor type the protocol has no datatype for (float8: onnxruntime answers its
+    bits as ``uint8``, bfloat16, int4)."""
+    return onnx_type.startswith("tensor(") and datatype_of_onnx(onnx_type) not in DATATYPES
+
+
+def _uncarried(server: Server, name: str, version: int) -> dict[str, str]:
+    """The outputs of the version that answered whose tensor type the protocol has no datatype for, with their
+    ONNX type: left out of an answer that names no outputs, refused by name, never sent as their bits."""
+    routes = server._registry.routes.get(name)
+    target = None if routes is None else routes.versions.get(version)
+    signature = None if target is None else target.signature
+    if signature is None:
+        return {}
+    return {
+        spec.name: spec.onnx_type
+        for spec in signature.outputs
+        if spec.onnx_type is not None and _uncarried_type(spec.onnx_type)
+    }
 
 
 def _answering(routes: Routes) -> ModelVersion | None:
