@@ -3,6 +3,7 @@ endpoints refused that ``Server.predict`` serves, and refusals that were no 400 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import inprocserve
 from inprocserve import v2
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, rollout
 from .test_config import _rows_against_a_table
 from .test_v2_codec import call
 
@@ -121,3 +122,57 @@ def test_a_float8_output_is_never_sent_as_uint8(repository: Path, make_server: S
         "output 'y' of model 'f8' is a tensor(float8e4m3fn), which the protocol has no datatype for; "
         "ask for the model's other outputs with 'outputs'",
     )
+
+
+def test_under_a_canary_an_answer_refused_for_its_outputs_is_cached_as_the_true_answer_of_its_version(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A request for z, which only the canary has, is refused after the stable version ran (the version is the
+    # request's, decided as it runs). Its answer stays in the stable version's cache: it is that version's own
+    # answer to those inputs, so a later request with the same inputs and no output named gets exactly what a
+    # run would give it, and a later request for z is refused again, never answered from it.
+    save_model(build_scale_model(2.0), repository, "m", 1)
+    save_model(_two_output_model(), repository, "m", 2)
+    config = dataclasses.replace(
+        rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}),
+        cache=inprocserve.CacheConfig(enabled=True),
+    )
+    server = make_server(repository, config=config)
+    endpoints = v2.Endpoints(lambda: server)
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+    for _ in range(2):
+        status, document, _ = call(
+            endpoints, "POST", "/v2/models/m/infer", json.dumps({"inputs": [x], "outputs": [{"name": "z"}]}).encode()
+        )
+        assert status == 400 and "version 1, which answered this request" in document["error"]
+    status, document, _ = call(endpoints, "POST", "/v2/models/m/infer", json.dumps({"inputs": [x]}).encode())
+    assert status == 200 and document["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
+    cache = server.status()["models"]["m"]["versions"]["1"]["cache"]
+    assert (cache["entries"], cache["misses"], cache["hits"]) == (1, 1, 2)
+
+
+def test_a_switch_after_the_early_output_check_is_caught_by_the_answer_check(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The early check reads the routes when the body is decoded; the rollout (a control file, a flag) may switch
+    # before predict routes. Whatever version runs, its answer is checked against the requested outputs: seen
+    # by the early check as answered by version 1 (which has z), run by version 2 (which has not): refused.
+    from inprocserve.v2 import _endpoints
+
+    save_model(_two_output_model(), repository, "m", 1)
+    save_model(build_scale_model(2.0), repository, "m", 2)
+    server = make_server(repository, config=inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all()))
+    endpoints = v2.Endpoints(lambda: server)
+    monkeypatch.setattr(_endpoints, "_answering", lambda routes: routes.versions[1])  # (the state before a switch)
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
+    body = json.dumps({"inputs": [x], "outputs": [{"name": "z"}]}).encode()
+    status, document, _ = call(endpoints, "POST", "/v2/models/m/infer", body)
+    assert status == 400, document
+    assert "output 'z' is not an output of model 'm' version 2, which answered this request" in document["error"]
+    assert "pin version 1, which has it" in document["error"]
+
+
+def _two_output_model() -> object:
+    from .test_v2_codec import build_two_output_model
+
+    return build_two_output_model()
