@@ -20,7 +20,15 @@ import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig, RolloutConfig
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import BUSY_WIDTH, HeldSession, ServerFactory, build_busy_model, busy_inputs, wait_until
+from .conftest import (
+    BUSY_WIDTH,
+    HeldSession,
+    ServerFactory,
+    SessionHolder,
+    build_busy_model,
+    busy_inputs,
+    wait_until,
+)
 
 CACHED = ModelConfig(cache=CacheConfig(enabled=True))
 
@@ -228,3 +236,30 @@ def test_a_store_when_every_entry_expires_as_it_is_made_is_kept() -> None:
     for index in range(5):
         cache.store(bytes([index]), {"y": np.full((1, 2), index, np.float32)})
     assert cache.status()["entries"] <= 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_inflight.Sharing._follow queues every follower of a leader that gave up to run by itself: one "
+    "of them should lead again and the others follow it (the fix is in inprocserve/_inflight.py)",
+)
+@pytest.mark.parametrize("max_batch_size", [1, 64])
+def test_followers_of_a_leader_that_gave_up_share_one_run(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder, max_batch_size: int
+) -> None:
+    # 20 callers of the same hot request follow a leader whose caller gives up (cancelled, or its deadline passes)
+    # while it waits for the session:
+    # each of them ran by itself, 20 runs one by one for a model that runs requests alone (max_batch_size 1),
+    # or a merged run of 20 identical rows, where one run of one row answers them all.
+    config = ModelConfig(cache=CacheConfig(enabled=True), batching=BatchingConfig(max_batch_size=max_batch_size))
+    server = make_server(busy_repository, models={"busy": config})
+    held = hold_session(server, rows=1)
+    leader = server.submit("busy", busy_inputs(1, index=7))
+    followers = [server.submit("busy", busy_inputs(1, index=7)) for _ in range(20)]
+    assert leader.cancel()  # (its caller gives up, as at its deadline: the followers run without it)
+    ran_before = len(hold_session.rows)
+    held.release()
+    answers = [future.result(30)["y"] for future in followers]
+    for answer in answers[1:]:
+        np.testing.assert_array_equal(answer, answers[0])
+    assert hold_session.rows[ran_before:] == [1]  # one run of the hot request's row (20 runs, or one of 20 rows)
