@@ -263,3 +263,26 @@ def test_followers_of_a_leader_that_gave_up_share_one_run(
     for answer in answers[1:]:
         np.testing.assert_array_equal(answer, answers[0])
     assert hold_session.rows[ran_before:] == [1]  # one run of the hot request's row (20 runs, or one of 20 rows)
+
+
+def test_identical_requests_follow_past_max_queue_rows_and_share_one_run(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    # max_queue_rows bounds the rows waiting for a run: identical requests in flight are not among them (they
+    # wait for their leader's answer, adding no run and no wait to anyone), so 200 callers of one hot request
+    # are all answered by one run where a queue of 4 rows refuses distinct requests. A follower holds its own
+    # request (a few KiB with its inputs): nothing but its callers bounds them.
+    config = ModelConfig(cache=CacheConfig(enabled=True), batching=BatchingConfig(max_queue_rows=4))
+    server = make_server(busy_repository, models={"busy": config})
+    held = hold_session(server, rows=1)
+    hot = [server.submit("busy", busy_inputs(1, index=7)) for _ in range(200)]
+    distinct = [server.submit("busy", busy_inputs(1, index=index, seed=index + 1)) for index in range(8)]
+    ran_before = len(hold_session.rows)
+    held.release()
+    refused = [future for future in distinct if isinstance(future.exception(30), inprocserve.QueueFullError)]
+    for future in hot:
+        future.result(30)
+    assert len(refused) >= 4  # (the hot request's leader and 3 distinct ones fill the queue's 4 rows)
+    assert sum(hold_session.rows[ran_before:]) <= 4  # the hot request ran once (beside the distinct rows queued)
+    cache = server.status()["models"]["busy"]["versions"]["1"]["cache"]
+    assert cache["shared"] == 199
