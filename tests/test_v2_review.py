@@ -176,3 +176,22 @@ def _two_output_model() -> object:
     from .test_v2_codec import build_two_output_model
 
     return build_two_output_model()
+
+
+def test_under_a_canary_a_float8_output_of_the_version_that_answered_is_refused_not_sent_as_uint8(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # y is float8 in the stable version, FP32 in the canary: a request for y may be answered (by the canary),
+    # so it runs; answered by the stable version, it is refused rather than sent as UINT8 bits
+    save_model(_float8_model(), repository, "m", 1)
+    save_model(build_scale_model(2.0, features=2), repository, "m", 2)
+    server = make_server(repository, config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}))
+    endpoints = v2.Endpoints(lambda: server)
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.5, -2.0]}
+    body = json.dumps({"inputs": [x], "outputs": [{"name": "y"}]}).encode()
+    status, document, _ = call(endpoints, "POST", "/v2/models/m/infer", body)
+    assert (status, document["error"]) == (
+        400,
+        "output 'y' of model 'm' is a tensor(float8e4m3fn), which the protocol has no datatype for; "
+        "ask for the model's other outputs with 'outputs'",
+    )

@@ -549,7 +549,8 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
     candidates = [pinned] if pinned is not None else [answering] if answering is not None else routes.versions.values()
     names: dict[str, None] = {}
     tensors: set[str] = set()
-    uncarried: dict[str, str] = {}
+    uncarried: dict[str, str] = {}  # (refused here only where no version that may answer carries it)
+    carried: set[str] = set()
     for target in candidates:
         if target.signature is None:  # not known here: the answer decides
             return
@@ -559,6 +560,8 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
                 tensors.add(spec.name)
             if spec.onnx_type is not None and _uncarried_type(spec.onnx_type):
                 uncarried[spec.name] = spec.onnx_type
+            else:
+                carried.add(spec.name)
     for output in requested:
         if output.name not in names:
             having = [
@@ -577,7 +580,7 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
                 model=name,
                 version=version,
             )
-        if output.name in uncarried:
+        if output.name in uncarried and output.name not in carried:
             raise uncarried_output(output.name, name, uncarried[output.name])
         if output.name not in tensors:
             raise InvalidInputError(
