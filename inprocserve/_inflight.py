@@ -7,8 +7,10 @@ shared across versions or different inputs.
 The leader's duty is to call :meth:`Coalescer.release` exactly once, whatever happens to it. The server does
 so in its one post-answer hook (answers, errors, deadlines, cancellations) and when the leader is refused
 before it was queued; ``release`` is idempotent, so a second call is harmless. A follower whose leader failed
-for a reason that is the leader's own (cancelled, past its deadline, its version retired under it) runs on
-its own instead of inheriting that error; any other error is the followers' too.
+for a reason that is the leader's own (cancelled, past its deadline, its version retired under it) runs
+instead of inheriting that error: the first of them to learn it leads the others, as the leader did (unless
+its re-run must go to another copy or version: then each runs by itself); any other error is the
+followers' too.
 """
 
 from __future__ import annotations
@@ -212,9 +214,10 @@ class _Following:
     alive: 400 callers of the hot request with a 1 ms deadline held 50 MiB while one run of 64 rows was held up.
     Whoever :meth:`take` s it first, under the Sharing lock, answers the follower: the leader's callback,
     or its caller giving up (its future done first, or a ``submit`` follower's deadline alarm: see
-    Sharing._given_up); the other finds nothing."""
+    Sharing._given_up); the other finds nothing. A follower whose leader gave up and who follows another
+    follower that leads now is :meth:`restore` d: its caller's give-up hooks hold this object."""
 
-    __slots__ = ("alarm", "deadlines", "lock", "request", "target")
+    __slots__ = ("alarm", "deadline", "deadlines", "expire", "lock", "request", "target")
 
     def __init__(self, request: Request, target: ModelVersion, lock: threading.Lock) -> None:
         self.request: Request | None = request
@@ -222,6 +225,8 @@ class _Following:
         self.lock = lock
         self.alarm: Any = None  # a submit follower's deadline on ``deadlines``, disarmed once taken
         self.deadlines: Watchdog | None = None
+        self.deadline: float | None = None  # (on the Sharing's clock) and what its alarm calls: to arm it again
+        self.expire: Callable[[], None] | None = None
 
     def clear(self) -> None:
         self.request = self.target = None
@@ -234,13 +239,27 @@ class _Following:
             self.deadlines.disarm(alarm)
         return None if request is None or target is None else (request, target)
 
+    def restore(self, request: Request, target: ModelVersion, now: float, *, locked: bool = False) -> None:
+        """Held again after :meth:`take`: the follower follows a new leader (its deadline alarm armed again).
+        A give-up of its caller in between found nothing to take: its answer, when it comes, is dropped (a
+        cancelled future) or recorded as what the caller got, as any follower's that gave up late.
+        ``locked``: the Sharing lock (this one's) is held already."""
+        alarm = None
+        if self.deadlines is not None and self.deadline is not None and self.expire is not None:
+            alarm = self.deadlines.arm(self.deadline - now, self.expire, unlocked=True)
+        if locked:
+            self.request, self.target, self.alarm = request, target, alarm
+            return
+        with self.lock:
+            self.request, self.target, self.alarm = request, target, alarm
+
     def leader_done(
-        self, follow: Callable[[Request, ModelVersion, Future[Mapping[str, Any]]], None]
+        self, follow: Callable[[Request, ModelVersion, Future[Mapping[str, Any]], _Following], None]
     ) -> Callable[[Future[Mapping[str, Any]]], None]:
         def done(leader: Future[Mapping[str, Any]]) -> None:
             taken = self.take()
             if taken is not None:  # (else nobody waits for it any more)
-                follow(taken[0], taken[1], leader)
+                follow(taken[0], taken[1], leader, self)
 
         return done
 
@@ -355,9 +374,10 @@ class Sharing:
                         model=route.model,
                         version=route.version,
                     )
-                    following.deadlines = self._deadlines
+                    following.deadlines, following.deadline = self._deadlines, request.deadline
+                    following.expire = functools.partial(gave_up, late)
                     following.alarm = self._deadlines.arm(
-                        request.deadline - self._clock(), functools.partial(gave_up, late), unlocked=True
+                        request.deadline - self._clock(), following.expire, unlocked=True
                     )
         leader.add_done_callback(following.leader_done(self._follow))
         return True
@@ -433,26 +453,49 @@ class Sharing:
             given = CancelledError()
         finish_detached(taken[0], None, given, self._deliver)
 
-    def _follow(self, request: Request, target: ModelVersion, leader: Future[Mapping[str, Any]]) -> None:
-        """An identical request's leader is done: take its answer or error, or run this one by itself when
-        the leader failed for a reason of its own (cancelled, past its deadline, retired under it)."""
+    def _follow(
+        self,
+        request: Request,
+        target: ModelVersion,
+        leader: Future[Mapping[str, Any]],
+        following: _Following,
+    ) -> None:
+        """An identical request's leader is done: take its answer or error; or, when the leader failed for a
+        reason of its own (cancelled, past its deadline, retired under it), run this one by itself, leading
+        the leader's other followers (:meth:`_lead_again`), or follow the one of them that leads now."""
         error = leader.exception()
         rerun = isinstance(error, LeaderGone)
         refused: BaseException | None = None
+        again: Future[Mapping[str, Any]] | None = None
+        let_go: list[Key] = []
         if request.future is None:
             with self._lock:  # held through the re-run's queueing: its caller sees it queued, or not at all
                 if self._waiting.pop(request, None) is None:
                     return  # its caller gave up at its deadline
                 if rerun:
-                    refused, queued_on = self._queue(request, target)
-                    if queued_on is not None:
-                        self._requeued[request] = queued_on
+                    again = self._lead_again(request, target)
+                    if again is not None:  # (waiting again: its caller's deadline lets it go, see wait())
+                        following.restore(request, target, self._clock(), locked=True)
+                        self._waiting[request] = following
+                    else:
+                        refused, queued_on = self._queue(request, target, let_go)
+                        if queued_on is not None:
+                            self._requeued[request] = queued_on
         elif rerun:
-            refused, _ = self._queue(request, target)
+            again = self._lead_again(request, target)
+            if again is not None:
+                following.restore(request, target, self._clock())  # (its caller's give-up hooks hold it)
+            else:
+                refused, _ = self._queue(request, target, let_go)
         elif type(request.future) is Future and not request.future.set_running_or_notify_cancel():
             # its caller cancelled it just as its leader answered (after this took it): recorded as what
             # the caller got, not as the answer it never sees; once running, it can no longer be cancelled
             finish_detached(request, None, CancelledError(), self._deliver)
+            return
+        for key in let_go:  # (outside the lock, as what follows: their callbacks take it)
+            self._coalescer.release(key, None, CancelledError())
+        if again is not None:  # (a leader done already calls back at once)
+            again.add_done_callback(following.leader_done(self._follow))
             return
         if rerun:
             if refused is not None:  # finished outside the lock: a future's callbacks may call the server
@@ -460,9 +503,26 @@ class Sharing:
             return
         finish_detached(request, None if error is not None else shareable(leader.result()), error, self._deliver)
 
-    def _queue(self, request: Request, target: ModelVersion) -> tuple[BaseException | None, Batcher | None]:
+    def _lead_again(self, request: Request, target: ModelVersion) -> Future[Mapping[str, Any]] | None:
+        """A follower whose leader gave up runs by itself: the first of the leader's followers to get here
+        leads the others (its answer wakes them, through :meth:`release`, as any leader's does) and ``None``
+        is returned; the others get its future to follow. They ran one by one before: 20 callers of a hot
+        request whose first caller gave up made 20 runs (or one run of 20 identical rows)."""
+        key = request.rerun_key
+        if key is None or is_replaying():  # (a replay leads nobody: see lead())
+            return None
+        shared_as = _shared_key(target, key)
+        again = self._coalescer.join(shared_as)
+        if again is None:
+            request.shared_as = shared_as  # (with its cache_key, set as it is queued: released once answered)
+        return again
+
+    def _queue(
+        self, request: Request, target: ModelVersion, let_go: list[Key]
+    ) -> tuple[BaseException | None, Batcher | None]:
         """Queue a follower to run by itself: on ``target``, or on the copy of its version that replaced it
-        meanwhile. Returns the error if it is refused, else the batcher it is queued on."""
+        meanwhile. Returns the error if it is refused, else the batcher it is queued on. ``let_go``: gets
+        the key of the followers it led, if it runs elsewhere (see :meth:`_lead_no_more`)."""
         request.cache_key = request.rerun_key  # it runs for itself now: its answer is kept, as a leader's is
         name, number = target.name, target.version
         for serving in (target, self._serving(name, number)):
@@ -472,6 +532,8 @@ class Sharing:
                 break
             if serving is not target and not _validated_alike(serving, target):
                 break  # its inputs were validated for the old copy's signature, which the new one changed
+            if serving is not target:
+                self._lead_no_more(request, let_go)
             try:
                 serving.batcher.submit(request, run_inline=False)
                 serving.batcher.wake()  # an event loop's request defers its wake to the loop: none is coming here
@@ -480,12 +542,23 @@ class Sharing:
             except BaseException as exc:
                 return exc, None
             return None, serving.batcher
+        self._lead_no_more(request, let_go)
         moved = self._queue_on_default(request, target)
         if moved is not None:
             return moved
         if self._closed():
             return ServerClosedError(f"model {name!r}: the server closed", model=name, version=number), None
         return ModelNotFoundError(f"model {name!r} version {number} was unloaded", model=name, version=number), None
+
+    def _lead_no_more(self, request: Request, let_go: list[Key]) -> None:
+        """A follower that leads its leader's other followers again (:meth:`_lead_again`) runs elsewhere than
+        on the copy they were routed to (a reload replaced it, or a new version took its default traffic):
+        its answer is not theirs to share (it names another copy or version). Before it is queued there, it
+        stops leading them; ``_follow`` lets them go to run by themselves (as they did before any follower
+        led them), outside the Sharing lock, which their callbacks take."""
+        shared_as, request.shared_as = request.shared_as, None
+        if shared_as is not None:
+            let_go.append(shared_as)
 
     def _queue_on_default(
         self, request: Request, target: ModelVersion

@@ -238,11 +238,6 @@ def test_a_store_when_every_entry_expires_as_it_is_made_is_kept() -> None:
     assert cache.status()["entries"] <= 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_inflight.Sharing._follow queues every follower of a leader that gave up to run by itself: one "
-    "of them should lead again and the others follow it (the fix is in inprocserve/_inflight.py)",
-)
 @pytest.mark.parametrize("max_batch_size", [1, 64])
 def test_followers_of_a_leader_that_gave_up_share_one_run(
     busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder, max_batch_size: int

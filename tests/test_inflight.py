@@ -105,6 +105,72 @@ def test_followers_of_a_cancelled_leader_run_by_themselves(
         leader.result(timeout=0)
 
 
+def test_sync_followers_of_a_leader_past_its_deadline_share_one_run_again(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    """Callers of ``predict`` following a leader whose caller gave up (its deadline passed while it was
+    queued): one of them runs for all, where each ran by itself, and a follower with a deadline of its own
+    still gets it while it follows the new leader."""
+    server = make_server(busy_repository, config=sharing(True, max_batch_size=1))
+    blocker = hold_session(server, rows=1)
+    inputs = busy_inputs(1, seed=21)
+    answers: list[Any] = []
+    errors: list[BaseException] = []
+
+    def call(timeout_s: float | None) -> None:
+        try:
+            answers.append(server.predict("busy", inputs, timeout_s=timeout_s)["y"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    leader = threading.Thread(target=call, args=(0.2,))
+    leader.start()
+    wait_until(lambda: version_status(server, "busy")["queued_rows"] == 1)  # (the leader, behind the blocker)
+    followers = [threading.Thread(target=call, args=(None,)) for _ in range(6)]
+    followers.append(threading.Thread(target=call, args=(1.0,)))  # gives up while following the new leader
+    for thread in followers:
+        thread.start()
+    leader.join(WAIT_S)
+    assert [type(error) for error in errors] == [inprocserve.DeadlineExceededError]  # (the leader's)
+    wait_until(lambda: len(errors) == 2)  # the follower with a deadline, while the session is still held
+    assert isinstance(errors[1], inprocserve.DeadlineExceededError)
+    ran_before = len(hold_session.rows)
+    blocker.release()
+    for thread in followers:
+        thread.join(WAIT_S)
+    assert len(answers) == 6
+    for answer in answers[1:]:
+        np.testing.assert_array_equal(answer, answers[0])
+    assert hold_session.rows[ran_before:] == [1]  # one run for six callers (six runs of one row before)
+
+
+def test_async_followers_of_a_cancelled_leader_share_one_run_again(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    """As above, for event loop tasks following a ``submit`` leader that its caller cancelled; a task
+    cancelled while it follows the new leader gets its cancellation, the others their answer."""
+    server = make_server(busy_repository, config=sharing(True, max_batch_size=1))
+    blocker = hold_session(server, rows=1)
+    inputs = busy_inputs(1, seed=22)
+
+    async def follow() -> list[Any]:
+        leader = server.submit("busy", inputs)
+        tasks = [asyncio.ensure_future(server.apredict("busy", inputs)) for _ in range(6)]
+        await asyncio.sleep(0)  # (each task routed and following the leader)
+        assert leader.cancel()  # still queued behind the blocker: a follower leads the others now
+        tasks[-1].cancel()
+        await asyncio.sleep(0)
+        blocker.release()
+        return await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), WAIT_S)
+
+    ran_before = len(hold_session.rows)
+    results = asyncio.run(follow())
+    assert isinstance(results[-1], asyncio.CancelledError)
+    for result in results[1:-1]:
+        np.testing.assert_array_equal(result["y"], results[0]["y"])
+    assert hold_session.rows[ran_before:] == [1]
+
+
 def hold_following(
     server: inprocserve.Server, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[threading.Event, threading.Event]:
