@@ -1028,20 +1028,30 @@ class OpenFeatureFlags:
         """The evaluation context of a request's ``context``.
 
         Raises:
-            InvalidInputError: a key of ``context`` cannot be compared (its ``==`` raises): the request's own
-                mistake, as a targeting key that cannot be made text is.
+            InvalidInputError: a key of ``context`` cannot be compared (its ``==`` raises), or a scalar of it
+                cannot be read as the plain value it holds (a number type whose ``float()`` raises): the
+                request's own mistake, as a targeting key that cannot be made text is.
         """
         try:
-            attributes = {
-                k: _attribute(v)
+            fields = [
+                (k, v)
                 for k, v in context.items()
                 if k != self.targeting_key_field and isinstance(v, str | numbers.Real | np.bool_)
-            }  # (the same key as the rollout's buckets: flag rules and buckets agree on who the user is)
+            ]  # (the same key as the rollout's buckets: flag rules and buckets agree on who the user is)
         except Exception as exc:  # (anything a caller's object raises)
             raise InvalidInputError(
                 f"the context's keys cannot be compared with {self.targeting_key_field!r}: "
                 f"{type(exc).__name__}; send string keys"
             ) from None
+        attributes = {}
+        for k, v in fields:
+            try:
+                attributes[k] = _attribute(v)
+            except Exception as exc:  # (a caller's number type: reported as a key's fault, the field unnamed)
+                raise InvalidInputError(
+                    f"the context's {_value_shown(k)} ({type(v).__name__}) cannot be read as a number: "
+                    f"{type(exc).__name__}; send an int, a float, a bool or a str"
+                ) from None
         try:
             key = targeting_key_of(context, self.targeting_key_field)
         except InvalidInputError:  # (read keyless: the kill switch still answers; the router itself refuses

@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import math
+import numbers
 import os
 import signal
 import subprocess
@@ -379,6 +380,34 @@ def test_a_context_key_that_cannot_be_compared_is_the_requests_mistake(
     server = make_server(versions, config=CANARY, flags=flags)
     with pytest.raises(InvalidInputError):
         server.predict("scale", X, context=context)  # type: ignore[arg-type]
+    assert flags_status(server)["failures"] == 0
+
+
+class UnreadableScore(numbers.Real):
+    """A number type of the caller's (a units library's quantity, say) that refuses ``float()``."""
+
+    def __float__(self) -> float:
+        raise ValueError("a quantity with units has no plain float")
+
+    def __repr__(self) -> str:
+        return "UnreadableScore()"
+
+
+UnreadableScore.__abstractmethods__ = frozenset()
+
+
+def test_a_context_value_that_cannot_be_read_as_a_number_is_named_in_the_requests_error(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    # Its float() raising was reported as "the context's keys cannot be compared with 'user_id'; send
+    # string keys": the keys were fine, and the field at fault was not named.
+    from openfeature import api
+    from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
+
+    api.set_provider(InMemoryProvider({"scale.canary.percent": InMemoryFlag("on", {"on": 100.0})}), domain="units")
+    server = make_server(versions, config=CANARY, flags=OpenFeatureFlags(domain="units"))
+    with pytest.raises(InvalidInputError, match=r"context's 'score' \(UnreadableScore\) cannot be read as a number"):
+        server.predict("scale", X, context={"user_id": "u", "score": UnreadableScore()})
     assert flags_status(server)["failures"] == 0
 
 
