@@ -1028,20 +1028,29 @@ class OpenFeatureFlags:
         """The evaluation context of a request's ``context``.
 
         Raises:
-            InvalidInputError: a key of ``context`` cannot be compared (its ``==`` raises), or a scalar of it
-                cannot be read as the plain value it holds (a number type whose ``float()`` raises): the
-                request's own mistake, as a targeting key that cannot be made text is.
+            InvalidInputError: a key of ``context`` is not a string (OpenFeature names attributes by strings:
+                a provider that sends its context over the wire raised on an int key, counted as failing), or
+                a scalar of it cannot be read as the plain value it holds (a number type whose ``float()``
+                raises): the request's own mistake, as a targeting key that cannot be made text is.
         """
+        field = self.targeting_key_field
+        fields = []
         try:
-            fields = [
-                (k, v)
-                for k, v in context.items()
-                if k != self.targeting_key_field and isinstance(v, str | numbers.Real | np.bool_)
-            ]  # (the same key as the rollout's buckets: flag rules and buckets agree on who the user is)
-        except Exception as exc:  # (anything a caller's object raises)
+            for k, v in context.items():
+                if type(k) is not str:
+                    if not isinstance(k, str):
+                        raise InvalidInputError(
+                            f"the context key {_value_shown(k)} is a {type(k).__name__}, not a string; send string keys"
+                        )
+                    k = str.__str__(k)  # (a plain str: a subclass's == may do anything)
+                # (the targeting key is the rollout's bucket key: flag rules and buckets agree on who the user is)
+                if k != field and isinstance(v, str | numbers.Real | np.bool_):
+                    fields.append((k, v))
+        except InvalidInputError:
+            raise
+        except Exception as exc:  # (anything a caller's mapping raises as it is read)
             raise InvalidInputError(
-                f"the context's keys cannot be compared with {self.targeting_key_field!r}: "
-                f"{type(exc).__name__}; send string keys"
+                f"the context cannot be read: {type(exc).__name__}; send a dict with string keys"
             ) from None
         attributes = {}
         for k, v in fields:

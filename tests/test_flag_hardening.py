@@ -27,6 +27,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from google.protobuf.struct_pb2 import Struct  # (flagd's provider's dependency)
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.exception import FlagNotFoundError
+from openfeature.flag_evaluation import FlagResolutionDetails
+from openfeature.provider import AbstractProvider, Metadata
 
 import inprocserve
 from inprocserve import ConfigurationError, EnvFlags, FileFlags, InMemoryFlags, InvalidInputError, OpenFeatureFlags
@@ -357,7 +362,6 @@ def test_a_context_key_that_cannot_be_compared_is_the_requests_mistake(
     versions: Path, make_server: ServerFactory
 ) -> None:
     from openfeature import api
-    from openfeature.evaluation_context import EvaluationContext
     from openfeature.flag_evaluation import FlagResolutionDetails
     from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
 
@@ -375,7 +379,7 @@ def test_a_context_key_that_cannot_be_compared_is_the_requests_mistake(
         __hash__ = object.__hash__
 
     context = {"user_id": "u", "plan": "pro", Incomparable(): 1}
-    with pytest.raises(InvalidInputError, match="cannot be compared"):
+    with pytest.raises(InvalidInputError, match="is a Incomparable, not a string; send string keys"):
         flags.get_number("scale.canary.percent", 0, context)  # type: ignore[arg-type]
     server = make_server(versions, config=CANARY, flags=flags)
     with pytest.raises(InvalidInputError):
@@ -408,6 +412,42 @@ def test_a_context_value_that_cannot_be_read_as_a_number_is_named_in_the_request
     server = make_server(versions, config=CANARY, flags=OpenFeatureFlags(domain="units"))
     with pytest.raises(InvalidInputError, match=r"context's 'score' \(UnreadableScore\) cannot be read as a number"):
         server.predict("scale", X, context={"user_id": "u", "score": UnreadableScore()})
+    assert flags_status(server)["failures"] == 0
+
+
+class ContextOverTheWire(AbstractProvider):
+    """A provider that sends the evaluation context to its flag service as a protobuf Struct, as flagd's RPC
+    resolver does (its flag service holds one flag: the canary at 100 %)."""
+
+    def get_metadata(self) -> Metadata:
+        return Metadata(name="over-the-wire")
+
+    def resolve_float_details(
+        self, flag_key: str, default_value: float, evaluation_context: EvaluationContext | None = None
+    ) -> FlagResolutionDetails[float]:
+        Struct().update(evaluation_context.attributes if evaluation_context else {})
+        if flag_key != "scale.canary.percent":
+            raise FlagNotFoundError(flag_key)
+        return FlagResolutionDetails(value=100.0)
+
+    resolve_boolean_details = resolve_string_details = resolve_integer_details = resolve_float_details  # type: ignore[assignment]
+    resolve_object_details = resolve_float_details  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("key", [7, ("plan", "tier")], ids=["int", "tuple"])
+def test_a_context_key_that_is_no_string_is_the_requests_mistake_not_the_providers(
+    versions: Path, make_server: ServerFactory, key: Any
+) -> None:
+    # OpenFeature names attributes by strings. A context of {7: ...} went to the provider as it was; one that
+    # sends its context over the wire raised TypeError, and every such request was answered by the stable
+    # version, counted and logged as the flag provider failing.
+    from openfeature import api
+
+    api.set_provider(ContextOverTheWire(), domain="over-the-wire")
+    server = make_server(versions, config=CANARY, flags=OpenFeatureFlags(domain="over-the-wire", blocking=False))
+    assert server.predict("scale", X, context={"user_id": "u", "plan": "pro"}).variant == "canary"
+    with pytest.raises(InvalidInputError, match=r"context key .* is a (int|tuple), not a string; send string keys"):
+        server.predict("scale", X, context={"user_id": "u", key: "pro"})
     assert flags_status(server)["failures"] == 0
 
 
