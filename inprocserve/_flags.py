@@ -26,6 +26,7 @@ import time
 import tomllib
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -1272,7 +1273,8 @@ def targeting_key_of(ctx: Mapping[str, Any], field: str) -> str | None:
 
     Raises:
         InvalidInputError: the key cannot be made text (an int of 5000 digits, an object whose ``str()`` or
-            ``==`` raises): a request's own mistake, not the library's.
+            ``==`` raises), or is a collection (a dict, a set, a list, a tuple), whose text is no stable id: a
+            request's own mistake, not the library's.
     """
     try:
         key = ctx.get(field)
@@ -1280,9 +1282,21 @@ def targeting_key_of(ctx: Mapping[str, Any], field: str) -> str | None:
             key = ctx.get("targeting_key")
             if key is None or key == "" or key == b"":
                 return None
+        if type(key) is not str and isinstance(key, _COLLECTIONS):
+            # (bucketed by its text, one user's dict fell in two buckets by its keys' order, a set's by the
+            # process's hash seed, and a large one was made text on every request)
+            raise InvalidInputError(
+                f"the targeting key ({field!r} or 'targeting_key' in the context) is a {type(key).__name__}, "
+                "no id: its text depends on its order, and is made on every request; send a string or an int"
+            )
         return str(key)
+    except InvalidInputError:
+        raise
     except Exception as exc:  # (anything a caller's object raises)
         raise InvalidInputError(
             f"the targeting key ({field!r} or 'targeting_key' in the context) cannot be made text: "
             f"{type(exc).__name__}; send a string or an int"
         ) from None
+
+
+_COLLECTIONS = (Mapping, AbstractSet, list, tuple)  # (a targeting key is a scalar: see targeting_key_of)

@@ -503,6 +503,24 @@ def test_a_targeting_key_that_cannot_be_text_is_the_request_s_mistake(
         server.predict("scale", X, context={"user_id": 10**5000})
 
 
+@pytest.mark.parametrize(
+    "user",
+    [{"org": "acme", "id": 7}, {"b", "a"}, ["acme", 7], ("acme", 7)],
+    ids=["dict", "set", "list", "tuple"],
+)
+def test_a_targeting_key_that_is_a_collection_is_the_request_s_mistake(
+    versions: Path, make_server: ServerFactory, user: Any
+) -> None:
+    """A collection was bucketed by its text: {"org": "acme", "id": 7} and {"id": 7, "org": "acme"}, one
+    user, fell in different buckets (a set's text changes with each process's hash seed), and a large one was
+    made text on every request."""
+    server = make_server(versions, config=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 50}))
+    with pytest.raises(inprocserve.InvalidInputError, match=r"the targeting key \('user_id' .*is a \w+, no id"):
+        server.predict("scale", X, context={"user_id": user})
+    server.kill("scale")  # no key needed: answered
+    assert server.predict("scale", X, context={"user_id": user}).variant == "stable"
+
+
 def test_a_reload_that_ends_the_rollout_forgets_the_bandit_s_draws(versions: Path, make_server: ServerFactory) -> None:
     config = versions / "scale" / "config.toml"
     config.write_text(
