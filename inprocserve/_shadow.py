@@ -82,8 +82,8 @@ class ShadowComparison:
     """Largest absolute difference over the numeric outputs both versions produced, labels aside (None if
     none)."""
     label_agreement: float | None
-    """Share of rows that agree: the argmax of outputs shaped [rows, classes], and labels (text, integers
-    shaped [rows] or [rows, 1], or booleans of any shape) by equality (None if there are none)."""
+    """Share of rows that agree: the argmax of float outputs shaped [rows, classes], and labels (text, integers
+    of any shape, or booleans of any shape) by equality (None if there are none)."""
     error: str | None
     """Why the shadow run failed, if it did (the caller was never affected)."""
     latency_s: float
@@ -111,10 +111,10 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
     """Max absolute difference, row agreement and the first mismatch between two answers to the same request.
 
     Numeric outputs give the difference, and those shaped [rows, classes] the argmax agreement; labels (text,
-    as converted scikit-learn classifiers answer them, integers shaped [rows] or [rows, 1], or booleans of any
-    shape, such as a multi-label model's flags) give only the agreement, row by row where equal (a label one
-    class off is not a difference of 1). A ZipMap's list of
-    per-row class scores is compared as the [rows, classes] array of its scores, classes in sorted order.
+    as converted scikit-learn classifiers answer them, integers of any shape, such as class ids or a top-k's
+    ids, or booleans of any shape, such as a multi-label model's flags) give only the agreement, row by row
+    where equal (a label one class off is not a difference of 1). A ZipMap's list of per-row class scores is
+    compared as the [rows, classes] array of its scores, classes in sorted order.
 
     An output of the first answer that the second lacks, or has with another number of axes, or as text
     against numbers, or as a ZipMap scoring other classes, cannot be compared: that is the ``mismatch`` (an
@@ -176,13 +176,14 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
 
 
 def _labels(expected: np.ndarray, got: np.ndarray) -> bool:
-    """Whether two numeric outputs of one shape are labels, compared row by row by equality: integers shaped
-    [rows] or [rows, 1], and flags (booleans, in both answers) of any shape. A multi-label model's flags,
-    [rows, labels], are no class scores: by their argmax, a row whose second label turned off read as
-    agreeing, and the flag that changed as a difference of 1."""
+    """Whether two numeric outputs of one shape are labels, compared row by row by equality: integers of any
+    shape (class ids, [rows] or [rows, 1], a top-k's ids, [rows, k]), and flags (booleans, in both answers) of
+    any shape. A multi-label model's flags, [rows, labels], are no class scores: by their argmax, a row whose
+    second label turned off read as agreeing, and the flag that changed as a difference of 1; so were a top-k's
+    ids ([3, 1] against [3, 0]: both argmaxes the first)."""
     if expected.dtype.kind == "b" and got.dtype.kind == "b":
         return True
-    return expected.dtype.kind in "biu" and (expected.ndim == 1 or expected.shape[1:] == (1,))
+    return expected.dtype.kind in "biu"
 
 
 def _comparable(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -877,6 +877,40 @@ def test_multi_label_flags_are_compared_row_by_row_not_by_their_argmax(
     assert (seen[0].max_abs_diff, seen[0].label_agreement, seen[0].mismatch) == (None, 0.5, None)
 
 
+def build_top2_model(bias: list[float]) -> Any:
+    """A recommender's top 2: ``ids``, int64 ``[batch, 2]``, the indices of the two largest of ``x + bias``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "bias"], ["scores"]),
+            helper.make_node("TopK", ["scores", "k"], ["top", "ids"], axis=1),
+        ],
+        "top2",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 2])],
+        [numpy_helper.from_array(np.array(bias, np.float32), "bias"), numpy_helper.from_array(np.array([2]), "k")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_top_k_class_ids_are_compared_row_by_row_not_as_scores(repository: Path, make_server: ServerFactory) -> None:
+    # Integer outputs of [rows, k > 1] were taken for class scores: the candidate's top 2 of [3, 1] against the
+    # stable's [3, 0] read as a difference of 1.0 and, by the argmax of the ids (both the first), as agreeing.
+    save_model(build_top2_model([0.0, 0.0, 0.0, 0.0]), repository, "scale", 1)
+    save_model(build_top2_model([0.0, 0.5, 0.0, 0.0]), repository, "scale", 2)
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    rows = np.array([[0.6, 0.3, 0.0, 1.0], [0.0, -1.0, 0.5, 1.0]], np.float32)
+    assert server.predict("scale", rows)["ids"].tolist() == [[3, 0], [3, 2]]
+    wait_until(lambda: len(seen) == 1)
+    assert (seen[0].max_abs_diff, seen[0].label_agreement, seen[0].mismatch) == (None, 0.5, None)
+
+
 @pytest.mark.parametrize("raised", [SystemExit(3), KeyboardInterrupt()], ids=["SystemExit", "KeyboardInterrupt"])
 def test_an_on_shadow_callback_raising_a_base_exception_keeps_the_shadow_thread_running(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, raised: BaseException
