@@ -689,7 +689,10 @@ class ShadowRunner:
             measured = False
             try:
                 measured = self._run(job, limit)
-            except Exception:  # the shadow thread must outlive any bug in one job
+            # The shadow thread must outlive any bug in one job, and a BaseException too: a SystemExit raised
+            # where a run reaches the application's code (its span processors) ended the one shadow thread, and
+            # every later copy waited in a queue nobody read, then was dropped as queue_full, silently.
+            except BaseException:
                 logger.exception("shadow run of model %r failed unexpectedly", job.model)
             finally:
                 with self._cond:

@@ -12,12 +12,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, RolloutConfig, ShadowComparison, VersionPolicy
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory, build_busy_model, busy_inputs, past_the_tick, wait_until
+from .test_telemetry import Otel
+from .test_telemetry import otel as otel
 
 X = np.ones((1, 4), np.float32)
 
@@ -937,3 +940,37 @@ def test_an_on_shadow_callback_raising_a_base_exception_keeps_the_shadow_thread_
     failures = [r for r in caplog.records if "on_shadow callback" in r.getMessage()]
     assert len(failures) == 1 and "fragile_sink" in failures[0].getMessage()
     assert failures[0].exc_info is not None and failures[0].exc_info[1] is raised
+
+
+class ExitingOnShadowSpan(SpanProcessor):
+    """An application's span processor that calls ``sys.exit()`` (a BaseException) when the first shadow span
+    ends, as an exporter's processor giving up on a fatal error might."""
+
+    def __init__(self) -> None:
+        self.raised = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.name == "inprocserve.shadow" and not self.raised:
+            self.raised += 1
+            raise SystemExit(3)
+
+
+def test_a_base_exception_raised_in_a_shadow_run_keeps_the_shadow_thread_running(
+    otel: Otel, repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only an Exception of a run was caught: a SystemExit raised where the run reaches the application's code
+    # (its span processors) ended the one shadow thread, and every later copy waited in a queue nobody read,
+    # then was dropped as queue_full, silently.
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    processor = ExitingOnShadowSpan()
+    otel.switchboard.extra = processor
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    assert server.predict("scale", X).version == 1
+    wait_until(lambda: processor.raised == 1)
+    for sent in (1, 2):
+        assert server.predict("scale", X).version == 1
+        wait_until(lambda n=sent: len(seen) >= n)
+    assert stats(server, "scale")["dropped_queue_full"] == 0
+    assert any("shadow run of model 'scale' failed unexpectedly" in r.getMessage() for r in caplog.records)
