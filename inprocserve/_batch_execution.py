@@ -20,6 +20,7 @@ from ._batch_ops import BatchShapeError, check_rows, pad_and_stack, split_output
 from ._config import PaddingConfig
 from ._errors import (
     DeadlineExceededError,
+    InferenceError,
     InprocserveError,
     RemoteUnavailableError,
     RunTimeLimitError,
@@ -91,7 +92,12 @@ class BatchExecution:
         an SDK installed each span costs tens of microseconds.
 
         Returns the batch's timing when it was one run that succeeded (a measure of the run's cost), else
-        ``None`` (a request run in slices, a batch that failed or was bisected)."""
+        ``None`` (a request run in slices, a batch that failed or was bisected).
+
+        Raises:
+            BaseException: one that is not an ``Exception`` (gevent's ``Timeout``, ``SystemExit``,
+                ``KeyboardInterrupt``) out of the run, once every unanswered request of the batch has been
+                failed with an :class:`InferenceError` naming it."""
         started = self._clock()
         timing = _RunTiming(batch[0].rows if len(batch) == 1 else sum(request.rows for request in batch))
         longest_wait = 0.0
@@ -106,6 +112,7 @@ class BatchExecution:
             else start_batch_span(self.model, self.version, _request_spans(batch), local=self._telemetry.local)
         )
         one_run = False
+        interrupted: BaseException | None = None
         try:
             # the span the backend's run belongs to: the batch's, or a lone request's own
             parent = span if span is not None else batch[0].span if inline or len(batch) == 1 else None
@@ -116,6 +123,20 @@ class BatchExecution:
             for request in batch:
                 if request.state != DONE:
                     self._failed(request, exc)
+        except BaseException as exc:  # gevent's Timeout, SystemExit, KeyboardInterrupt out of the run
+            # Raised on to whoever runs the batch (a worker logs it, an inline caller's thread stops), but
+            # the batch's callers are answered first: they waited for good on futures no one would set.
+            interrupted = exc
+            error = InferenceError(
+                f"model {self.model!r} version {self.version}: the batch's run was interrupted by "
+                f"{type(exc).__name__}; retry",
+                model=self.model,
+                version=self.version,
+            )
+            error.__cause__ = exc
+            for request in batch:
+                if request.state != DONE:
+                    self._failed(request, error)
         if span is not None:
             failed = all(request.error is not None for request in batch)
             end_batch_span(
@@ -127,6 +148,12 @@ class BatchExecution:
             )
         if not inline:  # (status()'s batch_size counted each run as it ended: see _ran)
             self._telemetry.runs_finished(timing.runs, queue_wait_s=longest_wait)
+        if interrupted is not None:
+            try:
+                raise interrupted
+            finally:  # (its traceback holds this frame: no cycle kept until the collector's pass)
+                interrupted = None
+                del error
         whole = len(batch) > 1 or self._slice_rows(batch[0]) is None
         return timing if one_run and whole else None
 
