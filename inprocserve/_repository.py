@@ -11,6 +11,7 @@ touching the repository. ``follow_symlinks=True`` (``Server(..., follow_symlinks
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass, field
@@ -196,6 +197,14 @@ def _gone(path: Path, *, follow_symlinks: bool = True) -> list[str] | None:
         target = os.readlink(path)
     except OSError:  # (removed since)
         return []
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # (-> itself, or a ring of links: there, but never reaching a folder)
+            return [
+                f"{_shown(path)}: a symbolic link loop (it points to {_shown(target)}, which leads back to it); "
+                "point it at a version folder, or remove the link"
+            ]
     return [
         f"{_shown(path)}: a symbolic link to {_shown(target)}, which does not exist (restore it, or remove the link)"
     ]

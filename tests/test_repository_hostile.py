@@ -105,3 +105,22 @@ def test_thousands_of_stray_entries_are_reported_as_the_first_20_and_a_count(
     assert f"{folder}/image_00000.jpg: " in problems[0]
     assert problems[-1] == f"{folder}: 480 more entries skipped like those above"
     assert server.models == {"fraud": [1]}
+
+
+@pytest.mark.parametrize("links", [{"3": "3"}, {"3": "4", "4": "3"}], ids=["to itself", "two links in a ring"])
+def test_a_version_folder_that_is_a_link_loop_is_reported_as_one_and_the_others_served(
+    repository: Path, make_server: ServerFactory, links: dict[str, str]
+) -> None:
+    """``models/fraud/3 -> 3`` (an ``ln -sfn`` run twice, a deploy script's typo) was reported as "a symbolic
+    link to 3, which does not exist (restore it, or remove the link)": 3 was right there, and people went
+    looking for a deleted release."""
+    save_model(build_scale_model(2.0), repository, "fraud", 2)
+    for name, target in links.items():
+        os.symlink(target, repository / "fraud" / name)
+    server = make_server(repository, follow_symlinks=True)
+    assert server.models == {"fraud": [2]}
+    problems = "\n".join(server.refresh())
+    for name in links:
+        assert f"{repository / 'fraud' / name}: a symbolic link loop" in problems
+    assert "does not exist" not in problems
+    assert server.models == {"fraud": [2]}
