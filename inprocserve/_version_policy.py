@@ -55,12 +55,26 @@ class VersionPolicy:
         return [v for v in found if v in self.versions]
 
 
+_POLICY_KEYS = ("latest", "specific")
+
+
 def parse_version_policy(value: Any, source: str) -> VersionPolicy:
     """A config.toml ``version_policy``: ``"latest"``, ``"all"``, ``{ latest = N }`` or ``{ specific = [...] }``."""
     if value == "latest":
         return VersionPolicy.latest()
     if value == "all":
         return VersionPolicy.all()
+    if isinstance(value, Mapping):  # (a typo in a key was refused as the whole form, naming no key)
+        unknown = [key for key in value if key not in _POLICY_KEYS]
+        if unknown:
+            raise ConfigurationError(
+                f"{source}: version_policy: unknown key {shown(unknown[0])}; known keys are {', '.join(_POLICY_KEYS)}"
+            )
+        if len(value) > 1:
+            raise ConfigurationError(
+                f"{source}: version_policy takes one of latest or specific, not both: "
+                "{ latest = N } or { specific = [1, 2] }"
+            )
     if isinstance(value, Mapping) and len(value) == 1:
         ((kind, arg),) = value.items()
         try:

@@ -7,6 +7,7 @@ file and the key, never a value that silently changes behaviour or an ``Attribut
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -327,3 +328,24 @@ def test_other_real_numbers_are_stored_as_floats_and_a_canary_of_one_decides() -
     router = Router("m", inprocserve.RolloutConfig(strategy="canary", stable=1, canary=canary), None)
     decision = router.decide({1: object(), 2: object()}, 2, {"user_id": "someone"})
     assert decision.reason.endswith("the canary's 0.5%")
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        (
+            "version_policy = { latest = 2, typo = 1 }",
+            "version_policy: unknown key 'typo'; known keys are latest, specific",
+        ),
+        ("version_policy = { lastest = 2 }", "version_policy: unknown key 'lastest'; known keys are latest, specific"),
+        ("[version_policy]\nlatest = 2\nspecific = [1]", "version_policy takes one of latest or specific, not both"),
+    ],
+)
+def test_a_version_policy_with_a_key_it_does_not_take_names_the_key(tmp_path: Path, text: str, fragment: str) -> None:
+    """``{ latest = 2, typo = 1 }`` was refused as 'version_policy must be "latest", "all", { latest = N } or
+    { specific = [1, 2] }, got {...}': the form the user wrote, with nothing saying which key was wrong."""
+    path = tmp_path / "config.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigurationError, match=re.escape(fragment)) as caught:
+        load_model_config(path)
+    assert str(path) in str(caught.value)
