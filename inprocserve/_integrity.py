@@ -498,12 +498,47 @@ def _checksum_text(data: bytes) -> str:
     return data.decode("utf-8-sig", errors="replace")
 
 
+def _expected_digest(text: str, model_file: Path, sidecar: Path, fail: _Fail) -> str:
+    """The digest a checksum file's ``text`` gives ``model_file``: that of its only line, or, in a file that
+    lists several (``sha256sum *.data model.onnx``, a model's SHA256SUMS with ``2/model.onnx``), that of the
+    line naming ``model.onnx`` (the first line alone was read: another file's digest, refused as a mismatch)."""
+    entries: list[tuple[str, str]] = []  # (digest, file name) of each line in sha256sum's format
+    for line in text.splitlines():
+        words = line.split(None, 1)
+        if not words:
+            continue
+        if not _HEX.fullmatch(words[0]):
+            if entries:  # (a line of something else after the digests: not one of them)
+                continue
+            raise fail(
+                f"checksum file {sidecar} does not start with a sha256 hex digest (it starts with "
+                f"{words[0][:70]!r}; write: sha256sum model.onnx > model.onnx.sha256)"
+            )
+        entries.append((words[0].lower(), words[1].strip().removeprefix("*") if len(words) > 1 else ""))
+    if not entries:
+        raise fail(
+            f"checksum file {sidecar} does not start with a sha256 hex digest (it starts with nothing; "
+            "write: sha256sum model.onnx > model.onnx.sha256)"
+        )
+    if len(entries) == 1:  # (whatever name it gives: a file checksummed before it was renamed model.onnx)
+        return entries[0][0]
+    name, in_folder = model_file.name, f"{model_file.parent.name}/{model_file.name}"
+    for digest, listed in entries:
+        if listed in (name, f"./{name}", in_folder) or listed.endswith(f"/{in_folder}"):
+            return digest
+    shown_names = ", ".join(repr(listed[:70]) for _, listed in entries[:5])
+    raise fail(
+        f"checksum file {sidecar} lists {len(entries)} files ({shown_names}), none of them {name}; "
+        "write: sha256sum model.onnx > model.onnx.sha256"
+    )
+
+
 def _check_checksum(model_file: Path, fail: _Fail) -> None:
     sidecar = model_file.with_name(model_file.name + CHECKSUM_SUFFIX)
     if not sidecar.exists() and not sidecar.is_symlink():  # (a dangling link is a checksum that cannot be read)
         return
     try:
-        data = read_regular_file(sidecar, 4096)[:4096]  # (a pipe there would hold the load, and its lock)
+        data = read_regular_file(sidecar, 1 << 16)[: 1 << 16]  # (a pipe there would hold the load, and its lock)
     except NotARegularFileError:
         raise fail(
             f"checksum file {sidecar} is not a regular file (a folder, a pipe or a device); "
@@ -511,14 +546,7 @@ def _check_checksum(model_file: Path, fail: _Fail) -> None:
         ) from None
     except OSError as exc:
         raise fail(f"checksum file {sidecar} cannot be read: {exc}") from exc
-    words = _checksum_text(data).split()
-    if not words or not _HEX.fullmatch(words[0]):
-        found = repr(words[0][:70]) if words else "nothing"
-        raise fail(
-            f"checksum file {sidecar} does not start with a sha256 hex digest (it starts with {found}; "
-            "write: sha256sum model.onnx > model.onnx.sha256)"
-        )
-    expected = words[0].lower()
+    expected = _expected_digest(_checksum_text(data), model_file, sidecar, fail)
     try:
         actual = file_sha256(model_file)
     except NotARegularFileError:

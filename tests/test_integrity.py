@@ -292,6 +292,41 @@ def test_a_checksum_mismatch_is_a_failed_version_never_served(
         server.predict("m", {"x": np.ones((1, 4), dtype=np.float32)}, version=2)
 
 
+@pytest.mark.parametrize(
+    "layout",
+    ["model.onnx listed second", "paths from the model folder", "blank lines, windows lines, a bom"],
+)
+def test_a_checksum_file_that_lists_several_files_is_read_at_the_line_of_model_onnx(
+    repository: Path, make_server: ServerFactory, layout: str
+) -> None:
+    """``sha256sum *.data model.onnx > model.onnx.sha256`` (or a model's SHA256SUMS copied into each version
+    folder) was refused as "... has sha256 <its digest>, but model.onnx.sha256 expects <another file's digest>":
+    only the first line was read, whatever file it named."""
+    path = save_model(build_scale_model(2.0), repository, "m", 2)
+    digest, other = sha256_of(path), "ab" * 32
+    text = {
+        "model.onnx listed second": f"{other}  model.onnx.data\n{digest} *model.onnx\n",
+        "paths from the model folder": f"{other}  1/model.onnx\n{digest}  2/model.onnx\n{other}  3/model.onnx\n",
+        "blank lines, windows lines, a bom": f"\ufeff\r\n{other}  weights.bin\r\n\r\n{digest}  model.onnx\r\n",
+    }[layout]
+    path.with_name("model.onnx.sha256").write_bytes(text.encode())
+    server = make_server(repository)
+    assert server.predict("m", {"x": np.ones((1, 4), dtype=np.float32)})["y"].tolist() == [[2.0] * 4]
+
+
+def test_a_checksum_file_that_lists_several_files_but_not_model_onnx_is_refused_saying_so(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """It was refused as "... but model.onnx.sha256 expects <the first file's digest>", which read as a model
+    file changed in transit."""
+    path = save_model(build_scale_model(2.0), repository, "m", 1)
+    path.with_name("model.onnx.sha256").write_text(f"{'ab' * 32}  weights.bin\n{'cd' * 32}  tokenizer.json\n")
+    server = make_server(repository)
+    error = server.status()["models"]["m"]["versions"]["1"]["error"]
+    assert "lists 2 files ('weights.bin', 'tokenizer.json'), none of them model.onnx" in error
+    assert "sha256sum model.onnx > model.onnx.sha256" in error
+
+
 def test_a_tampered_model_is_refused_on_hot_reload(repository: Path, make_server: ServerFactory) -> None:
     path = save_model(build_scale_model(1.0), repository, "m", 1)
     path.with_name("model.onnx.sha256").write_text(sha256_of(path))
