@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 import inprocserve
 from inprocserve._control import ControlFile
+from inprocserve._registry import Registry
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -117,3 +121,55 @@ def test_a_load_with_a_config_whose_policy_selects_no_version_changes_nothing(
     assert server.predict("scale", np.ones((2, 4), np.float32)).version == 2
     assert server.refresh() == []
     assert server.predict("scale", np.ones((2, 4), np.float32)).version == 2
+
+
+def test_a_refresh_that_comes_while_a_load_with_a_config_stages_its_versions_serves_them_on_that_config(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A periodic sync (the poller, a control revision) that runs while ``load(name, config=...)`` has built
+    its versions on the new configuration but not yet published them must not load them again on the old one:
+    the lifecycle lock makes it wait for the load, and it then reads the configuration the load put in force.
+    Only the registry's build of one version is held, so the refresh is sure to come in the middle."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    new = inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_batch_size=8))
+    staged, go_on = threading.Event(), threading.Event()
+    build = Registry._build
+
+    def held(self: Registry, name: str, number: int, path: Path, config: Any, **kw: Any) -> Any:
+        built = build(self, name, number, path, config, **kw)
+        if config is new and not staged.is_set():
+            staged.set()
+            go_on.wait(10)
+        return built
+
+    monkeypatch.setattr(Registry, "_build", held)
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> threading.Thread:
+        def target() -> None:
+            try:
+                call()
+            except BaseException as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=target)
+        thread.start()
+        return thread
+
+    loading = run(lambda: server.load("scale", config=new))
+    assert staged.wait(10)
+    # the version file changes as the load stages: the refresh would reload it, on whichever config it reads
+    save_model(build_scale_model(3.0), repository, "scale", 1)
+    refreshing = run(server.refresh)
+    refreshing.join(0.2)
+    assert refreshing.is_alive()  # waits for the load
+    go_on.set()
+    loading.join(10)
+    refreshing.join(10)
+    assert not errors
+    status = server.status()["models"]["scale"]["versions"]["1"]
+    assert status["max_batch_size"] == 8
+    server.refresh()
+    assert server.status()["models"]["scale"]["versions"]["1"]["max_batch_size"] == 8
+    assert server.predict("scale", np.ones((1, 4), np.float32))["y"].tolist() == [[3.0] * 4]
