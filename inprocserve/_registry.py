@@ -274,7 +274,9 @@ class Registry:
                 source = self.find_in_repository(name)
                 if version is not None and version not in source.versions:
                     raise ModelNotFoundError(
-                        f"model {name!r} has no version {version} in the repository", model=name, version=version
+                        f"model {name!r} has no version {version} in the repository{self._kept_out(source, version)}",
+                        model=name,
+                        version=version,
                     )
                 kept_config = self._load_configs.get(name)
                 effective = self.config_for(name, source, config)
@@ -1316,6 +1318,19 @@ class Registry:
         if source is None or not source.versions:
             raise ModelNotFoundError(f"model {name!r} is not in the repository {self.repository}", model=name)
         return source
+
+    def _kept_out(self, source: ModelSource, version: int) -> str:
+        """Why the scan left version folder ``version`` of ``source`` out, for the error of a load that names it
+        (a link loop, a link refused, no model file), or ``""``: said only in the log and ``refresh()``'s
+        answer, the load's "has no version 3" sent people looking for a folder that was there."""
+        folder = f"{source.folder / str(version)}:"
+        assert self.repository is not None  # (source came from it)
+        for problem in scan_repository(
+            self.repository, follow_symlinks=self._follow_symlinks, only=source.name
+        ).problems:
+            if problem.startswith(folder):
+                return f" ({problem})"
+        return ""
 
     def config_for(self, name: str, source: ModelSource, override: ModelConfig | None) -> ModelConfig:
         """The effective config: code defaults < ``config=`` < ``config.toml`` < ``models=`` (per field);

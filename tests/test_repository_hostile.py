@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -123,4 +124,19 @@ def test_a_version_folder_that_is_a_link_loop_is_reported_as_one_and_the_others_
     for name in links:
         assert f"{repository / 'fraud' / name}: a symbolic link loop" in problems
     assert "does not exist" not in problems
+    assert server.models == {"fraud": [2]}
+
+
+@pytest.mark.parametrize("follow_symlinks", [True, False])
+def test_loading_a_version_whose_folder_is_a_link_loop_says_why_it_is_not_there(
+    repository: Path, make_server: ServerFactory, follow_symlinks: bool
+) -> None:
+    """``server.load("fraud", version=3)`` answered "model 'fraud' has no version 3 in the repository" while
+    ``models/fraud/3`` was right there: what kept it out (a link loop, a link refused) was in the log only."""
+    save_model(build_scale_model(2.0), repository, "fraud", 2)
+    os.symlink("3", repository / "fraud" / "3")
+    server = make_server(repository, follow_symlinks=follow_symlinks)
+    why = "a symbolic link loop" if follow_symlinks else "symbolic links are refused"
+    with pytest.raises(inprocserve.ModelNotFoundError, match=f"has no version 3 in the repository .*{why}"):
+        server.load("fraud", version=3)
     assert server.models == {"fraud": [2]}
