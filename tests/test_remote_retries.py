@@ -5,6 +5,7 @@ dropped mid-request) unless the model allows it, and never past the deadline."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -1332,6 +1333,56 @@ def test_a_stalled_name_resolution_ends_at_the_callers_deadline(
         release.set()
     (answer,) = backend.run(backend.runners()[0], FEEDS)
     np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+
+
+def test_connections_that_churn_to_a_host_name_that_resolves_slowly_hold_no_more_threads_or_sockets(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each new connection to a host name resolves it on a thread of its own (see ``_Resolver``): with every
+    call opening a connection, from 4 callers, and each lookup taking 20 ms, at most one lookup per host runs
+    at a time, and once the calls end the client holds its watchdog thread and no more sockets than its pool's."""
+    remote = RemoteModel(url=f"http://localhost:{scripted.server_port}", model="scale", concurrency=4, retries=0)
+    backend = RemoteBackend("scale", 1, remote)
+    backends.append(backend)
+    backend.prepare()
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)  # each call opens a connection, so resolves the host
+    real = socket.getaddrinfo
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.02)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("inprocserve-")]
+
+    def sockets() -> int:
+        found = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                found += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+            except OSError:  # (the listing's own descriptor, closed since)
+                pass
+        return found
+
+    backend.run(backend.runners()[0], FEEDS)
+    threads_before, sockets_before = len(ours()), sockets()
+    peak = [0]
+
+    def call(_: int) -> None:
+        for _ in range(25):
+            backend.run(backend.runners()[0], FEEDS)
+            peak[0] = max(peak[0], sum(1 for name in ours() if name.startswith("inprocserve-resolve-")))
+
+    callers = [threading.Thread(target=call, args=(n,)) for n in range(4)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(30)
+    assert peak[0] <= 1  # one lookup per host at a time, however many connections wait for it
+    # kept: the pool's connections, at most `concurrency`, each with its end in the test's server
+    wait_until(lambda: len(ours()) <= threads_before and sockets() <= sockets_before + 2 * 4)
 
 
 @pytest.fixture
