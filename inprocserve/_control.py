@@ -188,7 +188,11 @@ class Control:
                 raise ConfigurationError(f"control: models.{name} must be an object")
             known = {key: value for key, value in state.items() if key in _MODEL_KEYS}
             unknown = {key: value for key, value in state.items() if key not in _MODEL_KEYS}
-            parsed[name] = ModelControl(**known, extra=unknown)
+            try:
+                parsed[name] = ModelControl(**known, extra=unknown)
+            except ConfigurationError as exc:  # (which of the fleet's models: "canary_percent ..." named none)
+                problem = str(exc).removeprefix("control: ")
+                raise ConfigurationError(f"control: models.{name}.{problem}") from None
         return cls(
             revision=revision,
             reload=reload,
