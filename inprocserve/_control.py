@@ -185,14 +185,14 @@ class Control:
         parsed: dict[str, ModelControl] = {}
         for name, state in models.items():
             if not isinstance(state, dict):
-                raise ConfigurationError(f"control: models.{name} must be an object")
+                raise ConfigurationError(f"control: models.{_shown_name(name)} must be an object")
             known = {key: value for key, value in state.items() if key in _MODEL_KEYS}
             unknown = {key: value for key, value in state.items() if key not in _MODEL_KEYS}
             try:
                 parsed[name] = ModelControl(**known, extra=unknown)
             except ConfigurationError as exc:  # (which of the fleet's models: "canary_percent ..." named none)
                 problem = str(exc).removeprefix("control: ")
-                raise ConfigurationError(f"control: models.{name}.{problem}") from None
+                raise ConfigurationError(f"control: models.{_shown_name(name)}.{problem}") from None
         return cls(
             revision=revision,
             reload=reload,
@@ -229,6 +229,15 @@ def shown_key(key: str, limit: int = SHOWN_KEY_CHARACTERS) -> str:
     holds it) was named whole in every ``status()``, on the unauthenticated ``GET /models`` too. A key cut
     once is cut the same again (a status read back from another server)."""
     return key if len(key) <= limit else f"{key[:limit]}..."
+
+
+def _shown_name(name: str) -> str:
+    """A model's name in the file, for a message: its characters that are not printable as escapes (``\\n``,
+    ``\\x1b``), cut short first as :func:`shown_key` cuts. The name is whatever the file holds: quoted whole, 5,000
+    characters and a line break went into ``control.error`` on every ``status()`` and readiness call, and
+    made two lines of the log."""
+    cut = shown_key(name)
+    return cut if cut.isprintable() else repr(cut)[1:-1]
 
 
 def describe_unknown_keys(keys: list[str]) -> str:

@@ -56,3 +56,21 @@ def test_a_bad_value_in_one_model_s_entry_names_that_model(two_models: Path, mak
     refused = run_cli("kill", str(two_models), "search")  # a writer refuses, and says where to look
     assert refused.returncode == 1
     assert "models.fraud.canary_percent must lie in 0..100" in refused.stderr
+
+
+def test_a_bad_entry_under_a_long_odd_name_is_said_in_one_short_line(
+    two_models: Path, make_server: ServerFactory
+) -> None:
+    """The name of a model's entry is whatever the file holds: quoted whole, 5,000 characters and a line
+    break went into status (on every call, readiness's too) and made two lines of the log."""
+    server = make_server(two_models, control_interval_s=None)
+    server.kill("fraud")
+    control = two_models / CONTROL_FILENAME
+    document = json.loads(control.read_text())
+    document["models"]["x" * 5000 + "\nOK fraud"] = "kill"
+    control.write_text(json.dumps(document))
+
+    assert server.sync_control() == 1
+    error = server.status()["control"]["error"]
+    assert "must be an object" in error
+    assert "\n" not in error and len(error) < 400
