@@ -135,6 +135,13 @@ class Control:
     by its writes (so the newer release's state survives a switch made on an older host), and reported
     (logged once, ``control.unknown_keys`` in status, a warning of ``validate``) so a typo is still seen."""
 
+    def __post_init__(self) -> None:
+        # (also on every write: what a writer follows is what its readers read, or it warned of another document)
+        for name in ("updated_at", "updated_by"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, shown_audit(value))
+
     def model(self, name: str) -> ModelControl | None:
         return self.models.get(name)
 
@@ -270,6 +277,20 @@ def shown_unknown_keys(control: Mapping[str, Any]) -> str | None:
     # (a model's key, its model's name and its own cut by unknown_keys, stays whole)
     shown = [shown_key(str(key), 3 * SHOWN_KEY_CHARACTERS) for key in unknown[:SHOWN_UNKNOWN_KEYS]]
     return ", ".join(shown) + more_keys(total, len(shown))
+
+
+SHOWN_AUDIT_CHARACTERS = 200
+"""How much of ``updated_by`` and ``updated_at`` a revision keeps (the rest is cut, see :func:`shown_audit`)."""
+
+
+def shown_audit(text: str) -> str:
+    """``updated_by`` or ``updated_at`` as a revision holds it: its characters that are not printable as
+    escapes (``\\n``, ``\\x1b``), then cut to ``SHOWN_AUDIT_CHARACTERS`` and ``...``; the same again when applied
+    to its own result. They are free text (``--actor``, ``actor=``, a hand edit): 900 kB of it went whole into
+    every ``status()`` and each worker's "following control revision" log line, and a line break in it forged
+    a line of the log."""
+    head = text[: SHOWN_AUDIT_CHARACTERS + 1]  # (escaped whole, a 900 kB actor cost a millisecond each read)
+    return shown_key(head if head.isprintable() else repr(head)[1:-1], SHOWN_AUDIT_CHARACTERS)
 
 
 def _optional_str(value: Any) -> str | None:

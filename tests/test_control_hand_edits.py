@@ -74,3 +74,35 @@ def test_a_bad_entry_under_a_long_odd_name_is_said_in_one_short_line(
     error = server.status()["control"]["error"]
     assert "must be an object" in error
     assert "\n" not in error and len(error) < 400
+
+
+def test_a_long_or_multi_line_actor_is_shown_short_and_followed_without_a_warning(
+    two_models: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``updated_by`` and ``updated_at`` are free text (``--actor``, ``actor=``, a hand edit): 900 kB of it went
+    whole into every ``status()`` and into each worker's "following control revision" log line, and a line
+    break in it forged a line of the log."""
+    writer = make_server(two_models, control_interval_s=None)
+    reader = make_server(two_models, control_interval_s=None)
+    actor = "alice" + "x" * 900_000 + "\nERROR forged line"
+    with caplog.at_level("INFO", logger="inprocserve"):
+        writer.kill("fraud", actor=actor)
+        assert reader.sync_control() == 1
+        assert writer.sync_control() == 1  # what it wrote is what it follows: nothing to warn about
+    for server in (writer, reader):
+        status = server.status()
+        assert status["control"]["updated_by"].startswith("alice")
+        assert len(json.dumps(status)) < 20_000
+        assert "\n" not in status["control"]["updated_by"]
+    assert all(len(record.getMessage()) < 2_000 for record in caplog.records)
+    assert not any("\n" in record.getMessage() for record in caplog.records)
+    assert "another document" not in caplog.text
+
+    control = two_models / CONTROL_FILENAME
+    document = json.loads(control.read_text())
+    document.update(revision=5, updated_by="bob\x1b[2J", updated_at={"when": "now"})
+    control.write_text(json.dumps(document))  # a hand edit
+    assert reader.sync_control() == 5
+    shown = reader.status()["control"]
+    assert shown["updated_by"] == "bob\\x1b[2J" and isinstance(shown["updated_at"], str)
+    assert reader.predict("fraud", X).version == 2  # the kill switch stays followed
