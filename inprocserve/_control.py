@@ -36,10 +36,12 @@ from stat import S_ISREG as stat_is_file
 from typing import Any
 
 from . import _fork
+from . import _unique_json as unique_json
 from ._close_match import close_match
 from ._config_checks import is_int, is_number, shown
 from ._errors import ConfigurationError, ControlFileUnavailableError, NothingToRollBackError
 from ._regular_file import NotARegularFileError, read_regular_file
+from ._unique_json import DuplicateKeyError
 
 __all__ = [
     "CONTROL_FILENAME",
@@ -328,7 +330,15 @@ class ControlFile:
         if len(raw) > _MAX_BYTES:
             raise ConfigurationError(f"control file {self.path} is larger than {_MAX_BYTES} bytes")
         try:
-            data = json.loads(raw)
+            # (a key named twice: json keeps the last, so a kill switch added by hand above a model's entry was
+            # dropped, silently; which one was meant is the operator's to say)
+            data = unique_json.loads(raw)
+        except DuplicateKeyError as exc:
+            raise ConfigurationError(
+                f"control file {self.path} is not a valid control document: "
+                f"{str(exc).removesuffix('; send each key once')} (JSON keeps only the last one, which may not be "
+                "the one meant): merge them into one"
+            ) from None
         except ValueError as exc:
             raise ConfigurationError(f"control file {self.path} is not valid JSON: {exc}") from exc
         except RecursionError:  # (no revision nests: a damaged or hostile file)

@@ -106,3 +106,24 @@ def test_a_long_or_multi_line_actor_is_shown_short_and_followed_without_a_warnin
     shown = reader.status()["control"]
     assert shown["updated_by"] == "bob\\x1b[2J" and isinstance(shown["updated_at"], str)
     assert reader.predict("fraud", X).version == 2  # the kill switch stays followed
+
+
+def test_a_model_named_twice_by_a_hand_edit_is_refused_not_half_followed(
+    two_models: Path, make_server: ServerFactory
+) -> None:
+    """In an incident an operator added ``"fraud": {"kill": true}`` at the top of ``models``, where ``fraud``
+    already had its entry further down: JSON keeps the last one, so every worker followed the new revision
+    without the kill switch, and nothing said so (status showed no error)."""
+    server = make_server(two_models, control_interval_s=None)
+    server.switch("fraud", 1)
+    control = two_models / CONTROL_FILENAME
+    text = control.read_text()
+    edited = text.replace('"models": {', '"models": {"fraud": {"kill": true, "stable": 1}, ', 1)
+    control.write_text(edited.replace('"revision": 1', '"revision": 2', 1))
+
+    assert server.sync_control() == 1  # not followed: which entry was meant?
+    error = server.status()["control"]["error"]
+    assert "'fraud' twice" in error
+    refused = run_cli("resume", str(two_models), "fraud")  # nor overwritten, dropping one of the two
+    assert refused.returncode == 1 and "'fraud' twice" in refused.stderr
+    assert control.read_text() == edited.replace('"revision": 1', '"revision": 2', 1)
