@@ -196,3 +196,28 @@ def test_a_large_control_file_that_does_not_change_is_not_parsed_again_each_inte
 
     assert follow_s(server) < 50 * plain + 0.05
     assert server.predict("fraud", X).version == 2  # (still followed: the kill switch)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the control-file follower (_operations.py, _registry.py) says nothing of an entry for a model the "
+    "server does not have; for the lead: warn once, naming the entry and the close model (as unknown keys are)",
+)
+def test_an_entry_for_a_misspelt_model_is_said_once(
+    two_models: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In an incident an operator added ``"frud": {"kill": true}`` by hand: every worker followed the revision,
+    no kill switch was in force for ``fraud``, and neither the log nor status said anything (a misspelt key,
+    ``"kil"``, is named with the key it is close to)."""
+    server = make_server(two_models, control_interval_s=None)
+    server.switch("fraud", 1)
+    control = two_models / CONTROL_FILENAME
+    document = json.loads(control.read_text())
+    document["models"]["frud"] = {"kill": True}
+    document["revision"] = 2
+    control.write_text(json.dumps(document))
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        assert server.sync_control() == 2
+        assert server.sync_control() == 2
+    said = [record.getMessage() for record in caplog.records if "frud" in record.getMessage()]
+    assert len(said) == 1 and "fraud" in said[0]
