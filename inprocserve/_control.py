@@ -82,13 +82,13 @@ class ModelControl:
         for name in ("stable", "previous_stable", "canary_version"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigurationError(f"control: {name} must be a positive int or null, got {value!r}")
+                raise ConfigurationError(f"control: {name} must be a positive int or null, got {shown(value)}")
         percent = self.canary_percent
         if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
-            raise ConfigurationError(f"control: canary_percent must lie in 0..100, got {percent!r}")
+            raise ConfigurationError(f"control: canary_percent must lie in 0..100, got {shown(percent)}")
         object.__setattr__(self, "canary_percent", float(percent))
         if not isinstance(self.kill, bool):
-            raise ConfigurationError(f"control: kill must be true or false, got {self.kill!r}")
+            raise ConfigurationError(f"control: kill must be true or false, got {shown(self.kill)}")
 
     @property
     def canary_active(self) -> bool:

@@ -221,3 +221,26 @@ def test_an_entry_for_a_misspelt_model_is_said_once(
         assert server.sync_control() == 2
     said = [record.getMessage() for record in caplog.records if "frud" in record.getMessage()]
     assert len(said) == 1 and "fraud" in said[0]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{"kill": "yes " * 200_000}, {"stable": -(10**4000)}, {"canary_version": 2, "canary_percent": 10**4000}],
+    ids=["a long text for kill", "a huge stable version", "a huge percent"],
+)
+def test_a_huge_bad_value_is_quoted_short(
+    two_models: Path, make_server: ServerFactory, entry: dict[str, object]
+) -> None:
+    """The value of a hand edit's bad entry was quoted whole: ``"kill": "yes yes ..."`` of 800 kB went into
+    ``control.error`` on every status() and readiness call, and into the log line, as did an int of 4,000
+    digits."""
+    server = make_server(two_models, control_interval_s=None)
+    server.kill("fraud")
+    control = two_models / CONTROL_FILENAME
+    document = json.loads(control.read_text())
+    document["models"]["fraud"] = entry
+    control.write_text(json.dumps(document))
+
+    assert server.sync_control() == 1
+    error = server.status()["control"]["error"]
+    assert error.startswith("control: models.fraud.") and len(error) < 300
