@@ -169,13 +169,14 @@ class Control:
     @property
     def unknown_keys(self) -> list[str]:
         """The keys this release ignores, by their place: ``format``, ``models.fraud.pinned``; each name of
-        more than ``SHOWN_KEY_CHARACTERS`` cut short (see :func:`shown_key`). Worked out once per revision:
-        a file can hold 80,000 of them, and sorting and cutting them all again took each readiness probe and
-        status call 20 ms (0.05 ms without them). The same list each time: copy it before changing it."""
+        more than ``SHOWN_KEY_CHARACTERS`` cut short, its unprintable characters escaped (see
+        :func:`_shown_name`). Worked out once per revision: a file can hold 80,000 of them, and sorting and
+        cutting them all again took each readiness probe and status call 20 ms (0.05 ms without them). The
+        same list each time: copy it before changing it."""
         if self._unknown_keys is None:
-            keys = [shown_key(key) for key in sorted(self.extra)]
+            keys = [_shown_name(key) for key in sorted(self.extra)]
             for name, state in sorted(self.models.items()):
-                keys.extend(f"models.{shown_key(name)}.{shown_key(key)}" for key in sorted(state.extra))
+                keys.extend(f"models.{_shown_name(name)}.{_shown_name(key)}" for key in sorted(state.extra))
             object.__setattr__(self, "_unknown_keys", keys)
         assert self._unknown_keys is not None
         return self._unknown_keys
@@ -248,12 +249,13 @@ def shown_key(key: str, limit: int = SHOWN_KEY_CHARACTERS) -> str:
 
 
 def _shown_name(name: str) -> str:
-    """A model's name in the file, for a message: its characters that are not printable as escapes (``\\n``,
-    ``\\x1b``), cut short first as :func:`shown_key` cuts. The name is whatever the file holds: quoted whole, 5,000
-    characters and a line break went into ``control.error`` on every ``status()`` and readiness call, and
-    made two lines of the log."""
-    cut = shown_key(name)
-    return cut if cut.isprintable() else repr(cut)[1:-1]
+    """A key or a model's name in the file, for status, a message or a log line: its characters that are not
+    printable as escapes (``\\n``, ``\\x1b``), then cut as :func:`shown_key` cuts (the same again when applied
+    to its own result). The name is whatever the file holds: quoted whole, 5,000 characters and a line break
+    went into ``control.error`` on every ``status()`` and readiness call, and a line break made the log line
+    two, the second one whatever the file said."""
+    head = name[: SHOWN_KEY_CHARACTERS + 1]  # (escaped whole, a key of 900 kB cost a millisecond each time)
+    return shown_key(head if head.isprintable() else repr(head)[1:-1])
 
 
 def describe_unknown_keys(keys: list[str]) -> str:

@@ -244,3 +244,27 @@ def test_a_huge_bad_value_is_quoted_short(
     assert server.sync_control() == 1
     error = server.status()["control"]["error"]
     assert error.startswith("control: models.fraud.") and len(error) < 300
+
+
+def test_an_unknown_key_with_a_line_break_is_named_on_one_line(
+    two_models: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Unknown keys are named in the log's warning, in status and by ``validate``: a key (or the name of its
+    model) holding a line break made the warning two lines, the second one whatever the file said."""
+    server = make_server(two_models, control_interval_s=None)
+    server.kill("fraud")
+    control = two_models / CONTROL_FILENAME
+    document = json.loads(control.read_text())
+    document["note\nCRITICAL inprocserve: disk full"] = "x"
+    document["models"]["fraud"]["why\x1b[2J"] = "incident 42"
+    document["revision"] = 2
+    control.write_text(json.dumps(document))
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        assert server.sync_control() == 2
+    warning = next(record.getMessage() for record in caplog.records if "does not know" in record.getMessage())
+    assert "\n" not in warning and "\x1b" not in warning
+    assert "note\\nCRITICAL" in warning and "models.fraud.why\\x1b[2J" in warning
+    assert server.status()["control"]["unknown_keys"] == [
+        "note\\nCRITICAL inprocserve: disk full",
+        "models.fraud.why\\x1b[2J",
+    ]
