@@ -41,16 +41,28 @@ def parse_timeout_ms(value: str | None, *, header: str = "X-Request-Timeout-Ms")
         return None
     text = value.strip()
     if not _TIMEOUT.fullmatch(text):
-        raise InvalidInputError(
-            f"header {header}: {brief(value)} is not a deadline; send a plain number of milliseconds "
-            f"from 0 to {MAX_TIMEOUT_MS:.0f}, such as 250 or 12.5"
-        )
+        raise InvalidInputError(f"header {header}: {brief(value)} {_why_not_a_deadline(text)}")
     milliseconds = float(text)
     if milliseconds > MAX_TIMEOUT_MS:
         raise InvalidInputError(
             f"header {header}: {text} ms is more than a day; send at most {MAX_TIMEOUT_MS:.0f} milliseconds"
         )
     return milliseconds
+
+
+def _why_not_a_deadline(text: str) -> str:
+    """What is wrong with a refused deadline header, and what to send: a value that is a plain number but for
+    its length, or two values joined with a comma, was told to send "a plain number, such as 250", as it had."""
+    accepted = f"a plain number of milliseconds from 0 to {MAX_TIMEOUT_MS:.0f}, such as 250 or 12.5"
+    if "," in text:  # (WSGI and ASGI servers and proxies join a repeated header's values with commas)
+        return (
+            "holds a comma: the header was sent more than once (its values are joined with commas), or with a "
+            f"decimal comma; send it once, as {accepted}"
+        )
+    whole, point, fraction = text.partition(".")
+    if _TIMEOUT.fullmatch(whole) and point and fraction.isascii() and fraction.isdigit() and len(fraction) > 6:
+        return f"has {len(fraction)} digits after the point; send at most 6 digits after the point ({accepted})"
+    return f"is not a deadline; send {accepted}"
 
 
 def parse_user_id(value: str | None, *, header: str = "X-User-Id") -> str | None:

@@ -80,6 +80,21 @@ def test_a_zero_deadline_is_spent_not_malformed(served: Path) -> None:
 
 
 @pytest.mark.parametrize("url", ["/score", "/ascore"])
+def test_a_deadline_header_sent_twice_is_a_400_that_says_so(served: Path, url: str) -> None:
+    # what a WSGI or ASGI server hands Django for a budget set by both the client and a proxy
+    response = post(url, **{"X-Request-Timeout-Ms": "250,300"})
+    assert response.status_code == 400, response.content
+    message = response.json()["message"]
+    assert "X-Request-Timeout-Ms" in message and "more than once" in message
+
+
+def test_a_deadline_with_a_long_fraction_is_a_400_that_says_how_many_digits(served: Path) -> None:
+    response = post("/score", **{"X-Request-Timeout-Ms": "249.89999999850988"})
+    assert response.status_code == 400, response.content
+    assert "at most 6 digits after the point" in response.json()["message"]
+
+
+@pytest.mark.parametrize("url", ["/score", "/ascore"])
 @pytest.mark.parametrize("value", HOSTILE_USER_IDS)
 def test_a_malformed_user_id_header_is_a_400_where_a_view_predicts(served: Path, url: str, value: str) -> None:
     response = post(url, **{"X-User-Id": value})

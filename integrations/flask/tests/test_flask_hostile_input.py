@@ -81,6 +81,26 @@ def test_a_zero_deadline_is_spent_not_malformed(app: Flask) -> None:
     assert _score(app, {"X-Request-Timeout-Ms": "0"}).status_code == 504
 
 
+def test_a_deadline_header_sent_twice_is_a_400_that_says_so(app: Flask) -> None:
+    # A client and a proxy both set the budget: the app sees "250, 300" and was told to send "a plain number of
+    # milliseconds, such as 250", which each of them did.
+    response = app.test_client().post(
+        "/score",
+        json={"rows": [[1, 2, 3, 4]]},
+        headers=[("X-Request-Timeout-Ms", "250"), ("X-Request-Timeout-Ms", "300")],
+    )
+    assert response.status_code == 400, response.get_data(as_text=True)
+    message = response.get_json()["message"]
+    assert "X-Request-Timeout-Ms" in message and "more than once" in message
+
+
+def test_a_deadline_with_a_long_fraction_is_a_400_that_says_how_many_digits(app: Flask) -> None:
+    # what a JavaScript client sends for String(deadline - performance.now())
+    response = _score(app, {"X-Request-Timeout-Ms": "249.89999999850988"})
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert "at most 6 digits after the point" in response.get_json()["message"]
+
+
 @pytest.mark.parametrize("value", HOSTILE_USER_IDS)
 def test_a_malformed_user_id_header_is_a_400(app: Flask, value: str) -> None:
     response = _score(app, {"X-User-Id": value})
