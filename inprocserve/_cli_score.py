@@ -31,8 +31,9 @@ def add_score(commands: Subparsers) -> None:
     )
     score.add_argument("output", help="where to write the answers: .npy, .npz (one array per output), .csv, .parquet")
     score.add_argument("--name", help="the model to use when MODEL is a repository of several")
-    score.add_argument("--version", type=int, help="the version to use (default: the latest servable)")
-    # positive_int: 0 or -5 is a usage error (exit 2) naming the flag, not predict_many's "batch_rows must be..."
+    # positive_int: 0 or -5 is a usage error (exit 2) naming the flag, not (after the model had loaded) exit 1 with
+    # the server's "version must be a positive int" or predict_many's "batch_rows must be..."
+    score.add_argument("--version", type=positive_int, help="the version to use (default: the latest servable)")
     score.add_argument("--batch-rows", type=positive_int, help="rows per chunk (default: the model's max_batch_size)")
     score.add_argument("--quiet", action="store_true", help="no progress bar and no summary line")
     score.set_defaults(run=run_score)

@@ -417,6 +417,21 @@ def test_a_batch_rows_that_is_not_a_positive_number_is_a_usage_error(
     assert "argument --batch-rows:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("version", ["0", "-1", "two"])
+def test_a_version_that_is_not_a_positive_number_is_a_usage_error(
+    tmp_path: Path, scale_file: Path, version: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "--version 0" loaded the model, then failed with exit 1 and "version must be a positive int, got 0",
+    # naming no flag; "--version two" was already a usage error
+    np.save(tmp_path / "x.npy", _x(3))
+    repository = str(tmp_path / "models")
+    with pytest.raises(SystemExit) as stopped:
+        main(["score", "--version", version, repository, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")])
+    assert stopped.value.code == 2
+    assert "argument --version:" in capsys.readouterr().err
+    assert not (tmp_path / "y.npy").exists()
+
+
 def test_an_input_that_exists_but_is_no_file_is_named_as_such(
     tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
