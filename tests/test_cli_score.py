@@ -417,6 +417,43 @@ def test_a_batch_rows_that_is_not_a_positive_number_is_a_usage_error(
     assert "argument --batch-rows:" in capsys.readouterr().err
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the CSV matrix reading (_scoring_readers._csv_matrices and _scoring_columns.to_float, outside the "
+    "score command's own modules) takes a field already infinite as float64 for an 'inf' written as such: it "
+    "should look at the field's text, as the by-name reading does ('a number its type cannot hold became "
+    "infinity' in _scoring_columns)",
+)
+@pytest.mark.parametrize("value", ["1e400", "-1e400"])
+def test_a_number_beyond_even_float64_in_a_csv_matrix_is_refused_not_scored_as_infinity(
+    tmp_path: Path, scale_file: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # "1e39" is refused (float32 cannot hold it), but "1e400" was scored as inf with exit 0: it is infinite
+    # already as the float64 it is first read into, and so was taken for an "inf" written as such
+    (tmp_path / "x.csv").write_text(f"1,2,3,4\n{value},2,3,4\n")
+    assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.csv"), str(tmp_path / "y.csv")]) == 1
+    assert "line 2, column 1" in capsys.readouterr().err
+    assert not (tmp_path / "y.csv").exists()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_scoring_writer.AnswerWriter (outside the score command's own modules) makes its temporary file with "
+    "the umask's mode and renames it over OUTPUT: it should give it OUTPUT's mode (os.chmod of the temporary "
+    "file to stat(OUTPUT).st_mode, before the first row is written) when OUTPUT exists",
+)
+def test_an_output_kept_private_stays_private_when_replaced(tmp_path: Path, scale_file: Path) -> None:
+    # scores of customers written to a file only its owner may read: the run replaced it with a file that
+    # every user of the machine may read (the umask's 0644)
+    np.save(tmp_path / "x.npy", _x(3))
+    answers = tmp_path / "scores.npy"
+    answers.touch(mode=0o600)
+    answers.chmod(0o600)
+    assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.npy"), str(answers)]) == 0
+    np.testing.assert_array_equal(np.load(answers), _x(3) * 2)
+    assert oct(answers.stat().st_mode & 0o777) == oct(0o600)
+
+
 @pytest.mark.parametrize("version", ["0", "-1", "two"])
 def test_a_version_that_is_not_a_positive_number_is_a_usage_error(
     tmp_path: Path, scale_file: Path, version: str, capsys: pytest.CaptureFixture[str]
