@@ -167,12 +167,16 @@ def cores_for_next_worker(cores: Sequence[int], workers: int, siblings: Iterable
 
 
 def post_worker_init(worker: Any) -> None:
-    """Build and warm this worker's inprocserve servers now (a gunicorn ``post_worker_init`` hook)."""
+    """Build and warm this worker's inprocserve servers now (a gunicorn ``post_worker_init`` hook). Says how
+    it went in gunicorn's log (its error log), as :func:`post_fork` does: logged to this module's logger, the
+    lines reached no log where the app configures no logging, and a worker whose models failed to load said
+    nothing."""
     _hear_signals_held_by_uvloop(worker)
+    log = _log_of(worker)
     if not has_builders():
         # The hook alone builds nothing: it logged "servers warm in 0.00s", and each worker built its server
         # at its first request after all (cold, and every request that came meanwhile waited for it).
-        logger.warning(
+        log.warning(
             "worker %d: inprocserve's post_worker_init hook found no server to build: set INPROCSERVE_EAGER = "
             "True (Flask) or INPROCSERVE['EAGER'] = True (Django), or register yours with "
             "inprocserve.build_after_fork(...); each worker builds its server at its first request meanwhile",
@@ -188,16 +192,16 @@ def post_worker_init(worker: Any) -> None:
         # limit of the app's own, a hook that gunicorn's SIGINT or SIGABRT handler calls) stops the warm-up
         # alone, and the worker starts and builds its servers at their first request. A handler that means
         # to stop the worker raises SystemExit, as gunicorn's own do: that is not caught here.
-        logger.exception(
+        log.exception(
             "worker %d: a signal handler's exception stopped the inprocserve warm-up; the worker starts, and "
             "builds its servers at their first request",
             os.getpid(),
         )
         return
     if errors:
-        logger.error("worker %d: inprocserve warm-up failed: %s", os.getpid(), "; ".join(errors))
+        log.error("worker %d: inprocserve warm-up failed: %s", os.getpid(), "; ".join(errors))
     else:
-        logger.info("worker %d: inprocserve servers warm in %.2fs", os.getpid(), time.perf_counter() - started)
+        log.info("worker %d: inprocserve servers warm in %.2fs", os.getpid(), time.perf_counter() - started)
 
 
 def _hear_signals_held_by_uvloop(worker: Any) -> None:
