@@ -18,6 +18,7 @@ import pytest
 from inprocserve.__main__ import main
 from inprocserve.testing import build_add_model, build_gather_model, build_mlp_model, build_scale_model, save_model
 
+from .conftest import run_python
 from .interruptible import STOPPED_WHILE_ONNXRUNTIME_LOADS, interruptible, signal_dropped_as_it_loads
 from .toolkit_models import CLASSES, build_string_label_classifier
 
@@ -452,6 +453,32 @@ def test_an_output_kept_private_stays_private_when_replaced(tmp_path: Path, scal
     assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.npy"), str(answers)]) == 0
     np.testing.assert_array_equal(np.load(answers), _x(3) * 2)
     assert oct(answers.stat().st_mode & 0o777) == oct(0o600)
+
+
+DISK_FULL = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (a write past the limit is then an OSError, as on a full disk)
+resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+from inprocserve.__main__ import main
+sys.exit(main(["score", "--quiet", *sys.argv[1:]]))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_scoring_writer.AnswerWriter.discard (outside the score command's own modules) closes its spools "
+    "first: the close flushes a spool's buffer, fails again on the full disk, and the temporary file is "
+    "never removed; discard should remove it whatever closing the streams raises",
+)
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_disk_that_fills_up_leaves_no_partial_file(tmp_path: Path, scale_file: Path, suffix: str) -> None:
+    np.save(tmp_path / "x.npy", np.ones((20_000, 4), np.float32))  # 320 kB of answers: past the 64 kB limit
+    answers = tmp_path / f"scores{suffix}"
+    done = run_python(DISK_FULL, str(scale_file), str(tmp_path / "x.npy"), str(answers))
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: ") and "File too large" in done.stderr, done.stderr
+    assert not answers.exists()
+    _no_leftovers(tmp_path)
 
 
 @pytest.mark.parametrize("version", ["0", "-1", "two"])
