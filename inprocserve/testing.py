@@ -100,8 +100,12 @@ def save_model(model: Any, repository: str | Path, name: str, version: int = 1) 
     Raises:
         ValueError: ``name`` is not a model name the repository accepts (one path component of letters,
             digits, ``.``, ``_`` and ``-``), or ``version`` is below 1.
-        TypeError: ``name`` is not a ``str`` or ``version`` not a whole number.
+        TypeError: ``model`` is not a ``ModelProto`` (such as its serialized bytes), ``name`` is not a ``str``
+            or ``version`` not a whole number.
     """
+    if not callable(getattr(model, "SerializeToString", None)):  # (checked before any folder is made)
+        hint = " (for serialized bytes: onnx.load_model_from_string(data))" if isinstance(model, bytes) else ""
+        raise TypeError(f"save_model needs an onnx.ModelProto{hint}, got {type(model).__name__}")
     try:
         validate_model_name(name)
     except ModelNotFoundError as exc:

@@ -50,6 +50,15 @@ def test_what_save_model_accepts_the_server_serves(repository: Path, make_server
     assert server.models == {"fraud-v2.model_a": [12]}
 
 
+def test_save_model_given_the_bytes_of_a_model_says_what_to_pass_and_makes_no_folder(repository: Path) -> None:
+    # (model.SerializeToString(), or a file's bytes): an AttributeError from inside save_model, after it had
+    # made an empty version folder <repository>/scale/1 that the repository then lists as a problem
+    model = build_scale_model().SerializeToString()
+    with pytest.raises(TypeError, match=r"onnx\.ModelProto.*onnx\.load_model_from_string"):
+        save_model(model, repository, "scale")  # type: ignore[arg-type]
+    assert sorted(repository.iterdir()) == []
+
+
 @pytest.mark.parametrize("step", [-50.0, -1e-9, math.nan, math.inf, -math.inf])
 def test_manual_clock_moves_forward_only_by_finite_steps(step: float) -> None:
     clock = ManualClock(start=10.0)
