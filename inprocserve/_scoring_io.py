@@ -63,6 +63,32 @@ def _check_paths(inputs: Path, output: Path) -> None:
             )
 
 
+def _check_selection(model: Path, name: str | None, version: int | None) -> bool:
+    """Whether ``model`` is one model's file (a .onnx file or a version folder holding one), whose ``name`` and
+    ``version``, if given, must be what its place in a repository says (``<repository>/<name>/<version>/``).
+
+    Raises:
+        InvalidInputError: ``--name`` or ``--version`` contradicts the file's place, or is given for a file outside
+            a repository (``--name fraud`` beside churn's version folder scored churn, exit 0: it was ignored).
+    """
+    file = model / MODEL_FILENAME if model.is_dir() else model
+    if not file.is_file():
+        return False
+    folder = Path(os.path.abspath(file)).parent  # (named even as "." or "../3")
+    placed = file.name == MODEL_FILENAME and folder.name.isdecimal()
+    owner, number = folder.parent.name, int(folder.name) if placed else None
+    for flag, given, fits in (("--name", name, name == owner), ("--version", version, version == number)):
+        if given is not None and not (placed and fits):
+            what = f"model {owner!r} version {number}" if placed else "a model file outside a repository"
+            repository = folder.parent.parent if placed else "REPOSITORY"
+            wanted = f"--name {name or owner}" + ("" if version is None else f" --version {version}")
+            raise InvalidInputError(
+                f"{flag} {given} does not fit MODEL {model}, which is {what}; drop {flag}, or give the repository "
+                f"instead: {repository} {wanted}"
+            )
+    return True
+
+
 def _open_model(server: Server, model: Path, name: str | None, version: int | None = None) -> str:
     """Load ``model`` (a .onnx file, a folder holding model.onnx, or a repository) into ``server``; from a
     repository, ``version`` is loaded whether or not the model's version policy serves it (a policy is about
@@ -119,6 +145,8 @@ def score_file(
     """
     model_path, input_path, output_path = Path(model), Path(inputs), Path(output)
     _check_paths(input_path, output_path)
+    if _check_selection(model_path, name, version):
+        name = version = None  # (what the file's place says: it is served as the one model of this run)
     is_repository = model_path.is_dir() and not (model_path / MODEL_FILENAME).is_file()
     with Server(model_path if is_repository else None) as server:  # a broken sibling model does not matter
         served = _open_model(server, model_path, name, version)
@@ -272,8 +300,9 @@ def _stopped(interruption: BaseException, output: str) -> int:
 def run_score(args: argparse.Namespace) -> int:
     """The ``score`` subcommand: 0 when every row was scored and written; 1 when the model or a row could not
     be scored; 2 when it could not run (MODEL, INPUT or OUTPUT's folder missing, a file format it does not
-    know, OUTPUT is a folder or INPUT); 130, 143 or 129 when stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP (a
-    dropped ssh session; OUTPUT untouched, no temporary file left)."""
+    know, OUTPUT is a folder or INPUT, a --name or --version that MODEL, a file, contradicts); 130, 143 or 129
+    when stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP (a dropped ssh session; OUTPUT untouched, no temporary
+    file left)."""
     started = time.perf_counter()
     for path, what in ((Path(args.model), "MODEL"), (Path(args.input), "INPUT")):
         if not path.exists():
@@ -284,6 +313,7 @@ def run_score(args: argparse.Namespace) -> int:
         return 2
     try:
         _check_paths(Path(args.input), Path(args.output))
+        _check_selection(Path(args.model), args.name, args.version)
     except InvalidInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -455,6 +455,36 @@ def test_an_output_kept_private_stays_private_when_replaced(tmp_path: Path, scal
     assert oct(answers.stat().st_mode & 0o777) == oct(0o600)
 
 
+@pytest.mark.parametrize(
+    ("flags", "model", "refusal"),
+    [
+        (["--name", "fraud"], "file", "--name fraud does not fit MODEL {model}, which is model 'churn' version 3"),
+        (["--name", "fraud"], "folder", "--name fraud does not fit MODEL {model}, which is model 'churn' version 3"),
+        (["--version", "2"], "folder", "--version 2 does not fit MODEL {model}, which is model 'churn' version 3"),
+        (["--version", "3"], "loose", "--version 3 does not fit MODEL {model}, which is a model file outside a"),
+    ],
+)
+def test_a_name_or_version_that_the_model_path_contradicts_is_refused(
+    tmp_path: Path, flags: list[str], model: str, refusal: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A job's "--name fraud" beside a MODEL that pointed at churn's version folder scored churn, exit 0: --name
+    # was ignored for a file or a version folder (and --version 3 failed with "model 'model' has no servable
+    # version 3", even where the folder was version 3)
+    file = save_model(build_scale_model(2.0), tmp_path / "models", "churn", 3)
+    loose = tmp_path / "churn.onnx"
+    loose.write_bytes(file.read_bytes())
+    given = {"file": file, "folder": file.parent, "loose": loose}[model]
+    np.save(tmp_path / "x.npy", _x(3))
+    argv = ["score", "--quiet", *flags, str(given), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: " + refusal.format(model=given)), err
+    assert not (tmp_path / "y.npy").exists()
+    # what the path says anyway is not refused, and scores that model
+    assert main(["score", "--quiet", "--name", "churn", "--version", "3", str(file.parent), *argv[-2:]]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), _x(3) * 2)
+
+
 DISK_FULL = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (a write past the limit is then an OSError, as on a full disk)
