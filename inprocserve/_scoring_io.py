@@ -187,12 +187,14 @@ def score_file(
                 served, counted.source, version=version, batch_rows=batch_rows, progress=report if bar else None
             ):
                 rows += _answered_rows(answer, served, server, version)
-                writer.write(answer)
+                with _writing_to(output_path):
+                    writer.write(answer)
                 raise_if_stopped()
             raise_if_stopped()  # never commit OUTPUT for a run that was stopped
             if rows != counted.rows:
                 raise _not_row_per_row(served, server, version, f"{rows} rows answered for {counted.rows} input rows")
-            writer.commit()
+            with _writing_to(output_path):
+                writer.commit()
         except BaseException:
             if writer is not None:
                 writer.discard()
@@ -201,6 +203,18 @@ def score_file(
             if bar is not None:
                 bar.close()
     return rows
+
+
+@contextlib.contextmanager
+def _writing_to(output: Path) -> Iterator[None]:
+    """An error writing the answers (a full disk, a quota, a file size limit) names OUTPUT: it said only
+    "[Errno 28] No space left on device", which could as well have been the input's disk."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:  # (a write or fsync names no file; a rename names both)
+            exc.add_note(f"writing the answers to {output}")
+        raise
 
 
 class _RowsRead:

@@ -494,6 +494,20 @@ sys.exit(main(["score", "--quiet", *sys.argv[1:]]))
 """
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_disk_that_fills_up_is_an_error_naming_the_output(tmp_path: Path, scale_file: Path, suffix: str) -> None:
+    # "error: [Errno 27] File too large" (or "No space left on device"), naming no file: the input's disk?
+    if suffix == ".parquet":
+        pytest.importorskip("pyarrow", reason="Parquet support is optional: pip install pyarrow")
+    np.save(tmp_path / "x.npy", np.ones((20_000, 4), np.float32))  # 320 kB of answers: past the 64 kB limit
+    answers = tmp_path / f"scores{suffix}"
+    done = run_python(DISK_FULL, str(scale_file), str(tmp_path / "x.npy"), str(answers))
+    assert done.returncode == 1, done.stderr
+    assert "File too large" in done.stderr and f"writing the answers to {answers}" in done.stderr, done.stderr
+    assert not answers.exists()
+    _no_leftovers(tmp_path)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="_scoring_writer.AnswerWriter.discard (outside the score command's own modules) closes its spools "
