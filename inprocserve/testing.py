@@ -53,19 +53,26 @@ class ManualClock:
         """Move the clock forward by ``seconds`` (0 allowed).
 
         Raises:
-            ValueError: ``seconds`` is negative, NaN or infinite (a monotonic clock never goes back, and a
-                step to infinity or NaN would make every deadline compare false).
+            ValueError: ``seconds`` is negative, NaN or infinite, or would take the clock past float's range
+                (a monotonic clock never goes back, and a step to infinity or NaN would make every deadline
+                compare false).
         """
         if not (math.isfinite(_real("seconds", seconds)) and seconds >= 0):
             raise ValueError(f"ManualClock.advance takes a finite number of seconds >= 0, got {seconds!r}")
         with self._lock:
-            self._now += seconds
+            now = self._now + float(seconds)
+            if not math.isfinite(now):  # (finite steps past float's range: as bad as a step to infinity)
+                raise ValueError(f"ManualClock.advance({seconds!r}) from {self._now!r} would make the clock infinite")
+            self._now = now
 
 
 def _real(what: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # (an int beyond float's range: not finite, as the callers' ValueError says)
+        return math.inf
 
 
 def _count(what: str, value: object, *, minimum: int = 1) -> int:

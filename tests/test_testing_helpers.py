@@ -70,6 +70,19 @@ def test_manual_clock_moves_forward_only_by_finite_steps(step: float) -> None:
     assert clock() == 12.5
 
 
+def test_manual_clock_never_reaches_infinity() -> None:
+    # finite steps that add up past float's range made the clock infinite (every deadline then compares false,
+    # what advance(math.inf) is refused for), and a start or step of a huge int was an OverflowError
+    clock = ManualClock(start=1e308)
+    with pytest.raises(ValueError, match="finite"):
+        clock.advance(1e308)
+    assert clock() == 1e308
+    with pytest.raises(ValueError, match="finite"):
+        ManualClock(start=10**400)
+    with pytest.raises(ValueError, match="finite"):
+        ManualClock().advance(10**400)
+
+
 def test_manual_clock_refuses_a_non_finite_start() -> None:
     with pytest.raises(ValueError, match="finite"):
         ManualClock(start=math.nan)
