@@ -56,6 +56,10 @@ from ._telemetry import resident_memory_bytes
 __all__ = ["ModelVersion", "build_backend"]
 
 logger = logging.getLogger(__name__)
+
+_LOAD_SERIALS = itertools.count(1)
+"""Numbers each load of a version in this process, in order: tells a reload from the copy it replaced (a
+shadow's figures, see ``_shadow``), where two ``time.time()`` readings can tie or go back (the clock stepped)."""
 _STOPPED_RUNS_END_S = 2.0
 """How long a retirement that gave up on its runs waits for them to end once the backend stopped them: at
 onnxruntime's next operator, so at once unless one operator runs for seconds."""
@@ -138,7 +142,8 @@ class ModelVersion:
         self.config = config
         self.state = "loading"
         self.error: str | None = None
-        self.loaded_at: float | None = None
+        self.loaded_at: float | None = None  # (wall clock, for status)
+        self.load_serial: int | None = None  # which load was later, whatever the wall clock did meanwhile
         self.signature: Signature | None = None
         self.unbatchable_reason: str | None = None  # why requests never share a run, found at load
         self.batcher: Batcher | None = None
@@ -223,6 +228,7 @@ class ModelVersion:
             # An estimate: other threads allocate meanwhile, and memory an arena takes later is not in it.
             self.memory_bytes = max(0, resident_after - resident_before)
         self.loaded_at = time.time()
+        self.load_serial = next(_LOAD_SERIALS)
         self.state = "ready"
         logger.info(
             "model %r version %s ready in %.2fs on %s (pool of %d)",

@@ -443,7 +443,7 @@ class ShadowRunner:
         self._costs: dict[tuple[str, int], float] = {}  # what the last run of each model version took per row
         # When the shadow version whose runs the figures above count was loaded: a version loaded anew (its file
         # replaced and refreshed, or unloaded and loaded again) is another model under the same number
-        self._loaded_at: dict[tuple[str, int], float] = {}
+        self._loaded_at: dict[tuple[str, int], int] = {}  # (each version's latest load_serial seen)
         self._stats: dict[tuple[str, int], ShadowStats] = {}
         # a shadow version that fails every copy (or every copy of some clients' requests) would log a line per
         # copy: its failures are logged once a minute per version, with the count since (all are in status())
@@ -583,7 +583,7 @@ class ShadowRunner:
         with the other file's, and its first runs were stopped against the other file's time. Its drops
         (the budget's and the queue's, not the file's) are kept. A copy queued for the replaced version, taken
         later, is loaded earlier: it changes nothing (and is not run: its version is retired)."""
-        loaded_at = getattr(job.shadow, "loaded_at", None)
+        loaded_at = getattr(job.shadow, "load_serial", None)  # (not the wall clock's loaded_at: it may step back)
         if loaded_at is None:
             return
         key = (job.model, job.shadow.version)

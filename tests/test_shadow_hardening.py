@@ -866,11 +866,6 @@ class SteppedBackClock:
         return time.time() - 3600.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a version's loaded_at is wall-clock time (_model.py, outside the shadow area): the lead gives "
-    "loaded versions a monotonic load stamp for _shadow._note_loaded to compare",
-)
 def test_a_shadow_version_replaced_after_the_wall_clock_stepped_back_starts_its_figures_afresh(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
