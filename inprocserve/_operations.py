@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ._assignments import _COUNTED, RequestNumber
+from ._brief import brief
 from ._config_checks import check_int, check_number, is_int, shown
 from ._control import (
     CONTROL_FILENAME,
@@ -43,14 +44,21 @@ from ._errors import (
 )
 from ._log_limit import LogLimit, since
 from ._prediction import Prediction, RequestIds
-from ._registry import Registry, Routes
+from ._registry import Registry, Routes, did_you_mean
 from ._reports import InterleavedRanking, PromotionReport
+from ._repository import scan_repository
 from ._shadow import compare_outputs
 from ._signature import incompatibilities
 
 __all__ = ["Operations", "RolloutMethods"]
 
 logger = logging.getLogger(__name__)
+
+_MODELS_LOOKED_UP = 100
+"""How many control entries for models not served here are looked up in the repository per revision."""
+
+_TYPOS_SHOWN = 5
+"""How many of them a warning names."""
 
 # Tries of a rollback whose version to go back to another writer moves between its load and its write
 _ROLLBACK_TRIES = 3
@@ -99,6 +107,8 @@ class Operations:
         # the keys of the file this release ignores (a newer release's, or a typo), as last logged: each set
         # is logged once, when it first appears, not at every read (see Control.extra)
         self._unknown_keys: list[str] = []
+        # the revision last checked for entries naming no model of the repository (see _note_models_not_here)
+        self._models_checked: Control | None = None
         # where the repository folder led when the revision followed was read (see _warn_if_unusual)
         self._followed_folder = self._real_folder()
         self._ids = ids
@@ -593,6 +603,7 @@ class Operations:
             logger.info("control file %s can be read again (revision %d)", self.control_path, control.revision)
         self._read_error = None
         self._note_unknown_keys(control)
+        self._note_models_not_here(control)
         return control
 
     def _note_unknown_keys(self, control: Control) -> None:
@@ -614,6 +625,47 @@ class Operations:
                 "control file %s (revision %d) has no unknown keys any more", self.control_path, control.revision
             )
         self._unknown_keys = unknown
+
+    def _note_models_not_here(self, control: Control) -> None:
+        """Warn once per revision of entries that look like a typo for a model served here: a hand edit's
+        ``"frud": {"kill": true}`` for ``fraud`` was followed by every worker, in force for no model, and
+        nothing said so, where a misspelt key is named. Entries for models of other hosts are the fleet's
+        own (one control file for every host): only a name close to one served here (and not in this
+        repository, its own folder looked up) is said, at most ``_MODELS_LOOKED_UP`` looked up per revision."""
+        if control is self._models_checked or control == self._models_checked:
+            return
+        self._models_checked = control
+        repository = self._registry.repository
+        if repository is None or not control.models:
+            return
+        served = list(self._registry.loaded)
+        typos: list[str] = []
+        looked_up = 0
+        for name in control.models:
+            if name in served or looked_up == _MODELS_LOOKED_UP:
+                continue
+            hint = did_you_mean(name, served)
+            if not hint:  # (another host's model, most likely)
+                continue
+            looked_up += 1
+            try:
+                scan = scan_repository(repository, follow_symlinks=self._registry.follow_symlinks, only=name)
+            except Exception:  # (a file-system hiccup: nothing to say of this name now)
+                continue
+            if name not in scan.models and not scan.problems:  # (a folder with problems: the scan says so)
+                typos.append(f"{brief(name)}{hint}")
+        if not typos:
+            return
+        more = f" and {len(typos) - _TYPOS_SHOWN} more" if len(typos) > _TYPOS_SHOWN else ""
+        logger.warning(
+            "control file %s (revision %d) has entries for models that are not in this repository, named like "
+            "models served here: %s%s. Nothing here follows them (if they are typos in a hand edit, correct "
+            "them; entries for other hosts' models are fine)",
+            self.control_path,
+            control.revision,
+            ", ".join(typos[:_TYPOS_SHOWN]),
+            more,
+        )
 
     def _watch(self) -> None:
         assert self.control_interval_s is not None

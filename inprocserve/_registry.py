@@ -1643,6 +1643,11 @@ class Registry:
         self._control_awaited_tried = self._awaited_files()
         return problems
 
+    @property
+    def follow_symlinks(self) -> bool:
+        """Whether scans of the repository follow symbolic links (as this server was made)."""
+        return self._follow_symlinks
+
     def _apply_control(self) -> list[str]:
         problems: dict[str, str] = {}
         rescanned: list[str] = []
@@ -1885,7 +1890,7 @@ class Registry:
                     "server's log, or run python -m inprocserve validate on the repository"
                 )
             if not hint:
-                hint = _did_you_mean(model, served)
+                hint = did_you_mean(model, served)
             # version=None here says "no such model" (a known model's missing version carries the version):
             # RequestTelemetry.refused records such refusals under one model name, not the caller's.
             return ModelNotFoundError(f"unknown model {brief(model)} (servable models: {known}){hint}", model=model)
@@ -1994,7 +1999,7 @@ _TYPO_LENGTHS = 3
 """A typo's name is at most this many characters longer or shorter than the name meant (``fraud-v2``)."""
 
 
-def _did_you_mean(model: str, served: list[str]) -> str:
+def did_you_mean(model: str, served: list[str]) -> str:
     """The served model name closest to ``model`` (a typo: ``fruad`` for ``fraud``), as a hint for
     :meth:`Registry.not_found`; "" when none is close. Only names within a few characters of its length are
     compared (a typo's), and none when more than ``_GUESSED_AMONG`` are: the work is bounded whatever a

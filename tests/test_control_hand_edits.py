@@ -198,11 +198,6 @@ def test_a_large_control_file_that_does_not_change_is_not_parsed_again_each_inte
     assert server.predict("fraud", X).version == 2  # (still followed: the kill switch)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the control-file follower (_operations.py, _registry.py) says nothing of an entry for a model the "
-    "server does not have; for the lead: warn once, naming the entry and the close model (as unknown keys are)",
-)
 def test_an_entry_for_a_misspelt_model_is_said_once(
     two_models: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
