@@ -398,6 +398,12 @@ def _csv_matrices(path: Path, signature: Signature, chunk_rows: int) -> Iterator
                 matrix = np.loadtxt(block, delimiter=",", dtype=parsed, ndmin=2, comments=None, quotechar=_QUOTE)
             except ValueError as exc:
                 raise _bad_csv_line(path, name, dtype, block, numbers, exc) from exc  # (in the input's type)
+            if parsed.kind == "f":
+                beyond = _written_beyond_float64(matrix, block)
+                if beyond is not None:  # (1e400 parsed as infinity already: taken for an "inf" written so)
+                    row, column, text = beyond
+                    where = f"input {path}, line {numbers[row]}, column {column + 1}"
+                    raise _beyond_float(where, text, dtype, name)
             if parsed != dtype:
                 cast, index = to_float(matrix, dtype)
                 if index is not None:
@@ -454,6 +460,30 @@ def _bad_csv_line(
     return InvalidInputError(  # pragma: no cover - numpy refused the chunk but accepts each line of it
         f"input {path}, lines {numbers[0]}..{numbers[-1]}: {error} (every column must be a number for input {name!r})"
     )
+
+
+def _written_beyond_float64(matrix: np.ndarray, block: list[str]) -> tuple[int, int, str] | None:
+    """The first field of ``block`` (CSV lines) that numpy read as infinity though it is not written as one
+    (``inf``, ``-Infinity``): a number beyond even float64 (``1e400``), whose row and column in ``matrix``
+    and text are returned; else ``None``. Each line holding an infinity is parsed again, only then."""
+    infinite = np.isinf(matrix)
+    if not infinite.any():
+        return None
+    parsed: dict[int, list[str]] = {}
+    for row, column in zip(*np.nonzero(infinite), strict=True):
+        row, column = int(row), int(column)
+        fields = parsed.get(row)
+        if fields is None:
+            fields = parsed[row] = next(csv.reader([block[row]], quotechar=_QUOTE), [])
+        text = fields[column].strip() if column < len(fields) else ""
+        if text.lstrip("+-").lower() not in ("inf", "infinity"):
+            return row, column, _shown_text(text)
+    return None
+
+
+def _shown_text(text: str) -> str:
+    """A field's text in a message: cut short (a field can be a whole line long)."""
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _beyond_float(where: str, value: object, dtype: np.dtype[Any], name: str) -> InvalidInputError:
