@@ -9,6 +9,7 @@ import csv
 import math
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -127,6 +128,7 @@ class AnswerWriter:
             # hidden file rather than OUTPUT. Last, so that nothing can interrupt this writer once it exists
             # but before its caller holds it to discard it.
             self._temp.touch(exist_ok=False)
+            _keep_mode_of(self._target, self._temp)
         except OSError as exc:
             folder = self._target.parent
             raise InvalidInputError(f"output {path} cannot be written in {folder}: {exc.strerror or exc}") from exc
@@ -249,19 +251,41 @@ class AnswerWriter:
             _write_array(file, next(iter(arrays.values())))
 
     def _close_streams(self) -> None:
-        if self._text is not None:
-            self._text.close()
-            self._text = None
-        if self._parquet is not None:
-            self._parquet.close()
-            self._parquet = None
-        for spool in self._parts.values():
-            spool.close()
+        """Close every stream, each even if one before failed (a full disk fails a flush again); then raise
+        the first failure."""
+        failure: OSError | None = None
+        closers: list[Any] = [self._text, self._parquet, *self._parts.values()]
+        self._text = self._parquet = None
+        for stream in closers:
+            if stream is None:
+                continue
+            try:
+                stream.close()
+            except OSError as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
     def discard(self) -> None:
-        self._close_streams()
-        with contextlib.suppress(FileNotFoundError):
-            self._temp.unlink()
+        """Remove the answers written so far, whatever closing their streams raises: the disk filled up as
+        a spool was flushed, and its close, flushing again, failed before the hidden file was removed."""
+        try:
+            with contextlib.suppress(OSError):
+                self._close_streams()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self._temp.unlink()
+
+
+def _keep_mode_of(target: Path, temp: Path) -> None:
+    """Give ``temp``, about to replace ``target``, ``target``'s permissions if it exists: scores kept at 0600
+    (readable by their owner only) were replaced by a file of the umask's mode (0644: readable by every user
+    of the machine). A new OUTPUT gets the process's usual permissions."""
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return
+    os.chmod(temp, stat.S_IMODE(mode))
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -418,13 +418,14 @@ def test_a_batch_rows_that_is_not_a_positive_number_is_a_usage_error(
     assert "argument --batch-rows:" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the CSV matrix reading (_scoring_readers._csv_matrices and _scoring_columns.to_float, outside the "
-    "score command's own modules) takes a field already infinite as float64 for an 'inf' written as such: it "
-    "should look at the field's text, as the by-name reading does ('a number its type cannot hold became "
-    "infinity' in _scoring_columns)",
-)
+def test_an_infinity_written_as_such_in_a_csv_matrix_is_scored(tmp_path: Path, scale_file: Path) -> None:
+    # (the check above reads the text of a field numpy took for infinity: "inf", "-Infinity", quoted or not,
+    # are infinities written so, and scored as such)
+    (tmp_path / "x.csv").write_text('1,2,3,4\ninf,-Infinity,"+inf",4\n')
+    assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.csv"), str(tmp_path / "y.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy")[1], [np.inf, -np.inf, np.inf, 8.0])
+
+
 @pytest.mark.parametrize("value", ["1e400", "-1e400"])
 def test_a_number_beyond_even_float64_in_a_csv_matrix_is_refused_not_scored_as_infinity(
     tmp_path: Path, scale_file: Path, value: str, capsys: pytest.CaptureFixture[str]
@@ -437,12 +438,6 @@ def test_a_number_beyond_even_float64_in_a_csv_matrix_is_refused_not_scored_as_i
     assert not (tmp_path / "y.csv").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_scoring_writer.AnswerWriter (outside the score command's own modules) makes its temporary file with "
-    "the umask's mode and renames it over OUTPUT: it should give it OUTPUT's mode (os.chmod of the temporary "
-    "file to stat(OUTPUT).st_mode, before the first row is written) when OUTPUT exists",
-)
 def test_an_output_kept_private_stays_private_when_replaced(tmp_path: Path, scale_file: Path) -> None:
     # scores of customers written to a file only its owner may read: the run replaced it with a file that
     # every user of the machine may read (the umask's 0644)
@@ -508,12 +503,6 @@ def test_a_disk_that_fills_up_is_an_error_naming_the_output(tmp_path: Path, scal
     _no_leftovers(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_scoring_writer.AnswerWriter.discard (outside the score command's own modules) closes its spools "
-    "first: the close flushes a spool's buffer, fails again on the full disk, and the temporary file is "
-    "never removed; discard should remove it whatever closing the streams raises",
-)
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
 def test_a_disk_that_fills_up_leaves_no_partial_file(tmp_path: Path, scale_file: Path, suffix: str) -> None:
     np.save(tmp_path / "x.npy", np.ones((20_000, 4), np.float32))  # 320 kB of answers: past the 64 kB limit
