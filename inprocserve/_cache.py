@@ -20,7 +20,7 @@ from cachetools import Cache, LRUCache, TTLCache
 from . import _fork
 from ._config import CacheConfig
 from ._held_bytes import held_bytes
-from ._inflight import inputs_key, sealed, shareable
+from ._inflight import inputs_key, sealed, sealed_copy, shareable
 
 __all__ = ["PredictionCache"]
 
@@ -105,9 +105,9 @@ class PredictionCache:
             if isinstance(value, np.ndarray):
                 base = value.base
                 if isinstance(base, np.ndarray) and value.nbytes * 2 < base.nbytes:
-                    kept[name] = _sealed_copy(value)  # (the caller it answered keeps its row as it was)
+                    kept[name] = sealed_copy(value)  # (the caller it answered keeps its row as it was)
                     continue
-                kept[name] = shared = _sealed(value)
+                kept[name] = shared = sealed(value)
                 if shared is not value and isinstance(outputs, dict):  # the caller it answered holds outputs
                     outputs[name] = shared  # (holding the array itself, it could make it writable again)
         size = _entry_bytes(kept)
@@ -141,36 +141,6 @@ class PredictionCache:
                 "max_bytes": self._config.max_bytes,
                 "max_entries": self._config.max_entries,
             }
-
-
-def _sealed(value: np.ndarray) -> np.ndarray:
-    """``value`` to share for good: itself where no array it is a view of (``.base``, ``.base.base``...) can be
-    made writable again (onnxruntime's memory), else a copy that nobody can write (:func:`_sealed_copy`)."""
-    if value.dtype.hasobject:
-        return sealed(value)
-    array: Any = value
-    while isinstance(array, np.ndarray):
-        writeable = array.flags.writeable
-        array.flags.writeable = False
-        try:
-            array.flags.writeable = True
-        except ValueError:  # (refused: nobody can make this one writable again; the one it views, maybe)
-            array = array.base
-            continue
-        array.flags.writeable = writeable  # (left as it was: the copy is kept, not this)
-        return _sealed_copy(value)
-    value.flags.writeable = False
-    return value
-
-
-def _sealed_copy(value: np.ndarray) -> np.ndarray:
-    """A read-only copy of ``value`` over memory nobody can write: an immutable ``bytes``. A copy that owned its
-    memory was kept as a read-only view of it, its ``.base``: ``answer.base.setflags(write=True)`` made that
-    writable again, and a write through it changed every later hit. (Text, an ``object`` array, cannot live in
-    ``bytes``: its copy is :func:`sealed`'s.)"""
-    if value.dtype.hasobject:
-        return sealed(value.copy())
-    return np.frombuffer(value.tobytes(), dtype=value.dtype).reshape(value.shape)
 
 
 def _size_of(entry: tuple[int, Mapping[str, Any]]) -> int:

@@ -36,7 +36,7 @@ from ._request_telemetry import RequestTelemetry
 if TYPE_CHECKING:
     from ._model import ModelVersion
 
-__all__ = ["Coalescer", "Lead", "LeaderGone", "Sharing", "inputs_key", "sealed", "shareable"]
+__all__ = ["Coalescer", "Lead", "LeaderGone", "Sharing", "inputs_key", "seal", "sealed", "sealed_copy", "shareable"]
 
 Key = tuple[str, int, int, bytes]  # model, version, the copy's identity, the inputs' digest
 
@@ -115,21 +115,46 @@ def shareable(outputs: Mapping[str, Any]) -> Mapping[str, Any]:
     return {name: value if isinstance(value, np.ndarray) else _copied(value) for name, value in outputs.items()}
 
 
-def sealed(array: np.ndarray) -> np.ndarray:
-    """``array`` read-only for good, for several callers to share: itself if numpy refuses to make it writable
-    again (onnxruntime's memory), else a read-only view of it, or of a copy of its memory if others may write
-    that (a view of a read-only array that owns its memory cannot be made writable).
+def sealed(value: np.ndarray) -> np.ndarray:
+    """``value`` read-only for good, for several callers to share: itself where no array it is a view of
+    (``.base``, ``.base.base``...) can be made writable again (onnxruntime's memory, or a sealed copy), else a
+    copy that nobody can write (:func:`sealed_copy`). The one sealing of the cache and of identical requests in
+    flight.
 
-    An array that owns its memory (a text output, a row of a batch copied) could be made writable again with
-    ``setflags(write=True)``, numpy's usual advice for 'assignment destination is read-only': a caller who did
-    so changed the answer that every later hit, or every follower, got."""
+    A read-only view of an array that owns its memory (a row of a merged batch, copied; a text output) was
+    shared before: ``answer.base.setflags(write=True)``, numpy's usual advice for 'assignment destination is
+    read-only', made that writable again, and a write through it changed the answer that every later hit, or
+    every follower (and the leader), got. A text (``object``) array cannot be held in memory nobody can write:
+    it is only made read-only here."""
+    if value.dtype.hasobject:
+        return _read_only(value)
+    array: Any = value
+    while isinstance(array, np.ndarray):
+        writeable = array.flags.writeable
+        array.flags.writeable = False
+        try:
+            array.flags.writeable = True
+        except ValueError:  # (refused: nobody can make this one writable again; the one it views, maybe)
+            array = array.base
+            continue
+        array.flags.writeable = writeable  # (left as it was: the copy is shared, not this)
+        return sealed_copy(value)
+    value.flags.writeable = False
+    return value
+
+
+def sealed_copy(value: np.ndarray) -> np.ndarray:
+    """A read-only copy of ``value`` over memory nobody can write: an immutable ``bytes`` (a text array: a
+    read-only copy, see :func:`sealed`)."""
+    if value.dtype.hasobject:
+        return sealed(value.copy())
+    return np.frombuffer(value.tobytes(), dtype=value.dtype).reshape(value.shape)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A text array read-only: a read-only view of it (of a copy, if it is a view of memory others may write)."""
     array.flags.writeable = False
-    try:
-        array.flags.writeable = True
-    except ValueError:
-        return array  # (refused: nobody can change it)
-    array.flags.writeable = False
-    if array.base is not None:  # a view of memory someone may still write: a copy of its own
+    if array.base is not None:
         array = array.copy()
         array.flags.writeable = False
     return array.view()

@@ -880,3 +880,46 @@ def test_a_shared_text_answer_cannot_be_made_writable_again() -> None:
         with pytest.raises(ValueError, match="WRITEABLE"):
             answer.setflags(write=True)
     assert follower.result(timeout=0)["label"].tolist() == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("merged", [True, False], ids=["a row of a merged batch", "a run of its own"])
+def test_followers_answer_cannot_be_changed_through_the_array_it_is_a_view_of(
+    busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession], merged: bool
+) -> None:
+    # A follower's answer was a read-only view of a copy that owns its memory: that copy, its .base, could be
+    # made writable again (setflags(write=True), numpy's usual advice) and written through, changing the
+    # answer the leader and every other follower got.
+    from .test_cache_review import change_through_bases
+
+    server = make_server(busy_repository, config=sharing(True))
+    blocker = hold_session(server)
+    hot = busy_inputs(1, seed=7)
+    leader, *followers = [server.submit("busy", hot) for _ in range(3)]
+    other = server.submit("busy", busy_inputs(1, seed=8)) if merged else None  # (merged with the leader's row)
+    blocker.release()
+    answers = [future.result(timeout=WAIT_S)["y"] for future in (leader, *followers)]
+    if other is not None:
+        other.result(timeout=WAIT_S)
+    expected = answers[0].copy()
+    changed = [change_through_bases(answer, -1.0) for answer in answers[1:]]
+    for answer in answers:
+        np.testing.assert_array_equal(answer, expected)
+    assert not any(changed)
+
+
+@pytest.mark.parametrize(
+    "value", [np.arange(12, dtype=np.float32).reshape(4, 3)[1:2], np.arange(3.0)], ids=["a row", "its own memory"]
+)
+def test_a_shared_answer_cannot_be_changed_through_the_array_it_is_a_view_of(value: np.ndarray) -> None:
+    from .test_cache_review import change_through_bases
+
+    coalescer = Coalescer()
+    assert coalescer.join(KEY) is None
+    followers = [coalescer.join(KEY) for _ in range(2)]
+    outputs = {"y": value}
+    coalescer.release(KEY, outputs, None)
+    expected = value.copy()
+    answers = [outputs["y"], *(follower.result(timeout=0)["y"] for follower in followers if follower is not None)]
+    assert not any(change_through_bases(answer, -1.0) for answer in answers)
+    for answer in answers:
+        np.testing.assert_array_equal(answer, expected)
