@@ -2,8 +2,8 @@
 
 It only stores answers: identical requests in flight share one run through ``_inflight.Coalescer``, with or
 without this cache. Each version has its own cache, so an answer is never served for a different version,
-and keys are ``_inflight.inputs_key`` digests, so never for different inputs. Cached arrays are read-only:
-every hit returns the same arrays.
+and keys are ``_inflight.inputs_key`` digests, so never for different inputs. Cached number arrays are
+read-only for good: every hit returns the same arrays (a text array: a read-only copy of its own).
 """
 
 from __future__ import annotations
@@ -91,18 +91,18 @@ class PredictionCache:
                 self.misses += 1
 
     def store(self, key: bytes, outputs: Mapping[str, Any]) -> None:
-        """Keep a successful answer; its arrays become read-only for good (:func:`sealed`: the caller it answered
-        gets them so too), since every later hit shares them (any other output is kept as a copy, and each hit
-        gets a copy of its own). An array that is a small slice of a batch's output is kept as a copy: the slice
-        would keep the whole batch's output alive (up to ``max_batch_size`` times its own size) for as long as
-        it is cached."""
+        """Keep a successful answer; its number arrays become read-only for good (:func:`sealed`: the caller it
+        answered gets them so too), since every later hit shares them (any other output, text included, is kept
+        as a copy, and each hit gets a copy of its own: :func:`shareable`). An array that is a small slice of a
+        batch's output is kept as a copy: the slice would keep the whole batch's output alive (up to
+        ``max_batch_size`` times its own size) for as long as it is cached."""
         if _least_bytes(outputs) > self._config.max_bytes:
             # too large to keep whatever is copied (what it holds of its own, at least): neither copied nor
             # sealed for nothing (a row of a batch over max_bytes was copied, then dropped)
             return
-        kept = dict(shareable(outputs))  # (other values copied: the caller it answered may change its own)
+        kept = dict(shareable(outputs))  # (text and other values copied: the caller it answered may change its)
         for name, value in kept.items():
-            if isinstance(value, np.ndarray):
+            if isinstance(value, np.ndarray) and not value.dtype.hasobject:  # (text: a copy of its own already)
                 base = value.base
                 if isinstance(base, np.ndarray) and value.nbytes * 2 < base.nbytes:
                     kept[name] = sealed_copy(value)  # (the caller it answered keeps its row as it was)

@@ -175,3 +175,21 @@ def test_an_answer_larger_than_max_bytes_is_neither_copied_nor_sealed() -> None:
     assert peak < 64 * 2**10, peak  # (a copy of the row: 256 KiB)
     assert row.flags.writeable and whole.flags.writeable
     assert cache.status()["entries"] == 0
+
+
+@pytest.mark.parametrize("changed", ["the answer that filled the cache", "a cache hit"])
+def test_a_cached_text_answer_changed_through_its_base_cannot_change_the_next_hit(
+    repository: Path, make_server: ServerFactory, changed: str
+) -> None:
+    # Text cannot be kept in memory nobody can write: every hit was a read-only view of the one cached array,
+    # and answer.base.setflags(write=True) made it writable again: a write through it changed every later hit.
+    save_model(build_text_model(), repository, "text", 1)
+    server = make_server(repository, models={"text": ModelConfig(cache=CacheConfig(enabled=True))})
+    words = np.array([["hello"]], object)
+    answer = server.predict("text", words)["y"]
+    if changed == "a cache hit":
+        answer = server.predict("text", words)["y"]
+    change_through_bases(answer, "changed")
+    change_in_place(answer, "changed")
+    assert server.predict("text", words)["y"].tolist() == [["hello"]]
+    assert server.status()["models"]["text"]["versions"]["1"]["cache"]["hits"] >= 1

@@ -923,3 +923,22 @@ def test_a_shared_answer_cannot_be_changed_through_the_array_it_is_a_view_of(val
     assert not any(change_through_bases(answer, -1.0) for answer in answers)
     for answer in answers:
         np.testing.assert_array_equal(answer, expected)
+
+
+def test_a_shared_text_answer_changed_through_its_base_changes_nobody_elses() -> None:
+    # Text cannot be held in memory nobody can write: a follower's answer was a read-only view of the array
+    # the leader and every other follower were answered with, and answer.base.setflags(write=True) opened it.
+    from .test_cache_review import change_through_bases
+
+    coalescer = Coalescer()
+    assert coalescer.join(KEY) is None
+    followers = [coalescer.join(KEY) for _ in range(2)]
+    outputs = {"label": np.array([["cat"], ["dog"]], object)}
+    coalescer.release(KEY, outputs, None)
+    # (each follower is handed the leader's answer as Sharing hands it: _inflight.shareable)
+    answers = [outputs["label"], *(_inflight.shareable(f.result(timeout=0))["label"] for f in followers if f)]
+    assert change_through_bases(answers[0], "changed by the leader")
+    assert change_through_bases(answers[1], "changed by a follower")
+    assert answers[2].tolist() == [["cat"], ["dog"]]
+    with pytest.raises(ValueError, match="WRITEABLE"):  # (read-only still, as a shared number answer is)
+        answers[2].setflags(write=True)
