@@ -942,3 +942,18 @@ def test_a_shared_text_answer_changed_through_its_base_changes_nobody_elses() ->
     assert answers[2].tolist() == [["cat"], ["dog"]]
     with pytest.raises(ValueError, match="WRITEABLE"):  # (read-only still, as a shared number answer is)
         answers[2].setflags(write=True)
+
+
+def test_a_leader_changing_its_zipmap_answer_changes_no_follower_that_copies_it_later() -> None:
+    # Each follower copies a ZipMap's maps, but from what the leader was answered with: a follower whose
+    # callback ran after the leader's caller changed its maps (one that joined as the leader finished, and
+    # was called back when it added its callback) copied the change.
+    coalescer = Coalescer()
+    assert coalescer.join(KEY) is None
+    follower = coalescer.join(KEY)
+    assert follower is not None
+    outputs = {"output_probability": [{"cat": 0.9, "dog": 0.1}]}
+    coalescer.release(KEY, outputs, None)
+    outputs["output_probability"][0]["cat"] = 0.0  # the leader's caller, changing its own answer
+    late = _inflight.shareable(follower.result(timeout=0))  # (the copy Sharing hands a follower)
+    assert late["output_probability"] == [{"cat": 0.9, "dog": 0.1}]
