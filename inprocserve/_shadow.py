@@ -112,8 +112,9 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
 
     Numeric outputs give the difference, and those shaped [rows, classes] the argmax agreement; labels (text,
     as converted scikit-learn classifiers answer them, integers of any shape, such as class ids or a top-k's
-    ids, or booleans of any shape, such as a multi-label model's flags) give only the agreement, row by row
-    where equal (a label one class off is not a difference of 1). A ZipMap's list of per-row class scores is
+    ids, or booleans of any shape, such as a multi-label model's flags, in either answer: labels one version
+    answers as floats are still labels) give only the agreement, row by row where equal (a label one class
+    off is not a difference of 1). A ZipMap's list of per-row class scores is
     compared as the [rows, classes] array of its scores, classes in sorted order.
 
     An output of the first answer that the second lacks, or has with another number of axes, or as text
@@ -177,13 +178,16 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
 
 def _labels(expected: np.ndarray, got: np.ndarray) -> bool:
     """Whether two numeric outputs of one shape are labels, compared row by row by equality: integers of any
-    shape (class ids, [rows] or [rows, 1], a top-k's ids, [rows, k]), and flags (booleans, in both answers) of
-    any shape. A multi-label model's flags, [rows, labels], are no class scores: by their argmax, a row whose
+    shape (class ids, [rows] or [rows, 1], a top-k's ids, [rows, k]), and flags (booleans) of any shape, in
+    either answer. A multi-label model's flags, [rows, labels], are no class scores: by their argmax, a row whose
     second label turned off read as agreeing, and the flag that changed as a difference of 1; so were a top-k's
-    ids ([3, 1] against [3, 0]: both argmaxes the first)."""
-    if expected.dtype.kind == "b" and got.dtype.kind == "b":
-        return True
-    return expected.dtype.kind in "biu"
+    ids ([3, 1] against [3, 0]: both argmaxes the first).
+
+    Either answer's type decides, so the comparison is the same whichever version answers the caller: labels
+    re-exported as floats (1.0 for 1) are still labels. Decided by the first answer alone, int64 labels
+    against float32 ones were labels, but float32 against int64 numbers: a label one class off read as a
+    difference of 3.0, with no label agreement for a guard to measure."""
+    return expected.dtype.kind in "biu" or got.dtype.kind in "biu"
 
 
 def _comparable(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:

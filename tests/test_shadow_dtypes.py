@@ -1,0 +1,62 @@
+"""Shadow comparisons of outputs whose element type differs between versions, and a shadow thread that
+outlives what the application's logging raises."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inprocserve import ShadowComparison
+from inprocserve.testing import save_model
+
+from .conftest import ServerFactory, wait_until
+from .test_shadow_hardening import shadowed, stats
+
+ROWS = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)
+
+
+def build_label_model(*, as_float: bool, bias: list[float] | None = None) -> Any:
+    """A classifier answering only its label: ``label``, the argmax of ``x + bias`` over ``[batch, 4]``, as
+    int64 ``[batch]`` (``as_float``: cast to float32, as a re-exported model may answer it)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Add", ["x", "bias"], ["scores"]),
+        helper.make_node("ArgMax", ["scores"], ["ids" if as_float else "label"], axis=1, keepdims=0),
+    ]
+    if as_float:
+        nodes.append(helper.make_node("Cast", ["ids"], ["label"], to=TensorProto.FLOAT))
+    graph = helper.make_graph(
+        nodes,
+        "labels",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("label", TensorProto.FLOAT if as_float else TensorProto.INT64, ["batch"])],
+        [numpy_helper.from_array(np.array(bias or [0.0] * 4, np.float32), "bias")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize(("stable_float", "shadow_float"), [(True, False), (False, True)])
+def test_float_and_integer_labels_are_compared_as_labels_whichever_version_answers_which(
+    repository: Path, make_server: ServerFactory, *, stable_float: bool, shadow_float: bool
+) -> None:
+    # One version answers its labels as float32 (1.0), the other as int64 (1); the shadow's last row is another
+    # class. Compared as labels either way round: 3 of 4 rows agree, and a label one class off is no
+    # "difference of 3". With the float32 version serving, they were compared as numbers: a max_abs_diff of 3.0,
+    # no label agreement, and a guard on label agreement had nothing to measure.
+    save_model(build_label_model(as_float=stable_float), repository, "clf", 1)
+    save_model(build_label_model(as_float=shadow_float, bias=[0, 0, 0, -2]), repository, "clf", 2)
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    answer = server.predict("clf", ROWS)["label"]
+    assert answer.dtype == (np.float32 if stable_float else np.int64) and answer.tolist() == [0, 1, 2, 3]
+    wait_until(lambda: len(seen) == 1)
+    assert (seen[0].max_abs_diff, seen[0].label_agreement, seen[0].mismatch) == (None, 0.75, None)
+    assert stats(server, "clf")["label_agreement"] == 0.75
