@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import inprocserve
 from inprocserve import ShadowComparison
 from inprocserve.testing import save_model
 
@@ -60,3 +61,24 @@ def test_float_and_integer_labels_are_compared_as_labels_whichever_version_answe
     wait_until(lambda: len(seen) == 1)
     assert (seen[0].max_abs_diff, seen[0].label_agreement, seen[0].mismatch) == (None, 0.75, None)
     assert stats(server, "clf")["label_agreement"] == 0.75
+
+
+def test_a_shadow_answering_another_dtype_is_compared_by_value_and_never_promoted_unforced(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The shadow's labels are the same classes as float32: its comparisons agree (they are the same labels, and
+    # a mismatch is an output that could not be compared at all). Callers never get float32 by a promotion:
+    # it is a change of the version's signature, which promote() refuses before comparing any answer, and
+    # switch() too unless forced.
+    save_model(build_label_model(as_float=False), repository, "clf", 1)
+    save_model(build_label_model(as_float=True), repository, "clf", 2)
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    server.predict("clf", ROWS)
+    wait_until(lambda: len(seen) == 1)
+    assert (seen[0].max_abs_diff, seen[0].label_agreement, seen[0].mismatch) == (None, 1.0, None)
+    with pytest.raises(inprocserve.PromotionRefusedError, match=r"type tensor\(int64\) became tensor\(float\)"):
+        server.promote("clf", 2, min_label_agreement=0.99)
+    with pytest.raises(inprocserve.PromotionRefusedError, match="pass force=True"):
+        server.switch("clf", 2)
+    assert server.predict("clf", ROWS)["label"].dtype == np.int64
