@@ -531,7 +531,7 @@ class ShadowRunner:
             if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit: raised once the
                 stopped = exc  # reservations are given back (its own exception, no failure to log or count)
             else:
-                logger.exception("copying a request of model %r for its shadows failed", model)
+                _log(logging.ERROR, "copying a request of model %r for its shadows failed", model, exc_info=True)
         with self._cond:
             self._copying -= len(admitted)
             if copies is None or self._closed:
@@ -648,7 +648,8 @@ class ShadowRunner:
         stats.dropped_large += 1
         add_safely(METRICS.shadow_dropped, 1, _attributes(model, version, "too_large"))
         if stats.dropped_large == 1:
-            logger.warning(
+            _log(
+                logging.WARNING,
                 "model %r: a request's copy for shadow version %s would hold %.1f MiB, more than a quarter of the "
                 "shadow queue's %.0f MiB: not copied (the copy is made on the caller's thread); such requests are "
                 "never shadowed",
@@ -697,7 +698,7 @@ class ShadowRunner:
             # where a run reaches the application's code (its span processors) ended the one shadow thread, and
             # every later copy waited in a queue nobody read, then was dropped as queue_full, silently.
             except BaseException:
-                logger.exception("shadow run of model %r failed unexpectedly", job.model)
+                _log(logging.ERROR, "shadow run of model %r failed unexpectedly", job.model, exc_info=True)
             finally:
                 with self._cond:
                     spent = self._clock() - started
@@ -721,7 +722,8 @@ class ShadowRunner:
                     self._count_callback_error(result)  # every comparison, 300 tracebacks for 300 copies)
                     skipped = self._failing.due("on_shadow")
                     if skipped is not None:
-                        logger.error(
+                        _log(
+                            logging.ERROR,
                             "the on_shadow callback raised %s%s (%s); the shadow thread goes on",
                             type(exc).__name__,
                             since(skipped),
@@ -801,8 +803,8 @@ class ShadowRunner:
             span.set_attributes({"inprocserve.shadow.dropped": True})
             end_safely(span, "closing an inprocserve.shadow span")
             # said once per shadow version: a run longer than the budget's whole allowance never completes
-            log = logger.warning if first else logger.debug
-            log(
+            _log(
+                logging.WARNING if first else logging.DEBUG,
                 "shadow version %s of model %r stopped after %.3f s, %g times what its last run took (1 s for a "
                 "first run): a runaway run holds a session callers wait for; its next run may take %g times this",
                 version,
@@ -877,7 +879,8 @@ class ShadowRunner:
         if error is not None:
             skipped = self._failing.due((job.model, job.shadow.version))
             if skipped is not None:
-                logger.info(
+                _log(
+                    logging.INFO,
                     "shadow version %s of model %r failed (caller unaffected): %s%s",
                     job.shadow.version,
                     job.model,
@@ -885,7 +888,8 @@ class ShadowRunner:
                     since(skipped),
                 )
         if first_mismatch:  # (every one is counted in the status, and given to on_shadow)
-            logger.warning(
+            _log(
+                logging.WARNING,
                 "shadow version %s of model %r answers in another form than version %s (caller unaffected): %s",
                 job.shadow.version,
                 job.model,
@@ -924,7 +928,8 @@ class ShadowRunner:
             self._cond.wait_for(lambda: self._running is None, timeout=STOP_WAIT_S)
             running, started = self._running, self._run_started
         if running is not None:
-            logger.warning(
+            _log(
+                logging.WARNING,
                 "closing: shadow version %s of model %r is still running the copy of request %s after %.1f s "
                 "(%g s after it was told to stop); abandoned, its sessions are left to the process's end",
                 running.shadow.version,
@@ -938,12 +943,24 @@ class ShadowRunner:
         # the queue closed and ends. Waited for briefly, so a prompt callback is not reported as hung.
         thread.join(timeout=min(STOP_WAIT_S, CALLBACK_WAIT_S))
         if thread.is_alive():
-            logger.warning(
+            _log(
+                logging.WARNING,
                 "closing: the on_shadow callback has not returned after %g s; not waited for (the shadow thread "
                 "ends when it returns)",
                 min(STOP_WAIT_S, CALLBACK_WAIT_S),
             )
         return True
+
+
+def _log(level: int, message: str, *args: Any, exc_info: Any = None) -> None:
+    """Log on this module's logger, whatever the application's logging filters and handlers raise: a filter
+    that raised on every record ended the shadow thread (its "failed unexpectedly" log raised again), after
+    which every copy waited in a queue nobody read, and reached a caller whose request was not shadowed.
+    Shadow work never fails the caller, and what cannot be logged is left unsaid."""
+    try:
+        logger.log(level, message, *args, exc_info=exc_info, stacklevel=2)
+    except Exception:  # (the application's filter or handler: nothing is left to say it with)
+        pass
 
 
 def _callable_name(function: Callable[..., Any]) -> str:

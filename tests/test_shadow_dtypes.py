@@ -3,6 +3,9 @@ outlives what the application's logging raises."""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +14,10 @@ import pytest
 
 import inprocserve
 from inprocserve import ShadowComparison
-from inprocserve.testing import save_model
+from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, wait_until
-from .test_shadow_hardening import shadowed, stats
+from .test_shadow_hardening import build_columns_but, shadowed, stats
 
 ROWS = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float32)
 
@@ -82,3 +85,67 @@ def test_a_shadow_answering_another_dtype_is_compared_by_value_and_never_promote
     with pytest.raises(inprocserve.PromotionRefusedError, match="pass force=True"):
         server.switch("clf", 2)
     assert server.predict("clf", ROWS)["label"].dtype == np.int64
+
+
+# -- the application's logging ------------------------------------------------------------------------------
+
+
+class RaisingFilter(logging.Filter):
+    """A buggy logging filter: raises on every record it is asked about (noting their messages)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+        self.ended: list[type[BaseException]] = []  # threads ended by what escaped them
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.messages.append(record.getMessage())
+        raise RuntimeError("a buggy logging filter")
+
+
+@pytest.fixture
+def raising_filter(monkeypatch: pytest.MonkeyPatch) -> Iterator[RaisingFilter]:
+    """A :class:`RaisingFilter` on ``inprocserve._shadow``'s logger (threads ended meanwhile are noted in its
+    ``ended``)."""
+    raising = RaisingFilter()
+    monkeypatch.setattr(threading, "excepthook", lambda hooked: raising.ended.append(hooked.exc_type))
+    logger = logging.getLogger("inprocserve._shadow")
+    logger.addFilter(raising)
+    try:
+        yield raising
+    finally:
+        logger.removeFilter(raising)
+
+
+def test_a_logging_filter_that_raises_does_not_end_the_shadow_thread(
+    repository: Path, make_server: ServerFactory, raising_filter: RaisingFilter
+) -> None:
+    # The shadow answers in another form, which the shadow thread warns of: the filter's exception left the
+    # comparison unrecorded, then the thread's own "failed unexpectedly" log raised again and ended it; every
+    # later copy waited in a queue nobody read, silently.
+    save_model(build_columns_but(0), repository, "cut", 1)
+    save_model(build_columns_but(0, output="z"), repository, "cut", 2)  # its output renamed
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    for count in range(1, 4):
+        assert server.predict("cut", rows).version == 1
+        wait_until(lambda count=count: len(seen) == count, 5)
+    assert [c.mismatch for c in seen] == ["output 'y' is missing"] * 3
+    assert stats(server, "cut")["mismatched"] == 3
+    assert any("answers in another form" in message for message in raising_filter.messages)
+    assert raising_filter.ended == []
+
+
+def test_a_logging_filter_that_raises_never_fails_the_caller_of_a_request_not_shadowed(
+    repository: Path, make_server: ServerFactory, raising_filter: RaisingFilter
+) -> None:
+    # A request too large to copy cheaply is not shadowed, which is said once, on the caller's thread: the
+    # filter's exception reached the caller, whose answer was ready.
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    server = make_server(repository, config=shadowed(), shadow_budget=1.0, shadow_queue_bytes=256)
+    for _ in range(2):
+        assert server.predict("scale", np.ones((8, 4), np.float32)).version == 1
+    assert stats(server, "scale")["dropped_too_large"] == 2
+    assert any("never shadowed" in message for message in raising_filter.messages)
