@@ -664,8 +664,16 @@ class ShadowRunner:
         add_safely(METRICS.shadow_dropped, 1, _attributes(model, version, "queue_full"))
 
     def _work(self) -> None:
-        with stop_with(self._stop):
-            self._serve()
+        try:
+            with stop_with(self._stop):
+                self._serve()
+        finally:
+            # Ended by what escaped even the thread's own handling (a logging filter raising a BaseException, as
+            # greenlet.kill() does): the next copy starts another. Kept, every later copy waited in a queue
+            # nobody read, silently.
+            with self._cond:
+                if self._thread is threading.current_thread() and not self._closed:
+                    self._thread = None
 
     def _serve(self) -> None:
         while True:

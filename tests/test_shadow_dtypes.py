@@ -137,6 +137,33 @@ def test_a_logging_filter_that_raises_does_not_end_the_shadow_thread(
     assert raising_filter.ended == []
 
 
+class Killed(BaseException):
+    """Ends the thread it is raised in (as greenlet.kill() ends a monkey-patched thread)."""
+
+
+def test_a_shadow_thread_ended_by_what_a_logging_filter_raises_is_replaced(
+    repository: Path, make_server: ServerFactory, raising_filter: RaisingFilter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the filter raises ends the shadow thread, whose first comparison is lost with it; later copies are
+    # still run, by a thread the next copy starts. They waited in a queue nobody read.
+    def kill(record: logging.LogRecord) -> bool:
+        raising_filter.messages.append(record.getMessage())
+        raise Killed
+
+    monkeypatch.setattr(raising_filter, "filter", kill)
+    save_model(build_columns_but(0), repository, "cut", 1)
+    save_model(build_columns_but(0, output="z"), repository, "cut", 2)  # its output renamed: warned of once
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    server.predict("cut", rows)
+    wait_until(lambda: raising_filter.ended == [Killed])
+    for count in range(1, 3):
+        assert server.predict("cut", rows).version == 1
+        wait_until(lambda count=count: len(seen) == count, 5)
+    assert stats(server, "cut")["mismatched"] == 3
+
+
 def test_a_logging_filter_that_raises_never_fails_the_caller_of_a_request_not_shadowed(
     repository: Path, make_server: ServerFactory, raising_filter: RaisingFilter
 ) -> None:
