@@ -738,3 +738,19 @@ def test_text_answers_to_npy_or_npz_are_spooled_not_held(tmp_path: Path, suffix:
     np.testing.assert_array_equal(answers, expected)
     assert peak < 4_000_000, f"{peak:,} bytes at the peak: the text answers were held whole"  # (2.1 MB here)
     _no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("rows", ["5000", "99999999999999999999"])
+def test_a_batch_rows_past_what_one_request_may_carry_names_the_flag(
+    tmp_path: Path, scale_file: Path, rows: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the refusal spoke predict_many's words ("batch_rows=5000 is more than ..."), naming no flag of the command
+    # and no limit to give instead; it is refused as the model's other refusals of --batch-rows are (exit 1: the
+    # limit is the model's config, known once it loaded)
+    np.save(tmp_path / "x.npy", _x(3))
+    assert main(["score", "--batch-rows", rows, str(scale_file), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]) == 1
+    assert capsys.readouterr().err == (
+        f"error: --batch-rows {rows}: model 'model' version 1 takes at most 4096 rows per request "
+        "(batching.max_request_rows, else max_queue_rows); give --batch-rows 4096 or less, or drop it\n"
+    )
+    assert not (tmp_path / "y.npy").exists()
