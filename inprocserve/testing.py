@@ -6,9 +6,12 @@ package (``pip install "inprocserve[testing]"``). Nothing here fakes the runtime
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import numbers
+import os
+import secrets
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -120,7 +123,21 @@ def save_model(model: Any, repository: str | Path, name: str, version: int = 1) 
     version = _count("version", version)
     path = Path(repository) / name / str(version) / "model.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
+    data = model.SerializeToString()
+    # Written aside, then renamed over model.onnx (atomic within its folder): written in place, a server polling
+    # the repository that opened the file meanwhile read it empty or half-written, and a copy of the repository
+    # made with hard links was rewritten too. (A dot-file: the repository's scans skip it.) Created with the
+    # mode write_bytes gives (0666 less the umask), not mkstemp's 0600.
+    temporary = path.with_name(f".model.onnx.{secrets.token_hex(8)}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
     return path
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,21 @@ def test_model_builders_refuse_sizes_that_are_not_whole_numbers() -> None:
         build_scale_model(features=True)
     with pytest.raises(TypeError, match="features must be a whole number"):
         build_scale_model(features=2.0)  # type: ignore[arg-type]
+
+
+def test_save_model_over_a_saved_model_replaces_it_whole(repository: Path, make_server: ServerFactory) -> None:
+    # It wrote model.onnx in place: a server polling the repository (or a thread of the test) that opened the
+    # file as a new version was saved over it read it empty or half-written, and a repository copied with hard
+    # links (cp -al, a snapshot) had its copy rewritten too. Now written aside and renamed over it.
+    path = save_model(build_scale_model(2.0), repository, "scale", 1)
+    old = path.read_bytes()
+    snapshot = repository.parent / "snapshot.onnx"
+    os.link(path, snapshot)
+    with path.open("rb") as reading:  # opened just before the new model is saved
+        save_model(build_scale_model(3.0, features=64), repository, "scale", 1)
+        assert reading.read() == old  # the whole old model, not a mix of the two
+    assert snapshot.read_bytes() == old
+    assert [entry.name for entry in path.parent.iterdir()] == ["model.onnx"]  # no temporary file left
+    server = make_server(repository)
+    x = np.ones((2, 64), np.float32)
+    np.testing.assert_array_equal(server.predict("scale", x)["y"], x * 3)
