@@ -403,7 +403,14 @@ class ControlFile:
         hiccup) holds a control file that cannot be read now; it is not absent. Read as absent, it was revision
         0 on every worker: the fleet's kill switches, canaries and switches were silently dropped until the
         folder came back."""
-        if not self.folder.is_dir():
+        try:
+            is_folder = self.folder.is_dir()
+        except OSError as exc:  # (EACCES, ESTALE: passed through by is_dir, a plain OSError out of read())
+            raise ControlFileUnavailableError(
+                f"control file {self.path} cannot be read: the repository folder cannot be looked at "
+                f"({exc.strerror or exc}: a parent folder this user may not search? a share's hiccup?)"
+            ) from exc
+        if not is_folder:
             raise ControlFileUnavailableError(
                 f"control file {self.path} cannot be read: the repository folder is not there (being swapped? "
                 "a share not mounted?); if it was moved for good, point the servers at its new place"
@@ -414,12 +421,21 @@ class ControlFile:
 
         Raises:
             ConfigurationError: the repository folder is missing, or the current file is invalid.
-            ControlFileUnavailableError: (a ``ConfigurationError``) the lock or the file cannot be opened or
-                written, another writer held the lock longer than ``lock_timeout_s``, or the file is a
-                symbolic link (managed elsewhere: readers follow it, writers leave it alone).
+            ControlFileUnavailableError: (a ``ConfigurationError``) the repository folder cannot be looked at
+                (``EACCES``, ``ESTALE``), the lock or the file cannot be opened or written, another writer held
+                the lock longer than ``lock_timeout_s``, or the file is a symbolic link (managed elsewhere:
+                readers follow it, writers leave it alone).
             Whatever ``change`` raises (nothing is written then).
         """
-        if not self.folder.is_dir():
+        try:
+            is_folder = self.folder.is_dir()
+        except OSError as exc:  # (is_dir passes EACCES and ESTALE through: the admin endpoints answered 500)
+            raise ControlFileUnavailableError(
+                f"control file {self.path} cannot be written: the repository folder cannot be looked at "
+                f"({exc.strerror or exc}: a parent folder this user may not search? a share's hiccup?); nothing "
+                "was changed"
+            ) from exc
+        if not is_folder:
             raise ConfigurationError(f"model repository {str(self.folder)!r} is not a directory")
         self._refuse_a_link()
         with self._locked():

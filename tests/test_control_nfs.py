@@ -1,0 +1,76 @@
+"""The control file on a share that fails: what NFS (``ESTALE``) and permissions (``EACCES``) do to readers,
+writers and the admin endpoints.
+
+Neither error can be made here (no NFS server; the tests run as root, whom permission bits do not stop), so
+each test makes the one system call that would fail raise it, and nothing else is stood in for: real servers,
+real models, a real control file."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pathlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inprocserve import web
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+X = np.ones((1, 4), np.float32)
+
+
+@pytest.fixture
+def fleet(repository: Path) -> Path:
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    return repository
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ESTALE])
+def test_an_admin_change_whose_repository_folder_cannot_be_looked_at_is_refused_with_a_message(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    # Path.is_dir passes EACCES (a parent folder this user may not search) and ESTALE (a share's folder
+    # replaced on the server) through as a plain OSError: the admin endpoints answered it 500, with nothing
+    # for the operator, instead of a refusal that says what failed.
+    server = make_server(fleet, control_interval_s=None)
+    real_stat = pathlib.Path.stat
+
+    def stat(self: Path, **kwargs: Any) -> os.stat_result:
+        if self == fleet:  # (the one call that fails: a stand-in for the share or the permission)
+            raise OSError(code, os.strerror(code), str(self))
+        return real_stat(self, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    answer = web.admin_answer(server, "kill", "scale", b"", actor="ops")
+    assert (answer.status, answer.body["error"]) == (409, "configuration")
+    assert "the repository folder cannot be looked at" in answer.body["message"]
+    assert os.strerror(code) in answer.body["message"] and "nothing was changed" in answer.body["message"]
+    monkeypatch.undo()
+    assert server.predict("scale", X).version == 2  # nothing was written: no kill switch
+    assert web.admin_answer(server, "kill", "scale", b"", actor="ops").status == 200
+
+
+def test_a_repository_folder_that_cannot_be_looked_at_as_the_control_file_is_read_is_a_control_error(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No control file (revision 0), and the folder's check that tells "absent" from "not there" fails (its
+    # folder replaced on the share's server meanwhile): a plain OSError came out of sync_control (and out of
+    # the control-file watcher's read), not the control error every other failed read is.
+    server = make_server(fleet, control_interval_s=None)
+    real_stat = pathlib.Path.stat
+
+    def stat(self: Path, **kwargs: Any) -> os.stat_result:
+        if self == fleet:  # (the one call that fails: a stand-in for the share)
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), str(self))
+        return real_stat(self, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    assert server.sync_control() == 0  # revision 0 stays in force
+    error = server.status()["control"]["error"]
+    assert "the repository folder cannot be looked at (Stale file handle" in error
