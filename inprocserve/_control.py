@@ -367,8 +367,12 @@ class ControlFile:
         """The file's first ``_MAX_BYTES + 1`` bytes, or ``None`` when it is absent from a folder that is there.
 
         Not found, it is looked for again once the folder is found there: a folder swapped back in between the
-        open and that check may hold it."""
-        for attempt in range(2):
+        open and that check may hold it. A stale NFS file handle (``ESTALE``) is opened again once: a read that
+        raced another host's rename of the file over the one it opened (every write) names a file the server
+        removed, while the file is there, whole; refused, the worker logged an error and reported
+        ``control.error`` for a whole interval, and one starting then routed no request until its next read."""
+        looked_again = stale_again = False
+        while True:
             try:
                 # (never a plain open(): a pipe there blocked every reader and writer for good, the watcher, an
                 # admin change holding the lifecycle lock and the file's lock, the CLI, a new worker's start)
@@ -376,8 +380,9 @@ class ControlFile:
             except FileNotFoundError:
                 self._refuse_a_broken_link()
                 self._refuse_a_missing_folder()
-                if attempt:
+                if looked_again:
                     return None
+                looked_again = True
             except NotARegularFileError as exc:
                 raise ControlFileUnavailableError(
                     f"control file {self.path} is not a regular file (a pipe, a device or a folder): replace it "
@@ -385,8 +390,10 @@ class ControlFile:
                     "canary and kill switch dropped); no change can be written until then"
                 ) from exc
             except OSError as exc:
+                if exc.errno == errno.ESTALE and not stale_again:
+                    stale_again = True
+                    continue
                 raise ControlFileUnavailableError(f"control file {self.path} cannot be read: {exc}") from exc
-        return None  # (not reached)
 
     def _refuse_a_broken_link(self) -> None:
         """A control file that is a symbolic link to nothing (a ConfigMap or a share that is not mounted, a

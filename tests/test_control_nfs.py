@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+import inprocserve._control as control_module
 from inprocserve import web
+from inprocserve._control import CONTROL_FILENAME
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -74,3 +76,38 @@ def test_a_repository_folder_that_cannot_be_looked_at_as_the_control_file_is_rea
     assert server.sync_control() == 0  # revision 0 stays in force
     error = server.status()["control"]["error"]
     assert "the repository folder cannot be looked at (Stale file handle" in error
+
+
+def test_a_control_file_replaced_by_another_host_as_a_worker_starts_is_read_again(
+    fleet: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On NFS, a read that races another host's rename of the control file over the one it opened fails with
+    # ESTALE (its file handle names a file the server removed). The worker logged an ERROR and reported
+    # control.error for a whole interval, and one starting at that moment routed no request
+    # (ControlStateUnknownError) until its next read. The file is there, whole: it is opened again.
+    make_server(fleet, control_interval_s=None).switch("scale", 1, actor="alice")
+    real_read = control_module.read_regular_file
+    stale: list[Path] = []
+
+    def read_regular_file(path: Path, limit: int) -> bytes:
+        if not stale:  # (the one call that fails: a stand-in for the NFS server's answer)
+            stale.append(path)
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), str(path))
+        return real_read(path, limit)
+
+    monkeypatch.setattr(control_module, "read_regular_file", read_regular_file)
+    worker = make_server(fleet, control_interval_s=60)
+    assert stale == [fleet / CONTROL_FILENAME]
+    assert worker.predict("scale", X).version == 1  # the fleet's switch, at once
+    assert worker.status()["control"]["error"] is None
+    # a handle stale at every open (the share itself gone bad) is still reported, after one more try only
+    stale.clear()
+
+    def always_stale(path: Path, limit: int) -> bytes:
+        stale.append(path)
+        raise OSError(errno.ESTALE, os.strerror(errno.ESTALE), str(path))
+
+    monkeypatch.setattr(control_module, "read_regular_file", always_stale)
+    assert worker.sync_control() == 1
+    assert len(stale) == 2
+    assert "cannot be read: [Errno 116] Stale file handle" in worker.status()["control"]["error"]
