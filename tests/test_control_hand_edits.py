@@ -263,3 +263,27 @@ def test_an_unknown_key_with_a_line_break_is_named_on_one_line(
         "note\\nCRITICAL inprocserve: disk full",
         "models.fraud.why\\x1b[2J",
     ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the warning is worded in inprocserve/_operations.py (_warn_if_unusual), outside this area: the lead "
+    "words it to name a hand edit that kept the revision as well as two writers' separate copies",
+)
+def test_a_hand_edit_that_keeps_the_revision_is_followed_and_the_warning_names_a_hand_edit(
+    two_models: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator who edits the file by hand (the kill switch back off) and leaves its revision as it was
+    is followed; the warning said only "two writers wrote separate copies (a host's synced copy written
+    to?)", which sent them looking for a second writer that does not exist."""
+    server = make_server(two_models, control_interval_s=None)
+    server.kill("fraud", actor="alice")
+    control = two_models / CONTROL_FILENAME
+    document = json.loads(control.read_text())
+    document["models"]["fraud"]["kill"] = False  # by hand: revision, updated_by and updated_at kept
+    control.write_text(json.dumps(document))
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        assert server.sync_control() == 1
+    assert server.status()["models"]["fraud"]["control"]["kill"] is False  # followed
+    (warning,) = [r.getMessage() for r in caplog.records if "another document under revision 1" in r.getMessage()]
+    assert "by hand" in warning and "two writers" in warning, warning
