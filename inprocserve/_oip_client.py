@@ -310,10 +310,16 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
             try:
                 super().connect()
             finally:
+                # The watch moves to the connection's socket before the handshake's duplicate is closed: arm
+                # takes the watchdog's lock, so once it returns no shutdown of the duplicate is under way or to
+                # come. Closed while the watch still named it, a deadline firing in between shut it down as it
+                # was closed (CPython reads a socket's descriptor for shutdown() after letting go of the GIL),
+                # which could shut whatever another thread had just been given under that number. A deadline
+                # that fired first is not lost: arm shuts the connection's socket at once.
+                _arm(self.sock)
                 handle, self._handshake_handle = self._handshake_handle, None
                 if handle is not None:
                     handle.close()  # (the connection stays open: this was only a second descriptor of it)
-            _arm(self.sock)
 
         def _new_conn(self) -> Any:
             host: str = self._dns_host  # type: ignore[has-type]
