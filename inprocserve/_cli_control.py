@@ -81,7 +81,15 @@ def _control(args: argparse.Namespace) -> int:
             f"to a version, name it: `canary {args.repository} {args.model} VERSION {args.percent:g}`",
             CANNOT_RUN,
         )
-    if not repository.is_dir():
+    try:
+        is_folder = repository.is_dir()
+    except OSError as exc:  # (is_dir passes EACCES and ESTALE through: a traceback)
+        return fail(
+            f"the model repository {args.repository} cannot be looked at ({exc.strerror or exc}): a parent folder "
+            "this user may not search? nothing was written",
+            CANNOT_RUN,
+        )
+    if not is_folder:
         return fail(f"the model repository {args.repository} is not a folder", CANNOT_RUN)
     versions = _version_folders(repository)
     if versions:  # (`reload models/fraud` wrote a control file there that no server reads, and exited 0)

@@ -111,3 +111,27 @@ def test_a_control_file_replaced_by_another_host_as_a_worker_starts_is_read_agai
     assert worker.sync_control() == 1
     assert len(stale) == 2
     assert "cannot be read: [Errno 116] Stale file handle" in worker.status()["control"]["error"]
+
+
+def test_the_cli_given_a_repository_it_cannot_look_at_says_so_in_one_line(
+    fleet: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An operator's `python -m inprocserve kill /srv/team/models fraud` under a folder their user may not
+    # search (EACCES) ended in a PermissionError traceback from its first check of the folder.
+    from inprocserve.__main__ import main
+
+    real_stat = pathlib.Path.stat
+
+    def stat(self: Path, **kwargs: Any) -> os.stat_result:
+        if self == fleet:  # (the one call that fails: a stand-in for the permission, which root has)
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_stat(self, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+    assert main(["kill", str(fleet), "scale"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: the model repository {fleet} cannot be looked at (Permission denied): a parent folder this user "
+        "may not search? nothing was written\n"
+    )
+    monkeypatch.undo()
+    assert not (fleet / CONTROL_FILENAME).exists()
