@@ -13,7 +13,7 @@ import logging
 import numbers
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from concurrent.futures import Future
 from typing import Any
 
@@ -59,6 +59,9 @@ _MODELS_LOOKED_UP = 100
 
 _TYPOS_SHOWN = 5
 """How many of them a warning names."""
+
+_COLLECTIONS = (Mapping, Set, list, tuple)
+"""Keys that are no id (``targeting_key_of`` in ``_flags`` refuses a request's key of these kinds)."""
 
 # Tries of a rollback whose version to go back to another writer moves between its load and its write
 _ROLLBACK_TRIES = 3
@@ -532,7 +535,8 @@ class Operations:
         elif control.revision == previous.revision:
             logger.warning(
                 "control file %s holds another document under revision %d (by %s at %s; was by %s at %s): "
-                "two writers wrote separate copies (a host's synced copy written to?); following the file",
+                "edited by hand without raising the revision, or two writers wrote separate copies (a host's "
+                "synced copy written to?); following the file",
                 self.control_path,
                 control.revision,
                 control.updated_by,
@@ -1101,6 +1105,11 @@ def _key_text(key: object) -> str:
     """``record_outcome``'s targeting key as the text it is bucketed by, as a request's key is made text; a key
     that cannot be made text (an object whose ``str()`` raises, an int of 5000 digits) is the caller's mistake,
     said as one, not whatever its ``str()`` raised."""
+    if type(key) is not str and isinstance(key, _COLLECTIONS):  # (as targeting_key_of refuses a request's)
+        raise TypeError(
+            f"record_outcome(key=...) must be a string or an int, as the requests' targeting keys are; got a "
+            f"{type(key).__name__}, whose text is no stable id (no request with it as its key was routed)"
+        )
     try:
         return str(key)
     except Exception as exc:  # (anything a caller's object raises)

@@ -265,11 +265,6 @@ def test_an_unknown_key_with_a_line_break_is_named_on_one_line(
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the warning is worded in inprocserve/_operations.py (_warn_if_unusual), outside this area: the lead "
-    "words it to name a hand edit that kept the revision as well as two writers' separate copies",
-)
 def test_a_hand_edit_that_keeps_the_revision_is_followed_and_the_warning_names_a_hand_edit(
     two_models: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -17,7 +17,7 @@ import onnx
 import pytest
 
 import inprocserve
-from inprocserve._registry import _did_you_mean
+from inprocserve._registry import did_you_mean
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -267,9 +267,9 @@ def test_guessing_the_meant_model_compares_a_few_names_whatever_the_client_sends
 
     monkeypatch.setattr(difflib.SequenceMatcher, "ratio", counted)
     same_length = [f"model-{i:04d}" for i in range(1000)]
-    assert _did_you_mean("model-00x1", same_length) == ""
+    assert did_you_mean("model-00x1", same_length) == ""
     assert compared == []
     others = [f"a-model-with-a-much-longer-name-{i}" for i in range(1000)]
-    assert _did_you_mean("fruad", ["fraud", *others]) == "; did you mean 'fraud'?"
-    assert _did_you_mean("fruad" * 100_000, ["fraud", *others]) == ""
+    assert did_you_mean("fruad", ["fraud", *others]) == "; did you mean 'fraud'?"
+    assert did_you_mean("fruad" * 100_000, ["fraud", *others]) == ""
     assert len(compared) <= 8, len(compared)

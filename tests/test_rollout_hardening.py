@@ -128,11 +128,6 @@ def test_an_outcome_key_that_cannot_be_made_text_is_the_callers_type_error(
     assert server.record_outcome(None, 1.0, model="scale", key=7) == result.variant  # an int key is its text's
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="record_outcome(key=...) makes the key text in _operations._key_text (not this area): a collection "
-    "needs the refusal targeting_key_of gives a request's key",
-)
 @pytest.mark.parametrize("key", [{"id": 7}, ["u", 7], ("u", 7), {"u7"}], ids=["dict", "list", "tuple", "set"])
 def test_an_outcome_key_that_is_a_collection_is_refused_as_a_requests_key_is(
     versions: Path, make_server: ServerFactory, key: object
