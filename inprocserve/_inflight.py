@@ -284,15 +284,22 @@ class _Following:
         """Held again after :meth:`take`: the follower follows a new leader (its deadline alarm armed again).
         A give-up of its caller in between found nothing to take: its answer, when it comes, is dropped (a
         cancelled future) or recorded as what the caller got, as any follower's that gave up late.
-        ``locked``: the Sharing lock (this one's) is held already."""
-        alarm = None
-        if self.deadlines is not None and self.deadline is not None and self.expire is not None:
-            alarm = self.deadlines.arm(self.deadline - now, self.expire, unlocked=True)
+        ``locked``: the Sharing lock (this one's) is held already.
+
+        Held again before its alarm is armed, under the lock its action takes: an alarm already due (its
+        deadline passed as its leader gave up) fires at once on the watchdog's thread, which, run before
+        the follower was held again, found nothing to give up, and the follower waited past its deadline
+        for the new leader's run. (The watchdog calls the action without its own lock: no lock-order cycle.)"""
         if locked:
-            self.request, self.target, self.alarm = request, target, alarm
+            self._hold(request, target, now)
             return
         with self.lock:
-            self.request, self.target, self.alarm = request, target, alarm
+            self._hold(request, target, now)
+
+    def _hold(self, request: Request, target: ModelVersion, now: float) -> None:
+        self.request, self.target = request, target
+        if self.deadlines is not None and self.deadline is not None and self.expire is not None:
+            self.alarm = self.deadlines.arm(self.deadline - now, self.expire, unlocked=True)
 
     def leader_done(
         self, follow: Callable[[Request, ModelVersion, Future[Mapping[str, Any]], _Following], None]

@@ -20,7 +20,7 @@ import inprocserve
 from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _inflight
 from inprocserve._errors import VersionRetiredError
 from inprocserve._inflight import Coalescer, LeaderGone, inputs_key
-from inprocserve.testing import save_model
+from inprocserve.testing import ManualClock, save_model
 
 from .conftest import (
     BUSY_WIDTH,
@@ -169,6 +169,48 @@ def test_async_followers_of_a_cancelled_leader_share_one_run_again(
     for result in results[1:-1]:
         np.testing.assert_array_equal(result["y"], results[0]["y"])
     assert hold_session.rows[ran_before:] == [1]
+
+
+def test_a_submit_follower_past_its_deadline_as_it_follows_a_new_leader_is_let_go(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    """A ``submit`` follower whose deadline passed as its leader gave up follows the follower that leads now,
+    and its alarm, armed again, fires at once: on the watchdog's thread, which may run before the follower
+    is held again. Armed before it was, the alarm found nothing to give up, and the follower waited past its
+    deadline for the new leader's run (as long as that took), then was answered as a success."""
+    clock = ManualClock()
+    server = make_server(busy_repository, config=sharing(True, max_batch_size=1), clock=clock)
+    blocker = hold_session(server, rows=1)
+    inputs = busy_inputs(1, seed=23)
+    leader = server.submit("busy", inputs)
+    first = server.submit("busy", inputs)  # (leads the others once the leader gave up)
+    late = server.submit("busy", inputs, timeout_s=60)  # (its alarm: 60 s of the watchdog's own clock)
+    sharing_of = server._sharing
+    arm = sharing_of._deadlines.arm
+
+    due: list[threading.Event] = []
+
+    def arm_firing_at_once(delay_s: float, action: Callable[[], None], **kwargs: Any) -> Any:
+        """An alarm already due fires on the watchdog's thread before the arming thread goes on, unless that
+        thread holds the Sharing lock, which the alarm's action waits for (one order the threads may take)."""
+        if delay_s > 0:
+            return arm(delay_s, action, **kwargs)
+        fired = threading.Event()
+        due.append(fired)
+        alarm = arm(delay_s, lambda: (action(), fired.set()), **kwargs)
+        if not sharing_of._lock.locked():
+            assert fired.wait(WAIT_S)
+        return alarm
+
+    sharing_of._deadlines.arm = arm_firing_at_once  # type: ignore[method-assign]
+    clock.advance(120)  # the follower's deadline has passed on the server's clock, its alarm not yet fired
+    assert leader.cancel()  # (still queued behind the blocker: the first follower leads the others now)
+    assert len(due) == 1 and due[0].wait(WAIT_S)  # (its alarm armed again, and fired: before the new run)
+    blocker.release()
+
+    with pytest.raises(inprocserve.DeadlineExceededError, match="identical request in flight"):
+        late.result(timeout=WAIT_S)
+    assert first.result(timeout=WAIT_S)["y"].shape == (1, BUSY_WIDTH)
 
 
 def hold_following(
