@@ -128,7 +128,7 @@ class AnswerWriter:
             # hidden file rather than OUTPUT. Last, so that nothing can interrupt this writer once it exists
             # but before its caller holds it to discard it.
             self._temp.touch(exist_ok=False)
-            _keep_mode_of(self._target, self._temp)
+            _keep_mode_of(self._target, self._temp, writing=True)
         except OSError as exc:
             folder = self._target.parent
             raise InvalidInputError(f"output {path} cannot be written in {folder}: {exc.strerror or exc}") from exc
@@ -241,6 +241,7 @@ class AnswerWriter:
                 self._save(file, arrays)
         self._close_streams()
         _fsync(self._temp)  # the data is on disk before the name points at it (a crash leaves old or new)
+        _keep_mode_of(self._target, self._temp)
         os.replace(self._temp, self._target)
         _fsync_folder(self._target.parent)  # and so is the rename itself
 
@@ -277,15 +278,17 @@ class AnswerWriter:
                 self._temp.unlink()
 
 
-def _keep_mode_of(target: Path, temp: Path) -> None:
+def _keep_mode_of(target: Path, temp: Path, *, writing: bool = False) -> None:
     """Give ``temp``, about to replace ``target``, ``target``'s permissions if it exists: scores kept at 0600
     (readable by their owner only) were replaced by a file of the umask's mode (0644: readable by every user
-    of the machine). A new OUTPUT gets the process's usual permissions."""
+    of the machine). A new OUTPUT gets the process's usual permissions. ``writing``: while the answers are
+    written (from before the first row), the owner may also read and write it: given a read-only OUTPUT's
+    0444 then, writing the answers was refused, where a rename replaces a read-only file."""
     try:
-        mode = os.stat(target).st_mode
+        mode = stat.S_IMODE(os.stat(target).st_mode)
     except FileNotFoundError:
         return
-    os.chmod(temp, stat.S_IMODE(mode))
+    os.chmod(temp, mode | stat.S_IRUSR | stat.S_IWUSR if writing else mode)
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -20,6 +20,7 @@ from inprocserve.testing import build_add_model, build_gather_model, build_mlp_m
 
 from .conftest import run_python
 from .interruptible import STOPPED_WHILE_ONNXRUNTIME_LOADS, interruptible, signal_dropped_as_it_loads
+from .test_repository_isolation import _without_file_access_override
 from .toolkit_models import CLASSES, build_string_label_classifier
 
 
@@ -448,6 +449,23 @@ def test_an_output_kept_private_stays_private_when_replaced(tmp_path: Path, scal
     assert main(["score", "--quiet", str(scale_file), str(tmp_path / "x.npy"), str(answers)]) == 0
     np.testing.assert_array_equal(np.load(answers), _x(3) * 2)
     assert oct(answers.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_a_read_only_output_is_replaced_and_stays_read_only(tmp_path: Path, scale_file: Path) -> None:
+    # answers kept read-only (0444: nothing changes them by mistake, a new run replaces them, as a rename over a
+    # file may): the hidden file took OUTPUT's mode before the first row, and writing the answers to it was
+    # refused ("Permission denied"), where runs before replaced OUTPUT
+    np.save(tmp_path / "x.npy", _x(3))
+    answers = tmp_path / "scores.npy"
+    np.save(answers, np.zeros(1, np.float32))
+    answers.chmod(0o444)
+    score = "import sys; from inprocserve.__main__ import main; sys.exit(main(sys.argv[1:]))"
+    command = ["score", "--quiet", str(scale_file), str(tmp_path / "x.npy"), str(answers)]
+    done = run_python(score, *command, prefix=_without_file_access_override(tmp_path))
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.load(answers), _x(3) * 2)
+    assert oct(answers.stat().st_mode & 0o777) == oct(0o444)
+    _no_leftovers(tmp_path)
 
 
 @pytest.mark.parametrize(
