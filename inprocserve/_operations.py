@@ -638,11 +638,13 @@ class Operations:
         repository, its own folder looked up) is said, at most ``_MODELS_LOOKED_UP`` looked up per revision."""
         if control is self._models_checked or control == self._models_checked:
             return
+        served = list(self._registry.loaded)
+        if not served:  # (the read before the first load: looked at once models are, not taken as checked)
+            return
         self._models_checked = control
         repository = self._registry.repository
         if repository is None or not control.models:
             return
-        served = list(self._registry.loaded)
         typos: list[str] = []
         looked_up = 0
         for name in control.models:

@@ -209,6 +209,26 @@ def test_an_entry_for_a_misspelt_model_is_said_once(
     assert len(said) == 1 and "fraud" in said[0]
 
 
+def test_an_entry_for_a_misspelt_model_is_said_by_a_server_that_starts_with_it(
+    two_models: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As above, for a worker that starts after the hand edit (a deploy, a worker recycled after
+    ``max_requests``): it read the file before it loaded its models, when no entry could look like a typo
+    of one, took the revision as checked, and said nothing for as long as it followed it."""
+    make_server(two_models, control_interval_s=None).switch("fraud", 1)
+    control = two_models / CONTROL_FILENAME
+    document = json.loads(control.read_text())
+    document["models"]["frud"] = {"kill": True}
+    document["revision"] = 2
+    control.write_text(json.dumps(document))
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        server = make_server(two_models, control_interval_s=None)
+        assert server.sync_control() == 2  # (the watcher's read)
+        assert server.sync_control() == 2
+    said = [record.getMessage() for record in caplog.records if "frud" in record.getMessage()]
+    assert len(said) == 1 and "fraud" in said[0]
+
+
 @pytest.mark.parametrize(
     "entry",
     [{"kill": "yes " * 200_000}, {"stable": -(10**4000)}, {"canary_version": 2, "canary_percent": 10**4000}],
