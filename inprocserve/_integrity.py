@@ -522,9 +522,12 @@ def _expected_digest(text: str, model_file: Path, sidecar: Path, fail: _Fail) ->
         )
     if len(entries) == 1:  # (whatever name it gives: a file checksummed before it was renamed model.onnx)
         return entries[0][0]
-    name, in_folder = model_file.name, f"{model_file.parent.name}/{model_file.name}"
+    name, tail = model_file.name, model_file.parts
     for digest, listed in entries:
-        if listed in (name, f"./{name}", in_folder) or listed.endswith(f"/{in_folder}"):
+        # the listed path's parts are the model file's last ones: model.onnx, 2/model.onnx, fraud/2/model.onnx
+        # (a repository's SHA256SUMS), never another model's churn/2/model.onnx, which ends alike
+        parts = tuple(part for part in listed.replace("\\", "/").split("/") if part not in ("", "."))
+        if parts and parts == tail[-len(parts) :]:
             return digest
     shown_names = ", ".join(repr(listed[:70]) for _, listed in entries[:5])
     raise fail(

@@ -294,7 +294,12 @@ def test_a_checksum_mismatch_is_a_failed_version_never_served(
 
 @pytest.mark.parametrize(
     "layout",
-    ["model.onnx listed second", "paths from the model folder", "blank lines, windows lines, a bom"],
+    [
+        "model.onnx listed second",
+        "paths from the model folder",
+        "paths from the repository, another model's first",
+        "blank lines, windows lines, a bom",
+    ],
 )
 def test_a_checksum_file_that_lists_several_files_is_read_at_the_line_of_model_onnx(
     repository: Path, make_server: ServerFactory, layout: str
@@ -307,6 +312,10 @@ def test_a_checksum_file_that_lists_several_files_is_read_at_the_line_of_model_o
     text = {
         "model.onnx listed second": f"{other}  model.onnx.data\n{digest} *model.onnx\n",
         "paths from the model folder": f"{other}  1/model.onnx\n{digest}  2/model.onnx\n{other}  3/model.onnx\n",
+        # (another model's version 2 ends as this one's does: it was taken for it, and the file refused)
+        "paths from the repository, another model's first": (
+            f"{other}  churn/2/model.onnx\n{digest}  ./m/2/model.onnx\n"
+        ),
         "blank lines, windows lines, a bom": f"\ufeff\r\n{other}  weights.bin\r\n\r\n{digest}  model.onnx\r\n",
     }[layout]
     path.with_name("model.onnx.sha256").write_bytes(text.encode())
