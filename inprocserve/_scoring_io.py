@@ -278,7 +278,7 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
         raise server._not_found(model, version)
     assert target.signature is not None
     if batch_rows is not None:  # (said here in the command's words: predict_many's speak of its batch_rows)
-        fix = "drop --batch-rows"
+        fix, hint = "drop --batch-rows", ""
         natural = plan_for_version(target, batch_rows=None, max_in_flight=None, timeout_s=None)
         if natural.exact_rows is not None and batch_rows != natural.exact_rows:
             exact = natural.exact_rows
@@ -289,6 +289,8 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
         elif natural.chunk_rows is None:
             why = target.why_unbatchable() or "its answers have no row per input row"
             refusal = f"takes a whole input as one request ({why}), so it cannot be cut into chunks"
+            if natural.exact_rows is None and target.signature.rows_beside_values():
+                hint = BESIDE_VALUES_HINT  # (only here: a model cut into chunks already was told so, or needs not)
         elif batch_rows > (limit := target.config.batching.request_row_limit):
             # (said by predict_many as "batch_rows=5000 is more than ...": no flag of this command, no limit)
             refusal = f"takes at most {limit} rows per request (batching.max_request_rows, else max_queue_rows)"
@@ -296,7 +298,6 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
         else:
             refusal = None
         if refusal is not None:
-            hint = BESIDE_VALUES_HINT if natural.exact_rows is None and target.signature.rows_beside_values() else ""
             raise ValueError(
                 f"--batch-rows {batch_rows}: model {model!r} version {target.version} {refusal}; {fix}{hint}"
             )

@@ -772,3 +772,22 @@ def test_a_batch_rows_past_what_one_request_may_carry_names_the_flag(
         "(batching.max_request_rows, else max_queue_rows); give --batch-rows 4096 or less, or drop it\n"
     )
     assert not (tmp_path / "y.npy").exists()
+
+
+def test_a_batch_rows_past_the_limit_of_a_model_told_its_rows_are_independent_gives_no_advice_to_tell_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model that takes a scale beside its rows, with rows_independent = "yes" already in its config.toml: a
+    # --batch-rows past one request's rows was refused with the advice to set rows_independent = 'yes', which
+    # the operator had set (the advice is for a model whose input cannot be cut into chunks at all).
+    from .test_scoring_verdicts import build_threshold_model
+
+    save_model(build_threshold_model(), tmp_path, "scaled", 1)
+    (tmp_path / "scaled" / "config.toml").write_text('[batching]\nrows_independent = "yes"\n')
+    np.savez(tmp_path / "in.npz", x=np.ones((3, 4), np.float32), scale=np.float32(5))
+    command = ["score", "--quiet", "--batch-rows", "5000", str(tmp_path), str(tmp_path / "in.npz")]
+    assert main([*command, str(tmp_path / "out.npz")]) == 1
+    assert capsys.readouterr().err == (
+        "error: --batch-rows 5000: model 'scaled' version 1 takes at most 4096 rows per request "
+        "(batching.max_request_rows, else max_queue_rows); give --batch-rows 4096 or less, or drop it\n"
+    )
