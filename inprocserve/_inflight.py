@@ -233,8 +233,14 @@ class Coalescer:
         if future is None:  # nobody followed it (or released already)
             return
         if outputs is not None:  # one answer for several callers: none may change it for the others
-            seal(outputs)
-            outputs = shareable(outputs)  # (text: followers' copies are made from one the leader never holds)
+            try:
+                seal(outputs)
+                outputs = shareable(outputs)  # (text: followers' copies are made from one the leader never holds)
+            except BaseException as exc:  # (an output deepcopy refuses, out of memory): never left waiting, the
+                future.set_exception(LeaderGone(exc))  # followers run by themselves; the leader keeps its answer
+                if not isinstance(exc, Exception):  # (its thread interrupted: that goes on up)
+                    raise
+                return
         if error is not None:
             future.set_exception(LeaderGone(error) if _leader_only(error) else error)
         elif outputs is None:  # no answer and no error: never leave followers waiting

@@ -999,3 +999,21 @@ def test_a_leader_changing_its_zipmap_answer_changes_no_follower_that_copies_it_
     outputs["output_probability"][0]["cat"] = 0.0  # the leader's caller, changing its own answer
     late = _inflight.shareable(follower.result(timeout=0))  # (the copy Sharing hands a follower)
     assert late["output_probability"] == [{"cat": 0.9, "dog": 0.1}]
+
+
+def test_an_answer_that_cannot_be_copied_for_followers_sends_them_to_run_by_themselves() -> None:
+    # The followers' copy of a non-tensor output (a backend's object holding a lock, which deepcopy refuses; a
+    # text answer too large to copy) is made as the leader releases them: it raised there, before their future
+    # was resolved, so they waited for good, and the leader, whose answer was ready, got the copy's error.
+    class Handle:
+        def __init__(self) -> None:
+            self.lock = threading.Lock()  # (deepcopy: "cannot pickle '_thread.lock' object")
+
+    coalescer = Coalescer()
+    assert coalescer.join(KEY) is None
+    follower = coalescer.join(KEY)
+    assert follower is not None
+    coalescer.release(KEY, {"y": np.arange(3.0), "handle": Handle()}, None)
+    gone = follower.exception(timeout=0)
+    assert isinstance(gone, LeaderGone) and isinstance(gone.cause, TypeError)
+    assert len(coalescer) == 0
