@@ -29,7 +29,13 @@ from ._backend import raised_by_signal_handler
 from ._batching import Batcher
 from ._deadlines import Watchdog
 from ._drift import is_replaying
-from ._errors import DeadlineExceededError, ModelNotFoundError, ServerClosedError, VersionRetiredError
+from ._errors import (
+    DeadlineExceededError,
+    InferenceError,
+    ModelNotFoundError,
+    ServerClosedError,
+    VersionRetiredError,
+)
 from ._request import Finisher, Request, finish_detached
 from ._request_telemetry import RequestTelemetry
 
@@ -555,7 +561,16 @@ class Sharing:
             if refused is not None:  # finished outside the lock: a future's callbacks may call the server
                 finish_detached(request, None, refused, self._deliver)
             return
-        finish_detached(request, None if error is not None else shareable(leader.result()), error, self._deliver)
+        answer = None
+        if error is None:
+            try:
+                answer = shareable(leader.result())  # (its own copy of what callers may change in place)
+            except Exception as exc:  # (out of memory): answered with an error, never left waiting
+                error = InferenceError(
+                    f"model {target.name!r} version {target.version}: the answer of an identical request in "
+                    f"flight could not be copied for this one ({type(exc).__name__}: {exc}); retry"
+                )
+        finish_detached(request, answer, error, self._deliver)
 
     def _lead_again(self, request: Request, target: ModelVersion) -> Future[Mapping[str, Any]] | None:
         """A follower whose leader gave up runs by itself: the first of the leader's followers to get here

@@ -1017,3 +1017,32 @@ def test_an_answer_that_cannot_be_copied_for_followers_sends_them_to_run_by_them
     gone = follower.exception(timeout=0)
     assert isinstance(gone, LeaderGone) and isinstance(gone.cause, TypeError)
     assert len(coalescer) == 0
+
+
+def test_a_follower_whose_own_copy_of_the_answer_fails_gets_an_error_not_a_wait_for_good(
+    busy_repository: Path,
+    make_server: ServerFactory,
+    hold_session: Callable[..., HeldSession],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each follower copies what a caller may change in place from the leader's answer, in the leader's
+    # done-callback: a copy that raised there (out of memory) left the follower unanswered for good.
+    server = make_server(busy_repository, config=sharing(True))
+    blocker = hold_session(server)
+    inputs = busy_inputs(1, seed=23)
+    leader = server.submit("busy", inputs)
+    follower = server.submit("busy", inputs)
+    shareable = _inflight.shareable
+    calls: list[int] = []
+
+    def copy_fails_for_the_follower(outputs: Any) -> Any:
+        calls.append(1)
+        if len(calls) > 1:  # (the first: the leader's release; then each follower's own copy)
+            raise MemoryError
+        return shareable(outputs)
+
+    monkeypatch.setattr(_inflight, "shareable", copy_fails_for_the_follower)
+    blocker.release()
+    assert leader.result(timeout=WAIT_S)["y"].shape == (1, 512)
+    with pytest.raises(inprocserve.InferenceError, match="could not be copied for this one"):
+        follower.result(timeout=WAIT_S)
