@@ -69,6 +69,9 @@ __all__ = ["Server"]
 logger = logging.getLogger(__name__)
 
 _RETRIES_ON_RETIRED = 3
+_AnswerCheck = Callable[[Mapping[str, Any], int], object]
+"""Called with a request's answer (its outputs) and the version that answered it; what it raises refuses it
+(see :meth:`Server._predict_checked`)."""
 _NO_SHADOWS: tuple[Any, ...] = ()  # the route of a request that nothing shadows (most of them)
 
 
@@ -291,6 +294,42 @@ class Server(RolloutMethods):
         answer, opened = self._predict_plain(model, inputs, version, context, timeout_s)
         if answer is not None:
             return answer
+        return self._predict_full(model, inputs, version, context, timeout_s, opened)
+
+    def _predict_checked(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: int | None,
+        context: Mapping[str, Any] | None,
+        timeout_s: float | None,
+        check: _AnswerCheck,
+    ) -> Prediction:
+        """:meth:`predict`, with ``check`` called on the answer (its outputs, and the version that answered)
+        before the request is recorded: what it raises is the request's refusal, recorded as such (latency
+        errors, the span's and metrics' error) and raised. For the ``/v2`` endpoints, whose requests name
+        outputs that only the answering version, known once the request ran, may lack (under a canary or
+        flags). Identical requests that followed it, the version's cache, drift monitoring and shadow copies
+        still get the answer: it is that version's own answer to those inputs."""
+        if timeout_s is not None:
+            timeout_s = check_timeout(timeout_s)
+        answer, opened = self._predict_plain(model, inputs, version, context, timeout_s, check=check)
+        if answer is not None:
+            return answer
+        return self._predict_full(model, inputs, version, context, timeout_s, opened, check)
+
+    def _predict_full(
+        self,
+        model: str,
+        inputs: Any,
+        version: int | None,
+        context: Mapping[str, Any] | None,
+        timeout_s: float | None,
+        opened: _Opened | None,
+        check: _AnswerCheck | None = None,
+    ) -> Prediction:
+        """:meth:`predict`'s full way (see :meth:`_dispatch`), for what its shortest way left to it."""
         try:
             request, target = self._dispatch(
                 model, inputs, version, context, timeout_s, None, inline=True, opened=opened
@@ -314,11 +353,15 @@ class Server(RolloutMethods):
         except BaseException as exc:  # its deadline, or the caller's thread interrupted: free its followers
             self._answered(request, self._version_of(request, target), exc)
             raise
-        self._answered(request, self._version_of(request, target), request.error)
-        if request.error is None:
+        refused = None
+        outputs = request.outputs
+        if check is not None and request.error is None and outputs is not None:  # (refused: what its caller gets)
+            refused = _refusal(check, outputs, request.route.version)
+        self._answered(request, self._version_of(request, target), request.error, given=refused)
+        error = request.error if refused is None else refused
+        if error is None:
             return request.prediction()
-        error = request.error
-        del request  # this frame joins the error's traceback: none of its locals may lead back to the error
+        del request, refused, outputs  # this frame joins the error's traceback: no local may lead back to it
         try:
             raise error
         finally:
@@ -332,6 +375,8 @@ class Server(RolloutMethods):
         context: Mapping[str, Any] | None,
         timeout_s: float | None,
         max_run_s: float | None = None,
+        *,
+        check: _AnswerCheck | None = None,
     ) -> tuple[Prediction | None, _Opened | None]:
         """The shortest way for the most common call at low load: a request run at once on this thread when a
         runner is idle and nothing is queued, or answered from the version's cache, however it was routed (a
@@ -350,6 +395,7 @@ class Server(RolloutMethods):
         done for the request already (its start, deadline and span; its route and validated inputs), which
         the full way continues from, or is ``None`` when nothing was (an unknown model or version is left to
         the full way, which names them). Invalid input is refused here, as the full way refuses it.
+        ``check``: see :meth:`_predict_checked` (an answer it refuses raises here, recorded as refused).
         """
         started = time.perf_counter()
         deadline = None if timeout_s is None else self._clock() + timeout_s
@@ -388,7 +434,8 @@ class Server(RolloutMethods):
         span = recorder.start_request_span(since=started)
         if cache is not None and outputs is not None:  # a hit (which takes no runner)
             self._telemetry.cache_result(recorder, "hit")
-            return self._plain_answer(started, span, routes, target, decision, arrays, rows, None, outputs), None
+            answer = self._plain_answer(started, span, routes, target, decision, arrays, rows, None, outputs, check)
+            return answer, None
         if not batcher.adopted or (cache is None and target.config.cache.share_in_flight):
             # a process's first request adopts the runners, and identical requests share runs: the full way
             return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows, key)
@@ -429,7 +476,7 @@ class Server(RolloutMethods):
             if lead is not None:
                 self._sharing.finish(target, lead, None, exc)  # (nothing, if it ended already)
             raise
-        return self._plain_answer(started, span, routes, target, decision, arrays, rows, timing, outputs), None
+        return self._plain_answer(started, span, routes, target, decision, arrays, rows, timing, outputs, check), None
 
     def _plain_answer(
         self,
@@ -442,16 +489,24 @@ class Server(RolloutMethods):
         rows: int,
         timing: BatchTiming | None,
         outputs: Mapping[str, Any],
+        check: _AnswerCheck | None,
     ) -> Prediction:
         """Record a request answered on the shortest way (run on this thread, or a cache hit: ``timing`` is
         ``None``) as the full way records an inline run or a hit, feed the version's drift monitoring and
-        offer copies to the decision's shadows (as :meth:`_answered` does), and make its answer."""
+        offer copies to the decision's shadows (as :meth:`_answered` does), and make its answer; or, when
+        ``check`` refuses the answer, record the request as refused, and raise the refusal (drift monitoring
+        and shadows still get the answer, as :meth:`_answered` gives them one its caller did not get)."""
         batcher = target.batcher
         assert batcher is not None  # (checked by _plain_route)
         elapsed_s = time.perf_counter() - started
-        target.latency.record(elapsed_s)
+        if check is None:  # (every predict call: the hottest path, which pays this test and the one below only)
+            refused = None
+            target.latency.record(elapsed_s)
+        else:
+            refused = _refusal(check, outputs, target.version)
+            target.latency.record(elapsed_s, failed=refused is not None)
         self._telemetry.plain_answered(
-            span, decision, target.version, rows, timing, None, elapsed_s, batcher.telemetry, lone=True
+            span, decision, target.version, rows, timing, refused, elapsed_s, batcher.telemetry, lone=True
         )
         request_id = self._ids.next()
         routes.router.served(request_id, decision, arrays, routes.state)  # keeps recent inputs for promotion
@@ -461,6 +516,11 @@ class Server(RolloutMethods):
             shadows = [routes.versions[v] for v in decision.shadows if v in routes.versions]
             if shadows:
                 self._shadow.offer(target.name, request_id, arrays, rows, outputs, target, shadows, primary_span=span)
+        if refused is not None:
+            try:
+                raise refused
+            finally:  # (this frame joins the refusal's traceback: its local must not lead back to it)
+                del refused
         return prediction_of(outputs, target.name, target.version, decision.variant, decision.reason, request_id)
 
     def _plain_route(
@@ -1366,6 +1426,16 @@ def version_number(version: object) -> int:
     if isinstance(version, bool) or not isinstance(version, numbers.Integral):
         raise TypeError(f"version must be an int or None, got {type(version).__name__}")
     return int(version)
+
+
+def _refusal(check: _AnswerCheck, outputs: Mapping[str, Any], version: int) -> Exception | None:
+    """What ``check`` raised for this answer, or ``None``: any error is the request's refusal (one raised out of
+    the recording would leave the requests that followed it waiting for good)."""
+    try:
+        check(outputs, version)
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _pinned(version: int) -> Decision:

@@ -17,6 +17,10 @@ from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, rollout
 from .test_config import _rows_against_a_table
+from .test_telemetry import Otel, _outcomes
+
+# The process-wide SDK (providers can be set once per process), as a fixture:
+from .test_telemetry import otel as otel
 from .test_v2_codec import call
 
 
@@ -147,8 +151,10 @@ def test_under_a_canary_an_answer_refused_for_its_outputs_is_cached_as_the_true_
         assert status == 400 and "version 1, which answered this request" in document["error"]
     status, document, _ = call(endpoints, "POST", "/v2/models/m/infer", json.dumps({"inputs": [x]}).encode())
     assert status == 200 and document["outputs"][0]["data"] == [2.0, 4.0, 6.0, 8.0]
-    cache = server.status()["models"]["m"]["versions"]["1"]["cache"]
+    version = server.status()["models"]["m"]["versions"]["1"]
+    cache, latency = version["cache"], version["latency_ms"]
     assert (cache["entries"], cache["misses"], cache["hits"]) == (1, 1, 2)
+    assert (latency["count"], latency["errors"]) == (1, 2)  # the refused request answered from the cache too
 
 
 def test_a_switch_after_the_early_output_check_is_caught_by_the_answer_check(
@@ -197,24 +203,19 @@ def test_under_a_canary_a_float8_output_of_the_version_that_answered_is_refused_
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="predict records its answer before /v2 checks it: the fix needs a hook in Server.predict (_server.py)",
-)
 @pytest.mark.parametrize("asked", ["z", "y"])
-def test_a_request_refused_after_its_run_is_recorded_as_refused_not_as_an_answer(repository: Path, asked: str) -> None:
+def test_a_request_refused_after_its_run_is_recorded_as_refused_not_as_an_answer(
+    otel: Otel, repository: Path, asked: str
+) -> None:
     # Under a canary, a request for z (only the canary has it) or y (float8 in the stable version) runs, since
     # the canary may answer it; answered by the stable version, the client gets a 400. status() counted it as
-    # an answer (latency count 1, errors 0): an operator read a healthy version while clients were refused.
+    # an answer (latency count 1, errors 0), and so did its span and the request metrics: an operator read a
+    # healthy version while clients were refused.
     from flask import Flask
     from inprocserve_flask import Inprocserve
 
-    if asked == "z":  # z: only the canary has it
-        save_model(build_scale_model(2.0), repository, "m", 1)
-        save_model(_two_output_model(), repository, "m", 2)
-    else:  # y: float8 in the stable version, FP32 in the canary
-        save_model(_float8_model(), repository, "m", 1)
-        save_model(build_scale_model(2.0, features=2), repository, "m", 2)
+    model = f"late_{asked}"  # (the metrics are the process's: a name no other test's requests record under)
+    x = _versions_apart_on(asked, repository, model)
     app = Flask(__name__)
     app.config.update(
         INPROCSERVE_REPOSITORY=str(repository),
@@ -223,12 +224,63 @@ def test_a_request_refused_after_its_run_is_recorded_as_refused_not_as_an_answer
     )
     Inprocserve(app)
     try:
-        features = 4 if asked == "z" else 2
-        x = {"name": "x", "datatype": "FP32", "shape": [1, features], "data": [1.5] * features}
-        response = app.test_client().post("/v2/models/m/infer", json={"inputs": [x], "outputs": [{"name": asked}]})
-        assert response.status_code == 400, response.json
+        for _ in range(2):  # the first request adopts the runners (predict's full way), the second runs at once
+            response = app.test_client().post(
+                f"/v2/models/{model}/infer", json={"inputs": [x], "outputs": [{"name": asked}]}
+            )
+            assert response.status_code == 400, response.json
         server = app.extensions["inprocserve"].server
-        latency = server.status()["models"]["m"]["versions"]["1"]["latency_ms"]
-        assert (latency["count"], latency["errors"]) == (0, 1)
+        latency = server.status()["models"][model]["versions"]["1"]["latency_ms"]
+        assert (latency["count"], latency["errors"]) == (0, 2)
+        assert _outcomes(otel, model) == {("client_error", "InvalidInputError"): 2}
+        spans = [
+            dict(span.attributes or {})
+            for span in otel.finished("inprocserve.predict")
+            if (span.attributes or {}).get("inprocserve.model.name") == model
+        ]
+        assert [(span["inprocserve.model.version"], span["error.type"]) for span in spans] == [
+            (1, "InvalidInputError")
+        ] * 2
+        response = app.test_client().post(f"/v2/models/{model}/infer", json={"inputs": [x]})  # (no output named)
+        assert response.status_code == 200, response.json
+        latency = server.status()["models"][model]["versions"]["1"]["latency_ms"]
+        assert (latency["count"], latency["errors"]) == (1, 2)
     finally:
         Inprocserve.close(app)
+
+
+def _versions_apart_on(asked: str, repository: Path, model: str) -> dict[str, object]:
+    """Versions 1 and 2 of ``model`` that differ on output ``asked``: z only in version 2, or y float8 in version 1
+    and FP32 in version 2; returns an input tensor both take."""
+    if asked == "z":
+        save_model(build_scale_model(2.0), repository, model, 1)
+        save_model(_two_output_model(), repository, model, 2)
+    else:
+        save_model(_float8_model(), repository, model, 1)
+        save_model(build_scale_model(2.0, features=2), repository, model, 2)
+    features = 4 if asked == "z" else 2
+    return {"name": "x", "datatype": "FP32", "shape": [1, features], "data": [1.5] * features}
+
+
+@pytest.mark.parametrize("asked", ["z", "y"])
+def test_the_django_view_records_a_request_refused_after_its_run_as_refused(repository: Path, asked: str) -> None:
+    # the same /v2 endpoints behind Django's view: the refusal after the run is counted once, as an error
+    from django.test import Client, override_settings
+    from inprocserve_django import get_server, reset_server
+
+    x = _versions_apart_on(asked, repository, "m")
+    settings = {
+        "REPOSITORY": str(repository),
+        "CONFIG": rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}),
+        "V2_PROTOCOL": True,
+    }
+    with override_settings(INPROCSERVE=settings):
+        try:
+            body = json.dumps({"inputs": [x], "outputs": [{"name": asked}]})
+            for _ in range(2):  # (the full way, then the shortest)
+                response = Client().post("/v2/models/m/infer", body, content_type="application/json")
+                assert response.status_code == 400, response.json()
+            latency = get_server().status()["models"]["m"]["versions"]["1"]["latency_ms"]
+            assert (latency["count"], latency["errors"]) == (0, 2)
+        finally:
+            reset_server()

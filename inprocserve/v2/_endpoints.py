@@ -8,6 +8,7 @@ get back a :class:`Response` to send. So both plug-ins answer alike, and an infe
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -27,7 +28,6 @@ from .._errors import (
 )
 from .._log_limit import LogLimit, since
 from .._model import ModelVersion
-from .._prediction import Prediction
 from .._registry import Routes
 from .._server import Server
 from .._signature import Signature, convertible
@@ -373,11 +373,17 @@ class Endpoints:
             finally:
                 del spent
         try:
-            prediction = server.predict(name, request.inputs, version=version, context=routing, timeout_s=budget)
+            if request.outputs and version is None:
+                # outputs that the version the request is routed to (known once it ran) may lack, or may not
+                # carry: its answer is checked before it is recorded, so that a refused one counts as refused
+                check = functools.partial(_check_answer_outputs, server, name, request.outputs)
+                prediction = server._predict_checked(
+                    name, request.inputs, version=version, context=routing, timeout_s=budget, check=check
+                )
+            else:
+                prediction = server.predict(name, request.inputs, version=version, context=routing, timeout_s=budget)
         except InvalidInputError as exc:
             raise _explain_bytes(exc, server, name, version, request.datatypes) from None
-        if request.outputs and version is None:
-            _check_answer_outputs(server, name, prediction, request.outputs)
         body, response_headers = encode_infer_response(
             prediction,
             request.outputs,
@@ -592,17 +598,24 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
 
 
 def _check_answer_outputs(
-    server: Server, name: str, prediction: Prediction, requested: Sequence[RequestedOutput]
+    server: Server, name: str, requested: Sequence[RequestedOutput], outputs: Mapping[str, Any], version: int
 ) -> None:
     """Refuse a requested output that the version routed to (under a canary or flags) does not have, naming
     that version and one to pin: refused as "not an output of model", a client that another user's same
-    request got answered for had nothing to go on.
+    request got answered for had nothing to go on; or one it has of a type the protocol cannot carry (float8,
+    which another version may have as FP32). ``Server._predict_checked`` calls it on the answer of
+    ``version`` before the request is recorded (refused after its run, it was recorded as answered).
 
     Raises:
-        InvalidInputError: names the output, the version that answered and the versions that have it.
+        InvalidInputError: names the output, the version that answered and the versions that have it; or the
+            output and its type.
     """
-    missing = next((output.name for output in requested if output.name not in prediction), None)
+    missing = next((output.name for output in requested if output.name not in outputs), None)
     if missing is None:
+        uncarried = _uncarried(server, name, version)
+        for output in requested:
+            if output.name in uncarried:
+                raise uncarried_output(output.name, name, uncarried[output.name])
         return
     routes = server._registry.routes.get(name)
     having = [
@@ -612,10 +625,10 @@ def _check_answer_outputs(
     ]
     pin = "" if not having else f"; pin version {having[-1]}, which has it (/v2/models/{name}/versions/N)"
     raise InvalidInputError(
-        f"output {brief(missing)} is not an output of model {brief(name)} version {prediction.version}, which "
-        f"answered this request (the version is decided request by request); outputs: {', '.join(prediction)}{pin}",
+        f"output {brief(missing)} is not an output of model {brief(name)} version {version}, which "
+        f"answered this request (the version is decided request by request); outputs: {', '.join(outputs)}{pin}",
         model=name,
-        version=prediction.version,
+        version=version,
     )
 
 
