@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ import inprocserve
 from inprocserve import v2
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory, rollout
+from .conftest import HELD_MARK, ServerFactory, SessionHolder, rollout, wait_until
 from .test_config import _rows_against_a_table
 from .test_telemetry import Otel, _outcomes
 
@@ -284,3 +286,46 @@ def test_the_django_view_records_a_request_refused_after_its_run_as_refused(repo
             assert (latency["count"], latency["errors"]) == (0, 2)
         finally:
             reset_server()
+
+
+@pytest.mark.parametrize("refused_leads", [True, False])
+def test_identical_requests_sharing_a_run_get_and_record_each_their_own_outcome(
+    repository: Path, make_server: ServerFactory, hold_session: SessionHolder, refused_leads: bool
+) -> None:
+    # The same inputs in flight twice share one run (the cache is on): a /v2 request for z, which version 1
+    # (that answers) lacks, and a predict that names no output. Whichever leads the run, the predict gets the
+    # version's answer and the /v2 request its 400, each recorded once as what its caller got.
+    save_model(build_scale_model(2.0), repository, "m", 1)
+    save_model(_two_output_model(), repository, "m", 2)
+    config = dataclasses.replace(
+        rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}),
+        cache=inprocserve.CacheConfig(enabled=True),
+    )
+    server = make_server(repository, config=config)
+    endpoints = v2.Endpoints(lambda: server)
+    inputs = {"x": np.array([[HELD_MARK, 1, 2, 3]], dtype=np.float32)}  # (the run of these is held)
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": inputs["x"].ravel().tolist()}
+    body = json.dumps({"inputs": [x], "outputs": [{"name": "z"}]}).encode()
+    held = hold_session.mark({"x": inputs["x"].copy()})
+
+    def version_1() -> Any:
+        return server.status()["models"]["m"]["versions"]["1"]
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = (
+            (lambda: call(endpoints, "POST", "/v2/models/m/infer", body), lambda: server.predict("m", inputs))
+            if refused_leads
+            else (lambda: server.predict("m", inputs), lambda: call(endpoints, "POST", "/v2/models/m/infer", body))
+        )
+        leading = pool.submit(first)
+        assert held.started.wait(10)
+        following = pool.submit(second)
+        wait_until(lambda: version_1()["cache"]["shared"] == 1)
+        held.let_go()
+        refused, answered = (leading, following) if refused_leads else (following, leading)
+        status, document, _ = refused.result(timeout=10)
+        assert status == 400 and "version 1, which answered this request" in document["error"]
+        np.testing.assert_array_equal(answered.result(timeout=10)["y"], inputs["x"] * 2)
+    latency, cache = version_1()["latency_ms"], version_1()["cache"]
+    assert (latency["count"], latency["errors"]) == (1, 1)
+    assert (cache["entries"], cache["misses"], cache["shared"]) == (1, 1, 1)
