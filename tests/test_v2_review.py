@@ -205,7 +205,7 @@ def test_under_a_canary_a_float8_output_of_the_version_that_answered_is_refused_
     )
 
 
-@pytest.mark.parametrize("asked", ["z", "y"])
+@pytest.mark.parametrize("asked", ["z", "y", "zipped"])
 def test_a_request_refused_after_its_run_is_recorded_as_refused_not_as_an_answer(
     otel: Otel, repository: Path, asked: str
 ) -> None:
@@ -252,19 +252,29 @@ def test_a_request_refused_after_its_run_is_recorded_as_refused_not_as_an_answer
 
 
 def _versions_apart_on(asked: str, repository: Path, model: str) -> dict[str, object]:
-    """Versions 1 and 2 of ``model`` that differ on output ``asked``: z only in version 2, or y float8 in version 1
-    and FP32 in version 2; returns an input tensor both take."""
+    """Versions 1 and 2 of ``model`` that differ on output ``asked``: z only in version 2, y float8 in version 1
+    and FP32 in version 2, or zipped a ZipMap (a sequence of maps) in version 1 and FP32 in version 2; returns an
+    input tensor both take."""
     if asked == "z":
         save_model(build_scale_model(2.0), repository, model, 1)
         save_model(_two_output_model(), repository, model, 2)
-    else:
+    elif asked == "y":
         save_model(_float8_model(), repository, model, 1)
         save_model(build_scale_model(2.0, features=2), repository, model, 2)
+    else:
+        from onnx import TensorProto, helper
+
+        from .test_web_hardening import build_zipmap_model
+
+        save_model(build_zipmap_model(), repository, model, 1)
+        x, zipped = (helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 2]) for n in ("x", "zipped"))
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["zipped"])], "tensor", [x], [zipped])
+        save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), repository, model, 2)
     features = 4 if asked == "z" else 2
     return {"name": "x", "datatype": "FP32", "shape": [1, features], "data": [1.5] * features}
 
 
-@pytest.mark.parametrize("asked", ["z", "y"])
+@pytest.mark.parametrize("asked", ["z", "y", "zipped"])
 def test_the_django_view_records_a_request_refused_after_its_run_as_refused(repository: Path, asked: str) -> None:
     # the same /v2 endpoints behind Django's view: the refusal after the run is counted once, as an error
     from django.test import Client, override_settings

@@ -38,6 +38,7 @@ from ._codec import (
     RequestedOutput,
     TensorHeader,
     _header,
+    _is_tensor,
     decode_infer_request,
     encode_infer_response,
     json_too_large,
@@ -589,12 +590,16 @@ def _check_outputs(server: Server, name: str, version: int | None, requested: Se
         if output.name in uncarried and output.name not in carried:
             raise uncarried_output(output.name, name, uncarried[output.name])
         if output.name not in tensors:
-            raise InvalidInputError(
-                f"output {brief(output.name)} of model {brief(name)} is a sequence or map (an ONNX ZipMap, say), "
-                "which the protocol cannot carry; ask for the model's tensor outputs with 'outputs'",
-                model=name,
-                version=version,
-            )
+            raise _not_a_tensor(output.name, name, version)
+
+
+def _not_a_tensor(output: str, name: str, version: int | None) -> InvalidInputError:
+    return InvalidInputError(
+        f"output {brief(output)} of model {brief(name)} is a sequence or map (an ONNX ZipMap, say), "
+        "which the protocol cannot carry; ask for the model's tensor outputs with 'outputs'",
+        model=name,
+        version=version,
+    )
 
 
 def _check_answer_outputs(
@@ -602,9 +607,10 @@ def _check_answer_outputs(
 ) -> None:
     """Refuse a requested output that the version routed to (under a canary or flags) does not have, naming
     that version and one to pin: refused as "not an output of model", a client that another user's same
-    request got answered for had nothing to go on; or one it has of a type the protocol cannot carry (float8,
-    which another version may have as FP32). ``Server._predict_checked`` calls it on the answer of
-    ``version`` before the request is recorded (refused after its run, it was recorded as answered).
+    request got answered for had nothing to go on; or one it has that the protocol cannot carry (float8, a
+    ZipMap's sequence of maps: another version may have it as FP32). ``Server._predict_checked`` calls it on
+    the answer of ``version`` before the request is recorded (refused after its run, it was recorded as
+    answered).
 
     Raises:
         InvalidInputError: names the output, the version that answered and the versions that have it; or the
@@ -616,6 +622,8 @@ def _check_answer_outputs(
         for output in requested:
             if output.name in uncarried:
                 raise uncarried_output(output.name, name, uncarried[output.name])
+            if not _is_tensor(outputs[output.name]):
+                raise _not_a_tensor(output.name, name, version)
         return
     routes = server._registry.routes.get(name)
     having = [
