@@ -379,7 +379,7 @@ class Registry:
                 raise
             self._named_by_load(name, asked, by_hand=by_hand)
             loaded = list(self.loaded[name])
-            self._latest[name] = self._gate(name, max(loaded), loaded)
+            self._latest[name] = self._gate(name, max(loaded), loaded, effective.rollout)
             self.publish(name)
             return version
 
@@ -770,7 +770,7 @@ class Registry:
             return problems
         self._policy_problems.pop(name, None)
         latest = max(selected) if selected else max(wanted)
-        default = self._gate(name, latest, usable)  # (a version kept from the policy answers too)
+        default = self._gate(name, latest, usable, config.rollout)  # (a version kept from the policy answers too)
         self._latest[name] = default
         # The control state is read again under the routing lock: the watcher may have just made a loaded
         # version stable (without the lifecycle lock), and it stays. A held-back default stays, whatever the
@@ -886,20 +886,23 @@ class Registry:
             self._gone.pop(name, None)
         return gone
 
-    def _gate(self, name: str, candidate: int, available: list[int]) -> int:
+    def _gate(self, name: str, candidate: int, available: list[int], rollout: RolloutConfig) -> int:
         """The compatibility gate: the version that becomes the default of ``name`` — ``candidate``, unless
-        its signature would break callers of the version answering default traffic now (the stable alias,
-        or the current default) and that version is still ``available``. A held-back candidate stays
-        loaded and servable with ``version=``; status, the log and a counter say why."""
+        its signature would break callers of the version answering default traffic (the stable alias of the
+        control file, else ``rollout.stable``, the configuration about to be published; else the current
+        default) and that version is still ``available``. A held-back candidate stays loaded and servable
+        with ``version=``; status, the log and a counter say why."""
         held = self.incompatible.setdefault(name, {})
         routes = self.routes.get(name)
-        if routes is None:
-            return candidate
-        alias = routes.state.pin
-        baseline = routes.versions.get(alias) if alias is not None else None
-        baseline = baseline or routes.default
-        new = self.loaded.get(name, {}).get(candidate)
-        if new is None or baseline.version == candidate or baseline.version not in available:
+        loaded = self.loaded.get(name, {})
+        # Before the first publish (start-up, a first load) the stable version named answers too: with no
+        # routes, the candidate used to be the default unchecked, shown compatible while switch() refused it.
+        alias = routes.state.alias if routes is not None else self._control_stable(name)
+        pin = alias if alias is not None else rollout.stable
+        baseline = loaded.get(pin) if pin is not None else None
+        baseline = baseline or (routes.default if routes is not None else None)
+        new = loaded.get(candidate)
+        if new is None or baseline is None or baseline.version == candidate or baseline.version not in available:
             held.pop(candidate, None)
             return candidate
         assert baseline.signature is not None and new.signature is not None
@@ -1809,6 +1812,14 @@ class Registry:
             f"({', '.join(map(str, sorted(source.versions))) or 'none'}): requests meant for them get another"
         )
         return [_said_once(self._reference_problems, name, problem)]
+
+    def _control_stable(self, name: str) -> int | None:
+        """The stable version the control file names for ``name`` (``None``: none, or one only a build loaded
+        by path holds here, which is not followed: see :meth:`_builds_named`)."""
+        state = self.control.models.get(name)
+        if state is None or state.stable is None or state.stable in self._builds_named(name, state):
+            return None
+        return state.stable
 
     def _control_versions(self, name: str) -> set[int]:
         state = self.control.models.get(name)

@@ -1,0 +1,76 @@
+"""The compatibility gate beside a rollout configuration: the version a rollout names as stable is the one a
+new version is compared with, from the first load on, and status says so as switch() and promote() do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import inprocserve
+from inprocserve.testing import save_model
+
+from .conftest import ServerFactory, rollout
+
+
+def build_label_model(dtype: int = TensorProto.INT64) -> onnx.ModelProto:
+    """``label = argmax(x)`` on float32 ``x[batch, 4]``, as an output of type ``dtype``."""
+    nodes = [
+        helper.make_node("ArgMax", ["x"], ["index"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["index"], ["label"], to=dtype),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "label",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("label", dtype, ["batch"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def rows(count: int = 1) -> np.ndarray:
+    return np.ones((count, 4), np.float32)
+
+
+def test_status_compares_a_new_version_with_the_configured_stable_one_from_the_start(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Versions 1 (int64 labels) and 2 (float labels) on disk at start-up, ``stable=1``: version 2 was shown
+    compatible and the default, though switch() and promote() refuse it for the changed output type, and a
+    refresh later turned it incompatible and the default back to 1."""
+    save_model(build_label_model(TensorProto.INT64), repository, "labels", 1)
+    save_model(build_label_model(TensorProto.FLOAT), repository, "labels", 2)
+    server = make_server(repository, config=rollout(stable=1))
+    expected = ["output 'label': type tensor(int64) became tensor(float)"]
+
+    def shown() -> tuple[int, int, bool, list[str]]:
+        status = server.status()["models"]["labels"]
+        second = status["versions"]["2"]
+        return status["default_version"], status["answering_version"], second["compatible"], second["incompatibilities"]
+
+    assert shown() == (1, 1, False, expected)
+    assert server.predict("labels", rows()).version == 1
+    assert server.predict("labels", rows(), version=2).version == 2  # servable when pinned
+    with pytest.raises(inprocserve.PromotionRefusedError, match=r"tensor\(int64\) became tensor\(float\)"):
+        server.switch("labels", 2)
+    server.refresh()
+    assert shown() == (1, 1, False, expected)  # the same after a refresh
+
+
+def test_a_worker_that_starts_after_a_fleet_switch_compares_with_the_switched_to_version(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The fleet was switched back to version 1 (forced); a worker that started then showed version 2, whose
+    output type differs, as compatible and its default."""
+    save_model(build_label_model(TensorProto.INT64), repository, "labels", 1)
+    save_model(build_label_model(TensorProto.FLOAT), repository, "labels", 2)
+    config = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+    make_server(repository, config=config).switch("labels", 1, force=True)
+    status = make_server(repository, config=config).status()["models"]["labels"]
+    assert (status["default_version"], status["answering_version"]) == (1, 1)
+    assert status["versions"]["2"]["incompatibilities"] == ["output 'label': type tensor(int64) became tensor(float)"]
