@@ -16,6 +16,7 @@ from ._model import ModelVersion
 from ._operations import Operations
 from ._ort_rules import onnxruntime_version
 from ._registry import Registry
+from ._signature import incompatibilities
 
 __all__ = ["brief_status", "gauge_source", "relative_to_repository", "server_status"]
 
@@ -139,6 +140,14 @@ def _models_status(
         for number, failure in list(failures.get(name, {}).items()):
             versions[str(number)] = {"state": "failed", "error": failure.error}
         held = dict(registry.incompatible.get(name, {}))
+        stable = None if routes is None else routes.state.alias
+        configured = stable if stable is not None or routes is None else routes.state.config.stable
+        answering = (  # the version that answers default traffic
+            configured
+            if routes is not None and configured in routes.versions
+            else (None if routes is None else routes.default.version)
+        )
+        baseline = None if routes is None or answering is None else routes.versions[answering]
         unhealthy: dict[str, str] = {}
         for number, model_version in sorted(loaded.get(name, {}).items()):
             facts = _brief_entry(model_version, signatures=signatures) if brief else model_version.status()
@@ -147,18 +156,12 @@ def _models_status(
             reload_failure = failures.get(name, {}).get(number)  # its files changed and loading them failed
             facts["reload_error"] = None if reload_failure is None else reload_failure.error
             facts["serving"] = routes is not None and number in routes.versions
-            facts["compatible"] = number not in held
-            facts["incompatibilities"] = list(held.get(number, ()))
+            problems = _incompatibilities(baseline, model_version, held.get(number))
+            facts["compatible"] = not problems
+            facts["incompatibilities"] = problems
             versions[str(number)] = facts
         router = registry.routers.get(name)
         state = registry.control.models.get(name)
-        stable = None if routes is None else routes.state.alias
-        configured = stable if stable is not None or routes is None else routes.state.config.stable
-        answering = (  # the version that answers default traffic
-            configured
-            if routes is not None and configured in routes.versions
-            else (None if routes is None else routes.default.version)
-        )
         models[name] = {
             "default_version": None if routes is None else routes.default.version,
             # What it serves now (docs/operations.md): the switched-to version, else the configured stable
@@ -180,6 +183,16 @@ def _models_status(
             "shadow": None if shadow_status is None else shadow_status(name),
         }
     return models
+
+
+def _incompatibilities(baseline: ModelVersion | None, version: ModelVersion, held: list[str] | None) -> list[str]:
+    """What would break for callers of ``baseline`` (the version answering default traffic) if ``version``
+    answered them, as switch() judges it: every version is compared, not only the one the gate held back (a
+    canary, an A/B arm or an older version was shown compatible, with nothing listed, while switch() refused
+    it); ``held``, the gate's finding, where there is nothing to compare with."""
+    if baseline is None or baseline is version or baseline.signature is None or version.signature is None:
+        return list(held or ())
+    return incompatibilities(baseline.signature, version.signature)
 
 
 _PATH_KEYS = frozenset({"path", "repository", "file", "folder", "optimized_path", "inputs_file"})

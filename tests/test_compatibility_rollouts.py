@@ -74,3 +74,23 @@ def test_a_worker_that_starts_after_a_fleet_switch_compares_with_the_switched_to
     status = make_server(repository, config=config).status()["models"]["labels"]
     assert (status["default_version"], status["answering_version"]) == (1, 1)
     assert status["versions"]["2"]["incompatibilities"] == ["output 'label': type tensor(int64) became tensor(float)"]
+
+
+def test_every_served_version_is_shown_as_switch_would_judge_it(repository: Path, make_server: ServerFactory) -> None:
+    """Versions 1 and 3 return int64 labels, version 2 floats; all served, 3 the default. Version 2, as a
+    canary, was shown compatible with nothing listed (only the newest version was ever compared), though
+    switch() refuses it and one caller in ten meets its other output type."""
+    for version, dtype in ((1, TensorProto.INT64), (2, TensorProto.FLOAT), (3, TensorProto.INT64)):
+        save_model(build_label_model(dtype), repository, "labels", version)
+    server = make_server(repository, config=rollout())
+    server.set_canary("labels", 2, percent=10)  # routed as configured: the gate decides the default only
+    status = server.status()["models"]["labels"]
+    assert (status["default_version"], status["answering_version"]) == (3, 3)
+    shown = {number: (entry["compatible"], entry["incompatibilities"]) for number, entry in status["versions"].items()}
+    assert shown == {
+        "1": (True, []),
+        "2": (False, ["output 'label': type tensor(int64) became tensor(float)"]),
+        "3": (True, []),
+    }
+    with pytest.raises(inprocserve.PromotionRefusedError, match=r"type tensor\(int64\) became tensor\(float\)"):
+        server.switch("labels", 2)
