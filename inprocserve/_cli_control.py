@@ -209,19 +209,30 @@ def _switch(
             written.
     """
     current = _configured_default(source)
+    # With no stable version named, a worker that started with the newest version answers with it, but one
+    # that saw the versions come one by one may answer with an older one, its gate having held the newer ones
+    # back (``kept``): a switch must break the callers of neither. (The newest alone was compared: a switch
+    # to the version held back was compared with itself and written, exit 0, moving every caller to it.)
+    kept = None
+    if signature is not None and control.read().models.get(args.model, ModelControl()).stable is None:
+        kept = _gated_default(args, repository, source, current, version, signature)
+    previous = current if kept is None or kept == version else kept  # (a rollback goes back to it)
 
     def serving(state: ModelControl) -> int | None:
         return state.stable if state.stable is not None else current
 
     for _ in range(_TRIES):
-        compared = serving(control.read().models.get(args.model, ModelControl()))
+        named = control.read().models.get(args.model, ModelControl()).stable
+        compared = named if named is not None else current
         if signature is not None and not args.force:
             _refuse_if_incompatible(args, repository, source, compared, version, signature)
+            if named is None and kept is not None and kept != compared:
+                _refuse_if_incompatible(args, repository, source, kept, version, signature)
 
         def to(state: ModelControl, compared: int | None = compared) -> ModelControl:
             if signature is not None and not args.force and serving(state) != compared:
                 raise _TargetMoved  # (never loaded inside the lock: other writers wait)
-            return switched(state, version, current=current)
+            return switched(state, version, current=previous)
 
         try:
             return control.set_model(args.model, to, actor=args.actor)
@@ -341,6 +352,39 @@ def _refuse_if_incompatible(
             f"model {args.model!r} version {version} is not compatible with version {serving}, which serves now: "
             f"{'; '.join(problems)}; nothing was written. Once callers are ready, --force switches anyway"
         )
+
+
+def _gated_default(
+    args: argparse.Namespace,
+    repository: Path,
+    source: ModelSource,
+    newest: int | None,
+    version: int,
+    signature: Signature,
+) -> int | None:
+    """The version a worker that saw the versions come one by one answers with by default when no stable
+    version is named (neither the control file nor ``config.toml``; ``newest``: the policy's choice, else the
+    configured stable version, returned as it is). Its compatibility gate lets a newer version take the
+    default only if it is compatible with the one answering, so the versions up to ``newest`` are walked in
+    order, as hot reload brought them in. A version that does not load here is skipped, as the gate skips one
+    that fails to load; ``version`` (``signature``) is not loaded again."""
+    if newest is None:
+        return newest
+    try:
+        config = ModelConfig() if source.config_path is None else load_model_config(source.config_path, ignored=[])
+    except ConfigurationError:
+        return newest
+    if config.rollout.stable is not None and config.rollout.stable in source.versions:
+        return newest  # (named: it answers, and the gate compares with it)
+    answering: tuple[int, Signature] | None = None
+    for number in sorted(v for v in source.versions if v <= newest):
+        try:
+            found = signature if number == version else _check_loads(args, repository, source, number)
+        except InprocserveError:
+            continue
+        if answering is None or not incompatibilities(answering[1], found):
+            answering = (number, found)
+    return newest if answering is None else answering[0]
 
 
 def _version_folders(folder: Path) -> list[str]:

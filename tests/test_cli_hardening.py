@@ -1303,7 +1303,8 @@ def test_switch_compares_with_the_version_serving_when_it_writes_not_when_it_rea
     save_model(build_add_model(), repository, "fraud", 1)  # inputs a, b, n
     save_model(build_scale_model(2.0), repository, "fraud", 2)  # input x
     save_model(build_scale_model(3.0), repository, "fraud", 3)  # input x: compatible with 2, not with 1
-    assert main(["switch", str(repository), "fraud", "2"]) == 0
+    # (forced: a worker that saw 1 before 2 and 3 came keeps answering with 1, so a plain switch is refused)
+    assert main(["switch", "--force", str(repository), "fraud", "2"]) == 0
     real = cli_control.incompatibilities
     landed: list[bool] = []
 

@@ -1,0 +1,38 @@
+"""``python -m inprocserve switch`` against workers whose compatibility gate held a version back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inprocserve import ModelConfig, VersionPolicy
+from inprocserve.__main__ import main
+from inprocserve._control import ControlFile
+from inprocserve.testing import build_mlp_model, save_model
+
+from .conftest import ServerFactory
+
+
+def test_the_cli_refuses_a_switch_to_the_version_the_gate_holds_back(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Version 1 takes ``x``; version 2, added later, takes ``features`` and is held back, so workers answer
+    with 1. ``switch models/ m 2`` took the newest version for the one serving, compared 2 with itself, and
+    wrote the switch (exit 0): every worker moved to 2 and every caller sending ``x`` failed."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    server = make_server(repository, config=ModelConfig(version_policy=VersionPolicy.all()), poll_interval_s=None)
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
+    server.refresh()
+    assert server.status()["models"]["m"]["answering_version"] == 1
+    capsys.readouterr()
+    assert main(["switch", str(repository), "m", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model 'm' version 2 is not compatible with version 1, which serves now: "), err
+    assert "input 'x' is gone" in err and "--force" in err, err
+    assert not ControlFile(repository).path.exists()
+    server.sync_control()
+    assert server.predict("m", {"x": np.ones((1, 4), np.float32)}).version == 1
+    assert main(["switch", "--force", str(repository), "m", "2"]) == 0  # callers are ready
+    assert ControlFile(repository).read().models["m"].previous_stable == 1  # a rollback goes back to 1
