@@ -3,6 +3,7 @@ new version is compared with, from the first load on, and status says so as swit
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,52 @@ def test_every_served_version_is_shown_as_switch_would_judge_it(repository: Path
     }
     with pytest.raises(inprocserve.PromotionRefusedError, match=r"type tensor\(int64\) became tensor\(float\)"):
         server.switch("labels", 2)
+
+
+def _classifier(output: str) -> onnx.ModelProto:
+    """Softmax scores of ``x[batch, 2]`` as a ZipMap of int64 or string keys, a plain tensor, or a label."""
+    nodes = [helper.make_node("Softmax", ["x"], ["scores"], axis=1)]
+    if output.startswith("zipmap"):
+        text = output == "zipmap-text"
+        labels = {"classlabels_strings": ["no", "yes"]} if text else {"classlabels_int64s": [0, 1]}
+        nodes.append(helper.make_node("ZipMap", ["scores"], ["p"], domain="ai.onnx.ml", **labels))
+        scores = helper.make_tensor_type_proto(TensorProto.FLOAT, [])
+        kind = helper.make_sequence_type_proto(
+            helper.make_map_type_proto(TensorProto.STRING if text else TensorProto.INT64, scores)
+        )
+        declared = helper.make_value_info("p", kind)
+    elif output == "scores":
+        nodes.append(helper.make_node("Identity", ["scores"], ["p"]))
+        declared = helper.make_tensor_value_info("p", TensorProto.FLOAT, ["batch", 2])
+    else:  # "text": the label as a string
+        nodes.append(helper.make_node("ArgMax", ["scores"], ["index"], axis=1, keepdims=0))
+        labels = {"keys_int64s": [0, 1], "values_strings": ["no", "yes"]}
+        nodes.append(helper.make_node("LabelEncoder", ["index"], ["p"], domain="ai.onnx.ml", **labels))
+        declared = helper.make_tensor_value_info("p", TensorProto.STRING, ["batch"])
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])]
+    graph = helper.make_graph(nodes, "classifier", inputs, [declared])
+    opsets = [helper.make_opsetid("", 13), helper.make_opsetid("ai.onnx.ml", 2)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        ("zipmap", "zipmap-text", "type seq(map(int64,tensor(float))) became seq(map(string,tensor(float)))"),
+        ("zipmap", "scores", "type seq(map(int64,tensor(float))) became tensor(float)"),
+        ("text", "zipmap", "type tensor(string) became seq(map(int64,tensor(float)))"),
+    ],
+)
+def test_a_classifier_whose_output_changes_form_is_held_back_and_named(
+    repository: Path, make_server: ServerFactory, before: str, after: str, expected: str
+) -> None:
+    save_model(_classifier(before), repository, "clf", 1)
+    server = make_server(repository, config=rollout(), poll_interval_s=None)
+    save_model(_classifier(after), repository, "clf", 2)
+    assert server.refresh() == []
+    status = server.status()["models"]["clf"]
+    assert (status["default_version"], status["versions"]["2"]["incompatibilities"]) == (1, [f"output 'p': {expected}"])
+    with pytest.raises(inprocserve.PromotionRefusedError, match=re.escape(expected)):
+        server.switch("clf", 2)
