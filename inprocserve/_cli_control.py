@@ -366,8 +366,9 @@ def _gated_default(
     version is named (neither the control file nor ``config.toml``; ``newest``: the policy's choice, else the
     configured stable version, returned as it is). Its compatibility gate lets a newer version take the
     default only if it is compatible with the one answering, so the versions up to ``newest`` are walked in
-    order, as hot reload brought them in. A version that does not load here is skipped, as the gate skips one
-    that fails to load; ``version`` (``signature``) is not loaded again."""
+    order, as hot reload brought them in (those the version policy selects only). A version that does not
+    load here is skipped, as the gate skips one that fails to load; ``version`` (``signature``) is not loaded
+    again."""
     if newest is None:
         return newest
     try:
@@ -377,7 +378,9 @@ def _gated_default(
     if config.rollout.stable is not None and config.rollout.stable in source.versions:
         return newest  # (named: it answers, and the gate compares with it)
     answering: tuple[int, Signature] | None = None
-    for number in sorted(v for v in source.versions if v <= newest):
+    # Only the versions the policy had workers load as each one came (newest then): a version it never
+    # selects (``specific``) never answered, and taking it for the one answering refused safe switches.
+    for number in sorted(v for v in source.versions if v <= newest and config.version_policy.select([v])):
         try:
             found = signature if number == version else _check_loads(args, repository, source, number)
         except InprocserveError:

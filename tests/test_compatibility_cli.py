@@ -36,3 +36,23 @@ def test_the_cli_refuses_a_switch_to_the_version_the_gate_holds_back(
     assert server.predict("m", {"x": np.ones((1, 4), np.float32)}).version == 1
     assert main(["switch", "--force", str(repository), "m", "2"]) == 0  # callers are ready
     assert ControlFile(repository).read().models["m"].previous_stable == 1  # a rollback goes back to 1
+
+
+def test_the_cli_compares_a_switch_only_with_versions_the_policy_lets_workers_load(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``version_policy = { specific = [2, 3] }``: no worker ever loads version 1 (an old model taking ``x``),
+    so workers answer with 3 and a switch to 2 (same signature) breaks no caller. The CLI walked every version
+    on disk from 1, took 1 for the one answering, refused the switch (exit 1, "not compatible with version 1"),
+    and, forced, recorded 1 as the version to roll back to, a version no worker serves."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
+    save_model(build_mlp_model((4, 8, 2), input_name="features", seed=1), repository, "m", 3)
+    (repository / "m" / "config.toml").write_text("version_policy = { specific = [2, 3] }\n")
+    server = make_server(repository, poll_interval_s=None)
+    assert server.status()["models"]["m"]["answering_version"] == 3
+    capsys.readouterr()
+    assert main(["switch", str(repository), "m", "2"]) == 0, capsys.readouterr().err
+    assert ControlFile(repository).read().models["m"].previous_stable == 3  # a rollback goes back to 3
+    server.sync_control()
+    assert server.predict("m", {"features": np.ones((1, 4), np.float32)}).version == 2
