@@ -356,7 +356,11 @@ class Server(RolloutMethods):
         refused = None
         outputs = request.outputs
         if check is not None and request.error is None and outputs is not None:  # (refused: what its caller gets)
-            refused = _refusal(check, outputs, request.route.version)
+            try:
+                refused = _refusal(check, outputs, request.route.version)
+            except BaseException as exc:  # (its thread interrupted in the check: the requests following it go
+                self._answered(request, self._version_of(request, target), exc)  # on without it, not wait)
+                raise
         self._answered(request, self._version_of(request, target), request.error, given=refused)
         error = request.error if refused is None else refused
         if error is None:

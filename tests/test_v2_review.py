@@ -17,7 +17,7 @@ import inprocserve
 from inprocserve import v2
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import HELD_MARK, ServerFactory, SessionHolder, rollout, wait_until
+from .conftest import HELD_MARK, ServerFactory, SessionHolder, busy_inputs, rollout, wait_until
 from .test_config import _rows_against_a_table
 from .test_telemetry import Otel, _outcomes
 
@@ -339,3 +339,32 @@ def test_identical_requests_sharing_a_run_get_and_record_each_their_own_outcome(
     latency, cache = version_1()["latency_ms"], version_1()["cache"]
     assert (latency["count"], latency["errors"]) == (1, 1)
     assert (cache["entries"], cache["misses"], cache["shared"]) == (1, 1, 1)
+
+
+def test_a_checked_request_interrupted_in_its_check_frees_the_requests_that_follow_it(
+    busy_repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    # The check of a /v2 answer runs on the caller's thread after its run: a signal handler raising there (a
+    # task's time limit, Ctrl-C) went on up before the request was recorded, and identical requests that
+    # followed it waited for good.
+    server = make_server(busy_repository, config=inprocserve.ModelConfig(cache=inprocserve.CacheConfig(enabled=True)))
+    blocker = hold_session(server, rows=1)
+    inputs = busy_inputs(1, seed=31)
+
+    def interrupted(outputs: Any, version: int) -> None:
+        raise KeyboardInterrupt
+
+    def checked() -> BaseException | None:
+        try:
+            server._predict_checked("busy", inputs, version=None, context=None, timeout_s=None, check=interrupted)
+        except BaseException as exc:
+            return exc
+        return None
+
+    with ThreadPoolExecutor(1) as pool:
+        leader = pool.submit(checked)  # queued behind the blocker: the full way
+        wait_until(lambda: server.status()["models"]["busy"]["versions"]["1"]["queued_rows"] == 1)
+        follower = server.submit("busy", inputs)
+        blocker.release()
+        assert isinstance(leader.result(timeout=10), KeyboardInterrupt)
+        assert follower.result(timeout=10)["y"].shape == (1, 512)
