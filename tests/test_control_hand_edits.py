@@ -189,6 +189,15 @@ def test_a_control_file_that_does_not_change_is_not_parsed_again_each_interval(
     assert len(parsed) == 1
 
 
+def add_by_hand(repository: Path, model: str, entry: dict[str, object], *, revision: int) -> None:
+    """Edit the control file as an operator would: a model's entry added, the revision raised."""
+    control = repository / CONTROL_FILENAME
+    document = json.loads(control.read_text())
+    document["models"][model] = entry
+    document["revision"] = revision
+    control.write_text(json.dumps(document))
+
+
 def test_an_entry_for_a_misspelt_model_is_said_once(
     two_models: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -197,11 +206,7 @@ def test_an_entry_for_a_misspelt_model_is_said_once(
     ``"kil"``, is named with the key it is close to)."""
     server = make_server(two_models, control_interval_s=None)
     server.switch("fraud", 1)
-    control = two_models / CONTROL_FILENAME
-    document = json.loads(control.read_text())
-    document["models"]["frud"] = {"kill": True}
-    document["revision"] = 2
-    control.write_text(json.dumps(document))
+    add_by_hand(two_models, "frud", {"kill": True}, revision=2)
     with caplog.at_level("WARNING", logger="inprocserve"):
         assert server.sync_control() == 2
         assert server.sync_control() == 2
@@ -216,11 +221,7 @@ def test_an_entry_for_a_misspelt_model_is_said_by_a_server_that_starts_with_it(
     ``max_requests``): it read the file before it loaded its models, when no entry could look like a typo
     of one, took the revision as checked, and said nothing for as long as it followed it."""
     make_server(two_models, control_interval_s=None).switch("fraud", 1)
-    control = two_models / CONTROL_FILENAME
-    document = json.loads(control.read_text())
-    document["models"]["frud"] = {"kill": True}
-    document["revision"] = 2
-    control.write_text(json.dumps(document))
+    add_by_hand(two_models, "frud", {"kill": True}, revision=2)
     with caplog.at_level("WARNING", logger="inprocserve"):
         server = make_server(two_models, control_interval_s=None)
         assert server.sync_control() == 2  # (the watcher's read)

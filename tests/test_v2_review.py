@@ -130,13 +130,8 @@ def test_a_float8_output_is_never_sent_as_uint8(repository: Path, make_server: S
     )
 
 
-def test_under_a_canary_an_answer_refused_for_its_outputs_is_cached_as_the_true_answer_of_its_version(
-    repository: Path, make_server: ServerFactory
-) -> None:
-    # A request for z, which only the canary has, is refused after the stable version ran (the version is the
-    # request's, decided as it runs). Its answer stays in the stable version's cache: it is that version's own
-    # answer to those inputs, so a later request with the same inputs and no output named gets exactly what a
-    # run would give it, and a later request for z is refused again, never answered from it.
+def canary_with_cache(repository: Path, make_server: ServerFactory) -> tuple[inprocserve.Server, v2.Endpoints]:
+    """Model m: version 1 answers y, version 2 (a canary at 0 %) y and z; the cache on; and its /v2 endpoints."""
     save_model(build_scale_model(2.0), repository, "m", 1)
     save_model(_two_output_model(), repository, "m", 2)
     config = dataclasses.replace(
@@ -144,7 +139,17 @@ def test_under_a_canary_an_answer_refused_for_its_outputs_is_cached_as_the_true_
         cache=inprocserve.CacheConfig(enabled=True),
     )
     server = make_server(repository, config=config)
-    endpoints = v2.Endpoints(lambda: server)
+    return server, v2.Endpoints(lambda: server)
+
+
+def test_under_a_canary_an_answer_refused_for_its_outputs_is_cached_as_the_true_answer_of_its_version(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # A request for z, which only the canary has, is refused after the stable version ran (the version is the
+    # request's, decided as it runs). Its answer stays in the stable version's cache: it is that version's own
+    # answer to those inputs, so a later request with the same inputs and no output named gets exactly what a
+    # run would give it, and a later request for z is refused again, never answered from it.
+    server, endpoints = canary_with_cache(repository, make_server)
     x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}
     for _ in range(2):
         status, document, _ = call(
@@ -305,14 +310,7 @@ def test_identical_requests_sharing_a_run_get_and_record_each_their_own_outcome(
     # The same inputs in flight twice share one run (the cache is on): a /v2 request for z, which version 1
     # (that answers) lacks, and a predict that names no output. Whichever leads the run, the predict gets the
     # version's answer and the /v2 request its 400, each recorded once as what its caller got.
-    save_model(build_scale_model(2.0), repository, "m", 1)
-    save_model(_two_output_model(), repository, "m", 2)
-    config = dataclasses.replace(
-        rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}),
-        cache=inprocserve.CacheConfig(enabled=True),
-    )
-    server = make_server(repository, config=config)
-    endpoints = v2.Endpoints(lambda: server)
+    server, endpoints = canary_with_cache(repository, make_server)
     inputs = {"x": np.array([[HELD_MARK, 1, 2, 3]], dtype=np.float32)}  # (the run of these is held)
     x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": inputs["x"].ravel().tolist()}
     body = json.dumps({"inputs": [x], "outputs": [{"name": "z"}]}).encode()
