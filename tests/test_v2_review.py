@@ -366,3 +366,56 @@ def test_a_checked_request_interrupted_in_its_check_frees_the_requests_that_foll
         blocker.release()
         assert isinstance(leader.result(timeout=10), KeyboardInterrupt)
         assert follower.result(timeout=10)["y"].shape == (1, 512)
+
+
+def _nothing_to_send_model(kind: str) -> object:
+    """A model whose only output the protocol cannot send: ``y = float8(x)``, or a ZipMap's sequence of maps."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])
+    if kind == "float8":
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT8E4M3FN, ["batch", 2])
+        node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT8E4M3FN)
+        graph = helper.make_graph([node], "float8_only", [x], [y])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    float_map = helper.make_map_type_proto(TensorProto.INT64, helper.make_tensor_type_proto(TensorProto.FLOAT, []))
+    y = helper.make_value_info("y", helper.make_sequence_type_proto(float_map))
+    node = helper.make_node("ZipMap", ["x"], ["y"], domain="ai.onnx.ml", classlabels_int64s=[0, 1])
+    graph = helper.make_graph([node], "zipmap_only", [x], [y])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)
+
+
+@pytest.mark.parametrize("kind", ["float8", "zipmap"])
+def test_an_answer_with_nothing_to_send_to_a_request_naming_no_outputs_is_recorded_as_refused(
+    otel: Otel, repository: Path, kind: str
+) -> None:
+    # Under a canary, a request that names no outputs, answered by the stable version whose only output is a
+    # float8 tensor or a ZipMap, got a 400 ("has no tensor outputs") from the response encoder after its run,
+    # while status(), its span and the request metrics counted it as answered: only requests naming outputs had
+    # their answer checked before it was recorded.
+    from flask import Flask
+    from inprocserve_flask import Inprocserve
+
+    model = f"nothing_{kind}"  # (the metrics are the process's: a name no other test's requests record under)
+    save_model(_nothing_to_send_model(kind), repository, model, 1)
+    save_model(build_scale_model(2.0, features=2), repository, model, 2)
+    app = Flask(__name__)
+    app.config.update(
+        INPROCSERVE_REPOSITORY=str(repository),
+        INPROCSERVE_MODEL_CONFIG=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}),
+        INPROCSERVE_V2_PROTOCOL=True,
+    )
+    Inprocserve(app)
+    try:
+        x = {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.5, -2.0]}
+        for _ in range(2):  # the first request adopts the runners (predict's full way), the second runs at once
+            response = app.test_client().post(f"/v2/models/{model}/infer", json={"inputs": [x]})
+            assert response.status_code == 400, response.json
+            assert "has no tensor outputs" in response.json["error"], response.json
+        server = app.extensions["inprocserve"].server
+        latency = server.status()["models"][model]["versions"]["1"]["latency_ms"]
+        assert (latency["count"], latency["errors"]) == (0, 2)
+        assert _outcomes(otel, model) == {("client_error", "InvalidInputError"): 2}
+    finally:
+        Inprocserve.close(app)

@@ -330,14 +330,7 @@ def encode_infer_response(
         model_version = prediction.version if model_version is None else model_version
     uncarried = uncarried or {}
     if requested is None:  # every output the protocol can carry
-        wanted = [
-            RequestedOutput(name) for name, value in prediction.items() if _is_tensor(value) and name not in uncarried
-        ]
-        if not wanted and len(prediction):
-            raise InvalidInputError(
-                f"model {model_name!r} has no tensor outputs: {', '.join(prediction)} are sequences or maps, "
-                "which the protocol cannot carry"
-            )
+        wanted = [RequestedOutput(name) for name in carried_outputs(prediction, uncarried, model_name)]
     else:
         wanted = list(requested)
     outputs: list[tuple[dict[str, Any], np.ndarray | None]] = []  # each entry, and its array to write as JSON
@@ -392,6 +385,21 @@ def encode_infer_response(
             parts += [text[:-1], b',"data":[', *_json_elements(data, entry["name"], "output"), b"]}"]
     parts.append(b"]}")
     return _assemble_parts(parts, chunks)
+
+
+def carried_outputs(outputs: Mapping[str, Any], uncarried: Mapping[str, str], model: object) -> list[str]:
+    """The outputs an answer that names none sends: its tensors of a type the protocol has a datatype for.
+
+    Raises:
+        InvalidInputError: the answer has outputs, and none of them is one.
+    """
+    carried = [name for name, value in outputs.items() if _is_tensor(value) and name not in uncarried]
+    if not carried and len(outputs):
+        raise InvalidInputError(
+            f"model {model!r} has no tensor outputs: {', '.join(outputs)} are sequences or maps, "
+            "which the protocol cannot carry"
+        )
+    return carried
 
 
 def uncarried_output(name: str, model: object, onnx_type: str) -> InvalidInputError:

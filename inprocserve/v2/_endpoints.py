@@ -39,6 +39,7 @@ from ._codec import (
     TensorHeader,
     _header,
     _is_tensor,
+    carried_outputs,
     decode_infer_request,
     encode_infer_response,
     json_too_large,
@@ -374,15 +375,21 @@ class Endpoints:
             finally:
                 del spent
         try:
+            answer_check: Callable[[Mapping[str, Any], int], None] | None = None
             if request.outputs and version is None:
                 # outputs that the version the request is routed to (known once it ran) may lack, or may not
                 # carry: its answer is checked before it is recorded, so that a refused one counts as refused
-                check = functools.partial(_check_answer_outputs, server, name, request.outputs)
-                prediction = server._predict_checked(
-                    name, request.inputs, version=version, context=routing, timeout_s=budget, check=check
-                )
-            else:
+                answer_check = functools.partial(_check_answer_outputs, server, name, request.outputs)
+            elif not request.outputs:
+                # every output the protocol can carry: an answer with none (only float8 tensors, or a ZipMap's
+                # sequence of maps) is refused, and counted as refused, not as answered
+                answer_check = functools.partial(_check_answer_carried, server, name)
+            if answer_check is None:  # (named outputs of a pinned version: checked against it before the run)
                 prediction = server.predict(name, request.inputs, version=version, context=routing, timeout_s=budget)
+            else:
+                prediction = server._predict_checked(
+                    name, request.inputs, version=version, context=routing, timeout_s=budget, check=answer_check
+                )
         except InvalidInputError as exc:
             raise _explain_bytes(exc, server, name, version, request.datatypes) from None
         body, response_headers = encode_infer_response(
@@ -638,6 +645,17 @@ def _check_answer_outputs(
         model=name,
         version=version,
     )
+
+
+def _check_answer_carried(server: Server, name: str, outputs: Mapping[str, Any], version: int) -> None:
+    """Refuse the answer of ``version`` to a request that names no outputs when it has none the protocol can
+    send (a version whose outputs are float8 tensors or a ZipMap's sequence of maps), before the request is
+    recorded: the response encoder refused it after it was recorded as answered.
+
+    Raises:
+        InvalidInputError: the answer's outputs, none of which the protocol can carry.
+    """
+    carried_outputs(outputs, _uncarried(server, name, version), name)
 
 
 def _uncarried_type(onnx_type: str) -> bool:
