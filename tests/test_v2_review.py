@@ -419,3 +419,26 @@ def test_an_answer_with_nothing_to_send_to_a_request_naming_no_outputs_is_record
         assert _outcomes(otel, model) == {("client_error", "InvalidInputError"): 2}
     finally:
         Inprocserve.close(app)
+
+
+def test_a_float8_output_is_not_sent_as_uint8_when_its_version_is_unloaded_during_the_run(
+    repository: Path, make_server: ServerFactory, hold_session: SessionHolder
+) -> None:
+    # Which outputs were float8 was looked up by the answering version after the run: unloaded (a hot reload, an
+    # unload by hand) while the request ran, the version was no longer found, and y went out as UINT8 bits
+    save_model(_float8_model(), repository, "f8", 1)
+    server = make_server(repository)
+    endpoints = v2.Endpoints(lambda: server)
+    inputs = {"x": np.array([[HELD_MARK, -2.0]], dtype=np.float32)}
+    held = hold_session.mark(inputs)
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": inputs["x"].ravel().tolist()}
+    with ThreadPoolExecutor(2) as pool:
+        answered = pool.submit(call, endpoints, "POST", "/v2/models/f8/infer", json.dumps({"inputs": [x]}).encode())
+        assert held.started.wait(10)
+        unloaded = pool.submit(server.unload, "f8")  # (it takes the version out of the routes, then drains it)
+        wait_until(lambda: server._registry.routes.get("f8") is None)
+        held.let_go()
+        status, document, _ = answered.result(timeout=10)
+        unloaded.result(timeout=10)
+    assert status == 200, document
+    assert [(o["name"], o["datatype"]) for o in document["outputs"]] == [("z", "FP32")]

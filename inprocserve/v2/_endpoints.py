@@ -375,15 +375,17 @@ class Endpoints:
             finally:
                 del spent
         try:
+            # (the versions before the run: one unloaded or replaced while it ran is still known for its outputs)
+            before = server._registry.routes.get(name)
             answer_check: Callable[[Mapping[str, Any], int], None] | None = None
             if request.outputs and version is None:
                 # outputs that the version the request is routed to (known once it ran) may lack, or may not
                 # carry: its answer is checked before it is recorded, so that a refused one counts as refused
-                answer_check = functools.partial(_check_answer_outputs, server, name, request.outputs)
+                answer_check = functools.partial(_check_answer_outputs, server, name, before, request.outputs)
             elif not request.outputs:
                 # every output the protocol can carry: an answer with none (only float8 tensors, or a ZipMap's
                 # sequence of maps) is refused, and counted as refused, not as answered
-                answer_check = functools.partial(_check_answer_carried, server, name)
+                answer_check = functools.partial(_check_answer_carried, server, name, before)
             if answer_check is None:  # (named outputs of a pinned version: checked against it before the run)
                 prediction = server.predict(name, request.inputs, version=version, context=routing, timeout_s=budget)
             else:
@@ -398,7 +400,7 @@ class Endpoints:
             binary=request.binary_output,
             request_id=request.id,
             parameters={"inprocserve_variant": prediction.variant, "inprocserve_request_id": prediction.request_id},
-            uncarried=_uncarried(server, name, prediction.version),
+            uncarried=_uncarried(server, name, prediction.version, before),
         )
         return Response(200, body, response_headers)
 
@@ -610,7 +612,12 @@ def _not_a_tensor(output: str, name: str, version: int | None) -> InvalidInputEr
 
 
 def _check_answer_outputs(
-    server: Server, name: str, requested: Sequence[RequestedOutput], outputs: Mapping[str, Any], version: int
+    server: Server,
+    name: str,
+    before: Routes | None,
+    requested: Sequence[RequestedOutput],
+    outputs: Mapping[str, Any],
+    version: int,
 ) -> None:
     """Refuse a requested output that the version routed to (under a canary or flags) does not have, naming
     that version and one to pin: refused as "not an output of model", a client that another user's same
@@ -625,7 +632,7 @@ def _check_answer_outputs(
     """
     missing = next((output.name for output in requested if output.name not in outputs), None)
     if missing is None:
-        uncarried = _uncarried(server, name, version)
+        uncarried = _uncarried(server, name, version, before)
         for output in requested:
             if output.name in uncarried:
                 raise uncarried_output(output.name, name, uncarried[output.name])
@@ -647,7 +654,9 @@ def _check_answer_outputs(
     )
 
 
-def _check_answer_carried(server: Server, name: str, outputs: Mapping[str, Any], version: int) -> None:
+def _check_answer_carried(
+    server: Server, name: str, before: Routes | None, outputs: Mapping[str, Any], version: int
+) -> None:
     """Refuse the answer of ``version`` to a request that names no outputs when it has none the protocol can
     send (a version whose outputs are float8 tensors or a ZipMap's sequence of maps), before the request is
     recorded: the response encoder refused it after it was recorded as answered.
@@ -655,7 +664,7 @@ def _check_answer_carried(server: Server, name: str, outputs: Mapping[str, Any],
     Raises:
         InvalidInputError: the answer's outputs, none of which the protocol can carry.
     """
-    carried_outputs(outputs, _uncarried(server, name, version), name)
+    carried_outputs(outputs, _uncarried(server, name, version, before), name)
 
 
 def _uncarried_type(onnx_type: str) -> bool:
@@ -664,19 +673,23 @@ def _uncarried_type(onnx_type: str) -> bool:
     return onnx_type.startswith("tensor(") and datatype_of_onnx(onnx_type) not in DATATYPES
 
 
-def _uncarried(server: Server, name: str, version: int) -> dict[str, str]:
+def _uncarried(server: Server, name: str, version: int, before: Routes | None) -> dict[str, str]:
     """The outputs of the version that answered whose tensor type the protocol has no datatype for, with their
-    ONNX type: left out of an answer that names no outputs, refused by name, never sent as their bits."""
-    routes = server._registry.routes.get(name)
-    target = None if routes is None else routes.versions.get(version)
-    signature = None if target is None else target.signature
-    if signature is None:
-        return {}
-    return {
-        spec.name: spec.onnx_type
-        for spec in signature.outputs
-        if spec.onnx_type is not None and _uncarried_type(spec.onnx_type)
-    }
+    ONNX type: left out of an answer that names no outputs, refused by name, never sent as their bits.
+
+    ``before``: the model's routes read before the request ran. The version is looked up there and in the
+    routes now, and an output either has as such a type is one: unloaded or replaced while the request ran (a
+    hot reload), it was found in neither, or as its replacement, and a float8 output went out as ``UINT8``
+    bits (onnxruntime answers float8 as ``uint8``, so the answer's dtypes cannot tell)."""
+    uncarried: dict[str, str] = {}
+    for routes in (before, server._registry.routes.get(name)):
+        target = None if routes is None else routes.versions.get(version)
+        signature = None if target is None else target.signature
+        if signature is not None:
+            for spec in signature.outputs:
+                if spec.onnx_type is not None and _uncarried_type(spec.onnx_type):
+                    uncarried.setdefault(spec.name, spec.onnx_type)
+    return uncarried
 
 
 def _answering(routes: Routes) -> ModelVersion | None:
