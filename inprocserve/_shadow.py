@@ -669,11 +669,16 @@ class ShadowRunner:
                 self._serve()
         finally:
             # Ended by what escaped even the thread's own handling (a logging filter raising a BaseException, as
-            # greenlet.kill() does): the next copy starts another. Kept, every later copy waited in a queue
-            # nobody read, silently.
+            # greenlet.kill() does): another is started, at once if copies are queued (each thread takes one at
+            # least, so this ends), else by the next copy. Kept, every later copy waited in a queue nobody read,
+            # silently; replaced only by the next copy, those queued meanwhile waited for it, their budget
+            # reserved, and forever if none came.
             with self._cond:
                 if self._thread is threading.current_thread() and not self._closed:
                     self._thread = None
+                    if self._jobs:
+                        self._thread = threading.Thread(target=self._work, name="inprocserve-shadow", daemon=True)
+                        self._thread.start()
 
     def _serve(self) -> None:
         while True:

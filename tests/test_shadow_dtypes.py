@@ -176,3 +176,33 @@ def test_a_logging_filter_that_raises_never_fails_the_caller_of_a_request_not_sh
         assert server.predict("scale", np.ones((8, 4), np.float32)).version == 1
     assert stats(server, "scale")["dropped_too_large"] == 2
     assert any("never shadowed" in message for message in raising_filter.messages)
+
+
+def test_copies_queued_when_the_shadow_thread_ends_are_run_without_waiting_for_another_copy(
+    repository: Path, make_server: ServerFactory, raising_filter: RaisingFilter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two copies are queued while the shadow thread is in its first run, which what the filter raises ends: they
+    # waited, their budget reserved, until a later request's copy started another thread (never, at the end of
+    # a burst of traffic).
+    release = threading.Event()
+
+    def kill(record: logging.LogRecord) -> bool:
+        raising_filter.messages.append(record.getMessage())
+        if threading.current_thread().name == "inprocserve-shadow" and len(raising_filter.messages) == 1:
+            release.wait(5)  # (held in the first run's warning while the next copies are queued)
+        raise Killed
+
+    monkeypatch.setattr(raising_filter, "filter", kill)
+    save_model(build_columns_but(0), repository, "cut", 1)
+    save_model(build_columns_but(0, output="z"), repository, "cut", 2)  # its output renamed: warned of once
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    server.predict("cut", rows)
+    wait_until(lambda: len(raising_filter.messages) == 1)
+    for _ in range(2):
+        assert server.predict("cut", rows).version == 1
+    release.set()
+    wait_until(lambda: raising_filter.ended == [Killed])
+    wait_until(lambda: len(seen) == 2, 5)  # no request comes after them
+    assert stats(server, "cut")["mismatched"] == 3
