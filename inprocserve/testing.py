@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 import secrets
+import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,12 +128,19 @@ def save_model(model: Any, repository: str | Path, name: str, version: int = 1) 
     # Written aside, then renamed over model.onnx (atomic within its folder): written in place, a server polling
     # the repository that opened the file meanwhile read it empty or half-written, and a copy of the repository
     # made with hard links was rewritten too. (A dot-file: the repository's scans skip it.) Created with the
-    # mode write_bytes gives (0666 less the umask), not mkstemp's 0600.
+    # mode write_bytes gives (0666 less the umask), not mkstemp's 0600; over an existing file, with its mode, as
+    # the write in place kept it (a model.onnx made 0600 became readable by every user when saved over).
+    try:
+        kept_mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        kept_mode = None
     temporary = path.with_name(f".model.onnx.{secrets.token_hex(8)}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
+        if kept_mode is not None:
+            os.chmod(temporary, kept_mode)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

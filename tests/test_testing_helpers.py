@@ -148,3 +148,13 @@ def test_save_model_over_a_saved_model_replaces_it_whole(repository: Path, make_
     server = make_server(repository)
     x = np.ones((2, 64), np.float32)
     np.testing.assert_array_equal(server.predict("scale", x)["y"], x * 3)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file modes")
+def test_save_model_over_an_existing_model_keeps_its_mode(repository: Path) -> None:
+    # A model kept from other users (0600) was saved over with the umask's mode (0644): written aside and
+    # renamed, the new file took the new file's mode, where the write in place had kept the old one's.
+    path = save_model(build_scale_model(1.0), repository, "scale")
+    path.chmod(0o600)
+    assert save_model(build_scale_model(2.0), repository, "scale") == path
+    assert path.stat().st_mode & 0o777 == 0o600
