@@ -1107,7 +1107,9 @@ def _key_text(key: object) -> str:
     """``record_outcome``'s targeting key as the text it is bucketed by, as a request's key is made text; a key
     that cannot be made text (an object whose ``str()`` raises, an int of 5000 digits) is the caller's mistake,
     said as one, not whatever its ``str()`` raised."""
-    if type(key) is not str and isinstance(key, _COLLECTIONS):  # (as targeting_key_of refuses a request's)
+    # (as targeting_key_of refuses a request's; an array of values too, whose text "[1 2]" no request's key
+    # was made: a 0-d array, or numpy's scalar, is one value, made text as it)
+    if type(key) is not str and (isinstance(key, _COLLECTIONS) or (isinstance(key, np.ndarray) and key.ndim > 0)):
         raise TypeError(
             f"record_outcome(key=...) must be a string or an int, as the requests' targeting keys are; got a "
             f"{type(key).__name__}, whose text is no stable id (no request with it as its key was routed)"

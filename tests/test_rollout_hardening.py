@@ -1389,3 +1389,33 @@ def test_ramping_one_arm_of_an_ab_test_moves_users_only_into_that_arm(
     grown = sum(result.variant == "c" for result in after.values()) - sum(arm == "c" for arm in before.values())
     assert 130 < grown < 270  # ~10 % of 2000 more
     assert after[users[0]].reason == "A/B arm of the targeting key"
+
+
+def test_an_outcome_key_that_is_an_array_of_values_is_refused_as_a_requests_key_is(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """A request whose targeting key is ``np.array([1, 2])`` is refused; an outcome reported with it credited
+    the arm of its text ``"[1 2]"``, which no request was served. One value in an array (0-d) or numpy's
+    scalar is that value's key."""
+    server = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
+    key = np.array([1, 2])
+    with pytest.raises(inprocserve.InvalidInputError, match="targeting key"):
+        server.predict("scale", X, context={"user_id": key})
+    with pytest.raises(TypeError, match=r"record_outcome\(key=...\) must be a string or an int"):
+        server.record_outcome(None, 1.0, model="scale", key=key)  # type: ignore[arg-type]
+    variants = server.status()["models"]["scale"]["rollout"]["variants"]
+    assert sum(figures["outcomes"] for figures in variants.values()) == 0
+    result = server.predict("scale", X, context={"user_id": np.array(7)})
+    assert server.record_outcome(None, 1.0, model="scale", key=np.array(7)) == result.variant  # type: ignore[arg-type]
+    assert server.record_outcome(None, 1.0, model="scale", key=np.int64(7)) == result.variant  # type: ignore[arg-type]
+
+
+@pytest.mark.xfail(strict=True, reason="targeting_key_of (_flags.py) routes a 1-element array by its text '[3]'")
+def test_a_request_whose_targeting_key_is_a_one_element_array_is_refused(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """``np.array([3])`` is a collection, as ``[3]`` is (refused), but was routed by its text ``"[3]"`` (its
+    truth value, unlike a longer array's, raised nothing); ``record_outcome`` refuses it."""
+    server = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
+    with pytest.raises(inprocserve.InvalidInputError, match="targeting key"):
+        server.predict("scale", X, context={"user_id": np.array([3])})
