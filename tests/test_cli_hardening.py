@@ -8,6 +8,7 @@ repository that links its versions (docs/repository.md's release folders); a mis
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -1356,3 +1357,32 @@ def test_a_model_removed_from_the_repository_can_still_be_turned_down_from_the_c
     assert main([command[0], str(repository), "frud", *command[1:]]) == 1
     err = capsys.readouterr().err
     assert "model 'frud'" in err and "note:" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("code", "hint"),
+    [
+        (errno.EACCES, "a parent folder this user may not search?"),
+        (errno.ESTALE, "the share it is on was changed or remounted?"),
+        (errno.EIO, "(Input/output error); nothing was written"),
+    ],
+    ids=["EACCES", "ESTALE", "EIO"],
+)
+def test_a_repository_that_cannot_be_looked_at_is_explained_by_its_error(
+    repository: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], code: int, hint: str
+) -> None:
+    # A stale NFS handle (the share remounted under the shell) was blamed on a parent folder's permissions.
+    save_model(build_scale_model(), repository, "scale")
+    original = Path.is_dir
+
+    def is_dir(path: Path) -> bool:
+        if path == repository:
+            raise OSError(code, os.strerror(code), str(path))
+        return original(path)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    assert main(["reload", str(repository)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot be looked at ({os.strerror(code)})" in err
+    assert hint in err
+    assert ("parent folder" in err) == (code == errno.EACCES)
