@@ -87,13 +87,13 @@ def _control(args: argparse.Namespace) -> int:
     except OSError as exc:  # (is_dir passes EACCES and ESTALE through: a traceback)
         # the hint by the error: a stale NFS handle was blamed on a parent folder's permissions
         if exc.errno in (errno.EACCES, errno.EPERM):
-            hint = ": a parent folder this user may not search?"
+            hint = " a parent folder this user may not search?"
         elif exc.errno == getattr(errno, "ESTALE", None):  # (not defined on Windows)
-            hint = ": the share it is on was changed or remounted? look at it again (or remount it)"
+            hint = " the network share it is on was changed or remounted? look at it again, or remount it;"
         else:
             hint = ""
         return fail(
-            f"the model repository {args.repository} cannot be looked at ({exc.strerror or exc}){hint}; nothing "
+            f"the model repository {args.repository} cannot be looked at ({exc.strerror or exc}):{hint} nothing "
             "was written",
             CANNOT_RUN,
         )

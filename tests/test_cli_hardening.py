@@ -1363,8 +1363,8 @@ def test_a_model_removed_from_the_repository_can_still_be_turned_down_from_the_c
     ("code", "hint"),
     [
         (errno.EACCES, "a parent folder this user may not search?"),
-        (errno.ESTALE, "the share it is on was changed or remounted?"),
-        (errno.EIO, "(Input/output error); nothing was written"),
+        (errno.ESTALE, "the network share it is on was changed or remounted?"),
+        (errno.EIO, "(Input/output error): nothing was written"),
     ],
     ids=["EACCES", "ESTALE", "EIO"],
 )
