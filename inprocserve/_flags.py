@@ -1282,7 +1282,7 @@ def targeting_key_of(ctx: Mapping[str, Any], field: str) -> str | None:
             key = ctx.get("targeting_key")
             if key is None or key == "" or key == b"":
                 return None
-        if type(key) is not str and isinstance(key, _COLLECTIONS):
+        if type(key) is not str and (isinstance(key, _COLLECTIONS) or (type(key) is np.ndarray and key.ndim > 0)):
             # (bucketed by its text, one user's dict fell in two buckets by its keys' order, a set's by the
             # process's hash seed, and a large one was made text on every request)
             raise InvalidInputError(

@@ -1410,7 +1410,6 @@ def test_an_outcome_key_that_is_an_array_of_values_is_refused_as_a_requests_key_
     assert server.record_outcome(None, 1.0, model="scale", key=np.int64(7)) == result.variant  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(strict=True, reason="targeting_key_of (_flags.py) routes a 1-element array by its text '[3]'")
 def test_a_request_whose_targeting_key_is_a_one_element_array_is_refused(
     versions: Path, make_server: ServerFactory
 ) -> None:
