@@ -141,6 +141,18 @@ class Killed(BaseException):
     """Ends the thread it is raised in (as greenlet.kill() ends a monkey-patched thread)."""
 
 
+def renamed_output_shadowed(
+    repository: Path, make_server: ServerFactory
+) -> tuple[inprocserve.Server, list[ShadowComparison], np.ndarray]:
+    """Model ``cut``: version 2, whose output is renamed (a mismatch, warned of once), shadows version 1; the
+    comparisons seen, and rows to send."""
+    save_model(build_columns_but(0), repository, "cut", 1)
+    save_model(build_columns_but(0, output="z"), repository, "cut", 2)  # its output renamed: warned of once
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    return server, seen, np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
 def test_a_shadow_thread_ended_by_what_a_logging_filter_raises_is_replaced(
     repository: Path, make_server: ServerFactory, raising_filter: RaisingFilter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,11 +163,7 @@ def test_a_shadow_thread_ended_by_what_a_logging_filter_raises_is_replaced(
         raise Killed
 
     monkeypatch.setattr(raising_filter, "filter", kill)
-    save_model(build_columns_but(0), repository, "cut", 1)
-    save_model(build_columns_but(0, output="z"), repository, "cut", 2)  # its output renamed: warned of once
-    seen: list[ShadowComparison] = []
-    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
-    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    server, seen, rows = renamed_output_shadowed(repository, make_server)
     server.predict("cut", rows)
     wait_until(lambda: raising_filter.ended == [Killed])
     for count in range(1, 3):
@@ -193,11 +201,7 @@ def test_copies_queued_when_the_shadow_thread_ends_are_run_without_waiting_for_a
         raise Killed
 
     monkeypatch.setattr(raising_filter, "filter", kill)
-    save_model(build_columns_but(0), repository, "cut", 1)
-    save_model(build_columns_but(0, output="z"), repository, "cut", 2)  # its output renamed: warned of once
-    seen: list[ShadowComparison] = []
-    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
-    rows = np.arange(8, dtype=np.float32).reshape(2, 4)
+    server, seen, rows = renamed_output_shadowed(repository, make_server)
     server.predict("cut", rows)
     wait_until(lambda: len(raising_filter.messages) == 1)
     for _ in range(2):

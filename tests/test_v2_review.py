@@ -210,6 +210,22 @@ def test_under_a_canary_a_float8_output_of_the_version_that_answered_is_refused_
     )
 
 
+def canary_v2_app(repository: Path) -> Any:
+    """A Flask app serving ``repository`` with the plug-in, /v2 on, every model's version 1 stable and version 2
+    a canary at 0 % (close it with ``Inprocserve.close(app)``)."""
+    from flask import Flask
+    from inprocserve_flask import Inprocserve
+
+    app = Flask(__name__)
+    app.config.update(
+        INPROCSERVE_REPOSITORY=str(repository),
+        INPROCSERVE_MODEL_CONFIG=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}),
+        INPROCSERVE_V2_PROTOCOL=True,
+    )
+    Inprocserve(app)
+    return app
+
+
 @pytest.mark.parametrize("asked", ["z", "y", "zipped"])
 def test_a_request_refused_after_its_run_is_recorded_as_refused_not_as_an_answer(
     otel: Otel, repository: Path, asked: str
@@ -218,18 +234,11 @@ def test_a_request_refused_after_its_run_is_recorded_as_refused_not_as_an_answer
     # the canary may answer it; answered by the stable version, the client gets a 400. status() counted it as
     # an answer (latency count 1, errors 0), and so did its span and the request metrics: an operator read a
     # healthy version while clients were refused.
-    from flask import Flask
     from inprocserve_flask import Inprocserve
 
     model = f"late_{asked}"  # (the metrics are the process's: a name no other test's requests record under)
     x = _versions_apart_on(asked, repository, model)
-    app = Flask(__name__)
-    app.config.update(
-        INPROCSERVE_REPOSITORY=str(repository),
-        INPROCSERVE_MODEL_CONFIG=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}),
-        INPROCSERVE_V2_PROTOCOL=True,
-    )
-    Inprocserve(app)
+    app = canary_v2_app(repository)
     try:
         for _ in range(2):  # the first request adopts the runners (predict's full way), the second runs at once
             response = app.test_client().post(
@@ -394,19 +403,12 @@ def test_an_answer_with_nothing_to_send_to_a_request_naming_no_outputs_is_record
     # float8 tensor or a ZipMap, got a 400 ("has no tensor outputs") from the response encoder after its run,
     # while status(), its span and the request metrics counted it as answered: only requests naming outputs had
     # their answer checked before it was recorded.
-    from flask import Flask
     from inprocserve_flask import Inprocserve
 
     model = f"nothing_{kind}"  # (the metrics are the process's: a name no other test's requests record under)
     save_model(_nothing_to_send_model(kind), repository, model, 1)
     save_model(build_scale_model(2.0, features=2), repository, model, 2)
-    app = Flask(__name__)
-    app.config.update(
-        INPROCSERVE_REPOSITORY=str(repository),
-        INPROCSERVE_MODEL_CONFIG=rollout(strategy="canary", stable=1, canary={"version": 2, "percent": 0}),
-        INPROCSERVE_V2_PROTOCOL=True,
-    )
-    Inprocserve(app)
+    app = canary_v2_app(repository)
     try:
         x = {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.5, -2.0]}
         for _ in range(2):  # the first request adopts the runners (predict's full way), the second runs at once
