@@ -329,7 +329,11 @@ class Operations:
 
     @staticmethod
     def _refuse_if_incompatible(routes: Routes, model: str, version: int) -> None:
-        stable = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
+        # Against the version status() judges every version by, and the gate holds new ones back for (the
+        # switched-to or configured stable version, else the default), never a ``<model>.stable`` flag's: with
+        # the flag set, a version status() showed incompatible was switched to unasked, and one it showed
+        # compatible was refused.
+        stable = routes.state.stable_of(routes.versions, routes.default.version)
         if stable == version:
             return
         current, target = routes.versions[stable].signature, routes.versions[version].signature
@@ -701,7 +705,7 @@ class Operations:
             routes = self._registry.serving(model, version)
             self._refuse_if_gone(model, version, self._registry.repository_versions(model))
             self._refuse_if_incompatible(routes, model, version)  # its answers could not even be compared
-            stable = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
+            stable = routes.state.stable_of(routes.versions, routes.default.version)
             samples = list(routes.router.recent)
             report = PromotionReport(model=model, from_version=stable, to_version=version, samples=len(samples))
             if stable == version:  # comparing it with itself would always pass, and promote nothing

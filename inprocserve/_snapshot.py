@@ -140,13 +140,8 @@ def _models_status(
         for number, failure in list(failures.get(name, {}).items()):
             versions[str(number)] = {"state": "failed", "error": failure.error}
         held = dict(registry.incompatible.get(name, {}))
-        stable = None if routes is None else routes.state.alias
-        configured = stable if stable is not None or routes is None else routes.state.config.stable
-        answering = (  # the version that answers default traffic
-            configured
-            if routes is not None and configured in routes.versions
-            else (None if routes is None else routes.default.version)
-        )
+        # the version that answers default traffic, as switch() judges compatibility against it
+        answering = None if routes is None else routes.state.stable_of(routes.versions, routes.default.version)
         baseline = None if routes is None or answering is None else routes.versions[answering]
         unhealthy: dict[str, str] = {}
         for number, model_version in sorted(loaded.get(name, {}).items()):
