@@ -705,7 +705,7 @@ class Operations:
             routes = self._registry.serving(model, version)
             self._refuse_if_gone(model, version, self._registry.repository_versions(model))
             self._refuse_if_incompatible(routes, model, version)  # its answers could not even be compared
-            stable = routes.state.stable_of(routes.versions, routes.default.version)
+            stable = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
             samples = list(routes.router.recent)
             report = PromotionReport(model=model, from_version=stable, to_version=version, samples=len(samples))
             if stable == version:  # comparing it with itself would always pass, and promote nothing
