@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 import secrets
+import shutil
 import stat
 import threading
 from collections.abc import Sequence
@@ -108,6 +109,9 @@ def _model(nodes: list[Any], inputs: list[Any], outputs: list[Any], initializers
 def save_model(model: Any, repository: str | Path, name: str, version: int = 1) -> Path:
     """Write an ONNX ``ModelProto`` to ``<repository>/<name>/<version>/model.onnx``; returns that path.
 
+    A server watching the repository sees the version whole or not at all: a new model or version folder
+    appears with its model.onnx in it, and a model.onnx saved over is replaced in one step.
+
     Raises:
         ValueError: ``name`` is not a model name the repository accepts (one path component of letters,
             digits, ``.``, ``_`` and ``-``), or ``version`` is below 1.
@@ -123,8 +127,17 @@ def save_model(model: Any, repository: str | Path, name: str, version: int = 1) 
         raise ValueError(str(exc)) from None
     version = _count("version", version)
     path = Path(repository) / name / str(version) / "model.onnx"
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = model.SerializeToString()
+    # A new model or version folder is made aside and renamed into place with its model.onnx in it: made first,
+    # it was there without one, and a server watching the repository that scanned in between logged "missing
+    # model.onnx" (or "has no version folder") and refresh() returned it as a problem.
+    Path(repository).mkdir(parents=True, exist_ok=True)
+    for folder in (path.parent.parent, path.parent):
+        if not os.path.lexists(folder):
+            if _saved_in_a_new_folder(data, folder, path):
+                return path
+            break  # (made meanwhile by another writer: the file is written into it)
+    path.parent.mkdir(parents=True, exist_ok=True)
     # Written aside, then renamed over model.onnx (atomic within its folder): written in place, a server polling
     # the repository that opened the file meanwhile read it empty or half-written, and a copy of the repository
     # made with hard links was rewritten too. (A dot-file: the repository's scans skip it.) Created with the
@@ -147,6 +160,30 @@ def save_model(model: Any, repository: str | Path, name: str, version: int = 1) 
             os.unlink(temporary)
         raise
     return path
+
+
+def _saved_in_a_new_folder(data: bytes, folder: Path, path: Path) -> bool:
+    """Write ``data`` at ``path`` inside ``folder``, which does not exist yet: built as a dot-folder beside it
+    (the repository's scans skip those), then renamed to ``folder``. False, with nothing left behind, when
+    ``folder`` was made meanwhile."""
+    staging = folder.with_name(f".{folder.name}.{secrets.token_hex(8)}.tmp")
+    staged = staging / path.relative_to(folder)
+    try:
+        staged.parent.mkdir(parents=True)
+        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if not os.path.lexists(folder):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            return False
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return True
 
 
 def build_scale_model(factor: float = 2.0, *, features: int = 4, offset: float = 0.0) -> Any:
