@@ -311,11 +311,28 @@ def _check_loads(
     """
     from ._cli_models import check_version  # (imports onnxruntime as the version loads: only here)
 
+    # Once per version and command: the first switch loaded the version serving now to find the one answering,
+    # then again to compare with it (and again at each try), each a session, or a remote server asked (its
+    # connect timeout, when it is down).
+    loaded: dict[int, Signature | InprocserveError] = vars(args).setdefault("loaded_signatures", {})
     try:
-        config = ModelConfig() if source.config_path is None else load_model_config(source.config_path, ignored=[])
-        return check_version(
-            args.model, version, source.versions[version], config, follow_symlinks=args.follow_symlinks
-        )
+        found = loaded.get(version)
+        if found is None:
+            try:
+                config = (
+                    ModelConfig() if source.config_path is None else load_model_config(source.config_path, ignored=[])
+                )
+                found = check_version(
+                    args.model, version, source.versions[version], config, follow_symlinks=args.follow_symlinks
+                )
+            except InprocserveError as exc:
+                if interrupted_by(exc) is None:  # (a signal is never kept: it stops the command)
+                    loaded[version] = exc
+                raise
+            loaded[version] = found
+        if isinstance(found, InprocserveError):
+            raise found
+        return found
     except InprocserveError as exc:
         if (interruption := interrupted_by(exc)) is not None:  # (a signal as onnxruntime was imported or ran)
             raise interruption from None

@@ -1,0 +1,44 @@
+"""The CLI's first ``switch`` of a model (no stable version named yet): what it loads to find the version
+that serves now, and the rollback target it records."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inprocserve.__main__ import main
+from inprocserve._control import ControlFile
+from inprocserve.testing import build_scale_model, save_model
+
+from .test_remote_retries import Scripted
+
+
+@pytest.fixture
+def scripted() -> Iterator[Scripted]:
+    server = Scripted()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_a_first_switch_asks_the_remote_version_serving_now_once(
+    repository: Path, scripted: Scripted, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Version 2, the newest, runs on a remote server: the switch asked it for its signature to find the version
+    # answering, then again to compare with it (each ask costs a connect, or its timeout when it is down).
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    remote = repository / "scale" / "2" / "remote.toml"
+    remote.parent.mkdir()
+    remote.write_text(f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n')
+    (repository / "scale" / "config.toml").write_text('version_policy = "all"\n')
+    assert main(["inspect", str(remote)]) == 0  # asks it once
+    one_ask, scripted.gets = scripted.gets, 0
+    assert main(["switch", str(repository), "scale", "1"]) == 0, capsys.readouterr().err
+    assert ControlFile(repository).read().models["scale"].previous_stable == 2
+    assert scripted.gets == one_ask
