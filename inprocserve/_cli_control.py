@@ -221,8 +221,10 @@ def _switch(
     # that saw the versions come one by one may answer with an older one, its gate having held the newer ones
     # back (``kept``): a switch must break the callers of neither. (The newest alone was compared: a switch
     # to the version held back was compared with itself and written, exit 0, moving every caller to it.)
+    # With --no-load-check too (``signature`` None): the version recorded to roll back to is the one answering,
+    # not the newest, which may be the version the gate held back (a rollback sent every worker to it).
     kept = None
-    if signature is not None and control.read().models.get(args.model, ModelControl()).stable is None:
+    if control.read().models.get(args.model, ModelControl()).stable is None:
         kept = _gated_default(args, repository, source, current, version, signature)
     previous = current if kept is None or kept == version else kept  # (a rollback goes back to it)
 
@@ -385,7 +387,7 @@ def _gated_default(
     source: ModelSource,
     newest: int | None,
     version: int,
-    signature: Signature,
+    signature: Signature | None,
 ) -> int | None:
     """The version a worker that saw the versions come one by one answers with by default when no stable
     version is named (neither the control file nor ``config.toml``; ``newest``: the policy's choice, else the
@@ -393,7 +395,7 @@ def _gated_default(
     default only if it is compatible with the one answering, so the versions up to ``newest`` are walked in
     order, as hot reload brought them in (those the version policy selects only). A version that does not
     load here is skipped, as the gate skips one that fails to load; ``version`` (``signature``) is not loaded
-    again."""
+    again (``signature`` None, with --no-load-check: it is loaded as the others are, a failure skipped)."""
     if newest is None:
         return newest
     try:
@@ -407,7 +409,11 @@ def _gated_default(
     # selects (``specific``) never answered, and taking it for the one answering refused safe switches.
     for number in sorted(v for v in source.versions if v <= newest and config.version_policy.select([v])):
         try:
-            found = signature if number == version else _check_loads(args, repository, source, number)
+            found = (
+                signature
+                if number == version and signature is not None
+                else _check_loads(args, repository, source, number)
+            )
         except InprocserveError:
             continue
         if answering is None or not incompatibilities(answering[1], found):

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from inprocserve import ModelConfig, VersionPolicy
 from inprocserve.__main__ import main
 from inprocserve._control import ControlFile
-from inprocserve.testing import build_scale_model, save_model
+from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
+from .conftest import ServerFactory
 from .test_remote_retries import Scripted
 
 
@@ -42,3 +44,21 @@ def test_a_first_switch_asks_the_remote_version_serving_now_once(
     assert main(["switch", str(repository), "scale", "1"]) == 0, capsys.readouterr().err
     assert ControlFile(repository).read().models["scale"].previous_stable == 2
     assert scripted.gets == one_ask
+
+
+def test_a_first_switch_without_load_check_records_the_version_serving_to_roll_back_to(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Version 3 renames the input: the gate holds it back, and workers answer with 2. `switch --no-load-check
+    # m 1` recorded 3, the policy's newest, to roll back to: a rollback sent every worker to the version that
+    # breaks every caller, and that never served.
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    server = make_server(repository, config=ModelConfig(version_policy=VersionPolicy.all()), poll_interval_s=None)
+    save_model(build_mlp_model((4, 8, 2), seed=1, input_name="x"), repository, "m", 2)
+    server.refresh()
+    save_model(build_mlp_model((4, 8, 2), seed=2, input_name="features"), repository, "m", 3)
+    server.refresh()
+    (repository / "m" / "config.toml").write_text('version_policy = "all"\n')
+    assert server.status()["models"]["m"]["answering_version"] == 2
+    assert main(["switch", "--no-load-check", str(repository), "m", "1"]) == 0, capsys.readouterr().err
+    assert ControlFile(repository).read().models["m"].previous_stable == 2
