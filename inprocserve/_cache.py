@@ -8,6 +8,7 @@ read-only for good: every hit returns the same arrays (a text array: a read-only
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -21,8 +22,11 @@ from . import _fork
 from ._config import CacheConfig
 from ._held_bytes import held_bytes
 from ._inflight import inputs_key, sealed, sealed_copy, shareable
+from ._log_limit import LogLimit, since
 
 __all__ = ["PredictionCache"]
+
+logger = logging.getLogger(__name__)
 
 
 class PredictionCache:
@@ -46,6 +50,7 @@ class PredictionCache:
         self.hits = 0
         self.misses = 0
         self.shared = 0
+        self._store_log = LogLimit(clock=clock)  # (an answer that cannot be kept may be every request's)
         _fork.register(self)
 
     def _new_entries(self) -> Cache[bytes, tuple[int, Mapping[str, Any]]]:
@@ -95,22 +100,22 @@ class PredictionCache:
         answered gets them so too), since every later hit shares them (any other output, text included, is kept
         as a copy, and each hit gets a copy of its own: :func:`shareable`). An array that is a small slice of a
         batch's output is kept as a copy: the slice would keep the whole batch's output alive (up to
-        ``max_batch_size`` times its own size) for as long as it is cached."""
+        ``max_batch_size`` times its own size) for as long as it is cached.
+
+        An answer that cannot be copied or sealed (an output ``deepcopy`` refuses, out of memory) is not kept,
+        and that is logged (at most once a minute): never raised to the caller it answered, whose answer is
+        ready (the caller's answer may be sealed already, as a kept one is)."""
         if _least_bytes(outputs) > self._config.max_bytes:
             # too large to keep whatever is copied (what it holds of its own, at least): neither copied nor
             # sealed for nothing (a row of a batch over max_bytes was copied, then dropped)
             return
-        kept = dict(shareable(outputs))  # (text and other values copied: the caller it answered may change its)
-        for name, value in kept.items():
-            if isinstance(value, np.ndarray) and not value.dtype.hasobject:  # (text: a copy of its own already)
-                base = value.base
-                if isinstance(base, np.ndarray) and value.nbytes * 2 < base.nbytes:
-                    kept[name] = sealed_copy(value)  # (the caller it answered keeps its row as it was)
-                    continue
-                kept[name] = shared = sealed(value)
-                if shared is not value and isinstance(outputs, dict):  # the caller it answered holds outputs
-                    outputs[name] = shared  # (holding the array itself, it could make it writable again)
-        size = _entry_bytes(kept)
+        try:
+            kept, size = self._kept(outputs)
+        except Exception as exc:  # (a KeyboardInterrupt in the caller's thread goes on up)
+            skipped = self._store_log.due(type(exc).__name__)
+            if skipped is not None:
+                logger.warning("an answer was not cached: it could not be copied (%r)%s", exc, since(skipped))
+            return
         if size > self._config.max_bytes:
             return  # larger than max_bytes alone: not kept (it would evict every other answer)
         with self._lock:
@@ -121,6 +126,21 @@ class PredictionCache:
                 except KeyError:  # every entry len() counted expired before this (a TTLCache expires both)
                     pass
             entries[key] = (size, kept)  # (and more go while the answers would hold more than max_bytes)
+
+    @staticmethod
+    def _kept(outputs: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
+        """What :meth:`store` keeps of ``outputs``, and its size; seals the caller's number arrays."""
+        kept = dict(shareable(outputs))  # (text and other values copied: the caller it answered may change its)
+        for name, value in kept.items():
+            if isinstance(value, np.ndarray) and not value.dtype.hasobject:  # (text: a copy of its own already)
+                base = value.base
+                if isinstance(base, np.ndarray) and value.nbytes * 2 < base.nbytes:
+                    kept[name] = sealed_copy(value)  # (the caller it answered keeps its row as it was)
+                    continue
+                kept[name] = shared = sealed(value)
+                if shared is not value and isinstance(outputs, dict):  # the caller it answered holds outputs
+                    outputs[name] = shared  # (holding the array itself, it could make it writable again)
+        return kept, _entry_bytes(kept)
 
     @property
     def held_bytes(self) -> int:
