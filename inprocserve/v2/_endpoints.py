@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .._brief import brief
 from .._errors import (
     DeadlineExceededError,
@@ -400,7 +402,7 @@ class Endpoints:
             binary=request.binary_output,
             request_id=request.id,
             parameters={"inprocserve_variant": prediction.variant, "inprocserve_request_id": prediction.request_id},
-            uncarried=_uncarried(server, name, prediction.version, before),
+            uncarried=_uncarried(server, name, prediction.version, before, prediction),
         )
         return Response(200, body, response_headers)
 
@@ -632,7 +634,7 @@ def _check_answer_outputs(
     """
     missing = next((output.name for output in requested if output.name not in outputs), None)
     if missing is None:
-        uncarried = _uncarried(server, name, version, before)
+        uncarried = _uncarried(server, name, version, before, outputs)
         for output in requested:
             if output.name in uncarried:
                 raise uncarried_output(output.name, name, uncarried[output.name])
@@ -664,7 +666,7 @@ def _check_answer_carried(
     Raises:
         InvalidInputError: the answer's outputs, none of which the protocol can carry.
     """
-    carried_outputs(outputs, _uncarried(server, name, version, before), name)
+    carried_outputs(outputs, _uncarried(server, name, version, before, outputs), name)
 
 
 def _uncarried_type(onnx_type: str) -> bool:
@@ -673,23 +675,37 @@ def _uncarried_type(onnx_type: str) -> bool:
     return onnx_type.startswith("tensor(") and datatype_of_onnx(onnx_type) not in DATATYPES
 
 
-def _uncarried(server: Server, name: str, version: int, before: Routes | None) -> dict[str, str]:
+def _uncarried(
+    server: Server, name: str, version: int, before: Routes | None, answer: Mapping[str, Any]
+) -> dict[str, str]:
     """The outputs of the version that answered whose tensor type the protocol has no datatype for, with their
     ONNX type: left out of an answer that names no outputs, refused by name, never sent as their bits.
 
     ``before``: the model's routes read before the request ran. The version is looked up there and in the
     routes now, and an output either has as such a type is one: unloaded or replaced while the request ran (a
     hot reload), it was found in neither, or as its replacement, and a float8 output went out as ``UINT8``
-    bits (onnxruntime answers float8 as ``uint8``, so the answer's dtypes cannot tell)."""
+    bits (onnxruntime answers float8 as ``uint8``, so the answer's dtypes cannot tell).
+
+    But an output that ``answer`` (the answer itself) has as anything but ``uint8``, onnxruntime's only dtype for
+    these types (it fails the run of any other: bfloat16, int4, float8e5m2), is not one: the copy that answered
+    has it as a type the protocol carries. Version 1 reloaded by hand with y as FLOAT in place of float8 while
+    the request was routed, the copy read before had y as float8, and the new copy's FP32 y was left out of the
+    answer, or refused by name."""
     uncarried: dict[str, str] = {}
     for routes in (before, server._registry.routes.get(name)):
         target = None if routes is None else routes.versions.get(version)
         signature = None if target is None else target.signature
         if signature is not None:
             for spec in signature.outputs:
-                if spec.onnx_type is not None and _uncarried_type(spec.onnx_type):
+                if spec.onnx_type is not None and _uncarried_type(spec.onnx_type) and _bits(answer.get(spec.name)):
                     uncarried.setdefault(spec.name, spec.onnx_type)
     return uncarried
+
+
+def _bits(value: object) -> bool:
+    """Whether an output's value may be the raw bits of a type the protocol has no datatype for (``uint8``, as
+    onnxruntime answers float8), or is absent from the answer."""
+    return value is None or not isinstance(value, np.ndarray) or value.dtype == np.uint8
 
 
 def _answering(routes: Routes) -> ModelVersion | None:
