@@ -4,9 +4,11 @@ cannot carry, when the version that answered was reloaded or unloaded while the 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
@@ -14,20 +16,20 @@ import inprocserve
 from inprocserve import v2
 from inprocserve.testing import save_model
 
-from .conftest import ServerFactory
+from .conftest import HELD_MARK, ServerFactory, SessionHolder, wait_until
 from .test_v2_codec import call
 from .test_v2_review import _float8_model
 
 X = {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": [1.5, -2.0]}
 
 
-def _float32_model() -> Any:
-    """``y = x`` and ``z = x``, both FLOAT: the float8 model's outputs, y now a tensor the protocol carries."""
+def _float32_model(outputs: tuple[str, ...] = ("y", "z")) -> Any:
+    """``y = x`` and ``z = x``, both FLOAT: the float8 model's outputs, y now a tensor the protocol carries (or
+    only those of ``outputs``)."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])
-    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 2])
-    nodes = [helper.make_node("Identity", ["x"], ["y"]), helper.make_node("Identity", ["x"], ["z"])]
-    graph = helper.make_graph(nodes, "float32", [x], [y, z])
+    declared = [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2]) for name in outputs]
+    nodes = [helper.make_node("Identity", ["x"], [name]) for name in outputs]
+    graph = helper.make_graph(nodes, "float32", [x], declared)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
 
 
@@ -61,3 +63,41 @@ def test_an_output_that_was_float8_before_a_reload_is_sent_as_the_copy_that_answ
         ("y", "FP32", [1.5, -2.0]),
         ("z", "FP32", [1.5, -2.0]),
     ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs Server._predict_checked (_server.py) to hand its answer check the answering copy's signature: "
+    "a version loaded and unloaded within one request's run is in neither reading of the routes, and "
+    "onnxruntime answers float8 as uint8, so the answer's dtypes cannot tell",
+)
+def test_a_float8_output_of_a_version_loaded_and_unloaded_during_the_request_is_not_sent_as_uint8(
+    repository: Path, make_server: ServerFactory, hold_session: SessionHolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Version 2 (z, and y float8: a new output) is loaded by hand just as the request is routed (after the
+    # endpoint read the model's versions, which had only version 1, z alone), answers it, and is unloaded while
+    # it runs: found in neither reading of the versions, its y went out as UINT8 bits.
+    save_model(_float32_model(("z",)), repository, "m", 1)
+    server = make_server(repository)
+    endpoints = v2.Endpoints(lambda: server)
+    checked = server._predict_checked
+
+    def loaded_first(*args: Any, **kwargs: Any) -> Any:
+        save_model(_float8_model(), repository, "m", 2)
+        assert server.load("m", version=2) == 2
+        return checked(*args, **kwargs)
+
+    monkeypatch.setattr(server, "_predict_checked", loaded_first)
+    inputs = {"x": np.array([[HELD_MARK, -2.0]], dtype=np.float32)}
+    held = hold_session.mark(inputs)
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 2], "data": inputs["x"].ravel().tolist()}
+    with ThreadPoolExecutor(2) as pool:
+        answered = pool.submit(call, endpoints, "POST", "/v2/models/m/infer", json.dumps({"inputs": [x]}).encode())
+        assert held.started.wait(10)
+        unloaded = pool.submit(server.unload, "m", 2)
+        wait_until(lambda: 2 not in server._registry.routes["m"].versions)
+        held.let_go()
+        status, document, _ = answered.result(timeout=10)
+        unloaded.result(timeout=10)
+    assert (status, document["model_version"]) == (200, "2"), document
+    assert [(o["name"], o["datatype"]) for o in document["outputs"]] == [("z", "FP32")], document  # (y left out)
