@@ -113,9 +113,10 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
     Numeric outputs give the difference, and those shaped [rows, classes] the argmax agreement; labels (text,
     as converted scikit-learn classifiers answer them, integers of any shape, such as class ids or a top-k's
     ids, or booleans of any shape, such as a multi-label model's flags, in either answer: labels one version
-    answers as floats are still labels) give only the agreement, row by row where equal (a label one class
-    off is not a difference of 1). A ZipMap's list of per-row class scores is
-    compared as the [rows, classes] array of its scores, classes in sorted order.
+    answers as floats are still labels, unless those floats are not all whole numbers: values then, as a
+    regressor one version answers truncated to integers) give only the agreement, row by row where equal (a
+    label one class off is not a difference of 1). A ZipMap's list of per-row class scores is compared as
+    the [rows, classes] array of its scores, classes in sorted order.
 
     An output of the first answer that the second lacks, or has with another number of axes, or as text
     against numbers, or as a ZipMap scoring other classes, cannot be compared: that is the ``mismatch`` (an
@@ -186,8 +187,23 @@ def _labels(expected: np.ndarray, got: np.ndarray) -> bool:
     Either answer's type decides, so the comparison is the same whichever version answers the caller: labels
     re-exported as floats (1.0 for 1) are still labels. Decided by the first answer alone, int64 labels
     against float32 ones were labels, but float32 against int64 numbers: a label one class off read as a
-    difference of 3.0, with no label agreement for a guard to measure."""
-    return expected.dtype.kind in "biu" or got.dtype.kind in "biu"
+    difference of 3.0, with no label agreement for a guard to measure.
+
+    But integers against floats that are not all whole numbers are values (a regressor one version answers
+    truncated or rounded to int64): compared as numbers. As labels, a price of 4.5 against 4 was a disagreeing
+    row, with no difference for a guard on ``max_abs_diff`` to measure."""
+    kinds = expected.dtype.kind, got.dtype.kind
+    if "b" in kinds:
+        return True
+    if kinds[0] not in "iu" and kinds[1] not in "iu":
+        return False
+    return all(array.dtype.kind != "f" or _whole(array) for array in (expected, got))
+
+
+def _whole(array: np.ndarray) -> bool:
+    """Whether a float array holds only whole numbers (NaN and the infinities count as such: no fraction)."""
+    with np.errstate(invalid="ignore"):
+        return bool(np.array_equal(array, np.trunc(array), equal_nan=True))
 
 
 def _comparable(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:
