@@ -13,10 +13,12 @@ import pytest
 from onnx import TensorProto, helper
 
 import inprocserve
-from inprocserve import v2
+from inprocserve import RemoteModel, v2
 from inprocserve.testing import save_model
 
 from .conftest import HELD_MARK, ServerFactory, SessionHolder, wait_until
+from .test_remote_retries import METADATA, Scripted
+from .test_remote_retries import scripted as scripted  # (the fixture: a scripted model server)
 from .test_v2_codec import call
 from .test_v2_review import _float8_model
 
@@ -101,3 +103,31 @@ def test_a_float8_output_of_a_version_loaded_and_unloaded_during_the_request_is_
         unloaded.result(timeout=10)
     assert (status, document["model_version"]) == (200, "2"), document
     assert [(o["name"], o["datatype"]) for o in document["outputs"]] == [("z", "FP32")], document  # (y left out)
+
+
+LONE_SURROGATE_ANSWER = b'{"outputs":[{"name":"y","datatype":"BYTES","shape":[1,1],"data":["ok \\ud800"]}]}'
+"""A model server's answer whose text holds a lone surrogate: JSON can write one (``"\\ud800"``), UTF-8 cannot."""
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_text_a_model_server_answers_that_utf8_cannot_encode_is_its_error_not_a_crash_of_the_endpoint(
+    scripted: Scripted, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, binary: bool
+) -> None:
+    # A remote version's BYTES output read from JSON as a str holding a lone surrogate (no text onnxruntime can
+    # answer: it fails the run of a string that is not UTF-8) was handed on as an answer: the /v2 endpoint,
+    # after recording the request as answered, raised UnicodeEncodeError out of handle() as it wrote the answer's
+    # binary tensor, and predict's caller got a text that its own UTF-8 encoding of the answer failed on.
+    monkeypatch.setitem(METADATA, "outputs", [{"name": "y", "datatype": "BYTES", "shape": [-1, 1]}])
+    server = make_server()
+    remote = RemoteModel(url=f"http://127.0.0.1:{scripted.server_port}", model="scale", retries=0)
+    server.load("scale", remote=remote, config=inprocserve.ModelConfig(warmup=inprocserve.WarmupConfig(enabled=False)))
+    endpoints = v2.Endpoints(lambda: server)
+    scripted.script = [LONE_SURROGATE_ANSWER] * 2
+    x = {"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1.0, 2.0, 3.0, 4.0]}
+    body = json.dumps({"inputs": [x], "parameters": {"binary_data_output": binary}}).encode()
+    status, document, _ = call(endpoints, "POST", "/v2/models/scale/infer", body)
+    assert status == 500 and "output 'y'" in document["error"] and "not valid Unicode" in document["error"], document
+    with pytest.raises(inprocserve.InferenceError, match="not valid Unicode"):
+        server.predict("scale", np.ones((1, 4), np.float32))
+    latency = server.status()["models"]["scale"]["versions"]["1"]["latency_ms"]
+    assert (latency["count"], latency["errors"]) == (0, 2), latency  # (each recorded once, as an error)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._brief import brief
 from .._errors import InvalidInputError
 from ._codec import (
     InferResponse,
@@ -204,6 +205,8 @@ def decode_checked_response(
                 nested_as_shape=False,  # (a server's answer, read as Triton reads nested data: in order)
                 checkpoint=checkpoint,
             )
+            if datatype == "BYTES":
+                _check_unicode(outputs[name], name)
     version = document.get("model_version")
     return InferResponse(
         model_name=str(document.get("model_name", "")),
@@ -212,3 +215,32 @@ def decode_checked_response(
         parameters=document.get("parameters") or {},
         id=document.get("id"),
     )
+
+
+def _check_unicode(array: np.ndarray, name: str) -> None:
+    """Refuse a ``BYTES`` output read from JSON whose text UTF-8 cannot encode: a lone surrogate, which a JSON
+    string can write (``"\\ud800"``) and no text tensor holds (onnxruntime fails the run of a string that is not
+    UTF-8). Handed on, it broke whoever encoded the answer: the ``/v2`` endpoint raised ``UnicodeEncodeError``
+    as it wrote a binary tensor, after the request was recorded as answered. (A binary tensor's elements are
+    decoded as UTF-8 already, and refused if they are not.)
+
+    Raises:
+        InvalidInputError: the element, and why (the remote backend makes it the model's ``InferenceError``).
+    """
+    flat = array.reshape(-1).tolist()
+    try:
+        "".join(flat).encode("utf-8")  # (one pass in C: the common case)
+    except UnicodeEncodeError:
+        index = next(index for index, text in enumerate(flat) if not _encodable(text))
+        raise InvalidInputError(
+            f"output {brief(name)}: BYTES element #{index} is not valid Unicode text (it holds a lone surrogate, "
+            "which JSON can write and UTF-8 cannot); fix the text the model server answers"
+        ) from None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
