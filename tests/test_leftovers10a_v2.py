@@ -131,3 +131,35 @@ def test_text_a_model_server_answers_that_utf8_cannot_encode_is_its_error_not_a_
         server.predict("scale", np.ones((1, 4), np.float32))
     latency = server.status()["models"]["scale"]["versions"]["1"]["latency_ms"]
     assert (latency["count"], latency["errors"]) == (0, 2), latency  # (each recorded once, as an error)
+
+
+def test_a_pinned_request_whose_named_output_a_reload_made_float8_is_recorded_as_refused(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Named outputs of a pinned version were checked against it before the run only, and its answer was not
+    # checked again: version 1 reloaded by hand (y now float8) just as the request was routed, the encoder
+    # refused y after the request was recorded as answered (a 400 counted in latency as a success).
+    save_model(_float32_model(), repository, "m", 1)
+    server = make_server(repository)
+    endpoints = v2.Endpoints(lambda: server)
+    checked = server._predict_checked
+    predict = server.predict
+
+    def reloaded_first(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(server, "_predict_checked", checked)
+        monkeypatch.setattr(server, "predict", predict)
+        save_model(_float8_model(), repository, "m", 1)
+        server.load("m", version=1)  # (on purpose: the compatibility gate holds back a hot reload of it)
+        return (checked if "check" in kwargs else predict)(*args, **kwargs)
+
+    monkeypatch.setattr(server, "_predict_checked", reloaded_first)
+    monkeypatch.setattr(server, "predict", reloaded_first)
+    body = json.dumps({"inputs": [X], "outputs": [{"name": "y"}]}).encode()
+    status, document, _ = call(endpoints, "POST", "/v2/models/m/versions/1/infer", body)
+    assert (status, document["error"]) == (
+        400,
+        "output 'y' of model 'm' is a tensor(float8e4m3fn), which the protocol has no datatype for; "
+        "ask for the model's other outputs with 'outputs'",
+    )
+    latency = server.status()["models"]["m"]["versions"]["1"]["latency_ms"]
+    assert (latency["count"], latency["errors"]) == (0, 1), latency

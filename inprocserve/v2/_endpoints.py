@@ -379,21 +379,20 @@ class Endpoints:
         try:
             # (the versions before the run: one unloaded or replaced while it ran is still known for its outputs)
             before = server._registry.routes.get(name)
-            answer_check: Callable[[Mapping[str, Any], int], None] | None = None
-            if request.outputs and version is None:
+            answer_check: Callable[[Mapping[str, Any], int], None]
+            if request.outputs:
                 # outputs that the version the request is routed to (known once it ran) may lack, or may not
-                # carry: its answer is checked before it is recorded, so that a refused one counts as refused
+                # carry: its answer is checked before it is recorded, so that a refused one counts as refused.
+                # (A pinned version's too: checked against it before the run, it may be reloaded by hand, an
+                # output of it now float8, a ZipMap's maps or gone, as the request is routed.)
                 answer_check = functools.partial(_check_answer_outputs, server, name, before, request.outputs)
-            elif not request.outputs:
+            else:
                 # every output the protocol can carry: an answer with none (only float8 tensors, or a ZipMap's
                 # sequence of maps) is refused, and counted as refused, not as answered
                 answer_check = functools.partial(_check_answer_carried, server, name, before)
-            if answer_check is None:  # (named outputs of a pinned version: checked against it before the run)
-                prediction = server.predict(name, request.inputs, version=version, context=routing, timeout_s=budget)
-            else:
-                prediction = server._predict_checked(
-                    name, request.inputs, version=version, context=routing, timeout_s=budget, check=answer_check
-                )
+            prediction = server._predict_checked(
+                name, request.inputs, version=version, context=routing, timeout_s=budget, check=answer_check
+            )
         except InvalidInputError as exc:
             raise _explain_bytes(exc, server, name, version, request.datatypes) from None
         body, response_headers = encode_infer_response(
