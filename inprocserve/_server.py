@@ -69,9 +69,10 @@ __all__ = ["Server"]
 logger = logging.getLogger(__name__)
 
 _RETRIES_ON_RETIRED = 3
-_AnswerCheck = Callable[[Mapping[str, Any], int], object]
-"""Called with a request's answer (its outputs) and the version that answered it; what it raises refuses it
-(see :meth:`Server._predict_checked`)."""
+_AnswerCheck = Callable[[Mapping[str, Any], int, ModelVersion | None], object]
+"""Called with a request's answer (its outputs), the number of the version that answered it and the loaded
+copy that ran it (``None`` where it was unloaded or replaced since: then only the number is known); what it
+raises refuses it (see :meth:`Server._predict_checked`)."""
 _NO_SHADOWS: tuple[Any, ...] = ()  # the route of a request that nothing shadows (most of them)
 
 
@@ -355,13 +356,14 @@ class Server(RolloutMethods):
             raise
         refused = None
         outputs = request.outputs
+        answering = self._version_of(request, target)
         if check is not None and request.error is None and outputs is not None:  # (refused: what its caller gets)
             try:
-                refused = _refusal(check, outputs, request.route.version)
+                refused = _refusal(check, outputs, request.route.version, answering)
             except BaseException as exc:  # (its thread interrupted in the check: the requests following it go
-                self._answered(request, self._version_of(request, target), exc)  # on without it, not wait)
+                self._answered(request, answering, exc)  # on without it, not wait)
                 raise
-        self._answered(request, self._version_of(request, target), request.error, given=refused)
+        self._answered(request, answering, request.error, given=refused)
         error = request.error if refused is None else refused
         if error is None:
             return request.prediction()
@@ -507,7 +509,7 @@ class Server(RolloutMethods):
             refused = None
             target.latency.record(elapsed_s)
         else:
-            refused = _refusal(check, outputs, target.version)
+            refused = _refusal(check, outputs, target.version, target)
             target.latency.record(elapsed_s, failed=refused is not None)
         self._telemetry.plain_answered(
             span, decision, target.version, rows, timing, refused, elapsed_s, batcher.telemetry, lone=True
@@ -1432,11 +1434,13 @@ def version_number(version: object) -> int:
     return int(version)
 
 
-def _refusal(check: _AnswerCheck, outputs: Mapping[str, Any], version: int) -> Exception | None:
+def _refusal(
+    check: _AnswerCheck, outputs: Mapping[str, Any], version: int, answering: ModelVersion | None
+) -> Exception | None:
     """What ``check`` raised for this answer, or ``None``: any error is the request's refusal (one raised out of
     the recording would leave the requests that followed it waiting for good)."""
     try:
-        check(outputs, version)
+        check(outputs, version, answering)
     except Exception as exc:
         return exc
     return None

@@ -67,12 +67,6 @@ def test_an_output_that_was_float8_before_a_reload_is_sent_as_the_copy_that_answ
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs Server._predict_checked (_server.py) to hand its answer check the answering copy's signature: "
-    "a version loaded and unloaded within one request's run is in neither reading of the routes, and "
-    "onnxruntime answers float8 as uint8, so the answer's dtypes cannot tell",
-)
 def test_a_float8_output_of_a_version_loaded_and_unloaded_during_the_request_is_not_sent_as_uint8(
     repository: Path, make_server: ServerFactory, hold_session: SessionHolder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -358,7 +358,7 @@ def test_a_checked_request_interrupted_in_its_check_frees_the_requests_that_foll
     blocker = hold_session(server, rows=1)
     inputs = busy_inputs(1, seed=31)
 
-    def interrupted(outputs: Any, version: int) -> None:
+    def interrupted(outputs: Any, version: int, answering: Any) -> None:
         raise KeyboardInterrupt
 
     def checked() -> BaseException | None:

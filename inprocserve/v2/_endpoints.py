@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -379,17 +379,20 @@ class Endpoints:
         try:
             # (the versions before the run: one unloaded or replaced while it ran is still known for its outputs)
             before = server._registry.routes.get(name)
-            answer_check: Callable[[Mapping[str, Any], int], None]
+            # (what the answer check finds the answering copy cannot carry, for the encoder: that copy is known
+            # there, and may be unloaded by the time the answer is encoded)
+            found: dict[str, dict[str, str]] = {}
+            answer_check: Callable[[Mapping[str, Any], int, ModelVersion | None], None]
             if request.outputs:
                 # outputs that the version the request is routed to (known once it ran) may lack, or may not
                 # carry: its answer is checked before it is recorded, so that a refused one counts as refused.
                 # (A pinned version's too: checked against it before the run, it may be reloaded by hand, an
                 # output of it now float8, a ZipMap's maps or gone, as the request is routed.)
-                answer_check = functools.partial(_check_answer_outputs, server, name, before, request.outputs)
+                answer_check = functools.partial(_check_answer_outputs, server, name, before, found, request.outputs)
             else:
                 # every output the protocol can carry: an answer with none (only float8 tensors, or a ZipMap's
                 # sequence of maps) is refused, and counted as refused, not as answered
-                answer_check = functools.partial(_check_answer_carried, server, name, before)
+                answer_check = functools.partial(_check_answer_carried, server, name, before, found)
             prediction = server._predict_checked(
                 name, request.inputs, version=version, context=routing, timeout_s=budget, check=answer_check
             )
@@ -401,7 +404,9 @@ class Endpoints:
             binary=request.binary_output,
             request_id=request.id,
             parameters={"inprocserve_variant": prediction.variant, "inprocserve_request_id": prediction.request_id},
-            uncarried=_uncarried(server, name, prediction.version, before, prediction),
+            uncarried=found["uncarried"]
+            if "uncarried" in found
+            else _uncarried(server, name, prediction.version, before, prediction),
         )
         return Response(200, body, response_headers)
 
@@ -616,9 +621,11 @@ def _check_answer_outputs(
     server: Server,
     name: str,
     before: Routes | None,
+    found: dict[str, dict[str, str]],
     requested: Sequence[RequestedOutput],
     outputs: Mapping[str, Any],
     version: int,
+    answering: ModelVersion | None,
 ) -> None:
     """Refuse a requested output that the version routed to (under a canary or flags) does not have, naming
     that version and one to pin: refused as "not an output of model", a client that another user's same
@@ -633,7 +640,7 @@ def _check_answer_outputs(
     """
     missing = next((output.name for output in requested if output.name not in outputs), None)
     if missing is None:
-        uncarried = _uncarried(server, name, version, before, outputs)
+        uncarried = found["uncarried"] = _uncarried(server, name, version, before, outputs, answering)
         for output in requested:
             if output.name in uncarried:
                 raise uncarried_output(output.name, name, uncarried[output.name])
@@ -656,7 +663,13 @@ def _check_answer_outputs(
 
 
 def _check_answer_carried(
-    server: Server, name: str, before: Routes | None, outputs: Mapping[str, Any], version: int
+    server: Server,
+    name: str,
+    before: Routes | None,
+    found: dict[str, dict[str, str]],
+    outputs: Mapping[str, Any],
+    version: int,
+    answering: ModelVersion | None,
 ) -> None:
     """Refuse the answer of ``version`` to a request that names no outputs when it has none the protocol can
     send (a version whose outputs are float8 tensors or a ZipMap's sequence of maps), before the request is
@@ -665,7 +678,8 @@ def _check_answer_carried(
     Raises:
         InvalidInputError: the answer's outputs, none of which the protocol can carry.
     """
-    carried_outputs(outputs, _uncarried(server, name, version, before, outputs), name)
+    uncarried = found["uncarried"] = _uncarried(server, name, version, before, outputs, answering)
+    carried_outputs(outputs, uncarried, name)
 
 
 def _uncarried_type(onnx_type: str) -> bool:
@@ -675,12 +689,21 @@ def _uncarried_type(onnx_type: str) -> bool:
 
 
 def _uncarried(
-    server: Server, name: str, version: int, before: Routes | None, answer: Mapping[str, Any]
+    server: Server,
+    name: str,
+    version: int,
+    before: Routes | None,
+    answer: Mapping[str, Any],
+    answering: ModelVersion | None = None,
 ) -> dict[str, str]:
     """The outputs of the version that answered whose tensor type the protocol has no datatype for, with their
     ONNX type: left out of an answer that names no outputs, refused by name, never sent as their bits.
 
-    ``before``: the model's routes read before the request ran. The version is looked up there and in the
+    ``answering``: the loaded copy that ran the request, where ``Server._predict_checked`` knows it: its
+    signature is the answer's, and alone decides (a version loaded and unloaded again while the request ran is
+    in neither reading of the routes). Without it (``None``: unloaded or replaced since), the routes decide:
+
+    ``before``, the model's routes read before the request ran. The version is looked up there and in the
     routes now, and an output either has as such a type is one: unloaded or replaced while the request ran (a
     hot reload), it was found in neither, or as its replacement, and a float8 output went out as ``UINT8``
     bits (onnxruntime answers float8 as ``uint8``, so the answer's dtypes cannot tell).
@@ -691,8 +714,14 @@ def _uncarried(
     the request was routed, the copy read before had y as float8, and the new copy's FP32 y was left out of the
     answer, or refused by name."""
     uncarried: dict[str, str] = {}
-    for routes in (before, server._registry.routes.get(name)):
-        target = None if routes is None else routes.versions.get(version)
+    if answering is not None and answering.version == version and answering.signature is not None:
+        copies: Iterable[ModelVersion | None] = (answering,)  # (the copy that ran it: its outputs are the answer's)
+    else:
+        copies = (
+            None if routes is None else routes.versions.get(version)
+            for routes in (before, server._registry.routes.get(name))
+        )
+    for target in copies:
         signature = None if target is None else target.signature
         if signature is not None:
             for spec in signature.outputs:
