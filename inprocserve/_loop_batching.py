@@ -558,29 +558,42 @@ class _LoopState:
             decision = member.decision
             elapsed_s = now - member.started
             waiter = member.waiter
-            # a task cancelled, or answered by its own deadline meanwhile, is recorded with what it got
-            got = _given(waiter) if waiter.done() else error
-            latency.record(elapsed_s, failed=got is not None)
-            if metered or member.span is not INVALID_SPAN:
-                telemetry.plain_answered(
-                    member.span, decision, version, member.rows, timing, got, elapsed_s, recorder, queue_wait_s
-                )
             request_id = ids.next()
-            router.served(request_id, decision, member.arrays, routing)
             end = start + member.rows
-            if waiter.done():  # cancelled, or its deadline answered it
-                pass
+            answer = None
+            got: BaseException | None
+            if waiter.done():  # cancelled, or answered by its own deadline meanwhile: recorded with what it got
+                got = _given(waiter)
             elif outputs is None:
-                assert error is not None
-                waiter.set_exception(own_error(error) if len(members) > 1 else error)  # (each task raises its own)
+                got = error
             else:
+                got = None
                 if only is not None:
                     part = {only[0]: only[1][start:end]}
                 elif len(members) == 1:
                     part = outputs
                 else:
                     part = {name: array[start:end] for name, array in outputs.items()}
-                waiter.set_result(prediction_of(part, model, version, decision.variant, decision.reason, request_id))
+                try:
+                    answer = prediction_of(part, model, version, decision.variant, decision.reason, request_id)
+                except Exception as exc:  # (no memory for it): this task gets the error, the others their answers
+                    # (raised on, the task after it got this task's error, though its rows had run, and was
+                    # counted refused once its run was counted; a copy: the traceback holds this frame)
+                    logger.exception("inprocserve: answering a merged request to %r failed", model)
+                    got = own_error(exc)
+            latency.record(elapsed_s, failed=got is not None)
+            if metered or member.span is not INVALID_SPAN:
+                telemetry.plain_answered(
+                    member.span, decision, version, member.rows, timing, got, elapsed_s, recorder, queue_wait_s
+                )
+            router.served(request_id, decision, member.arrays, routing)
+            if waiter.done():
+                pass
+            elif answer is not None:
+                waiter.set_result(answer)
+            else:
+                assert got is not None
+                waiter.set_exception(own_error(got) if len(members) > 1 else got)  # (each task raises its own)
             start = end
         group.answered()
 

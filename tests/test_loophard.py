@@ -1,0 +1,80 @@
+"""apredict's event-loop batcher where an answer is handed from a worker's thread to the loop: a failure, a
+cancellation or an interruption in that hand-over must leave no task waiting, neither forever nor past its own
+deadline, and every other task of the batch answered.
+
+Real onnxruntime and real asyncio tasks. Where the window can only be reached from inside the library (building
+the caller's ``Prediction`` failing: a ``MemoryError`` in practice), the one function that builds it is patched
+to raise, and the test says so."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import _loop_batching
+
+from .conftest import ServerFactory, version_status, wait_until
+
+BOUND_S = 10.0
+"""How long a test waits for its tasks: generous; reaching it is the failure (a task left waiting)."""
+
+
+def _rows(*firsts: float) -> list[np.ndarray]:
+    """One ``[1, 4]`` request per value, each filled with it."""
+    return [np.full((1, 4), first, np.float32) for first in firsts]
+
+
+def _outcome(result: Any) -> Any:
+    """A task's answer's first value, or its error."""
+    return result if isinstance(result, BaseException) else float(result["y"][0, 0])
+
+
+def _merged_server(make_server: ServerFactory, repository: Path) -> inprocserve.Server:
+    server = make_server(repository)
+    server.predict("scale", np.ones((1, 4), np.float32))  # adopts the runners: the merged way applies
+    return server
+
+
+def _settled(server: inprocserve.Server) -> None:
+    """Nothing of the test's requests is left in flight or queued."""
+    wait_until(lambda: (lambda s: (s["in_flight"], s["queued_rows"]))(version_status(server, "scale")) == (0, 0))
+
+
+class PredictionFailed(MemoryError):
+    """What building one caller's ``Prediction`` raises here (a ``MemoryError`` is what it can raise)."""
+
+
+def test_a_merged_task_whose_answer_fails_to_build_leaves_its_batch_mates_their_answers(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three tasks' requests merged into one run; building the second one's ``Prediction`` as the loop cuts
+    each task's rows out fails (``prediction_of`` patched to raise: the only way to reach it). The first and
+    third get their answers, the second the error. (The third got the second one's error, though its rows had
+    run, and the status page counted it refused after its run.)"""
+    server = _merged_server(make_server, scale_repository)
+    prediction_of = _loop_batching.prediction_of
+
+    def failing_for_the_second(outputs: Any, *args: Any) -> inprocserve.Prediction:
+        if outputs["y"][0, 0] == 4.0:
+            raise PredictionFailed("no memory for the answer")
+        return prediction_of(outputs, *args)
+
+    monkeypatch.setattr(_loop_batching, "prediction_of", failing_for_the_second)
+    before = version_status(server, "scale")["latency_ms"]
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0, 3.0)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert got[0] == 2.0 and got[2] == 6.0, got
+    assert isinstance(got[1], MemoryError), got
+    after = version_status(server, "scale")["latency_ms"]
+    # as each task got it: two answers, one error (the third was counted neither answered nor failed)
+    assert (after["count"] - before["count"], after["errors"] - before["errors"]) == (2, 1), (before, after)
+    _settled(server)
