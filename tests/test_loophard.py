@@ -20,6 +20,9 @@ from inprocserve import _loop_batching
 from inprocserve._request import Request
 
 from .conftest import ServerFactory, version_status, wait_until
+from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
+
+__all__ = ["stopped_runs"]  # (the fixture, imported for pytest)
 
 BOUND_S = 10.0
 """How long a test waits for its tasks: generous; reaching it is the failure (a task left waiting)."""
@@ -113,4 +116,40 @@ def test_a_merged_task_whose_answer_fails_to_build_leaves_its_batch_mates_their_
     after = version_status(server, "scale")["latency_ms"]
     # as each task got it: two answers, one error (the third was counted neither answered nor failed)
     assert (after["count"] - before["count"], after["errors"] - before["errors"]) == (2, 1), (before, after)
+    _settled(server)
+
+
+@pytest.mark.parametrize("merged", [True, False], ids=["merged", "full-way"])
+@pytest.mark.parametrize("kind", [GeventLikeTimeout, SystemExit, KeyboardInterrupt])
+def test_a_batch_stopped_on_a_worker_by_a_base_exception_answers_its_tasks(
+    scale_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    stopped_runs: list[type[BaseException]],
+    kind: type[BaseException],
+    merged: bool,
+) -> None:
+    """A worker's run of three tasks' requests (merged into one request, or queued one by one the full way)
+    is stopped by a ``BaseException`` raised inside it: no task waits forever. Each is answered (its rows run
+    again on their own) or gets an ``InferenceError`` naming the interruption, and the version still serves."""
+    server = _merged_server(make_server, scale_repository)
+    if not merged:
+        monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    stopped_runs.append(kind)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(MARK, 2.0, 3.0)]
+        first = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+        later = await asyncio.wait_for(server.apredict("scale", _rows(5.0)[0]), BOUND_S)
+        return [*first, later]
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert not stopped_runs, "no run was stopped"
+    for index, expected in enumerate([2 * MARK, 4.0, 6.0, 10.0]):
+        outcome = got[index]
+        if isinstance(outcome, inprocserve.InferenceError):
+            assert f"interrupted by {kind.__name__}" in str(outcome), outcome
+        else:
+            assert outcome == expected, got
     _settled(server)
