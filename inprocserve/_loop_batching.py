@@ -753,26 +753,59 @@ class _LoopState:
     def _drain(self) -> None:
         self._wake_due = False
         inbox = self._inbox
-        while inbox:
-            sink, value, error = inbox.popleft()
-            if type(sink) is _Merged:
-                try:
-                    self._answered(sink, value)
-                except Exception as exc:  # a bug: the answer is lost, but no task may wait forever
-                    if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
-                        logger.exception("inprocserve: answering merged requests to %r failed", sink.group.target.name)
-                    sink.group.refused([m for m in sink.members if not m.waiter.done()], exc)
-            elif type(sink) is _Group:  # a task of it that went the full way was answered (see _LoopFuture)
-                sink.answered()
-            else:
-                if self._claims:
-                    self._claims.pop(sink, None)
-                if sink.done():  # cancelled, or its deadline answered it
-                    continue
+        sink: Any = None
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            while inbox:
+                sink, value, error = inbox.popleft()
+                if type(sink) is _Merged:
+                    try:
+                        self._answered(sink, value)
+                    except Exception as exc:  # a bug: the answer is lost, but no task may wait forever
+                        if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
+                            logger.exception(
+                                "inprocserve: answering merged requests to %r failed", sink.group.target.name
+                            )
+                        sink.group.refused([m for m in sink.members if not m.waiter.done()], exc)
+                elif type(sink) is _Group:  # a task of it that went the full way was answered (see _LoopFuture)
+                    sink.answered()
+                else:
+                    if self._claims:
+                        self._claims.pop(sink, None)
+                    if not sink.done():  # (done: cancelled, or its deadline answered it)
+                        if error is None:
+                            sink.set_result(value)
+                        else:
+                            sink.set_exception(error)
+                sink = None
+        except BaseException as exc:
+            # The loop's thread interrupted (a signal handler raised: gevent's Timeout, Ctrl-C) as it answered
+            # ``sink``: its tasks get the interruption (a lone task its answer), and the answers still in the
+            # inbox are drained in the next iteration. Left, that request's tasks waited forever, and the
+            # others until some later answer woke the loop.
+            self._drain_interrupted(sink, value, error, exc)
+            raise
+
+    def _drain_interrupted(self, sink: Any, value: Any, error: BaseException | None, exc: BaseException) -> None:
+        """:meth:`_drain`'s clean-up after ``exc`` interrupted it as it handed ``sink`` its answer (``value``,
+        ``error``; ``sink`` is ``None`` if it was handed over)."""
+        if type(sink) is _Merged:
+            sink.group.refused([m for m in sink.members if not m.waiter.done()], exc)
+        elif type(sink) is _Group:
+            sink.answered()
+        elif sink is not None:
+            self._claims.pop(sink, None)
+            if not sink.done():
                 if error is None:
                     sink.set_result(value)
                 else:
                     sink.set_exception(error)
+        if self._inbox and not self._wake_due:
+            loop = self._loop()
+            if loop is not None and not loop.is_closed():
+                loop.call_soon(_DrainCall(self))
+                self._wake_due = True
 
 
 class _FlushCall:

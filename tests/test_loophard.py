@@ -21,6 +21,7 @@ from inprocserve._request import Request
 
 from .conftest import ServerFactory, version_status, wait_until
 from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
+from .test_interrupted_callers import Interrupted, interrupted_at
 
 __all__ = ["stopped_runs"]  # (the fixture, imported for pytest)
 
@@ -152,4 +153,29 @@ def test_a_batch_stopped_on_a_worker_by_a_base_exception_answers_its_tasks(
             assert f"interrupted by {kind.__name__}" in str(outcome), outcome
         else:
             assert outcome == expected, got
+    _settled(server)
+
+
+def test_a_drain_interrupted_as_it_answers_merged_tasks_leaves_no_task_waiting(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two merged requests of one loop iteration (tasks with a deadline and without are kept apart) run in one
+    worker's batch, whose answers reach the loop in one drain. The loop's thread is interrupted (a signal
+    handler raising gevent's ``Timeout``, say) as that drain begins answering the first: its tasks get the
+    interruption, the other request's tasks their answers. (All four waited forever: the interruption left
+    the first request's tasks unanswered, and the second's answers in the inbox until some later answer
+    woke the loop.)"""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0)]
+        calls += [server.apredict("scale", x, timeout_s=60) for x in _rows(3.0, 4.0)]
+        with interrupted_at(_loop_batching._LoopState._answered.__code__):
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    interrupted = [isinstance(outcome, Interrupted) for outcome in got]
+    assert interrupted in ([True, True, False, False], [False, False, True, True]), got
+    assert [outcome for outcome in got if not isinstance(outcome, Interrupted)] in ([2.0, 4.0], [6.0, 8.0]), got
     _settled(server)
