@@ -120,9 +120,7 @@ class BatchExecution:
         except Exception as exc:  # a bug, or the runner failed as a whole: fail the batch, keep the worker
             if not raised_by_signal_handler(exc):  # (an inline run's caller stopped by its task's time limit)
                 logger.exception("model %r version %s: batch failed unexpectedly", self.model, self.version)
-            for request in batch:
-                if request.state != DONE:
-                    self._failed(request, exc)
+            self._fail_unanswered(batch, exc)
         except BaseException as exc:  # gevent's Timeout, SystemExit, KeyboardInterrupt out of the run
             # Raised on to whoever runs the batch (a worker logs it, an inline caller's thread stops), but
             # the batch's callers are answered first: they waited for good on futures no one would set.
@@ -134,9 +132,7 @@ class BatchExecution:
                 version=self.version,
             )
             error.__cause__ = exc
-            for request in batch:
-                if request.state != DONE:
-                    self._failed(request, error)
+            self._fail_unanswered(batch, error)
         if span is not None:
             failed = all(request.error is not None for request in batch)
             end_batch_span(
@@ -156,6 +152,20 @@ class BatchExecution:
                 del error
         whole = len(batch) > 1 or self._slice_rows(batch[0]) is None
         return timing if one_run and whole else None
+
+    def _fail_unanswered(self, batch: list[Request], error: BaseException) -> None:
+        """Fail each request of ``batch`` not answered yet with ``error``. One whose hand-over fails (what
+        follows its failure: the server records it, resolves its future) is logged, and the requests after it
+        are still failed, as a successful batch's are answered (``complete_batch``): raised on, they were
+        never answered, their callers waited forever, and they stayed counted in flight (``close()`` waited)."""
+        for request in batch:
+            if request.state != DONE:
+                try:
+                    self._failed(request, error)
+                except Exception:  # (its future was resolved first: see Server._deliver)
+                    logger.exception(
+                        "model %r version %s: handing over a failed batch's error failed", self.model, self.version
+                    )
 
     def run_alone(self, runner: Any, request: Request) -> tuple[dict[str, Any] | None, BaseException | None]:
         """Run one request on its own, on its caller's thread: ``(outputs, None)``, or ``(None, error)``.

@@ -40,8 +40,14 @@ def _outcome(result: Any) -> Any:
 
 
 def _merged_server(make_server: ServerFactory, repository: Path) -> inprocserve.Server:
+    """A server whose ``scale`` version takes merged requests, with its workers started and parked: requests an
+    iteration queues are taken together by the worker its flush wakes."""
     server = make_server(repository)
     server.predict("scale", np.ones((1, 4), np.float32))  # adopts the runners: the merged way applies
+    server.submit("scale", np.ones((1, 4), np.float32)).result(timeout=BOUND_S)  # starts the workers
+    batcher = server._registry.routes["scale"].default.batcher
+    assert batcher is not None
+    wait_until(lambda: len(batcher._idle) == batcher._pool.size)
     return server
 
 
@@ -178,4 +184,41 @@ def test_a_drain_interrupted_as_it_answers_merged_tasks_leaves_no_task_waiting(
     interrupted = [isinstance(outcome, Interrupted) for outcome in got]
     assert interrupted in ([True, True, False, False], [False, False, True, True]), got
     assert [outcome for outcome in got if not isinstance(outcome, Interrupted)] in ([2.0, 4.0], [6.0, 8.0]), got
+    _settled(server)
+
+
+@pytest.mark.parametrize("kind", [RuntimeError, SystemExit])
+def test_a_failed_batch_whose_first_hand_over_fails_still_answers_the_other_tasks(
+    scale_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    stopped_runs: list[type[BaseException]],
+    kind: type[BaseException],
+) -> None:
+    """Three tasks' requests queued one by one run as one worker's batch, which fails as a whole (the runner
+    raises a plain error, or a ``BaseException`` stops it); what follows the first request's failure (the
+    server's recording of it, ``Server._answered``, patched to raise: the only way to reach it) fails. Its
+    task still gets its error, and the other two theirs. (They waited forever: the batch's failure was never
+    handed to them, as a successful batch's answers are when one hand-over fails.)"""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)  # the full way, as with a cache
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    answered = server._answered
+
+    def failing_for_the_first(request: Request, *args: Any, **kwargs: Any) -> None:
+        answered(request, *args, **kwargs)
+        if request.arrays["x"][0, 0] == MARK:
+            raise RuntimeError("recording the answer failed")
+
+    monkeypatch.setattr(server, "_answered", failing_for_the_first)
+    stopped_runs.append(kind)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(MARK, 2.0, 3.0)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert not stopped_runs, "no run was stopped"
+    expected = "interrupted by SystemExit" if kind is SystemExit else "stopped from inside the run"
+    assert all(isinstance(outcome, Exception) and expected in str(outcome) for outcome in got), got
     _settled(server)
