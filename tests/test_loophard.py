@@ -255,3 +255,29 @@ def test_a_request_the_loop_runs_itself_stopped_by_a_base_exception_answers_its_
     assert not stopped_runs, "no run was stopped"
     assert isinstance(got, inprocserve.InprocserveError | GeventLikeTimeout), got
     _settled(server)
+
+
+def test_a_group_the_loop_runs_itself_stopped_by_a_base_exception_answers_its_tasks(
+    scale_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    stopped_runs: list[type[BaseException]],
+) -> None:
+    """An iteration's group of three tasks that the loop runs itself (its version idle, its run short) is
+    stopped by a ``BaseException`` raised inside the run (gevent's ``Timeout``): each task gets the
+    interruption, and the version still serves the loop's next requests."""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 10.0)  # the flush runs the group on the loop
+    stopped_runs.append(GeventLikeTimeout)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(MARK, 2.0, 3.0)]
+        first = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+        calls = [server.apredict("scale", x) for x in _rows(4.0, 5.0)]
+        return [*first, *await asyncio.wait_for(asyncio.gather(*calls), BOUND_S)]
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert not stopped_runs, "no run was stopped"
+    assert all(isinstance(outcome, GeventLikeTimeout | inprocserve.InferenceError) for outcome in got[:3]), got
+    assert got[3:] == [8.0, 10.0], got
+    _settled(server)
