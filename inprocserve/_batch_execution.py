@@ -239,7 +239,8 @@ class BatchExecution:
 
     def _run_isolating(self, runner: Any, batch: list[Request], parent: Any) -> bool:
         """Run ``batch``; if it fails, bisect so only the failing request(s) get the error. Returns whether
-        the batch succeeded as it was given (not bisected, no error)."""
+        the batch succeeded as it was given (not bisected, no error). A request's failed hand-over is logged
+        (:meth:`_fail_unanswered`): raised on, the requests after it got its error instead of theirs."""
         try:
             results = self._run(runner, batch, parent)
         except (DeadlineExceededError, RemoteUnavailableError, ServerClosedError) as exc:
@@ -247,14 +248,13 @@ class BatchExecution:
             # or the remote model server is down (a 5xx, a dropped connection, its circuit open), or the
             # version closed under the run (its retirement stopped it). No bisection: it would send the rows
             # again, which a failing server may have run already, or to a closed backend, 2N-1 runs for nothing.
-            for request in batch:
-                self._failed(request, exc)
+            self._fail_unanswered(batch, exc)
             return False
         except RunTimeLimitError as exc:
             # A run past pool.max_run_s: bisecting would spend a limit per level on the halves that hold the
             # slow request (log2(N)+1 limits of a session); each request alone spends one more limit in all.
             if len(batch) == 1:
-                self._failed(batch[0], exc)
+                self._fail_unanswered(batch, exc)
                 return False
             for request in batch:
                 self._run_isolating(runner, [request], parent)
@@ -263,8 +263,7 @@ class BatchExecution:
             # one request, or an error about the batch as a whole (Backend.run: the remote server ran its
             # rows, or refused whoever sent them): every request gets it, nothing is sent again
             if len(batch) == 1 or is_whole_batch(exc):
-                for request in batch:
-                    self._failed(request, exc)
+                self._fail_unanswered(batch, exc)
                 return False
             middle = len(batch) // 2
             self._run_isolating(runner, batch[:middle], parent)

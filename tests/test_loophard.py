@@ -281,3 +281,37 @@ def test_a_group_the_loop_runs_itself_stopped_by_a_base_exception_answers_its_ta
     assert all(isinstance(outcome, GeventLikeTimeout | inprocserve.InferenceError) for outcome in got[:3]), got
     assert got[3:] == [8.0, 10.0], got
     _settled(server)
+
+
+def test_a_batch_past_its_deadline_whose_first_hand_over_fails_gives_the_others_their_deadline(
+    scale_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    stopped_runs: list[type[BaseException]],
+) -> None:
+    """Three tasks' requests queued one by one run as one worker's batch, which fails with an error about the
+    batch as a whole (its deadline passed in the run); what follows the first request's failure (the server's
+    recording of it, ``Server._answered``, patched to raise: the only way to reach it) fails. The other two
+    still get the deadline's error. (They got the recording's ``RuntimeError``, logged as the batch failing
+    unexpectedly.)"""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)  # the full way, as with a cache
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    answered = server._answered
+
+    def failing_for_the_first(request: Request, *args: Any, **kwargs: Any) -> None:
+        answered(request, *args, **kwargs)
+        if request.arrays["x"][0, 0] == MARK:
+            raise RuntimeError("recording the answer failed")
+
+    monkeypatch.setattr(server, "_answered", failing_for_the_first)
+    stopped_runs.append(inprocserve.DeadlineExceededError)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(MARK, 2.0, 3.0)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert not stopped_runs, "no run was stopped"
+    assert all(isinstance(outcome, inprocserve.DeadlineExceededError) for outcome in got), got
+    _settled(server)
