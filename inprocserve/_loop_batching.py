@@ -923,16 +923,24 @@ class _Group:
         if own:
             self.timer = None
             self.expires_at = _NEVER
+        claimed: list[asyncio.Future[Any]] = []  # tasks whose answer a worker is posting: theirs, not the timer's
         try:
             for member in self.members:
                 if member.expires_at <= now and not member.waiter.done():
                     assert member.timeout_s is not None
                     _expire(self.state, member.waiter, self.target.name, member.version, member.timeout_s)
+                    if not member.waiter.done():
+                        claimed.append(member.waiter)
         finally:
             # (interrupted too, a signal handler raising as a task was answered: the others keep a timer; left
-            # without, they waited past their deadlines, or forever)
+            # without, they waited past their deadlines, or forever) A claimed task's answer is on its way:
+            # armed for its deadline again, the timer fired at once, every iteration, until it came (the loop
+            # spun at full speed meanwhile).
             if own:
-                following = min((m.expires_at for m in self.members if not m.waiter.done()), default=_NEVER)
+                following = min(
+                    (m.expires_at for m in self.members if not m.waiter.done() and m.waiter not in claimed),
+                    default=_NEVER,
+                )
                 if following < _NEVER:
                     self._arm(following)
 

@@ -9,6 +9,7 @@ to raise, and the test says so."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import inprocserve
 from inprocserve import _loop_batching
 from inprocserve._request import Request
 
-from .conftest import ServerFactory, version_status, wait_until
+from .conftest import ServerFactory, busy_inputs, version_status, wait_until
 from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
 from .test_interrupted_callers import Interrupted, interrupted_at
 
@@ -315,3 +316,42 @@ def test_a_batch_past_its_deadline_whose_first_hand_over_fails_gives_the_others_
     assert not stopped_runs, "no run was stopped"
     assert all(isinstance(outcome, inprocserve.DeadlineExceededError) for outcome in got), got
     _settled(server)
+
+
+def test_a_group_timer_leaves_a_claimed_answer_to_its_worker_without_spinning_the_loop(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks with a deadline merged into one worker's run, which fails (the second's input fails in
+    onnxruntime): each is queued again on its own. The first one's answer is recorded by its worker, which is
+    then slow to post it (``Server._answered`` patched to sleep: the only way to hold that window open)
+    while the group's deadline passes: the answer is the task's, and the group's timer, finding it claimed,
+    waits for it. (The timer armed itself again for that same past deadline, each iteration of the loop:
+    the loop spun at full speed, thousands of times, until the answer came.)"""
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))  # adopts the runners: the merged way applies
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    answered = server._answered
+
+    def slow_after_recording_the_first(request: Request, *args: Any, **kwargs: Any) -> None:
+        answered(request, *args, **kwargs)
+        if request.error is None and request.callers == 1:  # (the first task's own run, once handed over)
+            time.sleep(0.6)  # the group's deadline passes before the answer is posted
+
+    monkeypatch.setattr(server, "_answered", slow_after_recording_the_first)
+    expire = _loop_batching._Group._expire
+    fired: list[float] = []
+
+    def counted(self: Any, when: float) -> None:
+        fired.append(when)
+        expire(self, when)
+
+    monkeypatch.setattr(_loop_batching._Group, "_expire", counted)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("busy", busy_inputs(1, index=i), timeout_s=0.3) for i in (1, 99)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = asyncio.run(main())
+    assert isinstance(got[0], inprocserve.Prediction), got
+    assert isinstance(got[1], inprocserve.InvalidInputError | inprocserve.DeadlineExceededError), got
+    assert len(fired) <= 3, f"the group's timer fired {len(fired)} times"
