@@ -158,14 +158,23 @@ class BatchExecution:
         follows its failure: the server records it, resolves its future) is logged, and the requests after it
         are still failed, as a successful batch's are answered (``complete_batch``): raised on, they were
         never answered, their callers waited forever, and they stayed counted in flight (``close()`` waited)."""
+        stopped: Exception | None = None
         for request in batch:
             if request.state != DONE:
                 try:
                     self._failed(request, error)
-                except Exception:  # (its future was resolved first: see Server._deliver)
-                    logger.exception(
-                        "model %r version %s: handing over a failed batch's error failed", self.model, self.version
-                    )
+                except Exception as exc:  # (its future was resolved first: see Server._deliver)
+                    if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit: no bug, and
+                        stopped = stopped or exc  # raised on once the others are answered (an inline run's caller)
+                    else:
+                        logger.exception(
+                            "model %r version %s: handing over a failed batch's error failed", self.model, self.version
+                        )
+        if stopped is not None:
+            try:
+                raise stopped
+            finally:  # (its traceback holds this frame: no cycle kept until the collector's pass)
+                stopped = None
 
     def run_alone(self, runner: Any, request: Request) -> tuple[dict[str, Any] | None, BaseException | None]:
         """Run one request on its own, on its caller's thread: ``(outputs, None)``, or ``(None, error)``.
