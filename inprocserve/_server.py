@@ -1049,13 +1049,7 @@ class Server(RolloutMethods):
                 given = None if given_error is None else given_error()
             self._answered(request, version, request.error, given=given)
         finally:  # the future is resolved even if what follows an answer failed (its error goes on up)
-            try:
-                if request.error is not None:
-                    future.set_exception(request.error)
-                else:
-                    future.set_result(request.prediction())
-            except InvalidStateError:  # cancelled by its caller meanwhile
-                pass
+            _resolve(future, request)
 
     def _answered(
         self,
@@ -1300,11 +1294,23 @@ def _deliver_without_server(sharings: list[Sharing], telemetry: RequestTelemetry
             sharing.release(request, None, request.error)
         telemetry.answered(request, request.error, time.perf_counter() - request.started, None)
     finally:  # the future is resolved even if what comes before failed (its error goes on up)
-        with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
-            if request.error is not None:
-                future.set_exception(request.error)
-            else:
-                future.set_result(request.prediction())
+        _resolve(future, request)
+
+
+def _resolve(future: Any, request: Request) -> None:
+    """Give a ``submit`` future (or an event loop's task) the request's answer or error. An answer that cannot
+    be built (out of memory) is the caller's error, and goes on up: the future left unset waited for good (an
+    event loop's task too, its answer claimed from its own deadline before the failure)."""
+    with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
+        if request.error is not None:
+            future.set_exception(request.error)
+            return
+        try:
+            prediction = request.prediction()
+        except Exception as exc:
+            future.set_exception(exc)
+            raise
+        future.set_result(prediction)
 
 
 def _gone(*args: Any, **kwargs: Any) -> Any:

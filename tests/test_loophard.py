@@ -61,12 +61,6 @@ class PredictionFailed(MemoryError):
     """What building one caller's ``Prediction`` raises here (a ``MemoryError`` is what it can raise)."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,  # the task waited past the test's bound
-    reason="Server._deliver (_server.py) leaves the future unset when request.prediction() raises: the task's "
-    "answer stays claimed (_LoopFuture.given_error), so not even its deadline answers it; for the lead to fix",
-)
 def test_a_task_whose_answer_fails_to_build_gets_an_error_and_its_batch_mates_their_answers(
     scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
