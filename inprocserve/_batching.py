@@ -494,12 +494,18 @@ class Batcher:
             if runner is not None:
                 batch[0].queue_wait_s = max(0.0, self._clock() - batch[0].enqueued_at)
                 self._run_inline(runner, batch[0])
-        except BaseException as exc:  # the loop's thread interrupted (a signal handler raised) before the run began
-            if runner is not None and batch[0].runner is not None:
-                self._finish_inline(batch[0], ran=False)
+        except BaseException as exc:  # the loop's thread interrupted (a signal handler raised), or the run stopped
+            lone = batch[0] if runner is not None else None
+            if lone is not None and lone.runner is not None:  # before the run began
+                self._finish_inline(lone, ran=False)
                 # (a task's time limit is its loop's tasks' answer: a task that runs asyncio.run is stopped)
                 stopped = isinstance(exc, Exception) and raised_by_signal_handler(exc)
-                batch[0].complete(None, exc if stopped else self._interrupted_error())
+                lone.complete(None, exc if stopped else self._interrupted_error())
+            elif lone is not None and lone.outputs is None and lone.error is None:
+                # Stopped inside its run (gevent's Timeout): _run_inline gave the runner back and raised before
+                # answering it, and its task waited for good. (A request run in slices is answered there.)
+                stopped = isinstance(exc, Exception) and raised_by_signal_handler(exc)
+                lone.complete(None, exc if stopped else self._run_interrupted_error(exc))
             raise
         if runner is not None:
             request = batch[0]
@@ -681,6 +687,15 @@ class Batcher:
             model=self.model,
             version=self.version,
         )
+
+    def _run_interrupted_error(self, cause: BaseException) -> InferenceError:
+        error = InferenceError(
+            f"model {self.model!r} version {self.version}: the run was interrupted by {type(cause).__name__}; retry",
+            model=self.model,
+            version=self.version,
+        )
+        error.__cause__ = cause
+        return error
 
     def _retired(self) -> VersionRetiredError:
         return VersionRetiredError(

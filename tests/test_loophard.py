@@ -219,13 +219,6 @@ def test_a_failed_batch_whose_first_hand_over_fails_still_answers_the_other_task
     _settled(server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,  # the task waited past the test's bound
-    reason="Batcher.run_lone_here (_batching.py): _run_inline's own clean-up gives the runner back before the "
-    "interruption reaches run_lone_here's handler, which then takes the request for one never started and "
-    "leaves it unanswered; for the lead to fix",
-)
 def test_a_request_the_loop_runs_itself_stopped_by_a_base_exception_answers_its_task(
     scale_repository: Path,
     make_server: ServerFactory,
