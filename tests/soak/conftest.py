@@ -1,13 +1,17 @@
 """The fault and abuse suite: short in ``make test``, long in ``make soak``.
 
 Each test runs for ``SOAK_SECONDS`` (default 1.5: the short run of ``make test``; ``make soak`` sets more)
-and reports its figures on stdout (``-s``) and, when ``SOAK_RESULTS`` names a file, as JSON lines there.
+and reports its figures on stdout (``-s``) and, when ``SOAK_RESULTS`` names a file, as JSON lines there. Each
+line also carries the process's resident memory, open file descriptors and threads after the test (Linux), so
+the lines of one run, in order, show a leak as a count that grows from test to test.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,9 +23,25 @@ def soak_seconds() -> float:
     return float(os.environ.get("SOAK_SECONDS", "1.5"))
 
 
+def process_figures() -> dict[str, int]:
+    """Resident memory (KiB), open file descriptors and threads (Python's and the OS's) of this process now,
+    after a collection; empty where /proc is missing."""
+    if not Path("/proc/self/statm").exists():
+        return {}
+    gc.collect()
+    resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return {
+        "rss_kib": resident_pages * os.sysconf("SC_PAGE_SIZE") // 1024,
+        "fds": len(os.listdir("/proc/self/fd")),
+        "python_threads": threading.active_count(),
+        "os_threads": len(os.listdir("/proc/self/task")),
+    }
+
+
 def report(test: str, figures: dict[str, Any]) -> None:
-    """Print one test's figures and append them to ``SOAK_RESULTS`` if set."""
-    line = {"test": test, "seconds": soak_seconds(), **figures}
+    """Print one test's figures, with the process's (:func:`process_figures`), and append them to
+    ``SOAK_RESULTS`` if set."""
+    line = {"test": test, "seconds": soak_seconds(), **figures, "process": process_figures()}
     print(f"\nSOAK {json.dumps(line, sort_keys=True, default=str)}")
     target = os.environ.get("SOAK_RESULTS")
     if target:
