@@ -125,7 +125,7 @@ $(OLD_UWSGI_STAMP):
 soak: install $(OLD_ORT_STAMP) $(OLD_UWSGI_STAMP)
 	rm -f $(SOAK_RESULTS)
 	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_RESULTS=$(SOAK_RESULTS) HYPOTHESIS_PROFILE=soak \
-	INPROCSERVE_OLD_ORT_PYTHON=$(OLD_ORT_VENV)/bin/python \
+	INPROCSERVE_OLD_ORT_PYTHON=$(abspath $(OLD_ORT_VENV))/bin/python \
 	INPROCSERVE_TEST_UWSGI_BEFORE_2_0_27=$(abspath $(OLD_UWSGI_VENV))/bin/uwsgi \
 	INPROCSERVE_TEST_TASK_QUEUES_SOAK=1 INPROCSERVE_TEST_LONG_RACES=1 \
 	$(BIN)/python -m pytest -s --timeout=3600 tests/soak tests/test_fuzz.py tests/test_celery.py \
