@@ -64,7 +64,7 @@ from opentelemetry.trace import INVALID_SPAN
 
 from . import _fork
 from ._backend import is_whole_batch, raised_by_signal_handler
-from ._errors import DeadlineExceededError, RemoteUnavailableError, ServerClosedError
+from ._errors import DeadlineExceededError, InferenceError, RemoteUnavailableError, ServerClosedError
 from ._flag_reader import forbid_waiting_when
 from ._flags import WaitOffLoop
 from ._prediction import Prediction, prediction_of
@@ -1370,6 +1370,20 @@ def _off_loop(
     def call() -> Prediction:
         try:
             return predict()
+        except Exception:
+            raise
+        except BaseException as exc:  # gevent's Timeout, SystemExit, KeyboardInterrupt out of the run, on this
+            # thread: the task gets an error, as a worker's run stopped so answers its callers. Passed on as it
+            # is, asyncio raised it out of the loop (run_until_complete died of another thread's exception).
+            error = InferenceError(
+                f"model {model!r}: the run was interrupted by {type(exc).__name__}; retry",
+                model=model,
+                version=version,
+            )
+            try:  # (this frame joins its traceback: its local would hold it, and the inputs, in a cycle)
+                raise error from exc
+            finally:
+                del error
         finally:
             answered[0] = True
 

@@ -1,0 +1,92 @@
+"""apredict's event-loop batcher where a failure or an interruption lands in a window the first hardening pass
+(tests/test_loophard.py) left: a request routed off the loop (its flags may block), a drain interrupted as it
+sends a merged request's tasks the full way, a refusal that itself fails. No task may wait forever, and the
+loop must go on serving.
+
+Real onnxruntime and real asyncio tasks, every wait bounded (reaching the bound is the failure: a task left
+waiting). Where a window can only be reached from inside the library, the one function involved is patched,
+and the test says so."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import ModelConfig
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
+from .test_loop_batching import HeldFlags
+
+__all__ = ["stopped_runs"]  # (the fixture, imported for pytest)
+
+BOUND_S = 10.0
+"""How long a test waits for its tasks: generous; reaching it is the failure (a task left waiting)."""
+
+
+def _row(first: float) -> np.ndarray:
+    """One ``[1, 4]`` request filled with ``first``."""
+    return np.full((1, 4), first, np.float32)
+
+
+def _canary_server(make_server: ServerFactory, repository: Path) -> tuple[inprocserve.Server, HeldFlags]:
+    """A server whose ``scale`` model rolls out version 2 to half its users through a provider that may block:
+    an event loop's request to it is routed on the loop's executor (``predict`` on a thread)."""
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "scale", version)
+    flags = HeldFlags({"scale.canary.percent": 50})
+    flags.go.set()  # (answers at once: only where it is read matters here)
+    config = ModelConfig(
+        version_policy=inprocserve.VersionPolicy.all(),
+        rollout=inprocserve.RolloutConfig(
+            strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=50)
+        ),
+    )
+    return make_server(repository, config=config, flags=flags, flag_timeout_s=30), flags
+
+
+@pytest.mark.parametrize("timeout_s", [None, 5.0], ids=["no-deadline", "deadline"])
+@pytest.mark.parametrize("kind", [GeventLikeTimeout, SystemExit, KeyboardInterrupt])
+def test_a_request_routed_off_the_loop_stopped_by_a_base_exception_leaves_the_loop_serving(
+    repository: Path,
+    make_server: ServerFactory,
+    stopped_runs: list[type[BaseException]],
+    kind: type[BaseException],
+    timeout_s: float | None,
+) -> None:
+    """A task's request whose flags may block is predicted on a thread of the loop's executor; its run there is
+    stopped by a ``BaseException`` raised inside it (the backend's run raises it). The task gets an
+    ``InferenceError`` naming the interruption, as a worker's run stopped so answers its callers, and the loop
+    goes on to answer its next request. (The exception was set on the task's future and asyncio raised it out
+    of the loop: ``asyncio.run`` died of ``SystemExit`` or ``KeyboardInterrupt`` raised on another thread.)"""
+    server, _flags = _canary_server(make_server, repository)
+    context = {"user_id": "u1"}
+    stopped_runs.append(kind)
+
+    async def main() -> list[Any]:
+        got: list[Any] = []
+        first = server.apredict("scale", _row(MARK), context=context, timeout_s=timeout_s)
+        try:
+            got.append(await asyncio.wait_for(first, BOUND_S))
+        except Exception as exc:
+            got.append(exc)
+        later = server.apredict("scale", _row(1.0), context=context, timeout_s=timeout_s)
+        got.append(await asyncio.wait_for(later, BOUND_S))
+        return got
+
+    died = None
+    try:
+        first, later = asyncio.run(main())
+    except BaseException as exc:  # (caught: a KeyboardInterrupt would end pytest, asyncio's ends as a cancellation)
+        died = repr(exc)
+    assert died is None, f"the task, and with it the event loop, died of {died}, raised on the executor's thread"
+    assert not stopped_runs, "no run was stopped"
+    assert isinstance(first, inprocserve.InferenceError), first
+    assert f"interrupted by {kind.__name__}" in str(first), first
+    assert later["y"][0, 0] in (1.0, 2.0), later
