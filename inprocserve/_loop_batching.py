@@ -964,9 +964,14 @@ class _Group:
                 # given up, as a synchronous caller's request given up in the queue: in the version's latency
                 # errors on the status page (left out, only the full way's given-up tasks were counted)
                 target.latency.record(time.perf_counter() - member.started, failed=True)
-            self.server._telemetry.refused(
-                member.span, member.started, target.name, target.version, member.decision, ended
-            )
+            try:
+                self.server._telemetry.refused(
+                    member.span, member.started, target.name, target.version, member.decision, ended
+                )
+            except Exception as exc:  # a broken exporter: the task still gets its error. (Raised on, no task of
+                # the group was answered, and a drain refusing them stopped with other answers still in its inbox.)
+                if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
+                    logger.exception("inprocserve: recording a refused request to %r failed", target.name)
             if not waiter.done():
                 # each task its own copy, without the traceback of the frame that caught it: that frame holds
                 # the members, and so this future (a cycle that kept the task's inputs until the collector's

@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import ModelConfig
+from inprocserve import ModelConfig, _loop_batching
+from inprocserve._request import Request
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
 from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
 from .test_loop_batching import HeldFlags
+from .test_loophard import _merged_server, _outcome, _settled
 
 __all__ = ["stopped_runs"]  # (the fixture, imported for pytest)
 
@@ -90,3 +92,39 @@ def test_a_request_routed_off_the_loop_stopped_by_a_base_exception_leaves_the_lo
     assert isinstance(first, inprocserve.InferenceError), first
     assert f"interrupted by {kind.__name__}" in str(first), first
     assert later["y"][0, 0] in (1.0, 2.0), later
+
+
+def test_a_merged_answer_whose_refusal_fails_still_answers_its_tasks_and_the_rest_of_the_drain(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two merged requests of one loop iteration (tasks with a deadline and without are kept apart) run in one
+    worker's batch, whose answers reach the loop in one drain. Answering the first fails (a bug:
+    ``_LoopState._answered`` patched to raise for it), and so does recording its tasks' refusal (the request
+    telemetry's ``refused`` patched to raise, as a broken metrics or span exporter would: the only way to
+    reach that window). Its tasks still get the error, and the other request's tasks their answers. (All four
+    waited forever: the refusal raised before any task was given its error, and the drain stopped with the
+    other answer still in the inbox, until some later answer woke the loop.)"""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    answered = _loop_batching._LoopState._answered
+
+    def failing_for_the_first(self: Any, merged: Any, request: Request) -> None:
+        if merged.members[0].arrays["x"][0, 0] == 1.0:
+            raise RuntimeError("answering the merged request failed")
+        answered(self, merged, request)
+
+    def broken_exporter(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the exporter broke")
+
+    monkeypatch.setattr(_loop_batching._LoopState, "_answered", failing_for_the_first)
+    monkeypatch.setattr(type(server._telemetry), "refused", broken_exporter)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", _row(first)) for first in (1.0, 2.0)]
+        calls += [server.apredict("scale", _row(first), timeout_s=60) for first in (3.0, 4.0)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert [str(outcome) for outcome in got[:2]] == ["answering the merged request failed"] * 2, got
+    assert got[2:] == [6.0, 8.0], got
+    _settled(server)
