@@ -791,7 +791,13 @@ class _LoopState:
         """:meth:`_drain`'s clean-up after ``exc`` interrupted it as it handed ``sink`` its answer (``value``,
         ``error``; ``sink`` is ``None`` if it was handed over)."""
         if type(sink) is _Merged:
-            sink.group.refused([m for m in sink.members if not m.waiter.done()], exc)
+            # A task sent the full way before the interruption (its withdrawal hook is set: queued again) is
+            # answered by its run, as in _flush: its batcher is woken at the end of the iteration. (Refused,
+            # it got the interruption though its request was queued, and no worker was woken for it.)
+            group, withdrawals = sink.group, self._withdrawals
+            if any(m.waiter in withdrawals for m in sink.members):
+                self.queued(group.batcher)
+            group.refused([m for m in sink.members if not m.waiter.done() and m.waiter not in withdrawals], exc)
         elif type(sink) is _Group:
             sink.answered()
         elif sink is not None:

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import ModelConfig, _loop_batching
+from inprocserve import BatchingConfig, ModelConfig, _loop_batching
 from inprocserve._request import Request
 from inprocserve.testing import build_scale_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, version_status, wait_until
 from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
-from .test_loop_batching import HeldFlags
+from .test_interrupted_callers import Interrupted, interrupted_at
+from .test_loop_batching import HeldFlags, warm
 from .test_loophard import _merged_server, _outcome, _settled
 
 __all__ = ["stopped_runs"]  # (the fixture, imported for pytest)
@@ -128,3 +129,53 @@ def test_a_merged_answer_whose_refusal_fails_still_answers_its_tasks_and_the_res
     assert [str(outcome) for outcome in got[:2]] == ["answering the merged request failed"] * 2, got
     assert got[2:] == [6.0, 8.0], got
     _settled(server)
+
+
+def _save_column_max(repository: Path) -> None:
+    """``total``: y = the largest value of each column over all rows, whose output declares a batch axis it
+    does not have (``k`` is computed: believed until a run of several rows returns one row). A merged run's
+    answer cannot be cut per task: each task is sent the full way, from the loop."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def ints(name: str, values: list[int]) -> Any:
+        return numpy_helper.from_array(np.array(values, np.int64), name)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["x"], ["shape"]),
+            helper.make_node("Slice", ["shape", "one", "two"], ["width"]),
+            helper.make_node("Sub", ["width", "one"], ["k"]),
+            helper.make_node("TopK", ["x", "k"], ["y", "where"], axis=0),
+        ],
+        "column_max",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [ints("one", [1]), ints("two", [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    save_model(model, repository, "total", 1)
+
+
+def test_a_drain_interrupted_as_it_sends_merged_tasks_the_full_way_leaves_the_one_queued_again_its_answer(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks' requests merged into one worker's run, whose outputs cannot be cut per task (a model without
+    a real batch axis): the loop, handing the answer out, sends each task the full way. The loop's thread is
+    interrupted (a signal handler raising) just after the first task's request is queued again, before its
+    worker is due to be woken. That task gets its answer, from its own run; the second the interruption, and
+    nothing is left queued. (The first got the interruption too, though its request was queued again, and that
+    request stayed queued, counted in flight on an idle version, with no worker woken for it.)"""
+    _save_column_max(repository)
+    trusted = BatchingConfig(max_delay_s=0.0, rows_independent="yes")  # (the run's check is under test)
+    server = make_server(repository, config=ModelConfig(batching=trusted))
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+
+    async def main() -> list[Any]:
+        await warm(server, "total", np.ones((1, 2), np.float32))
+        calls = [server.apredict("total", np.full((1, 2), first, np.float32)) for first in (1.0, 2.0)]
+        with interrupted_at(_loop_batching._LoopState.queued.__code__):
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert got[0] == 1.0 and isinstance(got[1], Interrupted), got
+    wait_until(lambda: (lambda s: (s["in_flight"], s["queued_rows"]))(version_status(server, "total")) == (0, 0))
