@@ -790,28 +790,32 @@ class _LoopState:
     def _drain_interrupted(self, sink: Any, value: Any, error: BaseException | None, exc: BaseException) -> None:
         """:meth:`_drain`'s clean-up after ``exc`` interrupted it as it handed ``sink`` its answer (``value``,
         ``error``; ``sink`` is ``None`` if it was handed over)."""
-        if type(sink) is _Merged:
-            # A task sent the full way before the interruption (its withdrawal hook is set: queued again) is
-            # answered by its run, as in _flush: its batcher is woken at the end of the iteration. (Refused,
-            # it got the interruption though its request was queued, and no worker was woken for it.)
-            group, withdrawals = sink.group, self._withdrawals
-            if any(m.waiter in withdrawals for m in sink.members):
-                self.queued(group.batcher)
-            group.refused([m for m in sink.members if not m.waiter.done() and m.waiter not in withdrawals], exc)
-        elif type(sink) is _Group:
-            sink.answered()
-        elif sink is not None:
-            self._claims.pop(sink, None)
-            if not sink.done():
-                if error is None:
-                    sink.set_result(value)
-                else:
-                    sink.set_exception(error)
-        if self._inbox and not self._wake_due:
-            loop = self._loop()
-            if loop is not None and not loop.is_closed():
-                loop.call_soon(_DrainCall(self))
-                self._wake_due = True
+        try:
+            if type(sink) is _Merged:
+                # A task sent the full way before the interruption (its withdrawal hook is set: queued again) is
+                # answered by its run, as in _flush: its batcher is woken at the end of the iteration. (Refused,
+                # it got the interruption though its request was queued, and no worker was woken for it.)
+                group, withdrawals = sink.group, self._withdrawals
+                if any(m.waiter in withdrawals for m in sink.members):
+                    self.queued(group.batcher)
+                group.refused([m for m in sink.members if not m.waiter.done() and m.waiter not in withdrawals], exc)
+            elif type(sink) is _Group:
+                sink.answered()
+            elif sink is not None:
+                self._claims.pop(sink, None)
+                if not sink.done():
+                    if error is None:
+                        sink.set_result(value)
+                    else:
+                        sink.set_exception(error)
+        finally:
+            # (also if handing ``sink`` its answer fails again: the answers after it are handed out in the next
+            # iteration; left in the inbox, they waited until some later answer woke the loop, maybe forever)
+            if self._inbox and not self._wake_due:
+                loop = self._loop()
+                if loop is not None and not loop.is_closed():
+                    loop.call_soon(_DrainCall(self))
+                    self._wake_due = True
 
 
 class _FlushCall:

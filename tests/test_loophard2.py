@@ -179,3 +179,33 @@ def test_a_drain_interrupted_as_it_sends_merged_tasks_the_full_way_leaves_the_on
     got = [_outcome(result) for result in asyncio.run(main())]
     assert got[0] == 1.0 and isinstance(got[1], Interrupted), got
     wait_until(lambda: (lambda s: (s["in_flight"], s["queued_rows"]))(version_status(server, "total")) == (0, 0))
+
+
+def test_a_drain_whose_refusal_fails_hands_out_the_rest_of_its_answers(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two merged requests of one loop iteration run in one worker's batch, whose answers reach the loop in one
+    drain. Handing out the first fails after its tasks got their answers, and so does every refusal of it
+    (``_Group.answered``, which ``_Group.refused`` ends with, patched to raise for that group: a bug, the only
+    way to reach that window). The other request's tasks still get their answers, in the loop's next
+    iteration. (They waited forever: the drain stopped with their answer in the inbox, and no later answer
+    came to wake the loop.)"""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    answered = _loop_batching._Group.answered
+
+    def failing_for_the_first(self: Any) -> None:
+        if self.members and self.members[0].arrays["x"][0, 0] == 1.0:
+            raise RuntimeError("a bug in the group's bookkeeping")
+        answered(self)
+
+    monkeypatch.setattr(_loop_batching._Group, "answered", failing_for_the_first)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", _row(first)) for first in (1.0, 2.0)]
+        calls += [server.apredict("scale", _row(first), timeout_s=60) for first in (3.0, 4.0)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert got == [2.0, 4.0, 6.0, 8.0], got
+    _settled(server)
