@@ -249,6 +249,10 @@ def _failed(
     exc: BaseException, exceptions: Any, timeout: Any, timeout_s: float, watch: Watch, connect_timeout_s: float
 ) -> TransportError:
     """The :class:`TransportError` of urllib3's error ``exc`` (``exceptions``: urllib3's module of them)."""
+    if isinstance(exc, _Handshake):  # a connection whose TLS handshake failed: nothing was sent on it
+        if watch.end():  # the deadline's shutdown ended it
+            return TransportError(f"no connection within {timeout_s:.3g} s", sent=False, timed_out=True)
+        return TransportError(f"cannot connect: {getattr(exc, 'detail', exc)}", sent=False)
     if isinstance(exc, exceptions.NewConnectionError):  # before ConnectTimeoutError: it subclasses it
         return TransportError(f"cannot connect: {_reason(exc)}", sent=False)
     if isinstance(exc, exceptions.ConnectTimeoutError):
@@ -289,6 +293,7 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
     exceptions = urllib3.exceptions
     tls = issubclass(connection_class, urllib3.connection.HTTPSConnection)
     resolve_timeout = type("ResolveTimeoutError", (exceptions.ConnectTimeoutError, _ResolveTimeout), {})
+    handshake_failed = type("TLSHandshakeError", (exceptions.NewConnectionError, _Handshake), {})
 
     class WatchedConnection(connection_class):  # type: ignore[misc]
         response_class = _FinalResponse
@@ -309,6 +314,17 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
             self.idle_since = None
             try:
                 super().connect()
+            except OSError as exc:  # (ssl.SSLError, a reset): the TLS handshake failed, so nothing was sent
+                if not tls:
+                    raise
+                # Said as a failure to connect (urllib3 lets its own errors through as they are), not as an
+                # SSLError: that came out as a connection that failed mid-exchange (sent=True), so a server
+                # that dropped a connection at its handshake (restarting, behind a balancer) failed the call
+                # where a refused connection is retried.
+                detail = f"the TLS handshake failed: {_reason(exc)}"
+                error = handshake_failed(self, detail)
+                error.detail = detail  # (urllib3's message starts with the connection's repr)
+                raise error from None
             finally:
                 # The watch moves to the connection's socket before the handshake's duplicate is closed: arm
                 # takes the watchdog's lock, so once it returns no shutdown of the duplicate is under way or to
@@ -393,6 +409,10 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
 
 class _ResolveTimeout(Exception):
     """Marks the ``ConnectTimeoutError`` of a name that did not resolve in time (see :func:`_failed`)."""
+
+
+class _Handshake(Exception):
+    """Marks the error of a TLS handshake that failed: the connection never carried the request."""
 
 
 def _is_address(host: str) -> bool:

@@ -1,0 +1,170 @@
+"""The remote backend over ``https://`` when the TLS handshake goes wrong, against the scripted server of
+:mod:`tests.test_remote_retries` behind a TLS listener on 127.0.0.1 whose certificate the test makes (and
+trusts, through ``SSL_CERT_FILE``): a handshake that fails or stalls happens before the request is sent, so
+it is a server that cannot be reached (retried, counted for the circuit), not a call that may have run or the
+caller's deadline, and it leaves no socket behind."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import _oip_client
+from inprocserve._remote import RemoteBackend
+from inprocserve._remote_model import RemoteModel
+
+from .conftest import wait_until
+from .test_remote_retries import FEEDS, Scripted
+
+
+class TlsScripted(Scripted):
+    """:class:`Scripted` over TLS. ``drop_handshakes``: that many next connections are closed as their
+    ClientHello arrives (a server restarting behind a balancer); ``stall_handshakes``: connections accepted
+    then are never answered (a TLS terminator that hangs), until teardown."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self.context = context
+        self.drop_handshakes = 0
+        self.stall_handshakes = False
+        self.stalled: list[socket.socket] = []
+
+    def get_request(self) -> tuple[Any, Any]:
+        conn, address = super().get_request()
+        if self.stall_handshakes:
+            self.stalled.append(conn)
+            raise OSError("stalled")  # (the accept loop goes on; the connection is left unanswered)
+        if self.drop_handshakes > 0:
+            self.drop_handshakes -= 1
+            conn.recv(4096)  # the ClientHello
+            conn.close()
+            raise OSError("dropped")
+        conn.settimeout(5)  # (a client that gives up mid-handshake does not stop the accept loop)
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True)
+        except OSError:
+            conn.close()
+            raise
+        tls.settimeout(None)
+        return tls, address
+
+
+@pytest.fixture
+def certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A self-signed certificate for 127.0.0.1, trusted by the process's default TLS context."""
+    crypto = pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    assert crypto
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # (read by OpenSSL as each client context is made)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+@pytest.fixture
+def tls_scripted(certificate: ssl.SSLContext) -> Iterator[TlsScripted]:
+    server = TlsScripted(certificate)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.stop_trickling.set()
+    server.shutdown()
+    server.server_close()
+    for conn in server.stalled:
+        conn.close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def backends() -> Iterator[list[RemoteBackend]]:
+    made: list[RemoteBackend] = []
+    yield made
+    for backend in made:
+        backend.close()
+
+
+def tls_backend(backends: list[RemoteBackend], server: TlsScripted, **options: Any) -> RemoteBackend:
+    remote = RemoteModel(url=f"https://127.0.0.1:{server.server_port}", model="scale", **options)
+    backend = RemoteBackend("scale", 1, remote)
+    backends.append(backend)
+    backend.prepare()
+    return backend
+
+
+def sockets() -> int:
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:  # (the listing's own descriptor, closed since)
+            pass
+    return found
+
+
+def test_a_connection_dropped_at_its_tls_handshake_is_retried_as_a_refused_one_is(
+    tls_scripted: TlsScripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The handshake's failure came out of urllib3 as an SSLError, taken for a connection that failed
+    # mid-exchange: "the request may have reached the server", so not retried (retry_after_send is off), and
+    # a server restarting behind its balancer failed each call it dropped at the handshake, though nothing was
+    # sent on that connection.
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)  # each call opens a connection, so shakes hands
+    backend = tls_backend(backends, tls_scripted, retries=2)
+    tls_scripted.drop_handshakes = 2
+    (answer,) = backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+    np.testing.assert_array_equal(answer, FEEDS["x"] * 2)
+    assert tls_scripted.drop_handshakes == 0
+    assert tls_scripted.posts == 1
+
+
+def test_a_tls_handshake_that_keeps_failing_is_a_server_that_cannot_be_reached_and_leaks_no_socket(
+    tls_scripted: TlsScripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)
+    backend = tls_backend(backends, tls_scripted, retries=1, failure_threshold=3)
+    backend.run(backend.runners()[0], FEEDS)
+    wait_until(lambda: tls_scripted.posts == 1)
+    before = sockets()
+    tls_scripted.drop_handshakes = 1000
+    for _ in range(2):
+        with pytest.raises(inprocserve.RemoteUnavailableError, match="cannot connect: the TLS handshake failed") as e:
+            backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+        assert "may have" not in str(e.value)
+    assert tls_scripted.posts == 1
+    # each failed handshake's socket, and the duplicate the watchdog held while it ran, closed
+    wait_until(lambda: sockets() <= before)
