@@ -252,7 +252,16 @@ def _failed(
     if isinstance(exc, _Handshake):  # a connection whose TLS handshake failed: nothing was sent on it
         if watch.end():  # the deadline's shutdown ended it
             return TransportError(f"no connection within {timeout_s:.3g} s", sent=False, timed_out=True)
-        return TransportError(f"cannot connect: {getattr(exc, 'detail', exc)}", sent=False)
+        if not getattr(exc, "timed_out", False):
+            return TransportError(f"cannot connect: {getattr(exc, 'detail', exc)}", sent=False)
+        # CPython bounds a handshake by the socket's timeout: the connect timeout. Run out, it came back from
+        # urllib3 as a read timeout, "no answer within" the call's timeout_s (which had not run out) and the
+        # caller's DeadlineExceededError, where a server that does not answer a connection attempt is down.
+        if timeout.connect_timeout < connect_timeout_s:  # cut short by the time the call had left: its deadline
+            return TransportError(f"no connection within {timeout.connect_timeout:.3g} s", sent=False, timed_out=True)
+        return TransportError(
+            f"cannot connect: no TLS handshake within connect_timeout_s = {connect_timeout_s:.3g} s", sent=False
+        )
     if isinstance(exc, exceptions.NewConnectionError):  # before ConnectTimeoutError: it subclasses it
         return TransportError(f"cannot connect: {_reason(exc)}", sent=False)
     if isinstance(exc, exceptions.ConnectTimeoutError):
@@ -324,6 +333,7 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
                 detail = f"the TLS handshake failed: {_reason(exc)}"
                 error = handshake_failed(self, detail)
                 error.detail = detail  # (urllib3's message starts with the connection's repr)
+                error.timed_out = isinstance(exc, TimeoutError)  # (bounded by connect_timeout_s, see _failed)
                 raise error from None
             finally:
                 # The watch moves to the connection's socket before the handshake's duplicate is closed: arm

@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -168,3 +169,36 @@ def test_a_tls_handshake_that_keeps_failing_is_a_server_that_cannot_be_reached_a
     assert tls_scripted.posts == 1
     # each failed handshake's socket, and the duplicate the watchdog held while it ran, closed
     wait_until(lambda: sockets() <= before)
+
+
+def test_a_tls_handshake_unanswered_for_connect_timeout_s_is_not_the_callers_deadline(
+    tls_scripted: TlsScripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # CPython bounds a handshake by the socket's timeout, urllib3's connect timeout: run out, it came back as
+    # a read timeout, a DeadlineExceededError "within the request's 5 s" after 0.2 s, which never counted for
+    # the circuit; a TLS terminator that hangs held every call a connect timeout, for as long as it hung.
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)
+    backend = tls_backend(backends, tls_scripted, retries=0, connect_timeout_s=0.2, failure_threshold=2)
+    tls_scripted.stall_handshakes = True
+    for _ in range(2):
+        started = time.monotonic()
+        with pytest.raises(
+            inprocserve.RemoteUnavailableError,
+            match=r"cannot connect: no TLS handshake within connect_timeout_s = 0\.2 s",
+        ):
+            backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+        assert time.monotonic() - started < 2.0
+    assert backend.status()["circuit"] == "open"
+
+
+def test_a_tls_handshake_cut_by_the_callers_deadline_is_the_callers_timeout(
+    tls_scripted: TlsScripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)
+    backend = tls_backend(backends, tls_scripted, retries=0, connect_timeout_s=5, failure_threshold=1)
+    tls_scripted.stall_handshakes = True
+    started = time.monotonic()
+    with pytest.raises(inprocserve.DeadlineExceededError, match=r"request's 0\.3 s"):
+        backend.run(backend.runners()[0], FEEDS, timeout_s=0.3)
+    assert time.monotonic() - started < 2.0
+    assert backend.status()["circuit"] == "closed"  # (no sign of the server's health in 0.3 s)
