@@ -18,6 +18,7 @@ import http.client
 import ipaddress
 import os
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Mapping
@@ -331,6 +332,11 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
                 # that dropped a connection at its handshake (restarting, behind a balancer) failed the call
                 # where a refused connection is retried.
                 detail = f"the TLS handshake failed: {_reason(exc)}"
+                if isinstance(exc, ssl.SSLCertVerificationError):  # (a private CA's, most often: say what to do)
+                    detail += (
+                        " (the server's certificate is checked against the system's trusted CAs; the environment "
+                        "variable SSL_CERT_FILE names a bundle to trust instead, with the CA that signed it)"
+                    )
                 error = handshake_failed(self, detail)
                 error.detail = detail  # (urllib3's message starts with the connection's repr)
                 error.timed_out = isinstance(exc, TimeoutError)  # (bounded by connect_timeout_s, see _failed)

@@ -202,3 +202,20 @@ def test_a_tls_handshake_cut_by_the_callers_deadline_is_the_callers_timeout(
         backend.run(backend.runners()[0], FEEDS, timeout_s=0.3)
     assert time.monotonic() - started < 2.0
     assert backend.status()["circuit"] == "closed"  # (no sign of the server's health in 0.3 s)
+
+
+def test_a_certificate_the_system_does_not_trust_fails_the_load_with_how_to_trust_it(
+    tls_scripted: TlsScripted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A model server with a certificate of a private CA (a cluster's own) failed the load with OpenSSL's
+    # words only: nothing said which CAs are trusted, nor how to add one (RemoteModel takes no CA file).
+    monkeypatch.delenv("SSL_CERT_FILE")
+    remote = RemoteModel(url=f"https://127.0.0.1:{tls_scripted.server_port}", model="scale", retries=0)
+    backend = RemoteBackend("scale", 1, remote)
+    try:
+        with pytest.raises(inprocserve.ModelLoadError, match="certificate verify failed") as caught:
+            backend.prepare()
+    finally:
+        backend.close()
+    assert "SSL_CERT_FILE" in str(caught.value)
+    assert tls_scripted.gets == 0
