@@ -51,6 +51,8 @@ _RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "inference-header-content-length", "host", "traceparent", "tracestate"}
 )
 _VERSION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_MAX_TIMEOUT_S = 1e9
+"""The longest ``timeout_s`` taken: sockets and thread waits take at most about 9.2e9 s (int64 nanoseconds)."""
 # What a header value may hold (RFC 9110 field-value): visible ASCII, spaces and tabs, and obs-text (0x80-0xFF),
 # which the HTTP client sends as single Latin-1 bytes. Nothing else can be sent: a character past Latin-1
 # fails every request in the client's encoder, a line break would end the header, other controls are refused
@@ -139,6 +141,12 @@ class RemoteModel:
             ):
                 raise _Invalid(key, f"must be a number of seconds > 0, got {value!r}")
             object.__setattr__(self, key, float(value))
+        if self.timeout_s > _MAX_TIMEOUT_S:
+            # (it becomes a socket's timeout and the deadline watchdog's wait, which overflow the platform's
+            # timers past about 9.2e9 s: the load failed with a bare OverflowError, and the watchdog died of it)
+            raise _Invalid(
+                "timeout_s", f"must be at most {_MAX_TIMEOUT_S:.0e} s (about 31 years), got {self.timeout_s:.0e}"
+            )
         for key, low in (("retries", 0), ("concurrency", 1), ("failure_threshold", 1)):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < low or value > 1024:
