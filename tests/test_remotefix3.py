@@ -64,7 +64,9 @@ class TlsScripted(Scripted):
 @pytest.fixture
 def certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
     """A self-signed certificate for 127.0.0.1, trusted by the process's default TLS context."""
-    pytest.importorskip("cryptography")  # (not a declared dependency: skipped without it)
+    pytest.importorskip(
+        "cryptography", reason="cryptography (a dev dependency) makes the certificate: pip install -e .[dev]"
+    )
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
