@@ -1299,8 +1299,10 @@ def _deliver_without_server(sharings: list[Sharing], telemetry: RequestTelemetry
 
 def _resolve(future: Any, request: Request) -> None:
     """Give a ``submit`` future (or an event loop's task) the request's answer or error. An answer that cannot
-    be built (out of memory) is the caller's error, and goes on up: the future left unset waited for good (an
-    event loop's task too, its answer claimed from its own deadline before the failure)."""
+    be built (out of memory) is the caller's error, and is logged here, once: the future left unset waited for
+    good (an event loop's task too, its answer claimed from its own deadline before the failure). Raised on, it
+    reached whoever finished the request: ``submit``'s own caller (an answer from the cache), or a worker or the
+    loop, which logged a batch or a run as failed that had run."""
     with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
         if request.error is not None:
             future.set_exception(request.error)
@@ -1308,8 +1310,14 @@ def _resolve(future: Any, request: Request) -> None:
         try:
             prediction = request.prediction()
         except Exception as exc:
-            future.set_exception(exc)
-            raise
+            route = request.route
+            logger.exception(
+                "model %r version %s: a request's answer could not be built; its caller gets the error",
+                route.model,
+                route.version,
+            )
+            future.set_exception(drop_tracebacks(exc))  # (its traceback holds this frame, which holds the future)
+            return
         future.set_result(prediction)
 
 

@@ -1,0 +1,91 @@
+"""Review of the day's changes: an answer handed to a ``submit`` future or an event loop's task that cannot be
+built (``Server._deliver``'s ``_resolve``), on each path it is built on.
+
+Real onnxruntime, real asyncio tasks and futures. Building a caller's ``Prediction`` fails only for want of
+memory: ``Request.prediction``, the one function that builds it for a future, is patched to raise, as in
+``test_loophard``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import CacheConfig, ModelConfig, _loop_batching
+from inprocserve._request import Request
+
+from .conftest import ServerFactory, version_status, wait_until
+from .test_loophard import PredictionFailed
+
+BOUND_S = 10.0
+"""How long a test waits for an answer: generous; reaching it is the failure."""
+
+
+def _failing_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every ``Prediction`` built for a future (a ``submit`` caller's, an event loop task's) fails to build."""
+
+    def failing(self: Request) -> inprocserve.Prediction:
+        raise PredictionFailed("no memory for the answer")
+
+    monkeypatch.setattr(Request, "prediction", failing)
+
+
+def _logged_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+def test_submit_whose_cached_answer_cannot_be_built_returns_a_future_with_the_error(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``submit`` answered from the cache builds its answer on the caller's thread. Failing, the future gets
+    the error and ``submit`` returns it. (``submit`` raised the MemoryError itself, the future it never
+    returned holding it too, and the request was recorded answered, then refused.)"""
+    server = make_server(scale_repository, models={"scale": ModelConfig(cache=CacheConfig(enabled=True))})
+    x = np.ones((1, 4), np.float32)
+    server.predict("scale", x)  # kept in the cache
+    _failing_answers(monkeypatch)
+    future = server.submit("scale", x)
+    assert isinstance(future.exception(timeout=BOUND_S), PredictionFailed)
+
+
+def _started_server(make_server: ServerFactory, repository: Path) -> inprocserve.Server:
+    """A server whose ``scale`` runners are adopted and workers started."""
+    server = make_server(repository)
+    x = np.ones((1, 4), np.float32)
+    server.predict("scale", x)
+    server.submit("scale", x).result(timeout=BOUND_S)
+    return server
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["run-on-the-loop", "run-by-a-worker"])
+def test_an_event_loop_task_whose_answer_cannot_be_built_is_logged_once_as_such(
+    scale_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    on_loop: bool,
+) -> None:
+    """An ``apredict`` request queued the full way (as with a cache), run by the loop itself or by a worker,
+    whose answer cannot be built: the task gets the error, and the log says once what failed. (It said the
+    loop's run failed, "its request stays queued for the worker", and woke one for nothing; or, from a
+    worker, "batch failed unexpectedly", for a batch that ran.)"""
+    server = _started_server(make_server, scale_repository)
+    monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)  # the full way, as with a cache
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 10.0 if on_loop else 0.0)
+    _failing_answers(monkeypatch)
+
+    async def main() -> Any:
+        call = server.apredict("scale", np.ones((1, 4), np.float32))
+        return (await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), BOUND_S))[0]
+
+    with caplog.at_level(logging.ERROR):
+        got = asyncio.run(main())
+        wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
+    assert isinstance(got, PredictionFailed), got
+    logged = _logged_errors(caplog)
+    assert len(logged) == 1 and "answer" in logged[0] and "could not be built" in logged[0], logged
