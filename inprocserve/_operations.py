@@ -328,12 +328,13 @@ class Operations:
             )
 
     @staticmethod
-    def _refuse_if_incompatible(routes: Routes, model: str, version: int) -> None:
+    def _refuse_if_incompatible(routes: Routes, model: str, version: int, stable: int | None = None) -> None:
         # Against the version status() judges every version by, and the gate holds new ones back for (the
         # switched-to or configured stable version, else the default), never a ``<model>.stable`` flag's: with
         # the flag set, a version status() showed incompatible was switched to unasked, and one it showed
-        # compatible was refused.
-        stable = routes.state.stable_of(routes.versions, routes.default.version)
+        # compatible was refused. (``stable``: promote()'s, the version it compares answers with.)
+        if stable is None:
+            stable = routes.state.stable_of(routes.versions, routes.default.version)
         if stable == version:
             return
         current, target = routes.versions[stable].signature, routes.versions[version].signature
@@ -704,8 +705,11 @@ class Operations:
         with self._registry.lock:
             routes = self._registry.serving(model, version)
             self._refuse_if_gone(model, version, self._registry.repository_versions(model))
-            self._refuse_if_incompatible(routes, model, version)  # its answers could not even be compared
+            # Judged against the version whose answers it is compared with (a ``<model>.stable`` flag's, where
+            # one is set: what requests get): judged against another, a candidate with the signature of the
+            # version serving every request was refused as incompatible with one that served none.
             stable = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
+            self._refuse_if_incompatible(routes, model, version, stable)  # its answers could not even be compared
             samples = list(routes.router.recent)
             report = PromotionReport(model=model, from_version=stable, to_version=version, samples=len(samples))
             if stable == version:  # comparing it with itself would always pass, and promote nothing

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import CacheConfig, ModelConfig, _loop_batching
+from inprocserve import CacheConfig, ModelConfig, RolloutConfig, VersionPolicy, _loop_batching
 from inprocserve._request import Request
+from inprocserve.testing import build_mlp_model, save_model
 
-from .conftest import ServerFactory, version_status, wait_until
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, version_status, wait_until
 from .test_loophard import PredictionFailed
 
 BOUND_S = 10.0
@@ -89,3 +90,27 @@ def test_an_event_loop_task_whose_answer_cannot_be_built_is_logged_once_as_such(
     assert isinstance(got, PredictionFailed), got
     logged = _logged_errors(caplog)
     assert len(logged) == 1 and "answer" in logged[0] and "could not be built" in logged[0], logged
+
+
+DIMS = (4, 8, 2)
+
+
+def test_promote_judges_compatibility_against_the_stable_flag_s_version_it_compares_answers_with(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A flag-driven rollout's last step set ``m.stable = 2``: every request gets version 2, whose input is
+    ``features`` (version 1, configured stable, answers nobody). Version 3 keeps version 2's signature;
+    ``promote()`` compares its answers with version 2's and promotes it. (It refused it: "not compatible with
+    version 1, which serves now", the signature judged against one version and the answers against another.)"""
+    save_model(build_mlp_model(DIMS, input_name="x"), repository, "m", 1)
+    save_model(build_mlp_model(DIMS, seed=1, input_name="features"), repository, "m", 2)
+    save_model(build_mlp_model(DIMS, seed=1, input_name="features"), repository, "m", 3)
+    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1))
+    flags = inprocserve.InMemoryFlags({"m.stable": 2})
+    server = make_server(
+        repository, config=config, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, control_interval_s=None
+    )
+    for _ in range(3):
+        assert server.predict("m", {"features": np.ones((1, DIMS[0]), np.float32)}).version == 2
+    report = server.promote("m", 3, max_abs_diff=1e-6)
+    assert (report.from_version, report.to_version) == (2, 3), report.to_dict()
