@@ -114,3 +114,33 @@ def test_promote_judges_compatibility_against_the_stable_flag_s_version_it_compa
         assert server.predict("m", {"features": np.ones((1, DIMS[0]), np.float32)}).version == 2
     report = server.promote("m", 3, max_abs_diff=1e-6)
     assert (report.from_version, report.to_version) == (2, 3), report.to_dict()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="design question for the lead (82352d6): switch() judges compatibility against the alias/configured "
+    "version, not the <model>.stable flag's version every request gets; the flag's callers break once it is cleared",
+)
+def test_switch_with_a_stable_flag_set_refuses_a_version_that_breaks_the_flag_s_callers(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``m.stable = 2`` sends every request to version 2 (input ``features``); version 1 (input ``x``) is the
+    configured stable version and answers nobody. ``switch("m", 3)`` to a version taking ``x`` moves no traffic
+    now (the flag wins), but once the operator clears the flag every caller goes to version 3 and fails: the
+    switch should have been refused as it was before 82352d6. (It is accepted, and status() shows it compatible.)"""
+    save_model(build_mlp_model(DIMS, input_name="x"), repository, "m", 1)
+    save_model(build_mlp_model(DIMS, seed=1, input_name="features"), repository, "m", 2)
+    save_model(build_mlp_model(DIMS, seed=2, input_name="x"), repository, "m", 3)
+    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1))
+    flags = inprocserve.InMemoryFlags({"m.stable": 2})
+    server = make_server(
+        repository, config=config, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, control_interval_s=None
+    )
+    callers_send = {"features": np.ones((1, DIMS[0]), np.float32)}
+    assert server.predict("m", callers_send).version == 2
+    try:
+        server.switch("m", 3)
+    except inprocserve.PromotionRefusedError:
+        return  # refused: the flag's callers are safe
+    flags.delete("m.stable")  # the rollout's flag retired
+    server.predict("m", callers_send)  # InvalidInputError: every caller broken
