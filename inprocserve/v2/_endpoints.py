@@ -388,7 +388,9 @@ class Endpoints:
                 # carry: its answer is checked before it is recorded, so that a refused one counts as refused.
                 # (A pinned version's too: checked against it before the run, it may be reloaded by hand, an
                 # output of it now float8, a ZipMap's maps or gone, as the request is routed.)
-                answer_check = functools.partial(_check_answer_outputs, server, name, before, found, request.outputs)
+                answer_check = functools.partial(
+                    _check_answer_outputs, server, name, before, found, request.outputs, pinned=version is not None
+                )
             else:
                 # every output the protocol can carry: an answer with none (only float8 tensors, or a ZipMap's
                 # sequence of maps) is refused, and counted as refused, not as answered
@@ -626,13 +628,16 @@ def _check_answer_outputs(
     outputs: Mapping[str, Any],
     version: int,
     answering: ModelVersion | None,
+    *,
+    pinned: bool = False,
 ) -> None:
     """Refuse a requested output that the version routed to (under a canary or flags) does not have, naming
     that version and one to pin: refused as "not an output of model", a client that another user's same
     request got answered for had nothing to go on; or one it has that the protocol cannot carry (float8, a
     ZipMap's sequence of maps: another version may have it as FP32). ``Server._predict_checked`` calls it on
     the answer of ``version`` before the request is recorded (refused after its run, it was recorded as
-    answered).
+    answered). ``pinned``: the request named the version (reloaded by hand as it was routed, it lacks the
+    output now): the message says so, not that the version was decided request by request.
 
     Raises:
         InvalidInputError: names the output, the version that answered and the versions that have it; or the
@@ -654,9 +659,10 @@ def _check_answer_outputs(
         if other.signature is not None and any(spec.name == missing for spec in other.signature.outputs)
     ]
     pin = "" if not having else f"; pin version {having[-1]}, which has it (/v2/models/{name}/versions/N)"
+    why = "reloaded as this request was routed" if pinned else "the version is decided request by request"
     raise InvalidInputError(
         f"output {brief(missing)} is not an output of model {brief(name)} version {version}, which "
-        f"answered this request (the version is decided request by request); outputs: {', '.join(outputs)}{pin}",
+        f"answered this request ({why}); outputs: {', '.join(outputs)}{pin}",
         model=name,
         version=version,
     )
