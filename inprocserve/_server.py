@@ -1041,15 +1041,22 @@ class Server(RolloutMethods):
         """Resolve a ``submit`` future, on the thread that finished the request, after :meth:`_answered`."""
         future = request.future
         assert future is not None
+        answer: Prediction | Exception | None = None
         try:
             version = self._answering_version(request)
             given = None
-            if request.error is None and type(future) is not Future:  # an event loop's task may have been
-                given_error = getattr(future, "given_error", None)  # answered by its own deadline meanwhile
-                given = None if given_error is None else given_error()
+            if request.error is None:
+                # built before it is recorded: one that cannot be (no memory) is recorded as what its caller
+                # gets, an error (it was counted answered, while a merged task's was counted an error)
+                answer = _built(request)
+                if isinstance(answer, Exception):
+                    given = answer
+                elif type(future) is not Future:  # an event loop's task may have been answered by its own
+                    given_error = getattr(future, "given_error", None)  # deadline meanwhile
+                    given = None if given_error is None else given_error()
             self._answered(request, version, request.error, given=given)
         finally:  # the future is resolved even if what follows an answer failed (its error goes on up)
-            _resolve(future, request)
+            _resolve(future, request, answer)
 
     def _answered(
         self,
@@ -1297,28 +1304,38 @@ def _deliver_without_server(sharings: list[Sharing], telemetry: RequestTelemetry
         _resolve(future, request)
 
 
-def _resolve(future: Any, request: Request) -> None:
-    """Give a ``submit`` future (or an event loop's task) the request's answer or error. An answer that cannot
-    be built (out of memory) is the caller's error, and is logged here, once: the future left unset waited for
-    good (an event loop's task too, its answer claimed from its own deadline before the failure). Raised on, it
-    reached whoever finished the request: ``submit``'s own caller (an answer from the cache), or a worker or the
-    loop, which logged a batch or a run as failed that had run."""
+def _resolve(future: Any, request: Request, answer: Prediction | Exception | None = None) -> None:
+    """Give a ``submit`` future (or an event loop's task) the request's error, or ``answer``, its answer as
+    :func:`_built` built it (``None``: built here). An answer that cannot be built (out of memory) is the
+    caller's error, logged once: the future left unset waited for good (an event loop's task too, its answer
+    claimed from its own deadline before the failure). Raised on, it reached whoever finished the request:
+    ``submit``'s own caller (an answer from the cache), or a worker or the loop, which logged a batch or a run
+    as failed that had run."""
     with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
         if request.error is not None:
             future.set_exception(request.error)
             return
-        try:
-            prediction = request.prediction()
-        except Exception as exc:
-            route = request.route
-            logger.exception(
-                "model %r version %s: a request's answer could not be built; its caller gets the error",
-                route.model,
-                route.version,
-            )
-            future.set_exception(drop_tracebacks(exc))  # (its traceback holds this frame, which holds the future)
-            return
-        future.set_result(prediction)
+        if answer is None:
+            answer = _built(request)
+        if isinstance(answer, Exception):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)
+
+
+def _built(request: Request) -> Prediction | Exception:
+    """The caller's answer to ``request``, which has one; or, logged, the error building it failed with (no
+    memory for it), without its traceback (which would hold this frame and the future's)."""
+    try:
+        return request.prediction()
+    except Exception as exc:
+        route = request.route
+        logger.exception(
+            "model %r version %s: a request's answer could not be built; its caller gets the error",
+            route.model,
+            route.version,
+        )
+        return drop_tracebacks(exc)
 
 
 def _gone(*args: Any, **kwargs: Any) -> Any:

@@ -173,3 +173,31 @@ def test_a_pinned_request_whose_named_output_a_reload_removed_is_told_so_truly(
     assert status == 400, document
     assert document["error"].startswith("output 'z' is not an output of model 'm' version 1"), document
     assert "decided request by request" not in document["error"], document
+
+
+@pytest.mark.parametrize("how", ["submit", "apredict"])
+def test_a_request_whose_answer_cannot_be_built_is_recorded_as_failed(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A ``submit`` future, or an ``apredict`` task queued the full way, whose answer cannot be built gets the
+    error, and the status page counts it as one: a latency error, not an answer. (It was counted answered,
+    while a merged task's was counted an error.)"""
+    server = _started_server(make_server, scale_repository)
+    monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)  # the full way, as with a cache
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker
+    before = version_status(server, "scale")["latency_ms"]
+    _failing_answers(monkeypatch)
+    x = np.ones((1, 4), np.float32)
+    if how == "submit":
+        got = server.submit("scale", x).exception(timeout=BOUND_S)
+    else:
+
+        async def main() -> Any:
+            call = server.apredict("scale", x)
+            return (await asyncio.wait_for(asyncio.gather(call, return_exceptions=True), BOUND_S))[0]
+
+        got = asyncio.run(main())
+    assert isinstance(got, PredictionFailed), got
+    wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
+    after = version_status(server, "scale")["latency_ms"]
+    assert (after["count"] - before["count"], after["errors"] - before["errors"]) == (0, 1), (before, after)
