@@ -329,12 +329,12 @@ class Operations:
 
     @staticmethod
     def _refuse_if_incompatible(routes: Routes, model: str, version: int, stable: int | None = None) -> None:
-        # Against the version status() judges every version by, and the gate holds new ones back for (the
-        # switched-to or configured stable version, else the default), never a ``<model>.stable`` flag's: with
-        # the flag set, a version status() showed incompatible was switched to unasked, and one it showed
-        # compatible was refused. (``stable``: promote()'s, the version it compares answers with.)
+        # Against the version requests get (a ``<model>.stable`` flag's, where one is set), as status() judges
+        # every version: judged against the switched-to or configured version while the flag sent everyone to
+        # another, a switch to a version that breaks the flag's callers once it is cleared went through, and one
+        # to the version everyone used was refused. (``stable``: promote()'s, read once for its comparison too.)
         if stable is None:
-            stable = routes.state.stable_of(routes.versions, routes.default.version)
+            stable = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
         if stable == version:
             return
         current, target = routes.versions[stable].signature, routes.versions[version].signature

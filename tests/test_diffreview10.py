@@ -119,11 +119,6 @@ def test_promote_judges_compatibility_against_the_stable_flag_s_version_it_compa
     assert (report.from_version, report.to_version) == (2, 3), report.to_dict()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="design question for the lead (82352d6): switch() judges compatibility against the alias/configured "
-    "version, not the <model>.stable flag's version every request gets; the flag's callers break once it is cleared",
-)
 def test_switch_with_a_stable_flag_set_refuses_a_version_that_breaks_the_flag_s_callers(
     repository: Path, make_server: ServerFactory
 ) -> None:

@@ -17,11 +17,13 @@ from .conftest import VALUES_NOT_SPEED_S, ServerFactory
 DIMS = (4, 8, 2)
 
 
-def test_switch_refuses_what_status_shows_incompatible_while_a_stable_flag_is_set(
+def test_with_a_stable_flag_set_switch_judges_against_the_flags_version_and_status_says_which_it_judges_by(
     repository: Path, make_server: ServerFactory
 ) -> None:
-    # Version 2 renames the input callers send: status() shows it incompatible with version 1 (configured
-    # stable), but switch() compared it with the stable flag's version, 2 itself, and moved the alias unasked.
+    # The flag sends every request to version 2 (input renamed); version 1 is the configured stable version and
+    # answers nobody. switch() judges against what requests get, version 2: to 2 is accepted, to 3 (version 1's
+    # signature) refused, as its callers would break once the flag is cleared. status() never calls the flag
+    # provider: it judges against its answering_version, the configured one (docs/repository.md).
     save_model(build_mlp_model(DIMS, input_name="x"), repository, "m", 1)
     save_model(build_mlp_model(DIMS, seed=1, input_name="features"), repository, "m", 2)
     save_model(build_mlp_model(DIMS, seed=2, input_name="x"), repository, "m", 3)
@@ -31,8 +33,9 @@ def test_switch_refuses_what_status_shows_incompatible_while_a_stable_flag_is_se
         repository, config=config, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, control_interval_s=None
     )
     shown = server.status()["models"]["m"]
+    assert shown["answering_version"] == 1
     assert (shown["versions"]["2"]["compatible"], shown["versions"]["3"]["compatible"]) == (False, True)
-    with pytest.raises(inprocserve.PromotionRefusedError, match="not compatible with version 1"):
-        server.switch("m", 2)
-    server.switch("m", 3)  # shown compatible: switched without force
-    assert server.predict("m", {"x": np.ones((1, DIMS[0]), np.float32)}, version=3).version == 3
+    with pytest.raises(inprocserve.PromotionRefusedError, match="not compatible with version 2"):
+        server.switch("m", 3)
+    server.switch("m", 2)  # the version every request gets already: nothing breaks
+    assert server.predict("m", {"features": np.ones((1, DIMS[0]), np.float32)}).version == 2
