@@ -80,10 +80,11 @@ class ShadowComparison:
     request_id: str
     max_abs_diff: float | None
     """Largest absolute difference over the numeric outputs both versions produced, labels aside (None if
-    none)."""
+    none; integers against floats are both, see :func:`compare_outputs`)."""
     label_agreement: float | None
     """Share of rows that agree: the argmax of float outputs shaped [rows, classes], and labels (text, integers
-    of any shape, or booleans of any shape) by equality (None if there are none)."""
+    of any shape, or booleans of any shape; integers against floats too) by equality (None if there are
+    none)."""
     error: str | None
     """Why the shadow run failed, if it did (the caller was never affected)."""
     latency_s: float
@@ -111,12 +112,13 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
     """Max absolute difference, row agreement and the first mismatch between two answers to the same request.
 
     Numeric outputs give the difference, and those shaped [rows, classes] the argmax agreement; labels (text,
-    as converted scikit-learn classifiers answer them, integers of any shape, such as class ids or a top-k's
-    ids, or booleans of any shape, such as a multi-label model's flags, in either answer: labels one version
-    answers as floats are still labels, unless those floats are not all whole numbers: values then, as a
-    regressor one version answers truncated to integers) give only the agreement, row by row where equal (a
-    label one class off is not a difference of 1). A ZipMap's list of per-row class scores is compared as
-    the [rows, classes] array of its scores, classes in sorted order.
+    as converted scikit-learn classifiers answer them, integers in both answers, of any shape, such as class
+    ids or a top-k's ids, or booleans of any shape in either answer, such as a multi-label model's flags)
+    give only the agreement, row by row where equal (a label one class off is not a difference of 1).
+    Integers against floats (labels one version answers as floats, 1.0 for 1, or a regressor one version
+    answers truncated to integers: their types cannot tell which) give both, the share of equal rows and the
+    difference, on every request whatever its values (see :func:`_kind`). A ZipMap's list of per-row class
+    scores is compared as the [rows, classes] array of its scores, classes in sorted order.
 
     An output of the first answer that the second lacks, or has with another number of axes, or as text
     against numbers, or as a ZipMap scoring other classes, cannot be compared: that is the ``mismatch`` (an
@@ -153,11 +155,13 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
             continue
         if expected.size == 0:
             continue
-        if text or _labels(expected, got):
+        kind = _LABELS if text else _kind(expected, got)
+        if kind is not _VALUES:
             # labels: the share of rows that agree; no difference (a label off by one class is no "0.05")
             equal = _equal_elements(expected, got) if text else expected == got
             agreements.append(float(np.mean(equal.reshape(equal.shape[0] if equal.ndim else 1, -1).all(axis=1))))
-            continue
+            if kind is _LABELS:
+                continue
         a, b = expected.astype(np.float64), got.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is NaN; huge - (-huge) overflows
             delta = np.abs(a - b)
@@ -169,7 +173,7 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
             unequal = ~finite & ~((a == b) | (np.isnan(a) & np.isnan(b)))
             diff = math.inf if unequal.any() else float(np.max(delta, where=finite, initial=0.0))
         diffs.append(diff)
-        if expected.ndim == 2 and expected.shape[1] >= 2:
+        if kind is _VALUES and expected.ndim == 2 and expected.shape[1] >= 2:
             rows_agree = np.argmax(expected, axis=1) == np.argmax(got, axis=1)
             if unequal is not None:
                 rows_agree &= ~unequal.any(axis=1)
@@ -177,33 +181,34 @@ def compare_outputs(primary: Mapping[str, Any], shadow: Mapping[str, Any]) -> Co
     return Comparison(max(diffs) if diffs else None, float(np.mean(agreements)) if agreements else None, mismatch)
 
 
-def _labels(expected: np.ndarray, got: np.ndarray) -> bool:
-    """Whether two numeric outputs of one shape are labels, compared row by row by equality: integers of any
-    shape (class ids, [rows] or [rows, 1], a top-k's ids, [rows, k]), and flags (booleans) of any shape, in
-    either answer. A multi-label model's flags, [rows, labels], are no class scores: by their argmax, a row whose
-    second label turned off read as agreeing, and the flag that changed as a difference of 1; so were a top-k's
-    ids ([3, 1] against [3, 0]: both argmaxes the first).
+_LABELS, _VALUES, _BOTH = "labels", "values", "both"
+"""How two numeric outputs of one shape are compared (see :func:`_kind`)."""
 
-    Either answer's type decides, so the comparison is the same whichever version answers the caller: labels
-    re-exported as floats (1.0 for 1) are still labels. Decided by the first answer alone, int64 labels
-    against float32 ones were labels, but float32 against int64 numbers: a label one class off read as a
-    difference of 3.0, with no label agreement for a guard to measure.
 
-    But integers against floats that are not all whole numbers are values (a regressor one version answers
-    truncated or rounded to int64): compared as numbers. As labels, a price of 4.5 against 4 was a disagreeing
-    row, with no difference for a guard on ``max_abs_diff`` to measure."""
+def _kind(expected: np.ndarray, got: np.ndarray) -> str:
+    """How two numeric outputs of one shape are compared, decided by their element types alone (the types
+    their versions declare), never by the values of one sample:
+
+    - ``_LABELS``, row by row by equality: integers in both answers (class ids, [rows] or [rows, 1], a top-k's
+      ids, [rows, k]), and flags (booleans) of any shape in either. A multi-label model's flags, [rows,
+      labels], are no class scores: by their argmax, a row whose second label turned off read as agreeing, and
+      the flag that changed as a difference of 1; so were a top-k's ids ([3, 1] against [3, 0]: both argmaxes
+      the first).
+    - ``_VALUES``, by their difference (and the argmax of [rows, classes] scores): floats in both answers.
+    - ``_BOTH``: integers against floats. Their types cannot tell labels one version re-exports as floats (1.0
+      for 1) from a regressor one version answers truncated to int64 (4 for 4.5), so both measures are kept:
+      the share of rows that are equal and the largest difference, whichever version answers the caller. (By
+      the first answer's type alone, labels were compared as numbers one way round and as labels the other;
+      by whether the sampled floats were whole numbers, the same two regressors were compared as labels on
+      one request and by their difference on the next, and a guard on either had nothing to measure on some.)
+    """
     kinds = expected.dtype.kind, got.dtype.kind
     if "b" in kinds:
-        return True
-    if kinds[0] not in "iu" and kinds[1] not in "iu":
-        return False
-    return all(array.dtype.kind != "f" or _whole(array) for array in (expected, got))
-
-
-def _whole(array: np.ndarray) -> bool:
-    """Whether a float array holds only whole numbers (NaN and the infinities count as such: no fraction)."""
-    with np.errstate(invalid="ignore"):
-        return bool(np.array_equal(array, np.trunc(array), equal_nan=True))
+        return _LABELS
+    integers = [kind in "iu" for kind in kinds]
+    if all(integers):
+        return _LABELS
+    return _BOTH if any(integers) else _VALUES
 
 
 def _comparable(answer: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -825,12 +825,13 @@ def test_a_label_one_class_off_is_a_disagreeing_row_not_a_difference() -> None:
 
 def test_int_labels_against_float_labels_of_the_same_classes_agree() -> None:
     # A candidate answering its labels as float32 (1.0) where the stable answered int64 (1): compared as labels,
-    # by value, the same class agrees and another disagrees; no difference is made of them.
+    # by value, the same class agrees and another disagrees (their difference is kept too: integers against
+    # floats give both measures, whatever their values).
     from inprocserve._shadow import compare_outputs
 
     labels = np.array([0, 1, 2, 3], np.int64)
     comparison = compare_outputs({"label": labels}, {"label": np.array([0.0, 1.0, 2.0, 0.0], np.float32)})
-    assert (comparison.max_abs_diff, comparison.label_agreement, comparison.mismatch) == (None, 0.75, None)
+    assert (comparison.max_abs_diff, comparison.label_agreement, comparison.mismatch) == (3.0, 0.75, None)
 
 
 def test_a_shadow_version_replaced_on_disk_starts_its_figures_afresh(
