@@ -581,19 +581,24 @@ class _LoopState:
                     # counted refused once its run was counted; a copy: the traceback holds this frame)
                     logger.exception("inprocserve: answering a merged request to %r failed", model)
                     got = own_error(exc)
-            latency.record(elapsed_s, failed=got is not None)
-            if metered or member.span is not INVALID_SPAN:
-                telemetry.plain_answered(
-                    member.span, decision, version, member.rows, timing, got, elapsed_s, recorder, queue_wait_s
-                )
-            router.served(request_id, decision, member.arrays, routing)
-            if waiter.done():
-                pass
-            elif answer is not None:
-                waiter.set_result(answer)
-            else:
-                assert got is not None
-                waiter.set_exception(own_error(got) if len(members) > 1 else got)  # (each task raises its own)
+            try:
+                latency.record(elapsed_s, failed=got is not None)
+                if metered or member.span is not INVALID_SPAN:
+                    telemetry.plain_answered(
+                        member.span, decision, version, member.rows, timing, got, elapsed_s, recorder, queue_wait_s
+                    )
+                router.served(request_id, decision, member.arrays, routing)
+            finally:
+                # (also if the loop's thread is interrupted, a signal handler raising, once the task was recorded:
+                # it gets what it was recorded with. Left unanswered, the drain's clean-up refused it with the
+                # interruption and recorded it again: its success on the status page, an error for its caller)
+                if waiter.done():
+                    pass
+                elif answer is not None:
+                    waiter.set_result(answer)
+                else:
+                    assert got is not None
+                    waiter.set_exception(own_error(got) if len(members) > 1 else got)  # (each task its own)
             start = end
         group.answered()
 

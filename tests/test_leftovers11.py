@@ -3,16 +3,20 @@ output types; and apredict's loop batcher answering merged tasks when the loop's
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from inprocserve import ShadowComparison
+from inprocserve import ShadowComparison, _loop_batching
 from inprocserve.testing import save_model
 
-from .conftest import ServerFactory, wait_until
+from .conftest import ServerFactory, version_status, wait_until
+from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_leftovers10a_shadow import build_regressor
+from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
 from .test_shadow_hardening import shadowed, stats
 
 
@@ -39,3 +43,33 @@ def test_the_same_two_regressors_are_compared_the_same_way_whatever_the_sampled_
     ]
     figures = stats(server, "price")
     assert (figures["max_abs_diff"], figures["label_agreement"]) == (0.5, pytest.approx(3 / 5))
+
+
+# -- apredict's loop batcher: the loop's thread interrupted as it answers merged tasks -----------------------
+
+
+def test_a_merged_task_recorded_as_answered_when_the_loop_is_interrupted_gets_that_answer(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks' requests run merged on a worker; the loop's thread is interrupted (a signal handler raising,
+    as gevent's ``Timeout`` or Ctrl-C would) as it answers the first, after that task was recorded as
+    answered (its latency, its span and metrics) but before its future was given the answer. (The drain's
+    clean-up then refused it with the interruption and recorded it again: answered, then refused; the
+    status counted a success the caller never got.) It gets the answer it was recorded with; the task after
+    it gets the interruption."""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    before = version_status(server, "scale")
+    # (just past the first task's latency record: where a signal handler runs as that call returns)
+    after_line = line_of(_loop_batching._LoopState._answer, "latency.record(elapsed_s")
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0)]
+        with interrupted_at(_loop_batching._LoopState._answer.__code__, after_line=after_line):
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert got[0] == 2.0 and isinstance(got[1], Interrupted), got
+    _settled(server)
+    latency, earlier = version_status(server, "scale")["latency_ms"], before["latency_ms"]
+    assert (latency["count"] - earlier["count"], latency["errors"] - earlier["errors"]) == (1, 0)
