@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import ShadowComparison, _loop_batching
+from inprocserve import ShadowComparison, _inflight, _loop_batching
 from inprocserve.testing import save_model
 
-from .conftest import ServerFactory, version_status, wait_until
+from .conftest import ServerFactory, SessionHolder, version_status, wait_until
 from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
+from .test_cache_hardening import build_zipmap_classifier
+from .test_inflight import sharing
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_leftovers10a_shadow import build_regressor
 from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
@@ -108,3 +110,41 @@ def test_a_request_routed_off_the_loop_and_stopped_names_the_version_that_ran(
     assert not stopped_runs, "no run was stopped"
     assert isinstance(first, inprocserve.InferenceError), first
     assert first.version == later.version, (first.version, later.version)  # (the same user: the same version)
+
+
+# -- the cache: an answer that cannot be copied ----------------------------------------------------------------
+
+
+def test_identical_requests_following_an_answer_that_cannot_be_copied_run_by_themselves(
+    repository: Path, make_server: ServerFactory, hold_session: SessionHolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached classifier's ZipMap answer that cannot be copied (the copy patched to raise what ``deepcopy``
+    raises for an object holding a lock: the only way to reach it with onnxruntime's outputs) is not kept, and
+    cannot be handed to the two identical requests that followed its run either: they are not given the
+    leader's answer (as docs/performance.md said) but run by themselves, one after the other, and each gets its
+    own run's answer."""
+    save_model(build_zipmap_classifier(), repository, "classifier", 1)
+    server = make_server(repository, config=sharing(None, cache=True))
+    x = np.array([[0.0, 1.0]], np.float32)
+    held = hold_session.mark({"x": x})
+    leader = server.submit("classifier", {"x": x.copy()})
+    wait_until(held.started.is_set)
+    followers = [server.submit("classifier", {"x": x.copy()}) for _ in range(2)]
+    wait_until(lambda: cache_status(server)["shared"] == 2)
+
+    def refused(value: Any) -> Any:
+        raise TypeError("cannot pickle '_thread.lock' object")
+
+    monkeypatch.setattr(_inflight, "_copied", refused)
+    runs = len(hold_session.rows)
+    held.let_go()
+    answers = [future.result(timeout=BOUND_S) for future in (leader, *followers)]
+    assert [answer["probs"].tolist() for answer in answers] == [answers[0]["probs"].tolist()] * 3
+    assert hold_session.rows[runs:] == [1, 1]  # (one run each for the followers)
+    assert cache_status(server)["entries"] == 0
+
+
+def cache_status(server: inprocserve.Server) -> dict[str, Any]:
+    """The ``classifier`` model's version 1's cache figures."""
+    figures: dict[str, Any] = server.status()["models"]["classifier"]["versions"]["1"]["cache"]
+    return figures
