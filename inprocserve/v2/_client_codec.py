@@ -162,10 +162,19 @@ def decode_checked_response(
         detail = "" if said is None else f"; it says: {str(said)[:500]}"
         raise InvalidInputError(f"the response body is not an inference response (no 'outputs' list){detail}")
     binary = memoryview(body)[len(body) if json_length is None else json_length :]
+    parameters = document.get("parameters")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise InvalidInputError(f"the answer's 'parameters' must be a JSON object, got a {_json_type(parameters)}")
     planned: list[tuple[TensorHeader, Any, int | None, int]] = []
+    seen: set[str] = set()
     offset = 0
     for index, raw in enumerate(document["outputs"]):
         name, datatype, shape, tensor_parameters = _tensor_header(raw, index, limits)
+        if name in seen:
+            # Decoded one after the other into a dict, the last one silently won: which values the model meant
+            # cannot be told.
+            raise InvalidInputError(f"output {brief(name)} appears twice in the answer; fix the model server")
+        seen.add(name)
         size = tensor_parameters.get("binary_data_size")
         if isinstance(size, int) and not isinstance(size, bool) and 0 <= size <= len(binary) - offset:
             planned.append((TensorHeader(name, datatype, tuple(shape)), raw, size, offset))
@@ -201,6 +210,7 @@ def decode_checked_response(
                 name,
                 limits,
                 role="output",
+                bools_in_data=True,  # (a true among FP32 numbers was read as 1.0: a server's bug, passed as a value)
                 null_is_nan=True,
                 nested_as_shape=False,  # (a server's answer, read as Triton reads nested data: in order)
                 checkpoint=checkpoint,
@@ -212,9 +222,13 @@ def decode_checked_response(
         model_name=str(document.get("model_name", "")),
         model_version=None if version is None else str(version),
         outputs=outputs,
-        parameters=document.get("parameters") or {},
+        parameters=parameters or {},
         id=document.get("id"),
     )
+
+
+def _json_type(value: object) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "value")
 
 
 def _check_unicode(array: np.ndarray, name: str) -> None:

@@ -1,0 +1,59 @@
+"""The remote backend, against the scripted server of :mod:`tests.test_remote_retries` (and its TLS listener of
+:mod:`tests.test_remotefix3`): answers the decoder took though they do not say one thing, a model's URL given
+as the server's, a certificate retried as if trying again could make it trusted, and a connection closed
+while the deadline's watchdog could still shut its socket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve._remote import RemoteBackend
+
+from .test_remote_retries import FEEDS, Scripted, backend_for
+from .test_remote_retries import backends as backends  # (the fixtures: backends closed at teardown,
+from .test_remote_retries import scripted as scripted  # and a scripted model server)
+from .test_remotefix3 import certificate as certificate  # (a self-signed certificate, trusted through
+from .test_remotefix3 import tls_scripted as tls_scripted  # SSL_CERT_FILE, and a TLS scripted server)
+
+Y = [2.0] * 8  # y = 2x for FEEDS' two rows of four ones
+
+
+def answer(*outputs: dict[str, Any], **document: Any) -> bytes:
+    return json.dumps({"model_name": "scale", "outputs": list(outputs), **document}).encode()
+
+
+def y(data: Any = Y, name: str = "y") -> dict[str, Any]:
+    return {"name": name, "datatype": "FP32", "shape": [2, 4], "data": data}
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        # Two outputs named y: the last one silently won, whichever the model meant.
+        (answer(y(), y([9.0] * 8)), r"output 'y' appears twice in the answer"),
+        # A JSON true among FP32 numbers was read as 1.0: a server's bug passed as a value.
+        (answer(y([True, *Y[1:]])), r"output 'y': 'data' mixes true/false with numbers, which is not FP32"),
+        # A 'parameters' that is not an object was handed on as the answer's parameters.
+        (answer(y(), parameters=[1, 2]), r"the answer's 'parameters' must be a JSON object, got a list"),
+        # Data longer or shorter than the shape says (refused already: pinned here).
+        (answer(y([*Y, 2.0])), r"output 'y': 'data' holds 9 values but shape \[2, 4\] needs 8"),
+        (answer(y(Y[:7])), r"output 'y': 'data' holds 7 values but shape \[2, 4\] needs 8"),
+    ],
+    ids=["duplicate-name", "bool-in-fp32", "parameters-list", "data-too-long", "data-too-short"],
+)
+def test_an_answer_that_does_not_say_one_thing_is_the_answers_error(
+    scripted: Scripted, backends: list[RemoteBackend], body: bytes, said: str
+) -> None:
+    backend = backend_for(backends, scripted, binary_tensors=False)
+    scripted.script = [body]
+    with pytest.raises(inprocserve.InferenceError, match="the answer is not an inference response: " + said) as e:
+        backend.run(backend.runners()[0], FEEDS)
+    assert not isinstance(e.value, inprocserve.InvalidInputError)  # the server's fault: no bisecting
+    # and a right answer still passes
+    scripted.script = [answer(y(), parameters={"note": "ok"})]
+    np.testing.assert_array_equal(backend.run(backend.runners()[0], FEEDS)[0], FEEDS["x"] * 2)
