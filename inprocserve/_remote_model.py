@@ -50,6 +50,8 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 
 _RESERVED_HEADERS = frozenset(
     {"content-type", "content-length", "inference-header-content-length", "host", "traceparent", "tracestate"}
 )
+_PROTOCOL_PATH = re.compile(r"/v2(?:/models(?:/.*)?)?\Z")
+"""A URL path that ends in the protocol's ``/v2`` or names a model under it (``/v2/models/m/versions/3``)."""
 _VERSION = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_TIMEOUT_S = 1e9
 """The longest ``timeout_s`` taken: sockets and thread waits take at most about 9.2e9 s (int64 nanoseconds)."""
@@ -321,7 +323,18 @@ def _url(raw: object) -> str:
         raise _Invalid("url", f"must not have a query or fragment, got {raw!r}")
     if port == 0:
         raise _Invalid("url", f"has port 0, got {raw!r}")
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    path = parts.path.rstrip("/")
+    if (protocol := _PROTOCOL_PATH.search(path)) is not None:
+        # The model's path is put after it: a model's URL pasted here asked for .../v2/models/m/v2/models/m, a
+        # 404 at load that said only "is the model loaded there?". Not stripped: what follows /v2 (another
+        # model's name, a version) may not be what model and version say.
+        base = f"{parts.scheme}://{parts.netloc}{path[: protocol.start()]}"
+        raise _Invalid(
+            "url",
+            f"is a protocol path ({path[protocol.start() :][:200]!r}); give the server's base URL, {base!r}, and "
+            "the model's name and version as model and version",
+        )
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 def _headers(raw: object) -> dict[str, str]:

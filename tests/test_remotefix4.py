@@ -13,6 +13,7 @@ import pytest
 
 import inprocserve
 from inprocserve._remote import RemoteBackend
+from inprocserve._remote_model import RemoteModel
 
 from .test_remote_retries import FEEDS, Scripted, backend_for
 from .test_remote_retries import backends as backends  # (the fixtures: backends closed at teardown,
@@ -57,3 +58,23 @@ def test_an_answer_that_does_not_say_one_thing_is_the_answers_error(
     # and a right answer still passes
     scripted.script = [answer(y(), parameters={"note": "ok"})]
     np.testing.assert_array_equal(backend.run(backend.runners()[0], FEEDS)[0], FEEDS["x"] * 2)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://models.internal:8000/v2/models/scale",
+        "http://models.internal:8000/v2/models/scale/versions/3/",
+        "http://models.internal:8000/v2/models/scale/infer",
+        "http://models.internal:8000/gateway/v2/models/other",
+        "http://models.internal:8000/v2",
+    ],
+)
+def test_a_models_url_given_as_the_servers_is_refused_with_the_base_url_to_give(url: str) -> None:
+    # The model's path was appended to it: .../v2/models/scale/v2/models/scale, a 404 at load that said only
+    # "is the model loaded there, under this name and version?".
+    with pytest.raises(inprocserve.ConfigurationError, match=r"RemoteModel url: .*the server's base URL") as e:
+        RemoteModel(url=url, model="scale")
+    assert "http://models.internal:8000" in str(e.value)
+    # a gateway's prefix that only looks alike still passes
+    assert RemoteModel(url="http://h:1/ml/v2-gateway", model="scale").url == "http://h:1/ml/v2-gateway"
