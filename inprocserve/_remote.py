@@ -9,7 +9,7 @@ locally and each batch is **one** inference call. What this module adds on top o
 * deadlines, sent as the protocol's ``timeout`` parameter (microseconds) and enforced locally over the whole
   call (the HTTP client's watchdog shuts the socket when it runs out);
 * retries only where they cannot run a request twice (connection refused, 503, 429, but a gateway's 503 for
-  an upstream reset after it forwarded the request; metadata GETs), with
+  an upstream reset after it forwarded the request; metadata GETs; never a certificate not trusted), with
   jittered exponential backoff that honours a short ``Retry-After``, and always within the deadline;
 * a circuit breaker (:mod:`inprocserve._circuit`) so a server that is down, or hung, fails calls fast;
 * the W3C ``traceparent`` of the batch's span, so the remote server's spans join the trace;
@@ -431,7 +431,7 @@ class RemoteBackend:
                     # close() ended the call (or its pool), or the server's close its shadow call: that says
                     # nothing about the remote server
                     raise self._closed_error(in_flight=True) from None
-                retry = not exc.sent or (remote.retry_after_send and not exc.too_long)  # (as long again)
+                retry = not _untrusted(exc) and (not exc.sent or (remote.retry_after_send and not exc.too_long))
                 if retry and self._backoff(attempt, deadline):
                     attempt += 1
                     continue
@@ -614,7 +614,7 @@ class RemoteBackend:
             except TransportError as exc:
                 if self._closed:
                     raise self._closed_error(in_flight=True) from None
-                if not exc.too_long and self._backoff(attempt, deadline):
+                if not exc.too_long and not _untrusted(exc) and self._backoff(attempt, deadline):
                     attempt += 1
                     continue
                 hint = (
@@ -1048,6 +1048,14 @@ def _http_date(value: str) -> datetime.datetime | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return None if when.tzinfo is None else when
+
+
+def _untrusted(exc: TransportError) -> bool:
+    """Whether the TLS handshake failed on the server's certificate (not trusted, or not the host's): taken for
+    a server that could not be reached, it was tried ``retries`` times more, with backoff, though no retry can
+    make it trusted. Told by OpenSSL's reason, which the client's message carries
+    (``[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ...``)."""
+    return not exc.sent and "certificate verify failed" in str(exc).lower()
 
 
 def _retry_after(response: HttpResponse) -> float | None:

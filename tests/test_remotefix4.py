@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 
 import inprocserve
+from inprocserve import _oip_client
 from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
 
 from .test_remote_retries import FEEDS, Scripted, backend_for
 from .test_remote_retries import backends as backends  # (the fixtures: backends closed at teardown,
 from .test_remote_retries import scripted as scripted  # and a scripted model server)
+from .test_remotefix3 import TlsScripted
 from .test_remotefix3 import certificate as certificate  # (a self-signed certificate, trusted through
 from .test_remotefix3 import tls_scripted as tls_scripted  # SSL_CERT_FILE, and a TLS scripted server)
 
@@ -78,3 +80,25 @@ def test_a_models_url_given_as_the_servers_is_refused_with_the_base_url_to_give(
     assert "http://models.internal:8000" in str(e.value)
     # a gateway's prefix that only looks alike still passes
     assert RemoteModel(url="http://h:1/ml/v2-gateway", model="scale").url == "http://h:1/ml/v2-gateway"
+
+
+def test_a_certificate_the_system_does_not_trust_is_not_retried(
+    tls_scripted: TlsScripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Taken for a server that could not be reached, it was tried retries + 1 times, with backoff between: no
+    # retry can make a certificate trusted, and each one held the caller (and the load) for nothing.
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)  # each call opens a connection, so shakes hands
+    slept: list[float] = []
+    remote = RemoteModel(url=f"https://127.0.0.1:{tls_scripted.server_port}", model="scale", retries=3)
+    backend = RemoteBackend("scale", 1, remote, sleep=slept.append)
+    backends.append(backend)
+    backend.prepare()  # trusted (SSL_CERT_FILE): loads
+    monkeypatch.delenv("SSL_CERT_FILE")  # (read as each connection's context is made)
+    with pytest.raises(inprocserve.RemoteUnavailableError, match=r"certificate verify failed.*SSL_CERT_FILE"):
+        backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+    assert slept == []
+    unloaded = RemoteBackend("scale", 1, remote, sleep=slept.append)
+    backends.append(unloaded)
+    with pytest.raises(inprocserve.ModelLoadError, match=r"certificate verify failed.*SSL_CERT_FILE"):
+        unloaded.prepare()
+    assert slept == []
