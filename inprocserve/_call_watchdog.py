@@ -77,6 +77,19 @@ class Watch:
                 del self._owners[id(sock)]
             return self._fired
 
+    def release(self, sock: Any) -> None:
+        """``sock`` is being closed: no watch of this watchdog may shut it from now on. Under the lock, so a
+        shutdown of it under way ends first: closed while a watch still named it, a deadline firing as it was
+        closed could shut whatever another thread was given under its descriptor's number next (CPython reads
+        the descriptor for ``shutdown()`` after letting go of the GIL)."""
+        if sock is None:
+            return
+        with self._lock:
+            owner = self._owners.pop(id(sock), None)
+            for watch in (self, owner):
+                if watch is not None and watch._sock is sock:
+                    watch._sock = None
+
     @property
     def fired(self) -> bool:
         return self._fired

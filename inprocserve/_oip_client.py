@@ -353,6 +353,13 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
                 if handle is not None:
                     handle.close()  # (the connection stays open: this was only a second descriptor of it)
 
+        def close(self) -> None:
+            # urllib3 closes a connection that failed (urlopen's finally) before the call's watch ends: the watch
+            # lets go of the socket first, as in connect's finally, so no deadline's shutdown of it is under way
+            # or to come once its descriptor's number is free for another connection.
+            _release(self.sock)
+            super().close()
+
         def _new_conn(self) -> Any:
             host: str = self._dns_host  # type: ignore[has-type]
             timeout: Any = self.timeout  # type: ignore[has-type]
@@ -575,6 +582,12 @@ def _arm(sock: Any) -> None:
     watch: Watch | None = getattr(_calls, "watch", None)
     if watch is not None:
         watch.arm(sock)
+
+
+def _release(sock: Any) -> None:
+    watch: Watch | None = getattr(_calls, "watch", None)
+    if watch is not None:
+        watch.release(sock)
 
 
 def _reason(error: BaseException) -> str:

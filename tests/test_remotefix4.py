@@ -6,13 +6,16 @@ while the deadline's watchdog could still shut its socket."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from typing import Any
 
 import numpy as np
 import pytest
+import urllib3
 
 import inprocserve
-from inprocserve import _oip_client
+from inprocserve import _call_watchdog, _oip_client
 from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
 
@@ -102,3 +105,32 @@ def test_a_certificate_the_system_does_not_trust_is_not_retried(
     with pytest.raises(inprocserve.ModelLoadError, match=r"certificate verify failed.*SSL_CERT_FILE"):
         unloaded.prepare()
     assert slept == []
+
+
+def test_a_connection_urllib3_closes_after_a_failure_is_never_shut_by_the_calls_deadline(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # urllib3 closes a connection that failed (urlopen's finally) before the call's watch ends: a deadline
+    # passing in between shut the socket down as it was closed, and CPython reads its descriptor for that
+    # after letting go of the GIL, so the number, freed and given to another connection meanwhile, shut that
+    # one. Here the close is held past the deadline: the socket is let go of by then, never shut.
+    shut: list[Any] = []
+    real_shut = _call_watchdog._shut
+    monkeypatch.setattr(_call_watchdog, "_shut", lambda sock: (shut.append(sock), real_shut(sock)))
+    real_close = urllib3.connection.HTTPConnection.close
+    closing = threading.Event()
+
+    def slow_close(self: Any) -> None:
+        if self.sock is not None and closing.is_set():
+            time.sleep(0.5)  # past the call's 0.2 s deadline, as a thread preempted here would be
+        real_close(self)
+
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "close", slow_close)
+    backend = backend_for(backends, scripted, retries=0)
+    scripted.script = ["drop"]  # the request read, the connection closed without an answer: urllib3 closes it
+    closing.set()
+    with pytest.raises(inprocserve.InprocserveError):
+        backend.run(backend.runners()[0], FEEDS, timeout_s=0.2)
+    closing.clear()
+    assert shut == []
+    np.testing.assert_array_equal(backend.run(backend.runners()[0], FEEDS)[0], FEEDS["x"] * 2)
