@@ -17,6 +17,7 @@ from ._codec import (
     Limits,
     TensorHeader,
     _assemble,
+    _bool_words,
     _from_binary,
     _from_json,
     _header_length,
@@ -191,6 +192,9 @@ def decode_checked_response(
             f"the binary section has {len(binary)} bytes but the outputs' binary_data_size add up to {offset}"
         )
     wanted = None if check is None else check([header for header, _, _, _ in planned])
+    # A true among FP32 numbers was read as 1.0 (a server's bug passed as a value): looked for in the data, at C
+    # speed, only when the text says true or false at all (a count of bytes, cheap next to the parse).
+    bools_in_data = _bool_words(json_part) > 0
     outputs: dict[str, np.ndarray] = {}
     for header, raw, size, start in planned:
         name, datatype, shape = header.name, header.datatype, list(header.shape)
@@ -210,7 +214,7 @@ def decode_checked_response(
                 name,
                 limits,
                 role="output",
-                bools_in_data=True,  # (a true among FP32 numbers was read as 1.0: a server's bug, passed as a value)
+                bools_in_data=bools_in_data,
                 null_is_nan=True,
                 nested_as_shape=False,  # (a server's answer, read as Triton reads nested data: in order)
                 checkpoint=checkpoint,
