@@ -114,14 +114,18 @@ def test_a_connection_urllib3_closes_after_a_failure_is_never_shut_by_the_calls_
     # passing in between shut the socket down as it was closed, and CPython reads its descriptor for that
     # after letting go of the GIL, so the number, freed and given to another connection meanwhile, shut that
     # one. Here the close is held past the deadline: the socket is let go of by then, never shut.
-    shut: list[Any] = []
+    being_closed: list[Any] = []
+    shut: list[Any] = []  # (only sockets shut as they were closed: a deadline that passes sooner may shut one)
     real_shut = _call_watchdog._shut
-    monkeypatch.setattr(_call_watchdog, "_shut", lambda sock: (shut.append(sock), real_shut(sock)))
+    monkeypatch.setattr(
+        _call_watchdog, "_shut", lambda sock: (sock in being_closed and shut.append(sock), real_shut(sock))
+    )
     real_close = urllib3.connection.HTTPConnection.close
     closing = threading.Event()
 
     def slow_close(self: Any) -> None:
         if self.sock is not None and closing.is_set():
+            being_closed.append(self.sock)
             time.sleep(0.5)  # past the call's 0.2 s deadline, as a thread preempted here would be
         real_close(self)
 
@@ -132,5 +136,6 @@ def test_a_connection_urllib3_closes_after_a_failure_is_never_shut_by_the_calls_
     with pytest.raises(inprocserve.InprocserveError):
         backend.run(backend.runners()[0], FEEDS, timeout_s=0.2)
     closing.clear()
+    assert being_closed
     assert shut == []
     np.testing.assert_array_equal(backend.run(backend.runners()[0], FEEDS)[0], FEEDS["x"] * 2)
