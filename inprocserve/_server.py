@@ -1045,16 +1045,19 @@ class Server(RolloutMethods):
         try:
             version = self._answering_version(request)
             given = None
-            if request.error is None:
-                # built before it is recorded: one that cannot be (no memory) is recorded as what its caller
-                # gets, an error (it was counted answered, while a merged task's was counted an error)
-                answer = _built(request)
-                if isinstance(answer, Exception):
-                    given = answer
-                elif type(future) is not Future:  # an event loop's task may have been answered by its own
-                    given_error = getattr(future, "given_error", None)  # deadline meanwhile
-                    given = None if given_error is None else given_error()
-            self._answered(request, version, request.error, given=given)
+            try:
+                if request.error is None:
+                    # built before it is recorded: one that cannot be (no memory) is recorded as what its caller
+                    # gets, an error (it was counted answered, while a merged task's was counted an error)
+                    answer = _built(request)
+                    if isinstance(answer, Exception):
+                        given = answer
+                    elif type(future) is not Future:  # an event loop's task may have been answered by its own
+                        given_error = getattr(future, "given_error", None)  # deadline meanwhile
+                        given = None if given_error is None else given_error()
+            finally:  # (also if a signal handler's exception interrupted the building: recorded, and the
+                # identical requests that follow it released; skipped, they waited for good)
+                self._answered(request, version, request.error, given=given)
         finally:  # the future is resolved even if what follows an answer failed (its error goes on up)
             _resolve(future, request, answer)
 
