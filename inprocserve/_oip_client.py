@@ -88,13 +88,18 @@ class TransportError(Exception):
         timed_out: Whether it failed because the call's time ran out (not ``connect_timeout_s``: a host that
             does not answer a connection attempt in that time is down, as one that refuses it).
         too_long: Whether the answer's body ran past the size the call allowed (it was not read to its end).
+        lasting: Whether trying again cannot help (a certificate the system does not trust: each retry was one
+            more handshake refused the same way, after a backoff).
     """
 
-    def __init__(self, message: str, *, sent: bool, timed_out: bool = False, too_long: bool = False) -> None:
+    def __init__(
+        self, message: str, *, sent: bool, timed_out: bool = False, too_long: bool = False, lasting: bool = False
+    ) -> None:
         super().__init__(message)
         self.sent = sent
         self.timed_out = timed_out
         self.too_long = too_long
+        self.lasting = lasting
 
 
 class HttpClient:
@@ -254,7 +259,8 @@ def _failed(
         if watch.end():  # the deadline's shutdown ended it
             return TransportError(f"no connection within {timeout_s:.3g} s", sent=False, timed_out=True)
         if not getattr(exc, "timed_out", False):
-            return TransportError(f"cannot connect: {getattr(exc, 'detail', exc)}", sent=False)
+            lasting = getattr(exc, "lasting", False)
+            return TransportError(f"cannot connect: {getattr(exc, 'detail', exc)}", sent=False, lasting=lasting)
         # CPython bounds a handshake by the socket's timeout: the connect timeout. Run out, it came back from
         # urllib3 as a read timeout, "no answer within" the call's timeout_s (which had not run out) and the
         # caller's DeadlineExceededError, where a server that does not answer a connection attempt is down.
@@ -340,6 +346,7 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
                 error = handshake_failed(self, detail)
                 error.detail = detail  # (urllib3's message starts with the connection's repr)
                 error.timed_out = isinstance(exc, TimeoutError)  # (bounded by connect_timeout_s, see _failed)
+                error.lasting = isinstance(exc, ssl.SSLCertVerificationError)  # (the same on every retry)
                 raise error from None
             finally:
                 # The watch moves to the connection's socket before the handshake's duplicate is closed: arm

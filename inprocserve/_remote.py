@@ -431,7 +431,8 @@ class RemoteBackend:
                     # close() ended the call (or its pool), or the server's close its shadow call: that says
                     # nothing about the remote server
                     raise self._closed_error(in_flight=True) from None
-                retry = not _untrusted(exc) and (not exc.sent or (remote.retry_after_send and not exc.too_long))
+                # (not a certificate the system does not trust: refused the same way again)
+                retry = (not exc.sent or (remote.retry_after_send and not exc.too_long)) and not exc.lasting
                 if retry and self._backoff(attempt, deadline):
                     attempt += 1
                     continue
@@ -602,7 +603,8 @@ class RemoteBackend:
 
     def _get_json(self, path: str, *, missing_ok: bool = False, body: bool = True) -> Any:
         """GET a protocol document (``body=False``: only its 200 matters); GETs are idempotent, so every
-        transport failure and 503 is retried, but for a document too long (it would be as long again)."""
+        transport failure and 503 is retried, but for a document too long (it would be as long again) or a
+        certificate the system does not trust (refused the same way again)."""
         where = self.remote.url + path
         deadline = self._clock() + self.remote.timeout_s
         attempt = 0
@@ -614,7 +616,7 @@ class RemoteBackend:
             except TransportError as exc:
                 if self._closed:
                     raise self._closed_error(in_flight=True) from None
-                if not exc.too_long and not _untrusted(exc) and self._backoff(attempt, deadline):
+                if not (exc.too_long or exc.lasting) and self._backoff(attempt, deadline):
                     attempt += 1
                     continue
                 hint = (
@@ -1048,14 +1050,6 @@ def _http_date(value: str) -> datetime.datetime | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return None if when.tzinfo is None else when
-
-
-def _untrusted(exc: TransportError) -> bool:
-    """Whether the TLS handshake failed on the server's certificate (not trusted, or not the host's): taken for
-    a server that could not be reached, it was tried ``retries`` times more, with backoff, though no retry can
-    make it trusted. Told by OpenSSL's reason, which the client's message carries
-    (``[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: ...``)."""
-    return not exc.sent and "certificate verify failed" in str(exc).lower()
 
 
 def _retry_after(response: HttpResponse) -> float | None:

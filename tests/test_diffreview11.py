@@ -8,15 +8,24 @@ interrupted only by a signal handler's exception (Ctrl-C, a task's time limit) o
 
 from __future__ import annotations
 
+import ssl
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import inprocserve
-from inprocserve import CacheConfig, ModelConfig
+from inprocserve import CacheConfig, ModelConfig, _oip_client
+from inprocserve._remote import RemoteBackend
 from inprocserve._request import Request
 
 from .conftest import ServerFactory, SessionHolder, busy_inputs, version_status, wait_until
+from .test_remote_retries import FEEDS
+from .test_remotefix3 import TlsScripted, backends, certificate, tls_backend
+
+__all__ = ["backends", "certificate"]  # (fixtures of test_remotefix3, used here)
 
 BOUND_S = 10.0
 """How long a test waits for an answer: generous; reaching it is the failure."""
@@ -60,3 +69,53 @@ def test_identical_requests_following_one_whose_answer_building_is_interrupted_g
     assert interrupted
     assert leader.result(timeout=BOUND_S).version == 1
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+
+
+class CountedTls(TlsScripted):
+    """:class:`TlsScripted` that counts the connections it accepted, each a TLS handshake begun."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(context)
+        self.accepted = 0
+
+    def get_request(self) -> tuple[Any, Any]:
+        with self.lock:
+            self.accepted += 1
+        return super().get_request()
+
+
+@pytest.fixture
+def counted_tls(certificate: ssl.SSLContext) -> Iterator[CountedTls]:
+    server = CountedTls(certificate)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def test_a_load_refused_for_an_untrusted_certificate_shakes_hands_once(
+    counted_tls: CountedTls, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A certificate the system does not trust is refused at once: trying again cannot change it. (Taken for a
+    connection that could not be opened, it was tried ``retries`` more times, each a handshake and a backoff.)"""
+    monkeypatch.delenv("SSL_CERT_FILE")
+    with pytest.raises(inprocserve.ModelLoadError, match="certificate verify failed"):
+        tls_backend(backends, counted_tls, retries=2)
+    assert (counted_tls.accepted, backends[0].status()["retries"]) == (1, 0)
+
+
+def test_a_call_refused_for_an_untrusted_certificate_is_not_retried(
+    counted_tls: CountedTls, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose certificate stops being trusted (its certificate replaced by one of another CA) fails a
+    call at its first handshake, not after ``retries`` more, and the error says why."""
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)  # each call opens a connection, so shakes hands
+    backend = tls_backend(backends, counted_tls, retries=2)
+    backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+    accepted = counted_tls.accepted
+    monkeypatch.delenv("SSL_CERT_FILE")  # (read as each connection's TLS context is made)
+    with pytest.raises(inprocserve.RemoteUnavailableError, match="certificate verify failed"):
+        backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+    assert (counted_tls.accepted - accepted, backend.status()["retries"]) == (1, 0)
