@@ -338,11 +338,14 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
                 # that dropped a connection at its handshake (restarting, behind a balancer) failed the call
                 # where a refused connection is retried.
                 detail = f"the TLS handshake failed: {_reason(exc)}"
-                if isinstance(exc, ssl.SSLCertVerificationError):  # (a private CA's, most often: say what to do)
+                code = getattr(exc, "verify_code", None)
+                if code in _UNTRUSTED:  # (a private CA's, most often: say what to do)
                     detail += (
                         " (the server's certificate is checked against the system's trusted CAs; the environment "
                         "variable SSL_CERT_FILE names a bundle to trust instead, with the CA that signed it)"
                     )
+                elif code in _MISMATCHED:  # (trusted: trusting its CA again, as that advice said, changed nothing)
+                    detail += " (the host in the URL must be a name or an address that the certificate names)"
                 error = handshake_failed(self, detail)
                 error.detail = detail  # (urllib3's message starts with the connection's repr)
                 error.timed_out = isinstance(exc, TimeoutError)  # (bounded by connect_timeout_s, see _failed)
@@ -435,6 +438,15 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
 
     WatchedConnection.__name__ = WatchedConnection.__qualname__ = f"Watched{connection_class.__name__}"
     return WatchedConnection
+
+
+_UNTRUSTED = frozenset({2, 18, 19, 20, 21})
+"""OpenSSL's verify codes of a certificate whose CA is not trusted (X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+DEPTH_ZERO_SELF_SIGNED_CERT, SELF_SIGNED_CERT_IN_CHAIN, UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+UNABLE_TO_VERIFY_LEAF_SIGNATURE): what trusting that CA mends."""
+_MISMATCHED = frozenset({62, 64})
+"""OpenSSL's verify codes of a certificate that does not name the host (X509_V_ERR_HOSTNAME_MISMATCH,
+IP_ADDRESS_MISMATCH)."""
 
 
 class _ResolveTimeout(Exception):

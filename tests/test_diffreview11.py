@@ -19,6 +19,7 @@ import pytest
 import inprocserve
 from inprocserve import CacheConfig, ModelConfig, _oip_client
 from inprocserve._remote import RemoteBackend
+from inprocserve._remote_model import RemoteModel
 from inprocserve._request import Request
 
 from .conftest import ServerFactory, SessionHolder, busy_inputs, version_status, wait_until
@@ -119,3 +120,19 @@ def test_a_call_refused_for_an_untrusted_certificate_is_not_retried(
     with pytest.raises(inprocserve.RemoteUnavailableError, match="certificate verify failed"):
         backend.run(backend.runners()[0], FEEDS, timeout_s=5)
     assert (counted_tls.accepted - accepted, backend.status()["retries"]) == (1, 0)
+
+
+def test_a_certificate_for_another_host_is_not_said_to_be_untrusted(
+    counted_tls: CountedTls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trusted certificate that does not name the URL's host (made for 127.0.0.1, reached as ``localhost``)
+    fails the load saying so, without the advice to trust its CA: trusted already, that changes nothing."""
+    remote = RemoteModel(url=f"https://localhost:{counted_tls.server_port}", model="scale", retries=0)
+    backend = RemoteBackend("scale", 1, remote)
+    try:
+        with pytest.raises(inprocserve.ModelLoadError, match="certificate verify failed: Hostname mismatch") as e:
+            backend.prepare()
+    finally:
+        backend.close()
+    assert "SSL_CERT_FILE" not in str(e.value)
+    assert "the host in the URL" in str(e.value)
