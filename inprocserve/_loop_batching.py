@@ -772,7 +772,7 @@ class _LoopState:
                             logger.exception(
                                 "inprocserve: answering merged requests to %r failed", sink.group.target.name
                             )
-                        sink.group.refused([m for m in sink.members if not m.waiter.done()], exc)
+                        self._refuse_merged(sink, exc)
                 elif type(sink) is _Group:  # a task of it that went the full way was answered (see _LoopFuture)
                     sink.answered()
                 else:
@@ -792,18 +792,22 @@ class _LoopState:
             self._drain_interrupted(sink, value, error, exc)
             raise
 
+    def _refuse_merged(self, sink: _Merged, exc: BaseException) -> None:
+        """Give ``sink``'s tasks ``exc``, which stopped the hand-out of their answer (a bug, or an interruption).
+        A task sent the full way before it (its withdrawal hook is set: queued again) is answered by its run, as
+        in _flush: its batcher is woken at the end of the iteration. (Refused, it got ``exc`` though its request
+        was queued, and no worker was woken for it.)"""
+        group, withdrawals = sink.group, self._withdrawals
+        if any(m.waiter in withdrawals for m in sink.members):
+            self.queued(group.batcher)
+        group.refused([m for m in sink.members if not m.waiter.done() and m.waiter not in withdrawals], exc)
+
     def _drain_interrupted(self, sink: Any, value: Any, error: BaseException | None, exc: BaseException) -> None:
         """:meth:`_drain`'s clean-up after ``exc`` interrupted it as it handed ``sink`` its answer (``value``,
         ``error``; ``sink`` is ``None`` if it was handed over)."""
         try:
             if type(sink) is _Merged:
-                # A task sent the full way before the interruption (its withdrawal hook is set: queued again) is
-                # answered by its run, as in _flush: its batcher is woken at the end of the iteration. (Refused,
-                # it got the interruption though its request was queued, and no worker was woken for it.)
-                group, withdrawals = sink.group, self._withdrawals
-                if any(m.waiter in withdrawals for m in sink.members):
-                    self.queued(group.batcher)
-                group.refused([m for m in sink.members if not m.waiter.done() and m.waiter not in withdrawals], exc)
+                self._refuse_merged(sink, exc)
             elif type(sink) is _Group:
                 sink.answered()
             elif sink is not None:

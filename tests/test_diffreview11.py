@@ -8,21 +8,26 @@ interrupted only by a signal handler's exception (Ctrl-C, a task's time limit) o
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import CacheConfig, ModelConfig, _oip_client
+from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _loop_batching, _oip_client
 from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
 from inprocserve._request import Request
 
 from .conftest import ServerFactory, SessionHolder, busy_inputs, version_status, wait_until
+from .test_loop_batching import warm
+from .test_loophard import PredictionFailed, _outcome
+from .test_loophard2 import _save_column_max
 from .test_remote_retries import FEEDS
 from .test_remotefix3 import TlsScripted, backends, certificate, tls_backend
 
@@ -136,3 +141,35 @@ def test_a_certificate_for_another_host_is_not_said_to_be_untrusted(
         backend.close()
     assert "SSL_CERT_FILE" not in str(e.value)
     assert "the host in the URL" in str(e.value)
+
+
+def test_a_drain_failing_as_it_sends_merged_tasks_the_full_way_leaves_the_one_queued_again_its_answer(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``test_loophard2``'s interrupted drain, but the drain fails with an ``Exception`` (no memory to
+    arrange the wake) just after the first task's request is queued again: that task gets its own run's
+    answer, the second the error, and nothing is left queued. (The first got the error too, though its
+    request was queued again, and that request stayed queued, counted in flight, with no worker woken.)"""
+    _save_column_max(repository)
+    trusted = BatchingConfig(max_delay_s=0.0, rows_independent="yes")
+    server = make_server(repository, config=ModelConfig(batching=trusted))
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    queued = _loop_batching._LoopState.queued
+    failed: list[int] = []
+
+    def fails_once(self: _loop_batching._LoopState, batcher: Any) -> None:
+        if not failed:
+            failed.append(1)
+            raise PredictionFailed("no memory to arrange the wake")
+        queued(self, batcher)
+
+    async def main() -> list[Any]:
+        await warm(server, "total", np.ones((1, 2), np.float32))
+        calls = [server.apredict("total", np.full((1, 2), first, np.float32)) for first in (1.0, 2.0)]
+        monkeypatch.setattr(_loop_batching._LoopState, "queued", fails_once)
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert failed
+    assert got[0] == 1.0 and isinstance(got[1], PredictionFailed), got
+    wait_until(lambda: (lambda s: (s["in_flight"], s["queued_rows"]))(version_status(server, "total")) == (0, 0))
