@@ -328,7 +328,9 @@ class Operations:
             )
 
     @staticmethod
-    def _refuse_if_incompatible(routes: Routes, model: str, version: int, stable: int | None = None) -> None:
+    def _refuse_if_incompatible(
+        routes: Routes, model: str, version: int, stable: int | None = None, *, promoting: bool = False
+    ) -> None:
         # Against the version requests get (a ``<model>.stable`` flag's, where one is set), as status() judges
         # every version: judged against the switched-to or configured version while the flag sent everyone to
         # another, a switch to a version that breaks the flag's callers once it is cleared went through, and one
@@ -342,9 +344,15 @@ class Operations:
         problems = incompatibilities(current, target)
         if problems:
             report = {"model": model, "from": stable, "to": version, "incompatibilities": problems}
+            # (promote() takes no force: the switch's advice pointed its caller to a TypeError)
+            anyway = (
+                f"switch({model!r}, {version}, force=True) makes it stable anyway"
+                if promoting
+                else "pass force=True to switch anyway"
+            )
             raise PromotionRefusedError(
                 f"model {model!r} version {version} is not compatible with version {stable}, which serves now: "
-                f"{'; '.join(problems)}; pass force=True to switch anyway",
+                f"{'; '.join(problems)}; {anyway}",
                 report=report,
                 model=model,
                 version=version,
@@ -709,7 +717,8 @@ class Operations:
             # one is set: what requests get): judged against another, a candidate with the signature of the
             # version serving every request was refused as incompatible with one that served none.
             stable = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
-            self._refuse_if_incompatible(routes, model, version, stable)  # its answers could not even be compared
+            # (its answers could not even be compared)
+            self._refuse_if_incompatible(routes, model, version, stable, promoting=True)
             samples = list(routes.router.recent)
             report = PromotionReport(model=model, from_version=stable, to_version=version, samples=len(samples))
             if stable == version:  # comparing it with itself would always pass, and promote nothing

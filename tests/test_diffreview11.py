@@ -19,10 +19,19 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import BatchingConfig, CacheConfig, ModelConfig, _loop_batching, _oip_client
+from inprocserve import (
+    BatchingConfig,
+    CacheConfig,
+    ModelConfig,
+    RolloutConfig,
+    VersionPolicy,
+    _loop_batching,
+    _oip_client,
+)
 from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
 from inprocserve._request import Request
+from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory, SessionHolder, busy_inputs, version_status, wait_until
 from .test_loop_batching import warm
@@ -173,3 +182,21 @@ def test_a_drain_failing_as_it_sends_merged_tasks_the_full_way_leaves_the_one_qu
     assert failed
     assert got[0] == 1.0 and isinstance(got[1], PredictionFailed), got
     wait_until(lambda: (lambda s: (s["in_flight"], s["queued_rows"]))(version_status(server, "total")) == (0, 0))
+
+
+def test_promote_refusing_an_incompatible_version_says_how_to_make_it_stable_anyway(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``promote()`` refuses a version whose input another name took, and says how to make it stable anyway:
+    ``switch(..., force=True)``. (It said "pass force=True to switch anyway", which ``promote()`` does not
+    take: the call the message pointed to raised ``TypeError``.)"""
+    dims = (4, 8, 2)
+    save_model(build_mlp_model(dims, input_name="x"), repository, "m", 1)
+    save_model(build_mlp_model(dims, seed=1, input_name="features"), repository, "m", 2)
+    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1))
+    server = make_server(repository, config=config, control_interval_s=None)
+    with pytest.raises(inprocserve.PromotionRefusedError, match="not compatible with version 1") as caught:
+        server.promote("m", 2, max_abs_diff=1e-6)
+    assert "switch('m', 2, force=True)" in str(caught.value), caught.value
+    with pytest.raises(inprocserve.PromotionRefusedError, match="pass force=True to switch anyway"):
+        server.switch("m", 2)
