@@ -140,7 +140,8 @@ def _models_status(
         for number, failure in list(failures.get(name, {}).items()):
             versions[str(number)] = {"state": "failed", "error": failure.error}
         held = dict(registry.incompatible.get(name, {}))
-        # the version that answers default traffic, as switch() judges compatibility against it
+        # the version that answers default traffic (switch() judges against a <model>.stable flag's where one
+        # is set: status() never calls a flag provider, see docs/repository.md)
         answering = None if routes is None else routes.state.stable_of(routes.versions, routes.default.version)
         baseline = None if routes is None or answering is None else routes.versions[answering]
         unhealthy: dict[str, str] = {}
