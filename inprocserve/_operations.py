@@ -333,8 +333,9 @@ class Operations:
     ) -> None:
         # Against the version requests get (a ``<model>.stable`` flag's, where one is set; status(), which never
         # calls a flag provider, judges against the switched-to or configured version): judged against that one
-        # while the flag sent everyone to another, a switch to a version that breaks the flag's callers once it is cleared went through, and one
-        # to the version everyone used was refused. (``stable``: promote()'s, read once for its comparison too.)
+        # while the flag sent everyone to another, a switch to a version that breaks the flag's callers once it
+        # is cleared went through, and one to the version everyone used was refused. (``stable``: promote()'s,
+        # read once for its comparison too.)
         if stable is None:
             stable = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
         if stable == version:
