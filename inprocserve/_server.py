@@ -34,6 +34,7 @@ from ._drift import DriftScorer
 from ._errors import (
     ConfigurationError,
     ConfigurationTypeError,
+    InferenceError,
     InprocserveError,
     InvalidInputError,
     ModelLoadError,
@@ -1319,7 +1320,19 @@ def _resolve(future: Any, request: Request, answer: Prediction | Exception | Non
             future.set_exception(request.error)
             return
         if answer is None:
-            answer = _built(request)
+            try:
+                answer = _built(request)
+            except BaseException as exc:  # a signal handler's (gevent's Timeout, Ctrl-C): goes on up, and the
+                # future gets an error naming it (left unset, its caller waited for good)
+                route = request.route
+                future.set_exception(
+                    InferenceError(
+                        f"model {route.model!r}: building the answer was interrupted by {type(exc).__name__}; retry",
+                        model=route.model,
+                        version=route.version,
+                    )
+                )
+                raise
         if isinstance(answer, Exception):
             future.set_exception(answer)
         else:

@@ -200,3 +200,23 @@ def test_promote_refusing_an_incompatible_version_says_how_to_make_it_stable_any
     assert "switch('m', 2, force=True)" in str(caught.value), caught.value
     with pytest.raises(inprocserve.PromotionRefusedError, match="pass force=True to switch anyway"):
         server.switch("m", 2)
+
+
+def test_a_submit_future_whose_answer_building_keeps_being_interrupted_gets_an_error(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building a ``submit`` caller's answer interrupted each time it is tried (on the worker's thread, as
+    gevent's ``Timeout`` in a greenlet would): the future gets an ``InferenceError`` that says so, and the
+    version settles. (It was left unset: its caller waited for good.)"""
+    server = make_server(scale_repository)
+    x = np.ones((1, 4), np.float32)
+    server.submit("scale", x).result(timeout=BOUND_S)  # (its worker started)
+
+    def interrupted(self: Request) -> inprocserve.Prediction:
+        raise Interrupted("a signal handler's exception")
+
+    monkeypatch.setattr(Request, "prediction", interrupted)
+    error = server.submit("scale", x).exception(timeout=BOUND_S)
+    assert isinstance(error, inprocserve.InferenceError), error
+    assert "interrupted by Interrupted" in str(error), error
+    wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
