@@ -147,7 +147,7 @@ class RemoteModel:
             # (it becomes a socket's timeout and the deadline watchdog's wait, which overflow the platform's
             # timers past about 9.2e9 s: the load failed with a bare OverflowError, and the watchdog died of it)
             raise _Invalid(
-                "timeout_s", f"must be at most {_MAX_TIMEOUT_S:.0e} s (about 31 years), got {self.timeout_s:.0e}"
+                "timeout_s", f"must be at most {_MAX_TIMEOUT_S:.0e} s (about 31 years), got {self.timeout_s:.15g}"
             )
         for key, low in (("retries", 0), ("concurrency", 1), ("failure_threshold", 1)):
             value = getattr(self, key)

@@ -220,3 +220,10 @@ def test_a_submit_future_whose_answer_building_keeps_being_interrupted_gets_an_e
     assert isinstance(error, inprocserve.InferenceError), error
     assert "interrupted by Interrupted" in str(error), error
     wait_until(lambda: version_status(server, "scale")["in_flight"] == 0)
+
+
+def test_a_timeout_just_past_the_bound_is_refused_with_the_value_given() -> None:
+    """``timeout_s = 1000000001`` is refused; the message quotes it as given. (Rounded to one digit, it read
+    "must be at most 1e+09 s ..., got 1e+09": a value the bound allows.)"""
+    with pytest.raises(inprocserve.ConfigurationError, match=r"at most 1e\+09 s .*got 1000000001\b"):
+        RemoteModel(url="http://127.0.0.1:8000", model="scale", timeout_s=1_000_000_001)
