@@ -346,10 +346,14 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
                     )
                 elif code in _MISMATCHED:  # (trusted: trusting its CA again, as that advice said, changed nothing)
                     detail += " (the host in the URL must be a name or an address that the certificate names)"
+                wrong_protocol = isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER"
+                if wrong_protocol:  # (its answer to the ClientHello is not TLS: plain HTTP, most often)
+                    detail += " (the server does not speak TLS there: is its URL http://?)"
                 error = handshake_failed(self, detail)
                 error.detail = detail  # (urllib3's message starts with the connection's repr)
                 error.timed_out = isinstance(exc, TimeoutError)  # (bounded by connect_timeout_s, see _failed)
-                error.lasting = isinstance(exc, ssl.SSLCertVerificationError)  # (the same on every retry)
+                # (the same on every retry: a certificate not trusted, a server that does not speak TLS)
+                error.lasting = isinstance(exc, ssl.SSLCertVerificationError) or wrong_protocol
                 raise error from None
             finally:
                 # The watch moves to the connection's socket before the handshake's duplicate is closed: arm

@@ -37,10 +37,10 @@ from .conftest import ServerFactory, SessionHolder, busy_inputs, version_status,
 from .test_loop_batching import warm
 from .test_loophard import PredictionFailed, _outcome
 from .test_loophard2 import _save_column_max
-from .test_remote_retries import FEEDS
+from .test_remote_retries import FEEDS, Scripted, scripted
 from .test_remotefix3 import TlsScripted, backends, certificate, tls_backend
 
-__all__ = ["backends", "certificate"]  # (fixtures of test_remotefix3, used here)
+__all__ = ["backends", "certificate", "scripted"]  # (fixtures of test_remotefix3, used here)
 
 BOUND_S = 10.0
 """How long a test waits for an answer: generous; reaching it is the failure."""
@@ -227,3 +227,18 @@ def test_a_timeout_just_past_the_bound_is_refused_with_the_value_given() -> None
     "must be at most 1e+09 s ..., got 1e+09": a value the bound allows.)"""
     with pytest.raises(inprocserve.ConfigurationError, match=r"at most 1e\+09 s .*got 1000000001\b"):
         RemoteModel(url="http://127.0.0.1:8000", model="scale", timeout_s=1_000_000_001)
+
+
+def test_a_plain_http_server_behind_an_https_url_fails_the_load_at_the_first_handshake(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    """An ``https://`` URL of a server that speaks plain HTTP (a wrong scheme in ``remote.toml``): the handshake
+    fails the same way every time, so the load fails at the first. (Taken for a connection that could not be
+    opened, it was tried ``retries`` more times, each a bad request in the server's log.)"""
+    remote = RemoteModel(url=f"https://127.0.0.1:{scripted.server_port}", model="scale", retries=2)
+    backend = RemoteBackend("scale", 1, remote)
+    backends.append(backend)
+    with pytest.raises(inprocserve.ModelLoadError, match="the TLS handshake failed") as caught:
+        backend.prepare()
+    assert "is its URL http://?" in str(caught.value)
+    assert (scripted.connections, backend.status()["retries"]) == (1, 0)
