@@ -14,6 +14,7 @@ decides whether a retry is safe. :mod:`inprocserve._remote` maps both to the lib
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import os
@@ -333,6 +334,7 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
             except OSError as exc:  # (ssl.SSLError, a reset): the TLS handshake failed, so nothing was sent
                 if not tls:
                     raise
+                _close_abandoned_tls_sockets(exc)
                 # Said as a failure to connect (urllib3 lets its own errors through as they are), not as an
                 # SSLError: that came out as a connection that failed mid-exchange (sent=True), so a server
                 # that dropped a connection at its handshake (restarting, behind a balancer) failed the call
@@ -611,6 +613,21 @@ def _release(sock: Any) -> None:
     watch: Watch | None = getattr(_calls, "watch", None)
     if watch is not None:
         watch.release(sock)
+
+
+def _close_abandoned_tls_sockets(exc: BaseException) -> None:
+    """Close the ``ssl.SSLSocket`` a failed TLS wrap left open. CPython's ``SSLSocket._create`` takes over the
+    socket's descriptor, then, when the connection was reset before the handshake (its ``getpeername`` finds it
+    not connected, and the ``recv`` it tries then is reset), raises without closing it: only the exception's
+    traceback held it, and the socket stayed open until the collector found it (a ``ResourceWarning``, and a
+    descriptor held meanwhile, on a server whose balancer reset connections)."""
+    traceback = exc.__traceback__
+    while traceback is not None:
+        candidate = traceback.tb_frame.f_locals.get("self")
+        if isinstance(candidate, ssl.SSLSocket) and candidate.fileno() != -1:
+            with contextlib.suppress(OSError):
+                candidate.close()
+        traceback = traceback.tb_next
 
 
 def _reason(error: BaseException) -> str:
