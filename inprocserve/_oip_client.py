@@ -434,7 +434,14 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
             super().request(*args, **kwargs)
 
         def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            sock = self.sock
             response = super().getresponse(*args, **kwargs)
+            if self.sock is None and sock is not None and sock.fileno() != -1:
+                # http.client closes the connection of an answer marked Connection: close once its headers
+                # are read, and close() let the watch go of the socket: the body is read on over the same
+                # descriptor (the answer's file keeps it open), so it is watched again. Let go of, a body that
+                # stalled outlived the call's deadline by up to the read timeout.
+                _arm(sock)
             # From the answer's headers: its body is read at once, so this is at most that read too early,
             # and a connection is only ever closed sooner for it. (urllib3 puts the connection back in the
             # pool as the last byte is read, before the caller could mark it.)

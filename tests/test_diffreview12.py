@@ -1,0 +1,107 @@
+"""Review of the day's last changes to the remote client (1d9b301..): the deadline's watch let go of a socket
+that an answer marked ``Connection: close`` was still being read over, and answers the response decoder's
+true/false scan must still take."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from inprocserve import _oip_client
+from inprocserve._remote import RemoteBackend
+
+from .test_remote_retries import FEEDS, Scripted, backend_for, raised_within
+from .test_remote_retries import backends as backends  # (the fixtures: backends closed at teardown,
+from .test_remote_retries import scripted as scripted  # and a scripted model server)
+
+
+@pytest.fixture
+def stalls_after_a_byte() -> Iterator[int]:
+    """A port whose server answers each request at once with a 200 of 10 bytes marked ``Connection: close``,
+    sends one byte of its body 0.8 s later, then nothing more (until teardown)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(4096)  # the request (a GET: no body)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n")
+            if stop.wait(0.8):
+                return
+            try:
+                conn.sendall(b"{")
+            except OSError:  # the client gave up and closed
+                return
+            stop.wait(10)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1]
+    stop.set()
+    listener.close()
+
+
+def test_an_answer_marked_connection_close_that_stalls_ends_at_the_calls_timeout(stalls_after_a_byte: int) -> None:
+    # http.client closes a connection whose answer says Connection: close as soon as its headers are read (the
+    # answer's file keeps the socket open for its body): WatchedConnection.close() let the deadline's watch go
+    # of the socket then, so a body that stalled was bounded only by the read timeout of the read under way,
+    # a whole timeout_s more, not by the call's deadline.
+    client = _oip_client.HttpClient(
+        f"http://127.0.0.1:{stalls_after_a_byte}", max_connections=1, connect_timeout_s=5.0, headers={}
+    )
+    try:
+        error, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
+    finally:
+        client.close()
+    assert isinstance(error, _oip_client.TransportError), error
+    assert error.timed_out
+    assert took_s < 1.4  # (was 1.8: the byte at 0.8 s, then a read that waited its whole 1 s timeout)
+
+
+def answer(*outputs: dict[str, Any], **document: Any) -> bytes:
+    return json.dumps({"model_name": "scale", "outputs": list(outputs), **document}).encode()
+
+
+def test_true_and_false_outside_numeric_data_do_not_refuse_an_answer(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    # The decoder looks for true/false among an answer's numbers once its text says true or false anywhere:
+    # a BOOL output, the text "true" in a BYTES output, and a parameter set to true are all a valid answer.
+    backend = backend_for(backends, scripted, binary_tensors=False)
+    y = {"name": "y", "datatype": "FP32", "shape": [2, 4], "data": [[2.0] * 4, [2.0] * 4]}
+    flags = {"name": "flag", "datatype": "BOOL", "shape": [2], "data": [True, False]}
+    words = {"name": "word", "datatype": "BYTES", "shape": [2], "data": ["true", "false"]}
+    scripted.script = [answer(y, flags, words, parameters={"cached": True, "note": "true"})]
+    np.testing.assert_array_equal(backend.run(backend.runners()[0], FEEDS)[0], FEEDS["x"] * 2)
+
+
+def test_a_deadline_that_passed_before_a_failed_connection_was_closed_still_fails_the_call_as_late() -> None:
+    # Watch.release (a connection closed) forgets the socket, not that the deadline fired.
+    from inprocserve._call_watchdog import CallWatchdog
+
+    watchdog = CallWatchdog(name="diffreview12")
+    try:
+        watch = watchdog.watch(0.05)
+        a, b = socket.socketpair()
+        with a, b:
+            watch.arm(a)
+            time.sleep(0.2)
+            assert a.recv(1) == b""  # shut by the deadline
+            watch.release(a)
+        assert watch.end()
+    finally:
+        watchdog.close()
