@@ -1051,14 +1051,22 @@ class Server(RolloutMethods):
                     # built before it is recorded: one that cannot be (no memory) is recorded as what its caller
                     # gets, an error (it was counted answered, while a merged task's was counted an error)
                     answer = _built(request)
-                    if isinstance(answer, Exception):
-                        given = answer
-                    elif type(future) is not Future:  # an event loop's task may have been answered by its own
-                        given_error = getattr(future, "given_error", None)  # deadline meanwhile
-                        given = None if given_error is None else given_error()
             finally:  # (also if a signal handler's exception interrupted the building: recorded, and the
                 # identical requests that follow it released; skipped, they waited for good)
-                self._answered(request, version, request.error, given=given)
+                try:
+                    if answer is None and request.error is None:  # interrupted (it goes on up): once more, here,
+                        answer = _built(request)  # so that what is recorded is what the future gets
+                except BaseException as exc:
+                    # (recorded as answered before that try, it counted a success its caller never saw)
+                    answer = _interrupted(request, exc)
+                    raise
+                finally:
+                    if isinstance(answer, Exception):
+                        given = answer
+                    elif answer is not None and type(future) is not Future:  # an event loop's task may have
+                        given_error = getattr(future, "given_error", None)  # been answered by its own deadline
+                        given = None if given_error is None else given_error()
+                    self._answered(request, version, request.error, given=given)
         finally:  # the future is resolved even if what follows an answer failed (its error goes on up)
             _resolve(future, request, answer)
 
@@ -1324,19 +1332,22 @@ def _resolve(future: Any, request: Request, answer: Prediction | Exception | Non
                 answer = _built(request)
             except BaseException as exc:  # a signal handler's (gevent's Timeout, Ctrl-C): goes on up, and the
                 # future gets an error naming it (left unset, its caller waited for good)
-                route = request.route
-                future.set_exception(
-                    InferenceError(
-                        f"model {route.model!r}: building the answer was interrupted by {type(exc).__name__}; retry",
-                        model=route.model,
-                        version=route.version,
-                    )
-                )
+                future.set_exception(_interrupted(request, exc))
                 raise
         if isinstance(answer, Exception):
             future.set_exception(answer)
         else:
             future.set_result(answer)
+
+
+def _interrupted(request: Request, exc: BaseException) -> InferenceError:
+    """The error of a caller whose answer's building ``exc`` (a signal handler's) interrupted."""
+    route = request.route
+    return InferenceError(
+        f"model {route.model!r}: building the answer was interrupted by {type(exc).__name__}; retry",
+        model=route.model,
+        version=route.version,
+    )
 
 
 def _built(request: Request) -> Prediction | Exception:

@@ -9,14 +9,19 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+import inprocserve
 from inprocserve import _oip_client
 from inprocserve._remote import RemoteBackend
+from inprocserve._request import Request
 
+from .conftest import ServerFactory, busy_inputs, version_status, wait_until
+from .test_diffreview11 import Interrupted
 from .test_remote_retries import FEEDS, Scripted, backend_for, raised_within
 from .test_remote_retries import backends as backends  # (the fixtures: backends closed at teardown,
 from .test_remote_retries import scripted as scripted  # and a scripted model server)
@@ -105,3 +110,25 @@ def test_a_deadline_that_passed_before_a_failed_connection_was_closed_still_fail
         assert watch.end()
     finally:
         watchdog.close()
+
+
+def test_a_submit_whose_answer_building_is_interrupted_for_good_is_counted_the_error_its_caller_gets(
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building a ``submit`` answer interrupted by a signal handler's exception, and again when it is tried
+    once more: the future gets an ``InferenceError`` naming the interruption, and ``status()`` counts that
+    request an error. (It was recorded before the second try, as answered: a success its caller never saw.)"""
+    server = make_server(busy_repository)
+    server.predict("busy", busy_inputs(1))
+
+    def interrupted(self: Request) -> inprocserve.Prediction:
+        raise Interrupted("a signal handler's exception")
+
+    monkeypatch.setattr(Request, "prediction", interrupted)
+    future = server.submit("busy", busy_inputs(2))
+    with pytest.raises(inprocserve.InferenceError, match="building the answer was interrupted by Interrupted"):
+        future.result(timeout=10)
+    monkeypatch.undo()
+    wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
+    latency = version_status(server, "busy")["latency_ms"]
+    assert (latency["count"], latency["errors"]) == (1, 1), latency  # (the predict answered; this submit)
