@@ -348,7 +348,7 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
                     )
                 elif code in _MISMATCHED:  # (trusted: trusting its CA again, as that advice said, changed nothing)
                     detail += " (the host in the URL must be a name or an address that the certificate names)"
-                wrong_protocol = isinstance(exc, ssl.SSLError) and exc.reason == "WRONG_VERSION_NUMBER"
+                wrong_protocol = isinstance(exc, ssl.SSLError) and _not_tls(exc)
                 if wrong_protocol:  # (its answer to the ClientHello is not TLS: plain HTTP, most often)
                     detail += " (the server does not speak TLS there: is its URL http://?)"
                 error = handshake_failed(self, detail)
@@ -451,6 +451,14 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
 
     WatchedConnection.__name__ = WatchedConnection.__qualname__ = f"Watched{connection_class.__name__}"
     return WatchedConnection
+
+
+def _not_tls(error: ssl.SSLError) -> bool:
+    """Whether a handshake failed on an answer to its ClientHello that is not TLS: OpenSSL 3.0 says "wrong
+    version number"; 3.2 and later "record layer failure", a reason a Python built before them does not
+    know (its ``reason`` is ``None``, only its message says it: ``[SSL] record layer failure``)."""
+    reason = getattr(error, "reason", None)
+    return reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE") or "record layer failure" in str(error)
 
 
 _UNTRUSTED = frozenset({2, 18, 19, 20, 21})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 import inprocserve
 from inprocserve import _oip_client
 from inprocserve._remote import RemoteBackend
+from inprocserve._remote_model import RemoteModel
 from inprocserve._request import Request
 
 from .conftest import ServerFactory, busy_inputs, version_status, wait_until
@@ -132,3 +134,40 @@ def test_a_submit_whose_answer_building_is_interrupted_for_good_is_counted_the_e
     wait_until(lambda: version_status(server, "busy")["in_flight"] == 0)
     latency = version_status(server, "busy")["latency_ms"]
     assert (latency["count"], latency["errors"]) == (1, 1), latency  # (the predict answered; this submit)
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("RECORD_LAYER_FAILURE", "[SSL: RECORD_LAYER_FAILURE] record layer failure (_ssl.c:1006)"),
+        (None, "[SSL] record layer failure (_ssl.c:1000)"),  # (a Python built before OpenSSL had that reason)
+    ],
+    ids=["reason-known", "reason-unknown"],
+)
+def test_a_plain_http_server_behind_an_https_url_is_told_so_with_openssl_3_2(
+    scripted: Scripted, backends: list[RemoteBackend], monkeypatch: pytest.MonkeyPatch, reason: Any, message: str
+) -> None:
+    """OpenSSL 3.2 and later say "record layer failure" where 3.0 said "wrong version number" of a plain HTTP
+    answer to the ClientHello (as urllib3 found: urllib3/urllib3#3271). Here, the 3.0 error is re-raised as 3.2
+    raises it: that was not taken for a server that does not speak TLS, so the load was tried ``retries`` more
+    times, each a bad request in the server's log, and said nothing of the URL's scheme."""
+    handshake = ssl.SSLSocket.do_handshake
+
+    def as_openssl_3_2(self: ssl.SSLSocket, *args: Any) -> None:
+        try:
+            handshake(self, *args)
+        except ssl.SSLError as exc:
+            if exc.reason != "WRONG_VERSION_NUMBER":
+                raise
+            newer = ssl.SSLError(1, message)
+            newer.reason, newer.library = reason, "SSL"  # (as _ssl.c sets them)
+            raise newer from None
+
+    monkeypatch.setattr(ssl.SSLSocket, "do_handshake", as_openssl_3_2)
+    remote = RemoteModel(url=f"https://127.0.0.1:{scripted.server_port}", model="scale", retries=2)
+    backend = RemoteBackend("scale", 1, remote)
+    backends.append(backend)
+    with pytest.raises(inprocserve.ModelLoadError, match="record layer failure") as caught:
+        backend.prepare()
+    assert "is its URL http://?" in str(caught.value)
+    assert (scripted.connections, backend.status()["retries"]) == (1, 0)
