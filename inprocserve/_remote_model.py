@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from ._config_checks import shown
 from ._errors import ConfigurationError, ModelLoadError
 from ._toml_file import SHOWN_UNKNOWN_KEYS, name_unknown_key, read_toml
 
@@ -60,6 +61,15 @@ _MAX_TIMEOUT_S = 1e9
 # fails every request in the client's encoder, a line break would end the header, other controls are refused
 # by servers.
 _HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def _finite_seconds(value: float) -> bool:
+    """Whether ``value`` is finite; an int past any float (``10**400``) is not: ``math.isfinite`` raised a bare
+    ``OverflowError`` out of the configuration's check."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 class _Invalid(Exception):
@@ -139,9 +149,9 @@ class RemoteModel:
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
-                or not (value > 0 and math.isfinite(value))
+                or not (value > 0 and _finite_seconds(value))
             ):
-                raise _Invalid(key, f"must be a number of seconds > 0, got {value!r}")
+                raise _Invalid(key, f"must be a finite number of seconds > 0, got {shown(value)}")
             object.__setattr__(self, key, float(value))
         if self.timeout_s > _MAX_TIMEOUT_S:
             # (it becomes a socket's timeout and the deadline watchdog's wait, which overflow the platform's

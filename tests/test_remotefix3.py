@@ -268,3 +268,11 @@ def test_a_connection_reset_before_its_tls_handshake_leaves_no_socket_for_the_co
             backend.run(backend.runners()[0], FEEDS, timeout_s=5)
         gc.collect()
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+@pytest.mark.parametrize("key", ["timeout_s", "connect_timeout_s", "cooloff_s"])
+def test_an_int_past_any_float_is_a_configuration_error_that_names_the_setting(key: str) -> None:
+    # 10**400 (a typo in remote.toml: TOML integers are 64-bit, but code may pass any int) raised a bare
+    # OverflowError out of math.isfinite, naming nothing.
+    with pytest.raises(inprocserve.ConfigurationError, match=f"{key}: must be a finite number of seconds > 0"):
+        RemoteModel(url="http://127.0.0.1:1", model="scale", **{key: 10**400})
