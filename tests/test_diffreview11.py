@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from .conftest import ServerFactory, SessionHolder, busy_inputs, version_status,
 from .test_loop_batching import warm
 from .test_loophard import PredictionFailed, _outcome
 from .test_loophard2 import _save_column_max
-from .test_remote_retries import FEEDS, Scripted, scripted
+from .test_remote_retries import FEEDS, Scripted, scripted, serving
 from .test_remotefix3 import TlsScripted, backends, certificate, tls_backend
 
 __all__ = ["backends", "certificate", "scripted"]  # (fixtures of test_remotefix3, used here)
@@ -101,13 +100,7 @@ class CountedTls(TlsScripted):
 
 @pytest.fixture
 def counted_tls(certificate: ssl.SSLContext) -> Iterator[CountedTls]:
-    server = CountedTls(certificate)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+    yield from serving(CountedTls(certificate))
 
 
 def test_a_load_refused_for_an_untrusted_certificate_shakes_hands_once(

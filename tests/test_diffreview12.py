@@ -24,7 +24,7 @@ from inprocserve._request import Request
 
 from .conftest import ServerFactory, busy_inputs, version_status, wait_until
 from .test_diffreview11 import Interrupted
-from .test_remote_retries import FEEDS, Scripted, backend_for, raised_within
+from .test_remote_retries import FEEDS, Scripted, backend_for, raised_within, serving_each_connection
 from .test_remote_retries import backends as backends  # (the fixtures: backends closed at teardown,
 from .test_remote_retries import scripted as scripted  # and a scripted model server)
 
@@ -33,10 +33,8 @@ from .test_remote_retries import scripted as scripted  # and a scripted model se
 def stalls_after_a_byte() -> Iterator[int]:
     """A port whose server answers each request at once with a 200 of 10 bytes marked ``Connection: close``,
     sends one byte of its body 0.8 s later, then nothing more (until teardown)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
 
-    def answer(conn: socket.socket) -> None:
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
         with conn:
             conn.recv(4096)  # the request (a GET: no body)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\n")
@@ -48,18 +46,7 @@ def stalls_after_a_byte() -> Iterator[int]:
                 return
             stop.wait(10)
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield listener.getsockname()[1]
-    stop.set()
-    listener.close()
+    yield from serving_each_connection(answer)
 
 
 def test_an_answer_marked_connection_close_that_stalls_ends_at_the_calls_timeout(stalls_after_a_byte: int) -> None:

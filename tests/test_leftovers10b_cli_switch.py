@@ -3,8 +3,6 @@ that serves now, and the rollback target it records."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +14,7 @@ from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
 from .conftest import ServerFactory
 from .test_remote_retries import Scripted
-
-
-@pytest.fixture
-def scripted() -> Iterator[Scripted]:
-    server = Scripted()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=10)
+from .test_remote_retries import scripted as scripted  # (the fixture: a scripted model server until teardown)
 
 
 def test_a_first_switch_asks_the_remote_version_serving_now_once(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -39,6 +39,8 @@ METADATA = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
     "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}],
 }
+
+S = TypeVar("S", bound="Scripted")
 
 
 class Scripted(ThreadingHTTPServer):
@@ -256,9 +258,19 @@ class Handler(BaseHTTPRequestHandler):
         self.answered_at = time.monotonic()
 
 
-@pytest.fixture
-def scripted() -> Iterator[Scripted]:
-    server = Scripted()
+def sockets() -> int:
+    """How many sockets this process holds open."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:  # (the listing's own descriptor, closed since)
+            pass
+    return found
+
+
+def serving(server: S) -> Iterator[S]:
+    """``server`` (a :class:`Scripted`) serving on a thread of its own until teardown: a fixture's body."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield server
@@ -266,6 +278,11 @@ def scripted() -> Iterator[Scripted]:
     server.shutdown()
     server.server_close()
     thread.join(timeout=10)
+
+
+@pytest.fixture
+def scripted() -> Iterator[Scripted]:
+    yield from serving(Scripted())
 
 
 @pytest.fixture
@@ -1357,15 +1374,6 @@ def test_connections_that_churn_to_a_host_name_that_resolves_slowly_hold_no_more
     def ours() -> list[str]:
         return [t.name for t in threading.enumerate() if t.name.startswith("inprocserve-")]
 
-    def sockets() -> int:
-        found = 0
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                found += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-            except OSError:  # (the listing's own descriptor, closed since)
-                pass
-        return found
-
     backend.run(backend.runners()[0], FEEDS)
     threads_before, sockets_before = len(ours()), sockets()
     peak = [0]
@@ -1385,14 +1393,32 @@ def test_connections_that_churn_to_a_host_name_that_resolves_slowly_hold_no_more
     wait_until(lambda: len(ours()) <= threads_before and sockets() <= sockets_before + 2 * 4)
 
 
+def serving_each_connection(handle: Callable[[socket.socket, threading.Event], None]) -> Iterator[int]:
+    """A loopback port whose server runs ``handle(connection, stop)`` on a thread of its own for each connection
+    (``stop`` is set at teardown): the body of a fixture that yields the port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn, stop), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1]
+    stop.set()
+    listener.close()
+
+
 @pytest.fixture
 def handshake_dripper() -> Iterator[int]:
     """A port whose server answers each connection's TLS ClientHello a byte every 50 ms: the start of a
     handshake record of 16 KiB that never ends (until teardown)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
 
-    def drip(conn: socket.socket) -> None:
+    def drip(conn: socket.socket, stop: threading.Event) -> None:
         with conn:
             conn.recv(4096)  # the ClientHello
             for byte in b"\x16\x03\x03\x40\x00" + b"\x02" * 16384:
@@ -1403,18 +1429,7 @@ def handshake_dripper() -> Iterator[int]:
                 except OSError:  # the client gave up and closed
                     return
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=drip, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield listener.getsockname()[1]
-    stop.set()
-    listener.close()
+    yield from serving_each_connection(drip)
 
 
 def test_a_tls_handshake_dripped_a_byte_at_a_time_ends_at_the_calls_timeout(handshake_dripper: int) -> None:

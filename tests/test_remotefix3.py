@@ -9,11 +9,9 @@ from __future__ import annotations
 import datetime
 import gc
 import ipaddress
-import os
 import socket
 import ssl
 import struct
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -30,7 +28,8 @@ from inprocserve._remote import RemoteBackend
 from inprocserve._remote_model import RemoteModel
 
 from .conftest import wait_until
-from .test_remote_retries import FEEDS, Scripted
+from .test_remote_retries import FEEDS, Scripted, serving, sockets
+from .test_remote_retries import backends as backends  # (the fixture: backends closed at teardown)
 
 
 class TlsScripted(Scripted):
@@ -110,23 +109,11 @@ def certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLConte
 @pytest.fixture
 def tls_scripted(certificate: ssl.SSLContext) -> Iterator[TlsScripted]:
     server = TlsScripted(certificate)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield server
-    server.stop_trickling.set()
-    server.shutdown()
-    server.server_close()
-    for conn in server.stalled:
-        conn.close()
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def backends() -> Iterator[list[RemoteBackend]]:
-    made: list[RemoteBackend] = []
-    yield made
-    for backend in made:
-        backend.close()
+    try:
+        yield from serving(server)
+    finally:
+        for conn in server.stalled:
+            conn.close()
 
 
 def tls_backend(backends: list[RemoteBackend], server: TlsScripted, **options: Any) -> RemoteBackend:
@@ -135,16 +122,6 @@ def tls_backend(backends: list[RemoteBackend], server: TlsScripted, **options: A
     backends.append(backend)
     backend.prepare()
     return backend
-
-
-def sockets() -> int:
-    found = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            found += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
-        except OSError:  # (the listing's own descriptor, closed since)
-            pass
-    return found
 
 
 def test_a_connection_dropped_at_its_tls_handshake_is_retried_as_a_refused_one_is(
