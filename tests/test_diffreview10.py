@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import CacheConfig, ModelConfig, RolloutConfig, VersionPolicy, _loop_batching, v2
+from inprocserve import CacheConfig, ModelConfig, _loop_batching, v2
 from inprocserve._request import Request
-from inprocserve.testing import build_mlp_model, save_model
+from inprocserve.testing import save_model
 
-from .conftest import VALUES_NOT_SPEED_S, ServerFactory, version_status, wait_until
+from .conftest import ServerFactory, version_status, wait_until
 from .test_leftovers10a_v2 import X, _float32_model
+from .test_leftovers10b_compatibility import flagged_to_version_2
 from .test_loophard import PredictionFailed
 from .test_v2_codec import call
 
@@ -105,14 +106,7 @@ def test_promote_judges_compatibility_against_the_stable_flag_s_version_it_compa
     ``features`` (version 1, configured stable, answers nobody). Version 3 keeps version 2's signature;
     ``promote()`` compares its answers with version 2's and promotes it. (It refused it: "not compatible with
     version 1, which serves now", the signature judged against one version and the answers against another.)"""
-    save_model(build_mlp_model(DIMS, input_name="x"), repository, "m", 1)
-    save_model(build_mlp_model(DIMS, seed=1, input_name="features"), repository, "m", 2)
-    save_model(build_mlp_model(DIMS, seed=1, input_name="features"), repository, "m", 3)
-    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1))
-    flags = inprocserve.InMemoryFlags({"m.stable": 2})
-    server = make_server(
-        repository, config=config, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, control_interval_s=None
-    )
+    server, _ = flagged_to_version_2(repository, make_server, third_input="features")
     for _ in range(3):
         assert server.predict("m", {"features": np.ones((1, DIMS[0]), np.float32)}).version == 2
     report = server.promote("m", 3, max_abs_diff=1e-6)
@@ -126,14 +120,7 @@ def test_switch_with_a_stable_flag_set_refuses_a_version_that_breaks_the_flag_s_
     configured stable version and answers nobody. ``switch("m", 3)`` to a version taking ``x`` moves no traffic
     now (the flag wins), but once the operator clears the flag every caller goes to version 3 and fails: the
     switch should have been refused as it was before 82352d6. (It is accepted, and status() shows it compatible.)"""
-    save_model(build_mlp_model(DIMS, input_name="x"), repository, "m", 1)
-    save_model(build_mlp_model(DIMS, seed=1, input_name="features"), repository, "m", 2)
-    save_model(build_mlp_model(DIMS, seed=2, input_name="x"), repository, "m", 3)
-    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1))
-    flags = inprocserve.InMemoryFlags({"m.stable": 2})
-    server = make_server(
-        repository, config=config, flags=flags, flag_timeout_s=VALUES_NOT_SPEED_S, control_interval_s=None
-    )
+    server, flags = flagged_to_version_2(repository, make_server, third_input="x")
     callers_send = {"features": np.ones((1, DIMS[0]), np.float32)}
     assert server.predict("m", callers_send).version == 2
     try:
