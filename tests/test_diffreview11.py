@@ -33,9 +33,8 @@ from inprocserve._request import Request
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory, SessionHolder, busy_inputs, version_status, wait_until
-from .test_loop_batching import warm
+from .test_loop_batching import save_column_max, warm
 from .test_loophard import PredictionFailed, _outcome
-from .test_loophard2 import _save_column_max
 from .test_remote_retries import FEEDS, Scripted, scripted, serving
 from .test_remotefix3 import TlsScripted, backends, certificate, tls_backend
 
@@ -152,7 +151,7 @@ def test_a_drain_failing_as_it_sends_merged_tasks_the_full_way_leaves_the_one_qu
     arrange the wake) just after the first task's request is queued again: that task gets its own run's
     answer, the second the error, and nothing is left queued. (The first got the error too, though its
     request was queued again, and that request stayed queued, counted in flight, with no worker woken.)"""
-    _save_column_max(repository)
+    save_column_max(repository)
     trusted = BatchingConfig(max_delay_s=0.0, rows_independent="yes")
     server = make_server(repository, config=ModelConfig(batching=trusted))
     monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop

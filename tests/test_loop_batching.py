@@ -944,18 +944,15 @@ def test_an_idle_cheap_versions_group_runs_as_two_halves(
     assert asyncio.run(runs_for(32)) == 1
 
 
-def test_a_model_without_a_batch_axis_stops_merged_requests(
-    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A model whose output is not one row per input row: a merged run's answer cannot be cut per task, so
-    each task runs alone and gets its own answer, and later requests are not merged."""
+def save_column_max(repository: Path) -> None:
+    """Model ``total`` version 1: y = the largest value of each column over all rows (TopK with k = 1 along
+    axis 0; k is computed, so the output's declared batch axis is believed until a run of several rows returns
+    one row). A merged run's answer cannot be cut per task."""
     from onnx import TensorProto, helper, numpy_helper
 
     def ints(name: str, values: list[int]) -> Any:
         return numpy_helper.from_array(np.array(values, np.int64), name)
 
-    # y = the largest value of each column over all rows (TopK with k = 1 along axis 0; k is computed, so the
-    # output's declared batch axis is believed until a run of several rows returns one row)
     graph = helper.make_graph(
         [
             helper.make_node("Shape", ["x"], ["shape"]),
@@ -971,6 +968,14 @@ def test_a_model_without_a_batch_axis_stops_merged_requests(
     save_model(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), repository, "total", 1
     )
+
+
+def test_a_model_without_a_batch_axis_stops_merged_requests(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model whose output is not one row per input row: a merged run's answer cannot be cut per task, so
+    each task runs alone and gets its own answer, and later requests are not merged."""
+    save_column_max(repository)
     monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 1.0)  # runs on the loop, which must notice it too
     # the load's check of rows run alone and together would find it first: skipped, the run's check is under test
     trusted = BatchingConfig(max_delay_s=0.0, rows_independent="yes")

@@ -182,6 +182,25 @@ def test_a_drain_interrupted_as_it_answers_merged_tasks_leaves_no_task_waiting(
     _settled(server)
 
 
+def _worker_batch_whose_first_recording_fails(
+    make_server: ServerFactory, scale_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> inprocserve.Server:
+    """A server whose apredict requests go the full way and run on a worker, and whose recording of the
+    request marked ``MARK`` (``Server._answered``, patched: the only way to reach it) raises after recording."""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)  # the full way, as with a cache
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    answered = server._answered
+
+    def failing_for_the_first(request: Request, *args: Any, **kwargs: Any) -> None:
+        answered(request, *args, **kwargs)
+        if request.arrays["x"][0, 0] == MARK:
+            raise RuntimeError("recording the answer failed")
+
+    monkeypatch.setattr(server, "_answered", failing_for_the_first)
+    return server
+
+
 @pytest.mark.parametrize("kind", [RuntimeError, SystemExit])
 def test_a_failed_batch_whose_first_hand_over_fails_still_answers_the_other_tasks(
     scale_repository: Path,
@@ -195,17 +214,7 @@ def test_a_failed_batch_whose_first_hand_over_fails_still_answers_the_other_task
     server's recording of it, ``Server._answered``, patched to raise: the only way to reach it) fails. Its
     task still gets its error, and the other two theirs. (They waited forever: the batch's failure was never
     handed to them, as a successful batch's answers are when one hand-over fails.)"""
-    server = _merged_server(make_server, scale_repository)
-    monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)  # the full way, as with a cache
-    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
-    answered = server._answered
-
-    def failing_for_the_first(request: Request, *args: Any, **kwargs: Any) -> None:
-        answered(request, *args, **kwargs)
-        if request.arrays["x"][0, 0] == MARK:
-            raise RuntimeError("recording the answer failed")
-
-    monkeypatch.setattr(server, "_answered", failing_for_the_first)
+    server = _worker_batch_whose_first_recording_fails(make_server, scale_repository, monkeypatch)
     stopped_runs.append(kind)
 
     async def main() -> list[Any]:
@@ -282,17 +291,7 @@ def test_a_batch_past_its_deadline_whose_first_hand_over_fails_gives_the_others_
     recording of it, ``Server._answered``, patched to raise: the only way to reach it) fails. The other two
     still get the deadline's error. (They got the recording's ``RuntimeError``, logged as the batch failing
     unexpectedly.)"""
-    server = _merged_server(make_server, scale_repository)
-    monkeypatch.setattr(server, "_plain_route", lambda *args, **kwargs: None)  # the full way, as with a cache
-    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
-    answered = server._answered
-
-    def failing_for_the_first(request: Request, *args: Any, **kwargs: Any) -> None:
-        answered(request, *args, **kwargs)
-        if request.arrays["x"][0, 0] == MARK:
-            raise RuntimeError("recording the answer failed")
-
-    monkeypatch.setattr(server, "_answered", failing_for_the_first)
+    server = _worker_batch_whose_first_recording_fails(make_server, scale_repository, monkeypatch)
     stopped_runs.append(inprocserve.DeadlineExceededError)
 
     async def main() -> list[Any]:

@@ -24,7 +24,7 @@ from inprocserve.testing import build_scale_model, save_model
 from .conftest import ServerFactory, version_status, wait_until
 from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
 from .test_interrupted_callers import Interrupted, interrupted_at
-from .test_loop_batching import HeldFlags, warm
+from .test_loop_batching import HeldFlags, save_column_max, warm
 from .test_loophard import _merged_server, _outcome, _settled
 
 __all__ = ["stopped_runs"]  # (the fixture, imported for pytest)
@@ -131,31 +131,6 @@ def test_a_merged_answer_whose_refusal_fails_still_answers_its_tasks_and_the_res
     _settled(server)
 
 
-def _save_column_max(repository: Path) -> None:
-    """``total``: y = the largest value of each column over all rows, whose output declares a batch axis it
-    does not have (``k`` is computed: believed until a run of several rows returns one row). A merged run's
-    answer cannot be cut per task: each task is sent the full way, from the loop."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    def ints(name: str, values: list[int]) -> Any:
-        return numpy_helper.from_array(np.array(values, np.int64), name)
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("Shape", ["x"], ["shape"]),
-            helper.make_node("Slice", ["shape", "one", "two"], ["width"]),
-            helper.make_node("Sub", ["width", "one"], ["k"]),
-            helper.make_node("TopK", ["x", "k"], ["y", "where"], axis=0),
-        ],
-        "column_max",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
-        [ints("one", [1]), ints("two", [2])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    save_model(model, repository, "total", 1)
-
-
 def test_a_drain_interrupted_as_it_sends_merged_tasks_the_full_way_leaves_the_one_queued_again_its_answer(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,7 +140,7 @@ def test_a_drain_interrupted_as_it_sends_merged_tasks_the_full_way_leaves_the_on
     worker is due to be woken. That task gets its answer, from its own run; the second the interruption, and
     nothing is left queued. (The first got the interruption too, though its request was queued again, and that
     request stayed queued, counted in flight on an idle version, with no worker woken for it.)"""
-    _save_column_max(repository)
+    save_column_max(repository)
     trusted = BatchingConfig(max_delay_s=0.0, rows_independent="yes")  # (the run's check is under test)
     server = make_server(repository, config=ModelConfig(batching=trusted))
     monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
