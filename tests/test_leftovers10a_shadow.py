@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from inprocserve import ShadowComparison
+from inprocserve import Server, ShadowComparison
 from inprocserve.testing import save_model
 
 from .conftest import ServerFactory, wait_until
@@ -37,6 +37,18 @@ def build_regressor(*, as_integers: bool) -> Any:
     return model
 
 
+def shadowed_regressors(
+    repository: Path, make_server: ServerFactory, *, stable_integers: bool
+) -> tuple[Server, list[ShadowComparison]]:
+    """Model ``price``: version 1 the regressor answering floats (``stable_integers``: integers), shadowed by
+    version 2 answering the other; the server and the comparisons seen."""
+    save_model(build_regressor(as_integers=stable_integers), repository, "price", 1)
+    save_model(build_regressor(as_integers=not stable_integers), repository, "price", 2)
+    seen: list[ShadowComparison] = []
+    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    return server, seen
+
+
 @pytest.mark.parametrize("stable_integers", [False, True])
 def test_a_regressor_answered_as_integers_by_one_version_is_compared_by_its_difference(
     repository: Path, make_server: ServerFactory, *, stable_integers: bool
@@ -46,10 +58,7 @@ def test_a_regressor_answered_as_integers_by_one_version_is_compared_by_its_diff
     # equality, so values 0.5 apart read as a label agreement of 1/3 with no difference at all: a guard on
     # max_abs_diff had nothing to measure. Integers against floats now keep their difference (and the share of
     # equal rows, 1 of 3), whatever the values (see test_leftovers11).
-    save_model(build_regressor(as_integers=stable_integers), repository, "price", 1)
-    save_model(build_regressor(as_integers=not stable_integers), repository, "price", 2)
-    seen: list[ShadowComparison] = []
-    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    server, seen = shadowed_regressors(repository, make_server, stable_integers=stable_integers)
     server.predict("price", np.array([[1.0], [2.0], [3.0]], np.float32))
     wait_until(lambda: len(seen) == 1)
     assert (seen[0].max_abs_diff, seen[0].label_agreement, seen[0].mismatch) == (0.5, pytest.approx(1 / 3), None)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import inprocserve
-from inprocserve import ShadowComparison, _inflight, _loop_batching
+from inprocserve import _inflight, _loop_batching
 from inprocserve.testing import save_model
 
 from .conftest import ServerFactory, SessionHolder, version_status, wait_until
@@ -19,12 +19,12 @@ from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_r
 from .test_cache_hardening import build_zipmap_classifier
 from .test_inflight import sharing
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
-from .test_leftovers10a_shadow import build_regressor
+from .test_leftovers10a_shadow import shadowed_regressors
 from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
 from .test_loophard2 import _canary_server, _row
+from .test_shadow_hardening import stats
 
 __all__ = ["stopped_runs"]  # (the fixture, imported for pytest)
-from .test_shadow_hardening import shadowed, stats
 
 
 @pytest.mark.parametrize("stable_integers", [False, True])
@@ -36,10 +36,7 @@ def test_the_same_two_regressors_are_compared_the_same_way_whatever_the_sampled_
     # no difference); the next one (x = 1, 2, 3: 1.5, 3.0, 4.5) by its difference (0.5, no agreement): the
     # status flipped between the two, and a guard on either had nothing to measure on some requests. Both
     # measures are now kept on every request, as the two versions' output types (int64 against float) say.
-    save_model(build_regressor(as_integers=stable_integers), repository, "price", 1)
-    save_model(build_regressor(as_integers=not stable_integers), repository, "price", 2)
-    seen: list[ShadowComparison] = []
-    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
+    server, seen = shadowed_regressors(repository, make_server, stable_integers=stable_integers)
     server.predict("price", np.array([[2.0], [4.0]], np.float32))
     wait_until(lambda: len(seen) == 1)
     server.predict("price", np.array([[1.0], [2.0], [3.0]], np.float32))

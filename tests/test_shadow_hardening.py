@@ -834,18 +834,27 @@ def test_int_labels_against_float_labels_of_the_same_classes_agree() -> None:
     assert (comparison.max_abs_diff, comparison.label_agreement, comparison.mismatch) == (3.0, 0.75, None)
 
 
-def test_a_shadow_version_replaced_on_disk_starts_its_figures_afresh(
+def shadow_compared_once_with_a_wrong_version(
     repository: Path, make_server: ServerFactory
-) -> None:
-    # Version 2 (x * 2) disagrees with version 1 (x * 1); its file is fixed (x * 1) and the server refreshed.
-    # Its status mixed the two files' comparisons: the fixed version read as differing by 1.0 for the
-    # worker's life, and its runs, errors and agreement counted the replaced file's.
+) -> tuple[inprocserve.Server, list[ShadowComparison], Path]:
+    """Version 2 (x * 2) shadowing version 1 (x * 1), compared once (a difference of 1.0): the server, the
+    comparisons seen, and version 2's file, to replace."""
     save_model(build_scale_model(1.0), repository, "scale", 1)
     path = save_model(build_scale_model(2.0), repository, "scale", 2)
     seen: list[ShadowComparison] = []
     server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
     server.predict("scale", X)
     wait_until(lambda: len(seen) == 1)
+    return server, seen, path
+
+
+def test_a_shadow_version_replaced_on_disk_starts_its_figures_afresh(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # Version 2 (x * 2) disagrees with version 1 (x * 1); its file is fixed (x * 1) and the server refreshed.
+    # Its status mixed the two files' comparisons: the fixed version read as differing by 1.0 for the
+    # worker's life, and its runs, errors and agreement counted the replaced file's.
+    server, seen, path = shadow_compared_once_with_a_wrong_version(repository, make_server)
     assert stats(server, "scale")["max_abs_diff"] == 1.0
     past_the_tick(path)
     save_model(build_scale_model(1.0), repository, "scale", 2)
@@ -877,12 +886,7 @@ def test_a_shadow_version_replaced_after_the_wall_clock_stepped_back_starts_its_
     # figures kept the replaced file's difference of 1.0.
     from inprocserve import _model
 
-    save_model(build_scale_model(1.0), repository, "scale", 1)
-    path = save_model(build_scale_model(2.0), repository, "scale", 2)
-    seen: list[ShadowComparison] = []
-    server = make_server(repository, config=shadowed(), on_shadow=seen.append, shadow_budget=1.0)
-    server.predict("scale", X)
-    wait_until(lambda: len(seen) == 1)
+    server, seen, path = shadow_compared_once_with_a_wrong_version(repository, make_server)
     monkeypatch.setattr(_model, "time", SteppedBackClock())
     past_the_tick(path)
     save_model(build_scale_model(1.0), repository, "scale", 2)
