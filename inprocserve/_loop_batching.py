@@ -797,10 +797,13 @@ class _LoopState:
         A task sent the full way before it (its withdrawal hook is set: queued again) is answered by its run, as
         in _flush: its batcher is woken at the end of the iteration. (Refused, it got ``exc`` though its request
         was queued, and no worker was woken for it.)"""
-        group, withdrawals = sink.group, self._withdrawals
+        group, withdrawals, claims = sink.group, self._withdrawals, self._claims
         if any(m.waiter in withdrawals for m in sink.members):
             self.queued(group.batcher)
-        group.refused([m for m in sink.members if not m.waiter.done() and m.waiter not in withdrawals], exc)
+        # (one a worker took at once and answered is claimed: its answer is on its way; refused, it got ``exc``
+        # though its request had run and was recorded as answered)
+        refused = [m for m in sink.members if not m.waiter.done() and m.waiter not in withdrawals]
+        group.refused([m for m in refused if m.waiter not in claims], exc)
 
     def _drain_interrupted(self, sink: Any, value: Any, error: BaseException | None, exc: BaseException) -> None:
         """:meth:`_drain`'s clean-up after ``exc`` interrupted it as it handed ``sink`` its answer (``value``,
