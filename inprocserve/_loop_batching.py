@@ -1405,7 +1405,7 @@ def _off_loop(
             error = InferenceError(
                 f"model {model!r}: the run was interrupted by {type(exc).__name__}; retry",
                 model=model,
-                version=version,
+                version=server._routed_version(exc, version),  # (the version it ran on, once routed)
             )
             try:  # (this frame joins its traceback: its local would hold it, and the inputs, in a cycle)
                 raise error from exc

@@ -353,6 +353,7 @@ class Server(RolloutMethods):
             else:
                 batcher.wait(request)
         except BaseException as exc:  # its deadline, or the caller's thread interrupted: free its followers
+            _mark_routed(exc, target.version)
             self._answered(request, self._version_of(request, target), exc)
             raise
         refused = None
@@ -911,6 +912,8 @@ class Server(RolloutMethods):
                 end_safely(span, "closing a request span")
             raise
         except BaseException as exc:  # refused before it was queued: close its telemetry, then raise
+            if target is not None:
+                _mark_routed(exc, target.version)
             if answering is not None:  # queued already: a signal handler raised in the caller's thread
                 assert target is not None
                 if future is None:  # a synchronous caller never waits for it: given up as predict gives it up
@@ -1265,6 +1268,10 @@ class Server(RolloutMethods):
     def _config_for(self, name: str, source: ModelSource, override: ModelConfig | None) -> ModelConfig:
         return self._registry.config_for(name, source, override)
 
+    @staticmethod
+    def _routed_version(exc: BaseException, asked: int | None) -> int | None:
+        return routed_version(exc, asked)
+
     def _after_fork_in_child(self) -> None:
         # A close() (or the exit's clean-up) under way in the parent: closed here too, and closed for good by
         # the child's own close() or exit clean-up, at once (no thread here would end the parent's).
@@ -1456,6 +1463,32 @@ def _no_values(batch: Any, names: Collection[str]) -> bool:
     if isinstance(batch, Mapping):
         return bool(batch) and set(batch) == set(names) and all(empty(value) for value in batch.values())
     return empty(batch)
+
+
+_ROUTED_TO = "_inprocserve_routed_to"
+"""The attribute that tells which version a request was routed to, set on an interruption (gevent's
+``Timeout``, ``KeyboardInterrupt``) raised out of the full way once it was routed: it is raised on as it is (a
+synchronous caller's Ctrl-C stays a ``KeyboardInterrupt``), and whoever turns it into an error for a task
+(``_off_loop``) names that version, not the one its caller asked for (``None`` when routed)."""
+
+
+def _mark_routed(exc: BaseException, version: int) -> None:
+    """Note on ``exc`` (not an :class:`Exception`: those name their version themselves) that its request was
+    routed to ``version``."""
+    if not isinstance(exc, Exception):
+        with contextlib.suppress(AttributeError, TypeError):  # (an instance without a __dict__: nothing noted)
+            setattr(exc, _ROUTED_TO, version)
+
+
+def routed_version(exc: BaseException, asked: int | None) -> int | None:
+    """The version the request that ``exc`` interrupted was routed to, or ``asked`` if it was not routed yet;
+    the note is taken off (gevent raises one ``Timeout`` instance again: a later call must not read it)."""
+    routed = getattr(exc, _ROUTED_TO, None)
+    if routed is None:
+        return asked
+    with contextlib.suppress(AttributeError, TypeError):
+        delattr(exc, _ROUTED_TO)
+    return cast(int, routed)
 
 
 def _naming(target: ModelVersion, error: BaseException) -> BaseException:

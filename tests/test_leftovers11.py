@@ -79,18 +79,13 @@ def test_a_merged_task_recorded_as_answered_when_the_loop_is_interrupted_gets_th
     assert (latency["count"] - earlier["count"], latency["errors"] - earlier["errors"]) == (1, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs _server.py: predict() does not say which version its interrupted run was routed to, so "
-    "_off_loop can only name the version the caller asked for (None when routed)",
-)
 def test_a_request_routed_off_the_loop_and_stopped_names_the_version_that_ran(
     repository: Path, make_server: ServerFactory, stopped_runs: list[type[BaseException]]
 ) -> None:
     """A task's request whose flags may block is predicted on a thread of the loop's executor, and its run is
     stopped by a ``BaseException`` (gevent's ``Timeout``) raised inside it. The task's ``InferenceError``
-    names the model, but its ``version`` is the one the caller asked for, ``None`` here: an application that
-    reports errors by version cannot tell which version's run was stopped."""
+    names the model and the version that ran. (Its ``version`` was the one the caller asked for, ``None`` here:
+    an application that reports errors by version could not tell which version's run was stopped.)"""
     server, _flags = _canary_server(make_server, repository)
     context = {"user_id": "u1"}
     stopped_runs.append(GeventLikeTimeout)
