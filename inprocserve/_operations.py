@@ -289,12 +289,13 @@ class Operations:
         version = validate_version(version)  # (a numpy integer as a plain int: it is written as JSON)
         with self._registry.lock:
             routes = self._registry.serving(model, version)
+            # read once (a flag provider may be asked): judged against, and recorded as switched from, one version
+            current = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
             if not force:
-                self._refuse_if_incompatible(routes, model, version)
+                self._refuse_if_incompatible(routes, model, version, current)
             self._refuse_if_a_build(model, version)
             self._refuse_if_gone(model, version, self._registry.repository_versions(model))
             self._registry.incompatible.get(model, {}).pop(version, None)  # the operator accepted its signature
-            current = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
             self._change_control(model, lambda state: switched(state, version, current=current), actor)
             logger.info("model %r: stable version is now %s", model, version)
         self._warn_if_a_flag_overrides(model, version)
@@ -334,8 +335,8 @@ class Operations:
         # Against the version requests get (a ``<model>.stable`` flag's, where one is set; status(), which never
         # calls a flag provider, judges against the switched-to or configured version): judged against that one
         # while the flag sent everyone to another, a switch to a version that breaks the flag's callers once it
-        # is cleared went through, and one to the version everyone used was refused. (``stable``: promote()'s,
-        # read once for its comparison too.)
+        # is cleared went through, and one to the version everyone used was refused. (``stable``: the caller's,
+        # read once for its comparison and its record too.)
         if stable is None:
             stable = routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
         if stable == version:
