@@ -1,17 +1,27 @@
 """Leftovers of the twelfth review: switch() reading the ``<model>.stable`` flag once, for its judgement and its
-record."""
+record; a second Ctrl-C as a stopped command exits."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import inprocserve
 from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import VALUES_NOT_SPEED_S, ServerFactory
+from .interruptible import interruptible
+from .test_cli_hardening import mlp
 from .test_leftovers10b_compatibility import DIMS
+
+__all__ = ["mlp"]  # (the fixture, imported for pytest)
 
 
 class _StableChangingFlags(inprocserve.InMemoryFlags):
@@ -53,3 +63,48 @@ def test_a_switch_records_as_its_previous_version_the_one_it_judged_compatibilit
     flags.arm()
     server.switch("m", 3)
     assert server.rollback("m") == 2
+
+
+# What the child runs: `python -m inprocserve ...`, held in the exit path (an atexit callback, run once main()
+# returned) as a process that has onnxruntime to tear down is: tens of milliseconds.
+_HELD_AT_EXIT = (
+    "import atexit, runpy, time; atexit.register(time.sleep, 1.0); "
+    "runpy.run_module('inprocserve', run_name='__main__', alter_sys=True)"
+)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs _cli_common.py/__main__.py (not this session's area): once a command was stopped, the stop "
+    "signals' handlers are put back (Python's own: a second Ctrl-C raises KeyboardInterrupt, in the exit path "
+    "too) and, as the interpreter finalizes, SIG_DFL (a second Ctrl-C kills the process: exit -2)",
+)
+def test_a_second_ctrl_c_as_a_stopped_quantize_exits_leaves_its_exit_status_and_its_one_line(
+    mlp: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C pressed twice (an impatient user; a supervisor that sends SIGINT again): the first stops
+    `quantize`, which says so in one line and exits 130; the second, as the process exits, ended it by the
+    signal (exit status -2 where the interpreter had begun to finalize: its handler back to SIG_DFL) or with a
+    KeyboardInterrupt traceback (before that), after its line. (Seen once with one SIGINT under load, in
+    tests/test_cli_hardening.py.)"""
+    target = tmp_path / "out" / "q.onnx"
+    target.parent.mkdir()
+    command = [sys.executable, "-c", _HELD_AT_EXIT, "quantize", "--seconds", "60", str(mlp), str(target)]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+    ) as process:
+        try:
+            deadline = time.monotonic() + 45
+            while not any(target.parent.iterdir()) and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            assert process.stderr is not None
+            line = process.stderr.readline()  # (said: it is exiting)
+            process.send_signal(signal.SIGINT)
+            _, rest = process.communicate(timeout=45)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert line == f"error: stopped by SIGINT before the quantized model was written; {target} was not written\n"
+    assert (process.returncode, rest) == (130, ""), rest
+    assert list(target.parent.iterdir()) == []
