@@ -396,7 +396,11 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
                 # opened late in a call (after waiting for a slot) had a handshake dripped by its server run past
                 # the call's timeout. By a duplicate of the socket: the handshake detaches this one (no file
                 # descriptor left to shut down), and a shutdown of either ends the connection of both.
-                self._handshake_handle = sock.dup()
+                try:
+                    self._handshake_handle = sock.dup()
+                except OSError as exc:  # (out of file descriptors: no handshake began; said as a socket not made)
+                    sock.close()  # (left to the collector, one more descriptor held meanwhile)
+                    raise exceptions.NewConnectionError(self, f"Failed to establish a new connection: {exc}") from exc
                 _arm(self._handshake_handle)
             return sock
 

@@ -1,27 +1,35 @@
 """Leftovers of the twelfth review: switch() reading the ``<model>.stable`` flag once, for its judgement and its
-record; a second Ctrl-C as a stopped command exits."""
+record; a second Ctrl-C as a stopped command exits; a remote call over ``https://`` that runs out of file
+descriptors."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import resource
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import inprocserve
-from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve import ModelConfig, RolloutConfig, VersionPolicy, _oip_client
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import VALUES_NOT_SPEED_S, ServerFactory
 from .interruptible import interruptible
 from .test_cli_hardening import mlp
 from .test_leftovers10b_compatibility import DIMS
+from .test_remote_retries import FEEDS, backends, sockets
+from .test_remotefix3 import TlsScripted, certificate, tls_backend, tls_scripted
 
-__all__ = ["mlp"]  # (the fixture, imported for pytest)
+__all__ = ["backends", "certificate", "mlp", "tls_scripted"]  # (the fixtures, imported for pytest)
 
 
 class _StableChangingFlags(inprocserve.InMemoryFlags):
@@ -108,3 +116,62 @@ def test_a_second_ctrl_c_as_a_stopped_quantize_exits_leaves_its_exit_status_and_
     assert line == f"error: stopped by SIGINT before the quantized model was written; {target} was not written\n"
     assert (process.returncode, rest) == (130, ""), rest
     assert list(target.parent.iterdir()) == []
+
+
+def _connection_to(port: int) -> tuple[int, int]:
+    """The descriptors of this process's two ends of its one connection to ``port``: the client's, the
+    server's."""
+    ends: dict[bool, int] = {}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        with contextlib.suppress(OSError):
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=fd)  # (its own object over that descriptor: detached, never closed)
+            try:
+                with contextlib.suppress(OSError):
+                    peer, local = sock.getpeername(), sock.getsockname()
+                    if port in (peer[1], local[1]):
+                        ends[peer[1] == port] = fd
+            finally:
+                sock.detach()
+    return ends[True], ends[False]
+
+
+@contextlib.contextmanager
+def _descriptors_used_up(below: int) -> Iterator[None]:
+    """No file descriptor left to open (a soft ``RLIMIT_NOFILE`` of ``below``, the free ones under it held by
+    ``/dev/null``): only one closed meanwhile under ``below`` can be opened again."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    held: list[int] = []
+    resource.setrlimit(resource.RLIMIT_NOFILE, (below, hard))
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(os.open(os.devnull, os.O_RDONLY))
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_call_over_https_with_no_file_descriptor_left_says_so_and_leaks_no_socket(
+    tls_scripted: TlsScripted, backends: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process out of file descriptors (EMFILE) whose call opens a connection: its kept-alive one, closed as
+    stale, gives it the one descriptor for the socket, and none is left for the duplicate the watchdog holds
+    through the TLS handshake. That failure was said as "cannot connect: the TLS handshake failed: Too many
+    open files" (no handshake had begun: the server's TLS set-up was looked into), and the socket was left to
+    the collector (a ``ResourceWarning``), one more descriptor held meanwhile. It is said as a connection
+    that could not be opened, as a socket that cannot be made is, and the socket is closed."""
+    backend = tls_backend(backends, tls_scripted, retries=0)
+    client, server = _connection_to(tls_scripted.server_port)
+    assert server > client  # (the server's end, closed after the client's, gives no descriptor under the limit)
+    before = sockets()
+    monkeypatch.setattr(_oip_client, "_IDLE_S", 0.0)  # the kept-alive connection is closed, a new one opened
+    with _descriptors_used_up(below=client + 1), pytest.raises(inprocserve.RemoteUnavailableError) as refused:
+        backend.run(backend.runners()[0], FEEDS, timeout_s=5)
+    assert "cannot connect: Too many open files" in str(refused.value), refused.value
+    assert "TLS" not in str(refused.value), refused.value
+    assert sockets() < before  # (its kept-alive one closed; the new one too, not left to the collector)
