@@ -15,9 +15,11 @@ decides whether a retry is safe. :mod:`inprocserve._remote` maps both to the lib
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import ipaddress
 import os
+import queue
 import socket
 import ssl
 import threading
@@ -130,6 +132,7 @@ class HttpClient:
             f"{parts.scheme}://{parts.netloc}", maxsize=max_connections, block=True
         )
         self._pool.ConnectionCls = _watched(self._pool.ConnectionCls, _Resolver())
+        self._slots = _Slots(max_connections, self._pool, self._urllib3.exceptions.ClosedPoolError)
         self._watchdog = CallWatchdog(name=f"inprocserve-http-deadline-{parts.netloc}")
         self._pid = os.getpid()
 
@@ -244,12 +247,50 @@ class HttpClient:
         fail with :class:`TransportError`."""
         if self._pid == os.getpid():
             self._pool.close()
+            self._slots.close()  # (after: urllib3's close takes the idle connections out first)
             self._watchdog.close()
 
     def forget(self) -> None:
         """Drop the pool without touching its sockets: in a forked child they are the parent's."""
         self._pid = -1
         self._watchdog.forget()
+
+
+class _Slots(queue.LifoQueue[Any]):
+    """urllib3's queue of a pool's connections (``None``: a free slot without one), put in its place, whose
+    waiters :meth:`close` ends at once. urllib3's own close takes the idle connections out and gives back none
+    that a call in flight returns: a call waiting for one waited its whole timeout, for nothing, after close()
+    had ended every call in flight at once."""
+
+    def __init__(self, maxsize: int, pool: Any, closed_error: type[Exception]) -> None:
+        super().__init__(maxsize)
+        while True:  # (the slots urllib3 made: all free, none connected yet)
+            try:
+                self.put_nowait(pool.pool.get_nowait())
+            except queue.Empty:
+                break
+        pool.pool = self
+        self._closed_error = functools.partial(closed_error, pool, "Pool is closed.")
+        self._closed = False
+
+    def close(self) -> None:
+        with self.mutex:
+            self._closed = True
+            self.not_empty.notify_all()
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:  # noqa: FBT001, FBT002 (Queue.get's)
+        with self.not_empty:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while not self._qsize():
+                if self._closed:  # (urllib3 lets it through: the call fails as with a pool found closed)
+                    raise self._closed_error()
+                left = None if deadline is None else deadline - time.monotonic()
+                if not block or (left is not None and left <= 0):
+                    raise queue.Empty
+                self.not_empty.wait(left)
+            item = self._get()
+            self.not_full.notify()
+            return item
 
 
 def _failed(

@@ -20,16 +20,18 @@ import pytest
 
 import inprocserve
 from inprocserve import ModelConfig, RolloutConfig, VersionPolicy, _oip_client
+from inprocserve._remote import RemoteBackend
 from inprocserve.testing import build_mlp_model, save_model
 
-from .conftest import VALUES_NOT_SPEED_S, ServerFactory
+from .conftest import VALUES_NOT_SPEED_S, ServerFactory, wait_until
 from .interruptible import interruptible
 from .test_cli_hardening import mlp
 from .test_leftovers10b_compatibility import DIMS
-from .test_remote_retries import FEEDS, backends, sockets
+from .test_remote_lifecycle import call_in_thread
+from .test_remote_retries import FEEDS, Scripted, backend_for, backends, scripted, sockets
 from .test_remotefix3 import TlsScripted, certificate, tls_backend, tls_scripted
 
-__all__ = ["backends", "certificate", "mlp", "tls_scripted"]  # (the fixtures, imported for pytest)
+__all__ = ["backends", "certificate", "mlp", "scripted", "tls_scripted"]  # (the fixtures, imported for pytest)
 
 
 class _StableChangingFlags(inprocserve.InMemoryFlags):
@@ -175,3 +177,25 @@ def test_a_call_over_https_with_no_file_descriptor_left_says_so_and_leaks_no_soc
     assert "cannot connect: Too many open files" in str(refused.value), refused.value
     assert "TLS" not in str(refused.value), refused.value
     assert sockets() < before  # (its kept-alive one closed; the new one too, not left to the collector)
+
+
+def test_closing_the_backend_ends_a_call_waiting_for_a_free_connection_at_once(
+    scripted: Scripted, backends: list[RemoteBackend]
+) -> None:
+    """One connection (``concurrency=1``), held by a call the server never answers; a second call waits for it
+    (up to its 5 s) when the backend closes: the first ends at once, the second waited its whole timeout for a
+    connection that was never coming back, then was told the backend "is closed"."""
+    backend = backend_for(backends, scripted, retries=0, concurrency=1)
+    scripted.script = ["hang"]
+    holding, _ = call_in_thread(lambda: backend.run(backend.runners()[0], FEEDS, timeout_s=5))
+    wait_until(lambda: scripted.posts == 1)
+    waiting, errors = call_in_thread(lambda: backend.run(backend.runners()[0], FEEDS, timeout_s=5))
+    time.sleep(0.2)  # (waiting for the connection by now)
+    closed_at = time.monotonic()
+    backend.close()
+    for caller in (holding, waiting):
+        caller.join(timeout=20)
+    assert time.monotonic() - closed_at < 2.0  # not the 5 s its wait had left (a loose bound: a busy host)
+    (error,) = errors
+    assert isinstance(error, inprocserve.ServerClosedError), error
+    assert scripted.posts == 1
