@@ -353,7 +353,6 @@ class Server(RolloutMethods):
             else:
                 batcher.wait(request)
         except BaseException as exc:  # its deadline, or the caller's thread interrupted: free its followers
-            _mark_routed(exc, target.version)
             self._answered(request, self._version_of(request, target), exc)
             raise
         refused = None
