@@ -12,4 +12,7 @@ from ._cli import main
 __all__ = ["main"]
 
 if __name__ == "__main__":
+    from . import _cli_common
+
+    _cli_common.exits_after = True
     sys.exit(main())

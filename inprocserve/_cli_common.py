@@ -122,6 +122,10 @@ _stopped_by: BaseException | type[BaseException] | None = None
 _unwinding = False
 """Whether :func:`unwind_on_sigterm` is in force (on the main thread): an inner one leaves the outer's in place."""
 
+exits_after = False
+"""Set by ``python -m inprocserve``: the process ends once the command returns, so a stopped command's process
+ignores further stop signals rather than taking Python's handlers (then SIG_DFL) back."""
+
 
 def raise_if_stopped() -> None:
     """Raise again the exception of a stop signal that came but did not unwind the command: Python code run
@@ -160,8 +164,9 @@ def unwind_on_sigterm() -> Iterator[None]:
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         global _stopped_by
-        _stopped_by = _stopped_by or KeyboardInterrupt
-        raise KeyboardInterrupt
+        if _stopped_by is None:  # (raised once, as SIGTERM: a second Ctrl-C while it cleans up is ignored)
+            _stopped_by = KeyboardInterrupt
+            raise KeyboardInterrupt
 
     def quiet_when_stopped(unraisable: sys.UnraisableHookArgs) -> None:
         # A stop raised where Python cannot raise it (a weakref callback of the import system, a __del__) is
@@ -188,6 +193,13 @@ def unwind_on_sigterm() -> Iterator[None]:
     try:
         yield
     finally:
+        if _stopped_by is not None and exits_after:
+            # The process ends once main() returns: a second stop as it exits (the interpreter finalizing puts
+            # SIG_DFL back) killed it by the signal (-2) after it said it stopped, or raised a traceback.
+            for stop in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+                if stop is not None and signal.getsignal(stop) != signal.SIG_IGN:
+                    signal.signal(stop, signal.SIG_IGN)
+            ignored, previous_int, hangup = True, None, None
         if not ignored:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
         if previous_int is signal.default_int_handler:

@@ -83,12 +83,6 @@ _HELD_AT_EXIT = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs _cli_common.py/__main__.py (not this session's area): once a command was stopped, the stop "
-    "signals' handlers are put back (Python's own: a second Ctrl-C raises KeyboardInterrupt, in the exit path "
-    "too) and, as the interpreter finalizes, SIG_DFL (a second Ctrl-C kills the process: exit -2)",
-)
 def test_a_second_ctrl_c_as_a_stopped_quantize_exits_leaves_its_exit_status_and_its_one_line(
     mlp: Path, tmp_path: Path
 ) -> None:
