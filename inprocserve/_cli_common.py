@@ -127,6 +127,12 @@ exits_after = False
 ignores further stop signals rather than taking Python's handlers (then SIG_DFL) back."""
 
 
+def _stop_came() -> bool:
+    """Whether a stop signal came in the command running under :func:`unwind_on_sigterm` (read through a
+    call: set by its handlers, which a type checker does not see)."""
+    return _stopped_by is not None
+
+
 def raise_if_stopped() -> None:
     """Raise again the exception of a stop signal that came but did not unwind the command: Python code run
     from C may have its exception discarded there. On Python 3.13 the import of onnxruntime's compiled module
@@ -193,7 +199,7 @@ def unwind_on_sigterm() -> Iterator[None]:
     try:
         yield
     finally:
-        if _stopped_by is not None and exits_after:
+        if exits_after and _stop_came():
             # The process ends once main() returns: a second stop as it exits (the interpreter finalizing puts
             # SIG_DFL back) killed it by the signal (-2) after it said it stopped, or raised a traceback.
             for stop in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):

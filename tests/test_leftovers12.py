@@ -78,13 +78,16 @@ def test_a_switch_records_as_its_previous_version_the_one_it_judged_compatibilit
 # What the child runs: `python -m inprocserve ...`, held in the exit path (an atexit callback, run once main()
 # returned) as a process that has onnxruntime to tear down is: tens of milliseconds.
 _HELD_AT_EXIT = (
-    "import atexit, runpy, time; atexit.register(time.sleep, 1.0); "
+    "import atexit, runpy, time; atexit.register(time.sleep, 1.0); atexit.register(print, 'exiting', flush=True); "
     "runpy.run_module('inprocserve', run_name='__main__', alter_sys=True)"
 )
+"""``python -m inprocserve`` held for a second in its exit path (after its command returned), which it says on
+stdout as it enters it (``atexit`` runs its callbacks last registered first)."""
 
 
+@pytest.mark.parametrize("second", ["after its line", "as the interpreter exits"])
 def test_a_second_ctrl_c_as_a_stopped_quantize_exits_leaves_its_exit_status_and_its_one_line(
-    mlp: Path, tmp_path: Path
+    mlp: Path, tmp_path: Path, second: str
 ) -> None:
     """Ctrl-C pressed twice (an impatient user; a supervisor that sends SIGINT again): the first stops
     `quantize`, which says so in one line and exits 130; the second, as the process exits, ended it by the
@@ -104,6 +107,9 @@ def test_a_second_ctrl_c_as_a_stopped_quantize_exits_leaves_its_exit_status_and_
             process.send_signal(signal.SIGINT)
             assert process.stderr is not None
             line = process.stderr.readline()  # (said: it is exiting)
+            if second == "as the interpreter exits":
+                assert process.stdout is not None
+                assert process.stdout.readline() == "exiting\n"  # (its command returned: held in its exit path)
             process.send_signal(signal.SIGINT)
             _, rest = process.communicate(timeout=45)
         finally:
