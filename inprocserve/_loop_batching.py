@@ -60,6 +60,7 @@ from concurrent.futures import CancelledError, InvalidStateError
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN
 
 from . import _fork
@@ -145,6 +146,7 @@ class _LoopState:
         "_last_flush_requests",
         "_loop",
         "_pending",
+        "_plain_futures",
         "_ready",
         "_routing",
         "_running_here",
@@ -182,6 +184,10 @@ class _LoopState:
         # recent traffic decides (see alone).
         ready = getattr(loop, "_ready", None)
         self._ready: deque[Any] | None = ready if type(ready) is deque else None
+        # asyncio's own loops make a plain asyncio.Future for create_future: apredict makes it without the
+        # Python call (a loop that makes its own, uvloop's or a subclass's, is asked)
+        make = getattr(type(loop), "create_future", None)
+        self._plain_futures = make is asyncio.BaseEventLoop.create_future
         self._streak: asyncio.Handle | None = None  # scheduled by the first lone request answered at once
         self._streak_until = 0.0  # (perf_counter) until when more may be, before the loop runs it
         # the task that made that request (for a loop without a readable queue), weakly
@@ -372,7 +378,12 @@ class _LoopState:
         ``RUN_ON_LOOP_UNDER_S``); else queued as requests of up to ``max_batch_size`` rows, each carrying
         several tasks' rows. Returns whether anything was queued (the batcher is to be woken)."""
         members = group.members
-        if any(member.waiter.done() for member in members):  # cancelled, or their deadline answered them
+        for member in members:  # (a loop, not any() over a generator: a generator's step per task costs more)
+            if member.waiter.done():  # cancelled, or their deadline answered them
+                break
+        else:
+            member = None
+        if member is not None:
             gone = [member for member in members if member.waiter.done()]
             group.refused(gone, None)
             members = group.members = [member for member in members if not member.waiter.done()]
@@ -889,6 +900,10 @@ class _Member(NamedTuple):
     expires_at: float  # on the loop's clock (inf: no deadline); its group's timer answers it then
 
 
+_new_member = tuple.__new__
+_Future = asyncio.Future
+
+
 class _Group:
     """The requests one loop iteration made to one version that takes merged requests (see ``apredict``)."""
 
@@ -1039,11 +1054,13 @@ class _Merged:
         # A worker may have taken the request since the batcher let go of its lock, its run failed, and each
         # task been queued again on its own with a hook of its own (deliver): that newer hook is kept. (This
         # one replaced it, and was then taken back below: a task cancelled later left its request queued.)
+        # (state.withdraw_when_given_up(waiter, hook, replace=False)'s work, without a call per task: a task
+        # not done now gives up no sooner than the loop's thread, this one, goes on)
+        withdrawals = state._withdrawals
         for member in self.members:
-            if not member.waiter.done():
+            waiter = member.waiter
+            if not waiter.done() and withdrawals.setdefault(waiter, hook) is hook:
                 self._left += 1
-                if not state.withdraw_when_given_up(member.waiter, hook, replace=False):
-                    self._left -= 1
         if request.state != QUEUED:  # taken meanwhile (the lock was let go): see _LoopFuture's
             for member in self.members:
                 state.answered_first(member.waiter, hook)
@@ -1059,8 +1076,9 @@ class _Merged:
         counts the merged request finished (``Batcher._complete``): a ``close()`` waiting meanwhile waits for
         them too."""
         state = self.state
+        drop = state._withdrawals.pop  # (answered_first's work, without a call per task)
         for member in self.members:  # answered: no longer withdrawn (see _LoopFuture._post)
-            state.answered_first(member.waiter)
+            drop(member.waiter, None)
         error = request.error
         if error is not None and len(self.members) > 1 and _isolable(error):
             state._hand_over(self.group, self.members, on_loop=False)
@@ -1311,7 +1329,9 @@ def apredict(
     waiter: asyncio.Future[Prediction] | None = None
     state._routing = True  # (until it returns: see _routing_on_this_thread)
     try:
-        tried = state.alone()
+        # alone()'s usual answer under load, without its call: other callbacks are due in this iteration
+        ready = state._ready
+        tried = False if ready and (len(ready) > 1 or ready[0] is not state._streak) else state.alone()
         if tried:
             started = time.perf_counter()
             state._running_here = True  # answers posted meanwhile (another version's) are drained below, unwoken
@@ -1327,7 +1347,7 @@ def apredict(
             if answer is not None:
                 state.answered_alone(started)
                 return answer
-        waiter = loop.create_future()
+        waiter = _Future(loop=loop) if state._plain_futures else loop.create_future()
         if opened is not None:
             if _join_opened(server, state, loop, waiter, opened, version, context, timeout_s):
                 return waiter
@@ -1503,13 +1523,25 @@ def _joined(
         return False
     if rows > batcher.max_rows:  # runs in slices: the full way
         return False
-    span = batcher.telemetry.start_request_span(since=started)
+    # (no tracer provider: no span, as start_request_span answers, without its two calls)
+    span = INVALID_SPAN if trace._TRACER_PROVIDER is None else batcher.telemetry.start_request_span(since=started)
     if timeout_s is None:
         deadline, expires_at = None, _NEVER
     else:
         deadline, expires_at = server._clock() + timeout_s, loop.time() + timeout_s
-    member = _Member(waiter, arrays, rows, decision, span, started, deadline, version, context, timeout_s, expires_at)
-    state.join(server, routes, target, timeout_s, member)
+    # (tuple.__new__: the named tuple's own __new__ is a Python call)
+    member = _new_member(
+        _Member, (waiter, arrays, rows, decision, span, started, deadline, version, context, timeout_s, expires_at)
+    )
+    group = state._groups.get((batcher, timeout_s is None))
+    if group is None or not state._flush_due:  # the iteration's first request to this version: join makes its group
+        state.join(server, routes, target, timeout_s, member)
+    else:  # (join's work, without its calls, for the iteration's later requests)
+        group.members.append(member)
+        group.rows += rows
+        if expires_at < group.expires_at:
+            group._arm(expires_at)
+        state._iteration_requests += 1
     return True
 
 

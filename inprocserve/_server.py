@@ -16,11 +16,11 @@ import logging
 import numbers
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from opentelemetry.trace import INVALID_SPAN
 
@@ -610,12 +610,13 @@ class Server(RolloutMethods):
         not started running (a request merged with other tasks' runs unless all of them were cancelled; the
         cancelled task gets nothing either way).
         """
-        limit = check_timeout(timeout_s)  # inf and huge values mean no deadline, for the loop's timer too
+        # inf and huge values mean no deadline, for the loop's timer too (None: no call to say so)
+        limit = None if timeout_s is None else check_timeout(timeout_s)
         answer = _loop_apredict(self, model, inputs, version=version, context=context, timeout_s=limit)
         if type(answer) is Prediction:  # a lone request, answered at once (no other task could join it)
             return answer
         try:  # (type() above is cheaper than an ABC's isinstance)
-            return await cast("Awaitable[Prediction]", answer)
+            return await answer  # type: ignore[misc,no-any-return]  # (an awaitable now: typing.cast costs a call)
         except asyncio.CancelledError:  # the task was cancelled: its request leaves the queue if still there
             _loop_given_up(answer)
             raise
