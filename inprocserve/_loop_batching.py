@@ -148,6 +148,7 @@ class _LoopState:
         "_pending",
         "_plain_futures",
         "_ready",
+        "_route_memo",
         "_routing",
         "_running_here",
         "_streak",
@@ -178,6 +179,9 @@ class _LoopState:
         self._flush_due = False
         self._running_here = False  # the loop's thread is running a request itself (see _flush)
         self._routing = False  # apredict is routing a request on the loop: no flag provider may be waited for
+        # (server, model, Server._plain_route's answer) for this iteration's requests with no version or
+        # context (see _joined): one routing per model and iteration while its published routes stay the same
+        self._route_memo: tuple[Server, str, tuple[Routes, ModelVersion, Decision]] | None = None
         self.wakes = 0  # cross-thread wakes of this loop so far (for tests and benchmarks)
         # asyncio's own loops keep the callbacks due in this iteration in a deque: while it is empty, a request
         # has nobody to merge with (see alone). Another loop (uvloop) keeps none that Python can read: there,
@@ -295,6 +299,7 @@ class _LoopState:
 
     def _flush(self) -> None:
         self._flush_due = False
+        self._route_memo = None
         self._last_flush_requests, self._iteration_requests = self._iteration_requests, 0
         groups = deque(self._groups.items())
         self._groups = {}
@@ -1507,9 +1512,21 @@ def _joined(
     stack as they are, and fits one run; else return False having done nothing: the full way takes it (and
     raises what it refuses, naming the model)."""
     started = time.perf_counter()
-    plain = server._plain_route(model, version, context)
+    # A request with no version or context is routed as the iteration's first one to its model was, while
+    # the model's published routes are the same snapshot (Routes: replaced whole): with no rollout, flag
+    # provider or shadow (Server._plain_route takes no other), its decision depends on them alone.
+    memo = state._route_memo
+    plain = None
+    if memo is not None and memo[1] is model and memo[0] is server and version is None and context is None:
+        plain = memo[2]
+        if server._registry.routes.get(model) is not plain[0]:
+            plain = None
     if plain is None:
-        return False
+        plain = server._plain_route(model, version, context)
+        if plain is None:
+            return False
+        if version is None and context is None:
+            state._route_memo = (server, model, plain)
     routes, target, decision = plain
     batcher, signature = target.batcher, target.signature
     assert batcher is not None and signature is not None  # (checked by _plain_route)
