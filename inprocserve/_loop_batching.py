@@ -691,22 +691,17 @@ class _LoopState:
     # -- giving up (a task cancelled, or answered by its deadline) -------------------------------------------
 
     def withdraw_when_given_up(
-        self, waiter: asyncio.Future[Any], hook: Callable[[asyncio.Future[Any]], object], *, replace: bool = True
-    ) -> bool:
+        self, waiter: asyncio.Future[Any], hook: Callable[[asyncio.Future[Any]], object]
+    ) -> None:
         """Call ``hook(waiter)`` once the task awaiting ``waiter`` gives up before its answer comes: cancelled
         (``Server.apredict`` catches its cancellation: :func:`given_up`) or answered by its own deadline
         (:func:`_expire`); or now, if it did already. Its queued request then leaves the queue at once, instead
         of counting against ``max_queue_rows`` and holding its inputs until a worker takes it. From any thread
-        (a request queued by a worker: :meth:`_hand_over`); :meth:`answered_first` takes the hook back.
-        ``replace=False``: not if a hook is set already (a newer request's: see :meth:`_Merged.withdraw_when_given_up`).
-        Returns whether the hook was set."""
-        if replace:
-            self._withdrawals[waiter] = hook
-        elif self._withdrawals.setdefault(waiter, hook) is not hook:  # (one atomic step under the GIL)
-            return False
+        (a request queued by a worker: :meth:`_hand_over`); :meth:`answered_first` takes the hook back. (A
+        merged request's hook is set by :meth:`_Merged.withdraw_when_given_up` itself, never over a newer one.)"""
+        self._withdrawals[waiter] = hook
         if waiter.done():  # (gave up before the hook was set: a repeated call is harmless, see Batcher.withdraw)
             self.gave_up(waiter)
-        return True
 
     def answered_first(
         self, waiter: asyncio.Future[Any], hook: Callable[[asyncio.Future[Any]], object] | None = None
@@ -1059,8 +1054,9 @@ class _Merged:
         # A worker may have taken the request since the batcher let go of its lock, its run failed, and each
         # task been queued again on its own with a hook of its own (deliver): that newer hook is kept. (This
         # one replaced it, and was then taken back below: a task cancelled later left its request queued.)
-        # (state.withdraw_when_given_up(waiter, hook, replace=False)'s work, without a call per task: a task
-        # not done now gives up no sooner than the loop's thread, this one, goes on)
+        # Set here, not by state.withdraw_when_given_up (a call per task): only where no hook is (dict.setdefault:
+        # one atomic step under the GIL); a task not done now gives up no sooner than the loop's thread, this
+        # one, goes on, so none needs its hook called at once.
         withdrawals = state._withdrawals
         for member in self.members:
             waiter = member.waiter
