@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace as _trace
+from opentelemetry.metrics import _internal as _metrics_state
 from opentelemetry.trace import INVALID_SPAN
 
 from . import _fork, _reaper
@@ -438,7 +440,8 @@ class Server(RolloutMethods):
             finally:
                 del refusal
         recorder = batcher.telemetry
-        span = recorder.start_request_span(since=started)
+        # (no tracer provider, no span: asked here, not in the two calls that would answer INVALID_SPAN)
+        span = INVALID_SPAN if _trace._TRACER_PROVIDER is None else recorder.start_request_span(since=started)
         if cache is not None and outputs is not None:  # a hit (which takes no runner)
             self._telemetry.cache_result(recorder, "hit")
             answer = self._plain_answer(started, span, routes, target, decision, arrays, rows, None, outputs, check)
@@ -512,9 +515,10 @@ class Server(RolloutMethods):
         else:
             refused = _refusal(check, outputs, target.version, target)
             target.latency.record(elapsed_s, failed=refused is not None)
-        self._telemetry.plain_answered(
-            span, decision, target.version, rows, timing, refused, elapsed_s, batcher.telemetry, lone=True
-        )
+        if span is not INVALID_SPAN or _metrics_state._METER_PROVIDER is not None:  # (else nothing to end or record)
+            self._telemetry.plain_answered(
+                span, decision, target.version, rows, timing, refused, elapsed_s, batcher.telemetry, lone=True
+            )
         request_id = self._ids.next()
         routes.router.served(request_id, decision, arrays, routes.state)  # keeps recent inputs for promotion
         if target.drift is not None:
