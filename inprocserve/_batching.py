@@ -200,7 +200,9 @@ class Batcher:
         self._filler: Any = None  # wake lock of the worker waiting for companions
         self._fill_target = 0
         self._workers: list[threading.Thread] = []
-        self._adopted = False  # whether the pool holds this process's runners (a plain flag: read per request)
+        self.adopted = False
+        """Whether this process's runners are adopted (the first request of a process adopts them): a plain
+        attribute, read on every lone request (a property's call costs it more than the read)."""
         self._beside_runner: Any = None  # the runner that run_beside runs on, once adopted
         self._closing = False
         self._in_flight = 0  # callers' requests accepted and not yet answered (Request.callers each)
@@ -227,11 +229,6 @@ class Batcher:
     @property
     def in_flight(self) -> int:
         return self._in_flight
-
-    @property
-    def adopted(self) -> bool:
-        """Whether this process's runners are adopted (the first request of a process adopts them)."""
-        return self._adopted
 
     @property
     def idle(self) -> bool:
@@ -277,7 +274,7 @@ class Batcher:
         if request.deliver is None:
             request.deliver = self._deliver
         pool = self._pool
-        if not self._adopted:
+        if not self.adopted:
             self._adopt_runners()
         rows = request.rows
         abandoned: list[tuple[Request, BaseException]] = []  # (given-up requests dropped to make room)
@@ -571,9 +568,10 @@ class Batcher:
         callers' requests the rows carry (an event loop's merged requests), counted in flight.
         """
         execution = self._execution
-        if not self._adopted or (execution.chunk_rows is not None and rows > execution.chunk_rows):
+        if not self.adopted or (execution.chunk_rows is not None and rows > execution.chunk_rows):
             return None
-        if self._queue.rows or not self._pool.has_free():  # busy (read without the lock: a hint, checked below)
+        pool, queue = self._pool, self._queue  # (queue: read again in the finally, where mypy takes it for empty)
+        if self._queue.rows or not pool.free:  # busy (read without the lock: a hint, checked below)
             return None
         runner = None
         ran = False
@@ -586,13 +584,15 @@ class Batcher:
                 if not self._policy.arrive(active, rows, self._in_flight + callers) and not from_loop:
                     self._policy.withdraw(callers)  # (the full way follows: its arrival is the one counted)
                     return None
-                taken = self._pool.checkout()
-                if taken is None:
+                free = pool.free  # (RunnerPool.checkout, written out: with subscripts, see there)
+                if not free:
                     self._policy.withdraw(callers)  # (as above)
                     return None
+                taken = free[-1]
+                del free[-1]
                 self._in_flight += callers
                 self._active_rows = active
-                runner = taken  # (no call since the checkout: no signal handler can run in between)
+                runner = taken  # (no call since the runner was read: no signal handler can run in between)
             timeout_s = None if deadline is None else deadline - self._clock()
             if from_loop and self._learner is not None:
                 started = time.perf_counter()
@@ -606,7 +606,7 @@ class Batcher:
                 with self._lock:
                     # No call until the runner and the counts are back: a pending signal handler runs as a
                     # call begins, and one that raises here would lose them (nothing cleans up after this).
-                    free = self._pool.free
+                    free = pool.free
                     if free is not None:
                         free += (runner,)
                     self._in_flight -= callers
@@ -616,7 +616,8 @@ class Batcher:
                         self.rows_run += rows
                     if self._closing:
                         self._notify_if_drained()
-                    self._wake_for_queued()
+                    if queue.rows and self._idle and self._filler is None:  # (_wake_for_queued's test)
+                        self._wake_parked()
                     if run_s is not None:  # (last: a call, where a signal handler may raise)
                         self._observe_run(rows, run_s)
         return outputs
@@ -716,7 +717,7 @@ class Batcher:
         request.queued_on = self
         if request.deliver is None:
             request.deliver = self._deliver
-        if not self._adopted:
+        if not self.adopted:
             self._adopt_runners()
         try:
             with self._lock:
@@ -747,7 +748,7 @@ class Batcher:
         request.queued_on = self
         if request.deliver is None:
             request.deliver = self._deliver
-        if not self._adopted:
+        if not self.adopted:
             with self._lock:
                 if self._closing:  # before building runners: a closed backend has none
                     raise self._retired()
@@ -1014,7 +1015,7 @@ class Batcher:
             self._pool.lend(runners)
             if self._beside_runner is None:
                 self._beside_runner = runners[0]
-            self._adopted = True
+            self.adopted = True
 
     @property
     def unbatchable_reason(self) -> str | None:

@@ -184,7 +184,10 @@ class FlushPolicy:
             else:
                 self._missed += 1
             self._wanted_at = -1.0
-        if not self.delay_s or rows >= self.target_rows() or self.overlapping():
+        if not self.delay_s:
+            return True
+        peak = self._window_peak if self._window_peak > self._previous_peak else self._previous_peak
+        if rows >= (peak if peak < self.max_rows else self.max_rows) or self.overlapping():  # (target_rows, inline)
             return True
         if idle:
             self._wanted_at = now
