@@ -199,6 +199,13 @@ class Signature:
                 (spec.name for spec in self.inputs if spec.shape and spec.shape[0] and spec.shape[0] in output_rows),
                 None,
             )
+        only = self.inputs[0] if len(self.inputs) == 1 else None
+        self._plain: tuple[str, np.dtype[Any], int, tuple[tuple[int, Any], ...]] | None = None
+        """A one-input model's (name, dtype, rank, fixed axes), for :meth:`validate`'s shortest way: a dict holding
+        one array of that dtype, rank and fixed sizes, of 1 to ``max_rows`` rows (``None``: no such way)."""
+        if only is not None and only.shape and only.dtype is not None and only.dtype is not _TEXT_DTYPE:
+            if not only.is_string and not self._shared_symbols:
+                self._plain = (only.name, only.dtype, self._checks[0][1] or 0, self._checks[0][2])
         self.fixed_rows: int | None = _fixed_rows(self.inputs, self.outputs)
         """The rows of every run where the model fixes axis 0 at one size on every input and output (``None``:
         it does not): a model exported without a dynamic batch axis (``torch.onnx.export`` without
@@ -357,6 +364,21 @@ class Signature:
                 non-numeric values, a wrong rank or fixed dimension, inconsistent batch sizes, too many
                 rows, or NaN/infinity when ``reject_nan`` is set.
         """
+        plain = self._plain
+        if plain is not None and type(inputs) is dict and len(inputs) == 1 and not reject_nan:
+            # The most common request (a lone predict's): one array, of the input's dtype and shape, taken as it
+            # is. Anything else (or any problem) takes the checks below, which say what is wrong.
+            name, dtype, plain_rank, plain_fixed = plain
+            array = inputs.get(name)
+            if type(array) is np.ndarray and array.dtype is dtype:
+                shape = array.shape
+                if len(shape) == plain_rank:
+                    for axis, size in plain_fixed:
+                        if shape[axis] != size:
+                            break
+                    else:
+                        if 0 < shape[0] <= max_rows:
+                            return {name: array}, shape[0]
         # a dict, or a bare array (never a mapping), skips the ABC check: it costs 0.5 µs for an array
         if type(inputs) is not dict and (type(inputs) is np.ndarray or not isinstance(inputs, Mapping)):
             # A frame's class has `columns` (pandas', polars'): asked of the class, a tensor, memoryview or tuple
