@@ -248,3 +248,40 @@ def test_a_bool_input_s_booleans_held_as_objects_are_named_as_booleans() -> None
         signature.validate({"flag": np.array([[True], [False]], dtype=object)}, max_rows=8)
     with pytest.raises(InvalidInputError, match=r"element #1 is float \(ragged or non-boolean values\); send booleans"):
         signature.validate({"flag": np.array([[True], [0.5]], dtype=object)}, max_rows=8)
+
+
+@pytest.fixture
+def small_server(repository: Path, make_server: ServerFactory) -> inprocserve.Server:
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    return make_server(
+        repository, config=inprocserve.ModelConfig(batching=inprocserve.BatchingConfig(max_request_rows=3))
+    )
+
+
+@pytest.mark.parametrize(
+    ("x", "fragment"),
+    [
+        (np.ones((4, 4), np.float32), "4 rows, more than the 3 allowed"),
+        (np.ones((0, 4), np.float32), "0 rows"),
+        (np.ones((2, 5), np.float32), "expected size 4 on axis 1"),
+        (np.ones((2, 4, 1), np.float32), "expected 2 dimensions"),
+    ],
+)
+def test_a_one_input_dict_of_the_right_dtype_is_checked_like_any_request(
+    small_server: inprocserve.Server, x: np.ndarray, fragment: str
+) -> None:
+    # (a dict holding one array of the input's dtype takes validate's shortest way, which refuses nothing itself:
+    # whatever it does not take gets the full checks and their messages)
+    assert small_server.predict("scale", {"x": np.ones((3, 4), np.float32)})["y"].shape == (3, 4)
+    with pytest.raises(InvalidInputError, match=fragment):
+        small_server.predict("scale", {"x": x})
+
+
+def test_a_one_input_dict_under_nan_policy_reject_is_checked_for_nan(strict_server: inprocserve.Server) -> None:
+    with pytest.raises(InvalidInputError, match="NaN or infinite"):
+        strict_server.predict("scale", {"x": np.full((2, 4), np.nan, np.float32)})
+
+
+def test_a_one_input_dict_of_another_byte_order_or_subclass_is_still_answered(server: inprocserve.Server) -> None:
+    for x in (np.ones((2, 4), ">f4"), np.ma.MaskedArray(np.ones((2, 4), np.float32)), np.ones((2, 4), np.float32)):
+        assert server.predict("scale", {"x": x})["y"].tolist() == [[2.0] * 4] * 2
