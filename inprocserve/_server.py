@@ -1487,12 +1487,12 @@ def _mark_routed(exc: BaseException, version: int) -> None:
 def routed_version(exc: BaseException, asked: int | None) -> int | None:
     """The version the request that ``exc`` interrupted was routed to, or ``asked`` if it was not routed yet;
     the note is taken off (gevent raises one ``Timeout`` instance again: a later call must not read it)."""
-    routed = getattr(exc, _ROUTED_TO, None)
+    routed: int | None = getattr(exc, _ROUTED_TO, None)
     if routed is None:
         return asked
     with contextlib.suppress(AttributeError, TypeError):
         delattr(exc, _ROUTED_TO)
-    return cast(int, routed)
+    return routed
 
 
 def _naming(target: ModelVersion, error: BaseException) -> BaseException:
