@@ -365,11 +365,14 @@ class Signature:
                 rows, or NaN/infinity when ``reject_nan`` is set.
         """
         plain = self._plain
-        if plain is not None and type(inputs) is dict and len(inputs) == 1 and not reject_nan:
-            # The most common request (a lone predict's): one array, of the input's dtype and shape, taken as it
-            # is. Anything else (or any problem) takes the checks below, which say what is wrong.
+        if plain is not None and not reject_nan:
+            # The most common request (a lone predict's): one array, of the input's dtype and shape, by name or
+            # bare, taken as it is. Anything else (or any problem) takes the checks below, which say what is wrong.
             name, dtype, plain_rank, plain_fixed = plain
-            array = inputs.get(name)
+            if type(inputs) is dict:
+                array = inputs.get(name) if len(inputs) == 1 else None
+            else:
+                array = inputs
             if type(array) is np.ndarray and array.dtype is dtype:
                 shape = array.shape
                 if len(shape) == plain_rank:

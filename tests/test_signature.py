@@ -258,6 +258,12 @@ def small_server(repository: Path, make_server: ServerFactory) -> inprocserve.Se
     )
 
 
+def _as_given(form: str, x: object) -> object:
+    """``x`` as a caller sends a one-input model's input: by name in a dict, or bare."""
+    return {"x": x} if form == "by name" else x
+
+
+@pytest.mark.parametrize("form", ["by name", "bare"])
 @pytest.mark.parametrize(
     ("x", "fragment"),
     [
@@ -267,21 +273,27 @@ def small_server(repository: Path, make_server: ServerFactory) -> inprocserve.Se
         (np.ones((2, 4, 1), np.float32), "expected 2 dimensions"),
     ],
 )
-def test_a_one_input_dict_of_the_right_dtype_is_checked_like_any_request(
-    small_server: inprocserve.Server, x: np.ndarray, fragment: str
+def test_a_one_input_array_of_the_right_dtype_is_checked_like_any_request(
+    small_server: inprocserve.Server, x: np.ndarray, fragment: str, form: str
 ) -> None:
-    # (a dict holding one array of the input's dtype takes validate's shortest way, which refuses nothing itself:
-    # whatever it does not take gets the full checks and their messages)
-    assert small_server.predict("scale", {"x": np.ones((3, 4), np.float32)})["y"].shape == (3, 4)
+    # (one array of the input's dtype, by name or bare, takes validate's shortest way, which refuses nothing
+    # itself: whatever it does not take gets the full checks and their messages)
+    assert small_server.predict("scale", _as_given(form, np.ones((3, 4), np.float32)))["y"].shape == (3, 4)
     with pytest.raises(InvalidInputError, match=fragment):
-        small_server.predict("scale", {"x": x})
+        small_server.predict("scale", _as_given(form, x))
 
 
-def test_a_one_input_dict_under_nan_policy_reject_is_checked_for_nan(strict_server: inprocserve.Server) -> None:
+@pytest.mark.parametrize("form", ["by name", "bare"])
+def test_a_one_input_array_under_nan_policy_reject_is_checked_for_nan(
+    strict_server: inprocserve.Server, form: str
+) -> None:
     with pytest.raises(InvalidInputError, match="NaN or infinite"):
-        strict_server.predict("scale", {"x": np.full((2, 4), np.nan, np.float32)})
+        strict_server.predict("scale", _as_given(form, np.full((2, 4), np.nan, np.float32)))
 
 
-def test_a_one_input_dict_of_another_byte_order_or_subclass_is_still_answered(server: inprocserve.Server) -> None:
+@pytest.mark.parametrize("form", ["by name", "bare"])
+def test_a_one_input_array_of_another_byte_order_or_subclass_is_still_answered(
+    server: inprocserve.Server, form: str
+) -> None:
     for x in (np.ones((2, 4), ">f4"), np.ma.MaskedArray(np.ones((2, 4), np.float32)), np.ones((2, 4), np.float32)):
-        assert server.predict("scale", {"x": x})["y"].tolist() == [[2.0] * 4] * 2
+        assert server.predict("scale", _as_given(form, x))["y"].tolist() == [[2.0] * 4] * 2
