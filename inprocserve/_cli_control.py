@@ -311,6 +311,22 @@ def _check_loads(
     Raises:
         InprocserveError: it does not load, or the model's config.toml cannot be read; the message says so.
     """
+    try:
+        return _loaded_signature(args, source, version)
+    except InprocserveError as exc:
+        raise InprocserveError(
+            f"{what}{exc}; nothing was written (servers would fail to load it too: `python -m inprocserve validate "
+            f"{repository}` checks the repository; --no-load-check writes the change unchecked)"
+        ) from None
+
+
+def _loaded_signature(args: argparse.Namespace, source: ModelSource, version: int) -> Signature:
+    """``version``'s signature, loaded as ``validate`` loads it, once per version and command.
+
+    Raises:
+        InprocserveError: it does not load, or the model's config.toml cannot be read (the loader's message).
+        KeyboardInterrupt, Terminated: a stop signal came as onnxruntime was imported or ran.
+    """
     from ._cli_models import check_version  # (imports onnxruntime as the version loads: only here)
 
     # Once per version and command: the first switch loaded the version serving now to find the one answering,
@@ -338,10 +354,7 @@ def _check_loads(
     except InprocserveError as exc:
         if (interruption := interrupted_by(exc)) is not None:  # (a signal as onnxruntime was imported or ran)
             raise interruption from None
-        raise InprocserveError(
-            f"{what}{exc}; nothing was written (servers would fail to load it too: `python -m inprocserve validate "
-            f"{repository}` checks the repository; --no-load-check writes the change unchecked)"
-        ) from None
+        raise
 
 
 def _refuse_if_incompatible(
@@ -395,7 +408,10 @@ def _gated_default(
     default only if it is compatible with the one answering, so the versions up to ``newest`` are walked in
     order, as hot reload brought them in (those the version policy selects only). A version that does not
     load here is skipped, as the gate skips one that fails to load; ``version`` (``signature``) is not loaded
-    again (``signature`` None, with --no-load-check: it is loaded as the others are, a failure skipped)."""
+    again (``signature`` None, with --no-load-check: it is loaded as the others are). With --no-load-check
+    (this host may not load what the fleet loads) such a version is not skipped but taken to load on the
+    workers' hosts and answer, a warning naming it and why it did not load here; the next version that loads
+    here, not comparable with it, is taken too."""
     if newest is None:
         return newest
     try:
@@ -404,19 +420,30 @@ def _gated_default(
         return newest
     if config.rollout.stable is not None and config.rollout.stable in source.versions:
         return newest  # (named: it answers, and the gate compares with it)
-    answering: tuple[int, Signature] | None = None
+    answering: tuple[int, Signature | None] | None = None  # (None: it did not load here, with --no-load-check)
     # Only the versions the policy had workers load as each one came (newest then): a version it never
     # selects (``specific``) never answered, and taking it for the one answering refused safe switches.
     for number in sorted(v for v in source.versions if v <= newest and config.version_policy.select([v])):
         try:
             found = (
-                signature
-                if number == version and signature is not None
-                else _check_loads(args, repository, source, number)
+                signature if number == version and signature is not None else _loaded_signature(args, source, number)
             )
-        except InprocserveError:
+        except InprocserveError as exc:
+            if args.load_check:  # (this host loads what the fleet loads: it fails there too, and the gate skips it)
+                continue
+            # --no-load-check: a version skipped because it did not load HERE (a token only the fleet's hosts have,
+            # a GPU) was never recorded, and an older one that never answered was, the rollback target.
+            print(
+                printable(
+                    f"warning: model {args.model!r} version {number} does not load here ({exc}); with --no-load-check "
+                    "it is taken to load on the fleet's hosts and answer there (unless a newer version does), as the "
+                    "version to roll back to"
+                ),
+                file=sys.stderr,
+            )
+            answering = (number, None)
             continue
-        if answering is None or not incompatibilities(answering[1], found):
+        if answering is None or answering[1] is None or not incompatibilities(answering[1], found):
             answering = (number, found)
     return newest if answering is None else answering[0]
 

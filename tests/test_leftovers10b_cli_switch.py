@@ -50,3 +50,34 @@ def test_a_first_switch_without_load_check_records_the_version_serving_to_roll_b
     assert server.status()["models"]["m"]["answering_version"] == 2
     assert main(["switch", "--no-load-check", str(repository), "m", "1"]) == 0, capsys.readouterr().err
     assert ControlFile(repository).read().models["m"].previous_stable == 2
+
+
+def test_a_first_switch_without_load_check_records_a_version_that_does_not_load_here_but_serves(
+    repository: Path,
+    scripted: Scripted,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Version 3 is served by a model server that the fleet calls with a token from its environment; the shell
+    # the switch runs in has no token, so version 3 does not load here. `switch --no-load-check scale 1` skipped
+    # it and recorded 2, which never answered, to roll back to: a rollback sent the fleet to version 2.
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    save_model(build_scale_model(3.0), repository, "scale", 2)
+    remote = repository / "scale" / "3" / "remote.toml"
+    remote.parent.mkdir()
+    remote.write_text(
+        f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n'
+        '[headers_from_env]\nAuthorization = "SCALE_TOKEN"\n'
+    )
+    (repository / "scale" / "config.toml").write_text('version_policy = "all"\n')
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "SCALE_TOKEN")
+    monkeypatch.setenv("SCALE_TOKEN", "Bearer fleet")
+    server = make_server(repository, config=ModelConfig(version_policy=VersionPolicy.all()), poll_interval_s=None)
+    assert server.status()["models"]["scale"]["answering_version"] == 3
+    monkeypatch.delenv("SCALE_TOKEN")  # (the operator's shell)
+    assert main(["switch", "--no-load-check", str(repository), "scale", "1"]) == 0
+    assert ControlFile(repository).read().models["scale"].previous_stable == 3
+    err = capsys.readouterr().err
+    assert "version 3 does not load here" in err and "'SCALE_TOKEN' is not set" in err
+    assert "nothing was written" not in err  # (it was)
