@@ -376,7 +376,8 @@ def _refuse_if_incompatible(
     if serving is None or serving == version or serving not in source.versions:
         return
     try:
-        current = _check_loads(args, repository, source, serving)
+        # (the loader's message alone: the refusal's "nothing was written" was printed of a switch then written)
+        current = _loaded_signature(args, source, serving)
     except InprocserveError as exc:
         print(
             printable(

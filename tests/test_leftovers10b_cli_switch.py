@@ -81,3 +81,24 @@ def test_a_first_switch_without_load_check_records_a_version_that_does_not_load_
     err = capsys.readouterr().err
     assert "version 3 does not load here" in err and "'SCALE_TOKEN' is not set" in err
     assert "nothing was written" not in err  # (it was)
+
+
+def test_a_switch_away_from_a_version_that_does_not_load_here_does_not_say_nothing_was_written(
+    repository: Path, scripted: Scripted, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Version 2, serving now, needs a token this shell does not have: the switch to 1 is written (exit 0), not
+    # compared with 2, and its warning said "...; nothing was written (servers would fail to load it too ...)".
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    remote = repository / "scale" / "2" / "remote.toml"
+    remote.parent.mkdir()
+    remote.write_text(
+        f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n'
+        '[headers_from_env]\nAuthorization = "SCALE_TOKEN"\n'
+    )
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "SCALE_TOKEN")
+    monkeypatch.delenv("SCALE_TOKEN", raising=False)
+    assert main(["switch", str(repository), "scale", "1"]) == 0
+    assert ControlFile(repository).read().models["scale"].stable == 1
+    err = capsys.readouterr().err
+    assert "version 2, which serves now, does not load here" in err and "'SCALE_TOKEN' is not set" in err
+    assert "nothing was written" not in err
