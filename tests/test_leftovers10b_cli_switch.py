@@ -102,3 +102,33 @@ def test_a_switch_away_from_a_version_that_does_not_load_here_does_not_say_nothi
     err = capsys.readouterr().err
     assert "version 2, which serves now, does not load here" in err and "'SCALE_TOKEN' is not set" in err
     assert "nothing was written" not in err
+
+
+def test_without_load_check_the_gate_still_holds_back_a_version_after_one_that_does_not_load_here(
+    repository: Path,
+    scripted: Scripted,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Version 2 does not load here (its token is the fleet's); 3 loads and is taken after it, and 4, which takes
+    # 5 columns, is held back by the workers' gate: 3 answers, and is recorded to roll back to (not 4, the newest).
+    save_model(build_scale_model(1.0), repository, "scale", 1)
+    remote = repository / "scale" / "2" / "remote.toml"
+    remote.parent.mkdir()
+    remote.write_text(
+        f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n'
+        '[headers_from_env]\nAuthorization = "SCALE_TOKEN"\n'
+    )
+    save_model(build_scale_model(3.0), repository, "scale", 3)
+    (repository / "scale" / "config.toml").write_text('version_policy = "all"\n')
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "SCALE_TOKEN")
+    monkeypatch.setenv("SCALE_TOKEN", "Bearer fleet")
+    server = make_server(repository, config=ModelConfig(version_policy=VersionPolicy.all()), poll_interval_s=None)
+    save_model(build_scale_model(4.0, features=5), repository, "scale", 4)
+    server.refresh()
+    assert server.status()["models"]["scale"]["answering_version"] == 3
+    monkeypatch.delenv("SCALE_TOKEN")  # (the operator's shell)
+    assert main(["switch", "--no-load-check", str(repository), "scale", "1"]) == 0
+    assert ControlFile(repository).read().models["scale"].previous_stable == 3
+    assert "version 2 does not load here" in capsys.readouterr().err
