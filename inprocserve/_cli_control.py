@@ -540,8 +540,10 @@ def add_switch(commands: Subparsers) -> None:
         "  python -m inprocserve switch models/ fraud 3\n"
         "  python -m inprocserve switch --actor alice models/ fraud 3\n\n"
         "VERSION is loaded first, as validate loads it: one that does not load here is refused (exit status 1,\n"
-        "nothing written); --no-load-check writes the change without loading it. A VERSION whose inputs or outputs\n"
-        "would break the callers of the version serving now is refused too; --force switches anyway.\n",
+        "nothing written); --no-load-check writes the change without loading it (a first switch of a model still\n"
+        "loads its versions, as far as this host can, to find the one serving now: the one to roll back to). A\n"
+        "VERSION whose inputs or outputs would break the callers of the version serving now is refused too;\n"
+        "--force switches anyway.\n",
     )
     parser.add_argument("version", type=int, help="the version that becomes stable")
     _load_check_option(parser)
