@@ -1517,12 +1517,11 @@ def _joined(
         plain = memo[2]
         if server._registry.routes.get(model) is not plain[0]:
             plain = None
+    remember = plain is None and version is None and context is None
     if plain is None:
         plain = server._plain_route(model, version, context)
         if plain is None:
             return False
-        if version is None and context is None:
-            state._route_memo = (server, model, plain)
     routes, target, decision = plain
     batcher, signature = target.batcher, target.signature
     assert batcher is not None and signature is not None  # (checked by _plain_route)
@@ -1546,6 +1545,9 @@ def _joined(
     member = _new_member(
         _Member, (waiter, arrays, rows, decision, span, started, deadline, version, context, timeout_s, expires_at)
     )
+    if remember:  # (only once it joins: the flush due then clears it; kept after a refusal, nothing cleared it,
+        # and the loop held the server, closed or not, and its versions until another iteration's flush)
+        state._route_memo = (server, model, plain)
     group = state._groups.get((batcher, timeout_s is None))
     if group is None or not state._flush_due:  # the iteration's first request to this version: join makes its group
         state.join(server, routes, target, timeout_s, member)
