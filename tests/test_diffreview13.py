@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 import inprocserve
-from inprocserve import BatchingConfig, InvalidInputError, ModelConfig
+from inprocserve import BatchingConfig, InvalidInputError, ModelConfig, RolloutConfig, VersionPolicy
 from inprocserve.testing import build_scale_model, save_model
 
+from .conftest import ServerFactory
 from .interruptible import interruptible
 from .test_cli_hardening import mlp
 
@@ -96,3 +97,27 @@ def test_a_second_ctrl_c_as_the_installed_command_exits_leaves_its_exit_status(m
                 process.kill()
     assert line.startswith("error: stopped by SIGINT"), line
     assert (process.returncode, rest) == (130, ""), rest
+
+
+def test_a_switch_between_two_requests_of_one_iteration_sends_the_later_one_to_the_new_version(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The loop routes an iteration's later requests to a model as its first one was while the model's
+    published routes stay the same: a switch() made by a task between two of them must still count."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(3.0), repository, "scale", 2)
+    config = ModelConfig(
+        version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1), batching=BatchingConfig(max_delay_s=0.0)
+    )
+    server = make_server(repository, config=config, control_interval_s=None)
+    x = np.ones((1, 4), np.float32)
+
+    async def switch_now() -> None:
+        server.switch("scale", 2)
+
+    async def main() -> list[int]:
+        await asyncio.gather(*(server.apredict("scale", x) for _ in range(3)))  # (adopts the runners)
+        answers = await asyncio.gather(server.apredict("scale", x), switch_now(), server.apredict("scale", x))
+        return [answers[0].version, answers[2].version]
+
+    assert asyncio.run(main()) == [1, 2]
