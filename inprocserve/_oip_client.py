@@ -184,7 +184,17 @@ class HttpClient:
                 pool_timeout=timeout_s,
                 preload_content=False,  # read below, against the deadline and the size cap
             )
-            data = self._read(response, deadline, timeout_s, watch, min(max_bytes, MAX_RESPONSE_BYTES))
+            read = [False]  # (set by _read as its clean-up begins, where the connection goes back or is dropped)
+            try:
+                data = self._read(response, deadline, timeout_s, watch, min(max_bytes, MAX_RESPONSE_BYTES), read)
+            except BaseException:
+                # Interrupted before _read's clean-up could run (Ctrl-C's KeyboardInterrupt or gevent's Timeout as
+                # it was called): the connection is dropped here. Kept, its slot was lost to the pool for good,
+                # and with every slot lost so, each later call waited its whole timeout for none.
+                if not read[0]:
+                    response.close()
+                    response.release_conn()
+                raise
         except TransportError:
             raise
         except (exceptions.HTTPError, OSError) as exc:
@@ -206,7 +216,9 @@ class HttpClient:
         )
 
     @staticmethod
-    def _read(response: Any, deadline: float, timeout_s: float, watch: Watch, max_bytes: int) -> bytes:
+    def _read(
+        response: Any, deadline: float, timeout_s: float, watch: Watch, max_bytes: int, read: list[bool]
+    ) -> bytes:
         chunks: list[bytes] = []
         total = 0
         whole = False
@@ -229,6 +241,7 @@ class HttpClient:
                     raise TransportError(f"the answer is longer than {max_bytes} bytes", sent=True, too_long=True)
                 chunks.append(chunk)
         finally:
+            read[0] = True
             # End the watch before the connection can go back to the pool, where another call may take it.
             late = watch.end()
             if whole and not late and response.status >= 200:

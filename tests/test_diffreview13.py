@@ -5,21 +5,27 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import inprocserve
-from inprocserve import BatchingConfig, InvalidInputError, ModelConfig, RolloutConfig, VersionPolicy
+from inprocserve import BatchingConfig, InvalidInputError, ModelConfig, RolloutConfig, VersionPolicy, _oip_client
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
 from .interruptible import interruptible
 from .test_cli_hardening import mlp
+from .test_interrupted_callers import Interrupted, interrupted_at
+from .test_remote_retries import raised_within, serving_each_connection
 
 __all__ = ["mlp"]  # (the fixture, imported for pytest)
 
@@ -121,3 +127,41 @@ def test_a_switch_between_two_requests_of_one_iteration_sends_the_later_one_to_t
         return [answers[0].version, answers[2].version]
 
     assert asyncio.run(main()) == [1, 2]
+
+
+@pytest.fixture
+def answers_ok() -> Iterator[int]:
+    """A port whose server answers every request of a kept-alive connection with a 200 of ``{}``."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        with conn:
+            conn.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    if not conn.recv(65536):
+                        return
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    yield from serving_each_connection(answer)
+
+
+def test_a_call_interrupted_as_its_answer_is_read_gives_its_connection_back(answers_ok: int) -> None:
+    """A remote call interrupted (Ctrl-C's KeyboardInterrupt, gevent's Timeout) between urllib3's answer and
+    the read of its body kept its connection's slot for good: with max_connections=1 every later call waited
+    its whole timeout and failed, for a connection nobody held any more."""
+    client = _oip_client.HttpClient(
+        f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
+    )
+    try:
+        assert client.request("GET", "/v2", timeout_s=5.0).status == 200
+        with pytest.raises(Interrupted), interrupted_at(_oip_client.HttpClient._read.__code__):
+            client.request("GET", "/v2", timeout_s=5.0)
+        answered, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
+    finally:
+        client.close()
+    assert not isinstance(answered, BaseException), answered
+    assert took_s < 0.5
