@@ -430,6 +430,7 @@ class Server(RolloutMethods):
             refusal = _naming(target, exc)
             span = start_request_span(model, since=started)
             self._telemetry.refused(span, started, model, target.version, decision, refusal)
+            _mark_routed(refusal, target.version)  # (an interruption: as the full way notes it)
             # (this frame joins the error's traceback: its local must not lead back to the error, or the inputs
             # it holds stay in a reference cycle until the collector's next full pass)
             if refusal is exc:
@@ -477,6 +478,7 @@ class Server(RolloutMethods):
                 raise
             except BaseException as exc:  # this thread was interrupted: refused, like the full way's
                 self._telemetry.refused(span, started, model, target.version, decision, exc)
+                _mark_routed(exc, target.version)  # (as the full way notes it: an off-loop task's error names it)
                 raise
             if outputs is None:  # busy, or companions expected: the full way queues it (and takes over its lead)
                 return None, _Opened(started, span, deadline, routes, target, decision, arrays, rows, key, lead)

@@ -13,6 +13,7 @@ import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,11 +24,13 @@ from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
 from .interruptible import interruptible
+from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
 from .test_cli_hardening import mlp
 from .test_interrupted_callers import Interrupted, interrupted_at
+from .test_loophard2 import _canary_server, _row
 from .test_remote_retries import raised_within, serving_each_connection
 
-__all__ = ["mlp"]  # (the fixture, imported for pytest)
+__all__ = ["mlp", "stopped_runs"]  # (the fixtures, imported for pytest)
 
 NO_WAIT = ModelConfig(batching=BatchingConfig(max_delay_s=0.0))
 
@@ -165,3 +168,28 @@ def test_a_call_interrupted_as_its_answer_is_read_gives_its_connection_back(answ
         client.close()
     assert not isinstance(answered, BaseException), answered
     assert took_s < 0.5
+
+
+def test_a_warm_request_routed_off_the_loop_and_stopped_names_the_version_that_ran(
+    repository: Path, make_server: ServerFactory, stopped_runs: list[type[BaseException]]
+) -> None:
+    """As test_leftovers11's, once the versions' runners are adopted (any request but a process's first):
+    predict's shortest way runs it then, and the task's InferenceError named the version asked for (None)."""
+    server, _flags = _canary_server(make_server, repository)
+    context = {"user_id": "u1"}
+
+    async def main() -> tuple[Any, Any]:
+        for user in range(20):  # (both versions' runners adopted)
+            await asyncio.wait_for(server.apredict("scale", _row(1.0), context={"user_id": f"w{user}"}), 30)
+        stopped_runs.append(GeventLikeTimeout)
+        try:
+            first: Any = await asyncio.wait_for(server.apredict("scale", _row(MARK), context=context), 30)
+        except inprocserve.InferenceError as exc:
+            first = exc
+        later = await asyncio.wait_for(server.apredict("scale", _row(1.0), context=context), 30)
+        return first, later
+
+    first, later = asyncio.run(main())
+    assert not stopped_runs, "no run was stopped"
+    assert isinstance(first, inprocserve.InferenceError), first
+    assert first.version == later.version, (first.version, later.version)
