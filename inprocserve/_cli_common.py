@@ -122,6 +122,12 @@ _stopped_by: BaseException | type[BaseException] | None = None
 _unwinding = False
 """Whether :func:`unwind_on_sigterm` is in force (on the main thread): an inner one leaves the outer's in place."""
 
+_stop_lost = False
+"""Whether the stop signal raised last in :func:`unwind_on_sigterm` was discarded (where Python cannot raise:
+a finalizer, a callback of C code): the command did not unwind, so the next stop signal raises again, until
+:func:`raise_if_stopped` raises it. (Ignored, Ctrl-C pressed again did nothing until the command's next
+checkpoint, however long its step ran: only SIGKILL ended it.)"""
+
 exits_after = False
 """Set by ``python -m inprocserve``: the process ends once the command returns, so a stopped command's process
 ignores further stop signals rather than taking Python's handlers (then SIG_DFL) back."""
@@ -141,7 +147,9 @@ def raise_if_stopped() -> None:
     ignored and ``score`` ran on to the end and exited 0; a SIGTERM too, and every later one with it (raised
     once), so only SIGKILL ended the run, leaving its temporary file. Call it where a command goes on with
     its work (never while it unwinds); a no-op outside :func:`unwind_on_sigterm` or when no signal came."""
+    global _stop_lost
     if _stopped_by is not None:
+        _stop_lost = False  # (unwinding now: a stop signal while it cleans up is ignored again)
         raise _stopped_by
 
 
@@ -157,31 +165,38 @@ def unwind_on_sigterm() -> Iterator[None]:
     main thread (where signal handlers run); the previous handlers are put back after. Re-entrant: inside
     another one (``main()`` runs every command under one, and the commands that write under their own, to say
     what became of their output) it changes nothing, so a stop raised once stays raised once."""
-    global _stopped_by, _unwinding
+    global _stopped_by, _unwinding, _stop_lost
     if threading.current_thread() is not threading.main_thread() or _unwinding:
         yield
         return
 
     def terminate(signum: int, frame: FrameType | None) -> None:
-        global _stopped_by
-        if _stopped_by is None:
-            _stopped_by = Terminated(signum)
+        global _stopped_by, _stop_lost
+        if _stopped_by is None or _stop_lost:
+            _stop_lost = False
+            _stopped_by = _stopped_by or Terminated(signum)
             raise _stopped_by
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        global _stopped_by
-        if _stopped_by is None:  # (raised once, as SIGTERM: a second Ctrl-C while it cleans up is ignored)
-            _stopped_by = KeyboardInterrupt
+        global _stopped_by, _stop_lost
+        if (
+            _stopped_by is None or _stop_lost
+        ):  # (raised once, as SIGTERM: a second Ctrl-C while it cleans up is ignored)
+            _stop_lost = False
+            _stopped_by = _stopped_by or KeyboardInterrupt
             raise KeyboardInterrupt
 
     def quiet_when_stopped(unraisable: sys.UnraisableHookArgs) -> None:
         # A stop raised where Python cannot raise it (a weakref callback of the import system, a __del__) is
         # discarded with "Exception ignored in ..." and a traceback on stderr: the command still stops (see
         # raise_if_stopped), and says so in one line; the traceback read as a crash. Others are shown.
+        global _stop_lost
         if not (_stopped_by is not None and isinstance(unraisable.exc_value, Terminated | KeyboardInterrupt)):
             previous_unraisable(unraisable)
+        else:
+            _stop_lost = True
 
-    _stopped_by, _unwinding = None, True
+    _stopped_by, _unwinding, _stop_lost = None, True, False
     previous_unraisable = sys.unraisablehook
     sys.unraisablehook = quiet_when_stopped
     previous = signal.getsignal(signal.SIGTERM)
@@ -213,4 +228,4 @@ def unwind_on_sigterm() -> Iterator[None]:
         if hangup is not None:
             signal.signal(hangup, signal.SIG_DFL)
         sys.unraisablehook = previous_unraisable
-        _stopped_by, _unwinding = None, False
+        _stopped_by, _unwinding, _stop_lost = None, False, False

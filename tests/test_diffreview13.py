@@ -193,3 +193,31 @@ def test_a_warm_request_routed_off_the_loop_and_stopped_names_the_version_that_r
     assert not stopped_runs, "no run was stopped"
     assert isinstance(first, inprocserve.InferenceError), first
     assert first.version == later.version, (first.version, later.version)
+
+
+def test_a_ctrl_c_lost_in_a_finalizer_leaves_the_next_one_to_stop_the_command() -> None:
+    """A stop signal whose exception Python discards (raised in a finalizer, or a callback of C code: see
+    raise_if_stopped) does not stop the command; Ctrl-C pressed again did, until a second Ctrl-C was ignored
+    while a stopped command cleans up: then nothing but SIGKILL stopped it before its next checkpoint (a whole
+    quantization's calibration, a whole batch of score)."""
+    from inprocserve import _cli_common
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    class Finalized:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C, as a finalizer runs: its exception is dropped
+
+    stopped = False
+    try:
+        with _cli_common.unwind_on_sigterm():
+            Finalized()
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:  # the command's long step, with no checkpoint
+                signal.raise_signal(signal.SIGINT)  # pressed again
+                time.sleep(0.01)
+    except KeyboardInterrupt:
+        stopped = True
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stopped
