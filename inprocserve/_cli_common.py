@@ -129,8 +129,12 @@ a finalizer, a callback of C code): the command did not unwind, so the next stop
 checkpoint, however long its step ran: only SIGKILL ended it.)"""
 
 exits_after = False
-"""Set by ``python -m inprocserve``: the process ends once the command returns, so a stopped command's process
-ignores further stop signals rather than taking Python's handlers (then SIG_DFL) back."""
+"""Set by ``python -m inprocserve`` (and the installed command): the process ends once the command returns, so
+once a stopped command has unwound, a further stop signal ends the process at once by the signal's default
+action (a shell reports it as the same status, 130 for Ctrl-C), rather than through Python's handler, which
+printed a ``KeyboardInterrupt`` traceback after the command's one line. The default action is the kernel's: it
+ends a process whose exit hangs in C code (a join, a server's clean-up), where no Python handler runs until
+the main thread runs Python again (ignored, only SIGKILL ended it)."""
 
 
 def _stop_came() -> bool:
@@ -215,11 +219,11 @@ def unwind_on_sigterm() -> Iterator[None]:
         yield
     finally:
         if exits_after and _stop_came():
-            # The process ends once main() returns: a second stop as it exits (the interpreter finalizing puts
-            # SIG_DFL back) killed it by the signal (-2) after it said it stopped, or raised a traceback.
+            # The process ends once main() returns: a further stop as it exits ends it now, by the signal (see
+            # exits_after; before: a KeyboardInterrupt traceback after its one line)
             for stop in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
                 if stop is not None and signal.getsignal(stop) != signal.SIG_IGN:
-                    signal.signal(stop, signal.SIG_IGN)
+                    signal.signal(stop, signal.SIG_DFL)
             ignored, previous_int, hangup = True, None, None
         if not ignored:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

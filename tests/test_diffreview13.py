@@ -6,8 +6,6 @@ import asyncio
 import gc
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -23,7 +21,6 @@ from inprocserve import BatchingConfig, InvalidInputError, ModelConfig, RolloutC
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
-from .interruptible import interruptible
 from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
 from .test_cli_hardening import mlp
 from .test_interrupted_callers import Interrupted, interrupted_at
@@ -75,39 +72,6 @@ def test_a_closed_server_is_collected_after_a_burst_of_refused_apredicts(reposit
 
 # The installed `inprocserve` command, as pip writes its script (`from inprocserve.__main__ import main;
 # sys.exit(main())`), held for a second in its exit path as test_leftovers12's `python -m inprocserve` is.
-_SCRIPT_HELD_AT_EXIT = (
-    "import atexit, sys, time; atexit.register(time.sleep, 1.0); atexit.register(print, 'exiting', flush=True); "
-    "from inprocserve.__main__ import main; sys.argv[0] = 'inprocserve'; sys.exit(main())"
-)
-
-
-def test_a_second_ctrl_c_as_the_installed_command_exits_leaves_its_exit_status(mlp: Path, tmp_path: Path) -> None:
-    """The fix for a second Ctrl-C in the exit path was made for `python -m inprocserve` only: the installed
-    `inprocserve` command (the console script docs/cli.md runs) was still killed by the signal (-2) after its
-    line "stopped by SIGINT"."""
-    target = tmp_path / "out" / "q.onnx"
-    target.parent.mkdir()
-    command = [sys.executable, "-c", _SCRIPT_HELD_AT_EXIT, "quantize", "--seconds", "60", str(mlp), str(target)]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
-    ) as process:
-        try:
-            deadline = time.monotonic() + 45
-            while not any(target.parent.iterdir()) and time.monotonic() < deadline and process.poll() is None:
-                time.sleep(0.05)
-            process.send_signal(signal.SIGINT)
-            assert process.stderr is not None and process.stdout is not None
-            line = process.stderr.readline()
-            assert process.stdout.readline() == "exiting\n"  # (its command returned: held in its exit path)
-            process.send_signal(signal.SIGINT)
-            _, rest = process.communicate(timeout=45)
-        finally:
-            if process.poll() is None:
-                process.kill()
-    assert line.startswith("error: stopped by SIGINT"), line
-    assert (process.returncode, rest) == (130, ""), rest
-
-
 def test_a_switch_between_two_requests_of_one_iteration_sends_the_later_one_to_the_new_version(
     repository: Path, make_server: ServerFactory
 ) -> None:
