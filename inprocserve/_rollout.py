@@ -64,6 +64,7 @@ T = TypeVar("T")
 
 _ASSIGNMENTS_KEPT = 100_000
 _CAPTURE_EVERY = 64  # once the promotion samples are full, one routed request in this many is sampled
+_NEVER = 2**62  # served()'s count without capture_inputs: it never reaches 0 (decremented once per request)
 _CAPTURED_BYTES = 32 * 2**20
 """Bound on the bytes the promotion samples of one model hold (``capture_inputs`` of them at most): 256
 copies of an image model's batches would otherwise hold gigabytes in every worker."""
@@ -444,7 +445,7 @@ class Router:
         config = state.config
         self._capture = config.capture_inputs > 0
         self._capture_size = config.capture_inputs  # every request is sampled until there are this many
-        self._until_capture = 0
+        self._until_capture = 1 if self._capture else _NEVER  # (see _sample_due)
         if self.recent.maxlen != max(1, config.capture_inputs):
             with self._lock:
                 self.recent = deque(self.recent, maxlen=max(1, config.capture_inputs))
@@ -1121,17 +1122,16 @@ class Router:
         ``_CAPTURED_BYTES`` alone.
         """
         variant = decision.variant
-        if self._capture and variant != "pinned":
-            # A copy costs about 1 µs alone but 6-8 µs between two runs of a small model (its code and memory
-            # cold after each run): one request in 8 cost every lone predict about 1 µs. Once the samples are
-            # full, keep one request in _CAPTURE_EVERY (an unlocked count: a lost decrement skips nothing
-            # that matters).
+        if variant == "default":  # (nearly every request: a count, and now and then a sample; nothing to note)
             self._until_capture -= 1
-            if self._until_capture <= 0 or len(self.recent) < self._capture_size:
-                self._until_capture = _CAPTURE_EVERY
-                self._sample(arrays)
-        if variant in ("default", "pinned"):
+            if self._until_capture <= 0:
+                self._sample_due(arrays)
             return
+        if variant == "pinned":
+            return
+        self._until_capture -= 1
+        if self._until_capture <= 0:
+            self._sample_due(arrays)
         state = self.state if state is None else state
         with self._lock:
             if state is not self._stats_state and not self._of_current_version(variant, state):
@@ -1169,6 +1169,18 @@ class Router:
                 self._bandit_keys.pop(remembered_as, None)
                 if not self._bandit_keys:  # (len() expires old draws: under the lock)
                     self._drew_for_keys = False
+
+    def _sample_due(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """A routed request's turn to be sampled: :meth:`served`'s count reached 0. A copy costs about 1 µs
+        alone but 6-8 µs between two runs of a small model (its code and memory cold after each run): one
+        request in 8 cost every lone predict about 1 µs. So every request is sampled until the samples are
+        full (the count is left at 1), then one in _CAPTURE_EVERY (an unlocked count: a lost decrement skips
+        nothing that matters). Without ``capture_inputs`` the count starts too high to reach 0."""
+        if not self._capture:
+            self._until_capture = _NEVER
+            return
+        self._sample(arrays)
+        self._until_capture = _CAPTURE_EVERY if len(self.recent) >= self._capture_size else 1
 
     def _sample(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Keep a copy of a request's inputs in ``recent``, the oldest going first past ``capture_inputs``
