@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _fork, _stop_signal
+from . import _fork, _native, _stop_signal
 from . import _graph_partials as graph_partials
 from ._backend import raised_by_signal_handler
 from ._config import ModelConfig, PoolConfig
@@ -85,6 +85,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_os_thread_ident = _native._original("get_ident")  # (the OS thread's, under gevent's patch too, as the slots are)
+_NO_THREAD = (-1, RunSlot(None))  # (no thread has that id: its slot is never run on)
 
 
 def _gevent_stop_signal() -> None:
@@ -459,6 +462,11 @@ class OnnxruntimeBackend:
         limit_s = self.config.max_run_s
         fresh = functools.partial(_fresh_run_options, arena_shrinkage=self.config.arena_shrinkage)
         self._limit = None if limit_s is None else RunLimit(limit_s, fresh)  # (swept by the process's sweeper)
+        # The OS thread that ran last under the limit and its slot: a thread running one run after another
+        # (a sync worker's) finds its slot here for a read and a compare, not a ThreadValue look-up. A thread
+        # that finds another's id looks its own up. (A later thread given a dead one's id takes its slot: a
+        # thread runs one run at a time, and the dead one runs none.)
+        self._last_slot: tuple[int, RunSlot] = _NO_THREAD
 
     def _after_fork_in_child(self) -> None:
         if self._sessions:
@@ -954,7 +962,13 @@ class OnnxruntimeBackend:
             runner = one_thread  # (a short run: see _choose_threads; a batchable model's inputs all have rows)
         if timeout_s is None and stop is None:  # the common case, spelled out: no alarm, no hook
             if limit is not None:  # (inlined: a method call would cost as much again; see _run_limit)
-                slot = limit.current.get() or limit.slot()
+                ident = _os_thread_ident()
+                last = self._last_slot  # (one read: the pair is the same thread's)
+                if last[0] == ident:
+                    slot = last[1]
+                else:
+                    slot = limit.current.get() or limit.slot()
+                    self._last_slot = (ident, slot)
                 started = slot.started = time.monotonic()
                 if not limit.sweeping:  # (read after the start is noted: see RunLimit._sweep)
                     limit.start()

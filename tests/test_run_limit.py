@@ -103,6 +103,36 @@ def test_a_merged_batch_cut_at_the_limit_answers_its_requests_that_run_in_time(
         np.testing.assert_array_equal(batch[index].result()["y"], np.full((1, 4), index, np.float32))
 
 
+def test_a_run_is_cut_at_the_limit_while_another_thread_runs_short_runs_beside_it(
+    loop_repository: Path, make_server: ServerFactory
+) -> None:
+    """A thread's run finds the thread's own options at hand while it alone runs one run after another; a
+    run on another thread meanwhile takes that thread's own: the short runs beside it never hide the long
+    run from the limit, and each thread's overrun is cut."""
+    (loop_repository / "loop" / "config.toml").write_text(LIMITED.replace("[pool]\n", "[pool]\nsize = 2\n"))
+    server = make_server(loop_repository)
+    server.predict("loop", steps(1))  # (this thread's options at hand)
+    errors: list[BaseException] = []
+
+    def overrun() -> None:
+        try:
+            server.predict("loop", steps(10**12))
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=overrun)
+    started = time.monotonic()
+    worker.start()
+    while worker.is_alive() and time.monotonic() - started < 6:
+        np.testing.assert_array_equal(server.predict("loop", steps(3, value=2.0))["y"], np.full((1, 4), 2.0))
+    worker.join(timeout=20)
+    assert time.monotonic() - started < 6  # (cut at its 1 s limit, not hours later)
+    assert len(errors) == 1 and isinstance(errors[0], RunTimeLimitError), errors
+    with pytest.raises(RunTimeLimitError):
+        server.predict("loop", steps(10**12))
+    np.testing.assert_array_equal(server.predict("loop", steps(3, value=2.0))["y"], np.full((1, 4), 2.0))
+
+
 def test_a_stop_meant_for_a_threads_last_run_that_ended_meanwhile_does_not_fail_its_next_run(
     loop_repository: Path,
 ) -> None:
