@@ -570,52 +570,59 @@ class _LoopState:
         only = None if outputs is None or len(outputs) != 1 or len(members) == 1 else next(iter(outputs.items()))
         now = time.perf_counter()
         start = 0
-        for member in members:
-            decision = member.decision
-            elapsed_s = now - member.started
-            waiter = member.waiter
-            request_id = ids.next()
-            end = start + member.rows
-            answer = None
-            got: BaseException | None
-            if waiter.done():  # cancelled, or answered by its own deadline meanwhile: recorded with what it got
-                got = _given(waiter)
-            elif outputs is None:
-                got = error
-            else:
-                got = None
-                if only is not None:
-                    part = {only[0]: only[1][start:end]}
-                elif len(members) == 1:
-                    part = outputs
+        request_ids: list[str] = []
+        noted = 0  # the tasks, from the first, noted as served together (below): each once it is recorded
+        try:
+            for index, member in enumerate(members):
+                decision = member.decision
+                elapsed_s = now - member.started
+                waiter = member.waiter
+                request_id = ids.next()
+                request_ids.append(request_id)
+                end = start + member.rows
+                answer = None
+                got: BaseException | None
+                if waiter.done():  # cancelled, or answered by its own deadline meanwhile: recorded with what it got
+                    got = _given(waiter)
+                elif outputs is None:
+                    got = error
                 else:
-                    part = {name: array[start:end] for name, array in outputs.items()}
+                    got = None
+                    if only is not None:
+                        part = {only[0]: only[1][start:end]}
+                    elif len(members) == 1:
+                        part = outputs
+                    else:
+                        part = {name: array[start:end] for name, array in outputs.items()}
+                    try:
+                        answer = prediction_of(part, model, version, decision.variant, decision.reason, request_id)
+                    except Exception as exc:  # (no memory for it): this task gets the error, the others their answers
+                        # (raised on, the task after it got this task's error, though its rows had run, and was
+                        # counted refused once its run was counted; a copy: the traceback holds this frame)
+                        logger.exception("inprocserve: answering a merged request to %r failed", model)
+                        got = own_error(exc)
                 try:
-                    answer = prediction_of(part, model, version, decision.variant, decision.reason, request_id)
-                except Exception as exc:  # (no memory for it): this task gets the error, the others their answers
-                    # (raised on, the task after it got this task's error, though its rows had run, and was
-                    # counted refused once its run was counted; a copy: the traceback holds this frame)
-                    logger.exception("inprocserve: answering a merged request to %r failed", model)
-                    got = own_error(exc)
-            try:
-                latency.record(elapsed_s, failed=got is not None)
-                if metered or member.span is not INVALID_SPAN:
-                    telemetry.plain_answered(
-                        member.span, decision, version, member.rows, timing, got, elapsed_s, recorder, queue_wait_s
-                    )
-                router.served(request_id, decision, member.arrays, routing)
-            finally:
-                # (also if the loop's thread is interrupted, a signal handler raising, once the task was recorded:
-                # it gets what it was recorded with. Left unanswered, the drain's clean-up refused it with the
-                # interruption and recorded it again: its success on the status page, an error for its caller)
-                if waiter.done():
-                    pass
-                elif answer is not None:
-                    waiter.set_result(answer)
-                else:
-                    assert got is not None
-                    waiter.set_exception(own_error(got) if len(members) > 1 else got)  # (each task its own)
-            start = end
+                    latency.record(elapsed_s, failed=got is not None)
+                    if metered or member.span is not INVALID_SPAN:
+                        telemetry.plain_answered(
+                            member.span, decision, version, member.rows, timing, got, elapsed_s, recorder, queue_wait_s
+                        )
+                    noted = index + 1
+                finally:
+                    # (also if the loop's thread is interrupted, a signal handler raising, once the task was
+                    # recorded: it gets what it was recorded with. Left unanswered, the drain's clean-up refused
+                    # it with the interruption and recorded it again: its success on the status page, an error for
+                    # its caller)
+                    if waiter.done():
+                        pass
+                    elif answer is not None:
+                        waiter.set_result(answer)
+                    else:
+                        assert got is not None
+                        waiter.set_exception(own_error(got) if len(members) > 1 else got)  # (each task its own)
+                start = end
+        finally:
+            router.served_many(request_ids, members[:noted], routing)  # (each noted as served once recorded)
         group.answered()
 
     def _hand_over(self, group: _Group, members: list[_Member], *, on_loop: bool = True, ran: bool = False) -> None:

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Container, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import numpy as np
 from cachetools import TTLCache
@@ -109,6 +109,16 @@ class Decision(NamedTuple):
     layer, which makes text of the values of the few requests it records."""
     provider: str | None = None
     """The name of the flag provider that answered."""
+
+
+class Served(Protocol):
+    """A request :meth:`Router.served_many` notes: its decision and its inputs."""
+
+    @property
+    def decision(self) -> Decision: ...
+
+    @property
+    def arrays(self) -> Mapping[str, np.ndarray]: ...
 
 
 class _FlagKeys(NamedTuple):
@@ -1169,6 +1179,23 @@ class Router:
                 self._bandit_keys.pop(remembered_as, None)
                 if not self._bandit_keys:  # (len() expires old draws: under the lock)
                     self._drew_for_keys = False
+
+    def served_many(
+        self, request_ids: Sequence[str], requests: Sequence[Served], state: RoutingState | None = None
+    ) -> None:
+        """:meth:`served` of each of ``requests`` (an event loop's merged requests), in order, with its id in
+        ``request_ids``: requests of the default variant none of which is due to be sampled (nearly every
+        batch) are counted together."""
+        count = len(requests)
+        if self._until_capture > count:
+            for request in requests:
+                if request.decision.variant != "default":
+                    break
+            else:
+                self._until_capture -= count
+                return
+        for request_id, request in zip(request_ids, requests, strict=False):  # (ids: as many or more)
+            self.served(request_id, request.decision, request.arrays, state)
 
     def _sample_due(self, arrays: Mapping[str, np.ndarray]) -> None:
         """A routed request's turn to be sampled: :meth:`served`'s count reached 0. A copy costs about 1 µs

@@ -5,6 +5,7 @@ Version N of the ``scale`` model answers ``y = x * N``, so every answer says whi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -1418,3 +1419,30 @@ def test_a_request_whose_targeting_key_is_a_one_element_array_is_refused(
     server = make_server(versions, config=rollout(strategy="ab", variants=ARMS))
     with pytest.raises(inprocserve.InvalidInputError, match="targeting key"):
         server.predict("scale", X, context={"user_id": np.array([3])})
+
+
+def test_an_event_loops_merged_requests_are_sampled_for_promotion_as_lone_ones(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    """Tasks of one loop iteration are answered by one merged run, and noted as served together: their
+    inputs are sampled as lone requests' are, every one until the samples are full, then one in 64."""
+    server = make_server(versions, config=rollout(capture_inputs=8))  # (v3 answers: 3x)
+    server.predict("scale", np.full((1, 4), 1.0, np.float32))  # (the process's first request adopts the runners)
+
+    async def burst(value: float, count: int) -> list[str]:
+        answers = await asyncio.gather(
+            *(server.apredict("scale", np.full((1, 4), value, np.float32)) for _ in range(count))
+        )
+        return [answer.variant for answer in answers]
+
+    assert set(asyncio.run(burst(1.0, 7))) == {"default"}
+    assert server.status()["models"]["scale"]["versions"]["3"]["batches_run"] < 8  # (merged)
+    asyncio.run(burst(50.0, 63))
+    with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+        server.promote("scale", 1, max_abs_diff=0.5, min_samples=8)
+    assert refused.value.report["max_abs_diff"] == pytest.approx(2.0)  # none of the 63 taken (v1: 1x)
+    asyncio.run(burst(50.0, 1))
+    with pytest.raises(inprocserve.PromotionRefusedError) as refused:
+        server.promote("scale", 1, max_abs_diff=0.5, min_samples=8)
+    assert refused.value.report["max_abs_diff"] == pytest.approx(100.0)  # the 64th replaced the oldest
+    assert refused.value.report["samples"] == 8
