@@ -570,15 +570,16 @@ class _LoopState:
         only = None if outputs is None or len(outputs) != 1 or len(members) == 1 else next(iter(outputs.items()))
         now = time.perf_counter()
         start = 0
-        request_ids: list[str] = []
+        request_ids = ids.take(len(members))
+        took: list[float] = []  # the answered tasks' latencies, recorded together (below), and the failed ones'
+        failed = 0  # number: whatever stops the loop, the tasks it got through are each recorded
         noted = 0  # the tasks, from the first, noted as served together (below): each once it is recorded
         try:
             for index, member in enumerate(members):
                 decision = member.decision
                 elapsed_s = now - member.started
                 waiter = member.waiter
-                request_id = ids.next()
-                request_ids.append(request_id)
+                request_id = request_ids[index]
                 end = start + member.rows
                 answer = None
                 got: BaseException | None
@@ -602,7 +603,10 @@ class _LoopState:
                         logger.exception("inprocserve: answering a merged request to %r failed", model)
                         got = own_error(exc)
                 try:
-                    latency.record(elapsed_s, failed=got is not None)
+                    if got is None:
+                        took.append(elapsed_s)
+                    else:
+                        failed += 1
                     if metered or member.span is not INVALID_SPAN:
                         telemetry.plain_answered(
                             member.span, decision, version, member.rows, timing, got, elapsed_s, recorder, queue_wait_s
@@ -622,6 +626,7 @@ class _LoopState:
                         waiter.set_exception(own_error(got) if len(members) > 1 else got)  # (each task its own)
                 start = end
         finally:
+            latency.record_many(took, failed)
             router.served_many(request_ids, members[:noted], routing)  # (each noted as served once recorded)
         group.answered()
 
