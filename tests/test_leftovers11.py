@@ -64,8 +64,9 @@ def test_a_merged_task_recorded_as_answered_when_the_loop_is_interrupted_gets_th
     server = _merged_server(make_server, scale_repository)
     monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
     before = version_status(server, "scale")
-    # (just past the first task's latency record: where a signal handler runs as that call returns)
-    after_line = line_of(_loop_batching._LoopState._answer, "latency.record(elapsed_s")
+    # (just past the first task's recording, its latency noted and its span and metrics recorded: where a signal
+    # handler runs as that call returns)
+    after_line = line_of(_loop_batching._LoopState._answer, "telemetry.plain_answered(")
 
     async def main() -> list[Any]:
         calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0)]
