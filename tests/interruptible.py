@@ -1,11 +1,17 @@
-"""``preexec_fn`` for a child a test stops with SIGINT, as Ctrl-C stops a terminal's foreground job; and the
-command line run with a stop signal Python drops as a model loads."""
+"""``preexec_fn`` for a child a test stops with SIGINT, as Ctrl-C stops a terminal's foreground job; a
+quantize command started so and held until it measures; and the command line run with a stop signal Python
+drops as a model loads."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
-__all__ = ["STOPPED_WHILE_ONNXRUNTIME_LOADS", "interruptible", "signal_dropped_as_it_loads"]
+__all__ = ["STOPPED_WHILE_ONNXRUNTIME_LOADS", "interruptible", "measuring", "signal_dropped_as_it_loads"]
 
 
 def interruptible() -> None:
@@ -14,6 +20,24 @@ def interruptible() -> None:
     Python then installs no KeyboardInterrupt handler: the test's SIGINT did nothing (daphne and waitress,
     which leave SIGINT to Python, then served on until the test killed them)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def measuring(command: Sequence[str], folder: Path) -> Iterator[subprocess.Popen[str]]:
+    """``command`` (a ``quantize`` into ``folder``) started so that SIGINT stops it (see :func:`interruptible`),
+    once it measures: its temporary file is in ``folder`` (or it ended, or 45 s passed). Killed on the way out
+    if it still runs (a failed test leaves no command running into the next tests)."""
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+    ) as process:
+        try:
+            deadline = time.monotonic() + 45
+            while not any(folder.iterdir()) and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.05)
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 def signal_dropped_as_it_loads(module: str, loader: str) -> str:

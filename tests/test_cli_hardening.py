@@ -31,7 +31,7 @@ from inprocserve.__main__ import main
 from inprocserve._control import ControlFile, switched
 from inprocserve.testing import build_add_model, build_mlp_model, build_scale_model, save_model
 
-from .interruptible import STOPPED_WHILE_ONNXRUNTIME_LOADS, interruptible, signal_dropped_as_it_loads
+from .interruptible import STOPPED_WHILE_ONNXRUNTIME_LOADS, interruptible, measuring, signal_dropped_as_it_loads
 
 pytest.importorskip("onnx")  # quantize needs the "quantize" extra; testing's model builders need onnx too
 
@@ -162,19 +162,10 @@ def test_quantize_stopped_from_outside_leaves_no_temporary_file(mlp: Path, tmp_p
     target.parent.mkdir()
     command = [sys.executable, "-m", "inprocserve", "quantize", "--seconds", "60", str(mlp), str(target)]
     # (interruptible: a shell ignores SIGINT in its background commands, as CI's may run this one)
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
-    ) as process:
-        try:
-            deadline = time.monotonic() + 45
-            while not any(target.parent.iterdir()) and time.monotonic() < deadline and process.poll() is None:
-                time.sleep(0.05)
-            assert [p.name.endswith(".tmp") for p in target.parent.iterdir()] == [True]  # being measured now
-            process.send_signal(stop)
-            _, err = process.communicate(timeout=45)
-        finally:
-            if process.poll() is None:  # (a failed test leaves no command running into the next tests)
-                process.kill()
+    with measuring(command, target.parent) as process:
+        assert [p.name.endswith(".tmp") for p in target.parent.iterdir()] == [True]  # being measured now
+        process.send_signal(stop)
+        _, err = process.communicate(timeout=45)
     assert process.returncode == 128 + stop, err
     stopped_by = signal.Signals(stop).name
     assert err == f"error: stopped by {stopped_by} before the quantized model was written; {target} was not written\n"

@@ -64,12 +64,7 @@ def test_a_first_switch_without_load_check_records_a_version_that_does_not_load_
     # it and recorded 2, which never answered, to roll back to: a rollback sent the fleet to version 2.
     save_model(build_scale_model(1.0), repository, "scale", 1)
     save_model(build_scale_model(3.0), repository, "scale", 2)
-    remote = repository / "scale" / "3" / "remote.toml"
-    remote.parent.mkdir()
-    remote.write_text(
-        f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n'
-        '[headers_from_env]\nAuthorization = "SCALE_TOKEN"\n'
-    )
+    _served_with_the_fleets_token(repository, scripted, 3)
     (repository / "scale" / "config.toml").write_text('version_policy = "all"\n')
     monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "SCALE_TOKEN")
     monkeypatch.setenv("SCALE_TOKEN", "Bearer fleet")
@@ -89,12 +84,7 @@ def test_a_switch_away_from_a_version_that_does_not_load_here_does_not_say_nothi
     # Version 2, serving now, needs a token this shell does not have: the switch to 1 is written (exit 0), not
     # compared with 2, and its warning said "...; nothing was written (servers would fail to load it too ...)".
     save_model(build_scale_model(1.0), repository, "scale", 1)
-    remote = repository / "scale" / "2" / "remote.toml"
-    remote.parent.mkdir()
-    remote.write_text(
-        f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n'
-        '[headers_from_env]\nAuthorization = "SCALE_TOKEN"\n'
-    )
+    _served_with_the_fleets_token(repository, scripted, 2)
     monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "SCALE_TOKEN")
     monkeypatch.delenv("SCALE_TOKEN", raising=False)
     assert main(["switch", str(repository), "scale", "1"]) == 0
@@ -114,12 +104,7 @@ def test_without_load_check_the_gate_still_holds_back_a_version_after_one_that_d
     # Version 2 does not load here (its token is the fleet's); 3 loads and is taken after it, and 4, which takes
     # 5 columns, is held back by the workers' gate: 3 answers, and is recorded to roll back to (not 4, the newest).
     save_model(build_scale_model(1.0), repository, "scale", 1)
-    remote = repository / "scale" / "2" / "remote.toml"
-    remote.parent.mkdir()
-    remote.write_text(
-        f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n'
-        '[headers_from_env]\nAuthorization = "SCALE_TOKEN"\n'
-    )
+    _served_with_the_fleets_token(repository, scripted, 2)
     save_model(build_scale_model(3.0), repository, "scale", 3)
     (repository / "scale" / "config.toml").write_text('version_policy = "all"\n')
     monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "SCALE_TOKEN")
@@ -132,3 +117,14 @@ def test_without_load_check_the_gate_still_holds_back_a_version_after_one_that_d
     assert main(["switch", "--no-load-check", str(repository), "scale", "1"]) == 0
     assert ControlFile(repository).read().models["scale"].previous_stable == 3
     assert "version 2 does not load here" in capsys.readouterr().err
+
+
+def _served_with_the_fleets_token(repository: Path, scripted: Scripted, version: int) -> None:
+    """Version ``version`` of ``scale``: served by the scripted model server, which the fleet calls with a token
+    from its environment (``SCALE_TOKEN``), which a shell without it cannot load."""
+    remote = repository / "scale" / str(version) / "remote.toml"
+    remote.parent.mkdir()
+    remote.write_text(
+        f'url = "http://127.0.0.1:{scripted.server_port}"\nmodel = "scale"\n'
+        '[headers_from_env]\nAuthorization = "SCALE_TOKEN"\n'
+    )

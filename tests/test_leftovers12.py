@@ -9,7 +9,6 @@ import os
 import resource
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from inprocserve._remote import RemoteBackend
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import VALUES_NOT_SPEED_S, ServerFactory, wait_until
-from .interruptible import interruptible
+from .interruptible import measuring
 from .test_cli_hardening import mlp
 from .test_leftovers10b_compatibility import DIMS
 from .test_remote_lifecycle import call_in_thread
@@ -108,23 +107,14 @@ def test_a_second_ctrl_c_as_a_stopped_quantize_exits_leaves_its_exit_status_and_
     target.parent.mkdir()
     held_s = 60.0 if second == "as its exit hangs" else 0.2
     command = [sys.executable, "-c", _held_at_exit(entry, held_s), "quantize", "--seconds", "60", str(mlp), str(target)]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
-    ) as process:
-        try:
-            deadline = time.monotonic() + 45
-            while not any(target.parent.iterdir()) and time.monotonic() < deadline and process.poll() is None:
-                time.sleep(0.05)
-            process.send_signal(signal.SIGINT)
-            assert process.stderr is not None and process.stdout is not None
-            line = process.stderr.readline()  # (said: it is exiting)
-            if second == "as its exit hangs":
-                assert process.stdout.readline() == "exiting\n"  # (its command returned: held in its exit path)
-            process.send_signal(signal.SIGINT)
-            _, rest = process.communicate(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    with measuring(command, target.parent) as process:
+        process.send_signal(signal.SIGINT)
+        assert process.stderr is not None and process.stdout is not None
+        line = process.stderr.readline()  # (said: it is exiting)
+        if second == "as its exit hangs":
+            assert process.stdout.readline() == "exiting\n"  # (its command returned: held in its exit path)
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=30)
     assert line == f"error: stopped by SIGINT before the quantized model was written; {target} was not written\n"
     # (130: it exited with its status; -2: a stop as it exits ended it by the signal, which a shell shows as 130)
     assert process.returncode in (130, -signal.SIGINT) and rest == "", (process.returncode, rest)
