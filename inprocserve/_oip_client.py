@@ -54,6 +54,7 @@ that close to the server's timeout. A new connection costs a connect (a TLS hand
 only after a second without calls. A server that says its timeout (``Keep-Alive: timeout=5``: Node, Apache,
 nginx when told to) has its connections used up to a second before it (see :func:`_idle_limit`)."""
 _calls = threading.local()  # .watch: the call this thread is making, for the connection to arm with its socket
+# (.holding: whether that call holds one of the pool's slots; .answered_on: the connection its answer came on)
 
 
 def _gevent_local() -> None:
@@ -172,18 +173,24 @@ class HttpClient:
         stop = THIS_THREAD.signal  # a call on the shadow thread ends, as at its deadline, when the server closes
         unhook = None if stop is None else stop.hook(watch.fire)
         _calls.watch = watch
+        _calls.holding = False
         try:
-            response = self._pool.urlopen(
-                method,
-                self._prefix + path,
-                body=body,
-                headers={**self._headers, **(headers or {})},
-                retries=False,  # the caller decides what is safe to retry
-                redirect=False,
-                timeout=timeout,
-                pool_timeout=timeout_s,
-                preload_content=False,  # read below, against the deadline and the size cap
-            )
+            try:
+                response = self._pool.urlopen(
+                    method,
+                    self._prefix + path,
+                    body=body,
+                    headers={**self._headers, **(headers or {})},
+                    retries=False,  # the caller decides what is safe to retry
+                    redirect=False,
+                    timeout=timeout,
+                    pool_timeout=timeout_s,
+                    preload_content=False,  # read below, against the deadline and the size cap
+                )
+            except BaseException:
+                if getattr(_calls, "holding", False):  # (see _give_back_lost)
+                    self._give_back_lost()
+                raise
             read = [False]  # (set by _read as its clean-up begins, where the connection goes back or is dropped)
             try:
                 data = self._read(response, deadline, timeout_s, watch, min(max_bytes, MAX_RESPONSE_BYTES), read)
@@ -205,7 +212,7 @@ class HttpClient:
             drop_tracebacks(exc)
             raise _failed(exc, exceptions, timeout, timeout_s, watch, self._connect_timeout_s) from None
         finally:
-            _calls.watch = None
+            _calls.watch = _calls.answered_on = None
             watch.end()
             if unhook is not None:
                 unhook()
@@ -214,6 +221,18 @@ class HttpClient:
         return HttpResponse(
             response.status, data, headers, ended_by_close="content-length" not in headers and not chunked
         )
+
+    def _give_back_lost(self) -> None:
+        """urllib3 had this call's answer, its response holding the connection, and the call was interrupted
+        (Ctrl-C's KeyboardInterrupt, gevent's Timeout: a signal handler runs as urllib3's code calls a Python
+        function) before the response reached :meth:`request`: nothing else gives the slot back. The
+        connection is closed (its answer unread) and the pool gets a free slot. Kept, the slot was lost for
+        good, and with every slot lost so, each later call waited its whole timeout for none."""
+        answered_on = getattr(_calls, "answered_on", None)
+        _calls.answered_on = None
+        if answered_on is not None:
+            answered_on.close()
+        self._pool._put_conn(None)  # (notes the slot given back: see _Slots._put)
 
     @staticmethod
     def _read(
@@ -303,7 +322,12 @@ class _Slots(queue.LifoQueue[Any]):
                 self.not_empty.wait(left)
             item = self._get()
             self.not_full.notify()
+            _calls.holding = True  # (this thread's call holds a slot: see HttpClient._give_back_lost)
             return item
+
+    def _put(self, item: Any) -> None:
+        super()._put(item)
+        _calls.holding = False  # (a slot given back: the call that gives it holds none now)
 
 
 def _failed(
@@ -505,6 +529,7 @@ def _watched(connection_class: Any, resolver: _Resolver) -> Any:
             # pool as the last byte is read, before the caller could mark it.)
             self.idle_since = time.monotonic()
             self.idle_limit = _idle_limit(response.headers.get("Keep-Alive"))
+            _calls.answered_on = self  # (the connection a call interrupted in urllib3 drops: see _give_back_lost)
             return response
 
     WatchedConnection.__name__ = WatchedConnection.__qualname__ = f"Watched{connection_class.__name__}"
