@@ -3,13 +3,20 @@ client's interrupted calls): behaviour that must not have changed."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Any
+
 import pytest
 import urllib3.connectionpool
 
-from inprocserve import _oip_client
+from inprocserve import _loop_batching, _oip_client
+from inprocserve._stats import LatencyHistogram
 
+from .conftest import ServerFactory, version_status
 from .test_diffreview13 import answers_ok
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
+from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
 from .test_remote_retries import raised_within
 
 __all__ = ["answers_ok"]  # (the fixture, imported for pytest)
@@ -36,3 +43,32 @@ def test_a_call_interrupted_as_urllib3_returns_its_answer_gives_its_connection_b
     assert not isinstance(answered, BaseException), answered
     assert not isinstance(again, BaseException), again  # (one slot given back, the pool's one connection)
     assert took_s < 0.5
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_loop_batching._answer (not this helper's area): the batch's latencies are recorded together in its "
+    "finally, and one interruption as record_many begins drops every answered task's record and router note",
+)
+def test_merged_tasks_answered_before_the_loop_is_interrupted_are_each_recorded(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two tasks' requests run merged on a worker and the loop's thread answers both; then a signal handler
+    raises (gevent's ``Timeout``, Ctrl-C) as the batch's latencies are recorded together (47d9b33). Each task got
+    its answer, and each was recorded as answered before (once per task, as the loop went): the status page
+    counted both. Now one interruption at that single point drops the whole batch's records (up to 32 tasks
+    under load), and the router's notes of them after it (their outcomes credited nowhere)."""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    before = version_status(server, "scale")["latency_ms"]
+
+    async def main() -> list[Any]:
+        calls = [asyncio.ensure_future(server.apredict("scale", x)) for x in _rows(1.0, 2.0)]
+        with interrupted_at(LatencyHistogram.record_many.__code__):
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert got == [2.0, 4.0], got
+    _settled(server)
+    latency = version_status(server, "scale")["latency_ms"]
+    assert (latency["count"] - before["count"], latency["errors"] - before["errors"]) == (2, 0)
