@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import _cli, _cli_common
 
 __all__ = ["main"]
+
+_COMMAND = "inprocserve"  # the installed command's name (pyproject.toml's [project.scripts])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,9 +23,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     installed command's script, whose ``__main__`` holds this function), the process ends once it returns: a
     stopped command's process then ignores further stop signals (see ``_cli_common.exits_after``). Called
     from other code (a test, a program of the user's), the process goes on: its handlers are put back."""
-    if getattr(sys.modules.get("__main__"), "main", None) is main:
+    if _process_entry_point():
         _cli_common.exits_after = True
     return _cli.main(argv)
+
+
+def _process_entry_point() -> bool:
+    """Whether :func:`main` runs as the process's own entry point: ``python -m inprocserve`` (this module is
+    ``__main__``), or the installed command's script, whose ``__main__`` holds ``main`` and runs as the command
+    (pip's script takes ``.exe`` or ``-script.py`` off ``sys.argv[0]``). A program of the user's that imported
+    ``main`` into its own ``__main__`` holds it too, and goes on once it returns: taken for the command, it was
+    left with SIG_DFL on its stop signals after a stopped command, and its next Ctrl-C killed it, its own
+    clean-up skipped."""
+    if getattr(sys.modules.get("__main__"), "main", None) is not main:
+        return False
+    return __name__ == "__main__" or (bool(sys.argv) and Path(sys.argv[0]).name == _COMMAND)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ client's interrupted calls): behaviour that must not have changed."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +18,14 @@ from inprocserve import _loop_batching, _oip_client
 from inprocserve._stats import LatencyHistogram
 
 from .conftest import ServerFactory, version_status
+from .interruptible import interruptible
+from .test_cli_hardening import mlp
 from .test_diffreview13 import answers_ok
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
 from .test_remote_retries import raised_within
 
-__all__ = ["answers_ok"]  # (the fixture, imported for pytest)
+__all__ = ["answers_ok", "mlp"]  # (the fixtures, imported for pytest)
 
 
 def test_a_call_interrupted_as_urllib3_returns_its_answer_gives_its_connection_back(answers_ok: int) -> None:
@@ -72,3 +78,39 @@ def test_merged_tasks_answered_before_the_loop_is_interrupted_are_each_recorded(
     _settled(server)
     latency = version_status(server, "scale")["latency_ms"]
     assert (latency["count"] - before["count"], latency["errors"] - before["errors"]) == (2, 0)
+
+
+# A program of the user's that runs a command through the entry point's function and goes on after it (its own
+# clean-up, further commands): it says, once the command returned, what a Ctrl-C would do to it now.
+_USERS_PROGRAM = """
+import signal, sys
+from inprocserve.__main__ import main
+status = main(sys.argv[1:])
+print(status, signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+"""
+
+
+def test_a_users_program_that_runs_a_stopped_command_keeps_its_ctrl_c(mlp: Path, tmp_path: Path) -> None:
+    """main() took any process whose ``__main__`` holds it for the installed command (1d8f409), whose process
+    ends as it returns: a program of the user's that imported it so and ran a command that Ctrl-C stopped was
+    left with SIG_DFL on SIGINT, SIGTERM and SIGHUP (06edfd0), and the next Ctrl-C killed it outright, its own
+    clean-up (``finally``, ``atexit``) skipped. Its handlers are put back, as main()'s docstring says of "a
+    program of the user's"."""
+    program = tmp_path / "users_program.py"
+    program.write_text(_USERS_PROGRAM)
+    target = tmp_path / "out" / "q.onnx"
+    target.parent.mkdir()
+    command = [sys.executable, str(program), "quantize", "--seconds", "60", str(mlp), str(target)]
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=interruptible
+    ) as process:
+        try:
+            deadline = time.monotonic() + 45
+            while not any(target.parent.iterdir()) and time.monotonic() < deadline and process.poll() is None:
+                time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            said, _ = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert said == "130 True\n", said
