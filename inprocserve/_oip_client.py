@@ -191,14 +191,15 @@ class HttpClient:
                 if getattr(_calls, "holding", False):  # (see _give_back_lost)
                     self._give_back_lost()
                 raise
-            read = [False]  # (set by _read as its clean-up begins, where the connection goes back or is dropped)
             try:
-                data = self._read(response, deadline, timeout_s, watch, min(max_bytes, MAX_RESPONSE_BYTES), read)
+                data = self._read(response, deadline, timeout_s, watch, min(max_bytes, MAX_RESPONSE_BYTES))
             except BaseException:
-                # Interrupted before _read's clean-up could run (Ctrl-C's KeyboardInterrupt or gevent's Timeout as
-                # it was called): the connection is dropped here. Kept, its slot was lost to the pool for good,
-                # and with every slot lost so, each later call waited its whole timeout for none.
-                if not read[0]:
+                # Interrupted before _read's clean-up gave the connection back or dropped it (Ctrl-C's
+                # KeyboardInterrupt or gevent's Timeout as it was called, or as its clean-up began): the
+                # connection is dropped here. Kept, its slot was lost to the pool for good, and with every slot
+                # lost so, each later call waited its whole timeout for none. (Noted by the pool's slots, not by
+                # _read: a clean-up begun may yet be interrupted before its release.)
+                if getattr(_calls, "holding", False):
                     response.close()
                     response.release_conn()
                 raise
@@ -235,9 +236,7 @@ class HttpClient:
         self._pool._put_conn(None)  # (notes the slot given back: see _Slots._put)
 
     @staticmethod
-    def _read(
-        response: Any, deadline: float, timeout_s: float, watch: Watch, max_bytes: int, read: list[bool]
-    ) -> bytes:
+    def _read(response: Any, deadline: float, timeout_s: float, watch: Watch, max_bytes: int) -> bytes:
         chunks: list[bytes] = []
         total = 0
         whole = False
@@ -260,7 +259,6 @@ class HttpClient:
                     raise TransportError(f"the answer is longer than {max_bytes} bytes", sent=True, too_long=True)
                 chunks.append(chunk)
         finally:
-            read[0] = True
             # End the watch before the connection can go back to the pool, where another call may take it.
             late = watch.end()
             if whole and not late and response.status >= 200:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,7 @@ from .test_cli_hardening import mlp
 from .test_diffreview13 import answers_ok
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
-from .test_remote_retries import raised_within
+from .test_remote_retries import raised_within, serving_each_connection
 
 __all__ = ["answers_ok", "mlp"]  # (the fixtures, imported for pytest)
 
@@ -48,6 +51,50 @@ def test_a_call_interrupted_as_urllib3_returns_its_answer_gives_its_connection_b
         client.close()
     assert not isinstance(answered, BaseException), answered
     assert not isinstance(again, BaseException), again  # (one slot given back, the pool's one connection)
+    assert took_s < 0.5
+
+
+@pytest.fixture
+def answers_a_long_error() -> Iterator[int]:
+    """A port whose server answers every request of a kept-alive connection with a 500 whose body (256 KiB) is
+    longer than the start of it that an error answer has read (its message): its connection is dropped."""
+    body = b"x" * 2**18
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        with conn:
+            conn.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    if not conn.recv(65536):
+                        return
+                    conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: %d\r\n\r\n" % len(body))
+                    conn.sendall(body)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+
+    yield from serving_each_connection(answer)
+
+
+def test_a_call_interrupted_as_its_read_cleans_up_gives_its_connection_back(answers_a_long_error: int) -> None:
+    """The same, as _read's clean-up begins (its ``finally``: the watch ended, a Python call where a signal
+    handler runs) on an error answer read in part, before its connection was dropped: d96cdfd's note that the
+    clean-up had begun told request() to leave it to _read, which never got to it, and the slot was lost for
+    good: every later call waited its whole timeout and failed with 'no free connection'."""
+    client = _oip_client.HttpClient(
+        f"http://127.0.0.1:{answers_a_long_error}", max_connections=1, connect_timeout_s=5.0, headers={}
+    )
+    read = _oip_client.HttpClient._read
+    cleaning_up = line_of(read, "finally:")  # (interrupted at the clean-up's first call)
+    try:
+        assert client.request("GET", "/v2", timeout_s=5.0).status == 500
+        with pytest.raises(Interrupted), interrupted_at(read.__code__, after_line=cleaning_up + 1):
+            client.request("GET", "/v2", timeout_s=5.0)
+        answered, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
+    finally:
+        client.close()
+    assert not isinstance(answered, BaseException), answered
     assert took_s < 0.5
 
 
