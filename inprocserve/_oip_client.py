@@ -323,6 +323,15 @@ class _Slots(queue.LifoQueue[Any]):
             _calls.holding = True  # (this thread's call holds a slot: see HttpClient._give_back_lost)
             return item
 
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:  # noqa: FBT001, FBT002
+        if getattr(_calls, "watch", None) is not None and not getattr(_calls, "holding", False):
+            # A call interrupted (Ctrl-C, gevent's Timeout) as it waited for a slot: urllib3's clean-up gives one
+            # back for it, though it took none. Added, the pool held one more than max_connections from then on.
+            if item is not None:
+                item.close()
+            return
+        super().put(item, block, timeout)
+
     def _put(self, item: Any) -> None:
         super()._put(item)
         _calls.holding = False  # (a slot given back: the call that gives it holds none now)

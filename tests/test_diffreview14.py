@@ -98,6 +98,28 @@ def test_a_call_interrupted_as_its_read_cleans_up_gives_its_connection_back(answ
     assert took_s < 0.5
 
 
+def test_a_call_interrupted_as_it_waits_for_a_free_connection_adds_no_slot(answers_ok: int) -> None:
+    """A call waiting for the pool's one connection, held by another call, is interrupted (Ctrl-C, gevent's
+    ``Timeout``) in its wait: urllib3's clean-up put a free slot back for it, though it had taken none, and the
+    pool held two from then on (``max_connections=1``: two calls in flight to a server sized for one)."""
+    client = _oip_client.HttpClient(
+        f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
+    )
+    get = _oip_client._Slots.get
+    waiting = line_of(get, "self.not_empty.wait(left)") - 1  # (interrupted as its wait begins)
+    try:
+        assert client.request("GET", "/v2", timeout_s=5.0).status == 200
+        taken = client._slots.get(timeout=5.0)  # (another call's: the one slot in use)
+        with pytest.raises(Interrupted), interrupted_at(get.__code__, after_line=waiting):
+            client.request("GET", "/v2", timeout_s=5.0)
+        free = client._slots.qsize()  # (while the other call holds the one slot)
+        if not free:
+            client._slots.put_nowait(taken)
+        assert free == 0
+    finally:
+        client.close()
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="_loop_batching._answer (not this helper's area): the batch's latencies are recorded together in its "
