@@ -571,8 +571,6 @@ class _LoopState:
         now = time.perf_counter()
         start = 0
         request_ids = ids.take(len(members))
-        took: list[float] = []  # the answered tasks' latencies, recorded together (below), and the failed ones'
-        failed = 0  # number: whatever stops the loop, the tasks it got through are each recorded
         noted = 0  # the tasks, from the first, noted as served together (below): each once it is recorded
         try:
             for index, member in enumerate(members):
@@ -603,10 +601,9 @@ class _LoopState:
                         logger.exception("inprocserve: answering a merged request to %r failed", model)
                         got = own_error(exc)
                 try:
-                    if got is None:
-                        took.append(elapsed_s)
-                    else:
-                        failed += 1
+                    # (each task's latency as the loop goes: recorded together after it, one interruption there
+                    # dropped the whole batch's records, though every task had its answer)
+                    latency.record(elapsed_s, failed=got is not None)
                     if metered or member.span is not INVALID_SPAN:
                         telemetry.plain_answered(
                             member.span, decision, version, member.rows, timing, got, elapsed_s, recorder, queue_wait_s
@@ -626,7 +623,6 @@ class _LoopState:
                         waiter.set_exception(own_error(got) if len(members) > 1 else got)  # (each task its own)
                 start = end
         finally:
-            latency.record_many(took, failed)
             router.served_many(request_ids, members[:noted], routing)  # (each noted as served once recorded)
         group.answered()
 

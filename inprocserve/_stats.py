@@ -11,7 +11,6 @@ metrics.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["BatchSizeHistogram", "LatencyHistogram", "latency_bounds_s"]
@@ -50,15 +49,6 @@ class LatencyHistogram:
             self._errors += 1
         else:
             self._counts[bisect_left(_LATENCY_BOUNDS_S, seconds)] += 1
-
-    def record_many(self, seconds: Iterable[float], failed: int = 0) -> None:
-        """:meth:`record` of each of ``seconds``, and of ``failed`` failed requests (an event loop's merged
-        requests, recorded together)."""
-        if failed:
-            self._errors += failed
-        counts = self._counts
-        for each in seconds:
-            counts[bisect_left(_LATENCY_BOUNDS_S, each)] += 1
 
     def snapshot(self) -> dict[str, Any]:
         """``{"count", "errors", "p50", "p90", "p99", "histogram"}``, times in milliseconds.

@@ -115,20 +115,6 @@ def test_latency_percentiles_match_the_exact_ones_within_a_bucket() -> None:
     assert lowers == sorted(lowers)
 
 
-def test_requests_recorded_together_count_as_each_recorded_alone() -> None:
-    """An event loop's merged requests are recorded in one call: the same counts, errors and buckets."""
-    samples = [float(s) for s in np.random.default_rng(2).lognormal(mean=np.log(0.002), sigma=1.5, size=500)]
-    alone, together = LatencyHistogram(), LatencyHistogram()
-    for seconds in [*samples, 0.0, 1e6]:
-        alone.record(seconds)
-    for _ in range(3):
-        alone.record(0.001, failed=True)
-    together.record_many([*samples, 0.0, 1e6], 3)
-    together.record_many([], 0)
-    assert together.snapshot() == alone.snapshot()
-    assert (together.snapshot()["count"], together.snapshot()["errors"]) == (502, 3)
-
-
 def test_failed_requests_are_counted_apart_and_extremes_land_in_the_end_buckets() -> None:
     histogram = LatencyHistogram()
     assert histogram.snapshot() == {"count": 0, "errors": 0, "p50": None, "p90": None, "p99": None, "histogram": []}
