@@ -96,24 +96,29 @@ def test_a_switch_between_two_requests_of_one_iteration_sends_the_later_one_to_t
     assert asyncio.run(main()) == [1, 2]
 
 
-@pytest.fixture
-def answers_ok() -> Iterator[int]:
-    """A port whose server answers every request of a kept-alive connection with a 200 of ``{}``."""
+def answering_each_request(answer: bytes) -> Iterator[int]:
+    """A port whose server answers every request of a kept-alive connection with ``answer`` (whole HTTP)."""
 
-    def answer(conn: socket.socket, stop: threading.Event) -> None:
+    def serve(conn: socket.socket, stop: threading.Event) -> None:
         with conn:
             conn.settimeout(0.2)
             while not stop.is_set():
                 try:
                     if not conn.recv(65536):
                         return
+                    conn.sendall(answer)
                 except TimeoutError:
                     continue
                 except OSError:
                     return
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
-    yield from serving_each_connection(answer)
+    yield from serving_each_connection(serve)
+
+
+@pytest.fixture
+def answers_ok() -> Iterator[int]:
+    """A port whose server answers every request of a kept-alive connection with a 200 of ``{}``."""
+    yield from answering_each_request(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
 
 
 def test_a_call_interrupted_as_its_answer_is_read_gives_its_connection_back(answers_ok: int) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +21,10 @@ from inprocserve._rollout import Router
 from .conftest import ServerFactory, version_status
 from .interruptible import interruptible
 from .test_cli_hardening import mlp
-from .test_diffreview13 import answers_ok
+from .test_diffreview13 import answering_each_request, answers_ok
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
-from .test_remote_retries import raised_within, serving_each_connection
+from .test_remote_retries import raised_within
 
 __all__ = ["answers_ok", "mlp"]  # (the fixtures, imported for pytest)
 
@@ -59,22 +57,9 @@ def answers_a_long_error() -> Iterator[int]:
     """A port whose server answers every request of a kept-alive connection with a 500 whose body (256 KiB) is
     longer than the start of it that an error answer has read (its message): its connection is dropped."""
     body = b"x" * 2**18
-
-    def answer(conn: socket.socket, stop: threading.Event) -> None:
-        with conn:
-            conn.settimeout(0.2)
-            while not stop.is_set():
-                try:
-                    if not conn.recv(65536):
-                        return
-                    conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: %d\r\n\r\n" % len(body))
-                    conn.sendall(body)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-
-    yield from serving_each_connection(answer)
+    yield from answering_each_request(
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
 
 
 def test_a_call_interrupted_as_its_read_cleans_up_gives_its_connection_back(answers_a_long_error: int) -> None:

@@ -64,10 +64,8 @@ def test_a_first_switch_without_load_check_records_a_version_that_does_not_load_
     # it and recorded 2, which never answered, to roll back to: a rollback sent the fleet to version 2.
     save_model(build_scale_model(1.0), repository, "scale", 1)
     save_model(build_scale_model(3.0), repository, "scale", 2)
-    _served_with_the_fleets_token(repository, scripted, 3)
+    _served_with_the_fleets_token(repository, scripted, 3, monkeypatch)
     (repository / "scale" / "config.toml").write_text('version_policy = "all"\n')
-    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "SCALE_TOKEN")
-    monkeypatch.setenv("SCALE_TOKEN", "Bearer fleet")
     server = make_server(repository, config=ModelConfig(version_policy=VersionPolicy.all()), poll_interval_s=None)
     assert server.status()["models"]["scale"]["answering_version"] == 3
     monkeypatch.delenv("SCALE_TOKEN")  # (the operator's shell)
@@ -84,9 +82,7 @@ def test_a_switch_away_from_a_version_that_does_not_load_here_does_not_say_nothi
     # Version 2, serving now, needs a token this shell does not have: the switch to 1 is written (exit 0), not
     # compared with 2, and its warning said "...; nothing was written (servers would fail to load it too ...)".
     save_model(build_scale_model(1.0), repository, "scale", 1)
-    _served_with_the_fleets_token(repository, scripted, 2)
-    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "SCALE_TOKEN")
-    monkeypatch.delenv("SCALE_TOKEN", raising=False)
+    _served_with_the_fleets_token(repository, scripted, 2, monkeypatch, token=None)  # (this shell has none)
     assert main(["switch", str(repository), "scale", "1"]) == 0
     assert ControlFile(repository).read().models["scale"].stable == 1
     err = capsys.readouterr().err
@@ -104,11 +100,9 @@ def test_without_load_check_the_gate_still_holds_back_a_version_after_one_that_d
     # Version 2 does not load here (its token is the fleet's); 3 loads and is taken after it, and 4, which takes
     # 5 columns, is held back by the workers' gate: 3 answers, and is recorded to roll back to (not 4, the newest).
     save_model(build_scale_model(1.0), repository, "scale", 1)
-    _served_with_the_fleets_token(repository, scripted, 2)
+    _served_with_the_fleets_token(repository, scripted, 2, monkeypatch)
     save_model(build_scale_model(3.0), repository, "scale", 3)
     (repository / "scale" / "config.toml").write_text('version_policy = "all"\n')
-    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "SCALE_TOKEN")
-    monkeypatch.setenv("SCALE_TOKEN", "Bearer fleet")
     server = make_server(repository, config=ModelConfig(version_policy=VersionPolicy.all()), poll_interval_s=None)
     save_model(build_scale_model(4.0, features=5), repository, "scale", 4)
     server.refresh()
@@ -119,9 +113,21 @@ def test_without_load_check_the_gate_still_holds_back_a_version_after_one_that_d
     assert "version 2 does not load here" in capsys.readouterr().err
 
 
-def _served_with_the_fleets_token(repository: Path, scripted: Scripted, version: int) -> None:
+def _served_with_the_fleets_token(
+    repository: Path,
+    scripted: Scripted,
+    version: int,
+    monkeypatch: pytest.MonkeyPatch,
+    token: str | None = "Bearer fleet",
+) -> None:
     """Version ``version`` of ``scale``: served by the scripted model server, which the fleet calls with a token
-    from its environment (``SCALE_TOKEN``), which a shell without it cannot load."""
+    from its environment (``SCALE_TOKEN``, set to ``token`` here; ``None``: unset), which a shell without it
+    cannot load."""
+    monkeypatch.setenv("INPROCSERVE_REMOTE_ENV", "SCALE_TOKEN")
+    if token is None:
+        monkeypatch.delenv("SCALE_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("SCALE_TOKEN", token)
     remote = repository / "scale" / str(version) / "remote.toml"
     remote.parent.mkdir()
     remote.write_text(
