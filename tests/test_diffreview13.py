@@ -10,6 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -128,15 +129,25 @@ def test_a_call_interrupted_as_its_answer_is_read_gives_its_connection_back(answ
     client = _oip_client.HttpClient(
         f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
     )
-    try:
-        assert client.request("GET", "/v2", timeout_s=5.0).status == 200
-        with pytest.raises(Interrupted), interrupted_at(_oip_client.HttpClient._read.__code__):
-            client.request("GET", "/v2", timeout_s=5.0)
-        answered, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
-    finally:
-        client.close()
+    answered, took_s = answered_after_an_interrupted_call(
+        client, interrupted_at(_oip_client.HttpClient._read.__code__), status=200
+    )
     assert not isinstance(answered, BaseException), answered
     assert took_s < 0.5
+
+
+def answered_after_an_interrupted_call(
+    client: _oip_client.HttpClient, interruption: AbstractContextManager[None], *, status: int
+) -> tuple[Any, float]:
+    """A call answered (``status``), one ``interruption`` stops, then one more with 1 s to get a connection: what
+    that last one got (its answer, or what it raised) and how long it took. The client is closed after."""
+    try:
+        assert client.request("GET", "/v2", timeout_s=5.0).status == status
+        with pytest.raises(Interrupted), interruption:
+            client.request("GET", "/v2", timeout_s=5.0)
+        return raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
+    finally:
+        client.close()
 
 
 def test_a_warm_request_routed_off_the_loop_and_stopped_names_the_version_that_ran(

@@ -21,7 +21,7 @@ from inprocserve._rollout import Router
 from .conftest import ServerFactory, version_status
 from .interruptible import interruptible
 from .test_cli_hardening import mlp
-from .test_diffreview13 import answering_each_request, answers_ok
+from .test_diffreview13 import answered_after_an_interrupted_call, answering_each_request, answers_ok
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
 from .test_remote_retries import raised_within
@@ -72,13 +72,9 @@ def test_a_call_interrupted_as_its_read_cleans_up_gives_its_connection_back(answ
     )
     read = _oip_client.HttpClient._read
     cleaning_up = line_of(read, "finally:")  # (interrupted at the clean-up's first call)
-    try:
-        assert client.request("GET", "/v2", timeout_s=5.0).status == 500
-        with pytest.raises(Interrupted), interrupted_at(read.__code__, after_line=cleaning_up + 1):
-            client.request("GET", "/v2", timeout_s=5.0)
-        answered, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
-    finally:
-        client.close()
+    answered, took_s = answered_after_an_interrupted_call(
+        client, interrupted_at(read.__code__, after_line=cleaning_up + 1), status=500
+    )
     assert not isinstance(answered, BaseException), answered
     assert took_s < 0.5
 
