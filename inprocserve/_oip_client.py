@@ -174,6 +174,7 @@ class HttpClient:
         unhook = None if stop is None else stop.hook(watch.fire)
         _calls.watch = watch
         _calls.holding = False
+        _calls.taken = None
         try:
             try:
                 response = self._pool.urlopen(
@@ -320,8 +321,16 @@ class _Slots(queue.LifoQueue[Any]):
                 self.not_empty.wait(left)
             item = self._get()
             self.not_full.notify()
-            _calls.holding = True  # (this thread's call holds a slot: see HttpClient._give_back_lost)
             return item
+
+    def _get(self) -> Any:
+        # Noted before the slot is taken, with nothing in between where a signal handler runs (Ctrl-C's
+        # KeyboardInterrupt: as a Python function begins, or a call into C returns): noted after, an
+        # interruption as it was taken (as not_full.notify() began) left a call holding a slot not noted so,
+        # whose free slot urllib3's clean-up gives back was refused (see put), and the slot was lost for good.
+        _calls.holding = True  # (this thread's call holds a slot: see HttpClient._give_back_lost)
+        _calls.taken = item = self.queue.pop()  # (closed if it comes back as a free slot: see put)
+        return item
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:  # noqa: FBT001, FBT002
         if getattr(_calls, "watch", None) is not None and not getattr(_calls, "holding", False):
@@ -330,6 +339,9 @@ class _Slots(queue.LifoQueue[Any]):
             if item is not None:
                 item.close()
             return
+        taken, _calls.taken = getattr(_calls, "taken", None), None
+        if item is None and taken is not None:  # (its call dropped it, or was interrupted before it had it)
+            taken.close()
         super().put(item, block, timeout)
 
     def _put(self, item: Any) -> None:
