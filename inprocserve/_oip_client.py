@@ -295,6 +295,8 @@ class _Slots(queue.LifoQueue[Any]):
 
     def __init__(self, maxsize: int, pool: Any, closed_error: type[Exception]) -> None:
         super().__init__(maxsize)
+        self._pool = pool
+        self._closed = False
         while True:  # (the slots urllib3 made: all free, none connected yet)
             try:
                 self.put_nowait(pool.pool.get_nowait())
@@ -302,7 +304,6 @@ class _Slots(queue.LifoQueue[Any]):
                 break
         pool.pool = self
         self._closed_error = functools.partial(closed_error, pool, "Pool is closed.")
-        self._closed = False
 
     def close(self) -> None:
         with self.mutex:
@@ -345,7 +346,14 @@ class _Slots(queue.LifoQueue[Any]):
         super().put(item, block, timeout)
 
     def _put(self, item: Any) -> None:
-        super()._put(item)
+        if self._closed or self._pool.pool is None:  # (urllib3's close: its pool let go of first)
+            # Given back as close() ran: urllib3 saw its pool open, then its close took the idle connections
+            # out and closed them before this one came in. Kept, it stayed open (the server's end held too)
+            # until the collector found it, a ResourceWarning.
+            if item is not None:
+                item.close()
+        else:
+            super()._put(item)
         _calls.holding = False  # (a slot given back: the call that gives it holds none now)
 
 

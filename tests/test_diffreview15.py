@@ -3,13 +3,20 @@ entry point (c758a4f) and the loop's merged latencies (d6a711c): behaviour that 
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 
 from inprocserve import _oip_client
 
 from .test_diffreview13 import answers_ok
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
-from .test_remote_retries import raised_within
+from .test_remote_retries import raised_within, serving_each_connection
 
 __all__ = ["answers_ok"]  # (the fixture, imported for pytest)
 
@@ -36,3 +43,59 @@ def test_a_call_interrupted_as_it_takes_its_slot_gives_it_back(answers_ok: int) 
     assert not isinstance(answered, BaseException), answered
     assert took_s < 0.5
     assert free == 1  # (the one slot, given back once)
+
+
+@pytest.fixture
+def answers_ok_noting_closes() -> Iterator[tuple[int, threading.Event]]:
+    """A port whose server answers every request of a kept-alive connection with a 200 of ``{}``, and an
+    Event set once the client has closed a connection (its end of data)."""
+    closed = threading.Event()
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        with conn:
+            conn.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    if not conn.recv(65536):
+                        closed.set()
+                        return
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed.set()
+                    return
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+
+    for port in serving_each_connection(answer):
+        yield port, closed
+
+
+def test_close_as_a_call_gives_its_connection_back_leaves_none_open(
+    answers_ok_noting_closes: tuple[int, threading.Event],
+) -> None:
+    """close() on another thread (a server shutting down) ran as a call that had its answer gave its
+    connection back, between urllib3's look at the pool (still open) and the connection's arrival in it:
+    urllib3's close had taken the idle connections out and closed them already, so the connection stayed in
+    the closed pool, open, until the collector found it (a ResourceWarning, and the server's end held open)."""
+    port, closed = answers_ok_noting_closes
+    client = _oip_client.HttpClient(f"http://127.0.0.1:{port}", max_connections=1, connect_timeout_s=5.0, headers={})
+    put = _oip_client._Slots.put
+    closer = threading.Thread(target=client.close, daemon=True)
+
+    def tracer(frame: Any, kind: str, arg: Any) -> Any:
+        if frame.f_code is put.__code__ and frame.f_locals.get("item") is not None and not closer.is_alive():
+            sys.settrace(None)
+            closer.start()  # (close() runs to its end as the connection is on its way back)
+            closer.join(5.0)
+        return None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        with contextlib.suppress(_oip_client.TransportError):  # (close() ended the call in flight at once)
+            client.request("GET", "/v2", timeout_s=5.0)
+    finally:
+        sys.settrace(previous)
+        client.close()
+    assert closer.ident is not None and not closer.is_alive()
+    assert closed.wait(2.0)  # (the client's end of the connection is closed)
