@@ -31,13 +31,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _process_entry_point() -> bool:
     """Whether :func:`main` runs as the process's own entry point: ``python -m inprocserve`` (this module is
     ``__main__``), or the installed command's script, whose ``__main__`` holds ``main`` and runs as the command
-    (pip's script takes ``.exe`` or ``-script.py`` off ``sys.argv[0]``). A program of the user's that imported
+    (pip's script takes ``.exe`` or ``-script.py`` off ``sys.argv[0]``; run through a link of another name,
+    it is judged by the script the link names). A program of the user's that imported
     ``main`` into its own ``__main__`` holds it too, and goes on once it returns: taken for the command, it was
     left with SIG_DFL on its stop signals after a stopped command, and its next Ctrl-C killed it, its own
     clean-up skipped."""
     if getattr(sys.modules.get("__main__"), "main", None) is not main:
         return False
-    return __name__ == "__main__" or (bool(sys.argv) and Path(sys.argv[0]).name == _COMMAND)
+    if __name__ == "__main__" or not sys.argv:
+        return __name__ == "__main__"
+    launched = Path(sys.argv[0])
+    if launched.name == _COMMAND:
+        return True
+    # Run through a link of another name to the installed script (``pipx install --suffix=@2`` exposes
+    # ``inprocserve@2``; an alias): by its own name only, it was taken for a program of the user's, and a second
+    # Ctrl-C in a stopped command's exit path was ignored (a hung exit ended by SIGKILL only).
+    try:
+        return launched.resolve().name == _COMMAND
+    except (OSError, RuntimeError):  # (a link loop: RuntimeError before Python 3.13)
+        return False
 
 
 if __name__ == "__main__":

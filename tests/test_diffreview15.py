@@ -4,21 +4,25 @@ entry point (c758a4f) and the loop's merged latencies (d6a711c): behaviour that 
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from inprocserve import _oip_client
 
+from .interruptible import measuring
+from .test_cli_hardening import mlp
 from .test_diffreview13 import answers_ok
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_remote_retries import raised_within, serving_each_connection
 
-__all__ = ["answers_ok"]  # (the fixture, imported for pytest)
+__all__ = ["answers_ok", "mlp"]  # (the fixtures, imported for pytest)
 
 
 def test_a_call_interrupted_as_it_takes_its_slot_gives_it_back(answers_ok: int) -> None:
@@ -99,3 +103,44 @@ def test_close_as_a_call_gives_its_connection_back_leaves_none_open(
         client.close()
     assert closer.ident is not None and not closer.is_alive()
     assert closed.wait(2.0)  # (the client's end of the connection is closed)
+
+
+# The installed command's script as pip writes it (its name's .exe or -script.pyw taken off argv[0]), held in its
+# exit path by an atexit callback, which it says on stdout as it enters it.
+_INSTALLED_SCRIPT = """
+import atexit, re, sys, time
+atexit.register(time.sleep, 60.0)
+atexit.register(print, "exiting", flush=True)
+from inprocserve.__main__ import main
+if __name__ == "__main__":
+    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
+    sys.exit(main())
+"""
+
+
+def test_the_installed_command_run_by_another_name_ends_at_a_second_ctrl_c_as_it_exits(
+    mlp: Path, tmp_path: Path
+) -> None:
+    """The installed command run through a link of another name (``pipx install --suffix=@2`` exposes
+    ``inprocserve@2``, a link to the environment's ``inprocserve``; an alias an administrator made) was not
+    taken for the process's entry point (c758a4f judged argv[0]'s own name): a second Ctrl-C as a stopped
+    command's process exited raised a KeyboardInterrupt in its exit path, a traceback after its one line, as
+    before 06edfd0, where the command run by its own name ends at once by the signal, with nothing more said."""
+    script = tmp_path / "venv" / "bin" / "inprocserve"
+    script.parent.mkdir(parents=True)
+    script.write_text(_INSTALLED_SCRIPT)
+    link = tmp_path / "bin" / "inprocserve@2"
+    link.parent.mkdir()
+    link.symlink_to(script)
+    target = tmp_path / "out" / "q.onnx"
+    target.parent.mkdir()
+    command = [sys.executable, str(link), "quantize", "--seconds", "60", str(mlp), str(target)]
+    with measuring(command, target.parent) as process:
+        process.send_signal(signal.SIGINT)
+        assert process.stderr is not None and process.stdout is not None
+        line = process.stderr.readline()  # (said: it is exiting)
+        assert process.stdout.readline() == "exiting\n"  # (its command returned: held in its exit path)
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=30)
+    assert line.startswith("error: stopped by SIGINT"), line
+    assert process.returncode in (130, -signal.SIGINT) and rest == "", (process.returncode, rest)
