@@ -22,11 +22,12 @@ import os
 import queue
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import _fork, _stop_signal
@@ -287,7 +288,26 @@ class HttpClient:
         self._watchdog.forget()
 
 
-class _Slots(queue.LifoQueue[Any]):
+def _stdlib_lifo_queue() -> Any:
+    """The standard library's ``LifoQueue``, also where gevent patched ``queue`` before this module was imported
+    (gevent's advice; gunicorn's gevent worker without ``--preload``): the class gevent put there has none of its
+    lock and conditions, and :class:`_Slots` built on it failed every call ('the connection pool is closed',
+    urllib3's word for the AttributeError of its first wait) and raised from close(). Its locks are made as a
+    pool is, so under the patch they are gevent's."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        with contextlib.suppress(Exception):  # (another gevent than the one this was written for)
+            return monkey.get_original("queue", "LifoQueue")
+    return queue.LifoQueue
+
+
+if TYPE_CHECKING:
+    _LifoQueue = queue.LifoQueue
+else:
+    _LifoQueue = _stdlib_lifo_queue()
+
+
+class _Slots(_LifoQueue[Any]):
     """urllib3's queue of a pool's connections (``None``: a free slot without one), put in its place, whose
     waiters :meth:`close` ends at once. urllib3's own close takes the idle connections out and gives back none
     that a call in flight returns: a call waiting for one waited its whole timeout, for nothing, after close()

@@ -4,8 +4,11 @@ entry point (c758a4f) and the loop's merged latencies (d6a711c): behaviour that 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -144,3 +147,55 @@ def test_the_installed_command_run_by_another_name_ends_at_a_second_ctrl_c_as_it
         _, rest = process.communicate(timeout=30)
     assert line.startswith("error: stopped by SIGINT"), line
     assert process.returncode in (130, -signal.SIGINT) and rest == "", (process.returncode, rest)
+
+
+# A process patched by gevent before it imports inprocserve (gevent's advice; gunicorn's gevent worker without
+# --preload): greenlets make remote calls over a pool of 2 connections to a server of the same process.
+_PATCHED_BEFORE_IMPORT = """
+from gevent import monkey
+monkey.patch_all()
+import gevent, json, socket
+from inprocserve import _oip_client
+
+listener = socket.create_server(("127.0.0.1", 0))
+
+def answer(conn):
+    with conn:
+        while conn.recv(65536):
+            gevent.sleep(0.01)
+            conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\n{}")
+
+def accept():
+    while True:
+        gevent.spawn(answer, listener.accept()[0])
+
+gevent.spawn(accept)
+client = _oip_client.HttpClient(
+    f"http://127.0.0.1:{listener.getsockname()[1]}", max_connections=2, connect_timeout_s=5.0, headers={}
+)
+
+def call():
+    try:
+        return client.request("GET", "/v2", timeout_s=5.0).status
+    except Exception as exc:
+        return str(exc)
+
+calls = [gevent.spawn(call) for _ in range(6)]
+gevent.joinall(calls, timeout=20)
+client.close()
+print(json.dumps([each.value for each in calls]))
+"""
+
+
+def test_remote_calls_under_gevent_patched_before_import_are_answered() -> None:
+    """ce40bea's pool of slots subclassed ``queue.LifoQueue`` as the module was imported: gevent's patch,
+    made before (as gevent advises), had put its own queue there, which has no lock or conditions of the
+    standard library's; the pool's first wait for a slot raised AttributeError, which urllib3 takes for a
+    closed pool: every remote call failed, 'the connection pool is closed'."""
+    pytest.importorskip("gevent")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.run(
+        [sys.executable, "-c", _PATCHED_BEFORE_IMPORT], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+    assert child.returncode == 0, child.stderr
+    assert json.loads(child.stdout.splitlines()[-1]) == [200] * 6
