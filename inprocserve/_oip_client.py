@@ -366,6 +366,11 @@ class _Slots(_LifoQueue[Any]):
         super().put(item, block, timeout)
 
     def _put(self, item: Any) -> None:
+        # Noted before the slot is back, with nothing in between where a signal handler runs: noted after, an
+        # interruption as the append returned left the call noted as holding a slot it had given back, and
+        # request() gave it back again (a full pool's FullPoolError raised in place of the interruption; one
+        # slot more than max_connections in a pool with other calls in flight).
+        _calls.holding = False  # (a slot given back: the call that gives it holds none now)
         if self._closed or self._pool.pool is None:  # (urllib3's close: its pool let go of first)
             # Given back as close() ran: urllib3 saw its pool open, then its close took the idle connections
             # out and closed them before this one came in. Kept, it stayed open (the server's end held too)
@@ -373,8 +378,7 @@ class _Slots(_LifoQueue[Any]):
             if item is not None:
                 item.close()
         else:
-            super()._put(item)
-        _calls.holding = False  # (a slot given back: the call that gives it holds none now)
+            self.queue.append(item)  # (LifoQueue._put's, spelled out: a call of it is a point where a handler runs)
 
 
 def _failed(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -199,3 +200,53 @@ def test_remote_calls_under_gevent_patched_before_import_are_answered() -> None:
     )
     assert child.returncode == 0, child.stderr
     assert json.loads(child.stdout.splitlines()[-1]) == [200] * 6
+
+
+@contextlib.contextmanager
+def interrupted_as_appended() -> Iterator[None]:
+    """Raise ``Interrupted`` once, in the main thread, as the append of a slot given back to a pool's queue
+    returns: where a signal arriving then is handled, the return of the function that called it (the queue's
+    ``_put``, the standard library's or the pool's own)."""
+    codes = {queue.LifoQueue._put.__code__, _oip_client._Slots._put.__code__}
+
+    def local(frame: Any, kind: str, arg: Any) -> Any:
+        if kind == "return":
+            sys.settrace(None)
+            frame.f_trace = None
+            raise Interrupted
+        return local
+
+    def tracer(frame: Any, kind: str, arg: Any) -> Any:
+        return local if frame.f_code in codes else None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
+
+
+def test_a_call_interrupted_as_its_slot_goes_back_raises_the_interruption_and_gives_it_back_once(
+    answers_ok: int,
+) -> None:
+    """Ctrl-C's KeyboardInterrupt or gevent's Timeout raised as the call's connection went back into the pool
+    (right after the queue's append, a call into C where a signal handler runs) came before the slot was
+    noted as given back: request() gave it back a second time, which a full pool refuses with urllib3's
+    FullPoolError, raised in place of the interruption (a TransportError: Ctrl-C turned into a failed call that
+    the caller may retry), and which a pool with other calls in flight took, one slot more than
+    max_connections from then on."""
+    client = _oip_client.HttpClient(
+        f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
+    )
+    try:
+        assert client.request("GET", "/v2", timeout_s=5.0).status == 200
+        with pytest.raises(Interrupted), interrupted_as_appended():
+            client.request("GET", "/v2", timeout_s=5.0)
+        answered, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
+        free = client._slots.qsize()
+    finally:
+        client.close()
+    assert not isinstance(answered, BaseException), answered
+    assert took_s < 0.5
+    assert free == 1  # (the one slot, given back once)
