@@ -4,6 +4,7 @@ entry point (c758a4f) and the loop's merged latencies (d6a711c): behaviour that 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import queue
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3.connectionpool
 
 from inprocserve import _oip_client
 
@@ -250,3 +252,23 @@ def test_a_call_interrupted_as_its_slot_goes_back_raises_the_interruption_and_gi
     assert not isinstance(answered, BaseException), answered
     assert took_s < 0.5
     assert free == 1  # (the one slot, given back once)
+
+
+def test_a_call_interrupted_as_its_kept_connection_is_checked_closes_it(answers_ok: int) -> None:
+    """Interrupted (Ctrl-C, gevent's ``Timeout``) as urllib3 checked the kept-alive connection the call had just
+    taken (``is_connection_dropped``, before urlopen holds it): urllib3's clean-up gave a free slot back, and
+    the connection, open, was left to the collector (a ResourceWarning, a descriptor held meanwhile)."""
+    client = _oip_client.HttpClient(
+        f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
+    )
+    checked = urllib3.connectionpool.is_connection_dropped
+    try:
+        assert client.request("GET", "/v2", timeout_s=5.0).status == 200
+        with pytest.raises(Interrupted), interrupted_at(checked.__code__):
+            client.request("GET", "/v2", timeout_s=5.0)
+        answered, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
+        gc.collect()  # (a connection left open says so now)
+    finally:
+        client.close()
+    assert not isinstance(answered, BaseException), answered
+    assert took_s < 0.5
