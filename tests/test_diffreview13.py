@@ -129,7 +129,7 @@ def test_a_call_interrupted_as_its_answer_is_read_gives_its_connection_back(answ
     client = _oip_client.HttpClient(
         f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
     )
-    answered, took_s = answered_after_an_interrupted_call(
+    answered, took_s, _ = answered_after_an_interrupted_call(
         client, interrupted_at(_oip_client.HttpClient._read.__code__), status=200
     )
     assert not isinstance(answered, BaseException), answered
@@ -138,14 +138,16 @@ def test_a_call_interrupted_as_its_answer_is_read_gives_its_connection_back(answ
 
 def answered_after_an_interrupted_call(
     client: _oip_client.HttpClient, interruption: AbstractContextManager[None], *, status: int
-) -> tuple[Any, float]:
+) -> tuple[Any, float, int]:
     """A call answered (``status``), one ``interruption`` stops, then one more with 1 s to get a connection: what
-    that last one got (its answer, or what it raised) and how long it took. The client is closed after."""
+    that last one got (its answer, or what it raised), how long it took, and the client's free connection slots
+    after it. The client is closed after."""
     try:
         assert client.request("GET", "/v2", timeout_s=5.0).status == status
         with pytest.raises(Interrupted), interruption:
             client.request("GET", "/v2", timeout_s=5.0)
-        return raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
+        answered, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
+        return answered, took_s, client._slots.qsize()
     finally:
         client.close()
 

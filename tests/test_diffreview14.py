@@ -72,7 +72,7 @@ def test_a_call_interrupted_as_its_read_cleans_up_gives_its_connection_back(answ
     )
     read = _oip_client.HttpClient._read
     cleaning_up = line_of(read, "finally:")  # (interrupted at the clean-up's first call)
-    answered, took_s = answered_after_an_interrupted_call(
+    answered, took_s, _ = answered_after_an_interrupted_call(
         client, interrupted_at(read.__code__, after_line=cleaning_up + 1), status=500
     )
     assert not isinstance(answered, BaseException), answered

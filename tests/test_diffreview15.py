@@ -24,7 +24,7 @@ from inprocserve import _oip_client
 
 from .interruptible import measuring
 from .test_cli_hardening import mlp
-from .test_diffreview13 import answers_ok
+from .test_diffreview13 import answered_after_an_interrupted_call, answers_ok
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_remote_retries import raised_within, serving_each_connection
 
@@ -42,14 +42,9 @@ def test_a_call_interrupted_as_it_takes_its_slot_gives_it_back(answers_ok: int) 
     )
     get = _oip_client._Slots.get
     taken = line_of(get, "self._get()")  # (interrupted at the first line past the slot's taking)
-    try:
-        assert client.request("GET", "/v2", timeout_s=5.0).status == 200
-        with pytest.raises(Interrupted), interrupted_at(get.__code__, after_line=taken):
-            client.request("GET", "/v2", timeout_s=5.0)
-        answered, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
-        free = client._slots.qsize()
-    finally:
-        client.close()
+    answered, took_s, free = answered_after_an_interrupted_call(
+        client, interrupted_at(get.__code__, after_line=taken), status=200
+    )
     assert not isinstance(answered, BaseException), answered
     assert took_s < 0.5
     assert free == 1  # (the one slot, given back once)
@@ -241,14 +236,7 @@ def test_a_call_interrupted_as_its_slot_goes_back_raises_the_interruption_and_gi
     client = _oip_client.HttpClient(
         f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
     )
-    try:
-        assert client.request("GET", "/v2", timeout_s=5.0).status == 200
-        with pytest.raises(Interrupted), interrupted_as_appended():
-            client.request("GET", "/v2", timeout_s=5.0)
-        answered, took_s = raised_within(lambda: client.request("GET", "/v2", timeout_s=1.0))
-        free = client._slots.qsize()
-    finally:
-        client.close()
+    answered, took_s, free = answered_after_an_interrupted_call(client, interrupted_as_appended(), status=200)
     assert not isinstance(answered, BaseException), answered
     assert took_s < 0.5
     assert free == 1  # (the one slot, given back once)
