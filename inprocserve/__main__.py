@@ -38,8 +38,10 @@ def _process_entry_point() -> bool:
     clean-up skipped."""
     if getattr(sys.modules.get("__main__"), "main", None) is not main:
         return False
-    if __name__ == "__main__" or not sys.argv:
-        return __name__ == "__main__"
+    if __name__ == "__main__":  # (python -m inprocserve)
+        return True
+    if not sys.argv:
+        return False
     launched = Path(sys.argv[0])
     if launched.name == _COMMAND:
         return True

@@ -174,21 +174,21 @@ def unwind_on_sigterm() -> Iterator[None]:
         yield
         return
 
-    def terminate(signum: int, frame: FrameType | None) -> None:
+    def raise_once(first: BaseException | type[BaseException]) -> None:
+        # Raised once: a second stop signal while the command cleans up is ignored, unless Python dropped the
+        # first one's exception (see _stop_lost); raised again, it is the first one's (a Ctrl-C after a dropped
+        # SIGTERM unwinds as SIGTERM, as the command's line says)
         global _stopped_by, _stop_lost
         if _stopped_by is None or _stop_lost:
             _stop_lost = False
-            _stopped_by = _stopped_by or Terminated(signum)
+            _stopped_by = _stopped_by or first
             raise _stopped_by
 
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise_once(Terminated(signum))
+
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        global _stopped_by, _stop_lost
-        if (
-            _stopped_by is None or _stop_lost
-        ):  # (raised once, as SIGTERM: a second Ctrl-C while it cleans up is ignored)
-            _stop_lost = False
-            _stopped_by = _stopped_by or KeyboardInterrupt
-            raise KeyboardInterrupt
+        raise_once(KeyboardInterrupt)
 
     def quiet_when_stopped(unraisable: sys.UnraisableHookArgs) -> None:
         # A stop raised where Python cannot raise it (a weakref callback of the import system, a __del__) is

@@ -1543,7 +1543,7 @@ def _joined(
         return False
     if rows > batcher.max_rows:  # runs in slices: the full way
         return False
-    # (no tracer provider: no span, as start_request_span answers, without its two calls)
+    # (no tracer provider: no span, as start_request_span answers; _telemetry.tracing()'s test inlined, not two calls)
     span = INVALID_SPAN if trace._TRACER_PROVIDER is None else batcher.telemetry.start_request_span(since=started)
     if timeout_s is None:
         deadline, expires_at = None, _NEVER

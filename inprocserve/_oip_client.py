@@ -55,7 +55,8 @@ that close to the server's timeout. A new connection costs a connect (a TLS hand
 only after a second without calls. A server that says its timeout (``Keep-Alive: timeout=5``: Node, Apache,
 nginx when told to) has its connections used up to a second before it (see :func:`_idle_limit`)."""
 _calls = threading.local()  # .watch: the call this thread is making, for the connection to arm with its socket
-# (.holding: whether that call holds one of the pool's slots; .answered_on: the connection its answer came on)
+# (.holding: whether that call holds one of the pool's slots; .taken: the connection it took with its slot, closed
+# if a free slot comes back for it; .answered_on: the connection its answer came on, see _give_back_lost)
 
 
 def _gevent_local() -> None:

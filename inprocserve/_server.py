@@ -441,7 +441,7 @@ class Server(RolloutMethods):
             finally:
                 del refusal
         recorder = batcher.telemetry
-        # (no tracer provider, no span: asked here, not in the two calls that would answer INVALID_SPAN)
+        # (no tracer provider, no span: _telemetry.tracing()'s test inlined, not two calls answering INVALID_SPAN)
         span = INVALID_SPAN if _trace._TRACER_PROVIDER is None else recorder.start_request_span(since=started)
         if cache is not None and outputs is not None:  # a hit (which takes no runner)
             self._telemetry.cache_result(recorder, "hit")
