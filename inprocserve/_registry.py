@@ -912,14 +912,29 @@ class Registry:
             return candidate
         if held.get(candidate) != problems:
             held[candidate] = problems
+            # With no stable version named, the decision lives in this worker's memory only: a worker that
+            # starts now (recycled, restarted, scaled up) has no version serving to compare with and takes
+            # the newest. Said here, where the operator learns of the hold, with how to hold the fleet.
+            fleet = (
+                ""
+                if pin is not None
+                else (
+                    f" No stable version is named, so a worker that starts now serves version {candidate}: to "
+                    f"hold every worker on version {baseline.version}, name it ([rollout] stable = "
+                    f"{baseline.version} in the model's config.toml, or `python -m inprocserve switch --force "
+                    f"REPOSITORY {name} {baseline.version}`: forced, as workers started since may serve version "
+                    f"{candidate})."
+                )
+            )
             logger.warning(
                 "model %r version %s is not compatible with version %s, which keeps serving by default "
-                "(pin version=%s, or switch(..., force=True) to promote it): %s",
+                "(pin version=%s, or switch(..., force=True) to promote it): %s.%s",
                 name,
                 candidate,
                 baseline.version,
                 candidate,
                 "; ".join(problems),
+                fleet,
             )
             add_safely(
                 METRICS.incompatible, 1, {"inprocserve.model.name": name, "inprocserve.model.version": candidate}
