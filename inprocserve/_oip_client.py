@@ -350,8 +350,12 @@ class _Slots(_LifoQueue[Any]):
         # KeyboardInterrupt: as a Python function begins, or a call into C returns): noted after, an
         # interruption as it was taken (as not_full.notify() began) left a call holding a slot not noted so,
         # whose free slot urllib3's clean-up gives back was refused (see put), and the slot was lost for good.
+        # The same for the connection taken: noted before it leaves the queue (an index and a del, no call). Popped
+        # first, an interruption as pop() returned left it noted nowhere: urllib3's clean-up gave a free slot back
+        # and the connection was left open to the garbage collector (a ResourceWarning, the server's end held).
         _calls.holding = True  # (this thread's call holds a slot: see HttpClient._give_back_lost)
-        _calls.taken = item = self.queue.pop()  # (closed if it comes back as a free slot: see put)
+        _calls.taken = item = self.queue[-1]  # (closed if it comes back as a free slot: see put)
+        del self.queue[-1]
         return item
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:  # noqa: FBT001, FBT002
