@@ -25,7 +25,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -45,6 +45,7 @@ _ERROR_BODY_BYTES = 64 << 10
 """How much of an error answer's body (a status of 300 or more) is read: enough for its message. An error is
 judged by its status, so a long one (a validation error that echoes the inputs back) is the same error as a
 short one, not an answer too long; the rest is left unread, and its connection closed rather than reused."""
+_CLEAN_UP_TRIES = 3  # (an interrupted call's clean-up, run again where it is interrupted itself)
 _IDLE_S = 1.0
 """A kept-alive connection idle longer than this is closed rather than used again. A server closes a
 connection idle past its own keep-alive timeout (gunicorn 2 s, uvicorn and so MLServer 5 s, Node 5 s), and a
@@ -192,7 +193,7 @@ class HttpClient:
                 )
             except BaseException:
                 if getattr(_calls, "holding", False):  # (see _give_back_lost)
-                    self._give_back_lost()
+                    _despite_interruptions(self._give_back_lost)
                 raise
             try:
                 data = self._read(response, deadline, timeout_s, watch, min(max_bytes, MAX_RESPONSE_BYTES))
@@ -203,8 +204,7 @@ class HttpClient:
                 # lost so, each later call waited its whole timeout for none. (Noted by the pool's slots, not by
                 # _read: a clean-up begun may yet be interrupted before its release.)
                 if getattr(_calls, "holding", False):
-                    response.close()
-                    response.release_conn()
+                    _despite_interruptions(lambda: (response.close(), response.release_conn()))
                 raise
         except TransportError:
             raise
@@ -287,6 +287,25 @@ class HttpClient:
         """Drop the pool without touching its sockets: in a forked child they are the parent's."""
         self._pid = -1
         self._watchdog.forget()
+
+
+def _despite_interruptions(clean_up: Callable[[], object]) -> None:
+    """Run ``clean_up`` (an interrupted call's: it may run again) to its end even where it is interrupted itself
+    (Ctrl-C pressed again, an outer gevent Timeout, as the call cleans up): it is run again, up to
+    ``_CLEAN_UP_TRIES`` times, then the last interruption is raised. Cut short, the slot it gives back was lost
+    for good: with max_connections=1, every later call waited its whole timeout and failed."""
+    interruption: BaseException | None = None
+    for _ in range(_CLEAN_UP_TRIES):
+        try:
+            clean_up()
+        except Exception:
+            raise
+        except BaseException as exc:  # (KeyboardInterrupt, gevent's Timeout: not an error of the clean-up)
+            interruption = exc
+            continue
+        break
+    if interruption is not None:
+        raise interruption
 
 
 def _stdlib_lifo_queue() -> Any:

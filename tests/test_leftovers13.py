@@ -10,16 +10,21 @@ import sys
 import threading
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
+
+import pytest
+import urllib3.connectionpool
+import urllib3.response
 
 from inprocserve import _oip_client
 from inprocserve._oip_client import _Slots
 
+from .test_diffreview13 import answered_after_an_interrupted_call, answers_ok
 from .test_diffreview15 import answers_ok_noting_closes
-from .test_interrupted_callers import Interrupted
+from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 
-__all__ = ["answers_ok_noting_closes"]  # (the fixture, imported for pytest)
+__all__ = ["answers_ok", "answers_ok_noting_closes"]  # (the fixtures, imported for pytest)
 
 
 def after_each_call(function: Any) -> list[int]:
@@ -91,3 +96,58 @@ def test_a_call_interrupted_as_it_pops_its_kept_connection_closes_it(
         finally:
             client.close()
     assert interrupted >= 3  # (the points a call that finds a free slot passes)
+
+
+@contextmanager
+def interrupted_again_as_it_closes(
+    first: AbstractContextManager[None], owner: type, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """``first``'s interruption, then another as ``owner.close()`` begins (Ctrl-C pressed again, an outer gevent
+    Timeout, as the interrupted call cleans up)."""
+    close = owner.close  # type: ignore[attr-defined]
+    again = [Interrupted]
+
+    def interrupted_close(self: Any) -> None:
+        if again:
+            raise again.pop()
+        close(self)
+
+    monkeypatch.setattr(owner, "close", interrupted_close)
+    with first:
+        yield
+    assert not again, "not interrupted a second time"
+
+
+def test_a_second_interruption_as_an_interrupted_call_drops_its_connection_gives_the_slot_back(
+    answers_ok: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call interrupted as it reads its answer (Ctrl-C) is interrupted again as request() drops its
+    connection (Ctrl-C pressed again; an outer gevent Timeout): the slot was never given back, and with
+    max_connections=1 every later call waited its whole timeout and failed, 'no free connection'."""
+    client = _oip_client.HttpClient(
+        f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
+    )
+    first = interrupted_at(_oip_client.HttpClient._read.__code__)
+    twice = interrupted_again_as_it_closes(first, urllib3.response.HTTPResponse, monkeypatch)
+    answered, took_s, free = answered_after_an_interrupted_call(client, twice, status=200)
+    assert not isinstance(answered, BaseException), answered
+    assert took_s < 0.5
+    assert free == 1  # (the one slot, given back once)
+
+
+def test_a_second_interruption_as_a_call_interrupted_in_urllib3_drops_its_connection_gives_the_slot_back(
+    answers_ok: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a call interrupted in urllib3's own code once it had the answer (see test_diffreview14),
+    interrupted again as request() closes the connection the answer came on."""
+    client = _oip_client.HttpClient(
+        f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
+    )
+    urlopen = urllib3.connectionpool.HTTPConnectionPool.urlopen
+    answered_line = line_of(urlopen, "redirect_location = redirect and") - 1  # (urllib3 has the answer there)
+    first = interrupted_at(urlopen.__code__, after_line=answered_line)
+    twice = interrupted_again_as_it_closes(first, client._pool.ConnectionCls, monkeypatch)
+    answered, took_s, free = answered_after_an_interrupted_call(client, twice, status=200)
+    assert not isinstance(answered, BaseException), answered
+    assert took_s < 0.5
+    assert free == 1  # (the one slot, given back once)
