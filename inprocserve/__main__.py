@@ -7,9 +7,11 @@ for ``python -m inprocserve`` and for the installed ``inprocserve`` command (pip
 
 from __future__ import annotations
 
+import linecache
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 
 from . import _cli, _cli_common
 
@@ -35,12 +37,13 @@ def _process_entry_point() -> bool:
     it is judged by the script the link names). A program of the user's that imported
     ``main`` into its own ``__main__`` holds it too, and goes on once it returns: taken for the command, it was
     left with SIG_DFL on its stop signals after a stopped command, and its next Ctrl-C killed it, its own
-    clean-up skipped."""
+    clean-up skipped; one named ``inprocserve`` too (a wrapper of the user's own): only a script whose call is
+    ``sys.exit(main())`` is the command's."""
     if getattr(sys.modules.get("__main__"), "main", None) is not main:
         return False
     if __name__ == "__main__":  # (python -m inprocserve)
         return True
-    if not sys.argv:
+    if not sys.argv or not _exits_with_it(sys._getframe(2)):
         return False
     launched = Path(sys.argv[0])
     if launched.name == _COMMAND:
@@ -52,6 +55,16 @@ def _process_entry_point() -> bool:
         return launched.resolve().name == _COMMAND
     except (OSError, RuntimeError):  # (a link loop: RuntimeError before Python 3.13)
         return False
+
+
+def _exits_with_it(caller: FrameType | None) -> bool:
+    """Whether ``caller`` (the frame that called :func:`main`) ends the process with what it returns: the line of
+    the call is ``sys.exit(main())``, as in the scripts that pip, uv and conda write. A line that cannot be read
+    (a Windows launcher's zipped script, ``python -c``) is taken to (judged by the name alone, as before)."""
+    if caller is None:
+        return False
+    line = linecache.getline(caller.f_code.co_filename, caller.f_lineno, caller.f_globals)
+    return not line.strip() or "sys.exit(main())" in "".join(line.split())
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dis
 import gc
+import signal
 import sys
 import threading
 import warnings
@@ -24,13 +25,16 @@ from inprocserve._oip_client import _Slots
 from inprocserve._rollout import Router
 
 from .conftest import ServerFactory
+from .interruptible import measuring
 from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
+from .test_cli_hardening import mlp
 from .test_diffreview13 import answered_after_an_interrupted_call, answers_ok
+from .test_diffreview14 import _USERS_PROGRAM
 from .test_diffreview15 import answers_ok_noting_closes
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_loophard2 import _canary_server, _row
 
-__all__ = ["answers_ok", "answers_ok_noting_closes", "stopped_runs"]  # (the fixtures, imported for pytest)
+__all__ = ["answers_ok", "answers_ok_noting_closes", "mlp", "stopped_runs"]  # (the fixtures, imported for pytest)
 
 
 def after_each_call(function: Any) -> list[int]:
@@ -197,3 +201,21 @@ def test_a_reused_timeout_does_not_name_the_version_an_earlier_request_ran(
     stopped = asyncio.run(main())
     assert isinstance(stopped, InferenceError), stopped
     assert stopped.version is None, stopped.version  # (routed to none)
+
+
+def test_a_users_own_program_named_inprocserve_keeps_its_ctrl_c(mlp: Path, tmp_path: Path) -> None:
+    """A program of the user's named exactly ``inprocserve`` (a wrapper in ``/usr/local/bin`` of their own, run as
+    ``python inprocserve``) that runs a command through main() and goes on after it: taken for the installed
+    command by its name, a command stopped by Ctrl-C left it with SIG_DFL on its stop signals, and its next
+    Ctrl-C killed it, its own clean-up skipped. Only a script whose call is ``sys.exit(main())`` (pip's, uv's,
+    conda's) ends as main() returns."""
+    program = tmp_path / "bin" / "inprocserve"
+    program.parent.mkdir()
+    program.write_text(_USERS_PROGRAM)
+    target = tmp_path / "out" / "q.onnx"
+    target.parent.mkdir()
+    command = [sys.executable, str(program), "quantize", "--seconds", "60", str(mlp), str(target)]
+    with measuring(command, target.parent) as process:
+        process.send_signal(signal.SIGINT)
+        said, _ = process.communicate(timeout=30)
+    assert said == "130 True\n", said
