@@ -541,7 +541,10 @@ def add_switch(commands: Subparsers) -> None:
         "  python -m inprocserve switch --actor alice models/ fraud 3\n\n"
         "VERSION is loaded first, as validate loads it: one that does not load here is refused (exit status 1,\n"
         "nothing written); --no-load-check writes the change without loading it (a first switch of a model still\n"
-        "loads its versions, as far as this host can, to find the one serving now: the one to roll back to). A\n"
+        "loads its versions, as far as this host can, to find the one serving now: the one to roll back to. No\n"
+        "file records it: each worker's compatibility gate chose it by comparing the versions' inputs and\n"
+        "outputs, as onnxruntime or a remote server reports them, which only loading reads; a stable version\n"
+        "named in config.toml or the control file is taken as it is, unloaded). A\n"
         "VERSION whose inputs or outputs would break the callers of the version serving now is refused too;\n"
         "--force switches anyway.\n",
     )

@@ -21,6 +21,7 @@ import urllib3.connectionpool
 import urllib3.response
 
 from inprocserve import InferenceError, _oip_client
+from inprocserve.__main__ import main as cli_main
 from inprocserve._oip_client import _Slots
 from inprocserve._rollout import Router
 
@@ -219,3 +220,16 @@ def test_a_users_own_program_named_inprocserve_keeps_its_ctrl_c(mlp: Path, tmp_p
         process.send_signal(signal.SIGINT)
         said, _ = process.communicate(timeout=30)
     assert said == "130 True\n", said
+
+
+def test_switch_help_says_why_no_load_check_still_loads_a_first_switch_s_older_versions(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A host with too little memory is what --no-load-check is for, yet a first switch still loads the older
+    versions to find the one to roll back to: --help said so, not why (nothing records it; the workers' gate
+    chose it from the versions' signatures, which only loading reads) nor when it is not needed."""
+    with pytest.raises(SystemExit):
+        cli_main(["switch", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert "which only loading reads" in said
+    assert "named in config.toml or the control file is taken as it is, unloaded" in said
