@@ -1194,8 +1194,18 @@ class Router:
             else:
                 self._until_capture -= count
                 return
+        interruption: BaseException | None = None
         for request_id, request in zip(request_ids, requests, strict=False):  # (ids: as many or more)
-            self.served(request_id, request.decision, request.arrays, state)
+            try:
+                self.served(request_id, request.decision, request.arrays, state)
+            except Exception:
+                raise
+            except BaseException as exc:  # (gevent's Timeout, Ctrl-C on the loop's thread: raised once all are noted)
+                # Every request here was answered: raised on at once, the ones after it were counted served
+                # nowhere and their outcomes credited to no variant (record_outcome gave None).
+                interruption = exc
+        if interruption is not None:
+            raise interruption
 
     def _sample_due(self, arrays: Mapping[str, np.ndarray]) -> None:
         """A routed request's turn to be sampled: :meth:`served`'s count reached 0. A copy costs about 1 µs
