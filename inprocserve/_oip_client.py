@@ -45,6 +45,7 @@ _ERROR_BODY_BYTES = 64 << 10
 """How much of an error answer's body (a status of 300 or more) is read: enough for its message. An error is
 judged by its status, so a long one (a validation error that echoes the inputs back) is the same error as a
 short one, not an answer too long; the rest is left unread, and its connection closed rather than reused."""
+_WAKE_S = 0.05  # (the longest a call waiting for a free slot sleeps before it looks again: see _Slots.get)
 _CLEAN_UP_TRIES = 3  # (an interrupted call's clean-up, run again where it is interrupted itself)
 _IDLE_S = 1.0
 """A kept-alive connection idle longer than this is closed rather than used again. A server closes a
@@ -359,6 +360,10 @@ class _Slots(_LifoQueue[Any]):
                 left = None if deadline is None else deadline - time.monotonic()
                 if not block or (left is not None and left <= 0):
                     raise queue.Empty
+                # In slices: a call that gives a slot back and is interrupted (Ctrl-C, gevent's Timeout) as its
+                # not_empty.notify() begins, the slot back already, wakes no one: a waiter slept on to the end of its
+                # timeout beside a free slot, and failed. (Woken by a slice's end, it takes the slot.)
+                left = _WAKE_S if left is None else min(left, _WAKE_S)
                 self.not_empty.wait(left)
             item = self._get()
             self.not_full.notify()

@@ -25,7 +25,7 @@ from inprocserve.__main__ import main as cli_main
 from inprocserve._oip_client import _Slots
 from inprocserve._rollout import Router
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, wait_until
 from .interruptible import measuring
 from .test_batch_execution_interrupted import MARK, GeventLikeTimeout, stopped_runs
 from .test_cli_hardening import mlp
@@ -35,6 +35,7 @@ from .test_diffreview15 import answers_ok_noting_closes
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
 from .test_loophard2 import _canary_server, _row
+from .test_remote_retries import raised_within
 
 __all__ = ["answers_ok", "answers_ok_noting_closes", "mlp", "stopped_runs"]  # (the fixtures, imported for pytest)
 
@@ -301,3 +302,31 @@ def test_merged_tasks_answered_before_their_notes_are_interrupted_are_counted_se
         assert (variants["stable"]["served"] - served, credited) == (3, ["stable"] * 3)
     else:  # (the one whose note was interrupted: lost, as a lone request's is; the ones after it noted)
         assert (variants["stable"]["served"] - served, credited) == (2, ["stable", None, "stable"])
+
+
+def test_a_slot_given_back_as_its_waiter_s_wake_up_is_interrupted_still_serves_the_waiter(answers_ok: int) -> None:
+    """A call waits for the pool's one connection, held by another call; that call gives it back and is
+    interrupted (Ctrl-C, gevent's Timeout) as the waiter's wake-up (``not_empty.notify()``) begins, the slot
+    already back: the waiter slept on to the end of its timeout beside a free slot, and failed."""
+    client = _oip_client.HttpClient(
+        f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
+    )
+    try:
+        assert client.request("GET", "/v2", timeout_s=5.0).status == 200
+        taken = client._slots.get(timeout=5.0)  # (another call's: the one slot in use)
+        waiter = threading.Thread(target=lambda: outcome.append(raised_within(call)), daemon=True)
+        outcome: list[tuple[BaseException | None, float]] = []
+
+        def call() -> None:
+            client.request("GET", "/v2", timeout_s=3.0)
+
+        waiter.start()
+        wait_until(lambda: client._slots.not_empty._waiters)  # type: ignore[attr-defined]
+        with contextlib.suppress(Interrupted), interrupted_at(threading.Condition.notify.__code__):
+            client._slots.put(taken)
+        waiter.join(10.0)
+    finally:
+        client.close()
+    ((raised, took_s),) = outcome
+    assert raised is None, raised
+    assert took_s < 1.0
