@@ -1424,6 +1424,7 @@ def _off_loop(
     answered = [False]  # set by the thread once predict returned or raised: see _expire
 
     def call() -> Prediction:
+        reader = server._noting_routes()  # (the routed version noted on an interruption, for this call only)
         try:
             return predict()
         except Exception:
@@ -1434,7 +1435,7 @@ def _off_loop(
             error = InferenceError(
                 f"model {model!r}: the run was interrupted by {type(exc).__name__}; retry",
                 model=model,
-                version=server._routed_version(exc, version),  # (the version it ran on, once routed)
+                version=server._routed_version(exc, version, reader),  # (the version it ran on, once routed)
             )
             try:  # (this frame joins its traceback: its local would hold it, and the inputs, in a cycle)
                 raise error from exc
@@ -1442,6 +1443,7 @@ def _off_loop(
                 del error
         finally:
             answered[0] = True
+            server._stop_noting()  # (left set, it names no one's request: every call makes a new reader)
 
     def predict() -> Prediction:
         left = None if deadline is None else deadline - time.monotonic()

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import numbers
+import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -1275,8 +1276,16 @@ class Server(RolloutMethods):
         return self._registry.config_for(name, source, override)
 
     @staticmethod
-    def _routed_version(exc: BaseException, asked: int | None) -> int | None:
-        return routed_version(exc, asked)
+    def _noting_routes() -> object:
+        return noting_routes()
+
+    @staticmethod
+    def _stop_noting() -> None:
+        stop_noting()
+
+    @staticmethod
+    def _routed_version(exc: BaseException, asked: int | None, reader: object) -> int | None:
+        return routed_version(exc, asked, reader)
 
     def _after_fork_in_child(self) -> None:
         # A close() (or the exit's clean-up) under way in the parent: closed here too, and closed for good by
@@ -1475,25 +1484,44 @@ _ROUTED_TO = "_inprocserve_routed_to"
 """The attribute that tells which version a request was routed to, set on an interruption (gevent's
 ``Timeout``, ``KeyboardInterrupt``) raised out of the full way once it was routed: it is raised on as it is (a
 synchronous caller's Ctrl-C stays a ``KeyboardInterrupt``), and whoever turns it into an error for a task
-(``_off_loop``) names that version, not the one its caller asked for (``None`` when routed)."""
+(``_off_loop``) names that version, not the one its caller asked for (``None`` when routed). The note is
+``(reader, version)``: made only while a reader waits for it on this thread (:func:`noting_routes`), and read
+only by that reader. gevent raises one ``Timeout`` instance again: a note made for nobody (a synchronous
+caller's request), or for an earlier call, named the version an earlier request ran in a later one that was
+never routed."""
+
+_noting = threading.local()  # .reader: the token of the call that reads this thread's notes now, if any
+
+
+def noting_routes() -> object:
+    """Start reading the notes made on this thread (until :func:`stop_noting`); returns the reader's token."""
+    reader = object()
+    _noting.reader = reader
+    return reader
+
+
+def stop_noting() -> None:
+    _noting.reader = None
 
 
 def _mark_routed(exc: BaseException, version: int) -> None:
     """Note on ``exc`` (not an :class:`Exception`: those name their version themselves) that its request was
-    routed to ``version``."""
-    if not isinstance(exc, Exception):
+    routed to ``version``, for the reader on this thread (nothing without one)."""
+    reader = getattr(_noting, "reader", None)
+    if reader is not None and not isinstance(exc, Exception):
         with contextlib.suppress(AttributeError, TypeError):  # (an instance without a __dict__: nothing noted)
-            setattr(exc, _ROUTED_TO, version)
+            setattr(exc, _ROUTED_TO, (reader, version))
 
 
-def routed_version(exc: BaseException, asked: int | None) -> int | None:
-    """The version the request that ``exc`` interrupted was routed to, or ``asked`` if it was not routed yet;
-    the note is taken off (gevent raises one ``Timeout`` instance again: a later call must not read it)."""
-    routed: int | None = getattr(exc, _ROUTED_TO, None)
-    if routed is None:
+def routed_version(exc: BaseException, asked: int | None, reader: object) -> int | None:
+    """The version the request that ``exc`` interrupted was routed to, as noted for ``reader``, or ``asked``
+    if it was not routed yet (or the note is another's); the note is taken off."""
+    note = getattr(exc, _ROUTED_TO, None)
+    if not isinstance(note, tuple) or note[0] is not reader:
         return asked
     with contextlib.suppress(AttributeError, TypeError):
         delattr(exc, _ROUTED_TO)
+    routed: int = note[1]
     return routed
 
 

@@ -166,11 +166,6 @@ def test_a_second_interruption_as_a_call_interrupted_in_urllib3_drops_its_connec
     assert free == 1  # (the one slot, given back once)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_server.py (not this area): the routed-version note set on an interruption raised to a synchronous "
-    "caller is never taken off, and gevent raises one Timeout instance again",
-)
 def test_a_reused_timeout_does_not_name_the_version_an_earlier_request_ran(
     repository: Path, make_server: ServerFactory, stopped_runs: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
