@@ -293,8 +293,11 @@ class HttpClient:
 def _despite_interruptions(clean_up: Callable[[], object]) -> None:
     """Run ``clean_up`` (an interrupted call's: it may run again) to its end even where it is interrupted itself
     (Ctrl-C pressed again, an outer gevent Timeout, as the call cleans up): it is run again, up to
-    ``_CLEAN_UP_TRIES`` times, then the last interruption is raised. Cut short, the slot it gives back was lost
-    for good: with max_connections=1, every later call waited its whole timeout and failed."""
+    ``_CLEAN_UP_TRIES`` times while the call's slot is not back, then the last interruption is raised. Cut
+    short, the slot it gives back was lost for good: with max_connections=1, every later call waited its whole
+    timeout and failed. Once the slot is back it is not run again: the connection it gave back may be another
+    call's by then (a thread took it from the pool), and urllib3's response, interrupted before it let go of it,
+    closed it again under that call (its answer never came, 'the connection failed')."""
     interruption: BaseException | None = None
     for _ in range(_CLEAN_UP_TRIES):
         try:
@@ -303,7 +306,8 @@ def _despite_interruptions(clean_up: Callable[[], object]) -> None:
             raise
         except BaseException as exc:  # (KeyboardInterrupt, gevent's Timeout: not an error of the clean-up)
             interruption = exc
-            continue
+            if getattr(_calls, "holding", False):  # (noted by the pool's slots: see _Slots._put)
+                continue
         break
     if interruption is not None:
         raise interruption
