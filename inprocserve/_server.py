@@ -14,7 +14,6 @@ import contextlib
 import functools
 import logging
 import numbers
-import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -66,6 +65,7 @@ from ._scoring_plan import checked_whole_input, plan_for_version
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES, STOP_WAIT_S, ShadowComparison, ShadowRunner
 from ._snapshot import brief_status, gauge_source, server_status
 from ._telemetry import METRICS, end_safely, start_request_span
+from ._thread_values import ThreadValue
 from .web import Readiness, flags_setting_problem, readiness, shadow_setting_problem
 
 __all__ = ["Server"]
@@ -1490,24 +1490,27 @@ only by that reader. gevent raises one ``Timeout`` instance again: a note made f
 caller's request), or for an earlier call, named the version an earlier request ran in a later one that was
 never routed."""
 
-_noting = threading.local()  # .reader: the token of the call that reads this thread's notes now, if any
+_noting: ThreadValue[object | None] = ThreadValue(None)  # the token of the call that reads this thread's notes now
+# (one per caller: a greenlet under gevent's patch, also one made after this module was imported, as gunicorn's
+# --preload does. A threading.local made here was one for all of a thread's greenlets then: another greenlet's
+# call that ended stopped the reading of the one interrupted, whose error named the version asked for.)
 
 
 def noting_routes() -> object:
     """Start reading the notes made on this thread (until :func:`stop_noting`); returns the reader's token."""
     reader = object()
-    _noting.reader = reader
+    _noting.set(reader)
     return reader
 
 
 def stop_noting() -> None:
-    _noting.reader = None
+    _noting.set(None)
 
 
 def _mark_routed(exc: BaseException, version: int) -> None:
     """Note on ``exc`` (not an :class:`Exception`: those name their version themselves) that its request was
     routed to ``version``, for the reader on this thread (nothing without one)."""
-    reader = getattr(_noting, "reader", None)
+    reader = _noting.get()
     if reader is not None and not isinstance(exc, Exception):
         with contextlib.suppress(AttributeError, TypeError):  # (an instance without a __dict__: nothing noted)
             setattr(exc, _ROUTED_TO, (reader, version))

@@ -3,6 +3,7 @@ is interrupted must not touch a connection once it is back in the pool, where an
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import threading
 from typing import Any
@@ -15,6 +16,7 @@ from inprocserve._oip_client import _Slots
 from .conftest import wait_until
 from .test_diffreview13 import answers_ok
 from .test_interrupted_callers import Interrupted, interrupted_at
+from .test_thread_values import ROOT
 
 __all__ = ["answers_ok"]  # (the fixture, imported for pytest)
 
@@ -68,3 +70,45 @@ def test_a_clean_up_run_again_leaves_the_connection_another_call_took_from_the_p
         assert client._slots.qsize() == 1  # (the one slot, given back once)
     finally:
         client.close()
+
+
+# A process that imported inprocserve before gevent patched it (gunicorn's gevent worker with --preload): two
+# greenlets of one OS thread make off-loop calls (each starts reading this thread's routed-version notes); one
+# ends first. The other is interrupted once routed to version 2 (gevent's Timeout) and names what it ran on.
+_NOTES_AFTER_A_LATE_PATCH = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from inprocserve import _server
+from gevent import monkey
+monkey.patch_all()
+import gevent
+
+def interrupted_once_routed():
+    reader = _server.noting_routes()
+    gevent.sleep(0.05)  # (the other call starts and ends meanwhile)
+    stopped = gevent.Timeout()
+    _server._mark_routed(stopped, 2)
+    return _server.routed_version(stopped, None, reader)
+
+def answered():
+    _server.noting_routes()
+    _server.stop_noting()
+
+first = gevent.spawn(interrupted_once_routed)
+gevent.spawn(answered)
+first.join(10)
+print(first.value)
+"""
+
+
+def test_under_a_late_gevent_patch_a_greenlet_s_interrupted_call_names_the_version_it_was_routed_to() -> None:
+    """The routed-version note was kept in a ``threading.local`` made as inprocserve was imported: imported
+    before gevent's patch (gunicorn's ``--preload``), one for all the greenlets of a thread. Another greenlet's
+    off-loop call that ended meanwhile stopped the reading for both: the interrupted call's InferenceError named
+    the version asked for (None), not the one it ran on."""
+    pytest.importorskip("gevent")
+    run = subprocess.run(
+        [sys.executable, "-c", _NOTES_AFTER_A_LATE_PATCH, str(ROOT)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "2", run.stdout + run.stderr
