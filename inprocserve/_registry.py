@@ -912,20 +912,19 @@ class Registry:
             return candidate
         if held.get(candidate) != problems:
             held[candidate] = problems
-            # With no stable version named, the decision lives in this worker's memory only: a worker that
-            # starts now (recycled, restarted, scaled up) has no version serving to compare with and takes
+            # With no stable version named, or one named that is not loaded (gone from disk: the baseline is
+            # then the version serving by default), the decision lives in this worker's memory only: a worker
+            # that starts now (recycled, restarted, scaled up) has no version serving to compare with and takes
             # the newest. Said here, where the operator learns of the hold, with how to hold the fleet.
-            fleet = (
-                ""
-                if pin is not None
-                else (
-                    f" No stable version is named, so a worker that starts now serves version {candidate}: to "
-                    f"hold every worker on version {baseline.version}, name it ([rollout] stable = "
-                    f"{baseline.version} in the model's config.toml, or `python -m inprocserve switch --force "
-                    f"REPOSITORY {name} {baseline.version}`: forced, as workers started since may serve version "
-                    f"{candidate})."
+            fleet = ""
+            if pin is None or baseline.version != pin:
+                why = "No stable version is named" if pin is None else f"The stable version named, {pin}, is not loaded"
+                fleet = (
+                    f" {why}, so a worker that starts now serves version {candidate}: to hold every worker on "
+                    f"version {baseline.version}, name it ([rollout] stable = {baseline.version} in the model's "
+                    f"config.toml, or `python -m inprocserve switch --force REPOSITORY {name} {baseline.version}`: "
+                    f"forced, as workers started since may serve version {candidate})."
                 )
-            )
             logger.warning(
                 "model %r version %s is not compatible with version %s, which keeps serving by default "
                 "(pin version=%s, or switch(..., force=True) to promote it): %s.%s",

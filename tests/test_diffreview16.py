@@ -3,17 +3,21 @@ is interrupted must not touch a connection once it is back in the pool, where an
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
-from inprocserve import _oip_client
+from inprocserve import ModelConfig, RolloutConfig, _oip_client
 from inprocserve._oip_client import _Slots
+from inprocserve.testing import build_mlp_model, save_model
 
-from .conftest import wait_until
+from .conftest import ServerFactory, wait_until
 from .test_diffreview13 import answers_ok
 from .test_interrupted_callers import Interrupted, interrupted_at
 from .test_thread_values import ROOT
@@ -112,3 +116,30 @@ def test_under_a_late_gevent_patch_a_greenlet_s_interrupted_call_names_the_versi
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "2", run.stdout + run.stderr
+
+
+def test_a_hold_whose_named_stable_version_is_gone_says_that_workers_starting_now_serve_the_new_one(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``[rollout] stable = 1`` named, then version 1 removed from disk (an old release cleaned up): the gate
+    compares a new version with the one serving by default (2), not with the stable version named, which no
+    worker can load. Its hold of an incompatible version 3 lives in this worker's memory only: a worker that
+    starts now serves 3, as it would with nothing named. The warning left out that sentence (a stable version
+    was named), so the operator was not told that the fleet splits, nor how to hold it."""
+    x = {"x": np.ones((1, 4), np.float32)}
+    stable_named = {"m": ModelConfig(rollout=RolloutConfig(stable=1))}
+    for version in (1, 2):
+        save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", version)
+    running = make_server(repository, models=stable_named, poll_interval_s=None)
+    shutil.rmtree(repository / "m" / "1")
+    running.refresh()
+    assert running.predict("m", x).version == 2
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 3)
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        running.refresh()
+    [held] = [r.getMessage() for r in caplog.records if "not compatible" in r.getMessage()]
+    assert running.predict("m", x).version == 2
+    started = make_server(repository, models=stable_named, poll_interval_s=None)
+    assert started.status()["models"]["m"]["answering_version"] == 3  # (what the warning must say)
+    assert "a worker that starts now serves version 3" in held, held
+    assert "[rollout] stable = 2" in held, held
