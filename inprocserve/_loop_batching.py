@@ -55,7 +55,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, InvalidStateError
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -76,7 +76,7 @@ if TYPE_CHECKING:
     from ._batching import Batcher
     from ._model import ModelVersion
     from ._registry import Routes
-    from ._rollout import Decision
+    from ._rollout import Decision, Router
     from ._server import Server, _Opened
 
 __all__ = ["apredict", "loop_wakes"]
@@ -96,6 +96,7 @@ LOOP_WORK_PER_REQUEST_S = 15e-6
 _NEVER = float("inf")
 _ANSWER = object()  # a task's answer claimed by the worker posting it (see _LoopState._claims)
 _SPLIT_FROM_ROWS = 16  # a group smaller than this runs whole: halves this small run inefficiently
+_NOTE_TRIES = 3  # calls of served_many for one batch's notes, the first and after interruptions (_noted_served)
 # How long lone requests may be answered at once, on the loop, in one iteration (see _LoopState.alone): a task
 # that calls again and again yields to the loop after about this long, as a callback that runs this long would.
 LONE_STREAK_S = 0.001
@@ -623,7 +624,7 @@ class _LoopState:
                         waiter.set_exception(own_error(got) if len(members) > 1 else got)  # (each task its own)
                 start = end
         finally:
-            router.served_many(request_ids, members[:noted], routing)  # (each noted as served once recorded)
+            _noted_served(router, request_ids, members[:noted], routing)  # (each noted as served once recorded)
         group.answered()
 
     def _hand_over(self, group: _Group, members: list[_Member], *, on_loop: bool = True, ran: bool = False) -> None:
@@ -1179,6 +1180,28 @@ class _LoopFuture:
         self._state.post(waiter, value, error)
         if self._group is not None:  # after the answer: its group's deadline timer may be done with
             self._state.post(self._group, None, None)
+
+
+def _noted_served(router: Router, request_ids: Sequence[str], served: Sequence[_Member], routing: Any) -> None:
+    """``router.served_many`` of a merged batch's answered tasks, called again for the rest if an interruption
+    (a signal handler raising: gevent's ``Timeout``, Ctrl-C on the loop's thread) stopped it before it noted
+    them all: one as it began noted none, and the whole batch's served counts and credited outcomes were lost.
+    The first interruption is raised once all are noted (after ``_NOTE_TRIES`` calls at most)."""
+    progress = [0]
+    interruption: BaseException | None = None
+    for _ in range(_NOTE_TRIES):
+        done = progress[0]
+        try:
+            router.served_many(request_ids[done:], served[done:], routing, progress)
+        except Exception:
+            raise
+        except BaseException as exc:
+            if interruption is None:
+                interruption = exc
+            continue
+        break
+    if interruption is not None:
+        raise interruption
 
 
 def _stacked(members: list[_Member]) -> dict[str, Any]:

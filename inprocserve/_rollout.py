@@ -1181,11 +1181,18 @@ class Router:
                     self._drew_for_keys = False
 
     def served_many(
-        self, request_ids: Sequence[str], requests: Sequence[Served], state: RoutingState | None = None
+        self,
+        request_ids: Sequence[str],
+        requests: Sequence[Served],
+        state: RoutingState | None = None,
+        progress: list[int] | None = None,
     ) -> None:
         """:meth:`served` of each of ``requests`` (an event loop's merged requests), in order, with its id in
         ``request_ids``: requests of the default variant none of which is due to be sampled (nearly every
-        batch) are counted together."""
+        batch) are counted together. ``progress``: ``[n]``, increased by each request noted (or whose note
+        was interrupted), so that a caller interrupted before this noted them all can call again for the rest
+        (see ``_loop_batching._noted_served``); an interruption is raised once all are noted, the first if
+        several."""
         count = len(requests)
         if self._until_capture > count:
             for request in requests:
@@ -1193,6 +1200,8 @@ class Router:
                     break
             else:
                 self._until_capture -= count
+                if progress is not None:
+                    progress[0] += count
                 return
         interruption: BaseException | None = None
         for request_id, request in zip(request_ids, requests, strict=False):  # (ids: as many or more)
@@ -1203,7 +1212,10 @@ class Router:
             except BaseException as exc:  # (gevent's Timeout, Ctrl-C on the loop's thread: raised once all are noted)
                 # Every request here was answered: raised on at once, the ones after it were counted served
                 # nowhere and their outcomes credited to no variant (record_outcome gave None).
-                interruption = exc
+                if interruption is None:
+                    interruption = exc
+            if progress is not None:
+                progress[0] += 1
         if interruption is not None:
             raise interruption
 

@@ -252,20 +252,7 @@ def interrupted_at_the_second_call(owner: type, name: str, monkeypatch: pytest.M
     assert calls[0] >= 2, "not interrupted"
 
 
-@pytest.mark.parametrize(
-    "where",
-    [
-        pytest.param(
-            "as it begins",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="_loop_batching.py (not this area): served_many is called once for the batch, after every "
-                "task was answered; interrupted as it begins, no code of the router's runs to note them",
-            ),
-        ),
-        "as the second task is noted",
-    ],
-)
+@pytest.mark.parametrize("where", ["as it begins", "as the second task is noted"])
 def test_merged_tasks_answered_before_their_notes_are_interrupted_are_counted_served_and_credited(
     scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
