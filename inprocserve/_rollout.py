@@ -1205,6 +1205,10 @@ class Router:
                 return
         interruption: BaseException | None = None
         for request_id, request in zip(request_ids, requests, strict=False):  # (ids: as many or more)
+            # Counted before its note: counted after it, an interruption just after served() returned left the
+            # request noted but not counted, and the caller's next call noted it again (served twice).
+            if progress is not None:
+                progress[0] += 1
             try:
                 self.served(request_id, request.decision, request.arrays, state)
             except Exception:
@@ -1214,8 +1218,6 @@ class Router:
                 # nowhere and their outcomes credited to no variant (record_outcome gave None).
                 if interruption is None:
                     interruption = exc
-            if progress is not None:
-                progress[0] += 1
         if interruption is not None:
             raise interruption
 

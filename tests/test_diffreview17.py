@@ -1,0 +1,81 @@
+"""Review of the router notes resumed after an interruption (``_loop_batching._noted_served``) and of the
+routed-version reader an off-loop call starts (``_loop_batching._off_loop``)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inprocserve import ModelConfig, RolloutConfig, _loop_batching
+from inprocserve._rollout import Router
+
+from .conftest import ServerFactory
+from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
+
+
+class Interrupted(BaseException):
+    """What a signal handler raises on the loop's thread (Ctrl-C's ``KeyboardInterrupt``, gevent's ``Timeout``)."""
+
+
+@contextmanager
+def interrupted_after_the_first_note() -> Iterator[None]:
+    """Raise ``Interrupted`` once, in the main thread, in ``Router.served_many``: at the first line it runs
+    after its first ``self.served(...)`` call returned (wherever that line is)."""
+    source, first = inspect.getsourcelines(Router.served_many)
+    noting = first + next(index for index, line in enumerate(source) if "self.served(" in line)
+    seen = [False]
+
+    def local(frame: Any, kind: str, arg: Any) -> Any:
+        if kind == "line" and frame.f_lineno == noting:
+            seen[0] = True
+        elif seen[0] and kind in ("line", "return"):
+            sys.settrace(None)
+            frame.f_trace = None
+            raise Interrupted
+        return local
+
+    def tracer(frame: Any, kind: str, arg: Any) -> Any:
+        return local if frame.f_code is Router.served_many.__code__ else None
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
+    assert seen[0], "not interrupted"
+
+
+def test_a_merged_task_noted_just_before_an_interruption_is_counted_served_once(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stable version named, no flags: an event loop's three tasks run merged, and the router's notes of them
+    are interrupted (Ctrl-C on the loop's thread) just after the first task's note returned, before it was
+    counted as noted: the notes resumed from that task and noted it again, so the status page counted four
+    tasks served for three (and a sample of its inputs was due one task early)."""
+    server = _merged_server(
+        lambda repository: make_server(repository, config=ModelConfig(rollout=RolloutConfig(stable=1))),
+        scale_repository,
+    )
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    served = server.status()["models"]["scale"]["rollout"]["variants"]["stable"]["served"]
+    interruption = interrupted_after_the_first_note()
+
+    async def main() -> list[Any]:
+        calls = [asyncio.ensure_future(server.apredict("scale", x)) for x in _rows(1.0, 2.0, 3.0)]
+        with interruption:
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
+
+    answers = asyncio.run(main())
+    assert [_outcome(answer) for answer in answers] == [2.0, 4.0, 6.0]
+    _settled(server)
+    variants = server.status()["models"]["scale"]["rollout"]["variants"]
+    credited = [server.record_outcome(answer.request_id, 1.0) for answer in answers]
+    assert (variants["stable"]["served"] - served, credited) == (3, ["stable"] * 3)
