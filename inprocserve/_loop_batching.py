@@ -1447,8 +1447,11 @@ def _off_loop(
     answered = [False]  # set by the thread once predict returned or raised: see _expire
 
     def call() -> Prediction:
-        reader = server._noting_routes()  # (the routed version noted on an interruption, for this call only)
+        reader: object = None  # (None: no note is read for it; an interruption before routing names the one asked)
         try:
+            # (in the try: an interruption as it began left the call as it was, out of the loop's executor into
+            # the task and out of asyncio.run, where one a moment later gave the task an InferenceError)
+            reader = server._noting_routes()  # (the routed version noted on an interruption, for this call only)
             return predict()
         except Exception:
             raise

@@ -13,11 +13,14 @@ from typing import Any
 
 import pytest
 
-from inprocserve import ModelConfig, RolloutConfig, _loop_batching
+from inprocserve import InferenceError, ModelConfig, RolloutConfig, _loop_batching
 from inprocserve._rollout import Router
+from inprocserve._server import Server
 
 from .conftest import ServerFactory
+from .test_batch_execution_interrupted import GeventLikeTimeout
 from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
+from .test_loophard2 import _canary_server, _row
 
 
 class Interrupted(BaseException):
@@ -79,3 +82,33 @@ def test_a_merged_task_noted_just_before_an_interruption_is_counted_served_once(
     variants = server.status()["models"]["scale"]["rollout"]["variants"]
     credited = [server.record_outcome(answer.request_id, 1.0) for answer in answers]
     assert (variants["stable"]["served"] - served, credited) == (3, ["stable"] * 3)
+
+
+def test_an_off_loop_call_interrupted_as_it_starts_reading_its_notes_gives_its_task_an_error(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event loop's request routed on the loop's executor (a flag provider that may block), stopped by a
+    gevent ``Timeout`` as its call starts reading the routed-version notes: the interruption was raised out of
+    the executor's call as it was, into the task and out of ``asyncio.run``, where one a moment later gave the
+    task an InferenceError (``_off_loop``'s ``call`` turns it into one)."""
+    server, _flags = _canary_server(make_server, repository)
+    noting = Server._noting_routes
+
+    def interrupted() -> object:
+        monkeypatch.setattr(Server, "_noting_routes", staticmethod(noting))
+        raise GeventLikeTimeout("stopped as the call began")
+
+    monkeypatch.setattr(Server, "_noting_routes", staticmethod(interrupted))
+
+    async def main() -> Any:
+        try:
+            return await asyncio.wait_for(server.apredict("scale", _row(1.0), context={"user_id": "u1"}), BOUND_S)
+        except InferenceError as exc:
+            return exc
+
+    stopped = asyncio.run(main())
+    assert isinstance(stopped, InferenceError), stopped
+    assert "interrupted by GeventLikeTimeout" in str(stopped)
+    assert stopped.version is None, stopped.version  # (routed to none)
+    again = asyncio.run(main())  # (the executor's thread serves the next call)
+    assert not isinstance(again, BaseException), again
