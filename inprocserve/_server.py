@@ -356,6 +356,7 @@ class Server(RolloutMethods):
             else:
                 batcher.wait(request)
         except BaseException as exc:  # its deadline, or the caller's thread interrupted: free its followers
+            _mark_routed(exc, target.version)  # (an interruption: an off-loop task's error names the version)
             self._answered(request, self._version_of(request, target), exc)
             raise
         refused = None
@@ -365,7 +366,8 @@ class Server(RolloutMethods):
             try:
                 refused = _refusal(check, outputs, request.route.version, answering)
             except BaseException as exc:  # (its thread interrupted in the check: the requests following it go
-                self._answered(request, answering, exc)  # on without it, not wait)
+                _mark_routed(exc, target.version)  # on without it, not wait)
+                self._answered(request, answering, exc)
                 raise
         self._answered(request, answering, request.error, given=refused)
         error = request.error if refused is None else refused

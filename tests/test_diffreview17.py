@@ -116,11 +116,6 @@ def test_an_off_loop_call_interrupted_as_it_starts_reading_its_notes_gives_its_t
     assert not isinstance(again, BaseException), again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_server._predict_full's wait (outside diffreview17's area) does not note the routed version on an "
-    "interruption: _mark_routed is called only where the request is refused, run on the caller's thread, or queued",
-)
 def test_an_off_loop_call_interrupted_while_its_queued_request_waits_names_the_version_it_was_routed_to(
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
