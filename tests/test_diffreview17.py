@@ -21,7 +21,8 @@ from inprocserve._server import Server
 
 from .conftest import ServerFactory
 from .test_batch_execution_interrupted import GeventLikeTimeout
-from .test_loophard import BOUND_S, _merged_server, _outcome, _rows, _settled
+from .test_leftovers13 import three_merged_tasks_noted
+from .test_loophard import BOUND_S, _merged_server
 from .test_loophard2 import _canary_server, _row
 
 
@@ -73,17 +74,8 @@ def test_a_merged_task_noted_just_before_an_interruption_is_counted_served_once(
     served = server.status()["models"]["scale"]["rollout"]["variants"]["stable"]["served"]
     interruption = interrupted_after_the_first_note()
 
-    async def main() -> list[Any]:
-        calls = [asyncio.ensure_future(server.apredict("scale", x)) for x in _rows(1.0, 2.0, 3.0)]
-        with interruption:
-            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), BOUND_S)
-
-    answers = asyncio.run(main())
-    assert [_outcome(answer) for answer in answers] == [2.0, 4.0, 6.0]
-    _settled(server)
-    variants = server.status()["models"]["scale"]["rollout"]["variants"]
-    credited = [server.record_outcome(answer.request_id, 1.0) for answer in answers]
-    assert (variants["stable"]["served"] - served, credited) == (3, ["stable"] * 3)
+    noted = three_merged_tasks_noted(server, interruption)
+    assert (noted[0] - served, noted[1]) == (3, ["stable"] * 3)
 
 
 def test_an_off_loop_call_interrupted_as_it_starts_reading_its_notes_gives_its_task_an_error(

@@ -20,7 +20,7 @@ import pytest
 import urllib3.connectionpool
 import urllib3.response
 
-from inprocserve import InferenceError, ModelConfig, RolloutConfig, _loop_batching, _oip_client
+from inprocserve import InferenceError, ModelConfig, RolloutConfig, Server, _loop_batching, _oip_client
 from inprocserve.__main__ import main as cli_main
 from inprocserve._oip_client import _Slots
 from inprocserve._rollout import Router
@@ -270,6 +270,17 @@ def test_merged_tasks_answered_before_their_notes_are_interrupted_are_counted_se
     else:
         interruption = interrupted_at_the_second_call(Router, "served", monkeypatch)
 
+    noted = three_merged_tasks_noted(server, interruption)
+    if where == "as it begins":
+        assert (noted[0] - served, noted[1]) == (3, ["stable"] * 3)
+    else:  # (the one whose note was interrupted: lost, as a lone request's is; the ones after it noted)
+        assert (noted[0] - served, noted[1]) == (2, ["stable", None, "stable"])
+
+
+def three_merged_tasks_noted(server: Server, interruption: AbstractContextManager[Any]) -> tuple[int, list[Any]]:
+    """Three tasks of one loop, merged, answered under ``interruption`` (each must get its answer): the stable
+    variant's ``served`` count after them, and what ``record_outcome`` credits each task's id to."""
+
     async def main() -> list[Any]:
         calls = [asyncio.ensure_future(server.apredict("scale", x)) for x in _rows(1.0, 2.0, 3.0)]
         with interruption:
@@ -278,12 +289,8 @@ def test_merged_tasks_answered_before_their_notes_are_interrupted_are_counted_se
     answers = asyncio.run(main())
     assert [_outcome(answer) for answer in answers] == [2.0, 4.0, 6.0]
     _settled(server)
-    variants = server.status()["models"]["scale"]["rollout"]["variants"]
-    credited = [server.record_outcome(answer.request_id, 1.0) for answer in answers]
-    if where == "as it begins":
-        assert (variants["stable"]["served"] - served, credited) == (3, ["stable"] * 3)
-    else:  # (the one whose note was interrupted: lost, as a lone request's is; the ones after it noted)
-        assert (variants["stable"]["served"] - served, credited) == (2, ["stable", None, "stable"])
+    served: int = server.status()["models"]["scale"]["rollout"]["variants"]["stable"]["served"]
+    return served, [server.record_outcome(answer.request_id, 1.0) for answer in answers]
 
 
 def test_a_slot_given_back_as_its_waiter_s_wake_up_is_interrupted_still_serves_the_waiter(answers_ok: int) -> None:
