@@ -356,7 +356,9 @@ class Server(RolloutMethods):
             else:
                 batcher.wait(request)
         except BaseException as exc:  # its deadline, or the caller's thread interrupted: free its followers
-            _mark_routed(exc, target.version)  # (an interruption: an off-loop task's error names the version)
+            # (an interruption: an off-loop task's error names the version; the route's, as a follower whose
+            # version was unloaded while it waited was routed again to the one serving now, and queued there)
+            _mark_routed(exc, request.route.version)
             self._answered(request, self._version_of(request, target), exc)
             raise
         refused = None
@@ -366,7 +368,7 @@ class Server(RolloutMethods):
             try:
                 refused = _refusal(check, outputs, request.route.version, answering)
             except BaseException as exc:  # (its thread interrupted in the check: the requests following it go
-                _mark_routed(exc, target.version)  # on without it, not wait)
+                _mark_routed(exc, request.route.version)  # on without it, not wait)
                 self._answered(request, answering, exc)
                 raise
         self._answered(request, answering, request.error, given=refused)
