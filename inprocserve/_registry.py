@@ -919,11 +919,18 @@ class Registry:
             fleet = ""
             if pin is None or baseline.version != pin:
                 why = "No stable version is named" if pin is None else f"The stable version named, {pin}, is not loaded"
+                switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline.version}`"
+                # (a stable version the fleet's control file names outranks config.toml's: naming it there
+                # held no worker that starts later)
+                way = (
+                    f"[rollout] stable = {baseline.version} in the model's config.toml, or {switch}"
+                    if alias is None
+                    else f"{switch}, as the fleet's control file names version {pin}"
+                )
                 fleet = (
                     f" {why}, so a worker that starts now serves version {candidate}: to hold every worker on "
-                    f"version {baseline.version}, name it ([rollout] stable = {baseline.version} in the model's "
-                    f"config.toml, or `python -m inprocserve switch --force REPOSITORY {name} {baseline.version}`: "
-                    f"forced, as workers started since may serve version {candidate})."
+                    f"version {baseline.version}, name it ({way}: forced, as workers started since may serve "
+                    f"version {candidate})."
                 )
             logger.warning(
                 "model %r version %s is not compatible with version %s, which keeps serving by default "
