@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +87,12 @@ def test_an_off_loop_follower_interrupted_after_its_version_was_unloaded_names_t
     x = busy_inputs(1, index=7)
     follower_thread: list[threading.Thread] = []
     wait = Request.wait
+    waiting = threading.Event()
 
     def interrupted(self: Request, timeout_s: float | None) -> bool:
         if threading.current_thread() not in follower_thread:
             return wait(self, timeout_s)
+        waiting.set()
         wait_until(lambda: self.route.version == 2, BOUND_S)  # (routed again by its leader's give-up)
         raise GeventLikeTimeout("stopped while it waited")
 
@@ -120,7 +121,7 @@ def test_an_off_loop_follower_interrupted_after_its_version_was_unloaded_names_t
     follower = threading.Thread(target=follow)
     follower_thread.append(follower)
     follower.start()
-    time.sleep(0.1)
+    assert waiting.wait(BOUND_S)  # (it follows the leader, still queued behind the held run)
     save_model(build_busy_model(BUSY_WIDTH), repository, "busy", 2)
     refresh = threading.Thread(target=server.refresh)  # (version 1 unloaded: it drains once the held run ends)
     refresh.start()
