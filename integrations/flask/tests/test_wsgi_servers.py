@@ -42,6 +42,7 @@ GRANIAN_WORKERS = 2
 BLOCKING_THREADS = 8  # per granian worker: the requests it runs at once (4 merged 1 to 13 % of 160 requests)
 MLP_DIMS = (4, 512, 512, 4)  # runs long enough for requests to queue behind them: they are merged
 IDLE_TIMEOUT_S = 5  # granian's smallest --blocking-threads-idle-timeout
+MERGE_ROUNDS = 4  # rounds of 160 requests sent until some ran merged (see the test)
 STOP_BOUND_S = 8.0  # stops measured at 0.01 to 0.4 s on the project's 2-core machine
 
 
@@ -221,29 +222,38 @@ def _rows_and_batches(served: Served) -> dict[int, tuple[int, int]]:
 
 
 def test_concurrent_requests_get_their_own_answers_in_shared_batches(served: Served) -> None:
+    """Each of 160 concurrent requests gets its own answer, and some of a process's threads' requests ran
+    merged. How many merge depends on how the server's threads overlap (granian's: 1 to 13 % of 160 on a quiet
+    machine, none in one CI run on a loaded one), so rounds of 160 are sent until one merged some, at most
+    ``MERGE_ROUNDS``; every round's answers are checked."""
     import onnxruntime  # the model run alone, to check each answer against
 
     session = onnxruntime.InferenceSession(str(served.repository / "mlp" / "1" / "model.onnx"))
     requests = 160
     rows = [[[index / 7, -index / 11, 1.0, index / 160]] for index in range(requests)]
     expected = [session.run(None, {"x": np.asarray(row, np.float32)})[0] for row in rows]
-    before = _rows_and_batches(served)  # (each worker's server is built by the first request it gets)
 
     def mlp(index: int) -> dict[str, Any]:
         status, answer = served.call("POST", "/mlp", json.dumps({"rows": rows[index]}).encode(), JSON)
         assert status == 200, answer
         return dict(answer)
 
-    with ThreadPoolExecutor(CLIENTS) as clients:
-        answers = list(clients.map(mlp, range(requests)))
-    for index, answer in enumerate(answers):  # its own answer, not a neighbour's in its batch
-        np.testing.assert_allclose(answer["y"], expected[index], rtol=1e-5, atol=1e-6)
-    after = _rows_and_batches(served)
-    assert {answer["pid"] for answer in answers} <= set(after)
-    rows = sum(after[pid][0] - before.get(pid, (0, 0))[0] for pid in after)
-    batches = sum(after[pid][1] - before.get(pid, (0, 0))[1] for pid in after)
-    assert rows == requests  # (distinct rows: none answered by an identical request in flight)
-    assert batches < requests, (rows, batches)  # requests of one process's threads ran together
+    seen = []
+    for _ in range(MERGE_ROUNDS):
+        before = _rows_and_batches(served)  # (each worker's server is built by the first request it gets)
+        with ThreadPoolExecutor(CLIENTS) as clients:
+            answers = list(clients.map(mlp, range(requests)))
+        for index, answer in enumerate(answers):  # its own answer, not a neighbour's in its batch
+            np.testing.assert_allclose(answer["y"], expected[index], rtol=1e-5, atol=1e-6)
+        after = _rows_and_batches(served)
+        assert {answer["pid"] for answer in answers} <= set(after)
+        run = sum(after[pid][0] - before.get(pid, (0, 0))[0] for pid in after)
+        batches = sum(after[pid][1] - before.get(pid, (0, 0))[1] for pid in after)
+        assert run == requests  # (distinct rows: none answered by an identical request in flight)
+        seen.append(batches)
+        if batches < requests:  # requests of one process's threads ran together
+            break
+    assert seen[-1] < requests, (requests, seen)
 
 
 HUGE = b'{"rows": [' + b",".join([b"[1, 1, 1, 1]"] * 8_000) + b"]}"  # 104 kB, over the app's 64 KiB
