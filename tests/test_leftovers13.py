@@ -141,11 +141,9 @@ def test_a_second_interruption_as_an_interrupted_call_drops_its_connection_gives
         f"http://127.0.0.1:{answers_ok}", max_connections=1, connect_timeout_s=5.0, headers={}
     )
     first = interrupted_at(_oip_client.HttpClient._read.__code__)
-    twice = interrupted_again_as_it_closes(first, urllib3.response.HTTPResponse, monkeypatch)
-    answered, took_s, free = answered_after_an_interrupted_call(client, twice, status=200)
-    assert not isinstance(answered, BaseException), answered
-    assert took_s < 0.5
-    assert free == 1  # (the one slot, given back once)
+    answered_with_its_one_slot_back(
+        client, interrupted_again_as_it_closes(first, urllib3.response.HTTPResponse, monkeypatch)
+    )
 
 
 def test_a_second_interruption_as_a_call_interrupted_in_urllib3_drops_its_connection_gives_the_slot_back(
@@ -159,11 +157,18 @@ def test_a_second_interruption_as_a_call_interrupted_in_urllib3_drops_its_connec
     urlopen = urllib3.connectionpool.HTTPConnectionPool.urlopen
     answered_line = line_of(urlopen, "redirect_location = redirect and") - 1  # (urllib3 has the answer there)
     first = interrupted_at(urlopen.__code__, after_line=answered_line)
-    twice = interrupted_again_as_it_closes(first, client._pool.ConnectionCls, monkeypatch)
+    answered_with_its_one_slot_back(
+        client, interrupted_again_as_it_closes(first, client._pool.ConnectionCls, monkeypatch)
+    )
+
+
+def answered_with_its_one_slot_back(client: _oip_client.HttpClient, twice: AbstractContextManager[Any]) -> None:
+    """A call interrupted twice under ``twice`` (the second time as it drops its connection), then the next
+    call: answered at once, and the client's one slot free again (given back once)."""
     answered, took_s, free = answered_after_an_interrupted_call(client, twice, status=200)
     assert not isinstance(answered, BaseException), answered
     assert took_s < 0.5
-    assert free == 1  # (the one slot, given back once)
+    assert free == 1
 
 
 def test_a_reused_timeout_does_not_name_the_version_an_earlier_request_ran(
