@@ -809,7 +809,12 @@ class _LoopState:
             # ``sink``: its tasks get the interruption (a lone task its answer), and the answers still in the
             # inbox are drained in the next iteration. Left, that request's tasks waited forever, and the
             # others until some later answer woke the loop.
-            self._drain_interrupted(sink, value, error, exc)
+            try:
+                self._drain_interrupted(sink, value, error, exc)
+            except BaseException:  # interrupted again as it cleaned up (a second Ctrl-C, an outer gevent Timeout:
+                # as it began, or before it scheduled the next drain): once more, and the first is raised. Left,
+                # ``sink``'s tasks or the answers still in the inbox waited until some later answer woke the loop.
+                self._drain_interrupted(sink, value, error, exc)
             raise
 
     def _refuse_merged(self, sink: _Merged, exc: BaseException) -> None:

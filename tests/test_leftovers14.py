@@ -1,0 +1,67 @@
+"""apredict's event-loop batcher where an interruption (Ctrl-C's ``KeyboardInterrupt``, gevent's ``Timeout``: a
+signal handler raising on the loop's thread) lands a second time as the first one is cleaned up.
+
+Real onnxruntime and real asyncio tasks, every wait bounded (reaching the bound is the failure: a task left
+waiting). A trace function raises at the exact line where a pending signal handler would run."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inprocserve import _loop_batching
+
+from .conftest import ServerFactory
+from .test_interrupted_callers import Interrupted, interrupted_at, line_of
+from .test_loophard import _merged_server, _outcome, _rows, _settled
+
+SHORT_BOUND_S = 3.0
+"""How long a test waits for its tasks (their answers take milliseconds): reaching it is the failure."""
+
+
+_CLEAN_UP = _loop_batching._LoopState._drain_interrupted
+
+
+@pytest.mark.parametrize(
+    "second",
+    [None, line_of(_CLEAN_UP, "loop = self._loop()")],
+    ids=["as-the-clean-up-begins", "as-it-schedules-the-next-drain"],
+)
+def test_a_drain_interrupted_again_as_it_cleans_up_leaves_no_task_waiting(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, second: int | None
+) -> None:
+    """Two merged requests of one loop iteration run in one worker's batch, whose answers reach the loop in one
+    drain. The loop's thread is interrupted as the drain begins answering the first, and again (a second
+    Ctrl-C, an outer gevent ``Timeout``) as the drain's clean-up begins, or just before it schedules the drain
+    of the answers left in the inbox. The first request's tasks get the interruption, the other's their
+    answers. (The second request's tasks waited until some later answer woke the loop, forever here; and with
+    the clean-up stopped as it began, the first request's tasks too.)"""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    fired: list[bool] = []
+
+    def interrupted_again(self: Any, *args: Any) -> None:
+        # (a trace function that raises is unset: the second interruption's is set as the clean-up is called)
+        if fired:
+            return _CLEAN_UP(self, *args)
+        fired.append(True)
+        with interrupted_at(_CLEAN_UP.__code__, after_line=second):
+            return _CLEAN_UP(self, *args)
+
+    monkeypatch.setattr(_loop_batching._LoopState, "_drain_interrupted", interrupted_again)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0)]
+        calls += [server.apredict("scale", x, timeout_s=60) for x in _rows(3.0, 4.0)]
+        with interrupted_at(_loop_batching._LoopState._answered.__code__):
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), SHORT_BOUND_S)
+
+    got = [_outcome(result) for result in asyncio.run(main())]
+    assert fired == [True], "the drain's clean-up was not called"
+    interrupted = [isinstance(outcome, Interrupted) for outcome in got]
+    assert interrupted in ([True, True, False, False], [False, False, True, True]), got
+    assert [outcome for outcome in got if not isinstance(outcome, Interrupted)] in ([2.0, 4.0], [6.0, 8.0]), got
+    _settled(server)
