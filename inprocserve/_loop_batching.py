@@ -1007,6 +1007,7 @@ class _Group:
         ``error=None``, each task gave up already (cancelled, or its deadline answered it): recorded with
         what ended it."""
         target = self.target
+        said = False  # a broken exporter is logged once per call, with the first failure's traceback
         for member in members:
             waiter = member.waiter
             ended = error
@@ -1021,7 +1022,9 @@ class _Group:
                 )
             except Exception as exc:  # a broken exporter: the task still gets its error. (Raised on, no task of
                 # the group was answered, and a drain refusing them stopped with other answers still in its inbox.)
-                if not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit: no bug)
+                # (once: per task, one broken exporter logged up to 64 tracebacks for one group)
+                if not said and not raised_by_signal_handler(exc):  # (the loop's task stopped by its time limit)
+                    said = True
                     logger.exception("inprocserve: recording a refused request to %r failed", target.name)
             if not waiter.done():
                 # each task its own copy, without the traceback of the frame that caught it: that frame holds

@@ -1,5 +1,6 @@
 """apredict's event-loop batcher where an interruption (Ctrl-C's ``KeyboardInterrupt``, gevent's ``Timeout``: a
-signal handler raising on the loop's thread) lands a second time as the first one is cleaned up.
+signal handler raising on the loop's thread) lands a second time as the first one is cleaned up, and where
+recording refused tasks fails for a whole group.
 
 Real onnxruntime and real asyncio tasks, every wait bounded (reaching the bound is the failure: a task left
 waiting). A trace function raises at the exact line where a pending signal handler would run."""
@@ -7,12 +8,14 @@ waiting). A trace function raises at the exact line where a pending signal handl
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from inprocserve import _loop_batching
+from inprocserve._request import Request
 
 from .conftest import ServerFactory
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
@@ -64,4 +67,39 @@ def test_a_drain_interrupted_again_as_it_cleans_up_leaves_no_task_waiting(
     interrupted = [isinstance(outcome, Interrupted) for outcome in got]
     assert interrupted in ([True, True, False, False], [False, False, True, True]), got
     assert [outcome for outcome in got if not isinstance(outcome, Interrupted)] in ([2.0, 4.0], [6.0, 8.0]), got
+    _settled(server)
+
+
+def test_a_broken_exporter_refusing_a_merged_group_is_logged_once(
+    scale_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Four tasks merged into one worker's run; handing out the answer fails (a bug: ``_LoopState._answered``
+    patched to raise), and recording each task's refusal fails too (the request telemetry's ``refused`` patched
+    to raise, as a broken span or metrics exporter would). Each task gets the error, and the broken exporter
+    is logged once, with its traceback. (It was logged once per task: up to 64 tracebacks for one group.)"""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+
+    def failing(self: Any, merged: Any, request: Request) -> None:
+        raise RuntimeError("answering the merged request failed")
+
+    def broken_exporter(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the exporter broke")
+
+    monkeypatch.setattr(_loop_batching._LoopState, "_answered", failing)
+    monkeypatch.setattr(type(server._telemetry), "refused", broken_exporter)
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0, 3.0, 4.0)]
+        return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), SHORT_BOUND_S)
+
+    with caplog.at_level(logging.ERROR, logger=_loop_batching.__name__):
+        got = asyncio.run(main())
+    assert [str(outcome) for outcome in got] == ["answering the merged request failed"] * 4, got
+    logged = [record for record in caplog.records if "recording a refused request" in record.getMessage()]
+    assert len(logged) == 1, [record.getMessage() for record in logged]
+    assert logged[0].exc_info is not None and "the exporter broke" in str(logged[0].exc_info[1])
     _settled(server)
