@@ -623,9 +623,56 @@ class _LoopState:
                         assert got is not None
                         waiter.set_exception(own_error(got) if len(members) > 1 else got)  # (each task its own)
                 start = end
+        except BaseException:
+            # The loop's thread interrupted (a signal handler raised) before the tasks from ``noted`` on were
+            # recorded: those answered (in the ``finally`` above) or given up meanwhile are recorded here; the
+            # drain's clean-up refuses, and so records, the others. (Left, their spans were never ended, and so
+            # never exported.) Here, not in the loop: the loop's work per task stays as it is.
+            self._record_answered(group, members[noted:], timing, queue_wait_s, now, metered=metered)
+            raise
         finally:
             _noted_served(router, request_ids, members[:noted], routing)  # (each noted as served once recorded)
         group.answered()
+
+    @staticmethod
+    def _record_answered(
+        group: _Group,
+        members: list[_Member],
+        timing: BatchTiming | None,
+        queue_wait_s: float,
+        now: float,
+        *,
+        metered: bool,
+    ) -> None:
+        """:meth:`_answer`'s recording (span and metrics) of ``members`` whose tasks are answered already (the
+        others are skipped)."""
+        telemetry, version, recorder = group.server._telemetry, group.target.version, group.batcher.telemetry
+        said = False
+        for member in members:
+            waiter, span = member.waiter, member.span
+            if not waiter.done() or not (metered or span is not INVALID_SPAN):
+                continue
+            # ended (an SDK span's end time is set): interrupted once it was recorded. (Not is_recording(): a
+            # span that a sampler kept out, never recording, still has its metrics to record.)
+            if getattr(span, "end_time", None) is not None:
+                continue
+            got = _given(waiter) if waiter.cancelled() or waiter.exception() is not None else None
+            try:
+                telemetry.plain_answered(
+                    span,
+                    member.decision,
+                    version,
+                    member.rows,
+                    timing,
+                    got,
+                    now - member.started,
+                    recorder,
+                    queue_wait_s,
+                )
+            except Exception as exc:  # a broken exporter: logged once, the others still recorded
+                if not said and not raised_by_signal_handler(exc):
+                    said = True
+                    logger.exception("inprocserve: recording a merged request to %r failed", group.target.name)
 
     def _hand_over(self, group: _Group, members: list[_Member], *, on_loop: bool = True, ran: bool = False) -> None:
         """Send each task's request the full way (routed again if its version retired meanwhile), as it would

@@ -1,6 +1,6 @@
 """apredict's event-loop batcher where an interruption (Ctrl-C's ``KeyboardInterrupt``, gevent's ``Timeout``: a
-signal handler raising on the loop's thread) lands a second time as the first one is cleaned up, and where
-recording refused tasks fails for a whole group.
+signal handler raising on the loop's thread) lands a second time as the first one is cleaned up, or as a merged
+task's answer is recorded, and where recording refused tasks fails for a whole group.
 
 Real onnxruntime and real asyncio tasks, every wait bounded (reaching the bound is the failure: a task left
 waiting). A trace function raises at the exact line where a pending signal handler would run."""
@@ -20,6 +20,10 @@ from inprocserve._request import Request
 from .conftest import ServerFactory
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
 from .test_loophard import _merged_server, _outcome, _rows, _settled
+from .test_telemetry import Otel
+from .test_telemetry import otel as otel
+
+__all__ = ["otel"]  # (the fixture, imported for pytest)
 
 SHORT_BOUND_S = 3.0
 """How long a test waits for its tasks (their answers take milliseconds): reaching it is the failure."""
@@ -102,4 +106,46 @@ def test_a_broken_exporter_refusing_a_merged_group_is_logged_once(
     logged = [record for record in caplog.records if "recording a refused request" in record.getMessage()]
     assert len(logged) == 1, [record.getMessage() for record in logged]
     assert logged[0].exc_info is not None and "the exporter broke" in str(logged[0].exc_info[1])
+    _settled(server)
+
+
+_ANSWER = _loop_batching._LoopState._answer
+
+
+@pytest.mark.parametrize(
+    "recorded",
+    ["latency.record(elapsed_s", "member.span, decision, version"],
+    ids=["before-its-span-ends", "just-after-its-span-ended"],
+)
+def test_a_merged_task_answered_as_its_recording_is_interrupted_has_its_span_ended_once(
+    otel: Otel,
+    scale_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    recorded: str,
+) -> None:
+    """Three tasks merged into one worker's run, with an SDK and every span sampled. The loop's thread is
+    interrupted as it records the first task: its latency recorded but its span not yet ended, or just after
+    its span was ended (before the task was counted recorded). That task gets its answer, the two after it the
+    interruption, and all three spans are exported, each ended once. (The first task's span was never ended,
+    and so never exported: a trace with a request missing.)"""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    otel.spans.clear()  # (the set-up's requests)
+    answer = _ANSWER
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0, 3.0)]
+        with interrupted_at(answer.__code__, after_line=line_of(answer, recorded)):
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), SHORT_BOUND_S)
+
+    with caplog.at_level(logging.WARNING):
+        got = [_outcome(result) for result in asyncio.run(main())]
+    assert got[0] == 2.0 and all(isinstance(outcome, Interrupted) for outcome in got[1:]), got
+    assert not [r.getMessage() for r in caplog.records if "ended span" in r.getMessage()], "a span ended twice"
+    spans = otel.finished("inprocserve.predict")
+    assert len(spans) == 3, [(span.name, span.attributes) for span in spans]
+    errors = sorted(str((span.attributes or {}).get("error.type")) for span in spans)
+    assert errors == ["Interrupted", "Interrupted", "None"], errors  # (the first as it was answered)
     _settled(server)
