@@ -1199,9 +1199,12 @@ class Router:
                 if request.decision.variant != "default":
                     break
             else:
-                self._until_capture -= count
+                # Counted before the decrement, as each request of the slow path below is before its note:
+                # interrupted between the two, the caller's next call decremented again (a sample due a batch
+                # early); this way the decrement is skipped (a sample a batch late, as a lost decrement is).
                 if progress is not None:
                     progress[0] += count
+                self._until_capture -= count
                 return
         interruption: BaseException | None = None
         for request_id, request in zip(request_ids, requests, strict=False):  # (ids: as many or more)
