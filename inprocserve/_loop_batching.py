@@ -625,10 +625,15 @@ class _LoopState:
                 start = end
         except BaseException:
             # The loop's thread interrupted (a signal handler raised) before the tasks from ``noted`` on were
-            # recorded: those answered (in the ``finally`` above) or given up meanwhile are recorded here; the
-            # drain's clean-up refuses, and so records, the others. (Left, their spans were never ended, and so
-            # never exported.) Here, not in the loop: the loop's work per task stays as it is.
-            self._record_answered(group, members[noted:], timing, queue_wait_s, now, metered=metered)
+            # recorded: those answered (in the ``finally`` above) or given up meanwhile are recorded and noted as
+            # served here; the drain's clean-up refuses, and so records, the others. (Left, their spans were never
+            # ended, and so never exported, and an answered task was counted served nowhere and its outcome
+            # credited to no variant.) Here, not in the loop: the loop's work per task stays as it is.
+            late = [index for index in range(noted, len(members)) if members[index].waiter.done()]
+            try:
+                self._record_answered(group, [members[i] for i in late], timing, queue_wait_s, now, metered=metered)
+            finally:
+                _noted_served(router, [request_ids[i] for i in late], [members[i] for i in late], routing)
             raise
         finally:
             _noted_served(router, request_ids, members[:noted], routing)  # (each noted as served once recorded)
@@ -644,13 +649,12 @@ class _LoopState:
         *,
         metered: bool,
     ) -> None:
-        """:meth:`_answer`'s recording (span and metrics) of ``members`` whose tasks are answered already (the
-        others are skipped)."""
+        """:meth:`_answer`'s recording (span and metrics) of ``members``, whose tasks are answered already."""
         telemetry, version, recorder = group.server._telemetry, group.target.version, group.batcher.telemetry
         said = False
         for member in members:
             waiter, span = member.waiter, member.span
-            if not waiter.done() or not (metered or span is not INVALID_SPAN):
+            if not (metered or span is not INVALID_SPAN):
                 continue
             # ended (an SDK span's end time is set): interrupted once it was recorded. (Not is_recording(): a
             # span that a sampler kept out, never recording, still has its metrics to record.)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from inprocserve import _loop_batching
+from inprocserve import ModelConfig, RolloutConfig, _loop_batching
 from inprocserve._request import Request
 
 from .conftest import ServerFactory
@@ -149,3 +149,31 @@ def test_a_merged_task_answered_as_its_recording_is_interrupted_has_its_span_end
     errors = sorted(str((span.attributes or {}).get("error.type")) for span in spans)
     assert errors == ["Interrupted", "Interrupted", "None"], errors  # (the first as it was answered)
     _settled(server)
+
+
+def test_a_merged_task_answered_as_its_recording_is_interrupted_is_counted_served_and_credited(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stable version named (``rollout.stable``) and no flags: three tasks merged into one worker's run, and
+    the loop's thread interrupted as it records the first (its latency recorded). That task gets its answer,
+    and is counted served on the status page and credited with its outcome, as every answered task is. (It was
+    counted served nowhere and its outcome credited to no variant, though its caller had the answer.)"""
+    stable_named = ModelConfig(rollout=RolloutConfig(stable=1))
+    server = _merged_server(lambda repository: make_server(repository, config=stable_named), scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+
+    def served() -> int:
+        count: int = server.status()["models"]["scale"]["rollout"]["variants"]["stable"]["served"]
+        return count
+
+    before = served()
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0, 3.0)]
+        with interrupted_at(_ANSWER.__code__, after_line=line_of(_ANSWER, "latency.record(elapsed_s")):
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), SHORT_BOUND_S)
+
+    got = asyncio.run(main())
+    assert _outcome(got[0]) == 2.0 and all(isinstance(outcome, Interrupted) for outcome in got[1:]), got
+    _settled(server)
+    assert (served() - before, server.record_outcome(got[0].request_id, 1.0)) == (1, "stable")
