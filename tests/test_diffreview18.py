@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 from pathlib import Path
 
@@ -10,7 +9,6 @@ import numpy as np
 import pytest
 
 from inprocserve import CacheConfig, ModelConfig
-from inprocserve.__main__ import main
 from inprocserve._request import Request
 from inprocserve._server import noting_routes, routed_version, stop_noting
 from inprocserve.testing import build_mlp_model, save_model
@@ -131,31 +129,3 @@ def test_an_off_loop_follower_interrupted_after_its_version_was_unloaded_names_t
     refresh.join(BOUND_S)
     assert [type(e).__name__ for e in leader_error] == ["DeadlineExceededError"]
     assert noted == [2]
-
-
-def test_a_hold_whose_gone_stable_version_the_control_file_names_says_how_to_hold_the_workers_that_start_later(
-    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The fleet was switched to version 1 (``python -m inprocserve switch``), then version 1 was removed from
-    disk; version 3, incompatible, is held back against version 2, serving by default. The hold's warning said to
-    name version 2 as ``[rollout] stable = 2`` in config.toml: done, a worker that started later still served
-    version 3, since the control file's stable version (1) outranks config.toml's. It now names the switch alone,
-    which holds them."""
-    x = np.ones((1, 4), np.float32)
-    for version in (1, 2):
-        save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", version)
-    assert main(["switch", str(repository), "m", "1"]) == 0
-    shutil.rmtree(repository / "m" / "1")
-    running = make_server(repository, poll_interval_s=None)
-    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 3)
-    with caplog.at_level("WARNING", logger="inprocserve"):
-        running.refresh()
-    [held] = [r.getMessage() for r in caplog.records if "not compatible" in r.getMessage()]
-    assert running.predict("m", {"x": x}).version == 2
-    assert "a worker that starts now serves version 3" in held, held
-    assert "config.toml" not in held, held
-    assert "python -m inprocserve switch --force REPOSITORY m 2" in held, held
-
-    assert main(["switch", "--force", str(repository), "m", "2"]) == 0  # (as the warning says)
-    later = make_server(repository, poll_interval_s=None)
-    assert later.predict("m", {"x": x}).version == 2

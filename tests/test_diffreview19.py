@@ -57,7 +57,9 @@ def test_the_switch_a_hold_names_when_the_control_file_s_stable_version_is_gone_
 ) -> None:
     """The fleet switched to version 1, version 1 removed from disk, version 3 (incompatible) held back against
     2: a worker started now serves 3; the forced switch the warning names (d4a0172) holds every worker, running
-    or starting, on 2."""
+    or starting, on 2. (The warning said to name version 2 as ``[rollout] stable = 2`` in config.toml: done, a
+    worker that started later still served version 3, since the control file's stable version, 1, outranks
+    config.toml's.)"""
     x = np.ones((1, 4), np.float32)
     for version in (1, 2):
         save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", version)
@@ -67,7 +69,11 @@ def test_the_switch_a_hold_names_when_the_control_file_s_stable_version_is_gone_
     save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 3)
     with caplog.at_level("WARNING", logger="inprocserve"):
         running.refresh()
-    assert "python -m inprocserve switch --force REPOSITORY m 2" in _hold_warning(caplog)
+    held = _hold_warning(caplog)
+    assert running.predict("m", {"x": x}).version == 2
+    assert "a worker that starts now serves version 3" in held, held
+    assert "config.toml" not in held, held
+    assert "python -m inprocserve switch --force REPOSITORY m 2" in held, held
     started = make_server(repository, poll_interval_s=None)
     assert _answering(running, started) == [2, 3]
 
