@@ -860,15 +860,16 @@ class _LoopState:
             # ``sink``: its tasks get the interruption (a lone task its answer), and the answers still in the
             # inbox are drained in the next iteration. Left, that request's tasks waited forever, and the
             # others until some later answer woke the loop.
+            recorded: set[Any] = set()  # the tasks whose refusal is recorded: run once more, not recorded again
             try:
-                self._drain_interrupted(sink, value, error, exc)
+                self._drain_interrupted(sink, value, error, exc, recorded)
             except BaseException:  # interrupted again as it cleaned up (a second Ctrl-C, an outer gevent Timeout:
                 # as it began, or before it scheduled the next drain): once more, and the first is raised. Left,
                 # ``sink``'s tasks or the answers still in the inbox waited until some later answer woke the loop.
-                self._drain_interrupted(sink, value, error, exc)
+                self._drain_interrupted(sink, value, error, exc, recorded)
             raise
 
-    def _refuse_merged(self, sink: _Merged, exc: BaseException) -> None:
+    def _refuse_merged(self, sink: _Merged, exc: BaseException, recorded: set[Any] | None = None) -> None:
         """Give ``sink``'s tasks ``exc``, which stopped the hand-out of their answer (a bug, or an interruption).
         A task sent the full way before it (its withdrawal hook is set: queued again) is answered by its run, as
         in _flush: its batcher is woken at the end of the iteration. (Refused, it got ``exc`` though its request
@@ -879,14 +880,17 @@ class _LoopState:
         # (one a worker took at once and answered is claimed: its answer is on its way; refused, it got ``exc``
         # though its request had run and was recorded as answered)
         refused = [m for m in sink.members if not m.waiter.done() and m.waiter not in withdrawals]
-        group.refused([m for m in refused if m.waiter not in claims], exc)
+        group.refused([m for m in refused if m.waiter not in claims], exc, recorded=recorded)
 
-    def _drain_interrupted(self, sink: Any, value: Any, error: BaseException | None, exc: BaseException) -> None:
+    def _drain_interrupted(
+        self, sink: Any, value: Any, error: BaseException | None, exc: BaseException, recorded: set[Any]
+    ) -> None:
         """:meth:`_drain`'s clean-up after ``exc`` interrupted it as it handed ``sink`` its answer (``value``,
-        ``error``; ``sink`` is ``None`` if it was handed over)."""
+        ``error``; ``sink`` is ``None`` if it was handed over). ``recorded``: the futures of the tasks whose
+        refusal was recorded, shared by a run interrupted and the run after it."""
         try:
             if type(sink) is _Merged:
-                self._refuse_merged(sink, exc)
+                self._refuse_merged(sink, exc, recorded)
             elif type(sink) is _Group:
                 sink.answered()
             elif sink is not None:
@@ -1053,14 +1057,21 @@ class _Group:
             self.timer = None
             self.expires_at = _NEVER
 
-    def refused(self, members: list[_Member], error: BaseException | None) -> None:
+    def refused(self, members: list[_Member], error: BaseException | None, *, recorded: set[Any] | None = None) -> None:
         """``members`` were refused before they were queued: record each, and give each task the error. With
         ``error=None``, each task gave up already (cancelled, or its deadline answered it): recorded with
-        what ended it."""
+        what ended it. ``recorded``: the futures of tasks recorded already (skipped), each one recorded here
+        added, for a call again after an interruption."""
         target = self.target
         said = False  # a broken exporter is logged once per call, with the first failure's traceback
         for member in members:
             waiter = member.waiter
+            if recorded is not None and waiter in recorded:
+                # recorded by a call an interruption stopped before the task got its error (the drain's
+                # clean-up, run once more): recorded again, its span ended twice and its refusal counted twice
+                if not waiter.done() and error is not None:
+                    waiter.set_exception(own_error(error))
+                continue
             ended = error
             if ended is None:
                 ended = CancelledError() if waiter.cancelled() else waiter.exception() or CancelledError()
@@ -1071,6 +1082,8 @@ class _Group:
                 self.server._telemetry.refused(
                     member.span, member.started, target.name, target.version, member.decision, ended
                 )
+                if recorded is not None:
+                    recorded.add(waiter)
             except Exception as exc:  # a broken exporter: the task still gets its error. (Raised on, no task of
                 # the group was answered, and a drain refusing them stopped with other answers still in its inbox.)
                 # (once: per task, one broken exporter logged up to 64 tracebacks for one group)
