@@ -630,8 +630,14 @@ class _LoopState:
             # ended, and so never exported, and an answered task was counted served nowhere and its outcome
             # credited to no variant.) Here, not in the loop: the loop's work per task stays as it is.
             late = [index for index in range(noted, len(members)) if members[index].waiter.done()]
+            answered, progress = [members[i] for i in late], [0]
             try:
-                self._record_answered(group, [members[i] for i in late], timing, queue_wait_s, now, metered=metered)
+                try:
+                    self._record_answered(group, answered, timing, queue_wait_s, now, progress, metered=metered)
+                except BaseException:  # interrupted again (a second Ctrl-C, an outer gevent Timeout): once more,
+                    # from the first not recorded, and the first is raised. (Left, the tasks from there on had
+                    # their answers but their spans were never ended.)
+                    self._record_answered(group, answered, timing, queue_wait_s, now, progress, metered=metered)
             finally:
                 _noted_served(router, [request_ids[i] for i in late], [members[i] for i in late], routing)
             raise
@@ -646,37 +652,39 @@ class _LoopState:
         timing: BatchTiming | None,
         queue_wait_s: float,
         now: float,
+        progress: list[int],
         *,
         metered: bool,
     ) -> None:
-        """:meth:`_answer`'s recording (span and metrics) of ``members``, whose tasks are answered already."""
+        """:meth:`_answer`'s recording (span and metrics) of ``members``, whose tasks are answered already, from
+        the ``progress[0]``-th on; ``progress[0]`` counts each one recorded (a call again after an interruption
+        goes on from there)."""
         telemetry, version, recorder = group.server._telemetry, group.target.version, group.batcher.telemetry
         said = False
-        for member in members:
+        while progress[0] < len(members):
+            member = members[progress[0]]
             waiter, span = member.waiter, member.span
-            if not (metered or span is not INVALID_SPAN):
-                continue
             # ended (an SDK span's end time is set): interrupted once it was recorded. (Not is_recording(): a
             # span that a sampler kept out, never recording, still has its metrics to record.)
-            if getattr(span, "end_time", None) is not None:
-                continue
-            got = _given(waiter) if waiter.cancelled() or waiter.exception() is not None else None
-            try:
-                telemetry.plain_answered(
-                    span,
-                    member.decision,
-                    version,
-                    member.rows,
-                    timing,
-                    got,
-                    now - member.started,
-                    recorder,
-                    queue_wait_s,
-                )
-            except Exception as exc:  # a broken exporter: logged once, the others still recorded
-                if not said and not raised_by_signal_handler(exc):
-                    said = True
-                    logger.exception("inprocserve: recording a merged request to %r failed", group.target.name)
+            if (metered or span is not INVALID_SPAN) and getattr(span, "end_time", None) is None:
+                got = _given(waiter) if waiter.cancelled() or waiter.exception() is not None else None
+                try:
+                    telemetry.plain_answered(
+                        span,
+                        member.decision,
+                        version,
+                        member.rows,
+                        timing,
+                        got,
+                        now - member.started,
+                        recorder,
+                        queue_wait_s,
+                    )
+                except Exception as exc:  # a broken exporter: logged once, the others still recorded
+                    if not said and not raised_by_signal_handler(exc):
+                        said = True
+                        logger.exception("inprocserve: recording a merged request to %r failed", group.target.name)
+            progress[0] += 1
 
     def _hand_over(self, group: _Group, members: list[_Member], *, on_loop: bool = True, ran: bool = False) -> None:
         """Send each task's request the full way (routed again if its version retired meanwhile), as it would

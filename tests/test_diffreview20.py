@@ -79,3 +79,48 @@ def test_a_merged_task_refused_as_the_clean_up_is_interrupted_again_is_recorded_
     assert len(otel.finished("inprocserve.predict")) == 2
     assert refused_counts() - before == 2
     _settled(server)
+
+
+_ANSWER = _loop_batching._LoopState._answer
+_RECORD_ANSWERED = _loop_batching._LoopState._record_answered
+
+
+def test_a_merged_task_answered_as_its_late_recording_is_interrupted_again_has_its_span_ended(
+    otel: Otel,
+    scale_repository: Path,
+    make_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Three tasks merged into one worker's run, with an SDK and every span sampled. The loop's thread is
+    interrupted as it records the first task (its latency recorded, its span not yet ended), and again (a
+    second Ctrl-C, an outer gevent ``Timeout``) as the late recording of that task, which it answered, begins.
+    That task gets its answer, the two after it the interruption, and all three spans are exported, each ended
+    once. (The answered task's span was never ended, and so never exported: a trace with a request missing.)"""
+    server = _merged_server(make_server, scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    otel.spans.clear()  # (the set-up's requests)
+    fired: list[bool] = []
+
+    def interrupted_again(*args: Any, **kwargs: Any) -> None:
+        if fired:
+            return _RECORD_ANSWERED(*args, **kwargs)
+        fired.append(True)
+        with interrupted_at(_RECORD_ANSWERED.__code__):
+            return _RECORD_ANSWERED(*args, **kwargs)
+
+    monkeypatch.setattr(_loop_batching._LoopState, "_record_answered", staticmethod(interrupted_again))
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0, 3.0)]
+        with interrupted_at(_ANSWER.__code__, after_line=line_of(_ANSWER, "latency.record(elapsed_s")):
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), SHORT_BOUND_S)
+
+    with caplog.at_level(logging.WARNING):
+        got = [_outcome(result) for result in asyncio.run(main())]
+    assert fired == [True], "the late recording was not called"
+    assert got[0] == 2.0 and all(isinstance(outcome, Interrupted) for outcome in got[1:]), got
+    assert not [r.getMessage() for r in caplog.records if "ended span" in r.getMessage()], "a span ended twice"
+    spans = otel.finished("inprocserve.predict")
+    assert len(spans) == 3, [(span.name, span.attributes) for span in spans]
+    _settled(server)
