@@ -639,7 +639,14 @@ class _LoopState:
                     # their answers but their spans were never ended.)
                     self._record_answered(group, answered, timing, queue_wait_s, now, progress, metered=metered)
             finally:
-                _noted_served(router, [request_ids[i] for i in late], [members[i] for i in late], routing)
+                try:
+                    _noted_served(router, [request_ids[i] for i in late], answered, routing)
+                except Exception:
+                    raise
+                except BaseException:  # interrupted again as it noted them (each still noted: see _noted_served):
+                    # the first is raised. (Raised on, the drain's clean-up gave the tasks not yet answered this
+                    # second interruption.)
+                    pass
             raise
         finally:
             _noted_served(router, request_ids, members[:noted], routing)  # (each noted as served once recorded)

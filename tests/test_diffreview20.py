@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from inprocserve import _loop_batching
+from inprocserve import ModelConfig, RolloutConfig, _loop_batching
 
 from .conftest import ServerFactory
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
@@ -124,3 +124,47 @@ def test_a_merged_task_answered_as_its_late_recording_is_interrupted_again_has_i
     spans = otel.finished("inprocserve.predict")
     assert len(spans) == 3, [(span.name, span.attributes) for span in spans]
     _settled(server)
+
+
+class InterruptedAgain(BaseException):
+    """The second interruption (a second Ctrl-C, an outer gevent ``Timeout``), told apart from the first."""
+
+
+def test_a_merged_task_answered_as_its_late_note_is_interrupted_again_leaves_the_first_interruption_raised(
+    scale_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stable version named (``rollout.stable``): three tasks merged into one worker's run, the loop's thread
+    interrupted as it records the first (its latency recorded), and again as that answered task's late note to
+    the router begins. The first task gets its answer and is counted served; the two after it get the first
+    interruption, which is the one raised. (They got the second: the late note, interrupted, raised its own.)"""
+    stable_named = ModelConfig(rollout=RolloutConfig(stable=1))
+    server = _merged_server(lambda repository: make_server(repository, config=stable_named), scale_repository)
+    monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
+    router = server._registry.routes["scale"].router
+    served_many = router.served_many
+    fired: list[bool] = []
+
+    def interrupted_again(*args: Any, **kwargs: Any) -> None:
+        if fired:
+            return served_many(*args, **kwargs)
+        fired.append(True)
+        raise InterruptedAgain
+
+    monkeypatch.setattr(router, "served_many", interrupted_again)
+
+    def served() -> int:
+        count: int = server.status()["models"]["scale"]["rollout"]["variants"]["stable"]["served"]
+        return count
+
+    before = served()
+
+    async def main() -> list[Any]:
+        calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0, 3.0)]
+        with interrupted_at(_ANSWER.__code__, after_line=line_of(_ANSWER, "latency.record(elapsed_s")):
+            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), SHORT_BOUND_S)
+
+    got = asyncio.run(main())
+    assert fired == [True], "the late note was not made"
+    assert _outcome(got[0]) == 2.0 and [type(outcome) for outcome in got[1:]] == [Interrupted] * 2, got
+    _settled(server)
+    assert served() - before == 1
