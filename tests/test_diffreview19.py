@@ -24,6 +24,19 @@ def _answering(*workers: Server) -> list[int]:
     return [w.status()["models"]["m"]["answering_version"] for w in workers]
 
 
+def _held_once_version_1_is_gone(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> tuple[Server, str]:
+    """Version 1 (named stable) removed from disk, a worker started, then version 3, incompatible, added: the
+    worker, and the warning its refresh logs as it holds 3 back."""
+    shutil.rmtree(repository / "m" / "1")
+    running = make_server(repository, poll_interval_s=None)
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 3)
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        running.refresh()
+    return running, _hold_warning(caplog)
+
+
 def test_the_way_a_hold_names_when_config_toml_s_stable_version_is_gone_holds_the_workers_that_start_later(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -34,12 +47,7 @@ def test_the_way_a_hold_names_when_config_toml_s_stable_version_is_gone_holds_th
     for version in (1, 2):
         save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", version)
     (repository / "m" / "config.toml").write_text("[rollout]\nstable = 1\n")
-    shutil.rmtree(repository / "m" / "1")
-    running = make_server(repository, poll_interval_s=None)
-    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 3)
-    with caplog.at_level("WARNING", logger="inprocserve"):
-        running.refresh()
-    held = _hold_warning(caplog)
+    running, held = _held_once_version_1_is_gone(repository, make_server, caplog)
     assert "The stable version named, 1, is not loaded, so a worker that starts now serves version 3" in held, held
     assert "[rollout] stable = 2 in the model's config.toml" in held, held
     started = make_server(repository, poll_interval_s=None)
@@ -64,12 +72,7 @@ def test_the_switch_a_hold_names_when_the_control_file_s_stable_version_is_gone_
     for version in (1, 2):
         save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", version)
     assert main(["switch", str(repository), "m", "1"]) == 0
-    shutil.rmtree(repository / "m" / "1")
-    running = make_server(repository, poll_interval_s=None)
-    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 3)
-    with caplog.at_level("WARNING", logger="inprocserve"):
-        running.refresh()
-    held = _hold_warning(caplog)
+    running, held = _held_once_version_1_is_gone(repository, make_server, caplog)
     assert running.predict("m", {"x": x}).version == 2
     assert "a worker that starts now serves version 3" in held, held
     assert "config.toml" not in held, held

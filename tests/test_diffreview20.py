@@ -18,7 +18,7 @@ from inprocserve import ModelConfig, RolloutConfig, _loop_batching
 
 from .conftest import ServerFactory
 from .test_interrupted_callers import Interrupted, interrupted_at, line_of
-from .test_leftovers14 import SHORT_BOUND_S
+from .test_leftovers14 import SHORT_BOUND_S, three_tasks_interrupted_as_the_first_is_recorded
 from .test_loophard import _merged_server, _outcome, _rows, _settled
 from .test_telemetry import Otel
 from .test_telemetry import otel as otel
@@ -152,19 +152,7 @@ def test_a_merged_task_answered_as_its_late_note_is_interrupted_again_leaves_the
 
     monkeypatch.setattr(router, "served_many", interrupted_again)
 
-    def served() -> int:
-        count: int = server.status()["models"]["scale"]["rollout"]["variants"]["stable"]["served"]
-        return count
-
-    before = served()
-
-    async def main() -> list[Any]:
-        calls = [server.apredict("scale", x) for x in _rows(1.0, 2.0, 3.0)]
-        with interrupted_at(_ANSWER.__code__, after_line=line_of(_ANSWER, "latency.record(elapsed_s")):
-            return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), SHORT_BOUND_S)
-
-    got = asyncio.run(main())
+    got, served = three_tasks_interrupted_as_the_first_is_recorded(server)
     assert fired == [True], "the late note was not made"
     assert _outcome(got[0]) == 2.0 and [type(outcome) for outcome in got[1:]] == [Interrupted] * 2, got
-    _settled(server)
-    assert served() - before == 1
+    assert served == 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from inprocserve import ModelConfig, RolloutConfig, _loop_batching
+from inprocserve import ModelConfig, RolloutConfig, Server, _loop_batching
 from inprocserve._request import Request
 
 from .conftest import ServerFactory
@@ -162,6 +162,15 @@ def test_a_merged_task_answered_as_its_recording_is_interrupted_is_counted_serve
     server = _merged_server(lambda repository: make_server(repository, config=stable_named), scale_repository)
     monkeypatch.setattr(_loop_batching, "RUN_ON_LOOP_UNDER_S", 0.0)  # run by a worker, never on the loop
 
+    got, served = three_tasks_interrupted_as_the_first_is_recorded(server)
+    assert _outcome(got[0]) == 2.0 and all(isinstance(outcome, Interrupted) for outcome in got[1:]), got
+    assert (served, server.record_outcome(got[0].request_id, 1.0)) == (1, "stable")
+
+
+def three_tasks_interrupted_as_the_first_is_recorded(server: Server) -> tuple[list[Any], int]:
+    """Three tasks of one loop merged into one worker's run, the loop's thread interrupted as it records the
+    first (its latency recorded): what each task got, and how many more the stable variant counts served."""
+
     def served() -> int:
         count: int = server.status()["models"]["scale"]["rollout"]["variants"]["stable"]["served"]
         return count
@@ -174,6 +183,5 @@ def test_a_merged_task_answered_as_its_recording_is_interrupted_is_counted_serve
             return await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), SHORT_BOUND_S)
 
     got = asyncio.run(main())
-    assert _outcome(got[0]) == 2.0 and all(isinstance(outcome, Interrupted) for outcome in got[1:]), got
     _settled(server)
-    assert (served() - before, server.record_outcome(got[0].request_id, 1.0)) == (1, "stable")
+    return got, served() - before
