@@ -9,6 +9,7 @@ It records the batch's span and metrics. It holds no lock and starts no thread.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -51,14 +52,17 @@ def stack_holding_gil(requests: Sequence[Any], names: Sequence[str]) -> dict[str
     A ``memoryview`` copy keeps it. Parts that are not alike and C-contiguous, of a dtype with objects or
     of the other byte order, or
     batches of ``HOLD_GIL_BELOW_BYTES`` or more (a copy long enough for others to use the GIL meanwhile), and
-    parts of ``NUMPY_GIL_FREE_ABOVE`` elements or fewer (mlp-small's rows: numpy keeps the GIL for those), are
-    stacked by :func:`stack_inputs` as before."""
+    inputs whose rows hold ``NUMPY_GIL_FREE_ABOVE`` elements or fewer (mlp-small's: numpy keeps the GIL for a
+    part of one such row), are stacked by :func:`stack_inputs` as before: narrow rows are told by the first
+    part, before the parts are walked, so a small model's batch is not walked twice."""
     if len(requests) == 1:
         return dict(requests[0])
     stacked: dict[str, np.ndarray] = {}
     for name in names:
+        first = requests[0][name]
+        if first.ndim == 0 or math.prod(first.shape[1:]) <= NUMPY_GIL_FREE_ABOVE:
+            return stack_inputs(requests, names)
         parts = [request[name] for request in requests]
-        first = parts[0]
         dtype, tail = first.dtype, first.shape[1:]
         total = largest = 0
         for part in parts:
