@@ -289,6 +289,23 @@ def test_flask_console_tracing_is_opt_in(monkeypatch: pytest.MonkeyPatch, fraud_
     Inprocserve.close(module.app)
 
 
+@pytest.mark.parametrize("variable", ["FRAUD_TRACE_CONSOLE", "OTEL_EXPORTER_OTLP_ENDPOINT"])
+def test_flask_tracing_without_the_otel_extra_names_the_install(
+    monkeypatch: pytest.MonkeyPatch, fraud_models: Path, variable: str
+) -> None:
+    # examples/README.md installs "./[testing]" ./integrations/flask gunicorn: no OpenTelemetry SDK. Asking for
+    # traces there stopped every gunicorn worker's boot on "No module named 'opentelemetry.sdk'".
+    from inprocserve_flask import Inprocserve
+
+    module = load_flask_app(monkeypatch, fraud_models)
+    Inprocserve.close(module.app)
+    for name in ["opentelemetry.sdk", *(name for name in sys.modules if name.startswith("opentelemetry.sdk."))]:
+        monkeypatch.setitem(sys.modules, name, None)  # as in a venv without the SDK
+    monkeypatch.setenv(variable, "1" if variable == "FRAUD_TRACE_CONSOLE" else "http://127.0.0.1:4318")
+    with pytest.raises(SystemExit, match=r'pip install "\./\[otel\]"'):
+        module.configure_tracing()
+
+
 # -- the Django project's /rank and /click, through Django's test client (in a child: settings are global) --
 
 BAD_SIZES = ["abc", "1e3", "-1", "0", "16", "1000000000", "0" * 4300 + "8", "\u00b2", "\u0661"]

@@ -16,7 +16,8 @@ more: it guards model switches), the admin endpoints (switch, rollback, canary, 
 every worker at once through the repository's control file.
 
 Traces go to OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (Jaeger: see docs/observability.md); to the
-console only with FRAUD_TRACE_CONSOLE=1 (some 80 lines a request: for a look during development).
+console only with FRAUD_TRACE_CONSOLE=1 (some 80 lines a request: for a look during development). Either
+needs the OpenTelemetry SDK and exporter: pip install "./[otel]" from the clone's root.
 
 Bad requests get a 400 with a JSON ``error`` naming the expected shape; bodies over MAX_BODY_BYTES a 413,
 refused unread when their Content-Length says so, and once MAX_BODY_BYTES of them are read when sent chunked.
@@ -56,14 +57,22 @@ def configure_tracing() -> None:
     if not otlp and os.environ.get("FRAUD_TRACE_CONSOLE", "0") != "1":
         return
     from opentelemetry import trace
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    try:  # the otel extra: the example's own install (examples/README.md) has the API alone
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+        if otlp:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        raise SystemExit(
+            f"traces need the OpenTelemetry SDK ({exc}): from the clone's root, "
+            'pip install "./[otel]", or unset OTEL_EXPORTER_OTLP_ENDPOINT and FRAUD_TRACE_CONSOLE'
+        ) from None
 
     provider = TracerProvider(resource=Resource.create({"service.name": "fraud-api"}))
     if otlp:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     else:
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
