@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -165,3 +166,18 @@ def test_the_quickstart_serves_calls_and_handles_errors(monkeypatch: pytest.Monk
         assert status == 400 and "input 'x'" in body["error"]
     finally:
         server.close()
+
+
+def test_the_readmes_command_line_names_every_command() -> None:
+    """The README's list stopped at ``status``: the fleet's switch, rollback, canary, kill, resume and reload, what
+    an on-call engineer runs when a version misbehaves, were nowhere on the page a new team reads first."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "inprocserve", "--help"], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    listed = help_text.split("\n  COMMAND\n", 1)[1].split("\noptions:", 1)[0]
+    commands = [line.split()[0] for line in listed.splitlines() if line.startswith("    ") and line[4] != " "]
+    assert {"inspect", "status", "rollback"} <= set(commands), commands
+    text = (ROOT / "README.md").read_text()
+    bullet = text.split("- **A command line**", 1)[1].split("\n- **", 1)[0]
+    quoted = " ".join(re.findall(r"`([^`]*)`", bullet)).split()  # each command in code: `validate models/`
+    assert [command for command in commands if command not in quoted] == []
