@@ -254,3 +254,21 @@ def test_django_mds_example_serves_a_page_as_written(tmp_path: Path) -> None:
         assert page["products"] and page["click_token"], page
     finally:
         stop_process(uvicorn)
+
+
+def test_the_quickstarts_new_version_step_names_a_version_3_to_copy(tmp_path: Path) -> None:
+    """Step 5 said "copy models/fraud/3/model.onnx into place" to a reader whose toy repository, from step 2,
+    holds versions 1 and 2 only: there was no version 3 to copy. Its command writes one, which a refresh
+    serves."""
+    text = (ROOT / "docs" / "quickstart.md").read_text()
+    section = text.split("## 5. Ship a new version", 1)[1].split("\n## ", 1)[0]
+    setup = text.split("## 2. Lay out", 1)[1].split("\n## ", 1)[0]
+    (first,) = re.findall(r"^python -c .*$", setup, re.MULTILINE)
+    commands = re.findall(r"^python -c .*$", section, re.MULTILINE)
+    assert len(commands) == 1, "step 5 gives no command that writes version 3 of the toy model"
+    subprocess.run([sys.executable, *shlex.split(first)[1:]], cwd=tmp_path, check=True, timeout=120)
+    with inprocserve.Server(repository=tmp_path / "models") as server:
+        subprocess.run([sys.executable, *shlex.split(commands[0])[1:]], cwd=tmp_path, check=True, timeout=120)
+        assert server.refresh() == []
+        assert server.models == {"fraud": [3]}
+        assert server.predict("fraud", {"x": [[1.0, 1.0, 1.0, 1.0]]}).version == 3
