@@ -112,6 +112,26 @@ def test_the_observability_setup_serves_the_libraries_and_the_process_metrics(tm
     assert any(line.startswith("process_cpu_time_seconds_total{") and 'type="user"' in line for line in series)
 
 
+PROMETHEUS_ALONE_CHILD = r"""
+import sys, urllib.request
+sys.modules["opentelemetry.exporter.otlp"] = None  # the prometheus extra alone: no OTLP exporter
+namespace = {}
+exec(sys.argv[2].replace("start_http_server(9464,", f"start_http_server({sys.argv[1]},"), namespace)
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read()
+"""
+
+
+def test_the_observability_prometheus_snippet_runs_without_the_tracing_one() -> None:
+    """A team that wants metrics only installs the prometheus extra, which has no OTLP exporter, so it cannot
+    run the tracing snippet before this one; this one used that snippet's ``resource``: NameError."""
+    _, prometheus, *_ = blocks("docs/observability.md", "## Setup")
+    result = subprocess.run(
+        [sys.executable, "-c", PROMETHEUS_ALONE_CHILD, str(reserved_port()), prometheus],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 GUNICORN_CHILD = r"""
 import json, socket, sys
 from types import SimpleNamespace
