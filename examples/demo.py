@@ -1,6 +1,7 @@
 """The inprocserve demo: build a model, serve it, fire concurrent requests, and show what happened.
 
-Run with ``make demo-core``. Everything happens in a temporary folder; nothing is downloaded.
+Run with ``make demo-core``, or ``python examples/demo.py`` after ``pip install "./[testing]"`` from the
+clone's root (examples/README.md). Everything happens in a temporary folder; nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Starts a throwaway redis-server, builds a small model and runs the drill: two co
 queue of messages; the first is SIGKILLed at an arbitrary moment of its loop, which is almost always while
 it holds a batch it has read but not acknowledged (when it happened to hold none, it is restarted and
 killed again, up to five times); the second takes the dead consumer's batch over. Prints what happened
-to every message. Needs redis-server (Debian package redis-server) and the dev extra (redis, onnx).
+to every message. Needs redis-server (Debian package redis-server), the Redis client and onnx: from the
+clone's root, ``pip install "./[testing]" redis`` (examples/README.md).
 ``QUEUE_DEMO_MESSAGES`` sets how many messages (default 3000).
 """
 
