@@ -53,8 +53,8 @@ class Recorder:
       and its time in ``inprocserve.request.duration``.
 
     Each request's own queue wait is on its span (``inprocserve.request.queue_wait_s``). A histogram record
-    per request for it would double the metric cost of every queued request; ``request_finished`` still
-    takes ``queue_wait_s`` for the per-request ``inprocserve.request.queue_wait`` of earlier releases.
+    per request for it would double the metric cost of every queued request (earlier releases recorded
+    ``inprocserve.request.queue_wait`` so; docs/observability.md says what a dashboard reads instead).
 
     The histogram records (durations, batch metrics) are left to the process's recording thread
     (:class:`~inprocserve._record_thread.RecordingThread`, owned by ``Metrics``): the request's or worker's
@@ -160,13 +160,11 @@ class Recorder:
         *,
         variant: str | None,
         error: BaseException | None,
-        queue_wait_s: float | None = None,
         span: Span | None = None,
         lone: bool = False,
     ) -> None:
-        """Record one finished request: its duration (from the call to the answer) and a deadline miss;
-        ``queue_wait_s``: also record it in the per-request ``inprocserve.request.queue_wait`` (see the class
-        docstring). ``span``: the request's span, if it was sampled: its duration is recorded on this
+        """Record one finished request: its duration (from the call to the answer) and a deadline miss.
+        ``span``: the request's span, if it was sampled: its duration is recorded on this
         thread, in that span's context, which the SDK's exemplars read. ``lone``: a lone request run on its
         caller's thread, which records the pending records itself, never through the recording thread (see
         the class docstring). No-op until the application installs a meter provider."""
@@ -187,8 +185,6 @@ class Recorder:
                     self._lone_pended()
                 else:
                     self._pended()
-            if queue_wait_s is not None:
-                metrics.queue_wait.record(queue_wait_s, self.attributes)
         except Exception:
             _telemetry_failed("recording a metric")
 

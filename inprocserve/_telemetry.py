@@ -631,12 +631,6 @@ class Metrics:
             description="Time from predict() to its answer",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
         )
-        self.queue_wait = meter.create_histogram(
-            "inprocserve.request.queue_wait",
-            unit="s",
-            description="Time a request waited for its batch to start",
-            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
-        )
         self.batch_queue_wait = meter.create_histogram(
             "inprocserve.batch.queue_wait",
             unit="s",

@@ -86,7 +86,7 @@ def _exposition() -> str:
         for outcome in OUTCOMES:
             attributes = {**model, "inprocserve.rollout.variant": "stable", "inprocserve.outcome": outcome}
             instruments.request_duration.record(0.01, attributes)
-        instruments.queue_wait.record(0.001, model)
+        instruments.batch_queue_wait.record(0.001, model)
         instruments.batch_size.record(4, model)
         instruments.batch_duration.record(0.002, model)
         instruments.shed.add(1, model)

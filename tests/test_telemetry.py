@@ -555,11 +555,11 @@ def test_an_application_view_overrides_the_advisory_boundaries() -> None:
     try:
         instruments = Metrics(meter=provider.get_meter("inprocserve"))
         instruments.request_duration.record(0.003, {"inprocserve.model.name": "m"})
-        instruments.queue_wait.record(0.003, {"inprocserve.model.name": "m"})
+        instruments.batch_queue_wait.record(0.003, {"inprocserve.model.name": "m"})
         instruments.shadow_diff.record(0.0, {"inprocserve.model.name": "m"})
         (duration,) = _local_points(provider, reader, "inprocserve.request.duration")
         assert tuple(duration.explicit_bounds) == (0.1, 1.0)  # the application's View wins
-        (wait,) = _local_points(provider, reader, "inprocserve.request.queue_wait")
+        (wait,) = _local_points(provider, reader, "inprocserve.batch.queue_wait")
         assert tuple(wait.explicit_bounds) == DURATION_BUCKETS_S  # no View: the advisory boundaries
         (diff,) = _local_points(provider, reader, "inprocserve.shadow.max_abs_diff")
         assert tuple(diff.explicit_bounds) == SHADOW_DIFF_BUCKETS

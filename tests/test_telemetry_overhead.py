@@ -513,7 +513,7 @@ def _points(otel: Otel, name: str, model: str) -> list[Any]:
 
 def test_a_recorder_records_requests_with_their_outcome(otel: Otel) -> None:
     recorder = Recorder("recorded", 3)
-    recorder.request_finished(0.004, variant="canary", error=None, queue_wait_s=0.001)
+    recorder.request_finished(0.004, variant="canary", error=None)
     recorder.request_finished(0.002, variant="canary", error=None)
     recorder.request_finished(0.5, variant="stable", error=inprocserve.DeadlineExceededError("late"))
     durations = {
@@ -525,8 +525,6 @@ def test_a_recorder_records_requests_with_their_outcome(otel: Otel) -> None:
     assert "error.type" not in ok.attributes
     late = durations["stable", "deadline_exceeded"]
     assert late.count == 1 and late.attributes["error.type"] == "DeadlineExceededError"
-    (wait,) = _points(otel, "inprocserve.request.queue_wait", "recorded")
-    assert wait.count == 1 and wait.sum == pytest.approx(0.001)
     (deadline,) = _points(otel, "inprocserve.requests.deadline_exceeded", "recorded")
     assert deadline.value == 1
     recorder.shed()
