@@ -2,8 +2,10 @@
 
 Each test runs for ``SOAK_SECONDS`` (default 1.5: the short run of ``make test``; ``make soak`` sets more)
 and reports its figures on stdout (``-s``) and, when ``SOAK_RESULTS`` names a file, as JSON lines there. Each
-line also carries the process's resident memory, open file descriptors and threads after the test (Linux), so
-the lines of one run, in order, show a leak as a count that grows from test to test.
+line also carries the process's resident memory, open file descriptors and threads as the test reports (Linux),
+most often while its server still serves; so each test also gets a line ``<test id> torn down`` taken once its
+fixtures have closed every server it made, with the figures before it started. The torn-down lines of one run,
+in order, show a leak as a count that grows from test to test.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 
 def soak_seconds() -> float:
@@ -47,6 +52,19 @@ def report(test: str, figures: dict[str, Any]) -> None:
     if target:
         with Path(target).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(line, sort_keys=True, default=str) + "\n")
+
+
+@pytest.fixture(autouse=True)
+def figures_once_torn_down(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Report the process's figures before each soak test and after its teardown.
+
+    What ``report`` shows is taken as a test ends, mostly while ``make_server``'s server still runs its threads
+    and holds its sessions; a thread, descriptor or session left behind by ``close()`` shows only after it. An
+    autouse fixture is set up before the fixtures a test names, so it is torn down after them.
+    """
+    before = process_figures()
+    yield
+    report(f"{request.node.name} torn down", {"before": before})
 
 
 class Tally:
