@@ -426,6 +426,10 @@ class ControlFile:
     def update(self, change: Callable[[Control], Control], *, actor: str | None = None) -> Control:
         """Apply ``change`` to the current revision and write the result as the next revision.
 
+        A ``change`` that returns the revision it was given (the same object) writes nothing, and that revision
+        is returned: a compare-and-set (the compatibility gate names a stable version only where the file,
+        read under the lock, names none; every worker that holds the same version back tries, one writes).
+
         Raises:
             ConfigurationError: the repository folder is missing, or the current file is invalid.
             ControlFileUnavailableError: (a ``ConfigurationError``) the repository folder cannot be looked at
@@ -448,6 +452,8 @@ class ControlFile:
         with self._locked():
             current = self.read()
             changed = change(current)
+            if changed is current:
+                return current
             stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
             result = replace(
                 changed, revision=current.revision + 1, updated_at=stamp, updated_by=actor or default_actor()

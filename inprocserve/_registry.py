@@ -21,7 +21,7 @@ from ._backend import raised_by_signal_handler
 from ._brief import brief
 from ._close_match import close_match
 from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
-from ._control import Control, ModelControl
+from ._control import CONTROL_FILENAME, Control, ControlFile, ModelControl, default_actor
 from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError, failure_text
 from ._integrity import external_data_locations
 from ._log_limit import LogLimit, since
@@ -72,6 +72,9 @@ rest of the drain goes on in a thread of its own (see Registry._drain): with ``p
 stopped hot reload of every model. 30 s, as ``Server.close`` waits per version by default."""
 _LOAD_ATTEMPTS = 3  # loads of a version whose files keep changing while it loads, before it waits for a refresh
 _WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized-graph cache): not changes
+_PIN_LOCK_WAIT_S = 0.5
+"""How long naming a held-back model's stable version waits for the control file's lock (see
+Registry._pin_holds): held longer (an operator's write), it is tried again at a later refresh."""
 _HEAL_FIRST_S = 1.0  # a worker started past a failed repository check, without polling: first retry (see start_healer)
 _HEAL_CAP_S = 60.0  # ... and the longest wait between two of its retries
 _EMPTY_CONFIG_SETTLE_S = 2.0  # how long a serving model's config.toml stays empty before it is applied (see
@@ -163,6 +166,13 @@ class Registry:
         self._shadowed: dict[str, set[int]] = {}  # releases numbered as one of those, as warned (see _sync_model)
         # Versions held back from the default by the compatibility gate, and why (per model).
         self.incompatible: dict[str, dict[int, list[str]]] = {}
+        # Holds with no stable version named anywhere (model: the version serving, the one held back): the
+        # version serving is named the stable version in the control file after the refresh that found the hold,
+        # outside the locks (see _pin_holds); and the holds whose write failed, as warned (once each)
+        self._holds_to_pin: dict[str, tuple[int, int]] = {}
+        self._pin_warned: set[tuple[str, int, int]] = set()
+        # A control revision's re-scan runs (refresh() under the lifecycle lock): it names no stable version
+        self._rescanning = False
         self.routers: dict[str, Router] = {}  # kept while a version is loaded: statistics survive reloads
         self._latest: dict[str, int] = {}  # the highest version the policy selects (the default stable)
         self.control = Control()  # the fleet-wide rollout state this process follows
@@ -497,7 +507,16 @@ class Registry:
         ``settle_empty_configs`` (the poller's refreshes): a serving model's empty ``config.toml`` is applied
         only once it has stayed empty a while (see :meth:`_config_being_written`). A refresh asked for
         (:meth:`Server.refresh`, a fleet-wide ``reload``) applies the file as it is: its caller wrote it, and a
-        reload that only started the wait left every worker on the old settings for good."""
+        reload that only started the wait left every worker on the old settings for good.
+
+        A version the compatibility gate holds back with no stable version named is held by the whole fleet
+        once the refresh is over: see :meth:`_pin_holds`."""
+        problems = self._refresh(settle_empty_configs=settle_empty_configs)
+        if self._holds_to_pin and not self._rescanning:
+            self._pin_holds()
+        return problems
+
+    def _refresh(self, *, settle_empty_configs: bool) -> list[str]:
         if self.repository is None:
             return []
         with self.lock:
@@ -904,20 +923,45 @@ class Registry:
         new = loaded.get(candidate)
         if new is None or baseline is None or baseline.version == candidate or baseline.version not in available:
             held.pop(candidate, None)
+            self._holds_to_pin.pop(name, None)
             return candidate
         assert baseline.signature is not None and new.signature is not None
         problems = incompatibilities(baseline.signature, new.signature)
         if not problems:
             held.pop(candidate, None)
+            self._holds_to_pin.pop(name, None)
             return candidate
+        # With no stable version named anywhere (the control file names none, even one gone from disk or one
+        # only a build loaded by path holds here; nor does the configuration), the hold lived in this worker's
+        # memory only: a worker that started later (recycled, restarted, scaled up) had no version serving to
+        # compare with and served the new one, and the fleet split. The version serving is named the stable
+        # version in the control file (see _pin_holds), which every worker follows; a stable version named is
+        # an operator's choice, never overridden. Recorded at each sync while the hold lasts: a failed write is
+        # tried again at a later refresh.
+        state = self.control.models.get(name)
+        named = rollout.stable is not None or (state is not None and state.stable is not None)
+        pinned = not named and self.repository is not None and name not in self._explicit
+        if pinned:
+            self._holds_to_pin[name] = (baseline.version, candidate)
+        else:
+            self._holds_to_pin.pop(name, None)
         if held.get(candidate) != problems:
             held[candidate] = problems
-            # With no stable version named, or one named that is not loaded (gone from disk: the baseline is
-            # then the version serving by default), the decision lives in this worker's memory only: a worker
-            # that starts now (recycled, restarted, scaled up) has no version serving to compare with and takes
-            # the newest. Said here, where the operator learns of the hold, with how to hold the fleet.
+            # With a stable version named that is not loaded (gone from disk: the baseline is then the version
+            # serving by default), or none named and none to be named here (a model loaded by path), the
+            # decision lives in this worker's memory only: a worker that starts now has no version serving to
+            # compare with and takes the newest. Said here, where the operator learns of the hold, with how to
+            # hold the fleet.
             fleet = ""
-            if pin is None or baseline.version != pin:
+            if pinned:
+                fleet = (
+                    f" No stable version is named, so version {baseline.version} is named the stable version in "
+                    f"the fleet's control file ({CONTROL_FILENAME}, by this worker unless another names one first): "
+                    f"every worker, running or starting later, serves it by default. To promote version "
+                    f"{candidate} once its callers are ready: `python -m inprocserve switch --force REPOSITORY "
+                    f"{name} {candidate}`."
+                )
+            elif pin is None or baseline.version != pin:
                 why = "No stable version is named" if pin is None else f"The stable version named, {pin}, is not loaded"
                 switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline.version}`"
                 # (a stable version the fleet's control file names outranks config.toml's: naming it there
@@ -946,6 +990,88 @@ class Registry:
                 METRICS.incompatible, 1, {"inprocserve.model.name": name, "inprocserve.model.version": candidate}
             )
         return baseline.version
+
+    def _pin_holds(self) -> None:
+        """Name, in the repository's control file, the version serving of each model whose compatibility gate
+        holds a version back with no stable version named anywhere (see :meth:`_gate`), so that every worker,
+        running or starting later, serves it by default: without it a worker that started after the new
+        version appeared served it, and the same request got a 4xx from some workers and an answer from others.
+
+        Run after a refresh, on its thread, outside the registry's locks (requests never wait for it), with a
+        short wait for the file's lock. A compare-and-set: the stable version is written only if the file, read
+        under its lock, still names none for the model (every worker of every host finds the same hold at its
+        next poll: one writes, the others write nothing), and never over an operator's choice. A write that
+        fails (a read-only repository, a control file that is a symbolic link, the lock held) is logged once,
+        at warning, and tried again at a later refresh while the hold lasts."""
+        assert self.repository is not None
+        control_file = ControlFile(self.repository, lock_timeout_s=_PIN_LOCK_WAIT_S)
+        for name, (baseline, candidate) in list(self._holds_to_pin.items()):
+            if self.closed or self._stop.is_set():
+                return
+            rollout = self._rollouts.get(name)
+            if (
+                self._holds_to_pin.get(name) != (baseline, candidate)
+                or candidate not in self.incompatible.get(name, {})
+                or baseline not in self.loaded.get(name, {})  # (never a version that cannot load here)
+                or (rollout is not None and rollout.stable is not None)
+            ):
+                continue
+            written: list[Control] = []
+
+            def name_stable(
+                control: Control, name: str = name, baseline: int = baseline, written: list[Control] = written
+            ) -> Control:
+                state = control.models.get(name) or ModelControl()
+                if state.stable is not None:  # named meanwhile (another worker, an operator): left as it is
+                    return control
+                named = dataclasses.replace(state, stable=baseline)
+                written.append(control)
+                return dataclasses.replace(control, models={**control.models, name: named})
+
+            try:
+                control = control_file.read()  # (no lock taken where one is named already)
+                state = control.models.get(name)
+                if state is None or state.stable is None:
+                    control = control_file.update(name_stable, actor=f"compatibility gate ({default_actor()})")
+            except (ConfigurationError, OSError) as exc:
+                if (name, baseline, candidate) not in self._pin_warned:
+                    self._pin_warned.add((name, baseline, candidate))
+                    switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline}`"
+                    logger.warning(
+                        "model %r: version %s could not be named the stable version in the fleet's control file "
+                        "while version %s is held back (%s); tried again at the next refresh. Until then a worker "
+                        "that starts now serves version %s: to hold every worker on version %s, name it ([rollout] "
+                        "stable = %s in the model's config.toml, or %s)",
+                        name,
+                        baseline,
+                        candidate,
+                        exc,
+                        candidate,
+                        baseline,
+                        baseline,
+                        switch,
+                    )
+                continue
+            if self._holds_to_pin.get(name) == (baseline, candidate):
+                self._holds_to_pin.pop(name, None)
+            self._pin_warned = {key for key in self._pin_warned if key[0] != name}
+            if written:
+                logger.info(
+                    "model %r: version %s is named the stable version in control file %s (revision %d, by %s), as "
+                    "version %s is held back as not compatible with it: every worker, running or starting later, "
+                    "serves version %s by default. To promote version %s once its callers are ready: `python -m "
+                    "inprocserve switch --force REPOSITORY %s %s`",
+                    name,
+                    baseline,
+                    control_file.path,
+                    control.revision,
+                    control.updated_by,
+                    candidate,
+                    baseline,
+                    candidate,
+                    name,
+                    candidate,
+                )
 
     def _next_version(self, name: str) -> int:
         return max(self.loaded.get(name, {}), default=0) + 1
@@ -1684,7 +1810,12 @@ class Registry:
                     raise  # (the reload stays pending: the next sync scans again)
                 problems[""] = f"reload (re-scan of the repository) failed: {exc}"
             else:  # pending until the refresh is done: a sync without the lock must not take it as applied
-                rescanned = self.refresh()
+                # (the holds it finds are named stable after a later refresh, outside the locks: see refresh)
+                self._rescanning = True
+                try:
+                    rescanned = self.refresh()
+                finally:
+                    self._rescanning = False
                 self._control_reload_pending = False
         for name in sorted(self._control_pending):
             if self._stop.is_set():  # the process is exiting (see stop_poller): load no more models
@@ -2008,6 +2139,7 @@ class Registry:
         # (this copy's runs are the parent's, and never end here)
         self._drainers = {}
         self._deferred = None
+        self._rescanning = False  # (another thread's re-scan at the fork: over, in the child)
         if closing:
             self.closed = True
             self._stop.set()

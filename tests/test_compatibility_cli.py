@@ -31,7 +31,8 @@ def test_the_cli_refuses_a_switch_to_the_version_the_gate_holds_back(
     err = capsys.readouterr().err
     assert err.startswith("error: model 'm' version 2 is not compatible with version 1, which serves now: "), err
     assert "input 'x' is gone" in err and "--force" in err, err
-    assert not ControlFile(repository).path.exists()
+    control = ControlFile(repository).read()  # (the gate's pin of version 1 alone: the switch wrote nothing)
+    assert (control.revision, control.models["m"].stable) == (1, 1), control
     server.sync_control()
     assert server.predict("m", {"x": np.ones((1, 4), np.float32)}).version == 1
     assert main(["switch", "--force", str(repository), "m", "2"]) == 0  # callers are ready
@@ -58,13 +59,13 @@ def test_the_cli_compares_a_switch_only_with_versions_the_policy_lets_workers_lo
     assert server.predict("m", {"features": np.ones((1, 4), np.float32)}).version == 2
 
 
-def test_a_held_back_version_says_how_to_hold_the_workers_that_start_later(
+def test_a_held_back_version_says_how_the_fleet_is_held_and_how_to_promote_it(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """With no stable version named, the gate's hold lives in each worker's memory: a worker that starts after
-    version 2 appeared (recycled, restarted, scaled up) has no version serving to compare it with and serves 2.
-    The hold's warning said only "pin version=2, or switch(..., force=True)"; it now says that, and how to hold
-    every worker; once done, a worker that starts holds version 2 back too."""
+    """With no stable version named, the gate's hold lived in each worker's memory: a worker that started after
+    version 2 appeared (recycled, restarted, scaled up) had no version serving to compare it with and served 2.
+    The worker that holds it back now names version 1 the stable version in the control file, and its warning
+    says so, and how to promote 2; a worker that starts later holds version 2 back too."""
     x = np.ones((1, 4), np.float32)
     save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
     running = make_server(repository, poll_interval_s=None)
@@ -72,18 +73,15 @@ def test_a_held_back_version_says_how_to_hold_the_workers_that_start_later(
     with caplog.at_level("WARNING", logger="inprocserve"):
         running.refresh()
     [held] = [r.getMessage() for r in caplog.records if "not compatible" in r.getMessage()]
-    assert "a worker that starts now serves version 2" in held, held
-    assert "python -m inprocserve switch --force REPOSITORY m 1" in held and "[rollout] stable = 1" in held, held
+    assert "version 1 is named the stable version in the fleet's control file" in held, held
+    assert "every worker, running or starting later, serves it by default" in held, held
+    assert "python -m inprocserve switch --force REPOSITORY m 2" in held, held
     assert running.predict("m", {"x": x}).version == 1
-    started = make_server(repository, poll_interval_s=None)
-    assert started.status()["models"]["m"]["answering_version"] == 2  # as the warning says
-    started.close()
 
-    assert main(["switch", "--force", str(repository), "m", "1"]) == 0  # (the started worker serves 2)
     caplog.clear()
     with caplog.at_level("WARNING", logger="inprocserve"):
-        restarted = make_server(repository, poll_interval_s=None)
-    assert restarted.predict("m", {"x": x}).version == 1
-    assert restarted.status()["models"]["m"]["versions"]["2"]["compatible"] is False
+        started = make_server(repository, poll_interval_s=None)
+    assert started.predict("m", {"x": x}).version == 1
+    assert started.status()["models"]["m"]["versions"]["2"]["compatible"] is False
     [held] = [r.getMessage() for r in caplog.records if "not compatible" in r.getMessage()]
     assert "No stable version is named" not in held, held  # (named now: every worker holds it)

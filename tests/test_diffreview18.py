@@ -50,14 +50,16 @@ def test_naming_the_stable_version_in_config_toml_after_the_hold_holds_every_wor
     repository: Path, make_server: ServerFactory
 ) -> None:
     """The hold's warning's way out, taken after the fact: version 2 (incompatible) appeared with no stable
-    version named, one worker holds it back and one started since serves it; then ``[rollout] stable = 1`` is
-    written to config.toml. "From then on every worker, running or starting, holds the new version back"."""
+    version named, one worker holds it back and one started since serves it (it started before the hold was
+    found, and follows no control file: the stable version the running one names there reaches it at its next
+    read); then ``[rollout] stable = 1`` is written to config.toml. "From then on every worker, running or
+    starting, holds the new version back"."""
     x = np.ones((1, 4), np.float32)
     save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
     running = make_server(repository, poll_interval_s=None)
     save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
+    started = make_server(repository, poll_interval_s=None, control_interval_s=None)
     running.refresh()
-    started = make_server(repository, poll_interval_s=None)
     assert (
         running.status()["models"]["m"]["answering_version"],
         started.status()["models"]["m"]["answering_version"],
