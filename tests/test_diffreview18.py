@@ -29,7 +29,7 @@ from .test_loophard import BOUND_S
 def test_a_worker_that_starts_with_the_stable_version_named_in_config_toml_holds_the_new_one_back(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """docs/repository.md, "Name the stable version before deploying an incompatible one": with
+    """docs/repository.md, "Compatibility gate" (a stable version named before an incompatible one): with
     ``[rollout] stable = 1`` in the model's config.toml, every worker, running or starting, holds an incompatible
     version 2 back (the hold's warning names this as the way to hold the fleet)."""
     x = np.ones((1, 4), np.float32)
