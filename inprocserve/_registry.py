@@ -512,9 +512,15 @@ class Registry:
         A version the compatibility gate holds back with no stable version named is held by the whole fleet
         once the refresh is over: see :meth:`_pin_holds`."""
         problems = self._refresh(settle_empty_configs=settle_empty_configs)
-        if self._holds_to_pin and not self._rescanning:
-            self._pin_holds()
+        self.pin_holds()
         return problems
+
+    def pin_holds(self) -> None:
+        """Name the stable version of each model whose gate holds a version back with none named (see
+        :meth:`_pin_holds`), unless there is none or a control revision's re-scan runs: call it without the
+        registry's locks held (after a refresh, or after following a control revision that re-scanned)."""
+        if self._holds_to_pin and not self._rescanning and self.repository is not None:
+            self._pin_holds()
 
     def _refresh(self, *, settle_empty_configs: bool) -> list[str]:
         if self.repository is None:
