@@ -963,7 +963,8 @@ class Registry:
                 fleet = (
                     f" No stable version is named, so version {baseline.version} is named the stable version in "
                     f"the fleet's control file ({CONTROL_FILENAME}, by this worker unless another names one first): "
-                    f"every worker, running or starting later, serves it by default. To promote version "
+                    f"every worker, running or starting later, serves it by default until a switch names another "
+                    f"(a later version too goes live by a switch). To promote version "
                     f"{candidate} once its callers are ready: `python -m inprocserve switch --force REPOSITORY "
                     f"{name} {candidate}`."
                 )

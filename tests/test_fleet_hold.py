@@ -4,6 +4,7 @@ a worker that starts later (recycled by ``--max-requests``, restarted, scaled up
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -180,6 +181,27 @@ def test_after_a_pin_rollback_has_nothing_to_undo_and_a_forced_switch_promotes_t
     assert _answering(running, started) == [1, 1]
     control = ControlFile(repository).read()
     assert (control.revision, control.models["m"].stable, control.models["m"].previous_stable) == (3, 1, 2)
+
+
+def test_after_a_pin_a_later_compatible_version_goes_live_by_a_switch(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The name is a stable version like a switch's: the held version withdrawn and a compatible version 3
+    deployed, the fleet stays on version 1 (no worker, running or starting, moves on its own) until a switch,
+    which the gate lets through, moves it to 3 with 1 to roll back to."""
+    [running] = _version_1_then_an_incompatible_2(repository, make_server)
+    running.refresh()
+    running.sync_control()
+    shutil.rmtree(repository / "m" / "2")
+    save_model(build_mlp_model((4, 8, 2), input_name="x", seed=3), repository, "m", 3)
+    running.refresh()
+    started = make_server(repository, poll_interval_s=None)
+    assert _answering(running, started) == [1, 1]
+    assert main(["switch", str(repository), "m", "3"]) == 0
+    running.sync_control()
+    started.sync_control()
+    assert _answering(running, started) == [3, 3]
+    assert ControlFile(repository).read().models["m"].previous_stable == 1
 
 
 def test_a_canary_set_before_the_pin_is_kept_by_it(repository: Path, make_server: ServerFactory) -> None:
