@@ -473,9 +473,12 @@ class Operations:
         try:
             if not registry.closed:
                 self._sync_locked(retry_now=retry_now)
-            return registry.control.revision
         finally:
             registry.lock.release()
+        # A hold the revision's re-scan found (a fleet-wide reload) is named in the control file now, outside the
+        # lifecycle lock: a worker without a poller, which learns of new versions only so, had it never named.
+        registry.pin_holds()
+        return registry.control.revision
 
     def _follow_at_once(self, control: Control, *, seen: int) -> bool:
         """Follow ``control``, read once the registry's control generation was ``seen``, if it needs no load

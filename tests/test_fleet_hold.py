@@ -232,12 +232,6 @@ def test_without_a_repository_the_hold_stays_in_the_server_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a hold found by the re-scan a fleet-wide reload asks for is pinned only at the worker's next refresh; "
-    "a worker without a poller has none: Operations.sync_control should call Registry.pin_holds() once it "
-    "releases the lifecycle lock (outside this area)",
-)
 def test_a_hold_found_by_a_fleet_wide_reload_is_pinned_by_a_worker_without_a_poller(
     repository: Path, make_server: ServerFactory
 ) -> None:
