@@ -452,7 +452,11 @@ class Operations:
         with self._registry.lock:
             self._registry.check_open()
             seen = self._registry.control_generation
-            return self._adopt(self._control_file.bump_reload(actor=actor), seen=seen)
+            problems = self._adopt(self._control_file.bump_reload(actor=actor), seen=seen)
+        # A hold the re-scan found is named in the control file now, outside the lifecycle lock (see sync_control):
+        # this worker's watcher finds nothing new to follow, and a worker without a poller has no later refresh.
+        self._registry.pin_holds()
+        return problems
 
     def sync_control(self, *, retry_now: bool = True) -> int:
         """See :meth:`Server.sync_control`. ``retry_now=False`` (the watcher): a revision applied only in

@@ -1,0 +1,27 @@
+"""Review of the gate's fleet-wide hold (the stable version named in the control file when none is): the ways a
+worker without a poller finds a hold, and retries a name it could not write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from inprocserve._control import ControlFile
+
+from .conftest import ServerFactory
+from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2
+
+
+def test_a_hold_found_by_a_reload_asked_in_process_is_named_for_the_fleet(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``server.reload()`` (the in-process fleet-wide reload, as a deploy hook calls it) re-scans under the
+    lifecycle lock, where the gate writes nothing: the worker that asked must name the stable version once the
+    lock is released (its own watcher has nothing new to read, and a worker without a poller has no later
+    refresh), or a worker started afterwards serves the held version."""
+    [running] = _version_1_then_an_incompatible_2(repository, make_server)
+    running.reload()
+    assert _answering(running) == [1]
+    state = ControlFile(repository).read().models.get("m")
+    assert state is not None and state.stable == 1, state
+    started = make_server(repository, poll_interval_s=None)
+    assert _answering(running, started) == [1, 1]
