@@ -463,26 +463,31 @@ class Operations:
         part is tried again when its back-off allows, not on every call, and the lifecycle lock is waited for
         at most one interval (a hot reload may hold it while it loads: the next interval reads the file again,
         and follows at once a revision that needs no load)."""
+        self._sync_control(retry_now=retry_now)
+        # A hold the revision's re-scan found (a fleet-wide reload) is named in the control file now, outside the
+        # lifecycle lock: a worker without a poller, which learns of new versions only so, had it never named. At
+        # every read, not only one that follows a revision: a name that failed (the file's lock held) is tried
+        # again here, where such a worker has no later refresh (a no-op with no hold to name).
+        self._registry.pin_holds()
+        return self._registry.control.revision
+
+    def _sync_control(self, *, retry_now: bool) -> None:
         registry = self._registry
         seen = registry.control_generation
         control = self._read_control()
         if control is not None and control != registry.control and self._follow_at_once(control, seen=seen):
-            return registry.control.revision
+            return
         # (the file holds what this server follows; marked followed under the lock, see _followed)
         if (control is None or (control == registry.control and self._read_once)) and not registry.control_pending:
-            return registry.control.revision
+            return
         wait_s = -1 if retry_now or self.control_interval_s is None else self.control_interval_s
         if not registry.lock.acquire(timeout=wait_s):
-            return registry.control.revision
+            return
         try:
             if not registry.closed:
                 self._sync_locked(retry_now=retry_now)
         finally:
             registry.lock.release()
-        # A hold the revision's re-scan found (a fleet-wide reload) is named in the control file now, outside the
-        # lifecycle lock: a worker without a poller, which learns of new versions only so, had it never named.
-        registry.pin_holds()
-        return registry.control.revision
 
     def _follow_at_once(self, control: Control, *, seen: int) -> bool:
         """Follow ``control``, read once the registry's control generation was ``seen``, if it needs no load

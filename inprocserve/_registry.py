@@ -1046,9 +1046,9 @@ class Registry:
                     switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline}`"
                     logger.warning(
                         "model %r: version %s could not be named the stable version in the fleet's control file "
-                        "while version %s is held back (%s); tried again at the next refresh. Until then a worker "
-                        "that starts now serves version %s: to hold every worker on version %s, name it ([rollout] "
-                        "stable = %s in the model's config.toml, or %s)",
+                        "while version %s is held back (%s); tried again at the next refresh or read of the control "
+                        "file. Until then a worker that starts now serves version %s: to hold every worker on version "
+                        "%s, name it ([rollout] stable = %s in the model's config.toml, or %s)",
                         name,
                         baseline,
                         candidate,

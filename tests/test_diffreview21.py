@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from inprocserve import Server
+from inprocserve.__main__ import main
 from inprocserve._control import ControlFile
 
 from .conftest import ServerFactory
@@ -24,4 +28,24 @@ def test_a_hold_found_by_a_reload_asked_in_process_is_named_for_the_fleet(
     state = ControlFile(repository).read().models.get("m")
     assert state is not None and state.stable == 1, state
     started = make_server(repository, poll_interval_s=None)
+    assert _answering(running, started) == [1, 1]
+
+
+def test_a_name_the_lock_kept_out_after_a_reload_is_written_at_the_watcher_s_next_read(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker without a poller finds the hold at a ``reload``'s re-scan; the control file's lock is held then
+    (an operator's write), so the name fails, logged as "tried again". With no poller, no refresh comes: the
+    watcher's next read of the file (nothing new in it) is where it is tried again."""
+    [running] = _version_1_then_an_incompatible_2(repository, make_server)
+    assert main(["reload", str(repository)]) == 0
+    with caplog.at_level("WARNING", logger="inprocserve"), ControlFile(repository)._locked():
+        running.sync_control()
+    [failed] = [r.getMessage() for r in caplog.records if "could not be named the stable version" in r.getMessage()]
+    assert "tried again" in failed, failed
+    assert _answering(running) == [1]
+    running.sync_control()  # (the watcher's next read: the file unchanged)
+    state = ControlFile(repository).read().models.get("m")
+    assert state is not None and state.stable == 1, state
+    started: Server = make_server(repository, poll_interval_s=None)
     assert _answering(running, started) == [1, 1]
