@@ -1012,6 +1012,9 @@ class Registry:
         at warning, and tried again at a later refresh while the hold lasts."""
         assert self.repository is not None
         control_file = ControlFile(self.repository, lock_timeout_s=_PIN_LOCK_WAIT_S)
+        # The first write that fails fails the rest alike (one file, one lock): they are not tried this time, or
+        # each waited for a stuck lock in turn (the watcher, which tries at each read, followed nothing meanwhile)
+        failure: ConfigurationError | OSError | None = None
         for name, (baseline, candidate) in list(self._holds_to_pin.items()):
             if self.closed or self._stop.is_set():
                 return
@@ -1036,11 +1039,14 @@ class Registry:
                 return dataclasses.replace(control, models={**control.models, name: named})
 
             try:
+                if failure is not None:
+                    raise failure
                 control = control_file.read()  # (no lock taken where one is named already)
                 state = control.models.get(name)
                 if state is None or state.stable is None:
                     control = control_file.update(name_stable, actor=f"compatibility gate ({default_actor()})")
             except (ConfigurationError, OSError) as exc:
+                failure = exc
                 if (name, baseline, candidate) not in self._pin_warned:
                     self._pin_warned.add((name, baseline, candidate))
                     switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline}`"

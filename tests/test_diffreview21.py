@@ -3,6 +3,7 @@ worker without a poller finds a hold, and retries a name it could not write."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from inprocserve import Server
 from inprocserve.__main__ import main
 from inprocserve._control import ControlFile
+from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory
 from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2
@@ -49,3 +51,27 @@ def test_a_name_the_lock_kept_out_after_a_reload_is_written_at_the_watcher_s_nex
     assert state is not None and state.stable == 1, state
     started: Server = make_server(repository, poll_interval_s=None)
     assert _answering(running, started) == [1, 1]
+
+
+def test_holds_of_several_models_wait_for_a_stuck_lock_once_per_try(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three models each hold a version back while the control file's lock is stuck (a writer that hangs): each
+    try waits for the lock once (0.5 s), not once per model, so the watcher, which tries at each read of the
+    file, still follows a kill switch within about an interval; every model's failure is still logged, once."""
+    for name in ("a", "b", "c"):
+        save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, name, 1)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    for name in ("a", "b", "c"):
+        save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, name, 2)
+    with caplog.at_level("WARNING", logger="inprocserve"), ControlFile(repository)._locked():
+        running.refresh()
+        started = time.monotonic()
+        running.sync_control()  # (a read of the file: the names are tried again)
+        waited_s = time.monotonic() - started
+    failed = [r.getMessage() for r in caplog.records if "could not be named the stable version" in r.getMessage()]
+    assert sorted(message.split("'")[1] for message in failed) == ["a", "b", "c"], failed
+    assert waited_s < 1.0, waited_s
+    running.sync_control()  # (the lock free: every name written)
+    control = ControlFile(repository).read()
+    assert {name: state.stable for name, state in control.models.items()} == {"a": 1, "b": 1, "c": 1}
