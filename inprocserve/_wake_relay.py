@@ -35,12 +35,15 @@ if TYPE_CHECKING:
 
 __all__ = ["DONE_WAKING", "HEAL_INTERVAL_S", "RELAY", "WAKING_AT_ONCE", "WakeRelay"]
 
-# Callers being woken at once. In a one-off comparison on the project's 2-core machine (mlp-small, one server,
-# this number switched between rounds in one process), 6 to 8 gave the lowest p99 at 8, 32 and 64 client
-# threads; 1 starved the queue's tail, and more than 16 crowded the GIL again (at 32 and 64 threads, waking
-# every caller of a batch at once lost 12-15 % of the throughput). Against the chain it replaced:
-# benchmarks/queued_callers_ab.py, docs/batching.md ("How a request flows").
-WAKING_AT_ONCE = 8
+# Callers being woken at once. In a first one-off comparison on the project's 2-core machine (mlp-small, one
+# server, this number switched between rounds in one process), 6 to 8 gave the lowest p99 at 8, 32 and 64
+# client threads; 1 starved the queue's tail, and more than 16 crowded the GIL again (at 32 and 64 threads,
+# waking every caller of a batch at once lost 12-15 % of the throughput). Measured again on 2026-12-07 with
+# benchmarks/wake_relay_size.py (4 against 8, paired rounds; benchmarks/results/wake_relay_size*.md), 4 made
+# mlp-small 1.01x, 1.07x and 1.04x the requests/s at 8, 32 and 64 threads (1.04x, 1.06x and 1.12x in a run
+# before it) and mlp-large 1.03x and 1.05x at 8 and 64, with a lower p99 at every point, fairness level or
+# better and fewer context switches per request; 2 did no better than 4 in two busier runs that day.
+WAKING_AT_ONCE = 4
 # How often the relay's watcher looks for places never handed on (see WakeRelay): a place held across two of
 # its looks (one to two intervals) is taken back. Far beyond any wake-up, so in practice only a caller that
 # was interrupted where no clean-up runs loses its place.
