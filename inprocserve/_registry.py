@@ -1018,21 +1018,23 @@ class Registry:
         for name, (baseline, candidate) in list(self._holds_to_pin.items()):
             if self.closed or self._stop.is_set():
                 return
-            rollout = self._rollouts.get(name)
-            if (
-                self._holds_to_pin.get(name) != (baseline, candidate)
-                or candidate not in self.incompatible.get(name, {})
-                or baseline not in self.loaded.get(name, {})  # (never a version that cannot load here)
-                or (rollout is not None and rollout.stable is not None)
-            ):
+            if not self._still_to_pin(name, baseline, candidate):
                 continue
             written: list[Control] = []
 
             def name_stable(
-                control: Control, name: str = name, baseline: int = baseline, written: list[Control] = written
+                control: Control,
+                name: str = name,
+                baseline: int = baseline,
+                candidate: int = candidate,
+                written: list[Control] = written,
             ) -> Control:
                 state = control.models.get(name) or ModelControl()
                 if state.stable is not None:  # named meanwhile (another worker, an operator): left as it is
+                    return control
+                # Checked again under the file's lock: the wait for it (up to 0.5 s) left time for an unload, a
+                # refresh that retired the version, or close(), and the fleet was pinned to a version gone here
+                if not self._still_to_pin(name, baseline, candidate):
                     return control
                 named = dataclasses.replace(state, stable=baseline)
                 written.append(control)
@@ -1085,6 +1087,21 @@ class Registry:
                     name,
                     candidate,
                 )
+
+    def _still_to_pin(self, name: str, baseline: int, candidate: int) -> bool:
+        """Whether ``baseline`` is still to be named the stable version of ``name`` (see :meth:`_pin_holds`): the
+        server open, ``candidate`` still held back against it, ``baseline`` still loaded (never a version that
+        cannot load here), and no stable version named by the configuration. Read without the registry's locks
+        (each table in one look)."""
+        if self.closed or self._stop.is_set():
+            return False
+        rollout = self._rollouts.get(name)
+        return (
+            self._holds_to_pin.get(name) == (baseline, candidate)
+            and candidate in self.incompatible.get(name, {})
+            and baseline in self.loaded.get(name, {})
+            and (rollout is None or rollout.stable is None)
+        )
 
     def _next_version(self, name: str) -> int:
         return max(self.loaded.get(name, {}), default=0) + 1

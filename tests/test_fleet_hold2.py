@@ -1,0 +1,55 @@
+"""The fleet-wide hold's name written in the control file (see ``Registry._pin_holds``), reviewed: what changes
+between the check and the write, how a failed name shows, and what a forked worker inherits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from inprocserve._control import Control, ControlFile
+
+from .conftest import ServerFactory
+from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2
+
+
+def _before_the_gate_s_write(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
+    """Run ``action`` once, as the gate's name starts its compare-and-set (where it may wait 0.5 s for the lock):
+    what another thread, or the operator, does meanwhile."""
+    update = ControlFile.update
+    done: list[bool] = []
+
+    def interleaved(self: ControlFile, change: Callable[[Control], Control], *, actor: str | None = None) -> Control:
+        if not done and actor is not None and actor.startswith("compatibility gate"):
+            done.append(True)
+            action()
+        return update(self, change, actor=actor)
+
+    monkeypatch.setattr(ControlFile, "update", interleaved)
+
+
+def test_a_version_unloaded_while_the_name_waits_for_the_lock_is_not_named(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator unloads version 1 while the worker's name of it waits for the control file's lock: version
+    2 serves here, and the fleet must not be pinned to the version just taken away (every worker, this one too,
+    would load it back and serve it)."""
+    [running] = _version_1_then_an_incompatible_2(repository, make_server)
+    _before_the_gate_s_write(monkeypatch, lambda: running.unload("m", 1))
+    running.refresh()
+    state = ControlFile(repository).read().models.get("m")
+    assert state is None or state.stable is None, state
+    running.sync_control()
+    assert _answering(running) == [2]
+
+
+def test_a_server_closed_while_the_name_waits_for_the_lock_writes_nothing(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``close()`` (the worker exiting) while the name waits for the lock: a closed server changes nothing in the
+    fleet's control file."""
+    [running] = _version_1_then_an_incompatible_2(repository, make_server)
+    _before_the_gate_s_write(monkeypatch, lambda: running.close())
+    running.refresh()
+    assert ControlFile(repository).read().revision == 0
