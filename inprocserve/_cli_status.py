@@ -289,6 +289,8 @@ def summarize(document: dict[str, Any], *, token_sent: bool = False) -> list[str
             lines.append(f"  config error: {model['config_error']}")
         if model.get("config_warning"):
             lines.append(f"  config warning: {printable(str(model['config_warning']))}")
+        if model.get("fleet_hold_error"):  # (the gate's hold is this worker's alone: the fleet is not held)
+            lines.append(f"  FLEET NOT HELD: {printable(str(model['fleet_hold_error']))}")
         lines.extend(_control_lines(_object(model.get("control"), f"models.{name}.control", optional=True)))
         for number, version in _object(model.get("versions"), f"models.{name}.versions", optional=True).items():
             where = f"models.{name}.versions.{number}"

@@ -171,6 +171,8 @@ class Registry:
         # outside the locks (see _pin_holds); and the holds whose write failed, as warned (once each)
         self._holds_to_pin: dict[str, tuple[int, int]] = {}
         self._pin_warned: set[tuple[str, int, int]] = set()
+        # The last failed name of each hold (model: the hold, and why): status's fleet_hold_error while it lasts
+        self._pin_errors: dict[str, tuple[tuple[int, int], str]] = {}
         # A control revision's re-scan runs (refresh() under the lifecycle lock): it names no stable version
         self._rescanning = False
         self.routers: dict[str, Router] = {}  # kept while a version is loaded: statistics survive reloads
@@ -1049,6 +1051,13 @@ class Registry:
                     control = control_file.update(name_stable, actor=f"compatibility gate ({default_actor()})")
             except (ConfigurationError, OSError) as exc:
                 failure = exc
+                self._pin_errors[name] = (
+                    (baseline, candidate),
+                    f"version {baseline} could not be named the stable version in the fleet's control file while "
+                    f"version {candidate} is held back ({exc}); a worker that starts now serves version {candidate} "
+                    f"until it is (tried again at the next refresh or read of the control file), or until version "
+                    f"{baseline} is named by hand: `python -m inprocserve switch --force REPOSITORY {name} {baseline}`",
+                )
                 if (name, baseline, candidate) not in self._pin_warned:
                     self._pin_warned.add((name, baseline, candidate))
                     switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline}`"
@@ -1070,6 +1079,7 @@ class Registry:
             if self._holds_to_pin.get(name) == (baseline, candidate):
                 self._holds_to_pin.pop(name, None)
             self._pin_warned = {key for key in self._pin_warned if key[0] != name}
+            self._pin_errors.pop(name, None)
             if written:
                 logger.info(
                     "model %r: version %s is named the stable version in control file %s (revision %d, by %s), as "
@@ -1087,6 +1097,15 @@ class Registry:
                     name,
                     candidate,
                 )
+
+    def fleet_hold_error(self, name: str) -> str | None:
+        """What status shows as ``name``'s ``fleet_hold_error``: why the version serving could not be named the
+        stable version in the control file (see :meth:`_pin_holds`), while that hold lasts (one gone, the error
+        goes with it). Read without the locks, as status reads."""
+        error = self._pin_errors.get(name)  # (one look)
+        if error is None or self._holds_to_pin.get(name) != error[0]:
+            return None
+        return error[1]
 
     def _still_to_pin(self, name: str, baseline: int, candidate: int) -> bool:
         """Whether ``baseline`` is still to be named the stable version of ``name`` (see :meth:`_pin_holds`): the

@@ -174,6 +174,9 @@ def _models_status(
             # keys of its config.toml, or of a loaded version's remote.toml, this release ignores (a newer
             # release's during a rolling upgrade, or a typo)
             "config_warning": registry.config_warning(name),
+            # the gate holds a version back, and the version serving could not be named the fleet's stable
+            # version in the control file (the fleet is not held: a worker that starts now serves the held one)
+            "fleet_hold_error": registry.fleet_hold_error(name),
             "versions": versions,
             "rollout": None if router is None or brief else router.status(),
             "shadow": None if shadow_status is None else shadow_status(name),

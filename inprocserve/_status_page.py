@@ -147,6 +147,8 @@ def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> st
         parts.append(f'<p class="error">Configuration error: {_text(model["config_error"])}</p>')
     if model.get("config_warning"):  # (keys of its config.toml or a remote.toml this release ignores)
         parts.append(f'<p class="error">Configuration warning: {_text(model["config_warning"])}</p>')
+    if model.get("fleet_hold_error"):  # (the gate's hold is this worker's alone: the fleet is not held)
+        parts.append(f'<p class="error">Fleet not held: {_text(model["fleet_hold_error"])}</p>')
     parts.append("<h3>Versions</h3>" + _versions_table(versions, _roles(model, rollout, killed=killed)))
     if rollout is not None:
         parts.append(_rollout_block(rollout))

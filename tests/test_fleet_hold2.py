@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from inprocserve import render_status_page
+from inprocserve._cli_status import summarize
 from inprocserve._control import Control, ControlFile
 
 from .conftest import ServerFactory
@@ -53,3 +55,30 @@ def test_a_server_closed_while_the_name_waits_for_the_lock_writes_nothing(
     _before_the_gate_s_write(monkeypatch, lambda: running.close())
     running.refresh()
     assert ControlFile(repository).read().revision == 0
+
+
+def test_a_name_the_control_file_refuses_shows_in_status_until_it_is_written(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A control file that is a symbolic link (managed elsewhere) refuses the name: the fleet is not held (a
+    worker that starts now serves version 2), and status, the status CLI and the status page say so, not only
+    one warning in the log; once the name is written, they say nothing."""
+    managed = tmp_path / "managed.json"
+    managed.write_text('{"revision": 0, "models": {}}\n')
+    link = repository / ".inprocserve-control.json"
+    link.symlink_to(managed)
+    [running] = _version_1_then_an_incompatible_2(repository, make_server)
+    running.refresh()
+    status = running.status()
+    error = status["models"]["m"]["fleet_hold_error"]
+    assert error is not None and "symbolic link" in error and "version 1 could not be named" in error, error
+    assert "switch --force REPOSITORY m 1" in error, error
+    assert any(line.startswith("  FLEET NOT HELD: version 1") for line in summarize(status)), summarize(status)
+    assert "Fleet not held: version 1" in render_status_page(status)
+
+    link.unlink()
+    running.refresh()
+    assert ControlFile(repository).read().models["m"].stable == 1
+    status = running.status()
+    assert status["models"]["m"]["fleet_hold_error"] is None
+    assert not any("FLEET NOT HELD" in line for line in summarize(status))
