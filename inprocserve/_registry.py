@@ -74,7 +74,8 @@ _LOAD_ATTEMPTS = 3  # loads of a version whose files keep changing while it load
 _WRITTEN_BY_LOADS = OPTIMIZED_GRAPH  # files a load itself writes (the optimized-graph cache): not changes
 _PIN_LOCK_WAIT_S = 0.5
 """How long naming a held-back model's stable version waits for the control file's lock (see
-Registry._pin_holds): held longer (an operator's write), it is tried again at a later refresh."""
+Registry._pin_holds): held longer (an operator's write), it is tried again at a later refresh or read of the
+control file, without waiting (taken only if free) until a name is written."""
 _HEAL_FIRST_S = 1.0  # a worker started past a failed repository check, without polling: first retry (see start_healer)
 _HEAL_CAP_S = 60.0  # ... and the longest wait between two of its retries
 _EMPTY_CONFIG_SETTLE_S = 2.0  # how long a serving model's config.toml stays empty before it is applied (see
@@ -171,6 +172,7 @@ class Registry:
         # outside the locks (see _pin_holds); and the holds whose write failed, as warned (once each)
         self._holds_to_pin: dict[str, tuple[int, int]] = {}
         self._pin_warned: set[tuple[str, int, int]] = set()
+        self._pinning = threading.RLock()  # held by the thread running _pin_holds (see pin_holds)
         # The last failed name of each hold (model: the hold, and why): status's fleet_hold_error while it lasts
         self._pin_errors: dict[str, tuple[tuple[int, int], str]] = {}
         # A control revision's re-scan runs (refresh() under the lifecycle lock): it names no stable version
@@ -522,7 +524,11 @@ class Registry:
         :meth:`_pin_holds`), unless there is none or a control revision's re-scan runs: call it without the
         registry's locks held (after a refresh, or after following a control revision that re-scanned)."""
         if self._holds_to_pin and not self._rescanning and self.repository is not None:
-            self._pin_holds()
+            # One thread names at a time (the watcher's read, a poll's refresh): once a try failed, the lock is
+            # taken only if free, and one thread's try found it held by the other's and failed, the fleet
+            # unpinned until a later read. Waited for: a try is short, or its one wait for the lock (0.5 s).
+            with self._pinning:
+                self._pin_holds()
 
     def _refresh(self, *, settle_empty_configs: bool) -> list[str]:
         if self.repository is None:
@@ -1013,7 +1019,12 @@ class Registry:
         fails (a read-only repository, a control file that is a symbolic link, the lock held) is logged once,
         at warning, and tried again at a later refresh while the hold lasts."""
         assert self.repository is not None
-        control_file = ControlFile(self.repository, lock_timeout_s=_PIN_LOCK_WAIT_S)
+        # While a hold's name has failed, the lock is not waited for: the watcher tries at each read of the file
+        # (every 0.5 s by default), and each wait for a stuck lock made a kill switch or a canary followed an
+        # interval late for as long as it stayed stuck; taken when free, the name is still written at the first
+        # read after. (A new hold's first try waits: every worker finds it at once, and they contend.)
+        failing = any(self.fleet_hold_error(name) for name in list(self._holds_to_pin))
+        control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
         # The first write that fails fails the rest alike (one file, one lock): they are not tried this time, or
         # each waited for a stuck lock in turn (the watcher, which tries at each read, followed nothing meanwhile)
         failure: ConfigurationError | OSError | None = None
@@ -2189,6 +2200,7 @@ class Registry:
         self._drainers = {}
         self._deferred = None
         self._rescanning = False  # (another thread's re-scan at the fork: over, in the child)
+        self._pinning = threading.RLock()  # (another thread's name at the fork: never ends in the child)
         if closing:
             self.closed = True
             self._stop.set()

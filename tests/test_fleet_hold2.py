@@ -11,6 +11,7 @@ import pytest
 from inprocserve import render_status_page
 from inprocserve._cli_status import summarize
 from inprocserve._control import Control, ControlFile
+from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory
 from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2
@@ -82,3 +83,32 @@ def test_a_name_the_control_file_refuses_shows_in_status_until_it_is_written(
     status = running.status()
     assert status["models"]["m"]["fleet_hold_error"] is None
     assert not any("FLEET NOT HELD" in line for line in summarize(status))
+
+
+def test_while_the_lock_stays_stuck_the_watcher_s_tries_do_not_wait_for_it(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control file's lock is stuck (a writer that hangs) when the hold is found: the first try waits for
+    it (0.5 s) and fails. The watcher tries again at each read of the file, every interval: each try waited
+    0.5 s more, so a kill switch or a canary was followed an interval late for as long as the lock stayed
+    stuck. Later tries take the lock only if it is free (no wait), and the first read after it comes free
+    names the version."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)  # (its reads: below)
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
+    waited: list[float] = []
+    timed_out = ControlFile._lock_timeout
+
+    def counted(self: ControlFile, holder: str) -> Exception:
+        waited.append(self.lock_timeout_s)
+        return timed_out(self, holder)
+
+    monkeypatch.setattr(ControlFile, "_lock_timeout", counted)
+    with ControlFile(repository)._locked():
+        running.refresh()
+        running.sync_control()
+        running.sync_control()
+    assert waited == [0.5, 0.0, 0.0], waited
+    running.sync_control()  # (the lock free: named at the next read)
+    state = ControlFile(repository).read().models.get("m")
+    assert state is not None and state.stable == 1, state
