@@ -2201,6 +2201,10 @@ class Registry:
         self._deferred = None
         self._rescanning = False  # (another thread's re-scan at the fork: over, in the child)
         self._pinning = threading.RLock()  # (another thread's name at the fork: never ends in the child)
+        # Kept: the holds still to be named, and the failures of their names (warned and shown). The child serves
+        # the same versions, so the same holds: it names them at its first refresh or read of the control file
+        # (a --preload master's failed name is not lost), shows the failure in its status until then, and does
+        # not repeat in each worker the warning the master logged.
         if closing:
             self.closed = True
             self._stop.set()

@@ -8,13 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from inprocserve import render_status_page
+from inprocserve import Server, render_status_page
 from inprocserve._cli_status import summarize
 from inprocserve._control import Control, ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, run_in_forked_child
 from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2
+from .test_fork import held_by_another_thread
+
+
+def _master(repository: Path, make_server: ServerFactory) -> Server:
+    """A ``--preload`` master on version 1 (input ``x``), with no watcher: what its worker does is the child's
+    alone. Version 2, which takes ``features``, is then deployed."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    master = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
+    return master
 
 
 def _before_the_gate_s_write(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
@@ -112,3 +122,46 @@ def test_while_the_lock_stays_stuck_the_watcher_s_tries_do_not_wait_for_it(
     running.sync_control()  # (the lock free: named at the next read)
     state = ControlFile(repository).read().models.get("m")
     assert state is not None and state.stable == 1, state
+
+
+def test_a_worker_forked_from_a_master_whose_name_failed_names_it_itself(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A ``--preload`` master found the hold and could not name the version (a control file that is a symbolic
+    link). Each worker it forks inherits the hold, still to be named, and its failure: status says the fleet is
+    not held (the master's warning is not repeated by every worker), and the worker names the version at its
+    first read of the file once it can be written."""
+    managed = tmp_path / "managed.json"
+    managed.write_text('{"revision": 0, "models": {}}\n')
+    link = repository / ".inprocserve-control.json"
+    link.symlink_to(managed)
+    master = _master(repository, make_server)
+    master.refresh()
+    assert master.status()["models"]["m"]["fleet_hold_error"] is not None
+
+    def in_the_worker() -> str:
+        shown = master.status()["models"]["m"]["fleet_hold_error"] is not None
+        link.unlink()
+        master.sync_control()
+        state = ControlFile(repository).read().models.get("m")
+        return f"{shown} {None if state is None else state.stable} {master.status()['models']['m']['fleet_hold_error']}"
+
+    assert run_in_forked_child(in_the_worker, timeout_s=20) == "True 1 None"
+
+
+def test_a_worker_forked_while_a_thread_of_the_master_names_the_version_names_it_itself(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A fork while another thread of the master (its watcher, its poll) is naming the version: the worker has
+    no such thread to finish it, and its own name must not wait for it forever."""
+    master = _master(repository, make_server)
+    with ControlFile(repository)._locked():
+        master.refresh()  # (the hold found, its name not written yet)
+    with held_by_another_thread(master._registry._pinning):
+
+        def in_the_worker() -> str:
+            master.sync_control()
+            state = ControlFile(repository).read().models.get("m")
+            return str(None if state is None else state.stable)
+
+        assert run_in_forked_child(in_the_worker, timeout_s=10) == "1"
