@@ -16,11 +16,15 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+
+import inprocserve
+
+T = TypeVar("T")
 
 
 def soak_seconds() -> float:
@@ -80,6 +84,29 @@ class Tally:
         self.counts.update(other.counts)
         self.wrong.extend(other.wrong)
         self.untyped.extend(other.untyped)
+
+    def outcome(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """``call(*args, **kwargs)``'s answer; None once a typed error is counted by its class, or an untyped one
+        (a defect) kept with its repr."""
+        try:
+            return call(*args, **kwargs)
+        except inprocserve.InprocserveError as exc:
+            self.counts[type(exc).__name__] += 1
+        except Exception as exc:  # anything untyped is a defect
+            self.untyped.append(repr(exc))
+        return None
+
+
+def joined(threads: list[threading.Thread], tallies: list[Tally]) -> Tally:
+    """Wait for a soak's caller threads (a bounded wait: one still running is a caller that hung), then sum
+    their tallies."""
+    for thread in threads:
+        thread.join(timeout=soak_seconds() + 120)
+    assert not any(thread.is_alive() for thread in threads), "a caller hung"
+    total = Tally()
+    for tally in tallies:
+        total.merge(tally)
+    return total
 
 
 def deadline_after(seconds: float) -> float:

@@ -15,7 +15,7 @@ import inprocserve
 from inprocserve.testing import build_scale_model
 
 from ..conftest import ServerFactory
-from .conftest import Tally, deadline_after, report, soak_seconds
+from .conftest import Tally, deadline_after, joined, report, soak_seconds
 
 THREADS = 8
 
@@ -47,13 +47,8 @@ def test_hot_reload_under_load_with_bad_versions(repository: Path, make_server: 
         rng = np.random.default_rng(index)
         while deadline_after(0) < end:
             x = rng.standard_normal((int(rng.integers(1, 5)), 4)).astype(np.float32)
-            try:
-                result = server.predict("m", {"x": x}, timeout_s=30)
-            except inprocserve.InprocserveError as exc:
-                tally.counts[type(exc).__name__] += 1
-                continue
-            except Exception as exc:
-                tally.untyped.append(repr(exc))
+            result = tally.outcome(server.predict, "m", {"x": x}, timeout_s=30)
+            if result is None:
                 continue
             versions_seen.add(result.version)
             if not np.array_equal(result["y"], x * np.float32(factor_of(result.version))):
@@ -87,12 +82,7 @@ def test_hot_reload_under_load_with_bad_versions(repository: Path, make_server: 
         if version % 10 == 0:  # keep the folder small: drop old versions too (they must drain, not fail)
             for old in sorted(int(p.name) for p in (repository / "m").iterdir())[:-3]:
                 shutil.rmtree(repository / "m" / str(old))
-    for thread in threads:
-        thread.join(timeout=soak_seconds() + 120)
-    assert not any(thread.is_alive() for thread in threads), "a caller hung"
-    total = Tally()
-    for tally in tallies:
-        total.merge(tally)
+    total = joined(threads, tallies)
     report(
         "hot_reload_under_load",
         {

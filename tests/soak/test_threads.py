@@ -14,7 +14,7 @@ import inprocserve
 from inprocserve.testing import build_add_model, build_mlp_model, save_model
 
 from ..conftest import ServerFactory
-from .conftest import Tally, deadline_after, report, soak_seconds
+from .conftest import Tally, deadline_after, joined, report, soak_seconds
 
 THREADS = 16
 
@@ -53,6 +53,9 @@ def test_many_threads_every_answer_checked_against_onnxruntime(repository: Path,
                 tally.wrong.append(f"{model} {name}: {result[name]!r} != {want!r}")
         tally.counts["answered"] += 1
 
+    def submitted(model: str, feeds: dict[str, np.ndarray]) -> inprocserve.Prediction:
+        return server.submit(model, feeds, timeout_s=30).result(timeout=60)
+
     def worker(index: int) -> None:
         tally = Tally()
         tallies.append(tally)
@@ -61,20 +64,14 @@ def test_many_threads_every_answer_checked_against_onnxruntime(repository: Path,
         try:
             while deadline_after(0) < end:
                 model, feeds = request(rng)
-                try:
-                    if index % 4 == 1:  # futures
-                        result = server.submit(model, feeds, timeout_s=30).result(timeout=60)
-                    elif loop is not None:  # asyncio callers
-                        result = loop.run_until_complete(server.apredict(model, feeds, timeout_s=30))
-                    else:
-                        result = server.predict(model, feeds, timeout_s=30)
-                except inprocserve.InprocserveError as exc:
-                    tally.counts[type(exc).__name__] += 1
-                    continue
-                except Exception as exc:  # anything untyped is a defect
-                    tally.untyped.append(repr(exc))
-                    continue
-                check(tally, model, feeds, result)
+                if index % 4 == 1:  # futures
+                    result = tally.outcome(submitted, model, feeds)
+                elif loop is not None:  # asyncio callers
+                    result = tally.outcome(loop.run_until_complete, server.apredict(model, feeds, timeout_s=30))
+                else:
+                    result = tally.outcome(server.predict, model, feeds, timeout_s=30)
+                if result is not None:
+                    check(tally, model, feeds, result)
         finally:
             if loop is not None:
                 loop.close()
@@ -82,12 +79,7 @@ def test_many_threads_every_answer_checked_against_onnxruntime(repository: Path,
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(THREADS)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(timeout=soak_seconds() + 120)
-    assert not any(thread.is_alive() for thread in threads), "a caller hung"
-    total = Tally()
-    for tally in tallies:
-        total.merge(tally)
+    total = joined(threads, tallies)
     report("threads", {"threads": THREADS, **total.counts, "wrong": len(total.wrong), "untyped": len(total.untyped)})
     assert not total.wrong, total.wrong[:3]
     assert not total.untyped, total.untyped[:3]
