@@ -956,7 +956,13 @@ class Registry:
         named = rollout.stable is not None or (state is not None and state.stable is not None)
         pinned = not named and self.repository is not None and name not in self._explicit
         if pinned:
-            self._holds_to_pin[name] = (baseline.version, candidate)
+            hold = (baseline.version, candidate)
+            if self._holds_to_pin.get(name) != hold:  # a new hold (one that ended and came back too): the failure
+                # of an earlier one's name made its first try take the lock only if free, showed in status before
+                # it was tried, and kept its own failure's warning silent
+                self._pin_errors.pop(name, None)
+                self._pin_warned = {key for key in self._pin_warned if key[0] != name}
+            self._holds_to_pin[name] = hold
         else:
             self._holds_to_pin.pop(name, None)
         if held.get(candidate) != problems:

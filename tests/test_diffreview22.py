@@ -1,0 +1,49 @@
+"""Review of the fleet-wide hold's name (``Registry._pin_holds``): its retries without a wait for the control
+file's lock, its failure shown in status, and what a forked worker inherits."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from inprocserve._control import ControlFile
+from inprocserve.testing import build_mlp_model, save_model
+
+from .conftest import ServerFactory
+
+
+def test_a_hold_that_ended_and_comes_back_waits_for_the_lock_and_shows_no_old_failure(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Version 2 held back while the control file's lock was stuck: its name failed. The operator then took
+    version 2 away (the hold ends), fixed the lock, and deployed version 2 again, still not compatible. That is
+    a new hold: its first name waits for the lock as any new hold's (every worker finds it at once, and they
+    contend), status shows no failure before it was even tried, and a failure of it is warned again. The old
+    failure, kept, made its first try take the lock only if free, and kept its warning silent."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
+    waited: list[float] = []
+    timed_out = ControlFile._lock_timeout
+
+    def counted(self: ControlFile, holder: str) -> Exception:
+        waited.append(self.lock_timeout_s)
+        return timed_out(self, holder)
+
+    monkeypatch.setattr(ControlFile, "_lock_timeout", counted)
+    with ControlFile(repository)._locked():
+        running.refresh()
+    assert waited == [0.5], waited
+    assert running.status()["models"]["m"]["fleet_hold_error"] is not None
+
+    shutil.rmtree(repository / "m" / "2")
+    running.refresh()  # (the hold ends: nothing to name)
+    assert running.status()["models"]["m"]["fleet_hold_error"] is None
+
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
+    with ControlFile(repository)._locked(), caplog.at_level("WARNING", logger="inprocserve"):
+        running.refresh()
+    assert waited == [0.5, 0.5], waited
+    assert any("could not be named the stable version" in r.getMessage() for r in caplog.records), caplog.text
