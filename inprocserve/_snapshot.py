@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -97,6 +98,11 @@ def _known_paths(registry: Registry, operations: Operations, *, only: Collection
         paths.update({registry.repository, registry.repository.resolve()})
     if operations.control_path is not None:
         paths.add(operations.control_path)
+        # A control file that is a symbolic link (managed elsewhere: a ConfigMap's mount) refuses the gate's
+        # name, and the model's fleet_hold_error quotes the link's target, a path of the host's
+        with contextlib.suppress(OSError, ValueError):  # (not a link, or no file: one failed call)
+            target = os.readlink(operations.control_path)
+            paths.update({target, Path(operations.control_path).parent / target})
     for name, versions in list(registry.loaded.items()):
         if only is not None and name not in only:
             continue

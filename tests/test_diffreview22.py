@@ -47,3 +47,27 @@ def test_a_hold_that_ended_and_comes_back_waits_for_the_lock_and_shows_no_old_fa
         running.refresh()
     assert waited == [0.5, 0.5], waited
     assert any("could not be named the stable version" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_status_without_paths_does_not_show_where_a_managed_control_file_points(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """The control file is a symbolic link into a ConfigMap's mount (managed elsewhere), so the name fails: its
+    fleet_hold_error quotes the link's target. The status without paths (no admin token; the same cut that
+    readiness probes and the protocol's model endpoints answer anyone) replaces every path status may quote:
+    the link's target, a path of the host's, showed as it was."""
+    mount = tmp_path / "etc-inprocserve" / "..data"
+    mount.mkdir(parents=True)
+    managed = mount / "control.json"
+    managed.write_text('{"revision": 0, "models": {}}\n')
+    (repository / ".inprocserve-control.json").symlink_to(managed)
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
+    running.refresh()
+    assert str(managed) in (running.status()["models"]["m"]["fleet_hold_error"] or "")
+    error = running.status(include_paths=False)["models"]["m"]["fleet_hold_error"]
+    assert error is not None and "symbolic link (to <path>)" in error, error
+    assert "etc-inprocserve" not in error, error
+    brief = running._brief_status(["m"])["models"]["m"]["fleet_hold_error"]  # (what /ready's callers read)
+    assert brief is not None and "etc-inprocserve" not in brief, brief
