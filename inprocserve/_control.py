@@ -564,8 +564,15 @@ class ControlFile:
         return descriptor
 
     def _lock_timeout(self, holder: str) -> ControlFileUnavailableError:
+        # (a zero timeout takes it only if free, as the gate's retries do: "for more than 0 s" named a wait that
+        # never happened)
+        held = (
+            f"for more than {self.lock_timeout_s:g} s"
+            if self.lock_timeout_s > 0
+            else "(taken only if free: not waited for)"
+        )
         return ControlFileUnavailableError(
-            f"control-file lock {self._lock_path} is held by {holder} for more than {self.lock_timeout_s:g} s; "
+            f"control-file lock {self._lock_path} is held by {holder} {held}; "
             f"nothing was changed. Retry; if it stays held, find the process holding it (e.g. `fuser "
             f"{self._lock_path}`) and stop it"
         )

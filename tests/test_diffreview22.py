@@ -71,3 +71,21 @@ def test_status_without_paths_does_not_show_where_a_managed_control_file_points(
     assert "etc-inprocserve" not in error, error
     brief = running._brief_status(["m"])["models"]["m"]["fleet_hold_error"]  # (what /ready's callers read)
     assert brief is not None and "etc-inprocserve" not in brief, brief
+
+
+def test_a_retry_that_does_not_wait_for_the_lock_says_so_in_status(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The lock stays stuck: the first name waits 0.5 s and fails; the retries take it only if free, and the
+    status of their failure said the lock "is held by another process for more than 0 s", a wait that never
+    happened. It says the lock was held and not waited for."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
+    with ControlFile(repository)._locked():
+        running.refresh()
+        assert "for more than 0.5 s" in (running.status()["models"]["m"]["fleet_hold_error"] or "")
+        running.sync_control()
+        error = running.status()["models"]["m"]["fleet_hold_error"]
+    assert error is not None and "more than 0 s" not in error, error
+    assert "not waited for" in error, error
