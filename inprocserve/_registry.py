@@ -173,6 +173,9 @@ class Registry:
         self._holds_to_pin: dict[str, tuple[int, int]] = {}
         self._pin_warned: set[tuple[str, int, int]] = set()
         self._pinning = threading.RLock()  # held by the thread running _pin_holds (see pin_holds)
+        # The next try waits for the control file's lock whatever failed before (a forked worker's first: it
+        # contends with its siblings, each finding the master's hold at once; see after_fork_in_child)
+        self._pin_waits = False
         # The last failed name of each hold (model: the hold, and why): status's fleet_hold_error while it lasts
         self._pin_errors: dict[str, tuple[tuple[int, int], str]] = {}
         # A control revision's re-scan runs (refresh() under the lifecycle lock): it names no stable version
@@ -1029,7 +1032,8 @@ class Registry:
         # (every 0.5 s by default), and each wait for a stuck lock made a kill switch or a canary followed an
         # interval late for as long as it stayed stuck; taken when free, the name is still written at the first
         # read after. (A new hold's first try waits: every worker finds it at once, and they contend.)
-        failing = any(self.fleet_hold_error(name) for name in list(self._holds_to_pin))
+        failing = not self._pin_waits and any(self.fleet_hold_error(name) for name in list(self._holds_to_pin))
+        self._pin_waits = False
         control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
         # The first write that fails fails the rest alike (one file, one lock): they are not tried this time, or
         # each waited for a stuck lock in turn (the watcher, which tries at each read, followed nothing meanwhile)
@@ -2210,7 +2214,10 @@ class Registry:
         # Kept: the holds still to be named, and the failures of their names (warned and shown). The child serves
         # the same versions, so the same holds: it names them at its first refresh or read of the control file
         # (a --preload master's failed name is not lost), shows the failure in its status until then, and does
-        # not repeat in each worker the warning the master logged.
+        # not repeat in each worker the warning the master logged. Its first try waits for the lock all the same:
+        # the workers forked at once each try at their first read, and contend as workers finding a new hold do
+        # (taken only if free, the master's failure made all but one fail, and show the fleet not held).
+        self._pin_waits = True
         if closing:
             self.closed = True
             self._stop.set()

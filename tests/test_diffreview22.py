@@ -4,6 +4,8 @@ file's lock, its failure shown in status, and what a forked worker inherits."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from inprocserve._control import ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, run_in_forked_child
 
 
 def test_a_hold_that_ended_and_comes_back_waits_for_the_lock_and_shows_no_old_failure(
@@ -89,3 +91,41 @@ def test_a_retry_that_does_not_wait_for_the_lock_says_so_in_status(
         error = running.status()["models"]["m"]["fleet_hold_error"]
     assert error is not None and "more than 0 s" not in error, error
     assert "not waited for" in error, error
+
+
+_SIBLING_S_WRITE = (  # a sibling worker's write: the control file's lock held a moment
+    "import fcntl, os, sys, time\n"
+    "fd = os.open(os.path.join(sys.argv[1], '.inprocserve-control.lock'), os.O_RDWR | os.O_CREAT)\n"
+    "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+    "print('held', flush=True)\n"
+    "time.sleep(0.1)\n"
+)
+
+
+def test_a_worker_forked_from_a_master_whose_name_failed_waits_for_a_sibling_s_write(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A ``--preload`` master's name failed (the lock stuck then). Its workers, forked at once, inherit the hold
+    and all try to name the version at their first read: they contend, as workers that find a new hold do, and
+    a first try waits for the lock (0.5 s). Inheriting the master's failure made their first try take the lock
+    only if free: the worker that found a sibling's write in progress failed, and showed the fleet not held."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    master = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
+    with ControlFile(repository)._locked():
+        master.refresh()
+    assert master.status()["models"]["m"]["fleet_hold_error"] is not None
+
+    def in_the_worker() -> str:
+        sibling = subprocess.Popen(
+            [sys.executable, "-c", _SIBLING_S_WRITE, str(repository)], stdout=subprocess.PIPE, text=True
+        )
+        assert sibling.stdout is not None
+        with sibling.stdout:
+            assert sibling.stdout.readline().strip() == "held"
+            master.sync_control()
+        sibling.wait(timeout=10)
+        state = ControlFile(repository).read().models.get("m")
+        return f"{None if state is None else state.stable} {master.status()['models']['m']['fleet_hold_error']}"
+
+    assert run_in_forked_child(in_the_worker, timeout_s=20) == "1 None"
