@@ -75,6 +75,12 @@ class ModelControl:
     """Share of targeting keys (sticky buckets) sent to ``canary_version``, 0-100."""
     kill: bool = False
     """Kill switch: every request gets the stable version (no canary, A/B, bandit or shadow)."""
+    stable_by_gate: bool = False
+    """``stable`` was named by the compatibility gate, not by an operator: it follows the newest version the
+    policy selects that is compatible with it (each worker advances it, see ``Registry._advance_gate_names``),
+    while an incompatible one stays held. Any operator's write of the stable version (switch, rollback,
+    promote) clears it. Written to the file only when true: files without it stay as they were, and an older
+    release reads it as an unknown key and keeps the stable version named (it just stops advancing it)."""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keys of the file's entry for this model that this release does not know (see :attr:`Control.extra`)."""
 
@@ -89,6 +95,8 @@ class ModelControl:
         object.__setattr__(self, "canary_percent", float(percent))
         if not isinstance(self.kill, bool):
             raise ConfigurationError(f"control: kill must be true or false, got {shown(self.kill)}")
+        if not isinstance(self.stable_by_gate, bool):
+            raise ConfigurationError(f"control: stable_by_gate must be true or false, got {shown(self.stable_by_gate)}")
 
     @property
     def canary_active(self) -> bool:
@@ -104,13 +112,16 @@ class ModelControl:
         return wanted
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "stable": self.stable,
             "previous_stable": self.previous_stable,
             "canary_version": self.canary_version,
             "canary_percent": self.canary_percent,
             "kill": self.kill,
         }
+        if self.stable_by_gate:  # (only then: a file without a gate's name stays byte-identical)
+            data["stable_by_gate"] = True
+        return data
 
     def to_document(self) -> dict[str, Any]:
         """:meth:`to_dict` plus the keys this release does not know, as read: what a write puts back."""
@@ -226,7 +237,7 @@ successor has more digits than Python turns into text, a ``ValueError`` the admi
 client (400) while ``validate`` passed the file."""
 
 _CONTROL_KEYS = frozenset({"revision", "reload", "updated_at", "updated_by", "models"})
-_MODEL_KEYS = frozenset({"stable", "previous_stable", "canary_version", "canary_percent", "kill"})
+_MODEL_KEYS = frozenset({"stable", "previous_stable", "canary_version", "canary_percent", "kill", "stable_by_gate"})
 
 
 SHOWN_UNKNOWN_KEYS = 20
@@ -667,12 +678,13 @@ def switched(state: ModelControl, version: int, *, current: int | None = None) -
 
     The old one is ``state.stable``; when no switch recorded one, ``current`` — the version answering
     default traffic now (from ``config.toml``'s ``rollout.stable`` or the version policy) — so the first
-    switch can be rolled back too."""
+    switch can be rolled back too. An operator's choice: a stable version the compatibility gate named stops
+    following newer compatible versions (``stable_by_gate`` cleared)."""
     now = state.stable if state.stable is not None else current
     previous = now if now is not None and now != version else state.previous_stable
     if previous == version:
         previous = None
-    return replace(state, stable=version, previous_stable=previous)
+    return replace(state, stable=version, previous_stable=previous, stable_by_gate=False)
 
 
 def nothing_to_roll_back(model: str, stable: int | None) -> NothingToRollBackError:

@@ -178,6 +178,11 @@ class Registry:
         self._pin_waits = False
         # The last failed name of each hold (model: the hold, and why): status's fleet_hold_error while it lasts
         self._pin_errors: dict[str, tuple[tuple[int, int], str]] = {}
+        # A stable version the gate named (ModelControl.stable_by_gate) follows the gate: (model: that version,
+        # the newer one the gate found compatible with it and made the default) is written the stable version
+        # after the refresh (see _advance_gate_names); and the advances whose write failed, as warned (once each)
+        self._to_advance: dict[str, tuple[int, int]] = {}
+        self._advance_warned: set[tuple[str, int, int]] = set()
         # A control revision's re-scan runs (refresh() under the lifecycle lock): it names no stable version
         self._rescanning = False
         self.routers: dict[str, Router] = {}  # kept while a version is loaded: statistics survive reloads
@@ -526,12 +531,15 @@ class Registry:
         """Name the stable version of each model whose gate holds a version back with none named (see
         :meth:`_pin_holds`), unless there is none or a control revision's re-scan runs: call it without the
         registry's locks held (after a refresh, or after following a control revision that re-scanned)."""
-        if self._holds_to_pin and not self._rescanning and self.repository is not None:
+        if (self._holds_to_pin or self._to_advance) and not self._rescanning and self.repository is not None:
             # One thread names at a time (the watcher's read, a poll's refresh): once a try failed, the lock is
             # taken only if free, and one thread's try found it held by the other's and failed, the fleet
             # unpinned until a later read. Waited for: a try is short, or its one wait for the lock (0.5 s).
             with self._pinning:
-                self._pin_holds()
+                if self._holds_to_pin:
+                    self._pin_holds()
+                if self._to_advance:
+                    self._advance_gate_names()
 
     def _refresh(self, *, settle_empty_configs: bool) -> list[str]:
         if self.repository is None:
@@ -929,6 +937,7 @@ class Registry:
         default) and that version is still ``available``. A held-back candidate stays loaded and servable
         with ``version=``; status, the log and a counter say why."""
         held = self.incompatible.setdefault(name, {})
+        self._to_advance.pop(name, None)
         routes = self.routes.get(name)
         loaded = self.loaded.get(name, {})
         # Before the first publish (start-up, a first load) the stable version named answers too: with no
@@ -944,9 +953,21 @@ class Registry:
             return candidate
         assert baseline.signature is not None and new.signature is not None
         problems = incompatibilities(baseline.signature, new.signature)
+        state = self.control.models.get(name)
         if not problems:
             held.pop(candidate, None)
             self._holds_to_pin.pop(name, None)
+            # A stable version the gate named follows the gate, fleet-wide, as the default does in one worker: the
+            # newer candidate found compatible with it is named in its place (see _advance_gate_names).
+            if (
+                state is not None
+                and state.stable_by_gate
+                and alias == state.stable == baseline.version < candidate
+                and rollout.stable is None
+                and self.repository is not None
+                and name not in self._explicit
+            ):
+                self._to_advance[name] = (baseline.version, candidate)
             return candidate
         # With no stable version named anywhere (the control file names none, even one gone from disk or one
         # only a build loaded by path holds here; nor does the configuration), the hold lived in this worker's
@@ -955,7 +976,6 @@ class Registry:
         # version in the control file (see _pin_holds), which every worker follows; a stable version named is
         # an operator's choice, never overridden. Recorded at each sync while the hold lasts: a failed write is
         # tried again at a later refresh.
-        state = self.control.models.get(name)
         named = rollout.stable is not None or (state is not None and state.stable is not None)
         pinned = not named and self.repository is not None and name not in self._explicit
         if pinned:
@@ -980,8 +1000,8 @@ class Registry:
                 fleet = (
                     f" No stable version is named, so version {baseline.version} is named the stable version in "
                     f"the fleet's control file ({CONTROL_FILENAME}, by this worker unless another names one first): "
-                    f"every worker, running or starting later, serves it by default until a switch names another "
-                    f"(a later version too goes live by a switch). To promote version "
+                    f"every worker, running or starting later, serves it by default, and the name follows each later "
+                    f"version compatible with it, until a switch names another. To promote version "
                     f"{candidate} once its callers are ready: `python -m inprocserve switch --force REPOSITORY "
                     f"{name} {candidate}`."
                 )
@@ -1059,7 +1079,7 @@ class Registry:
                 # refresh that retired the version, or close(), and the fleet was pinned to a version gone here
                 if not self._still_to_pin(name, baseline, candidate):
                     return control
-                named = dataclasses.replace(state, stable=baseline)
+                named = dataclasses.replace(state, stable=baseline, stable_by_gate=True)
                 written.append(control)
                 return dataclasses.replace(control, models={**control.models, name: named})
 
@@ -1140,6 +1160,93 @@ class Registry:
             self._holds_to_pin.get(name) == (baseline, candidate)
             and candidate in self.incompatible.get(name, {})
             and baseline in self.loaded.get(name, {})
+            and (rollout is None or rollout.stable is None)
+        )
+
+    def _advance_gate_names(self) -> None:
+        """Name, in the control file, the version the gate made the default of each model whose stable version
+        the gate named (``stable_by_gate``) when it is newer than that one and compatible with it (see
+        :meth:`_gate`): good versions keep reaching every worker, running or starting later, while an
+        incompatible one stays held (before, the gate's name froze the fleet's rollouts at the first
+        incompatible version until an operator switched).
+
+        Run where :meth:`_pin_holds` runs, as it runs: a compare-and-set (written only if the file, read under
+        its lock, still names that version with the gate's mark: one worker of the fleet writes, an operator's
+        choice is never overridden), a short wait for the file's lock (none while the last try failed), a
+        failure logged once and tried again at a later refresh or read of the control file."""
+        assert self.repository is not None
+        failing = bool(self._advance_warned)
+        control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
+        failure: ConfigurationError | OSError | None = None
+        for name, (stable, newer) in list(self._to_advance.items()):
+            if not self._still_to_advance(name, stable, newer):
+                continue
+            written: list[Control] = []
+
+            def advance(
+                control: Control,
+                name: str = name,
+                stable: int = stable,
+                newer: int = newer,
+                written: list[Control] = written,
+            ) -> Control:
+                state = control.models.get(name)
+                if (
+                    state is None
+                    or not _names_by_gate(state, stable)
+                    or not self._still_to_advance(name, stable, newer)
+                ):
+                    return control  # (another worker advanced it, or an operator wrote since: left as it is)
+                written.append(control)
+                named = dataclasses.replace(state, stable=newer)
+                return dataclasses.replace(control, models={**control.models, name: named})
+
+            try:
+                if failure is not None:
+                    raise failure
+                control = control_file.read()  # (no lock taken where it is advanced already)
+                if _names_by_gate(control.models.get(name), stable):
+                    control = control_file.update(advance, actor=f"compatibility gate ({default_actor()})")
+            except (ConfigurationError, OSError) as exc:
+                failure = exc
+                if (name, stable, newer) not in self._advance_warned:
+                    self._advance_warned.add((name, stable, newer))
+                    logger.warning(
+                        "model %r: version %s, compatible with version %s that the compatibility gate named the "
+                        "stable version, could not be named in its place in the fleet's control file (%s); tried "
+                        "again at the next refresh or read of the control file",
+                        name,
+                        newer,
+                        stable,
+                        exc,
+                    )
+                continue
+            if self._to_advance.get(name) == (stable, newer):
+                self._to_advance.pop(name, None)
+            self._advance_warned = {key for key in self._advance_warned if key[0] != name}
+            if written:
+                logger.info(
+                    "model %r: version %s, compatible with version %s that the compatibility gate named the stable "
+                    "version, is named the stable version in its place in control file %s (revision %d, by %s): "
+                    "every worker serves it by default",
+                    name,
+                    newer,
+                    stable,
+                    control_file.path,
+                    control.revision,
+                    control.updated_by,
+                )
+
+    def _still_to_advance(self, name: str, stable: int, newer: int) -> bool:
+        """Whether ``newer`` is still to be named in place of ``stable`` (see :meth:`_advance_gate_names`): the
+        server open, the gate's last decision unchanged, ``newer`` still loaded, no stable version named by the
+        configuration. Read without the registry's locks (each table in one look)."""
+        if self.closed or self._stop.is_set():
+            return False
+        rollout = self._rollouts.get(name)
+        return (
+            self._to_advance.get(name) == (stable, newer)
+            and newer in self.loaded.get(name, {})
             and (rollout is None or rollout.stable is None)
         )
 
@@ -2396,6 +2503,11 @@ def _load_problem(name: str, number: int, path: Path, exc: ModelLoadError) -> st
     if str(path.parent) in message or message.startswith(f"model {name!r} version {number}"):
         return message  # (named already)
     return f"model {name!r} version {number}: {message}"
+
+
+def _names_by_gate(state: ModelControl | None, stable: int) -> bool:
+    """Whether ``state`` names ``stable`` the stable version with the compatibility gate's mark."""
+    return state is not None and state.stable == stable and state.stable_by_gate
 
 
 def _stopping(name: str) -> str:

@@ -165,9 +165,11 @@ def test_with_the_old_version_gone_from_disk_the_new_one_serves(repository: Path
 
 
 def test_hot_reload_under_load_with_incompatible_versions(repository: Path, make_server: ServerFactory) -> None:
-    """Callers that send ``x`` never see an error while incompatible versions come and go."""
+    """Callers that send ``x`` never see an error while incompatible versions come and go. The first hold names
+    version 1 the fleet's stable version, and each compatible version after it is named in its place: the
+    server follows the control file (as its watcher does each interval) before each check."""
     save_model(renamed("x"), repository, "m", 1)
-    server = make_server(repository)
+    server = make_server(repository, control_interval_s=None)
     expected = {1: server.predict("m", {"x": rows()})["y"]}
     stop = threading.Event()
     errors: list[BaseException] = []
@@ -194,6 +196,7 @@ def test_hot_reload_under_load_with_incompatible_versions(repository: Path, make
             else:
                 save_model(renamed("features", seed=number), repository, "m", number)
             server.refresh()
+            server.sync_control()
             if number % 2:
                 expected[number] = server.predict("m", {"x": rows()}, version=number)["y"]
                 assert server.status()["models"]["m"]["default_version"] == number

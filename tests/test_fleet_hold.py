@@ -183,25 +183,26 @@ def test_after_a_pin_rollback_has_nothing_to_undo_and_a_forced_switch_promotes_t
     assert (control.revision, control.models["m"].stable, control.models["m"].previous_stable) == (3, 1, 2)
 
 
-def test_after_a_pin_a_later_compatible_version_goes_live_by_a_switch(
+def test_after_a_pin_a_later_compatible_version_goes_live_and_a_switch_still_moves_the_fleet(
     repository: Path, make_server: ServerFactory
 ) -> None:
-    """The name is a stable version like a switch's: the held version withdrawn and a compatible version 3
-    deployed, the fleet stays on version 1 (no worker, running or starting, moves on its own) until a switch,
-    which the gate lets through, moves it to 3 with 1 to roll back to."""
+    """The name follows the gate (see test_fleet_hold3.py): the held version withdrawn and a compatible version 3
+    deployed, the poll that finds 3 names it in place of 1, and every worker, running or starting, serves it; a
+    switch, which the gate lets through, still moves the fleet (back to 1 here) with 3 to roll back to."""
     [running] = _version_1_then_an_incompatible_2(repository, make_server)
     running.refresh()
     running.sync_control()
     shutil.rmtree(repository / "m" / "2")
     save_model(build_mlp_model((4, 8, 2), input_name="x", seed=3), repository, "m", 3)
     running.refresh()
+    running.sync_control()
     started = make_server(repository, poll_interval_s=None)
-    assert _answering(running, started) == [1, 1]
-    assert main(["switch", str(repository), "m", "3"]) == 0
+    assert _answering(running, started) == [3, 3]
+    assert main(["switch", str(repository), "m", "1"]) == 0
     running.sync_control()
     started.sync_control()
-    assert _answering(running, started) == [3, 3]
-    assert ControlFile(repository).read().models["m"].previous_stable == 1
+    assert _answering(running, started) == [1, 1]
+    assert ControlFile(repository).read().models["m"].previous_stable == 3
 
 
 def test_a_canary_set_before_the_pin_is_kept_by_it(repository: Path, make_server: ServerFactory) -> None:
