@@ -336,7 +336,12 @@ def _control_lines(state: dict[str, Any]) -> list[str]:
     if state.get("stable") is not None:
         previous = state.get("previous_stable")
         back = f" (rollback goes to v{previous})" if previous is not None else ""
-        lines.append(f"  control file: v{state['stable']} is stable{back}")
+        gate = (
+            " (named by the compatibility gate: follows the newest compatible version)"
+            if state.get("stable_by_gate")
+            else ""
+        )
+        lines.append(f"  control file: v{state['stable']} is stable{back}{gate}")
     percent = state.get("canary_percent")
     if state.get("canary_version") is not None and isinstance(percent, int | float) and percent > 0:
         lines.append(f"  control file: canary v{state['canary_version']} for {percent:g}% of users")

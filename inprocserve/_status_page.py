@@ -131,6 +131,9 @@ def render_status_page(
 _REFUSED = "Refused (ControlStateUnknownError) unless a request pins a version, until the control file is read; then: "
 
 
+_GATE_NAMED = "stable named by the compatibility gate: follows the newest compatible version"
+
+
 def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> str:
     versions = _entries(model.get("versions"))
     rollout = model.get("rollout") if isinstance(model.get("rollout"), Mapping) else None
@@ -140,7 +143,8 @@ def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> st
         f'<section class="model" id="model-{escape(str(name))}">'
         f"<h2>{escape(str(name))}{_badge('ready', 'ok') if ready else _badge('not ready', 'bad')}"
         f"{_badge('refusing requests (control file)', 'bad') if refusing else ''}"
-        f"{_badge('kill switch on', 'bad') if killed else ''}</h2>",
+        f"{_badge('kill switch on', 'bad') if killed else ''}"
+        f"{_badge(_GATE_NAMED, 'ok') if _mapping(model.get('control')).get('stable_by_gate') else ''}</h2>",
         f'<p class="why">{_REFUSED if refusing else ""}{_why(model, rollout, killed=killed)}</p>',
     ]
     if model.get("config_error"):

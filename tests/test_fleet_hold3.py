@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inprocserve import Server
+from inprocserve import Server, render_status_page
 from inprocserve import _control as control_module
 from inprocserve.__main__ import main
+from inprocserve._cli_status import summarize
 from inprocserve._control import CONTROL_FILENAME, Control, ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
@@ -171,3 +172,12 @@ def test_the_mark_is_written_only_with_a_gate_s_name_and_an_older_release_keeps_
     assert older.to_document()["models"]["m"]["stable_by_gate"] is True
     monkeypatch.undo()
     assert Control.from_dict(older.to_document()).models["m"].stable_by_gate is True
+
+
+def test_status_says_the_stable_version_follows_the_gate(repository: Path, make_server: ServerFactory) -> None:
+    """The status CLI's control line and the status page say whose name the stable version is."""
+    [running] = _gate_named(repository, make_server)
+    status = running.status()
+    gate = "v1 is stable (named by the compatibility gate: follows the newest compatible version)"
+    assert any(line.endswith(gate) for line in summarize(status)), summarize(status)
+    assert "stable named by the compatibility gate" in render_status_page(status)
