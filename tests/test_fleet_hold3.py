@@ -181,3 +181,27 @@ def test_status_says_the_stable_version_follows_the_gate(repository: Path, make_
     gate = "v1 is stable (named by the compatibility gate: follows the newest compatible version)"
     assert any(line.endswith(gate) for line in summarize(status)), summarize(status)
     assert "stable named by the compatibility gate" in render_status_page(status)
+
+
+def test_an_advance_the_control_file_refuses_is_logged_once_and_tried_again(
+    repository: Path, make_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The control file turned into a symbolic link (managed elsewhere) after the gate's name: the advance to
+    version 3 is refused, logged once at warning, and written at the first refresh after the file is writable."""
+    [running] = _gate_named(repository, make_server)
+    control = repository / CONTROL_FILENAME
+    managed = tmp_path / "managed.json"
+    managed.write_text(control.read_text())
+    control.unlink()
+    control.symlink_to(managed)
+    _drop(repository, 3, compatible=True)
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        running.refresh()
+        running.refresh()
+    failed = [r.getMessage() for r in caplog.records if "could not be named in its place" in r.getMessage()]
+    assert len(failed) == 1 and "symbolic link" in failed[0], failed
+    assert _stable(repository) == (1, True)
+    control.unlink()
+    control.write_text(managed.read_text())
+    running.refresh()
+    assert _stable(repository) == (3, True)
