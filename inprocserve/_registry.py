@@ -958,10 +958,13 @@ class Registry:
             held.pop(candidate, None)
             self._holds_to_pin.pop(name, None)
             # A stable version the gate named follows the gate, fleet-wide, as the default does in one worker: the
-            # newer candidate found compatible with it is named in its place (see _advance_gate_names).
+            # newer candidate found compatible with it is named in its place (see _advance_gate_names). Not while
+            # an operator's canary runs: advanced, the stable version took the canary's version (or one past it)
+            # and all traffic went to what the operator meant for a share of it.
             if (
                 state is not None
                 and state.stable_by_gate
+                and not state.canary_active
                 and alias == state.stable == baseline.version < candidate
                 and rollout.stable is None
                 and self.repository is not None
@@ -1194,6 +1197,7 @@ class Registry:
                 if (
                     state is None
                     or not _names_by_gate(state, stable)
+                    or state.canary_active
                     or not self._still_to_advance(name, stable, newer)
                 ):
                     return control  # (another worker advanced it, or an operator wrote since: left as it is)
