@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pytest
+
 from inprocserve.__main__ import main
-from inprocserve._control import ControlFile
+from inprocserve._control import CONTROL_FILENAME, ControlFile
 
 from .conftest import ServerFactory
 from .test_fleet_hold import _answering
@@ -31,3 +34,32 @@ def test_a_canary_of_a_compatible_version_stays_a_canary_instead_of_becoming_the
     running.sync_control()
     running.refresh()
     assert _stable(repository) == (3, True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the mark is a bare true, bound to no version: a switch by an older release (or a hand edit of stable) "
+    "keeps it and the newer workers advance the operator's version; the fix (the mark records the version the gate "
+    "named, honoured only while stable is that version) changes the file format and test_fleet_hold3's checks of "
+    "'stable_by_gate: true': for the lead",
+)
+def test_a_switch_by_an_older_release_during_a_rolling_upgrade_stays_the_operator_s_stable_version(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """An older release (its CLI, or an older worker's admin endpoint) switches to version 3: it knows no
+    ``stable_by_gate`` and writes the key back as read. A newer worker must not take that for the gate's name and
+    move the operator's version 3 on to a compatible version 4."""
+    [running] = _gate_named(repository, make_server)
+    _drop(repository, 3, compatible=True)
+    path = repository / CONTROL_FILENAME
+    document = json.loads(path.read_text())  # what an older release's `switch models/ m 3` writes
+    document["revision"] += 1
+    document["models"]["m"].update(stable=3, previous_stable=1)
+    assert document["models"]["m"]["stable_by_gate"] is True  # (kept as an unknown key, as read)
+    path.write_text(json.dumps(document))
+    running.sync_control()
+    _drop(repository, 4, compatible=True)
+    running.refresh()
+    running.sync_control()
+    assert ControlFile(repository).read().models["m"].stable == 3
+    assert _answering(running) == [3]
