@@ -338,7 +338,7 @@ def _control_lines(state: dict[str, Any]) -> list[str]:
         back = f" (rollback goes to v{previous})" if previous is not None else ""
         gate = (
             " (named by the compatibility gate: follows the newest compatible version)"
-            if state.get("stable_by_gate")
+            if state.get("stable_by_gate") is not None and state.get("stable_by_gate") == state.get("stable")
             else ""
         )
         lines.append(f"  control file: v{state['stable']} is stable{back}{gate}")

@@ -75,12 +75,14 @@ class ModelControl:
     """Share of targeting keys (sticky buckets) sent to ``canary_version``, 0-100."""
     kill: bool = False
     """Kill switch: every request gets the stable version (no canary, A/B, bandit or shadow)."""
-    stable_by_gate: bool = False
-    """``stable`` was named by the compatibility gate, not by an operator: it follows the newest version the
-    policy selects that is compatible with it (each worker advances it, see ``Registry._advance_gate_names``),
-    while an incompatible one stays held. Any operator's write of the stable version (switch, rollback,
-    promote) clears it. Written to the file only when true: files without it stay as they were, and an older
-    release reads it as an unknown key and keeps the stable version named (it just stops advancing it)."""
+    stable_by_gate: int | None = None
+    """The stable version the compatibility gate named, not an operator: while ``stable`` is that version
+    (:attr:`gate_named`), it follows the newest version the policy selects that is compatible with it (each
+    worker advances it, see ``Registry._advance_gate_names``), while an incompatible one stays held. Any
+    operator's write of the stable version (switch, rollback, promote) clears it. Written to the file only
+    when set: files without it stay as they were. An older release reads it as an unknown key and writes it
+    back as read, with whatever stable version it writes: bound to the version the gate named, it no longer
+    counts once anyone else (an older release's switch, a hand edit) names another."""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keys of the file's entry for this model that this release does not know (see :attr:`Control.extra`)."""
 
@@ -95,8 +97,14 @@ class ModelControl:
         object.__setattr__(self, "canary_percent", float(percent))
         if not isinstance(self.kill, bool):
             raise ConfigurationError(f"control: kill must be true or false, got {shown(self.kill)}")
-        if not isinstance(self.stable_by_gate, bool):
-            raise ConfigurationError(f"control: stable_by_gate must be true or false, got {shown(self.stable_by_gate)}")
+        gate = self.stable_by_gate
+        if gate is not None and (isinstance(gate, bool) or not isinstance(gate, int) or gate < 1):
+            raise ConfigurationError(f"control: stable_by_gate must be a positive int or null, got {shown(gate)}")
+
+    @property
+    def gate_named(self) -> bool:
+        """Whether the stable version is the one the compatibility gate named (see :attr:`stable_by_gate`)."""
+        return self.stable is not None and self.stable_by_gate == self.stable
 
     @property
     def canary_active(self) -> bool:
@@ -119,8 +127,8 @@ class ModelControl:
             "canary_percent": self.canary_percent,
             "kill": self.kill,
         }
-        if self.stable_by_gate:  # (only then: a file without a gate's name stays byte-identical)
-            data["stable_by_gate"] = True
+        if self.stable_by_gate is not None:  # (only then: a file without a gate's name stays byte-identical)
+            data["stable_by_gate"] = self.stable_by_gate
         return data
 
     def to_document(self) -> dict[str, Any]:
@@ -684,7 +692,7 @@ def switched(state: ModelControl, version: int, *, current: int | None = None) -
     previous = now if now is not None and now != version else state.previous_stable
     if previous == version:
         previous = None
-    return replace(state, stable=version, previous_stable=previous, stable_by_gate=False)
+    return replace(state, stable=version, previous_stable=previous, stable_by_gate=None)
 
 
 def nothing_to_roll_back(model: str, stable: int | None) -> NothingToRollBackError:

@@ -963,7 +963,7 @@ class Registry:
             # and all traffic went to what the operator meant for a share of it.
             if (
                 state is not None
-                and state.stable_by_gate
+                and state.gate_named
                 and not state.canary_active
                 and alias == state.stable == baseline.version < candidate
                 and rollout.stable is None
@@ -1082,7 +1082,7 @@ class Registry:
                 # refresh that retired the version, or close(), and the fleet was pinned to a version gone here
                 if not self._still_to_pin(name, baseline, candidate):
                     return control
-                named = dataclasses.replace(state, stable=baseline, stable_by_gate=True)
+                named = dataclasses.replace(state, stable=baseline, stable_by_gate=baseline)
                 written.append(control)
                 return dataclasses.replace(control, models={**control.models, name: named})
 
@@ -1202,7 +1202,7 @@ class Registry:
                 ):
                     return control  # (another worker advanced it, or an operator wrote since: left as it is)
                 written.append(control)
-                named = dataclasses.replace(state, stable=newer)
+                named = dataclasses.replace(state, stable=newer, stable_by_gate=newer)
                 return dataclasses.replace(control, models={**control.models, name: named})
 
             try:
@@ -2511,7 +2511,7 @@ def _load_problem(name: str, number: int, path: Path, exc: ModelLoadError) -> st
 
 def _names_by_gate(state: ModelControl | None, stable: int) -> bool:
     """Whether ``state`` names ``stable`` the stable version with the compatibility gate's mark."""
-    return state is not None and state.stable == stable and state.stable_by_gate
+    return state is not None and state.stable == stable and state.gate_named
 
 
 def _stopping(name: str) -> str:

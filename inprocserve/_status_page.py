@@ -134,6 +134,13 @@ _REFUSED = "Refused (ControlStateUnknownError) unless a request pins a version, 
 _GATE_NAMED = "stable named by the compatibility gate: follows the newest compatible version"
 
 
+def _gate_named(control: Mapping[str, Any]) -> bool:
+    """Whether the control file's stable version is the one the compatibility gate named (its mark is bound to
+    that version: a switch by another hand, an older release's included, leaves it naming another)."""
+    gate = control.get("stable_by_gate")
+    return gate is not None and gate == control.get("stable")
+
+
 def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> str:
     versions = _entries(model.get("versions"))
     rollout = model.get("rollout") if isinstance(model.get("rollout"), Mapping) else None
@@ -144,7 +151,7 @@ def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> st
         f"<h2>{escape(str(name))}{_badge('ready', 'ok') if ready else _badge('not ready', 'bad')}"
         f"{_badge('refusing requests (control file)', 'bad') if refusing else ''}"
         f"{_badge('kill switch on', 'bad') if killed else ''}"
-        f"{_badge(_GATE_NAMED, 'ok') if _mapping(model.get('control')).get('stable_by_gate') else ''}</h2>",
+        f"{_badge(_GATE_NAMED, 'ok') if _gate_named(_mapping(model.get('control'))) else ''}</h2>",
         f'<p class="why">{_REFUSED if refusing else ""}{_why(model, rollout, killed=killed)}</p>',
     ]
     if model.get("config_error"):

@@ -39,13 +39,13 @@ def _gate_named(repository: Path, make_server: ServerFactory, workers: int = 1) 
     for worker in running:
         worker.sync_control()
     state = ControlFile(repository).read().models["m"]
-    assert (state.stable, state.stable_by_gate) == (1, True), state
+    assert (state.stable, state.stable_by_gate, state.gate_named) == (1, 1, True), state
     return running
 
 
 def _stable(repository: Path) -> tuple[int | None, bool]:
     state = ControlFile(repository).read().models["m"]
-    return state.stable, state.stable_by_gate
+    return state.stable, state.gate_named
 
 
 def test_a_later_compatible_version_goes_live_on_every_worker_and_the_incompatible_one_stays_held(
@@ -164,14 +164,14 @@ def test_the_mark_is_written_only_with_a_gate_s_name_and_an_older_release_keeps_
     assert "stable_by_gate" not in (repository / CONTROL_FILENAME).read_text()
     _gate_named(repository, make_server)
     document = json.loads((repository / CONTROL_FILENAME).read_text())
-    assert document["models"]["m"]["stable_by_gate"] is True
+    assert document["models"]["m"]["stable_by_gate"] == 1
     monkeypatch.setattr(control_module, "_MODEL_KEYS", control_module._MODEL_KEYS - {"stable_by_gate"})
     older = Control.from_dict(document)
-    assert older.models["m"].stable == 1 and older.models["m"].extra == {"stable_by_gate": True}
+    assert older.models["m"].stable == 1 and older.models["m"].extra == {"stable_by_gate": 1}
     assert older.unknown_keys == ["models.m.stable_by_gate"]
-    assert older.to_document()["models"]["m"]["stable_by_gate"] is True
+    assert older.to_document()["models"]["m"]["stable_by_gate"] == 1
     monkeypatch.undo()
-    assert Control.from_dict(older.to_document()).models["m"].stable_by_gate is True
+    assert Control.from_dict(older.to_document()).models["m"].stable_by_gate == 1
 
 
 def test_status_says_the_stable_version_follows_the_gate(repository: Path, make_server: ServerFactory) -> None:
