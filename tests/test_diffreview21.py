@@ -13,7 +13,7 @@ from inprocserve._control import ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory
-from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2
+from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2, lock_waits
 
 
 def test_a_hold_found_by_a_reload_asked_in_process_is_named_for_the_fleet(
@@ -66,14 +66,7 @@ def test_holds_of_several_models_wait_for_a_stuck_lock_once_per_try(
     running = make_server(repository, poll_interval_s=None, control_interval_s=None)
     for name in ("a", "b", "c"):
         save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, name, 2)
-    waits: list[str] = []
-    timed_out = ControlFile._lock_timeout
-
-    def counted(self: ControlFile, holder: str) -> Exception:
-        waits.append(holder)
-        return timed_out(self, holder)
-
-    monkeypatch.setattr(ControlFile, "_lock_timeout", counted)  # (counts the waits; each still waits 0.5 s)
+    waits = lock_waits(monkeypatch)  # (counts the waits; each still waits 0.5 s)
     with caplog.at_level("WARNING", logger="inprocserve"), ControlFile(repository)._locked():
         running.refresh()
         assert len(waits) == 1, waits  # one wait for the three models' names, not three

@@ -14,6 +14,7 @@ from inprocserve._control import ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory, run_in_forked_child
+from .test_fleet_hold import lock_waits
 
 
 def test_a_hold_that_ended_and_comes_back_waits_for_the_lock_and_shows_no_old_failure(
@@ -27,14 +28,7 @@ def test_a_hold_that_ended_and_comes_back_waits_for_the_lock_and_shows_no_old_fa
     save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
     running = make_server(repository, poll_interval_s=None, control_interval_s=None)
     save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
-    waited: list[float] = []
-    timed_out = ControlFile._lock_timeout
-
-    def counted(self: ControlFile, holder: str) -> Exception:
-        waited.append(self.lock_timeout_s)
-        return timed_out(self, holder)
-
-    monkeypatch.setattr(ControlFile, "_lock_timeout", counted)
+    waited = lock_waits(monkeypatch)
     with ControlFile(repository)._locked():
         running.refresh()
     assert waited == [0.5], waited

@@ -36,6 +36,39 @@ def _version_1_then_an_incompatible_2(repository: Path, make_server: ServerFacto
     return running
 
 
+def lock_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The control file's lock waits that ran out, as they happen: each one's ``lock_timeout_s`` (0.0: a try
+    that took the lock only if free). Each still waits and fails as it would."""
+    waited: list[float] = []
+    timed_out = ControlFile._lock_timeout
+
+    def counted(self: ControlFile, holder: str) -> Exception:
+        waited.append(self.lock_timeout_s)
+        return timed_out(self, holder)
+
+    monkeypatch.setattr(ControlFile, "_lock_timeout", counted)
+    return waited
+
+
+def refreshed_together(workers: list[Server], caplog: pytest.LogCaptureFixture, logged: str) -> list[str]:
+    """Every worker's poll at the same instant (a barrier), as a fleet's workers find the same new version; the
+    INFO lines on the ``inprocserve`` logger that contain ``logged``."""
+    start = threading.Barrier(len(workers))
+
+    def poll(worker: Server) -> None:
+        start.wait()
+        worker.refresh()
+
+    threads = [threading.Thread(target=poll, args=(w,)) for w in workers]
+    with caplog.at_level("INFO", logger="inprocserve"):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads), "a poll hung"
+    return [r.getMessage() for r in caplog.records if logged in r.getMessage()]
+
+
 def test_a_worker_started_after_the_hold_serves_the_version_the_running_workers_serve(
     repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -83,20 +116,8 @@ def test_two_workers_that_hold_the_same_version_write_one_revision(
     """Every worker finds the same hold at its next poll: one names the stable version, the others (reading the
     file under its lock) change nothing and write nothing."""
     workers = _version_1_then_an_incompatible_2(repository, make_server, workers=2)
-    start = threading.Barrier(len(workers))
-
-    def poll(worker: Server) -> None:
-        start.wait()
-        worker.refresh()
-
-    threads = [threading.Thread(target=poll, args=(w,)) for w in workers]
-    with caplog.at_level("INFO", logger="inprocserve"):
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    named = [r for r in caplog.records if "is named the stable version in control file" in r.getMessage()]
-    assert len(named) == 1, [r.getMessage() for r in named]
+    named = refreshed_together(workers, caplog, "is named the stable version in control file")
+    assert len(named) == 1, named
     assert ControlFile(repository).read().revision == 1
     for worker in workers:
         worker.refresh()  # (later polls, before following the file: nothing written)

@@ -14,7 +14,7 @@ from inprocserve._control import Control, ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory, run_in_forked_child
-from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2
+from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2, lock_waits
 from .test_fork import held_by_another_thread
 
 
@@ -106,14 +106,7 @@ def test_while_the_lock_stays_stuck_the_watcher_s_tries_do_not_wait_for_it(
     save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
     running = make_server(repository, poll_interval_s=None, control_interval_s=None)  # (its reads: below)
     save_model(build_mlp_model((4, 8, 2), input_name="features"), repository, "m", 2)
-    waited: list[float] = []
-    timed_out = ControlFile._lock_timeout
-
-    def counted(self: ControlFile, holder: str) -> Exception:
-        waited.append(self.lock_timeout_s)
-        return timed_out(self, holder)
-
-    monkeypatch.setattr(ControlFile, "_lock_timeout", counted)
+    waited = lock_waits(monkeypatch)
     with ControlFile(repository)._locked():
         running.refresh()
         running.sync_control()

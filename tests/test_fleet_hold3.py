@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from inprocserve._control import CONTROL_FILENAME, Control, ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory
-from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2
+from .test_fleet_hold import _answering, _version_1_then_an_incompatible_2, refreshed_together
 
 X = {"x": np.ones((1, 4), np.float32)}
 
@@ -133,19 +132,7 @@ def test_two_workers_that_advance_at_once_write_one_revision(
     workers = _gate_named(repository, make_server, workers=2)
     revision = ControlFile(repository).read().revision
     _drop(repository, 3, compatible=True)
-    start = threading.Barrier(len(workers))
-
-    def poll(worker: Server) -> None:
-        start.wait()
-        worker.refresh()
-
-    threads = [threading.Thread(target=poll, args=(w,)) for w in workers]
-    with caplog.at_level("INFO", logger="inprocserve"):
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    advanced = [r.getMessage() for r in caplog.records if "is named the stable version in its place" in r.getMessage()]
+    advanced = refreshed_together(workers, caplog, "is named the stable version in its place")
     assert len(advanced) == 1, advanced
     assert ControlFile(repository).read().revision == revision + 1
     for worker in workers:
