@@ -814,7 +814,9 @@ class Registry:
             return problems
         self._policy_problems.pop(name, None)
         latest = max(selected) if selected else max(wanted)
-        default = self._gate(name, latest, usable, config.rollout)  # (a version kept from the policy answers too)
+        # (a version kept from the policy answers too; but with the policy selecting none, a typo, the highest kept
+        # is a hand load's, a canary's or an operation's: never one the gate's name follows fleet-wide)
+        default = self._gate(name, latest, usable, config.rollout, selected=bool(selected))
         self._latest[name] = default
         # The control state is read again under the routing lock: the watcher may have just made a loaded
         # version stable (without the lifecycle lock), and it stays. A held-back default stays, whatever the
@@ -930,12 +932,15 @@ class Registry:
             self._gone.pop(name, None)
         return gone
 
-    def _gate(self, name: str, candidate: int, available: list[int], rollout: RolloutConfig) -> int:
+    def _gate(
+        self, name: str, candidate: int, available: list[int], rollout: RolloutConfig, *, selected: bool = True
+    ) -> int:
         """The compatibility gate: the version that becomes the default of ``name`` — ``candidate``, unless
         its signature would break callers of the version answering default traffic (the stable alias of the
         control file, else ``rollout.stable``, the configuration about to be published; else the current
         default) and that version is still ``available``. A held-back candidate stays loaded and servable
-        with ``version=``; status, the log and a counter say why."""
+        with ``version=``; status, the log and a counter say why. ``selected``: the version policy selects
+        ``candidate`` (not so when it selects none and the highest version kept loaded besides stands in)."""
         held = self.incompatible.setdefault(name, {})
         self._to_advance.pop(name, None)
         routes = self.routes.get(name)
@@ -965,6 +970,7 @@ class Registry:
                 state is not None
                 and state.gate_named
                 and not state.canary_active
+                and selected
                 and alias == state.stable == baseline.version < candidate
                 and rollout.stable is None
                 and self.repository is not None
