@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from inprocserve.__main__ import main
 from inprocserve._control import ControlFile
 
 from .conftest import ServerFactory
 from .test_fleet_hold import _answering
-from .test_fleet_hold3 import _drop, _stable
+from .test_fleet_hold3 import _drop, _gate_named, _stable
 
 
 def _policy(repository: Path, policy: str) -> None:
@@ -38,3 +39,17 @@ def test_a_version_loaded_by_hand_is_not_named_the_fleet_s_stable_version_when_t
     assert ControlFile(repository).read().models["m"].stable == 1
     assert _answering(running) == [1]
 
+
+def test_the_kill_switch_stops_experiments_and_the_gate_s_name_still_follows_a_compatible_version(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """What the docs say: the kill switch does not freeze the stable version; the gate's name advances under it."""
+    [running] = _gate_named(repository, make_server)
+    assert main(["kill", str(repository), "m"]) == 0
+    running.sync_control()
+    _drop(repository, 3, compatible=True)
+    running.refresh()
+    running.sync_control()
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.gate_named, state.kill) == (3, True, True), state
+    assert _answering(running) == [3]
