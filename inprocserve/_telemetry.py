@@ -814,15 +814,20 @@ class Metrics:
         """Record what every recorder holds: called by the SDK's collection, through the observable gauges'
         callback (the SDK runs those before it reads the synchronous instruments), so each export holds
         every request finished before it."""
+        # The recorders are taken first: held here, none is collected until they are flushed. Taken after the
+        # orphans, a recorder the collector took between the two (a retired version's, freed by the cyclic
+        # collector at whatever allocation) was in neither, and its records missed this export.
+        recorders = list(self._recorders)
         self._record_orphans(timeout_s=_FORK_WAIT_S)
-        for recorder in list(self._recorders):
+        for recorder in recorders:
             recorder.flush()
 
     def record_pending(self) -> None:
         """Record what every recorder holds, skipping one that another thread is recording now (the
         recording thread's turn)."""
+        recorders = list(self._recorders)  # (first: see flush)
         self._record_orphans(timeout_s=None)
-        for recorder in list(self._recorders):
+        for recorder in recorders:
             recorder.record_pending()
 
     def wake_recording(self) -> bool:
