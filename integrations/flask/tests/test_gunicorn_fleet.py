@@ -2,7 +2,9 @@
 
 What it shows: one admin switch reaches every worker within the documented bound and never flips back;
 a user id sees one version on every worker (and after a graceful reload); the master never imports
-onnxruntime; SIGHUP, SIGTERM and max-requests recycling leave no worker killed by a signal.
+onnxruntime; SIGHUP, SIGTERM and max-requests recycling leave no worker killed by a signal; with no stable version
+named, the compatibility gate's hold on an incompatible version reaches workers recycled later, and its
+name follows a compatible version.
 """
 
 from __future__ import annotations
@@ -46,10 +48,16 @@ class Fleet:
     """One gunicorn master and its workers; the log goes to a file (a pipe could fill and block it)."""
 
     def __init__(
-        self, tmp_path: Path, mode: str, *extra: str, poll_interval_s: float = 0.0, config_toml: str = ""
+        self,
+        tmp_path: Path,
+        mode: str,
+        *extra: str,
+        poll_interval_s: float = 0.0,
+        config_toml: str = "",
+        versions: tuple[int, ...] = (1, 2),
     ) -> None:
         self.repository = tmp_path / "models"
-        for version in (1, 2):
+        for version in versions:
             save_model(build_scale_model(float(version)), self.repository, "scale", version)
         if config_toml:
             (self.repository / "scale" / "config.toml").write_text(config_toml)
@@ -144,8 +152,12 @@ class Fleet:
 def fleet_factory(tmp_path: Path) -> Iterator[Any]:
     fleets: list[Fleet] = []
 
-    def start(mode: str, *extra: str, poll_interval_s: float = 0.0, config_toml: str = "") -> Fleet:
-        fleet = Fleet(tmp_path, mode, *extra, poll_interval_s=poll_interval_s, config_toml=config_toml)
+    def start(
+        mode: str, *extra: str, poll_interval_s: float = 0.0, config_toml: str = "", versions: tuple[int, ...] = (1, 2)
+    ) -> Fleet:
+        fleet = Fleet(
+            tmp_path, mode, *extra, poll_interval_s=poll_interval_s, config_toml=config_toml, versions=versions
+        )
         fleets.append(fleet)
         fleet.wait_ready()
         return fleet
@@ -310,4 +322,59 @@ def test_a_worker_started_on_a_damaged_control_file_serves_nothing_until_it_read
         assert answer["version"] == 1, answer
         if answer["pid"] not in first_generation:
             break
+    assert_clean_shutdown(fleet, fleet.stop())
+
+
+def test_recycled_workers_serve_the_version_the_gate_named_and_follow_a_compatible_one(fleet_factory: Any) -> None:
+    """A deploy drops version 2, which takes 5 features where version 1 takes 4, into a fleet serving 1 with
+    no stable version named. The workers hold it back, and one names version 1 stable in the control file,
+    marked as the gate's; workers recycled by ``--max-requests`` afterwards start on 1 (they served 2: the
+    callers' 4-feature rows got a 4xx from every new worker). A compatible version 3 then moves every
+    worker, old and new, to 3: the gate's name follows it."""
+    fleet: Fleet = fleet_factory(
+        "eager-hook", "--workers", "3", "--max-requests", "12", poll_interval_s=0.1, versions=(1,)
+    )
+    control = fleet.repository / ".inprocserve-control.json"
+
+    def answers(count: int) -> list[tuple[int, Any, int | None]]:
+        """``count`` requests with version 1's shape: (status, version or error answer, pid)."""
+        seen = []
+        for i in range(count):
+            status, answer = fleet.call("/score", {"rows": ROW}, {"X-User-Id": f"user-{i}"})
+            if status == 200:
+                assert answer["y"] == [[float(answer["version"])] * 4], answer
+                seen.append((status, answer["version"], answer["pid"]))
+            else:
+                seen.append((status, answer, None))
+        return seen
+
+    def gate_names(version: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 20
+        while True:
+            entry = json.loads(control.read_text())["models"]["scale"] if control.exists() else {}
+            if entry.get("stable") == version and entry.get("stable_by_gate") == version:
+                return dict(entry)
+            assert time.monotonic() < deadline, f"the control file names {entry}, not {version} by the gate"
+            time.sleep(0.1)
+
+    before = answers(6)
+    assert {version for _, version, _ in before} == {1}, before
+
+    save_model(build_scale_model(2.0, features=5), fleet.repository, "scale", 2)  # incompatible: 5 features
+    gate_names(1)
+    time.sleep(CONTROL_INTERVAL_S * 2)  # the running workers have read the file
+    held = answers(120)  # 3 workers recycled every 12 requests: ~10 new workers
+    assert all(status == 200 and version == 1 for status, version, _ in held), [a for a in held if a[:2] != (200, 1)]
+    old_pids = {pid for _, _, pid in before}
+    assert len({pid for _, _, pid in held} - old_pids) >= 3, held  # new workers answered, on version 1
+    assert len(re.findall(r"Autorestarting worker after current request", fleet.log())) >= 3
+
+    save_model(build_scale_model(3.0), fleet.repository, "scale", 3)  # compatible with 1: the name advances
+    gate_names(3)
+    deadline = time.monotonic() + CONTROL_INTERVAL_S + CI_ALLOWANCE_S + 5
+    while {version for _, version, _ in answers(12)} != {3}:  # until a round of every worker answers 3
+        assert time.monotonic() < deadline, fleet.log()
+    moved = answers(60)
+    assert all(status == 200 and version == 3 for status, version, _ in moved), [a for a in moved if a[:2] != (200, 3)]
+    assert len({pid for _, _, pid in moved}) >= 4, moved  # old and recycled workers alike
     assert_clean_shutdown(fleet, fleet.stop())
