@@ -803,6 +803,8 @@ def test_a_lone_cache_miss_is_kept_whether_it_runs_on_the_loop_or_on_a_worker(
     (no ``Request``), and goes the full way when its run is too long for the loop's thread (never into a
     merged group, which neither keeps nor shares answers): both answers are kept, so the same inputs again
     are hits."""
+    from inprocserve._flush_policy import RunCost
+
     save_model(build_scale_model(2.0), busy_repository, "scale", 1)
     config = ModelConfig(cache=inprocserve.CacheConfig(enabled=True), pool=inprocserve.PoolConfig(intra_op_threads=1))
     server = make_server(busy_repository, config=config)
@@ -817,6 +819,11 @@ def test_a_lone_cache_miss_is_kept_whether_it_runs_on_the_loop_or_on_a_worker(
     async def main() -> list[inprocserve.Prediction]:
         for model, inputs in (("scale", np.zeros((1, 4), np.float32)), ("busy", busy_inputs(1, seed=20))):
             await server.apredict(model, inputs)  # the first request adopts the runners
+        # fixed costs, for a fixed outcome (measured ones vary with the host's load): 20 µs a run, and 5 ms
+        for model, cost in (("scale", RunCost(20e-6, 1e-6)), ("busy", RunCost(5e-3, 1e-4))):
+            batcher = server._routes[model].default.batcher
+            assert batcher is not None
+            monkeypatch.setattr(batcher, "run_cost", cost)
         monkeypatch.setattr(_server, "Request", counted)
         answers = [await server.apredict("scale", short)]
         assert built == []  # answered on the short way
