@@ -119,6 +119,7 @@ class Operations:
         self._submit = submit
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
+        registry.follow_written = self.follow_written
 
     @property
     def control_path(self) -> str | None:
@@ -488,6 +489,13 @@ class Operations:
                 self._sync_locked(retry_now=retry_now)
         finally:
             registry.lock.release()
+
+    def follow_written(self, control: Control, seen: int) -> None:
+        """Without the registry's locks: follow ``control``, which this server wrote outside them (the gate's
+        name or advance, see :meth:`Registry.pin_holds`) once its control generation was ``seen``, as
+        :meth:`_change_control` follows a switch, if it needs no load (else the next read of the file follows
+        it)."""
+        self._follow_at_once(control, seen=seen)
 
     def _follow_at_once(self, control: Control, *, seen: int) -> bool:
         """Follow ``control``, read once the registry's control generation was ``seen``, if it needs no load

@@ -183,6 +183,10 @@ class Registry:
         # after the refresh (see _advance_gate_names); and the advances whose write failed, as warned (once each)
         self._to_advance: dict[str, tuple[int, int]] = {}
         self._advance_warned: set[tuple[str, int, int]] = set()
+        # Follows at once a revision the gate wrote (read under the file's lock once the control generation was
+        # the int): set by the server's operations, as a writer of this process follows what it wrote (a switch
+        # on this server). Unset (or a revision that needs a load), it is followed at the next read of the file.
+        self.follow_written: Callable[[Control, int], object] | None = None
         # A control revision's re-scan runs (refresh() under the lifecycle lock): it names no stable version
         self._rescanning = False
         self.routers: dict[str, Router] = {}  # kept while a version is loaded: statistics survive reloads
@@ -1098,6 +1102,7 @@ class Registry:
                 control = control_file.read()  # (no lock taken where one is named already)
                 state = control.models.get(name)
                 if state is None or state.stable is None:
+                    seen = self.control_generation
                     control = control_file.update(name_stable, actor=f"compatibility gate ({default_actor()})")
             except (ConfigurationError, OSError) as exc:
                 failure = exc
@@ -1131,6 +1136,7 @@ class Registry:
             self._pin_warned = {key for key in self._pin_warned if key[0] != name}
             self._pin_errors.pop(name, None)
             if written:
+                self._follow_written(control, seen)
                 logger.info(
                     "model %r: version %s is named the stable version in control file %s (revision %d, by %s), as "
                     "version %s is held back as not compatible with it: every worker, running or starting later, "
@@ -1216,6 +1222,7 @@ class Registry:
                     raise failure
                 control = control_file.read()  # (no lock taken where it is advanced already)
                 if _names_by_gate(control.models.get(name), stable):
+                    seen = self.control_generation
                     control = control_file.update(advance, actor=f"compatibility gate ({default_actor()})")
             except (ConfigurationError, OSError) as exc:
                 failure = exc
@@ -1235,6 +1242,7 @@ class Registry:
                 self._to_advance.pop(name, None)
             self._advance_warned = {key for key in self._advance_warned if key[0] != name}
             if written:
+                self._follow_written(control, seen)
                 logger.info(
                     "model %r: version %s, compatible with version %s that the compatibility gate named the stable "
                     "version, is named the stable version in its place in control file %s (revision %d, by %s): "
@@ -1246,6 +1254,13 @@ class Registry:
                     control.revision,
                     control.updated_by,
                 )
+
+    def _follow_written(self, control: Control, seen: int) -> None:
+        """Follow ``control``, the revision the gate just wrote (read under the file's lock once the control
+        generation was ``seen``), at once: the worker that wrote an advance served the version it replaced until
+        its next read of the file, and one that wrote a name did not advance it until then."""
+        if self.follow_written is not None and not self.closed:
+            self.follow_written(control, seen)
 
     def _still_to_advance(self, name: str, stable: int, newer: int) -> bool:
         """Whether ``newer`` is still to be named in place of ``stable`` (see :meth:`_advance_gate_names`): the
