@@ -176,8 +176,9 @@ class Registry:
         # The next try waits for the control file's lock whatever failed before (a forked worker's first: it
         # contends with its siblings, each finding the master's hold at once; see after_fork_in_child)
         self._pin_waits = False
-        # The last failed name of each hold (model: the hold, and why): status's fleet_hold_error while it lasts
-        self._pin_errors: dict[str, tuple[tuple[int, int], str]] = {}
+        # The last failed name of each hold or advance (model: "hold" and the hold's versions, or "advance" and
+        # the advance's, and why): status's fleet_hold_error while that hold or advance is still to be written
+        self._pin_errors: dict[str, tuple[tuple[str, int, int], str]] = {}
         # A stable version the gate named (ModelControl.stable_by_gate) follows the gate: (model: that version,
         # the newer one the gate found compatible with it and made the default) is written the stable version
         # after the refresh (see _advance_gate_names); and the advances whose write failed, as warned (once each)
@@ -1107,7 +1108,7 @@ class Registry:
             except (ConfigurationError, OSError) as exc:
                 failure = exc
                 self._pin_errors[name] = (
-                    (baseline, candidate),
+                    ("hold", baseline, candidate),
                     f"version {baseline} could not be named the stable version in the fleet's control file while "
                     f"version {candidate} is held back ({exc}); a worker that starts now serves version {candidate} "
                     f"until it is (tried again at the next refresh or read of the control file), or until version "
@@ -1156,12 +1157,16 @@ class Registry:
 
     def fleet_hold_error(self, name: str) -> str | None:
         """What status shows as ``name``'s ``fleet_hold_error``: why the version serving could not be named the
-        stable version in the control file (see :meth:`_pin_holds`), while that hold lasts (one gone, the error
-        goes with it). Read without the locks, as status reads."""
+        stable version in the control file (see :meth:`_pin_holds`), or a compatible version in place of the one
+        the gate named (see :meth:`_advance_gate_names`), while that hold or advance is still to be written (one
+        gone, the error goes with it). Read without the locks, as status reads."""
         error = self._pin_errors.get(name)  # (one look)
-        if error is None or self._holds_to_pin.get(name) != error[0]:
+        if error is None:
             return None
-        return error[1]
+        (kind, *versions), why = error
+        if (self._holds_to_pin if kind == "hold" else self._to_advance).get(name) != tuple(versions):
+            return None
+        return why
 
     def _still_to_pin(self, name: str, baseline: int, candidate: int) -> bool:
         """Whether ``baseline`` is still to be named the stable version of ``name`` (see :meth:`_pin_holds`): the
@@ -1226,6 +1231,13 @@ class Registry:
                     control = control_file.update(advance, actor=f"compatibility gate ({default_actor()})")
             except (ConfigurationError, OSError) as exc:
                 failure = exc
+                self._pin_errors[name] = (
+                    ("advance", stable, newer),
+                    f"version {newer}, compatible with version {stable} that the compatibility gate named the stable "
+                    f"version, could not be named in its place in the fleet's control file ({exc}): the fleet stays "
+                    f"on version {stable} (a worker that starts now serves it) until it is, tried again at the next "
+                    f"refresh or read of the control file",
+                )
                 if (name, stable, newer) not in self._advance_warned:
                     self._advance_warned.add((name, stable, newer))
                     logger.warning(
@@ -1241,6 +1253,7 @@ class Registry:
             if self._to_advance.get(name) == (stable, newer):
                 self._to_advance.pop(name, None)
             self._advance_warned = {key for key in self._advance_warned if key[0] != name}
+            self._pin_errors.pop(name, None)
             if written:
                 self._follow_written(control, seen)
                 logger.info(

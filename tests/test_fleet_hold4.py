@@ -7,12 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from inprocserve import render_status_page
+from inprocserve._cli_status import summarize
+from inprocserve._control import ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory
-from .test_fleet_hold import _answering
-from .test_fleet_hold3 import _drop, _stable
+from .test_fleet_hold import _answering, lock_waits
+from .test_fleet_hold3 import _drop, _gate_named, _stable
 
 X = {"x": np.ones((1, 4), np.float32)}
 
@@ -36,3 +40,30 @@ def test_the_worker_that_advances_the_name_serves_the_version_it_named_at_once(
     assert running.predict("m", X).version == 3
     assert _answering(running) == [3]
     assert running.status()["control"]["revision"] == 2
+
+
+def test_an_advance_the_stuck_lock_keeps_out_shows_in_status_until_it_is_written(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control file's lock is stuck when the refresh finds version 3 compatible with the gate's version 1:
+    the advance fails, and the fleet stays on 1 (a worker that starts now serves it). That was one warning in
+    the log; status, the status CLI and the status page say it as they say a failed name, until a later try
+    writes it."""
+    [running] = _gate_named(repository, make_server)
+    _drop(repository, 3, compatible=True)
+    waited = lock_waits(monkeypatch)
+    with ControlFile(repository)._locked():
+        running.refresh()
+    assert waited == [0.5], waited
+    assert _stable(repository) == (1, True)
+    status = running.status()
+    error = status["models"]["m"]["fleet_hold_error"]
+    assert error is not None and "the fleet stays on version 1" in error and "version 3" in error, error
+    assert any(line.startswith("  FLEET NOT HELD: version 3") for line in summarize(status)), summarize(status)
+    assert "Fleet not held: version 3" in render_status_page(status)
+
+    running.refresh()  # (the lock free: written at the next try)
+    assert _stable(repository) == (3, True)
+    status = running.status()
+    assert status["models"]["m"]["fleet_hold_error"] is None
+    assert not any("FLEET NOT HELD" in line for line in summarize(status))
