@@ -1077,67 +1077,40 @@ class Registry:
                 return
             if not self._still_to_pin(name, baseline, candidate):
                 continue
-            written: list[Control] = []
 
-            def name_stable(
-                control: Control,
-                name: str = name,
-                baseline: int = baseline,
-                candidate: int = candidate,
-                written: list[Control] = written,
-            ) -> Control:
-                state = control.models.get(name) or ModelControl()
-                if state.stable is not None:  # named meanwhile (another worker, an operator): left as it is
-                    return control
-                # Checked again under the file's lock: the wait for it (up to 0.5 s) left time for an unload, a
-                # refresh that retired the version, or close(), and the fleet was pinned to a version gone here
-                if not self._still_to_pin(name, baseline, candidate):
-                    return control
-                named = dataclasses.replace(state, stable=baseline, stable_by_gate=baseline)
-                written.append(control)
-                return dataclasses.replace(control, models={**control.models, name: named})
+            def due(
+                state: ModelControl | None, name: str = name, baseline: int = baseline, candidate: int = candidate
+            ) -> bool:
+                # Not over a stable version named meanwhile (another worker, an operator); and checked again under
+                # the file's lock: the wait for it (up to 0.5 s) left time for an unload, a refresh that retired the
+                # version, or close(), and the fleet was pinned to a version gone here
+                return (state is None or state.stable is None) and self._still_to_pin(name, baseline, candidate)
 
+            key = ("hold", baseline, candidate)
             try:
                 if failure is not None:
                     raise failure
-                control = control_file.read()  # (no lock taken where one is named already)
-                state = control.models.get(name)
-                if state is None or state.stable is None:
-                    seen = self.control_generation
-                    control = control_file.update(name_stable, actor=f"compatibility gate ({default_actor()})")
+                control = self._write_gate_name(control_file, name, baseline, due=due)
             except (ConfigurationError, OSError) as exc:
                 failure = exc
-                self._pin_errors[name] = (
-                    ("hold", baseline, candidate),
+                switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline}`"
+                self._gate_write_failed(
+                    name,
+                    key,
+                    self._pin_warned,
                     f"version {baseline} could not be named the stable version in the fleet's control file while "
                     f"version {candidate} is held back ({exc}); a worker that starts now serves version {candidate} "
                     f"until it is (tried again at the next refresh or read of the control file), or until version "
-                    f"{baseline} is named by hand: `python -m inprocserve switch --force REPOSITORY {name} {baseline}`",
+                    f"{baseline} is named by hand: {switch}",
+                    "model %r: version %s could not be named the stable version in the fleet's control file "
+                    "while version %s is held back (%s); tried again at the next refresh or read of the control "
+                    "file. Until then a worker that starts now serves version %s: to hold every worker on version "
+                    "%s, name it ([rollout] stable = %s in the model's config.toml, or %s)",
+                    (name, baseline, candidate, exc, candidate, baseline, baseline, switch),
                 )
-                if (name, baseline, candidate) not in self._pin_warned:
-                    self._pin_warned.add((name, baseline, candidate))
-                    switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline}`"
-                    logger.warning(
-                        "model %r: version %s could not be named the stable version in the fleet's control file "
-                        "while version %s is held back (%s); tried again at the next refresh or read of the control "
-                        "file. Until then a worker that starts now serves version %s: to hold every worker on version "
-                        "%s, name it ([rollout] stable = %s in the model's config.toml, or %s)",
-                        name,
-                        baseline,
-                        candidate,
-                        exc,
-                        candidate,
-                        baseline,
-                        baseline,
-                        switch,
-                    )
                 continue
-            if self._holds_to_pin.get(name) == (baseline, candidate):
-                self._holds_to_pin.pop(name, None)
-            self._pin_warned = {key for key in self._pin_warned if key[0] != name}
-            self._pin_errors.pop(name, None)
-            if written:
-                self._follow_written(control, seen)
+            self._gate_written(name, key, self._holds_to_pin, self._pin_warned)
+            if control is not None:
                 logger.info(
                     "model %r: version %s is named the stable version in control file %s (revision %d, by %s), as "
                     "version %s is held back as not compatible with it: every worker, running or starting later, "
@@ -1197,65 +1170,43 @@ class Registry:
         assert self.repository is not None
         failing = bool(self._advance_warned)
         control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
-        failure: ConfigurationError | OSError | None = None
+        failure: ConfigurationError | OSError | None = None  # (as in _pin_holds: it fails the rest alike)
         for name, (stable, newer) in list(self._to_advance.items()):
             if not self._still_to_advance(name, stable, newer):
                 continue
-            written: list[Control] = []
 
-            def advance(
-                control: Control,
-                name: str = name,
-                stable: int = stable,
-                newer: int = newer,
-                written: list[Control] = written,
-            ) -> Control:
-                state = control.models.get(name)
-                if (
-                    state is None
-                    or not _names_by_gate(state, stable)
-                    or state.canary_active
-                    or not self._still_to_advance(name, stable, newer)
-                ):
-                    return control  # (another worker advanced it, or an operator wrote since: left as it is)
-                written.append(control)
-                named = dataclasses.replace(state, stable=newer, stable_by_gate=newer)
-                return dataclasses.replace(control, models={**control.models, name: named})
+            def due(state: ModelControl | None, name: str = name, stable: int = stable, newer: int = newer) -> bool:
+                # (another worker advanced it, an operator wrote since, or a canary runs: left as it is)
+                return (
+                    state is not None
+                    and _names_by_gate(state, stable)
+                    and not state.canary_active
+                    and self._still_to_advance(name, stable, newer)
+                )
 
+            key = ("advance", stable, newer)
             try:
                 if failure is not None:
                     raise failure
-                control = control_file.read()  # (no lock taken where it is advanced already)
-                if _names_by_gate(control.models.get(name), stable):
-                    seen = self.control_generation
-                    control = control_file.update(advance, actor=f"compatibility gate ({default_actor()})")
+                control = self._write_gate_name(control_file, name, newer, due=due)
             except (ConfigurationError, OSError) as exc:
                 failure = exc
-                self._pin_errors[name] = (
-                    ("advance", stable, newer),
+                self._gate_write_failed(
+                    name,
+                    key,
+                    self._advance_warned,
                     f"version {newer}, compatible with version {stable} that the compatibility gate named the stable "
                     f"version, could not be named in its place in the fleet's control file ({exc}): the fleet stays "
                     f"on version {stable} (a worker that starts now serves it) until it is, tried again at the next "
                     f"refresh or read of the control file",
+                    "model %r: version %s, compatible with version %s that the compatibility gate named the "
+                    "stable version, could not be named in its place in the fleet's control file (%s); tried "
+                    "again at the next refresh or read of the control file",
+                    (name, newer, stable, exc),
                 )
-                if (name, stable, newer) not in self._advance_warned:
-                    self._advance_warned.add((name, stable, newer))
-                    logger.warning(
-                        "model %r: version %s, compatible with version %s that the compatibility gate named the "
-                        "stable version, could not be named in its place in the fleet's control file (%s); tried "
-                        "again at the next refresh or read of the control file",
-                        name,
-                        newer,
-                        stable,
-                        exc,
-                    )
                 continue
-            if self._to_advance.get(name) == (stable, newer):
-                self._to_advance.pop(name, None)
-            self._advance_warned = {key for key in self._advance_warned if key[0] != name}
-            self._pin_errors.pop(name, None)
-            if written:
-                self._follow_written(control, seen)
+            self._gate_written(name, key, self._to_advance, self._advance_warned)
+            if control is not None:
                 logger.info(
                     "model %r: version %s, compatible with version %s that the compatibility gate named the stable "
                     "version, is named the stable version in its place in control file %s (revision %d, by %s): "
@@ -1267,6 +1218,62 @@ class Registry:
                     control.revision,
                     control.updated_by,
                 )
+
+    def _write_gate_name(
+        self, control_file: ControlFile, name: str, version: int, *, due: Callable[[ModelControl | None], bool]
+    ) -> Control | None:
+        """The one place the gate writes a stable version for the fleet (its name, :meth:`_pin_holds`, and its
+        advance, :meth:`_advance_gate_names`): ``version`` as ``name``'s stable version, marked as the gate's
+        (``stable_by_gate``), then followed here at once. A compare-and-set: written only if ``due`` holds of the
+        model's entry in the file, read first without the lock (a file that needs nothing takes none) and again
+        under it (one worker of the fleet writes; the others, and a registry that changed its mind while it
+        waited for the lock, write nothing). Returns the revision written, or None if none was. Raises what
+        :meth:`ControlFile.update` raises (the lock held, a file that is a symbolic link, a read-only folder)."""
+        if not due(control_file.read().models.get(name)):
+            return None
+        written: list[Control] = []
+
+        def name_it(control: Control) -> Control:
+            state = control.models.get(name)
+            if not due(state):
+                return control
+            written.append(control)
+            named = dataclasses.replace(state or ModelControl(), stable=version, stable_by_gate=version)
+            return dataclasses.replace(control, models={**control.models, name: named})
+
+        seen = self.control_generation
+        control = control_file.update(name_it, actor=f"compatibility gate ({default_actor()})")
+        if not written:
+            return None
+        self._follow_written(control, seen)
+        return control
+
+    def _gate_write_failed(
+        self,
+        name: str,
+        key: tuple[str, int, int],
+        warned: set[tuple[str, int, int]],
+        error: str,
+        warning: str,
+        args: tuple[object, ...],
+    ) -> None:
+        """A gate's write (``key``: ``"hold"`` or ``"advance"`` and its versions) failed: status's
+        ``fleet_hold_error`` says ``error`` while it is still due (see :meth:`fleet_hold_error`), and ``warning``
+        is logged once per name or advance (``warned``)."""
+        self._pin_errors[name] = (key, error)
+        if (name, key[1], key[2]) not in warned:
+            warned.add((name, key[1], key[2]))
+            logger.warning(warning, *args)
+
+    def _gate_written(
+        self, name: str, key: tuple[str, int, int], due: dict[str, tuple[int, int]], warned: set[tuple[str, int, int]]
+    ) -> None:
+        """A gate's write (``key``) is done (written, or no longer needed in the file): no longer due, its failure
+        no longer shown, and a later failure of the model's warned again."""
+        if due.get(name) == key[1:]:
+            due.pop(name, None)
+        warned.difference_update({warning for warning in warned if warning[0] == name})
+        self._pin_errors.pop(name, None)
 
     def _follow_written(self, control: Control, seen: int) -> None:
         """Follow ``control``, the revision the gate just wrote (read under the file's lock once the control
