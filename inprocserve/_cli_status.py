@@ -336,9 +336,10 @@ def _control_lines(state: dict[str, Any]) -> list[str]:
     if state.get("stable") is not None:
         previous = state.get("previous_stable")
         back = f" (rollback goes to v{previous})" if previous is not None else ""
+        mark = state.get("stable_by_gate")  # (a mark of true is no version: True == 1 in Python)
         gate = (
             " (named by the compatibility gate: follows the newest compatible version)"
-            if state.get("stable_by_gate") is not None and state.get("stable_by_gate") == state.get("stable")
+            if isinstance(mark, int) and not isinstance(mark, bool) and mark == state.get("stable")
             else ""
         )
         lines.append(f"  control file: v{state['stable']} is stable{back}{gate}")

@@ -138,7 +138,8 @@ def _gate_named(control: Mapping[str, Any]) -> bool:
     """Whether the control file's stable version is the one the compatibility gate named (its mark is bound to
     that version: a switch by another hand, an older release's included, leaves it naming another)."""
     gate = control.get("stable_by_gate")
-    return gate is not None and gate == control.get("stable")
+    # (a mark of true, not a version, is none: True == 1 in Python, and version 1 read as the gate's)
+    return isinstance(gate, int) and not isinstance(gate, bool) and gate == control.get("stable")
 
 
 def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> str:

@@ -4,6 +4,7 @@ number is refused as other bad values of the control file are."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from inprocserve import Server, render_status_page
 from inprocserve._cli_status import summarize
-from inprocserve._control import ControlFile
+from inprocserve._control import CONTROL_FILENAME, ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
 from .conftest import ServerFactory
@@ -78,3 +79,25 @@ def test_an_advance_the_stuck_lock_keeps_out_shows_in_status_until_it_is_written
     status = running.status()
     assert status["models"]["m"]["fleet_hold_error"] is None
     assert not any("FLEET NOT HELD" in line for line in summarize(status))
+
+
+def test_a_boolean_mark_in_the_control_file_is_refused_and_never_reads_as_version_1(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``"stable_by_gate": true`` (the mark before it named a version; by hand now) is a bad value like any other:
+    the worker refuses the revision and says which key, as for ``kill``. And a status document carrying it (from
+    a server that wrote the mark so) is not read as version 1, which ``true`` equals in Python: the CLI and the
+    status page said the operator's stable version 1 followed the gate."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    (repository / CONTROL_FILENAME).write_text(
+        json.dumps({"revision": 1, "models": {"m": {"stable": 1, "stable_by_gate": True}}})
+    )
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    error = running.status()["control"]["error"]
+    assert error is not None and "models.m.stable_by_gate must be a positive int or null, got True" in error, error
+
+    status = running.status()
+    status["control"]["error"] = None
+    status["models"]["m"]["control"] = {"stable": 1, "previous_stable": None, "stable_by_gate": True}
+    assert "  control file: v1 is stable" in summarize(status), summarize(status)
+    assert "stable named by the compatibility gate" not in render_status_page(status)
