@@ -1165,10 +1165,12 @@ class Registry:
 
         Run where :meth:`_pin_holds` runs, as it runs: a compare-and-set (written only if the file, read under
         its lock, still names that version with the gate's mark: one worker of the fleet writes, an operator's
-        choice is never overridden), a short wait for the file's lock (none while the last try failed), a
+        choice is never overridden), a short wait for the file's lock (none while its last try's failure shows), a
         failure logged once and tried again at a later refresh or read of the control file."""
         assert self.repository is not None
-        failing = bool(self._advance_warned)
+        # (as _pin_holds: while an advance's failure shows, not one warned about once whose version was withdrawn
+        # since: a new advance's first try waits, as every worker of the fleet finds it at once and they contend)
+        failing = any(self.fleet_hold_error(name) for name in list(self._to_advance))
         control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
         failure: ConfigurationError | OSError | None = None  # (as in _pin_holds: it fails the rest alike)
         for name, (stable, newer) in list(self._to_advance.items()):
