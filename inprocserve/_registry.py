@@ -174,7 +174,7 @@ class Registry:
         self._pin_warned: set[tuple[str, int, int]] = set()
         self._pinning = threading.RLock()  # held by the thread running _pin_holds (see pin_holds)
         # The next try waits for the control file's lock whatever failed before (a forked worker's first: it
-        # contends with its siblings, each finding the master's hold at once; see after_fork_in_child)
+        # contends with its siblings, each finding the master's hold or advance at once; see after_fork_in_child)
         self._pin_waits = False
         # The last failed name of each hold or advance (model: "hold" and the hold's versions, or "advance" and
         # the advance's, and why): status's fleet_hold_error while that hold or advance is still to be written
@@ -545,6 +545,7 @@ class Registry:
                     self._pin_holds()
                 if self._to_advance:
                     self._advance_gate_names()
+                self._pin_waits = False  # (a forked worker's first try of each, the name and its advance, waited)
 
     def _refresh(self, *, settle_empty_configs: bool) -> list[str]:
         if self.repository is None:
@@ -1067,7 +1068,6 @@ class Registry:
         # interval late for as long as it stayed stuck; taken when free, the name is still written at the first
         # read after. (A new hold's first try waits: every worker finds it at once, and they contend.)
         failing = not self._pin_waits and any(self.fleet_hold_error(name) for name in list(self._holds_to_pin))
-        self._pin_waits = False
         control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
         # The first write that fails fails the rest alike (one file, one lock): they are not tried this time, or
         # each waited for a stuck lock in turn (the watcher, which tries at each read, followed nothing meanwhile)
@@ -1170,7 +1170,7 @@ class Registry:
         assert self.repository is not None
         # (as _pin_holds: while an advance's failure shows, not one warned about once whose version was withdrawn
         # since: a new advance's first try waits, as every worker of the fleet finds it at once and they contend)
-        failing = any(self.fleet_hold_error(name) for name in list(self._to_advance))
+        failing = not self._pin_waits and any(self.fleet_hold_error(name) for name in list(self._to_advance))
         control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
         failure: ConfigurationError | OSError | None = None  # (as in _pin_holds: it fails the rest alike)
         for name, (stable, newer) in list(self._to_advance.items()):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -10,7 +12,8 @@ import pytest
 
 from inprocserve._control import ControlFile
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, run_in_forked_child
+from .test_diffreview22 import _SIBLING_S_WRITE
 from .test_fleet_hold import lock_waits
 from .test_fleet_hold3 import _drop, _stable
 from .test_fleet_hold4 import X, _gate_named_without_a_watcher
@@ -51,3 +54,31 @@ def test_a_new_advance_after_one_whose_version_was_withdrawn_waits_for_the_lock(
     assert _stable(repository) == (4, True)
     assert running.status()["models"]["m"]["fleet_hold_error"] is None
     assert running.predict("m", X).version == 4
+
+
+def test_a_worker_forked_from_a_master_whose_advance_failed_waits_for_a_sibling_s_write(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A ``--preload`` master's advance of the gate's name (1 to 3) failed, the lock stuck then. Its workers, forked
+    at once, inherit the advance and all try it at their first read: they contend, and a first try waits for the
+    lock (0.5 s), as it does for the gate's name. Inheriting the master's failure made it take the lock only if
+    free: the worker that found a sibling's write in progress failed, and showed the fleet not held."""
+    master = _gate_named_without_a_watcher(repository, make_server)
+    _drop(repository, 3, compatible=True)
+    with ControlFile(repository)._locked():
+        master.refresh()
+    assert master.status()["models"]["m"]["fleet_hold_error"] is not None
+
+    def in_the_worker() -> str:
+        sibling = subprocess.Popen(
+            [sys.executable, "-c", _SIBLING_S_WRITE, str(repository)], stdout=subprocess.PIPE, text=True
+        )
+        assert sibling.stdout is not None
+        with sibling.stdout:
+            assert sibling.stdout.readline().strip() == "held"
+            master.sync_control()
+        sibling.wait(timeout=10)
+        state = ControlFile(repository).read().models["m"]
+        return f"{state.stable} {master.status()['models']['m']['fleet_hold_error']}"
+
+    assert run_in_forked_child(in_the_worker, timeout_s=20) == "3 None"
