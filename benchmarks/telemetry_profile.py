@@ -188,6 +188,7 @@ def sdk_costs(repeat: int = 5, number: int = 20_000) -> dict[str, float]:
         )
     for count, attrs in attributes.items():
         costs[f"histogram record, {count} attributes"] = best(lambda attrs=attrs: histogram.record(0.001, attrs))
+    costs.update(record_steps(histogram, attributes, best))
     counter = metrics.get_meter("benchmark").create_counter("benchmark.count")
     costs["SDK counter add, 2 attributes"] = best(lambda: counter.add(1, attributes[2]))
     costs["Recorder.cache_lookup (an integer read at collection)"] = best(lambda: recorder.cache_lookup("hit"))
@@ -291,6 +292,50 @@ def per_request(args: argparse.Namespace) -> None:
     payload = {"machine": machine(), "settings": settings, "runs": runs, "summary": summary}
     (args.out / "telemetry_per_request.json").write_text(json.dumps(payload, indent=2))
     (args.out / "telemetry_per_request.md").write_text(text)
+
+
+def record_steps(
+    histogram: Any, attributes: dict[int, Any], best: Callable[[Callable[[], Any]], float]
+) -> dict[str, float]:
+    """A histogram record split into the SDK's steps, by number of attributes: what each release does on every
+    record (docs/observability.md, "The SDK's release"). Reads the SDK's internals, so a release that moved
+    them gives no rows. 1.45 cleans the attributes into a new dict when it builds the ``Measurement`` and keys
+    the aggregation by a recursive, sorted hash of them; 1.44 did neither (a frozen set of the items)."""
+    try:
+        from opentelemetry.context import get_current
+        from opentelemetry.sdk.metrics._internal import _view_instrument_match as view_match
+        from opentelemetry.sdk.metrics._internal.measurement import Measurement
+
+        sdk = histogram._real_instrument
+        consumer = sdk._measurement_consumer
+        exemplar_filter = consumer._sdk_config.exemplar_filter
+        storage = next(iter(consumer._reader_storages.values()))
+        match = storage._get_or_init_view_instrument_match(sdk)[0]
+    except (AttributeError, ImportError, IndexError, StopIteration):
+        return {}
+    hash_attributes = getattr(view_match, "_hash_attributes", None)
+    context = get_current()
+    steps: dict[str, float] = {}
+    for count, attrs in attributes.items():
+        measurement = Measurement(0.001, 1, sdk, context, attrs)
+        steps[f"  step: Measurement(...), {count} attributes (1.45: cleans them)"] = best(
+            lambda attrs=attrs: Measurement(0.001, 1, sdk, context, attrs)
+        )
+        steps[f"  step: exemplar filter, {count} attributes"] = best(
+            lambda attrs=attrs: exemplar_filter.should_sample(0.001, 1, attrs, context)
+        )
+        steps[f"  step: view match (copy, key, aggregate), {count} attributes"] = best(
+            lambda measurement=measurement: match.consume_measurement(measurement, False)
+        )
+        if hash_attributes is not None:
+            steps[f"  step: key, _hash_attributes (1.45), {count} attributes"] = best(
+                lambda attrs=attrs: hash_attributes(dict(attrs or {}))
+            )
+        else:
+            steps[f"  step: key, frozenset of items (1.44), {count} attributes"] = best(
+                lambda attrs=attrs: frozenset(dict(attrs or {}).items())
+            )
+    return steps
 
 
 def main() -> None:
