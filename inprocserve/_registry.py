@@ -184,6 +184,10 @@ class Registry:
         # after the refresh (see _advance_gate_names); and the advances whose write failed, as warned (once each)
         self._to_advance: dict[str, tuple[int, int]] = {}
         self._advance_warned: set[tuple[str, int, int]] = set()
+        # A stable version the gate named that is gone from disk (model: that version): the name is removed from the
+        # control file after the refresh (see _unname_gone); and the removals whose write failed, as warned (once each)
+        self._to_unname: dict[str, int] = {}
+        self._unname_warned: set[tuple[str, int, int]] = set()
         # Follows at once a revision the gate wrote (read under the file's lock once the control generation was
         # the int): set by the server's operations, as a writer of this process follows what it wrote (a switch
         # on this server). Unset (or a revision that needs a load), it is followed at the next read of the file.
@@ -536,11 +540,17 @@ class Registry:
         """Name the stable version of each model whose gate holds a version back with none named (see
         :meth:`_pin_holds`), unless there is none or a control revision's re-scan runs: call it without the
         registry's locks held (after a refresh, or after following a control revision that re-scanned)."""
-        if (self._holds_to_pin or self._to_advance) and not self._rescanning and self.repository is not None:
+        if (
+            (self._holds_to_pin or self._to_advance or self._to_unname)
+            and not self._rescanning
+            and self.repository is not None
+        ):
             # One thread names at a time (the watcher's read, a poll's refresh): once a try failed, the lock is
             # taken only if free, and one thread's try found it held by the other's and failed, the fleet
             # unpinned until a later read. Waited for: a try is short, or its one wait for the lock (0.5 s).
             with self._pinning:
+                if self._to_unname:
+                    self._unname_gone()
                 if self._holds_to_pin:
                     self._pin_holds()
                 if self._to_advance:
@@ -724,6 +734,15 @@ class Registry:
         """
         problems: list[str] = []
         self._on_disk[name] = frozenset(source.versions)
+        # The gate's name of a version gone from disk holds nothing: a worker that starts cannot load it, and serves
+        # the newest version while the running ones serve it from memory. Removed after the refresh (see
+        # _unname_gone); an operator's stable version gone from disk stays named (see _gone_but_served).
+        state = self.control.models.get(name)
+        gone = state.stable if state is not None and state.gate_named else None
+        if gone is not None and gone not in source.versions and name not in self._explicit:
+            self._to_unname[name] = gone
+        else:
+            self._to_unname.pop(name, None)
         failures = self.failures.setdefault(name, {})
         retried: set[int] = set()  # failed versions tried again because their files changed
         for number, failure in list(failures.items()):  # forget failures of files or configs that changed
@@ -883,6 +902,7 @@ class Registry:
             self._on_disk,
             self._rollouts,
             self._shadowed,
+            self._to_unname,
         ):
             for name in [name for name in kept if self._gone_for_good(name, scan)]:
                 del kept[name]
@@ -1137,7 +1157,12 @@ class Registry:
         if error is None:
             return None
         (kind, *versions), why = error
-        if (self._holds_to_pin if kind == "hold" else self._to_advance).get(name) != tuple(versions):
+        if kind == "gone":
+            gone = self._to_unname.get(name)
+            due = None if gone is None else (gone, gone)
+        else:
+            due = (self._holds_to_pin if kind == "hold" else self._to_advance).get(name)
+        if due != tuple(versions):
             return None
         return why
 
@@ -1221,16 +1246,85 @@ class Registry:
                     control.updated_by,
                 )
 
+    def _unname_gone(self) -> None:
+        """Remove, from the control file, the stable version the gate named (``stable_by_gate``) of each model
+        whose named version is gone from disk (see :meth:`_sync_model`): the name held the fleet on the version
+        that was serving, and a worker that starts cannot load it any more, so running workers served it from
+        memory while each new one served the newest version, the split the name exists to prevent, for good.
+        Without the name every worker is back on its version policy and its own gate (the version gone is
+        retired, the newest serves), as before the fleet hold. An operator's stable version is never removed.
+
+        Run where :meth:`_pin_holds` runs, as it runs: a compare-and-set (only if the file, read under its lock,
+        still names that version with the gate's mark: one worker of the fleet writes), a short wait for the
+        file's lock (none while its last try's failure shows), a failure logged once, shown as the model's
+        ``fleet_hold_error`` and tried again at a later refresh or read of the control file."""
+        assert self.repository is not None
+        failing = not self._pin_waits and any(self.fleet_hold_error(name) for name in list(self._to_unname))
+        control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
+        failure: ConfigurationError | OSError | None = None  # (as in _pin_holds: it fails the rest alike)
+        for name, gone in list(self._to_unname.items()):
+            if not self._still_to_unname(name, gone):
+                continue
+
+            def due(state: ModelControl | None, name: str = name, gone: int = gone) -> bool:
+                # (another worker removed it, or an operator wrote since: left as it is)
+                return state is not None and _names_by_gate(state, gone) and self._still_to_unname(name, gone)
+
+            key = ("gone", gone, gone)
+            try:
+                if failure is not None:
+                    raise failure
+                control = self._write_gate_name(control_file, name, None, due=due)
+            except (ConfigurationError, OSError) as exc:
+                failure = exc
+                self._gate_write_failed(
+                    name,
+                    key,
+                    self._unname_warned,
+                    f"version {gone}, the stable version the compatibility gate named, is gone from disk, and the "
+                    f"name could not be removed from the fleet's control file ({exc}): running workers serve it "
+                    f"from memory and a worker that starts now serves the newest version until it is, tried again "
+                    f"at the next refresh or read of the control file",
+                    "model %r: version %s, the stable version the compatibility gate named, is gone from disk, and "
+                    "the name could not be removed from the fleet's control file (%s); tried again at the next "
+                    "refresh or read of the control file",
+                    (name, gone, exc),
+                )
+                continue
+            if self._to_unname.get(name) == gone:
+                self._to_unname.pop(name, None)
+            self._gate_written(name, key, {}, self._unname_warned)
+            if control is not None:
+                logger.info(
+                    "model %r: version %s, the stable version the compatibility gate named, is gone from disk: the "
+                    "name is removed from control file %s (revision %d, by %s), and every worker serves the "
+                    "version its policy and its gate choose",
+                    name,
+                    gone,
+                    control_file.path,
+                    control.revision,
+                    control.updated_by,
+                )
+
+    def _still_to_unname(self, name: str, gone: int) -> bool:
+        """Whether the gate's name of ``gone`` is still to be removed (see :meth:`_unname_gone`): the server open,
+        and ``gone`` still named by the gate and not on disk at the last scan. Read without the registry's locks."""
+        if self.closed or self._stop.is_set():
+            return False
+        return self._to_unname.get(name) == gone and gone not in self._on_disk.get(name, frozenset())
+
     def _write_gate_name(
-        self, control_file: ControlFile, name: str, version: int, *, due: Callable[[ModelControl | None], bool]
+        self, control_file: ControlFile, name: str, version: int | None, *, due: Callable[[ModelControl | None], bool]
     ) -> Control | None:
         """The one place the gate writes a stable version for the fleet (its name, :meth:`_pin_holds`, and its
-        advance, :meth:`_advance_gate_names`): ``version`` as ``name``'s stable version, marked as the gate's
-        (``stable_by_gate``), then followed here at once. A compare-and-set: written only if ``due`` holds of the
-        model's entry in the file, read first without the lock (a file that needs nothing takes none) and again
-        under it (one worker of the fleet writes; the others, and a registry that changed its mind while it
-        waited for the lock, write nothing). Returns the revision written, or None if none was. Raises what
-        :meth:`ControlFile.update` raises (the lock held, a file that is a symbolic link, a read-only folder)."""
+        advance, :meth:`_advance_gate_names`) or removes it (:meth:`_unname_gone`, ``version`` None): ``version``
+        as ``name``'s stable version, marked as the gate's (``stable_by_gate``; both keys cleared, the rest of
+        the entry as it was, when None), then followed here at once. A compare-and-set: written only if ``due``
+        holds of the model's entry in the file, read first without the lock (a file that needs nothing takes
+        none) and again under it (one worker of the fleet writes; the others, and a registry that changed its
+        mind while it waited for the lock, write nothing). Returns the revision written, or None if none was.
+        Raises what :meth:`ControlFile.update` raises (the lock held, a file that is a symbolic link, a read-only
+        folder)."""
         if not due(control_file.read().models.get(name)):
             return None
         written: list[Control] = []
