@@ -17,8 +17,7 @@ import pytest
 
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig, PaddingConfig
-from inprocserve._flush_policy import CONCURRENCY_WINDOW_S, RunCost
-from inprocserve._model import ModelVersion
+from inprocserve._flush_policy import CONCURRENCY_WINDOW_S
 from inprocserve._ort_backend import OnnxruntimeBackend
 from inprocserve.testing import ManualClock, build_add_model, build_gather_model, build_mlp_model, save_model
 
@@ -654,10 +653,10 @@ def test_preferred_batch_size_ends_the_wait_for_companions(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = ModelConfig(batching=BatchingConfig(max_delay_s=20.0, preferred_batch_sizes=(3,)))
-    # The busy model's cost as measured here, about 1 ms a run, fixed for a fixed outcome: a quicker host reads
-    # its fixed cost under OVERLAP_BELOW_S, and then three callers in flight overlap (on average) and their
-    # requests run as they come, never merged (the overlap rule, not under test here).
-    monkeypatch.setattr(ModelVersion, "_measure_run_cost", lambda self, signature, *, batchable: RunCost(1e-3, 6e-5))
+    # The busy model's cost here, whatever the load: measured under OVERLAP_BELOW_S (a loaded host can read it
+    # as 0, a quicker one under 200 µs), its three callers in flight overlap on average and their requests
+    # run as they come, never merged (the overlap rule, not under test here).
+    pin_run_cost(monkeypatch, fixed_s=0.001, per_row_s=0.0002)
     # (a manual clock: the blocker's run, half a second or more under load, would make its peak old news)
     server = make_server(busy_repository, config=config, clock=ManualClock())
     blocker = hold_session(server)  # held until both are queued: recent concurrency is then high, so a free
