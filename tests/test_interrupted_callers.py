@@ -39,6 +39,7 @@ from .conftest import (
     ServerFactory,
     SessionHolder,
     busy_inputs,
+    pin_run_cost,
     version_status,
     wait_until,
 )
@@ -386,7 +387,7 @@ def test_an_interruption_as_a_request_is_queued_leaves_the_counts_right(
 
 
 def test_an_interruption_just_after_waking_the_waiting_worker_loses_no_wake(
-    busy_repository: Path, make_server: ServerFactory
+    busy_repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker waits for companions (max_delay_s); the request that fills its batch wakes it, and the
     caller is interrupted right after: a wake left marked as pending kept every parked worker asleep (the
@@ -394,6 +395,9 @@ def test_an_interruption_just_after_waking_the_waiting_worker_loses_no_wake(
     # A manual clock and a long delay: on the real clock, the blocker's run (over half a second under load)
     # made its peak old news, or the worker's 1 s wait for companions ended before this thread looked, and
     # the queued request ran without a wait to interrupt. (Each wait lasts max_delay_s of real time.)
+    # The busy model's run cost pinned too: measured under OVERLAP_BELOW_S (a loaded host can read it as 0),
+    # the callers overlap and the free worker runs the queued request at once, never waiting for companions.
+    pin_run_cost(monkeypatch, fixed_s=0.001, per_row_s=0.0002)
     clock = ManualClock()
     server = make_server(
         busy_repository, models={"busy": ModelConfig(batching=BatchingConfig(max_delay_s=30.0))}, clock=clock
