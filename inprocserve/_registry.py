@@ -736,10 +736,12 @@ class Registry:
         self._on_disk[name] = frozenset(source.versions)
         # The gate's name of a version gone from disk holds nothing: a worker that starts cannot load it, and serves
         # the newest version while the running ones serve it from memory. Removed after the refresh (see
-        # _unname_gone); an operator's stable version gone from disk stays named (see _gone_but_served).
+        # _unname_gone); an operator's stable version gone from disk stays named (see _gone_but_served). Not with no
+        # version on disk at all (a release copied in again, its folders removed first): no worker serves another
+        # one then, and the name, removed, was gone for good once the copy was back (the fleet on the newest).
         state = self.control.models.get(name)
         gone = state.stable if state is not None and state.gate_named else None
-        if gone is not None and gone not in source.versions and name not in self._explicit:
+        if gone is not None and gone not in source.versions and source.versions and name not in self._explicit:
             self._to_unname[name] = gone
         else:
             self._to_unname.pop(name, None)

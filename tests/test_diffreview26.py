@@ -1,0 +1,37 @@
+"""Review of the removal of the gate's name of a version gone from disk (b7e38d5): what must not read as "the
+version the gate named is gone, the rest of the model is there"."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .conftest import ServerFactory
+from .test_fleet_hold3 import _stable
+from .test_fleet_hold4 import _gate_named_without_a_watcher
+
+X = {"x": np.ones((1, 4), np.float32)}
+
+
+def test_a_redeploy_that_empties_the_model_folder_for_a_moment_keeps_the_gate_s_name(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Version 1 is the gate's name (2 held back). The release is deployed again as deploys do, the version folders
+    removed and copied back: a refresh in between finds the model folder with no version at all. No worker can
+    serve another version then (nothing is there to split the fleet over), yet the name was removed for good, and
+    once the copy was back every worker served the incompatible version 2. Now the name stays, and 1 serves."""
+    running = _gate_named_without_a_watcher(repository, make_server)
+    release = tmp_path / "release"
+    release.mkdir()
+    for version in ("1", "2"):
+        shutil.move(repository / "m" / version, release / version)
+    running.refresh()  # (the model folder is there, empty: "no version folder left", unloaded)
+    assert _stable(repository) == (1, True)
+    for version in ("1", "2"):
+        shutil.move(release / version, repository / "m" / version)
+    running.refresh()
+    running.sync_control()
+    assert running.predict("m", X).version == 1
+    assert make_server(repository, poll_interval_s=None).predict("m", X).version == 1
