@@ -738,10 +738,18 @@ class Registry:
         # the newest version while the running ones serve it from memory. Removed after the refresh (see
         # _unname_gone); an operator's stable version gone from disk stays named (see _gone_but_served). Not with no
         # version on disk at all (a release copied in again, its folders removed first): no worker serves another
-        # one then, and the name, removed, was gone for good once the copy was back (the fleet on the newest).
+        # one then, and the name, removed, was gone for good once the copy was back (the fleet on the newest). Nor
+        # with its folder there without its model file: written again (rm then cp, tar -x), as a worker that
+        # started meanwhile found it, and removed the name for good.
         state = self.control.models.get(name)
         gone = state.stable if state is not None and state.gate_named else None
-        if gone is not None and gone not in source.versions and source.versions and name not in self._explicit:
+        if (
+            gone is not None
+            and gone not in source.versions
+            and source.versions
+            and not os.path.lexists(source.folder / str(gone))
+            and name not in self._explicit
+        ):
             self._to_unname[name] = gone
         else:
             self._to_unname.pop(name, None)

@@ -35,3 +35,22 @@ def test_a_redeploy_that_empties_the_model_folder_for_a_moment_keeps_the_gate_s_
     running.sync_control()
     assert running.predict("m", X).version == 1
     assert make_server(repository, poll_interval_s=None).predict("m", X).version == 1
+
+
+def test_a_worker_that_starts_while_the_gate_s_version_is_copied_again_leaves_the_name(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Version 1 is the gate's name (2 held back); its model file is written again in place (``rm`` then ``cp``,
+    ``tar -x`` over the release), and a worker starts (recycled, scaled up) while the folder is there without its
+    model file. That worker removed the name for the fleet, and once the file was back every worker served the
+    incompatible version 2 for good. Now a version folder that is there is not "gone from disk": the name stays."""
+    running = _gate_named_without_a_watcher(repository, make_server)
+    model_file = repository / "m" / "1" / "model.onnx"
+    copy = tmp_path / "model.onnx"
+    shutil.move(model_file, copy)
+    make_server(repository, poll_interval_s=None, control_interval_s=None, strict=False)
+    assert _stable(repository) == (1, True)
+    shutil.move(copy, model_file)
+    running.sync_control()
+    assert running.predict("m", X).version == 1
+    assert make_server(repository, poll_interval_s=None).predict("m", X).version == 1
