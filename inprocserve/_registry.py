@@ -1318,10 +1318,17 @@ class Registry:
 
     def _still_to_unname(self, name: str, gone: int) -> bool:
         """Whether the gate's name of ``gone`` is still to be removed (see :meth:`_unname_gone`): the server open,
-        and ``gone`` still named by the gate and not on disk at the last scan. Read without the registry's locks."""
+        and ``gone`` still named by the gate, not on disk at the last scan and its folder not back since (restored
+        after a removal that failed: retried at a read of the control file, with no scan, the name of a version
+        back on disk was removed). Read without the registry's locks."""
         if self.closed or self._stop.is_set():
             return False
-        return self._to_unname.get(name) == gone and gone not in self._on_disk.get(name, frozenset())
+        assert self.repository is not None
+        return (
+            self._to_unname.get(name) == gone
+            and gone not in self._on_disk.get(name, frozenset())
+            and not os.path.lexists(self.repository / name / str(gone))
+        )
 
     def _write_gate_name(
         self, control_file: ControlFile, name: str, version: int | None, *, due: Callable[[ModelControl | None], bool]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inprocserve._control import ControlFile
+
 from .conftest import ServerFactory
 from .test_fleet_hold3 import _stable
 from .test_fleet_hold4 import _gate_named_without_a_watcher
@@ -54,3 +56,23 @@ def test_a_worker_that_starts_while_the_gate_s_version_is_copied_again_leaves_th
     running.sync_control()
     assert running.predict("m", X).version == 1
     assert make_server(repository, poll_interval_s=None).predict("m", X).version == 1
+
+
+def test_a_removal_retried_at_a_read_of_the_control_file_leaves_a_version_restored_since(
+    repository: Path, make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Version 1, the gate's name, is deleted; the refresh that finds it gone cannot remove the name (the control
+    file's lock is held), and status says so. The operator restores version 1. The next read of the control file
+    (the watcher's, every 0.5 s) tried the removal again on the last scan's word and removed the name of a version
+    back on disk: the fleet went to the incompatible version 2 for good. Now the name stays."""
+    running = _gate_named_without_a_watcher(repository, make_server)
+    shutil.move(repository / "m" / "1", tmp_path / "1")
+    with ControlFile(repository)._locked():
+        running.refresh()
+    assert running.status()["models"]["m"]["fleet_hold_error"] is not None
+    shutil.move(tmp_path / "1", repository / "m" / "1")  # restored
+    running.sync_control()
+    assert _stable(repository) == (1, True)
+    running.refresh()
+    assert running.predict("m", X).version == 1
+    assert running.status()["models"]["m"]["fleet_hold_error"] is None
