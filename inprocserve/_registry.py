@@ -1273,6 +1273,12 @@ class Registry:
         control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
         failure: ConfigurationError | OSError | None = None  # (as in _pin_holds: it fails the rest alike)
         for name, gone in list(self._to_unname.items()):
+            if self._to_unname.get(name) == gone and os.path.lexists(self.repository / name / str(gone)):
+                # restored since the scan (see _still_to_unname): nothing to remove, no failure to show (status said
+                # the fleet was not held until the next refresh, for good in a worker without a poller)
+                self._to_unname.pop(name, None)
+                self._gate_written(name, ("gone", gone, gone), {}, self._unname_warned)
+                continue
             if not self._still_to_unname(name, gone):
                 continue
 

@@ -73,6 +73,7 @@ def test_a_removal_retried_at_a_read_of_the_control_file_leaves_a_version_restor
     shutil.move(tmp_path / "1", repository / "m" / "1")  # restored
     running.sync_control()
     assert _stable(repository) == (1, True)
+    assert running.status()["models"]["m"]["fleet_hold_error"] is None  # (not "gone from disk" until a refresh)
     running.refresh()
     assert running.predict("m", X).version == 1
     assert running.status()["models"]["m"]["fleet_hold_error"] is None
