@@ -851,7 +851,7 @@ class Registry:
         latest = max(selected) if selected else max(wanted)
         # (a version kept from the policy answers too; but with the policy selecting none, a typo, the highest kept
         # is a hand load's, a canary's or an operation's: never one the gate's name follows fleet-wide)
-        default = self._gate(name, latest, usable, config.rollout, selected=bool(selected))
+        default = self._gate(name, latest, usable, config.rollout, selected=bool(selected), policy=selected)
         self._latest[name] = default
         # The control state is read again under the routing lock: the watcher may have just made a loaded
         # version stable (without the lifecycle lock), and it stays. A held-back default stays, whatever the
@@ -969,14 +969,23 @@ class Registry:
         return gone
 
     def _gate(
-        self, name: str, candidate: int, available: list[int], rollout: RolloutConfig, *, selected: bool = True
+        self,
+        name: str,
+        candidate: int,
+        available: list[int],
+        rollout: RolloutConfig,
+        *,
+        selected: bool = True,
+        policy: Collection[int] = (),
     ) -> int:
         """The compatibility gate: the version that becomes the default of ``name`` — ``candidate``, unless
         its signature would break callers of the version answering default traffic (the stable alias of the
         control file, else ``rollout.stable``, the configuration about to be published; else the current
         default) and that version is still ``available``. A held-back candidate stays loaded and servable
-        with ``version=``; status, the log and a counter say why. ``selected``: the version policy selects
-        ``candidate`` (not so when it selects none and the highest version kept loaded besides stands in)."""
+        with ``version=``; status, the log and a counter say why; the default is then the newest version of
+        ``policy`` (the versions the policy selects) newer than that one and compatible with it, else that one.
+        ``selected``: the version policy selects ``candidate`` (not so when it selects none and the highest
+        version kept loaded besides stands in)."""
         held = self.incompatible.setdefault(name, {})
         self._to_advance.pop(name, None)
         routes = self.routes.get(name)
@@ -995,11 +1004,10 @@ class Registry:
         assert baseline.signature is not None and new.signature is not None
         problems = incompatibilities(baseline.signature, new.signature)
         state = self.control.models.get(name)
-        if not problems:
-            held.pop(candidate, None)
-            self._holds_to_pin.pop(name, None)
+
+        def advance(newer: int) -> None:
             # A stable version the gate named follows the gate, fleet-wide, as the default does in one worker: the
-            # newer candidate found compatible with it is named in its place (see _advance_gate_names). Not while
+            # newer version found compatible with it is named in its place (see _advance_gate_names). Not while
             # an operator's canary runs: advanced, the stable version took the canary's version (or one past it)
             # and all traffic went to what the operator meant for a share of it.
             if (
@@ -1007,13 +1015,36 @@ class Registry:
                 and state.gate_named
                 and not state.canary_active
                 and selected
-                and alias == state.stable == baseline.version < candidate
+                and alias == state.stable == baseline.version < newer
                 and rollout.stable is None
                 and self.repository is not None
                 and name not in self._explicit
             ):
-                self._to_advance[name] = (baseline.version, candidate)
+                self._to_advance[name] = (baseline.version, newer)
+
+        if not problems:
+            held.pop(candidate, None)
+            self._holds_to_pin.pop(name, None)
+            advance(candidate)
             return candidate
+        # Several versions new at once (a policy that selects several): the newest held back, the newest of the
+        # others compatible with the version serving serves (2 of 2 and 3 dropped together, 3 incompatible: 2
+        # never served, where dropped a poll apart it went live). Each is judged against the version serving;
+        # from the next sync the held one is judged against the one that serves then, one step at a time.
+        serving = baseline.version
+        if selected:
+            for number in sorted(policy, reverse=True):
+                version = loaded.get(number)
+                if (
+                    baseline.version < number < candidate
+                    and number in available
+                    and version is not None
+                    and version.signature is not None
+                    and not incompatibilities(baseline.signature, version.signature)
+                ):
+                    serving = number
+                    break
+        advance(serving)
         # With no stable version named anywhere (the control file names none, even one gone from disk or one
         # only a build loaded by path holds here; nor does the configuration), the hold lived in this worker's
         # memory only: a worker that started later (recycled, restarted, scaled up) had no version serving to
@@ -1024,7 +1055,7 @@ class Registry:
         named = rollout.stable is not None or (state is not None and state.stable is not None)
         pinned = not named and self.repository is not None and name not in self._explicit
         if pinned:
-            hold = (baseline.version, candidate)
+            hold = (serving, candidate)
             if self._holds_to_pin.get(name) != hold:  # a new hold (one that ended and came back too): the failure
                 # of an earlier one's name made its first try take the lock only if free, showed in status before
                 # it was tried, and kept its own failure's warning silent
@@ -1043,7 +1074,7 @@ class Registry:
             fleet = ""
             if pinned:
                 fleet = (
-                    f" No stable version is named, so version {baseline.version} is named the stable version in "
+                    f" No stable version is named, so version {serving} is named the stable version in "
                     f"the fleet's control file ({CONTROL_FILENAME}, by this worker unless another names one first): "
                     f"every worker, running or starting later, serves it by default, and the name follows each later "
                     f"version compatible with it, until a switch names another. To promote version "
@@ -1052,25 +1083,31 @@ class Registry:
                 )
             elif pin is None or baseline.version != pin:
                 why = "No stable version is named" if pin is None else f"The stable version named, {pin}, is not loaded"
-                switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline.version}`"
+                switch = f"`python -m inprocserve switch --force REPOSITORY {name} {serving}`"
                 # (a stable version the fleet's control file names outranks config.toml's: naming it there
                 # held no worker that starts later)
                 way = (
-                    f"[rollout] stable = {baseline.version} in the model's config.toml, or {switch}"
+                    f"[rollout] stable = {serving} in the model's config.toml, or {switch}"
                     if alias is None
                     else f"{switch}, as the fleet's control file names version {pin}"
                 )
                 fleet = (
                     f" {why}, so a worker that starts now serves version {candidate}: to hold every worker on "
-                    f"version {baseline.version}, name it ({way}: forced, as workers started since may serve "
+                    f"version {serving}, name it ({way}: forced, as workers started since may serve "
                     f"version {candidate})."
                 )
+            serves = (
+                "which keeps serving by default"
+                if serving == baseline.version
+                else f"which served by default; version {serving}, compatible with it, serves by default"
+            )
             logger.warning(
-                "model %r version %s is not compatible with version %s, which keeps serving by default "
+                "model %r version %s is not compatible with version %s, %s "
                 "(pin version=%s, or switch(..., force=True) to promote it): %s.%s",
                 name,
                 candidate,
                 baseline.version,
+                serves,
                 candidate,
                 "; ".join(problems),
                 fleet,
@@ -1078,7 +1115,7 @@ class Registry:
             add_safely(
                 METRICS.incompatible, 1, {"inprocserve.model.name": name, "inprocserve.model.version": candidate}
             )
-        return baseline.version
+        return serving
 
     def _pin_holds(self) -> None:
         """Name, in the repository's control file, the version serving of each model whose compatibility gate
