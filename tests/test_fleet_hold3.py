@@ -145,8 +145,8 @@ def test_the_mark_is_written_only_with_a_gate_s_name_and_an_older_release_keeps_
     repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file an operator wrote has no ``stable_by_gate`` key (byte-identical to before); the gate's name writes
-    ``true``. An older release reads the key as one it does not know (shown in ``unknown_keys``), keeps the
-    stable version named, and writes the key back with its own changes."""
+    the version it named (``"stable_by_gate": 1``). An older release reads the key as one it does not know
+    (shown in ``unknown_keys``), keeps the stable version named, and writes the key back with its own changes."""
     ControlFile(repository).set_model("other", lambda state: dataclasses.replace(state, stable=1, kill=True))
     assert "stable_by_gate" not in (repository / CONTROL_FILENAME).read_text()
     _gate_named(repository, make_server)
