@@ -1096,10 +1096,16 @@ class Registry:
                     f"version {serving}, name it ({way}: forced, as workers started since may serve "
                     f"version {candidate})."
                 )
+            # A stable version named and loaded keeps answering default traffic whatever the default is (an
+            # operator's, config.toml's, or the gate's while a canary runs): the stand-in serves only where no
+            # stable version answers, or the gate's name advances to it (the warning said it served, 1 did)
+            stands_in = serving != baseline.version and (
+                pin is None or baseline.version != pin or name in self._to_advance
+            )
             serves = (
-                "which keeps serving by default"
-                if serving == baseline.version
-                else f"which served by default; version {serving}, compatible with it, serves by default"
+                f"which served by default; version {serving}, compatible with it, serves by default"
+                if stands_in
+                else "which keeps serving by default"
             )
             logger.warning(
                 "model %r version %s is not compatible with version %s, %s "

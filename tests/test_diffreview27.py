@@ -1,0 +1,44 @@
+"""Review of the gate's stand-in (a15aeae): with a policy that selects several versions, a compatible version
+found with an incompatible newer one becomes the default. Where the version answering default traffic is a
+stable version an operator named (``switch``, ``[rollout] stable``), that one keeps answering: the hold's
+warning must say so, not that the stand-in serves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inprocserve import ModelConfig, VersionPolicy
+from inprocserve.testing import save_model
+
+from .conftest import ServerFactory
+from .test_compatibility import renamed, rows
+
+ALL = ModelConfig(version_policy=VersionPolicy.all())
+
+
+def _drop(repository: Path, version: int, *, compatible: bool) -> None:
+    save_model(renamed("x" if compatible else "features", seed=version), repository, "m", version)
+
+
+def _warning(caplog: pytest.LogCaptureFixture) -> str:
+    [warning] = [r.getMessage() for r in caplog.records if "not compatible" in r.getMessage()]
+    return warning
+
+
+def test_an_operator_s_stable_version_keeps_serving_and_the_warning_says_so(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    _drop(repository, 1, compatible=True)
+    server = make_server(repository, poll_interval_s=None, config=ALL)
+    server.switch("m", 1)  # the operator holds the fleet on version 1
+    _drop(repository, 2, compatible=True)
+    _drop(repository, 3, compatible=False)
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        assert server.refresh() == []
+    assert server.predict("m", {"x": rows()}).version == 1
+    assert server.status()["models"]["m"]["answering_version"] == 1
+    warning = _warning(caplog)
+    assert "version 3 is not compatible with version 1, which keeps serving by default" in warning, warning
+    assert "version 2" not in warning, warning
