@@ -5,11 +5,13 @@ warning must say so, not that the stand-in serves."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from inprocserve import ModelConfig, VersionPolicy
+from inprocserve._control import Control, ControlFile, ModelControl
 from inprocserve.testing import save_model
 
 from .conftest import ServerFactory
@@ -42,3 +44,28 @@ def test_an_operator_s_stable_version_keeps_serving_and_the_warning_says_so(
     warning = _warning(caplog)
     assert "version 3 is not compatible with version 1, which keeps serving by default" in warning, warning
     assert "version 2" not in warning, warning
+
+
+def test_a_stable_version_the_gate_named_keeps_serving_while_a_canary_runs_and_the_warning_says_so(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gate's name does not advance while an operator's canary runs: version 2 keeps answering."""
+    _drop(repository, 1, compatible=True)
+    _drop(repository, 2, compatible=True)
+
+    def gate_named_with_a_canary(control: Control) -> Control:
+        state = ModelControl(stable=2, stable_by_gate=2, canary_version=1, canary_percent=10)
+        return dataclasses.replace(control, models={"m": state})
+
+    ControlFile(repository).update(gate_named_with_a_canary, actor="operator")
+    server = make_server(repository, poll_interval_s=None, config=ALL)
+    _drop(repository, 3, compatible=True)
+    _drop(repository, 4, compatible=False)
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        assert server.refresh() == []
+    server.sync_control()
+    assert server.status()["models"]["m"]["answering_version"] == 2
+    assert ControlFile(repository).read().models["m"].stable == 2
+    warning = _warning(caplog)
+    assert "version 4 is not compatible with version 2, which keeps serving by default" in warning, warning
+    assert "version 3" not in warning, warning
