@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from inprocserve import ModelConfig, VersionPolicy
+from inprocserve import ModelConfig, RolloutConfig, VersionPolicy
 from inprocserve._control import Control, ControlFile, ModelControl
 from inprocserve.testing import save_model
 
@@ -69,3 +69,19 @@ def test_a_stable_version_the_gate_named_keeps_serving_while_a_canary_runs_and_t
     warning = _warning(caplog)
     assert "version 4 is not compatible with version 2, which keeps serving by default" in warning, warning
     assert "version 3" not in warning, warning
+
+
+def test_the_configured_stable_version_keeps_serving_and_the_warning_says_so(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    _drop(repository, 1, compatible=True)
+    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=RolloutConfig(stable=1))
+    server = make_server(repository, poll_interval_s=None, config=config)
+    _drop(repository, 2, compatible=True)
+    _drop(repository, 3, compatible=False)
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        assert server.refresh() == []
+    assert server.predict("m", {"x": rows()}).version == 1
+    warning = _warning(caplog)
+    assert "version 3 is not compatible with version 1, which keeps serving by default" in warning, warning
+    assert "version 2" not in warning, warning
