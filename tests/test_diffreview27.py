@@ -6,6 +6,7 @@ warning must say so, not that the stand-in serves."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,22 @@ def test_the_configured_stable_version_keeps_serving_and_the_warning_says_so(
     warning = _warning(caplog)
     assert "version 3 is not compatible with version 1, which keeps serving by default" in warning, warning
     assert "version 2" not in warning, warning
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs a decision and docs/repository.md (owned by docsfleet): it says the new version serves when the "
+    "version serving disappears, 'nothing else to fall back to', but a compatible 2 is there",
+)
+def test_a_compatible_version_serves_when_the_version_serving_goes_in_the_same_poll(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A deploy that syncs a snapshot of the repository (1 gone, 2 and 3 new) in one go: dropped a poll apart,
+    2 serves and 3 is held against it; in one poll, 3, which breaks 1's callers, serves."""
+    _drop(repository, 1, compatible=True)
+    server = make_server(repository, poll_interval_s=None, config=ALL)
+    _drop(repository, 2, compatible=True)
+    _drop(repository, 3, compatible=False)
+    shutil.rmtree(repository / "m" / "1")
+    server.refresh()
+    assert server.predict("m", {"x": rows()}).version == 2
