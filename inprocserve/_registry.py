@@ -997,7 +997,34 @@ class Registry:
         baseline = loaded.get(pin) if pin is not None else None
         baseline = baseline or (routes.default if routes is not None else None)
         new = loaded.get(candidate)
-        if new is None or baseline is None or baseline.version == candidate or baseline.version not in available:
+
+        def stand_in() -> int | None:
+            # Several versions new at once (a policy that selects several): the newest held back, the newest of the
+            # others compatible with the version serving serves (2 of 2 and 3 dropped together, 3 incompatible: 2
+            # never served, where dropped a poll apart it went live). Each is judged against the version serving;
+            # from the next sync the held one is judged against the one that serves then, one step at a time.
+            assert baseline is not None and baseline.signature is not None
+            for number in sorted(policy, reverse=True) if selected else ():
+                version = loaded.get(number)
+                if (
+                    baseline.version < number < candidate
+                    and number in available
+                    and version is not None
+                    and version.signature is not None
+                    and not incompatibilities(baseline.signature, version.signature)
+                ):
+                    return number
+            return None
+
+        # The version serving gone from disk (or unloaded) leaves the candidate nothing to be held against, unless
+        # a version found with it is compatible with what the callers send (1 gone in the poll that brought 2 and
+        # an incompatible 3, a snapshot synced in one go: 3 served, where a poll apart 2 did and 3 was held).
+        if (
+            new is None
+            or baseline is None
+            or baseline.version == candidate
+            or (baseline.version not in available and stand_in() is None)
+        ):
             held.pop(candidate, None)
             self._holds_to_pin.pop(name, None)
             return candidate
@@ -1027,23 +1054,8 @@ class Registry:
             self._holds_to_pin.pop(name, None)
             advance(candidate)
             return candidate
-        # Several versions new at once (a policy that selects several): the newest held back, the newest of the
-        # others compatible with the version serving serves (2 of 2 and 3 dropped together, 3 incompatible: 2
-        # never served, where dropped a poll apart it went live). Each is judged against the version serving;
-        # from the next sync the held one is judged against the one that serves then, one step at a time.
-        serving = baseline.version
-        if selected:
-            for number in sorted(policy, reverse=True):
-                version = loaded.get(number)
-                if (
-                    baseline.version < number < candidate
-                    and number in available
-                    and version is not None
-                    and version.signature is not None
-                    and not incompatibilities(baseline.signature, version.signature)
-                ):
-                    serving = number
-                    break
+        found = stand_in()
+        serving = found if found is not None else baseline.version
         advance(serving)
         # With no stable version named anywhere (the control file names none, even one gone from disk or one
         # only a build loaded by path holds here; nor does the configuration), the hold lived in this worker's

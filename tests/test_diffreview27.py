@@ -88,16 +88,11 @@ def test_the_configured_stable_version_keeps_serving_and_the_warning_says_so(
     assert "version 2" not in warning, warning
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs a decision and docs/repository.md (owned by docsfleet): it says the new version serves when the "
-    "version serving disappears, 'nothing else to fall back to', but a compatible 2 is there",
-)
 def test_a_compatible_version_serves_when_the_version_serving_goes_in_the_same_poll(
     repository: Path, make_server: ServerFactory
 ) -> None:
-    """A deploy that syncs a snapshot of the repository (1 gone, 2 and 3 new) in one go: dropped a poll apart,
-    2 serves and 3 is held against it; in one poll, 3, which breaks 1's callers, serves."""
+    """A deploy that syncs a snapshot of the repository (1 gone, 2 and 3 new) in one go serves 2 and holds 3
+    back, as dropped a poll apart (3, which breaks 1's callers, served)."""
     _drop(repository, 1, compatible=True)
     server = make_server(repository, poll_interval_s=None, config=ALL)
     _drop(repository, 2, compatible=True)
@@ -105,3 +100,32 @@ def test_a_compatible_version_serves_when_the_version_serving_goes_in_the_same_p
     shutil.rmtree(repository / "m" / "1")
     server.refresh()
     assert server.predict("m", {"x": rows()}).version == 2
+    assert server.predict("m", {"features": rows()}, version=3).version == 3  # held, still servable by number
+    named = ControlFile(repository).read().models["m"]
+    assert (named.stable, named.stable_by_gate) == (2, 2)  # the fleet is named 2 too
+    server.refresh()  # from now on 3 is judged against 2, which serves
+    assert server.predict("m", {"x": rows()}).version == 2
+
+
+def test_the_gate_s_version_gone_in_the_poll_that_brings_a_compatible_and_an_incompatible_one(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Version 1 named by the gate (2 held against it); then 1 removed in the poll that brings 3 (compatible
+    with 1) and 4 (not): the name's removal and its advance both come due; the fleet ends named 3, which
+    serves, with 4 held."""
+    _drop(repository, 1, compatible=True)
+    server = make_server(repository, poll_interval_s=None, config=ALL)
+    _drop(repository, 2, compatible=False)
+    server.refresh()
+    named = ControlFile(repository).read().models["m"]
+    assert (named.stable, named.stable_by_gate) == (1, 1)
+    _drop(repository, 3, compatible=True)
+    _drop(repository, 4, compatible=False)
+    shutil.rmtree(repository / "m" / "1")
+    server.refresh()
+    assert server.predict("m", {"x": rows()}).version == 3
+    server.refresh()
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.stable_by_gate) == (3, 3)
+    assert server.predict("m", {"x": rows()}).version == 3
+    assert server.predict("m", {"features": rows()}, version=4).version == 4
