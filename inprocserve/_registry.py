@@ -549,12 +549,16 @@ class Registry:
             # taken only if free, and one thread's try found it held by the other's and failed, the fleet
             # unpinned until a later read. Waited for: a try is short, or its one wait for the lock (0.5 s).
             with self._pinning:
+                # The advance first: with the gate's version gone in the poll that found a compatible one (a
+                # snapshot synced in one go), both are due; removed first, the name was not there to advance, and
+                # until the next poll the fleet was unnamed (a worker that started then served the held version).
+                # Advanced, the name is no longer on the version gone, and its removal writes nothing.
+                if self._to_advance:
+                    self._advance_gate_names()
                 if self._to_unname:
                     self._unname_gone()
                 if self._holds_to_pin:
                     self._pin_holds()
-                if self._to_advance:
-                    self._advance_gate_names()
                 self._pin_waits = False  # (a forked worker's first try of each, the name and its advance, waited)
 
     def _refresh(self, *, settle_empty_configs: bool) -> list[str]:
