@@ -1068,7 +1068,16 @@ class Registry:
         # version in the control file (see _pin_holds), which every worker follows; a stable version named is
         # an operator's choice, never overridden. Recorded at each sync while the hold lasts: a failed write is
         # tried again at a later refresh.
-        named = rollout.stable is not None or (state is not None and state.stable is not None)
+        # The gate's name of a version gone from disk, to be removed after this refresh and not advanced (a canary
+        # runs), names nothing: the version serving is named once it is removed, in the same refresh (named at the
+        # next poll, a worker that started meanwhile served the held version)
+        unnamed = (
+            state is not None
+            and state.stable is not None
+            and self._to_unname.get(name) == state.stable
+            and name not in self._to_advance
+        )
+        named = rollout.stable is not None or (state is not None and state.stable is not None and not unnamed)
         pinned = not named and self.repository is not None and name not in self._explicit
         if pinned:
             hold = (serving, candidate)
