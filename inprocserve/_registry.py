@@ -1123,9 +1123,10 @@ class Registry:
                 )
             # A stable version named and loaded keeps answering default traffic whatever the default is (an
             # operator's, config.toml's, or the gate's while a canary runs): the stand-in serves only where no
-            # stable version answers, or the gate's name advances to it (the warning said it served, 1 did)
+            # stable version answers, or the gate's name advances to it (the warning said it served, 1 did), or
+            # the gate's name of a version gone is removed (the warning said 1, gone, kept serving: 3 did)
             stands_in = serving != baseline.version and (
-                pin is None or baseline.version != pin or name in self._to_advance
+                pin is None or baseline.version != pin or name in self._to_advance or unnamed
             )
             serves = (
                 f"which served by default; version {serving}, compatible with it, serves by default"

@@ -7,7 +7,9 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from inprocserve import ModelConfig, VersionPolicy
+import pytest
+
+from inprocserve import ModelConfig, Server, VersionPolicy
 from inprocserve._control import Control, ControlFile
 from inprocserve.testing import save_model
 
@@ -44,12 +46,9 @@ def test_a_worker_started_after_the_poll_that_removed_the_gate_s_version_serves_
     assert server.predict("m", {"x": rows()}).version == 3
 
 
-def test_with_a_canary_running_the_gate_s_version_gone_leaves_the_fleet_named_on_the_stand_in(
-    repository: Path, make_server: ServerFactory
-) -> None:
-    """As above, with an operator's canary of the held version 2 running (the name does not advance then): the
-    name of 1 was removed, and the version serving, 3, named only at the next poll; meanwhile a worker that
-    started served 4 by default."""
+def _gate_named_1_with_a_canary_of_2_then_1_gone_with_3_and_4(repository: Path, make_server: ServerFactory) -> Server:
+    """Version 1 named by the gate (2 held against it), an operator's canary of 2 running; then 1 removed in the
+    poll that brings 3 (compatible with 1) and 4 (not), and that poll's refresh."""
     _drop(repository, 1, compatible=True)
     server = make_server(repository, poll_interval_s=None, config=ALL)
     _drop(repository, 2, compatible=False)
@@ -65,7 +64,29 @@ def test_with_a_canary_running_the_gate_s_version_gone_leaves_the_fleet_named_on
     _drop(repository, 4, compatible=False)
     shutil.rmtree(repository / "m" / "1")
     server.refresh()
+    return server
+
+
+def test_with_a_canary_running_the_gate_s_version_gone_leaves_the_fleet_named_on_the_stand_in(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """As above, with a canary running (the name does not advance then): the name of 1 was removed, and the
+    version serving, 3, named only at the next poll; meanwhile a worker that started served 4 by default."""
+    server = _gate_named_1_with_a_canary_of_2_then_1_gone_with_3_and_4(repository, make_server)
     started = make_server(repository, poll_interval_s=None, config=ALL)
     assert _answering(server, started) == [3, 3]
     state = ControlFile(repository).read().models["m"]
     assert (state.stable, state.stable_by_gate, state.canary_version) == (3, 3, 2)
+
+
+def test_with_a_canary_running_the_hold_s_warning_says_the_stand_in_serves_not_the_version_gone(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning said 'version 4 is not compatible with version 1, which keeps serving by default': 1 is gone
+    from disk, its name removed, and 3 answers."""
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        server = _gate_named_1_with_a_canary_of_2_then_1_gone_with_3_and_4(repository, make_server)
+    assert _answering(server) == [3]
+    [warning] = [r.getMessage() for r in caplog.records if "version 4 is not compatible" in r.getMessage()]
+    assert "version 3, compatible with it, serves by default" in warning, warning
+    assert "keeps serving" not in warning, warning
