@@ -957,7 +957,9 @@ class Registry:
         the state names it, as a worker that starts now cannot load it."""
         loaded = self.loaded.get(name, {})
         gone = {v for v in _served(self.control.models.get(name)) if v in loaded and v not in source.versions}
-        for number in sorted(gone - self._gone.get(name, set())):
+        # (not the gate's name of a version gone: removed, or advanced, after this refresh, with no one to page;
+        # its failure is warned of and shown as the model's fleet_hold_error)
+        for number in sorted(gone - self._gone.get(name, set()) - {self._to_unname.get(name)}):
             logger.error(
                 "model %r: version %s, which control revision %d serves, is gone from the repository; it keeps "
                 "serving as loaded here, but a worker that starts now cannot load it: restore it, or switch "

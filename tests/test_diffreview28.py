@@ -90,3 +90,23 @@ def test_with_a_canary_running_the_hold_s_warning_says_the_stand_in_serves_not_t
     [warning] = [r.getMessage() for r in caplog.records if "version 4 is not compatible" in r.getMessage()]
     assert "version 3, compatible with it, serves by default" in warning, warning
     assert "keeps serving" not in warning, warning
+
+
+def test_the_gate_s_version_gone_logs_no_error_asking_the_operator_to_restore_it(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refresh that found the gate's version gone logged, at error, 'version 1, which control revision 1
+    serves, is gone from the repository ...: restore it, or switch the fleet to another version', while that
+    refresh moves the name itself (to 3 here): an operator paged for nothing to do."""
+    _drop(repository, 1, compatible=True)
+    server = make_server(repository, poll_interval_s=None, config=ALL)
+    _drop(repository, 2, compatible=False)
+    server.refresh()
+    _drop(repository, 3, compatible=True)
+    _drop(repository, 4, compatible=False)
+    shutil.rmtree(repository / "m" / "1")
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        server.refresh()
+    assert _answering(server) == [3]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+    assert server.status()["control"]["error"] is None
