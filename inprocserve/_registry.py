@@ -1250,13 +1250,15 @@ class Registry:
     def _still_to_pin(self, name: str, baseline: int, candidate: int) -> bool:
         """Whether ``baseline`` is still to be named the stable version of ``name`` (see :meth:`_pin_holds`): the
         server open, ``candidate`` still held back against it, ``baseline`` still loaded (never a version that
-        cannot load here), and no stable version named by the configuration. Read without the registry's locks
-        (each table in one look)."""
+        cannot load here), no stable version named by the configuration, and no gate's name of a version gone
+        still to be removed first (its failed removal's error, shown in status, was cleared by the name found
+        there). Read without the registry's locks (each table in one look)."""
         if self.closed or self._stop.is_set():
             return False
         rollout = self._rollouts.get(name)
         return (
             self._holds_to_pin.get(name) == (baseline, candidate)
+            and name not in self._to_unname
             and candidate in self.incompatible.get(name, {})
             and baseline in self.loaded.get(name, {})
             and (rollout is None or rollout.stable is None)

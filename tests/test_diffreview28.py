@@ -46,7 +46,9 @@ def test_a_worker_started_after_the_poll_that_removed_the_gate_s_version_serves_
     assert server.predict("m", {"x": rows()}).version == 3
 
 
-def _gate_named_1_with_a_canary_of_2_then_1_gone_with_3_and_4(repository: Path, make_server: ServerFactory) -> Server:
+def _gate_named_1_with_a_canary_of_2_then_1_gone_with_3_and_4(
+    repository: Path, make_server: ServerFactory, *, locked: bool = False
+) -> Server:
     """Version 1 named by the gate (2 held against it), an operator's canary of 2 running; then 1 removed in the
     poll that brings 3 (compatible with 1) and 4 (not), and that poll's refresh."""
     _drop(repository, 1, compatible=True)
@@ -63,7 +65,11 @@ def _gate_named_1_with_a_canary_of_2_then_1_gone_with_3_and_4(repository: Path, 
     _drop(repository, 3, compatible=True)
     _drop(repository, 4, compatible=False)
     shutil.rmtree(repository / "m" / "1")
-    server.refresh()
+    if locked:  # (the control file's lock stuck: the name stays)
+        with ControlFile(repository)._locked():
+            server.refresh()
+    else:
+        server.refresh()
     return server
 
 
@@ -110,3 +116,18 @@ def test_the_gate_s_version_gone_logs_no_error_asking_the_operator_to_restore_it
     assert _answering(server) == [3]
     assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
     assert server.status()["control"]["error"] is None
+
+
+def test_with_a_canary_running_a_removal_the_stuck_lock_keeps_out_shows_in_status(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The name of 1 could not be removed (the lock stuck): status says the fleet is not held, as without the
+    stand-in, and the next refresh, the lock free, names 3."""
+    server = _gate_named_1_with_a_canary_of_2_then_1_gone_with_3_and_4(repository, make_server, locked=True)
+    assert ControlFile(repository).read().models["m"].stable == 1
+    error = server.status()["models"]["m"]["fleet_hold_error"]
+    assert error is not None and "version 1" in error and "gone from disk" in error, error
+    server.refresh()
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.stable_by_gate) == (3, 3)
+    assert server.status()["models"]["m"]["fleet_hold_error"] is None
