@@ -131,3 +131,26 @@ def test_with_a_canary_running_a_removal_the_stuck_lock_keeps_out_shows_in_statu
     state = ControlFile(repository).read().models["m"]
     assert (state.stable, state.stable_by_gate) == (3, 3)
     assert server.status()["models"]["m"]["fleet_hold_error"] is None
+
+
+def test_an_advance_and_removal_the_stuck_lock_keeps_out_show_in_status_and_are_written_next(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Without a canary, the lock stuck: the name of 1 stays, status says the fleet is not held, and the next
+    refresh advances it to 3."""
+    _drop(repository, 1, compatible=True)
+    server = make_server(repository, poll_interval_s=None, config=ALL)
+    _drop(repository, 2, compatible=False)
+    server.refresh()
+    _drop(repository, 3, compatible=True)
+    _drop(repository, 4, compatible=False)
+    shutil.rmtree(repository / "m" / "1")
+    with ControlFile(repository)._locked():
+        server.refresh()
+    assert ControlFile(repository).read().models["m"].stable == 1
+    assert server.status()["models"]["m"]["fleet_hold_error"] is not None
+    server.refresh()
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.stable_by_gate) == (3, 3)
+    assert server.status()["models"]["m"]["fleet_hold_error"] is None
+    assert server.predict("m", {"x": rows()}).version == 3
