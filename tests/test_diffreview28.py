@@ -154,3 +154,34 @@ def test_an_advance_and_removal_the_stuck_lock_keeps_out_show_in_status_and_are_
     assert (state.stable, state.stable_by_gate) == (3, 3)
     assert server.status()["models"]["m"]["fleet_hold_error"] is None
     assert server.predict("m", {"x": rows()}).version == 3
+
+
+def test_with_a_canary_running_two_workers_that_find_the_gate_s_version_gone_agree_without_an_error(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Two workers on the gate's name of 1 with a canary of 2; 1 removed in the poll that brings 3 and 4: the
+    second, whose refresh finds the name already moved by the first, writes nothing, shows no FLEET NOT HELD, and
+    serves 3 once it reads the file."""
+    _drop(repository, 1, compatible=True)
+    first, second = (make_server(repository, poll_interval_s=None, config=ALL, control_interval_s=None) for _ in "ab")
+    _drop(repository, 2, compatible=False)
+    first.refresh()
+    second.refresh()
+
+    def canary_of_2(control: Control) -> Control:
+        state = dataclasses.replace(control.models["m"], canary_version=2, canary_percent=10)
+        return dataclasses.replace(control, models={"m": state})
+
+    ControlFile(repository).update(canary_of_2, actor="operator")
+    for worker in (first, second):
+        worker.sync_control()
+    _drop(repository, 3, compatible=True)
+    _drop(repository, 4, compatible=False)
+    shutil.rmtree(repository / "m" / "1")
+    for worker in (first, second):  # (the second has not read the file the first wrote)
+        worker.refresh()
+    second.sync_control()
+    assert _answering(first, second) == [3, 3]
+    assert [w.status()["models"]["m"]["fleet_hold_error"] for w in (first, second)] == [None, None]
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.stable_by_gate, state.canary_version) == (3, 3, 2)
