@@ -497,6 +497,7 @@ class Registry:
                 self._shadowed.pop(name, None)
                 self._load_configs.pop(name, None)  # a later load(name) reads the repository's configuration
                 self._rollouts.pop(name, None)
+                self._forget_gate(name)
                 self.retire(name, list(loaded), timeout_s=timeout_s)
                 return
             self._unloaded_versions.setdefault(name, set()).add(version)
@@ -916,12 +917,23 @@ class Registry:
             self._on_disk,
             self._rollouts,
             self._shadowed,
-            self._to_unname,
         ):
             for name in [name for name in kept if self._gone_for_good(name, scan)]:
                 del kept[name]
+        for name in {*self._holds_to_pin, *self._to_advance, *self._to_unname, *self._pin_errors}:
+            if self._gone_for_good(name, scan):
+                self._forget_gate(name)
         for name in [name for name in self._config_files if self._gone_for_good(name, scan)]:
             self._config_files.discard(name)
+
+    def _forget_gate(self, name: str) -> None:
+        """Forget the gate's writes still due for ``name`` and their failures (a model gone from the repository,
+        or unloaded): kept, a failure of its name showed as a fleet not held for the worker's life, and made every
+        later model's new hold take the control file's lock only if free (see :meth:`_pin_holds`)."""
+        for due in (self._holds_to_pin, self._to_advance, self._to_unname, self._pin_errors):
+            due.pop(name, None)
+        for warned in (self._pin_warned, self._advance_warned, self._unname_warned):
+            warned.difference_update({key for key in warned if key[0] == name})
 
     def _gone_for_good(self, name: str, scan: RepositoryScan) -> bool:
         """Whether ``name`` is gone from the repository, and nothing of it is loaded or loaded by path."""

@@ -1,0 +1,68 @@
+"""The compatibility gate's fleet-wide name, reviewed as a whole: what it keeps per model once the model is gone
+(removed from the repository, unloaded), and what a failure inside it leaves."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from inprocserve import Server
+from inprocserve._control import ControlFile
+from inprocserve.testing import build_mlp_model, save_model
+
+from .conftest import ServerFactory
+from .test_fleet_hold import lock_waits
+
+
+def _drop(repository: Path, model: str, version: int, *, compatible: bool) -> None:
+    name = "x" if compatible else "features"
+    save_model(build_mlp_model((4, 8, 2), input_name=name, seed=version), repository, model, version)
+
+
+def _failed_name_of_m(repository: Path, make_server: ServerFactory) -> Server:
+    """A worker serving ``m`` and ``n`` (version 1 each); ``m``'s incompatible version 2 is held back while the
+    control file's lock is stuck: its name fails, and status says the fleet is not held."""
+    _drop(repository, "m", 1, compatible=True)
+    _drop(repository, "n", 1, compatible=True)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    _drop(repository, "m", 2, compatible=False)
+    with ControlFile(repository)._locked():
+        running.refresh()
+    assert running.status()["models"]["m"]["fleet_hold_error"] is not None
+    return running
+
+
+def _next_hold_of_n_waits(repository: Path, running: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    _drop(repository, "n", 2, compatible=False)
+    waited = lock_waits(monkeypatch)
+    with ControlFile(repository)._locked():
+        running.refresh()
+    assert waited == [0.5], waited  # (a new hold's first try waits: the fleet's workers contend for the lock)
+    running.refresh()
+    state = ControlFile(repository).read().models.get("n")
+    assert state is not None and state.stable == 1, state
+
+
+def test_a_model_removed_while_its_name_failed_does_not_stop_another_model_s_new_hold_waiting_for_the_lock(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``m``'s name failed (the lock stuck), then ``m`` is removed from the repository. ``n`` then holds a version
+    back: its first try must wait for the lock as every new hold's does. Before, ``m``'s failure was kept for
+    the worker's life, so every later try of any model took the lock only if free."""
+    running = _failed_name_of_m(repository, make_server)
+    shutil.rmtree(repository / "m")
+    running.refresh()
+    assert "m" not in running.status()["models"]
+    _next_hold_of_n_waits(repository, running, monkeypatch)
+
+
+def test_a_model_unloaded_while_its_name_failed_does_not_stop_another_model_s_new_hold_waiting_for_the_lock(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, ``m`` unloaded by hand (``unload("m")``) in place of removed from the repository."""
+    running = _failed_name_of_m(repository, make_server)
+    running.unload("m")
+    assert "m" not in running.status()["models"]
+    _next_hold_of_n_waits(repository, running, monkeypatch)
