@@ -554,12 +554,14 @@ class Registry:
                 # snapshot synced in one go), both are due; removed first, the name was not there to advance, and
                 # until the next poll the fleet was unnamed (a worker that started then served the held version).
                 # Advanced, the name is no longer on the version gone, and its removal writes nothing.
+                # (one try, one wait for the file's lock: the first failure fails the rest, of every kind)
+                failure: ConfigurationError | OSError | None = None
                 if self._to_advance:
-                    self._advance_gate_names()
+                    failure = self._advance_gate_names(failure)
                 if self._to_unname:
-                    self._unname_gone()
+                    failure = self._unname_gone(failure)
                 if self._holds_to_pin:
-                    self._pin_holds()
+                    self._pin_holds(failure)
                 self._pin_waits = False  # (a forked worker's first try of each, the name and its advance, waited)
 
     def _refresh(self, *, settle_empty_configs: bool) -> list[str]:
@@ -1163,7 +1165,7 @@ class Registry:
             )
         return serving
 
-    def _pin_holds(self) -> None:
+    def _pin_holds(self, failure: ConfigurationError | OSError | None = None) -> ConfigurationError | OSError | None:
         """Name, in the repository's control file, the version serving of each model whose compatibility gate
         holds a version back with no stable version named anywhere (see :meth:`_gate`), so that every worker,
         running or starting later, serves it by default: without it a worker that started after the new
@@ -1183,11 +1185,11 @@ class Registry:
         failing = not self._pin_waits and any(self.fleet_hold_error(name) for name in list(self._holds_to_pin))
         control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
         # The first write that fails fails the rest alike (one file, one lock): they are not tried this time, or
-        # each waited for a stuck lock in turn (the watcher, which tries at each read, followed nothing meanwhile)
-        failure: ConfigurationError | OSError | None = None
+        # each waited for a stuck lock in turn (the watcher, which tries at each read, followed nothing meanwhile).
+        # ``failure``: an advance's or removal's of this try (see pin_holds), returned for the next kind.
         for name, (baseline, candidate) in list(self._holds_to_pin.items()):
             if self.closed or self._stop.is_set():
-                return
+                return failure
             if not self._still_to_pin(name, baseline, candidate):
                 continue
 
@@ -1240,6 +1242,7 @@ class Registry:
                     name,
                     candidate,
                 )
+        return failure
 
     def fleet_hold_error(self, name: str) -> str | None:
         """What status shows as ``name``'s ``fleet_hold_error``: why the version serving could not be named the
@@ -1276,7 +1279,9 @@ class Registry:
             and (rollout is None or rollout.stable is None)
         )
 
-    def _advance_gate_names(self) -> None:
+    def _advance_gate_names(
+        self, failure: ConfigurationError | OSError | None = None
+    ) -> ConfigurationError | OSError | None:
         """Name, in the control file, the version the gate made the default of each model whose stable version
         the gate named (``stable_by_gate``) when it is newer than that one and compatible with it (see
         :meth:`_gate`): good versions keep reaching every worker, running or starting later, while an
@@ -1292,7 +1297,7 @@ class Registry:
         # since: a new advance's first try waits, as every worker of the fleet finds it at once and they contend)
         failing = not self._pin_waits and any(self.fleet_hold_error(name) for name in list(self._to_advance))
         control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
-        failure: ConfigurationError | OSError | None = None  # (as in _pin_holds: it fails the rest alike)
+        # (as in _pin_holds: it fails the rest alike)
         for name, (stable, newer) in list(self._to_advance.items()):
             if not self._still_to_advance(name, stable, newer):
                 continue
@@ -1340,8 +1345,9 @@ class Registry:
                     control.revision,
                     control.updated_by,
                 )
+        return failure
 
-    def _unname_gone(self) -> None:
+    def _unname_gone(self, failure: ConfigurationError | OSError | None = None) -> ConfigurationError | OSError | None:
         """Remove, from the control file, the stable version the gate named (``stable_by_gate``) of each model
         whose named version is gone from disk (see :meth:`_sync_model`): the name held the fleet on the version
         that was serving, and a worker that starts cannot load it any more, so running workers served it from
@@ -1356,7 +1362,7 @@ class Registry:
         assert self.repository is not None
         failing = not self._pin_waits and any(self.fleet_hold_error(name) for name in list(self._to_unname))
         control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
-        failure: ConfigurationError | OSError | None = None  # (as in _pin_holds: it fails the rest alike)
+        # (as in _pin_holds: it fails the rest alike)
         for name, gone in list(self._to_unname.items()):
             if self._to_unname.get(name) == gone and os.path.lexists(self.repository / name / str(gone)):
                 # restored since the scan (see _still_to_unname): nothing to remove, no failure to show (status said
@@ -1406,6 +1412,7 @@ class Registry:
                     control.revision,
                     control.updated_by,
                 )
+        return failure
 
     def _still_to_unname(self, name: str, gone: int) -> bool:
         """Whether the gate's name of ``gone`` is still to be removed (see :meth:`_unname_gone`): the server open,

@@ -66,3 +66,29 @@ def test_a_model_unloaded_while_its_name_failed_does_not_stop_another_model_s_ne
     running.unload("m")
     assert "m" not in running.status()["models"]
     _next_hold_of_n_waits(repository, running, monkeypatch)
+
+
+def test_an_advance_and_a_new_hold_found_by_one_refresh_wait_once_for_a_stuck_lock(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The docs: at most 0.5 s for the file's lock, once per try however many models are due, the first failure
+    failing the rest. One refresh finds ``m``'s gate name to advance (3, compatible with 1) and ``n``'s new hold
+    while the lock is stuck: it waited 0.5 s for each (the advance and the name each took their own wait), the
+    refresh, and with it the poll, delayed once per kind of write. Both still show in status and are written once
+    the lock is free."""
+    _drop(repository, "m", 1, compatible=True)
+    _drop(repository, "n", 1, compatible=True)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    _drop(repository, "m", 2, compatible=False)
+    running.refresh()  # (1 named by the gate: 2 held back)
+    _drop(repository, "m", 3, compatible=True)
+    _drop(repository, "n", 2, compatible=False)
+    waited = lock_waits(monkeypatch)
+    with ControlFile(repository)._locked():
+        running.refresh()
+    assert waited == [0.5], waited
+    models = running.status()["models"]
+    assert models["m"]["fleet_hold_error"] is not None and models["n"]["fleet_hold_error"] is not None
+    running.refresh()
+    control = ControlFile(repository).read()
+    assert (control.models["m"].stable, control.models["n"].stable) == (3, 1), control
