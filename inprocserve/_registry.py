@@ -1007,7 +1007,7 @@ class Registry:
         ``selected``: the version policy selects ``candidate`` (not so when it selects none and the highest
         version kept loaded besides stands in)."""
         held = self.incompatible.setdefault(name, {})
-        self._to_advance.pop(name, None)
+        advancing = self._to_advance.pop(name, None)
         routes = self.routes.get(name)
         loaded = self.loaded.get(name, {})
         # Before the first publish (start-up, a first load) the stable version named answers too: with no
@@ -1067,6 +1067,12 @@ class Registry:
                 and self.repository is not None
                 and name not in self._explicit
             ):
+                if advancing != (baseline.version, newer):  # a new advance (one that ended and came back too): as
+                    # a new hold, its first try waits for the lock, and its failure is warned of again
+                    error = self._pin_errors.get(name)
+                    if error is not None and error[0][0] == "advance":
+                        self._pin_errors.pop(name, None)
+                    self._advance_warned = {key for key in self._advance_warned if key[0] != name}
                 self._to_advance[name] = (baseline.version, newer)
 
         if not problems:

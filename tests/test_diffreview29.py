@@ -92,3 +92,32 @@ def test_an_advance_and_a_new_hold_found_by_one_refresh_wait_once_for_a_stuck_lo
     running.refresh()
     control = ControlFile(repository).read()
     assert (control.models["m"].stable, control.models["n"].stable) == (3, 1), control
+
+
+def test_an_advance_that_ended_and_came_back_waits_for_the_lock_and_is_warned_again(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The docs: a hold that ended and came back, the same versions again, is new (its first try waits, its failure
+    is warned again), and so is a new advance. ``m``'s gate name 1 is to advance to 3 while the lock is stuck (it
+    fails); 3 is withdrawn (nothing to advance), then copied back while the lock is stuck again. Before, that
+    advance's first try took the lock only if free, and its failure was not warned again: the earlier one's
+    failure was kept."""
+    _drop(repository, "m", 1, compatible=True)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    _drop(repository, "m", 2, compatible=False)
+    running.refresh()  # (1 named by the gate: 2 held back)
+    _drop(repository, "m", 3, compatible=True)
+    waited = lock_waits(monkeypatch)
+    with ControlFile(repository)._locked():
+        running.refresh()
+    assert running.status()["models"]["m"]["fleet_hold_error"] is not None
+    shutil.rmtree(repository / "m" / "3")
+    running.refresh()
+    assert running.status()["models"]["m"]["fleet_hold_error"] is None
+    _drop(repository, "m", 3, compatible=True)
+    with caplog.at_level("WARNING", logger="inprocserve"), ControlFile(repository)._locked():
+        running.refresh()
+    assert waited == [0.5, 0.5], waited
+    assert any("could not be named in its place" in r.getMessage() for r in caplog.records)
+    running.refresh()
+    assert ControlFile(repository).read().models["m"].stable == 3
