@@ -257,9 +257,13 @@ def test_one_switch_moves_every_worker_and_users_stay_sticky(mode: str, fleet_fa
 
 def test_max_requests_recycling_exits_cleanly(fleet_factory: Any) -> None:
     fleet: Fleet = fleet_factory("eager-hook", "--max-requests", "15")
-    pids = {fleet.score(f"user-{i}")["pid"] for i in range(120)}
-    assert len(pids) > WORKERS, pids  # workers were recycled and replaced
-    assert len(re.findall(r"Autorestarting worker after current request", fleet.log())) >= 2
+    pids: set[int] = set()
+    deadline = time.monotonic() + 90
+    # Until workers were recycled and replaced, not a fixed count of requests: each replacement imports onnxruntime
+    # and warms its versions, seconds apiece on a loaded 2-core host, and 120 requests booted about 8 of them.
+    while len(pids) <= WORKERS or len(re.findall(r"Autorestarting worker after current request", fleet.log())) < 2:
+        assert time.monotonic() < deadline, f"workers {pids} answered\n{fleet.log()}"
+        pids |= {fleet.score(f"user-{i}")["pid"] for i in range(15)}
     assert_clean_shutdown(fleet, fleet.stop())
     assert_master_clean(fleet, eager=True)
 
