@@ -123,8 +123,10 @@ class Fleet:
         while len(seen) < WORKERS:
             assert time.monotonic() < deadline, f"only workers {seen} reported revision {at_least_revision}"
             status, models = self.call("/-/inprocserve/models")
+            if status != 200:  # (a worker with no server answers 503 and an error, with no pid: a KeyError before)
+                continue
             pid = models["worker"]["pid"]
-            if status == 200 and models["control"]["revision"] >= at_least_revision and pid not in exclude:
+            if models["control"]["revision"] >= at_least_revision and pid not in exclude:
                 seen.add(pid)
         return seen
 
