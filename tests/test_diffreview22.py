@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from inprocserve import Server
 from inprocserve._control import ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
@@ -96,6 +97,22 @@ _SIBLING_S_WRITE = (  # a sibling worker's write: the control file's lock held a
 )
 
 
+def synced_beside_a_sibling_s_write(server: Server, repository: Path) -> str:
+    """In a forked worker: read the control file (``sync_control``) while a sibling process holds its lock a
+    moment, as workers forked at once contend; then what the file names and the server's fleet error, as
+    ``"<stable> <fleet_hold_error>"``."""
+    sibling = subprocess.Popen(
+        [sys.executable, "-c", _SIBLING_S_WRITE, str(repository)], stdout=subprocess.PIPE, text=True
+    )
+    assert sibling.stdout is not None
+    with sibling.stdout:
+        assert sibling.stdout.readline().strip() == "held"
+        server.sync_control()
+    sibling.wait(timeout=10)
+    state = ControlFile(repository).read().models.get("m")
+    return f"{None if state is None else state.stable} {server.status()['models']['m']['fleet_hold_error']}"
+
+
 def test_a_worker_forked_from_a_master_whose_name_failed_waits_for_a_sibling_s_write(
     repository: Path, make_server: ServerFactory
 ) -> None:
@@ -110,16 +127,4 @@ def test_a_worker_forked_from_a_master_whose_name_failed_waits_for_a_sibling_s_w
         master.refresh()
     assert master.status()["models"]["m"]["fleet_hold_error"] is not None
 
-    def in_the_worker() -> str:
-        sibling = subprocess.Popen(
-            [sys.executable, "-c", _SIBLING_S_WRITE, str(repository)], stdout=subprocess.PIPE, text=True
-        )
-        assert sibling.stdout is not None
-        with sibling.stdout:
-            assert sibling.stdout.readline().strip() == "held"
-            master.sync_control()
-        sibling.wait(timeout=10)
-        state = ControlFile(repository).read().models.get("m")
-        return f"{None if state is None else state.stable} {master.status()['models']['m']['fleet_hold_error']}"
-
-    assert run_in_forked_child(in_the_worker, timeout_s=20) == "1 None"
+    assert run_in_forked_child(lambda: synced_beside_a_sibling_s_write(master, repository), timeout_s=20) == "1 None"

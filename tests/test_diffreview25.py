@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 from inprocserve._control import ControlFile
 
 from .conftest import ServerFactory, run_in_forked_child
-from .test_diffreview22 import _SIBLING_S_WRITE
+from .test_diffreview22 import synced_beside_a_sibling_s_write
 from .test_fleet_hold import lock_waits
 from .test_fleet_hold3 import _drop, _stable
 from .test_fleet_hold4 import X, _gate_named_without_a_watcher
@@ -69,16 +67,4 @@ def test_a_worker_forked_from_a_master_whose_advance_failed_waits_for_a_sibling_
         master.refresh()
     assert master.status()["models"]["m"]["fleet_hold_error"] is not None
 
-    def in_the_worker() -> str:
-        sibling = subprocess.Popen(
-            [sys.executable, "-c", _SIBLING_S_WRITE, str(repository)], stdout=subprocess.PIPE, text=True
-        )
-        assert sibling.stdout is not None
-        with sibling.stdout:
-            assert sibling.stdout.readline().strip() == "held"
-            master.sync_control()
-        sibling.wait(timeout=10)
-        state = ControlFile(repository).read().models["m"]
-        return f"{state.stable} {master.status()['models']['m']['fleet_hold_error']}"
-
-    assert run_in_forked_child(in_the_worker, timeout_s=20) == "3 None"
+    assert run_in_forked_child(lambda: synced_beside_a_sibling_s_write(master, repository), timeout_s=20) == "3 None"
