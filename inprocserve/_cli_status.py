@@ -37,7 +37,8 @@ def add_status(commands: Subparsers) -> None:
         "  python -m inprocserve status --token-file /run/secrets/admin_token --json http://127.0.0.1:8000\n"
         "  printenv INPROCSERVE_ADMIN_TOKEN | python -m inprocserve status --token-file - http://127.0.0.1:8000\n\n"
         f"A URL without a path gets {ENDPOINT} appended. Exit status 1 when a model is not ready or\n"
-        "there is none, the server is closed, or its control file cannot be read or applied (control.error),\n"
+        "there is none, the server is closed, its control file cannot be read or applied (control.error),\n"
+        "or a model's fleet-wide hold could not be written (FLEET NOT HELD),\n"
         "2 when the endpoint cannot be read or answers a malformed status document. Control characters in\n"
         "names and messages are printed as escapes (\\x1b, \\n).\n",
     )
@@ -212,12 +213,14 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
 
 def healthy(document: dict[str, Any]) -> bool:
     """Whether the server is open, follows its control file without an error (it can read it and has
-    applied all of it), and serves at least one model, each with a servable version. (A server with no model
-    answers every request "unknown model": its /ready answers 503, and so this is no health either.)"""
+    applied all of it), and serves at least one model, each with a servable version and no ``fleet_hold_error``.
+    (A server with no model answers every request "unknown model": its /ready answers 503, and so this is no
+    health either. A fleet hold the gate could not write leaves this worker serving, but a worker that starts
+    may serve another version: a deploy check must not pass it.)"""
     models = document["models"]
     if document.get("closed") or control_error(document) or not models:
         return False
-    return all(isinstance(m, dict) and m.get("ready") for m in models.values())
+    return all(isinstance(m, dict) and m.get("ready") and not m.get("fleet_hold_error") for m in models.values())
 
 
 def control_error(document: dict[str, Any]) -> str | None:

@@ -999,6 +999,24 @@ def test_status_of_a_server_with_no_model_is_not_healthy(
     assert "no models" in capsys.readouterr().out
 
 
+def test_status_of_a_fleet_not_held_is_not_healthy(
+    status_endpoint: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The gate held an incompatible version in this worker but could not name the version it serves for the
+    # fleet: this worker answers, a worker that starts may serve the other version. `status` printed FLEET NOT
+    # HELD and exited 0, so a deploy check passed a fleet about to split.
+    error = "version 1 could not be named for the fleet: the control file's lock is held by another process"
+    status_endpoint["document"] = {
+        "closed": False,
+        "models": {"m": {"ready": True, "fleet_hold_error": error}},
+        "control": {"error": None, "revision": 3},
+    }
+    assert main(["status", status_endpoint["url"]]) == 1
+    assert f"  FLEET NOT HELD: {error}" in capsys.readouterr().out.splitlines()
+    status_endpoint["document"]["models"]["m"]["fleet_hold_error"] = None
+    assert main(["status", status_endpoint["url"]]) == 0
+
+
 @pytest.fixture
 def recording_endpoint() -> Iterator[dict[str, Any]]:
     """A second host's status endpoint, recording the ``Authorization`` header of each request it gets."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from inprocserve import Server, render_status_page
-from inprocserve._cli_status import summarize
+from inprocserve._cli_status import healthy, summarize
 from inprocserve._control import Control, ControlFile
 from inprocserve.testing import build_mlp_model, save_model
 
@@ -73,7 +73,7 @@ def test_a_name_the_control_file_refuses_shows_in_status_until_it_is_written(
 ) -> None:
     """A control file that is a symbolic link (managed elsewhere) refuses the name: the fleet is not held (a
     worker that starts now serves version 2), and status, the status CLI and the status page say so, not only
-    one warning in the log; once the name is written, they say nothing."""
+    one warning in the log, and the status CLI exits 1; once the name is written, they say nothing."""
     managed = tmp_path / "managed.json"
     managed.write_text('{"revision": 0, "models": {}}\n')
     link = repository / ".inprocserve-control.json"
@@ -86,6 +86,7 @@ def test_a_name_the_control_file_refuses_shows_in_status_until_it_is_written(
     assert "switch --force REPOSITORY m 1" in error, error
     assert any(line.startswith("  FLEET NOT HELD: version 1") for line in summarize(status)), summarize(status)
     assert "Fleet not held: version 1" in render_status_page(status)
+    assert not healthy(status)  # the status CLI's exit status 1: a deploy check does not pass a split fleet
 
     link.unlink()
     running.refresh()
@@ -93,6 +94,7 @@ def test_a_name_the_control_file_refuses_shows_in_status_until_it_is_written(
     status = running.status()
     assert status["models"]["m"]["fleet_hold_error"] is None
     assert not any("FLEET NOT HELD" in line for line in summarize(status))
+    assert healthy(status)
 
 
 def test_while_the_lock_stays_stuck_the_watcher_s_tries_do_not_wait_for_it(
