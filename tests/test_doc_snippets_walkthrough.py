@@ -272,3 +272,36 @@ def test_the_quickstarts_new_version_step_names_a_version_3_to_copy(tmp_path: Pa
         assert server.refresh() == []
         assert server.models == {"fraud": [3]}
         assert server.predict("fraud", {"x": [[1.0, 1.0, 1.0, 1.0]]}).version == 3
+
+
+def test_the_quickstart_after_the_readmes_try_it_serves_its_toy_models(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The README sends a newcomer to the quickstart after its Flask "try it", which wrote three versions of a
+    ``fraud`` model (``transactions`` in) and a ``config.toml`` into the clone's ``models/fraud``. The
+    quickstart's step 2 wrote its toy versions 1 and 2 over that folder, leaving version 3, the canary, the
+    shadow and the drift reference of the other model: validate failed, and the serve snippet's request was
+    refused ("missing input(s) 'transactions'; unknown input(s) 'x'")."""
+    readme = (ROOT / "README.md").read_text().split("## Flask in ten lines\n", 1)[1].split("\n## ", 1)[0]
+    (readme_commands,) = re.findall(r"```bash\n(.*?)```", readme, re.DOTALL)
+    (build,) = [line.split("  #", 1)[0] for line in readme_commands.splitlines() if line.startswith("python examples/")]
+    (tmp_path / "examples").symlink_to(ROOT / "examples")  # (the commands run in a clone's root)
+    subprocess.run(
+        [sys.executable, *shlex.split(build)[1:]], cwd=tmp_path, check=True, timeout=120, stdout=subprocess.DEVNULL
+    )
+    setup = (ROOT / "docs" / "quickstart.md").read_text().split("## 2. Lay out", 1)[1].split("\n## ", 1)[0]
+    (commands,) = [block for block in re.findall(r"```bash\n(.*?)```", setup, re.DOTALL) if "python -c" in block]
+    for line in commands.splitlines():  # each as a shell runs it, `python` being this interpreter
+        words = shlex.split(line, comments=True)
+        if words:
+            words = [sys.executable, *words[1:]] if words[0] == "python" else words
+            subprocess.run(words, cwd=tmp_path, check=True, timeout=120)
+    monkeypatch.chdir(tmp_path)
+    serve, _ = python_blocks("docs/quickstart.md", "## 3. Serve")
+    namespace: dict[str, Any] = {}
+    try:
+        exec(serve, namespace)
+        assert namespace["result"].version == 2  # "2: by default the latest version answers"
+    finally:
+        if "server" in namespace:
+            namespace["server"].close()
