@@ -77,6 +77,18 @@ def test_core_demo() -> None:
     assert "InvalidInputError: model 'fraud' version 1: input 'x': expected size" in out
 
 
+def test_the_fraud_model_builder_answers_help_without_training(tmp_path: Path) -> None:
+    """``python examples/flask_fraud/build_models.py --help``, a newcomer's first look at the script the README's
+    Flask steps run, trained the three models into a new folder named ``--help`` and printed a dict."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples/flask_fraud/build_models.py"), "--help"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("usage: "), done.stdout + done.stderr
+    assert "repository" in done.stdout  # (where the models go)
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- the Flask app's /score, through Flask's test client -------------------------------------------------
 
 FLASK = ROOT / "examples" / "flask_fraud"
