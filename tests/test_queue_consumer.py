@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -859,3 +860,45 @@ def test_a_wrong_password_is_exit_2_not_an_outage(model_repository: Path) -> Non
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Redis refused the consumer at start-up" in result.stderr and "Traceback" not in result.stderr
     assert time.monotonic() - started < 25  # not retried as an outage for --max-outage-s
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed (Debian: redis-tools)")
+def test_the_readmes_own_redis_steps_score_a_message_sent_as_it_shows(
+    client: Any, redis_url: str, tmp_path: Path
+) -> None:
+    """The README's "Against your own Redis" started a consumer and stopped there: which stream to send a row
+    to, in which field and form, and where its score appears, were in consumer.py's docstring alone."""
+    text = (EXAMPLE / "README.md").read_text().split("Against your own Redis", 1)[1]
+    block = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)[0]
+    lines = [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()]
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]  # (the README's Redis listens on 6379; this one elsewhere)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for words in lines:  # export NAME=value, as the shell does
+        if words[:1] == ["export"]:
+            env.update(word.split("=", 1) for word in words[1:])
+    env = {name: value.replace(":6379", f":{port}") for name, value in env.items()}
+    (start,) = [words for words in lines if words[:2] == ["python", "examples/queue_consumer/consumer.py"]]
+    cli = [[port if word == "6379" else word for word in words] for words in lines if words[:1] == ["redis-cli"]]
+    sends, reads = [w for w in cli if "XADD" in w], [w for w in cli if "XRANGE" in w]
+    assert sends and reads, "the README shows no command that sends a message and reads its result"
+    save_model(build_mlp_model((8, 16, 2), input_name="transactions", seed=3), tmp_path / "models", "fraud", 1)
+    (tmp_path / "examples").symlink_to(EXAMPLE.parent)  # (the commands run in a clone's root)
+    client.config_set("requirepass", "password")  # (as the README's Redis: this connection stays signed in)
+    try:
+        with (tmp_path / "consumer.log").open("wb") as log:
+            process = subprocess.Popen([sys.executable, *start[1:]], cwd=tmp_path, env=env, stdout=log, stderr=log)
+        try:
+            for words in sends:
+                subprocess.run(words, env=env, check=True, capture_output=True, timeout=30)
+            deadline = time.monotonic() + 60
+            while not consumer.read_results(client):
+                assert process.poll() is None, (tmp_path / "consumer.log").read_text()
+                assert time.monotonic() < deadline, "no result within 60 s"
+                time.sleep(0.1)
+            shown = subprocess.run(reads[0], env=env, check=True, capture_output=True, text=True, timeout=30)
+            assert "score" in shown.stdout and "error" not in shown.stdout, shown.stdout + shown.stderr
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0, (tmp_path / "consumer.log").read_text()
+    finally:
+        client.config_set("requirepass", "")
