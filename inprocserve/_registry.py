@@ -188,6 +188,9 @@ class Registry:
         # control file after the refresh (see _unname_gone); and the removals whose write failed, as warned (once each)
         self._to_unname: dict[str, int] = {}
         self._unname_warned: set[tuple[str, int, int]] = set()
+        # The gate's named version whose folder the poller's refreshes found gone, and when first (model: version,
+        # clock time): its removal is queued once it has stayed gone for _EMPTY_CONFIG_SETTLE_S (see _sync_model)
+        self._named_folder_gone: dict[str, tuple[int, float]] = {}
         # Follows at once a revision the gate wrote (read under the file's lock once the control generation was
         # the int): set by the server's operations, as a writer of this process follows what it wrote (a switch
         # on this server). Unset (or a revision that needs a load), it is followed at the next read of the file.
@@ -621,7 +624,7 @@ class Registry:
                     self._config_files.add(name)
                 source = self._with_files_being_written(name, source, settle=settle_empty_configs)
                 try:
-                    problems.extend(self._sync_model(name, source, config))
+                    problems.extend(self._sync_model(name, source, config, settle=settle_empty_configs))
                 except Exception as exc:  # an unexpected failure in one model must not keep the others stale
                     if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit: its own error
                         raise
@@ -731,9 +734,11 @@ class Registry:
         timeout_s: float | None = None,
         named: frozenset[int] | set[int] = frozenset(),
         bounded: bool = True,
+        settle: bool = False,
     ) -> list[str]:
         """Make the loaded versions of ``name`` match its version policy and its files; the lifecycle lock is
         held. ``named``: versions kept loaded besides (an operation's, before its control revision names them).
+        ``settle``: a poller's refresh (files gone for a moment are given a while, see :meth:`refresh`).
 
         A version that fails to load is skipped (until its file changes): the policy is applied again to
         the rest, so a broken new version leaves the working ones serving. A loaded version whose files or
@@ -748,6 +753,10 @@ class Registry:
         # one then, and the name, removed, was gone for good once the copy was back (the fleet on the newest). Nor
         # with its folder there without its model file: written again (rm then cp, tar -x), as a worker that
         # started meanwhile found it, and removed the name for good.
+        # Nor, in the poller's refreshes (``settle``), before its folder has stayed gone for _EMPTY_CONFIG_SETTLE_S:
+        # a folder removed and copied again (rm -rf then cp -r, an rsync that recreates it) is gone for one scan, and
+        # the name, removed then, was gone for good once the folder was back (a worker started later served the
+        # incompatible newest). A refresh asked for takes the repository as it is (see _with_files_being_written).
         state = self.control.models.get(name)
         gone = state.stable if state is not None and state.gate_named else None
         if (
@@ -757,8 +766,15 @@ class Registry:
             and not os.path.lexists(source.folder / str(gone))
             and name not in self._explicit
         ):
-            self._to_unname[name] = gone
+            first = self._named_folder_gone.get(name)
+            if first is None or first[0] != gone:
+                first = self._named_folder_gone[name] = (gone, self._clock())
+            if not settle or self._to_unname.get(name) == gone or self._clock() - first[1] >= _EMPTY_CONFIG_SETTLE_S:
+                self._to_unname[name] = gone
+            else:
+                self._to_unname.pop(name, None)
         else:
+            self._named_folder_gone.pop(name, None)
             self._to_unname.pop(name, None)
         failures = self.failures.setdefault(name, {})
         retried: set[int] = set()  # failed versions tried again because their files changed
@@ -922,7 +938,13 @@ class Registry:
         ):
             for name in [name for name in kept if self._gone_for_good(name, scan)]:
                 del kept[name]
-        for name in {*self._holds_to_pin, *self._to_advance, *self._to_unname, *self._pin_errors}:
+        for name in {
+            *self._holds_to_pin,
+            *self._to_advance,
+            *self._to_unname,
+            *self._pin_errors,
+            *self._named_folder_gone,
+        }:
             if self._gone_for_good(name, scan):
                 self._forget_gate(name)
         for name in [name for name in self._config_files if self._gone_for_good(name, scan)]:
@@ -932,7 +954,7 @@ class Registry:
         """Forget the gate's writes still due for ``name`` and their failures (a model gone from the repository,
         or unloaded): kept, a failure of its name showed as a fleet not held for the worker's life, and made every
         later model's new hold take the control file's lock only if free (see :meth:`_pin_holds`)."""
-        for due in (self._holds_to_pin, self._to_advance, self._to_unname, self._pin_errors):
+        for due in (self._holds_to_pin, self._to_advance, self._to_unname, self._pin_errors, self._named_folder_gone):
             due.pop(name, None)
         for warned in (self._pin_warned, self._advance_warned, self._unname_warned):
             warned.difference_update({key for key in warned if key[0] == name})
@@ -973,7 +995,9 @@ class Registry:
         gone = {v for v in _served(self.control.models.get(name)) if v in loaded and v not in source.versions}
         # (not the gate's name of a version gone: removed, or advanced, after this refresh, with no one to page;
         # its failure is warned of and shown as the model's fleet_hold_error)
-        for number in sorted(gone - self._gone.get(name, set()) - {self._to_unname.get(name)}):
+        # (nor one whose folder the poller found gone a moment ago: likely copied back at once, else removed)
+        settling = self._named_folder_gone.get(name, (None, 0.0))[0]
+        for number in sorted(gone - self._gone.get(name, set()) - {self._to_unname.get(name), settling}):
             logger.error(
                 "model %r: version %s, which control revision %d serves, is gone from the repository; it keeps "
                 "serving as loaded here, but a worker that starts now cannot load it: restore it, or switch "

@@ -1,0 +1,71 @@
+"""The gate's name for the fleet, continued: a named version's folder gone for one poll (removed and copied again)
+keeps the name; an advance of the name is a switch that ``rollback`` can undo; status names the failure an
+operator must act on first."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from inprocserve import Server
+from inprocserve._control import CONTROL_FILENAME
+from inprocserve.testing import ManualClock, build_mlp_model, save_model
+
+from .conftest import ServerFactory
+from .test_fleet_hold3 import _drop, _stable
+
+X = {"x": np.ones((1, 4), np.float32)}
+FEATURES = {"features": np.ones((1, 4), np.float32)}
+
+
+def _gate_named_with_a_clock(repository: Path, make_server: ServerFactory, clock: ManualClock) -> Server:
+    """A worker on version 1, its clock the test's; version 2 (incompatible) held back, version 1 named by the
+    gate."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None, clock=clock)
+    _drop(repository, 2, compatible=False)
+    running.refresh()
+    assert _stable(repository) == (1, True)
+    return running
+
+
+def test_a_poll_while_the_named_version_s_folder_is_copied_again_keeps_the_name(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``rm -rf models/m/1 && cp -r release/m/1 models/m/1`` with a poll between the two: that poll removed the
+    gate's name for good, and once the folder was back a worker started later served the incompatible 2. Now the
+    name is removed only once the folder has stayed gone a while (the poller's refreshes; a refresh asked for
+    acts at once)."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    release = repository.parent / "release-1"
+    shutil.copytree(repository / "m" / "1", release)
+    before = (repository / CONTROL_FILENAME).read_bytes()
+    shutil.rmtree(repository / "m" / "1")
+    running._registry.refresh(settle_empty_configs=True)  # a poll between the two
+    shutil.copytree(release, repository / "m" / "1")
+    clock.advance(5.0)
+    running._registry.refresh(settle_empty_configs=True)
+    assert (repository / CONTROL_FILENAME).read_bytes() == before
+    assert running.predict("m", X).version == 1
+    assert make_server(repository, poll_interval_s=None).predict("m", X).version == 1
+
+    shutil.rmtree(repository / "m" / "1")  # removed for good: the name goes once the folder has stayed gone
+    running._registry.refresh(settle_empty_configs=True)
+    assert _stable(repository) == (1, True)
+    clock.advance(2.0)
+    running._registry.refresh(settle_empty_configs=True)
+    assert _stable(repository) == (None, False)
+    assert running.predict("m", FEATURES).version == 2
+
+
+def test_a_refresh_asked_for_removes_the_name_of_a_folder_gone_at_once(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    shutil.rmtree(repository / "m" / "1")
+    running.refresh()
+    assert _stable(repository) == (None, False)
