@@ -1345,7 +1345,7 @@ class Registry:
             try:
                 if failure is not None:
                     raise failure
-                control = self._write_gate_name(control_file, name, newer, due=due)
+                control = self._write_gate_name(control_file, name, newer, due=due, replaces=stable)
             except (ConfigurationError, OSError) as exc:
                 failure = exc
                 self._gate_write_failed(
@@ -1459,7 +1459,13 @@ class Registry:
         )
 
     def _write_gate_name(
-        self, control_file: ControlFile, name: str, version: int | None, *, due: Callable[[ModelControl | None], bool]
+        self,
+        control_file: ControlFile,
+        name: str,
+        version: int | None,
+        *,
+        due: Callable[[ModelControl | None], bool],
+        replaces: int | None = None,
     ) -> Control | None:
         """The one place the gate writes a stable version for the fleet (its name, :meth:`_pin_holds`, and its
         advance, :meth:`_advance_gate_names`) or removes it (:meth:`_unname_gone`, ``version`` None): ``version``
@@ -1469,7 +1475,11 @@ class Registry:
         none) and again under it (one worker of the fleet writes; the others, and a registry that changed its
         mind while it waited for the lock, write nothing). Returns the revision written, or None if none was.
         Raises what :meth:`ControlFile.update` raises (the lock held, a file that is a symbolic link, a read-only
-        folder)."""
+        folder).
+
+        ``replaces`` (an advance: the gate's version it names ``version`` in place of) is recorded as the model's
+        ``previous_stable`` in the same write, as a switch records the version it replaces, so ``rollback`` goes
+        back to it; not one gone from disk (a worker could not load it: the one recorded before stays)."""
         if not due(control_file.read().models.get(name)):
             return None
         written: list[Control] = []
@@ -1480,6 +1490,12 @@ class Registry:
                 return control
             written.append(control)
             named = dataclasses.replace(state or ModelControl(), stable=version, stable_by_gate=version)
+            if (
+                replaces is not None
+                and replaces != version
+                and os.path.lexists(control_file.folder / name / str(replaces))
+            ):
+                named = dataclasses.replace(named, previous_stable=replaces)
             return dataclasses.replace(control, models={**control.models, name: named})
 
         seen = self.control_generation

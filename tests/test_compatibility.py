@@ -118,9 +118,10 @@ def test_a_compatible_newer_version_replaces_both(repository: Path, make_server:
     server.refresh()
     assert server.predict("m", {"x": rows()}).version == 3
     # The refresh named 3 the fleet's stable version in place of 1 (the gate's name, followed at once by the
-    # worker that wrote it, as a switch is): 1, named until then, is retired at the next poll, as after a switch.
+    # worker that wrote it, as a switch is): 2, held back, is retired at the next poll, and 1, recorded as the
+    # version to roll back to, stays loaded, as after a switch.
     server.refresh()
-    assert server.models == {"m": [3]}
+    assert server.models == {"m": [1, 3]}
 
 
 def test_a_compatible_change_of_weights_and_dynamic_axes_takes_over(

@@ -9,15 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
-from inprocserve import Server
-from inprocserve._control import CONTROL_FILENAME
+from inprocserve import ModelConfig, Server, VersionPolicy
+from inprocserve.__main__ import main
+from inprocserve._control import CONTROL_FILENAME, ControlFile
 from inprocserve.testing import ManualClock, build_mlp_model, save_model
 
 from .conftest import ServerFactory
 from .test_fleet_hold3 import _drop, _stable
+from .test_fleet_hold4 import _gate_named_without_a_watcher
 
 X = {"x": np.ones((1, 4), np.float32)}
 FEATURES = {"features": np.ones((1, 4), np.float32)}
+ALL = ModelConfig(version_policy=VersionPolicy.all())
 
 
 def _gate_named_with_a_clock(repository: Path, make_server: ServerFactory, clock: ManualClock) -> Server:
@@ -69,3 +72,40 @@ def test_a_refresh_asked_for_removes_the_name_of_a_folder_gone_at_once(
     shutil.rmtree(repository / "m" / "1")
     running.refresh()
     assert _stable(repository) == (None, False)
+
+
+def test_rollback_after_the_gate_s_name_advanced_goes_back_to_the_version_it_replaced(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The gate named 1 (2 held back), then advanced the name to 3 (compatible with 1); 3 misbehaves, and the
+    on-call's ``python -m inprocserve rollback models/ m`` said there was nothing to roll back to. Now the advance
+    records 1 as ``previous_stable``, and the rollback goes back to it: the operator's choice (no mark)."""
+    running = _gate_named_without_a_watcher(repository, make_server)
+    _drop(repository, 3, compatible=True)
+    running.refresh()
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.gate_named, state.previous_stable) == (3, True, 1), state
+    assert main(["rollback", str(repository), "m"]) == 0
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.gate_named, state.previous_stable) == (1, False, 3), state
+    running.sync_control()
+    assert running.predict("m", X).version == 1
+
+
+def test_an_advance_in_place_of_a_version_gone_from_disk_records_no_version_to_roll_back_to(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """1 (the gate's name) removed in the poll that brings 3 (compatible with it) and 4 (not), every version
+    served: the name moves to 3, and 1, which no worker can load, is not recorded for a rollback."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None, config=ALL)
+    _drop(repository, 2, compatible=False)
+    running.refresh()
+    assert _stable(repository) == (1, True)
+    _drop(repository, 3, compatible=True)
+    _drop(repository, 4, compatible=False)
+    shutil.rmtree(repository / "m" / "1")
+    running.refresh()
+    running.refresh()
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.gate_named, state.previous_stable) == (3, True, None), state
