@@ -1353,9 +1353,14 @@ class Registry:
                     key,
                     self._advance_warned,
                     f"version {newer}, compatible with version {stable} that the compatibility gate named the stable "
-                    f"version, could not be named in its place in the fleet's control file ({exc}): the fleet stays "
-                    f"on version {stable} (a worker that starts now serves it) until it is, tried again at the next "
-                    f"refresh or read of the control file",
+                    f"version, could not be named in its place in the fleet's control file ({exc}): "
+                    + (
+                        f"version {stable} is gone from disk, so running workers serve it from memory and a worker "
+                        f"that starts now serves the newest version"
+                        if stable not in self._on_disk.get(name, frozenset())
+                        else f"the fleet stays on version {stable} (a worker that starts now serves it)"
+                    )
+                    + " until it is, tried again at the next refresh or read of the control file",
                     "model %r: version %s, compatible with version %s that the compatibility gate named the "
                     "stable version, could not be named in its place in the fleet's control file (%s); tried "
                     "again at the next refresh or read of the control file",
@@ -1401,6 +1406,13 @@ class Registry:
                 self._gate_written(name, ("gone", gone, gone), {}, self._unname_warned)
                 continue
             if not self._still_to_unname(name, gone):
+                continue
+            advance = self._to_advance.get(name)
+            if advance is not None and self._still_to_advance(name, *advance):
+                # Its advance is due too (1 gone in the poll that found 3 compatible with it), and failed in this
+                # try (written, it is no longer due): the one to act on first, whose failure status shows (the
+                # removal's shown in its place said a worker that starts serves the newest, held, version as if
+                # that were the fix). Written later, it leaves the removal nothing to write.
                 continue
 
             def due(state: ModelControl | None, name: str = name, gone: int = gone) -> bool:

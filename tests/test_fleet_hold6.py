@@ -109,3 +109,27 @@ def test_an_advance_in_place_of_a_version_gone_from_disk_records_no_version_to_r
     running.refresh()
     state = ControlFile(repository).read().models["m"]
     assert (state.stable, state.gate_named, state.previous_stable) == (3, True, None), state
+
+
+def test_an_advance_and_a_removal_both_failing_show_the_advance_s_failure(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """1 (the gate's name) removed in the poll that brings 3 (compatible with it) and 4 (not), the control file's
+    lock held: the advance (the one to act on: written, the removal writes nothing) fails, and status showed the
+    removal's failure instead ("the name could not be removed"). Now it names the advance's, and that 1 is gone."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None, config=ALL)
+    _drop(repository, 2, compatible=False)
+    running.refresh()
+    _drop(repository, 3, compatible=True)
+    _drop(repository, 4, compatible=False)
+    shutil.rmtree(repository / "m" / "1")
+    with ControlFile(repository)._locked():
+        running.refresh()
+    assert _stable(repository) == (1, True)
+    error = running.status()["models"]["m"]["fleet_hold_error"]
+    assert error is not None and "version 3" in error and "could not be named in its place" in error, error
+    assert "gone from disk" in error, error
+    running.refresh()
+    assert _stable(repository) == (3, True)
+    assert running.status()["models"]["m"]["fleet_hold_error"] is None
