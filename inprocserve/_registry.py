@@ -176,6 +176,10 @@ class Registry:
         # The next try waits for the control file's lock whatever failed before (a forked worker's first: it
         # contends with its siblings, each finding the master's hold or advance at once; see after_fork_in_child)
         self._pin_waits = False
+        # Whether the gate's write tried last waited for the lock, and whether the failure of this try did (see
+        # _gate_file: a failure without waiting does not fail a new hold's first try)
+        self._gate_waited = False
+        self._failed_waiting = False
         # The last failed name of each hold or advance (model: "hold" and the hold's versions, or "advance" and
         # the advance's, and why): status's fleet_hold_error while that hold or advance is still to be written
         self._pin_errors: dict[str, tuple[tuple[str, int, int], str]] = {}
@@ -1208,15 +1212,11 @@ class Registry:
         fails (a read-only repository, a control file that is a symbolic link, the lock held) is logged once,
         at warning, and tried again at a later refresh while the hold lasts."""
         assert self.repository is not None
-        # While a hold's name has failed, the lock is not waited for: the watcher tries at each read of the file
-        # (every 0.5 s by default), and each wait for a stuck lock made a kill switch or a canary followed an
-        # interval late for as long as it stayed stuck; taken when free, the name is still written at the first
-        # read after. (A new hold's first try waits: every worker finds it at once, and they contend.)
-        failing = not self._pin_waits and any(self.fleet_hold_error(name) for name in list(self._holds_to_pin))
-        control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
-        # The first write that fails fails the rest alike (one file, one lock): they are not tried this time, or
-        # each waited for a stuck lock in turn (the watcher, which tries at each read, followed nothing meanwhile).
-        # ``failure``: an advance's or removal's of this try (see pin_holds), returned for the next kind.
+        # Each write's file (see _gate_file): waits for the lock on a new hold's first try only. The first write
+        # that fails fails the rest alike (one file, one lock): they are not tried this time, or each waited for a
+        # stuck lock in turn (the watcher, which tries at each read, followed nothing meanwhile); but a failure of
+        # a try without waiting does not fail a new hold's first. ``failure``: an advance's or removal's of this
+        # try (see pin_holds), returned for the next kind.
         for name, (baseline, candidate) in list(self._holds_to_pin.items()):
             if self.closed or self._stop.is_set():
                 return failure
@@ -1233,10 +1233,10 @@ class Registry:
 
             key = ("hold", baseline, candidate)
             try:
-                if failure is not None:
-                    raise failure
+                control_file = self._gate_file(name, failure)
                 control = self._write_gate_name(control_file, name, baseline, due=due)
             except (ConfigurationError, OSError) as exc:
+                self._gate_failed(exc, failure)
                 failure = exc
                 switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline}`"
                 self._gate_write_failed(
@@ -1323,11 +1323,8 @@ class Registry:
         choice is never overridden), a short wait for the file's lock (none while its last try's failure shows), a
         failure logged once and tried again at a later refresh or read of the control file."""
         assert self.repository is not None
-        # (as _pin_holds: while an advance's failure shows, not one warned about once whose version was withdrawn
-        # since: a new advance's first try waits, as every worker of the fleet finds it at once and they contend)
-        failing = not self._pin_waits and any(self.fleet_hold_error(name) for name in list(self._to_advance))
-        control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
-        # (as in _pin_holds: it fails the rest alike)
+        # (as in _pin_holds: a new advance's first try waits, even one that follows a failed advance whose version
+        # was withdrawn, as every worker of the fleet finds it at once and they contend; a failure fails the rest)
         for name, (stable, newer) in list(self._to_advance.items()):
             if not self._still_to_advance(name, stable, newer):
                 continue
@@ -1343,10 +1340,10 @@ class Registry:
 
             key = ("advance", stable, newer)
             try:
-                if failure is not None:
-                    raise failure
+                control_file = self._gate_file(name, failure)
                 control = self._write_gate_name(control_file, name, newer, due=due, replaces=stable)
             except (ConfigurationError, OSError) as exc:
+                self._gate_failed(exc, failure)
                 failure = exc
                 self._gate_write_failed(
                     name,
@@ -1395,9 +1392,7 @@ class Registry:
         file's lock (none while its last try's failure shows), a failure logged once, shown as the model's
         ``fleet_hold_error`` and tried again at a later refresh or read of the control file."""
         assert self.repository is not None
-        failing = not self._pin_waits and any(self.fleet_hold_error(name) for name in list(self._to_unname))
-        control_file = ControlFile(self.repository, lock_timeout_s=0.0 if failing else _PIN_LOCK_WAIT_S)
-        # (as in _pin_holds: it fails the rest alike)
+        # (as in _pin_holds: a removal's first try waits; a failure fails the rest)
         for name, gone in list(self._to_unname.items()):
             if self._to_unname.get(name) == gone and os.path.lexists(self.repository / name / str(gone)):
                 # restored since the scan (see _still_to_unname): nothing to remove, no failure to show (status said
@@ -1421,10 +1416,10 @@ class Registry:
 
             key = ("gone", gone, gone)
             try:
-                if failure is not None:
-                    raise failure
+                control_file = self._gate_file(name, failure)
                 control = self._write_gate_name(control_file, name, None, due=due)
             except (ConfigurationError, OSError) as exc:
+                self._gate_failed(exc, failure)
                 failure = exc
                 self._gate_write_failed(
                     name,
@@ -1469,6 +1464,28 @@ class Registry:
             and gone not in self._on_disk.get(name, frozenset())
             and not os.path.lexists(self.repository / name / str(gone))
         )
+
+    def _gate_file(self, name: str, failure: ConfigurationError | OSError | None) -> ControlFile:
+        """The control file for a gate's write of ``name`` in this try (see :meth:`pin_holds`), or raises the
+        try's ``failure``. While the model's last failure shows (see :meth:`fleet_hold_error`), the lock is taken
+        only if free: the watcher tries at each read of the file (every 0.5 s by default), and each wait for a
+        stuck lock made a kill switch or a canary followed an interval late for as long as it stayed stuck; taken
+        when free, it is still written at the first read after. A new hold, advance or removal's first try waits
+        (every worker of the fleet finds it at once, and they contend), even where another model's failure shows:
+        it failed at once with that one's, and a sibling's write of a moment left the fleet unheld. The try's first
+        failure fails the rest (one file, one lock), unless it was a try that did not wait and this one waits."""
+        assert self.repository is not None
+        waits = self._pin_waits or self.fleet_hold_error(name) is None
+        if failure is not None and (self._failed_waiting or not waits):
+            raise failure
+        self._gate_waited = waits
+        return ControlFile(self.repository, lock_timeout_s=_PIN_LOCK_WAIT_S if waits else 0.0)
+
+    def _gate_failed(self, exc: ConfigurationError | OSError, failure: ConfigurationError | OSError | None) -> None:
+        """Record whether ``exc``, a gate's write failure, came from a try that waited for the lock (not the try's
+        earlier ``failure`` raised again): a later write's first try then fails with it (see :meth:`_gate_file`)."""
+        if exc is not failure:
+            self._failed_waiting = self._gate_waited
 
     def _write_gate_name(
         self,

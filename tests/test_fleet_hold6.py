@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from inprocserve import ModelConfig, Server, VersionPolicy
 from inprocserve.__main__ import main
@@ -15,6 +16,9 @@ from inprocserve._control import CONTROL_FILENAME, ControlFile
 from inprocserve.testing import ManualClock, build_mlp_model, save_model
 
 from .conftest import ServerFactory
+from .test_diffreview29 import _drop as _drop_into
+from .test_diffreview29 import _failed_name_of_m
+from .test_fleet_hold import lock_waits
 from .test_fleet_hold3 import _drop, _stable
 from .test_fleet_hold4 import _gate_named_without_a_watcher
 
@@ -133,3 +137,23 @@ def test_an_advance_and_a_removal_both_failing_show_the_advance_s_failure(
     running.refresh()
     assert _stable(repository) == (3, True)
     assert running.status()["models"]["m"]["fleet_hold_error"] is None
+
+
+def test_a_second_model_s_new_hold_waits_for_the_lock_while_the_first_s_failure_shows(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``m``'s name failed (the lock stuck) and still shows; then ``n`` holds a version back. The docs: a new hold
+    waits on its first try (every worker of the fleet finds it at once, and they contend for the lock). ``n``'s
+    took the lock only if free, failed at once with ``m``'s failure, and a sibling's write of a moment was enough
+    to leave the fleet unheld. Now ``m``'s retry takes the lock only if free, and ``n``'s first try waits."""
+    running = _failed_name_of_m(repository, make_server)
+    _drop_into(repository, "n", 2, compatible=False)
+    waited = lock_waits(monkeypatch)
+    with ControlFile(repository)._locked():
+        running.refresh()
+    assert sorted(waited) == [0.0, 0.5], waited
+    status = running.status()["models"]
+    assert status["m"]["fleet_hold_error"] is not None and status["n"]["fleet_hold_error"] is not None
+    running.refresh()
+    models = ControlFile(repository).read().models
+    assert (models["m"].stable, models["n"].stable) == (1, 1), models
