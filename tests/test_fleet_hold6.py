@@ -39,7 +39,7 @@ def _gate_named_with_a_clock(repository: Path, make_server: ServerFactory, clock
 
 
 def test_a_poll_while_the_named_version_s_folder_is_copied_again_keeps_the_name(
-    repository: Path, make_server: ServerFactory
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``rm -rf models/m/1 && cp -r release/m/1 models/m/1`` with a poll between the two: that poll removed the
     gate's name for good, and once the folder was back a worker started later served the incompatible 2. Now the
@@ -52,6 +52,8 @@ def test_a_poll_while_the_named_version_s_folder_is_copied_again_keeps_the_name(
     before = (repository / CONTROL_FILENAME).read_bytes()
     shutil.rmtree(repository / "m" / "1")
     running._registry.refresh(settle_empty_configs=True)  # a poll between the two
+    # (nor is it paged as an operator's stable version gone from disk: "restore it, or switch the fleet")
+    assert "is gone from the repository" not in caplog.text
     shutil.copytree(release, repository / "m" / "1")
     clock.advance(5.0)
     running._registry.refresh(settle_empty_configs=True)
