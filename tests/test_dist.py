@@ -72,10 +72,12 @@ def test_built_wheels_install_in_a_fresh_venv_and_predict(tmp_path: Path) -> Non
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME")}
-    # the three wheels from dist/; their dependencies (numpy, onnxruntime, Flask, Django ...) from the index
+    # the three wheels from dist/, named by file as the README does (by project name with --find-links, pip
+    # also asks the index for those names, and takes a higher version published there by anyone); their
+    # dependencies (numpy, onnxruntime, Flask, Django ...) from the index
+    wheels = [str(next(dist.glob(f"{name.replace('-', '_')}-*.whl"))) for name in dist_build.PROJECTS]
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--find-links", str(dist), "--only-binary", "inprocserve",
-         f"inprocserve=={version}", f"inprocserve-flask=={version}", f"inprocserve-django=={version}"],
+        [str(python), "-m", "pip", "install", "--quiet", *wheels],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900, check=False,
     )  # fmt: skip
     assert install.returncode == 0, install.stdout + install.stderr
