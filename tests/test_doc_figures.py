@@ -1,0 +1,251 @@
+"""Every measured figure that docs/batching.md, docs/performance.md and README.md quote beside a results file
+is in that results file, so a reader can check it.
+
+The project's rule is that a figure a document quotes comes from a file under ``benchmarks/results/`` (written
+by ``make bench`` and the benchmark scripts). A later run overwrites its file, and the figures the prose still
+quotes from the earlier run are then in no file at all: a reader who opens the cited file finds other numbers
+and cannot tell a stale figure from a typo. An older run the prose still needs is kept under a dated name
+(``coalescing-2026-12-01.md``, restored with ``git show COMMIT:benchmarks/results/coalescing.md``) and cited
+by that name.
+
+What is checked (exact matching of every number would be too strict for prose that compares runs):
+
+* a *figure* is a number written with a thousands separator or a decimal point (``4,228``, ``0.87``); dates,
+  version numbers and numbers inside code spans are not figures, nor are integers without a separator (too
+  often a setting: 64 clients, 200 µs);
+* in a sentence that cites a results file (``benchmarks/results/mem_pattern.md``, `` `coalescing-spinning.md` ``,
+  `` `coalescing*.md` ``), every figure must be in one of the files it cites; in the other sentences of a
+  paragraph that cites one, in any results file;
+* in a table, every figure must be in the files cited by the two paragraphs above it in its section (a table
+  reproduces a results file), except in a column whose heading says it is not in a results file;
+* "in a file" means: some number of the file's ``.md`` or ``.json`` equals the figure once rounded to the
+  figure's decimals (``1.082`` is quoted as ``1.08``; a round ``44,000`` stands for 43,500-44,499), or, for a
+  figure in ms, s or MB, a number of µs, ms or kB (``12821.0`` us quoted as ``12.82 ms``); a time per row
+  (``4.4 µs ... per row``) may be the reciprocal of a rows/s figure; and a figure may be the ratio or the
+  difference of two larger numbers its own sentence or table row quotes (``0.76x (5,356 against 7,005)``);
+* a sentence that says its figures are "not in a results file" (a one-off or scratch measurement, the pages'
+  way of saying so) is not checked.
+
+``NOT_MEASURED`` lists the phrases beside a citation whose figures are not measurements, each with its reason.
+What it cannot see: a stale figure that happens to equal some other number of the cited file once rounded
+(two-digit ratios often do), and figures in paragraphs that cite no results file.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOCUMENTS = ["docs/batching.md", "docs/performance.md", "README.md"]
+
+FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
+CODE = re.compile(r"`[^`]*`")
+# A results file named in the prose: benchmarks/results/NAME.md, or `NAME.md` / `NAME*.md` in backticks
+# (not docs/NAME.md, a page of the documentation).
+CITATION = re.compile(r"(?:benchmarks/results/|(?<![/\w])`)([\w*.-]+?)\.(?:md|json)\b")
+NOT_FIGURES = re.compile(r"\d{4}-\d{2}-\d{2}|\d+(?:\.\d+){2,}|\d(?:\.\d+)?e-?\d+")
+FIGURE = re.compile(r"(?<![\w.,/])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+)(?![.,]?\d)")
+NUMBER = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.,])\d+(?:\.\d+)?")
+UNIT = re.compile(r"(?:\s*[-\u2013]\s*[\d.,]+)?\s*(µs|us|ms|s|MB|kB)\b")
+PER_ROW = re.compile(r"[\s-]*(?:[\d.]+\s*)?(?:µs|us)\b[^.;]{0,40}?per row")
+SENTENCE_END = re.compile(r"(?<=[.;])\s+(?=[A-Z*(])")
+
+# A sentence that says its figures are in no results file (a scratch or one-off measurement) is not checked.
+UNRECORDED = re.compile(r"not in (?:a |any )?results? files?")
+# Phrases next to a citation whose figures are not measurements: document -> {phrase: why}.
+NOT_MEASURED: dict[str, dict[str, str]] = {
+    "docs/batching.md": {
+        "short of 0.90x the ceiling": "the benchmark's target for mlp-large at 64 clients, not a measurement",
+    },
+}
+
+
+def blocks(text: str) -> list[tuple[int, str]]:
+    """The page's headings, paragraphs, list items and tables, each with its first line's number; fenced
+    code is blanked so line numbers stay right."""
+    text = FENCED.sub(lambda m: "\n" * m.group().count("\n"), text)
+    found: list[tuple[int, str]] = []
+    lines: list[str] = []
+    start = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        opens = re.match(r"\s*(?:[*-] |\d+\. |#)", line) is not None
+        is_row = line.lstrip().startswith("|")
+        if lines and (not line.strip() or opens or is_row != lines[-1].lstrip().startswith("|")):
+            found.append((start, "\n".join(lines)))
+            lines = []
+        if line.strip():
+            if not lines:
+                start = number
+            lines.append(line)
+    if lines:
+        found.append((start, "\n".join(lines)))
+    return found
+
+
+def cited(text: str) -> set[Path]:
+    files: set[Path] = set()
+    for name in CITATION.findall(text):
+        files.update(p for p in RESULTS.glob(f"{name}.*") if p.suffix in {".md", ".json"})
+    return files
+
+
+@cache
+def numbers(path: Path) -> frozenset[float]:
+    found = set()
+    for text in re.findall(r"\d[\d,]*(?:\.\d+)?", path.read_text()):
+        try:
+            found.add(float(text.replace(",", "")))
+        except ValueError:
+            continue
+    return frozenset(found)
+
+
+def holds(files: set[Path], figure: str, *, unit: str, per_row: bool) -> bool:
+    value = float(figure.replace(",", ""))
+    decimals = len(figure.partition(".")[2])
+    digits = figure.replace(",", "").partition(".")[0]
+    step = 10.0**-decimals if decimals else 10.0 ** (len(digits) - len(digits.rstrip("0")))
+    for path in files:
+        for number in numbers(path):
+            candidates = [number]
+            if unit in {"ms", "s", "MB"}:  # a file's µs, ms or kB
+                candidates.append(number / 1000)
+            if unit in {"µs", "us", "kB"}:  # a file's ms or MB
+                candidates.append(number * 1000)
+            if per_row and number:  # a time per row: the reciprocal of a file's rows/s
+                candidates.append(1e6 / number)
+            # Half a unit of the figure's last digit either way: 34.65 is quoted as 34.7 (round() would
+            # give 34.6, the binary 34.65 being a hair under it).
+            if any(abs(candidate - value) <= step / 2 * (1 + 1e-9) for candidate in candidates):
+                return True
+    return False
+
+
+def derived(figure: str, others: list[str]) -> bool:
+    """``figure`` is the ratio or the difference of two numbers of its sentence (or table row), each at least
+    twice it (``0.76x``: 5,356 against 7,005 requests/s; ``adds 13.2 µs``: 93.7 against 80.5)."""
+    value = float(figure.replace(",", ""))
+    decimals = len(figure.partition(".")[2])
+    # Only from figures well above it: a ratio or a difference of the small ratios a sentence lists would
+    # excuse almost any figure.
+    values = [float(other.replace(",", "")) for other in others]
+    values = [other for other in values if other >= 2 * value]
+    return any(
+        b and abs(result - value) <= 10.0**-decimals / 2 * (1 + 1e-9)
+        for a in values
+        for b in values
+        for result in (a / b if b else 0.0, a - b)
+    )
+
+
+def pieces(block: str, files: set[Path], every: set[Path]) -> list[tuple[list[str], set[Path]]]:
+    """What to check in a block: each sentence of a paragraph, or each row of a table (its cells, less those
+    of a column whose heading says it is in no results file), with the files to find its figures in."""
+    if not block.lstrip().startswith("|"):
+        # A sentence without a citation, in a paragraph with one, is held to every results file.
+        anywhere = every if cited(block) else set()
+        return [([sentence], cited(sentence) or anywhere) for sentence in SENTENCE_END.split(block)]
+    rows = [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in block.splitlines()]
+    heading, body = rows[0], [row for row in rows[1:] if not re.fullmatch(r"[\s:|-]*", "|".join(row))]
+    return [
+        ([cell for cell, title in zip(row, heading, strict=False) if not UNRECORDED.search(title)], files)
+        for row in body
+    ]
+
+
+def unsupported(document: str, text: str | None = None) -> list[str]:
+    """``document:line: figure ...`` for each figure of the page (or of ``text``) not in its results files."""
+    missing: list[str] = []
+    above: list[set[Path]] = []  # the files each block of this section cites
+    every = {p for p in RESULTS.iterdir() if p.suffix in {".md", ".json"}}
+    page = (ROOT / document).read_text() if text is None else text
+    for line, block in blocks(page):
+        if block.startswith("#"):
+            above = []
+            continue
+        is_table = block.lstrip().startswith("|")
+        for texts, files in pieces(block, set().union(*above[-2:]) if is_table else set(), every):
+            piece = " | ".join(texts)
+            if not files or UNRECORDED.search(piece):
+                continue
+            prose = NOT_FIGURES.sub(" ", CODE.sub(" ", " ".join(piece.split())))
+            for phrase in NOT_MEASURED.get(document, {}):
+                prose = prose.replace(phrase, " ")
+            figures = [(match.group(1), match.end()) for match in FIGURE.finditer(prose)]
+            for figure, end in figures:
+                unit = UNIT.match(prose, end)
+                per_row = PER_ROW.match(prose, end) is not None
+                if holds(files, figure, unit=unit.group(1) if unit else "", per_row=per_row):
+                    continue
+                if derived(figure, NUMBER.findall(prose)):
+                    continue
+                names = ", ".join(sorted(p.name for p in files if p.suffix == ".md"))
+                where = "any results file" if files == every else f"none of {names}"
+                missing.append(f"{document}:{line}: {figure} is in {where}")
+        above.append(set() if is_table else cited(block))
+    return missing
+
+
+def test_the_checker_finds_a_figure_missing_from_the_file_it_cites() -> None:
+    assert blocks("a\nb\n\n| x |\n| 1 |\n* c\n") == [(1, "a\nb"), (4, "| x |\n| 1 |"), (6, "* c")]
+    assert cited("in `benchmarks/results/mem_pattern.md` and `coalescing*.md`, not docs/performance.md") == {
+        *RESULTS.glob("mem_pattern.*"),
+        *(p for p in RESULTS.glob("coalescing*.*") if p.suffix in {".md", ".json"}),
+    }
+    mem_pattern = {RESULTS / "mem_pattern.md"}
+    assert holds(mem_pattern, "1.08", unit="", per_row=False)  # 1.082
+    assert holds(mem_pattern, "12.82", unit="ms", per_row=False)  # 12821.0 us
+    assert holds(mem_pattern, "20.3", unit="MB", per_row=False)  # 20272 kB
+    assert not holds(mem_pattern, "20.3", unit="", per_row=False)
+    assert not holds(mem_pattern, "7.3", unit="MB", per_row=False)
+    assert not holds(mem_pattern, "1.42", unit="", per_row=False)
+
+
+@pytest.mark.parametrize(
+    ("text", "stale"),
+    [
+        # The hand-off floor of 2026-12-01, cited to the file the run of 2026-12-06 overwrote.
+        ("The floor was 58,788 round trips/s at 64 threads (`benchmarks/results/coalescing.md`).", "58,788"),
+        # A table's figure from an earlier run than the file the paragraph above it cites.
+        (
+            "Measured (`benchmarks/results/direct_lanes.md`):\n\n| N | slowest ms |\n|---:|---:|\n"
+            "| 8 | 2,000.7 (2,000.8) |",
+            "2,000.8",
+        ),
+        # A figure of a run the cited file never held.
+        ("In three runs every case lay within 0.87 to 1.10 (`benchmarks/results/mem_pattern.md`).", "0.87"),
+        # A unit changes only what a figure with that unit may stand for.
+        ("A record took 20.3 (`benchmarks/results/mem_pattern.md`).", "20.3"),
+    ],
+)
+def test_a_figure_missing_from_the_file_its_sentence_or_table_cites_is_reported(text: str, stale: str) -> None:
+    missing = unsupported("page.md", text)
+    assert [entry.split(": ")[1].split(" is in ")[0] for entry in missing] == [stale], missing
+
+
+def test_figures_said_to_be_in_no_results_file_are_not_reported() -> None:
+    text = "In three runs (not in a results file) every case lay within 0.87 (`benchmarks/results/mem_pattern.md`)."
+    assert unsupported("page.md", text) == []
+    table = (
+        "Measured (`benchmarks/results/direct_lanes.md`):\n\n"
+        "| N | earlier run (not in a results file) | slowest ms |\n|---:|---:|---:|\n| 8 | 1.23 | 2,000.7 |"
+    )
+    assert unsupported("page.md", table) == []
+
+
+def test_every_allow_listed_phrase_is_still_on_its_page() -> None:
+    for document, phrases in NOT_MEASURED.items():
+        text = " ".join((ROOT / document).read_text().split())
+        for phrase in phrases:
+            assert phrase in text, f"{phrase!r} is no longer in {document}: drop its entry"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_figure_next_to_a_results_file_is_in_that_file(document: str) -> None:
+    missing = unsupported(document)
+    assert missing == [], "\n".join(missing)
