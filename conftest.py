@@ -27,6 +27,8 @@ from typing import TextIO
 
 import pytest
 
+from tests.processes import keep_gunicorns_apart
+
 STUCK_AFTER_S = 300.0
 """Seconds a test may take before the guard ends its process, or twice the test's pytest-timeout if that is
 longer (``make soak`` gives an hour); none where the timeout is off (``--timeout=0``, a debugging session),
@@ -133,6 +135,7 @@ def _own_stderr(config: pytest.Config) -> TextIO:
 
 def pytest_configure(config: pytest.Config) -> None:
     global _guard, _fault_file
+    keep_gunicorns_apart()  # (see tests/processes.py: here, to reach the gunicorns of integrations/ too)
     if _guard is None:
         _guard = _StuckTestGuard(config)
     if _fault_file is None:

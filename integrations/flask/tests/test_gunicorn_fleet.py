@@ -27,6 +27,7 @@ import pytest
 
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 from tests.ports import listening_socket
+from tests.processes import gunicorn_has_control_socket
 
 HERE = Path(__file__).parent
 CONTROL_INTERVAL_S = 0.2
@@ -74,8 +75,15 @@ class Fleet:
             "INPROCSERVE_TEST_POLL_INTERVAL_S": str(poll_interval_s),
             "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         }
+        # gunicorn 27's control socket, on by default, as users run it: its master stops and restarts the socket's
+        # thread around each fork. Its own path, not the one per user other tests' gunicorns share (see
+        # tests/processes.py, which switches it off for them).
+        control_socket: list[str] = []
+        if gunicorn_has_control_socket():
+            env.pop("GUNICORN_CMD_ARGS", None)
+            control_socket = ["--control-socket", str(tmp_path / "gunicorn.ctl")]
         command = [
-            sys.executable, "-m", "gunicorn",
+            sys.executable, "-m", "gunicorn", *control_socket,
             "--config", str(HERE / "gunicorn_fleet_conf.py"),
             "--preload", "--worker-class", "gthread", "--workers", str(WORKERS), "--threads", "4",
             "--bind", f"fd://{listener.fileno()}", "--graceful-timeout", "20", "--timeout", "60",
