@@ -293,7 +293,23 @@ def test_workers_stopped_while_a_hot_reload_loads_a_version_exit_cleanly(stop: s
     (fleet.repository / "slow").mkdir()
     (fleet.repository / "slow" / "config.toml").write_text("[warmup]\nrows = 2048\nruns = 10\n")
     save_model(build_mlp_model((512, 512, 512, 512, 2)), fleet.repository, "slow", 1)
-    time.sleep(1.0)  # every worker's poller has found it and is warming it up (seconds: 10 runs of 2,048 rows)
+    # Until every worker's poller has found it (seconds of warm-up each: 10 runs of 2,048 rows), not a fixed second:
+    # on a loaded host the pollers may not all have found it by then, and a stop before that tests no load.
+    found: set[int] = set()
+    warming: set[int] = set()  # seen still warming it up: what the stop below must find
+    saved = time.monotonic()
+    deadline = saved + 60
+    while len(found) < WORKERS:
+        assert time.monotonic() < deadline, f"only workers {found} found 'slow'\n{fleet.log()}"
+        status, models = fleet.call("/-/inprocserve/models")
+        slow = models["models"].get("slow") if status == 200 else None  # (None: not found yet)
+        if slow is not None:
+            found.add(models["worker"]["pid"])
+            if not slow["ready"]:
+                warming.add(models["worker"]["pid"])
+    # (one worker done already is no matter; all of them, and the stop tests nothing: make the warm-up longer)
+    assert warming, "every worker had warmed 'slow' up before it was seen: the stop would find no load under way"
+    print(f"every worker found 'slow' {time.monotonic() - saved:.2f}s after it was saved; {len(warming)} seen warming")
     if stop == "SIGHUP":  # graceful reload: the old workers exit, new ones are forked
         fleet.process.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 60
