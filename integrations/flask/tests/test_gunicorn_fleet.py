@@ -30,6 +30,11 @@ from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 from tests.ports import listening_socket
 from tests.processes import gunicorn_has_control_socket
 
+# Each test starts a four-worker gunicorn fleet and waits on it: 10-70 s on an idle 2-core host, up to the
+# default 120 s limit beside CPU-bound load (flakehunt2's loaded runs). The waits have their own deadlines and
+# messages; this limit only stops a hung fleet.
+pytestmark = pytest.mark.timeout(300)
+
 HERE = Path(__file__).parent
 CONTROL_INTERVAL_S = 0.2
 # How long the tests wait for every worker to follow the control file. A condition polled, with a deadline that
