@@ -22,7 +22,14 @@ from ._brief import brief
 from ._close_match import close_match
 from ._config import CanaryConfig, ModelConfig, RolloutConfig, load_model_config
 from ._control import CONTROL_FILENAME, Control, ControlFile, ModelControl, default_actor
-from ._errors import ConfigurationError, ModelLoadError, ModelNotFoundError, ServerClosedError, failure_text
+from ._errors import (
+    ConfigurationError,
+    ControlFileUnavailableError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ServerClosedError,
+    failure_text,
+)
 from ._integrity import external_data_locations
 from ._log_limit import LogLimit, since
 from ._model import ModelVersion
@@ -1504,7 +1511,7 @@ class Registry:
         none) and again under it (one worker of the fleet writes; the others, and a registry that changed its
         mind while it waited for the lock, write nothing). Returns the revision written, or None if none was.
         Raises what :meth:`ControlFile.update` raises (the lock held, a file that is a symbolic link, a read-only
-        folder).
+        folder), unless the file, read again, no longer needs the write (another worker wrote it meanwhile).
 
         ``replaces`` (an advance: the gate's version it names ``version`` in place of) is recorded as the model's
         ``previous_stable`` in the same write, as a switch records the version it replaces, so ``rollback`` goes
@@ -1528,7 +1535,20 @@ class Registry:
             return dataclasses.replace(control, models={**control.models, name: named})
 
         seen = self.control_generation
-        control = control_file.update(name_it, actor=f"compatibility gate ({default_actor()})")
+        try:
+            control = control_file.update(name_it, actor=f"compatibility gate ({default_actor()})")
+        except ControlFileUnavailableError:
+            # The wait for the lock ran out (or the write failed), and the file may say it already: every worker
+            # finds the same hold at once, and a sibling's write of it held the lock past this wait (its folder's
+            # fsync on a slow share). The fleet is held, yet status said FLEET NOT HELD (a deploy check failed) and
+            # the warning that a worker that starts serves the held version. A failure only while still due.
+            try:
+                still_due = due(control_file.read().models.get(name))
+            except (ConfigurationError, OSError):
+                still_due = True
+            if still_due:
+                raise
+            return None
         if not written:
             return None
         self._follow_written(control, seen)
