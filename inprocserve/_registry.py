@@ -1007,8 +1007,11 @@ class Registry:
         # (not the gate's name of a version gone: removed, or advanced, after this refresh, with no one to page;
         # its failure is warned of and shown as the model's fleet_hold_error)
         # (nor one whose folder the poller found gone a moment ago: likely copied back at once, else removed)
+        # Nor shown in status's control.error: it said "put it back, or switch the fleet" of a folder being copied
+        # again, and `status` exited 1, failing a healthy deploy's check
         settling = self._named_folder_gone.get(name, (None, 0.0))[0]
-        for number in sorted(gone - self._gone.get(name, set()) - {self._to_unname.get(name), settling}):
+        paged = gone - {self._to_unname.get(name), settling}
+        for number in sorted(paged - self._gone.get(name, set())):
             logger.error(
                 "model %r: version %s, which control revision %d serves, is gone from the repository; it keeps "
                 "serving as loaded here, but a worker that starts now cannot load it: restore it, or switch "
@@ -1017,8 +1020,8 @@ class Registry:
                 number,
                 self.control.revision,
             )
-        if gone:
-            self._gone[name] = gone
+        if paged:
+            self._gone[name] = paged
         else:
             self._gone.pop(name, None)
         return gone

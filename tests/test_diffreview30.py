@@ -4,20 +4,22 @@ sibling writing the same name shows no fleet "not held"; ten new holds with the 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from inprocserve._cli_status import healthy
+from inprocserve._cli_status import control_error, healthy
 from inprocserve._control import ControlFile, ModelControl
-from inprocserve.testing import build_mlp_model, save_model
+from inprocserve.testing import ManualClock, build_mlp_model, save_model
 
 from .conftest import ServerFactory
 from .test_diffreview29 import _drop as _drop_into
 from .test_fleet_hold import lock_waits
 from .test_fleet_hold3 import _drop, _stable
+from .test_fleet_hold6 import _gate_named_with_a_clock
 
 
 def test_a_sibling_s_slow_write_of_the_same_name_does_not_show_the_fleet_not_held(
@@ -76,3 +78,38 @@ def test_ten_new_holds_while_the_lock_is_stuck_wait_once(
     assert waited == [0.5, 0.0], waited
     running.refresh()
     assert {ControlFile(repository).read().models[m].stable for m in models} == {1}
+
+
+def test_a_poll_while_the_named_version_s_folder_is_copied_again_leaves_status_healthy(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``rm -rf models/m/1 && cp -r release/m/1 models/m/1`` with a poll between the two: the gate's name is kept
+    (the folder is likely back at once) and nothing is logged, yet status's ``control.error`` said the fleet's
+    version 1 is served from memory ("put it back, or switch the fleet"), and ``python -m inprocserve status``
+    exited 1, failing the deploy's check. Now the version the gate named is no control error while its folder
+    settles, nor once its removal is due (a failed removal shows as the model's ``fleet_hold_error``)."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    release = repository.parent / "release-1"
+    shutil.copytree(repository / "m" / "1", release)
+    shutil.rmtree(repository / "m" / "1")
+    running._registry.refresh(settle_empty_configs=True)  # a poll between the two
+    status = running.status()
+    assert control_error(status) is None, control_error(status)
+    assert healthy(status)
+    shutil.copytree(release, repository / "m" / "1")
+    clock.advance(5.0)
+    running._registry.refresh(settle_empty_configs=True)
+    assert healthy(running.status())
+
+    shutil.rmtree(repository / "m" / "1")  # removed for good, the control file's lock stuck: one error to act on
+    running._registry.refresh(settle_empty_configs=True)
+    clock.advance(2.0)
+    with ControlFile(repository)._locked():
+        running._registry.refresh(settle_empty_configs=True)
+    status = running.status()
+    assert status["models"]["m"]["fleet_hold_error"] is not None
+    assert control_error(status) is None, control_error(status)
+    running._registry.refresh(settle_empty_configs=True)
+    assert _stable(repository) == (None, False)
+    assert healthy(running.status())
