@@ -187,6 +187,9 @@ class Registry:
         # _gate_file: a failure without waiting does not fail a new hold's first try)
         self._gate_waited = False
         self._failed_waiting = False
+        # Whether a wait of this try ran out though its write was found done (a sibling's slow write of it): the
+        # rest of the try takes the lock only if free, as after a failure (one wait per try; see _write_gate_name)
+        self._gate_ran_out = False
         # The last failed name of each hold or advance (model: "hold" and the hold's versions, or "advance" and
         # the advance's, and why): status's fleet_hold_error while that hold or advance is still to be written
         self._pin_errors: dict[str, tuple[tuple[str, int, int], str]] = {}
@@ -570,6 +573,7 @@ class Registry:
                 # Advanced, the name is no longer on the version gone, and its removal writes nothing.
                 # (one try, one wait for the file's lock: the first failure fails the rest, of every kind)
                 failure: ConfigurationError | OSError | None = None
+                self._gate_ran_out = False
                 if self._to_advance:
                     failure = self._advance_gate_names(failure)
                 if self._to_unname:
@@ -1483,9 +1487,10 @@ class Registry:
         when free, it is still written at the first read after. A new hold, advance or removal's first try waits
         (every worker of the fleet finds it at once, and they contend), even where another model's failure shows:
         it failed at once with that one's, and a sibling's write of a moment left the fleet unheld. The try's first
-        failure fails the rest (one file, one lock), unless it was a try that did not wait and this one waits."""
+        failure fails the rest (one file, one lock), unless it was a try that did not wait and this one waits; a
+        wait that ran out though its write was found done makes the rest take the lock only if free."""
         assert self.repository is not None
-        waits = self._pin_waits or self.fleet_hold_error(name) is None
+        waits = (self._pin_waits or self.fleet_hold_error(name) is None) and not self._gate_ran_out
         if failure is not None and (self._failed_waiting or not waits):
             raise failure
         self._gate_waited = waits
@@ -1551,6 +1556,7 @@ class Registry:
                 still_due = True
             if still_due:
                 raise
+            self._gate_ran_out = self._gate_ran_out or self._gate_waited
             return None
         if not written:
             return None

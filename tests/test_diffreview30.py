@@ -113,3 +113,47 @@ def test_a_poll_while_the_named_version_s_folder_is_copied_again_leaves_status_h
     running._registry.refresh(settle_empty_configs=True)
     assert _stable(repository) == (None, False)
     assert healthy(running.status())
+
+
+def test_a_sibling_s_slow_writes_of_two_names_cost_one_wait(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two models each hold a version back; a sibling writes both names, each write holding the lock past this
+    worker's wait. Each of this worker's waits that ran out found its name written, so none failed, and the next
+    model's first try waited again: one wait per model (10 s for 20 models), where the docs promise one per try.
+    Now after a wait that ran out the rest of the try takes the lock only if free."""
+    for model in ("m", "n"):
+        _drop_into(repository, model, 1, compatible=True)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    for model in ("m", "n"):
+        _drop_into(repository, model, 2, compatible=False)
+    sibling = ControlFile(repository)
+    locked = threading.Event()
+
+    def name(model: str) -> None:
+        control = sibling.read()
+        named = dataclasses.replace(ModelControl(), stable=1, stable_by_gate=1)
+        sibling._write(
+            dataclasses.replace(control, revision=control.revision + 1, models={**control.models, model: named})
+        )
+
+    def slow_writes() -> None:
+        with sibling._locked():
+            locked.set()
+            time.sleep(0.25)
+            name("m")
+            time.sleep(0.5)  # (this worker's wait for m's name ran out meanwhile: it tries n's)
+            name("n")
+            time.sleep(0.6)
+
+    waited = lock_waits(monkeypatch)
+    writer = threading.Thread(target=slow_writes)
+    writer.start()
+    locked.wait(5)
+    running.refresh()
+    writer.join(5)
+    assert waited[:1] == [0.5] and 0.5 not in waited[1:], waited
+    assert running.status()["models"]["m"]["fleet_hold_error"] is None
+    running.refresh()
+    assert running.status()["models"]["n"]["fleet_hold_error"] is None
+    assert {model: state.stable for model, state in ControlFile(repository).read().models.items()} == {"m": 1, "n": 1}
