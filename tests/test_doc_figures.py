@@ -1,5 +1,5 @@
-"""Every measured figure that docs/batching.md, docs/performance.md and README.md quote beside a results file
-is in that results file, so a reader can check it.
+"""Every measured figure that README.md and the pages of docs/ quote beside a results file is in that results
+file, so a reader can check it.
 
 The project's rule is that a figure a document quotes comes from a file under ``benchmarks/results/`` (written
 by ``make bench`` and the benchmark scripts). A later run overwrites its file, and the figures the prose still
@@ -41,7 +41,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-DOCUMENTS = ["docs/batching.md", "docs/performance.md", "README.md"]
+# Pages left out for now, each with its reason; every other page of docs/ is checked.
+PENDING = {
+    "docs/operations.md": "checked when their writer is done (another helper is changing it this round)",
+}
+DOCUMENTS = [
+    "README.md",
+    *(f"docs/{p.name}" for p in sorted((ROOT / "docs").glob("*.md")) if f"docs/{p.name}" not in PENDING),
+]
 
 FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 CODE = re.compile(r"`[^`]*`")
@@ -61,6 +68,9 @@ UNRECORDED = re.compile(r"not in (?:a |any )?results? files?")
 NOT_MEASURED: dict[str, dict[str, str]] = {
     "docs/batching.md": {
         "short of 0.90x the ceiling": "the benchmark's target for mlp-large at 64 clients, not a measurement",
+    },
+    "docs/scaling.md": {
+        "urllib3 2.3 or later": "the remote extra's version requirement, not a measurement",
     },
 }
 
@@ -243,6 +253,12 @@ def test_every_allow_listed_phrase_is_still_on_its_page() -> None:
         text = " ".join((ROOT / document).read_text().split())
         for phrase in phrases:
             assert phrase in text, f"{phrase!r} is no longer in {document}: drop its entry"
+
+
+def test_every_page_is_checked_or_left_out_with_a_reason() -> None:
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert set(PENDING) <= pages, "a page left out no longer exists: drop its entry"
+    assert pages - set(PENDING) <= set(DOCUMENTS)
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)
