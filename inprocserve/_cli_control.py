@@ -69,16 +69,23 @@ def _control(args: argparse.Namespace) -> int:
     another writer); 130, 143 or 129 when stopped by Ctrl-C, SIGTERM or SIGHUP (one line, no traceback, no
     temporary file left)."""
     repository = Path(args.repository)
-    if args.command == "canary" and args.version is not None and args.percent is None:
+    if args.command == "canary" and args.version == _CONFIG and args.percent is not None:
+        return fail(
+            f"`canary ... config` hands the canary back to the model's configuration and takes no PERCENT (got "
+            f"{args.percent:g}); to send users to a version, name it: `canary {args.repository} {args.model} VERSION "
+            f"{args.percent:g}`",
+            CANNOT_RUN,
+        )
+    if args.command == "canary" and args.version not in (None, _CONFIG) and args.percent is None:
         return fail(
             f"canary {args.version} needs a PERCENT (e.g. `canary {args.repository} {args.model} {args.version} "
-            f"10`); `canary {args.repository} {args.model} none` removes the canary",
+            f"10`); `canary {args.repository} {args.model} none` stops the canary",
             CANNOT_RUN,
         )
     if args.command == "canary" and args.version is None and args.percent is not None:
         # (it removed the canary and exited 0: `canary models/ fraud none 50` reads as "50 % of something")
         return fail(
-            f"`canary ... none` removes the canary and takes no PERCENT (got {args.percent:g}); to send users "
+            f"`canary ... none` stops the canary and takes no PERCENT (got {args.percent:g}); to send users "
             f"to a version, name it: `canary {args.repository} {args.model} VERSION {args.percent:g}`",
             CANNOT_RUN,
         )
@@ -141,7 +148,7 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
         written = control.bump_reload(actor=args.actor)
     else:
         source = scan.models.get(args.model)
-        clears = args.command in ("kill", "resume") or (args.command == "canary" and args.version is None)
+        clears = args.command in ("kill", "resume") or (args.command == "canary" and args.version in (None, _CONFIG))
         if source is None and clears and args.model in control.read().models:
             # A model whose folder was removed keeps serving from memory on the servers that had it loaded, and
             # the control file keeps its entry: `resume` or `canary ... none` were refused, so that entry could
@@ -154,7 +161,7 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
             kill = args.command == "kill"
             if args.command == "canary":
                 return control.set_model(
-                    args.model, lambda state: replace(state, canary_version=None, canary_percent=0.0), actor=args.actor
+                    args.model, lambda state: _canary_cleared(state, args.version), actor=args.actor
                 )
             return control.set_model(args.model, lambda state: replace(state, kill=kill), actor=args.actor)
         if source is None:
@@ -163,6 +170,8 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
                 f"model {args.model!r} is not in the repository {repository} ({_models_there(args.model, scan.models)})"
                 f"{_link_hint(args, scan.problems)}; nothing was written"
             )
+        if args.command == "canary" and args.version == _CONFIG:
+            return control.set_model(args.model, lambda state: _canary_cleared(state, _CONFIG), actor=args.actor)
         version: int | None = getattr(args, "version", None)
         if version is not None and version not in source.versions:
             known = ", ".join(map(str, sorted(source.versions))) or "none"
@@ -188,7 +197,11 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
         elif args.command == "canary":
             written = control.set_model(
                 args.model,
-                lambda state: replace(state, canary_version=version, canary_percent=percent),
+                lambda state: (
+                    _canary_cleared(state, None)
+                    if version is None
+                    else replace(state, canary_version=version, canary_percent=percent, canary_off=False)
+                ),
                 actor=args.actor,
             )
         else:
@@ -570,16 +583,29 @@ def add_rollback(commands: Subparsers) -> None:
     _load_check_option(parser, "the version to go back to")
 
 
-def _canary_version(text: str) -> int | None:
-    """An argparse ``type``: a version number, or ``none`` (argparse's own refusal named this function:
-    "invalid _canary_version value")."""
+_CONFIG = "config"
+"""``canary MODEL config``: the canary is the model's configured one again (see :func:`_canary_cleared`)."""
+
+
+def _canary_cleared(state: ModelControl, version: str | None) -> ModelControl:
+    """``state`` without a canary of the control file's: stopped, the configured canary's too (``none``:
+    ``canary_off``, see :attr:`ModelControl.canary_off`), or handed back to the configuration (``config``)."""
+    return replace(state, canary_version=None, canary_percent=0.0, canary_off=version != _CONFIG)
+
+
+def _canary_version(text: str) -> int | str | None:
+    """An argparse ``type``: a version number, ``none`` or ``config`` (argparse's own refusal named this
+    function: "invalid _canary_version value")."""
     if text == "none":
         return None
+    if text == _CONFIG:
+        return _CONFIG
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a version: give a whole number >= 1, or 'none' to remove the canary"
+            f"{text!r} is not a version: give a whole number >= 1, or 'none' to stop the canary ('config' hands it "
+            "back to the model's configuration)"
         ) from None
 
 
@@ -599,14 +625,17 @@ def add_canary(commands: Subparsers) -> None:
     parser = _command(
         commands,
         "canary",
-        "send PERCENT percent of users to VERSION, sticky per user ('none' removes the canary)",
-        "  python -m inprocserve canary models/ fraud 4 10\n  python -m inprocserve canary models/ fraud none\n\n"
-        "While set, the canary replaces the model's configured rollout strategy; PERCENT is required with a\n"
+        "send PERCENT percent of users to VERSION, sticky per user ('none' stops the canary)",
+        "  python -m inprocserve canary models/ fraud 4 10\n  python -m inprocserve canary models/ fraud none\n"
+        "  python -m inprocserve canary models/ fraud config\n\n"
+        "While set, the canary replaces the model's configured rollout strategy. 'none' stops the canary: a\n"
+        "configured one (config.toml's [rollout.canary]) sends no one to its version either; 'config' hands\n"
+        "the canary back to the configuration (A/B, bandits and shadows: `kill`). PERCENT is required with a\n"
         "VERSION. VERSION is loaded first, as validate loads it: one that does not load here is refused (exit\n"
         "status 1, nothing written); --no-load-check writes the change without loading it. At PERCENT 0 it is\n"
         "not loaded: no one is sent to it (`canary models/ fraud 4 0` turns down a canary found broken).\n",
     )
-    parser.add_argument("version", type=_canary_version, help="the canary version, or 'none'")
+    parser.add_argument("version", type=_canary_version, help="the canary version, 'none' or 'config'")
     parser.add_argument(
         "percent", type=_canary_percent, nargs="?", default=None, help="share of users, 0 to 100 (10 or 10%%)"
     )

@@ -83,6 +83,15 @@ class ModelControl:
     when set: files without it stay as they were. An older release reads it as an unknown key and writes it
     back as read, with whatever stable version it writes: bound to the version the gate named, it no longer
     counts once anyone else (an older release's switch, a hand edit) names another."""
+    canary_off: bool = False
+    """An operator stopped the canary (``canary MODEL none``): the model's configured canary (``config.toml``'s
+    ``[rollout.canary]`` or ``ModelConfig(rollout=...)``) sends no one to its version, while its shadows, if
+    any, run on; A/B, bandit and interleaving are untouched (stop those with :attr:`kill`). A canary this file
+    sets (``canary_version``) still replaces the configured strategy, and setting one clears this, as does
+    handing the canary back to the configuration (``canary MODEL config``). Without it, ``canary_version=None``
+    only removed a canary this file had set: the configured one kept answering its share. Written to the file
+    only when true: files without it stay as they were. An older release reads it as an unknown key, keeps it
+    and ignores it: its workers keep sending the configured canary its share (a fleet mid-upgrade)."""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keys of the file's entry for this model that this release does not know (see :attr:`Control.extra`)."""
 
@@ -97,6 +106,8 @@ class ModelControl:
         object.__setattr__(self, "canary_percent", float(percent))
         if not isinstance(self.kill, bool):
             raise ConfigurationError(f"control: kill must be true or false, got {shown(self.kill)}")
+        if not isinstance(self.canary_off, bool):
+            raise ConfigurationError(f"control: canary_off must be true or false, got {shown(self.canary_off)}")
         gate = self.stable_by_gate
         if gate is not None and (isinstance(gate, bool) or not isinstance(gate, int) or gate < 1):
             raise ConfigurationError(f"control: stable_by_gate must be a positive int or null, got {shown(gate)}")
@@ -129,6 +140,8 @@ class ModelControl:
         }
         if self.stable_by_gate is not None:  # (only then: a file without a gate's name stays byte-identical)
             data["stable_by_gate"] = self.stable_by_gate
+        if self.canary_off:  # (only then, as stable_by_gate: a file without a stopped canary stays byte-identical)
+            data["canary_off"] = True
         return data
 
     def to_document(self) -> dict[str, Any]:
@@ -245,7 +258,9 @@ successor has more digits than Python turns into text, a ``ValueError`` the admi
 client (400) while ``validate`` passed the file."""
 
 _CONTROL_KEYS = frozenset({"revision", "reload", "updated_at", "updated_by", "models"})
-_MODEL_KEYS = frozenset({"stable", "previous_stable", "canary_version", "canary_percent", "kill", "stable_by_gate"})
+_MODEL_KEYS = frozenset(
+    {"stable", "previous_stable", "canary_version", "canary_percent", "kill", "stable_by_gate", "canary_off"}
+)
 
 
 SHOWN_UNKNOWN_KEYS = 20

@@ -429,14 +429,30 @@ class Operations:
                 self._refuse_if_gone(model, version, self._registry.repository_versions(model))
 
             def change(state: ModelControl) -> ModelControl:
-                if version is None:
-                    return dataclasses.replace(state, canary_version=None, canary_percent=0.0)
-                return dataclasses.replace(state, canary_version=version, canary_percent=share)
+                if version is None:  # (the configured canary stopped too: see ModelControl.canary_off)
+                    return dataclasses.replace(state, canary_version=None, canary_percent=0.0, canary_off=True)
+                return dataclasses.replace(state, canary_version=version, canary_percent=share, canary_off=False)
 
             self._change_control(model, change, actor)
-            logger.info("model %r: canary is now %s at %g%%", model, version, share)
+            if version is None:
+                logger.info("model %r: canary stopped (the configured one too)", model)
+            else:
+                logger.info("model %r: canary is now %s at %g%%", model, version, share)
         if version is not None:
             self._warn_if_canary_flags_override(model, version, share)
+        else:
+            self._warn_if_stopped_canary_flagged(model)
+
+    def resume_configured_canary(self, model: str, *, actor: str | None = None) -> None:
+        """See :meth:`Server.resume_configured_canary`."""
+        with self._registry.lock:
+            self._registry.known(model)
+            self._change_control(
+                model,
+                lambda state: dataclasses.replace(state, canary_version=None, canary_percent=0.0, canary_off=False),
+                actor,
+            )
+            logger.info("model %r: the canary is the configured one again", model)
 
     def kill(self, model: str, *, actor: str | None = None) -> None:
         """See :meth:`Server.kill`."""
@@ -875,6 +891,23 @@ class Operations:
                 "" if len(overriding) > 1 else "s",
             )
 
+    def _warn_if_stopped_canary_flagged(self, model: str) -> None:
+        """Say so when the ``<model>.canary.percent`` flag, set, wins over the canary :meth:`set_canary` just
+        stopped: the canary was logged as stopped while requests kept the flag's share."""
+        try:
+            keys = self._registry.routes_of(model).state.keys
+        except Exception:  # (unloaded meanwhile: nothing to say here)
+            return
+        flagged = self._registry.flag_number(keys.canary_percent, 0.0)
+        if flagged:
+            logger.warning(
+                "model %r: the canary is now stopped, but the %r flag is set (%g%%) and wins over the control file "
+                "for a canary strategy; change or clear the flag to move traffic",
+                model,
+                keys.canary_percent,
+                flagged,
+            )
+
     def interleave(
         self,
         model: str,
@@ -1027,9 +1060,11 @@ class RolloutMethods:
     def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
         """Send ``percent`` % of targeting keys (sticky buckets) to ``version``, on every worker and host.
 
-        It replaces the model's configured strategy while set; ``version=None`` removes it (the model's
-        configured rollout applies again; pass ``percent=0`` with it). Raising the percentage keeps the keys
-        already in the canary.
+        It replaces the model's configured strategy while set; ``version=None`` (pass ``percent=0`` with it)
+        stops the canary: the one set here is removed, and a configured canary (``config.toml``'s
+        ``[rollout.canary]``) sends no one to its version either until :meth:`resume_configured_canary` or
+        another ``set_canary`` (A/B, bandit and shadows are left as configured: :meth:`kill` stops those).
+        Raising the percentage keeps the keys already in the canary.
 
         Raises:
             ValueError: ``percent`` is not in 0..100, or ``version`` is not a positive int, or it is ``None``
@@ -1037,6 +1072,16 @@ class RolloutMethods:
             ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
         """
         self._operations.set_canary(model, version, percent=percent, actor=actor)
+
+    def resume_configured_canary(self, model: str, *, actor: str | None = None) -> None:
+        """Hand ``model``'s canary back to its configuration, on every worker and host: a canary set with
+        :meth:`set_canary` is removed, and one stopped with ``set_canary(model, None, percent=0)`` runs again
+        as ``config.toml``'s ``[rollout.canary]`` (or ``ModelConfig(rollout=...)``) sets it.
+
+        Raises:
+            ModelNotFoundError: unknown model. ConfigurationError: the control file cannot be written.
+        """
+        self._operations.resume_configured_canary(model, actor=actor)
 
     def kill(self, model: str, *, actor: str | None = None) -> None:
         """Kill switch: every request to ``model`` gets its stable version, on every worker and host, whatever

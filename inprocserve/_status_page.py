@@ -133,6 +133,8 @@ _REFUSED = "Refused (ControlStateUnknownError) unless a request pins a version, 
 
 _GATE_NAMED = "stable named by the compatibility gate: follows the newest compatible version"
 
+_CANARY_STOPPED = "canary stopped (control file)"
+
 
 def _gate_named(control: Mapping[str, Any]) -> bool:
     """Whether the control file's stable version is the one the compatibility gate named (its mark is bound to
@@ -147,13 +149,16 @@ def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> st
     rollout = model.get("rollout") if isinstance(model.get("rollout"), Mapping) else None
     ready = bool(model.get("ready")) and not refusing
     killed = bool(_mapping(model.get("control")).get("kill"))  # the fleet's kill switch (control file)
+    control = _mapping(model.get("control"))  # (`canary ... none`: no canary of the file's, the configured stopped)
+    stopped = control.get("canary_off") is True and control.get("canary_version") is None
     parts = [
         f'<section class="model" id="model-{escape(str(name))}">'
         f"<h2>{escape(str(name))}{_badge('ready', 'ok') if ready else _badge('not ready', 'bad')}"
         f"{_badge('refusing requests (control file)', 'bad') if refusing else ''}"
         f"{_badge('kill switch on', 'bad') if killed else ''}"
+        f"{_badge(_CANARY_STOPPED, 'warn') if stopped else ''}"
         f"{_badge(_GATE_NAMED, 'ok') if _gate_named(_mapping(model.get('control'))) else ''}</h2>",
-        f'<p class="why">{_REFUSED if refusing else ""}{_why(model, rollout, killed=killed)}</p>',
+        f'<p class="why">{_REFUSED if refusing else ""}{_why(model, rollout, killed=killed, stopped=stopped)}</p>',
     ]
     if model.get("config_error"):
         parts.append(f'<p class="error">Configuration error: {_text(model["config_error"])}</p>')
@@ -173,11 +178,12 @@ def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> st
     return "".join(parts)
 
 
-def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None, *, killed: bool) -> str:
+def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None, *, killed: bool, stopped: bool = False) -> str:
     """Which version answers, and why, in one sentence (flags may override it per request).
 
     The control file's kill switch comes first: with it on, the stable version answers every request and no
-    canary, arm or shadow runs, whatever the configuration says (the page kept describing the canary)."""
+    canary, arm or shadow runs, whatever the configuration says (the page kept describing the canary).
+    ``stopped``: the control file stopped the configured canary (``canary_off``), which then reads "0 %"."""
     default = model.get("default_version")
     if default is None:
         return "No version is servable, so requests to this model fail with ModelNotFoundError."
@@ -199,6 +205,11 @@ def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None, *, killed:
             f"Canary: {_number(configured.get('canary_percent'))} % of targeting keys go to version "
             f"{_text(configured.get('candidate'))}; the rest to the {stable_text}."
         )
+        if stopped:  # (why the configured canary's version gets no one: `canary ... config` hands it back)
+            sentence += (
+                f" Canary stopped by the control file: the configured canary (version "
+                f"{_text(configured.get('candidate'))}) sends no one until it is handed back to the configuration."
+            )
     elif strategy in ("ab", "bandit"):
         listed = ", ".join(
             f"{escape(str(arm))} → v{_text(spec.get('version'))}"

@@ -583,6 +583,14 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
             raise ValueError('"force" must be true or false (true switches to an incompatible version)')
         server.switch(model, version, force=force, actor=actor)
         answer = {"model": model, "stable": version}
+    elif action == "canary" and data.get("version") == "config":  # (the configured canary runs again)
+        if "percent" in data:
+            raise ValueError(
+                f'{{"version": "config"}} hands the canary back to the configuration and takes no percent; send '
+                f"{_BODY_SHAPES['canary']}"
+            )
+        server.resume_configured_canary(model, actor=actor)
+        answer = {"model": model, "canary_version": None, "canary_percent": 0, "canary_off": False}
     elif action == "canary":
         if "version" not in data or ("percent" not in data and data["version"] is not None):
             raise ValueError(f"send a JSON object {_BODY_SHAPES['canary']}")
@@ -594,7 +602,12 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
                 f"{_BODY_SHAPES['canary']}"
             )
         server.set_canary(model, canary, percent=percent, actor=actor)
-        answer = {"model": model, "canary_version": canary, "canary_percent": 0 if canary is None else percent}
+        answer = {
+            "model": model,
+            "canary_version": canary,
+            "canary_percent": 0 if canary is None else percent,
+            "canary_off": canary is None,  # (a configured canary stopped too: see ModelControl.canary_off)
+        }
     elif action == "rollback":
         answer = {"model": model, "stable": server.rollback(model, actor=actor)}
     elif action == "kill":
@@ -634,7 +647,8 @@ def admin_answer(
 
 _BODY_SHAPES = {
     "switch": '{"version": <positive int>} ("force": true switches to an incompatible version)',
-    "canary": '{"version": <positive int>, "percent": <0..100>}, or {"version": null} to remove it',
+    "canary": '{"version": <positive int>, "percent": <0..100>}, {"version": null} to stop the canary (a configured '
+    'one too), or {"version": "config"} to hand it back to the configuration',
 }
 
 

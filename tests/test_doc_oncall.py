@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
@@ -35,11 +33,6 @@ def answering_versions(server: inprocserve.Server) -> set[int]:
     return {server.predict("fraud", {"x": rows}, context={"user_id": f"user-{n}"}).version for n in range(200)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library: `canary ... none` writes canary_version=None, which only clears a canary the control file "
-    "set; the canary of config.toml's [rollout.canary] keeps answering its users (docs/operations.md, step 2)",
-)
 def test_the_bad_canary_step_sends_every_user_to_the_stable_version(tmp_path: Path) -> None:
     models = tmp_path / "models"
     for version in (1, 2):

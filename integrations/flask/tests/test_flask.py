@@ -543,6 +543,36 @@ def test_admin_rollout_endpoints(repository: Path) -> None:
         Inprocserve.close(app)
 
 
+def test_the_admin_canary_endpoint_stops_and_hands_back_the_configured_canary(repository: Path) -> None:
+    # config.toml's canary, as the Flask example ships one: {"version": null} stopped only a canary the control
+    # file set, and version 2 kept answering its share.
+    (repository / "scale" / "config.toml").write_text(
+        '[rollout]\nstrategy = "canary"\nstable = 1\n\n[rollout.canary]\nversion = 2\npercent = 50\n'
+    )
+    app = make_app(repository, INPROCSERVE_ADMIN_TOKEN="s3cret")
+    client = app.test_client()
+    good = {"Authorization": "Bearer s3cret"}
+    prefix = "/-/inprocserve/models/scale"
+
+    def answering() -> set[int]:
+        with app.app_context():
+            rows = np.ones((1, 4), np.float32)
+            return {server.predict("scale", rows, context={"user_id": f"u{n}"}).version for n in range(100)}
+
+    try:
+        assert answering() == {1, 2}
+        stopped = client.post(f"{prefix}/canary", json={"version": None}, headers=good)
+        assert (stopped.status_code, stopped.json["canary_off"]) == (200, True)
+        assert answering() == {1}
+        refused = client.post(f"{prefix}/canary", json={"version": "config", "percent": 10}, headers=good)
+        assert refused.status_code == 400 and "takes no percent" in refused.json["message"]
+        back = client.post(f"{prefix}/canary", json={"version": "config"}, headers=good)
+        assert (back.status_code, back.json["canary_off"]) == (200, False)
+        assert answering() == {1, 2}
+    finally:
+        Inprocserve.close(app)
+
+
 def test_eager_mode_checks_at_start_up_and_builds_only_when_warmed(repository: Path) -> None:
     app = make_app(repository, INPROCSERVE_EAGER=True)
     state = app.extensions["inprocserve"]

@@ -1,0 +1,186 @@
+"""Stopping a model's canary from the control file when the canary comes from its configuration
+(``config.toml``'s ``[rollout.canary]``, or ``ModelConfig(rollout=...)`` in code): ``canary MODEL none``,
+``Server.set_canary(model, None, percent=0)`` and the admin ``{"version": null}`` stop it, and ``canary MODEL
+config``, ``Server.resume_configured_canary`` and the admin ``{"version": "config"}`` hand it back.
+
+Before, they only removed a canary the control file had set: version 2 of the configuration kept answering its
+10 % while the on-call list (docs/operations.md, step 2) said everyone went back to the stable version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+from inprocserve import web
+from inprocserve.__main__ import main
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory
+
+CANARY_IN_CONFIG = '[rollout]\nstrategy = "canary"\nstable = 1\n\n[rollout.canary]\nversion = 2\npercent = 10\n'
+AB_IN_CONFIG = (
+    '[rollout]\nstrategy = "ab"\n\n[rollout.variants.control]\nversion = 1\nweight = 50\n\n'
+    "[rollout.variants.bigger]\nversion = 2\nweight = 50\n"
+)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m inprocserve ARGS`` run in this process (as tests/test_cli.py's ``cli``)."""
+    capsys.readouterr()
+    try:
+        status = main(list(args))
+    except SystemExit as exit_info:
+        status = exit_info.code if isinstance(exit_info.code, int) else 2
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["inprocserve", *args], status, captured.out, captured.err)
+
+
+def fraud_repository(repository: Path, config: str = CANARY_IN_CONFIG, versions: int = 3) -> Path:
+    """``fraud`` in versions 1..``versions`` (version v multiplies by v), with ``config`` as its config.toml."""
+    for version in range(1, versions + 1):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    (repository / "fraud" / "config.toml").write_text(config)
+    return repository
+
+
+def answering(server: inprocserve.Server, model: str = "fraud") -> set[int]:
+    rows = np.ones((1, 4), np.float32)
+    return {server.predict(model, rows, context={"user_id": f"user-{n}"}).version for n in range(200)}
+
+
+def test_canary_none_then_a_canary_then_config_on_a_configured_canary(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = fraud_repository(repository)
+    server = make_server(models)
+    assert answering(server) == {1, 2}
+    # The operator's own canary replaces the configured one, and `none` stops both: no v2 left answering.
+    assert cli(capsys, "canary", str(models), "fraud", "3", "50").returncode == 0
+    server.sync_control()
+    assert answering(server) == {1, 3}
+    stopped = cli(capsys, "canary", str(models), "fraud", "none")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout)["models"]["fraud"]["canary_off"] is True
+    server.sync_control()
+    assert answering(server) == {1}
+    # A canary set after it runs (and clears the stop).
+    assert cli(capsys, "canary", str(models), "fraud", "3", "50").returncode == 0
+    server.sync_control()
+    assert answering(server) == {1, 3}
+    assert "canary_off" not in server.status()["models"]["fraud"]["control"]
+    # `config` hands the canary back to config.toml: v2 answers its 10 % again.
+    assert cli(capsys, "canary", str(models), "fraud", "none").returncode == 0
+    back = cli(capsys, "canary", str(models), "fraud", "config")
+    assert back.returncode == 0, back.stderr
+    assert json.loads(back.stdout)["models"]["fraud"] == {
+        "canary_percent": 0.0,
+        "canary_version": None,
+        "kill": False,
+        "previous_stable": None,
+        "stable": None,
+    }
+    server.sync_control()
+    assert answering(server) == {1, 2}
+    refused = cli(capsys, "canary", str(models), "fraud", "config", "10")
+    assert refused.returncode == 2 and "takes no PERCENT (got 10)" in refused.stderr
+
+
+def test_canary_none_leaves_a_configured_ab_test_running(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/operations.md: A/B tests, bandits and shadows are stopped with `kill`, not `canary ... none`.
+    models = fraud_repository(repository, AB_IN_CONFIG, versions=2)
+    server = make_server(models)
+    assert answering(server) == {1, 2}
+    assert cli(capsys, "canary", str(models), "fraud", "none").returncode == 0
+    server.sync_control()
+    assert answering(server) == {1, 2}
+    assert cli(capsys, "kill", str(models), "fraud").returncode == 0
+    server.sync_control()
+    assert answering(server) == {2}  # (the stable version: with no stable alias, the latest)
+
+
+def test_a_stopped_canary_that_is_not_true_or_false_is_refused(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    models = fraud_repository(repository)
+    control = {"revision": 1, "models": {"fraud": {"canary_version": None, "canary_off": "yes"}}}
+    (models / ".inprocserve-control.json").write_text(json.dumps(control))
+    refused = cli(capsys, "kill", str(models), "fraud")
+    assert refused.returncode == 1
+    assert "control: models.fraud.canary_off must be true or false, got 'yes'" in refused.stderr
+
+
+def test_a_control_file_without_a_stopped_canary_stays_as_it_was(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Files without the key stay byte-identical (an older release reads them; diffs in a ConfigMap stay quiet).
+    models = fraud_repository(repository)
+    assert cli(capsys, "canary", str(models), "fraud", "3", "10").returncode == 0
+    path = models / ".inprocserve-control.json"
+
+    def entry() -> str:
+        text = path.read_text()
+        return text[text.index('"fraud"') : text.index("}", text.index('"fraud"'))]
+
+    before = entry()
+    assert cli(capsys, "kill", str(models), "fraud").returncode == 0
+    assert cli(capsys, "resume", str(models), "fraud").returncode == 0
+    assert entry() == before
+    assert "canary_off" not in path.read_text()
+
+
+def test_set_canary_none_stops_a_canary_configured_in_code_and_its_shadow_runs_on(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    config = inprocserve.ModelConfig(
+        rollout=inprocserve.RolloutConfig(
+            strategy="canary",
+            stable=1,
+            canary=inprocserve.CanaryConfig(version=2, percent=30),
+            shadow=inprocserve.ShadowConfig(versions=(3,)),
+        )
+    )
+    flags = inprocserve.InMemoryFlags()
+    server = make_server(repository, models={"fraud": config}, flags=flags, flag_timeout_s=10.0)
+    assert answering(server) == {1, 2}
+    server.set_canary("fraud", None, percent=0)
+    assert answering(server) == {1}
+    status = server.status()
+    assert status["models"]["fraud"]["control"]["canary_off"] is True
+    assert "3" in status["models"]["fraud"]["shadow"]  # (a canary stopped is not a kill: the shadow runs on)
+    page = inprocserve.render_status_page(status)
+    assert "canary stopped (control file)" in page
+    assert "Canary stopped by the control file: the configured canary (version 2) sends no one" in page
+    server.resume_configured_canary("fraud")
+    assert answering(server) == {1, 2}
+    assert "canary_off" not in server.status()["models"]["fraud"]["control"]
+    # A canary-percent flag wins over the control file, as over any canary: stopping it says so.
+    flags.set("fraud.canary.percent", 50)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server.set_canary("fraud", None, percent=0)
+    assert "the canary is now stopped, but the 'fraud.canary.percent' flag is set (50%)" in caplog.text
+    assert answering(server) == {1, 2}
+
+
+def test_the_admin_canary_action_stops_and_hands_back_a_configured_canary(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(fraud_repository(repository))
+    stopped = web.run_admin_action(server, "canary", "fraud", {"version": None}, actor="alice")
+    assert (stopped["canary_version"], stopped["canary_off"]) == (None, True)
+    assert answering(server) == {1}
+    back = web.run_admin_action(server, "canary", "fraud", b'{"version": "config"}', actor="alice")
+    assert (back["canary_version"], back["canary_off"]) == (None, False)
+    assert answering(server) == {1, 2}
+    refused = web.admin_answer(server, "canary", "fraud", {"version": "config", "percent": 5}, actor="alice")
+    assert refused.status == 400 and "hands the canary back to the configuration" in refused.body["message"]
