@@ -20,6 +20,7 @@ import pytest
 import inprocserve
 from inprocserve import web
 from inprocserve.__main__ import main
+from inprocserve._cli_status import summarize
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -158,6 +159,10 @@ def test_set_canary_none_stops_a_canary_configured_in_code_and_its_shadow_runs_o
     status = server.status()
     assert status["models"]["fraud"]["control"]["canary_off"] is True
     assert "3" in status["models"]["fraud"]["shadow"]  # (a canary stopped is not a kill: the shadow runs on)
+    assert (
+        "  control file: canary stopped: a configured canary sends no one to its version (`canary ... config` hands "
+        "it back)"
+    ) in summarize(status)
     page = inprocserve.render_status_page(status)
     assert "canary stopped (control file)" in page
     assert "Canary stopped by the control file: the configured canary (version 2) sends no one" in page
