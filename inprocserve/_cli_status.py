@@ -349,9 +349,8 @@ def _control_lines(state: dict[str, Any]) -> list[str]:
     percent = state.get("canary_percent")
     if state.get("canary_version") is not None and isinstance(percent, int | float) and percent > 0:
         lines.append(f"  control file: canary v{state['canary_version']} for {percent:g}% of users")
-    elif (
-        state.get("canary_version") is None and state.get("canary_off") is True
-    ):  # (why the configured one gets no one)
+    elif state.get("canary_version") is None and state.get("canary_off") is True:
+        # (`canary ... none` on a configured canary: why its version gets no one)
         lines.append(
             "  control file: canary stopped: a configured canary sends no one to its version (`canary ... config` "
             "hands it back)"
