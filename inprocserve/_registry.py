@@ -2696,11 +2696,12 @@ def controlled(rollout: RolloutConfig, state: ModelControl) -> RolloutConfig:
     """A model's rollout config with the control file's canary laid over it: a canary the file sets replaces
     the configured strategy; else a canary an operator stopped (``canary_off``) sends no one to the configured
     canary's version (at 0 %, as ``canary MODEL 2 0`` would: a ``<prefix>.canary.percent`` flag still wins, and
-    the configured shadows run on). Other strategies are left as configured (``kill`` stops those)."""
+    the configured shadows run on). Other strategies are left as configured (``kill`` stops those); their
+    configured canary is at 0 % too, so a ``<prefix>.strategy`` flag that turns the canary on sends no one to it."""
     if state.canary_version is not None:
         canary = CanaryConfig(version=state.canary_version, percent=state.canary_percent)
         return dataclasses.replace(rollout, strategy="canary", canary=canary)
-    if state.canary_off and rollout.strategy == "canary":
+    if state.canary_off:  # (any strategy: a `strategy` flag may make it a canary at run time)
         return dataclasses.replace(rollout, canary=dataclasses.replace(rollout.canary, percent=0.0))
     return rollout
 

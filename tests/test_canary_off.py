@@ -189,3 +189,22 @@ def test_the_admin_canary_action_stops_and_hands_back_a_configured_canary(
     assert answering(server) == {1, 2}
     refused = web.admin_answer(server, "canary", "fraud", {"version": "config", "percent": 5}, actor="alice")
     assert refused.status == 400 and "hands the canary back to the configuration" in refused.body["message"]
+
+
+def test_canary_none_stops_a_canary_that_a_strategy_flag_turns_on(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # config.toml keeps a canary ready (version 2 at 10 %) under the stable strategy; a `fraud.strategy` flag
+    # turns it on at run time. `canary ... none` is the on-call step for a bad canary, whatever turned it on.
+    models = fraud_repository(repository, CANARY_IN_CONFIG.replace('strategy = "canary"', 'strategy = "stable"'))
+    flags = inprocserve.InMemoryFlags()
+    server = make_server(models, flags=flags, flag_timeout_s=10.0)
+    assert answering(server) == {1}
+    flags.set("fraud.strategy", "canary")
+    assert answering(server) == {1, 2}
+    assert cli(capsys, "canary", str(models), "fraud", "none").returncode == 0
+    server.sync_control()
+    assert answering(server) == {1}
+    assert cli(capsys, "canary", str(models), "fraud", "config").returncode == 0
+    server.sync_control()
+    assert answering(server) == {1, 2}
