@@ -208,3 +208,26 @@ def test_canary_none_stops_a_canary_that_a_strategy_flag_turns_on(
     assert cli(capsys, "canary", str(models), "fraud", "config").returncode == 0
     server.sync_control()
     assert answering(server) == {1, 2}
+
+
+def test_a_stopped_canary_stays_stopped_through_resume_switch_and_rollback_and_comes_back_to_the_same_users(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/operations.md: the stop is undone only by `canary ... config` (or a canary set), not by `resume`
+    # after a kill, nor by a switch or a rollback; handed back, the canary has the users it had.
+    models = fraud_repository(repository)
+    server = make_server(models)
+    rows = np.ones((1, 4), np.float32)
+
+    def on_the_canary() -> set[int]:
+        return {n for n in range(200) if server.predict("fraud", rows, context={"user_id": f"user-{n}"}).version == 2}
+
+    before = on_the_canary()
+    for command in (("kill",), ("canary", "none"), ("resume",), ("switch", "3"), ("rollback",)):
+        assert cli(capsys, command[0], str(models), "fraud", *command[1:]).returncode == 0, command
+        server.sync_control()
+    assert answering(server) == {1}
+    assert server.status()["models"]["fraud"]["control"]["canary_off"] is True
+    assert cli(capsys, "canary", str(models), "fraud", "config").returncode == 0
+    server.sync_control()
+    assert on_the_canary() == before and before
