@@ -231,3 +231,21 @@ def test_a_stopped_canary_stays_stopped_through_resume_switch_and_rollback_and_c
     assert cli(capsys, "canary", str(models), "fraud", "config").returncode == 0
     server.sync_control()
     assert on_the_canary() == before and before
+
+
+def test_the_compatibility_gate_s_advance_keeps_a_stopped_canary_stopped(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # The gate names a newer compatible version in a read-modify-write of the model's entry: the stop is kept.
+    from inprocserve._control import ControlFile
+
+    from .test_fleet_hold3 import _drop, _gate_named, _stable
+
+    [running] = _gate_named(repository, make_server)
+    assert main(["canary", str(repository), "m", "none"]) == 0
+    running.sync_control()
+    _drop(repository, 3, compatible=True)
+    running.refresh()
+    running.sync_control()
+    assert _stable(repository) == (3, True)
+    assert ControlFile(repository).read().models["m"].canary_off is True
