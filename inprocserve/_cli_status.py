@@ -294,7 +294,11 @@ def summarize(document: dict[str, Any], *, token_sent: bool = False) -> list[str
             lines.append(f"  config warning: {printable(str(model['config_warning']))}")
         if model.get("fleet_hold_error"):  # (the gate's hold is this worker's alone: the fleet is not held)
             lines.append(f"  FLEET NOT HELD: {printable(str(model['fleet_hold_error']))}")
-        lines.extend(_control_lines(_object(model.get("control"), f"models.{name}.control", optional=True)))
+        rollout = model.get("rollout")
+        strategy = rollout.get("strategy") if isinstance(rollout, dict) else None
+        lines.extend(
+            _control_lines(_object(model.get("control"), f"models.{name}.control", optional=True), strategy=strategy)
+        )
         for number, version in _object(model.get("versions"), f"models.{name}.versions", optional=True).items():
             where = f"models.{name}.versions.{number}"
             lines.append("  " + _version_line(number, _object(version, where), where))
@@ -329,10 +333,11 @@ def summarize(document: dict[str, Any], *, token_sent: bool = False) -> list[str
     return [printable(line) for line in lines]
 
 
-def _control_lines(state: dict[str, Any]) -> list[str]:
+def _control_lines(state: dict[str, Any], *, strategy: object = None) -> list[str]:
     """What the fleet's control file sets for one model, as the worker follows it: a kill switch turned on
     with ``kill`` and a canary set with ``canary`` were not shown, so ``status`` right after them read the
-    same as before."""
+    same as before. ``strategy``: the model's rollout strategy (a stopped canary leaves A/B and bandit arms
+    answering: the line said "canary stopped" as if one version answered)."""
     lines = []
     if state.get("kill"):
         lines.append("  KILL SWITCH ON: the stable version answers every request (`resume` turns it off)")
@@ -351,10 +356,16 @@ def _control_lines(state: dict[str, Any]) -> list[str]:
         lines.append(f"  control file: canary v{state['canary_version']} for {percent:g}% of users")
     elif state.get("canary_version") is None and state.get("canary_off") is True:
         # (`canary ... none` on a configured canary: why its version gets no one)
-        lines.append(
-            "  control file: canary stopped: a configured canary sends no one to its version (`canary ... config` "
-            "hands it back)"
-        )
+        if strategy in ("ab", "bandit"):
+            lines.append(
+                f"  control file: canary stopped, but the configured strategy is {strategy!r}: its arms still answer "
+                "(`kill` stops them)"
+            )
+        else:
+            lines.append(
+                "  control file: canary stopped: a configured canary sends no one to its version (`canary ... config` "
+                "hands it back)"
+            )
     return lines
 
 

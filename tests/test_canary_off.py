@@ -249,3 +249,19 @@ def test_the_compatibility_gate_s_advance_keeps_a_stopped_canary_stopped(
     running.sync_control()
     assert _stable(repository) == (3, True)
     assert ControlFile(repository).read().models["m"].canary_off is True
+
+
+def test_status_does_not_say_an_ab_test_stopped_after_canary_none(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An on-call engineer runs step 2 (`canary ... none`) on a model running an A/B test: both arms keep answering,
+    # so `status` must not read as if traffic went back to one version.
+    models = fraud_repository(repository, AB_IN_CONFIG, versions=2)
+    server = make_server(models)
+    assert cli(capsys, "canary", str(models), "fraud", "none").returncode == 0
+    server.sync_control()
+    assert answering(server) == {1, 2}
+    lines = [line for line in summarize(server.status()) if "canary stopped" in line]
+    assert lines == [
+        "  control file: canary stopped, but the configured strategy is 'ab': its arms still answer (`kill` stops them)"
+    ]
