@@ -26,6 +26,10 @@ What is checked (exact matching of every number would be too strict for prose th
 * a sentence that says its figures are "not in a results file" (a one-off or scratch measurement, the pages'
   way of saying so) is not checked.
 
+Every path under ``benchmarks/results/`` a page names must match a file (``NOT_WRITTEN_YET`` lists the few a
+page names before any run wrote them): a name with braces (``performance.{json,md}``) or a misspelt one matches
+none, and the figures beside it would be held to nothing.
+
 ``NOT_MEASURED`` lists the phrases beside a citation whose figures are not measurements, each with its reason.
 What it cannot see: a stale figure that happens to equal some other number of the cited file once rounded
 (two-digit ratios often do), and figures in paragraphs that cite no results file.
@@ -70,6 +74,16 @@ NOT_MEASURED: dict[str, dict[str, str]] = {
     "docs/scaling.md": {
         "urllib3 2.3 or later": "the remote extra's version requirement, not a measurement",
     },
+}
+
+
+# A results file a page names by its path. The checker finds a citation's figures only in files its name
+# matches: a name written with braces (`batch_scoring.{json,md}`) or misspelt names no file, and the figures
+# beside it are held to nothing.
+RESULTS_PATH = re.compile(r"benchmarks/results/([\w*.{},-]*[\w*}])")
+# Results files a page names that no run has written yet: document -> {name: why}.
+NOT_WRITTEN_YET: dict[str, dict[str, str]] = {
+    "docs/protocol.md": {"protocol_overhead.md": "the page says no run of it is in the repository yet"},
 }
 
 
@@ -263,3 +277,43 @@ def test_every_page_is_checked_or_left_out_with_a_reason() -> None:
 def test_every_figure_next_to_a_results_file_is_in_that_file(document: str) -> None:
     missing = unsupported(document)
     assert missing == [], "\n".join(missing)
+
+
+def unnamed(document: str, text: str | None = None) -> list[str]:
+    """``document:line: NAME names no results file`` for each path under benchmarks/results/ that matches no
+    file (outside fenced code)."""
+    page = (ROOT / document).read_text() if text is None else text
+    page = FENCED.sub(lambda m: "\n" * m.group().count("\n"), page)
+    missing = []
+    for number, line in enumerate(page.splitlines(), 1):
+        for name in RESULTS_PATH.findall(line):
+            if name in NOT_WRITTEN_YET.get(document, {}) or any(RESULTS.glob(name)):
+                continue
+            missing.append(f"{document}:{number}: benchmarks/results/{name} names no results file")
+    return missing
+
+
+def test_a_results_path_that_names_no_file_is_reported() -> None:
+    text = (
+        "Results in `benchmarks/results/batch_scoring.{json,md}` and benchmarks/results/mem_pattern.md.\n"
+        "See [it](../benchmarks/results/pruning.md), `benchmarks/results/pinned_workers*.md` and"
+        " benchmarks/results/telemetry_profile-1.44.0.md; the folder benchmarks/results/ holds them."
+    )
+    assert unnamed("page.md", text) == [
+        "page.md:1: benchmarks/results/batch_scoring.{json,md} names no results file",
+        "page.md:2: benchmarks/results/telemetry_profile-1.44.0.md names no results file",
+    ]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_every_results_file_a_page_names_by_its_path_exists(document: str) -> None:
+    missing = unnamed(document)
+    assert missing == [], "\n".join(missing)
+
+
+def test_every_results_file_not_written_yet_is_still_named_and_still_missing() -> None:
+    for document, names in NOT_WRITTEN_YET.items():
+        text = (ROOT / document).read_text()
+        for name in names:
+            assert f"benchmarks/results/{name}" in text, f"{document} no longer names {name}: drop its entry"
+            assert not any(RESULTS.glob(name)), f"{name} exists now: drop its entry in NOT_WRITTEN_YET"
