@@ -13,7 +13,8 @@ What is checked (exact matching of every number would be too strict for prose th
 * a *figure* is a number written with a thousands separator or a decimal point (``4,228``, ``0.87``); dates,
   version numbers and numbers inside code spans are not figures, nor are integers without a separator (too
   often a setting: 64 clients, 200 µs);
-* in a sentence that cites a results file (``benchmarks/results/mem_pattern.md``, `` `coalescing-spinning.md` ``,
+* in a sentence that cites a results file (``benchmarks/results/mem_pattern.md``, a raw output such as
+  ``benchmarks/results/gpu_check-adhoc.txt``, `` `coalescing-spinning.md` ``,
   `` `coalescing*.md` ``), every figure must be in one of the files it cites; in the other sentences of a
   paragraph that cites one, in any results file;
 * in a table, every figure must be in the files cited by the two paragraphs above it in its section (a table
@@ -56,7 +57,7 @@ FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 CODE = re.compile(r"`[^`]*`")
 # A results file named in the prose: benchmarks/results/NAME.md, or `NAME.md` / `NAME*.md` in backticks
 # (not docs/NAME.md, a page of the documentation).
-CITATION = re.compile(r"(?:benchmarks/results/|(?<![/\w])`)([\w*.-]+?)\.(?:md|json)\b")
+CITATION = re.compile(r"(?:benchmarks/results/|(?<![/\w])`)([\w*.-]+?)\.(?:md|json|txt)\b")
 NOT_FIGURES = re.compile(r"\d{4}-\d{2}-\d{2}|\d+(?:\.\d+){2,}|\d(?:\.\d+)?e-?\d+")
 FIGURE = re.compile(r"(?<![\w.,/])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+\.\d+)(?![.,]?\d)")
 NUMBER = re.compile(r"(?<![\w.])\d{1,3}(?:,\d{3})+(?:\.\d+)?|(?<![\w.,])\d+(?:\.\d+)?")
@@ -112,7 +113,7 @@ def blocks(text: str) -> list[tuple[int, str]]:
 def cited(text: str) -> set[Path]:
     files: set[Path] = set()
     for name in CITATION.findall(text):
-        files.update(p for p in RESULTS.glob(f"{name}.*") if p.suffix in {".md", ".json"})
+        files.update(p for p in RESULTS.glob(f"{name}.*") if p.suffix in {".md", ".json", ".txt"})
     return files
 
 
@@ -184,7 +185,7 @@ def unsupported(document: str, text: str | None = None) -> list[str]:
     """``document:line: figure ...`` for each figure of the page (or of ``text``) not in its results files."""
     missing: list[str] = []
     above: list[set[Path]] = []  # the files each block of this section cites
-    every = {p for p in RESULTS.iterdir() if p.suffix in {".md", ".json"}}
+    every = {p for p in RESULTS.iterdir() if p.suffix in {".md", ".json", ".txt"}}
     page = (ROOT / document).read_text() if text is None else text
     for line, block in blocks(page):
         if block.startswith("#"):
@@ -206,7 +207,7 @@ def unsupported(document: str, text: str | None = None) -> list[str]:
                     continue
                 if derived(figure, NUMBER.findall(prose)):
                     continue
-                names = ", ".join(sorted(p.name for p in files if p.suffix == ".md"))
+                names = ", ".join(sorted(p.name for p in files if p.suffix in {".md", ".txt"}))
                 where = "any results file" if files == every else f"none of {names}"
                 missing.append(f"{document}:{line}: {figure} is in {where}")
         above.append(set() if is_table else cited(block))
@@ -241,6 +242,8 @@ def test_the_checker_finds_a_figure_missing_from_the_file_it_cites() -> None:
         ),
         # A figure of a run the cited file never held.
         ("In three runs every case lay within 0.87 to 1.10 (`benchmarks/results/mem_pattern.md`).", "0.87"),
+        # A figure missing from a raw output (.txt) its sentence cites.
+        ("With I/O binding on it gave 0.57x (benchmarks/results/gpu_check-adhoc.txt).", "0.57"),
         # A unit changes only what a figure with that unit may stand for.
         ("A record took 20.3 (`benchmarks/results/mem_pattern.md`).", "20.3"),
     ],
