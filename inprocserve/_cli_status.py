@@ -296,8 +296,14 @@ def summarize(document: dict[str, Any], *, token_sent: bool = False) -> list[str
             lines.append(f"  FLEET NOT HELD: {printable(str(model['fleet_hold_error']))}")
         rollout = model.get("rollout")
         strategy = rollout.get("strategy") if isinstance(rollout, dict) else None
+        configured = rollout.get("configured") if isinstance(rollout, dict) else None
+        candidate = configured.get("candidate") if isinstance(configured, dict) else None
         lines.extend(
-            _control_lines(_object(model.get("control"), f"models.{name}.control", optional=True), strategy=strategy)
+            _control_lines(
+                _object(model.get("control"), f"models.{name}.control", optional=True),
+                strategy=strategy,
+                candidate=candidate,
+            )
         )
         for number, version in _object(model.get("versions"), f"models.{name}.versions", optional=True).items():
             where = f"models.{name}.versions.{number}"
@@ -333,11 +339,13 @@ def summarize(document: dict[str, Any], *, token_sent: bool = False) -> list[str
     return [printable(line) for line in lines]
 
 
-def _control_lines(state: dict[str, Any], *, strategy: object = None) -> list[str]:
+def _control_lines(state: dict[str, Any], *, strategy: object = None, candidate: object = None) -> list[str]:
     """What the fleet's control file sets for one model, as the worker follows it: a kill switch turned on
     with ``kill`` and a canary set with ``canary`` were not shown, so ``status`` right after them read the
     same as before. ``strategy``: the model's rollout strategy (a stopped canary leaves A/B and bandit arms
-    answering: the line said "canary stopped" as if one version answered)."""
+    answering: the line said "canary stopped" as if one version answered). ``candidate``: the configured
+    canary's version the worker routes with (a stop of another version, ``canary_off_version``, no longer
+    holds)."""
     lines = []
     if state.get("kill"):
         lines.append("  KILL SWITCH ON: the stable version answers every request (`resume` turns it off)")
@@ -356,14 +364,22 @@ def _control_lines(state: dict[str, Any], *, strategy: object = None) -> list[st
         lines.append(f"  control file: canary v{state['canary_version']} for {percent:g}% of users")
     elif state.get("canary_version") is None and state.get("canary_off") is True:
         # (`canary ... none` on a configured canary: why its version gets no one)
-        if strategy in ("ab", "bandit"):
+        stopped = state.get("canary_off_version")
+        known = isinstance(stopped, int) and not isinstance(stopped, bool)
+        if known and isinstance(candidate, int) and not isinstance(candidate, bool) and candidate != stopped:
+            lines.append(
+                f"  control file: stop of v{stopped} no longer applies: configured canary is v{candidate}, which runs "
+                "(`canary ... none` stops it)"
+            )
+        elif strategy in ("ab", "bandit"):
             lines.append(
                 f"  control file: canary stopped, but the configured strategy is {strategy!r}: its arms still answer "
                 "(`kill` stops them)"
             )
         else:
+            which = f"canary v{stopped} stopped" if known else "canary stopped"
             lines.append(
-                "  control file: canary stopped: a configured canary sends no one to its version (`canary ... config` "
+                f"  control file: {which}: a configured canary sends no one to its version (`canary ... config` "
                 "hands it back)"
             )
     return lines

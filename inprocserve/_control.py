@@ -92,6 +92,13 @@ class ModelControl:
     only removed a canary this file had set: the configured one kept answering its share. Written to the file
     only when true: files without it stay as they were. An older release reads it as an unknown key, keeps it
     and ignores it: its workers keep sending the configured canary its share (a fleet mid-upgrade)."""
+    canary_off_version: int | None = None
+    """The configured canary's version when it was stopped, where the stopper knew it (``Server.set_canary``
+    its model's configuration; the CLI ``config.toml``'s ``[rollout.canary]``): the stop then holds only while
+    the configured canary is that version, so a later deploy's new canary version runs at its configured
+    share (a new decision). ``None``: the stop holds whatever version the configuration names (a configuration
+    in code the CLI cannot see, or no configured canary). Meaningless without :attr:`canary_off`: read as
+    ``None`` then. Written to the file only when set; an older release keeps it as an unknown key."""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keys of the file's entry for this model that this release does not know (see :attr:`Control.extra`)."""
 
@@ -111,6 +118,14 @@ class ModelControl:
         gate = self.stable_by_gate
         if gate is not None and (isinstance(gate, bool) or not isinstance(gate, int) or gate < 1):
             raise ConfigurationError(f"control: stable_by_gate must be a positive int or null, got {shown(gate)}")
+        stopped = self.canary_off_version
+        if stopped is not None and (isinstance(stopped, bool) or not isinstance(stopped, int) or stopped < 1):
+            raise ConfigurationError(
+                f"control: canary_off_version must be a positive int (the canary version stopped) or null, got "
+                f"{shown(stopped)}"
+            )
+        if not self.canary_off:  # (handed back by an older release, which kept it as an unknown key)
+            object.__setattr__(self, "canary_off_version", None)
 
     @property
     def gate_named(self) -> bool:
@@ -142,6 +157,8 @@ class ModelControl:
             data["stable_by_gate"] = self.stable_by_gate
         if self.canary_off:  # (only then, as stable_by_gate: a file without a stopped canary stays byte-identical)
             data["canary_off"] = True
+            if self.canary_off_version is not None:  # (the version stopped, where the stopper knew it)
+                data["canary_off_version"] = self.canary_off_version
         return data
 
     def to_document(self) -> dict[str, Any]:
@@ -259,7 +276,16 @@ client (400) while ``validate`` passed the file."""
 
 _CONTROL_KEYS = frozenset({"revision", "reload", "updated_at", "updated_by", "models"})
 _MODEL_KEYS = frozenset(
-    {"stable", "previous_stable", "canary_version", "canary_percent", "kill", "stable_by_gate", "canary_off"}
+    {
+        "stable",
+        "previous_stable",
+        "canary_version",
+        "canary_percent",
+        "kill",
+        "stable_by_gate",
+        "canary_off",
+        "canary_off_version",
+    }
 )
 
 

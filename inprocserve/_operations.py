@@ -44,7 +44,7 @@ from ._errors import (
 )
 from ._log_limit import LogLimit, since
 from ._prediction import Prediction, RequestIds
-from ._registry import Registry, Routes, did_you_mean
+from ._registry import Registry, Routes, configured_canary_version, did_you_mean
 from ._reports import InterleavedRanking, PromotionReport
 from ._repository import scan_repository
 from ._shadow import compare_outputs
@@ -428,14 +428,24 @@ class Operations:
                 self._refuse_if_a_build(model, version)
                 self._refuse_if_gone(model, version, self._registry.repository_versions(model))
 
+            # The configured canary's version, recorded with the stop: a later deploy's canary of another version
+            # is a new decision, and runs (see ModelControl.canary_off_version).
+            stopped = configured_canary_version(self._registry, model) if version is None else None
+
             def change(state: ModelControl) -> ModelControl:
                 if version is None:  # (the configured canary stopped too: see ModelControl.canary_off)
-                    return dataclasses.replace(state, canary_version=None, canary_percent=0.0, canary_off=True)
+                    return dataclasses.replace(
+                        state, canary_version=None, canary_percent=0.0, canary_off=True, canary_off_version=stopped
+                    )
                 return dataclasses.replace(state, canary_version=version, canary_percent=share, canary_off=False)
 
             self._change_control(model, change, actor)
             if version is None:
-                logger.info("model %r: canary stopped (the configured one too)", model)
+                logger.info(
+                    "model %r: canary stopped (the configured one too%s)",
+                    model,
+                    "" if stopped is None else f": version {stopped}",
+                )
             else:
                 logger.info("model %r: canary is now %s at %g%%", model, version, share)
         if version is not None:

@@ -1878,7 +1878,7 @@ class Registry:
                 canary_version=None if state.canary_version in builds else state.canary_version,
             )
         configured = self._rollouts.get(name, default.config.rollout)
-        rollout = configured if state is None else controlled(configured, state)
+        rollout = configured if state is None else controlled(configured, state, model=name)
         router = self.routers.get(name)
         if router is None:
             router = self.routers[name] = Router(name, rollout, self._flags, shadow_gate=self._shadow_gate)
@@ -2692,18 +2692,69 @@ class Registry:
         self.start_poller()
 
 
-def controlled(rollout: RolloutConfig, state: ModelControl) -> RolloutConfig:
+def controlled(rollout: RolloutConfig, state: ModelControl, *, model: str | None = None) -> RolloutConfig:
     """A model's rollout config with the control file's canary laid over it: a canary the file sets replaces
     the configured strategy; else a canary an operator stopped (``canary_off``) sends no one to the configured
     canary's version (at 0 %, as ``canary MODEL 2 0`` would: a ``<prefix>.canary.percent`` flag still wins, and
     the configured shadows run on). Other strategies are left as configured (``kill`` stops those); their
-    configured canary is at 0 % too, so a ``<prefix>.strategy`` flag that turns the canary on sends no one to it."""
+    configured canary is at 0 % too, so a ``<prefix>.strategy`` flag that turns the canary on sends no one to it.
+
+    A stop that recorded the version it stopped (``canary_off_version``) holds only while the configured canary
+    is that version: a deploy's new canary version runs at its configured share (``model``, where given, has
+    that logged once per worker; see :func:`_warn_stop_not_applying`). The configured version is compared, not
+    a ``<prefix>.canary.version`` flag's (read later, per request)."""
     if state.canary_version is not None:
         canary = CanaryConfig(version=state.canary_version, percent=state.canary_percent)
         return dataclasses.replace(rollout, strategy="canary", canary=canary)
-    if state.canary_off:  # (any strategy: a `strategy` flag may make it a canary at run time)
+    if state.canary_off and not stop_outdated(state, rollout.canary.version):
+        # (any strategy: a `strategy` flag may make it a canary at run time)
         return dataclasses.replace(rollout, canary=dataclasses.replace(rollout.canary, percent=0.0))
+    if state.canary_off and model is not None:
+        _warn_stop_not_applying(model, state.canary_off_version, rollout.canary.version)
     return rollout
+
+
+def stop_outdated(state: ModelControl, configured: int | None) -> bool:
+    """Whether ``state``'s stop of a canary (``canary_off``) was of another version than ``configured``, the
+    configured canary's now: stopped with its version known (``canary_off_version``), and a canary of another
+    version configured since (a deploy's new canary, which runs)."""
+    stopped = state.canary_off_version
+    return state.canary_off and stopped is not None and configured is not None and configured != stopped
+
+
+def configured_canary_version(registry: Registry, name: str) -> int | None:
+    """The canary version ``name``'s own configuration names (``ModelConfig(rollout=...)`` in code, else the
+    ``config.toml`` its serving versions were loaded with), what a stop records (``canary_off_version``);
+    ``None`` without one, or with nothing of ``name`` loaded here."""
+    configured = registry._rollouts.get(name)
+    if configured is None:
+        routes = registry.routes.get(name)
+        if routes is None:
+            return None
+        configured = routes.default.config.rollout
+    return configured.canary.version
+
+
+_STOPS_NOT_APPLYING: set[tuple[str, int | None, int | None]] = set()
+"""(model, version stopped, configured version) already warned of in this process (see
+:func:`_warn_stop_not_applying`): each publish of the model's routes calls :func:`controlled` again."""
+_STOPS_NOT_APPLYING_LOCK = threading.Lock()
+
+
+def _warn_stop_not_applying(model: str, stopped: int | None, configured: int | None) -> None:
+    """Log, once per model and worker (process), that the control file's stop of canary ``stopped`` no longer
+    holds: the configuration now names canary ``configured``, which runs at its configured share."""
+    with _STOPS_NOT_APPLYING_LOCK:
+        if (model, stopped, configured) in _STOPS_NOT_APPLYING:
+            return
+        _STOPS_NOT_APPLYING.add((model, stopped, configured))
+    logger.warning(
+        "model %r: the control file's stop of canary version %s does not apply to the configured canary version "
+        "%s, which now runs; `canary ... none` stops it",
+        model,
+        stopped,
+        configured,
+    )
 
 
 _GUESSED_AMONG = 8

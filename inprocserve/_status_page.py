@@ -144,6 +144,23 @@ def _gate_named(control: Mapping[str, Any]) -> bool:
     return isinstance(gate, int) and not isinstance(gate, bool) and gate == control.get("stable")
 
 
+def _stop_texts(control: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> tuple[str, str]:
+    """The badge of a stopped canary (``canary_off``), naming the version stopped where the file records it
+    (``canary_off_version``), and, when the configured canary is another version now (a deploy's new canary,
+    which runs), a sentence saying the stop no longer applies ("" otherwise)."""
+    stopped = control.get("canary_off_version")
+    if not isinstance(stopped, int) or isinstance(stopped, bool):
+        return _CANARY_STOPPED, ""
+    candidate = _mapping(_mapping(rollout).get("configured")).get("candidate")
+    if not isinstance(candidate, int) or isinstance(candidate, bool) or candidate == stopped:
+        return f"canary v{stopped} stopped (control file)", ""
+    return (
+        f"stop of v{stopped} no longer applies: configured canary is v{candidate}",
+        f" The control file's stop of canary version {stopped} no longer applies: the configured canary is version "
+        f"{candidate}, which runs (<code>canary ... none</code> stops it).",
+    )
+
+
 def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> str:
     versions = _entries(model.get("versions"))
     rollout = model.get("rollout") if isinstance(model.get("rollout"), Mapping) else None
@@ -151,14 +168,17 @@ def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> st
     killed = bool(_mapping(model.get("control")).get("kill"))  # the fleet's kill switch (control file)
     control = _mapping(model.get("control"))  # (`canary ... none`: no canary of the file's, the configured stopped)
     stopped = control.get("canary_off") is True and control.get("canary_version") is None
+    badge, stale = _stop_texts(control, rollout) if stopped else ("", "")
+    stopped = stopped and not stale  # (a stop of another version than the configured canary's holds no more)
     parts = [
         f'<section class="model" id="model-{escape(str(name))}">'
         f"<h2>{escape(str(name))}{_badge('ready', 'ok') if ready else _badge('not ready', 'bad')}"
         f"{_badge('refusing requests (control file)', 'bad') if refusing else ''}"
         f"{_badge('kill switch on', 'bad') if killed else ''}"
-        f"{_badge(_CANARY_STOPPED, 'warn') if stopped else ''}"
+        f"{_badge(badge, 'warn') if badge else ''}"
         f"{_badge(_GATE_NAMED, 'ok') if _gate_named(_mapping(model.get('control'))) else ''}</h2>",
-        f'<p class="why">{_REFUSED if refusing else ""}{_why(model, rollout, killed=killed, stopped=stopped)}</p>',
+        f'<p class="why">{_REFUSED if refusing else ""}{_why(model, rollout, killed=killed, stopped=stopped)}'
+        f"{stale}</p>",
     ]
     if model.get("config_error"):
         parts.append(f'<p class="error">Configuration error: {_text(model["config_error"])}</p>')

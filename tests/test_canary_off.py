@@ -159,12 +159,13 @@ def test_set_canary_none_stops_a_canary_configured_in_code_and_its_shadow_runs_o
     status = server.status()
     assert status["models"]["fraud"]["control"]["canary_off"] is True
     assert "3" in status["models"]["fraud"]["shadow"]  # (a canary stopped is not a kill: the shadow runs on)
+    assert status["models"]["fraud"]["control"]["canary_off_version"] == 2  # (the configured canary's, in code)
     assert (
-        "  control file: canary stopped: a configured canary sends no one to its version (`canary ... config` hands "
-        "it back)"
+        "  control file: canary v2 stopped: a configured canary sends no one to its version (`canary ... config` "
+        "hands it back)"
     ) in summarize(status)
     page = inprocserve.render_status_page(status)
-    assert "canary stopped (control file)" in page
+    assert "canary v2 stopped (control file)" in page
     assert "Canary stopped by the control file: the configured canary (version 2) sends no one" in page
     server.resume_configured_canary("fraud")
     assert answering(server) == {1, 2}
@@ -265,3 +266,153 @@ def test_status_does_not_say_an_ab_test_stopped_after_canary_none(
     assert lines == [
         "  control file: canary stopped, but the configured strategy is 'ab': its arms still answer (`kill` stops them)"
     ]
+
+
+# -- the stop is of the version stopped: a later deploy's canary of another version runs ---------------------------
+
+
+@pytest.fixture
+def warned_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warning that a stop no longer applies is logged once per model and process: start with none logged."""
+    from inprocserve import _registry
+
+    monkeypatch.setattr(_registry, "_STOPS_NOT_APPLYING", set())
+
+
+def on_version(server: inprocserve.Server, version: int) -> set[int]:
+    rows = np.ones((1, 4), np.float32)
+    return {n for n in range(200) if server.predict("fraud", rows, context={"user_id": f"user-{n}"}).version == version}
+
+
+def deploy_canary_v3(models: Path, server: inprocserve.Server) -> None:
+    """The team ships v3 as the new canary in config.toml (at the same 10 %), and the workers pick it up."""
+    (models / "fraud" / "config.toml").write_text(CANARY_IN_CONFIG.replace("version = 2", "version = 3"))
+    assert server.refresh() == []
+    server.sync_control()
+
+
+def test_a_canary_stopped_with_the_cli_does_not_stop_the_next_configured_canary_version(
+    repository: Path,
+    make_server: ServerFactory,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    warned_afresh: None,
+) -> None:
+    models = fraud_repository(repository)
+    server = make_server(models)
+    on_v2 = on_version(server, 2)
+    stopped = cli(capsys, "canary", str(models), "fraud", "none")
+    assert stopped.returncode == 0, stopped.stderr
+    assert json.loads(stopped.stdout)["models"]["fraud"]["canary_off_version"] == 2  # (config.toml's canary)
+    server.sync_control()
+    assert answering(server) == {1}
+    assert "  control file: canary v2 stopped" in "\n".join(summarize(server.status()))
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        deploy_canary_v3(models, server)
+        server.sync_control()
+    # v3 answers its share (the users v2 had: the buckets are the configuration's), v2 no one.
+    assert on_version(server, 3) == on_v2 and on_v2
+    assert answering(server) == {1, 3}
+    warnings = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]
+    assert warnings == [
+        "model 'fraud': the control file's stop of canary version 2 does not apply to the configured canary version 3, "
+        "which now runs; `canary ... none` stops it"
+    ]
+    status = server.status()
+    assert (
+        "  control file: stop of v2 no longer applies: configured canary is v3, which runs (`canary ... none` stops it)"
+    ) in summarize(status)
+    page = inprocserve.render_status_page(status)
+    assert "stop of v2 no longer applies: configured canary is v3" in page
+    assert "canary v2 stopped (control file)" not in page
+    # `canary ... none` again stops v3, and `config` hands it back as before.
+    assert (
+        json.loads(cli(capsys, "canary", str(models), "fraud", "none").stdout)["models"]["fraud"]["canary_off_version"]
+        == 3
+    )
+    server.sync_control()
+    assert answering(server) == {1}
+    back = cli(capsys, "canary", str(models), "fraud", "config")
+    assert back.returncode == 0, back.stderr
+    assert "canary_off" not in back.stdout
+    server.sync_control()
+    assert on_version(server, 3) == on_v2
+
+
+def test_a_canary_stopped_with_set_canary_or_the_admin_does_not_stop_the_next_configured_canary_version(
+    repository: Path, make_server: ServerFactory, warned_afresh: None
+) -> None:
+    models = fraud_repository(repository)
+    server = make_server(models)
+    on_v2 = on_version(server, 2)
+    server.set_canary("fraud", None, percent=0)
+    assert server.status()["models"]["fraud"]["control"]["canary_off_version"] == 2
+    assert answering(server) == {1}
+    deploy_canary_v3(models, server)
+    assert on_version(server, 3) == on_v2 and on_v2
+    assert answering(server) == {1, 3}
+    web.run_admin_action(server, "canary", "fraud", {"version": None}, actor="alice")
+    assert server.status()["models"]["fraud"]["control"]["canary_off_version"] == 3
+    assert answering(server) == {1}
+
+
+def test_a_stop_whose_version_the_cli_cannot_know_stops_any_configured_canary_version(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The configuration is in code (no config.toml): the CLI does not know the canary's version, and the stop holds
+    # whatever version the configuration names, as before.
+    for version in (1, 2, 3):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+
+    def configured(canary: int) -> dict[str, inprocserve.ModelConfig]:
+        rollout = inprocserve.RolloutConfig(
+            strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=canary, percent=30)
+        )
+        return {"fraud": inprocserve.ModelConfig(rollout=rollout)}
+
+    assert answering(make_server(repository, models=configured(2))) == {1, 2}
+    stopped = cli(capsys, "canary", str(repository), "fraud", "none")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "canary_off_version" not in stopped.stdout
+    assert answering(make_server(repository, models=configured(2))) == {1}
+    assert answering(make_server(repository, models=configured(3))) == {1}
+
+
+@pytest.mark.parametrize("value", [0, "x", True])
+def test_a_stopped_canary_version_that_is_not_a_positive_int_is_refused(
+    repository: Path, capsys: pytest.CaptureFixture[str], value: object
+) -> None:
+    models = fraud_repository(repository)
+    entry = {"canary_version": None, "canary_off": True, "canary_off_version": value}
+    (models / ".inprocserve-control.json").write_text(json.dumps({"revision": 1, "models": {"fraud": entry}}))
+    refused = cli(capsys, "kill", str(models), "fraud")
+    assert refused.returncode == 1
+    assert (
+        "control: models.fraud.canary_off_version must be a positive int (the canary version stopped) or null, got "
+        f"{value!r}"
+    ) in refused.stderr
+    with pytest.raises(inprocserve.ConfigurationError, match="canary_off_version must be a positive int"):
+        from inprocserve._control import ControlFile
+
+        ControlFile(models).read()
+
+
+def test_a_stopped_canary_without_a_version_stays_as_it_was(
+    repository: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A stop that knows no version (no config.toml to read) writes no key for it, and its entry stays byte-identical
+    # through other commands (an older release reads the file; diffs in a ConfigMap stay quiet).
+    models = fraud_repository(repository)
+    (models / "fraud" / "config.toml").unlink()
+    path = models / ".inprocserve-control.json"
+    assert cli(capsys, "canary", str(models), "fraud", "none").returncode == 0
+
+    def entry() -> str:
+        text = path.read_text()
+        return text[text.index('"fraud"') : text.index("}", text.index('"fraud"'))]
+
+    before = entry()
+    assert cli(capsys, "kill", str(models), "fraud").returncode == 0
+    assert cli(capsys, "resume", str(models), "fraud").returncode == 0
+    assert entry() == before
+    assert '"canary_off": true' in before and "canary_off_version" not in path.read_text()
