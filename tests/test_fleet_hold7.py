@@ -1,0 +1,56 @@
+"""The gate's name for the fleet, continued: while the named version's folder is gone for a moment (removed and
+copied again) the hold against it is kept too, not dropped and found again."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inprocserve.testing import ManualClock
+
+from .conftest import ServerFactory
+from .test_fleet_hold6 import _gate_named_with_a_clock
+from .test_telemetry import Otel
+from .test_telemetry import otel as otel  # the fixture: one SDK per process
+
+X = {"x": np.ones((1, 4), np.float32)}
+
+
+def _counted(otel: Otel) -> int:
+    """``inprocserve.model.incompatible`` for version 2 of ``m`` (a process's counter: other tests count too)."""
+    points = otel.metric_points("inprocserve.model.incompatible")
+    return sum(
+        p.value
+        for p in points
+        if (p.attributes["inprocserve.model.name"], p.attributes["inprocserve.model.version"]) == ("m", 2)
+    )
+
+
+def test_a_poll_while_the_named_version_s_folder_is_copied_again_keeps_the_hold(
+    repository: Path, make_server: ServerFactory, otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``rm -rf models/m/1 && cp -r release/m/1 models/m/1`` with a poll between the two: the gate's name of 1 is
+    kept, yet the hold of 2 against 1 was dropped for that poll (status's ``default_version`` said 2 while 1
+    answered) and found again once the folder was back: the hold's warning logged a second time and
+    ``inprocserve.model.incompatible`` counted again, an alert on it fired for a copy. Now the hold stays."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    release = repository.parent / "release-1"
+    shutil.copytree(repository / "m" / "1", release)
+    counted = _counted(otel)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        shutil.rmtree(repository / "m" / "1")
+        running._registry.refresh(settle_empty_configs=True)  # a poll between the two
+        status = running.status()["models"]["m"]
+        assert (status["default_version"], status["answering_version"]) == (1, 1), status
+        assert status["versions"]["2"]["compatible"] is False
+        shutil.copytree(release, repository / "m" / "1")
+        clock.advance(5.0)
+        running._registry.refresh(settle_empty_configs=True)
+    assert [r.getMessage() for r in caplog.records if "not compatible" in r.getMessage()] == []
+    assert _counted(otel) == counted
+    assert running.predict("m", X).version == 1
