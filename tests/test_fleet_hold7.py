@@ -3,20 +3,26 @@ copied again) the hold against it is kept too, not dropped and found again."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from inprocserve.testing import ManualClock
+from inprocserve._control import ControlFile, ModelControl
+from inprocserve.testing import ManualClock, build_mlp_model, save_model
 
 from .conftest import ServerFactory
+from .test_fleet_hold3 import _drop
 from .test_fleet_hold6 import _gate_named_with_a_clock
 from .test_telemetry import Otel
 from .test_telemetry import otel as otel  # the fixture: one SDK per process
 
 X = {"x": np.ones((1, 4), np.float32)}
+FEATURES = {"features": np.ones((1, 4), np.float32)}
 
 
 def _counted(otel: Otel) -> int:
@@ -54,3 +60,37 @@ def test_a_poll_while_the_named_version_s_folder_is_copied_again_keeps_the_hold(
     assert [r.getMessage() for r in caplog.records if "not compatible" in r.getMessage()] == []
     assert _counted(otel) == counted
     assert running.predict("m", X).version == 1
+
+
+def test_a_wait_that_runs_out_while_an_operator_s_switch_lands_is_no_failure_and_leaves_the_switch(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The re-read after a wait that ran out (a sibling's slow write) takes the file as it is then: the file is
+    replaced by a rename, so it is the old revision or the new one, never a mix. An operator's switch that lands
+    meanwhile (a different version, no mark) is a stable version named: the gate writes nothing over it (as under
+    the lock), and there is no fleet not held to show: every worker follows the switch."""
+    save_model(build_mlp_model((4, 8, 2), input_name="x"), repository, "m", 1)
+    running = make_server(repository, poll_interval_s=None, control_interval_s=None)
+    _drop(repository, 2, compatible=False)
+    operator = ControlFile(repository)
+    locked = threading.Event()
+
+    def slow_switch() -> None:
+        with operator._locked():
+            locked.set()
+            time.sleep(0.25)
+            control = operator.read()
+            switched = dataclasses.replace(ModelControl(), stable=2, previous_stable=1)
+            operator._write(dataclasses.replace(control, revision=1, models={**control.models, "m": switched}))
+            time.sleep(0.6)  # (its folder's fsync)
+
+    writer = threading.Thread(target=slow_switch)
+    writer.start()
+    locked.wait(5)
+    running.refresh()
+    writer.join(5)
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.stable_by_gate, state.previous_stable) == (2, None, 1), state
+    assert running.status()["models"]["m"]["fleet_hold_error"] is None
+    running.sync_control()
+    assert running.predict("m", FEATURES).version == 2
