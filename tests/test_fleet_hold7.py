@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inprocserve.__main__ import main
 from inprocserve._control import ControlFile, ModelControl
 from inprocserve.testing import ManualClock, build_mlp_model, save_model
 
 from .conftest import ServerFactory
 from .test_fleet_hold3 import _drop
+from .test_fleet_hold4 import _gate_named_without_a_watcher
 from .test_fleet_hold6 import _gate_named_with_a_clock
 from .test_telemetry import Otel
 from .test_telemetry import otel as otel  # the fixture: one SDK per process
@@ -94,3 +96,20 @@ def test_a_wait_that_runs_out_while_an_operator_s_switch_lands_is_no_failure_and
     assert running.status()["models"]["m"]["fleet_hold_error"] is None
     running.sync_control()
     assert running.predict("m", FEATURES).version == 2
+
+
+def test_each_advance_records_its_own_version_to_roll_back_to(repository: Path, make_server: ServerFactory) -> None:
+    """The docs: 1 to 3 to 5 leaves 3 to roll back to (1 retired: two versions loaded, not three); a second
+    rollback returns to 5, the operator's (no mark: the name no longer follows the gate)."""
+    running = _gate_named_without_a_watcher(repository, make_server)
+    for version in (3, 5):
+        _drop(repository, version, compatible=True)
+        running.refresh()
+    running.refresh()
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.gate_named, state.previous_stable) == (5, True, 3), state
+    assert running.models == {"m": [3, 5]}
+    assert main(["rollback", str(repository), "m"]) == 0
+    assert main(["rollback", str(repository), "m"]) == 0
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.gate_named, state.previous_stable) == (5, False, 3), state
