@@ -1081,12 +1081,21 @@ class Registry:
         # The version serving gone from disk (or unloaded) leaves the candidate nothing to be held against, unless
         # a version found with it is compatible with what the callers send (1 gone in the poll that brought 2 and
         # an incompatible 3, a snapshot synced in one go: 3 served, where a poll apart 2 did and 3 was held). Not
-        # gone: the gate's name whose folder the poller found gone a moment ago, kept while it settles (see
-        # _sync_model): dropped for that poll, the hold was found again once the folder was copied back, its
-        # warning logged and counted again, and status's default_version said the held version meanwhile.
+        # gone, for a hold: the gate's name whose folder the poller found gone a moment ago, kept while it settles
+        # (see _sync_model): dropped for that poll, the hold was found again once the folder was copied back, its
+        # warning logged and counted again, and status's default_version said the held version meanwhile. (A
+        # compatible candidate waits for the folder as before: advanced meanwhile, it recorded no rollback target.)
         settling = self._named_folder_gone.get(name, (None, 0.0))[0]
         gone = baseline is not None and baseline.version not in available
-        if gone and baseline is not None and baseline.version == settling != self._to_unname.get(name):
+        if (
+            gone
+            and baseline is not None
+            and new is not None
+            and baseline.version == settling != self._to_unname.get(name)
+            and baseline.signature is not None
+            and new.signature is not None
+            and incompatibilities(baseline.signature, new.signature)
+        ):
             gone = False
         if new is None or baseline is None or baseline.version == candidate or (gone and stand_in() is None):
             held.pop(candidate, None)

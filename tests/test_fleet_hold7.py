@@ -113,3 +113,23 @@ def test_each_advance_records_its_own_version_to_roll_back_to(repository: Path, 
     assert main(["rollback", str(repository), "m"]) == 0
     state = ControlFile(repository).read().models["m"]
     assert (state.stable, state.gate_named, state.previous_stable) == (5, False, 3), state
+
+
+def test_a_compatible_version_found_while_the_named_version_s_folder_is_copied_again_records_it_to_roll_back_to(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """The hold kept while the named version's folder settles (above) is no advance made meanwhile: 3, compatible
+    with 1, found in the poll between ``rm -rf models/m/1`` and its copy, is named once 1 is back, with 1 recorded
+    to roll back to (advanced while 1 was gone, nothing was)."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    release = repository.parent / "release-1"
+    shutil.copytree(repository / "m" / "1", release)
+    shutil.rmtree(repository / "m" / "1")
+    _drop(repository, 3, compatible=True)
+    running._registry.refresh(settle_empty_configs=True)
+    shutil.copytree(release, repository / "m" / "1")
+    clock.advance(1.0)
+    running._registry.refresh(settle_empty_configs=True)
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.gate_named, state.previous_stable) == (3, True, 1), state
