@@ -195,11 +195,12 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
         elif args.command == "rollback":
             written = _roll_back(args, repository, control, source, scan.problems)
         elif args.command == "canary":
-            stopped = _configured_canary(source) if version is None else None
+            # (no canary_off_version: the servers may run with their configuration in code, a canary of another
+            # version than config.toml's, and a stop recorded as config.toml's would not stop theirs)
             written = control.set_model(
                 args.model,
                 lambda state: (
-                    _canary_cleared(state, None, stopped=stopped)
+                    _canary_cleared(state, None)
                     if version is None
                     else replace(state, canary_version=version, canary_percent=percent, canary_off=False)
                 ),
@@ -588,27 +589,14 @@ _CONFIG = "config"
 """``canary MODEL config``: the canary is the model's configured one again (see :func:`_canary_cleared`)."""
 
 
-def _canary_cleared(state: ModelControl, version: str | None, *, stopped: int | None = None) -> ModelControl:
+def _canary_cleared(state: ModelControl, version: str | None) -> ModelControl:
     """``state`` without a canary of the control file's: stopped, the configured canary's too (``none``:
-    ``canary_off``, see :attr:`ModelControl.canary_off`; ``stopped``: the configured canary's version, where
-    known, see :attr:`ModelControl.canary_off_version`), or handed back to the configuration (``config``)."""
-    off = version != _CONFIG
+    ``canary_off``, see :attr:`ModelControl.canary_off`; with no version recorded, whatever a stop had: the CLI
+    cannot know the servers' configured canary, see :attr:`ModelControl.canary_off_version`), or handed back to
+    the configuration (``config``)."""
     return replace(
-        state, canary_version=None, canary_percent=0.0, canary_off=off, canary_off_version=stopped if off else None
+        state, canary_version=None, canary_percent=0.0, canary_off=version != _CONFIG, canary_off_version=None
     )
-
-
-def _configured_canary(source: ModelSource) -> int | None:
-    """The canary version the model's ``config.toml`` names (``[rollout.canary]``), read as ``validate`` reads
-    it: what ``canary MODEL none`` records as stopped. ``None`` without one, without a ``config.toml`` (a
-    configuration in code, which the CLI cannot see: the stop then holds for any configured version), or when it
-    cannot be read."""
-    if source.config_path is None:
-        return None
-    try:
-        return load_model_config(source.config_path, ignored=[]).rollout.canary.version
-    except ConfigurationError:
-        return None
 
 
 def _canary_version(text: str) -> int | str | None:

@@ -94,11 +94,12 @@ class ModelControl:
     and ignores it: its workers keep sending the configured canary its share (a fleet mid-upgrade)."""
     canary_off_version: int | None = None
     """The configured canary's version when it was stopped, where the stopper knew it (``Server.set_canary``
-    its model's configuration; the CLI ``config.toml``'s ``[rollout.canary]``): the stop then holds only while
+    and the admin, its model's configuration; never the CLI, which cannot know whether the servers run with
+    ``config.toml`` or a configuration in code naming another canary): the stop then holds only while
     the configured canary is that version, so a later deploy's new canary version runs at its configured
-    share (a new decision). ``None``: the stop holds whatever version the configuration names (a configuration
-    in code the CLI cannot see, or no configured canary). Meaningless without :attr:`canary_off`: read as
-    ``None`` then. Written to the file only when set; an older release keeps it as an unknown key."""
+    share (a new decision). ``None``: the stop holds whatever version the configuration names (a stop made
+    with the CLI, or no configured canary). Meaningless without :attr:`canary_off`: read as ``None`` then.
+    Written to the file only when set; an older release keeps it as an unknown key."""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """Keys of the file's entry for this model that this release does not know (see :attr:`Control.extra`)."""
 

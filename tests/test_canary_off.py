@@ -291,7 +291,7 @@ def deploy_canary_v3(models: Path, server: inprocserve.Server) -> None:
     server.sync_control()
 
 
-def test_a_canary_stopped_with_the_cli_does_not_stop_the_next_configured_canary_version(
+def test_a_stopped_canary_says_which_version_and_when_the_stop_no_longer_applies(
     repository: Path,
     make_server: ServerFactory,
     capsys: pytest.CaptureFixture[str],
@@ -301,10 +301,8 @@ def test_a_canary_stopped_with_the_cli_does_not_stop_the_next_configured_canary_
     models = fraud_repository(repository)
     server = make_server(models)
     on_v2 = on_version(server, 2)
-    stopped = cli(capsys, "canary", str(models), "fraud", "none")
-    assert stopped.returncode == 0, stopped.stderr
-    assert json.loads(stopped.stdout)["models"]["fraud"]["canary_off_version"] == 2  # (config.toml's canary)
-    server.sync_control()
+    server.set_canary("fraud", None, percent=0)
+    assert server.status()["models"]["fraud"]["control"]["canary_off_version"] == 2  # (the server's configuration)
     assert answering(server) == {1}
     assert "  control file: canary v2 stopped" in "\n".join(summarize(server.status()))
     with caplog.at_level(logging.WARNING, logger="inprocserve"):
@@ -325,12 +323,13 @@ def test_a_canary_stopped_with_the_cli_does_not_stop_the_next_configured_canary_
     page = inprocserve.render_status_page(status)
     assert "stop of v2 no longer applies: configured canary is v3" in page
     assert "canary v2 stopped (control file)" not in page
-    # `canary ... none` again stops v3, and `config` hands it back as before.
-    assert (
-        json.loads(cli(capsys, "canary", str(models), "fraud", "none").stdout)["models"]["fraud"]["canary_off_version"]
-        == 3
-    )
+    # `canary ... none` again stops v3 (recording no version: the CLI cannot know the servers' configuration), and
+    # `config` hands it back as before.
+    again = cli(capsys, "canary", str(models), "fraud", "none")
+    assert again.returncode == 0, again.stderr
+    assert "canary_off_version" not in again.stdout
     server.sync_control()
+    assert "  control file: canary stopped: a configured canary" in "\n".join(summarize(server.status()))
     assert answering(server) == {1}
     back = cli(capsys, "canary", str(models), "fraud", "config")
     assert back.returncode == 0, back.stderr
@@ -416,3 +415,20 @@ def test_a_stopped_canary_without_a_version_stays_as_it_was(
     assert cli(capsys, "resume", str(models), "fraud").returncode == 0
     assert entry() == before
     assert '"canary_off": true' in before and "canary_off_version" not in path.read_text()
+
+
+def test_a_cli_stop_holds_on_servers_configured_in_code_whose_canary_is_not_config_toml_s(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The servers run with their configuration in code (Flask's INPROCSERVE_MODELS: canary v3), while an older
+    # config.toml in the repository still names canary v2. The on-call `canary ... none` must stop the canary that
+    # answers: the CLI cannot know which configuration the servers use, so it records no version.
+    models = fraud_repository(repository)
+    rollout = inprocserve.RolloutConfig(
+        strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=3, percent=30)
+    )
+    in_code = {"fraud": inprocserve.ModelConfig(rollout=rollout)}
+    assert answering(make_server(models, models=in_code)) == {1, 3}
+    stopped = cli(capsys, "canary", str(models), "fraud", "none")
+    assert stopped.returncode == 0, stopped.stderr
+    assert answering(make_server(models, models=in_code)) == {1}
