@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISREG as stat_is_file
 
+from . import _fork
 from ._backend import raised_by_signal_handler
 from ._brief import brief
 from ._close_match import close_match
@@ -2750,6 +2751,17 @@ _STOPS_NOT_APPLYING: set[tuple[str, int | None, int | None]] = set()
 """(model, version stopped, configured version) already warned of in this process (see
 :func:`_warn_stop_not_applying`): each publish of the model's routes calls :func:`controlled` again."""
 _STOPS_NOT_APPLYING_LOCK = threading.Lock()
+
+
+def _forget_stops_warned() -> None:
+    """In a forked worker: warn once in this worker too (a ``--preload`` master may have warned already), with a
+    lock of its own (one another of the master's threads held at the fork is held forever here)."""
+    global _STOPS_NOT_APPLYING, _STOPS_NOT_APPLYING_LOCK
+    _STOPS_NOT_APPLYING = set()
+    _STOPS_NOT_APPLYING_LOCK = threading.Lock()
+
+
+_fork.at_fork_in_child(_forget_stops_warned)
 
 
 def _warn_stop_not_applying(model: str, stopped: int | None, configured: int | None) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -432,3 +434,22 @@ def test_a_cli_stop_holds_on_servers_configured_in_code_whose_canary_is_not_conf
     stopped = cli(capsys, "canary", str(models), "fraud", "none")
     assert stopped.returncode == 0, stopped.stderr
     assert answering(make_server(models, models=in_code)) == {1}
+
+
+def test_a_worker_forked_while_the_stop_warning_is_checked_still_warns(warned_afresh: None) -> None:
+    # gunicorn --preload: the master published the model (and warned), and forks a worker while another of its
+    # threads holds the warning's lock. The worker warns once itself, and does not hang on the copied lock.
+    from inprocserve import _registry
+
+    _registry._warn_stop_not_applying("fraud", 2, 3)
+    with _registry._STOPS_NOT_APPLYING_LOCK:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the worker
+            warned: list[object] = []
+            _registry.logger.warning = lambda *args: warned.append(args)  # type: ignore[method-assign]
+            check = threading.Thread(target=_registry._warn_stop_not_applying, args=("fraud", 2, 3), daemon=True)
+            check.start()
+            check.join(2)
+            os._exit(2 if check.is_alive() else 0 if len(warned) == 1 else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "2: the worker hung on the lock; 3: it did not warn"
