@@ -37,6 +37,7 @@ from ._model import ModelVersion
 from ._ort_rules import OPTIMIZED_GRAPH
 from ._remote_model import RemoteModel
 from ._repository import (
+    CONFIG_FILENAME,
     MODEL_FILENAME,
     REMOTE_FILENAME,
     ModelSource,
@@ -2737,14 +2738,26 @@ def stop_outdated(state: ModelControl, configured: int | None) -> bool:
 def configured_canary_version(registry: Registry, name: str) -> int | None:
     """The canary version ``name``'s own configuration names (``ModelConfig(rollout=...)`` in code, else the
     ``config.toml`` its serving versions were loaded with), what a stop records (``canary_off_version``);
-    ``None`` without one, or with nothing of ``name`` loaded here."""
+    ``None`` without one, with nothing of ``name`` loaded here, or when the model's ``config.toml`` names
+    another canary now (a deploy this worker has not read yet, that others may run: the stop then holds for
+    any version rather than record this worker's)."""
     configured = registry._rollouts.get(name)
     if configured is None:
         routes = registry.routes.get(name)
         if routes is None:
             return None
         configured = routes.default.config.rollout
-    return configured.canary.version
+    version = configured.canary.version
+    if version is None or registry.repository is None or name in registry._explicit or name in registry._load_configs:
+        return version
+    path = registry.repository / name / CONFIG_FILENAME
+    try:
+        config = load_model_config(path, registry._defaults, ignored=[]) if path.exists() else registry._defaults
+    except (ConfigurationError, OSError):
+        return None
+    code = registry._code_configs.get(name)
+    config = config if code is None else config.overlaid(code, source=f"models[{name!r}]")
+    return version if config.rollout.canary.version == version else None
 
 
 _STOPS_NOT_APPLYING: set[tuple[str, int | None, int | None]] = set()

@@ -453,3 +453,18 @@ def test_a_worker_forked_while_the_stop_warning_is_checked_still_warns(warned_af
             os._exit(2 if check.is_alive() else 0 if len(warned) == 1 else 3)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "2: the worker hung on the lock; 3: it did not warn"
+
+
+def test_a_stop_made_in_a_worker_that_has_not_read_the_deployed_canary_yet_stops_the_deployed_one(
+    repository: Path, make_server: ServerFactory, warned_afresh: None
+) -> None:
+    # v3 is deployed as the canary (config.toml); one worker has picked it up, another not yet (its next poll).
+    # The on-call stop lands on the late one: it must not record v2 as the version stopped, or the worker that
+    # runs v3 keeps sending it its share.
+    models = fraud_repository(repository)
+    early, late = make_server(models), make_server(models)
+    deploy_canary_v3(models, early)
+    assert answering(early) == {1, 3}
+    late.set_canary("fraud", None, percent=0)
+    early.sync_control()
+    assert answering(early) == {1}
