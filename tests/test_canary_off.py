@@ -58,6 +58,21 @@ def answering(server: inprocserve.Server, model: str = "fraud") -> set[int]:
     return {server.predict(model, rows, context={"user_id": f"user-{n}"}).version for n in range(200)}
 
 
+def entry_kept_through_kill_and_resume(capsys: pytest.CaptureFixture[str], models: Path) -> str:
+    """The fraud entry's text in the control file, checked byte-identical after a `kill` and a `resume`."""
+    path = models / ".inprocserve-control.json"
+
+    def entry() -> str:
+        text = path.read_text()
+        return text[text.index('"fraud"') : text.index("}", text.index('"fraud"'))]
+
+    before = entry()
+    assert cli(capsys, "kill", str(models), "fraud").returncode == 0
+    assert cli(capsys, "resume", str(models), "fraud").returncode == 0
+    assert entry() == before
+    return before
+
+
 def test_canary_none_then_a_canary_then_config_on_a_configured_canary(
     repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -127,17 +142,8 @@ def test_a_control_file_without_a_stopped_canary_stays_as_it_was(
     # Files without the key stay byte-identical (an older release reads them; diffs in a ConfigMap stay quiet).
     models = fraud_repository(repository)
     assert cli(capsys, "canary", str(models), "fraud", "3", "10").returncode == 0
-    path = models / ".inprocserve-control.json"
-
-    def entry() -> str:
-        text = path.read_text()
-        return text[text.index('"fraud"') : text.index("}", text.index('"fraud"'))]
-
-    before = entry()
-    assert cli(capsys, "kill", str(models), "fraud").returncode == 0
-    assert cli(capsys, "resume", str(models), "fraud").returncode == 0
-    assert entry() == before
-    assert "canary_off" not in path.read_text()
+    before = entry_kept_through_kill_and_resume(capsys, models)
+    assert "canary_off" not in (models / ".inprocserve-control.json").read_text(), before
 
 
 def test_set_canary_none_stops_a_canary_configured_in_code_and_its_shadow_runs_on(
@@ -405,18 +411,10 @@ def test_a_stopped_canary_without_a_version_stays_as_it_was(
     # through other commands (an older release reads the file; diffs in a ConfigMap stay quiet).
     models = fraud_repository(repository)
     (models / "fraud" / "config.toml").unlink()
-    path = models / ".inprocserve-control.json"
     assert cli(capsys, "canary", str(models), "fraud", "none").returncode == 0
-
-    def entry() -> str:
-        text = path.read_text()
-        return text[text.index('"fraud"') : text.index("}", text.index('"fraud"'))]
-
-    before = entry()
-    assert cli(capsys, "kill", str(models), "fraud").returncode == 0
-    assert cli(capsys, "resume", str(models), "fraud").returncode == 0
-    assert entry() == before
-    assert '"canary_off": true' in before and "canary_off_version" not in path.read_text()
+    before = entry_kept_through_kill_and_resume(capsys, models)
+    assert '"canary_off": true' in before
+    assert "canary_off_version" not in (models / ".inprocserve-control.json").read_text()
 
 
 def test_a_cli_stop_holds_on_servers_configured_in_code_whose_canary_is_not_config_toml_s(
