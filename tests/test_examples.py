@@ -44,8 +44,19 @@ def run(script: str, *args: str, **env: str) -> str:
     return result.stdout + result.stderr  # gunicorn logs (e.g. a worker killed by a signal) go to stderr
 
 
-def test_flask_fraud_demo_under_gunicorn() -> None:
-    out = run("examples/flask_fraud/run.py", FRAUD_DEMO_REQUESTS="20")
+def test_flask_fraud_demo_under_gunicorn(tmp_path: Path) -> None:
+    # A developer's own gunicorn holds the per-user control socket; the demo's gunicorn must leave it alone (run
+    # here without the tests' GUNICORN_CMD_ARGS, as `make demo` runs).
+    socket_path = tmp_path / ".gunicorn" / "gunicorn.ctl"
+    socket_path.parent.mkdir()
+    developers = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    developers.bind(str(socket_path))
+    developers.listen()
+    inode = socket_path.stat().st_ino
+    args = " ".join(arg for arg in os.environ.get("GUNICORN_CMD_ARGS", "").split() if arg != "--no-control-socket")
+    with developers:
+        out = run("examples/flask_fraud/run.py", FRAUD_DEMO_REQUESTS="20", HOME=str(tmp_path), GUNICORN_CMD_ARGS=args)
+        assert socket_path.stat().st_ino == inode, "the demo's gunicorn took the control socket of another gunicorn"
     # accuracy beside what always answering "not fraud" scores (0.94: fraud is rare), and the AUC
     assert "ROC AUC 0." in out and "(answering 'not fraud' every time: 0.94" in out
     assert "320 answered, 0 failed" in out

@@ -9,6 +9,7 @@ what happened: throughput, latency, the canary's share, and how the shadow versi
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import random
@@ -37,6 +38,16 @@ os.environ["OPENBLAS_NUM_THREADS"] = "1"  # (read when numpy loads, just below)
 from build_models import build, transactions  # noqa: E402
 
 CLIENTS = 16
+
+
+def _without_control_socket() -> list[str]:
+    """gunicorn 27 opens a control socket at one path per user (``~/.gunicorn/gunicorn.ctl``) and takes it from
+    any gunicorn already there: the demo must not take it from the developer's own app (docs/deployment.md,
+    "Several gunicorn instances on one host"). Older releases refuse the flag and open no socket."""
+    major = importlib.metadata.version("gunicorn").split(".")[0]
+    return ["--no-control-socket"] if major.isdigit() and int(major) >= 27 else []
+
+
 REQUESTS_PER_CLIENT = int(os.environ.get("FRAUD_DEMO_REQUESTS", "150"))  # per client
 USERS = 500
 
@@ -101,6 +112,7 @@ def main() -> None:
             "5",
             "--log-level",
             "warning",
+            *_without_control_socket(),
             "app:app",
         ]
         print(f"2. Starting gunicorn: 2 workers x 16 threads, --preload, on {base}")
