@@ -809,7 +809,9 @@ for index in range(5):  # built aside, then moved in at once: one scan of the po
     (staging / f"new{index}" / "config.toml").write_text("[warmup]\\nrows = 256\\nruns = 30\\n")
 for index in range(5):
     os.rename(staging / f"new{index}", repository / f"new{index}")
-time.sleep(0.7)
+deadline = time.monotonic() + 120  # exit once the first one's load has begun (it shows in status), the rest queued
+while not any(name.startswith("new") for name in server.status()["models"]) and time.monotonic() < deadline:
+    time.sleep(0.002)
 logging.getLogger("test").info("exiting")  # (in the log's own stream: what was loaded before it is known)
 """
 
@@ -825,9 +827,10 @@ def test_a_process_that_exits_during_a_hot_reload_loads_no_model_after_the_one_i
     exit_at = lines.index("exiting")
     ready = [index for index, line in enumerate(lines) if line.startswith("model 'new") and " ready in " in line]
     after = [index for index in ready if index > exit_at]
-    # at most the one loading at the exit finishes after it, and the loads queued behind it never start (how
-    # many finished before the exit is the machine's speed: two or three on the 2-core machines here)
-    assert len(after) <= 1 and 1 <= len(ready) < 5, lines
+    # at most the one loading at the exit finishes after it, and the loads queued behind it never start (the exit
+    # comes once the first load has begun, however fast the machine loads: so one, or two if the next one
+    # finished while the exit began)
+    assert len(after) <= 1 and 1 <= len(ready) <= 2, lines
 
 
 def _refreshing_four_new_versions(
