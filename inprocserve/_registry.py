@@ -767,26 +767,36 @@ class Registry:
         # the newest version while the running ones serve it from memory. Removed after the refresh (see
         # _unname_gone); an operator's stable version gone from disk stays named (see _gone_but_served). Not with no
         # version on disk at all (a release copied in again, its folders removed first): no worker serves another
-        # one then, and the name, removed, was gone for good once the copy was back (the fleet on the newest). Nor
-        # with its folder there without its model file: written again (rm then cp, tar -x), as a worker that
-        # started meanwhile found it, and removed the name for good.
+        # one then, and the name, removed, was gone for good once the copy was back (the fleet on the newest).
         # Nor, in the poller's refreshes (``settle``), before its folder has stayed gone for _EMPTY_CONFIG_SETTLE_S:
         # a folder removed and copied again (rm -rf then cp -r, an rsync that recreates it) is gone for one scan, and
         # the name, removed then, was gone for good once the folder was back (a worker started later served the
         # incompatible newest). A refresh asked for takes the repository as it is (see _with_files_being_written).
+        # Its folder there without its model file is gone too, once it has stayed so for _EMPTY_CONFIG_SETTLE_S,
+        # whichever refresh finds it (from when the poller first found the file missing): never at once, as it is
+        # being written again (rm then cp, tar -x), and a worker that started meanwhile removed the name for good;
+        # kept for good, it held nothing (the version retired as the loader retires one, a worker that starts cannot
+        # load it and served the newest, running workers served it from memory: the split the name prevents).
         state = self.control.models.get(name)
         gone = state.stable if state is not None and state.gate_named else None
+        folder = source.folder / str(gone)
         if (
             gone is not None
             and gone not in source.versions
             and source.versions
-            and not os.path.lexists(source.folder / str(gone))
+            and _no_version_file(folder)
             and name not in self._explicit
         ):
+            emptied = os.path.lexists(folder)
             first = self._named_folder_gone.get(name)
             if first is None or first[0] != gone:
-                first = self._named_folder_gone[name] = (gone, self._clock())
-            if not settle or self._to_unname.get(name) == gone or self._clock() - first[1] >= _EMPTY_CONFIG_SETTLE_S:
+                since = self._missing_files.get((name, gone), self._clock()) if emptied else self._clock()
+                first = self._named_folder_gone[name] = (gone, since)
+            if (
+                (not settle and not emptied)
+                or self._to_unname.get(name) == gone
+                or self._clock() - first[1] >= _EMPTY_CONFIG_SETTLE_S
+            ):
                 self._to_unname[name] = gone
             else:
                 self._to_unname.pop(name, None)
@@ -1421,7 +1431,7 @@ class Registry:
         assert self.repository is not None
         # (as in _pin_holds: a removal's first try waits; a failure fails the rest)
         for name, gone in list(self._to_unname.items()):
-            if self._to_unname.get(name) == gone and os.path.lexists(self.repository / name / str(gone)):
+            if self._to_unname.get(name) == gone and not _no_version_file(self.repository / name / str(gone)):
                 # restored since the scan (see _still_to_unname): nothing to remove, no failure to show (status said
                 # the fleet was not held until the next refresh, for good in a worker without a poller)
                 self._to_unname.pop(name, None)
@@ -1489,7 +1499,7 @@ class Registry:
         return (
             self._to_unname.get(name) == gone
             and gone not in self._on_disk.get(name, frozenset())
-            and not os.path.lexists(self.repository / name / str(gone))
+            and _no_version_file(self.repository / name / str(gone))
         )
 
     def _gate_file(self, name: str, failure: ConfigurationError | OSError | None) -> ControlFile:
@@ -2961,6 +2971,12 @@ def _load_problem(name: str, number: int, path: Path, exc: ModelLoadError) -> st
 def _names_by_gate(state: ModelControl | None, stable: int) -> bool:
     """Whether ``state`` names ``stable`` the stable version with the compatibility gate's mark."""
     return state is not None and state.stable == stable and state.gate_named
+
+
+def _no_version_file(folder: Path) -> bool:
+    """Whether a version's ``folder`` is gone from disk, or there without its model file (nor ``remote.toml``):
+    no worker that starts can load that version (see ``Registry._sync_model``)."""
+    return not any(os.path.lexists(folder / file) for file in (MODEL_FILENAME, REMOTE_FILENAME))
 
 
 def _stopping(name: str) -> str:

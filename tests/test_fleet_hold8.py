@@ -1,0 +1,54 @@
+"""The gate's name for the fleet, continued: the named version's folder left without its model file holds nothing
+once it has stayed so a while."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from inprocserve.testing import ManualClock
+
+from .conftest import ServerFactory
+from .test_fleet_hold3 import _stable
+from .test_fleet_hold6 import _gate_named_with_a_clock
+
+X = {"x": np.ones((1, 4), np.float32)}
+FEATURES = {"features": np.ones((1, 4), np.float32)}
+
+
+def test_the_named_version_s_folder_left_without_its_model_file_loses_the_name_once_settled(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``rm models/m/1/model.onnx``, the folder kept: the poller retires version 1 after 2 s (it cannot load it), yet
+    the gate's name of 1 stayed in the control file for good: every running worker served 1 from memory while each
+    worker that started served the held version 2, the split the name exists to prevent. Now the name goes once the
+    file has stayed missing as long as a folder gone must (never at the first sight: it may be being written)."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    (repository / "m" / "1" / "model.onnx").unlink()
+    running._registry.refresh(settle_empty_configs=True)  # a poll: the file may be being written again
+    assert _stable(repository) == (1, True)
+    assert running.predict("m", X).version == 1
+    clock.advance(2.0)
+    running._registry.refresh(settle_empty_configs=True)
+    assert _stable(repository) == (None, False)
+    assert running.predict("m", FEATURES).version == 2
+    assert make_server(repository, poll_interval_s=None, strict=False).predict("m", FEATURES).version == 2
+
+
+def test_a_refresh_asked_for_removes_the_name_of_a_folder_left_without_its_model_file_once_settled(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A worker without a poller (refreshes asked for only): the first refresh that finds the file missing keeps the
+    name (a worker that starts while the file is written again must not remove it for the fleet); one at least
+    2 s later removes it."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    (repository / "m" / "1" / "model.onnx").unlink()
+    running.refresh()
+    assert _stable(repository) == (1, True)
+    clock.advance(2.0)
+    running.refresh()
+    assert _stable(repository) == (None, False)
+    assert running.predict("m", FEATURES).version == 2
