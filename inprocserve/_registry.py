@@ -978,9 +978,11 @@ class Registry:
             self._config_files.discard(name)
 
     def _forget_gate(self, name: str) -> None:
-        """Forget the gate's writes still due for ``name`` and their failures (a model gone from the repository,
-        or unloaded): kept, a failure of its name showed as a fleet not held for the worker's life, and made every
-        later model's new hold take the control file's lock only if free (see :meth:`_pin_holds`)."""
+        """Forget the gate's writes still due for ``name``, their failures and its holds (a model gone from the
+        repository, or unloaded): kept, a failure of its name showed as a fleet not held for the worker's life, and
+        made every later model's new hold take the control file's lock only if free (see :meth:`_pin_holds`); and a
+        model unloaded and loaded again took its hold for one already reported (no warning, not counted)."""
+        self.incompatible.pop(name, None)
         for due in (self._holds_to_pin, self._to_advance, self._to_unname, self._pin_errors, self._named_folder_gone):
             due.pop(name, None)
         for warned in (self._pin_warned, self._advance_warned, self._unname_warned):

@@ -1,17 +1,21 @@
 """The gate's name for the fleet, continued: the named version's folder left without its model file holds nothing
-once it has stayed so a while."""
+once it has stayed so a while; a model unloaded whole and loaded again starts with no hold of its own."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from inprocserve.testing import ManualClock
 
 from .conftest import ServerFactory
 from .test_fleet_hold3 import _stable
 from .test_fleet_hold6 import _gate_named_with_a_clock
+from .test_fleet_hold7 import _counted
+from .test_telemetry import Otel
+from .test_telemetry import otel as otel  # the fixture: one SDK per process
 
 X = {"x": np.ones((1, 4), np.float32)}
 FEATURES = {"features": np.ones((1, 4), np.float32)}
@@ -52,3 +56,21 @@ def test_a_refresh_asked_for_removes_the_name_of_a_folder_left_without_its_model
     running.refresh()
     assert _stable(repository) == (None, False)
     assert running.predict("m", FEATURES).version == 2
+
+
+def test_a_model_unloaded_and_loaded_again_finds_its_hold_as_new(
+    repository: Path, make_server: ServerFactory, otel: Otel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``unload("m")`` forgot the gate's writes due for ``m`` but kept its table of versions held back: loaded again,
+    the hold of 2 against 1 was taken as one already reported, so the warning (with how to promote 2) was not logged
+    and ``inprocserve.model.incompatible`` not counted for the model's new life. Now the reload starts clean."""
+    running = _gate_named_with_a_clock(repository, make_server, ManualClock())
+    running.unload("m")
+    counted = _counted(otel)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        running.load("m")
+    assert [r.getMessage() for r in caplog.records if "version 2 is not compatible with version 1" in r.getMessage()]
+    assert _counted(otel) == counted + 1
+    assert running.predict("m", X).version == 1
+    assert running.status()["models"]["m"]["versions"]["2"]["compatible"] is False
