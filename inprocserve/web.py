@@ -563,7 +563,9 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
         actor: Who asked, for the control file's audit trail.
 
     Returns:
-        What changed, plus the control ``revision`` this worker now follows and its ``worker`` pid.
+        What changed, plus the control ``revision`` this worker now follows and its ``worker`` pid. A canary
+        answer says ``canary_off`` (the canary stopped, a configured one too) and ``canary_off_version``: the
+        configured canary's version a stop recorded, ``None`` where it recorded none (and for any other answer).
 
     Raises:
         ValueError: the body is not a JSON object, or a field is missing or of the wrong type or range
@@ -590,7 +592,13 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
                 f"{_BODY_SHAPES['canary']}"
             )
         server.resume_configured_canary(model, actor=actor)
-        answer = {"model": model, "canary_version": None, "canary_percent": 0, "canary_off": False}
+        answer = {
+            "model": model,
+            "canary_version": None,
+            "canary_percent": 0,
+            "canary_off": False,
+            "canary_off_version": None,
+        }
     elif action == "canary":
         if "version" not in data or ("percent" not in data and data["version"] is not None):
             raise ValueError(f"send a JSON object {_BODY_SHAPES['canary']}")
@@ -607,6 +615,7 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
             "canary_version": canary,
             "canary_percent": 0 if canary is None else percent,
             "canary_off": canary is None,  # (a configured canary stopped too: see ModelControl.canary_off)
+            "canary_off_version": None,  # (a stop's: read back below, with the revision answered)
         }
     elif action == "rollback":
         answer = {"model": model, "stable": server.rollback(model, actor=actor)}
@@ -616,7 +625,25 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
     else:  # resume
         server.resume(model, actor=actor)
         answer = {"model": model, "kill": False}
-    return {**answer, "revision": server.sync_control(), "worker": os.getpid()}
+    revision = server.sync_control()
+    if action == "canary" and answer["canary_off"] and model is not None:
+        answer["canary_off_version"] = _stopped_version(server, model)
+    return {**answer, "revision": revision, "worker": os.getpid()}
+
+
+def _stopped_version(server: Server, model: str) -> int | None:
+    """The configured canary's version a stop of ``model``'s canary recorded (``canary_off_version``), as the
+    control state this worker follows holds it; ``None`` where it recorded none (no configured canary, or one
+    this server could not be sure of: see ``ModelControl.canary_off_version``), or where another writer's
+    change replaced the stop meanwhile (the ``revision`` answered holds no stop then)."""
+    entry = server._brief_status([model])["models"].get(model)
+    control = entry.get("control") if isinstance(entry, Mapping) else None
+    if not isinstance(control, Mapping) or control.get("canary_off") is not True:
+        return None
+    if control.get("canary_version") is not None:
+        return None
+    stopped = control.get("canary_off_version")
+    return stopped if isinstance(stopped, int) and not isinstance(stopped, bool) else None
 
 
 def admin_answer(

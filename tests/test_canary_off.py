@@ -200,6 +200,26 @@ def test_the_admin_canary_action_stops_and_hands_back_a_configured_canary(
     assert refused.status == 400 and "hands the canary back to the configuration" in refused.body["message"]
 
 
+def test_the_admin_stop_answers_the_canary_version_it_recorded(repository: Path, make_server: ServerFactory) -> None:
+    # An on-call script reads what its stop stopped from the answer, as the control file records it: the answer
+    # said only `canary_off`, and the version had to be read back from `status`.
+    models = fraud_repository(repository)
+    server = make_server(models)
+    stopped = web.admin_answer(server, "canary", "fraud", b'{"version": null}', actor="alice")
+    assert stopped.status == 200
+    assert (stopped.body["canary_off"], stopped.body["canary_off_version"]) == (True, 2)
+    assert server.status()["models"]["fraud"]["control"]["canary_off_version"] == 2
+    back = web.run_admin_action(server, "canary", "fraud", {"version": "config"}, actor="alice")
+    assert (back["canary_off"], back["canary_off_version"]) == (False, None)
+    own = web.run_admin_action(server, "canary", "fraud", {"version": 3, "percent": 5}, actor="alice")
+    assert (own["canary_version"], own["canary_off"], own["canary_off_version"]) == (3, False, None)
+    # With no configured canary (an A/B test) the stop records no version: null, not a missing key.
+    (models / "fraud" / "config.toml").write_text(AB_IN_CONFIG)
+    assert server.refresh() == []
+    none = web.run_admin_action(server, "canary", "fraud", {"version": None}, actor="alice")
+    assert (none["canary_off"], none["canary_off_version"]) == (True, None)
+
+
 def test_canary_none_stops_a_canary_that_a_strategy_flag_turns_on(
     repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -253,6 +253,29 @@ def test_removing_the_canary_answers_the_percent_applied(served: Path) -> None:
     assert response.status_code == 400 and "removes the canary and takes no percent" in response.json()["message"]
 
 
+def test_stopping_a_configured_canary_answers_the_version_the_stop_recorded(repository: Path) -> None:
+    save_model(build_scale_model(3.0), repository, "scale", 2)
+    (repository / "scale" / "config.toml").write_text(
+        '[rollout]\nstrategy = "canary"\nstable = 1\n\n[rollout.canary]\nversion = 2\npercent = 50\n'
+    )
+
+    def canary(body: bytes) -> Any:
+        return Client().post(
+            "/-/inprocserve/models/scale/canary", data=body, content_type="application/json", headers=ADMIN
+        )
+
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "ADMIN_TOKEN": "secret"}):
+        try:
+            stopped = canary(b'{"version": null}')
+            assert stopped.status_code == 200
+            assert (stopped.json()["canary_off"], stopped.json()["canary_off_version"]) == (True, 2)
+            back = canary(b'{"version": "config"}')
+            assert back.status_code == 200
+            assert (back.json()["canary_off"], back.json()["canary_off_version"]) == (False, None)
+        finally:
+            reset_server()
+
+
 def admin_post_chunked(path: str, pieces: list[bytes]) -> tuple[int, dict[str, Any]]:
     """POST to an admin endpoint with a chunked body (a body streamed from a generator, as requests and Go's
     client send one of unknown length), over HTTP to a real WSGI server that ends chunked input (werkzeug's,

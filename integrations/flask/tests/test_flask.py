@@ -563,11 +563,12 @@ def test_the_admin_canary_endpoint_stops_and_hands_back_the_configured_canary(re
         assert answering() == {1, 2}
         stopped = client.post(f"{prefix}/canary", json={"version": None}, headers=good)
         assert (stopped.status_code, stopped.json["canary_off"]) == (200, True)
+        assert stopped.json["canary_off_version"] == 2  # (what the stop recorded: the configured canary's)
         assert answering() == {1}
         refused = client.post(f"{prefix}/canary", json={"version": "config", "percent": 10}, headers=good)
         assert refused.status_code == 400 and "takes no percent" in refused.json["message"]
         back = client.post(f"{prefix}/canary", json={"version": "config"}, headers=good)
-        assert (back.status_code, back.json["canary_off"]) == (200, False)
+        assert (back.status_code, back.json["canary_off"], back.json["canary_off_version"]) == (200, False, None)
         assert answering() == {1, 2}
     finally:
         Inprocserve.close(app)
