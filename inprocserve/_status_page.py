@@ -135,6 +135,12 @@ _GATE_NAMED = "stable named by the compatibility gate: follows the newest compat
 
 _CANARY_STOPPED = "canary stopped (control file)"
 
+_ARMS_ANSWER = "canary stopped; arms still answer (control file)"
+"""The badge of a stop on a model whose configured strategy splits traffic over arms (A/B, bandit): a stop
+stops only a canary, so its arms keep answering (as ``status`` in the CLI says; ``kill`` stops them)."""
+
+_ARM_STRATEGIES = ("ab", "bandit")
+
 
 def _gate_named(control: Mapping[str, Any]) -> bool:
     """Whether the control file's stable version is the one the compatibility gate named (its mark is bound to
@@ -147,13 +153,16 @@ def _gate_named(control: Mapping[str, Any]) -> bool:
 def _stop_texts(control: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> tuple[str, str]:
     """The badge of a stopped canary (``canary_off``), naming the version stopped where the file records it
     (``canary_off_version``), and, when the configured canary is another version now (a deploy's new canary,
-    which runs), a sentence saying the stop no longer applies ("" otherwise)."""
+    which runs), a sentence saying the stop no longer applies ("" otherwise). On a model whose configured
+    strategy is A/B or bandit the badge says its arms still answer: "canary stopped" read as if traffic went
+    back to one version (the checks in the order of the CLI's ``status``)."""
     stopped = control.get("canary_off_version")
-    if not isinstance(stopped, int) or isinstance(stopped, bool):
-        return _CANARY_STOPPED, ""
+    known = isinstance(stopped, int) and not isinstance(stopped, bool)
     candidate = _mapping(_mapping(rollout).get("configured")).get("candidate")
-    if not isinstance(candidate, int) or isinstance(candidate, bool) or candidate == stopped:
-        return f"canary v{stopped} stopped (control file)", ""
+    if not known or not isinstance(candidate, int) or isinstance(candidate, bool) or candidate == stopped:
+        if _mapping(rollout).get("strategy") in _ARM_STRATEGIES:
+            return _ARMS_ANSWER, ""
+        return (f"canary v{stopped} stopped (control file)" if known else _CANARY_STOPPED), ""
     return (
         f"stop of v{stopped} no longer applies: configured canary is v{candidate}",
         f" The control file's stop of canary version {stopped} no longer applies: the configured canary is version "
@@ -243,6 +252,8 @@ def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None, *, killed:
                 f"Bandit ({_text(configured.get('bandit_policy'))}): each request goes to the arm the policy "
                 f"picks from the outcomes recorded so far: {listed}."
             )
+        if stopped:  # (a stop stops a canary only: the arms answer on)
+            sentence += " Canary stopped by the control file, but its arms still answer (the kill switch stops them)."
     else:
         sentence = f"The {stable_text} answers every request."
     flags = rollout.get("flags")

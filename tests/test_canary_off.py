@@ -296,6 +296,35 @@ def test_status_does_not_say_an_ab_test_stopped_after_canary_none(
     ]
 
 
+BANDIT_IN_CONFIG = (
+    '[rollout]\nstrategy = "bandit"\n\n[rollout.variants.left]\nversion = 1\n\n[rollout.variants.right]\nversion = 2\n'
+)
+
+
+@pytest.mark.parametrize(("config", "strategy"), [(AB_IN_CONFIG, "ab"), (BANDIT_IN_CONFIG, "bandit")])
+def test_the_status_page_does_not_badge_an_ab_test_or_bandit_as_stopped_after_canary_none(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str], config: str, strategy: str
+) -> None:
+    # The page's badge read "canary stopped (control file)", as if traffic went back to one version, above a
+    # sentence listing the arms that still answer; the CLI's `status` says the arms answer.
+    models = fraud_repository(repository, config, versions=2)
+    server = make_server(models)
+    assert cli(capsys, "canary", str(models), "fraud", "none").returncode == 0
+    server.sync_control()
+    status = server.status()
+    assert status["models"]["fraud"]["rollout"]["strategy"] == strategy
+    assert f"the configured strategy is {strategy!r}: its arms still answer" in "\n".join(summarize(status))
+    page = inprocserve.render_status_page(status)
+    assert "canary stopped; arms still answer (control file)" in page
+    assert "canary stopped (control file)" not in page
+    assert "Canary stopped by the control file, but its arms still answer (the kill switch stops them)." in page
+    # A configured canary model keeps its badge, and the A/B sentence stays off it.
+    (models / "fraud" / "config.toml").write_text(CANARY_IN_CONFIG)
+    assert server.refresh() == []
+    page = inprocserve.render_status_page(server.status())
+    assert "canary stopped (control file)" in page and "arms still answer" not in page
+
+
 # -- the stop is of the version stopped: a later deploy's canary of another version runs ---------------------------
 
 

@@ -284,3 +284,31 @@ def test_rows_per_batch_counts_the_runs_whose_rows_it_counts(repository: Path) -
     answered, errors, batches, rows_per_batch = (cells[i].split("</td>")[0] for i in (0, 1, 5, 6))
     assert (answered, errors) == ("1", "3"), row
     assert (batches, rows_per_batch) == ("4", "1.8"), row  # (4 + 1 + 1 + 1) / 4
+
+
+def test_a_canary_stop_on_an_ab_test_does_not_badge_the_model_as_back_on_one_version(repository: Path) -> None:
+    # The on-call step for a bad canary (`{"version": null}`) on a model running an A/B test: both arms keep
+    # answering, and the page's badge said "canary stopped (control file)" as if one version answered.
+    save_model(build_scale_model(3.0), repository, "scale", 2)
+    (repository / "scale" / "config.toml").write_text(
+        '[rollout]\nstrategy = "ab"\n\n[rollout.variants.control]\nversion = 1\nweight = 50\n\n'
+        "[rollout.variants.bigger]\nversion = 2\nweight = 50\n"
+    )
+    app = make_app(repository, INPROCSERVE_STATUS_PAGE=True, INPROCSERVE_ADMIN_TOKEN="admin-token")
+    client = app.test_client()
+    admin = {"Authorization": "Bearer admin-token"}
+    try:
+        stopped = client.post("/-/inprocserve/models/scale/canary", json={"version": None}, headers=admin)
+        assert (stopped.status_code, stopped.json["canary_off"]) == (200, True)
+        with app.app_context():
+            rows = np.ones((1, 4), np.float32)
+            answered = {server.predict("scale", rows, context={"user_id": f"u{n}"}).version for n in range(100)}
+        assert answered == {1, 2}
+        page = client.get(PAGE, headers=admin).get_data(as_text=True)
+    finally:
+        Inprocserve.close(app)
+    section = page[page.index('id="model-scale"') :]
+    heading = section[: section.index("</h2>")]
+    assert "canary stopped; arms still answer (control file)" in heading
+    assert "canary stopped (control file)" not in page
+    assert "A/B test, sticky per targeting key" in section and "its arms still answer" in section
