@@ -296,6 +296,33 @@ def test_status_does_not_say_an_ab_test_stopped_after_canary_none(
     ]
 
 
+def test_a_stopped_canary_s_version_stays_loaded_until_config_toml_no_longer_names_it(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/operations.md: the stopped canary's version stays loaded and warm (so `config` hands it back at once),
+    # through a canary of another version; a config.toml without it frees it at the next `reload`.
+    models = fraud_repository(repository)
+    server = make_server(models)
+
+    def loaded() -> dict[str, str]:
+        return {n: entry["state"] for n, entry in server.status()["models"]["fraud"]["versions"].items()}
+
+    assert cli(capsys, "canary", str(models), "fraud", "none").returncode == 0
+    server.sync_control()
+    assert server.refresh() == []
+    assert loaded() == {"1": "ready", "2": "ready", "3": "ready"}  # (3: the version policy's, the latest)
+    assert cli(capsys, "canary", str(models), "fraud", "3", "5").returncode == 0
+    assert cli(capsys, "canary", str(models), "fraud", "none").returncode == 0
+    server.sync_control()
+    assert "2" in loaded()
+    (models / "fraud" / "config.toml").write_text("[rollout]\nstable = 1\n")
+    assert cli(capsys, "reload", str(models)).returncode == 0
+    server.sync_control()
+    assert loaded() == {"1": "ready", "3": "ready"}
+    assert answering(server) == {1}
+    assert server.status()["models"]["fraud"]["control"]["canary_off"] is True  # (the stop itself is kept)
+
+
 BANDIT_IN_CONFIG = (
     '[rollout]\nstrategy = "bandit"\n\n[rollout.variants.left]\nversion = 1\n\n[rollout.variants.right]\nversion = 2\n'
 )
