@@ -362,6 +362,13 @@ def _control_lines(state: dict[str, Any], *, strategy: object = None, candidate:
     percent = state.get("canary_percent")
     if state.get("canary_version") is not None and isinstance(percent, int | float) and percent > 0:
         lines.append(f"  control file: canary v{state['canary_version']} for {percent:g}% of users")
+    elif state.get("canary_version") is not None:
+        # (`canary ... VERSION 0`: it replaces the configured rollout, an A/B test's arms too, and sends no one;
+        # the page said so and this printed nothing, as if the configured rollout ran)
+        lines.append(
+            f"  control file: canary v{state['canary_version']} for 0% of users: it replaces the configured rollout, "
+            "so the stable version answers (`canary ... config` hands it back)"
+        )
     elif state.get("canary_version") is None and state.get("canary_off") is True:
         # (`canary ... none` on a configured canary: why its version gets no one)
         stopped = state.get("canary_off_version")

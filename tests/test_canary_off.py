@@ -323,6 +323,27 @@ def test_a_stopped_canary_s_version_stays_loaded_until_config_toml_no_longer_nam
     assert server.status()["models"]["fraud"]["control"]["canary_off"] is True  # (the stop itself is kept)
 
 
+def test_status_says_a_canary_at_0_percent_replaces_an_ab_test(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `canary ... VERSION 0` stops an A/B test as surely as `kill` (the control file's canary replaces the configured
+    # strategy), and `status` printed no control line at all: it read as if the A/B test still ran.
+    models = fraud_repository(repository, AB_IN_CONFIG, versions=2)
+    server = make_server(models)
+    assert cli(capsys, "canary", str(models), "fraud", "1", "0").returncode == 0
+    server.sync_control()
+    assert answering(server) == {2}  # (the stable version: with no stable alias, the latest)
+    lines = [line for line in summarize(server.status()) if line.startswith("  control file:")]
+    assert lines == [
+        "  control file: canary v1 for 0% of users: it replaces the configured rollout, so the stable version answers "
+        "(`canary ... config` hands it back)"
+    ]
+    assert cli(capsys, "canary", str(models), "fraud", "config").returncode == 0
+    server.sync_control()
+    assert answering(server) == {1, 2}
+    assert not [line for line in summarize(server.status()) if line.startswith("  control file:")]
+
+
 BANDIT_IN_CONFIG = (
     '[rollout]\nstrategy = "bandit"\n\n[rollout.variants.left]\nversion = 1\n\n[rollout.variants.right]\nversion = 2\n'
 )
