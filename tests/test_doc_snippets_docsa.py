@@ -212,6 +212,7 @@ def test_under_uvicorn_workers_each_worker_exports_its_own_metrics_on_a_port_of_
     assert len(pids[0]) == len(pids[1]) == 1 and pids[0] != pids[1]  # each worker's own series, not a sum
     for port, page in zip(ports, exported, strict=False):
         assert f'service_instance_id="{socket.gethostname()}:{port}"' in page  # target_info: the worker's port
+        assert re.search(r"^process_memory_usage_bytes(\{[^}]*\})? \S+$", page, re.MULTILINE)  # this worker's memory
 
 
 def test_the_shipped_scrape_config_lists_every_port_of_the_post_fork_hooks_range() -> None:

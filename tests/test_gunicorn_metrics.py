@@ -152,6 +152,26 @@ def test_the_workers_ports_add_up_to_every_request_sent(tmp_path: Path) -> None:
     assert len(counted) == 2
 
 
+PROCESS_MEMORY = re.compile(r"^process_memory_usage_bytes(?:\{[^}]*\})? (\S+)$", re.MULTILINE)
+
+
+def test_every_worker_exports_its_own_cpu_time_and_resident_memory(tmp_path: Path) -> None:
+    """The docs' "Process and model memory" reads each worker's ``process_memory_usage_bytes`` as the total its
+    models' ``inprocserve_model_memory_bytes`` add to: the hook must set the system metrics up in the worker, on
+    its own exporter, as the snippet for a process that never forks does."""
+    ports = [reserved_port() for _ in range(4)]
+    with fleet(tmp_path, ports) as (_, base):
+        wait_for(lambda: len(requests_counted(ports)) == 2, "two workers exporting")
+        send(base, 4)
+        pages = [page for port in ports if (page := metrics_page(port)) is not None]
+    assert len(pages) == 2
+    for page in pages:
+        (memory,) = PROCESS_MEMORY.findall(page) or [None]
+        assert memory is not None and float(memory) > 10 * 2**20, page[-3000:]
+        user_cpu = r'^process_cpu_time_seconds_total\{[^}]*type="user"[^}]*\} \S+$'
+        assert re.search(user_cpu, page, re.MULTILINE), page[-3000:]
+
+
 def gevent_conf() -> str:
     """docs/observability.md's gunicorn configuration for ``-k gevent``: its hook, with ``post_fork`` replaced
     by the ``post_worker_init`` the docs give for gevent."""
