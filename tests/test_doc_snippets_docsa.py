@@ -215,6 +215,41 @@ def test_under_uvicorn_workers_each_worker_exports_its_own_metrics_on_a_port_of_
         assert re.search(r"^process_memory_usage_bytes(\{[^}]*\})? \S+$", page, re.MULTILINE)  # this worker's memory
 
 
+FORKED_RESOURCE = """
+import json, os
+from importlib.metadata import version
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+
+before = MeterProvider(resource=Resource.create({"service.name": "fraud-api", "service.instance.id": "master"}))
+read, write = os.pipe()
+if os.fork() == 0:  # a gunicorn worker: the master's provider, and one made in post_fork
+    after = MeterProvider(resource=Resource.create({"service.name": "fraud-api", "service.instance.id": "worker"}))
+    ids = [provider._sdk_config.resource.attributes["service.instance.id"] for provider in (before, after)]
+    os.write(write, json.dumps(ids).encode())
+    os._exit(0)
+os.wait()
+print(json.dumps([version("opentelemetry-sdk"), *json.loads(os.read(read, 1000))]))
+"""
+
+
+def test_the_pushing_paragraph_says_what_a_worker_makes_of_a_resource_created_before_the_fork() -> None:
+    """From opentelemetry-sdk 1.44 on, a provider created before the fork does not keep the master's identity in
+    each worker, as the paragraph said: the SDK replaces its service.instance.id by a random one, set or not."""
+    document = (ROOT / "docs" / "observability.md").read_text()
+    paragraph = document.split("**Pushing instead (OTLP).**", 1)[1].split("\n\n", 1)[0]
+    result = subprocess.run([sys.executable, "-c", FORKED_RESOURCE], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    sdk, made_before, made_after = json.loads(result.stdout)
+    assert made_after == "worker"  # what the paragraph advises: the id given in post_fork is kept
+    if tuple(int(part) for part in sdk.split(".")[:2]) >= (1, 44):
+        assert made_before != "master", sdk
+        assert "From 1.44 on" in paragraph and "random `service.instance.id`" in paragraph, paragraph
+    else:
+        assert made_before == "master", sdk
+        assert "before 1.44 keep it as it is in every worker" in paragraph, paragraph
+
+
 def test_the_shipped_scrape_config_lists_every_port_of_the_post_fork_hooks_range() -> None:
     """A SIGHUP forks the new workers while the old ones hold their ports: the range is twice --workers, and a
     port Prometheus is not told of is a worker whose requests no dashboard counts."""
