@@ -670,7 +670,7 @@ class Metrics:
         self.shadow_dropped = meter.create_counter(
             "inprocserve.shadow.dropped",
             unit="{request}",
-            description="Shadow copies dropped (queue full, no capacity)",
+            description="Shadow copies dropped, by why: queue_full, no_spare_capacity, over_budget, too_large",
         )
         self.flag_failures = meter.create_counter(
             "inprocserve.flags.failures", unit="{evaluation}", description="Flag evaluations that failed or timed out"

@@ -250,6 +250,28 @@ def test_the_pushing_paragraph_says_what_a_worker_makes_of_a_resource_created_be
         assert "before 1.44 keep it as it is in every worker" in paragraph, paragraph
 
 
+def test_the_shadow_dropped_help_names_every_reason_the_metrics_table_gives() -> None:
+    """Prometheus shows an instrument's description as its HELP: an operator reading why shadow copies drop
+    sees every value of its ``inprocserve_shadow_result`` label there (over_budget was the commonest, and missing)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+
+    from inprocserve._telemetry import Metrics
+
+    document = (ROOT / "docs" / "observability.md").read_text()
+    (row,) = [
+        line
+        for line in document.splitlines()
+        if line.startswith("| `inprocserve.shadow.dropped` |") and "why it was dropped" in line
+    ]
+    reasons = re.findall(r"`([a-z_]+)`", row.split("why it was dropped", 1)[1])
+    provider = MeterProvider()
+    try:
+        description = Metrics(meter=provider.get_meter("inprocserve")).shadow_dropped.description
+    finally:
+        provider.shutdown()
+    assert len(reasons) == 4 and all(reason in description for reason in reasons), (reasons, description)
+
+
 def test_the_shipped_scrape_config_lists_every_port_of_the_post_fork_hooks_range() -> None:
     """A SIGHUP forks the new workers while the old ones hold their ports: the range is twice --workers, and a
     port Prometheus is not told of is a worker whose requests no dashboard counts."""
