@@ -986,3 +986,23 @@ def test_a_retired_version_s_records_reach_the_export_the_collector_takes_its_re
     )
     assert run.returncode == 0, run.stderr
     assert int(run.stdout.strip()) == 10
+
+
+def test_a_shadow_copy_stopped_by_close_is_a_dropped_span_and_no_dropped_count(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    """docs/observability.md's span table: a copy stopped by the server's close is marked dropped on its span,
+    and the metric, which says why copies drop, counts none of them (not one of its four reasons)."""
+    from .test_shadow_close import SERVER_ARGS, save_versions, shadowed, start_long_shadow_run
+
+    save_versions(repository)
+    server = make_server(repository, config=shadowed(), **SERVER_ARGS)
+    start_long_shadow_run(server)
+    server.close()
+    (shadow,) = otel.finished("inprocserve.shadow")
+    assert (shadow.attributes or {}).get("inprocserve.shadow.dropped") is True
+    dropped = otel.metric_points("inprocserve.shadow.dropped")
+    assert not [point for point in dropped if point.attributes["inprocserve.model.name"] == "chain" and point.value]
+    document = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    (row,) = [line for line in document.splitlines() if line.startswith("| `inprocserve.shadow.dropped` | shadow |")]
+    assert "counts no copy of a retired version or a closing server" in row, row
