@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import tracemalloc
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -1006,3 +1007,40 @@ def test_a_shadow_copy_stopped_by_close_is_a_dropped_span_and_no_dropped_count(
     document = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
     (row,) = [line for line in document.splitlines() if line.startswith("| `inprocserve.shadow.dropped` | shadow |")]
     assert "counts no copy of a retired version or a closing server" in row, row
+
+
+def test_which_misuses_of_predict_the_outcomes_table_says_are_recorded(
+    otel: Otel, scale: Path, make_server: ServerFactory
+) -> None:
+    """docs/observability.md's outcomes table: misuse of the API is a ``client_error``, except what is refused
+    before a request starts (a model that is not a string, a timeout of 0 or less), which no request records."""
+    server = make_server(scale)
+    rows = np.ones((1, 4), np.float32)
+
+    def recorded() -> Counter[tuple[str, str]]:
+        return Counter(
+            {
+                (str(point.attributes.get("inprocserve.outcome")), str(point.attributes.get("error.type"))): point.count
+                for point in otel.metric_points("inprocserve.request.duration")
+                if point.attributes.get("inprocserve.model.name") in ("scale", "_unknown")
+            }
+        )
+
+    refused: dict[str, Counter[tuple[str, str]]] = {}
+    for name, call in {
+        "version": lambda: server.predict("scale", rows, version="1"),  # type: ignore[arg-type]
+        "model": lambda: server.predict(1, rows),  # type: ignore[arg-type]
+        "timeout_s": lambda: server.predict("scale", rows, timeout_s=0.0),
+    }.items():
+        before = recorded()
+        with pytest.raises((TypeError, ValueError)):
+            call()
+        refused[name] = recorded() - before
+    assert refused == {
+        "version": Counter({("client_error", "TypeError"): 1}),
+        "model": Counter(),
+        "timeout_s": Counter(),
+    }
+    document = (Path(__file__).resolve().parent.parent / "docs" / "observability.md").read_text()
+    (row,) = [line for line in document.splitlines() if line.startswith("| `client_error` |")]
+    assert "a `model` that is not a string, or a `timeout_s` of 0 or less, is refused before any request" in row, row
