@@ -412,7 +412,7 @@ class Operations:
             return None
         return routes.router.stable_version(routes.versions, routes.default.version, state=routes.state)
 
-    def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
+    def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> int | None:
         """See :meth:`Server.set_canary`."""
         share = validate_percent(percent)
         if version is None and share:  # (meant as "send 50 %", it removed the canary)
@@ -452,6 +452,7 @@ class Operations:
             self._warn_if_canary_flags_override(model, version, share)
         else:
             self._warn_if_stopped_canary_flagged(model)
+        return stopped
 
     def resume_configured_canary(self, model: str, *, actor: str | None = None) -> None:
         """See :meth:`Server.resume_configured_canary`."""
@@ -1067,7 +1068,7 @@ class RolloutMethods:
         """
         return self._operations.rollback(model, actor=actor)
 
-    def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> None:
+    def set_canary(self, model: str, version: int | None, *, percent: float, actor: str | None = None) -> int | None:
         """Send ``percent`` % of targeting keys (sticky buckets) to ``version``, on every worker and host.
 
         It replaces the model's configured strategy while set; ``version=None`` (pass ``percent=0`` with it)
@@ -1080,8 +1081,13 @@ class RolloutMethods:
             ValueError: ``percent`` is not in 0..100, or ``version`` is not a positive int, or it is ``None``
                 with a ``percent`` other than 0.
             ModelNotFoundError, ModelLoadError, ConfigurationError: as :meth:`switch`.
+
+        Returns:
+            For a stop, the configured canary's version it recorded (the stop holds while the configuration
+            names that version); ``None`` where it recorded none (no configured canary, or a ``config.toml`` on
+            disk that no longer names the loaded one), and when a canary is set.
         """
-        self._operations.set_canary(model, version, percent=percent, actor=actor)
+        return self._operations.set_canary(model, version, percent=percent, actor=actor)
 
     def resume_configured_canary(self, model: str, *, actor: str | None = None) -> None:
         """Hand ``model``'s canary back to its configuration, on every worker and host: a canary set with

@@ -609,13 +609,13 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
                 f'{{"version": null}} removes the canary and takes no percent (got {percent:g}); send '
                 f"{_BODY_SHAPES['canary']}"
             )
-        server.set_canary(model, canary, percent=percent, actor=actor)
+        stopped = server.set_canary(model, canary, percent=percent, actor=actor)
         answer = {
             "model": model,
             "canary_version": canary,
             "canary_percent": 0 if canary is None else percent,
             "canary_off": canary is None,  # (a configured canary stopped too: see ModelControl.canary_off)
-            "canary_off_version": None,  # (a stop's: read back below, with the revision answered)
+            "canary_off_version": stopped,  # (what this stop recorded, whatever another writer did since)
         }
     elif action == "rollback":
         answer = {"model": model, "stable": server.rollback(model, actor=actor)}
@@ -626,24 +626,7 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
         server.resume(model, actor=actor)
         answer = {"model": model, "kill": False}
     revision = server.sync_control()
-    if action == "canary" and answer["canary_off"] and model is not None:
-        answer["canary_off_version"] = _stopped_version(server, model)
     return {**answer, "revision": revision, "worker": os.getpid()}
-
-
-def _stopped_version(server: Server, model: str) -> int | None:
-    """The configured canary's version a stop of ``model``'s canary recorded (``canary_off_version``), as the
-    control state this worker follows holds it; ``None`` where it recorded none (no configured canary, or one
-    this server could not be sure of: see ``ModelControl.canary_off_version``), or where another writer's
-    change replaced the stop meanwhile (the ``revision`` answered holds no stop then)."""
-    entry = server._brief_status([model])["models"].get(model)
-    control = entry.get("control") if isinstance(entry, Mapping) else None
-    if not isinstance(control, Mapping) or control.get("canary_off") is not True:
-        return None
-    if control.get("canary_version") is not None:
-        return None
-    stopped = control.get("canary_off_version")
-    return stopped if isinstance(stopped, int) and not isinstance(stopped, bool) else None
 
 
 def admin_answer(

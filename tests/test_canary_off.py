@@ -220,6 +220,36 @@ def test_the_admin_stop_answers_the_canary_version_it_recorded(repository: Path,
     assert (none["canary_off"], none["canary_off_version"]) == (True, None)
 
 
+def test_the_admin_stop_answers_the_version_it_recorded_though_another_worker_writes_right_after(
+    repository: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another worker's admin call lands between this stop and the answer (a second on-call engineer hands the
+    # canary back): the answer still says what this stop recorded, and the revision answered is the newer one.
+    models = fraud_repository(repository)
+    server = make_server(models)
+    other = make_server(models)
+    stop = server.set_canary
+
+    def stop_then_other_worker_resumes(*args: object, **kwargs: object) -> int | None:
+        recorded = stop(*args, **kwargs)  # type: ignore[arg-type]
+        other.sync_control()
+        other.resume_configured_canary("fraud", actor="bob")
+        return recorded
+
+    monkeypatch.setattr(server, "set_canary", stop_then_other_worker_resumes)
+    stopped = web.run_admin_action(server, "canary", "fraud", {"version": None}, actor="alice")
+    assert (stopped["canary_off"], stopped["canary_off_version"]) == (True, 2)
+    assert not server.status()["models"]["fraud"]["control"].get("canary_off")  # (bob's: the revision answered)
+
+
+def test_set_canary_returns_the_configured_version_a_stop_recorded(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(fraud_repository(repository))
+    assert server.set_canary("fraud", None, percent=0) == 2
+    assert server.set_canary("fraud", 3, percent=5) is None
+
+
 def test_canary_none_stops_a_canary_that_a_strategy_flag_turns_on(
     repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
