@@ -60,15 +60,19 @@ def test_invalid_input_through_uvicorn_is_a_400_and_the_server_keeps_serving(uvi
     assert call(uvicorn_port, "POST", "/ascore", {"rows": [[1, 1, 1, 1]]}) == (200, {"y": [[2.0] * 4], "version": 1})
 
 
-SLOW_ROWS = 2000  # of the 4→1024→1024→1024→4 MLP: a run of 0.1-0.5 s here, longer than any probe below
+# Of the 4→1024→...→1024→4 MLP with six hidden layers: a run of 0.25-1.25 s here, longer than any probe below
+# and than Django's cancellation of a hung-up request's task on a loaded host (with three hidden layers, a
+# run of 2 x SLOW_ROWS beside a full test run and other work ended first). 2 x SLOW_ROWS stays within the
+# default max_request_rows (4,096).
+SLOW_ROWS = 2000
 
 
 @pytest.fixture
 def slow_uvicorn(tmp_path: Path) -> Iterator[Served]:
     """uvicorn (asyncio's loop) serving the test project with ``scale`` a model slow enough that a request can
-    be seen running and queued: 2,000 rows take 0.1-0.5 s."""
+    be seen running and queued: 2,000 rows take 0.25-1.25 s."""
     pytest.importorskip("uvicorn")
-    save_model(build_mlp_model((4, 1024, 1024, 1024, 4), softmax=False), tmp_path / "models", "scale", 1)
+    save_model(build_mlp_model((4, *[1024] * 6, 4), softmax=False), tmp_path / "models", "scale", 1)
     served = serve("uvicorn", tmp_path)
     try:
         yield served
