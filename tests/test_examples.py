@@ -55,7 +55,13 @@ def test_flask_fraud_demo_under_gunicorn(tmp_path: Path) -> None:
     inode = socket_path.stat().st_ino
     args = " ".join(arg for arg in os.environ.get("GUNICORN_CMD_ARGS", "").split() if arg != "--no-control-socket")
     with developers:
-        out = run("examples/flask_fraud/run.py", FRAUD_DEMO_REQUESTS="20", HOME=str(tmp_path), GUNICORN_CMD_ARGS=args)
+        out = run(
+            "examples/flask_fraud/run.py",
+            FRAUD_DEMO_REQUESTS="20",
+            HOME=str(tmp_path),
+            XDG_RUNTIME_DIR="",  # (gunicorn's default is there when that is a folder, else under HOME)
+            GUNICORN_CMD_ARGS=args,
+        )
         assert socket_path.stat().st_ino == inode, "the demo's gunicorn took the control socket of another gunicorn"
     # accuracy beside what always answering "not fraud" scores (0.94: fraud is rare), and the AUC
     assert "ROC AUC 0." in out and "(answering 'not fraud' every time: 0.94" in out

@@ -41,7 +41,8 @@ CLIENTS = 16
 
 
 def _without_control_socket() -> list[str]:
-    """gunicorn 27 opens a control socket at one path per user (``~/.gunicorn/gunicorn.ctl``) and takes it from
+    """gunicorn 27 opens a control socket at one path per user (``$XDG_RUNTIME_DIR/gunicorn.ctl``, else
+    ``~/.gunicorn/gunicorn.ctl``) and takes it from
     any gunicorn already there: the demo must not take it from the developer's own app (docs/deployment.md,
     "Several gunicorn instances on one host"). Older releases refuse the flag and open no socket."""
     major = importlib.metadata.version("gunicorn").split(".")[0]
