@@ -207,6 +207,9 @@ class Registry:
         # The gate's named version whose folder the poller's refreshes found gone, and when first (model: version,
         # clock time): its removal is queued once it has stayed gone for _EMPTY_CONFIG_SETTLE_S (see _sync_model)
         self._named_folder_gone: dict[str, tuple[int, float]] = {}
+        # The gate's named version whose folder has no model file (or is gone): its entries as last seen (names,
+        # sizes, modification times; None, no folder) and since when (model: version, entries, clock time)
+        self._named_folder_seen: dict[str, tuple[int, tuple[tuple[str, int, int], ...] | None, float]] = {}
         # Follows at once a revision the gate wrote (read under the file's lock once the control generation was
         # the int): set by the server's operations, as a writer of this process follows what it wrote (a switch
         # on this server). Unset (or a revision that needs a load), it is followed at the next read of the file.
@@ -777,25 +780,36 @@ class Registry:
         # being written again (rm then cp, tar -x), and a worker that started meanwhile removed the name for good;
         # kept for good, it held nothing (the version retired as the loader retires one, a worker that starts cannot
         # load it and served the newest, running workers served it from memory: the split the name prevents).
+        # Whose entries change is being written (rsync, aws s3 sync and gsutil write the model file under a temporary
+        # name and rename it at the end: the folder has none for as long as the copy takes): the clock starts again
+        # at each change, so the name is removed once the folder has stayed without its file, unchanged, for
+        # _EMPTY_CONFIG_SETTLE_S (removed 2 s after the folder went away, mid-copy, every worker went to the held
+        # version for good). Followed from the first refresh that finds the file missing, while a poll still keeps
+        # a loaded version as it was (see _with_files_being_written).
         state = self.control.models.get(name)
         gone = state.stable if state is not None and state.gate_named else None
         folder = source.folder / str(gone)
-        if (
-            gone is not None
-            and gone not in source.versions
-            and source.versions
-            and _no_version_file(folder)
-            and name not in self._explicit
-        ):
+        no_file = gone is not None and name not in self._explicit and _no_version_file(folder)
+        changed = False
+        if no_file and gone is not None:
+            entries = _folder_entries(folder)
+            seen = self._named_folder_seen.get(name)
+            changed = seen is None or seen[:2] != (gone, entries)
+            if changed:
+                self._named_folder_seen[name] = (gone, entries, self._clock())
+        else:
+            self._named_folder_seen.pop(name, None)
+        if no_file and gone not in source.versions and source.versions:
+            assert gone is not None
             emptied = os.path.lexists(folder)
             first = self._named_folder_gone.get(name)
             if first is None or first[0] != gone:
                 since = self._missing_files.get((name, gone), self._clock()) if emptied else self._clock()
                 first = self._named_folder_gone[name] = (gone, since)
-            if (
-                (not settle and not emptied)
-                or self._to_unname.get(name) == gone
-                or self._clock() - first[1] >= _EMPTY_CONFIG_SETTLE_S
+            unchanged_since = max(first[1], self._named_folder_seen[name][2])
+            if (not settle and not emptied) or (
+                not changed
+                and (self._to_unname.get(name) == gone or self._clock() - unchanged_since >= _EMPTY_CONFIG_SETTLE_S)
             ):
                 self._to_unname[name] = gone
             else:
@@ -971,6 +985,7 @@ class Registry:
             *self._to_unname,
             *self._pin_errors,
             *self._named_folder_gone,
+            *self._named_folder_seen,
         }:
             if self._gone_for_good(name, scan):
                 self._forget_gate(name)
@@ -985,6 +1000,7 @@ class Registry:
         self.incompatible.pop(name, None)
         for due in (self._holds_to_pin, self._to_advance, self._to_unname, self._pin_errors, self._named_folder_gone):
             due.pop(name, None)
+        self._named_folder_seen.pop(name, None)
         for warned in (self._pin_warned, self._advance_warned, self._unname_warned):
             warned.difference_update({key for key in warned if key[0] == name})
 
@@ -2979,6 +2995,22 @@ def _no_version_file(folder: Path) -> bool:
     """Whether a version's ``folder`` is gone from disk, or there without its model file (nor ``remote.toml``):
     no worker that starts can load that version (see ``Registry._sync_model``)."""
     return not any(os.path.lexists(folder / file) for file in (MODEL_FILENAME, REMOTE_FILENAME))
+
+
+def _folder_entries(folder: Path) -> tuple[tuple[str, int, int], ...] | None:
+    """A version's ``folder`` as it stands (its own inode and modification time, which change as an entry is
+    added, removed or renamed, even one gone again since; and each entry's name, size and modification time, not
+    followed into sub-folders), or None where it cannot be listed (gone): what changes while a copy writes it."""
+    try:
+        info = os.stat(folder)
+        entries = [("", info.st_ino, info.st_mtime_ns)]
+        with os.scandir(folder) as listing:
+            for entry in listing:
+                info = entry.stat(follow_symlinks=False)
+                entries.append((entry.name, info.st_size, info.st_mtime_ns))
+    except OSError:
+        return None
+    return tuple(sorted(entries))
 
 
 def _stopping(name: str) -> str:

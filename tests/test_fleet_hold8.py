@@ -3,6 +3,7 @@ once it has stayed so a while; a model unloaded whole and loaded again starts wi
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,55 @@ def test_a_model_unloaded_and_loaded_again_finds_its_hold_as_new(
     assert _counted(otel) == counted + 1
     assert running.predict("m", X).version == 1
     assert running.status()["models"]["m"]["versions"]["2"]["compatible"] is False
+
+
+def test_the_name_stays_while_the_named_version_s_folder_is_copied_again_with_its_model_file_last(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``rm -rf models/m/1 && rsync -a release/m/1 models/m/`` (or ``aws s3 sync``, ``gsutil cp``): the folder is
+    back at once, and the model file is written under a temporary name and renamed at its end, so the folder has no
+    model file for as long as the copy takes. The name was removed 2 s after the folder went away, mid-copy, and for
+    good: every worker went to the incompatible version 2. A folder whose entries change is being written: the
+    name is removed only once it has stayed without its file, unchanged, for 2 s."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    release = (repository / "m" / "1" / "model.onnx").read_bytes()
+    shutil.rmtree(repository / "m" / "1")
+    running._registry.refresh(settle_empty_configs=True)
+    partial = repository / "m" / "1" / ".model.onnx.Xa81Qz"  # (rsync's temporary name)
+    partial.parent.mkdir()
+    for written in range(1, 6):  # a poll a second, the copy going on
+        with partial.open("ab") as file:
+            file.write(release[: len(release) * written // 10])
+        clock.advance(1.0)
+        running._registry.refresh(settle_empty_configs=True)
+        assert _stable(repository) == (1, True), f"the name was removed {written} s into the copy"
+        assert running.predict("m", X).version == 1  # (from memory, the hold kept)
+    partial.write_bytes(release)
+    partial.rename(repository / "m" / "1" / "model.onnx")
+    clock.advance(1.0)
+    running._registry.refresh(settle_empty_configs=True)
+    assert _stable(repository) == (1, True)
+    assert make_server(repository, poll_interval_s=None, strict=False).predict("m", X).version == 1
+
+
+def test_the_name_goes_once_the_emptied_folder_has_stayed_unchanged_after_a_copy_stopped(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A copy that stopped half-way (its temporary file left there) holds nothing: the name goes 2 s after the
+    folder last changed."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    (repository / "m" / "1" / "model.onnx").unlink()
+    (repository / "m" / "1" / ".model.onnx.Xa81Qz").write_bytes(b"\0" * 100)
+    running._registry.refresh(settle_empty_configs=True)
+    clock.advance(1.0)
+    (repository / "m" / "1" / ".model.onnx.Xa81Qz").write_bytes(b"\0" * 200)
+    running._registry.refresh(settle_empty_configs=True)
+    clock.advance(1.5)
+    running._registry.refresh(settle_empty_configs=True)
+    assert _stable(repository) == (1, True)  # (1.5 s since it last changed)
+    clock.advance(0.5)
+    running._registry.refresh(settle_empty_configs=True)
+    assert _stable(repository) == (None, False)
+    assert running.predict("m", FEATURES).version == 2
