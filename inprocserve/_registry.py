@@ -1564,7 +1564,8 @@ class Registry:
 
         ``replaces`` (an advance: the gate's version it names ``version`` in place of) is recorded as the model's
         ``previous_stable`` in the same write, as a switch records the version it replaces, so ``rollback`` goes
-        back to it; not one gone from disk (a worker could not load it: the one recorded before stays)."""
+        back to it; not one gone from disk, nor one whose folder is there without its model file (a worker could
+        not load it: the one recorded before stays)."""
         if not due(control_file.read().models.get(name)):
             return None
         written: list[Control] = []
@@ -1578,7 +1579,7 @@ class Registry:
             if (
                 replaces is not None
                 and replaces != version
-                and os.path.lexists(control_file.folder / name / str(replaces))
+                and not _no_version_file(control_file.folder / name / str(replaces))
             ):
                 named = dataclasses.replace(named, previous_stable=replaces)
             return dataclasses.replace(control, models={**control.models, name: named})

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inprocserve._control import ControlFile
 from inprocserve.testing import ManualClock
 
 from .conftest import ServerFactory
-from .test_fleet_hold3 import _stable
+from .test_fleet_hold3 import _drop, _stable
 from .test_fleet_hold6 import _gate_named_with_a_clock
 from .test_fleet_hold7 import _counted
 from .test_telemetry import Otel
@@ -127,3 +128,20 @@ def test_the_name_goes_once_the_emptied_folder_has_stayed_unchanged_after_a_copy
     running._registry.refresh(settle_empty_configs=True)
     assert _stable(repository) == (None, False)
     assert running.predict("m", FEATURES).version == 2
+
+
+def test_an_advance_records_no_emptied_folder_as_the_version_to_roll_back_to(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``rm models/m/1/model.onnx`` (the folder kept) in the poll that finds a compatible 3: the poll keeps 1 as
+    loaded a while (its file may be being written again), and the gate names 3 in place of 1. The advance recorded 1
+    as ``previous_stable`` as its folder was there, though no worker can load it: a rollback would send the fleet
+    to a version it cannot serve. As with a folder gone, the one recorded before stays."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    (repository / "m" / "1" / "model.onnx").unlink()
+    _drop(repository, 3, compatible=True)
+    running._registry.refresh(settle_empty_configs=True)
+    state = ControlFile(repository).read().models["m"]
+    assert (state.stable, state.gate_named, state.previous_stable) == (3, True, None), state
+    assert running.predict("m", X).version == 3
