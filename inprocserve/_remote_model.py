@@ -253,7 +253,9 @@ def read_remote_toml(path: str | Path, *, ignored: list[str] | None = None) -> R
             # whether the variable is set or not, so the file's author learns nothing of the environment.)
             raise ModelLoadError(
                 f"{path}: key 'headers_from_env.{name}': environment variable {str(variable)[:100]!r} is not one a "
-                f"remote.toml may read: list it in {REMOTE_ENV} (comma-separated) in the server's environment"
+                f"remote.toml may read: list it in {REMOTE_ENV} in the server's environment (names separated by "
+                "commas or spaces; one written NAME@https://host:port is read only by a remote.toml whose url has "
+                "that origin)"
             )
         if variable not in os.environ:
             raise ModelLoadError(f"{path}: key 'headers_from_env.{name}': environment variable {variable!r} is not set")

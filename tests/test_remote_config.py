@@ -166,7 +166,8 @@ def test_remote_toml_reads_only_the_environment_variables_the_server_lists(
     refused = refusal("DATABASE_URL")
     assert refused.endswith(
         "key 'headers_from_env.X-Leak': environment variable '<name>' is not one a remote.toml may read: list it "
-        "in INPROCSERVE_REMOTE_ENV (comma-separated) in the server's environment"
+        "in INPROCSERVE_REMOTE_ENV in the server's environment (names separated by commas or spaces; one written "
+        "NAME@https://host:port is read only by a remote.toml whose url has that origin)"
     )
     assert refusal("NO_SUCH_VARIABLE_SET") == refused  # set or not: the file's author learns nothing of it
     path.write_text('url = "http://h"\nmodel = "m"\n[headers_from_env]\nAuthorization = "FRAUD_TOKEN"\n')
