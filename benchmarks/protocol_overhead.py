@@ -6,16 +6,26 @@
   server in this process) with ``INPROCSERVE_V2_PROTOCOL`` on.
 
 One client, requests back to back, ``--requests`` per cell after a warm-up; medians of ``--rounds``
-rounds, the layers alternating within a round so machine drift hits all alike. Writes
-benchmarks/results/protocol_overhead.{json,md}.
+rounds, the layers alternating within a round so machine drift hits all alike. What a layer adds over
+``predict`` (in µs and as a ratio) is taken within each round, then the median over rounds.
 
-    python benchmarks/protocol_overhead.py [--rounds 3] [--requests 300] [--rows 1 64]
+As production runs, the OpenTelemetry SDK is installed first, as the other benchmarks install it
+(``telemetry_overhead.install_sdk("sampled")``: a ``TracerProvider`` with ``ParentBased(TraceIdRatioBased(0.01))``
+and a ``BatchSpanProcessor``, a ``MeterProvider`` with a periodic reader, both exporting to exporters that
+discard); ``--no-otel`` leaves it out. The werkzeug server writes no access log line per request (a
+production server such as gunicorn writes none by default), so the HTTP rows do not count a write to
+stderr. Writes protocol_overhead.{json,md} into ``--out`` (benchmarks/results by default: the figures of
+record; point it elsewhere for a trial run).
+
+    python benchmarks/protocol_overhead.py [--rounds 3] [--requests 300] [--rows 1 64] [--no-otel] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -24,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import MODELS, RESULTS, build_reference, machine, write_json
+from _common import MODELS, RESULTS, build_reference, machine_line, with_run, write_json
 
 import inprocserve
 from inprocserve import v2
@@ -83,12 +93,35 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument(
+        "--no-otel",
+        dest="otel",
+        action="store_false",
+        help="leave the OpenTelemetry SDK out (it is installed by default)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.rounds < 1 or args.requests < 1:
+        parser.error("--rounds and --requests must be at least 1")
+    command = shlex.join(["python", "benchmarks/protocol_overhead.py", *sys.argv[1:]])
 
+    if args.otel:
+        from telemetry_overhead import install_sdk
+
+        install_sdk("sampled")
     from flask import Flask
     from inprocserve_flask import Inprocserve
-    from werkzeug.serving import make_server
+    from opentelemetry import metrics, trace
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            pass  # one stderr line per request is the dev server's cost, not the protocol's
+
+    for provider in (trace.get_tracer_provider(), metrics.get_meter_provider()):
+        if type(provider).__module__.startswith("opentelemetry.sdk.") != args.otel:
+            raise SystemExit(f"OpenTelemetry SDK {'not ' if args.otel else ''}installed as asked: {provider!r}")
 
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as folder:
@@ -98,7 +131,7 @@ def main() -> None:
         app.config.update(INPROCSERVE_REPOSITORY=folder, INPROCSERVE_V2_PROTOCOL=True, INPROCSERVE_EAGER=True)
         Inprocserve(app)
         server: inprocserve.Server = app.extensions["inprocserve"].server
-        http_server = make_server("127.0.0.1", 0, app, threaded=True)
+        http_server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
         thread = threading.Thread(target=http_server.serve_forever, daemon=True)
         thread.start()
         url = f"127.0.0.1:{http_server.server_port}"
@@ -114,32 +147,69 @@ def main() -> None:
                     rounds: dict[str, list[float]] = {name: [] for name in LAYERS}
                     for _ in range(args.rounds):
                         for name in LAYERS:
-                            rounds[name].append(timed(calls[name], args.requests))
-                    medians = {name: statistics.median(values) * 1000 for name, values in rounds.items()}
-                    results.append({"model": model, "rows": rows, "median_ms": medians})
-                    print(model, rows, {k: round(v, 3) for k, v in medians.items()}, flush=True)
+                            rounds[name].append(timed(calls[name], args.requests) * 1e6)
+                    row = summary(model, rows, rounds)
+                    results.append(row)
+                    print(model, rows, {k: round(v, 1) for k, v in row["median_us"].items()}, flush=True)
         finally:
             http_server.shutdown()
             Inprocserve.close(app)
 
-    info = machine()
-    write_json("protocol_overhead", {"machine": info, "args": vars(args), "results": results})
+    payload = with_run(args, command=command, results=results)
+    write_json("protocol_overhead", payload, args.out)
+    (args.out / "protocol_overhead.md").write_text(markdown(payload))
+
+
+def summary(model: str, rows: int, rounds: dict[str, list[float]]) -> dict[str, Any]:
+    """One cell's figures from each layer's per-round medians (µs): the median over rounds, the spread, and
+    what each layer adds over ``predict``, taken within each round (the layers alternate in a round)."""
+    floor = rounds["predict"]
+    return {
+        "model": model,
+        "rows": rows,
+        "median_us": {name: statistics.median(values) for name, values in rounds.items()},
+        "rounds_us": rounds,
+        "added_us": {
+            name: statistics.median(v - p for v, p in zip(values, floor, strict=True))
+            for name, values in rounds.items()
+        },
+        "ratio": {
+            name: statistics.median(v / p for v, p in zip(values, floor, strict=True))
+            for name, values in rounds.items()
+        },
+    }
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    settings = payload["settings"]
+    otel = (
+        "OpenTelemetry SDK installed (1 % trace sampling, periodic metric reader)"
+        if settings["otel"]
+        else "no OpenTelemetry SDK"
+    )
     lines = [
         "# Open Inference Protocol overhead",
         "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
-        f"onnxruntime {info['onnxruntime']}, {info['date']}.",
-        f"One client, requests back to back; median latency of {args.requests} requests, median of "
-        f"{args.rounds} rounds. `codec`: `inprocserve.v2.Endpoints` without HTTP; `http`: tritonclient over "
-        "loopback to Flask under werkzeug's threaded server.",
+        machine_line(payload["machine"]),
+        f"Command: `{payload['command']}`.",
         "",
-        "| model | rows | " + " | ".join(f"{name} ms" for name in LAYERS) + " |",
-        "|---|---:|" + "---:|" * len(LAYERS),
+        f"One client, requests back to back; the median latency of {settings['requests']} requests per layer, "
+        f"median of {settings['rounds']} rounds (the layers alternate within a round); {otel}. `predict`: "
+        "`server.predict`; `codec`: the body encoded, `inprocserve.v2.Endpoints.handle`, the answer decoded, "
+        "no HTTP; `http`: tritonclient over loopback to Flask under werkzeug's threaded server, in the same "
+        "process. `+ over predict` and `x predict` are taken within each round, then the median over rounds.",
+        "",
+        "| model | rows | layer | median µs | rounds µs (min-max) | + over predict µs | x predict |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
-    for row in results:
-        cells = " | ".join(f"{row['median_ms'][name]:.3f}" for name in LAYERS)
-        lines.append(f"| {row['model']} | {row['rows']} | {cells} |")
-    (RESULTS / "protocol_overhead.md").write_text("\n".join(lines) + "\n")
+    for row in payload["results"]:
+        for name in LAYERS:
+            values = row["rounds_us"][name]
+            lines.append(
+                f"| {row['model']} | {row['rows']} | {name} | {row['median_us'][name]:,.1f} | "
+                f"{min(values):,.1f}-{max(values):,.1f} | {row['added_us'][name]:,.1f} | {row['ratio'][name]:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
