@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := prometheus chromium fonts-dejavu-core redis-server
 
 DIST ?= dist
 
-.PHONY: install system-deps mlserver-venv kserve-venv demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak oldest pythons pythons-found
+.PHONY: install system-deps mlserver-venv kserve-venv otel-instrumentation-venv demo demo-core test lint typecheck bench bench-quick docs-screenshot clean dist soak oldest pythons pythons-found
 
 $(STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -82,13 +82,32 @@ $(KSERVE_STAMP):
 
 kserve-venv: $(KSERVE_STAMP)
 
+# The OpenTelemetry instrumentations of Flask, Django and ASGI (opentelemetry-python-contrib) pin exact API and
+# semantic-convention versions, so they and the SDK of the `otel` extra must come from one release family: one
+# pip command, as docs/otel-instrumentation.md says, into a venv of their own (the main venv takes the newest SDK).
+# tests/test_otel_instrumentation.py runs docs/otel/*_check.py there (INPROCSERVE_OTEL_INSTRUMENTATION_PYTHON)
+# and skips, naming this target, when it is absent or PyPI could not be reached.
+OTELINST_VENV ?= .venv-otelinst
+OTELINST_STAMP := $(OTELINST_VENV)/.installed
+
+$(OTELINST_STAMP): pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml
+	@rm -rf $(OTELINST_VENV)
+	@{ $(PYTHON) -m venv $(OTELINST_VENV) \
+		&& $(OTELINST_VENV)/bin/python -m pip install --quiet "./[otel]" ./integrations/flask ./integrations/django \
+			opentelemetry-instrumentation-flask opentelemetry-instrumentation-django opentelemetry-instrumentation-asgi \
+		&& touch $(OTELINST_STAMP); } \
+		|| { rm -rf $(OTELINST_VENV); echo "otel-instrumentation-venv: could not install the instrumentations; tests/test_otel_instrumentation.py skips"; }
+
+otel-instrumentation-venv: $(OTELINST_STAMP)
+
 # Three pytest processes (pytest-xdist), each given whole files: most tests wait on a child process, a socket
 # or a timer, so two of them left the project's 2-core machine idle a third of the time (128 % of a core busy:
 # pytest 15.3 min with 2, 10.9 min with 3 at 181 %, back to back, the same 1,185 s of CPU, all passing at 3).
 # TEST_WORKERS=0 runs the suite in one process (12.5 min against 7.9 with 2 on an earlier suite).
 TEST_WORKERS ?= 3
-test: system-deps lint typecheck $(MLSERVER_STAMP) $(KSERVE_STAMP)
+test: system-deps lint typecheck $(MLSERVER_STAMP) $(KSERVE_STAMP) $(OTELINST_STAMP)
 	INPROCSERVE_MLSERVER_PYTHON=$(MLSERVER_VENV)/bin/python INPROCSERVE_KSERVE_PYTHON=$(KSERVE_VENV)/bin/python \
+	INPROCSERVE_OTEL_INSTRUMENTATION_PYTHON=$(OTELINST_VENV)/bin/python \
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The fault and abuse suite, long (not in CI): each soak test runs SOAK_SECONDS, hypothesis fuzzes 10,000
@@ -284,4 +303,4 @@ dist: install
 	$(BIN)/python tests/dist_build.py $(DIST)
 
 clean:
-	rm -rf $(VENV) $(OLD_ORT_VENV) $(OLDEST_VENV) .venv-py312 .venv-py313 $(MLSERVER_VENV) $(KSERVE_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OLD_ORT_VENV) $(OLDEST_VENV) .venv-py312 .venv-py313 $(MLSERVER_VENV) $(KSERVE_VENV) $(OTELINST_VENV) .venv-bench-litserve $(DIST) .pytest_cache .mypy_cache .ruff_cache
