@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISDIR as stat_is_dir
 from stat import S_ISREG as stat_is_file
 
 from . import _fork
@@ -3000,17 +3001,35 @@ def _no_version_file(folder: Path) -> bool:
 
 def _folder_entries(folder: Path) -> tuple[tuple[str, int, int], ...] | None:
     """A version's ``folder`` as it stands (its own inode and modification time, which change as an entry is
-    added, removed or renamed, even one gone again since; and each entry's name, size and modification time, not
-    followed into sub-folders), or None where it cannot be listed (gone): what changes while a copy writes it."""
+    added, removed or renamed, even one gone again since; and each entry's path, size and modification time,
+    those of its sub-folders too, as external data the model names in one, ``data/weights.bin``, is copied before
+    the model file by a copy in name order; links not followed), or None where it cannot be listed (gone): what
+    changes while a copy writes it. An entry removed while it is listed is left out (its folder's modification
+    time tells of it), not taken for a folder that cannot be listed."""
     try:
         info = os.stat(folder)
-        entries = [("", info.st_ino, info.st_mtime_ns)]
-        with os.scandir(folder) as listing:
-            for entry in listing:
-                info = entry.stat(follow_symlinks=False)
-                entries.append((entry.name, info.st_size, info.st_mtime_ns))
     except OSError:
         return None
+    entries = [("", info.st_ino, info.st_mtime_ns)]
+    pending = [(str(folder), "")]
+    while pending:
+        path, prefix = pending.pop()
+        try:
+            with os.scandir(path) as listing:
+                found = list(listing)
+        except OSError:  # (a sub-folder removed since its parent was listed, or one that cannot be: its own
+            if not prefix:  # entry is there)
+                return None
+            continue
+        for entry in found:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:  # (removed since the listing)
+                continue
+            name = prefix + entry.name
+            entries.append((name, info.st_size, info.st_mtime_ns))
+            if stat_is_dir(info.st_mode):
+                pending.append((entry.path, name + "/"))
     return tuple(sorted(entries))
 
 

@@ -145,3 +145,29 @@ def test_an_advance_records_no_emptied_folder_as_the_version_to_roll_back_to(
     state = ControlFile(repository).read().models["m"]
     assert (state.stable, state.gate_named, state.previous_stable) == (3, True, None), state
     assert running.predict("m", X).version == 3
+
+
+def test_the_name_stays_while_an_external_data_file_in_a_subfolder_is_copied_before_the_model_file(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``aws s3 sync`` copies keys in their order, so ``1/data/weights.bin`` (external data the model names in a
+    subfolder) is written before ``1/model.onnx``: for as long as that one large file takes, only the subfolder's
+    content changes. The fingerprint looked at the version folder's own entries, the subfolder's unchanged, so the
+    name was removed 2 s into that file's copy, for good."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    shutil.rmtree(repository / "m" / "1")
+    running._registry.refresh(settle_empty_configs=True)
+    partial = repository / "m" / "1" / "data" / "weights.bin.5f2A9c"  # (aws's temporary name, in its folder)
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"\0" * 1000)
+    running._registry.refresh(settle_empty_configs=True)
+    for written in range(2, 7):  # a poll a second, the one file still being written
+        with partial.open("ab") as file:
+            file.write(b"\0" * 1000)
+        clock.advance(1.0)
+        running._registry.refresh(settle_empty_configs=True)
+        assert _stable(repository) == (1, True), f"the name was removed {written - 1} s into the file's copy"
+    clock.advance(2.0)  # (the copy stopped: nothing changes any more)
+    running._registry.refresh(settle_empty_configs=True)
+    assert _stable(repository) == (None, False)
