@@ -378,6 +378,10 @@ def _control_lines(state: dict[str, Any], *, strategy: object = None, candidate:
                 f"  control file: stop of v{stopped} no longer applies: configured canary is v{candidate}, which runs "
                 "(`canary ... none` stops it)"
             )
+        elif strategy in ("ab", "bandit") and state.get("kill"):  # (the arms do not answer: said they did)
+            lines.append(
+                "  control file: canary stopped: the kill switch is on, so no arm answers (`resume` turns it off)"
+            )
         elif strategy in ("ab", "bandit"):
             lines.append(
                 f"  control file: canary stopped, but the configured strategy is {strategy!r}: its arms still answer "

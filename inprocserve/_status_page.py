@@ -150,17 +150,18 @@ def _gate_named(control: Mapping[str, Any]) -> bool:
     return isinstance(gate, int) and not isinstance(gate, bool) and gate == control.get("stable")
 
 
-def _stop_texts(control: Mapping[str, Any], rollout: Mapping[str, Any] | None) -> tuple[str, str]:
+def _stop_texts(control: Mapping[str, Any], rollout: Mapping[str, Any] | None, *, killed: bool) -> tuple[str, str]:
     """The badge of a stopped canary (``canary_off``), naming the version stopped where the file records it
     (``canary_off_version``), and, when the configured canary is another version now (a deploy's new canary,
     which runs), a sentence saying the stop no longer applies ("" otherwise). On a model whose configured
     strategy is A/B or bandit the badge says its arms still answer: "canary stopped" read as if traffic went
-    back to one version (the checks in the order of the CLI's ``status``)."""
+    back to one version (the checks in the order of the CLI's ``status``), unless the kill switch is on (``killed``):
+    no arm answers then."""
     stopped = control.get("canary_off_version")
     known = isinstance(stopped, int) and not isinstance(stopped, bool)
     candidate = _mapping(_mapping(rollout).get("configured")).get("candidate")
     if not known or not isinstance(candidate, int) or isinstance(candidate, bool) or candidate == stopped:
-        if _mapping(rollout).get("strategy") in _ARM_STRATEGIES:
+        if _mapping(rollout).get("strategy") in _ARM_STRATEGIES and not killed:
             return _ARMS_ANSWER, ""
         return (f"canary v{stopped} stopped (control file)" if known else _CANARY_STOPPED), ""
     return (
@@ -177,7 +178,7 @@ def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> st
     killed = bool(_mapping(model.get("control")).get("kill"))  # the fleet's kill switch (control file)
     control = _mapping(model.get("control"))  # (`canary ... none`: no canary of the file's, the configured stopped)
     stopped = control.get("canary_off") is True and control.get("canary_version") is None
-    badge, stale = _stop_texts(control, rollout) if stopped else ("", "")
+    badge, stale = _stop_texts(control, rollout, killed=killed) if stopped else ("", "")
     stopped = stopped and not stale  # (a stop of another version than the configured canary's holds no more)
     parts = [
         f'<section class="model" id="model-{escape(str(name))}">'

@@ -593,3 +593,24 @@ def test_a_stop_made_in_a_worker_that_has_not_read_the_deployed_canary_yet_stops
     late.set_canary("fraud", None, percent=0)
     early.sync_control()
     assert answering(early) == {1}
+
+
+@pytest.mark.parametrize(("config", "strategy"), [(AB_IN_CONFIG, "ab"), (BANDIT_IN_CONFIG, "bandit")])
+def test_a_stopped_canary_on_an_ab_test_or_bandit_with_the_kill_switch_on_says_no_arm_answers(
+    repository: Path, make_server: ServerFactory, capsys: pytest.CaptureFixture[str], config: str, strategy: str
+) -> None:
+    # `canary ... none` then `kill`: the stable version alone answers, yet the page badged "canary stopped; arms
+    # still answer" beside "kill switch on", and `status` printed "its arms still answer" under "KILL SWITCH ON".
+    models = fraud_repository(repository, config, versions=2)
+    server = make_server(models)
+    assert cli(capsys, "canary", str(models), "fraud", "none").returncode == 0
+    assert cli(capsys, "kill", str(models), "fraud").returncode == 0
+    server.sync_control()
+    assert answering(server) == {2}
+    status = server.status()
+    lines = [line for line in summarize(status) if line.startswith("  ")]
+    assert not [line for line in lines if "arms still answer" in line], lines
+    assert "  control file: canary stopped: the kill switch is on, so no arm answers (`resume` turns it off)" in lines
+    page = inprocserve.render_status_page(status)
+    assert "arms still answer" not in page
+    assert "kill switch on" in page and "canary stopped (control file)" in page
