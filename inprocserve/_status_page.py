@@ -235,6 +235,11 @@ def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None, *, killed:
             f"Canary: {_number(configured.get('canary_percent'))} % of targeting keys go to version "
             f"{_text(configured.get('candidate'))}; the rest to the {stable_text}."
         )
+        if _mapping(model.get("control")).get("canary_version") is not None:  # (as the CLI's status says)
+            sentence += (
+                " Set by the control file: it replaces the configured rollout (an A/B test's arms too) until "
+                "it is handed back to the configuration."
+            )
         if stopped:  # (why the configured canary's version gets no one: `canary ... config` hands it back)
             sentence += (
                 f" Canary stopped by the control file: the configured canary (version "

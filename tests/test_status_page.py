@@ -422,6 +422,28 @@ def test_a_canary_without_a_stable_alias_reads_as_one_sentence(repository: Path,
     assert "the rest to the latest ready version (3)." in text, text  # was "to the the latest"
 
 
+def test_a_control_file_canary_says_it_replaces_the_configured_a_b_test(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    # `canary models/ fraud 1 0` on an A/B model: everyone gets the stable version and the arms are off. The
+    # CLI's status said so; the page read as an ordinary 0 % canary, naming neither the control file nor the
+    # A/B test it replaced.
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    ab = inprocserve.RolloutConfig(strategy="ab", stable=1, variants={"a": {"version": 1}, "b": {"version": 2}})
+    server = make_server(repository, models={"fraud": inprocserve.ModelConfig(rollout=ab)})
+    assert "Set by the control file" not in " ".join(parse(inprocserve.render_status_page(server.status())).text)
+    server.set_canary("fraud", 1, percent=0)
+    page = inprocserve.render_status_page(server.status())
+    assert_inert(page)
+    text = " ".join(parse(page).text)
+    assert "Canary: 0 % of targeting keys go to version 1" in text, text
+    assert "Set by the control file: it replaces the configured rollout (an A/B test's arms too)" in text, text
+    server.resume_configured_canary("fraud")
+    text = " ".join(parse(inprocserve.render_status_page(server.status())).text)
+    assert "A/B test" in text and "Set by the control file" not in text, text
+
+
 def test_a_control_file_problem_shows_and_a_refusing_worker_is_not_shown_ready(
     repository: Path, make_server: ServerFactory
 ) -> None:
