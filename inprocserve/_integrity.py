@@ -9,8 +9,9 @@ which the core does not depend on; only the fields on the paths to tensors are d
 are skipped, never copied.
 
 Also here: the symlink policy (symlinked model or version folders and model files are refused unless the
-server follows symlinks), the optional ``model.onnx.sha256`` checksum, and the resolution of files that a
-model's ``config.toml`` names (warm-up inputs, drift reference) inside the model folder.
+server follows symlinks), the optional ``model.onnx.sha256`` checksum (of the model file and of the
+external-data files it lists), and the resolution of files that a model's ``config.toml`` names (warm-up
+inputs, drift reference) inside the model folder.
 """
 
 from __future__ import annotations
@@ -291,9 +292,10 @@ def check_version(model_file: Path, *, model: str, version: int, follow_symlinks
     served remotely) is checked for the symlink policy and read, and has no checksum or external data.
 
     Raises:
-        ModelLoadError: a refused symlink, a checksum mismatch, or an external-data reference that is
-            absolute, escapes the version folder, is missing, or lies outside its file; an invalid
-            ``remote.toml`` (the message names the key).
+        ModelLoadError: a refused symlink; a checksum mismatch of the model file or of an external-data
+            file the checksum file lists, or a file it lists missing from the folder; an external-data
+            reference that is absolute, escapes the version folder, is missing, or lies outside its file; an
+            invalid ``remote.toml`` (the message names the key).
     """
 
     def fail(message: str) -> ModelLoadError:
@@ -312,8 +314,10 @@ def check_version(model_file: Path, *, model: str, version: int, follow_symlinks
         except ModelLoadError as exc:
             raise fail(str(exc)) from None
         return
-    _check_checksum(model_file, fail)
+    listed = _check_checksum(model_file, fail)
     check_external_data(model_file, model=model, version=version, follow_symlinks=follow_symlinks)
+    if listed is not None:  # (after the locations are checked: only files inside the folder are read)
+        _check_listed_external_data(model_file, listed, fail)
 
 
 def check_external_data(model_file: Path, *, model: str, version: int, follow_symlinks: bool = False) -> None:
@@ -414,6 +418,8 @@ class _PerFile(Generic[_T]):
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[Sighting, _T]] = {}
         self._max_entries = max_entries
+        self.derived = 0
+        """How many values were derived (a file read) and put: a count for tests of the cache."""
 
     def get(self, path: str, stat: os.stat_result) -> tuple[_T | None, Sighting]:
         """The value kept for the file as ``stat`` describes it (None if none is, or it is not settled), and
@@ -431,6 +437,7 @@ class _PerFile(Generic[_T]):
             if path not in self._entries and len(self._entries) >= self._max_entries:
                 self._entries.pop(next(iter(self._entries)))  # the oldest path
             self._entries[path] = (sight, value)
+            self.derived += 1
 
 
 # About 0.4 KB an entry: 16,384 model files (versions x files) cost 7 MB at most.
@@ -498,10 +505,32 @@ def _checksum_text(data: bytes) -> str:
     return data.decode("utf-8-sig", errors="replace")
 
 
-def _expected_digest(text: str, model_file: Path, sidecar: Path, fail: _Fail) -> str:
-    """The digest a checksum file's ``text`` gives ``model_file``: that of its only line, or, in a file that
-    lists several (``sha256sum *.data model.onnx``, a model's SHA256SUMS with ``2/model.onnx``), that of the
-    line naming ``model.onnx`` (the first line alone was read: another file's digest, refused as a mismatch)."""
+_Listed = dict[tuple[str, ...], tuple[str, str]]
+"""The other lines of a checksum file that name a file of the version folder: the path's parts inside the
+folder (``("data", "w.bin")``) -> (the digest, the name as the line gives it)."""
+
+_DRIVE = re.compile(r"[A-Za-z]:")
+_MAX_CHECKSUM_BYTES = 1 << 20  # a repository's SHA256SUMS of 10,000 files; one longer is refused, not cut short
+
+
+def _parts(name: str) -> tuple[str, ...]:
+    """A path's parts as ``sha256sum`` writes them or a model names its external data: ``./data/w.bin``,
+    ``data\\w.bin`` and ``data//w.bin`` are ``("data", "w.bin")``."""
+    return tuple(part for part in name.replace("\\", "/").split("/") if part not in ("", "."))
+
+
+def _is_absolute(name: str) -> bool:
+    """Whether a listed name is absolute: ``/srv/...``, or a Windows one (``C:\\models``, ``\\\\host``)."""
+    return name.startswith(("/", "\\")) or _DRIVE.match(name) is not None
+
+
+def _read_listing(text: str, model_file: Path, sidecar: Path, fail: _Fail) -> tuple[str, _Listed]:
+    """The digest a checksum file's ``text`` gives ``model_file``, and the other files of its version folder it
+    lists. A file of one line gives the model's digest, whatever name it gives. In a file that lists several
+    (``sha256sum model.onnx *.data``, a model's SHA256SUMS with ``2/model.onnx``), the line naming
+    ``model.onnx`` gives its digest (the first line alone was read: another file's digest, refused as a
+    mismatch), and how the lines name the version folder: its ``2/`` in ``2/model.onnx`` makes
+    ``2/weights.bin`` this folder's ``weights.bin``, and ``1/weights.bin`` another version's, left out."""
     entries: list[tuple[str, str]] = []  # (digest, file name) of each line in sha256sum's format
     for line in text.splitlines():
         words = line.split(None, 1)
@@ -521,27 +550,49 @@ def _expected_digest(text: str, model_file: Path, sidecar: Path, fail: _Fail) ->
             "write: sha256sum model.onnx > model.onnx.sha256)"
         )
     if len(entries) == 1:  # (whatever name it gives: a file checksummed before it was renamed model.onnx)
-        return entries[0][0]
-    name, tail = model_file.name, model_file.parts
-    for digest, listed in entries:
+        return entries[0][0], {}
+    tail = model_file.parts
+    for index, (digest, listed) in enumerate(entries):
         # the listed path's parts are the model file's last ones: model.onnx, 2/model.onnx, fraud/2/model.onnx
         # (a repository's SHA256SUMS), never another model's churn/2/model.onnx, which ends alike
-        parts = tuple(part for part in listed.replace("\\", "/").split("/") if part not in ("", "."))
+        parts = _parts(listed)
         if parts and parts == tail[-len(parts) :]:
-            return digest
+            return digest, _this_folder(entries[:index] + entries[index + 1 :], listed, model_file, sidecar)
     shown_names = ", ".join(repr(listed[:70]) for _, listed in entries[:5])
     raise fail(
-        f"checksum file {sidecar} lists {len(entries)} files ({shown_names}), none of them {name}; "
+        f"checksum file {sidecar} lists {len(entries)} files ({shown_names}), none of them {model_file.name}; "
         "write: sha256sum model.onnx > model.onnx.sha256"
     )
 
 
-def _check_checksum(model_file: Path, fail: _Fail) -> None:
+def _this_folder(entries: list[tuple[str, str]], model_line: str, model_file: Path, sidecar: Path) -> _Listed:
+    """Of ``entries``, those that name a file of the version folder as ``model_line`` names the model file:
+    under the same folder (``2/``, ``/srv/models/m/2/``, none), relative or absolute alike."""
+    prefix, absolute = _parts(model_line)[:-1], _is_absolute(model_line)
+    listed: _Listed = {}
+    for digest, name in entries:
+        parts = _parts(name)
+        inside = parts[len(prefix) :]
+        if parts[: len(prefix)] != prefix or not inside or _is_absolute(name) != absolute:
+            continue  # another version's file (a model's SHA256SUMS), another model's, one not under the folder
+        if "\x00" in name or ".." in inside:
+            continue  # (no file's name; a path that climbs out of the folder, never looked at)
+        if inside in ((sidecar.name,), (model_file.name,)):
+            # the checksum file itself (sha256sum * > model.onnx.sha256 lists it half-written), a second line
+            # for the model file (its first is the one read)
+            continue
+        listed.setdefault(inside, (digest, name))
+    return listed
+
+
+def _check_checksum(model_file: Path, fail: _Fail) -> _Listed | None:
+    """Check the model file against its checksum file, if it has one, and that every other file of the
+    version folder it lists is there; the other files it lists (None without a checksum file)."""
     sidecar = model_file.with_name(model_file.name + CHECKSUM_SUFFIX)
     if not sidecar.exists() and not sidecar.is_symlink():  # (a dangling link is a checksum that cannot be read)
-        return
+        return None
     try:
-        data = read_regular_file(sidecar, 1 << 16)[: 1 << 16]  # (a pipe there would hold the load, and its lock)
+        data = read_regular_file(sidecar, _MAX_CHECKSUM_BYTES)  # (a pipe there would hold the load, and its lock)
     except NotARegularFileError:
         raise fail(
             f"checksum file {sidecar} is not a regular file (a folder, a pipe or a device); "
@@ -549,15 +600,54 @@ def _check_checksum(model_file: Path, fail: _Fail) -> None:
         ) from None
     except OSError as exc:
         raise fail(f"checksum file {sidecar} cannot be read: {exc}") from exc
-    expected = _expected_digest(_checksum_text(data), model_file, sidecar, fail)
+    if len(data) > _MAX_CHECKSUM_BYTES:  # (read cut short, its last line would name a file that is not there)
+        raise fail(
+            f"checksum file {sidecar} is over {_MAX_CHECKSUM_BYTES >> 20} MiB; list this version's files only: "
+            "sha256sum model.onnx *.data > model.onnx.sha256"
+        )
+    expected, listed = _read_listing(_checksum_text(data), model_file, sidecar, fail)
+    _check_digest(model_file, expected, sidecar, fail, what="model file")
+    folder = model_file.parent
+    for inside, (_, name) in listed.items():
+        # os.path.exists: False, not an error, for a name too long for the file system
+        if not os.path.exists(folder.joinpath(*inside)) and not _written_by_loads(inside[-1]):
+            raise fail(
+                f"checksum file {sidecar.name} lists {brief(name)}, which is not in the version folder {folder} "
+                "(a copy not finished?); copy it in, or take its line out"
+            )
+    return listed
+
+
+def _written_by_loads(name: str) -> bool:
+    """Whether a file of this name is one a load writes and deletes (the optimized-graph cache): listed by a
+    ``sha256sum *`` run after a load, it is not the release's, and its going is no missing file."""
+    from ._ort_rules import OPTIMIZED_GRAPH  # (here: _ort_rules imports this module's walker, through shapes)
+
+    return OPTIMIZED_GRAPH.fullmatch(name) is not None
+
+
+def _check_listed_external_data(model_file: Path, listed: _Listed, fail: _Fail) -> None:
+    """Check each external-data file the model names against the digest its checksum file lists for it (the
+    locations are checked already: inside the folder, regular files). One it does not list is not checked."""
+    sidecar = model_file.with_name(model_file.name + CHECKSUM_SUFFIX)
+    seen: set[tuple[str, ...]] = set()
+    for location in external_data_locations(model_file):
+        inside = _parts(location)
+        if inside in seen or inside not in listed:
+            continue
+        seen.add(inside)
+        _check_digest(model_file.parent / location, listed[inside][0], sidecar, fail, what="external-data file")
+
+
+def _check_digest(path: Path, expected: str, sidecar: Path, fail: _Fail, *, what: str) -> None:
     try:
-        actual = file_sha256(model_file)
+        actual = file_sha256(path)
     except NotARegularFileError:
-        raise fail(f"model file {model_file} is not a regular file (a folder, a pipe or a device)") from None
+        raise fail(f"{what} {path} is not a regular file (a folder, a pipe or a device)") from None
     except OSError as exc:
-        raise fail(f"model file {model_file} cannot be read: {exc.strerror or exc}") from None
+        raise fail(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     if actual != expected:
-        raise fail(f"{model_file} has sha256 {actual}, but {sidecar.name} expects {expected}; the file is refused")
+        raise fail(f"{path} has sha256 {actual}, but {sidecar.name} expects {expected}; the file is refused")
 
 
 # -- files named in config.toml ---------------------------------------------------------------------------

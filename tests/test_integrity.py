@@ -319,6 +319,8 @@ def test_a_checksum_file_that_lists_several_files_is_read_at_the_line_of_model_o
         "blank lines, windows lines, a bom": f"\ufeff\r\n{other}  weights.bin\r\n\r\n{digest}  model.onnx\r\n",
     }[layout]
     path.with_name("model.onnx.sha256").write_bytes(text.encode())
+    for other_file in ("model.onnx.data", "weights.bin"):  # (listed files must be there; the model reads neither)
+        path.with_name(other_file).write_bytes(b"not what the listing says")
     server = make_server(repository)
     assert server.predict("m", {"x": np.ones((1, 4), dtype=np.float32)})["y"].tolist() == [[2.0] * 4]
 

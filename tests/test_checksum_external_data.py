@@ -1,0 +1,254 @@
+"""The checksum file checks the external-data files it lists, as it checks model.onnx.
+
+A team that writes ``sha256sum model.onnx weights.data > model.onnx.sha256`` expects both files checked: a
+weights file corrupted in a copy (a flipped byte, bit rot) otherwise loaded wrong weights silently. Every
+model here keeps its weights in real external-data files written by ``onnx.save_model``, every listing is
+written by the real ``sha256sum``, and every version is loaded by a real Server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import inprocserve
+from inprocserve import _integrity, _racy
+from inprocserve.testing import build_scale_model
+
+from .conftest import ServerFactory
+
+X = np.ones((1, 4), dtype=np.float32)
+ALL_VERSIONS = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+
+
+def save_external(folder: Path, factor: float, location: str | None = "weights.data") -> Path:
+    """``y = x * factor`` saved in ``folder`` with its tensors in external data: all in ``location``, or each
+    in a file of its own name (``factor``, ``offset``) when ``location`` is None."""
+    if location is not None:
+        (folder / location).parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(
+        build_scale_model(factor),
+        folder / "model.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=location is not None,
+        location=location,
+        size_threshold=0,
+    )
+    return folder / "model.onnx"
+
+
+def sha256sum(cwd: Path, *names: str) -> str:
+    """What ``sha256sum NAMES`` prints, run in ``cwd``."""
+    return subprocess.run(["sha256sum", *names], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def flip_a_byte(path: Path, at: int = 3) -> None:
+    """Corrupt ``path`` in place keeping its size: float32 2.0 becomes 8.0 (the byte 0x40 becomes 0x41)."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def version_status(server: inprocserve.Server, version: int) -> dict[str, object]:
+    status: dict[str, object] = server.status()["models"]["m"]["versions"][str(version)]
+    return status
+
+
+LAYOUTS = [
+    "sha256sum model.onnx weights.data",
+    "sha256sum -b ./model.onnx ./weights.data",
+    "data in a sub-folder",
+    "a model's SHA256SUMS naming 1/ and 2/",
+    "absolute paths",
+    "sha256sum * run twice: it lists itself",
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_an_external_data_file_the_checksum_file_lists_is_checked_too(
+    repository: Path, make_server: ServerFactory, layout: str
+) -> None:
+    """Version 2's weights lost a bit after its checksum file was written: it loaded, answering 8x for 2x."""
+    location = "data/w.bin" if layout == "data in a sub-folder" else "weights.data"
+    folders = [repository / "m" / "1", repository / "m" / "2"]
+    for folder, factor in zip(folders, (1.0, 2.0), strict=True):
+        save_external(folder, factor, location)
+    for folder in folders:
+        if layout == "a model's SHA256SUMS naming 1/ and 2/":
+            text = sha256sum(folder.parent, "1/model.onnx", "1/weights.data", "2/model.onnx", "2/weights.data")
+        elif layout == "absolute paths":
+            text = sha256sum(folder, str(folder / "model.onnx"), str(folder / location))
+        elif layout == "sha256sum -b ./model.onnx ./weights.data":
+            text = sha256sum(folder, "-b", "./model.onnx", "./weights.data")
+        elif layout == "sha256sum * run twice: it lists itself":
+            for _ in range(2):
+                subprocess.run("sha256sum * > model.onnx.sha256", shell=True, cwd=folder, check=True)
+            assert "model.onnx.sha256" in (folder / "model.onnx.sha256").read_text()
+            continue
+        else:
+            text = sha256sum(folder, "model.onnx", location)
+        (folder / "model.onnx.sha256").write_text(text)
+    weights = folders[1] / location
+    listed = digest(weights)
+    flip_a_byte(weights)
+    server = make_server(repository, config=ALL_VERSIONS)
+    assert version_status(server, 1)["state"] == "ready"
+    assert server.predict("m", X, version=1)["y"].tolist() == [[1.0] * 4]
+    failed = version_status(server, 2)
+    assert failed["state"] == "failed"
+    assert f"{weights} has sha256 {digest(weights)}, but model.onnx.sha256 expects {listed}" in str(failed["error"])
+    with pytest.raises(inprocserve.ModelNotFoundError):
+        server.predict("m", X, version=2)
+
+
+@pytest.mark.parametrize("location", ["weights.data", "data/w.bin"])
+@pytest.mark.parametrize("fix", ["renamed into place", "rewritten in place"])
+def test_a_new_version_with_corrupted_weights_fails_while_the_old_one_serves_and_is_retried_once_fixed(
+    repository: Path, tmp_path: Path, make_server: ServerFactory, location: str, fix: str
+) -> None:
+    save_external(repository / "m" / "1", 1.0, location)
+    server = make_server(repository)
+    staged = tmp_path / "staged"
+    save_external(staged, 2.0, location)
+    (staged / "model.onnx.sha256").write_text(sha256sum(staged, "model.onnx", location))
+    good = (staged / location).read_bytes()
+    flip_a_byte(staged / location)  # (the copy that went wrong)
+    staged.rename(repository / "m" / "2")
+    weights = repository / "m" / "2" / location
+    problems = server.refresh()
+    assert any(f"{weights} has sha256" in problem for problem in problems), problems
+    assert version_status(server, 2)["state"] == "failed"
+    answer = server.predict("m", X)
+    assert answer.version == 1 and answer["y"].tolist() == [[1.0] * 4]  # the old version serves meanwhile
+    hashed = _integrity._hashes.derived
+    server.refresh()
+    assert version_status(server, 2)["state"] == "failed"
+    assert _integrity._hashes.derived == hashed  # an unchanged failed version is not checked again
+    if fix == "renamed into place":
+        (weights.parent / "fixed.tmp").write_bytes(good)
+        (weights.parent / "fixed.tmp").replace(weights)
+    else:  # (no session maps a failed version's weights: rewriting them in place is safe)
+        weights.write_bytes(good)
+    assert server.refresh() == []
+    answer = server.predict("m", X)
+    assert answer.version == 2 and answer["y"].tolist() == [[2.0] * 4]
+
+
+@pytest.mark.parametrize("missing", ["weights.data", "tokenizer.json"])
+def test_a_file_the_checksum_file_lists_that_is_not_there_fails_the_version_until_it_arrives(
+    repository: Path, tmp_path: Path, make_server: ServerFactory, missing: str
+) -> None:
+    """A copy that had not finished: the listing says which file the version lacks."""
+    folder = repository / "m" / "1"
+    save_external(folder, 2.0)
+    (folder / "tokenizer.json").write_text("{}")
+    (folder / "model.onnx.sha256").write_text(sha256sum(folder, "model.onnx", "weights.data", "tokenizer.json"))
+    (folder / missing).rename(tmp_path / missing)
+    server = make_server(repository)
+    error = str(version_status(server, 1)["error"])
+    assert f"model.onnx.sha256 lists '{missing}', which is not in the version folder {folder}" in error
+    shutil.copy2(tmp_path / missing, folder / missing)
+    assert server.refresh() == []
+    assert server.predict("m", X)["y"].tolist() == [[2.0] * 4]
+
+
+def test_an_external_data_file_the_checksum_file_does_not_list_stays_unchecked(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    folders = [repository / "m" / "1", repository / "m" / "2"]
+    for folder in folders:
+        save_external(folder, 2.0, location=None)  # files "factor" and "offset"
+        (folder / "model.onnx.sha256").write_text(sha256sum(folder, "model.onnx", "factor"))
+    flip_a_byte(folders[0] / "offset", at=0)  # unlisted: loaded as it is (offset 0.0 became 1.4e-45)
+    flip_a_byte(folders[1] / "factor")  # listed: refused
+    server = make_server(repository, config=ALL_VERSIONS)
+    assert version_status(server, 1)["state"] == "ready"
+    assert "factor has sha256" in str(version_status(server, 2)["error"])
+
+
+def test_lines_naming_files_outside_the_version_folder_are_ignored_and_its_own_are_checked(
+    repository: Path, tmp_path: Path, make_server: ServerFactory
+) -> None:
+    """Lines that climb out or name another folder are never read (their digests here are wrong: read, they
+    would fail the version); the version's own weights still are."""
+    save_external(repository / "m" / "1", 1.0)
+    folder = repository / "m" / "2"
+    save_external(folder, 2.0)
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"outside")
+    wrong = "0" * 64
+    hostile = [
+        "../1/weights.data",
+        "data/../../1/weights.data",
+        "/etc/passwd",
+        str(outside),
+        str(folder.parent / "1" / "weights.data"),
+        "weights\x00.data",
+        "C:\\models\\m\\2\\weights.data",
+    ]
+    listing = sha256sum(folder, "model.onnx", "weights.data") + "".join(f"{wrong}  {name}\n" for name in hostile)
+    (folder / "model.onnx.sha256").write_text(listing)
+    server = make_server(repository, config=ALL_VERSIONS)
+    assert version_status(server, 2)["state"] == "ready", version_status(server, 2)
+    server.close()
+    flip_a_byte(folder / "weights.data")
+    server = make_server(repository, config=ALL_VERSIONS)
+    assert f"{folder / 'weights.data'} has sha256" in str(version_status(server, 2)["error"])
+    assert server.predict("m", X).version == 1
+
+
+@pytest.mark.parametrize("case", ["a name of 100,000 characters", "a listing over 1 MiB"])
+def test_a_checksum_file_too_long_or_naming_a_file_too_long_fails_with_a_short_message(
+    repository: Path, make_server: ServerFactory, case: str
+) -> None:
+    folder = repository / "m" / "1"
+    save_external(folder, 2.0)
+    listing = sha256sum(folder, "model.onnx", "weights.data")
+    if case == "a name of 100,000 characters":
+        listing += f"{'0' * 64}  {'w' * 100_000}\n"
+        fragment = "model.onnx.sha256 lists 'wwww"
+    else:  # (its first 64 KiB were read, and the rest, this version's weights among them, left unchecked)
+        listing += "".join(f"{'0' * 64}  other/{n}.data\n" for n in range(15_000))
+        fragment = "is over 1 MiB; list this version's files only"
+    (folder / "model.onnx.sha256").write_text(listing)
+    server = make_server(repository)
+    error = str(version_status(server, 1)["error"])
+    assert fragment in error and len(error) < 1_000
+
+
+def test_an_unchanged_listed_file_is_hashed_once(
+    repository: Path, tmp_path: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The weights' digest is cached by (inode, size, mtime, ctime) as model.onnx's is: polls and a second
+    server read neither file again; new weights renamed into place are read, the unchanged model is not."""
+    monkeypatch.setattr(_racy, "CHANGED_LONG_AGO_S", -60.0)  # (every file settled at first sight)
+    folder = repository / "m" / "1"
+    save_external(folder, 2.0)
+    (folder / "model.onnx.sha256").write_text(sha256sum(folder, "model.onnx", "weights.data"))
+    before = _integrity._hashes.derived
+    server = make_server(repository)
+    assert _integrity._hashes.derived == before + 2  # model.onnx and weights.data
+    assert server.refresh() == [] and server.refresh() == []
+    make_server(repository)
+    assert _integrity._hashes.derived == before + 2
+    staged = tmp_path / "staged"
+    save_external(staged, 3.0)
+    (staged / "model.onnx.sha256").write_text(sha256sum(staged, "model.onnx", "weights.data"))
+    assert digest(staged / "model.onnx") == digest(folder / "model.onnx")  # (only the weights differ)
+    os.replace(staged / "weights.data", folder / "weights.data")
+    os.replace(staged / "model.onnx.sha256", folder / "model.onnx.sha256")
+    assert server.refresh() == []
+    assert server.predict("m", X)["y"].tolist() == [[3.0] * 4]
+    assert _integrity._hashes.derived == before + 3  # the new weights only
