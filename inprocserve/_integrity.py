@@ -608,7 +608,13 @@ def _check_checksum(model_file: Path, fail: _Fail) -> _Listed | None:
     expected, listed = _read_listing(_checksum_text(data), model_file, sidecar, fail)
     _check_digest(model_file, expected, sidecar, fail, what="model file")
     folder = model_file.parent
+    locations = {_parts(location) for location in external_data_locations(model_file)}
     for inside, (_, name) in listed.items():
+        # Only a file whose arrival retries the failed version: one the folder holds directly (not hidden, as
+        # an editor's swap file is), or one the model names as its external data. Another in a sub-folder or
+        # hidden was a failure for good: copied in, the version stayed failed until a restart.
+        if inside not in locations and (len(inside) > 1 or inside[0].startswith(".")):
+            continue
         # os.path.exists: False, not an error, for a name too long for the file system
         if not os.path.exists(folder.joinpath(*inside)) and not _written_by_loads(inside[-1]):
             raise fail(

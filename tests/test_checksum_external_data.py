@@ -252,3 +252,20 @@ def test_an_unchanged_listed_file_is_hashed_once(
     assert server.refresh() == []
     assert server.predict("m", X)["y"].tolist() == [[3.0] * 4]
     assert _integrity._hashes.derived == before + 3  # the new weights only
+
+
+@pytest.mark.parametrize("listed", ["vocab/tokenizer.json", ".gitattributes"])
+def test_a_listed_file_whose_arrival_no_refresh_sees_does_not_fail_the_version(
+    repository: Path, tmp_path: Path, make_server: ServerFactory, listed: str
+) -> None:
+    """``find . -type f | xargs sha256sum`` lists files in sub-folders and hidden ones, which a refresh does not
+    watch: a copy that had not brought one failed the version for good, copied in later or not."""
+    folder = repository / "m" / "1"
+    save_external(folder, 2.0)
+    (folder / listed).parent.mkdir(parents=True, exist_ok=True)
+    (folder / listed).write_text("{}")
+    (folder / "model.onnx.sha256").write_text(sha256sum(folder, "model.onnx", "weights.data", listed))
+    (folder / listed).rename(tmp_path / "away")
+    server = make_server(repository)
+    assert version_status(server, 1)["state"] == "ready", version_status(server, 1)["error"]
+    assert server.predict("m", X)["y"].tolist() == [[2.0] * 4]
