@@ -502,7 +502,9 @@ def _checksum_text(data: bytes) -> str:
     begin with a byte-order mark (UTF-8, or UTF-16 as ``Out-File`` writes by default)."""
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16", errors="replace")
-    return data.decode("utf-8-sig", errors="replace")
+    # surrogateescape: a file name that is not UTF-8 (``caf\xe9.txt`` of a Latin-1 system) names that file
+    # again when the text is a path; replaced by U+FFFD, it named none, and its version failed as incomplete
+    return data.decode("utf-8-sig", errors="surrogateescape")
 
 
 _Listed = dict[tuple[str, ...], tuple[str, str]]

@@ -269,3 +269,23 @@ def test_a_listed_file_whose_arrival_no_refresh_sees_does_not_fail_the_version(
     server = make_server(repository)
     assert version_status(server, 1)["state"] == "ready", version_status(server, 1)["error"]
     assert server.predict("m", X)["y"].tolist() == [[2.0] * 4]
+
+
+def test_a_listed_file_whose_name_is_not_utf8_is_found(repository: Path, make_server: ServerFactory) -> None:
+    """``sha256sum *`` in a folder holding a Latin-1 name (``café.txt`` written on an older system): read as
+    U+FFFD, the name named no file, and the version failed as a copy not finished."""
+    folder = repository / "m" / "1"
+    save_external(folder, 2.0)
+    name = b"caf\xe9.txt"
+    (folder / os.fsdecode(name)).write_text("notes")
+    listing = subprocess.run(
+        [b"sha256sum", b"model.onnx", b"weights.data", name], cwd=folder, capture_output=True, check=True
+    ).stdout
+    assert name in listing
+    (folder / "model.onnx.sha256").write_bytes(listing)
+    server = make_server(repository)
+    assert version_status(server, 1)["state"] == "ready", version_status(server, 1)["error"]
+    (folder / os.fsdecode(name)).unlink()  # (and it is the file the line names: gone, the version fails)
+    server.close()
+    error = str(version_status(make_server(repository), 1)["error"])
+    assert "lists 'caf\\udce9.txt', which is not in the version folder" in error
