@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from ._brief import brief, brief_text
 from ._errors import ModelLoadError
@@ -513,6 +513,18 @@ folder (``("data", "w.bin")``) -> (the digest, the name as the line gives it).""
 
 _DRIVE = re.compile(r"[A-Za-z]:")
 _MAX_CHECKSUM_BYTES = 1 << 20  # a repository's SHA256SUMS of 10,000 files; one longer is refused, not cut short
+_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+_ESCAPED = {"\\": "\\", "n": "\n", "r": "\r"}
+
+
+class _Line(NamedTuple):
+    """One line of a checksum file in ``sha256sum``'s format."""
+
+    digest: str
+    name: str
+    parts: tuple[str, ...]
+    """The path's parts (see :func:`_parts`)."""
+    absolute: bool
 
 
 def _parts(name: str) -> tuple[str, ...]:
@@ -526,6 +538,21 @@ def _is_absolute(name: str) -> bool:
     return name.startswith(("/", "\\")) or _DRIVE.match(name) is not None
 
 
+def _line(words: list[str]) -> _Line | None:
+    """The line of a digest and a name (``words``, split once), or None if its first word is no digest. GNU
+    ``sha256sum`` writes the line of a name holding a backslash or a line break with a backslash first and
+    the name escaped (``\\<digest>  a\\\\b``, ``new\\nline``): a POSIX name, whose backslash is no separator."""
+    word, escaped = words[0], words[0].startswith("\\")
+    if not _HEX.fullmatch(word[1:] if escaped else word):
+        return None
+    name = words[1].strip().removeprefix("*") if len(words) > 1 else ""
+    if not escaped:
+        return _Line(word.lower(), name, _parts(name), _is_absolute(name))
+    name = _ESCAPE.sub(lambda match: _ESCAPED.get(match[1], match[0]), name)
+    parts = tuple(part for part in name.split("/") if part not in ("", "."))
+    return _Line(word[1:].lower(), name, parts, name.startswith("/"))
+
+
 def _read_listing(text: str, model_file: Path, sidecar: Path, fail: _Fail) -> tuple[str, _Listed]:
     """The digest a checksum file's ``text`` gives ``model_file``, and the other files of its version folder it
     lists. A file of one line gives the model's digest, whatever name it gives. In a file that lists several
@@ -533,57 +560,57 @@ def _read_listing(text: str, model_file: Path, sidecar: Path, fail: _Fail) -> tu
     ``model.onnx`` gives its digest (the first line alone was read: another file's digest, refused as a
     mismatch), and how the lines name the version folder: its ``2/`` in ``2/model.onnx`` makes
     ``2/weights.bin`` this folder's ``weights.bin``, and ``1/weights.bin`` another version's, left out."""
-    entries: list[tuple[str, str]] = []  # (digest, file name) of each line in sha256sum's format
-    for line in text.splitlines():
-        words = line.split(None, 1)
+    entries: list[_Line] = []
+    for text_line in text.splitlines():
+        words = text_line.split(None, 1)
         if not words:
             continue
-        if not _HEX.fullmatch(words[0]):
+        line = _line(words)
+        if line is None:
             if entries:  # (a line of something else after the digests: not one of them)
                 continue
             raise fail(
                 f"checksum file {sidecar} does not start with a sha256 hex digest (it starts with "
                 f"{words[0][:70]!r}; write: sha256sum model.onnx > model.onnx.sha256)"
             )
-        entries.append((words[0].lower(), words[1].strip().removeprefix("*") if len(words) > 1 else ""))
+        entries.append(line)
     if not entries:
         raise fail(
             f"checksum file {sidecar} does not start with a sha256 hex digest (it starts with nothing; "
             "write: sha256sum model.onnx > model.onnx.sha256)"
         )
     if len(entries) == 1:  # (whatever name it gives: a file checksummed before it was renamed model.onnx)
-        return entries[0][0], {}
+        return entries[0].digest, {}
     tail = model_file.parts
-    for index, (digest, listed) in enumerate(entries):
+    for index, line in enumerate(entries):
         # the listed path's parts are the model file's last ones: model.onnx, 2/model.onnx, fraud/2/model.onnx
         # (a repository's SHA256SUMS), never another model's churn/2/model.onnx, which ends alike
-        parts = _parts(listed)
-        if parts and parts == tail[-len(parts) :]:
-            return digest, _this_folder(entries[:index] + entries[index + 1 :], listed, model_file, sidecar)
-    shown_names = ", ".join(repr(listed[:70]) for _, listed in entries[:5])
+        if line.parts and line.parts == tail[-len(line.parts) :]:
+            others = entries[:index] + entries[index + 1 :]
+            return line.digest, _this_folder(others, line, model_file, sidecar, fail)
+    shown_names = ", ".join(repr(line.name[:70]) for line in entries[:5])
     raise fail(
         f"checksum file {sidecar} lists {len(entries)} files ({shown_names}), none of them {model_file.name}; "
         "write: sha256sum model.onnx > model.onnx.sha256"
     )
 
 
-def _this_folder(entries: list[tuple[str, str]], model_line: str, model_file: Path, sidecar: Path) -> _Listed:
+def _this_folder(entries: list[_Line], model_line: _Line, model_file: Path, sidecar: Path, fail: _Fail) -> _Listed:
     """Of ``entries``, those that name a file of the version folder as ``model_line`` names the model file:
     under the same folder (``2/``, ``/srv/models/m/2/``, none), relative or absolute alike."""
-    prefix, absolute = _parts(model_line)[:-1], _is_absolute(model_line)
+    prefix = model_line.parts[:-1]
     listed: _Listed = {}
-    for digest, name in entries:
-        parts = _parts(name)
-        inside = parts[len(prefix) :]
-        if parts[: len(prefix)] != prefix or not inside or _is_absolute(name) != absolute:
+    for line in entries:
+        inside = line.parts[len(prefix) :]
+        if line.parts[: len(prefix)] != prefix or not inside or line.absolute != model_line.absolute:
             continue  # another version's file (a model's SHA256SUMS), another model's, one not under the folder
-        if "\x00" in name or ".." in inside:
+        if "\x00" in line.name or ".." in inside:
             continue  # (no file's name; a path that climbs out of the folder, never looked at)
         if inside in ((sidecar.name,), (model_file.name,)):
             # the checksum file itself (sha256sum * > model.onnx.sha256 lists it half-written), a second line
             # for the model file (its first is the one read)
             continue
-        listed.setdefault(inside, (digest, name))
+        listed.setdefault(inside, (line.digest, line.name))
     return listed
 
 

@@ -289,3 +289,25 @@ def test_a_listed_file_whose_name_is_not_utf8_is_found(repository: Path, make_se
     server.close()
     error = str(version_status(make_server(repository), 1)["error"])
     assert "lists 'caf\\udce9.txt', which is not in the version folder" in error
+
+
+def test_the_lines_gnu_sha256sum_escapes_are_read_as_it_writes_them(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``sha256sum *`` writes the line of a name holding a backslash or a line break with a backslash first
+    (``\\<digest>  a\\\\b``): first in the file, it was refused as not starting with a digest; the name is a
+    file of the folder, not ``a/b``."""
+    folder = repository / "m" / "1"
+    save_external(folder, 2.0)
+    for name in ("a\\b", "new\nline"):
+        (folder / name).write_text("notes")
+    listing = sha256sum(folder, "a\\b", "model.onnx", "new\nline", "weights.data")
+    assert listing.startswith("\\") and "  new\\nline\n" in listing
+    (folder / "model.onnx.sha256").write_text(listing)
+    server = make_server(repository)
+    assert version_status(server, 1)["state"] == "ready", version_status(server, 1)["error"]
+    server.close()
+    (folder / "a\\b").unlink()
+    assert "lists 'a\\\\b', which is not in the version folder" in str(
+        version_status(make_server(repository), 1)["error"]
+    )
