@@ -597,7 +597,12 @@ def _read_listing(text: str, model_file: Path, sidecar: Path, fail: _Fail) -> tu
 
 def _this_folder(entries: list[_Line], model_line: _Line, model_file: Path, sidecar: Path, fail: _Fail) -> _Listed:
     """Of ``entries``, those that name a file of the version folder as ``model_line`` names the model file:
-    under the same folder (``2/``, ``/srv/models/m/2/``, none), relative or absolute alike."""
+    under the same folder (``2/``, ``/srv/models/m/2/``, none), relative or absolute alike.
+
+    Raises:
+        ModelLoadError: two lines give one file (``weights.data`` and ``./weights.data``) different digests,
+            of which ``sha256sum -c`` fails one: the first was taken, and a stale line appended after it
+            passed here what the deploy's check refused."""
     prefix = model_line.parts[:-1]
     listed: _Listed = {}
     for line in entries:
@@ -606,11 +611,16 @@ def _this_folder(entries: list[_Line], model_line: _Line, model_file: Path, side
             continue  # another version's file (a model's SHA256SUMS), another model's, one not under the folder
         if "\x00" in line.name or ".." in inside:
             continue  # (no file's name; a path that climbs out of the folder, never looked at)
-        if inside in ((sidecar.name,), (model_file.name,)):
-            # the checksum file itself (sha256sum * > model.onnx.sha256 lists it half-written), a second line
-            # for the model file (its first is the one read)
+        if inside == (sidecar.name,):  # (sha256sum * > model.onnx.sha256 lists it half-written)
             continue
-        listed.setdefault(inside, (line.digest, line.name))
+        first = (model_line.digest, model_line.name) if inside == (model_file.name,) else listed.get(inside)
+        if first is not None and first[0] != line.digest:
+            raise fail(
+                f"checksum file {sidecar.name} gives {brief(first[1])} sha256 {first[0]} and {brief(line.name)} "
+                f"sha256 {line.digest}, one file; keep one line for it (sha256sum -c {sidecar.name} says which)"
+            )
+        if first is None:
+            listed[inside] = (line.digest, line.name)
     return listed
 
 

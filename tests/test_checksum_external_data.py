@@ -311,3 +311,17 @@ def test_the_lines_gnu_sha256sum_escapes_are_read_as_it_writes_them(
     assert "lists 'a\\\\b', which is not in the version folder" in str(
         version_status(make_server(repository), 1)["error"]
     )
+
+
+@pytest.mark.parametrize("file", ["weights.data", "model.onnx"])
+def test_two_lines_that_give_one_file_different_digests_fail_the_version(
+    repository: Path, make_server: ServerFactory, file: str
+) -> None:
+    """``sha256sum -c`` fails one of them: the first was taken, so a listing the deploy's check refused loaded."""
+    folder = repository / "m" / "1"
+    save_external(folder, 2.0)
+    stale = "0" * 64
+    (folder / "model.onnx.sha256").write_text(sha256sum(folder, "model.onnx", "weights.data") + f"{stale}  ./{file}\n")
+    server = make_server(repository)
+    error = str(version_status(server, 1)["error"])
+    assert f"gives '{file}' sha256 {digest(folder / file)} and './{file}' sha256 {stale}, one file" in error
