@@ -315,13 +315,18 @@ def check_version(model_file: Path, *, model: str, version: int, follow_symlinks
             raise fail(str(exc)) from None
         return
     listed = _check_checksum(model_file, fail)
-    check_external_data(model_file, model=model, version=version, follow_symlinks=follow_symlinks)
-    if listed is not None:  # (after the locations are checked: only files inside the folder are read)
-        _check_listed_external_data(model_file, listed, fail)
+    checked = check_external_data(model_file, model=model, version=version, follow_symlinks=follow_symlinks)
+    if listed is not None:  # (the locations just checked, inside the folder: the model file is not read again)
+        _check_listed_external_data(model_file, checked, listed, fail)
 
 
-def check_external_data(model_file: Path, *, model: str, version: int, follow_symlinks: bool = False) -> None:
+def check_external_data(
+    model_file: Path, *, model: str, version: int, follow_symlinks: bool = False
+) -> tuple[str, ...]:
     """Refuse a model whose external-data references leave its folder or lie outside their files.
+
+    Returns:
+        The locations checked, as the model file names them (one per reference).
 
     Raises:
         ModelLoadError: the file cannot be read, is not ONNX, or a reference is refused (says which and why).
@@ -342,6 +347,7 @@ def check_external_data(model_file: Path, *, model: str, version: int, follow_sy
         raise fail(f"cannot load {model_file}: it is {exc}") from None
     for reference in references:
         _check_reference(reference, model_file.parent, fail, follow_symlinks=follow_symlinks)
+    return tuple(reference.entries.get("location", "") for reference in references)
 
 
 def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, follow_symlinks: bool) -> None:
@@ -671,12 +677,14 @@ def _written_by_loads(name: str) -> bool:
     return OPTIMIZED_GRAPH.fullmatch(name) is not None
 
 
-def _check_listed_external_data(model_file: Path, listed: _Listed, fail: _Fail) -> None:
-    """Check each external-data file the model names against the digest its checksum file lists for it (the
-    locations are checked already: inside the folder, regular files). One it does not list is not checked."""
+def _check_listed_external_data(model_file: Path, locations: tuple[str, ...], listed: _Listed, fail: _Fail) -> None:
+    """Check each external-data file the model names against the digest its checksum file lists for it.
+    ``locations`` are the ones :func:`check_external_data` just checked (inside the folder, regular files), not
+    read from the model file again: one replaced in between could name a location never checked. One the
+    checksum file does not list is not checked."""
     sidecar = model_file.with_name(model_file.name + CHECKSUM_SUFFIX)
     seen: set[tuple[str, ...]] = set()
-    for location in external_data_locations(model_file):
+    for location in locations:
         inside = _parts(location)
         if inside in seen or inside not in listed:
             continue

@@ -325,3 +325,20 @@ def test_two_lines_that_give_one_file_different_digests_fail_the_version(
     server = make_server(repository)
     error = str(version_status(server, 1)["error"])
     assert f"gives '{file}' sha256 {digest(folder / file)} and './{file}' sha256 {stale}, one file" in error
+
+
+def test_the_locations_hashed_are_the_ones_checked_not_read_again_from_the_model_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The model file replaced between the location checks and the hashing (someone who may write the version
+    # folder, with good timing): read again, it could name a listed link out of the folder that no check saw,
+    # and the refusal printed the digest of the file outside. Here the second reading is made to name it.
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the model's\n")
+    folder = tmp_path / "v"
+    model_file = save_external(folder, 2.0)
+    (folder / "link.data").symlink_to(outside)
+    listing = sha256sum(folder, "model.onnx", "weights.data") + f"{'1' * 64}  link.data\n"
+    (folder / "model.onnx.sha256").write_text(listing)
+    monkeypatch.setattr(_integrity, "external_data_locations", lambda _file: ("weights.data", "link.data"))
+    _integrity.check_version(model_file, model="m", version=1)  # (link.data, never checked, is never hashed)
