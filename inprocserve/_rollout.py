@@ -713,6 +713,15 @@ class Router:
             return self._flags.run(lambda: self._decide(ready, stable, ctx, state), fallback)
         except WaitOffLoop:  # (nothing was decided: it is routed again off the event loop)
             raise
+        except InvalidInputError as exc:
+            # The request's own mistake (a targeting key that cannot be made text, a context key that is no
+            # string): nobody served the key. Found by the flag code, which knows no model, it named none, and
+            # a caller of many models could not tell whose request it was (errors.md: the model is set).
+            if self._drew_for_keys and ctx:
+                self._forget_draw_of(ctx, state.config.key_field)
+            if exc.model is not None:
+                raise
+            raise InvalidInputError(f"model {self.model!r}: {exc.message}", model=self.model) from None
         except BaseException:
             # The request ends without an answer (gevent's Timeout or a KeyboardInterrupt while a flag worker
             # decided): nobody served the key, and no fallback forgets an arm the decision drew for it before it
