@@ -719,9 +719,7 @@ class Router:
             # a caller of many models could not tell whose request it was (errors.md: the model is set).
             if self._drew_for_keys and ctx:
                 self._forget_draw_of(ctx, state.config.key_field)
-            if exc.model is not None:
-                raise
-            raise InvalidInputError(f"model {self.model!r}: {exc.message}", model=self.model) from None
+            raise self._of_this_model(exc) from None
         except BaseException:
             # The request ends without an answer (gevent's Timeout or a KeyboardInterrupt while a flag worker
             # decided): nobody served the key, and no fallback forgets an arm the decision drew for it before it
@@ -729,6 +727,12 @@ class Router:
             if self._drew_for_keys and ctx:
                 self._forget_draw_of(ctx, state.config.key_field)
             raise
+
+    def _of_this_model(self, error: InvalidInputError) -> InvalidInputError:
+        """``error`` naming this model: the flag code that refuses a request's context knows no model."""
+        if error.model is not None:
+            return error
+        return InvalidInputError(f"model {self.model!r}: {error.message}", model=self.model)
 
     def _remember_default(self, version: int) -> Decision:
         decision = Decision(version, "default", "latest ready version")
@@ -759,11 +763,14 @@ class Router:
     ) -> int:
         """The ``<prefix>.stable`` flag's version (``stable`` when it is not set, unusable, or failing)."""
         ctx = context if context is not None else _EMPTY
-        return self._flags.run(
-            lambda: self._read_stable(ready, stable, ctx, [], state.keys),
-            lambda reason: stable,
-            effect="the configured stable version answers",
-        )
+        try:
+            return self._flags.run(
+                lambda: self._read_stable(ready, stable, ctx, [], state.keys),
+                lambda reason: stable,
+                effect="the configured stable version answers",
+            )
+        except InvalidInputError as exc:
+            raise self._of_this_model(exc) from None
 
     def rankers(
         self, ready: Mapping[int, Any], context: Mapping[str, Any] | None, state: RoutingState | None = None
@@ -790,7 +797,10 @@ class Router:
                 raise UnusableFlag(key, f"{key!r} must be a list of two versions, got {_value_shown(wanted)}")
             return tuple(_version(key, v, ready) for v in wanted)
 
-        return self._flags.run(read, lambda reason: configured, effect="the configured rankers interleave")
+        try:
+            return self._flags.run(read, lambda reason: configured, effect="the configured rankers interleave")
+        except InvalidInputError as exc:
+            raise self._of_this_model(exc) from None
 
     def _read_stable(
         self,

@@ -81,3 +81,21 @@ def test_a_context_key_that_is_no_string_is_an_invalid_input_error_naming_the_mo
         assert str(raised.value).startswith("model 'fraud': the context key 3 is a int, not a string"), str(
             raised.value
         )
+
+
+@pytest.mark.parametrize("path", ["interleave", "kill switch"])
+def test_a_context_key_that_is_no_string_names_the_model_on_every_path_that_reads_a_flag(
+    fraud: Path, open_feature: inprocserve.OpenFeatureFlags, path: str
+) -> None:
+    """The same refusal where `interleave()` reads the `<prefix>.rankers` flag, and where the kill switch
+    (control file) reads the `<prefix>.stable` flag: "once a flag is evaluated for it" (rollouts.md)."""
+    with inprocserve.Server(fraud, flags=open_feature, models={"fraud": CANARY}) as server:
+        if path == "kill switch":
+            server.kill("fraud")
+        with pytest.raises(InvalidInputError) as raised:
+            if path == "interleave":
+                server.interleave("fraud", {"x": np.ones((3, 4), np.float32)}, context={3: "x"})
+            else:
+                server.predict("fraud", X, context={3: "x"})
+        assert raised.value.model == "fraud"
+        assert str(raised.value).startswith("model 'fraud': the context key 3 is a int"), str(raised.value)
