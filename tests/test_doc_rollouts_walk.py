@@ -3,6 +3,9 @@ are those a walk of the pages found broken (each test says which sentence it hol
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,12 @@ import inprocserve
 from inprocserve import CanaryConfig, InvalidInputError, ModelConfig, RolloutConfig
 from inprocserve.testing import build_scale_model, save_model
 
+from .test_doc_snippets_docsb import table, text
+
 X = {"x": np.ones((1, 4), np.float32)}
 CANARY = ModelConfig(rollout=RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=10)))
 DOMAIN = "inprocserve-doc-rollouts-walk"
+DOC = "docs/rollouts.md"
 
 
 @pytest.fixture
@@ -99,3 +105,62 @@ def test_a_context_key_that_is_no_string_names_the_model_on_every_path_that_read
                 server.predict("fraud", X, context={3: "x"})
         assert raised.value.model == "fraud"
         assert str(raised.value).startswith("model 'fraud': the context key 3 is a int"), str(raised.value)
+
+
+def _settings(cell: str) -> dict[str, Any]:
+    """The ``key = value`` settings of a cell of the step table (values in JSON, as a flags file holds them)."""
+    return {key: json.loads(value) for key, value in re.findall(r"`(fraud\.[a-z.]+) = ([^`]+)`", cell)}
+
+
+def test_the_real_rollout_step_table_runs_as_written_with_rollback_at_any_step(fraud: Path) -> None:
+    """The "A real rollout, step by step" section: the configuration shown, then each step's flags (the in-memory / file
+    column) in order, with the rollback row tried after every step. After step 6 the stable flag names v2,
+    and `fraud.kill = true` alone sent everyone to v2, not "back on v1": the kill switch answers with the
+    stable version, which the stable flag names."""
+    (fraud / "fraud" / "config.toml").write_text(
+        re.search(r"name it in the config:\n\n```toml\n(.*?)```", text(DOC), re.S).group(1)  # type: ignore[union-attr]
+    )
+    rows = {row[0]: row for row in table(DOC, "| step | in-memory / file flags |")}
+    assert list(rows) == [
+        "1. shadow",
+        "2. canary 1 %",
+        "3. 10 %",
+        "4. 50 %",
+        "5. 100 %",
+        "6. done",
+        "rollback, any time",
+    ]
+    rollback = _settings(rows.pop("rollback, any time")[1])
+    flags = inprocserve.InMemoryFlags({})
+    users = range(3000)
+    with inprocserve.Server(fraud, flags=flags, shadow_budget=1.0) as server:
+
+        def versions() -> list[int]:
+            return [server.predict("fraud", X, context={"user_id": f"u-{user}"}).version for user in users]
+
+        on_v2: list[set[int]] = []
+        for step, row in rows.items():
+            for key, value in _settings(row[1]).items():
+                flags.set(key, value)
+            if "then remove the percent" in row[1]:
+                flags.delete("fraud.canary.percent")
+            answered = versions()
+            on_v2.append({user for user, version in zip(users, answered, strict=True) if version == 2})
+            if step == "1. shadow":
+                assert set(answered) == {1}
+                deadline = time.monotonic() + 10
+                while not server.status()["models"]["fraud"].get("shadow", {}).get("2", {}).get("runs"):
+                    assert time.monotonic() < deadline, "no copy ran on v2"
+                    time.sleep(0.01)
+            elif step == "2. canary 1 %":
+                assert 0.5 < 100 * len(on_v2[-1]) / len(users) < 1.5
+            elif step == "3. 10 %":
+                assert on_v2[-2] <= on_v2[-1] and 8 < 100 * len(on_v2[-1]) / len(users) < 12  # the first 1 % stay in
+            elif step in ("5. 100 %", "6. done"):
+                assert set(answered) == {2}
+            before = {key: flags.get_object(key, None, {}) for key in rollback}
+            for key, value in rollback.items():
+                flags.set(key, value)
+            assert set(versions()) == {1}, f"rollback after step {step!r}: {rollback}"
+            for key, value in before.items():
+                flags.set(key, value) if value is not None else flags.delete(key)
