@@ -164,3 +164,17 @@ def test_the_real_rollout_step_table_runs_as_written_with_rollback_at_any_step(f
             assert set(versions()) == {1}, f"rollback after step {step!r}: {rollback}"
             for key, value in before.items():
                 flags.set(key, value) if value is not None else flags.delete(key)
+
+
+def test_the_canary_percent_flag_is_said_to_act_under_the_canary_strategy_alone(fraud: Path) -> None:
+    """The flag table's `fraud.canary.percent` row: under the default `stable` strategy the flag is not read
+    (every user stays on the stable version, with no reason naming the flag), so a team that sets it without
+    `strategy = "canary"` must learn it from the row, not from a canary that never starts."""
+    row = next(r for r in table(DOC, "| flag | type | effect |") if r[0] == "`fraud.canary.percent`")
+    assert "canary strategy" in row[2] and "`fraud.strategy` flag" in row[2], row[2]
+    stable = ModelConfig(rollout=RolloutConfig(stable=1, canary=CanaryConfig(version=2)))
+    flags = inprocserve.InMemoryFlags({"fraud.canary.percent": 100})
+    with inprocserve.Server(fraud, flags=flags, models={"fraud": stable}) as server:
+        assert {server.predict("fraud", X, context={"user_id": u}).version for u in range(50)} == {1}
+        flags.set("fraud.strategy", "canary")
+        assert {server.predict("fraud", X, context={"user_id": u}).version for u in range(50)} == {2}
