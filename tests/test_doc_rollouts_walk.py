@@ -178,3 +178,19 @@ def test_the_canary_percent_flag_is_said_to_act_under_the_canary_strategy_alone(
         assert {server.predict("fraud", X, context={"user_id": u}).version for u in range(50)} == {1}
         flags.set("fraud.strategy", "canary")
         assert {server.predict("fraud", X, context={"user_id": u}).version for u in range(50)} == {2}
+
+
+def test_the_env_flags_variable_of_a_model_whose_name_is_no_identifier_is_the_one_the_page_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page showed the variable of `fraud` alone; a model named with a dash (most are) has a key no shell
+    variable can be named: the page now says how the name is made, with an example, and that example works."""
+    model, variable = re.search(  # type: ignore[union-attr]
+        r"the model `([\w-]+)`'s canary percentage\s+is `(INPROCSERVE_FLAG_\w+)`", text(DOC)
+    ).groups()
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), tmp_path, model, version)
+    config = ModelConfig(rollout=RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2)))
+    monkeypatch.setenv(variable, "100")
+    with inprocserve.Server(tmp_path, flags=inprocserve.EnvFlags(), models={model: config}) as server:
+        assert server.predict(model, X, context={"user_id": "u-1"}).version == 2
