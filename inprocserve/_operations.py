@@ -930,8 +930,11 @@ class Operations:
         timeout_s: float | None = None,
     ) -> InterleavedRanking:
         """See :meth:`Server.interleave`."""
-        if length is not None and not (is_int(length) and length >= 1):
-            raise InvalidInputError(f"interleave: length must be a whole number >= 1 (or None), got {shown(length)}")
+        if length is not None and not (is_int(length) and length >= 1):  # (naming the model, as every error does)
+            raise InvalidInputError(
+                f"model {model!r}: interleave: length must be a whole number >= 1 (or None), got {shown(length)}",
+                model=model,
+            )
         routes = self._registry.routes_of(model)
         router = routes.router
         rankers = router.rankers(routes.versions, context, routes.state)
@@ -988,8 +991,10 @@ class Operations:
         """See :meth:`Server.record_click`."""
         if not is_int(item):  # (int() would take True, "1" and 1.7 as items 1, 1 and 1, and fail on NaN)
             raise InvalidInputError(
-                "record_click: item must be the index of a ranked item (an int from the ranking's order), "
-                f"got {shown(item)}"
+                ("" if model is None else f"model {model!r}: ")
+                + "record_click: item must be the index of a ranked item (an int from the ranking's order), "
+                f"got {shown(item)}",
+                model=model,
             )
         for name in [model] if model is not None else list(self._registry.routes):
             team = self._registry.routes_of(name).router.record_click(request_id, int(item))

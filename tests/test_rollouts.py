@@ -650,8 +650,9 @@ def test_an_interleaving_length_that_is_no_count_of_items_is_refused_before_anyt
     repository: Path, make_server: ServerFactory, length: Any
 ) -> None:
     server = ranker_server(repository, make_server)
-    with pytest.raises(inprocserve.InvalidInputError, match="length must be a whole number >= 1"):
+    with pytest.raises(inprocserve.InvalidInputError, match="length must be a whole number >= 1") as refused:
         server.interleave("ranker", np.arange(8, dtype=np.float32).reshape(8, 1), length=length)
+    assert refused.value.model == "ranker" and str(refused.value).startswith("model 'ranker': ")  # (docs/errors.md)
     assert server.status()["models"]["ranker"]["rollout"]["interleaving"] is None  # no query was counted
 
 
@@ -663,6 +664,9 @@ def test_a_click_on_something_that_is_no_item_index_is_refused(
     result = server.interleave("ranker", np.arange(8, dtype=np.float32).reshape(8, 1))
     with pytest.raises(inprocserve.InvalidInputError, match="item must be the index of a ranked item"):
         server.record_click(result.request_id, item)
+    with pytest.raises(inprocserve.InvalidInputError, match="item must be the index") as refused:
+        server.record_click(result.request_id, item, model="ranker")
+    assert refused.value.model == "ranker" and str(refused.value).startswith("model 'ranker': ")  # (docs/errors.md)
     assert server.record_click(result.request_id, np.int64(result.order[0])) == result.teams[0]  # numpy's ints are
 
 
