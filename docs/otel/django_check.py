@@ -28,6 +28,8 @@ import urllib.request
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+from span_rows import span_rows  # (docs/otel/, beside this script)
+
 
 def main(argv: list[str]) -> int:
     without_asgi = "--without-asgi-instrumentation" in argv
@@ -77,17 +79,17 @@ def main(argv: list[str]) -> int:
     urlpatterns.extend([path("score", score), path("ascore", ascore)])
 
     runs = {"wsgi": _over_wsgi(get_wsgi_application(), "/score")}
-    runs["wsgi"]["spans"] = _spans(exporter.get_finished_spans())
+    runs["wsgi"]["spans"] = span_rows(exporter.get_finished_spans())
     exporter.clear()
     asgi: Any = get_asgi_application()
     runs["asgi"] = asyncio.run(_over_asgi(asgi, "/ascore"))
-    runs["asgi"]["spans"] = _spans(exporter.get_finished_spans())
+    runs["asgi"]["spans"] = span_rows(exporter.get_finished_spans())
     exporter.clear()
     if not without_asgi:
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 
         runs["asgi-middleware"] = asyncio.run(_over_asgi(OpenTelemetryMiddleware(asgi), "/ascore"))
-        runs["asgi-middleware"]["spans"] = _spans(exporter.get_finished_spans())
+        runs["asgi-middleware"]["spans"] = span_rows(exporter.get_finished_spans())
     print(json.dumps(runs))
     return 0
 
@@ -124,21 +126,6 @@ async def _over_asgi(app: Any, url_path: str) -> dict[str, Any]:
     body = await communicator.receive_output(20)
     await communicator.wait(20)  # (the app returns after its last send: its spans have ended)
     return {"status": int(start["status"]), "body": bytes(body["body"]).decode()}
-
-
-def _spans(spans: Any) -> list[dict[str, Any]]:
-    """Each finished span: its name, kind, ids (hex), its parent's span id and the span ids it links to."""
-    return [
-        {
-            "name": span.name,
-            "kind": span.kind.name,
-            "trace_id": f"{span.context.trace_id:032x}",
-            "span_id": f"{span.context.span_id:016x}",
-            "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
-            "links": [f"{link.context.span_id:016x}" for link in span.links],
-        }
-        for span in spans
-    ]
 
 
 urlpatterns: list[Any] = []

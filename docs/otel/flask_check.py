@@ -23,6 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from span_rows import span_rows  # (docs/otel/, beside this script)
+
 
 def main(argv: list[str]) -> int:
     import numpy as np
@@ -90,7 +92,7 @@ def main(argv: list[str]) -> int:
     http.shutdown()
     # the batch span ends after its callers have their answers
     _wait_until(lambda: any(span.name == "inprocserve.batch" for span in exporter.get_finished_spans()))
-    print(json.dumps({"statuses": statuses, "spans": _spans(exporter.get_finished_spans())}))
+    print(json.dumps({"statuses": statuses, "spans": span_rows(exporter.get_finished_spans())}))
     return 0
 
 
@@ -100,21 +102,6 @@ def _wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("the condition did not hold within 30 s")
         time.sleep(0.002)
-
-
-def _spans(spans: Any) -> list[dict[str, Any]]:
-    """Each finished span: its name, kind, ids (hex), its parent's span id and the span ids it links to."""
-    return [
-        {
-            "name": span.name,
-            "kind": span.kind.name,
-            "trace_id": f"{span.context.trace_id:032x}",
-            "span_id": f"{span.context.span_id:016x}",
-            "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
-            "links": [f"{link.context.span_id:016x}" for link in span.links],
-        }
-        for span in spans
-    ]
 
 
 if __name__ == "__main__":
