@@ -34,13 +34,15 @@ none, and the figures beside it would be held to nothing.
 ``NOT_MEASURED`` lists the phrases whose figures are not measurements (a setting, a target, a release,
 arithmetic), each with its reason.
 
-On the pages of ``EVERY_FIGURE_CITED`` (the performance pages) a figure in a paragraph that cites no results
-file is reported too, unless its sentence says it is not in a results file, it stands in a table below a
-paragraph that says so, or its sentence is on ``UNCITED`` (figures read off a checked table above, such as the
-ratio of two of its columns, and the few whose run could not be traced yet, each with its reason).
+On the pages of ``EVERY_FIGURE_CITED`` (every page but those of ``NOT_EVERY_FIGURE_CITED``) a figure in a
+paragraph that cites no results file is reported too, unless its sentence says it is not in a results file, it
+stands in a table below a paragraph that says so or in a list item led by such a paragraph, or its sentence is on
+``UNCITED`` (figures read off a checked table, such as the ratio of two of its columns, and the few whose run
+could not be traced yet, each with its reason).
 
 What it cannot see: a stale figure that happens to equal some other number of the cited file once rounded
-(two-digit ratios often do), and on the other pages, figures in paragraphs that cite no results file.
+(two-digit ratios often do), and on the pages of ``NOT_EVERY_FIGURE_CITED``, figures in paragraphs that cite
+no results file.
 """
 
 from __future__ import annotations
@@ -76,6 +78,67 @@ SENTENCE_END = re.compile(r"(?<=[.;])\s+(?=[A-Z*(])")
 UNRECORDED = re.compile(r"not in (?:a |any )?results? files?")
 # Phrases next to a citation whose figures are not measurements: document -> {phrase: why}.
 NOT_MEASURED: dict[str, dict[str, str]] = {
+    "README.md": {
+        "with Python 3.11 or newer": "a release of Python",
+        "on Linux x86-64 with Python 3.11": "a release of Python",
+        "runs them for 1.5 s": "how long `make test` runs each soak test, a setting",
+        "at 10,000 and 2,000 examples": "hypothesis's example counts under `make soak`, settings",
+        "(Python 3.11, numpy": "a release of Python",
+        "cachetools 5.3, opentelemetry-api/sdk 1.31 (the API alone needs 1.30), onnx 1.15, openfeature-sdk 0.7,"
+        " urllib3 2.3, pyarrow": "the oldest releases the packages claim",
+        "Django 4.2, Flask": "the oldest release of Django the plug-in claims",
+        "on Python 3.13 and 3.12 in": "releases of Python",
+        "(Django 6 needs 3.12, say)": "releases of Django and Python",
+        "Python 3.11, 3.12 or 3.13: the suite runs on 3.11": "releases of Python",
+        "3.13 last on": "a release of Python",
+        ", 3.12 on": "a release of Python",
+        "are from 3.11 only": "a release of Python",
+        "(0.52b0 or later:": "the Prometheus exporter's oldest release that works",
+        "urllib3 (2.3 or later)": "the remote extra's version requirement",
+    },
+    "docs/deployment.md": {
+        "strings, 5,000 rows, a body over": "the size of a hostile body the test sends, a setting",
+        "never removed on 3.11": "a release of Python",
+        "kombu 5.7, redis-py 8.1": "releases of the software run",
+    },
+    "docs/operations.md": {
+        "waiting at most 0.5 s for the lock": "the lock wait's bound, a setting",
+        "a file can hold 80,000 such keys": "about how many short keys the 1 MiB file holds: arithmetic",
+        "In Python 3.11 a": "a release of Python",
+        "3.12 is not affected": "a release of Python",
+        "On 3.11 with such a profiler": "a release of Python",
+        "upgrade to Python 3.12": "a release of Python",
+    },
+    "docs/otel-instrumentation.md": {
+        "(Python 3.11, pip 23.2)": "releases of the software resolved with",
+        "0.66b1": "a release of the OpenTelemetry instrumentations",
+        "0.66b2": "a release of the OpenTelemetry instrumentations",
+    },
+    "docs/protocol.md": {
+        "(2.5 MB by default)": "Django's default of `DATA_UPLOAD_MAX_MEMORY_SIZE`, a setting",
+    },
+    "docs/repository.md": {
+        "is float32's 0.1 for a float32 input": "an example bound",
+        "after 8,000 distinct shapes": "the number of shapes the check sent, a setting",
+        "at most 0.5 s for the file's lock": "the lock wait's bound, a setting",
+        "(Python 3.11, numpy": "a release of Python",
+        "opentelemetry 1.31, the dev extra's test tools and torch 2.13 beside them": "the oldest releases pinned",
+        "and numpy 1.26 passed": "a release of numpy",
+        "needs onnx 1.16": "a release of onnx",
+        "(3,013 tests in": "the number of tests the suite held that day, a count",
+    },
+    "docs/rollouts.md": {
+        "(0.01 % steps)": "the size of one of 10 000 buckets, a setting",
+        "an int of 5,000 digits": "an example key",
+        "0.07 % is 7 buckets": "an example canary percentage",
+        "4 against 4.5": "example answers",
+        "is above 0.01 a": "an example bound, a setting",
+        "(not 0.0 over requests": "an example reward",
+        "(1.0 for a conversion, 0.0 for none)": "example rewards",
+        "< 0.05": "the significance level, a setting",
+        "under 0.05": "the significance level, a setting",
+        "(0.3 as three tenths of a success)": "an example reward",
+    },
     "docs/batching.md": {
         "short of 0.90x the ceiling": "the benchmark's target for mlp-large at 64 clients, not a measurement",
         "mlp-large's 1,024 features": "the model's input width, a setting",
@@ -139,17 +202,53 @@ NOT_MEASURED: dict[str, dict[str, str]] = {
     },
     "docs/scaling.md": {
         "urllib3 2.3 or later": "the remote extra's version requirement, not a measurement",
+        "MLServer 1.7": "a release of MLServer",
+        "KServe 0.21": "a release of KServe",
+        "every 65,536 text elements": "how often decoding checks the deadline, a setting",
+        "in runs of 65,536": "how often parsing checks the deadline, a setting",
     },
 }
 
+# Pages whose figures in paragraphs that cite no results file are not checked yet, each with its reason.
+NOT_EVERY_FIGURE_CITED: dict[str, str] = {
+    "docs/flask.md": "its figures in uncited paragraphs are not traced yet",
+    "docs/django.md": "its figures in uncited paragraphs are not traced yet",
+}
 # Pages where every figure must cite a results file, even in a paragraph that cites none (a figure there used
 # to be held to nothing): its sentence (or the paragraphs above its table) cites one, says the figure is not in
 # a results file, or the figure is not a measurement (``NOT_MEASURED``).
-EVERY_FIGURE_CITED = {"docs/performance.md", "docs/batching.md", "docs/observability.md"}
-# Sentences of those pages quoting measurements whose results file could not be traced, and whose text does
-# not say they are one-off runs: document -> {phrase of the sentence: why}. Each is to be cited, marked as not
-# in a results file, or removed.
+EVERY_FIGURE_CITED = set(DOCUMENTS) - set(NOT_EVERY_FIGURE_CITED)
+# Sentences of those pages quoting ratios read off a checked table, or measurements whose results file could not
+# be traced and whose text does not say they are one-off runs: document -> {phrase of the sentence: why}. Each
+# of the latter is to be cited, marked as not in a results file, or removed.
 UNCITED: dict[str, dict[str, str]] = {
+    "README.md": {
+        "(about 3.5 minutes": "the run time of `make oldest`, whose run is in no file and not said to be one-off",
+    },
+    "docs/deployment.md": {
+        "granian stopped in 0.04 to 0.2 s": "stop times under load whose runs are in no file and not said to be"
+        " one-off",
+        "such a stop took 3.1 s": "a stop time whose run is in no file and not said to be one-off",
+    },
+    "docs/operations.md": {
+        "(1,145 connections refused in the next 6 s)": "a count of the code before the change, whose run is in no"
+        " file and not said to be one-off",
+        "ran 1,331 times in 30 s here": "a count of a check whose run is in no file and not said to be one-off",
+    },
+    "docs/pruning.md": {
+        "at 90 % zeros the file shrank 3.3x": "the ratio of the file sizes of the table below (19.0 against"
+        " 5.7 MB, `pruning.md`), which is checked",
+    },
+    "docs/repository.md": {
+        "whose 64-row run takes 1.3-1.5 ms on one thread": "a timing whose run is in no file and not said to be"
+        " one-off (as on docs/performance.md)",
+    },
+    "docs/scaling.md": {
+        "cost each worker's load 6.1 GiB and 24 s": "a memory figure and a time whose run is in no file and not said"
+        " to be one-off",
+        "took 1.9 s after a 0.5 s deadline": "a time whose run is in no file and not said to be one-off",
+        "4 million labels take about 0.3 s": "a time whose run is in no file and not said to be one-off",
+    },
     "docs/observability.md": {
         "about 1.6 KB of the SDK's memory each": "a memory figure whose run is in no file and not said to be one-off",
         "its windows of unchanged data read up to 0.86": "a reading whose run is in no file and not said to be one-off",
@@ -298,13 +397,15 @@ def unsupported(document: str, text: str | None = None, *, every_figure: bool | 
     missing: list[str] = []
     above: list[set[Path]] = []  # the files each block of this section cites
     unrecorded: list[bool] = []  # whether each block of this section says it is in no results file
+    led = False  # whether the paragraph that leads the list items below says they are in no results file
     every = {p for p in RESULTS.iterdir() if p.suffix in {".md", ".json", ".txt"}}
     page = (ROOT / document).read_text() if text is None else text
     for line, block in blocks(page):
         if block.startswith("#"):
-            above, unrecorded = [], []
+            above, unrecorded, led = [], [], False
             continue
         is_table = block.lstrip().startswith("|")
+        is_item = re.match(r"\s*(?:[*-] |\d+\. )", block) is not None
         for texts, files in pieces(block, set().union(*above[-2:]) if is_table else set(), every):
             # Spaces made one, so that a phrase broken across lines is still found.
             flat = " ".join(" | ".join(texts).split())
@@ -316,6 +417,8 @@ def unsupported(document: str, text: str | None = None, *, every_figure: bool | 
                     any(phrase in flat for phrase in UNCITED.get(document, {}))
                     # A table below a paragraph that says its runs are in no results file.
                     or (is_table and any(unrecorded[-2:]))
+                    # A list item below a paragraph that says so.
+                    or (is_item and led)
                 )
             ):
                 continue
@@ -338,6 +441,8 @@ def unsupported(document: str, text: str | None = None, *, every_figure: bool | 
                 missing.append(f"{document}:{line}: {figure} is in {where}")
         above.append(set() if is_table else cited(block))
         unrecorded.append(not is_table and not cited(block) and UNRECORDED.search(" ".join(block.split())) is not None)
+        if not (is_item or is_table):
+            led = unrecorded[-1]
     return missing
 
 
@@ -396,19 +501,22 @@ def test_figures_in_a_paragraph_citing_no_results_file_are_reported_on_the_measu
         "Measured once (a scratch run, not in a\nresults file): 5.67 ms.\n\n"
         "Measured on 2026-12-05, the runs not in a results file:\n\n| N | req/s |\n|---:|---:|\n| 1 | 8,910.5 |\n\n"
         "Measured again:\n\n| N | req/s |\n|---:|---:|\n| 1 | 7,654.3 |\n\n"
+        "Measured on 2026-12-04, the runs not in a results file:\n\n- **SIGHUP.** 8,559 requests.\n"
+        "- **SIGTERM.** 3,217\n  requests.\n\nMeasured again:\n\n- 2,345 requests.\n\n"
         "Up to 4,096 rows, 4,096 by default, took 2.5 ms in `benchmarks/results/mem_pattern.md`.\n"
     )
     assert unsupported("docs/performance.md", text, every_figure=True) == [
         "docs/performance.md:1: 1,234 cites no results file",
         "docs/performance.md:14: 7,654.3 cites no results file",
-        "docs/performance.md:18: 4,096 is in none of mem_pattern.md",
-        "docs/performance.md:18: 2.5 is in none of mem_pattern.md",
+        "docs/performance.md:26: 2,345 cites no results file",
+        "docs/performance.md:28: 4,096 is in none of mem_pattern.md",
+        "docs/performance.md:28: 2.5 is in none of mem_pattern.md",
     ]
     # Elsewhere only the figures beside a citation are held to a file.
     assert unsupported("page.md", text) == [
-        "page.md:18: 4,096 is in none of mem_pattern.md",
-        "page.md:18: 4,096 is in none of mem_pattern.md",
-        "page.md:18: 2.5 is in none of mem_pattern.md",
+        "page.md:28: 4,096 is in none of mem_pattern.md",
+        "page.md:28: 4,096 is in none of mem_pattern.md",
+        "page.md:28: 2.5 is in none of mem_pattern.md",
     ]
     assert "docs/performance.md" in EVERY_FIGURE_CITED
 
