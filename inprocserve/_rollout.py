@@ -715,10 +715,11 @@ class Router:
             raise
         except InvalidInputError as exc:
             # The request's own mistake (a targeting key that cannot be made text, a context key that is no
-            # string): nobody served the key. Found by the flag code, which knows no model, it named none, and
-            # a caller of many models could not tell whose request it was (errors.md: the model is set).
-            if self._drew_for_keys and ctx:
-                self._forget_draw_of(ctx, state.config.key_field)
+            # string). Found by the flag code, which knows no model, it named none, and a caller of many models
+            # could not tell whose request it was (errors.md: the model is set). No draw is forgotten: it is
+            # found before a bandit draws (the key is read first, and a shadow flag's refusal forgets its own
+            # draw in _decide), so the arm remembered for the key is an earlier request's, which that request's
+            # outcome by key still credits; forgetting it for a refused request credited that outcome nowhere.
             raise self._of_this_model(exc) from None
         except BaseException:
             # The request ends without an answer (gevent's Timeout or a KeyboardInterrupt while a flag worker
@@ -820,7 +821,14 @@ class Router:
         version, variant, reason, killed = routed
         shadows: tuple[int, ...] = ()
         if not killed:
-            shadows, problem = self._shadows(ready, version, ctx, used, state)
+            try:
+                shadows, problem = self._shadows(ready, version, ctx, used, state)
+            except InvalidInputError:
+                # The request's context, refused by the first flag evaluated for it: a bandit's arm drawn for its
+                # key above (replacing any earlier one) served nothing, and must credit none of its outcomes.
+                if self._drew_for_keys:
+                    self._forget_draw_of(ctx, state.config.key_field)
+                raise
             if problem is not None:
                 reason = f"{reason}; shadows off: {problem}"
         if not used:
@@ -1121,6 +1129,8 @@ class Router:
             percent = _percent(percent_key, flags.number(percent_key, shadow.percent, ctx, used))
         except (UnusableFlag, FlagTypeError) as exc:
             return (), flags.note_unusable(exc, _NO_SHADOW)
+        except InvalidInputError:  # the request's own context (rollouts.md), never counted as the provider failing
+            raise
         except Exception as exc:  # the provider failed on a shadow flag: no shadows, the answer stands
             if raised_by_signal_handler(exc):  # (the caller's task stopped by its time limit: its own exception)
                 raise

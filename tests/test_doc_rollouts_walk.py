@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 import pytest
 from openfeature import api
-from openfeature.provider.in_memory_provider import InMemoryProvider
+from openfeature.evaluation_context import EvaluationContext
+from openfeature.flag_evaluation import FlagResolutionDetails, Reason
+from openfeature.provider.in_memory_provider import InMemoryFlag, InMemoryProvider
 
 import inprocserve
 from inprocserve import CanaryConfig, InvalidInputError, ModelConfig, RolloutConfig
@@ -194,3 +196,75 @@ def test_the_env_flags_variable_of_a_model_whose_name_is_no_identifier_is_the_on
     monkeypatch.setenv(variable, "100")
     with inprocserve.Server(tmp_path, flags=inprocserve.EnvFlags(), models={model: config}) as server:
         assert server.predict(model, X, context={"user_id": "u-1"}).version == 2
+
+
+BANDIT = ModelConfig(
+    rollout=RolloutConfig(strategy="bandit", stable=1, variants={"a": {"version": 1}, "b": {"version": 2}}, seed=0)
+)
+
+
+def test_a_refused_context_keeps_the_arm_an_earlier_request_of_its_key_was_served_by(fraud: Path) -> None:
+    """rollouts.md: outcomes by key credit the arm the key's request was served by. A request refused for a
+    context key that is no string is served by no arm: the earlier request's arm must still be credited (the
+    refusal forgot it, and that request's outcome by key credited nothing)."""
+    api.set_provider_and_wait(InMemoryProvider({}), domain=DOMAIN)
+    flags = inprocserve.OpenFeatureFlags(domain=DOMAIN, reuse_static_s=0)  # (every request evaluates its flags)
+    try:
+        with inprocserve.Server(fraud, flags=flags, models={"fraud": BANDIT}) as server:
+            served = server.predict("fraud", X, context={"user_id": "u-1"}).variant
+            with pytest.raises(InvalidInputError, match="model 'fraud': the context key 3"):
+                server.predict("fraud", X, context={"user_id": "u-1", 3: "x"})
+            assert server.record_outcome(None, 1.0, model="fraud", key="u-1") == served
+    finally:
+        flags.close()
+        api.clear_providers()
+
+
+def _targeted(flag: InMemoryFlag[Any], context: EvaluationContext) -> FlagResolutionDetails[Any]:
+    return FlagResolutionDetails(value=[], reason=Reason.TARGETING_MATCH, variant="off")
+
+
+@pytest.fixture
+def targeted_shadow_flag() -> Iterator[None]:
+    """A provider whose shadow flag is a targeting rule: evaluated for every request (never remembered), after
+    the routing flags, which are remembered once read."""
+    shadow = InMemoryFlag("off", {"off": []}, context_evaluator=_targeted)
+    api.set_provider_and_wait(InMemoryProvider({"fraud.shadow.versions": shadow}), domain=DOMAIN)
+    yield
+    api.clear_providers()
+
+
+@pytest.mark.parametrize("blocking", [False, True])
+def test_a_context_key_refused_reading_a_shadow_flag_is_the_requests_error_not_the_providers_failure(
+    fraud: Path, targeted_shadow_flag: None, blocking: bool
+) -> None:
+    """rollouts.md: a key of `context` that is not a string "is the request's InvalidInputError too, once a
+    flag is evaluated for it (not counted as the provider failing)". Found by the shadow flag, the first one
+    evaluated for it, it was counted under `failures` and the request answered."""
+    flags = inprocserve.OpenFeatureFlags(domain=DOMAIN, blocking=blocking)
+    try:
+        with inprocserve.Server(fraud, flags=flags, models={"fraud": CANARY}) as server:
+            assert server.predict("fraud", X, context={"user_id": "u-1"}).version in (1, 2)
+            with pytest.raises(InvalidInputError) as raised:
+                server.predict("fraud", X, context={"user_id": "u-1", 3: "x"})
+            assert raised.value.model == "fraud"
+            assert str(raised.value).startswith("model 'fraud': the context key 3 is a int"), str(raised.value)
+            assert server.status()["models"]["fraud"]["rollout"]["flags"]["failures"] == 0
+    finally:
+        flags.close()
+
+
+def test_a_bandit_arm_drawn_for_a_request_its_shadow_flag_refuses_is_credited_nothing(
+    fraud: Path, targeted_shadow_flag: None
+) -> None:
+    """The shadow flag is read after the bandit drew an arm for the key: the refused request was served by no
+    arm, so an outcome by its key credits none."""
+    flags = inprocserve.OpenFeatureFlags(domain=DOMAIN)
+    try:
+        with inprocserve.Server(fraud, flags=flags, models={"fraud": BANDIT}) as server:
+            server.predict("fraud", X, context={"user_id": "u-1"})  # (the routing flags read and remembered)
+            with pytest.raises(InvalidInputError, match="model 'fraud': the context key 3"):
+                server.predict("fraud", X, context={"user_id": "u-2", 3: "x"})
+            assert server.record_outcome(None, 1.0, model="fraud", key="u-2") is None
+    finally:
+        flags.close()
