@@ -145,7 +145,8 @@ def test_a_wrong_method_is_a_json_405(app: Flask) -> None:
 
 
 def test_bad_limits_fail_at_init_app(repository: Path) -> None:
-    with pytest.raises(TypeError, match=r"limits must be an inprocserve\.v2\.Limits, got dict"):
+    # (a ConfigurationTypeError, a TypeError too, naming the setting)
+    with pytest.raises(TypeError, match=r"INPROCSERVE_V2_LIMITS must be an inprocserve\.v2\.Limits or None, got dict"):
         make_app(repository, INPROCSERVE_V2_LIMITS={"max_body_bytes": 10})
 
 

@@ -308,6 +308,15 @@ def _check_settings(config: Mapping[str, Any]) -> None:
                 f"{key} {problem}; name the request header as clients send it, such as 'X-User-Id', or None to "
                 "read none"
             )
+    problem = _url_prefix_problem(config["INPROCSERVE_URL_PREFIX"])
+    if problem is not None:  # (werkzeug refused it while registering the blueprint: init_app was half done)
+        raise inprocserve.ConfigurationError(f"INPROCSERVE_URL_PREFIX {problem}")
+    limits = config["INPROCSERVE_V2_LIMITS"]
+    if limits is not None and not isinstance(limits, inprocserve.v2.Limits):  # (a TypeError naming no setting)
+        raise inprocserve.ConfigurationTypeError(
+            f"INPROCSERVE_V2_LIMITS must be an inprocserve.v2.Limits or None, got {type(limits).__name__}: build it "
+            "with inprocserve.v2.Limits(...)"
+        )
     if config["INPROCSERVE_CONTEXT"] is not None and not callable(config["INPROCSERVE_CONTEXT"]):
         raise inprocserve.ConfigurationTypeError(  # (called by every predict: each was a 500)
             f"INPROCSERVE_CONTEXT must be a callable returning the rollout context (a dict), or None; got "
@@ -346,6 +355,19 @@ def _check_settings(config: Mapping[str, Any]) -> None:
     )
     if problem is not None:  # (of the wrong kind: the type Server(config=..., models=...) raises)
         raise inprocserve.ConfigurationTypeError(problem)
+
+
+def _url_prefix_problem(prefix: object) -> str | None:
+    """What is wrong with ``INPROCSERVE_URL_PREFIX``: ``None``, ``""`` or a path that starts with ``/``. Refused
+    by werkzeug only once the blueprint was registered, after the extension was, so ``init_app``, called again
+    once the prefix was fixed, raised "already registered on this app" (a number: an ``AttributeError``)."""
+    if prefix is None or prefix == "":
+        return None
+    if not isinstance(prefix, str):
+        return f"must be a URL path such as '/-/inprocserve', got {brief(prefix)}"
+    if not prefix.startswith("/"):
+        return f"must start with '/', such as {'/' + prefix!r}, got {brief(prefix)}"
+    return None
 
 
 def _check_endpoint_settings(config: Mapping[str, Any]) -> None:
