@@ -61,3 +61,32 @@ def test_v2_limits_of_the_wrong_kind_fail_init_app_naming_the_setting(repository
     with pytest.raises(inprocserve.ConfigurationTypeError, match=r"INPROCSERVE_V2_LIMITS must be an inprocserve\.v2"):
         Inprocserve(app)
     assert "inprocserve" not in app.extensions
+
+
+def test_the_admin_version_bound_is_the_one_docs_state(repository: Path) -> None:
+    # docs/flask.md said switch takes a version "from 1 to 2**31-1": 2147483648 was no 400 but a 404 (a version with
+    # no folder), and the bound the code holds to is the digits a version folder may have.
+    from inprocserve._repository import MAX_VERSION_DIGITS
+
+    page = (Path(__file__).parents[3] / "docs" / "flask.md").read_text()
+    assert "2³¹" not in page
+    assert f'positive integer `"version"` of at most {MAX_VERSION_DIGITS} digits' in page
+    app = Flask(__name__)
+    app.config.update(INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_ADMIN_TOKEN="a-long-admin-token")
+    Inprocserve(app)
+    try:
+        client = app.test_client()
+
+        def switch(version: int) -> tuple[int, str]:
+            answer = client.post(
+                "/-/inprocserve/models/scale/switch",
+                json={"version": version},
+                headers={"Authorization": "Bearer a-long-admin-token"},
+            )
+            return answer.status_code, answer.json["error"]
+
+        assert switch(2**31) == (404, "model_not_found")
+        assert switch(10**MAX_VERSION_DIGITS - 1) == (404, "model_not_found")
+        assert switch(10**MAX_VERSION_DIGITS) == (400, "invalid_input")
+    finally:
+        Inprocserve.close(app)
