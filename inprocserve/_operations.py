@@ -351,7 +351,7 @@ class Operations:
             anyway = (
                 f"switch({model!r}, {version}, force=True) makes it stable anyway"
                 if promoting
-                else "pass force=True to switch anyway"
+                else 'pass force=True to switch anyway (over HTTP, the body\'s "force": true)'
             )
             raise PromotionRefusedError(
                 f"model {model!r} version {version} is not compatible with version {stable}, which serves now: "

@@ -199,7 +199,9 @@ def bool_setting_problem(value: object) -> str | None:
     try:
         check_bool("", value)
     except ConfigurationError:
-        return f"must be True or False, got {shown(value)} (a string is true whatever it says)"
+        return f"must be True or False, got {shown(value)}" + (
+            " (a string is true whatever it says)" if isinstance(value, str) else ""
+        )
     return None
 
 
@@ -319,11 +321,14 @@ def budget_spent(server: Server, model: str, version: object = None) -> Deadline
     return error
 
 
-def status_page(server: Callable[[], Server], *, title: str | None = None) -> tuple[int, str, dict[str, str]]:
+def status_page(
+    server: Callable[[], Server], *, title: str | None = None, retry_after_s: float = 5
+) -> tuple[int, str, dict[str, str]]:
     """The status page (see :func:`~inprocserve.render_status_page`, without file-system paths) as an HTTP
     status, HTML and headers, the app's server built by ``server()`` if it is not yet. A worker whose server
     cannot be built answers 503 with a page saying :data:`NO_SERVER`, where it answered a 500 and logged a
-    traceback at each load. The caller checks the page's token first."""
+    traceback at each load; a 503 says ``Retry-After`` ``retry_after_s`` (the plug-ins pass their
+    ``RETRY_AFTER_S``, as for every other 503). The caller checks the page's token first."""
     from ._status_page import STATUS_PAGE_CSP, render_status_page  # (it imports this module)
 
     headers = {
@@ -339,13 +344,13 @@ def status_page(server: Callable[[], Server], *, title: str | None = None) -> tu
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>inprocserve status</title></head>'
             f"<body><p>{html.escape(str(exc))}</p></body></html>"
         )
-        return 503, page, {**headers, "Retry-After": "5"}
+        return 503, page, {**headers, "Retry-After": retry_after(retry_after_s)}
     if built is None:
         page = (
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>inprocserve status</title></head>'
             f"<body><p>{NO_SERVER}</p></body></html>"
         )
-        return 503, page, {**headers, "Retry-After": "5"}
+        return 503, page, {**headers, "Retry-After": retry_after(retry_after_s)}
     status = built.status(include_paths=False)
     page = render_status_page(status) if title is None else render_status_page(status, title=title)
     return 200, page, headers
@@ -569,7 +574,8 @@ def run_admin_action(server: Server, action: str, model: str | None, body: objec
 
     Raises:
         ValueError: the body is not a JSON object, or a field is missing or of the wrong type or range
-            (bools are not ints, versions lie in 1..2**31-1, percentages are finite numbers in 0..100).
+            (bools are not ints, versions are positive ints of at most 18 digits, percentages are finite numbers in
+            0..100).
         Whatever the server call raises (:func:`admin_answer` maps them to statuses).
     """
     if action not in ADMIN_ACTIONS:

@@ -37,7 +37,7 @@ def status_page(request: HttpRequest) -> HttpResponse:
         response = HttpResponse(TOKEN_NEEDED, status=401, content_type="text/plain")
         response["WWW-Authenticate"] = _REALM
         return response
-    status, html, headers = web.status_page(get_server)
+    status, html, headers = web.status_page(get_server, retry_after_s=config["RETRY_AFTER_S"])
     response = HttpResponse(html, status=status, content_type="text/html; charset=utf-8")
     for name, value in headers.items():
         response[name] = value

@@ -45,7 +45,11 @@ def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Cal
             response = Response(TOKEN_NEEDED, 401, mimetype="text/plain")
             response.headers["WWW-Authenticate"] = _REALM
             return response
-        status, html, headers = web.status_page(server, title=f"inprocserve status · {current_app.name}")
+        status, html, headers = web.status_page(
+            server,
+            title=f"inprocserve status · {current_app.name}",
+            retry_after_s=config["INPROCSERVE_RETRY_AFTER_S"],
+        )
         response = Response(html, status, mimetype="text/html")
         response.headers.update(headers)
         return response
