@@ -96,6 +96,16 @@ class Terminated(BaseException):
         self.signum = signal.Signals(signum)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) while a command ran under :func:`unwind_on_sigterm`: a ``KeyboardInterrupt``, caught as
+    one, but not of that class itself. CPython takes a ``KeyboardInterrupt`` (that class exactly) that leaves
+    the code of an ``eval()`` or ``exec()`` of a string for one nobody caught, even where the code around it
+    catches it, and ``python -m`` then ends the process by SIGINT as it exits, whatever status it returns. A
+    Ctrl-C that came as numpy.random was imported (as ``quantize`` compares its models), while a namedtuple's
+    ``eval()`` compiled, unwound the command and printed its one line, and then the process died of SIGINT
+    rather than exiting 130; a program running ``main()`` went on, and was killed so as it exited."""
+
+
 def interrupted_by(error: BaseException) -> BaseException | None:
     """The ``KeyboardInterrupt`` or :class:`Terminated` that ``error`` was raised from or while handling, if
     any: a signal that arrives while a C extension's module initializes (onnxruntime's, imported as the
@@ -165,10 +175,11 @@ def unwind_on_sigterm() -> Iterator[None]:
     more per run that was stopped. SIGHUP (an ssh session dropped, a terminal closed) likewise, where the
     platform has it and it is not ignored (``nohup`` ignores it: the run goes on). Raised once; a second stop
     while cleaning up is ignored (SIGKILL still ends it). Ctrl-C (SIGINT, while Python's own handler is in
-    place) raises ``KeyboardInterrupt`` as it would; all are noted for :func:`raise_if_stopped`. Only on the
-    main thread (where signal handlers run); the previous handlers are put back after. Re-entrant: inside
-    another one (``main()`` runs every command under one, and the commands that write under their own, to say
-    what became of their output) it changes nothing, so a stop raised once stays raised once."""
+    place) raises a ``KeyboardInterrupt`` as it would (an :class:`Interrupted`); all are noted for
+    :func:`raise_if_stopped`. Only on the main thread (where signal handlers run); the previous handlers are put
+    back after. Re-entrant: inside another one (``main()`` runs every command under one, and the commands that
+    write under their own, to say what became of their output) it changes nothing, so a stop raised once stays
+    raised once."""
     global _stopped_by, _unwinding, _stop_lost
     if threading.current_thread() is not threading.main_thread() or _unwinding:
         yield
@@ -188,7 +199,7 @@ def unwind_on_sigterm() -> Iterator[None]:
         raise_once(Terminated(signum))
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise_once(KeyboardInterrupt)
+        raise_once(Interrupted)  # (not KeyboardInterrupt itself: see Interrupted)
 
     def quiet_when_stopped(unraisable: sys.UnraisableHookArgs) -> None:
         # A stop raised where Python cannot raise it (a weakref callback of the import system, a __del__) is

@@ -172,6 +172,49 @@ def test_quantize_stopped_from_outside_leaves_no_temporary_file(mlp: Path, tmp_p
     assert list(target.parent.iterdir()) == []
 
 
+# ``python -m stopped_in_eval [--in-a-program] ARGS``: ``python -m inprocserve ARGS`` (or, with --in-a-program, a
+# program that runs its main()) with Ctrl-C's signal arriving in code run by ``eval()`` of a string, after the
+# quantized model is written: as numpy.random, imported as quantize compares the two models, makes a namedtuple
+# (whose ``eval()`` compiles its ``__new__``, and the handler runs as the compiled code starts).
+_STOPPED_IN_EVAL = """
+import runpy, signal, sys
+import inprocserve._quantize as quantizing
+compare = quantizing._compare
+def compare_stopped_in_eval(*args, **kwargs):
+    eval("signal.raise_signal(signal.SIGINT)", {"signal": signal})
+    return compare(*args, **kwargs)
+quantizing._compare = compare_stopped_in_eval
+in_a_program = sys.argv[1] == "--in-a-program"
+del sys.argv[1 : 1 + in_a_program]
+runpy.run_module("inprocserve", run_name="__main__", alter_sys=not in_a_program)
+"""
+
+
+@pytest.mark.parametrize("how", ["the command", "in a program"])
+def test_quantize_stopped_in_an_eval_exits_130(mlp: Path, tmp_path: Path, how: str) -> None:
+    """A Ctrl-C whose KeyboardInterrupt left the code of an ``eval()`` of a string (numpy.random's namedtuple,
+    as quantize compares the models) unwound the command, its one line said so, and then its process died of
+    SIGINT (-2) instead of exiting 130: CPython takes such a KeyboardInterrupt for one nobody caught, and
+    ``python -m`` ends the process by SIGINT at exit, whatever status it returns; a program running main()
+    was killed by it as well, after it went on."""
+    (tmp_path / "stopped_in_eval.py").write_text(_STOPPED_IN_EVAL)
+    target = tmp_path / "out" / "q.onnx"
+    target.parent.mkdir()
+    option = ["--in-a-program"] if how == "in a program" else []
+    result = subprocess.run(
+        [sys.executable, "-m", "stopped_in_eval", *option, "quantize", "--seconds", "60", str(mlp), str(target)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        preexec_fn=interruptible,
+        timeout=120,
+    )
+    assert result.returncode == 128 + signal.SIGINT, result.stderr
+    line = f"error: stopped by SIGINT before the quantized model was written; {target} was not written\n"
+    assert result.stderr == line
+    assert list(target.parent.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [("--sample", "0"), ("--sample", "-1"), ("--seconds", "0"), ("--seconds", "-1"), ("--seconds", "nan")],
