@@ -4,10 +4,11 @@ ASGI (opentelemetry-python-contrib), as docs/otel-instrumentation.md says they n
 The instrumentations pin exact OpenTelemetry API and semantic-convention versions that the main venv's newest
 SDK does not take, so the apps run in a venv of their own, made by ``make otel-instrumentation-venv`` with
 the one pip command the page gives (``make test`` makes it and points INPROCSERVE_OTEL_INSTRUMENTATION_PYTHON
-at it); without it these tests skip and say so. The apps are the page's scripts, docs/otel/flask_check.py and
-docs/otel/django_check.py (real Flask and Django apps, real request cycles, real onnxruntime, spans collected
-in memory), run on this working tree's packages (PYTHONPATH) on models built here: one process for Flask, two
-for Django (whether the ASGI instrumentation is importable is decided once per process).
+at it); without it these tests skip and say so. The apps are the page's scripts, docs/otel/flask_check.py,
+docs/otel/django_check.py and docs/otel/shadow_check.py (real Flask and Django apps, real request cycles, real
+onnxruntime, spans collected in memory), run on this working tree's packages (PYTHONPATH) on models built here:
+one process for Flask, two for Django (whether the ASGI instrumentation is importable is decided once per
+process), one for the shadow spans under both (and the copies dropped, from the metrics, collected in memory).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Span:
     span_id: str
     parent_id: str | None
     links: tuple[str, ...]
+    attributes: dict[str, Any]
 
 
 class Run:
@@ -165,14 +167,19 @@ def test_an_async_django_view_without_the_asgi_instrumentation_gets_no_request_s
     assert django_runs_without_asgi["asgi"].name_and_parent() == {("inprocserve.predict", None)}
 
 
-def documented(run: str) -> set[tuple[str, str | None]]:
-    """The spans the page's table lists for ``run`` (its first column), as (name, parent name) pairs."""
+def table_row(run: str) -> list[str]:
+    """The cells of the page's table row for ``run`` (its first column)."""
     for line in PAGE.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) == 2 and cells[0] == run:
-            pairs = re.findall(r"`([^`]+)` \((?:root|`([^`]+)`)\)", cells[1])
-            return {(name, parent or None) for name, parent in pairs}
+        if len(cells) >= 2 and cells[0] == run:
+            return cells
     raise AssertionError(f"{PAGE.name} has no table row for {run!r}")
+
+
+def documented(run: str) -> set[tuple[str, str | None]]:
+    """The spans the page's tables list for ``run`` (its first column), as (name, parent name) pairs."""
+    pairs = re.findall(r"`([^`]+)` \((?:root|`([^`]+)`)\)", table_row(run)[1])
+    return {(name, parent or None) for name, parent in pairs}
 
 
 @pytest.mark.parametrize(
@@ -191,3 +198,128 @@ def test_the_pages_table_lists_the_spans_each_run_makes(
     made = request.getfixturevalue(fixture)
     spans = made if run is None else made[run]
     assert spans.name_and_parent() == documented(row)
+
+
+# Shadow spans: docs/otel/shadow_check.py's runs, and the page's "Shadow spans" table
+
+SHADOW_ROWS = {  # the run in shadow_check.py's output: its row in the page's table
+    "flask": "Flask, a shadowed model",
+    "wsgi": "Django, WSGI, a shadowed model",
+    "asgi": "Django, ASGI, a shadowed model",
+    "asgi-middleware": "Django, ASGI, in `OpenTelemetryMiddleware`, a shadowed model",
+    "flask-over-budget": "Flask, 2 requests, the second's copy over budget",
+    "flask-busy": "Flask, 3 requests, a queue of one copy, then the shadow version busy",
+}
+OBSERVABILITY = ROOT / "docs" / "observability.md"
+
+
+class ShadowRun(Run):
+    """The finished spans of one run of docs/otel/shadow_check.py, and the copies it dropped."""
+
+    def __init__(self, spans: list[dict[str, Any]], dropped: dict[str, int]) -> None:
+        super().__init__(spans)
+        self.dropped = dropped
+
+    def requests(self) -> list[Span]:
+        """The ``inprocserve.predict`` spans of the web requests (children of the framework's span), in the
+        order they were answered (the exporter's order: spans in the order they ended)."""
+        return [span for span in self.named("inprocserve.predict") if span.parent_id is not None]
+
+    def shadows(self) -> list[tuple[int, str]]:
+        """Each shadow span as the page's table says it: the number of the request it links to, and whether
+        it holds a comparison or says the copy was dropped."""
+        numbers = {span.span_id: number for number, span in enumerate(self.requests(), start=1)}
+        made = []
+        for shadow in self.named("inprocserve.shadow"):
+            compared = "inprocserve.shadow.max_abs_diff" in shadow.attributes
+            dropped = shadow.attributes.get("inprocserve.shadow.dropped") is True
+            state = "compared" if compared and not dropped else "dropped" if dropped and not compared else "neither"
+            made.append((numbers.get(shadow.links[0], 0) if len(shadow.links) == 1 else 0, state))
+        return made
+
+
+@pytest.fixture(scope="module")
+def shadow_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``shadowed`` (version 2 answers twice version 1's: a difference of 1 on ones) and ``held`` (slow
+    enough per row that a 4000-row request keeps version 2's one session busy), each shadowing 1 with 2."""
+    repository = tmp_path_factory.mktemp("shadow-models")
+    save_model(build_scale_model(1.0), repository, "shadowed", 1)
+    save_model(build_scale_model(2.0), repository, "shadowed", 2)
+    for version in (1, 2):
+        save_model(build_busy_model(512), repository, "held", version)
+    for model in ("shadowed", "held"):
+        (repository / model / "config.toml").write_text("[rollout]\nstable = 1\n\n[rollout.shadow]\nversions = [2]\n")
+    return repository
+
+
+@pytest.fixture(scope="module")
+def shadow_runs(shadow_models: Path) -> dict[str, ShadowRun]:
+    result = run_check("shadow_check.py", shadow_models)
+    statuses = {run: answer["statuses"] for run, answer in result.items()}
+    assert statuses == {**{run: [200] for run in SHADOW_ROWS}, "flask-over-budget": [200] * 2, "flask-busy": [200] * 3}
+    return {run: ShadowRun(answer["spans"], answer["dropped"]) for run, answer in result.items()}
+
+
+@pytest.mark.parametrize("run", list(SHADOW_ROWS))
+def test_each_shadow_span_is_a_root_in_a_trace_of_its_own_linked_to_its_requests_predict_span(
+    shadow_runs: dict[str, ShadowRun], run: str
+) -> None:
+    spans = shadow_runs[run]
+    requests = {span.span_id: span for span in spans.requests()}
+    shadows = spans.named("inprocserve.shadow")
+    assert shadows
+    for shadow in shadows:
+        assert shadow.parent_id is None, f"{run}: the shadow span is a child of {spans.parent(shadow)}"
+        assert len(shadow.links) == 1 and shadow.links[0] in requests, f"{run}: shadow span's links {shadow.links}"
+        mirrored = requests[shadow.links[0]]
+        assert mirrored.trace_id != shadow.trace_id
+        # a trace of its own: no span of the request (nor of any other) is in the shadow's trace
+        assert [span.name for span in spans.spans if span.trace_id == shadow.trace_id] == ["inprocserve.shadow"]
+        # the request it mirrors is in the trace of its web request
+        request_span = spans.parent(mirrored)
+        assert request_span is not None and request_span.trace_id == mirrored.trace_id
+
+
+def listed_shadow_attributes() -> set[str]:
+    """The keys docs/observability.md's span attribute table lists on shadow spans (``.x`` after a key is
+    ``x`` in that key's namespace)."""
+    keys: set[str] = set()
+    for line in OBSERVABILITY.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[1] == "shadow":
+            names = re.findall(r"`([^`]+)`", cells[0])
+            namespace = names[0].rsplit(".", 1)[0]
+            keys.update(name if not name.startswith(".") else namespace + name for name in names)
+    assert keys, f"{OBSERVABILITY.name} lists no shadow span attributes"
+    return keys
+
+
+@pytest.mark.parametrize("run", ["flask", "wsgi", "asgi", "asgi-middleware", "flask-busy"])
+def test_a_shadow_span_carries_the_attributes_the_pages_list_for_shadows(
+    shadow_runs: dict[str, ShadowRun], run: str
+) -> None:
+    listed = listed_shadow_attributes()
+    dropped_key = "inprocserve.shadow.dropped"
+    model = "held" if run == "flask-busy" else "shadowed"
+    compared, *dropped = shadow_runs[run].named("inprocserve.shadow")
+    # the model's name, as on every span; the version it ran as inprocserve.shadow.version, not as the model's
+    assert set(compared.attributes) == {"inprocserve.model.name"} | listed - {dropped_key}
+    assert compared.attributes["inprocserve.model.name"] == model
+    assert compared.attributes["inprocserve.shadow.version"] == 2
+    assert compared.attributes["inprocserve.shadow.max_abs_diff"] == (0.0 if model == "held" else 1.0)
+    assert compared.attributes["inprocserve.shadow.label_agreement"] == 1.0
+    for span in dropped:  # (flask-busy's second copy: found no spare capacity)
+        assert span.attributes == {"inprocserve.model.name": model, "inprocserve.shadow.version": 2, dropped_key: True}
+
+
+@pytest.mark.parametrize(("run", "row"), list(SHADOW_ROWS.items()))
+def test_the_pages_shadow_table_lists_the_spans_links_and_dropped_copies_each_run_makes(
+    shadow_runs: dict[str, ShadowRun], run: str, row: str
+) -> None:
+    spans = shadow_runs[run]
+    listed_shadows, listed_dropped = table_row(row)[2:]
+    assert spans.name_and_parent() == documented(row)
+    shadows = [(int(number), state) for number, state in re.findall(r"request (\d+), (\w+)", listed_shadows)]
+    assert spans.shadows() == shadows
+    dropped = {why: int(count) for why, count in re.findall(r"`(\w+)` (\d+)", listed_dropped)}
+    assert spans.dropped == dropped

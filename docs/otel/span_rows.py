@@ -6,7 +6,8 @@ from typing import Any
 
 
 def span_rows(spans: Any) -> list[dict[str, Any]]:
-    """Each finished span: its name, kind, ids (hex), its parent's span id and the span ids it links to."""
+    """Each finished span: its name, kind, ids (hex), its parent's span id, the span ids it links to and its
+    attributes."""
     return [
         {
             "name": span.name,
@@ -15,6 +16,7 @@ def span_rows(spans: Any) -> list[dict[str, Any]]:
             "span_id": f"{span.context.span_id:016x}",
             "parent_id": f"{span.parent.span_id:016x}" if span.parent else None,
             "links": [f"{link.context.span_id:016x}" for link in span.links],
+            "attributes": dict(span.attributes or {}),
         }
         for span in spans
     ]
