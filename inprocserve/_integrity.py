@@ -29,7 +29,7 @@ from typing import Generic, NamedTuple, TypeVar
 from ._brief import brief, brief_text
 from ._errors import ModelLoadError
 from ._racy import Sighting, changed_long_ago, sighting
-from ._regular_file import NotARegularFileError, open_regular_file, read_regular_file
+from ._regular_file import NotARegularFileError, SymlinkRefusedError, open_regular_file, read_regular_file
 from ._remote_model import REMOTE_FILENAME, read_remote_toml
 
 __all__ = [
@@ -235,7 +235,7 @@ def _attribute(data: memoryview, found: list[ExternalData], depth: int) -> None:
             _nodes(_message(value), _GRAPH_NODE, found, depth + 1)
 
 
-def _references_in(model_file: Path) -> list[ExternalData]:
+def _references_in(model_file: Path, *, follow_symlinks: bool = True) -> list[ExternalData]:
     """:func:`external_data` of a model file (none for an empty one), read, not memory-mapped: a mapped file
     that another process truncates (a release copied over it in place, as the docs say not to) kills the
     process with SIGBUS at the first page read past its new end, and the scan runs on the library's own
@@ -244,10 +244,11 @@ def _references_in(model_file: Path) -> list[ExternalData]:
     it builds a session.
 
     Raises:
-        OSError: the file cannot be read.
+        OSError: the file cannot be read (:class:`SymlinkRefusedError`: it is a link, not to be followed).
         ValueError: it is not a well-formed ModelProto.
     """
-    with open_regular_file(model_file) as handle:  # (a pipe's open waited for a writer for good)
+    # (a pipe's open waited for a writer for good; not following a link, the file read is the one checked)
+    with open_regular_file(model_file, follow_symlinks=follow_symlinks) as handle:
         data = handle.read()
     return external_data(data) if data else []
 
@@ -304,20 +305,25 @@ def check_version(model_file: Path, *, model: str, version: int, follow_symlinks
     if not follow_symlinks:  # the scan skips linked model folders; this also covers load(path=...)
         for path, what in ((model_file.parent, "version folder"), (model_file, "model file")):
             if path.is_symlink():
-                raise fail(
-                    f"the {what} {path} is a symbolic link, which is refused; copy the files in, or let the "
-                    "server follow links with Server(..., follow_symlinks=True)"
-                )
+                raise fail(_link_refused(what, path))
     if model_file.name == REMOTE_FILENAME:
         try:
             read_remote_toml(model_file, ignored=[])  # (keys it does not know: the load warns of them)
         except ModelLoadError as exc:
             raise fail(str(exc)) from None
         return
-    listed = _check_checksum(model_file, fail)
+    listed = _check_checksum(model_file, fail, follow_symlinks=follow_symlinks)
     checked = check_external_data(model_file, model=model, version=version, follow_symlinks=follow_symlinks)
     if listed is not None:  # (the locations just checked, inside the folder: the model file is not read again)
-        _check_listed_external_data(model_file, checked, listed, fail)
+        _check_listed_external_data(model_file, checked, listed, fail, follow_symlinks=follow_symlinks)
+
+
+def _link_refused(what: str, path: Path, *, through: bool = False) -> str:
+    how = "is reached through a symbolic link (a folder on its path)" if through else "is a symbolic link"
+    return (
+        f"the {what} {path} {how}, which is refused; copy the files in, or let the server follow links with "
+        "Server(..., follow_symlinks=True)"
+    )
 
 
 def check_external_data(
@@ -340,7 +346,10 @@ def check_external_data(
             raise fail(f"model file {model_file} is not a regular file (a folder, a pipe or a device)")
         raise fail(f"model file {model_file} does not exist")
     try:
-        references = _references_in(model_file)  # (an empty file refers to nothing; onnxruntime says why)
+        # (an empty file refers to nothing; onnxruntime says why)
+        references = _references_in(model_file, follow_symlinks=follow_symlinks)
+    except SymlinkRefusedError:  # (swapped for a link since the caller's check)
+        raise fail(_link_refused("model file", model_file)) from None
     except OSError as exc:
         raise fail(f"{model_file} cannot be read: {exc}") from exc
     except ValueError as exc:
@@ -484,18 +493,26 @@ _HEX = re.compile(r"[0-9a-fA-F]{64}")
 _hashes: _PerFile[str] = _PerFile(_MAX_CACHED_FILES)  # resolved path -> the file's digest
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path, *, follow_symlinks: bool = True, within: Path | None = None) -> str:
     """The file's sha256 hex digest, cached by (inode, size, mtime, ctime) so re-checks do not re-read the
     file; a rewrite in place that puts the mtime back (``cp -p``) still moves the ctime, which no one sets,
     and one within the timestamp tick of the read moves nothing: a digest is kept once settled (see
-    :class:`_PerFile`)."""
-    stat = path.stat()
+    :class:`_PerFile`). With ``follow_symlinks=False`` no link is followed to it (see :func:`open_regular_file`
+    for ``within``), and the digest is of the file opened, looked up by that file's own stat: a link swapped
+    in after the caller's checks is refused, never hashed, nor answered from the cache.
+
+    Raises:
+        SymlinkRefusedError: a link where none is followed.
+        NotARegularFileError: no regular file is there.
+        OSError: it cannot be read.
+    """
     key = str(path.resolve())
-    cached, sight = _hashes.get(key, stat)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256()
-    with open_regular_file(path) as handle:  # (a pipe's open waited for a writer for good)
+    # (a pipe's open waited for a writer for good)
+    with open_regular_file(path, follow_symlinks=follow_symlinks, within=within) as handle:
+        cached, sight = _hashes.get(key, os.fstat(handle.fileno()))
+        if cached is not None:
+            return cached
+        digest = hashlib.sha256()
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     result = digest.hexdigest()
@@ -630,7 +647,7 @@ def _this_folder(entries: list[_Line], model_line: _Line, model_file: Path, side
     return listed
 
 
-def _check_checksum(model_file: Path, fail: _Fail) -> _Listed | None:
+def _check_checksum(model_file: Path, fail: _Fail, *, follow_symlinks: bool) -> _Listed | None:
     """Check the model file against its checksum file, if it has one, and that every other file of the
     version folder it lists is there; the other files it lists (None without a checksum file)."""
     sidecar = model_file.with_name(model_file.name + CHECKSUM_SUFFIX)
@@ -651,7 +668,7 @@ def _check_checksum(model_file: Path, fail: _Fail) -> _Listed | None:
             "sha256sum model.onnx *.data > model.onnx.sha256"
         )
     expected, listed = _read_listing(_checksum_text(data), model_file, sidecar, fail)
-    _check_digest(model_file, expected, sidecar, fail, what="model file")
+    _check_digest(model_file, expected, sidecar, fail, what="model file", follow_symlinks=follow_symlinks)
     folder = model_file.parent
     locations = {_parts(location) for location in external_data_locations(model_file)}
     for inside, (_, name) in listed.items():
@@ -677,7 +694,9 @@ def _written_by_loads(name: str) -> bool:
     return OPTIMIZED_GRAPH.fullmatch(name) is not None
 
 
-def _check_listed_external_data(model_file: Path, locations: tuple[str, ...], listed: _Listed, fail: _Fail) -> None:
+def _check_listed_external_data(
+    model_file: Path, locations: tuple[str, ...], listed: _Listed, fail: _Fail, *, follow_symlinks: bool
+) -> None:
     """Check each external-data file the model names against the digest its checksum file lists for it.
     ``locations`` are the ones :func:`check_external_data` just checked (inside the folder, regular files), not
     read from the model file again: one replaced in between could name a location never checked. One the
@@ -689,12 +708,16 @@ def _check_listed_external_data(model_file: Path, locations: tuple[str, ...], li
         if inside in seen or inside not in listed:
             continue
         seen.add(inside)
-        _check_digest(model_file.parent / location, listed[inside][0], sidecar, fail, what="external-data file")
+        path, digest = model_file.parent / location, listed[inside][0]
+        _check_digest(path, digest, sidecar, fail, what="external-data file", follow_symlinks=follow_symlinks)
 
 
-def _check_digest(path: Path, expected: str, sidecar: Path, fail: _Fail, *, what: str) -> None:
+def _check_digest(path: Path, expected: str, sidecar: Path, fail: _Fail, *, what: str, follow_symlinks: bool) -> None:
     try:
-        actual = file_sha256(path)
+        # not following links: no link below the version folder (checked before, swapped in since: refused)
+        actual = file_sha256(path, follow_symlinks=follow_symlinks, within=sidecar.parent)
+    except SymlinkRefusedError:
+        raise fail(_link_refused(what, path, through=not path.is_symlink())) from None
     except NotARegularFileError:
         raise fail(f"{what} {path} is not a regular file (a folder, a pipe or a device)") from None
     except OSError as exc:

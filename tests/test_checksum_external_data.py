@@ -342,3 +342,39 @@ def test_the_locations_hashed_are_the_ones_checked_not_read_again_from_the_model
     (folder / "model.onnx.sha256").write_text(listing)
     monkeypatch.setattr(_integrity, "external_data_locations", lambda _file: ("weights.data", "link.data"))
     _integrity.check_version(model_file, model="m", version=1)  # (link.data, never checked, is never hashed)
+
+
+@pytest.mark.parametrize("swapped", ["the data file", "its folder", "the model file"])
+def test_a_file_swapped_for_a_link_after_the_checks_is_refused_not_hashed_through_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swapped: str
+) -> None:
+    """The checks found regular files, no link, in the version folder; the hashing then opened each file by its
+    path, so a link put there in between (by whoever may write the folder) was followed, and the file outside
+    was hashed, or answered from the digest cache, in place of the one checked. Where links are not followed,
+    the hashing opens no link: not the file's, nor a folder's on its path below the version folder."""
+    monkeypatch.setattr(_racy, "CHANGED_LONG_AGO_S", -60.0)  # (every file settled at first sight: digests cached)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    folder = tmp_path / "m" / "1"
+    model_file = save_external(folder, 2.0, "data/w.bin")
+    if swapped == "the model file":
+        path = model_file
+        shutil.copy2(model_file, outside / "model.onnx")
+        model_file.unlink()
+        model_file.symlink_to(outside / "model.onnx")
+    else:
+        path = folder / "data" / "w.bin"
+        shutil.copytree(folder / "data", outside / "data")
+        if swapped == "its folder":
+            shutil.rmtree(folder / "data")
+            (folder / "data").symlink_to(outside / "data", target_is_directory=True)
+        else:
+            path.unlink()
+            path.symlink_to(outside / "data" / "w.bin")
+    _integrity.file_sha256(path)  # (its digest in the cache: a link is not answered from it either)
+    with pytest.raises(OSError, match="a symbolic link, which is not followed"):
+        _integrity.file_sha256(path, follow_symlinks=False, within=folder)
+    assert _integrity.file_sha256(path, follow_symlinks=True, within=folder) == digest(path)
+    if swapped == "the model file":  # (the walk for its external data reads no link either)
+        with pytest.raises(inprocserve.ModelLoadError, match=f"the model file {model_file} is a symbolic link"):
+            _integrity.check_external_data(model_file, model="m", version=1)
