@@ -17,12 +17,14 @@ inputs, drift reference) inside the model folder.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import hashlib
 import os
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Generic, NamedTuple, TypeVar
 
@@ -35,11 +37,13 @@ from ._remote_model import REMOTE_FILENAME, read_remote_toml
 __all__ = [
     "CHECKSUM_SUFFIX",
     "ExternalData",
+    "HashingStopped",
     "check_external_data",
     "check_version",
     "external_data",
     "external_data_locations",
     "file_sha256",
+    "hashing_stops_on",
     "resolve_model_file",
 ]
 
@@ -493,6 +497,25 @@ _HEX = re.compile(r"[0-9a-fA-F]{64}")
 _hashes: _PerFile[str] = _PerFile(_MAX_CACHED_FILES)  # resolved path -> the file's digest
 
 
+class HashingStopped(Exception):
+    """:func:`file_sha256` stopped because the event of :func:`hashing_stops_on` was set."""
+
+
+_stop_hashing: ContextVar[threading.Event | None] = ContextVar("inprocserve_stop_hashing", default=None)
+
+
+@contextlib.contextmanager
+def hashing_stops_on(event: threading.Event) -> Iterator[None]:
+    """Within the block (on this thread), a file's hashing stops with :class:`HashingStopped` at the next MiB
+    once ``event`` is set: a server that closes while a load hashes a data file of several GB returns at
+    once, instead of holding ``close()`` until the file is read to its end."""
+    token = _stop_hashing.set(event)
+    try:
+        yield
+    finally:
+        _stop_hashing.reset(token)
+
+
 def file_sha256(path: Path, *, follow_symlinks: bool = True, within: Path | None = None) -> str:
     """The file's sha256 hex digest, cached by (inode, size, mtime, ctime) so re-checks do not re-read the
     file; a rewrite in place that puts the mtime back (``cp -p``) still moves the ctime, which no one sets,
@@ -504,8 +527,10 @@ def file_sha256(path: Path, *, follow_symlinks: bool = True, within: Path | None
     Raises:
         SymlinkRefusedError: a link where none is followed.
         NotARegularFileError: no regular file is there.
+        HashingStopped: see :func:`hashing_stops_on`.
         OSError: it cannot be read.
     """
+    stop = _stop_hashing.get()
     key = str(path.resolve())
     # (a pipe's open waited for a writer for good)
     with open_regular_file(path, follow_symlinks=follow_symlinks, within=within) as handle:
@@ -514,6 +539,8 @@ def file_sha256(path: Path, *, follow_symlinks: bool = True, within: Path | None
             return cached
         digest = hashlib.sha256()
         while chunk := handle.read(1 << 20):
+            if stop is not None and stop.is_set():
+                raise HashingStopped(f"the hashing of {path} was stopped")
             digest.update(chunk)
     result = digest.hexdigest()
     _hashes.put(key, sight, result)
@@ -718,6 +745,8 @@ def _check_digest(path: Path, expected: str, sidecar: Path, fail: _Fail, *, what
         actual = file_sha256(path, follow_symlinks=follow_symlinks, within=sidecar.parent)
     except SymlinkRefusedError:
         raise fail(_link_refused(what, path, through=not path.is_symlink())) from None
+    except HashingStopped:
+        raise fail(f"the server was closed while the {what} {path} was being hashed; it was not loaded") from None
     except NotARegularFileError:
         raise fail(f"{what} {path} is not a regular file (a folder, a pipe or a device)") from None
     except OSError as exc:

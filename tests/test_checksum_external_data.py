@@ -12,6 +12,9 @@ import hashlib
 import os
 import shutil
 import subprocess
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -378,3 +381,57 @@ def test_a_file_swapped_for_a_link_after_the_checks_is_refused_not_hashed_throug
     if swapped == "the model file":  # (the walk for its external data reads no link either)
         with pytest.raises(inprocserve.ModelLoadError, match=f"the model file {model_file} is a symbolic link"):
             _integrity.check_external_data(model_file, model="m", version=1)
+
+
+def test_a_load_stops_hashing_once_the_server_is_closing(tmp_path: Path) -> None:
+    """A multi-GB data file being hashed held ``Server.close()`` until it was read to its end (seconds to
+    minutes): the hashing checks the server's stop event between chunks, and the load fails saying why."""
+    folder = tmp_path / "m" / "1"
+    model_file = save_external(folder, 2.0)
+    big = folder / "big.bin"  # (sparse: 16 GiB hashed take 10 s or more, on no disk)
+    with big.open("wb") as file:
+        file.truncate(16 << 30)
+    stop = threading.Event()
+    stop.set()
+    (folder / "model.onnx.sha256").write_text(sha256sum(folder, "model.onnx", "weights.data"))
+    with _integrity.hashing_stops_on(stop), pytest.raises(inprocserve.ModelLoadError) as caught:
+        _integrity.check_version(model_file, model="m", version=1)
+    assert f"the server was closed while the model file {model_file} was being hashed; it was not loaded" in str(
+        caught.value
+    )
+    stop.clear()
+    failure: list[BaseException] = []
+
+    def hash_the_big_file() -> None:
+        with _integrity.hashing_stops_on(stop):
+            try:
+                _integrity.file_sha256(big)
+            except BaseException as exc:  # (what the test asserts)
+                failure.append(exc)
+
+    hashing = threading.Thread(target=hash_the_big_file)
+    hashing.start()
+    _read_so_far(big, lambda position: position >= 8 << 20)  # (hashing it, 8 MiB in)
+    stop.set()
+    stopped = time.monotonic()
+    hashing.join(timeout=60)
+    assert time.monotonic() - stopped < 5.0, "the hashing went on past the stop"
+    assert [type(exc) for exc in failure] == [_integrity.HashingStopped]
+    assert _integrity.file_sha256(model_file) == digest(model_file)  # (outside the block: not stopped)
+
+
+def _read_so_far(path: Path, enough: Callable[[int], bool], timeout_s: float = 30.0) -> int:
+    """How far this process has read ``path`` (its descriptor's position, from /proc), once ``enough``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                    info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+                    position = int(info.split("pos:")[1].split()[0])
+                    if enough(position):
+                        return position
+            except (OSError, IndexError):  # (closed meanwhile)
+                continue
+        time.sleep(0.001)
+    raise AssertionError(f"{path} was not read far enough in {timeout_s} s")
