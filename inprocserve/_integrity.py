@@ -348,6 +348,8 @@ def check_external_data(
     if not model_file.is_file():
         if model_file.exists():  # (a pipe: read, it waited for a writer for good)
             raise fail(f"model file {model_file} is not a regular file (a folder, a pipe or a device)")
+        if model_file.is_symlink():  # (a release folder deleted under a link to its model file)
+            raise fail(f"model file {model_file} is a symbolic link to {_target(model_file)}, which does not exist")
         raise fail(f"model file {model_file} does not exist")
     try:
         # (an empty file refers to nothing; onnxruntime says why)
@@ -361,6 +363,13 @@ def check_external_data(
     for reference in references:
         _check_reference(reference, model_file.parent, fail, follow_symlinks=follow_symlinks)
     return tuple(reference.entries.get("location", "") for reference in references)
+
+
+def _target(link: Path) -> str:
+    try:
+        return brief_text(os.readlink(link))
+    except OSError:  # (replaced since)
+        return "a path"
 
 
 def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, follow_symlinks: bool) -> None:

@@ -181,7 +181,7 @@ def _file_hint(repository: Path) -> str:
     )
 
 
-def _gone(path: Path, *, follow_symlinks: bool = True) -> list[str] | None:
+def _gone(path: Path, *, follow_symlinks: bool = True, wanted: str = "a version folder") -> list[str] | None:
     """What to report of a listed entry that is no file or folder now, or ``None`` if it is one of those.
 
     Removed since the listing (a version or model being deleted while the scan ran): nothing, the next scan
@@ -203,7 +203,7 @@ def _gone(path: Path, *, follow_symlinks: bool = True) -> list[str] | None:
         if exc.errno == errno.ELOOP:  # (-> itself, or a ring of links: there, but never reaching a folder)
             return [
                 f"{_shown(path)}: a symbolic link loop (it points to {_shown(target)}, which leads back to it); "
-                "point it at a version folder, or remove the link"
+                f"point it at {wanted}, or remove the link"
             ]
     return [
         f"{_shown(path)}: a symbolic link to {_shown(target)}, which does not exist (restore it, or remove the link)"
@@ -268,6 +268,11 @@ def _scan_model(name: str, folder: Path, problems: list[str], *, follow_symlinks
             problems.append(f"{entry}: the {what} is a symbolic link; {_LINK_HINT}")
             continue
         if not model_file.is_file():
+            # A link to a release's model file that was deleted: no model file, said as such ("missing model.onnx"
+            # sent people looking for a file that is there, as a link)
+            if gone := _gone(model_file, wanted="a model file"):
+                problems.extend(gone)
+                continue
             there = [path.name for path in (model_file, remote_file) if path.exists()]  # (a folder, a pipe)
             problems.append(
                 f"{entry}: {there[0]} is not a regular file (a folder, a pipe or a device); write the file there"

@@ -616,3 +616,16 @@ print("locations", integrity.external_data_locations(model))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert "locations ()" in done.stdout
+
+
+def test_load_by_path_of_a_dangling_link_says_what_it_points_to(tmp_path: Path, make_server: ServerFactory) -> None:
+    """A link to a deleted release's model file was "model file ... does not exist": the link is there."""
+    link = tmp_path / "m" / "3" / "model.onnx"
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tmp_path / "releases" / "m-3" / "model.onnx")
+    with pytest.raises(inprocserve.ModelLoadError) as caught:
+        make_server(follow_symlinks=True).load("m", path=link)
+    assert (
+        f"model file {link} is a symbolic link to {tmp_path / 'releases' / 'm-3' / 'model.onnx'}, which does not "
+        in (str(caught.value))
+    )

@@ -111,3 +111,25 @@ def test_a_link_whose_release_was_deleted_is_reported_as_such(tmp_path: Path, fo
         ]
     else:
         assert len(problems) == 2 and all("symbolic link" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("target", ["a deleted release", "itself"])
+def test_a_model_file_that_is_a_dangling_link_is_no_model_file_and_says_why(tmp_path: Path, target: str) -> None:
+    """``models/fraud/3/model.onnx -> /releases/fraud-3/model.onnx`` after a clean-up deleted the release: the
+    version was skipped as "missing model.onnx", and people looked for a file that was right there, as a link."""
+    repository, release = tmp_path / "models", tmp_path / "releases" / "fraud-3"
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    link = repository / "fraud" / "3" / "model.onnx"
+    link.parent.mkdir()
+    if target == "itself":  # (ln -sf run in the version folder with its own name)
+        os.symlink("model.onnx", link)
+        expected = f"{link}: a symbolic link loop (it points to model.onnx, which leads back to it); point it at "
+    else:
+        os.symlink(release / "model.onnx", link)
+        expected = f"{link}: a symbolic link to {release / 'model.onnx'}, which does not exist (restore it, or "
+    with inprocserve.Server(repository, follow_symlinks=True, control_interval_s=None) as server:
+        problems = server.refresh()
+        assert server.models == {"fraud": [1]}
+        assert server.predict("fraud", np.ones((1, 4), np.float32)).version == 1
+    assert [problem for problem in problems if problem.startswith(expected)], problems
+    assert not any("missing model.onnx" in problem for problem in problems), problems
