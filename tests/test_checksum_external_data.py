@@ -274,6 +274,24 @@ def test_a_listed_file_whose_arrival_no_refresh_sees_does_not_fail_the_version(
     assert server.predict("m", X)["y"].tolist() == [[2.0] * 4]
 
 
+@pytest.mark.parametrize("location", ["data/w.bin", ".weights", "data/.w"])
+def test_a_listed_data_file_the_model_names_in_a_sub_folder_or_hidden_must_be_there(
+    repository: Path, tmp_path: Path, make_server: ServerFactory, location: str
+) -> None:
+    """Unlike a listed file the model does not name (above), external data in a sub-folder or under a hidden name
+    is looked for, and its arrival (which a refresh watches, as the model names it) retries the version."""
+    folder = repository / "m" / "1"
+    save_external(folder, 2.0, location)
+    (folder / "model.onnx.sha256").write_text(sha256sum(folder, "model.onnx", location))
+    (folder / location).rename(tmp_path / "away")
+    server = make_server(repository)
+    error = str(version_status(server, 1)["error"])
+    assert f"model.onnx.sha256 lists '{location}', which is not in the version folder {folder}" in error
+    shutil.copy2(tmp_path / "away", folder / location)
+    assert server.refresh() == []
+    assert server.predict("m", X)["y"].tolist() == [[2.0] * 4]
+
+
 def test_a_listed_file_whose_name_is_not_utf8_is_found(repository: Path, make_server: ServerFactory) -> None:
     """``sha256sum *`` in a folder holding a Latin-1 name (``café.txt`` written on an older system): read as
     U+FFFD, the name named no file, and the version failed as a copy not finished."""
