@@ -32,7 +32,7 @@ from ._errors import (
     ServerClosedError,
     failure_text,
 )
-from ._integrity import external_data_locations
+from ._integrity import external_data_locations, hashing_stops_on
 from ._log_limit import LogLimit, since
 from ._model import ModelVersion
 from ._ort_rules import OPTIMIZED_GRAPH
@@ -1814,7 +1814,8 @@ class Registry:
             backend=backend,
         )
         try:
-            candidate.load()
+            with hashing_stops_on(self._stop):  # (close() is not held by a multi-GB data file's hashing)
+                candidate.load()
         except ModelLoadError as exc:
             if scanned and not path.exists():
                 logger.info("model %r version %s was removed from the repository while it was loaded", name, number)
@@ -2996,7 +2997,7 @@ def _names_by_gate(state: ModelControl | None, stable: int) -> bool:
 def _no_version_file(folder: Path) -> bool:
     """Whether a version's ``folder`` is gone from disk, or there without its model file (nor ``remote.toml``):
     no worker that starts can load that version (see ``Registry._sync_model``)."""
-    return not any(os.path.lexists(folder / file) for file in (MODEL_FILENAME, REMOTE_FILENAME))
+    return not any(os.path.exists(folder / file) for file in (MODEL_FILENAME, REMOTE_FILENAME))
 
 
 def _folder_entries(folder: Path) -> tuple[tuple[str, int, int], ...] | None:

@@ -453,3 +453,32 @@ def _read_so_far(path: Path, enough: Callable[[int], bool], timeout_s: float = 3
                 continue
         time.sleep(0.001)
     raise AssertionError(f"{path} was not read far enough in {timeout_s} s")
+
+
+def test_close_does_not_wait_for_a_refresh_hashing_a_large_data_file(repository: Path) -> None:
+    """The server's own loads hash under its stop event: ``close()`` during a refresh that hashes a 16 GiB
+    data file returns at once (it waited for the whole file before: a minute here), and the refresh ends too."""
+    save_external(repository / "m" / "1", 1.0)
+    server = inprocserve.Server(repository, control_interval_s=None, poll_interval_s=None)
+    folder = repository / "m" / "2"
+    save_external(folder, 2.0)
+    (folder / "model.onnx.sha256").write_text(sha256sum(folder, "model.onnx") + f"{'0' * 64}  weights.data\n")
+    with (folder / "weights.data").open("r+b") as file:  # (sparse: no disk, and 10 s or more to hash)
+        file.truncate(16 << 30)
+    ended: list[object] = []
+
+    def refresh() -> None:
+        try:
+            ended.append(server.refresh())
+        except Exception as exc:  # (what the test reads)
+            ended.append(exc)
+
+    refreshing = threading.Thread(target=refresh)
+    refreshing.start()
+    _read_so_far(folder / "weights.data", lambda position: position >= 8 << 20)
+    started = time.monotonic()
+    server.close()
+    took = time.monotonic() - started
+    refreshing.join(timeout=60)
+    assert took < 5.0, f"close() waited {took:.1f} s for the hashing"
+    assert not refreshing.is_alive() and len(ended) == 1

@@ -171,3 +171,22 @@ def test_the_name_stays_while_an_external_data_file_in_a_subfolder_is_copied_bef
     clock.advance(2.0)  # (the copy stopped: nothing changes any more)
     running._registry.refresh(settle_empty_configs=True)
     assert _stable(repository) == (None, False)
+
+
+def test_the_named_version_s_model_file_left_a_dangling_link_loses_the_name_once_settled(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A release folder deleted under a version whose ``model.onnx`` links into it: no worker that starts can load
+    that version, so a dangling link counts as no model file, and the name goes once settled, as for a file
+    removed (a ``lexists`` test kept the name, and so the fleet split, for good)."""
+    clock = ManualClock()
+    running = _gate_named_with_a_clock(repository, make_server, clock)
+    model_file = repository / "m" / "1" / "model.onnx"
+    model_file.unlink()
+    model_file.symlink_to(repository.parent / "deleted-release" / "model.onnx")
+    running._registry.refresh(settle_empty_configs=True)
+    assert _stable(repository) == (1, True)
+    clock.advance(2.0)
+    running._registry.refresh(settle_empty_configs=True)
+    assert _stable(repository) == (None, False)
+    assert running.predict("m", FEATURES).version == 2
