@@ -18,7 +18,8 @@ What is checked (exact matching of every number would be too strict for prose th
   `` `coalescing*.md` ``), every figure must be in one of the files it cites; in the other sentences of a
   paragraph that cites one, in any results file;
 * in a table, every figure must be in the files cited by the two paragraphs above it in its section (a table
-  reproduces a results file), except in a column whose heading says it is not in a results file;
+  reproduces a results file) or by its own row, except in a column whose heading says it is not in a results
+  file;
 * "in a file" means: some number of the file's ``.md`` or ``.json`` equals the figure once rounded to the
   figure's decimals (``1.082`` is quoted as ``1.08``; a round ``44,000`` stands for 43,500-44,499), or, for a
   figure in ms, s or MB, a number of µs, ms or kB (``12821.0`` us quoted as ``12.82 ms``); a time per row
@@ -37,8 +38,11 @@ arithmetic), each with its reason.
 On the pages of ``EVERY_FIGURE_CITED`` (every page but those of ``NOT_EVERY_FIGURE_CITED``) a figure in a
 paragraph that cites no results file is reported too, unless its sentence says it is not in a results file, it
 stands in a table below a paragraph that says so or in a list item led by such a paragraph, or its sentence is on
-``UNCITED`` (figures read off a checked table, such as the ratio of two of its columns, and the few whose run
-could not be traced yet, each with its reason).
+``UNCITED`` (figures whose run could not be traced yet, each with its reason; none is now).
+
+``READ_OFF`` lists the ranges of ratios a page reads off the points of a results file (inprocserve's req/s over
+naive's at several points, every round over every round): they are not in the file as written, so a test
+computes each from the file's points and checks the range is their smallest and largest.
 
 What it cannot see: a stale figure that happens to equal some other number of the cited file once rounded
 (two-digit ratios often do), and on the pages of ``NOT_EVERY_FIGURE_CITED``, figures in paragraphs that cite
@@ -47,7 +51,11 @@ no results file.
 
 from __future__ import annotations
 
+import itertools
+import json
 import re
+import statistics
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -146,12 +154,13 @@ NOT_MEASURED: dict[str, dict[str, str]] = {
         "a wait of 0.2 ms or longer": "the rule's threshold, a setting",
         "about 11.6 days": "1e6 s in days: arithmetic",
         "could not pass about 40,000-47,000 requests/s": "a second over 21-25 µs of CPU per request: arithmetic",
-        "would need 48,000-68,000 requests/s": "0.40 of a 120,000-170,000 rows/s ceiling: arithmetic",
-        "0.40x of it is 84,000-91,000 requests/s": "0.40 of a 210,000-228,000 rows/s ceiling: arithmetic",
+        "would need 49,000-67,000 requests/s": "0.40 of a 122,000-166,000 rows/s ceiling: arithmetic",
+        "0.40x of it is about 91,000 requests/s": "0.40 of a 227,678 rows/s ceiling: arithmetic",
     },
     "docs/performance.md": {
         "4,096 by default": "the default of `max_request_rows`, a setting",
-        "10,000 distinct such requests": "the number of requests of the check, a setting",
+        "10,000 distinct such requests": "the cache's default `max_entries`, a setting",
+        "10,000 answers of 256 KiB, 2.4 GiB in all": "10,000 answers of 4,096 rows of 16 float32s: arithmetic",
         "a model answering 1,024 floats per row": "the example model's output width, a setting",
         "a job of 60,000 rows": "the example job's size, a setting",
         "a backlog of 2,000 one-row messages": "the example's backlog, a setting",
@@ -221,70 +230,84 @@ EVERY_FIGURE_CITED = set(DOCUMENTS) - set(NOT_EVERY_FIGURE_CITED)
 # Sentences of those pages quoting ratios read off a checked table, or measurements whose results file could not
 # be traced and whose text does not say they are one-off runs: document -> {phrase of the sentence: why}. Each
 # of the latter is to be cited, marked as not in a results file, or removed.
-UNCITED: dict[str, dict[str, str]] = {
-    "README.md": {
-        "(about 3.5 minutes": "the run time of `make oldest`, whose run is in no file and not said to be one-off",
-    },
-    "docs/deployment.md": {
-        "granian stopped in 0.04 to 0.2 s": "stop times under load whose runs are in no file and not said to be"
-        " one-off",
-        "such a stop took 3.1 s": "a stop time whose run is in no file and not said to be one-off",
-    },
-    "docs/operations.md": {
-        "(1,145 connections refused in the next 6 s)": "a count of the code before the change, whose run is in no"
-        " file and not said to be one-off",
-        "ran 1,331 times in 30 s here": "a count of a check whose run is in no file and not said to be one-off",
-    },
-    "docs/pruning.md": {
-        "at 90 % zeros the file shrank 3.3x": "the ratio of the file sizes of the table below (19.0 against"
-        " 5.7 MB, `pruning.md`), which is checked",
-    },
-    "docs/repository.md": {
-        "whose 64-row run takes 1.3-1.5 ms on one thread": "a timing whose run is in no file and not said to be"
-        " one-off (as on docs/performance.md)",
-    },
-    "docs/scaling.md": {
-        "cost each worker's load 6.1 GiB and 24 s": "a memory figure and a time whose run is in no file and not said"
-        " to be one-off",
-        "took 1.9 s after a 0.5 s deadline": "a time whose run is in no file and not said to be one-off",
-        "4 million labels take about 0.3 s": "a time whose run is in no file and not said to be one-off",
-    },
-    "docs/observability.md": {
-        "about 1.6 KB of the SDK's memory each": "a memory figure whose run is in no file and not said to be one-off",
-        "its windows of unchanged data read up to 0.86": "a reading whose run is in no file and not said to be one-off",
-    },
-    "docs/batching.md": {
-        "Three runs of 1-2 rows at load": "load times whose runs are in no file and not said to be one-off",
-        "it made 24,000-39,000 over that evening's": "rates over several runs of async_callers.py, some in"
-        " `async_callers-2026-11-29-*.md`, some in no file; not traced figure by figure",
-        "it spent 10.7-11.3 µs and made 75,000-78,000": "over the runs of 2026-12-01, one kept as"
-        " `async_callers-2026-12-01.md`, the others in no file",
-        "hand-off floor (134,000-191,000/s over the runs": "the floor over several runs of async_callers.py, not"
-        " traced figure by figure",
-        "Reaching 0.40x of a 120,000-170,000 rows/s ceiling": "ceilings over several runs, not traced figure by figure",
-        "the ceiling rose with everything else (210,000-228,000": "ceilings over the runs of 2026-12-01, one kept as"
-        " `async_callers-2026-12-01.md`",
-        "was tried and measured at 0.40-0.46x": "an experiment whose runs are in no file and not said to be one-off",
-    },
+UNCITED: dict[str, dict[str, str]] = {}  # (none is)
+
+
+@cache
+def points(name: str) -> list[dict[str, object]]:
+    """The points of ``benchmarks/results/NAME.json``."""
+    found: list[dict[str, object]] = json.loads((RESULTS / f"{name}.json").read_text())["points"]
+    return found
+
+
+def over_naive(names: tuple[str, ...], stack: str, model: str, connections: tuple[int, ...]) -> list[float]:
+    """inprocserve's median req/s over the naive view's, at each point of the http_e2e files ``names``."""
+
+    def median(point: dict[str, object], variant: str) -> float:
+        rounds = point["rounds"]
+        assert isinstance(rounds, dict)
+        return statistics.median(round_["throughput"] for round_ in rounds[variant])
+
+    return [
+        median(point, "inprocserve") / median(point, "naive")
+        for name in names
+        for point in points(name)
+        if (point["stack"], point["model"]) == (stack, model) and point["connections"] in connections
+    ]
+
+
+def round_by_round(name: str, threads: int, arrangement: str, against: str) -> list[float]:
+    """Every round's req/s of one arrangement over every round's of another, at ``threads`` threads a worker,
+    in a pinned_workers file."""
+
+    def rounds(wanted: str) -> list[float]:
+        (point,) = [p for p in points(name) if (p["threads"], p["arrangement"]) == (threads, wanted)]
+        req_s = point["req_s"]
+        assert isinstance(req_s, list)
+        return req_s
+
+    return [a / b for a, b in itertools.product(rounds(arrangement), rounds(against))]
+
+
+# Ranges of ratios a page reads off the points of a results file (the ratio of two of its columns, over
+# several of its rows) rather than quoting them: document -> {the range as the page writes it: its ratios}.
+# The checker does not look for them in the file; the test computes them from its points, and each range must
+# be their smallest and largest, rounded as written.
+HTTP = ("http_e2e", "http_e2e-otel")
+READ_OFF: dict[str, dict[str, Callable[[], list[float]]]] = {
     "docs/performance.md": {
-        "held 2.5 GiB": "a memory figure of the cache's check whose run is in no file and not said to be one-off",
-        "From 8 connections up inprocserve served": "inprocserve's req/s over naive's, read off the two tables above"
-        " (`http_e2e.md`, `http_e2e-otel.md`), which are checked",
-        "apredict` against `asyncio.to_thread`): 1.29-1.39": "inprocserve's req/s over naive's, read off the"
-        " two tables above, which are checked",
-        "An earlier run (11-29) gave 1.0-2.6": "ratios of the req/s of earlier runs of http_e2e.py (in the"
-        " history of `http_e2e.md`), not restored",
-        "is where inprocserve does not pay": "inprocserve's req/s over naive's, read off the two tables above",
-        "**A lone caller** (N = 1): under gunicorn": "inprocserve's req/s over naive's at N = 1, read off the"
-        " two tables above",
-        "64 rows took 1.3-1.5 ms on one thread": "a timing whose run is in no file and not said to be one-off",
-        "paired median 0.90 of before": "paired runs of the loop's CPU whose harness and file are not named",
-        "Read against the one-process tables above": "ratios of the rounds of the table above"
-        " (`pinned_workers*.md`), which is checked",
-        "At 8 threads a worker mlp-small stays at": "ratios of the rounds of the table above, which is checked",
-        "One core each served inprocserve": "ratios of the rounds of the table above, which is checked",
+        # inprocserve's req/s over naive's (benchmarks/results/http_e2e*.json), each point's median.
+        "1.8-2.7\u00d7 the naive rate": lambda: [
+            *over_naive(HTTP, "flask", "mlp-large", (8, 64)),
+            *over_naive(HTTP, "django", "mlp-large", (8, 64)),
+        ],
+        "1.29-1.39\u00d7 naive without an SDK": lambda: over_naive(("http_e2e",), "django", "mlp-small", (1, 8, 64)),
+        "1.25-1.64\u00d7 with one": lambda: over_naive(("http_e2e-otel",), "django", "mlp-small", (1, 8, 64)),
+        "0.91-1.02\u00d7 naive without an SDK": lambda: over_naive(("http_e2e",), "flask", "mlp-small", (1, 8, 64)),
+        "0.74-0.97\u00d7 with one": lambda: over_naive(("http_e2e-otel",), "flask", "mlp-small", (1, 8, 64)),
+        "gunicorn 0.74-0.91\u00d7 naive with mlp-small": lambda: over_naive(HTTP, "flask", "mlp-small", (1,)),
+        "0.82-0.91\u00d7 with mlp-large": lambda: over_naive(HTTP, "flask", "mlp-large", (1,)),
+        "uvicorn 1.25-1.29\u00d7 with mlp-small": lambda: over_naive(HTTP, "django", "mlp-small", (1,)),
+        "0.89-1.26\u00d7 with mlp-large": lambda: over_naive(HTTP, "django", "mlp-large", (1,)),
+        # Every round over every round (benchmarks/results/pinned_workers*.json).
+        "mlp-small 0.95-1.19x naive free": lambda: round_by_round("pinned_workers", 1, "free", "naive, free"),
+        "1.10-1.33x pinned": lambda: round_by_round("pinned_workers", 1, "one core each", "naive, free"),
+        "mlp-large 1.18-1.25x": lambda: round_by_round("pinned_workers-mlp-large", 1, "free", "naive, free"),
+        "1.46-1.53x": lambda: round_by_round("pinned_workers-mlp-large", 1, "one core each", "naive, free"),
+        "stays at 0.84-1.06x naive": lambda: round_by_round("pinned_workers", 8, "one core each", "naive, free"),
+        "64, 2.2-2.7x": lambda: round_by_round("pinned_workers", 64, "one core each", "naive, free"),
+        "0.98-1.32x the requests of both free": lambda: round_by_round("pinned_workers", 1, "one core each", "free"),
+        "0.99-1.11x at 8": lambda: round_by_round("pinned_workers", 8, "one core each", "free"),
+        "1.74-1.99x at 64": lambda: round_by_round("pinned_workers", 64, "one core each", "free"),
     },
 }
+RANGE = re.compile(r"(\d+(?:\.\d+)?)-(\d+(?:\.\d+)?)")
+
+
+def rounds_to(value: float, figure: str) -> bool:
+    """``value`` is ``figure`` once rounded to its decimals."""
+    step = 10.0 ** -len(figure.partition(".")[2])
+    return abs(value - float(figure)) <= step / 2 * (1 + 1e-9)
 
 
 # A results file a page names by its path. The checker finds a citation's figures only in files its name
@@ -375,7 +398,8 @@ def derived(figure: str, others: list[str]) -> bool:
 
 def pieces(block: str, files: set[Path], every: set[Path]) -> list[tuple[list[str], set[Path]]]:
     """What to check in a block: each sentence of a paragraph, or each row of a table (its cells, less those
-    of a column whose heading says it is in no results file), with the files to find its figures in."""
+    of a column whose heading says it is in no results file), with the files to find its figures in (for a
+    row, those of the paragraphs above its table and those the row cites)."""
     if not block.lstrip().startswith("|"):
         # A sentence without a citation, in a paragraph with one, is held to every results file.
         anywhere = every if cited(block) else set()
@@ -383,7 +407,10 @@ def pieces(block: str, files: set[Path], every: set[Path]) -> list[tuple[list[st
     rows = [[cell.strip() for cell in row.strip().strip("|").split("|")] for row in block.splitlines()]
     heading, body = rows[0], [row for row in rows[1:] if not re.fullmatch(r"[\s:|-]*", "|".join(row))]
     return [
-        ([cell for cell, title in zip(row, heading, strict=False) if not UNRECORDED.search(title)], files)
+        (
+            [cell for cell, title in zip(row, heading, strict=False) if not UNRECORDED.search(title)],
+            files | cited(" | ".join(row)),
+        )
         for row in body
     ]
 
@@ -423,7 +450,7 @@ def unsupported(document: str, text: str | None = None, *, every_figure: bool | 
             ):
                 continue
             prose = NOT_FIGURES.sub(" ", CODE.sub(" ", flat))
-            for phrase in NOT_MEASURED.get(document, {}):
+            for phrase in [*NOT_MEASURED.get(document, {}), *READ_OFF.get(document, {})]:
                 prose = prose.replace(phrase, " ")
             figures = [(match.group(1), match.end()) for match in FIGURE.finditer(prose)]
             for figure, end in figures:
@@ -478,11 +505,20 @@ def test_the_checker_finds_a_figure_missing_from_the_file_it_cites() -> None:
         ("With I/O binding on it gave 0.57x (benchmarks/results/gpu_check-adhoc.txt).", "0.57"),
         # A unit changes only what a figure with that unit may stand for.
         ("A record took 20.3 (`benchmarks/results/mem_pattern.md`).", "20.3"),
+        # A table's row that cites a results file, below no paragraph that cites one.
+        ("| variant | how |\n|---|---|\n| sparse | it shrank 1.42x (`benchmarks/results/mem_pattern.md`) |", "1.42"),
     ],
 )
 def test_a_figure_missing_from_the_file_its_sentence_or_table_cites_is_reported(text: str, stale: str) -> None:
     missing = unsupported("page.md", text)
     assert [entry.split(": ")[1].split(" is in ")[0] for entry in missing] == [stale], missing
+
+
+def test_a_table_row_is_held_to_the_file_it_cites() -> None:
+    table = "| case | time |\n|---|---|\n| a | 12.82 ms (`benchmarks/results/mem_pattern.md`) |\n| b | 1.42 ms |\n"
+    assert unsupported("docs/performance.md", table, every_figure=True) == [
+        "docs/performance.md:1: 1.42 cites no results file"
+    ]
 
 
 def test_figures_said_to_be_in_no_results_file_are_not_reported() -> None:
@@ -523,7 +559,7 @@ def test_figures_in_a_paragraph_citing_no_results_file_are_reported_on_the_measu
 
 def test_every_allow_listed_phrase_is_still_on_its_page() -> None:
     assert EVERY_FIGURE_CITED <= set(DOCUMENTS)
-    for allowed in (NOT_MEASURED, UNCITED):
+    for allowed in (NOT_MEASURED, UNCITED, READ_OFF):
         for document, phrases in allowed.items():
             text = " ".join((ROOT / document).read_text().split())
             for phrase in phrases:
@@ -540,6 +576,20 @@ def test_every_page_is_checked_or_left_out_with_a_reason() -> None:
 def test_every_figure_next_to_a_results_file_is_in_that_file(document: str) -> None:
     missing = unsupported(document)
     assert missing == [], "\n".join(missing)
+
+
+@pytest.mark.parametrize(
+    ("document", "written"), [(document, written) for document, ranges in READ_OFF.items() for written in ranges]
+)
+def test_every_range_read_off_a_results_file_is_that_of_its_points(document: str, written: str) -> None:
+    found = RANGE.search(written)
+    assert found is not None, f"{written!r} writes no range"
+    ratios = READ_OFF[document][written]()
+    assert ratios, f"{written!r}: its points are in no results file"
+    low, high = found.groups()
+    assert rounds_to(min(ratios), low) and rounds_to(max(ratios), high), (
+        f"{document} writes {written!r}; its points give {min(ratios):.3f}-{max(ratios):.3f}"
+    )
 
 
 def unnamed(document: str, text: str | None = None) -> list[str]:
