@@ -1867,6 +1867,8 @@ class Registry:
         text = failure_text(exc, name, number)  # (the line names the model and version already)
         if skipped is None:
             logger.debug("model %r version %s failed to load: %s", name, number, text)
+        elif self._stop.is_set():  # (close() stopped it: no operator has anything to fix)
+            logger.info("model %r version %s was not loaded, the server closing: %s", name, number, text)
         else:
             logger.error("model %r version %s failed to load: %s%s", name, number, text, since(skipped))
         add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
