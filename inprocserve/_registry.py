@@ -2046,10 +2046,23 @@ class Registry:
             raise ModelNotFoundError(f"no repository configured; pass path= to load model {name!r}", model=name)
         scan = scan_repository(self.repository, follow_symlinks=self._follow_symlinks, only=name)
         source = scan.models.get(name)
+        # Each message quotes the model's folder, never the repository alone: the admin endpoints answer these
+        # with every path under the repository made relative to it (``web.admin_answer``), which left the
+        # repository's own path, at the end of "is not in the repository /srv/app/models", in the HTTP answer.
+        folder = self.repository / name
         if name in scan.unreadable:
-            raise ModelNotFoundError(f"model {name!r}: its folder in {self.repository} cannot be read", model=name)
-        if source is None or not source.versions:
-            raise ModelNotFoundError(f"model {name!r} is not in the repository {self.repository}", model=name)
+            raise ModelNotFoundError(f"model {name!r}: its folder {folder} cannot be read", model=name)
+        if source is None:
+            raise ModelNotFoundError(
+                f"model {name!r} is not in the repository (there is no folder {folder})", model=name
+            )
+        if not source.versions:
+            raise ModelNotFoundError(
+                f"model {name!r} is not in the repository: its folder {folder} holds no version folder with a "
+                f"{MODEL_FILENAME} or {REMOTE_FILENAME} (<model>/<version>/{MODEL_FILENAME}, the version a whole "
+                "number such as 1)",
+                model=name,
+            )
         return source
 
     def _kept_out(self, source: ModelSource, version: int) -> str:

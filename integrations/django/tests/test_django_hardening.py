@@ -576,3 +576,28 @@ def test_the_protocol_s_model_paths_of_a_closed_server_say_closed(served: Path) 
         response = client.get(path)
         assert (response.status_code, response.get("Retry-After")) == (503, "1"), (path, response.content)
         assert "closed" in response.json()["error"], (path, response.content)
+
+
+@pytest.mark.parametrize(
+    ("model", "said"),
+    [
+        ("nope", "model 'nope' is not in the repository (there is no folder nope)"),
+        ("empty", "its folder empty holds no version folder with a model.onnx or remote.toml"),
+    ],
+)
+def test_an_admin_404_for_a_model_not_in_the_repository_quotes_no_host_path(
+    served: Path, model: str, said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A switch (or canary, kill ...) of a model not in the repository answered "model 'nope' is not in the
+    # repository /srv/app/models": the host's folders, to the HTTP client. The log line keeps the whole path.
+    (served / "empty").mkdir()
+    for action, body in (("switch", b'{"version": 1}'), ("kill", b"")):
+        with caplog.at_level(logging.WARNING, logger="inprocserve.web"):
+            response = Client().post(
+                f"/-/inprocserve/models/{model}/{action}", data=body, content_type="application/json", headers=ADMIN
+            )
+        assert response.status_code == 404 and response.json()["error"] == "model_not_found", response.json()
+        assert said in response.json()["message"], response.json()
+        assert str(served.parent) not in response.content.decode(), response.json()
+        assert str(served / model) in caplog.text
+        caplog.clear()

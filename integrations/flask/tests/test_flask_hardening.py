@@ -570,3 +570,32 @@ def test_the_endpoints_blueprint_registered_on_another_app_is_refused_at_registr
         assert admin.test_client().get("/-/inprocserve/ready").status_code == 404
     finally:
         Inprocserve.close(app)
+
+
+@pytest.mark.parametrize(
+    ("model", "body", "said"),
+    [
+        ("nope", {"version": 1}, "model 'nope' is not in the repository (there is no folder nope)"),
+        ("empty", {"version": 1}, "its folder empty holds no version folder with a model.onnx or remote.toml"),
+    ],
+)
+def test_an_admin_404_for_a_model_not_in_the_repository_quotes_no_host_path(
+    repository: Path, model: str, body: dict[str, Any], said: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A switch (or canary, kill ...) of a model not in the repository answered "model 'nope' is not in the
+    # repository /srv/app/models": the host's folders, to the HTTP client. The log line keeps the whole path.
+    (repository / "empty").mkdir()
+    app = make_app(repository)
+    try:
+        for action in ("switch", "kill"):
+            with caplog.at_level(logging.WARNING, logger="inprocserve.web"):
+                response = app.test_client().post(
+                    f"/-/inprocserve/models/{model}/{action}", json=body if action == "switch" else None, headers=ADMIN
+                )
+            assert response.status_code == 404 and response.json["error"] == "model_not_found", response.json
+            assert said in response.json["message"], response.json
+            assert str(repository.parent) not in response.get_data(as_text=True), response.json
+            assert str(repository / model) in caplog.text
+            caplog.clear()
+    finally:
+        Inprocserve.close(app)
