@@ -280,6 +280,20 @@ def test_settings_of_the_wrong_type_or_range_are_check_error_e012(repository: Pa
     assert check_ids(settings) == ["inprocserve.E012"]
 
 
+@pytest.mark.parametrize(
+    ("setting", "got"), [([], "a list"), ((), "a tuple"), ("", "a str"), (None, "None"), (0, "an int")], ids=repr
+)
+def test_an_empty_inprocserve_setting_of_another_type_is_check_error_e012_not_w001(setting: Any, got: str) -> None:
+    # INPROCSERVE = [] (or None, "") was taken for no setting at all: W001 "INPROCSERVE['REPOSITORY'] is not set",
+    # which sent people to add a key to a list. The error names the type to write; {} stays the defaults (W001).
+    with override_settings(INPROCSERVE=setting):
+        messages = [message for message in run_checks() if message.id and message.id.startswith("inprocserve")]
+    assert [message.id for message in messages] == ["inprocserve.E012"], messages
+    expected = "INPROCSERVE must be a dict of settings, such as {'REPOSITORY': BASE_DIR / 'models'} ({} for the "
+    assert messages[0].msg == f"{expected}defaults), not {got}", messages[0].msg
+    assert check_ids({}) == ["inprocserve.W001"]
+
+
 def test_a_flag_provider_class_is_check_error_e012_in_the_words_the_server_uses(repository: Path) -> None:
     # {"FLAGS": inprocserve.EnvFlags}: the class passed the protocol's check. The check and Server(flags=...)
     # name the same fix, in the same words.

@@ -50,10 +50,25 @@ def unknown_keys() -> list[str]:
 
 
 def _user_settings() -> Mapping[str, Any]:
-    user = getattr(django_settings, "INPROCSERVE", {}) or {}
+    # Only a missing setting is the defaults: ``or {}`` took an empty list, string or tuple (and None) for them,
+    # and the check said W001 "REPOSITORY is not set" to a project whose mistake was the setting's type.
+    user = getattr(django_settings, "INPROCSERVE", _UNSET)
+    if user is _UNSET:
+        return {}
     if not isinstance(user, Mapping):  # (system check inprocserve.E012 reports it at start-up)
         raise ImproperlyConfigured(
-            f"INPROCSERVE must be a dict of settings, such as {{'REPOSITORY': BASE_DIR / 'models'}}, "
-            f"not a {type(user).__name__}"
+            f"INPROCSERVE must be a dict of settings, such as {{'REPOSITORY': BASE_DIR / 'models'}} ({{}} for the "
+            f"defaults), not {_a(user)}"
         )
     return user
+
+
+_UNSET = object()
+
+
+def _a(value: object) -> str:
+    """``value``'s type with its article (``a list``, ``an int``), or ``None``."""
+    if value is None:
+        return "None"
+    kind = type(value).__name__
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
