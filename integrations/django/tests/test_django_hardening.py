@@ -601,3 +601,30 @@ def test_an_admin_404_for_a_model_not_in_the_repository_quotes_no_host_path(
         assert str(served.parent) not in response.content.decode(), response.json()
         assert str(served / model) in caplog.text
         caplog.clear()
+
+
+@pytest.mark.parametrize("body", [b"", gzip.compress(b"")], ids=["zero bytes", "gzip of nothing"])
+def test_an_admin_request_with_content_encoding_gzip_is_a_415_whatever_its_body_and_is_not_acted_on(
+    served: Path, body: bytes
+) -> None:
+    # What docs/django.md says of the 415: refused before the body is read, zero bytes and gzip's frame of nothing
+    # alike, and the kill not applied; "identity" or an empty header value is no coding (the kill is applied).
+    client = Client()
+    revision = client.get("/-/inprocserve/models", headers=ADMIN).json()["control"]["revision"]
+    response = client.post(
+        "/-/inprocserve/models/scale/kill",
+        data=body,
+        content_type="application/json",
+        headers={**ADMIN, "Content-Encoding": "gzip"},
+    )
+    assert response.status_code == 415 and response.json()["error"] == "unsupported_encoding", response.json()
+    assert response["Accept-Encoding"] == "identity"
+    assert client.get("/-/inprocserve/models", headers=ADMIN).json()["control"]["revision"] == revision
+    for none in ("identity", ""):
+        response = client.post(
+            "/-/inprocserve/models/scale/kill",
+            data=b"",
+            content_type="application/json",
+            headers={**ADMIN, "Content-Encoding": none},
+        )
+        assert response.status_code == 200 and response.json()["kill"] is True, response.json()
