@@ -91,6 +91,16 @@ class UnusableFlag(Exception):
         self.key = key
 
 
+class _ProviderInvalidInput(Exception):
+    """An :class:`InvalidInputError` a provider raised of its own (see :meth:`FlagReader._read`): the provider's
+    failure, counted and answered by the fallback as any other, never the request's 400. ``error`` is what it
+    raised, which the log describes."""
+
+    def __init__(self, error: InvalidInputError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class FlagReader:
     """Evaluates flags for routers: typed reads, a time budget, failure counting, rate-limited logs.
 
@@ -122,6 +132,11 @@ class FlagReader:
         if max_workers < 1 or max_queued < 0:
             raise ConfigurationError(f"max_workers must be >= 1 and max_queued >= 0, got {max_workers}, {max_queued}")
         self.provider = provider
+        # Whose InvalidInputError is the request's: OpenFeatureFlags refuses a context it cannot hand to the
+        # SDK (a key that is no string, a number that cannot be read: docs/rollouts.md). Any other provider's
+        # is its own failure (a user's provider, or one it calls, raising the library's error type): it went to
+        # the client as a 400 about input the client never sent wrong.
+        self._refuses_contexts = isinstance(provider, OpenFeatureFlags)
         # A blocking provider that remembers flags (OpenFeatureFlags' static ones) may answer a decision with
         # no hand-off to a worker: a hand-off costs a request hundreds of microseconds here.
         self._remembered_only: Callable[[], AbstractContextManager[None]] | None = getattr(
@@ -394,6 +409,8 @@ class FlagReader:
         reason."""
         # (the message is made only when logged, once a minute: a provider's error may carry megabytes of text,
         # and a failing provider fails every request)
+        if isinstance(exc, _ProviderInvalidInput):
+            exc = exc.error
         self._count("failures", lambda: f"flag provider {self.provider.name!r} failed: {_described(exc)}", effect)
         return "flag provider failed"
 
@@ -450,20 +467,26 @@ class FlagReader:
             raise UnusableFlag(key, f"flag {key!r} must be a list or an object, got a numpy array {shown(value)}")
         return value
 
-    @staticmethod
     def _read(
+        self,
         getter: Callable[[str, Any, Mapping[str, Any]], Any],
         key: str,
         default: Any,
         context: Mapping[str, Any],
         used: list[tuple[str, Any]],
     ) -> Any:
-        """One flag read: a value of the wrong type is the flag's problem (``UnusableFlag``), not the provider's.
-        The value is noted as read: only the few requests whose spans are recorded need it as text."""
+        """One flag read: a value of the wrong type is the flag's problem (``UnusableFlag``), not the provider's;
+        an ``InvalidInputError`` is the request's only from a provider that checks the request's context
+        (``OpenFeatureFlags``), any other provider's own failure. The value is noted as read: only the few
+        requests whose spans are recorded need it as text."""
         try:
             value = getter(key, default, context)
         except FlagTypeError as exc:  # the provider answered; the flag is wrong
             raise UnusableFlag(key, _said(exc)) from exc
+        except InvalidInputError as exc:
+            if self._refuses_contexts:
+                raise
+            raise _ProviderInvalidInput(exc) from None
         used.append((key, value))
         return value
 

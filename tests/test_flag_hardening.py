@@ -326,6 +326,49 @@ def test_whatever_a_provider_raises_gives_the_stable_decision_and_is_counted(
     assert any(type(error).__name__ in r.getMessage() for r in caplog.records)
 
 
+class ShadowFlagRefused:
+    """A hand-written provider (the protocol, no built-in's code) whose flag service refuses the shadow flag's
+    read with the library's own error type, as a provider that wraps inprocserve code may."""
+
+    name = "hand-written"
+    blocking = False
+
+    def _answer(self, key: str, default: Any, context: Any) -> Any:
+        if key.endswith(".shadow.versions"):
+            raise InvalidInputError("the flag service refused the read: no tenant header")
+        return FULL_CANARY.get(key, default)
+
+    get_boolean = get_number = get_string = get_object = _answer
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["on-the-request", "on-a-worker"])
+def test_a_provider_raising_invalid_input_error_of_its_own_is_its_failure_not_the_requests(
+    versions: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, blocking: bool
+) -> None:
+    # Re-raised as the request's own mistake (a 400 to an HTTP client, about input it never sent wrong): only
+    # OpenFeatureFlags' refusal of the request's context is that (docs/rollouts.md); a provider's own
+    # InvalidInputError is the provider failing, as any exception it raises.
+    error = InvalidInputError("the flag service refused the read: no tenant header")
+    server = make_server(
+        versions, config=CANARY, flags=FailingFlags(error, blocking=blocking), flag_timeout_s=VALUES_NOT_SPEED_S
+    )
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        answer = server.predict("scale", X, context={"user_id": "u"})
+    assert (answer.variant, answer.reason) == ("stable", "flag provider failed")
+    assert flags_status(server)["failures"] == 1
+    logged = [r.getMessage() for r in caplog.records if "flag provider 'failing' failed" in r.getMessage()]
+    assert logged and "InvalidInputError: the flag service refused the read: no tenant header" in logged[0], logged
+
+
+def test_a_provider_raising_invalid_input_error_on_a_shadow_flag_leaves_the_answer_without_shadows(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(versions, config=CANARY, flags=ShadowFlagRefused(), flag_timeout_s=VALUES_NOT_SPEED_S)
+    answer = server.predict("scale", X, context={"user_id": "u"})
+    assert answer.variant == "canary" and answer.version == 2  # the rollout's flags were read; the answer stands
+    assert flags_status(server)["failures"] == 1
+
+
 def test_an_unusable_value_whose_message_cannot_be_shown_is_counted_as_unusable(
     versions: Path, make_server: ServerFactory
 ) -> None:

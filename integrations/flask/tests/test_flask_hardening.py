@@ -624,3 +624,30 @@ def test_an_admin_request_with_content_encoding_gzip_is_a_415_whatever_its_body_
             assert response.status_code == 200 and response.json["kill"] is True, response.json
     finally:
         Inprocserve.close(app)
+
+
+class _RefusingFlags:
+    """A provider of the application's own whose flag service refuses every read with the library's error type."""
+
+    name = "own"
+    blocking = False
+
+    def _refuse(self, key: str, default: Any, context: Any) -> Any:
+        raise inprocserve.InvalidInputError("the flag service refused the read: no tenant header")
+
+    get_boolean = get_number = get_string = get_object = _refuse
+
+
+def test_a_flag_provider_raising_invalid_input_error_is_no_400_to_the_client(repository: Path) -> None:
+    # The provider's failure came back as a 400 "invalid_input" about the client's input: the stable version
+    # answers, and the failure is counted, as for any exception a provider raises (docs/rollouts.md).
+    app = make_app(repository, INPROCSERVE_FLAGS=_RefusingFlags())
+    try:
+        client = app.test_client()
+        response = client.post("/v2/models/scale/infer", json={"inputs": [X]}, headers={"X-User-Id": "u-1"})
+        assert response.status_code == 200, response.json
+        assert response.json["outputs"][0]["data"] == [2, 4, 6, 8]
+        flags = client.get("/-/inprocserve/models", headers=ADMIN).json["models"]["scale"]["rollout"]["flags"]
+        assert flags["failures"] == 1, flags
+    finally:
+        Inprocserve.close(app)
