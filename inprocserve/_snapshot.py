@@ -305,9 +305,9 @@ def _trie_pattern(node: dict[str, Any]) -> str:
 
 def relative_to_repository(text: str, repository: Path | None) -> str:
     """``text`` with ``repository``'s path (as given, absolute, resolved) cut from the start of each path it
-    quotes under it: ``/srv/app/models/fraud/3/model.onnx`` reads ``fraud/3/model.onnx``. For answers to
-    the admin endpoints' clients, who need to know which file of the repository, not the host's folders
-    (the log quotes the whole path)."""
+    quotes under it: ``/srv/app/models/fraud/3/model.onnx`` reads ``fraud/3/model.onnx``, and the repository's
+    own absolute path reads ``<repository>``. For answers to the admin endpoints' clients, who need to know
+    which file of the repository, not the host's folders (the log quotes the whole path)."""
     if repository is None or not _has_separator(text):
         return text
     spellings = {str(repository), os.path.abspath(repository), str(repository.resolve())}
@@ -316,7 +316,14 @@ def relative_to_repository(text: str, repository: Path | None) -> str:
         return text
     separators = re.escape(_SEPARATORS)
     starts = rf"(?<![{_NAME_CHARS}.{separators}])"  # (where a path starts: not inside a longer one)
-    return re.sub(rf"{starts}(?:{'|'.join(map(re.escape, stems))})[{separators}]+", "", text)
+    paths = "|".join(map(re.escape, stems))
+    text = re.sub(rf"{starts}(?:{paths})[{separators}]+", "", text)
+    # the repository itself (gone, unreadable) where nothing under it is named: an absolute spelling only (a
+    # relative one, "models", is no host path, and is a word of other messages too)
+    absolute = "|".join(re.escape(stem) for stem in stems if os.path.isabs(stem))
+    if not absolute:
+        return text
+    return re.sub(rf"{starts}(?:{absolute})(?![{_NAME_CHARS}.{separators}])", "<repository>", text)
 
 
 def gauge_source(registry_ref: weakref.ref[Registry]) -> Callable[[], list[tuple[str, float, dict[str, Any]]]]:

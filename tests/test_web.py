@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import inprocserve
 import inprocserve._errors
 from inprocserve import web
+from inprocserve._snapshot import relative_to_repository
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -556,3 +558,19 @@ def test_a_flag_provider_missing_an_attribute_is_told_which_and_what_it_means(
     assert problem is not None and "lacks name, blocking" in problem and "logs" in problem
     with pytest.raises(inprocserve.ConfigurationError, match="lacks blocking"):
         make_server(repository, flags=_NamedFlags())
+
+
+def test_an_admin_answer_about_a_repository_gone_quotes_no_host_path(
+    two_versions: Path, make_server: ServerFactory
+) -> None:
+    """The repository folder removed under a running server: every admin action is refused (409), and the
+    refusal quoted the repository's absolute path, the host's folder layout, to the HTTP client. It reads
+    ``<repository>`` there now; files under the repository stay quoted relative to it."""
+    server = make_server(str(two_versions))
+    shutil.rmtree(two_versions)
+    answer = web.admin_answer(server, "reload", None, {}, actor="alice")
+    assert answer.status == 409, answer.body
+    assert str(two_versions) not in answer.body["message"]
+    assert "model repository '<repository>' is not a directory" in answer.body["message"]
+    assert relative_to_repository(f"{two_versions}/m/3/model.onnx is torn", two_versions) == "m/3/model.onnx is torn"
+    assert relative_to_repository("no models loaded from models", Path("models")) == "no models loaded from models"
