@@ -589,14 +589,15 @@ def _uwsgi_reload(uwsgi: Any) -> str | None:
     return f"master {master}, started {age:.0f} s before this reload"
 
 
+def _is_arbiter(value: object) -> bool:
+    """Whether ``value`` is gunicorn's master (defined before the import-time check below, which calls it)."""
+    arbiter_type = getattr(sys.modules.get("gunicorn.arbiter"), "Arbiter", None)
+    return isinstance(arbiter_type, type) and isinstance(value, arbiter_type)
+
+
 # An app a gunicorn worker loads itself (no --preload, no hook file importing inprocserve in the master) imports
 # the package there, after the fork: a worker started after the first ones is told here instead.
 _forked_as_replacement = replacement_worker() is not None
-
-
-def _is_arbiter(value: object) -> bool:
-    arbiter_type = getattr(sys.modules.get("gunicorn.arbiter"), "Arbiter", None)
-    return isinstance(arbiter_type, type) and isinstance(value, arbiter_type)
 
 
 def _read_control(repository: Path) -> Control:

@@ -252,3 +252,30 @@ def test_a_signal_handlers_exception_in_a_replaced_workers_check_does_not_stop_g
         assert "a signal handler's exception stopped the check" in log.read_text(), log.read_text()
     finally:
         stop_process(master)
+
+
+@pytest.mark.parametrize("setup", ["no hook file", "hook file"])
+def test_a_hup_reload_without_preload_starts_new_workers_that_serve(tmp_path: Path, setup: str) -> None:
+    """``kill -HUP`` of a gunicorn without --preload: each new worker imports the package inside the master's
+    reload, and the import's check for "a worker started after the first ones" called a function defined
+    further down the module (``NameError``): the worker failed to boot and gunicorn shut down, master and
+    all ("Reason: Worker failed to boot"), on the recipe the deployment page gives."""
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    command, env, base = _gunicorn(tmp_path, repository, "gthread", hook=setup == "hook file", eager=False)
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as out:
+        master = subprocess.Popen([*command, "--workers", "2"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        before = {_until(lambda: (r := _call(base, "/score"))[0] == 200 and r, "a worker serves", log)[1]["pid"]}
+        os.kill(master.pid, signal.SIGHUP)
+
+        def a_new_worker_serves() -> Any:
+            status, body = _call(base, "/score")
+            return status == 200 and body["pid"] not in before and body
+
+        _until(a_new_worker_serves, "a worker started by the reload serves", log, 40)
+        assert master.poll() is None, log.read_text()
+        assert "Worker failed to boot" not in log.read_text() and "NameError" not in log.read_text(), log.read_text()
+    finally:
+        stop_process(master)
