@@ -164,3 +164,28 @@ def test_pruning_mds_shipping_commands_keep_the_stable_version_answering(tmp_pat
         answer = server.predict("fraud", x, context={"user_id": "u-1"})
         assert (answer.version, answer.variant) == (3, "stable"), "the pruned version answered before its shadow run"
         assert 4 in server.models["fraud"]  # loaded, to be shadowed and then canaried
+
+
+def test_other_parameters_take_what_the_table_says(url: str) -> None:
+    """protocol.md's table said other parameters take "string, number or boolean values": a ``null`` is taken too
+    (a client that writes an unset option so is served), and a list or an object is a 400."""
+    import urllib.error
+    import urllib.request
+
+    row = [line for line in (ROOT / "docs" / "protocol.md").read_text().splitlines() if line.startswith("| other `")]
+    assert row == ["| other `parameters` | accepted (string, number or boolean values, or `null`) and ignored; a list "
+                   "or object value is a 400 |"]  # fmt: skip
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}
+
+    def status(parameters: dict[str, object]) -> int:
+        body = json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
+        request = urllib.request.Request(f"http://{url}/v2/models/scale/infer", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as error:
+            error.close()
+            return error.code
+
+    assert [status({"option": value}) for value in ("a", 1, 1.5, True, None)] == [200] * 5
+    assert [status({"option": value}) for value in ([1], {"a": 1})] == [400, 400]
