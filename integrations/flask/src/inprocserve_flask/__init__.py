@@ -652,11 +652,14 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         answer = web.admin_answer(_state().server, action, model, body, actor=actor, retry_after_s=retry_after_s)
         return jsonify(answer.body), answer.status, dict(answer.headers)
 
-    @blueprint.post("/reload")
+    # merge_slashes=False: werkzeug answered a path with an empty segment (models/fraud%2F/kill, which names a model
+    # "fraud/" that cannot exist, arrives as models/fraud//kill) with a 308 to the path with one slash, and a client
+    # that follows redirects posted the action again there, on model "fraud": a JSON 404 now, nothing done
+    @blueprint.post("/reload", merge_slashes=False)
     def reload() -> Any:
         return admin("reload")
 
-    @blueprint.post("/models/<name>/<any(switch, rollback, canary, kill, resume):action>")
+    @blueprint.post("/models/<name>/<any(switch, rollback, canary, kill, resume):action>", merge_slashes=False)
     def model_action(name: str, action: str) -> Any:
         return admin(action, name)
 
