@@ -643,14 +643,15 @@ odd_segments = st.one_of(
 @given(
     name=st.one_of(st.sampled_from(["scale", "add"]), odd_segments),
     version=st.one_of(st.none(), st.sampled_from(["1", "2", "0", "-1", "01"]), odd_segments),
-    tail=st.sampled_from(["", "/ready", "/infer", "/ready/", "/x"]),
+    tail=st.sampled_from(["", "/ready", "/infer", "/ready/", "/x", "//ready"]),
+    head=st.sampled_from(["/v2/models/", "/v2/models/", "/v2//models/", "/v2/models//"]),
     method=st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]),
 )
 @FUZZ
 def test_protocol_metadata_and_readiness_of_any_name_and_version_are_answered_or_refused(
-    send: Send, name: str, version: str | None, tail: str, method: str
+    send: Send, name: str, version: str | None, tail: str, head: str, method: str
 ) -> None:
-    url = f"/v2/models/{name}" + ("" if version is None else f"/versions/{version}") + tail
+    url = f"{head}{name}" + ("" if version is None else f"/versions/{version}") + tail
     status, _, answer = send(method, url, b"" if method != "POST" else b"{}")
     if method == "HEAD" or (method == "OPTIONS" and status == 200):
         assert status < 500, (url, status)
@@ -729,3 +730,18 @@ def test_an_admin_path_with_an_empty_segment_is_a_json_404_not_a_redirect_to_ano
         assert not (tmp_path / ".inprocserve-control.json").exists()  # nothing done
     finally:
         Inprocserve.close(app)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v2//models/scale/ready"), ("POST", "/v2//models/scale/infer"), ("GET", "/v2//health/ready")],
+)
+def test_a_protocol_path_with_an_empty_segment_is_the_protocols_json_404(
+    flask_send: Send, method: str, path: str
+) -> None:
+    # Flask answered /v2//models/scale/ready with werkzeug's HTML 308 to /v2/models/scale/ready, where it answers
+    # /v2/models/scale//ready, and the Django plug-in both, with the protocol's JSON 404
+    body = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]})
+    status, headers, answer = flask_send(method, path, body.encode() if method == "POST" else b"")
+    assert status == 404, (status, headers.get("Location"))
+    assert "no Open Inference Protocol endpoint" in json.loads(answer)["error"]

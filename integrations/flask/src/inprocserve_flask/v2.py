@@ -30,9 +30,12 @@ _CONVERTER = "inprocserve_v2_path"
 class _AnyPath(PathConverter):
     """werkzeug's ``path``, newlines included: its ``.`` stops at one, so a path with a newline
     (``/v2/models/a%0Ab/infer``) matched no route, and Flask answered its HTML 404 page where the protocol
-    answers every other error with its JSON ``{"error": ...}``."""
+    answers every other error with its JSON ``{"error": ...}``. A leading slash too (``/v2//models/m/ready``,
+    which the routes do not merge): werkzeug answered it with an HTML 308 to the path with one slash, where the
+    Django plug-in answers the protocol's JSON 404, as Flask does for ``/v2/models/m//ready``."""
 
-    regex = "[^/](?s:.*?)"
+    regex = "(?s:.+?)"
+    part_isolating = False  # (it spans slashes; werkzeug reads a regex without "/" as one part)
 
 
 _CONTROL_CONVERTER = "inprocserve_v2_control"
@@ -86,9 +89,10 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
         state.app.url_map.converters.setdefault(_CONVERTER, _AnyPath)
         state.app.url_map.converters.setdefault(_CONTROL_CONVERTER, _ControlFirst)
 
-    @routes.route("/v2", methods=methods, strict_slashes=False)
-    @routes.route(f"/v2/<{_CONVERTER}:rest>", methods=methods)
-    @routes.route(f"/v2<{_CONTROL_CONVERTER}:rest>", methods=methods)
+    # (merge_slashes=False: the protocol answers a path with an empty segment, a JSON 404, never a 308 elsewhere)
+    @routes.route("/v2", methods=methods, strict_slashes=False, merge_slashes=False)
+    @routes.route(f"/v2/<{_CONVERTER}:rest>", methods=methods, merge_slashes=False)
+    @routes.route(f"/v2<{_CONTROL_CONVERTER}:rest>", methods=methods, merge_slashes=False)
     def protocol(rest: str = "") -> Response:
         closed = _state().refused()
         if closed is not None:  # (else answered as a server that could not start: "its log says why")
