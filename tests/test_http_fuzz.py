@@ -59,8 +59,23 @@ FUZZ = settings(
     max_examples=EXAMPLES, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 
+
 # scale: y = 2x (version 1) or 3x (version 2) on x[batch, 4] float32; add: total = a + b, count = 2n
-VERSIONS = {("scale", 1): build_scale_model(2.0), ("scale", 2): build_scale_model(3.0), ("add", 1): build_add_model()}
+def build_text_model() -> Any:
+    """``t = s`` on text ``s[batch, 1]`` (ONNX strings: the protocol's BYTES)."""
+    from onnx import TensorProto, helper
+
+    s, t = (helper.make_tensor_value_info(name, TensorProto.STRING, ["batch", 1]) for name in ("s", "t"))
+    graph = helper.make_graph([helper.make_node("Identity", ["s"], ["t"])], "text", [s], [t])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+VERSIONS = {
+    ("scale", 1): build_scale_model(2.0),
+    ("scale", 2): build_scale_model(3.0),
+    ("add", 1): build_add_model(),
+    ("text", 1): build_text_model(),
+}
 
 
 # -- the apps ------------------------------------------------------------------------------------------------
@@ -285,7 +300,7 @@ def expected_outputs(session: ort.InferenceSession, inputs: Any) -> dict[str, np
     feeds = inputs if isinstance(inputs, dict) else {session.get_inputs()[0].name: inputs}
     cast = {}
     for node in session.get_inputs():
-        dtype = np.float32 if node.type == "tensor(float)" else np.int64
+        dtype = {"tensor(float)": np.float32, "tensor(string)": object}.get(node.type, np.int64)
         with np.errstate(over="ignore", invalid="ignore"):
             cast[node.name] = np.asarray(feeds[node.name]).astype(dtype)
     outputs = session.run(None, cast)
@@ -317,7 +332,7 @@ tensors = st.one_of(
     json_trees,
 )
 input_names = st.one_of(st.sampled_from(["x", "a", "b", "n"]), any_text)
-SIGNATURES = {"scale": {"x": 4}, "add": {"a": 3, "b": 3, "n": 1}}
+SIGNATURES = {"scale": {"x": 4}, "add": {"a": 3, "b": 3, "n": 1}, "text": {"s": 1}}
 """Each model's inputs and their widths (every input is [batch, width])."""
 
 
@@ -330,7 +345,7 @@ def model_inputs(draw: st.DrawFn, model: str) -> Any:
     rows = draw(st.integers(0, 3))
     inputs: dict[str, Any] = {}
     for name, width in widths.items():
-        cells = st.integers(-(2**62), 2**62) if name == "n" else st.floats(-1e6, 1e6)
+        cells = {"n": st.integers(-(2**62), 2**62), "s": any_text}.get(name, st.floats(-1e6, 1e6))
         if draw(st.integers(0, 3)) == 0:
             cells = st.one_of(cells, json_scalars)
         wide = width if draw(st.integers(0, 5)) else draw(st.integers(0, 6))
@@ -391,7 +406,7 @@ def _quote(text: str) -> str:
 # -- the predict view ----------------------------------------------------------------------------------------
 
 
-usual_models = st.one_of(st.just("scale"), st.just("add"), st.just("scale"), st.just("add"), model_names)
+usual_models = st.one_of(st.sampled_from(["scale", "add", "text"]), st.sampled_from(["scale", "add"]), model_names)
 usual_versions = st.one_of(st.none(), st.none(), st.none(), st.sampled_from(["1", "2"]), versions)
 usual_headers = st.one_of(st.just({}), st.just({}), request_headers)
 
@@ -450,7 +465,7 @@ NUMERIC = [name for name in v2.DATATYPES if name != "BYTES"]
 
 def _tensor(draw: st.DrawFn, name: str, width: int, rows: int, binary: list[bytes]) -> dict[str, Any]:
     """One input tensor for a model that takes [batch, ``width``], mostly well-formed, its values hostile."""
-    usual = "INT64" if name == "n" else "FP32"
+    usual = {"n": "INT64", "s": "BYTES"}.get(name, "FP32")
     datatype = usual if draw(st.integers(0, 5)) else draw(st.sampled_from(DATATYPE_NAMES))
     shape: Any = [rows, width] if draw(st.integers(0, 5)) else draw(shapes)
     tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
@@ -489,7 +504,7 @@ def _tensor(draw: st.DrawFn, name: str, width: int, rows: int, binary: list[byte
         if draw(st.booleans()):
             tensor["parameters"] = draw(parameters)
     else:
-        cells = st.integers(-(2**63), 2**64) if usual == "INT64" else st.floats(-1e6, 1e6)
+        cells = {"INT64": st.integers(-(2**63), 2**64), "BYTES": any_text}.get(usual, st.floats(-1e6, 1e6))
         if draw(st.integers(0, 3)) == 0:
             cells = st.one_of(cells, numbers, json_scalars)
         values = draw(st.lists(cells, min_size=count, max_size=count))
@@ -513,7 +528,7 @@ def infer_requests(draw: st.DrawFn, model: str) -> tuple[bytes, dict[str, str]]:
     if draw(st.integers(0, 3)) == 0:
         document["parameters"] = draw(st.one_of(parameters, parameters, json_trees))
     if draw(st.integers(0, 2)) == 0:
-        known = ["y"] if model == "scale" else ["total", "count"]
+        known = {"scale": ["y"], "text": ["t"]}.get(model, ["total", "count"])
         outputs = st.fixed_dictionaries(
             {"name": st.one_of(st.sampled_from(known), st.sampled_from(known), any_text)},
             optional={"parameters": st.one_of(parameters, st.just({"binary_data": True}), st.just({}))},
