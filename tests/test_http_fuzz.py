@@ -760,3 +760,28 @@ def test_a_protocol_path_with_an_empty_segment_is_the_protocols_json_404(
     status, headers, answer = flask_send(method, path, body.encode() if method == "POST" else b"")
     assert status == 404, (status, headers.get("Location"))
     assert "no Open Inference Protocol endpoint" in json.loads(answer)["error"]
+
+
+@pytest.mark.parametrize("length", [" ", "\t"])
+def test_a_blank_content_length_at_a_django_admin_endpoint_is_a_400_not_a_500(django_send: Send, length: str) -> None:
+    # request.body reads int(CONTENT_LENGTH), which fails for a blank one (a ValueError, a 500): a WSGI server may
+    # hand a blank header on, which the plug-in takes for none, as its protocol view does
+    response = Client(raise_request_exception=False).generic(
+        "POST",
+        "/-/inprocserve/models/scale/switch",
+        b'{"version": 1}',
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        CONTENT_LENGTH=length,
+    )
+    assert response.status_code == 400, response.content[:300]
+    assert '"version" must be a positive int' in response.json()["message"]  # (no body: no version)
+
+
+def test_a_django_protocol_request_with_no_body_and_no_length_is_a_400_saying_it_is_empty(django_send: Send) -> None:
+    # (neither a Content-Length nor chunked: HTTP's empty body, as the Flask plug-in reads it; it was a 411 telling
+    # the client that the server cannot end a chunked body, which none was)
+    response = Client().generic("POST", "/v2/models/scale/infer", b"")
+    assert "CONTENT_LENGTH" not in response.wsgi_request.META
+    assert response.status_code == 400, response.content[:300]
+    assert "the request body is empty" in response.json()["error"]

@@ -4,7 +4,8 @@ endpoints').
 Django's WSGI request reads ``CONTENT_LENGTH`` bytes, so a body sent without that header (chunked) reads as
 empty, and one whose header is no byte count too. A WSGI server that ends the input itself
 (``wsgi.input_terminated``, as gunicorn and werkzeug do for chunked requests) is read to its end here;
-otherwise the body is refused, saying why, rather than taken for an empty one.
+otherwise a chunked body is refused, saying why, rather than taken for an empty one (a request with neither a
+length nor chunked framing has an empty body, as HTTP has it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class LengthRequired(Exception):
 
 def body_reader(request: HttpRequest) -> Callable[[int], bytes]:
     """How to read the request body, in pieces: a read of a body with a ``Content-Length`` (Django's), of one
-    the WSGI server ends itself, or of none (an ASGI request, which Django spools whole before the view).
+    the WSGI server ends itself, or of none (an ASGI request, which Django spools whole before the view); an
+    empty one where the request has neither a length nor chunked framing (HTTP's empty body).
     A client gone mid-upload, or broken chunked framing, raises :class:`~inprocserve.InvalidInputError` (a
     400, not a 500); a ``Content-Length`` that is no byte count too, and a body of unknown end
     :class:`LengthRequired`, both when read."""
@@ -48,6 +50,10 @@ def body_reader(request: HttpRequest) -> Callable[[int], bytes]:
         return refuse_length
     if environ.get("wsgi.input_terminated"):
         return web.body_reader(stream.read)
+    if "HTTP_TRANSFER_ENCODING" not in environ:  # HTTP's empty body: neither a length nor chunked
+        # (it was a 411 saying the server cannot end a chunked body, which none was; the Flask plug-in, reading it
+        # as empty, says so, as web.body_end_unknown has it)
+        return _no_body
 
     def length_required(size: int) -> bytes:
         raise LengthRequired(web.LENGTH_REQUIRED)
@@ -69,6 +75,9 @@ def whole_body(request: HttpRequest) -> bytes:
     text = _declared_length(request)
     no_body = not text and "HTTP_TRANSFER_ENCODING" not in request.META  # (HTTP's empty body)
     declared = text.isascii() and text.isdigit()
+    if no_body and request.META.get("wsgi.input") is not None:
+        # (request.body reads int(CONTENT_LENGTH), which fails for a blank one, " ": a ValueError, a 500)
+        return b""
     if request.META.get("wsgi.input") is None or no_body or declared:
         whole: bytes = request.body
         cut_short = web.body_cut_short(len(whole), int(text)) if declared else None
@@ -85,6 +94,10 @@ def whole_body(request: HttpRequest) -> bytes:
         if limit is not None and total > limit:
             raise RequestDataTooBig("Request body exceeded settings.DATA_UPLOAD_MAX_MEMORY_SIZE.")
     return b"".join(chunks)
+
+
+def _no_body(size: int) -> bytes:
+    return b""
 
 
 def _declared_length(request: HttpRequest) -> str:
