@@ -18,6 +18,7 @@ import asyncio
 import functools
 import gc
 import gzip
+import io
 import json
 import os
 import threading
@@ -760,6 +761,55 @@ def test_a_protocol_path_with_an_empty_segment_is_the_protocols_json_404(
     status, headers, answer = flask_send(method, path, body.encode() if method == "POST" else b"")
     assert status == 404, (status, headers.get("Location"))
     assert "no Open Inference Protocol endpoint" in json.loads(answer)["error"]
+
+
+class _GoneClient(io.RawIOBase):
+    """A request body whose client went away after ``data``: gunicorn's reads raise ``NoMoreData``, an IOError."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if not self._data:
+            raise OSError("No more data")
+        size = min(len(buffer), len(self._data), 7)
+        buffer[:size] = self._data[:size]
+        self._data = self._data[size:]
+        return size
+
+
+@given(
+    url=st.sampled_from(["/v2/models/scale/infer", "/-/inprocserve/models/scale/switch", "/-/inprocserve/reload"]),
+    length=st.one_of(
+        st.none(), header_text, st.integers(-2, 200).map(str), st.sampled_from(["9" * 30, "", " ", "\t", "1e2", " 5 "])
+    ),
+    chunked=st.one_of(st.none(), st.sampled_from(["chunked", "gzip, chunked", ""])),
+    terminated=st.booleans(),
+    gone=st.booleans(),
+)
+@FUZZ
+def test_any_django_wsgi_framing_of_a_body_is_answered_or_refused_as_json(
+    django_send: Send, url: str, length: str | None, chunked: str | None, terminated: bool, gone: bool
+) -> None:
+    """What a WSGI server hands Django about a body (its CONTENT_LENGTH as sent, Transfer-Encoding, whether the
+    server ends the input itself, a client gone mid-upload): a 2xx or a JSON 4xx, never a 500."""
+    plain = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
+    body = json.dumps(plain if url.startswith("/v2") else {"version": 1}).encode()
+    environ: dict[str, Any] = {"wsgi.input": _GoneClient(body) if gone else io.BytesIO(body)}
+    environ["CONTENT_LENGTH"] = length  # (None: no header; Django's Client sets one where this does not)
+    if chunked is not None:
+        environ["HTTP_TRANSFER_ENCODING"] = chunked
+    if terminated:
+        environ["wsgi.input_terminated"] = True
+    if length is None:
+        del environ["CONTENT_LENGTH"]
+    response = Client(raise_request_exception=False).generic(
+        "POST", url, b"", content_type="application/json", headers={"Authorization": f"Bearer {TOKEN}"}, **environ
+    )
+    refused_or_none(response.status_code, response.content)
 
 
 @pytest.mark.parametrize("length", [" ", "\t"])
