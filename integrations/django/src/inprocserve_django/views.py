@@ -91,8 +91,9 @@ def models(request: HttpRequest) -> HttpResponse:
 
 @csrf_exempt  # (any method: a 404 either way, never CSRF's HTML 403)
 def not_found(request: HttpRequest) -> HttpResponse:
-    """The JSON 404 of a path that begins as one of the plug-in's endpoints and names none of them (a control
-    character after it, a trailing slash, a typo in an admin action): Django's HTML 404 page answered."""
+    """The JSON 404 of a path that begins as one of the plug-in's endpoints and holds a control character
+    (``models%0A``, ``models/m/switch%00``): Django's HTML 404 page answered. Only those (see urls.py): a typo in
+    an admin action or a trailing slash is the project's own 404, since the URLconf may be included at the root."""
     message = (
         f"no inprocserve endpoint at {brief(request.path)}: the endpoints are health, ready, models, status "
         "(INPROCSERVE['STATUS_PAGE']), reload and models/<name>/<switch|rollback|canary|kill|resume> "
