@@ -98,7 +98,7 @@ def test_unsupported_extensions_answer_tritonclient_as_the_page_says(url: str) -
 def test_kserves_client_sends_a_json_nan_as_null_which_is_the_400_the_page_quotes(url: str) -> None:
     """protocol.md told KServe users to ask for binary outputs where NaN can appear, and said nothing of inputs:
     KServe's client (orjson) writes a NaN or infinity of a JSON input as ``null``, refused as "mixed or unsupported
-    types" with no word of NaN. The page now says so, and which 400 it is."""
+    types" with no word of NaN then. The page now says so, and which 400 it is."""
     client = """
 import asyncio, sys
 import httpx, numpy as np
@@ -130,7 +130,7 @@ asyncio.run(main(sys.argv[1]))
     assert as_binary == "[[nan, inf, 2.0, 4.0]]"
     status, body = as_json.split(" ", 1)
     text = page("protocol.md")
-    quoted = re.search(r"`null` a NaN in a request .*?: it is a 400 \(`(.*?)`\)", text)
+    quoted = re.search(r"`null` a NaN in a request .*?: it is a 400\s+\(`(.*?)`\)", text)
     assert quoted is not None, "protocol.md no longer says what a null in request data gets"
     assert status == "400" and quoted.group(1) in json.loads(body)["error"], body
     assert "orjson writes NaN and infinity in a JSON request as `null`" in text

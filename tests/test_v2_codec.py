@@ -691,7 +691,7 @@ def test_a_null_in_an_answer_s_float_data_is_nan_as_mlserver_writes_it() -> None
             {"name": "n", "datatype": "INT64", "shape": [1], "data": [None]},
         ],
     }
-    with pytest.raises(inprocserve.InvalidInputError, match="output 'n': 'data' holds values of mixed or unsupported"):
+    with pytest.raises(inprocserve.InvalidInputError, match=r"output 'n': 'data' holds null \(a missing value"):
         v2.decode_infer_response(json.dumps(document).encode(), {})
     document["outputs"].pop()
     y = v2.decode_infer_response(json.dumps(document).encode(), {}).outputs["y"]
@@ -701,7 +701,7 @@ def test_a_null_in_an_answer_s_float_data_is_nan_as_mlserver_writes_it() -> None
 @pytest.mark.parametrize("data", [[None, 2.0], [True, None], ["1.5", None]])
 def test_a_null_in_a_request_is_refused_as_a_missing_value(data: list[Any]) -> None:
     body = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": data}]}).encode()
-    with pytest.raises(inprocserve.InvalidInputError, match="input 'x': 'data' holds values of mixed or unsupported"):
+    with pytest.raises(inprocserve.InvalidInputError, match=r"input 'x': 'data' holds null \(a missing value"):
         v2.decode_infer_request(body, {})
 
 
@@ -979,7 +979,7 @@ def test_a_float_among_many_integers_is_refused_without_a_python_step_per_number
     # (each value's type was looked at in Python: one 1.5 after 12 Mi INT32 took the refusal 1.8 s more)
     rows = 1 << 15
     body = b'{"inputs":[{"name":"x","datatype":"INT32","shape":[%d],"data":[%s%s]}]}'
-    with pytest.raises(inprocserve.InvalidInputError, match="input 'x': 'data' holds values of mixed"):
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'x': 'data' holds numbers with a fraction"):
         v2.decode_infer_request(body % (rows + 1, b"1," * rows, b"1.5"), {})
     assert (
         _python_lines_to_decode(body % (rows + 1, b"1," * rows, b"1.5"))
@@ -1054,3 +1054,24 @@ def test_under_a_canary_an_output_only_the_other_version_has_is_refused_naming_t
     status, document, _ = call(endpoints, "POST", "/v2/models/m/infer", body)
     assert status == 400 and "model 'm' version 1, which answered this request" in document["error"]
     assert "pin version 2, which has it" in document["error"]
+
+
+@pytest.mark.parametrize(
+    ("data", "datatype", "said"),
+    [
+        ([None, 2.0], "FP32", "null (a missing value: JSON has no NaN; send such a tensor in binary)"),
+        ([1, None], "INT64", "null (a missing value"),
+        ([1.5, 2], "INT64", "numbers with a fraction or an exponent (1.5, 2.0, 1e3): send whole numbers"),
+        ([2.0, 3.0], "INT32", "numbers with a fraction or an exponent"),
+        ([True, False], "FP32", "true/false, which is not FP32"),
+        (["a", "b"], "FP32", "text, which is not FP32"),
+        ([[1], "b"], "FP32", "'data' must be a list of numbers"),
+    ],
+)
+def test_a_refused_value_is_named_so_the_client_knows_what_to_send(data: list[Any], datatype: str, said: str) -> None:
+    """A ``null`` (KServe's client writes NaN so) and a float in an integer tensor both read "values of mixed
+    or unsupported types", which named neither."""
+    body = json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": datatype, "data": data}]}).encode()
+    with pytest.raises(inprocserve.InvalidInputError) as refused:
+        v2.decode_infer_request(body, {})
+    assert said in str(refused.value)

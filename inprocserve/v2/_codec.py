@@ -850,8 +850,9 @@ def _from_json(
         array = _integers(data, array, datatype, name, role)
     kinds = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}[dtype.kind]  # never bools as numbers, or floats as ints
     if array.size and array.dtype.kind not in kinds:
-        what = "text" if array.dtype.kind == "U" else "values of mixed or unsupported types"
-        raise InvalidInputError(f"{role} {brief(name)}: 'data' holds {what}, which is not {datatype}")
+        raise InvalidInputError(
+            f"{role} {brief(name)}: 'data' holds {_refused_values(array, dtype)}, which is not {datatype}"
+        )
     if bools_in_data and dtype.kind != "b" and array.dtype.kind != "b" and _holds_bool(data, array.ndim):
         raise InvalidInputError(
             f"{role} {brief(name)}: 'data' mixes true/false with numbers, which is not {datatype}; send 1 and 0, "
@@ -941,6 +942,23 @@ def _floats(data: object, array: np.ndarray, datatype: str, name: str, role: str
         return flat.astype(np.float64).reshape(array.shape)  # (None: NaN)
     except OverflowError:  # an integer past float64's range
         raise InvalidInputError(f"{role} {brief(name)}: values are too large for {datatype}") from None
+
+
+def _refused_values(array: np.ndarray, dtype: np.dtype[Any]) -> str:
+    """What a tensor's ``data`` holds that its datatype refuses, said so that the client knows what to send:
+    a ``null`` (JSON has no NaN: clients such as KServe's write one so) and a float sent for an integer tensor
+    each read "values of mixed or unsupported types" before."""
+    if array.dtype.kind == "U":
+        return "text"
+    if array.dtype.kind == "O" and np.equal(array, np.array(None, dtype=object)).any():  # (in C: cheap on a large body)
+        return "null (a missing value: JSON has no NaN; send such a tensor in binary)"
+    if dtype.kind in "iu" and (
+        array.dtype.kind == "f" or (array.dtype.kind == "O" and any(isinstance(v, float) for v in array.flat))
+    ):
+        return "numbers with a fraction or an exponent (1.5, 2.0, 1e3): send whole numbers"
+    if dtype.kind != "b" and array.dtype.kind == "b":
+        return "true/false"
+    return "values of mixed or unsupported types"
 
 
 def _integers(data: object, array: np.ndarray, datatype: str, name: str, role: str) -> np.ndarray:
