@@ -1,0 +1,96 @@
+"""docs/operations.md, "Under gunicorn", **Logs.**: the library's warnings reach gunicorn's error log only once
+gunicorn.conf.py gives the ``inprocserve`` logger tree a handler, and the page's ``logconfig_dict`` line does,
+each line once. Run as the on-call engineer would: a Flask app under gunicorn with two workers, whose model's
+``config.toml`` holds a typo (``stabel``) that every worker warns of when it loads the model."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+from .ports import listening_socket
+from .processes import stop_process
+from .test_doc_snippets_docsa import blocks
+
+HERE = Path(__file__).parent
+WORKERS = 2
+TYPO_WARNING = "[rollout] stabel (stable?)"
+
+APP = """
+import os
+
+from flask import Flask
+from inprocserve_flask import Inprocserve
+
+app = Flask(__name__)
+app.config.update(INPROCSERVE_REPOSITORY=os.environ["MODELS"], INPROCSERVE_EAGER=True)
+Inprocserve(app)
+"""
+
+CONF = """
+from inprocserve.gunicorn import post_worker_init  # noqa: F401
+
+worker_class = "gthread"
+"""
+
+
+def logconfig_line() -> str:
+    """The ``logconfig_dict`` line of the page's **Logs.** paragraph."""
+    (block,) = [code for code in blocks("docs/operations.md", "## Under gunicorn (and other pre-forking servers)")
+                if "logconfig_dict" in code]  # fmt: skip
+    return block
+
+
+def gunicorn_logs(tmp_path: Path, conf: str) -> tuple[str, str]:
+    """gunicorn's stderr and stdout once both workers are warm (each logged its warm-up line)."""
+    models = tmp_path / "models"
+    save_model(build_scale_model(1.0), models, "fraud", 1)
+    (models / "fraud" / "config.toml").write_text("[rollout]\nstabel = 1\n")
+    (tmp_path / "logs_app.py").write_text(APP)
+    (tmp_path / "gunicorn.conf.py").write_text(conf)
+    paths = [str(Path(inprocserve.__file__).resolve().parents[1]), str(HERE.parent / "integrations/flask/src")]
+    environ = {**os.environ, "MODELS": str(models), "PYTHONPATH": os.pathsep.join([str(tmp_path), *paths])}
+    listener = listening_socket()
+    port = listener.getsockname()[1]
+    stderr, stdout = tmp_path / "stderr.log", tmp_path / "stdout.log"
+    command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--preload", "-w", str(WORKERS)]
+    command += ["--threads", "2", "-b", f"fd://{listener.fileno()}", "logs_app:app"]
+    with listener, open(stderr, "wb") as errors, open(stdout, "wb") as output:
+        master = subprocess.Popen(
+            command, cwd=tmp_path, env=environ, pass_fds=[listener.fileno()], stdout=output, stderr=errors
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while stderr.read_text().count("inprocserve servers warm in") < WORKERS:
+            assert master.poll() is None, stderr.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"the workers did not get warm:\n{stderr.read_text()[-3000:]}"
+            time.sleep(0.1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/inprocserve/ready", timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        stop_process(master)
+    return stderr.read_text(), stdout.read_text()
+
+
+def test_without_a_handler_the_workers_warnings_reach_no_log(tmp_path: Path) -> None:
+    stderr, stdout = gunicorn_logs(tmp_path, CONF)
+    assert TYPO_WARNING not in stderr + stdout
+    assert re.search(r"worker \d+: inprocserve servers warm in \d+\.\d\ds", stderr)
+
+
+def test_the_pages_logconfig_dict_puts_each_workers_warning_in_the_error_log_once(tmp_path: Path) -> None:
+    stderr, stdout = gunicorn_logs(tmp_path, CONF + logconfig_line())
+    warnings = [line for line in stderr.splitlines() if TYPO_WARNING in line]
+    pids = [re.match(r"\[[^]]+\] \[(\d+)\] \[WARNING\] ", line) for line in warnings]
+    assert all(pids), warnings  # (gunicorn's format, as the page shows it)
+    assert len({match.group(1) for match in pids if match}) == WORKERS, warnings
+    assert len(warnings) == WORKERS, warnings  # (once each: not again by the root handler)
+    assert TYPO_WARNING not in stdout
