@@ -1,7 +1,8 @@
 """docs/operations.md, "Under gunicorn", **Logs.**: the library's warnings reach gunicorn's error log only once
 gunicorn.conf.py gives the ``inprocserve`` logger tree a handler, and the page's ``logconfig_dict`` line does,
 each line once. Run as the on-call engineer would: a Flask app under gunicorn with two workers, whose model's
-``config.toml`` holds a typo (``stabel``) that every worker warns of when it loads the model."""
+``config.toml`` holds a typo (``stabel``) that every worker warns of when it loads the model, and whose model
+folder holds a stray file that the Flask plug-in's check in the master warns of."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from .test_doc_snippets_docsa import blocks
 HERE = Path(__file__).parent
 WORKERS = 2
 TYPO_WARNING = "[rollout] stabel (stable?)"
+MASTER_WARNING = "repository check before the workers start: "
+GUNICORN_LINE = r"\[[^]]+\] \[(\d+)\] \[WARNING\] "
 
 APP = """
 import os
@@ -42,8 +45,8 @@ worker_class = "gthread"
 """
 
 
-def logconfig_line() -> str:
-    """The ``logconfig_dict`` line of the page's **Logs.** paragraph."""
+def logconfig() -> str:
+    """The ``logconfig_dict`` of the page's **Logs.** paragraph."""
     (block,) = [code for code in blocks("docs/operations.md", "## Under gunicorn (and other pre-forking servers)")
                 if "logconfig_dict" in code]  # fmt: skip
     return block
@@ -54,6 +57,7 @@ def gunicorn_logs(tmp_path: Path, conf: str) -> tuple[str, str]:
     models = tmp_path / "models"
     save_model(build_scale_model(1.0), models, "fraud", 1)
     (models / "fraud" / "config.toml").write_text("[rollout]\nstabel = 1\n")
+    (models / "fraud" / "notes.txt").write_text("a stray file\n")
     (tmp_path / "logs_app.py").write_text(APP)
     (tmp_path / "gunicorn.conf.py").write_text(conf)
     paths = [str(Path(inprocserve.__file__).resolve().parents[1]), str(HERE.parent / "integrations/flask/src")]
@@ -86,11 +90,14 @@ def test_without_a_handler_the_workers_warnings_reach_no_log(tmp_path: Path) -> 
     assert re.search(r"worker \d+: inprocserve servers warm in \d+\.\d\ds", stderr)
 
 
-def test_the_pages_logconfig_dict_puts_each_workers_warning_in_the_error_log_once(tmp_path: Path) -> None:
-    stderr, stdout = gunicorn_logs(tmp_path, CONF + logconfig_line())
+def test_the_pages_logconfig_dict_puts_every_warning_in_the_error_log_once(tmp_path: Path) -> None:
+    stderr, stdout = gunicorn_logs(tmp_path, CONF + logconfig())
     warnings = [line for line in stderr.splitlines() if TYPO_WARNING in line]
-    pids = [re.match(r"\[[^]]+\] \[(\d+)\] \[WARNING\] ", line) for line in warnings]
+    pids = [re.match(GUNICORN_LINE, line) for line in warnings]
     assert all(pids), warnings  # (gunicorn's format, as the page shows it)
     assert len({match.group(1) for match in pids if match}) == WORKERS, warnings
     assert len(warnings) == WORKERS, warnings  # (once each: not again by the root handler)
+    (master,) = [line for line in stderr.splitlines() if MASTER_WARNING in line]
+    assert re.match(GUNICORN_LINE, master), master
     assert TYPO_WARNING not in stdout
+    assert MASTER_WARNING not in stdout
