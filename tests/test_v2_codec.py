@@ -987,6 +987,19 @@ def test_a_float_among_many_integers_is_refused_without_a_python_step_per_number
     )
 
 
+def test_an_object_among_many_integers_is_refused_without_a_python_step_per_number() -> None:
+    # (what the data holds was told by looking at each value's type in Python: a step per number, the refusal of
+    # a body of millions a good part longer than its decoding)
+    rows = 1 << 15
+    body = b'{"inputs":[{"name":"x","datatype":"INT32","shape":[%d],"data":[%s%s]}]}'
+    with pytest.raises(inprocserve.InvalidInputError, match="input 'x': 'data' holds values of mixed or unsupported"):
+        v2.decode_infer_request(body % (rows + 1, b"1," * rows, b"{}"), {})
+    assert (
+        _python_lines_to_decode(body % (rows + 1, b"1," * rows, b"{}"))
+        < _python_lines_to_decode(body % (rows + 1, b"1," * rows, b"2")) + 1000
+    )
+
+
 @pytest.mark.parametrize(
     ("extra", "shown"),
     [
