@@ -101,6 +101,22 @@ class _ProviderInvalidInput(Exception):
         self.error = error
 
 
+def _refused_context(exc: InvalidInputError) -> bool:
+    """Whether ``exc`` is OpenFeatureFlags' refusal of the request's context (a key that is no string, a number
+    that cannot be read: docs/rollouts.md), the request's mistake, raised where it builds the evaluation context:
+    from the provider itself, or from a user's provider that hands the read to one. Any other
+    ``InvalidInputError`` is the provider's own failure (a user's provider, a subclass's own code, or what it
+    calls, raising the library's error type): told by the provider's type, a wrapped OpenFeatureFlags' refusal
+    was counted as a failure and answered stable, and a subclass's own error went to the client as a 400."""
+    last = exc.__traceback__
+    while last is not None and last.tb_next is not None:
+        last = last.tb_next
+    return last is not None and last.tb_frame.f_code is _BUILDS_CONTEXT
+
+
+_BUILDS_CONTEXT = OpenFeatureFlags._context.__code__
+
+
 class FlagReader:
     """Evaluates flags for routers: typed reads, a time budget, failure counting, rate-limited logs.
 
@@ -132,11 +148,6 @@ class FlagReader:
         if max_workers < 1 or max_queued < 0:
             raise ConfigurationError(f"max_workers must be >= 1 and max_queued >= 0, got {max_workers}, {max_queued}")
         self.provider = provider
-        # Whose InvalidInputError is the request's: OpenFeatureFlags refuses a context it cannot hand to the
-        # SDK (a key that is no string, a number that cannot be read: docs/rollouts.md). Any other provider's
-        # is its own failure (a user's provider, or one it calls, raising the library's error type): it went to
-        # the client as a 400 about input the client never sent wrong.
-        self._refuses_contexts = isinstance(provider, OpenFeatureFlags)
         # A blocking provider that remembers flags (OpenFeatureFlags' static ones) may answer a decision with
         # no hand-off to a worker: a hand-off costs a request hundreds of microseconds here.
         self._remembered_only: Callable[[], AbstractContextManager[None]] | None = getattr(
@@ -467,8 +478,8 @@ class FlagReader:
             raise UnusableFlag(key, f"flag {key!r} must be a list or an object, got a numpy array {shown(value)}")
         return value
 
+    @staticmethod
     def _read(
-        self,
         getter: Callable[[str, Any, Mapping[str, Any]], Any],
         key: str,
         default: Any,
@@ -476,15 +487,15 @@ class FlagReader:
         used: list[tuple[str, Any]],
     ) -> Any:
         """One flag read: a value of the wrong type is the flag's problem (``UnusableFlag``), not the provider's;
-        an ``InvalidInputError`` is the request's only from a provider that checks the request's context
-        (``OpenFeatureFlags``), any other provider's own failure. The value is noted as read: only the few
+        an ``InvalidInputError`` is the request's only where OpenFeatureFlags refused the request's context (see
+        :func:`_refused_context`), else the provider's own failure. The value is noted as read: only the few
         requests whose spans are recorded need it as text."""
         try:
             value = getter(key, default, context)
         except FlagTypeError as exc:  # the provider answered; the flag is wrong
             raise UnusableFlag(key, _said(exc)) from exc
         except InvalidInputError as exc:
-            if self._refuses_contexts:
+            if _refused_context(exc):
                 raise
             raise _ProviderInvalidInput(exc) from None
         used.append((key, value))

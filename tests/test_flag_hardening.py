@@ -494,6 +494,60 @@ def test_a_context_key_that_is_no_string_is_the_requests_mistake_not_the_provide
     assert flags_status(server)["failures"] == 0
 
 
+class WrappedOpenFeature:
+    """A user's provider that hands each read to an OpenFeatureFlags (to time it, say)."""
+
+    name = "wrapped"
+
+    def __init__(self, inner: OpenFeatureFlags) -> None:
+        self.inner, self.blocking = inner, inner.blocking
+
+    def get_boolean(self, key: str, default: bool, context: Any) -> bool:
+        return self.inner.get_boolean(key, default, context)
+
+    def get_number(self, key: str, default: float, context: Any) -> float:
+        return self.inner.get_number(key, default, context)
+
+    def get_string(self, key: str, default: str, context: Any) -> str:
+        return self.inner.get_string(key, default, context)
+
+    def get_object(self, key: str, default: Any, context: Any) -> Any:
+        return self.inner.get_object(key, default, context)
+
+
+class QuotaOpenFeature(OpenFeatureFlags):
+    """A subclass whose own code raises the library's error type for a reason of its own."""
+
+    def get_number(self, key: str, default: float, context: Any) -> float:
+        if context.get("tenant") == "over quota":
+            raise InvalidInputError("the tenant service refused the read: over quota")
+        return super().get_number(key, default, context)
+
+
+@pytest.mark.parametrize("blocking", [False, True], ids=["on-the-request", "on-a-worker"])
+def test_whose_invalid_input_error_it_is_goes_by_where_it_was_raised_not_by_the_providers_type(
+    versions: Path, make_server: ServerFactory, blocking: bool
+) -> None:
+    # Told by the provider's type: OpenFeatureFlags behind a user's provider refused a context key 7, and the
+    # request was answered stable, counted as the provider failing; a subclass's own error was the client's 400.
+    from openfeature import api
+
+    api.set_provider(ContextOverTheWire(), domain="over-the-wire")
+    wrapped = WrappedOpenFeature(OpenFeatureFlags(domain="over-the-wire", blocking=blocking))
+    server = make_server(versions, config=CANARY, flags=wrapped, flag_timeout_s=VALUES_NOT_SPEED_S)
+    assert server.predict("scale", X, context={"user_id": "u"}).variant == "canary"
+    with pytest.raises(InvalidInputError, match=r"context key 7 is a int, not a string; send string keys"):
+        server.predict("scale", X, context={"user_id": "u", 7: "pro"})
+    assert flags_status(server)["failures"] == 0
+    quota = QuotaOpenFeature(domain="over-the-wire", blocking=blocking)
+    server = make_server(versions, config=CANARY, flags=quota, flag_timeout_s=VALUES_NOT_SPEED_S)
+    answer = server.predict("scale", X, context={"user_id": "u", "tenant": "over quota"})
+    assert (answer.variant, answer.reason) == ("stable", "flag provider failed")
+    assert flags_status(server)["failures"] == 1
+    with pytest.raises(InvalidInputError, match=r"context key 7 is a int"):  # (its context refused all the same)
+        server.predict("scale", X, context={"user_id": "u", 7: "pro"})
+
+
 class WaitingFlags(InMemoryFlags):
     """A provider whose first evaluation waits (its I/O) until released."""
 
