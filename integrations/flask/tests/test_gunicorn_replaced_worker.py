@@ -70,6 +70,11 @@ def _until(check: Any, what: str, log: Path, seconds: float = 15.0) -> Any:
     raise AssertionError(f"{what} within {seconds}s:\n{log.read_text()}")
 
 
+def _children(pid: int) -> set[int]:
+    """The pids of the processes ``pid`` started that are running (gunicorn's master: its workers)."""
+    return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
 def _gunicorn(
     tmp_path: Path, repository: Path, worker_class: str, *, hook: bool, eager: bool, poll: bool = True
 ) -> tuple[list[str], dict[str, str], str]:
@@ -267,7 +272,10 @@ def test_a_hup_reload_without_preload_starts_new_workers_that_serve(tmp_path: Pa
     with log.open("w") as out:
         master = subprocess.Popen([*command, "--workers", "2"], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        before = {_until(lambda: (r := _call(base, "/score"))[0] == 200 and r, "a worker serves", log)[1]["pid"]}
+        _until(lambda: (r := _call(base, "/score"))[0] == 200 and r, "a worker serves", log)
+        # Both workers' pids, not the one that answered: the other, old, answered after the HUP as "new" while
+        # the new workers failed to boot, and the test passed on the NameError (one run in two here).
+        before = _until(lambda: len(pids := _children(master.pid)) == 2 and pids, "two workers", log)
         os.kill(master.pid, signal.SIGHUP)
 
         def a_new_worker_serves() -> Any:
