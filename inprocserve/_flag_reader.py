@@ -30,6 +30,7 @@ from ._backend import raised_by_signal_handler
 from ._config_checks import is_number, shown
 from ._errors import ConfigurationError, InvalidInputError
 from ._flags import (
+    ContextRefusedError,
     EnvFlags,
     FileFlags,
     FlagProvider,
@@ -99,22 +100,6 @@ class _ProviderInvalidInput(Exception):
     def __init__(self, error: InvalidInputError) -> None:
         super().__init__(str(error))
         self.error = error
-
-
-def _refused_context(exc: InvalidInputError) -> bool:
-    """Whether ``exc`` is OpenFeatureFlags' refusal of the request's context (a key that is no string, a number
-    that cannot be read: docs/rollouts.md), the request's mistake, raised where it builds the evaluation context:
-    from the provider itself, or from a user's provider that hands the read to one. Any other
-    ``InvalidInputError`` is the provider's own failure (a user's provider, a subclass's own code, or what it
-    calls, raising the library's error type): told by the provider's type, a wrapped OpenFeatureFlags' refusal
-    was counted as a failure and answered stable, and a subclass's own error went to the client as a 400."""
-    last = exc.__traceback__
-    while last is not None and last.tb_next is not None:
-        last = last.tb_next
-    return last is not None and last.tb_frame.f_code is _BUILDS_CONTEXT
-
-
-_BUILDS_CONTEXT = OpenFeatureFlags._context.__code__
 
 
 class FlagReader:
@@ -487,15 +472,16 @@ class FlagReader:
         used: list[tuple[str, Any]],
     ) -> Any:
         """One flag read: a value of the wrong type is the flag's problem (``UnusableFlag``), not the provider's;
-        an ``InvalidInputError`` is the request's only where OpenFeatureFlags refused the request's context (see
-        :func:`_refused_context`), else the provider's own failure. The value is noted as read: only the few
-        requests whose spans are recorded need it as text."""
+        an ``InvalidInputError`` is the request's only where OpenFeatureFlags refused the request's context
+        (``ContextRefusedError``, also through a user's provider that hands the read to one), else the provider's
+        own failure (a subclass's own code, or what a provider calls, raising the library's error type). The value
+        is noted as read: only the few requests whose spans are recorded need it as text."""
         try:
             value = getter(key, default, context)
         except FlagTypeError as exc:  # the provider answered; the flag is wrong
             raise UnusableFlag(key, _said(exc)) from exc
         except InvalidInputError as exc:
-            if _refused_context(exc):
+            if isinstance(exc, ContextRefusedError):
                 raise
             raise _ProviderInvalidInput(exc) from None
         used.append((key, value))

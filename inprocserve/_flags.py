@@ -64,6 +64,12 @@ _CLOSE_WAIT_S = 0.2  # how long FileFlags.close() waits for its refresher (one i
 logger = logging.getLogger(__name__)
 
 
+class ContextRefusedError(InvalidInputError):
+    """OpenFeatureFlags' refusal of a request's context (a key that is no string, a value that cannot be read):
+    the request's mistake, whoever called it (a user's provider that hands its reads to one). Any other
+    ``InvalidInputError`` a provider raises is the provider's own failure (see ``FlagReader``)."""
+
+
 class FlagError(InprocserveError):
     """A flag provider could not evaluate a flag (raised by providers, absorbed by the rollout layer)."""
 
@@ -1029,7 +1035,7 @@ class OpenFeatureFlags:
         """The evaluation context of a request's ``context``.
 
         Raises:
-            InvalidInputError: a key of ``context`` is not a string (OpenFeature names attributes by strings:
+            ContextRefusedError: a key of ``context`` is not a string (OpenFeature names attributes by strings:
                 a provider that sends its context over the wire raised on an int key, counted as failing), or
                 a scalar of it cannot be read as the plain value it holds (a number type whose ``float()``
                 raises): the request's own mistake, as a targeting key that cannot be made text is.
@@ -1040,7 +1046,7 @@ class OpenFeatureFlags:
             for k, v in context.items():
                 if type(k) is not str:
                     if not isinstance(k, str):
-                        raise InvalidInputError(
+                        raise ContextRefusedError(
                             f"the context key {_value_shown(k)} is a {type(k).__name__}, not a string; send string keys"
                         )
                     k = str.__str__(k)  # (a plain str: a subclass's == may do anything)
@@ -1050,7 +1056,7 @@ class OpenFeatureFlags:
         except InvalidInputError:
             raise
         except Exception as exc:  # (anything a caller's mapping raises as it is read)
-            raise InvalidInputError(
+            raise ContextRefusedError(
                 f"the context cannot be read: {type(exc).__name__}; send a dict with string keys"
             ) from None
         attributes = {}
@@ -1058,7 +1064,7 @@ class OpenFeatureFlags:
             try:
                 attributes[k] = _attribute(v)
             except Exception as exc:  # (a caller's number type: reported as a key's fault, the field unnamed)
-                raise InvalidInputError(
+                raise ContextRefusedError(
                     f"the context's {_value_shown(k)} ({type(v).__name__}) cannot be read as a number: "
                     f"{type(exc).__name__}; send an int, a float, a bool or a str"
                 ) from None
