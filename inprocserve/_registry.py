@@ -1294,7 +1294,7 @@ class Registry:
             except (ConfigurationError, OSError) as exc:
                 self._gate_failed(exc, failure)
                 failure = exc
-                switch = f"`python -m inprocserve switch --force REPOSITORY {name} {baseline}`"
+                way = self._hand_named(name, baseline)
                 self._gate_write_failed(
                     name,
                     key,
@@ -1302,12 +1302,12 @@ class Registry:
                     f"version {baseline} could not be named the stable version in the fleet's control file while "
                     f"version {candidate} is held back ({exc}); a worker that starts now serves version {candidate} "
                     f"until it is (tried again at the next refresh or read of the control file), or until version "
-                    f"{baseline} is named by hand: {switch}",
+                    f"{baseline} is named by hand: {way}",
                     "model %r: version %s could not be named the stable version in the fleet's control file "
                     "while version %s is held back (%s); tried again at the next refresh or read of the control "
                     "file. Until then a worker that starts now serves version %s: to hold every worker on version "
-                    "%s, name it ([rollout] stable = %s in the model's config.toml, or %s)",
-                    (name, baseline, candidate, exc, candidate, baseline, baseline, switch),
+                    "%s, name it (%s)",
+                    (name, baseline, candidate, exc, candidate, baseline, way),
                 )
                 continue
             self._gate_written(name, key, self._holds_to_pin, self._pin_warned)
@@ -1329,6 +1329,20 @@ class Registry:
                     candidate,
                 )
         return failure
+
+    def _hand_named(self, name: str, version: int) -> str:
+        """How an operator names ``version`` the stable version of ``name`` by hand when the gate's name could not
+        be written (see :meth:`_pin_holds`): in the model's config.toml, or with the CLI's switch; config.toml
+        alone where the control file is a symbolic link (managed elsewhere: a ConfigMap), which the CLI refuses
+        to write as the gate was refused (the switch offered there failed, exit status 2)."""
+        assert self.repository is not None
+        toml = f"[rollout] stable = {version} in the model's config.toml"
+        if os.path.islink(self.repository / CONTROL_FILENAME):
+            return (
+                f"{toml}; the control file is a symbolic link, managed elsewhere, which `python -m inprocserve "
+                "switch` does not write either"
+            )
+        return f"{toml}, or `python -m inprocserve switch --force REPOSITORY {name} {version}`"
 
     def fleet_hold_error(self, name: str) -> str | None:
         """What status shows as ``name``'s ``fleet_hold_error``: why the version serving could not be named the

@@ -83,7 +83,9 @@ def test_a_name_the_control_file_refuses_shows_in_status_until_it_is_written(
     status = running.status()
     error = status["models"]["m"]["fleet_hold_error"]
     assert error is not None and "symbolic link" in error and "version 1 could not be named" in error, error
-    assert "switch --force REPOSITORY m 1" in error, error
+    assert "[rollout] stable = 1 in the model's config.toml" in error, (
+        error
+    )  # (not the switch: see test_fleet_hold_advice)
     assert any(line.startswith("  FLEET NOT HELD: version 1") for line in summarize(status)), summarize(status)
     assert "Fleet not held: version 1" in render_status_page(status)
     assert not healthy(status)  # the status CLI's exit status 1: a deploy check does not pass a split fleet
