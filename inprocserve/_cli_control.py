@@ -28,6 +28,7 @@ from ._cli_common import (
     add_command,
     fail,
     interrupted_by,
+    link_hint_for_the_cli,
     printable,
     unwind_on_sigterm,
 )
@@ -177,9 +178,12 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
             known = ", ".join(map(str, sorted(source.versions))) or "none"
             # (a folder without its model file was refused with "no version 7" alone, while the folder is there)
             why = next((f": {p}" for p in scan.problems if p.startswith(f"{source.folder / str(version)}:")), "")
+            # (a version refused as a link: the scan's advice to a Server's user put as this command's, which
+            # then says why the link was refused)
+            linked = link_hint_for_the_cli(why, "leave out --no-follow-symlinks")
             raise InprocserveError(
-                f"model {args.model!r} has no version {version} (versions: {known}){why}"
-                f"{_link_hint(args, scan.problems)}; nothing was written"
+                f"model {args.model!r} has no version {version} (versions: {known})"
+                f"{linked if linked != why else why + _link_hint(args, scan.problems)}; nothing was written"
             )
         # (before the load: a percentage outside 0..100 was refused only once the version had loaded)
         percent = 0.0 if version is None or args.command != "canary" else validate_percent(args.percent)

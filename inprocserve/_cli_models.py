@@ -21,6 +21,7 @@ from ._cli_common import (
     add_command,
     fail,
     interrupted_by,
+    link_hint_for_the_cli,
     positive_float,
     positive_int,
     positive_number,
@@ -261,6 +262,10 @@ def add_validate(commands: Subparsers) -> None:
     parser.set_defaults(run=_validate)
 
 
+_FOLLOW_HINT = "pass --follow-symlinks"
+"""What ``validate`` advises for a symbolic link it refuses (a Server's user is told of follow_symlinks=True)."""
+
+
 def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> dict[str, Any]:
     """Load every version of every model in ``repository`` once; return a JSON-ready report.
 
@@ -313,7 +318,8 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
                     f"{name}: {CONTROL_FILENAME} (revision {control.revision}) serves version(s) "
                     f"{', '.join(map(str, missing))}, not in the repository: a server started now serves another"
                 )
-    problems = [*scan.problems, *control_problems]
+    layout_problems = [link_hint_for_the_cli(problem, _FOLLOW_HINT) for problem in scan.problems]
+    problems = [*layout_problems, *control_problems]
     models: dict[str, Any] = {}
     for name, source in scan.models.items():
         entry: dict[str, Any] = {"config_error": None, "config_warning": None, "policy_error": None, "versions": {}}
@@ -373,7 +379,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
                 model = _load(name, version, path, quiet, follow_symlinks=follow_symlinks)
             except InprocserveError as exc:
                 raise_if_stopped()  # (a stop that came as onnxruntime loaded: see raise_if_stopped)
-                result["error"] = str(exc)
+                result["error"] = link_hint_for_the_cli(str(exc), _FOLLOW_HINT)
                 problems.append(f"{name} v{version}: {exc}")
                 continue
             assert model.signature is not None
@@ -394,7 +400,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
         "repository": str(repository),
         "ok": not problems,
         "problems": problems,
-        "layout_problems": list(scan.problems),
+        "layout_problems": layout_problems,
         "control_problems": control_problems,
         "control_warnings": control_warnings,
         "models": models,

@@ -1,0 +1,59 @@
+"""The CLI's advice about symbolic links it refuses names its own option, not the Server's argument (a Server's
+user is told ``follow_symlinks=True``; a user of ``python -m inprocserve validate`` was told the same)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from inprocserve.__main__ import main
+from inprocserve.testing import build_mlp_model, save_model
+
+
+@pytest.fixture
+def linked(tmp_path: Path) -> Path:
+    """A repository whose model folder ``a``, version folder ``b/1`` and model file ``c/1/model.onnx`` are
+    symbolic links to real ones elsewhere."""
+    elsewhere, repository = tmp_path / "elsewhere", tmp_path / "models"
+    repository.mkdir()
+    for name in "abc":
+        save_model(build_mlp_model((4, 8, 2)), elsewhere, name, 1)
+    (repository / "a").symlink_to(elsewhere / "a")
+    (repository / "b").mkdir()
+    (repository / "b" / "1").symlink_to(elsewhere / "b" / "1")
+    (repository / "c" / "1").mkdir(parents=True)
+    (repository / "c" / "1" / "model.onnx").symlink_to(elsewhere / "c" / "1" / "model.onnx")
+    return repository
+
+
+def test_validate_names_its_follow_symlinks_option(linked: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(linked)]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if "symbolic link" in line]
+    assert len(lines) == 3, lines
+    for line in lines:
+        assert line.endswith("copy the files in, or pass --follow-symlinks"), line
+        assert "follow_symlinks=True" not in line, line
+
+    assert main(["validate", "--json", str(linked)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    linked_problems = [problem for problem in report["problems"] if "symbolic link" in problem]
+    assert len(linked_problems) == 3, report["problems"]
+    assert all(problem.endswith("or pass --follow-symlinks") for problem in linked_problems), linked_problems
+
+    # (the advice works: with the option every version loads)
+    assert main(["validate", "--follow-symlinks", str(linked)]) == 0, capsys.readouterr()
+
+
+def test_a_switch_with_no_follow_symlinks_names_the_option_to_leave_out(
+    linked: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``switch --no-follow-symlinks`` to a linked version: the refusal says to leave the option out, once."""
+    assert main(["switch", "--no-follow-symlinks", str(linked), "b", "1"]) == 1
+    error = capsys.readouterr().err
+    assert "the version folder is a symbolic link" in error, error
+    assert "or leave out --no-follow-symlinks; nothing was written" in error, error
+    assert "follow_symlinks=True" not in error and error.count("--no-follow-symlinks") == 1, error
+
+    assert main(["switch", str(linked), "b", "1"]) == 0, capsys.readouterr()
