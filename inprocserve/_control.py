@@ -199,6 +199,17 @@ class Control:
     def model(self, name: str) -> ModelControl | None:
         return self.models.get(name)
 
+    def origin(self) -> str:
+        """Who wrote this revision and when, for a log line: ``by ACTOR at TIME``, or what is known of them.
+        Revision 0 with neither is no control file (or one no change has been written to: a new repository, a
+        release swapped in without its control file), whose line said ``(by None at None)``."""
+        if self.updated_by is None and self.updated_at is None:
+            if self.revision == 0 and not self.models and not self.reload:
+                return "no change written yet: no control file, or an empty one"
+            return "its author and time are not recorded: written by hand?"
+        by = "by an unrecorded author" if self.updated_by is None else f"by {self.updated_by}"
+        return by if self.updated_at is None else f"{by} at {self.updated_at}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "revision": self.revision,

@@ -2231,9 +2231,7 @@ class Registry:
         logged once per distinct error, shown in status (``control.error``), and tried again by
         :meth:`retry_control` (every ``control_interval_s``) until it applies. Returns the problems found:
         the re-scan's (as :meth:`refresh`), then those that left a part of the revision unapplied."""
-        logger.info(
-            "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
-        )
+        logger.info("following control revision %d (%s)", control.revision, control.origin())
         return self._try_control()
 
     def adopt_at_once(self, control: Control) -> bool:
@@ -2253,9 +2251,7 @@ class Registry:
         self.control = control
         self.control_generation += 1
         self._control_warned.clear()
-        logger.info(
-            "following control revision %d (by %s at %s)", control.revision, control.updated_by, control.updated_at
-        )
+        logger.info("following control revision %d (%s)", control.revision, control.origin())
         for name in sorted(changed):
             self._route_by_control(name)
             if name in self._control_pending or not self._control_versions(name) <= set(self.loaded.get(name, {})):
