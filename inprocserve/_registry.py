@@ -259,6 +259,11 @@ class Registry:
         # at the first refresh that finds it still there a minute after the last line (see _log_held_failure):
         # the last failure of a copy is often the one that stays (a broken file, not a half-made one).
         self._load_log = LogLimit(clock=clock)
+        # A failure whose error differs from the version's last one is news (a checksum mismatch fixed, and now a
+        # file the checksum file lists is missing): logged at once, though the limit above holds it, but at most
+        # once a minute (key: model and version) besides the limit's own lines, so a copy whose every stall fails
+        # with another error logs at most two lines a minute, not one a stall
+        self._load_news = LogLimit(clock=clock)
         self._scan_problems: set[str] = set()  # the last scan's problems (each logged once while it lasts)
         # a repository folder that cannot be scanned (gone, unmounted) fails every poll: logged when it starts,
         # then once a minute, and once when it can be scanned again
@@ -672,6 +677,7 @@ class Registry:
             for key in [key for key in self._load_errors if key[1] not in self.failures.get(key[0], {})]:
                 del self._load_errors[key]  # (a version gone from disk, or whose failure was forgotten)
                 self._load_log.forget(key)
+                self._load_news.forget(key)
             for hand in (self._unloaded_versions, self._kept_from_policy, self._loaded_by_hand, self._by_path):
                 for name in list(hand):
                     if name not in scan.models and name not in scan.unreadable:  # (unreadable: not gone)
@@ -1737,6 +1743,7 @@ class Registry:
         add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "loaded"})
         self._load_errors.pop((name, number), None)
         self._load_log.forget((name, number))  # (its next failure is another copy's: logged at once)
+        self._load_news.forget((name, number))
         candidate.source_stamp = stamp
         with self.routing:
             previous = self.loaded.get(name, {}).get(number)
@@ -1876,7 +1883,18 @@ class Registry:
         self.failures.setdefault(name, {})[number] = _Failure(str(exc), path, seen, config=config)
         last = self._load_errors.get((name, number))
         repeated = last is not None and last == (str(exc), seen, True)  # (logged already)
-        skipped = None if repeated else self._load_log.due((name, number))
+        key = (name, number)
+        if repeated:
+            skipped = None
+        elif (
+            last is not None
+            and last[0] != str(exc)
+            and not self._load_log.would_log(key)
+            and self._load_news.due(key) is not None
+        ):
+            skipped = 0  # another error within the limit's minute: news (not counted as one of its held back)
+        else:
+            skipped = self._load_log.due(key)
         self._load_errors[(name, number)] = (str(exc), seen, repeated or skipped is not None)
         text = failure_text(exc, name, number)  # (the line names the model and version already)
         if skipped is None:
