@@ -651,3 +651,41 @@ def test_a_flag_provider_raising_invalid_input_error_is_no_400_to_the_client(rep
         assert flags["failures"] == 1, flags
     finally:
         Inprocserve.close(app)
+
+
+@pytest.mark.parametrize("spaces", [5000, 990])
+def test_a_chunked_admin_body_over_max_content_length_is_the_413_not_a_400_about_its_first_bytes(
+    repository: Path, spaces: int
+) -> None:
+    # werkzeug reads a chunked body up to MAX_CONTENT_LENGTH and stops there: the switch was refused as "the body
+    # is not JSON", its first 1000 bytes, where the same body with a Content-Length is the 413
+    app = make_app(repository, MAX_CONTENT_LENGTH=1000)
+    body = b" " * spaces + b'{"version": 1}'
+    try:
+        headers = {**ADMIN, "Transfer-Encoding": "chunked", "Content-Type": "application/json"}
+        environ = EnvironBuilder("/-/inprocserve/models/scale/switch", method="POST", headers=headers).get_environ()
+        environ.update({"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True})
+        environ.pop("CONTENT_LENGTH", None)
+        answer: dict[str, Any] = {}
+        document = json.loads(b"".join(app(environ, lambda status, headers: answer.update(status=status))))
+        assert answer["status"].startswith("413"), (answer, document)
+        assert document["error"] == "too_large", document
+        response = app.test_client().post("/-/inprocserve/models/scale/switch", data=body, headers=ADMIN)
+        assert (response.status_code, response.json["error"]) == (413, "too_large"), response.json  # (as with a length)
+    finally:
+        Inprocserve.close(app)
+
+
+def test_a_chunked_admin_body_of_exactly_max_content_length_is_read(repository: Path) -> None:
+    app = make_app(repository, MAX_CONTENT_LENGTH=1000)
+    body = b" " * (1000 - len(b'{"version": 1}')) + b'{"version": 1}'
+    try:
+        headers = {**ADMIN, "Transfer-Encoding": "chunked", "Content-Type": "application/json"}
+        environ = EnvironBuilder("/-/inprocserve/models/scale/switch", method="POST", headers=headers).get_environ()
+        environ.update({"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True})
+        environ.pop("CONTENT_LENGTH", None)
+        answer: dict[str, Any] = {}
+        document = json.loads(b"".join(app(environ, lambda status, headers: answer.update(status=status))))
+        assert answer["status"].startswith("200") and document["stable"] == 1, (answer, document)
+    finally:
+        Inprocserve.close(app)

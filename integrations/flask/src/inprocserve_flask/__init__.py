@@ -747,6 +747,14 @@ def _admin_body() -> bytes:
     from werkzeug.exceptions import HTTPException
 
     body = web.body_reader(lambda _size: request.get_data(), passing=(HTTPException,))(-1)
+    limit = request.max_content_length
+    terminated = request.environ.get("wsgi.input_terminated")  # (else no body was read: nothing to read on)
+    if terminated and request.content_length is None and limit is not None and len(body) >= limit:
+        # werkzeug reads a chunked body only up to MAX_CONTENT_LENGTH, and stops there without a word: the rest
+        # was left unread, and the first bytes refused as "not JSON" (a 400 where a Content-Length gets the 413)
+        more = web.body_reader(request.environ["wsgi.input"].read, passing=(HTTPException,))(1)
+        if more:
+            raise RequestEntityTooLarge()
     cut_short = web.body_cut_short(len(body), request.content_length)
     if cut_short is not None:
         raise cut_short
