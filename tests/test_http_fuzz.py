@@ -763,6 +763,10 @@ def test_a_protocol_path_with_an_empty_segment_is_the_protocols_json_404(
     assert "no Open Inference Protocol endpoint" in json.loads(answer)["error"]
 
 
+EXACT = "<the body's length>"
+"""A ``length`` drawn below that stands for the body's own length, in digits."""
+
+
 class _GoneClient(io.RawIOBase):
     """A request body whose client went away after ``data``: gunicorn's reads raise ``NoMoreData``, an IOError."""
 
@@ -784,20 +788,32 @@ class _GoneClient(io.RawIOBase):
 @given(
     url=st.sampled_from(["/v2/models/scale/infer", "/-/inprocserve/models/scale/switch", "/-/inprocserve/reload"]),
     length=st.one_of(
-        st.none(), header_text, st.integers(-2, 200).map(str), st.sampled_from(["9" * 30, "", " ", "\t", "1e2", " 5 "])
+        st.none(),
+        header_text,
+        st.integers(-2, 200).map(str),
+        st.sampled_from(["9" * 30, "", " ", "\t", "1e2", " 5 ", EXACT, f" {EXACT} "]),
     ),
     chunked=st.one_of(st.none(), st.sampled_from(["chunked", "gzip, chunked", ""])),
     terminated=st.booleans(),
     gone=st.booleans(),
 )
+# (the framings a real server hands on, each drawn about once in a hundred: chunked input gunicorn ends, a length)
+@example(url="/v2/models/scale/infer", length=None, chunked="chunked", terminated=True, gone=False)
+@example(url="/-/inprocserve/models/scale/switch", length="", chunked="chunked", terminated=True, gone=False)
+@example(url="/-/inprocserve/models/scale/switch", length=f" {EXACT} ", chunked=None, terminated=False, gone=False)
 @FUZZ
 def test_any_django_wsgi_framing_of_a_body_is_answered_or_refused_as_json(
     django_send: Send, url: str, length: str | None, chunked: str | None, terminated: bool, gone: bool
 ) -> None:
     """What a WSGI server hands Django about a body (its CONTENT_LENGTH as sent, Transfer-Encoding, whether the
-    server ends the input itself, a client gone mid-upload): a 2xx or a JSON 4xx, never a 500."""
+    server ends the input itself, a client gone mid-upload): a 2xx or a JSON 4xx, never a 500; and a 2xx for a
+    whole body the plug-in can find the end of (its length, or chunked input the server ends)."""
     plain = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]}]}
     body = json.dumps(plain if url.startswith("/v2") else {"version": 1}).encode()
+    if length is not None:
+        length = length.replace(EXACT, str(len(body)))
+    declared = (length or "").strip()
+    readable = declared == str(len(body)) or (not declared and chunked == "chunked" and terminated)
     environ: dict[str, Any] = {"wsgi.input": _GoneClient(body) if gone else io.BytesIO(body)}
     environ["CONTENT_LENGTH"] = length  # (None: no header; Django's Client sets one where this does not)
     if chunked is not None:
@@ -809,7 +825,9 @@ def test_any_django_wsgi_framing_of_a_body_is_answered_or_refused_as_json(
     response = Client(raise_request_exception=False).generic(
         "POST", url, b"", content_type="application/json", headers={"Authorization": f"Bearer {TOKEN}"}, **environ
     )
-    refused_or_none(response.status_code, response.content)
+    document = refused_or_none(response.status_code, response.content)
+    if readable and not gone:  # (a 4xx is not enough here: a body read as empty was a 400 "no version", a 411)
+        assert document is None, (response.status_code, document)
 
 
 @pytest.mark.parametrize("length", [" ", "\t"])
