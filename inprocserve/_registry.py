@@ -2085,6 +2085,12 @@ class Registry:
         if name in scan.unreadable:
             raise ModelNotFoundError(f"model {name!r}: its folder {folder} cannot be read", model=name)
         if source is None:
+            # A folder the scan refused (a symbolic link without follow_symlinks, a link to nothing, a file) is
+            # there: "there is no folder" sent people looking for what they could see; the scan's problem says
+            # why it is left out and what to do.
+            kept_out = [problem for problem in scan.problems if problem.startswith(f"{folder}:")]
+            if kept_out:
+                raise ModelNotFoundError(f"model {name!r} cannot be loaded ({kept_out[0]})", model=name)
             raise ModelNotFoundError(
                 f"model {name!r} is not in the repository (there is no folder {folder})", model=name
             )

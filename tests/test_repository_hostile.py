@@ -140,3 +140,34 @@ def test_loading_a_version_whose_folder_is_a_link_loop_says_why_it_is_not_there(
     with pytest.raises(inprocserve.ModelNotFoundError, match=f"has no version 3 in the repository .*{why}"):
         server.load("fraud", version=3)
     assert server.models == {"fraud": [2]}
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        ("a link, refused", "the model folder is a symbolic link; symbolic links are refused; copy the files in"),
+        ("a link to nothing, links followed", "a symbolic link to "),
+        ("a file", "not a model folder (expected <model>/<version>/model.onnx)"),
+    ],
+)
+def test_loading_a_model_whose_folder_the_scan_refused_says_why_not_that_there_is_no_folder(
+    tmp_path: Path, repository: Path, make_server: ServerFactory, entry: str, why: str
+) -> None:
+    """``models/linked -> ../elsewhere/linked`` on a server that refuses links: ``server.load("linked")`` said
+    "there is no folder .../models/linked", and people looked for a folder that was right there, refused."""
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    save_model(build_scale_model(2.0), tmp_path / "elsewhere", "linked", 1)
+    folder = repository / "linked"
+    if entry == "a link, refused":
+        os.symlink("../elsewhere/linked", folder)
+    elif entry == "a link to nothing, links followed":
+        os.symlink("../elsewhere/gone", folder)
+    else:
+        folder.write_bytes(b"notes")
+    server = make_server(repository, follow_symlinks="followed" in entry, control_interval_s=None)
+    with pytest.raises(inprocserve.ModelNotFoundError) as caught:
+        server.load("linked")
+    message = str(caught.value)
+    assert message.startswith(f"model 'linked' cannot be loaded ({folder}: "), message
+    assert why in message and "there is no folder" not in message, message
+    assert server.models == {"fraud": [1]}
