@@ -32,7 +32,7 @@ from ._errors import (
     ServerClosedError,
     failure_text,
 )
-from ._integrity import external_data_locations, hashing_stops_on
+from ._integrity import HashingStopped, external_data_locations, hashing_stops_on
 from ._log_limit import LogLimit, since
 from ._model import ModelVersion
 from ._ort_rules import OPTIMIZED_GRAPH
@@ -1899,7 +1899,7 @@ class Registry:
         text = failure_text(exc, name, number)  # (the line names the model and version already)
         if skipped is None:
             logger.debug("model %r version %s failed to load: %s", name, number, text)
-        elif self._stop.is_set():  # (close() stopped it: no operator has anything to fix)
+        elif _stopped_by_close(exc):  # (no operator has anything to fix)
             logger.info("model %r version %s was not loaded, the server closing: %s", name, number, text)
         else:
             logger.error("model %r version %s failed to load: %s%s", name, number, text, since(skipped))
@@ -2783,6 +2783,22 @@ class Registry:
             self._stop.set()
             self.routes.clear()
         self.start_poller()
+
+
+def _stopped_by_close(error: BaseException) -> bool:
+    """Whether a load failed because the server's stop event cut its hashing short (see
+    :func:`~._integrity.hashing_stops_on`): :class:`HashingStopped` in ``error``'s chain (a cause, or the error
+    being handled when it was raised). Told by its cause, not by the stop event being set when it is recorded:
+    a corrupt file or a checksum mismatch found just as ``close()`` began was logged at INFO, as if the close
+    had stopped it."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        if isinstance(link, HashingStopped):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
 
 
 def controlled(rollout: RolloutConfig, state: ModelControl, *, model: str | None = None) -> RolloutConfig:

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,9 +25,10 @@ import pytest
 
 import inprocserve
 from inprocserve import _integrity, _racy
+from inprocserve._registry import Registry
 from inprocserve.testing import build_scale_model
 
-from .conftest import ServerFactory
+from .conftest import ServerFactory, wait_until
 
 X = np.ones((1, 4), dtype=np.float32)
 ALL_VERSIONS = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
@@ -437,6 +439,46 @@ def test_a_load_stops_hashing_once_the_server_is_closing(tmp_path: Path) -> None
     assert time.monotonic() - stopped < 5.0, "the hashing went on past the stop"
     assert [type(exc) for exc in failure] == [_integrity.HashingStopped]
     assert _integrity.file_sha256(model_file) == digest(model_file)  # (outside the block: not stopped)
+
+
+def test_a_corrupt_version_found_as_the_server_closes_is_still_an_error(
+    repository: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh loading a corrupt version when ``close()`` began logged its failure at INFO ("was not loaded,
+    the server closing"), as if the close had stopped it: only a load the close stopped (its hashing cut short)
+    is told at INFO; a corrupt file is an error whenever it is found. (A checksum mismatch found as the close
+    begins is the same case, but the stop cannot be timed to land after its hashing: a file that is no ONNX
+    fails before any hashing.)"""
+    caplog.set_level(logging.INFO, logger="inprocserve")
+    save_external(repository / "m" / "1", 1.0)
+    server = inprocserve.Server(repository, control_interval_s=None, poll_interval_s=None)
+    (repository / "m" / "2").mkdir()
+    (repository / "m" / "2" / "model.onnx").write_bytes(b"not an ONNX model")
+    loading, go_on = threading.Event(), threading.Event()
+    load_version = Registry._load_version
+
+    def held(registry: Registry, *args: Any, **kwargs: Any) -> None:  # (the load begins once close() has begun)
+        loading.set()
+        assert go_on.wait(30)
+        load_version(registry, *args, **kwargs)
+
+    monkeypatch.setattr(Registry, "_load_version", held)
+    refreshing = threading.Thread(target=server.refresh)
+    refreshing.start()
+    closing = threading.Thread(target=server.close)
+    try:
+        assert loading.wait(30)
+        closing.start()
+        wait_until(server._registry._stop.is_set, timeout_s=5.0)  # the close has told the refresh to stop
+    finally:
+        go_on.set()
+        refreshing.join(30)
+        closing.join(30)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("model 'm' version 2 failed to load" in e and "cannot load" in e for e in errors), [
+        r.getMessage() for r in caplog.records
+    ]
+    assert not any("was not loaded, the server closing" in r.getMessage() for r in caplog.records)
 
 
 def _read_so_far(path: Path, enough: Callable[[int], bool], timeout_s: float = 30.0) -> int:
