@@ -596,15 +596,13 @@ class Operations:
             )
         elif control.revision == previous.revision:
             logger.warning(
-                "control file %s holds another document under revision %d (by %s at %s; was by %s at %s): "
+                "control file %s holds another document under revision %d (now: %s; before: %s): "
                 "edited by hand without raising the revision, or two writers wrote separate copies (a host's "
                 "synced copy written to?); following the file",
                 self.control_path,
                 control.revision,
-                control.updated_by,
-                control.updated_at,
-                previous.updated_by,
-                previous.updated_at,
+                control.origin(),  # (what is known of each: a hand edit records neither author nor time)
+                previous.origin(),
             )
 
     def _set_kill(self, model: str, *, killed: bool, actor: str | None) -> None:

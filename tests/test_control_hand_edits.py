@@ -294,3 +294,29 @@ def test_a_hand_edit_that_keeps_the_revision_is_followed_and_the_warning_names_a
     assert server.status()["models"]["fraud"]["control"]["kill"] is False  # followed
     (warning,) = [r.getMessage() for r in caplog.records if "another document under revision 1" in r.getMessage()]
     assert "by hand" in warning and "two writers" in warning, warning
+
+
+@pytest.mark.parametrize("first", ["revision 3 by hand", "revision 0 by hand, where there was no file"])
+def test_a_hand_edit_of_a_hand_written_revision_says_what_is_known_of_both_not_none(
+    two_models: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, first: str
+) -> None:
+    """Two hand edits under one revision, neither with an author or a time: the warning read "(by None at None;
+    was by None at None)"."""
+    server = make_server(two_models, control_interval_s=None)
+    control = two_models / CONTROL_FILENAME
+    revision = 3 if first.startswith("revision 3") else 0
+    if revision:
+        control.write_text(json.dumps({"revision": revision, "models": {"fraud": {"stable": 1}}}))
+        assert server.sync_control() == revision
+    control.write_text(json.dumps({"revision": revision, "models": {"fraud": {"stable": 2}}}))
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        assert server.sync_control() == revision
+    assert server.predict("fraud", X).version == 2  # followed
+    (warning,) = [r.getMessage() for r in caplog.records if "another document under revision" in r.getMessage()]
+    assert "None" not in warning, warning
+    before = (
+        "its author and time are not recorded: written by hand?"
+        if revision
+        else "no change written yet: no control file, or an empty one"
+    )
+    assert f"(now: its author and time are not recorded: written by hand?; before: {before})" in warning, warning
