@@ -1209,7 +1209,26 @@ class Registry:
             # compare with and takes the newest. Said here, where the operator learns of the hold, with how to
             # hold the fleet.
             fleet = ""
-            if pinned:
+            # A control file that is a symbolic link (managed elsewhere: a ConfigMap) is written by neither the
+            # gate nor switch() nor the CLI's switch: the warning said the version serving was named there and
+            # offered `switch --force` to promote, which failed (see _hand_named, the same rule for FLEET NOT HELD)
+            linked = self._control_linked()
+            promote = "switch(..., force=True)"
+            if linked:  # (a stable version the control file names outranks config.toml's)
+                promote = (
+                    f"[rollout] stable = {candidate} in its config.toml"
+                    if alias is None
+                    else f"stable = {candidate} in the fleet's control file where it is managed"
+                )
+            if pinned and linked:
+                fleet = (
+                    f" No stable version is named, and this worker cannot name version {serving} in the fleet's "
+                    f"control file ({CONTROL_FILENAME}, a symbolic link): a worker that starts now serves version "
+                    f"{candidate}. To hold every worker "
+                    f"on version {serving}, name it ({self._hand_named(name, serving)}); to promote version "
+                    f"{candidate} once its callers are ready, name that one there instead."
+                )
+            elif pinned:
                 fleet = (
                     f" No stable version is named, so version {serving} is named the stable version in "
                     f"the fleet's control file ({CONTROL_FILENAME}, by this worker unless another names one first): "
@@ -1223,15 +1242,23 @@ class Registry:
                 switch = f"`python -m inprocserve switch --force REPOSITORY {name} {serving}`"
                 # (a stable version the fleet's control file names outranks config.toml's: naming it there
                 # held no worker that starts later)
-                way = (
-                    f"[rollout] stable = {serving} in the model's config.toml, or {switch}"
-                    if alias is None
-                    else f"{switch}, as the fleet's control file names version {pin}"
-                )
+                if alias is None:
+                    way = (
+                        self._hand_named(name, serving)
+                        if self.repository is not None
+                        else f"[rollout] stable = {serving} in the model's config.toml, or {switch}"
+                    )
+                elif linked:
+                    way = (
+                        f"stable = {serving} in the fleet's control file where it is managed, as it names version "
+                        f"{pin}; it is a symbolic link, which `python -m inprocserve switch` does not write"
+                    )
+                else:
+                    way = f"{switch}, as the fleet's control file names version {pin}"
+                forced = "" if linked else f": forced, as workers started since may serve version {candidate}"
                 fleet = (
                     f" {why}, so a worker that starts now serves version {candidate}: to hold every worker on "
-                    f"version {serving}, name it ({way}: forced, as workers started since may serve "
-                    f"version {candidate})."
+                    f"version {serving}, name it ({way}{forced})."
                 )
             # A stable version named and loaded keeps answering default traffic whatever the default is (an
             # operator's, config.toml's, or the gate's while a canary runs): the stand-in serves only where no
@@ -1247,12 +1274,13 @@ class Registry:
             )
             logger.warning(
                 "model %r version %s is not compatible with version %s, %s "
-                "(pin version=%s, or switch(..., force=True) to promote it): %s.%s",
+                "(pin version=%s, or %s to promote it): %s.%s",
                 name,
                 candidate,
                 baseline.version,
                 serves,
                 candidate,
+                promote,
                 "; ".join(problems),
                 fleet,
             )
@@ -1335,6 +1363,11 @@ class Registry:
                     candidate,
                 )
         return failure
+
+    def _control_linked(self) -> bool:
+        """Whether the repository's control file is a symbolic link (managed elsewhere: a ConfigMap), which the
+        gate's writes, ``switch()`` and the CLI's switch refuse to write."""
+        return self.repository is not None and os.path.islink(self.repository / CONTROL_FILENAME)
 
     def _hand_named(self, name: str, version: int) -> str:
         """How an operator names ``version`` the stable version of ``name`` by hand when the gate's name could not

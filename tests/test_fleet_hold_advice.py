@@ -81,3 +81,68 @@ def test_where_the_cli_can_write_the_control_file_the_advice_names_both_ways(
     assert state.stable == 1, state
     running.sync_control()
     assert running.status()["models"]["m"]["fleet_hold_error"] is None
+
+
+def _gate_warning(caplog: pytest.LogCaptureFixture) -> str:
+    [warning] = [r.getMessage() for r in caplog.records if "is not compatible with version" in r.getMessage()]
+    return warning
+
+
+def test_with_a_control_file_that_is_a_symbolic_link_the_gate_s_first_warning_advises_what_works_there(
+    repository: Path,
+    make_server: ServerFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The gate's warning (before FLEET NOT HELD) said version 1 "is named the stable version in the fleet's
+    control file" and "To promote version 2 ...: `python -m inprocserve switch --force REPOSITORY m 2`", though
+    the file is a symbolic link that neither the gate nor the switch writes (exit status 2, nothing changed).
+    It says so, and its advice, followed, promotes version 2 on every worker."""
+    managed = tmp_path / "managed.json"
+    managed.write_text('{"revision": 0, "models": {}}\n')
+    (repository / ".inprocserve-control.json").symlink_to(managed)
+    [running] = _version_1_then_an_incompatible_2(repository, make_server)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        running.refresh()
+    warning = _gate_warning(caplog)
+    assert "switch --force" not in warning and "switch(..., force=True)" not in warning, warning
+    assert "is named the stable version in the fleet's control file" not in warning, warning
+    assert "cannot name version 1 in the fleet's control file (.inprocserve-control.json, a symbolic link)" in (
+        warning
+    ), warning
+    assert "(pin version=2, or [rollout] stable = 2 in its config.toml to promote it)" in warning, warning
+    assert "name it ([rollout] stable = 1 in the model's config.toml;" in warning, warning
+    assert main(["switch", "--force", str(repository), "m", "2"]) == 2  # (what it advised: it fails)
+    assert "symbolic link" in capsys.readouterr().err
+
+    (repository / "m" / "config.toml").write_text("[rollout]\nstable = 2\n")  # (what it advises now)
+    running.refresh()
+    starting = make_server(repository, poll_interval_s=None)
+    assert _answering(running, starting) == [2, 2]
+
+
+def test_with_a_linked_control_file_naming_a_version_not_loaded_the_advice_is_that_file_where_it_is_managed(
+    repository: Path, make_server: ServerFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The managed control file names version 3, not in the repository: the warning advised the switch (which
+    refuses a link) and config.toml (outranked by the control file's name): its one way is that file."""
+    managed = tmp_path / "managed.json"
+    managed.write_text('{"revision": 1, "models": {"m": {"stable": 3}}}\n')
+    (repository / ".inprocserve-control.json").symlink_to(managed)
+    [running] = _version_1_then_an_incompatible_2(repository, make_server)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        running.refresh()
+    warning = _gate_warning(caplog)
+    assert "switch --force" not in warning and "switch(..., force=True)" not in warning, warning
+    assert "config.toml" not in warning and "forced" not in warning, warning
+    assert "(pin version=2, or stable = 2 in the fleet's control file where it is managed to promote it)" in (
+        warning
+    ), warning
+    assert "name it (stable = 1 in the fleet's control file where it is managed, as it names version 3;" in (warning), (
+        warning
+    )
+    managed.write_text('{"revision": 2, "models": {"m": {"stable": 1}}}\n')  # (what it advises)
+    running.sync_control()
+    starting = make_server(repository, poll_interval_s=None)
+    assert _answering(running, starting) == [1, 1]
