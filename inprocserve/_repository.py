@@ -91,7 +91,15 @@ class RepositoryScan:
     left as they are, neither reloaded nor unloaded, until a scan reads them again."""
 
 
-_LINK_HINT = "symbolic links are refused; copy the files in, or pass follow_symlinks=True to the Server"
+_LINK_ADVICE = "pass follow_symlinks=True to the Server"
+_LINK_HINT = f"symbolic links are refused; copy the files in, or {_LINK_ADVICE}"
+
+
+def link_advice_as(problem: str, advice: str) -> str:
+    """``problem``, a scan's, with its advice to a Server's user about symbolic links (``pass follow_symlinks=True
+    to the Server``) given as ``advice``: a plug-in's user was told of an argument of a Server the plug-in builds,
+    not of the setting that passes it (``set INPROCSERVE['FOLLOW_SYMLINKS'] = True``)."""
+    return problem.replace(_LINK_ADVICE, advice)
 
 
 def scan_repository(repository: Path, *, follow_symlinks: bool = False, only: str | None = None) -> RepositoryScan:

@@ -132,3 +132,24 @@ def test_a_status_page_token_with_the_page_off_is_warned(repository: Path) -> No
     assert "INPROCSERVE['STATUS_PAGE_TOKEN'] is set but INPROCSERVE['STATUS_PAGE'] is off" in warned[0].msg
     assert "STATUS_PAGE" in (warned[0].hint or "")
     assert hints({**settings, "STATUS_PAGE": True}, "inprocserve.W005") == []
+
+
+@pytest.mark.parametrize("follow", ["refused", "followed"])
+def test_a_linked_model_folder_is_warned_with_the_setting_that_follows_links_and_not_when_it_is_set(
+    repository: Path, tmp_path: Path, follow: str
+) -> None:
+    """W002 for ``models/churn -> ../releases/churn`` said "pass follow_symlinks=True to the Server", a Server the
+    plug-in builds: the Django user's way is ``INPROCSERVE['FOLLOW_SYMLINKS'] = True``. And with that setting
+    on, the check still scanned refusing links, and warned of what the server serves."""
+    save_model(build_scale_model(3.0), tmp_path / "releases", "churn", 1)
+    (repository / "churn").symlink_to(tmp_path / "releases" / "churn")
+    settings = {"REPOSITORY": str(repository), "FOLLOW_SYMLINKS": follow == "followed"}
+    with override_settings(INPROCSERVE=settings):
+        warnings = [message.msg for message in run_checks() if message.id == "inprocserve.W002"]
+    if follow == "followed":
+        assert warnings == []
+    else:
+        assert warnings == [
+            f"{repository / 'churn'}: the model folder is a symbolic link; symbolic links are refused; copy the "
+            "files in, or set INPROCSERVE['FOLLOW_SYMLINKS'] = True"
+        ], warnings

@@ -16,9 +16,12 @@ import inprocserve
 from inprocserve import v2, web
 from inprocserve._close_match import close_match
 from inprocserve._prefork import refuse_at_start, replacement_worker
-from inprocserve._repository import scan_repository
+from inprocserve._repository import link_advice_as, scan_repository
 
 from .conf import DEFAULTS, settings, unknown_keys
+
+_LINK_SETTING = "set INPROCSERVE['FOLLOW_SYMLINKS'] = True"
+"""What a scan's problem about a symbolic link advises here, for the Server's ``follow_symlinks=True``."""
 
 
 @register(Tags.compatibility)
@@ -52,10 +55,12 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     elif not isinstance(repository, str | os.PathLike) or not Path(repository).is_dir():
         messages.append(_not_a_directory(repository))
     else:
-        scan = scan_repository(Path(repository))
+        # As the server scans it (a linked release, with FOLLOW_SYMLINKS, is served: it was warned of as refused);
+        # a value that is no bool is E012's, and the server's refusal
+        scan = scan_repository(Path(repository), follow_symlinks=config["FOLLOW_SYMLINKS"] is True)
         found = set(scan.models)
         for problem in scan.problems:
-            messages.append(Warning(problem, id="inprocserve.W002"))
+            messages.append(Warning(link_advice_as(problem, _LINK_SETTING), id="inprocserve.W002"))
     messages.extend(model_config_errors(config))
     if config["V2_LIMITS"] is not None and not isinstance(config["V2_LIMITS"], v2.Limits):
         messages.append(
