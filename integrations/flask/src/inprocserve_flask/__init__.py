@@ -358,15 +358,21 @@ def _check_settings(config: Mapping[str, Any]) -> None:
 
 
 def _url_prefix_problem(prefix: object) -> str | None:
-    """What is wrong with ``INPROCSERVE_URL_PREFIX``: ``None``, ``""`` or a path that starts with ``/``. Refused
-    by werkzeug only once the blueprint was registered, after the extension was, so ``init_app``, called again
-    once the prefix was fixed, raised "already registered on this app" (a number: an ``AttributeError``)."""
+    """What is wrong with ``INPROCSERVE_URL_PREFIX``: ``None``, ``""`` or a path that starts with ``/`` and holds
+    no empty segment (``/ops//x``) passes. Refused by werkzeug only once the blueprint was registered, after the
+    extension was, so ``init_app``, called again once the prefix was fixed, raised "already registered on this app"
+    (a number: an ``AttributeError``)."""
     if prefix is None or prefix == "":
         return None
     if not isinstance(prefix, str):
         return f"must be a URL path such as '/-/inprocserve', got {brief(prefix)}"
     if not prefix.startswith("/"):
         return f"must start with '/', such as {'/' + prefix!r}, got {brief(prefix)}"
+    if "//" in prefix.rstrip("/"):  # (the blueprint drops trailing slashes: '/ops/' is '/ops')
+        # url_for gave /ops/x/health (werkzeug merges slashes when it builds) while the admin routes, which merge
+        # none (see _blueprint), were served at /ops//x/... only: a link the app built was a 308 away from them
+        fixed = "/" + "/".join(part for part in prefix.split("/") if part)
+        return f"must not hold an empty segment ('//'), got {brief(prefix)}: write {fixed!r}"
     return None
 
 
