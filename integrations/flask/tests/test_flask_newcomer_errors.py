@@ -79,3 +79,26 @@ def test_an_unknown_model_s_404_names_the_served_model_it_is_close_to(tmp_path: 
         assert len(answer.get_data()) < 300
     finally:
         Inprocserve.close(app)
+
+
+def test_the_start_up_check_advises_the_setting_that_follows_links(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``models/churn -> ../releases/churn`` under ``INPROCSERVE_EAGER``: the start-up check's warning said "pass
+    follow_symlinks=True to the Server", a Server the plug-in builds; the Flask user's way is the setting."""
+    repository = tmp_path / "models"
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    save_model(build_scale_model(3.0), tmp_path / "releases", "churn", 1)
+    (repository / "churn").symlink_to(tmp_path / "releases" / "churn")
+    app = Flask("linked_release")
+    app.config.update(INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_EAGER=True)
+    with caplog.at_level(logging.WARNING, logger="inprocserve_flask"):
+        Inprocserve(app)
+    try:
+        said = [r.getMessage() for r in caplog.records if r.name == "inprocserve_flask"]
+        assert said == [
+            f"repository check before the workers start: {repository / 'churn'}: the model folder is a symbolic "
+            "link; symbolic links are refused; copy the files in, or set INPROCSERVE_FOLLOW_SYMLINKS = True"
+        ], said
+    finally:
+        Inprocserve.close(app)

@@ -38,6 +38,7 @@ import inprocserve
 from inprocserve import web
 from inprocserve._brief import brief
 from inprocserve._prefork import check_at_start, refuse_at_start
+from inprocserve._repository import link_advice_as
 
 from ._registration import register_once
 from .status_page import add_status_page
@@ -788,5 +789,6 @@ def _log_problems(problems: list[str]) -> None:
     """What the start-up check found that the workers will serve around (a version the control file or a
     rollout names that is not there, a policy selecting nothing, stray files): said once here, at start-up,
     before each worker says it again."""
-    for problem in problems:
+    for problem in problems:  # (a link's advice is the setting that passes follow_symlinks=True to the Server)
+        problem = link_advice_as(problem, "set INPROCSERVE_FOLLOW_SYMLINKS = True")
         logger.warning("repository check before the workers start: %s", problem)
