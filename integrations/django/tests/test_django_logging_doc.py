@@ -44,3 +44,25 @@ def test_the_documented_logging_takes_the_plug_ins_start_up_warning_to_its_handl
     said = "repository check before the workers start: "
     assert said in done.stdout and "scale/notes" in done.stdout, (done.stdout[-2000:], done.stderr[-2000:])
     assert said not in done.stderr, done.stderr[-2000:]
+
+
+def test_the_start_up_check_advises_the_setting_that_follows_links(tmp_path: Path) -> None:
+    """``models/churn -> ../releases/churn`` under ``EAGER``: the start-up warning said "pass follow_symlinks=True
+    to the Server", a Server the plug-in builds; the Django user's way is the setting (as check W002 says)."""
+    folder = tmp_path / "models"
+    save_model(build_scale_model(2.0), folder, "scale", 1)
+    save_model(build_scale_model(3.0), tmp_path / "releases", "churn", 1)
+    (folder / "churn").symlink_to(tmp_path / "releases" / "churn")
+    settings = f"SECRET_KEY = {'k' * 50!r}\nINSTALLED_APPS = ['inprocserve_django']\n"
+    settings += f"INPROCSERVE = {{'REPOSITORY': {str(folder)!r}, 'EAGER': True}}\n"
+    (tmp_path / "linked_settings.py").write_text(settings)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "check", "--settings", "linked_settings"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    said = [line for line in done.stderr.splitlines() if line.startswith("repository check before the workers")]
+    assert said == [
+        f"repository check before the workers start: {folder / 'churn'}: the model folder is a symbolic link; "
+        "symbolic links are refused; copy the files in, or set INPROCSERVE['FOLLOW_SYMLINKS'] = True"
+    ], done.stderr[-2000:]

@@ -50,6 +50,7 @@ class InprocserveConfig(AppConfig):
                     "INPROCSERVE is not valid for EAGER's start-up check:\n" + checks.listed(refused)
                 )
             from inprocserve._prefork import check_at_start
+            from inprocserve._repository import link_advice_as
 
             from .server import warm_after_fork
 
@@ -63,6 +64,7 @@ class InprocserveConfig(AppConfig):
                 # What the workers will serve around (a version the control file or a rollout names that is
                 # not there, a policy selecting nothing, stray files): said once here, at start-up, before
                 # each worker says it again.
-                for problem in problems:
+                for problem in problems:  # (a link's advice is the setting, not a Server the plug-in builds)
+                    problem = link_advice_as(problem, checks.LINK_SETTING)
                     logger.warning("repository check before the workers start: %s", problem)
             inprocserve.build_after_fork(warm_after_fork)

@@ -20,7 +20,7 @@ from inprocserve._repository import link_advice_as, scan_repository
 
 from .conf import DEFAULTS, settings, unknown_keys
 
-_LINK_SETTING = "set INPROCSERVE['FOLLOW_SYMLINKS'] = True"
+LINK_SETTING = "set INPROCSERVE['FOLLOW_SYMLINKS'] = True"
 """What a scan's problem about a symbolic link advises here, for the Server's ``follow_symlinks=True``."""
 
 
@@ -60,7 +60,7 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         scan = scan_repository(Path(repository), follow_symlinks=config["FOLLOW_SYMLINKS"] is True)
         found = set(scan.models)
         for problem in scan.problems:
-            messages.append(Warning(link_advice_as(problem, _LINK_SETTING), id="inprocserve.W002"))
+            messages.append(Warning(link_advice_as(problem, LINK_SETTING), id="inprocserve.W002"))
     messages.extend(model_config_errors(config))
     if config["V2_LIMITS"] is not None and not isinstance(config["V2_LIMITS"], v2.Limits):
         messages.append(
