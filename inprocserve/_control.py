@@ -203,12 +203,15 @@ class Control:
         """Who wrote this revision and when, for a log line: ``by ACTOR at TIME``, or what is known of them.
         Revision 0 with neither is no control file (or one no change has been written to: a new repository, a
         release swapped in without its control file), whose line said ``(by None at None)``."""
-        if self.updated_by is None and self.updated_at is None:
-            if self.revision == 0 and not self.models and not self.reload:
+        # (a hand edit's "updated_by": "" or "  " is no more known than a missing one: it read "(by  at )")
+        author = self.updated_by if self.updated_by and self.updated_by.strip() else None
+        when = self.updated_at if self.updated_at and self.updated_at.strip() else None
+        if author is None and when is None:
+            if self.revision == 0 and not self.models and not self.reload and not self.extra:
                 return "no change written yet: no control file, or an empty one"
             return "its author and time are not recorded: written by hand?"
-        by = "by an unrecorded author" if self.updated_by is None else f"by {self.updated_by}"
-        return by if self.updated_at is None else f"{by} at {self.updated_at}"
+        by = "by an unrecorded author" if author is None else f"by {author}"
+        return by if when is None else f"{by} at {when}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -64,3 +64,44 @@ def test_a_hand_written_revision_without_author_or_time_says_so(
     assert _following(caplog) == [
         "following control revision 3 (its author and time are not recorded: written by hand?)"
     ], caplog.text
+
+
+@pytest.mark.parametrize(
+    ("audit", "expected"),
+    [
+        ({"updated_by": "", "updated_at": ""}, "its author and time are not recorded: written by hand?"),
+        ({"updated_by": "  ", "updated_at": "2026-01-01T12:00:00Z"}, "by an unrecorded author at 2026-01-01T12:00:00Z"),
+        ({"updated_by": "alice", "updated_at": ""}, "by alice"),
+    ],
+)
+def test_a_hand_written_blank_author_or_time_reads_as_not_recorded(
+    tmp_path: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture, audit: dict[str, str], expected: str
+) -> None:
+    """A hand edit's empty ``updated_by`` or ``updated_at`` is no more known than a missing one: the line read
+    ``(by  at )``."""
+    repository = tmp_path / "models"
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), repository, "fraud", version)
+    server = make_server(repository, control_interval_s=None)
+    document = {"revision": 3, **audit, "models": {"fraud": {"stable": 1}}}
+    (repository / CONTROL_FILENAME).write_text(json.dumps(document))
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        server.sync_control()
+    assert server.predict("fraud", X).version == 1
+    assert _following(caplog) == [f"following control revision 3 ({expected})"], caplog.text
+
+
+def test_a_file_holding_only_a_newer_releases_keys_is_not_said_to_be_empty(
+    tmp_path: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Revision 0 with keys this release does not know (written by a newer one, or by hand) is a file, not
+    "no control file, or an empty one"."""
+    repository = tmp_path / "models"
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    server = make_server(repository, control_interval_s=None)
+    (repository / CONTROL_FILENAME).write_text(json.dumps({"revision": 0, "fleet_note": "frozen for the audit"}))
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        server.sync_control()
+    assert _following(caplog) == [
+        "following control revision 0 (its author and time are not recorded: written by hand?)"
+    ], caplog.text
