@@ -52,9 +52,11 @@ _SERVER_LINK_HINTS = (
 def link_hint_for_the_cli(problem: str, hint: str) -> str:
     """``problem`` (the repository scan's or a version's load's) with its advice to a Server's user about
     symbolic links (``pass follow_symlinks=True to the Server``) put as the command's own ``hint``: a user of
-    ``validate`` was told of a Server argument, not of the option that does the same here."""
+    ``validate`` was told of a Server argument, not of the option that does the same here. Only the advice that
+    ends ``problem`` is put so: a path holding the same words (a folder named after them) is left as it is."""
     for server_hint in _SERVER_LINK_HINTS:
-        problem = problem.replace(server_hint, hint)
+        if problem.endswith(server_hint):
+            return problem.removesuffix(server_hint) + hint
     return problem
 
 

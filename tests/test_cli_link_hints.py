@@ -57,3 +57,23 @@ def test_a_switch_with_no_follow_symlinks_names_the_option_to_leave_out(
     assert "follow_symlinks=True" not in error and error.count("--no-follow-symlinks") == 1, error
 
     assert main(["switch", str(linked), "b", "1"]) == 0, capsys.readouterr()
+
+
+def test_a_path_holding_the_servers_words_is_left_as_it_is(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the advice at the end of a problem is the command's own: a repository under a folder named after the
+    Server's advice was shown under another path, ``pass --follow-symlinks/models/b/1``."""
+    parent = tmp_path / "pass follow_symlinks=True to the Server"
+    repository = parent / "models"
+    save_model(build_mlp_model((4, 8, 2)), parent / "elsewhere", "b", 1)
+    (repository / "b").mkdir(parents=True)
+    (repository / "b" / "1").symlink_to(parent / "elsewhere" / "b" / "1")
+
+    assert main(["validate", str(repository)]) == 1
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "symbolic link" in line]
+    assert line.startswith(f"PROBLEM {repository / 'b' / '1'}: the version folder is a symbolic link"), line
+    assert line.endswith("copy the files in, or pass --follow-symlinks"), line
+
+    assert main(["switch", "--no-follow-symlinks", str(repository), "b", "1"]) == 1
+    error = capsys.readouterr().err
+    assert f"(versions: none): {repository / 'b' / '1'}: the version folder is a symbolic link" in error, error
+    assert error.count("--no-follow-symlinks") == 1, error
