@@ -68,6 +68,15 @@ class LogLimit:
             self._state[key] = [now, 0, True, True]
             return skipped
 
+    def uncount(self, key: Hashable = None) -> None:
+        """Forget the occurrences of ``key``'s problem not logged so far, keeping when it was last logged: a
+        line about it was written another way (a different error of it, logged at once as news), so the next
+        line's count starts from that one."""
+        with self._lock:
+            state = self._state.get(key)
+            if state is not None:
+                state[1] = 0
+
     def would_log(self, key: Hashable = None) -> bool:
         """Whether :meth:`due` would log ``key``'s problem now; counts nothing."""
         with self._lock:

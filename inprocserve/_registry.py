@@ -1926,6 +1926,7 @@ class Registry:
             and self._load_news.due(key) is not None
         ):
             skipped = 0  # another error within the limit's minute: news (not counted as one of its held back)
+            self._load_log.uncount(key)  # (the next line counts what was held back since this one)
         else:
             skipped = self._load_log.due(key)
         self._load_errors[(name, number)] = (str(exc), seen, repeated or skipped is not None)

@@ -69,3 +69,43 @@ def test_a_different_error_of_the_same_version_is_logged_at_once_and_a_third_wit
     assert len(lines) == 3, caplog.text
     assert lines[2] not in lines[:2] and "lists" not in lines[2] and "expects" not in lines[2], lines[2]
     assert "more since" not in lines[2], lines[2]  # (the second error was logged: not one held back)
+
+
+def test_the_count_of_lines_held_back_starts_again_after_a_different_error_s_line(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Error A logged, A again twice (held back), error B logged at once as news, B again once (held back): the
+    next minute's line counted A's two as well, "3 more since the last such line", where one B was held back
+    since B's own line."""
+    save_model(build_scale_model(1.0), repository, "fraud", 1)
+    clock = ManualClock()
+    server = make_server(repository, control_interval_s=None, poll_interval_s=None, clock=clock)
+    folder = repository / "fraud" / "2"
+    folder.mkdir()
+    model = folder / "model.onnx"
+    model.write_bytes((repository / "fraud" / "1" / "model.onnx").read_bytes())
+    sidecar = folder / "model.onnx.sha256"
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+
+    def again(listing: str) -> None:  # the same files written again: retried, the same error
+        clock.advance(9)
+        sidecar.write_text(listing)
+        server.refresh()
+        clock.advance(1)
+        server.refresh()
+
+    wrong_digest = f"{'0' * 64}  model.onnx\n"
+    missing_file = f"{digest}  model.onnx\n{'1' * 64}  weights.data\n"
+    with caplog.at_level(logging.INFO, logger="inprocserve"):
+        sidecar.write_text(wrong_digest)
+        server.refresh()
+        again(wrong_digest)
+        again(wrong_digest)
+        again(missing_file)  # news: logged at once
+        again(missing_file)  # held back
+        assert len(_failure_lines(caplog)) == 2, caplog.text
+        clock.advance(60)
+        again(missing_file)  # due again: the line counts what was held back since the news line
+    lines = _failure_lines(caplog)
+    assert len(lines) == 3, caplog.text
+    assert "lists 'weights.data'" in lines[2] and "(1 more since the last such line)" in lines[2], lines[2]
