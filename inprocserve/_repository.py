@@ -130,7 +130,7 @@ def scan_repository(repository: Path, *, follow_symlinks: bool = False, only: st
                 result.problems.append(f"{_shown(folder)}: the model folder is a symbolic link; {_LINK_HINT}")
                 continue
             if not folder.is_dir():
-                gone = _gone(folder, wanted="a model folder")
+                gone = _gone(folder, wanted="a model folder")  # (a model's entry: not "a version folder")
                 if gone is not None:
                     result.problems.extend(gone)
                     continue

@@ -173,17 +173,18 @@ def test_loading_a_model_whose_folder_the_scan_refused_says_why_not_that_there_i
     assert server.models == {"fraud": [1]}
 
 
-def test_a_model_folder_that_is_a_link_loop_is_told_to_point_at_a_model_folder(
+def test_loading_a_model_whose_folder_is_a_link_loop_says_to_point_it_at_a_model_folder(
     repository: Path, make_server: ServerFactory
 ) -> None:
-    """``models/churn -> churn``: the scan's advice said "point it at a version folder", the advice for a
-    version's link, where a model's folder holds version folders."""
-    save_model(build_scale_model(2.0), repository, "fraud", 2)
-    os.symlink("churn", repository / "churn")
-    server = make_server(repository, follow_symlinks=True)
-    problems = "\n".join(server.refresh())
-    assert (
-        f"{repository / 'churn'}: a symbolic link loop (it points to churn, which leads back to it); "
-        "point it at a model folder" in problems
-    )
-    assert server.models == {"fraud": [2]}
+    """``models/linked -> linked`` with links followed: the load's error (and the scan's problem) said "point it
+    at a version folder", where a model's entry takes a model folder (``<model>/<version>/model.onnx``)."""
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    os.symlink("linked", repository / "linked")
+    server = make_server(repository, follow_symlinks=True, control_interval_s=None)
+    with pytest.raises(inprocserve.ModelNotFoundError) as caught:
+        server.load("linked")
+    message = str(caught.value)
+    assert f"{repository / 'linked'}: a symbolic link loop" in message, message
+    assert "point it at a model folder, or remove the link" in message and "version folder" not in message, message
+    assert "point it at a model folder" in "\n".join(server.refresh())
+    assert server.models == {"fraud": [1]}
