@@ -98,8 +98,10 @@ _LINK_HINT = f"symbolic links are refused; copy the files in, or {_LINK_ADVICE}"
 def link_advice_as(problem: str, advice: str) -> str:
     """``problem``, a scan's, with its advice to a Server's user about symbolic links (``pass follow_symlinks=True
     to the Server``) given as ``advice``: a plug-in's user was told of an argument of a Server the plug-in builds,
-    not of the setting that passes it (``set INPROCSERVE['FOLLOW_SYMLINKS'] = True``)."""
-    return problem.replace(_LINK_ADVICE, advice)
+    not of the setting that passes it (``set INPROCSERVE['FOLLOW_SYMLINKS'] = True``). Only the advice that ends
+    ``problem`` is replaced, as the command line's is (``link_hint_for_the_cli``): a path holding the same words (a
+    folder named after them) is quoted as it is."""
+    return problem.removesuffix(_LINK_ADVICE) + advice if problem.endswith(_LINK_ADVICE) else problem
 
 
 def scan_repository(repository: Path, *, follow_symlinks: bool = False, only: str | None = None) -> RepositoryScan:

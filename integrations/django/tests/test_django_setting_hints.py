@@ -153,3 +153,19 @@ def test_a_linked_model_folder_is_warned_with_the_setting_that_follows_links_and
             f"{repository / 'churn'}: the model folder is a symbolic link; symbolic links are refused; copy the "
             "files in, or set INPROCSERVE['FOLLOW_SYMLINKS'] = True"
         ], warnings
+
+
+def test_the_link_advice_put_as_the_setting_leaves_a_path_holding_the_same_words_as_it_is(
+    repository: Path, tmp_path: Path
+) -> None:
+    """Every "pass follow_symlinks=True to the Server" of a W002 was put as the setting, the words of a folder's
+    name too: the warning quoted a path that is not there. Only the advice ending the problem is the Server's."""
+    words = "pass follow_symlinks=True to the Server"
+    save_model(build_scale_model(3.0), tmp_path / "releases", "churn", 1)
+    (repository / words).symlink_to(tmp_path / "releases" / "churn")
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository)}):
+        warnings = [message.msg for message in run_checks() if message.id == "inprocserve.W002"]
+    assert warnings == [
+        f"{repository / words}: the model folder is a symbolic link; symbolic links are refused; copy the files in, "
+        "or set INPROCSERVE['FOLLOW_SYMLINKS'] = True"
+    ], warnings
