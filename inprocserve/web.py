@@ -644,10 +644,13 @@ def admin_answer(
     with the codes of :func:`error_code` (``invalid_input``, ``model_not_found``, ``incompatible`` plus the
     ``report``, ``nothing_to_roll_back``, ``configuration``, ``model_load_failed``, ``unavailable``), and a
     503 says ``Retry-After`` ``retry_after_s``. Other errors propagate (the framework's error handling answers
-    them). A message quotes a file of the model repository relative to it (``fraud/3/model.onnx``); the log
-    line of the refusal quotes the whole path."""
+    them). A message, and each of a reload's ``problems``, quotes a file of the model repository relative to it
+    (``fraud/3/model.onnx``); the log line of the refusal quotes the whole path."""
     try:
-        return AdminAnswer(200, run_admin_action(server, action, model, body, actor=actor))
+        done = run_admin_action(server, action, model, body, actor=actor)
+        if "problems" in done:  # (reload: the scan's problems quote the repository's files, as a refusal's do)
+            done["problems"] = [relative_to_repository(problem, server.repository) for problem in done["problems"]]
+        return AdminAnswer(200, done)
     except Exception as exc:
         status: int | None = _lookup(exc, _ADMIN_STATUS)
         if status is None:

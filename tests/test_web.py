@@ -574,3 +574,17 @@ def test_an_admin_answer_about_a_repository_gone_quotes_no_host_path(
     assert "model repository '<repository>' is not a directory" in answer.body["message"]
     assert relative_to_repository(f"{two_versions}/m/3/model.onnx is torn", two_versions) == "m/3/model.onnx is torn"
     assert relative_to_repository("no models loaded from models", Path("models")) == "no models loaded from models"
+
+
+def test_a_reload_answer_quotes_the_repository_s_files_relative_to_it(
+    two_versions: Path, make_server: ServerFactory
+) -> None:
+    """A refusal's message quoted files relative to the repository, but a reload's 200 listed the scan's
+    problems with the host's whole paths (``/srv/app/models/scale/notes: …``)."""
+    server = make_server(str(two_versions))
+    (two_versions / "scale" / "notes").mkdir()
+    answer = web.admin_answer(server, "reload", None, {}, actor="alice")
+    assert answer.status == 200, answer.body
+    assert answer.body["problems"], answer.body
+    assert all(str(two_versions) not in problem for problem in answer.body["problems"]), answer.body
+    assert any(problem.startswith("scale/notes") for problem in answer.body["problems"]), answer.body
