@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import inprocserve
 from inprocserve.testing import ManualClock, build_scale_model, save_model
 
 from .conftest import ServerFactory
@@ -26,9 +27,11 @@ def failure_text_in_status(status: dict[str, Any]) -> str:
     return str(error).removeprefix("model 'fraud' version 2: ")
 
 
-def test_a_different_error_of_the_same_version_is_logged_at_once_and_a_third_within_the_minute_waits(
-    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
-) -> None:
+def _version_2_copied_beside_1(
+    repository: Path, make_server: ServerFactory
+) -> tuple[inprocserve.Server, ManualClock, Path, Path]:
+    """A server on a manual clock serving ``fraud`` 1, and version 2's folder holding a copy of 1's model file:
+    the server, its clock, version 2's model file and the path of its checksum file (not written yet)."""
     save_model(build_scale_model(1.0), repository, "fraud", 1)
     clock = ManualClock()
     server = make_server(repository, control_interval_s=None, poll_interval_s=None, clock=clock)
@@ -36,7 +39,13 @@ def test_a_different_error_of_the_same_version_is_logged_at_once_and_a_third_wit
     folder.mkdir()
     model = folder / "model.onnx"
     model.write_bytes((repository / "fraud" / "1" / "model.onnx").read_bytes())
-    sidecar = folder / "model.onnx.sha256"
+    return server, clock, model, folder / "model.onnx.sha256"
+
+
+def test_a_different_error_of_the_same_version_is_logged_at_once_and_a_third_within_the_minute_waits(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, clock, model, sidecar = _version_2_copied_beside_1(repository, make_server)
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
 
     with caplog.at_level(logging.INFO, logger="inprocserve"):
@@ -77,14 +86,7 @@ def test_the_count_of_lines_held_back_starts_again_after_a_different_error_s_lin
     """Error A logged, A again twice (held back), error B logged at once as news, B again once (held back): the
     next minute's line counted A's two as well, "3 more since the last such line", where one B was held back
     since B's own line."""
-    save_model(build_scale_model(1.0), repository, "fraud", 1)
-    clock = ManualClock()
-    server = make_server(repository, control_interval_s=None, poll_interval_s=None, clock=clock)
-    folder = repository / "fraud" / "2"
-    folder.mkdir()
-    model = folder / "model.onnx"
-    model.write_bytes((repository / "fraud" / "1" / "model.onnx").read_bytes())
-    sidecar = folder / "model.onnx.sha256"
+    server, clock, model, sidecar = _version_2_copied_beside_1(repository, make_server)
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
 
     def again(listing: str) -> None:  # the same files written again: retried, the same error
