@@ -413,6 +413,25 @@ def test_admin_endpoints_are_off_without_a_token(served: Path) -> None:
     assert admin_post(client, "/-/inprocserve/reload", **ADMIN).status_code == 404
 
 
+def test_a_reload_over_the_admin_endpoint_quotes_the_scan_s_problems_relative_to_the_repository(
+    repository: Path,
+) -> None:
+    """``POST /-/inprocserve/reload``'s 200 listed the scan's problems with the host's whole paths
+    (``/srv/app/models/scale/notes: ...``), where a refusal quotes the repository's files relative to it."""
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "ADMIN_TOKEN": "s3cret"}):
+        try:
+            client = Client()
+            assert post(client, "/score", [[1, 1, 1, 1]]).status_code == 200  # (the server is built)
+            (repository / "scale" / "notes").mkdir()
+            reloaded = admin_post(client, "/-/inprocserve/reload", **ADMIN)
+            assert reloaded.status_code == 200, reloaded.content
+            problems = reloaded.json()["problems"]
+            assert problems and any(problem.startswith("scale/notes") for problem in problems), problems
+            assert str(repository) not in reloaded.content.decode(), problems
+        finally:
+            reset_server()
+
+
 def test_admin_endpoints_need_the_token_and_act_on_the_fleet(repository: Path) -> None:
     with override_settings(INPROCSERVE={"REPOSITORY": str(repository), "ADMIN_TOKEN": "s3cret"}):
         try:

@@ -490,6 +490,24 @@ def test_admin_endpoints_require_the_token(repository: Path) -> None:
         Inprocserve.close(app)
 
 
+def test_a_reload_over_the_admin_endpoint_quotes_the_scan_s_problems_relative_to_the_repository(
+    repository: Path,
+) -> None:
+    """``POST /-/inprocserve/reload``'s 200 listed the scan's problems with the host's whole paths
+    (``/srv/app/models/scale/notes: ...``), where a refusal quotes the repository's files relative to it."""
+    app = make_app(repository, INPROCSERVE_ADMIN_TOKEN="s3cret")
+    client = app.test_client()
+    try:
+        (repository / "scale" / "notes").mkdir()
+        reloaded = client.post("/-/inprocserve/reload", headers={"Authorization": "Bearer s3cret"})
+        assert reloaded.status_code == 200, reloaded.json
+        problems = reloaded.json["problems"]
+        assert problems and any(problem.startswith("scale/notes") for problem in problems), problems
+        assert str(repository) not in reloaded.get_data(as_text=True), problems
+    finally:
+        Inprocserve.close(app)
+
+
 def test_models_shows_paths_only_to_the_admin(repository: Path) -> None:
     app = make_app(repository, INPROCSERVE_ADMIN_TOKEN="s3cret")
     client = app.test_client()
