@@ -10,6 +10,7 @@ cells (``--preload``, the hook file, uvicorn's worker class, ``uvicorn --workers
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -79,6 +80,14 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def _die_with_pytest() -> None:
+    """``preexec_fn`` of each master: SIGTERM when the pytest process that started it dies, even by SIGKILL or a
+    CI job's SIGTERM, which run no teardown (the master runs in a session of its own, so nothing else stops it:
+    it served on, workers and all, on its reserved port)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Gunicorn:
     """A gunicorn master over loopback."""
 
@@ -145,7 +154,14 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
         ]
         log = tmp_path / "gunicorn.log"
         with log.open("wb") as out:  # (a session of its own: whatever is left at the end is stopped as one group)
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_pytest,
+            )
         server = Gunicorn(process, port, log)
         started.append(server)
         _until(server.answer, "the first workers serve", log)

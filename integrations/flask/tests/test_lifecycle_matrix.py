@@ -15,6 +15,7 @@ hook file alone, EAGER without them) were run by hand and passed the same checks
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -87,6 +88,14 @@ def _alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
+def _die_with_pytest() -> None:
+    """``preexec_fn`` of each master: SIGTERM when the pytest process that started it dies, even by SIGKILL or a
+    CI job's SIGTERM, which run no teardown (the master runs in a session of its own, so nothing else stops it:
+    it served on, workers and all, on its reserved port)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Gunicorn:
     """A gunicorn master over loopback, followed across a binary upgrade (USR2), which hands the server to a
     new master, a child of the old one."""
@@ -145,7 +154,14 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
         command += ["--chdir", str(tmp_path), "--graceful-timeout", "10", *options, "matrix_app:app"]
         log = tmp_path / "gunicorn.log"
         with log.open("wb") as out:  # (a session of its own: whatever is left at the end is stopped as one group)
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_pytest,
+            )
         server = Gunicorn(process, port, log)
         started.append(server)
         _until(server.answer, "the first workers serve", log)
@@ -219,10 +235,12 @@ def test_every_signal_of_the_deployment_page_leaves_gunicorn_serving(
 
     new = _until(new_master_with_workers, "a new master with its workers", server.log)
     _until(lambda: server.answered_by_a_worker_of(lambda: _children(new)), "the new master's workers serve", server.log)
+    old_workers = _children(old) - {new}
     os.kill(old, signal.SIGTERM)  # the deployment page's next step, once the new workers are ready
     server.process.wait(timeout=30)
     server.master = new
-    time.sleep(0.2)  # (connections the old workers had taken are answered by them)
+    # (connections the old workers had taken are answered by them: every request after they are gone is the new's)
+    _until(lambda: not any(_alive(pid) for pid in old_workers), "the old workers stopped", server.log)
     for _ in range(10):
         body = server.answer()
         assert body is not None and body["pid"] in _children(new), (body, server.log.read_text(errors="replace"))
