@@ -10,22 +10,18 @@ cells (``--preload``, the hook file, uvicorn's worker class, ``uvicorn --workers
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
 from inprocserve.testing import build_scale_model, save_model
+from tests.lifecycle import WORKERS, Gunicorn, alive, die_with_pytest, until
 from tests.ports import reserved_port
 from tests.processes import keep_gunicorns_apart
 
@@ -48,79 +44,6 @@ async def score(request):
 
 urlpatterns = [path("score", score), path("-/inprocserve/", include("inprocserve_django.urls"))]
 """
-ANSWER = [[2.0, 4.0, 6.0, 8.0]]  # the scale model (y = 2 x), version 1
-WORKERS = 2
-
-T = TypeVar("T")
-
-
-def _until(check: Callable[[], T | None], what: str, log: Path, seconds: float = 60.0) -> T:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {seconds}s:\n{log.read_text(errors='replace')}")
-
-
-def _children(pid: int) -> set[int]:
-    try:
-        return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-    except OSError:  # (gone)
-        return set()
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
-def _die_with_pytest() -> None:
-    """``preexec_fn`` of each master: SIGTERM when the pytest process that started it dies, even by SIGKILL or a
-    CI job's SIGTERM, which run no teardown (the master runs in a session of its own, so nothing else stops it:
-    it served on, workers and all, on its reserved port)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Gunicorn:
-    """A gunicorn master over loopback."""
-
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.process, self.port, self.log = process, port, log
-        self.master = process.pid
-
-    def answer(self) -> dict[str, Any] | None:
-        """One request's answer when it is the model's own (200, version 1); else None."""
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/score", data=b"")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                body: dict[str, Any] = json.loads(response.read())
-        except (OSError, ValueError):  # (refused, reset, a 5xx: urllib's HTTPError is an OSError)
-            return None
-        return body if body.get("version") == 1 and body.get("y") == ANSWER else None
-
-    def workers(self) -> set[int]:
-        return _children(self.master)
-
-    def answered_by_a_worker_of(self, generation: Callable[[], set[int]]) -> dict[str, Any] | None:
-        body = self.answer()
-        return body if body is not None and body["pid"] in generation() else None
-
-    def settled(self, count: int = WORKERS) -> set[int]:
-        """The workers, once there are ``count`` (those a reload or a scale-down stopped have exited)."""
-        return _until(lambda: len(pids := self.workers()) == count and pids, f"{count} workers", self.log)
-
-    def check(self, event: str) -> None:
-        assert _alive(self.master), f"the master died at {event}:\n{self.log.read_text(errors='replace')}"
-        text = self.log.read_text(errors="replace")
-        for bad in ("Traceback", "Worker failed to boot", "Exception"):
-            assert bad not in text, f"{bad!r} in the log at {event}:\n{text}"
 
 
 @pytest.fixture
@@ -160,21 +83,21 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_pytest,
+                preexec_fn=die_with_pytest,
             )
         server = Gunicorn(process, port, log)
         started.append(server)
-        _until(server.answer, "the first workers serve", log)
+        until(server.answer, "the first workers serve", log)
         server.check("start")
         return server
 
     yield _start
     for server in started:
         for master in {server.process.pid, server.master}:
-            if _alive(master):
+            if alive(master):
                 os.kill(master, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in (server.process.pid, server.master)) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in (server.process.pid, server.master)) and time.monotonic() < deadline:
             time.sleep(0.05)
         try:
             os.killpg(server.process.pid, signal.SIGKILL)  # (anything left: a worker the stop missed)
@@ -188,25 +111,25 @@ def test_every_signal_of_the_deployment_page_leaves_gunicorn_serving_django(star
     first = server.settled()
 
     os.kill(server.master, signal.SIGHUP)  # a reload: new workers, then the old ones stop
-    _until(
+    until(
         lambda: server.answered_by_a_worker_of(lambda: server.workers() - first), "a reloaded worker serves", server.log
     )
-    reloaded = _until(lambda: (pids := server.settled()) and not pids & first and pids, "only new workers", server.log)
+    reloaded = until(lambda: (pids := server.settled()) and not pids & first and pids, "only new workers", server.log)
     server.check("HUP")
 
     os.kill(server.master, signal.SIGTTIN)  # one more worker
-    added = _until(
+    added = until(
         lambda: len(pids := server.workers()) == WORKERS + 1 and pids - reloaded, "a worker added", server.log
     )
-    _until(lambda: server.answered_by_a_worker_of(lambda: added), "the added worker serves", server.log)
+    until(lambda: server.answered_by_a_worker_of(lambda: added), "the added worker serves", server.log)
     server.check("TTIN")
     os.kill(server.master, signal.SIGTTOU)  # and one less (the oldest)
     server.settled()
-    _until(server.answer, "the workers left serve", server.log)
+    until(server.answer, "the workers left serve", server.log)
     server.check("TTOU")
 
-    crashed = _until(server.answer, "a worker serves", server.log)["pid"]
+    crashed = until(server.answer, "a worker serves", server.log)["pid"]
     os.kill(crashed, signal.SIGKILL)  # a crash: gunicorn starts a replacement, which runs the check again
-    _until(lambda: crashed not in (pids := server.settled()) and pids, "a replacement worker", server.log)
-    _until(lambda: server.answered_by_a_worker_of(lambda: server.workers() - {crashed}), "it serves", server.log)
+    until(lambda: crashed not in (pids := server.settled()) and pids, "a replacement worker", server.log)
+    until(lambda: server.answered_by_a_worker_of(lambda: server.workers() - {crashed}), "it serves", server.log)
     server.check("a worker SIGKILLed")

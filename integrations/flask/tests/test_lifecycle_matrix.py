@@ -15,22 +15,18 @@ hook file alone, EAGER without them) were run by hand and passed the same checks
 
 from __future__ import annotations
 
-import ctypes
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
 from inprocserve.testing import build_scale_model, save_model
+from tests.lifecycle import WORKERS, Gunicorn, alive, children, die_with_pytest, until
 from tests.ports import reserved_port
 from tests.processes import keep_gunicorns_apart
 
@@ -56,80 +52,6 @@ def score():
     return {"y": result["y"].tolist(), "version": result.version, "pid": os.getpid()}
 """
 HOOK_FILE = "from inprocserve.gunicorn import post_fork, post_worker_init, pre_fork  # noqa: F401\n"
-ANSWER = [[2.0, 4.0, 6.0, 8.0]]  # the scale model (y = 2 x), version 1
-WORKERS = 2
-
-T = TypeVar("T")
-
-
-def _until(check: Callable[[], T | None], what: str, log: Path, seconds: float = 60.0) -> T:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} within {seconds}s:\n{log.read_text(errors='replace')}")
-
-
-def _children(pid: int) -> set[int]:
-    try:
-        return {int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
-    except OSError:  # (gone)
-        return set()
-
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie (a master the binary upgrade left is no child of this process: init reaps it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
-def _die_with_pytest() -> None:
-    """``preexec_fn`` of each master: SIGTERM when the pytest process that started it dies, even by SIGKILL or a
-    CI job's SIGTERM, which run no teardown (the master runs in a session of its own, so nothing else stops it:
-    it served on, workers and all, on its reserved port)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-class Gunicorn:
-    """A gunicorn master over loopback, followed across a binary upgrade (USR2), which hands the server to a
-    new master, a child of the old one."""
-
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.process, self.port, self.log = process, port, log
-        self.master = process.pid
-
-    def answer(self) -> dict[str, Any] | None:
-        """One request's answer when it is the model's own (200, version 1); else None."""
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/score", data=b"")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                body: dict[str, Any] = json.loads(response.read())
-        except (OSError, ValueError):  # (refused, reset, a 5xx: urllib's HTTPError is an OSError)
-            return None
-        return body if body.get("version") == 1 and body.get("y") == ANSWER else None
-
-    def workers(self) -> set[int]:
-        return _children(self.master)
-
-    def answered_by_a_worker_of(self, generation: Callable[[], set[int]]) -> dict[str, Any] | None:
-        body = self.answer()
-        return body if body is not None and body["pid"] in generation() else None
-
-    def settled(self, count: int = WORKERS) -> set[int]:
-        """The workers, once there are ``count`` (those a reload or a scale-down stopped have exited)."""
-        return _until(lambda: len(pids := self.workers()) == count and pids, f"{count} workers", self.log)
-
-    def check(self, event: str) -> None:
-        assert _alive(self.master), f"the master died at {event}:\n{self.log.read_text(errors='replace')}"
-        text = self.log.read_text(errors="replace")
-        for bad in ("Traceback", "Worker failed to boot", "Exception"):
-            assert bad not in text, f"{bad!r} in the log at {event}:\n{text}"
 
 
 @pytest.fixture
@@ -160,21 +82,21 @@ def start(tmp_path: Path) -> Iterator[Callable[..., Gunicorn]]:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_pytest,
+                preexec_fn=die_with_pytest,
             )
         server = Gunicorn(process, port, log)
         started.append(server)
-        _until(server.answer, "the first workers serve", log)
+        until(server.answer, "the first workers serve", log)
         server.check("start")
         return server
 
     yield _start
     for server in started:
         for master in {server.process.pid, server.master}:
-            if _alive(master):
+            if alive(master):
                 os.kill(master, signal.SIGTERM)
         deadline = time.monotonic() + 30
-        while any(_alive(pid) for pid in (server.process.pid, server.master)) and time.monotonic() < deadline:
+        while any(alive(pid) for pid in (server.process.pid, server.master)) and time.monotonic() < deadline:
             time.sleep(0.05)
         try:
             os.killpg(server.process.pid, signal.SIGKILL)  # (anything left: a worker the stop missed)
@@ -203,27 +125,27 @@ def test_every_signal_of_the_deployment_page_leaves_gunicorn_serving(
     first = server.settled()
 
     os.kill(server.master, signal.SIGHUP)  # a reload: new workers, then the old ones stop
-    _until(
+    until(
         lambda: server.answered_by_a_worker_of(lambda: server.workers() - first), "a reloaded worker serves", server.log
     )
-    reloaded = _until(lambda: (pids := server.settled()) and not pids & first and pids, "only new workers", server.log)
+    reloaded = until(lambda: (pids := server.settled()) and not pids & first and pids, "only new workers", server.log)
     server.check("HUP")
 
     os.kill(server.master, signal.SIGTTIN)  # one more worker
-    added = _until(
+    added = until(
         lambda: len(pids := server.workers()) == WORKERS + 1 and pids - reloaded, "a worker added", server.log
     )
-    _until(lambda: server.answered_by_a_worker_of(lambda: added), "the added worker serves", server.log)
+    until(lambda: server.answered_by_a_worker_of(lambda: added), "the added worker serves", server.log)
     server.check("TTIN")
     os.kill(server.master, signal.SIGTTOU)  # and one less (the oldest)
     server.settled()
-    _until(server.answer, "the workers left serve", server.log)
+    until(server.answer, "the workers left serve", server.log)
     server.check("TTOU")
 
-    crashed = _until(server.answer, "a worker serves", server.log)["pid"]
+    crashed = until(server.answer, "a worker serves", server.log)["pid"]
     os.kill(crashed, signal.SIGKILL)  # a crash (or the OOM killer): gunicorn starts a replacement
-    _until(lambda: crashed not in (pids := server.settled()) and pids, "a replacement worker", server.log)
-    _until(lambda: server.answered_by_a_worker_of(lambda: server.workers() - {crashed}), "it serves", server.log)
+    until(lambda: crashed not in (pids := server.settled()) and pids, "a replacement worker", server.log)
+    until(lambda: server.answered_by_a_worker_of(lambda: server.workers() - {crashed}), "it serves", server.log)
     server.check("a worker SIGKILLed")
     # (its death is logged at ERROR by gunicorn: "Worker (pid:N) was sent SIGKILL! Perhaps out of memory?")
 
@@ -231,25 +153,25 @@ def test_every_signal_of_the_deployment_page_leaves_gunicorn_serving(
     os.kill(old, signal.SIGUSR2)  # a binary upgrade: a new master, executed anew, with workers of its own
 
     def new_master_with_workers() -> int | None:
-        return next((pid for pid in _children(old) if len(_children(pid)) == WORKERS), None)
+        return next((pid for pid in children(old) if len(children(pid)) == WORKERS), None)
 
-    new = _until(new_master_with_workers, "a new master with its workers", server.log)
-    _until(lambda: server.answered_by_a_worker_of(lambda: _children(new)), "the new master's workers serve", server.log)
-    old_workers = _children(old) - {new}
+    new = until(new_master_with_workers, "a new master with its workers", server.log)
+    until(lambda: server.answered_by_a_worker_of(lambda: children(new)), "the new master's workers serve", server.log)
+    old_workers = children(old) - {new}
     os.kill(old, signal.SIGTERM)  # the deployment page's next step, once the new workers are ready
     server.process.wait(timeout=30)
     server.master = new
     # (connections the old workers had taken are answered by them: every request after they are gone is the new's)
-    _until(lambda: not any(_alive(pid) for pid in old_workers), "the old workers stopped", server.log)
+    until(lambda: not any(alive(pid) for pid in old_workers), "the old workers stopped", server.log)
     for _ in range(10):
         body = server.answer()
-        assert body is not None and body["pid"] in _children(new), (body, server.log.read_text(errors="replace"))
+        assert body is not None and body["pid"] in children(new), (body, server.log.read_text(errors="replace"))
     server.check("USR2, then TERM of the old master")
 
     upgraded = server.settled()
     os.kill(new, signal.SIGHUP)  # the new master reloads in turn
-    _until(lambda: (pids := server.settled()) and not pids & upgraded and pids, "the new master reloaded", server.log)
-    _until(server.answer, "its reloaded workers serve", server.log)
+    until(lambda: (pids := server.settled()) and not pids & upgraded and pids, "the new master reloaded", server.log)
+    until(server.answer, "its reloaded workers serve", server.log)
     server.check("HUP of the new master")
 
 
@@ -259,7 +181,7 @@ def test_max_requests_recycling_of_workers_that_import_the_package_themselves(st
     server = start("--worker-class", "sync", "--max-requests", "20", hook=False, eager=False)
     seen: set[int] = set()
     for _ in range(120):
-        body = _until(server.answer, "every request answered", server.log, 30)
+        body = until(server.answer, "every request answered", server.log, 30)
         seen.add(body["pid"])
     assert len(seen) > WORKERS + 2, seen  # (recycled: 120 requests at 20 a worker)
     server.check("--max-requests recycling")
