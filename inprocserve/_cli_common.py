@@ -17,7 +17,6 @@ __all__ = [
     "Terminated",
     "add_command",
     "fail",
-    "link_hint_for_the_cli",
     "positive_float",
     "positive_number",
     "positive_int",
@@ -41,23 +40,6 @@ def add_command(commands: Subparsers, name: str, *, summary: str, examples: str)
         epilog="examples:\n" + examples,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-
-
-_SERVER_LINK_HINTS = (
-    "pass follow_symlinks=True to the Server",  # (the repository scan's)
-    "let the server follow links with Server(..., follow_symlinks=True)",  # (a version's load's)
-)
-
-
-def link_hint_for_the_cli(problem: str, hint: str) -> str:
-    """``problem`` (the repository scan's or a version's load's) with its advice to a Server's user about
-    symbolic links (``pass follow_symlinks=True to the Server``) put as the command's own ``hint``: a user of
-    ``validate`` was told of a Server argument, not of the option that does the same here. Only the advice that
-    ends ``problem`` is put so: a path holding the same words (a folder named after them) is left as it is."""
-    for server_hint in _SERVER_LINK_HINTS:
-        if problem.endswith(server_hint):
-            return problem.removesuffix(server_hint) + hint
-    return problem
 
 
 def fail(message: str, status: int = CANNOT_RUN) -> int:

@@ -28,7 +28,6 @@ from ._cli_common import (
     add_command,
     fail,
     interrupted_by,
-    link_hint_for_the_cli,
     printable,
     unwind_on_sigterm,
 )
@@ -45,7 +44,7 @@ from ._control import (
     validate_percent,
 )
 from ._errors import ConfigurationError, InprocserveError
-from ._repository import MODEL_FILENAME, REMOTE_FILENAME, ModelSource, is_version_name, scan_repository
+from ._repository import MODEL_FILENAME, REMOTE_FILENAME, ModelSource, is_version_name, link_advice_as, scan_repository
 from ._signature import Signature, incompatibilities
 
 __all__ = ["CONTROL_COMMANDS"]
@@ -180,7 +179,7 @@ def _change(args: argparse.Namespace, repository: Path) -> Control:
             why = next((f": {p}" for p in scan.problems if p.startswith(f"{source.folder / str(version)}:")), "")
             # (a version refused as a link: the scan's advice to a Server's user put as this command's, which
             # then says why the link was refused)
-            linked = link_hint_for_the_cli(why, "leave out --no-follow-symlinks")
+            linked = link_advice_as(why, "leave out --no-follow-symlinks")
             raise InprocserveError(
                 f"model {args.model!r} has no version {version} (versions: {known})"
                 f"{linked if linked != why else why + _link_hint(args, scan.problems)}; nothing was written"

@@ -21,7 +21,6 @@ from ._cli_common import (
     add_command,
     fail,
     interrupted_by,
-    link_hint_for_the_cli,
     positive_float,
     positive_int,
     positive_number,
@@ -35,7 +34,7 @@ from ._errors import ConfigurationError, InprocserveError
 from ._model import ModelVersion
 from ._remote import RemoteBackend
 from ._remote_model import read_remote_toml, unknown_keys_warning
-from ._repository import MODEL_FILENAME, REMOTE_FILENAME, is_remote, is_version_name, scan_repository
+from ._repository import MODEL_FILENAME, REMOTE_FILENAME, is_remote, is_version_name, link_advice_as, scan_repository
 from ._signature import ANY_RANK, Signature
 
 __all__ = ["add_inspect", "add_quantize", "add_validate", "check_version", "validate_repository"]
@@ -318,7 +317,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
                     f"{name}: {CONTROL_FILENAME} (revision {control.revision}) serves version(s) "
                     f"{', '.join(map(str, missing))}, not in the repository: a server started now serves another"
                 )
-    layout_problems = [link_hint_for_the_cli(problem, _FOLLOW_HINT) for problem in scan.problems]
+    layout_problems = [link_advice_as(problem, _FOLLOW_HINT) for problem in scan.problems]
     problems = [*layout_problems, *control_problems]
     models: dict[str, Any] = {}
     for name, source in scan.models.items():
@@ -379,7 +378,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
                 model = _load(name, version, path, quiet, follow_symlinks=follow_symlinks)
             except InprocserveError as exc:
                 raise_if_stopped()  # (a stop that came as onnxruntime loaded: see raise_if_stopped)
-                result["error"] = link_hint_for_the_cli(str(exc), _FOLLOW_HINT)
+                result["error"] = link_advice_as(str(exc), _FOLLOW_HINT)
                 problems.append(f"{name} v{version}: {exc}")
                 continue
             assert model.signature is not None

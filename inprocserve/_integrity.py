@@ -33,6 +33,7 @@ from ._errors import ModelLoadError
 from ._racy import Sighting, changed_long_ago, sighting
 from ._regular_file import NotARegularFileError, SymlinkRefusedError, open_regular_file, read_regular_file
 from ._remote_model import REMOTE_FILENAME, read_remote_toml
+from ._repository import LOAD_LINK_ADVICE
 
 __all__ = [
     "CHECKSUM_SUFFIX",
@@ -324,10 +325,7 @@ def check_version(model_file: Path, *, model: str, version: int, follow_symlinks
 
 def _link_refused(what: str, path: Path, *, through: bool = False) -> str:
     how = "is reached through a symbolic link (a folder on its path)" if through else "is a symbolic link"
-    return (
-        f"the {what} {path} {how}, which is refused; copy the files in, or let the server follow links with "
-        "Server(..., follow_symlinks=True)"
-    )
+    return f"the {what} {path} {how}, which is refused; copy the files in, or {LOAD_LINK_ADVICE}"
 
 
 def check_external_data(

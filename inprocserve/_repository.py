@@ -95,13 +95,22 @@ _LINK_ADVICE = "pass follow_symlinks=True to the Server"
 _LINK_HINT = f"symbolic links are refused; copy the files in, or {_LINK_ADVICE}"
 
 
+LOAD_LINK_ADVICE = "let the server follow links with Server(..., follow_symlinks=True)"
+"""How a version's load (its file checks) ends the refusal of a link: advice to a Server's user, as
+``_LINK_ADVICE`` is the scan's."""
+
+
 def link_advice_as(problem: str, advice: str) -> str:
-    """``problem``, a scan's, with its advice to a Server's user about symbolic links (``pass follow_symlinks=True
-    to the Server``) given as ``advice``: a plug-in's user was told of an argument of a Server the plug-in builds,
-    not of the setting that passes it (``set INPROCSERVE['FOLLOW_SYMLINKS'] = True``). Only the advice that ends
-    ``problem`` is replaced, as the command line's is (``link_hint_for_the_cli``): a path holding the same words (a
+    """``problem`` (the repository scan's or a version's load's) with its advice to a Server's user about symbolic
+    links (``pass follow_symlinks=True to the Server``) given as ``advice``: a plug-in's user was told of an
+    argument of a Server the plug-in builds, not of the setting that passes it (``set
+    INPROCSERVE['FOLLOW_SYMLINKS'] = True``), and a command's user not of its option (``pass
+    --follow-symlinks``). Only the advice that ends ``problem`` is replaced: a path holding the same words (a
     folder named after them) is quoted as it is."""
-    return problem.removesuffix(_LINK_ADVICE) + advice if problem.endswith(_LINK_ADVICE) else problem
+    for server_advice in (_LINK_ADVICE, LOAD_LINK_ADVICE):
+        if problem.endswith(server_advice):
+            return problem.removesuffix(server_advice) + advice
+    return problem
 
 
 def scan_repository(repository: Path, *, follow_symlinks: bool = False, only: str | None = None) -> RepositoryScan:
