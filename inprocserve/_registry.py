@@ -1376,7 +1376,7 @@ class Registry:
         to write as the gate was refused (the switch offered there failed, exit status 2)."""
         assert self.repository is not None
         toml = f"[rollout] stable = {version} in the model's config.toml"
-        if os.path.islink(self.repository / CONTROL_FILENAME):
+        if self._control_linked():
             return (
                 f"{toml}; the control file is a symbolic link, managed elsewhere, which `python -m inprocserve "
                 "switch` does not write either"
