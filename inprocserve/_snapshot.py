@@ -323,7 +323,10 @@ def relative_to_repository(text: str, repository: Path | None) -> str:
     absolute = "|".join(re.escape(stem) for stem in stems if os.path.isabs(stem))
     if not absolute:
         return text
-    return re.sub(rf"{starts}(?:{absolute})(?![{_NAME_CHARS}.{separators}])", "<repository>", text)
+    # (ends: before anything but a name's characters or a separator; a "." only where it ends a sentence, not
+    # where it starts an extension or a longer name: "/srv/models." is the repository, "/srv/models.old" not)
+    ends = rf"(?![{_NAME_CHARS}{separators}]|\.[{_NAME_CHARS}.{separators}])"
+    return re.sub(rf"{starts}(?:{absolute}){ends}", "<repository>", text)
 
 
 def gauge_source(registry_ref: weakref.ref[Registry]) -> Callable[[], list[tuple[str, float, dict[str, Any]]]]:

@@ -588,3 +588,18 @@ def test_a_reload_answer_quotes_the_repository_s_files_relative_to_it(
     assert answer.body["problems"], answer.body
     assert all(str(two_versions) not in problem for problem in answer.body["problems"]), answer.body
     assert any(problem.startswith("scale/notes") for problem in answer.body["problems"]), answer.body
+
+
+def test_the_repository_s_path_ending_a_sentence_is_hidden_too(tmp_path: Path) -> None:
+    """A message that ends with the repository's absolute path and a full stop ("… not a directory:
+    /srv/app/models.") kept the host path: the "." was taken for the start of a longer name. A sibling folder
+    with an extension or a longer name is another path and stays as it is."""
+    repository = tmp_path / "models"
+    assert relative_to_repository(f"cannot read {repository}.", repository) == "cannot read <repository>."
+    assert relative_to_repository(f"cannot read {repository}. Check it", repository) == (
+        "cannot read <repository>. Check it"
+    )
+    assert relative_to_repository(f"see {repository}.old and {repository}..x", repository) == (
+        f"see {repository}.old and {repository}..x"
+    )
+    assert relative_to_repository(f"see {repository}-old", repository) == f"see {repository}-old"
