@@ -379,7 +379,7 @@ def validate_repository(repository: Path, *, follow_symlinks: bool = False) -> d
             except InprocserveError as exc:
                 raise_if_stopped()  # (a stop that came as onnxruntime loaded: see raise_if_stopped)
                 result["error"] = link_advice_as(str(exc), _FOLLOW_HINT)
-                problems.append(f"{name} v{version}: {exc}")
+                problems.append(f"{name} v{version}: {result['error']}")  # (the same advice as the version's)
                 continue
             assert model.signature is not None
             result.update(ok=True, signature=model.signature.to_dict())

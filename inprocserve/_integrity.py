@@ -394,7 +394,9 @@ def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, foll
             f"{what} at {quoted}, which resolves to {brief_text(str(resolved))}, outside the version folder {root}"
         )
     if not follow_symlinks and resolved != Path(os.path.normpath(root / location)):
-        raise fail(f"{what} at {quoted} through a symbolic link, which is refused")
+        raise fail(
+            f"{what} at {quoted} through a symbolic link, which is refused; copy the file in, or {LOAD_LINK_ADVICE}"
+        )
     try:
         is_file = resolved.is_file()
     except OSError as exc:  # (a name too long for the file system: ENAMETOOLONG)

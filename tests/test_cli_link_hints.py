@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 
 from inprocserve.__main__ import main
@@ -77,3 +78,31 @@ def test_a_path_holding_the_servers_words_is_left_as_it_is(tmp_path: Path, capsy
     error = capsys.readouterr().err
     assert f"(versions: none): {repository / 'b' / '1'}: the version folder is a symbolic link" in error, error
     assert error.count("--no-follow-symlinks") == 1, error
+
+
+def test_validate_json_lists_a_load_s_link_refusal_with_the_command_s_advice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version refused at load because its external data is reached through a link: the version's ``error``
+    named ``--follow-symlinks``, but the same refusal in ``problems`` told the command's user of
+    ``Server(..., follow_symlinks=True)``. (That refusal also said nothing of what to do.)"""
+    folder = tmp_path / "models" / "m" / "1"
+    folder.mkdir(parents=True)
+    onnx.save_model(
+        build_mlp_model((4, 8, 2)),
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
+    (folder / "weights.bin").rename(folder / "release.bin")
+    (folder / "weights.bin").symlink_to("release.bin")
+
+    assert main(["validate", "--json", str(tmp_path / "models")]) == 1
+    report = json.loads(capsys.readouterr().out)
+    error = report["models"]["m"]["versions"]["1"]["error"]
+    assert "through a symbolic link, which is refused; copy the file in, or pass --follow-symlinks" in error, error
+    assert report["problems"] == [f"m v1: {error}"], report["problems"]
+
+    assert main(["validate", "--follow-symlinks", str(tmp_path / "models")]) == 0, capsys.readouterr()
