@@ -63,15 +63,27 @@ def pick_arm(model: str, salt: str, key: str, weights: Sequence[tuple[str, float
     of weights moves keys only into arms whose weight grew and out of those whose weight fell. Shares of
     buckets in listed order moved keys between arms whose weights did not change: ramping the last of three
     arms from 10 % to 20 % sent 5 % of all users from the first arm to the second. Keys, not their order
-    among the arms, decide: arms listed in another order keep their keys. An arm of weight 0 gets none."""
-    best, lowest = None, math.inf
+    among the arms, decide: arms listed in another order keep their keys. An arm of weight 0 gets none.
+
+    Weights so small that every arm's score overflows to inf (all below ~1e-308, which a flag may hold) are
+    scaled by the largest first: the first listed arm took every key there, whatever the weights and their
+    order, while a request with no key was split by the weights' shares (:func:`pick_weighted`)."""
     prefix = f"{model}\x1f{salt}\x1f{key}\x1f"
+    best, lowest = _lowest_score(prefix, weights, 1.0)
+    if best is not None and math.isinf(lowest):  # (every score inf: the same shares, scaled up)
+        best, lowest = _lowest_score(prefix, weights, max(weight for _, weight in weights))
+    return weights[0][0] if best is None else best
+
+
+def _lowest_score(prefix: str, weights: Sequence[tuple[str, float]], scale: float) -> tuple[str | None, float]:
+    """The arm of :func:`pick_arm` and its score, each weight divided by ``scale`` (None: no weight above 0)."""
+    best, lowest = None, math.inf
     for name, weight in weights:
         if weight > 0:
-            score = -math.log((_hashed(prefix + name) + 1) / 2**64) / weight  # (u in (0, 1]: never log(0))
-            if best is None or score < lowest:  # (a weight so small that every score is inf: the first such)
+            score = -math.log((_hashed(prefix + name) + 1) / 2**64) / (weight / scale)  # (u in (0, 1]: no log(0))
+            if best is None or score < lowest:  # (an inf score wins only where every score is inf)
                 best, lowest = name, score
-    return weights[0][0] if best is None else best
+    return best, lowest
 
 
 def pick_weighted(position: int, weights: Sequence[tuple[str, float]]) -> str:
