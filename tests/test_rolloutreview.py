@@ -1,0 +1,347 @@
+"""Rollouts across a fleet: who stays sticky and what stays fair, checked on real servers and processes.
+
+Version N of the ``scale`` model answers ``y = x * N``, so every answer says which version produced it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import inprocserve
+from inprocserve import CanaryConfig, InMemoryFlags, VariantConfig
+from inprocserve._experiments import AB_SALT_SUFFIX, bucket, pick_arm, team_draft
+
+from .conftest import ServerFactory, rollout, run_threads
+
+X = np.ones((1, 4), np.float32)
+
+# Keys a client may send: empty (no key), unicode, very long; no lone surrogates.
+KEYS = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=64) | st.text(
+    min_size=5_000, max_size=6_000, alphabet="ab\u00e9\u4e2d\U0001f600"
+)
+PERCENTS = st.sampled_from([0, 0.01, 0.05, 1, 5, 10, 20, 50, 99.99, 100]) | st.floats(0, 100)
+
+_VERSIONS_SCRIPT = """
+import json, sys, numpy as np, inprocserve
+from inprocserve import CanaryConfig, ModelConfig, RolloutConfig, VariantConfig, VersionPolicy
+keys = json.loads(sys.stdin.read())
+x = np.ones((1, 4), np.float32)
+arms = {"control": VariantConfig(version=1, weight=50), "left": VariantConfig(version=2, weight=30),
+        "right": VariantConfig(version=3, weight=20)}
+out = {}
+for name, rollout in {
+    "canary": RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=2, percent=30), salt="s"),
+    "ab": RolloutConfig(strategy="ab", stable=1, variants=arms, salt="s"),
+}.items():
+    config = ModelConfig(version_policy=VersionPolicy.all(), rollout=rollout)
+    with inprocserve.Server(sys.argv[1], config=config) as server:
+        out[name] = [server.predict("scale", x, context={"user_id": k}).version for k in keys]
+        if name == "canary":  # blue/green: a switch of the stable version under a running canary
+            server.switch("scale", 3)
+            out["switched"] = [server.predict("scale", x, context={"user_id": k}).version for k in keys]
+print(json.dumps(out))
+"""
+
+
+def _versions_in_a_process(repository: Path, keys: list[str], hash_seed: str) -> dict[str, list[int]]:
+    env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    done = subprocess.run(
+        [sys.executable, "-c", _VERSIONS_SCRIPT, str(repository)],
+        input=json.dumps(keys),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_a_key_gets_one_version_in_processes_of_other_hash_seeds(versions: Path) -> None:
+    rng = random.Random(7)
+    keys = [f"user-{i}" for i in range(150)] + ["é", "中文-ユーザー", "\U0001f600" * 3, "x" * 10_000, "42"]
+    keys += ["".join(chr(rng.randrange(0x20, 0xD7FF)) for _ in range(12)) for _ in range(40)]
+    # (a copy each: a switch is written to the repository's control file, the fleet's, and would carry over)
+    copies = [shutil.copytree(versions, versions.parent / f"copy-{seed}") for seed in ("0", "1", "4242")]
+    runs = [_versions_in_a_process(copy, keys, copy.name[5:]) for copy in copies]
+    assert runs[0] == runs[1] == runs[2]
+    canary, ab = runs[0]["canary"], runs[0]["ab"]
+    assert set(canary) == {1, 2} and set(ab) == {1, 2, 3}
+    # a switch moves the stable alias alone: the canary's users stay on it, everyone else is on 3
+    assert runs[0]["switched"] == [2 if version == 2 else 3 for version in canary]
+
+
+def _canary_members(server: inprocserve.Server, keys: list[str]) -> set[str]:
+    return {k for k in keys if server.predict("scale", X, context={"user_id": k}).variant == "canary"}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=KEYS, low=PERCENTS, high=PERCENTS)
+def test_canary_growth_is_monotone_for_any_key_and_percent(
+    versions: Path, make_server: ServerFactory, key: str, low: float, high: float
+) -> None:
+    low, high = sorted((low, high))
+    flags = InMemoryFlags({"scale.canary.percent": low})
+    server = make_server(
+        versions, flags=flags, config=rollout(strategy="canary", stable=1, canary=CanaryConfig(version=2))
+    )
+    context = {"user_id": key}
+    at_low = {server.predict("scale", X, context=context).version for _ in range(3)}
+    flags.set("scale.canary.percent", high)
+    at_high = {server.predict("scale", X, context=context).version for _ in range(3)}
+    if key == "":  # no key: bucketed at random, never sticky (as documented)
+        return
+    assert len(at_low) == 1 and len(at_high) == 1  # sticky while the percent holds
+    if at_low == {2}:
+        assert at_high == {2}, (key[:20], low, high)  # in at the lower percent: in at the higher one
+    if low == 0:
+        assert at_low == {1}
+    if high == 100:
+        assert at_high == {2}
+    server.close()
+
+
+def test_canary_keeps_its_users_as_it_grows(versions: Path, make_server: ServerFactory) -> None:
+    flags = InMemoryFlags()
+    server = make_server(
+        versions, flags=flags, config=rollout(strategy="canary", stable=1, canary=CanaryConfig(version=2))
+    )
+    keys = [f"u{i}" for i in range(3000)]
+    members = []
+    for percent in (0.01, 1, 5, 10, 20, 50, 99.99, 100):
+        flags.set("scale.canary.percent", percent)
+        members.append(_canary_members(server, keys))
+    for smaller, larger in itertools.pairwise(members):
+        assert smaller <= larger
+    assert members[-1] == set(keys)
+
+
+def _within_binomial(count: int, n: int, share: float) -> bool:
+    """Within 6 standard deviations: the ids are fixed, so the check is deterministic; a fair hash misses it
+    with a chance of 2e-9 per figure had the ids been drawn."""
+    sd = math.sqrt(n * share * (1 - share))
+    return abs(count - n * share) <= 6 * sd
+
+
+N_IDS = 100_000
+
+
+def test_canary_and_ab_shares_are_within_binomial_bounds_over_100000_ids() -> None:
+    ids = [f"user-{i}" for i in range(N_IDS)]
+    buckets = [bucket("scale", "", k) for k in ids]
+    for percent in (0.01, 1, 5, 10, 50):
+        count = sum(b < round(percent * 100) for b in buckets)
+        assert _within_binomial(count, N_IDS, percent / 100), (percent, count)
+    weights = [("control", 50.0), ("left", 30.0), ("right", 20.0)]
+    arms = [pick_arm("scale", AB_SALT_SUFFIX, k, weights) for k in ids]
+    for name, weight in weights:
+        assert _within_binomial(arms.count(name), N_IDS, weight / 100), (name, arms.count(name))
+    # the A/B split is independent of the canary's buckets: the first 10 % of buckets spread like everyone
+    early = [arm for arm, b in zip(arms, buckets, strict=True) if b < 1000]
+    for name, weight in weights:
+        assert _within_binomial(early.count(name), len(early), weight / 100), (name, early.count(name))
+
+
+def test_an_arm_added_or_removed_moves_only_the_users_it_must() -> None:
+    ids = [f"user-{i}" for i in range(20_000)]
+    three = [("control", 50.0), ("left", 30.0), ("right", 20.0)]
+    four = [*three, ("new", 25.0)]
+    before = [pick_arm("scale", "s", k, three) for k in ids]
+    added = [pick_arm("scale", "s", k, four) for k in ids]
+    removed = [pick_arm("scale", "s", k, three[:2]) for k in ids]
+    reordered = [pick_arm("scale", "s", k, three[::-1]) for k in ids]
+    assert all(a == b or a == "new" for b, a in zip(before, added, strict=True))  # moved only into the new arm
+    assert _within_binomial(added.count("new"), len(ids), 25 / 125)
+    assert all(b == r or b == "right" for b, r in zip(before, removed, strict=True))  # only the removed arm's move
+    assert reordered == before
+    ramped = [pick_arm("scale", "s", k, [("control", 50.0), ("left", 30.0), ("right", 40.0)]) for k in ids]
+    assert all(b == r or r == "right" for b, r in zip(before, ramped, strict=True))  # only into the grown arm
+
+
+def test_weights_too_small_for_a_score_split_keys_by_their_shares_in_any_order() -> None:
+    ids = [f"user-{i}" for i in range(20_000)]
+    for weights in ([("a", 5e-324), ("b", 5e-324)], [("a", 1e-320), ("b", 3e-320)]):
+        arms = [pick_arm("scale", "s", k, weights) for k in ids]
+        share = weights[0][1] / (weights[0][1] + weights[1][1])
+        assert _within_binomial(arms.count("a"), len(ids), share), (weights, arms.count("a"))
+        assert [pick_arm("scale", "s", k, weights[::-1]) for k in ids] == arms  # the order moves nobody
+
+
+def test_an_ab_weights_flag_of_tiny_weights_splits_keyed_requests_as_unkeyed_ones(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    arms = {"control": VariantConfig(version=1, weight=50), "treatment": VariantConfig(version=2, weight=50)}
+    flags = InMemoryFlags({"scale.ab.weights": {"control": 1e-320, "treatment": 1e-320}})
+    server = make_server(versions, flags=flags, config=rollout(strategy="ab", stable=1, variants=arms))
+    keyed = [server.predict("scale", X, context={"user_id": f"k{i}"}).variant for i in range(2000)]
+    assert _within_binomial(keyed.count("treatment"), 2000, 0.5), keyed.count("treatment")
+
+
+def test_an_ab_split_on_a_real_server_is_sticky_and_follows_the_weights_flag(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    arms = {"control": VariantConfig(version=1, weight=50), "treatment": VariantConfig(version=2, weight=50)}
+    flags = InMemoryFlags()
+    server = make_server(versions, flags=flags, config=rollout(strategy="ab", stable=1, variants=arms))
+    keys = [f"k{i}" for i in range(2000)]
+    first = {k: server.predict("scale", X, context={"user_id": k}).variant for k in keys}
+    again = {k: server.predict("scale", X, context={"user_id": k}).variant for k in keys}
+    assert first == again
+    flags.set("scale.ab.weights", {"control": 50, "treatment": 100})
+    grown = {k: server.predict("scale", X, context={"user_id": k}).variant for k in keys}
+    assert all(first[k] == grown[k] or grown[k] == "treatment" for k in keys)
+    assert sum(v == "treatment" for v in grown.values()) > sum(v == "treatment" for v in first.values())
+
+
+# --- bandits -------------------------------------------------------------------------------------------------
+
+BANDIT_ARMS = {"a": VariantConfig(version=1), "b": VariantConfig(version=2)}
+
+
+def _bandit(versions: Path, make_server: ServerFactory, **kwargs: object) -> inprocserve.Server:
+    return make_server(versions, config=rollout(strategy="bandit", stable=1, variants=BANDIT_ARMS, seed=7, **kwargs))
+
+
+def _arm_stats(server: inprocserve.Server) -> dict[str, dict[str, object]]:
+    return server.status()["models"]["scale"]["rollout"]["variants"]
+
+
+def test_bandit_rewards_that_are_not_usable_are_refused_and_count_nothing(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    server = _bandit(versions, make_server)
+    result = server.predict("scale", X, context={"user_id": "u"})
+    for bad in (math.nan, math.inf, -math.inf, 1e300, 10**400):
+        with pytest.raises(ValueError, match="reward must be a finite number"):
+            server.record_outcome(result.request_id, bad)
+    assert server.record_outcome("no-such-request", 1.0) is None  # unknown id: nothing, no error
+    assert server.record_outcome(result.request_id, 1.0) == result.variant
+    assert server.record_outcome(result.request_id, 1.0) is None  # replayed: counted once
+    stats = _arm_stats(server)
+    assert sum(int(stats[n]["outcomes"]) for n in BANDIT_ARMS) == 1
+
+
+def test_a_reload_that_removes_an_arm_keeps_the_other_arms_requests_and_draws_among_the_rest(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    toml = versions / "scale" / "config.toml"
+    head = '[rollout]\nstrategy = "bandit"\nstable = 1\nseed = 7\n[rollout.variants]\na = { version = 1 }\n'
+    toml.write_text(head + "b = { version = 2 }\nc = { version = 3 }\n")
+    server = make_server(versions)
+    results = [server.predict("scale", X, context={"user_id": f"u{i}"}) for i in range(40)]
+    on_b = [r for r in results if r.variant == "b"]
+    on_a = [r for r in results if r.variant == "a"]
+    assert on_a and on_b
+    toml.write_text(head + "c = { version = 3 }\n")
+    server.reload()
+    assert server.record_outcome(on_a[0].request_id, 1.0) == "a"  # the arm kept keeps its requests
+    assert server.record_outcome(on_a[0].request_id, 1.0) is None  # once
+    assert {server.predict("scale", X, context={"user_id": f"v{i}"}).variant for i in range(40)} <= {"a", "c"}
+
+
+def test_eight_threads_choosing_and_rewarding_keep_the_counts_whole(versions: Path, make_server: ServerFactory) -> None:
+    server = _bandit(versions, make_server)
+    credited: list[str | None] = []
+    lock = threading.Lock()
+
+    def work(index: int) -> None:
+        rng = random.Random(index)
+        for i in range(150):
+            result = server.predict("scale", X, context={"user_id": f"t{index}-{i}"})
+            assert float(result["y"][0, 0]) == result.version
+            reward = 1.0 if (result.variant == "b") == (rng.random() < 0.7) else 0.0
+            got = server.record_outcome(result.request_id, reward)
+            again = server.record_outcome(result.request_id, reward)  # replayed from another thread's view
+            with lock:
+                credited.extend([got, again])
+
+    assert run_threads(8, work) == []
+    stats = _arm_stats(server)
+    assert sum(int(stats[n]["served"]) for n in BANDIT_ARMS) == 8 * 150
+    assert sum(int(stats[n]["outcomes"]) for n in BANDIT_ARMS) == 8 * 150
+    assert credited.count(None) == 8 * 150
+
+
+# --- interleaving ---------------------------------------------------------------------------------------------
+
+
+class _Coins(random.Random):
+    """A random source whose coin tosses are given (team draft tosses one per round of equal picks)."""
+
+    def __init__(self, tosses: list[float]) -> None:
+        super().__init__(0)
+        self._tosses = list(tosses)
+
+    def random(self) -> float:
+        return self._tosses.pop(0)
+
+
+def test_team_draft_matches_a_hand_computed_example() -> None:
+    # A ranks 0 1 2 3 4 5, B ranks 1 3 0 5 2 4. Coins: round 1 A first (0.1), round 2 B first (0.9),
+    # round 3 A first (0.2).
+    # Round 1: A takes 0, B takes 1. Round 2: B takes 3, A takes 2. Round 3: A takes 4, B takes 5.
+    interleaving = team_draft([0, 1, 2, 3, 4, 5], [1, 3, 0, 5, 2, 4], _Coins([0.1, 0.9, 0.2]))
+    assert interleaving.order == [0, 1, 3, 2, 4, 5]
+    assert interleaving.teams == ["A", "B", "B", "A", "A", "B"]
+    # Clicks on 2 and 4 (A's) and on 3 (B's): A wins the query 2 to 1.
+    clicks = {"A": 0, "B": 0}
+    for item in (2, 4, 3):
+        clicks[interleaving.team_of(item)] += 1
+    assert clicks == {"A": 2, "B": 1}
+
+
+# --- switches under load --------------------------------------------------------------------------------------
+
+
+def test_switches_under_eight_threads_never_show_an_unconfigured_version_nor_fail(
+    versions: Path, make_server: ServerFactory
+) -> None:
+    server = make_server(versions, config=rollout(strategy="canary", stable=1, canary=CanaryConfig(version=2)))
+    seen: set[tuple[int, str]] = set()
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def predict(index: int) -> None:
+        i = 0
+        while not stop.is_set():
+            result = server.predict("scale", X, context={"user_id": f"t{index}-{i % 50}"})
+            assert float(result["y"][0, 0]) == result.version
+            with lock:
+                seen.add((result.version, result.variant))
+            i += 1
+
+    errors: list[BaseException] = []
+
+    def guarded(n: int) -> None:
+        try:
+            predict(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        for round_ in range(100):
+            server.switch("scale", 2 if round_ % 2 == 0 else 1)
+            server.set_canary("scale", 2, percent=(round_ * 7) % 101)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert errors == []
+    assert {version for version, _ in seen} <= {1, 2}  # 3 is loaded, never configured
