@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +26,11 @@ from hypothesis import strategies as st
 import inprocserve
 from inprocserve import CanaryConfig, InMemoryFlags, VariantConfig
 from inprocserve._experiments import AB_SALT_SUFFIX, bucket, pick_arm, team_draft
+from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, rollout, run_threads
+from .ports import listening_socket
+from .processes import keep_gunicorns_apart, stop_process
 
 X = np.ones((1, 4), np.float32)
 
@@ -89,30 +94,29 @@ def _canary_members(server: inprocserve.Server, keys: list[str]) -> set[str]:
     return {k for k in keys if server.predict("scale", X, context={"user_id": k}).variant == "canary"}
 
 
+LADDER = (0, 0.01, 0.05, 1, 5, 10, 20, 50, 99.99, 100)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(key=KEYS, low=PERCENTS, high=PERCENTS)
+@given(key=KEYS, percent=st.floats(0, 100))
 def test_canary_growth_is_monotone_for_any_key_and_percent(
-    versions: Path, make_server: ServerFactory, key: str, low: float, high: float
+    versions: Path, make_server: ServerFactory, key: str, percent: float
 ) -> None:
-    low, high = sorted((low, high))
-    flags = InMemoryFlags({"scale.canary.percent": low})
-    server = make_server(
-        versions, flags=flags, config=rollout(strategy="canary", stable=1, canary=CanaryConfig(version=2))
-    )
+    flags = InMemoryFlags()
+    config = rollout(strategy="canary", stable=1, canary=CanaryConfig(version=2))
+    server = make_server(versions, flags=flags, config=config)
     context = {"user_id": key}
-    at_low = {server.predict("scale", X, context=context).version for _ in range(3)}
-    flags.set("scale.canary.percent", high)
-    at_high = {server.predict("scale", X, context=context).version for _ in range(3)}
-    if key == "":  # no key: bucketed at random, never sticky (as documented)
-        return
-    assert len(at_low) == 1 and len(at_high) == 1  # sticky while the percent holds
-    if at_low == {2}:
-        assert at_high == {2}, (key[:20], low, high)  # in at the lower percent: in at the higher one
-    if low == 0:
-        assert at_low == {1}
-    if high == 100:
-        assert at_high == {2}
+    inside = []
+    for step in sorted({*LADDER, percent}):
+        flags.set("scale.canary.percent", step)
+        answers = {server.predict("scale", X, context=context).version for _ in range(2)}
+        if key == "":  # no key: bucketed at random, never sticky (as documented)
+            continue
+        assert len(answers) == 1  # sticky while the percent holds
+        inside.append(answers == {2})
     server.close()
+    if key:  # out at first, in from some percent on, for good: in at 5 %, in at 10 %; out at 20 %, out at 5 %
+        assert inside == sorted(inside) and inside[0] is False and inside[-1] is True, (key[:20], percent, inside)
 
 
 def test_canary_keeps_its_users_as_it_grows(versions: Path, make_server: ServerFactory) -> None:
@@ -345,3 +349,86 @@ def test_switches_under_eight_threads_never_show_an_unconfigured_version_nor_fai
             thread.join(timeout=60)
     assert errors == []
     assert {version for version, _ in seen} <= {1, 2}  # 3 is loaded, never configured
+
+
+# --- gunicorn workers -----------------------------------------------------------------------------------------
+
+_WORKER_APP = """
+import json, os, threading
+import numpy as np
+import inprocserve
+
+_server = None
+_lock = threading.Lock()
+
+
+def app(environ, start_response):
+    global _server
+    with _lock:
+        if _server is None:  # (one per worker, made in the worker)
+            _server = inprocserve.Server(os.environ["ROLLOUT_REPOSITORY"])
+    keys = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
+    x = np.ones((1, 4), np.float32)
+    answers = {
+        model: [_server.predict(model, x, context={"user_id": key}).version for key in keys]
+        for model in ("canaried", "split")
+    }
+    body = json.dumps({"pid": os.getpid(), "answers": answers}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+
+_CANARY_TOML = '[rollout]\nstrategy = "canary"\nstable = 1\nsalt = "s"\n[rollout.canary]\nversion = 2\npercent = 30\n'
+_SPLIT_TOML = (
+    '[rollout]\nstrategy = "ab"\nstable = 1\nsalt = "s"\n[rollout.variants]\n'
+    "control = { version = 1, weight = 50 }\nleft = { version = 2, weight = 30 }\n"
+    "right = { version = 3, weight = 20 }\n"
+)
+
+
+def test_every_gunicorn_worker_gives_a_key_the_version_this_process_gives_it(tmp_path: Path) -> None:
+    repository = tmp_path / "models"
+    for model, toml in (("canaried", _CANARY_TOML), ("split", _SPLIT_TOML)):
+        for version in (1, 2, 3):
+            save_model(build_scale_model(float(version)), repository, model, version)
+        (repository / model / "config.toml").write_text(toml)
+    (tmp_path / "rollout_worker_app.py").write_text(_WORKER_APP)
+    keys = [f"user-{i}" for i in range(200)] + ["é", "中文", "\U0001f600", "y" * 5000]
+    with inprocserve.Server(repository) as here:  # this process: another hash seed than gunicorn's (random)
+        expected = {
+            model: [here.predict(model, X, context={"user_id": key}).version for key in keys]
+            for model in ("canaried", "split")
+        }
+    keep_gunicorns_apart()
+    listener = listening_socket()
+    base = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    command = [sys.executable, "-m", "gunicorn", "--workers", "3", "--bind", f"fd://{listener.fileno()}"]
+    log = tmp_path / "gunicorn.log"
+    environment = {**os.environ, "ROLLOUT_REPOSITORY": str(repository), "PYTHONHASHSEED": "random"}
+    with listener, open(log, "wb") as output:
+        master = subprocess.Popen(
+            [*command, "rollout_worker_app:app"],
+            cwd=tmp_path,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            pass_fds=[listener.fileno()],
+            env=environment,
+        )
+    try:
+        by_worker: dict[int, dict[str, list[int]]] = {}
+        deadline = time.monotonic() + 60
+        body = json.dumps(keys).encode()
+        while len(by_worker) < 2:  # (sync workers: each connection is one worker's; two of them at least)
+            assert master.poll() is None and time.monotonic() < deadline, log.read_text()
+            try:
+                with urllib.request.urlopen(urllib.request.Request(base, data=body), timeout=30) as answer:
+                    got = json.loads(answer.read())
+            except OSError:
+                time.sleep(0.05)
+                continue
+            by_worker[got["pid"]] = got["answers"]
+    finally:
+        stop_process(master)
+    for answers in by_worker.values():
+        assert answers == expected
+    assert set(expected["canaried"]) == {1, 2} and set(expected["split"]) == {1, 2, 3}
