@@ -308,6 +308,35 @@ def test_team_draft_matches_a_hand_computed_example() -> None:
     assert clicks == {"A": 2, "B": 1}
 
 
+def test_a_served_interleaving_is_a_team_draft_and_its_clicks_credit_as_computed_by_hand(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(1.0, features=1), repository, "ranker", 1)  # A: items by their feature, high first
+    save_model(build_scale_model(-1.0, features=1), repository, "ranker", 2)  # B: the reverse
+    config = rollout(interleaving=inprocserve.InterleavingConfig(rankers=(1, 2)), seed=4)
+    server = make_server(repository, config=config)
+    ranked = server.interleave("ranker", np.arange(6, dtype=np.float32).reshape(6, 1))
+    rankings = {"A": [5, 4, 3, 2, 1, 0], "B": [0, 1, 2, 3, 4, 5]}
+    for position, (item, team) in enumerate(zip(ranked.order, ranked.teams, strict=True)):
+        # each team's pick is its best item not shown yet, and no prefix favours a team by more than one
+        assert item == next(i for i in rankings[team] if i not in ranked.order[:position])
+        assert abs(ranked.teams[: position + 1].count("A") - ranked.teams[: position + 1].count("B")) <= 1
+    a_items = [i for i, t in zip(ranked.order, ranked.teams, strict=True) if t == "A"]
+    b_items = [i for i, t in zip(ranked.order, ranked.teams, strict=True) if t == "B"]
+
+    def wins() -> tuple[int, int, int]:
+        report = server.status()["models"]["ranker"]["rollout"]["interleaving"]
+        return report["A"], report["B"], report["ties"]
+
+    # clicks: B's item (B leads 1-0), A's (1-1, a tie), A's again (A leads 2-1), A's repeated (counted once)
+    steps = [(b_items[0], "B", (0, 1, 0)), (a_items[0], "A", (0, 0, 1)), (a_items[1], "A", (1, 0, 0))]
+    steps.append((a_items[1], "A", (1, 0, 0)))
+    for item, team, expected in steps:
+        assert server.record_click(ranked.request_id, item) == team
+        assert wins() == expected
+    assert server.status()["models"]["ranker"]["rollout"]["interleaving"]["queries"] == 1
+
+
 # --- switches under load --------------------------------------------------------------------------------------
 
 
