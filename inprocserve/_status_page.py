@@ -3,12 +3,14 @@
 It lives in the core, free of any web framework, so the Flask and Django plug-ins serve the same page. The
 page has no script and loads nothing: every style is inline and every chart is SVG drawn here, so it works
 behind a strict ``Content-Security-Policy`` (see :data:`STATUS_PAGE_CSP`) and needs no front-end build.
-Every value from the status is escaped, since model names, feature names and error messages end up in it.
+Every value from the status is escaped, since model names, feature names and error messages end up in it,
+and characters that reorder or hide text (a right-to-left override in an error message) are shown as escapes.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
@@ -84,7 +86,7 @@ def render_status_page(
         f"{len(models)} model{'s' if len(models) != 1 else ''}",
         f"onnxruntime {_text(status.get('onnxruntime'))}",
         f"repository {_text(status.get('repository'))}",
-        f"generated at {escape(when)}",
+        f"generated at {_escape(when)}",
     ]
     worker = _mapping(status.get("worker"))
     if worker.get("pid") is not None:
@@ -109,7 +111,7 @@ def render_status_page(
     if not body:
         body.append('<p class="empty">No model is loaded.</p>')
     if refusing is not None:
-        body.insert(0, f'<p class="error">Refusing every request that does not pin a version: {escape(refusing)}</p>')
+        body.insert(0, f'<p class="error">Refusing every request that does not pin a version: {_escape(refusing)}</p>')
     elif control.get("error"):
         body.insert(0, f'<p class="error">Control file: {_text(control["error"])}</p>')
     unknown = shown_unknown_keys(control)
@@ -119,8 +121,8 @@ def render_status_page(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<meta name="robots" content="noindex">'
-        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<header><h1>{escape(title)}</h1><p>{' · '.join(facts)}</p></header>"
+        f"<title>{_escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<header><h1>{_escape(title)}</h1><p>{' · '.join(facts)}</p></header>"
         f"<main>{''.join(body)}</main></body></html>\n"
     )
 
@@ -181,8 +183,8 @@ def _model_section(name: str, model: Mapping[str, Any], *, refusing: bool) -> st
     badge, stale = _stop_texts(control, rollout, killed=killed) if stopped else ("", "")
     stopped = stopped and not stale  # (a stop of another version than the configured canary's holds no more)
     parts = [
-        f'<section class="model" id="model-{escape(str(name))}">'
-        f"<h2>{escape(str(name))}{_badge('ready', 'ok') if ready else _badge('not ready', 'bad')}"
+        f'<section class="model" id="model-{_escape(str(name))}">'
+        f"<h2>{_escape(str(name))}{_badge('ready', 'ok') if ready else _badge('not ready', 'bad')}"
         f"{_badge('refusing requests (control file)', 'bad') if refusing else ''}"
         f"{_badge('kill switch on', 'bad') if killed else ''}"
         f"{_badge(badge, 'warn') if badge else ''}"
@@ -247,7 +249,7 @@ def _why(model: Mapping[str, Any], rollout: Mapping[str, Any] | None, *, killed:
             )
     elif strategy in ("ab", "bandit"):
         listed = ", ".join(
-            f"{escape(str(arm))} → v{_text(spec.get('version'))}"
+            f"{_escape(str(arm))} → v{_text(spec.get('version'))}"
             + (f" ({_number(spec.get('weight'))})" if strategy == "ab" else "")
             for arm, spec in _entries(configured.get("arms")).items()
         )
@@ -341,7 +343,7 @@ def _versions_table(versions: Mapping[str, Mapping[str, Any]], roles: Mapping[st
         drift = entry.get("drift") if isinstance(entry.get("drift"), Mapping) else None
         drift_text = "—" if drift is None else _badge("drifting", "bad") if drift.get("drifting") else "no drift"
         rows.append(
-            f"<tr><td>v{escape(number)}{''.join(notes)}</td><td>{_badge(state, kind)}</td>"
+            f"<tr><td>v{_escape(number)}{''.join(notes)}</td><td>{_badge(state, kind)}</td>"
             + "".join(
                 f'<td class="n">{cell}</td>'
                 for cell in (
@@ -388,7 +390,7 @@ def _rollout_block(rollout: Mapping[str, Any]) -> str:
             else _share_bar(served)
         )
         rows = "".join(
-            f"<tr><td>{_swatch(index)}{escape(name)}</td><td class='n'>{_text(stats.get('version'))}</td>"
+            f"<tr><td>{_swatch(index)}{_escape(name)}</td><td class='n'>{_text(stats.get('version'))}</td>"
             f"<td class='n'>{_text(stats.get('served'))}</td>"
             f"<td class='n'>{_percent((stats.get('served') or 0) / total)}</td>"
             f"<td class='n'>{_text(stats.get('outcomes'))}</td>"
@@ -404,7 +406,7 @@ def _rollout_block(rollout: Mapping[str, Any]) -> str:
         control = next(iter(variants), "control")
         rows = "".join(_test_row(name, test) for name, test in tests.items())
         parts.append(
-            f"<div><h3>Outcomes against the control, {escape(control)}</h3><table><tr><th>variant</th>"
+            f"<div><h3>Outcomes against the control, {_escape(control)}</h3><table><tr><th>variant</th>"
             f"<th>difference</th><th>test</th><th>p-value (fixed horizon)</th><th>always-valid p</th>"
             f"<th>verdict</th></tr>{rows}</table></div>"
         )
@@ -413,9 +415,9 @@ def _rollout_block(rollout: Mapping[str, Any]) -> str:
         pair = _pair(interleaving)  # (wins are of one pair of rankers: say which versions A and B are)
         labels = {"A": f"A (v{pair[0]})", "B": f"B (v{pair[1]})"} if pair else {}
         wins = [(labels.get(team, team), _count(interleaving.get(team))) for team in ("A", "B", "ties")]
-        versions = f": A is version {escape(pair[0])}, B version {escape(pair[1])}" if pair else ""
+        versions = f": A is version {_escape(pair[0])}, B version {_escape(pair[1])}" if pair else ""
         earlier = "".join(
-            f"<p>Earlier, version {escape(old[0])} (A) against version {escape(old[1])} (B): A won "
+            f"<p>Earlier, version {_escape(old[0])} (A) against version {_escape(old[1])} (B): A won "
             f"{_text(entry.get('A'))}, B {_text(entry.get('B'))}, ties {_text(entry.get('ties'))}, "
             f"over {_text(entry.get('queries'))} queries</p>"
             for entry in _listed(interleaving.get("earlier"))
@@ -457,7 +459,7 @@ def _test_row(name: str, test: Mapping[str, Any]) -> str:
     difference = test.get("difference")
     sign = "+" if isinstance(difference, int | float) and difference > 0 else ""
     return (
-        f"<tr><td>{escape(name)}</td><td class='n'>{sign}{_number(difference, 4)}</td>"
+        f"<tr><td>{_escape(name)}</td><td class='n'>{sign}{_number(difference, 4)}</td>"
         f"<td>{_text(test.get('test'))}</td><td class='n'>{p_text}</td><td class='n'>{always_valid_text}</td>"
         f"<td>{verdict}</td></tr>"
     )
@@ -481,7 +483,7 @@ def _shadow_block(shadow: Mapping[str, Any]) -> str:
         # a comparison with NaN or infinity where the answering version had a number is the worst difference
         worst = "inf" if isinstance(non_finite, int) and non_finite > 0 else _number(stats.get("max_abs_diff"), 4)
         rows.append(
-            f"<tr><td>v{escape(str(version))}</td><td class='n'>{_text(stats.get('runs'))}</td>"
+            f"<tr><td>v{_escape(str(version))}</td><td class='n'>{_text(stats.get('runs'))}</td>"
             f"<td class='n'>{_text(stats.get('errors'))}</td><td class='n'>{_text(dropped)}</td>"
             f"<td class='n'>{_text(stats.get('stopped_over_budget'))}</td>"
             f"<td class='n'>{_percent(label)}</td><td class='n'>{_number(stats.get('mean_max_abs_diff'), 4)}</td>"
@@ -502,11 +504,11 @@ def _version_charts(number: str, entry: Mapping[str, Any]) -> str:
     cells = []
     latency = entry.get("latency_ms")
     if isinstance(latency, Mapping) and latency.get("count"):
-        cells.append(f"<div><h3>v{escape(number)} latency (ms, log scale)</h3>{_latency_chart(latency)}</div>")
+        cells.append(f"<div><h3>v{_escape(number)} latency (ms, log scale)</h3>{_latency_chart(latency)}</div>")
     batch = entry.get("batch_size")
     if isinstance(batch, Mapping) and batch.get("batches"):
         histogram = [(str(k), float(v)) for k, v in _mapping(batch.get("histogram")).items() if _finite(v)]
-        cells.append(f"<div><h3>v{escape(number)} batch sizes (rows per run)</h3>{_columns(histogram)}</div>")
+        cells.append(f"<div><h3>v{_escape(number)} batch sizes (rows per run)</h3>{_columns(histogram)}</div>")
     drift = entry.get("drift")
     if isinstance(drift, Mapping) and drift.get("features"):
         threshold = drift.get("psi_threshold")
@@ -518,7 +520,7 @@ def _version_charts(number: str, entry: Mapping[str, Any]) -> str:
         limit = float(threshold) if _finite(threshold) else None
         top = max([v for _, v in features] + [limit or 0.0, 1e-9])
         cells.append(
-            f"<div><h3>v{escape(number)} drift: PSI per feature in the last window "
+            f"<div><h3>v{_escape(number)} drift: PSI per feature in the last window "
             f"({_text(drift.get('windows'))} scored)"
             f"{_badge('drifting', 'bad') if drift.get('drifting') else ''}</h3>"
             + _bars(features, maximum=top * 1.1, threshold=limit, value_text=lambda v: f"{v:.3f}")
@@ -549,7 +551,7 @@ def _bars(
         shapes.append(
             f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{_cut(label)}</text>'
             f'<rect x="{label_w}" y="{y}" width="{length:.1f}" height="{row_h - 5}" fill="{color}" rx="2"/>'
-            f'<text x="{label_w + length + 4:.1f}" y="{y + 12}">{escape(value_text(value))}</text>'
+            f'<text x="{label_w + length + 4:.1f}" y="{y + 12}">{_escape(value_text(value))}</text>'
         )
     if threshold is not None and scale:
         x = label_w + min(bar_w, threshold * scale)
@@ -662,11 +664,24 @@ def _share_bar(shares: Sequence[tuple[str, float]]) -> str:
 def _svg(width: int, height: float, summary: str, shapes: str) -> str:
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" height="{height:.0f}" '
-        f'viewBox="0 0 {width} {height:.0f}"><title>{escape(summary)}</title>{shapes}</svg>'
+        f'viewBox="0 0 {width} {height:.0f}"><title>{_escape(summary)}</title>{shapes}</svg>'
     )
 
 
 # -- formatting ---------------------------------------------------------------------------------------------
+
+
+_HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+"""Characters that reorder or hide the text around them: control characters (tab and newline kept), the
+bidirectional marks, embeddings, overrides and isolates, and the zero-width space and byte-order mark. A
+model's input names (drift features), a remote server's error text and a control file's keys are written by
+others: an override (U+202E) in an error message showed what followed it backwards, and a zero-width space
+made two different names look the same."""
+
+
+def _escape(text: str) -> str:
+    """``text`` as HTML text, each of :data:`_HIDDEN` shown as its escape (``\\u202e``), not obeyed."""
+    return escape(_HIDDEN.sub(lambda found: f"\\u{ord(found.group()):04x}", text))
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:
@@ -695,11 +710,11 @@ def _count(value: Any) -> float:
 
 
 def _text(value: Any) -> str:
-    return "—" if value is None else escape(str(value))
+    return "—" if value is None else _escape(str(value))
 
 
 def _cut(label: str, limit: int = _LABEL_CHARS) -> str:
-    return escape(label if len(label) <= limit else label[: limit - 1] + "…")
+    return _escape(label if len(label) <= limit else label[: limit - 1] + "…")
 
 
 def _finite(value: Any) -> TypeGuard[int | float]:
@@ -708,7 +723,7 @@ def _finite(value: Any) -> TypeGuard[int | float]:
 
 def _number(value: Any, digits: int = 3) -> str:
     if not _finite(value):
-        return "—" if value is None else escape(str(value))
+        return "—" if value is None else _escape(str(value))
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
@@ -721,7 +736,7 @@ def _percent(value: Any) -> str:
 
 
 def _badge(text: str, kind: str) -> str:
-    return f'<span class="badge {kind}">{escape(text)}</span>'
+    return f'<span class="badge {kind}">{_escape(text)}</span>'
 
 
 def _swatch(index: int) -> str:

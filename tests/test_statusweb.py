@@ -1,0 +1,163 @@
+"""The status page and the token check under content that others than the operator wrote: a model's input
+names (its drift features), a remote model server's error text, an ``Authorization`` header; and the page of
+a repository of 2,000 models. Real models, a real onnxruntime and a real loopback Open Inference Protocol
+server."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import inprocserve
+from inprocserve.testing import build_scale_model, save_model
+
+from .conftest import ServerFactory, wait_until
+from .test_status_page import assert_inert
+
+OVERRIDE = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: what follows it is shown backwards
+HOSTILE = f'<img src=x onerror="alert(1)"></script><script>alert(2)</script>{OVERRIDE}gnp.exe\u200b'
+
+
+def build_named_input_model(name: str) -> onnx.ModelProto:
+    """``y = x`` whose one input is called ``name`` (a model's author chooses it), ``[batch, 2]`` float32."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", [name], ["y"])],
+        "named_input",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_model_s_hostile_input_names_reach_the_page_as_inert_visible_text(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Drift features are named after the model's inputs: an input name holding markup and a right-to-left
+    override reached the page with the override in it, so the rest of the drift chart's label (and the
+    version table's text after it) showed backwards."""
+    save_model(build_named_input_model(HOSTILE), repository, "echo", 1)
+    drift = inprocserve.DriftConfig(capture_reference=20, window=20)
+    server = make_server(repository, models={"echo": inprocserve.ModelConfig(drift=drift)})
+    rng = np.random.default_rng(3)
+
+    def scored() -> bool:
+        server.predict("echo", {HOSTILE: rng.normal(size=(4, 2)).astype(np.float32) + 3})
+        return bool(server.status()["models"]["echo"]["versions"]["1"]["drift"]["features"])
+
+    wait_until(scored)
+    status = server.status(include_paths=False)
+    assert any(name.startswith(HOSTILE) for name in status["models"]["echo"]["versions"]["1"]["drift"]["features"])
+    page = inprocserve.render_status_page(status)
+    assert_inert(page)
+    assert OVERRIDE not in page and "\u200b" not in page  # shown as escapes, not obeyed
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in page and "\\u202egnp.exe\\u200b" in page
+
+
+class HostileModelServer(ThreadingHTTPServer):
+    """An Open Inference Protocol server whose every text is hostile: its metadata's platform and server
+    name, and an inference error (the warm-up's) quoting markup, a right-to-left override and control
+    characters, ``repeat`` times over."""
+
+    daemon_threads = True
+
+    def __init__(self, repeat: int = 3) -> None:
+        super().__init__(("127.0.0.1", 0), _HostileHandler)
+        self.repeat = repeat
+
+
+class _HostileHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: HostileModelServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, document: object) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        if self.path == "/v2":
+            self._send(200, {"name": HOSTILE, "version": HOSTILE, "extensions": [HOSTILE]})
+        elif self.path.endswith("/ready"):
+            self._send(200, {})
+        else:
+            inputs = [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]
+            outputs = [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]
+            self._send(
+                200, {"name": "scale", "versions": ["2"], "platform": HOSTILE, "inputs": inputs, "outputs": outputs}
+            )
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self._send(500, {"error": (HOSTILE + "\x1b[2J\r") * self.server.repeat})
+
+
+@pytest.fixture
+def hostile_model_server() -> Iterator[HostileModelServer]:
+    server = HostileModelServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+def hostile_remote_repository(repository: Path, port: int) -> inprocserve.ModelConfig:
+    """``scale`` version 1 local, version 2 on the hostile server; the config that loads both."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    remote = repository / "scale" / "2" / "remote.toml"
+    remote.parent.mkdir()
+    remote.write_text(f'url = "http://127.0.0.1:{port}"\nmodel = "scale"\nconnect_timeout_s = 2\n')
+    return inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
+
+
+def test_a_hostile_model_server_s_error_text_is_inert_and_shown_as_written(
+    repository: Path, make_server: ServerFactory, hostile_model_server: HostileModelServer
+) -> None:
+    config = hostile_remote_repository(repository, hostile_model_server.server_port)
+    server = make_server(repository, models={"scale": config})
+    error = server.status()["models"]["scale"]["versions"]["2"]["error"]
+    assert "answered 500: <img" in error and OVERRIDE in error  # the server's text, as it sent it
+    page = inprocserve.render_status_page(server.status(include_paths=False))
+    assert_inert(page)
+    assert OVERRIDE not in page and "\x1b" not in page and "\r" not in page
+    assert "answered 500: &lt;img src=x" in page and "\\u202egnp.exe" in page and "\\u001b[2J\\u000d" in page
+
+
+def test_hidden_characters_are_shown_wherever_the_page_quotes_a_value(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """Every value of the status goes through one escape: a model's error, a version's state, a variant, a
+    test, a flag provider's name, a shadow, a drift feature; tab and newline are kept (an error's lines)."""
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    status = copy.deepcopy(make_server(repository).status(include_paths=False))
+    fraud = status["models"]["fraud"]
+    hidden = f"a{OVERRIDE}b\u2066c\u200fd\x00e\tf\ng"
+    fraud["config_error"] = hidden
+    fraud["versions"]["1"]["error"] = hidden
+    fraud["versions"]["1"]["providers"] = [hidden]
+    fraud["rollout"]["variants"][hidden] = {"served": 5, "outcomes": 1, "mean_reward": 1.0}
+    fraud["rollout"]["flags"] = {"provider": hidden, "failures": 0, "timeouts": 0}
+    fraud["shadow"] = {hidden: {"runs": 1, "label_agreement": 0.5}}
+    page = inprocserve.render_status_page(status, title=hidden)
+    for character in (OVERRIDE, "\u2066", "\u200f", "\x00"):
+        assert character not in page
+    assert page.count("a\\u202eb\\u2066c\\u200fd\\u0000e\tf\ng") >= 5
