@@ -14,15 +14,34 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from html import escape
+from types import MappingProxyType
 from typing import Any, TypeGuard
 
 from ._control import shown_unknown_keys
 from .web import _control_unknown
 
-__all__ = ["STATUS_PAGE_CSP", "render_status_page"]
+__all__ = ["PAGE_HEADERS", "STATUS_PAGE_CSP", "render_status_page"]
 
-STATUS_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'"
-"""A Content-Security-Policy the page works under: no script, no fetch, no frame; only its inline styles."""
+STATUS_PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'"
+)
+"""A Content-Security-Policy the page works under: no script, no fetch, no frame; only its inline styles.
+(``default-src`` does not cover ``base-uri`` and ``form-action``: without them an injected ``<base>`` or
+``<form>`` would be obeyed.)"""
+
+PAGE_HEADERS: Mapping[str, str] = MappingProxyType(
+    {
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": STATUS_PAGE_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+    }
+)
+"""The headers of every answer at the page's address, its 401 included: stored by no cache (what a token
+opened), never sniffed as another type, framed by no page (``X-Frame-Options`` for browsers that predate
+``frame-ancestors``), and no token-bearing address sent on as a referrer."""
 
 TOKEN_NEEDED = (
     "The status page needs its token: send it as Authorization: Bearer <token>, or as the password of HTTP Basic "

@@ -329,14 +329,9 @@ def status_page(
     cannot be built answers 503 with a page saying :data:`NO_SERVER`, where it answered a 500 and logged a
     traceback at each load; a 503 says ``Retry-After`` ``retry_after_s`` (the plug-ins pass their
     ``RETRY_AFTER_S``, as for every other 503). The caller checks the page's token first."""
-    from ._status_page import STATUS_PAGE_CSP, render_status_page  # (it imports this module)
+    from ._status_page import PAGE_HEADERS, render_status_page  # (it imports this module)
 
-    headers = {
-        "Cache-Control": "no-store",
-        "Content-Security-Policy": STATUS_PAGE_CSP,
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-    }
+    headers = dict(PAGE_HEADERS)
     try:
         built = server_or_none(server, "status page")
     except ServerClosedError as exc:

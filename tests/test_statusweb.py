@@ -19,6 +19,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import inprocserve
+from inprocserve import web
 from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import ServerFactory, wait_until
@@ -161,3 +162,23 @@ def test_hidden_characters_are_shown_wherever_the_page_quotes_a_value(
     for character in (OVERRIDE, "\u2066", "\u200f", "\x00"):
         assert character not in page
     assert page.count("a\\u202eb\\u2066c\\u200fd\\u0000e\tf\ng") >= 5
+
+
+# -- headers -----------------------------------------------------------------------------------------------
+
+
+def test_the_page_s_answers_carry_what_a_security_review_asks_of_an_admin_page(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``X-Frame-Options`` for browsers without ``frame-ancestors``; ``base-uri`` and ``form-action``, which
+    ``default-src 'none'`` does not cover."""
+    save_model(build_scale_model(2.0), repository, "scale", 1)
+    server = make_server(repository)
+    status, page, headers = web.status_page(lambda: server)
+    assert status == 200 and 'id="model-scale"' in page
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff" and headers["Cache-Control"] == "no-store"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
+    assert policy["default-src"] == policy["base-uri"] == policy["form-action"] == policy["frame-ancestors"] == "'none'"
+    assert "script-src" not in policy  # (no script at all: default-src 'none' refuses inline and hashed alike)

@@ -14,7 +14,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from inprocserve import web
-from inprocserve._status_page import TOKEN_NEEDED
+from inprocserve._status_page import PAGE_HEADERS, TOKEN_NEEDED
 
 from .conf import settings
 from .middleware import not_logged_per_request
@@ -35,6 +35,8 @@ def status_page(request: HttpRequest) -> HttpResponse:
         raise Http404("the inprocserve status page is off")
     if not web.check_token(request.headers.get("Authorization"), token, basic=True):
         response = HttpResponse(TOKEN_NEEDED, status=401, content_type="text/plain")
+        for name, value in PAGE_HEADERS.items():  # (as the page's: the 401 had none of them)
+            response[name] = value
         response["WWW-Authenticate"] = _REALM
         return response
     status, html, headers = web.status_page(get_server, retry_after_s=config["RETRY_AFTER_S"])

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, current_app, request
 
 import inprocserve
 from inprocserve import web
-from inprocserve._status_page import TOKEN_NEEDED
+from inprocserve._status_page import PAGE_HEADERS, TOKEN_NEEDED
 
 __all__ = ["add_status_page"]
 
@@ -43,6 +43,7 @@ def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Cal
     def status_page() -> Response:
         if not web.check_token(request.headers.get("Authorization"), token, basic=True):
             response = Response(TOKEN_NEEDED, 401, mimetype="text/plain")
+            response.headers.update(PAGE_HEADERS)  # (as the page's: the 401 had none of them)
             response.headers["WWW-Authenticate"] = _REALM
             return response
         status, html, headers = web.status_page(
