@@ -718,7 +718,10 @@ def check_token(authorization: str | None, token: str | None, *, basic: bool = F
     """
     if not isinstance(token, str) or not token.strip():
         return False
-    return hmac.compare_digest(_supplied_token(authorization or "", basic=basic), token.strip().encode())
+    # (surrogatepass: a lone surrogate, which no header carries but a caller's str may, raised UnicodeEncodeError)
+    return hmac.compare_digest(
+        _supplied_token(authorization or "", basic=basic), token.strip().encode(errors="surrogatepass")
+    )
 
 
 def token_problem(token: object) -> str | None:
@@ -741,7 +744,7 @@ def _supplied_token(authorization: str, *, basic: bool) -> bytes:
     """The token in a ``Bearer`` header, or the password of ``Basic`` credentials; empty if neither."""
     scheme, _, value = authorization.strip().partition(" ")
     if scheme.lower() == "bearer":
-        return value.strip().encode()
+        return value.strip().encode(errors="surrogatepass")
     if basic and scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()

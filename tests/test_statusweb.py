@@ -5,9 +5,12 @@ server."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -182,3 +185,115 @@ def test_the_page_s_answers_carry_what_a_security_review_asks_of_an_admin_page(
     policy = dict(part.strip().split(" ", 1) for part in headers["Content-Security-Policy"].split(";"))
     assert policy["default-src"] == policy["base-uri"] == policy["form-action"] == policy["frame-ancestors"] == "'none'"
     assert "script-src" not in policy  # (no script at all: default-src 'none' refuses inline and hashed alike)
+
+
+# -- tokens ------------------------------------------------------------------------------------------------
+
+
+def basic(password: str, user: str = "anyone") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_the_token_check_takes_the_forms_a_client_sends_and_nothing_else() -> None:
+    token = "s3cret-token"
+    accepted = [f"Bearer {token}", f"bearer {token}", f"BEARER   {token}  ", f"  Bearer {token}", f"Bearer {token}\n"]
+    assert all(web.check_token(header, token) for header in accepted)
+    assert web.check_token(basic(token), token, basic=True) and not web.check_token(basic(token), token)
+    assert web.check_token(f"Bearer {token}", f"  {token}\n")  # (a token read from a file)
+    refused = [
+        None,
+        "",
+        token,  # no scheme
+        f"Token {token}",
+        f"Bearer\t{token}",  # (one space, as RFC 9110 has it)
+        f"Bearer {token}, Bearer {token}",  # a header sent twice, as a WSGI server joins it
+        f"Bearer {token},Bearer {token}",
+        f"Bearer {token[:-1]}",
+        f"Bearer {token}x",
+        f"Bearer {token[:-1]}\u00e9",
+        basic("", user=token),
+        "Basic \u00ff\u00fe",
+        f"Bearer {token}{'x' * 1_000_000}",
+    ]
+    assert not [header for header in refused if web.check_token(header, token, basic=True)]
+
+
+@pytest.mark.parametrize("configured", [None, "", "   ", "\n", 0, b"s3cret"])
+def test_no_configured_token_opens_nothing(configured: Any) -> None:
+    for header in (None, "", "Bearer ", "Bearer    ", basic(""), "Bearer b's3cret'", "Bearer s3cret"):
+        assert not web.check_token(header, configured, basic=True), (header, configured)
+
+
+def test_a_token_with_a_lone_surrogate_is_refused_not_raised() -> None:
+    """No HTTP header carries one (WSGI and ASGI servers decode headers as Latin-1), but a caller's ``str``
+    may: ``check_token`` raised ``UnicodeEncodeError`` for it, a 500 where the page asks for its token."""
+    assert not web.check_token("Bearer \udcff", "s3cret")
+    assert not web.check_token("Bearer s3cret", "\udcff")
+    assert web.check_token("Bearer \udcff", "\udcff")
+
+
+def test_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    compared: list[tuple[bytes, bytes]] = []
+    compare = hmac.compare_digest
+
+    def recorded(a: bytes, b: bytes) -> bool:
+        compared.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", recorded)
+    assert web.check_token("Bearer wrong", "s3cret") is False
+    assert web.check_token(basic("s3cret"), "s3cret", basic=True) is True
+    assert compared == [(b"wrong", b"s3cret"), (b"s3cret", b"s3cret")]
+
+
+def test_a_very_long_header_is_checked_in_time_linear_in_its_length() -> None:
+    token = "s3cret"
+    for header in (f"Bearer {'a' * 4_000_000}", basic("a" * 3_000_000)):
+        started = time.perf_counter()
+        assert not web.check_token(header, token, basic=True)
+        assert time.perf_counter() - started < 2.0  # (~0.05 s here: one pass over the header)
+
+
+# -- a large repository ------------------------------------------------------------------------------------
+
+
+def test_the_page_of_2000_models_is_bounded_in_size_and_time(repository: Path, make_server: ServerFactory) -> None:
+    """2,000 models, each with a rollout, a shadow, latency and drift, copied from a real busy model's status
+    (2,000 real sessions take 20 s to load on the test host: the slow test below loads them): the page grows
+    by what one model takes, no more, and is drawn in well under a second (0.1 s here)."""
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    save_model(build_scale_model(2.0), repository, "fraud", 2)
+    canary = inprocserve.RolloutConfig(
+        strategy="canary", stable=1, canary=inprocserve.CanaryConfig(version=2, percent=30)
+    )
+    server = make_server(repository, models={"fraud": inprocserve.ModelConfig(rollout=canary)})
+    for user in range(50):
+        server.predict("fraud", np.ones((1 + user % 3, 4), np.float32), context={"user_id": str(user)})
+    one = server.status(include_paths=False)
+    many = {**one, "models": {f"m{index:04d}": one["models"]["fraud"] for index in range(2000)}}
+    started = time.perf_counter()
+    page = inprocserve.render_status_page(many)
+    took = time.perf_counter() - started
+    single = len(inprocserve.render_status_page(one))
+    assert page.count('<section class="model"') == 2000
+    assert len(page) < 2000 * single * 1.05  # (each model's section, and the page's frame once)
+    assert took < 5.0, took
+
+
+@pytest.mark.slow
+def test_a_real_repository_of_2000_models_answers_its_page_and_status(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    save_model(build_scale_model(2.0), repository, "m0000", 1)
+    model = (repository / "m0000" / "1" / "model.onnx").read_bytes()
+    for index in range(1, 2000):
+        folder = repository / f"m{index:04d}" / "1"
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(model)
+    server = make_server(repository)
+    started = time.perf_counter()
+    status, page, _ = web.status_page(lambda: server)
+    took = time.perf_counter() - started
+    assert status == 200 and page.count('<section class="model"') == 2000
+    assert len(page) < 2000 * 1000 and took < 20.0  # (1.3 MB, 2.2 s here: 2 s of it is status())
+    assert len(json.dumps(server.status(include_paths=False))) < 2000 * 2500  # (3.5 MB)
