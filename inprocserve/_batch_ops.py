@@ -18,6 +18,7 @@ __all__ = [
     "check_rows",
     "group_key",
     "pad_and_stack",
+    "mates_problem",
     "rows_problem",
     "split_outputs",
     "stack_inputs",
@@ -151,6 +152,42 @@ def rows_problem(names: Sequence[str], alone: Sequence[Sequence[Any]], stacked: 
                 "row's answer depends on the other rows of its run (a statistic over the batch: dynamic "
                 "quantization, batch normalization in training mode, a softmax or mean over axis 0)"
             )
+    return None
+
+
+def mates_problem(names: Sequence[str], together: Sequence[Any], twins: Sequence[Sequence[Any]]) -> str | None:
+    """Why a row's answer in a run beside another row is not its answer in a run of the same size beside a copy of
+    itself (``None``: it is), the check :func:`rows_problem` cannot make within its tolerance.
+
+    ``together`` holds the outputs of one run of rows ``r0, r1, ...``; ``twins[i]`` those of a run of the same
+    number of rows, every one ``ri``. Runs of one size use the same kernels, so a row-wise model answers each
+    row the same in both, to the rounding of kernels whose sums' order varies from run to run; :func:`rows_problem`
+    compares runs of different sizes, whose kernels may differ (a GPU's TF32), so it allows a relative 1e-3 of
+    an output's largest value, under which a batch statistic beside large values of the same output hid
+    (``concat(1000 x, x - mean(x, axis=0))``: each merged caller got its row minus the others' mean). Here each
+    value may differ by a relative 1e-3 of itself, plus 1e-6 of the output's largest value. Outputs whose shapes
+    do not follow the rows are :func:`rows_problem`'s to report; they are skipped here.
+    """
+    for index, name in enumerate(names):
+        merged = np.asarray(together[index])
+        for row, outputs in enumerate(twins):
+            alike = np.asarray(outputs[index])
+            if merged.ndim == 0 or alike.shape != merged.shape or row >= merged.shape[0]:
+                return None
+            expected, got = alike[row], merged[row]
+            if expected.dtype.kind not in "fc" or got.dtype.kind not in "fc":
+                same = np.array_equal(expected, got)
+            else:
+                with np.errstate(invalid="ignore", over="ignore"):
+                    finite = np.abs(alike[np.isfinite(alike)].astype(np.float64))
+                    floor = 1e-6 * float(finite.max()) if finite.size else 0.0
+                    same = bool(np.allclose(got, expected, rtol=1e-3, atol=floor, equal_nan=True))
+            if not same:
+                return (
+                    f"output {name!r} of a row run beside another differs from the same row run beside a copy of "
+                    "itself: a row's answer depends on the other rows of its run (a statistic over the batch: "
+                    "dynamic quantization, batch normalization in training mode, a softmax or mean over axis 0)"
+                )
     return None
 
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._array_file import UnreadableArrayFileError, load_arrays
 from ._backend import Backend, BackendFactory, raised_by_signal_handler
-from ._batch_ops import rows_problem, stack_inputs
+from ._batch_ops import mates_problem, rows_problem, stack_inputs
 from ._batching import Batcher
 from ._cache import PredictionCache
 from ._config import ModelConfig
@@ -510,7 +510,8 @@ class ModelVersion:
         Stacked rows share a run whenever requests are merged, and a large request's slices are such runs
         too: a model that computes over the whole batch (dynamic quantization, batch normalization in training
         mode, a softmax over axis 0) or returns a count of things found on axis 0 would hand each caller an
-        answer that depends on, and reveals, other callers' rows. Three runs of one or two rows; where the
+        answer that depends on, and reveals, other callers' rows. Five runs of one or two rows (the last two each
+        row beside a copy of itself, for :func:`~._batch_ops.mates_problem`); where the
         model fails on them and has dynamic inner axes, again with those axes longer (a convolution over time
         needs more than 2 steps), up to :data:`PROBE_INNER_SIZES`' last.
 
@@ -523,10 +524,13 @@ class ModelVersion:
         failures: list[str] = []
         for size in sizes:
             first, second = signature.distinct_rows(size)
-            stacked = stack_inputs([first, second], [spec.name for spec in signature.inputs])
+            names = [spec.name for spec in signature.inputs]
+            stacked = stack_inputs([first, second], names)
             try:
                 alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
                 together = self.backend.run(runner, stacked)
+                # (each row beside a copy of itself: a run of the same size, so the same kernels)
+                twins = [self.backend.run(runner, stack_inputs([row, row], names)) for row in (first, second)]
             except ServerClosedError:
                 raise
             except InprocserveError as exc:  # made-up rows are not valid input for every model
@@ -535,7 +539,9 @@ class ModelVersion:
                     break  # (longer rows would not reach a server that is down, nor one that is busy, either)
                 continue
             try:
-                return rows_problem(signature.output_names, alone, together)
+                return rows_problem(signature.output_names, alone, together) or mates_problem(
+                    signature.output_names, together, twins
+                )
             except Exception as exc:  # (answers of a kind the comparison does not foresee: nothing shown)
                 if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit as the load
                     raise  # compared them: its own exception (it was a warning, and the load went on)
@@ -569,12 +575,15 @@ class ModelVersion:
                 try:
                     alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
                     together = self.backend.run(runner, stack_inputs([first, second], list(first)))
+                    twins = [self.backend.run(runner, stack_inputs([row, row], list(first))) for row in (first, second)]
                 except ServerClosedError:
                     raise
                 except InprocserveError:
                     continue
                 try:
-                    problem = rows_problem(signature.output_names, alone, together)
+                    problem = rows_problem(signature.output_names, alone, together) or mates_problem(
+                        signature.output_names, together, twins
+                    )
                 except Exception as exc:  # (answers of a kind the comparison does not foresee: nothing shown)
                     if raised_by_signal_handler(exc):
                         raise

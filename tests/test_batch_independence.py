@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import inprocserve
 from inprocserve import BatchingConfig, ConfigurationError, InvalidInputError, ModelConfig, WarmupConfig
-from inprocserve._batch_ops import BatchShapeError, check_rows, rows_problem
+from inprocserve._batch_ops import BatchShapeError, check_rows, mates_problem, rows_problem
 from inprocserve._signature import Signature, TensorSpec
 from inprocserve.testing import build_mlp_model, build_scale_model, save_model
 
@@ -736,3 +736,24 @@ def test_an_index_into_the_callers_own_token_rows_is_never_merged(repository: Pa
     assert_each_answer_is_its_own(server, reference, requests)
     status = version_status(server, "m")
     assert status["batchable"] is False
+
+
+def test_mates_problem_compares_a_row_with_itself_beside_a_copy() -> None:
+    """One run of rows ``r0, r1`` against runs of the same size ``r0, r0`` and ``r1, r1``: a row-wise model
+    answers each row the same (kernel rounding aside, a relative 1e-3 of a value, or 1e-6 of the output's
+    largest), however small that row's values beside the output's others."""
+    together = np.array([[1000.0, 0.5], [2000.0, -0.5]], np.float32)  # (a batch mean taken from the 2nd column)
+    twins = [[np.array([[1000.0, 0.0], [1000.0, 0.0]], np.float32)], [np.array([[2000.0, 0.0]] * 2, np.float32)]]
+    assert "beside a copy of itself" in (mates_problem(["y"], [together], twins) or "")
+    assert rows_problem(["y"], [[twins[0][0][:1]], [twins[1][0][:1]]], [together]) is None  # (what hid it)
+    noisy = together.copy()
+    noisy[:, 1] = [1e-4, -1e-4]  # (kernel rounding: under 1e-6 of 2000)
+    assert mates_problem(["y"], [noisy], twins) is None
+    assert mates_problem(["y"], [together * (1 + 1e-5)], [[together], [together]]) is None
+    ints = np.array([[3], [4]], np.int64)
+    assert mates_problem(["k"], [ints], [[np.array([[3], [3]])], [np.array([[4], [4]])]]) is None
+    assert mates_problem(["k"], [ints], [[np.array([[3], [3]])], [np.array([[5], [5]])]]) is not None
+    nan = np.array([[np.nan], [1.0]], np.float32)
+    assert mates_problem(["n"], [nan], [[np.full((2, 1), np.nan, np.float32)], [np.ones((2, 1), np.float32)]]) is None
+    # (outputs whose shape does not follow the rows are rows_problem's to report)
+    assert mates_problem(["t"], [np.float32(3)], [[np.float32(3)], [np.float32(3)]]) is None

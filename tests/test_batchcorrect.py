@@ -374,16 +374,13 @@ def test_a_bad_request_fails_alone_and_its_batch_mates_answer_right(
     assert runs < 5 * (THREADS - 1) / 2, f"{5 * (THREADS - 1)} good requests in {runs} runs: hardly merged"
 
 
-@pytest.mark.xfail(
-    reason="the load's check tolerates a relative 1e-3 of an output's largest value: a batch statistic in the "
-    "small half of an output beside a large half passes it, and merged callers get each other's mean",
-    raises=AssertionError,
-)
 def test_a_batch_statistic_beside_large_values_in_one_output_is_never_merged(
     repository: Path, make_server: ServerFactory
 ) -> None:
     """``y = concat(1000 x, x - mean(x, axis=0))``: alone, the second half is 0; merged, each caller's is its
-    row minus the batch's mean. The made-up rows at load differ by about 1 there, under 1e-3 of 1000."""
+    row minus the batch's mean. The made-up rows at load differ by about 1 there, under 1e-3 of 1000, which the
+    check across batch sizes allows (their kernels may differ); each row run beside a copy of itself (one size,
+    the same kernels) shows it."""
     model = _model(
         [
             helper.make_node("Mul", ["x", "k"], ["large"]),
@@ -397,5 +394,6 @@ def test_a_batch_statistic_beside_large_values_in_one_output_is_never_merged(
     )
     server, reference = serve(repository, make_server, model)
     assert version_status(server, "m")["batchable"] is False
+    assert "beside a copy of itself" in (version_status(server, "m")["unbatchable_reason"] or "")
     requests, runs = concurrent_rounds(server, reference, ROUNDS, seed=6)
     assert runs == requests
