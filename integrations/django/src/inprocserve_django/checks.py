@@ -238,6 +238,17 @@ def refuse_invalid_settings() -> None:
 
 
 def _not_a_directory(repository: object) -> Error:
+    if isinstance(repository, str | os.PathLike) and not Path(repository).is_absolute():
+        # A relative path is read from the working directory, which differs between manage.py run in the project's
+        # folder, gunicorn started by systemd or a container, and a test runner: a folder found in development was
+        # "not a directory" in production, and the message did not say where it was looked for.
+        return Error(
+            f"INPROCSERVE['REPOSITORY'] ({repository}) is not a directory: a relative path is read from the working "
+            f"directory, here {Path(repository).absolute()}.",
+            hint=f"Give it from settings.py's BASE_DIR, BASE_DIR / {os.fspath(repository)!r}, so that every command "
+            "and server finds the same folder wherever it starts; or create it.",
+            id="inprocserve.E001",
+        )
     return Error(
         f"INPROCSERVE['REPOSITORY'] ({repository}) is not a directory.",
         hint="Create it, or point REPOSITORY at the folder that holds your models.",
