@@ -340,6 +340,14 @@ def _names(value: object) -> bool:
     return isinstance(value, list | tuple) and all(isinstance(name, str) for name in value)
 
 
+def _a_string(value: object, convert: str) -> str:
+    """The end of a number setting's hint when it is a string, as a value read from the environment is ("60"): the
+    hint named the default alone, and the message's got '60' read as a number to whoever had written it."""
+    if not isinstance(value, str):
+        return ""
+    return f" A value read from the environment is a string: convert it, {convert}(os.environ['...'])."
+
+
 def _value_errors(config: Mapping[str, Any]) -> list[Error]:
     """inprocserve.E012: values of the wrong type or out of range, which would fail every request (a 500),
     or the first request of every worker (which builds the server)."""
@@ -351,7 +359,7 @@ def _value_errors(config: Mapping[str, Any]) -> list[Error]:
             errors.append(
                 Error(
                     f"INPROCSERVE['{key}'] {problem}.",
-                    hint=f"The default is {DEFAULTS[key]!r} (see docs/django.md).",
+                    hint=f"The default is {DEFAULTS[key]!r} (see docs/django.md).{_a_string(config[key], 'float')}",
                     id="inprocserve.E012",
                 )
             )
@@ -395,6 +403,8 @@ def _shadow_errors(config: Mapping[str, Any]) -> list[Error]:
     for key, hint in _SHADOW_HINTS.items():
         problem = web.shadow_setting_problem(key.lower(), config[key])
         if problem is not None:
+            convert = "float" if key == "SHADOW_BUDGET" else "int"
+            hint += _a_string(config[key], convert)
             errors.append(Error(f"INPROCSERVE['{key}'] {problem}.", hint=hint, id="inprocserve.E011"))
     problem = _on_shadow_problem(config["ON_SHADOW"])
     if problem is not None:
