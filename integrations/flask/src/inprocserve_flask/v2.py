@@ -90,9 +90,12 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
         state.app.url_map.converters.setdefault(_CONTROL_CONVERTER, _ControlFirst)
 
     # (merge_slashes=False: the protocol answers a path with an empty segment, a JSON 404, never a 308 elsewhere)
+    # The control-character rule is added last (decorators apply bottom up): url_for builds with the first rule of
+    # the endpoint that takes its arguments, and werkzeug does not check a converter's regex when it builds, so
+    # url_for("inprocserve_v2.protocol", rest="models/m") gave /v2models/m while that rule came first.
+    @routes.route(f"/v2<{_CONTROL_CONVERTER}:rest>", methods=methods, merge_slashes=False)
     @routes.route("/v2", methods=methods, strict_slashes=False, merge_slashes=False)
     @routes.route(f"/v2/<{_CONVERTER}:rest>", methods=methods, merge_slashes=False)
-    @routes.route(f"/v2<{_CONTROL_CONVERTER}:rest>", methods=methods, merge_slashes=False)
     def protocol(rest: str = "") -> Response:
         closed = _state().refused()
         if closed is not None:  # (else answered as a server that could not start: "its log says why")

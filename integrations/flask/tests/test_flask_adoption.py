@@ -1,0 +1,66 @@
+"""An app written from the docs alone: an application factory, a blueprint of its own calling ``predict``, the
+plug-in's endpoints and the protocol, driven through Flask's test client with real onnxruntime models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Blueprint, Flask, request, url_for
+from inprocserve_flask import Inprocserve, predict
+
+from inprocserve.testing import build_scale_model, save_model
+
+scoring = Blueprint("scoring", __name__)
+
+
+@scoring.post("/score")
+def score() -> Any:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or "x" not in body:
+        return {"error": 'expected {"x": [[...], ...]}'}, 400
+    result = predict("fraud", {"x": body["x"]})
+    return {"y": result["y"].tolist(), "version": result.version}
+
+
+def create_app(**config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config["INPROCSERVE_REPOSITORY"] = "models/"
+    app.config.update(config)
+    Inprocserve().init_app(app)
+    app.register_blueprint(scoring, url_prefix="/api")
+    return app
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The team's checkout, the working directory, holding ``models/`` (as docs/quickstart.md lays it out)."""
+    for version in (1, 2):
+        save_model(build_scale_model(float(version)), tmp_path / "models", "fraud", version)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def app(project: Path) -> Iterator[Flask]:
+    application = create_app(INPROCSERVE_V2_PROTOCOL=True)
+    yield application
+    Inprocserve.close(application)
+
+
+def test_url_for_the_protocol_builds_a_path_the_protocol_answers(app: Flask) -> None:
+    with app.test_request_context():
+        metadata = url_for("inprocserve_v2.protocol", rest="models/fraud")
+        infer = url_for("inprocserve_v2.protocol", rest="models/fraud/infer")
+        root = url_for("inprocserve_v2.protocol")
+    assert (metadata, infer, root) == ("/v2/models/fraud", "/v2/models/fraud/infer", "/v2")
+    client = app.test_client()
+    answer = client.get(metadata)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.json is not None and answer.json["name"] == "fraud"
+    body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+    inferred = client.post(infer, json=body)
+    assert inferred.status_code == 200, inferred.get_data(as_text=True)
+    assert inferred.json is not None and inferred.json["outputs"][0]["data"] == [2, 4, 6, 8]
