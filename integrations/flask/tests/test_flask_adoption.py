@@ -64,3 +64,13 @@ def test_url_for_the_protocol_builds_a_path_the_protocol_answers(app: Flask) -> 
     inferred = client.post(infer, json=body)
     assert inferred.status_code == 200, inferred.get_data(as_text=True)
     assert inferred.json is not None and inferred.json["outputs"][0]["data"] == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("endpoint", ["health", "ready", "models"])
+def test_an_empty_segment_before_a_read_only_endpoint_is_the_json_404(app: Flask, endpoint: str) -> None:
+    answer = app.test_client().get(f"/-/inprocserve//{endpoint}")
+    assert answer.status_code == 404, (answer.status_code, answer.headers.get("Location"))
+    assert answer.is_json and answer.json is not None
+    assert answer.json["error"] == "not_found"
+    assert f"/-/inprocserve//{endpoint}" in answer.json["message"]
+    assert app.test_client().get(f"/-/inprocserve/{endpoint}").status_code == 200

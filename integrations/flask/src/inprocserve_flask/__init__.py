@@ -610,11 +610,14 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     def authorized() -> bool:
         return web.check_token(request.headers.get("Authorization"), token)
 
-    @blueprint.get("/health")
+    # merge_slashes=False, as on every route of the plug-in: werkzeug answered /-/inprocserve//health (and //ready,
+    # //models) with an HTML 308 to the path with one slash, where every other path under the prefix with an empty
+    # segment is the JSON 404 of _not_found
+    @blueprint.get("/health", merge_slashes=False)
     def health() -> Any:
         return {"status": "ok"}  # liveness: the process answers; models are /ready's business
 
-    @blueprint.get("/ready")
+    @blueprint.get("/ready", merge_slashes=False)
     def ready() -> Any:
         state = _state()
         if eager and state.holder.building:  # warming up after the fork: not ready, and do not wait for it
@@ -625,7 +628,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
             return jsonify(readiness.body()), 200
         return jsonify(readiness.body()), 503, not_ready_headers
 
-    @blueprint.get("/models")
+    @blueprint.get("/models", merge_slashes=False)
     def models() -> Any:
         try:
             server = web.server_or_none(lambda: _state().server, "GET /models")
