@@ -3,6 +3,7 @@ plug-in's endpoints and the protocol, driven through Flask's test client with re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -74,3 +75,17 @@ def test_an_empty_segment_before_a_read_only_endpoint_is_the_json_404(app: Flask
     assert answer.json["error"] == "not_found"
     assert f"/-/inprocserve//{endpoint}" in answer.json["message"]
     assert app.test_client().get(f"/-/inprocserve/{endpoint}").status_code == 200
+
+
+def test_a_relative_repository_is_the_folder_init_app_checked_after_a_change_of_directory(
+    project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    app = create_app()  # "models/" under the project, checked by init_app
+    try:
+        os.chdir(tmp_path_factory.mktemp("elsewhere"))  # (monkeypatch restores the project's, then the first)
+        answer = app.test_client().post("/api/score", json={"x": [[1, 2, 3, 4]]})
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        assert answer.json == {"y": [[2.0, 4.0, 6.0, 8.0]], "version": 2}
+        assert app.test_client().get("/-/inprocserve/ready").status_code == 200
+    finally:
+        Inprocserve.close(app)

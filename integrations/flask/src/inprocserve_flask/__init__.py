@@ -94,6 +94,12 @@ class _State:
     def __init__(self, app: Flask) -> None:
         config = app.config
         self.config = {key: config[key] for key in DEFAULTS}
+        repository = self.config["INPROCSERVE_REPOSITORY"]
+        if repository is not None:
+            # A relative folder is the one init_app checked, under the working directory of then: the server is
+            # built later (the first request, a worker after the fork), and built from a working directory changed
+            # since (a test's chdir, a job runner's) it served nothing, every request a 500.
+            self.config["INPROCSERVE_REPOSITORY"] = os.path.abspath(repository)
         self.app = app
         self.holder = web.ProcessLocalServer(self._build)
         self._closed = False  # closed by Inprocserve.close: forked children no longer warm it up, requests get 503
