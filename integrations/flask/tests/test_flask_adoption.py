@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from flask import Blueprint, Flask, request, url_for
-from inprocserve_flask import Inprocserve, predict
+from inprocserve_flask import Inprocserve, apredict, predict, timeout
 
 from inprocserve.testing import build_scale_model, save_model
 
@@ -23,6 +23,16 @@ def score() -> Any:
     if not isinstance(body, dict) or "x" not in body:
         return {"error": 'expected {"x": [[...], ...]}'}, 400
     result = predict("fraud", {"x": body["x"]})
+    return {"y": result["y"].tolist(), "version": result.version}
+
+
+@scoring.post("/ascore")
+@timeout(30)
+async def ascore() -> Any:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or "x" not in body:
+        return {"error": 'expected {"x": [[...], ...]}'}, 400
+    result = await apredict("fraud", {"x": body["x"]})
     return {"y": result["y"].tolist(), "version": result.version}
 
 
@@ -89,3 +99,16 @@ def test_a_relative_repository_is_the_folder_init_app_checked_after_a_change_of_
         assert app.test_client().get("/-/inprocserve/ready").status_code == 200
     finally:
         Inprocserve.close(app)
+
+
+def test_an_async_view_predicts_with_the_requests_deadline(app: Flask) -> None:
+    client = app.test_client()
+    answer = client.post("/api/ascore", json={"x": [[1, 2, 3, 4]]}, headers={"X-User-Id": "alice"})
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.json == {"y": [[2.0, 4.0, 6.0, 8.0]], "version": 2}
+    spent = client.post("/api/ascore", json={"x": [[1, 2, 3, 4]]}, headers={"X-Request-Timeout-Ms": "0"})
+    assert spent.status_code == 504, spent.get_data(as_text=True)
+    assert spent.json is not None and spent.json["error"] == "deadline_exceeded"
+    malformed = client.post("/api/ascore", json={"x": [[1, 2, 3, 4]]}, headers={"X-User-Id": "alice,bob"})
+    assert malformed.status_code == 400, malformed.get_data(as_text=True)
+    assert "X-User-Id" in malformed.get_data(as_text=True)

@@ -45,7 +45,7 @@ from .status_page import add_status_page
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Inprocserve", "OutsideRequestError", "default_context", "predict", "server", "timeout"]
+__all__ = ["Inprocserve", "OutsideRequestError", "apredict", "default_context", "predict", "server", "timeout"]
 
 _EXTENSION = "inprocserve"
 
@@ -543,6 +543,23 @@ def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
         inprocserve.DeadlineExceededError: the request's budget is already spent (then nothing runs).
         Anything ``Server.predict`` raises; with the default error handlers they become HTTP responses.
     """
+    server = _from_the_request(model, kwargs)
+    return server.predict(model, inputs, **kwargs)
+
+
+async def apredict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
+    """``server.apredict`` with the request's context (user) and remaining time budget filled in, for
+    ``async def`` views (the budget of ``@timeout`` on the view included).
+
+    Raises:
+        The same as :func:`predict`; ``Server.apredict``'s own errors.
+    """
+    server = _from_the_request(model, kwargs)
+    return await server.apredict(model, inputs, **kwargs)
+
+
+def _from_the_request(model: str, kwargs: dict[str, Any]) -> inprocserve.Server:
+    """The app's server, with ``kwargs``' ``context`` and ``timeout_s`` filled in from the request where not given."""
     state = _state()
     server = state.server
     try:  # (free where it does not raise: outside a request, Flask's RuntimeError is replaced below)
@@ -563,7 +580,7 @@ def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
         if has_request_context():
             raise
         raise _outside_a_request(model, kwargs) from exc
-    return server.predict(model, inputs, **kwargs)
+    return server
 
 
 def _outside_a_request(model: object, kwargs: Mapping[str, Any]) -> OutsideRequestError:
