@@ -3,6 +3,7 @@ plug-in's endpoints and the protocol, driven through Flask's test client with re
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 from flask import Blueprint, Flask, request, url_for
-from inprocserve_flask import Inprocserve, apredict, predict, timeout
+from inprocserve_flask import Inprocserve, OutsideRequestError, apredict, predict, timeout
 
 from inprocserve.testing import build_scale_model, save_model
 
@@ -112,3 +113,15 @@ def test_an_async_view_predicts_with_the_requests_deadline(app: Flask) -> None:
     malformed = client.post("/api/ascore", json={"x": [[1, 2, 3, 4]]}, headers={"X-User-Id": "alice,bob"})
     assert malformed.status_code == 400, malformed.get_data(as_text=True)
     assert "X-User-Id" in malformed.get_data(as_text=True)
+
+
+def test_apredict_outside_a_request_names_what_to_await_instead(app: Flask) -> None:
+    with app.app_context(), pytest.raises(OutsideRequestError) as raised:
+        asyncio.run(apredict("fraud", {"x": [[1, 2, 3, 4]]}))
+    message = str(raised.value)
+    assert "inprocserve_flask.apredict reads the request's user" in message
+    assert "call inprocserve_flask.server.apredict('fraud', inputs)" in message
+    assert "pass context= and timeout_s= to apredict" in message
+    with app.app_context():  # (what it says works: the same inputs, with context and timeout_s given)
+        given = asyncio.run(apredict("fraud", {"x": [[1, 2, 3, 4]]}, context={}, timeout_s=30))
+    assert given["y"].tolist() == [[2.0, 4.0, 6.0, 8.0]]

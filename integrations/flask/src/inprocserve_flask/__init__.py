@@ -543,7 +543,7 @@ def predict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Prediction:
         inprocserve.DeadlineExceededError: the request's budget is already spent (then nothing runs).
         Anything ``Server.predict`` raises; with the default error handlers they become HTTP responses.
     """
-    server = _from_the_request(model, kwargs)
+    server = _from_the_request(model, kwargs, called="predict")
     return server.predict(model, inputs, **kwargs)
 
 
@@ -554,12 +554,13 @@ async def apredict(model: str, inputs: Any, **kwargs: Any) -> inprocserve.Predic
     Raises:
         The same as :func:`predict`; ``Server.apredict``'s own errors.
     """
-    server = _from_the_request(model, kwargs)
+    server = _from_the_request(model, kwargs, called="apredict")
     return await server.apredict(model, inputs, **kwargs)
 
 
-def _from_the_request(model: str, kwargs: dict[str, Any]) -> inprocserve.Server:
-    """The app's server, with ``kwargs``' ``context`` and ``timeout_s`` filled in from the request where not given."""
+def _from_the_request(model: str, kwargs: dict[str, Any], *, called: str) -> inprocserve.Server:
+    """The app's server, with ``kwargs``' ``context`` and ``timeout_s`` filled in from the request where not given
+    (``called``: ``"predict"`` or ``"apredict"``, the plug-in's function and the server's method to name)."""
     state = _state()
     server = state.server
     try:  # (free where it does not raise: outside a request, Flask's RuntimeError is replaced below)
@@ -579,17 +580,18 @@ def _from_the_request(model: str, kwargs: dict[str, Any]) -> inprocserve.Server:
     except RuntimeError as exc:
         if has_request_context():
             raise
-        raise _outside_a_request(model, kwargs) from exc
+        raise _outside_a_request(model, kwargs, called=called) from exc
     return server
 
 
-def _outside_a_request(model: object, kwargs: Mapping[str, Any]) -> OutsideRequestError:
-    """What to call instead of :func:`predict` where there is no request, naming what it wanted to read."""
+def _outside_a_request(model: object, kwargs: Mapping[str, Any], *, called: str) -> OutsideRequestError:
+    """What to call instead of :func:`predict` (or :func:`apredict`) where there is no request, naming what it wanted
+    to read."""
     wanted = " and ".join(f"{name}=" for name in ("context", "timeout_s") if name not in kwargs)
     return OutsideRequestError(
-        f"inprocserve_flask.predict reads the request's user and deadline, and there is no request context "
-        f"here; outside a view (a CLI command, a job, a thread), call inprocserve_flask.server.predict("
-        f"{brief(model)}, inputs) in the app's context (with app.app_context():), or pass {wanted} to predict",
+        f"inprocserve_flask.{called} reads the request's user and deadline, and there is no request context "
+        f"here; outside a view (a CLI command, a job, a thread), call inprocserve_flask.server.{called}("
+        f"{brief(model)}, inputs) in the app's context (with app.app_context():), or pass {wanted} to {called}",
         model=model if isinstance(model, str) else None,
     )
 
