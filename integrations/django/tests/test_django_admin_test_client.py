@@ -49,3 +49,39 @@ def test_a_form_with_fields_is_still_refused_as_not_json(settings_dict: dict[str
     assert answer.status_code == 400, answer.content
     assert answer.json()["message"].startswith("the body is not JSON"), answer.json()
     assert status["models"]["fraud"]["versions"]["2"]["serving"], status  # (nothing switched)
+
+
+_FORM = "multipart/form-data; boundary=X"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # a part the multipart parser skips, for want of a Content-Disposition: a JSON body the caller meant
+        b'--X\r\nContent-Type: application/json\r\n\r\n{"version": 1}\r\n--X--\r\n',
+        b"--X\r\n",  # a form opened and never closed (a body cut short)
+        b"--X\r\nContent-Disposition: form-data\r\n\r\n1\r\n--X--\r\n",  # a part without a name
+        b"kill it",  # no form at all, under a multipart Content-Type
+    ],
+    ids=["part-without-disposition", "never-closed", "part-without-name", "not-a-form"],
+)
+def test_only_the_empty_form_itself_is_no_body(settings_dict: dict[str, object], body: bytes) -> None:
+    # Each of these parsed to no fields and no files, so it ran the action as if no body had been sent (a 200, the
+    # model killed), where any body that is not a JSON object is refused, as it was before the empty form was read.
+    with override_settings(INPROCSERVE=settings_dict):
+        client = Client()
+        answer = client.post(reverse("inprocserve:kill", args=["fraud"]), body, content_type=_FORM, headers=AUTH)
+        status = client.get(reverse("inprocserve:models")).json()
+    assert answer.status_code == 400, answer.content
+    assert answer.json()["message"].startswith("the body is not JSON"), answer.json()
+    assert status["models"]["fraud"]["control"] is None, status["models"]["fraud"]["control"]  # (not killed)
+
+
+@pytest.mark.parametrize("content_type", [_FORM, 'Multipart/Form-Data; boundary="X"', f"{_FORM}; charset=utf-8"])
+def test_the_empty_form_of_any_client_is_no_body(settings_dict: dict[str, object], content_type: str) -> None:
+    with override_settings(INPROCSERVE=settings_dict):
+        answer = Client().post(
+            reverse("inprocserve:kill", args=["fraud"]), b"--X--\r\n", content_type=content_type, headers=AUTH
+        )
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["kill"] is True, answer.json()
