@@ -55,3 +55,21 @@ def test_an_absolute_repository_that_is_missing_keeps_its_message(
     said = str(refused.value)
     assert f"INPROCSERVE['REPOSITORY'] ({missing}) is not a directory." in said, said
     assert "working directory" not in said, said
+
+
+def test_a_home_relative_repository_says_that_tilde_is_not_expanded(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It said to write BASE_DIR / '~/models': a folder named ~ under the project, where the models are in the home
+    # folder (Python's paths, and so the server, never expand ~).
+    monkeypatch.setenv("HOME", str(project))  # (project/models is ~/models)
+    monkeypatch.chdir(project.parent / "elsewhere")
+    with override_settings(INPROCSERVE={"REPOSITORY": "~/models"}), pytest.raises(ImproperlyConfigured) as refused:
+        Client().get("/-/inprocserve/ready")
+    said = str(refused.value)
+    assert "inprocserve.E001" in said, said
+    assert "~ is not expanded" in said, said
+    assert "Path('~/models').expanduser()" in said, said
+    assert "BASE_DIR / '~/models'" not in said, said
+    with override_settings(INPROCSERVE={"REPOSITORY": Path("~/models").expanduser()}):  # (what it says works)
+        assert Client().get("/-/inprocserve/ready").status_code == 200

@@ -242,6 +242,14 @@ def _not_a_directory(repository: object) -> Error:
         # A relative path is read from the working directory, which differs between manage.py run in the project's
         # folder, gunicorn started by systemd or a container, and a test runner: a folder found in development was
         # "not a directory" in production, and the message did not say where it was looked for.
+        text = os.fspath(repository)
+        if isinstance(text, str) and text.startswith("~"):  # (the hint said BASE_DIR / '~/models')
+            return Error(
+                f"INPROCSERVE['REPOSITORY'] ({repository}) is not a directory: ~ is not expanded, the path is read "
+                f"from the working directory, here {Path(repository).absolute()}.",
+                hint=f"Write Path({text!r}).expanduser(), or the absolute path; or create it.",
+                id="inprocserve.E001",
+            )
         return Error(
             f"INPROCSERVE['REPOSITORY'] ({repository}) is not a directory: a relative path is read from the working "
             f"directory, here {Path(repository).absolute()}.",
