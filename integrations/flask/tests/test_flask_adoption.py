@@ -13,6 +13,7 @@ import pytest
 from flask import Blueprint, Flask, request, url_for
 from inprocserve_flask import Inprocserve, OutsideRequestError, apredict, predict, timeout
 
+import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
 scoring = Blueprint("scoring", __name__)
@@ -125,3 +126,31 @@ def test_apredict_outside_a_request_names_what_to_await_instead(app: Flask) -> N
     with app.app_context():  # (what it says works: the same inputs, with context and timeout_s given)
         given = asyncio.run(apredict("fraud", {"x": [[1, 2, 3, 4]]}, context={}, timeout_s=30))
     assert given["y"].tolist() == [[2.0, 4.0, 6.0, 8.0]]
+
+
+@pytest.mark.parametrize(
+    ("folder", "said"),
+    [
+        ("models/", "a relative path is read from the working directory at init_app: it was looked for at "),
+        ("~/models", "~ is not expanded: it was looked for at "),
+    ],
+)
+def test_a_relative_repository_missing_at_init_app_names_where_it_was_looked_for(
+    project: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, folder: str, said: str
+) -> None:
+    # It said "INPROCSERVE_REPOSITORY ('models/') is not a folder": the folder is there, in the project, and the
+    # server was started elsewhere (a service, another folder's shell), which the message did not say.
+    monkeypatch.setenv("HOME", str(project))  # (project/models is ~/models)
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    os.chdir(elsewhere)
+    with pytest.raises(inprocserve.ConfigurationError) as refused:
+        create_app(INPROCSERVE_REPOSITORY=folder)
+    message = str(refused.value)
+    assert said + str(elsewhere / folder) in message, message
+    if folder.startswith("~"):
+        assert "os.path.expanduser('~/models')" in message, message
+        app = create_app(INPROCSERVE_REPOSITORY=os.path.expanduser(folder))  # (what it says works)
+        try:
+            assert app.test_client().post("/api/score", json={"x": [[1, 2, 3, 4]]}).status_code == 200
+        finally:
+            Inprocserve.close(app)

@@ -265,6 +265,21 @@ class Inprocserve:
             state.close()
 
 
+def _looked_for(repository: object) -> str:
+    """Where a relative repository was looked for, for its refusal: the working directory, which differs between
+    ``flask run`` in the project's folder and a server started elsewhere (the message named the relative path
+    alone); and, for ``~/...``, that ``~`` is not expanded (it is a folder named ``~`` there)."""
+    if not isinstance(repository, str | os.PathLike):
+        return ""
+    text = os.fspath(repository)
+    if os.path.isabs(text):
+        return ""
+    where = os.path.abspath(text)
+    if isinstance(text, str) and text.startswith("~"):
+        return f" (~ is not expanded: it was looked for at {where}; write os.path.expanduser({text!r}))"
+    return f" (a relative path is read from the working directory at init_app: it was looked for at {where})"
+
+
 def _is_reloader_watcher() -> bool:
     """Whether this process is the file watcher of ``flask run``'s reloader: it loads the app (as ``flask
     run`` does before it starts the server), then only starts and restarts a child that loads it again and
@@ -333,8 +348,8 @@ def _check_settings(config: Mapping[str, Any]) -> None:
     if repository is not None and not (isinstance(repository, str | os.PathLike) and Path(repository).is_dir()):
         # (a typo: each worker's server, built at its first request, served nothing, then refused every request)
         error = inprocserve.ConfigurationError(
-            f"INPROCSERVE_REPOSITORY ({repository!r}) is not a folder: create it, or point it at the folder that "
-            "holds <model>/<version>/model.onnx"
+            f"INPROCSERVE_REPOSITORY ({repository!r}) is not a folder{_looked_for(repository)}: create it, or point "
+            "it at the folder that holds <model>/<version>/model.onnx"
         )
         if not isinstance(repository, str | os.PathLike):
             raise error
