@@ -358,6 +358,10 @@ class Router:
         # The tests each variant is in, of a configuration (see _credit; changed under the lock)
         self._pairs: tuple[RolloutConfig | None, Mapping[str, tuple[tuple[str, str], ...]]] = (None, {})
         self._arm_versions: dict[str, int] = {}  # the version each arm's statistics are of (see _configure)
+        # Arms a reload removed from the configuration: (their final statistics, when) for as long as an outcome
+        # by request id of a request they served may come (the hour ids are remembered), shown apart in status
+        # (see _retire_arms; changed under the lock)
+        self._removed: dict[str, tuple[VariantStats, float]] = {}
         self._canary_version: int | None = None  # the configured canary's, whose statistics "canary" holds
         self._stable_version: int | None = None  # the stable version named (alias or configured) "stable" holds
         self._stats_state: RoutingState | None = None  # the state those versions were last checked against
@@ -537,6 +541,9 @@ class Router:
                 if self._arm_versions.get(name, arm.version) != arm.version
             }
             self._arm_versions.update((name, arm.version) for name, arm in config.variants.items())
+            gone = [name for name in self._arm_versions if name not in config.variants]
+            if gone or self._removed:
+                self._retire_arms(gone, config)
             canary = config.canary.version
             if canary is not None:
                 if self._canary_version not in (None, canary):
@@ -552,6 +559,27 @@ class Router:
             for name in changed:
                 self._left.pop(name, None)
             self._restart(changed)
+
+    def _retire_arms(self, names: Collection[str], config: RolloutConfig) -> None:
+        """End the arms ``names``, no longer configured (under the lock): they leave the variants, the tests and
+        a bandit's draws at once (an outcome by key for a key last drawn to one credits nothing: which request
+        it is of is unknown). Their final statistics are kept apart (status' ``removed_variants``) while an
+        outcome by request id of a request they served may still come, and credit it (it is the arm's); an
+        arm configured again starts afresh. Also forgets the removed arms whose requests' ids are forgotten.
+        Before: kept by name for the life of the process, listed among the variants and credited by key."""
+        now = time.monotonic()
+        for name in names:
+            version = self._arm_versions.pop(name)
+            self._left.pop(name, None)
+            stats = self._stats.get(name)
+            if stats is None or stats.version not in (None, version):  # (none yet: an A/B arm's request running)
+                stats = VariantStats(version=version, serial=next(self._serials))
+            self._removed[name] = (stats, now)
+        self._restart(names)
+        for name in [
+            n for n, (_, when) in self._removed.items() if n in config.variants or now - when > _ASSIGNMENT_TTL_S
+        ]:
+            del self._removed[name]
 
     def _restart(self, names: Collection[str]) -> None:
         """Start the statistics of ``names`` afresh, with the tests they are in and a bandit's draws of them
@@ -1176,7 +1204,13 @@ class Router:
             if state is not self._stats_state and not self._of_current_version(variant, state):
                 # Decided before a reload that pointed the variant at another version (the request ran
                 # meanwhile): the old version's request counts nowhere, its outcome credits nothing by id or key.
-                self._assignments.note(request_id, _COUNTED)
+                # One that removed its arm: the arm served it, and its final statistics count it.
+                removed = self._removed_stats(variant)
+                if removed is not None and removed.version == decision.version:
+                    removed.served += 1
+                    self._assignments.note(request_id, variant, removed.serial)
+                else:
+                    self._assignments.note(request_id, _COUNTED)
                 return
             stats = self._stats.get(variant)
             if stats is None or stats.version != decision.version:  # (another version: a flag, the latest one)
@@ -1361,10 +1395,23 @@ class Router:
                 variant, serial = taken
                 stats = self._stats.get(variant)
                 if stats is None or stats.serial != serial:
-                    return _COUNTED  # its statistics started afresh since (another version): it credits nothing
+                    stats = self._removed_stats(variant, serial)
+                    if stats is None:
+                        return _COUNTED  # its statistics started afresh since (another version): credits nothing
                 self._credit(variant, stats, reward, state.config)
                 return variant
         return taken
+
+    def _removed_stats(self, variant: str, serial: int | None = None) -> VariantStats | None:
+        """The statistics of ``variant``, an arm a reload removed, while outcomes of its requests may come (and
+        numbered ``serial``, if given); None otherwise (under the lock)."""
+        removed = self._removed.get(variant)
+        if removed is None:
+            return None
+        if time.monotonic() - removed[1] > _ASSIGNMENT_TTL_S:
+            del self._removed[variant]
+            return None
+        return removed[0] if serial is None or removed[0].serial == serial else None
 
     def _credit(self, variant: str, stats: VariantStats, reward: float, config: RolloutConfig) -> None:
         """Add an outcome to ``variant``'s statistics, ``stats``, and follow the tests it is in (under the lock)."""
@@ -1379,7 +1426,8 @@ class Router:
         """Whether ``state`` gives ``variant`` the version its statistics are of now (under the lock)."""
         arm = state.config.variants.get(variant)
         if arm is not None:
-            return self._arm_versions.get(variant, arm.version) == arm.version
+            # (not at all where a reload removed the arm since: its requests count in its final statistics alone)
+            return self._arm_versions.get(variant, arm.version) == arm.version and variant not in self._removed
         if variant in ("canary", "stable"):
             return state.config.canary.version in (None, self._canary_version) and state.pin in (
                 None,
@@ -1413,7 +1461,8 @@ class Router:
             drawn = self._bandit_keys.get(remembered_as)
         if drawn is not None:
             arm = state.config.variants.get(drawn)
-            return drawn, None if arm is None else arm.version
+            # (an arm no longer configured: drawn by a decision made before the reload that removed it)
+            return None if arm is None else (drawn, arm.version)
         stable = state.stable_of(ready, latest)
         if state.killed:
             return "stable", self._flagged_stable(ready, stable, {state.config.key_field: key}, state)
@@ -1487,6 +1536,7 @@ class Router:
         config = state.config
         with self._lock:
             stats = {name: s.to_dict() for name, s in self._stats.items()}
+            removed = {name: s.to_dict() for name in list(self._removed) if (s := self._removed_stats(name))}
             tests = {}
             for pair in _test_pairs(config):  # only with outcomes on both sides: no difference against nothing
                 control, treatment = self._stats.get(pair[0]), self._stats.get(pair[1])
@@ -1497,6 +1547,7 @@ class Router:
             "strategy": config.strategy,
             "stable_alias": state.pin,
             "variants": stats,
+            "removed_variants": removed,
             "tests": tests,
             "interleaving": {**pairs[0], "earlier": pairs[1:]} if pairs else None,
             "flags": self._flags.status(),
