@@ -122,6 +122,7 @@ class Signature:
         outputs: Sequence[TensorSpec],
         *,
         rows_shared: bool = False,
+        rows_apart: bool = False,
         tied_axes: Sequence[Sequence[tuple[str, int]]] = (),
         broadcast_axes: Collection[tuple[str, int]] = (),
     ) -> None:
@@ -129,6 +130,10 @@ class Signature:
         self.outputs: tuple[TensorSpec, ...] = tuple(outputs)
         self.input_names: frozenset[str] = frozenset(spec.name for spec in self.inputs)
         self.rows_shared = rows_shared
+        self.rows_apart = rows_apart
+        """The version never merges requests nor slices one (``batching.rows_independent = "no"``, or the load
+        found a row's answer is not its own): nothing then needs a request's inputs to have the same rows, and
+        they are not checked to (see :meth:`apart_rows`)."""
         self.tied_axes: tuple[tuple[tuple[str, int], ...], ...] = tuple(tuple(group) for group in tied_axes)
         """Inner axes of inputs, named apart, that the load found the model needs of one length (a legacy
         ``torch.onnx.export`` given ``dynamic_axes`` as lists names ``input_ids`` and ``attention_mask``'s
@@ -161,10 +166,12 @@ class Signature:
         """Rows of several requests can be stacked on axis 0 of every input and split off every output, as far
         as the declared shapes tell (the load also runs the model to check it: ``ModelVersion``); then every
         input of a request must have the same rows."""
-        self._same_rows: bool = self.batchable or self.rows_in_maps()
+        self._same_rows: bool = (self.batchable and not rows_apart) or self.rows_in_maps()
         """Every input of a request must have the same rows: axis 0 is the rows of every input, as the declared
-        shapes tell, or as they tell of every output but a ZipMap's maps (a scikit-learn classifier, whose
-        mismatched inputs failed inside onnxruntime's Concat as an InferenceError, not naming them)."""
+        shapes tell, and the version may merge or slice requests on it (not :attr:`rows_apart`: a run of one
+        request, whole, is what onnxruntime itself takes, whatever rows each input has), or as they tell of
+        every output but a ZipMap's maps (a scikit-learn classifier, whose mismatched inputs failed inside
+        onnxruntime's Concat as an InferenceError, not naming them)."""
         self.has_dynamic_inner_axes: bool = any(
             spec.shape is None or any(_is_dynamic(d) for d in spec.shape[1:]) for spec in self.inputs
         )
@@ -289,6 +296,16 @@ class Signature:
             self.inputs, self.outputs, rows_shared=True, tied_axes=self.tied_axes, broadcast_axes=self.broadcast_axes
         ).bounded(self.bounds)
 
+    def apart_rows(self) -> Signature:
+        """This signature for a version that never merges requests nor slices one although the declared shapes
+        make axis 0 one batch axis (``batching.rows_independent = "no"``, or the load found a row's answer is not
+        its own): a request's inputs need not have the same rows then, as where the file names axis 0 apart on
+        each (``a[n, 4]`` beside ``b[m, 4]``: the model may take a table beside the rows). It was refused, as
+        if it were to be merged, while the same model with axis 0 named apart was served."""
+        return Signature(
+            self.inputs, self.outputs, rows_apart=True, tied_axes=self.tied_axes, broadcast_axes=self.broadcast_axes
+        ).bounded(self.bounds)
+
     def tying(
         self, groups: Sequence[Sequence[tuple[str, int]]], broadcast: Collection[tuple[str, int]] = ()
     ) -> Signature:
@@ -298,6 +315,7 @@ class Signature:
             self.inputs,
             self.outputs,
             rows_shared=self.rows_shared,
+            rows_apart=self.rows_apart,
             tied_axes=(*self.tied_axes, *groups),
             broadcast_axes=self.broadcast_axes | set(broadcast),
         ).bounded(self.bounds)
@@ -318,6 +336,7 @@ class Signature:
             self.inputs,
             self.outputs,
             rows_shared=self.rows_shared,
+            rows_apart=self.rows_apart,
             tied_axes=self.tied_axes,
             broadcast_axes=self.broadcast_axes,
             bounds=bounds,
@@ -571,12 +590,20 @@ class _BoundedSignature(Signature):
         outputs: Sequence[TensorSpec],
         *,
         rows_shared: bool,
+        rows_apart: bool,
         tied_axes: Sequence[Sequence[tuple[str, int]]],
         broadcast_axes: Collection[tuple[str, int]],
         bounds: Mapping[str, Bounds],
         checks: tuple[_BoundCheck, ...],
     ) -> None:
-        super().__init__(inputs, outputs, rows_shared=rows_shared, tied_axes=tied_axes, broadcast_axes=broadcast_axes)
+        super().__init__(
+            inputs,
+            outputs,
+            rows_shared=rows_shared,
+            rows_apart=rows_apart,
+            tied_axes=tied_axes,
+            broadcast_axes=broadcast_axes,
+        )
         self.bounds = dict(bounds)
         self._bound_checks = checks
 
