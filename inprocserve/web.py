@@ -10,6 +10,7 @@ each turns the typed results below into its framework's responses.
   the 415 of a compressed admin body.
 * :func:`budget_spent`: the error, recorded, for a prediction whose request spent its time budget first.
 * :func:`status_page`: the status page as an HTTP answer (a 503 page where the server cannot be built).
+* :data:`ANSWER_HEADERS`, :data:`PRIVATE_ANSWER_HEADERS`: the headers of the endpoints' JSON answers.
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
 * :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``);
   :func:`header_setting_problem`: a setting naming a header that no request can send.
@@ -83,11 +84,13 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ADMIN_ACTIONS",
     "ADMIN_UNAUTHORIZED",
+    "ANSWER_HEADERS",
     "AdminAnswer",
     "ERROR_STATUS",
     "ErrorAnswer",
     "LENGTH_REQUIRED",
     "NO_SERVER",
+    "PRIVATE_ANSWER_HEADERS",
     "ProcessLocalServer",
     "Readiness",
     "SECONDS_SETTINGS",
@@ -701,6 +704,19 @@ def _version(version: object) -> int:
             f'"version" must be a positive int of at most {MAX_VERSION_DIGITS} digits, got {version!r:.40}'
         )
     return version
+
+
+# -- answer headers --------------------------------------------------------------------------------------
+
+ANSWER_HEADERS: Mapping[str, str] = MappingProxyType({"X-Content-Type-Options": "nosniff"})
+"""The headers of every JSON answer of the plug-ins' endpoints (``health``, ``ready``, ``models``, the admin
+actions, and their errors: 401, 404, 405, ...): a browser never reads one as another type than JSON (a message
+quoting what a client sent, read as HTML, would run as a page of the app's origin)."""
+
+PRIVATE_ANSWER_HEADERS: Mapping[str, str] = MappingProxyType({**ANSWER_HEADERS, "Cache-Control": "no-store"})
+"""The headers of the answers of ``models`` (with the admin token it names the repository's files, and whatever
+the token it is one worker's state at one moment) and of the admin actions (what they did, their errors):
+:data:`ANSWER_HEADERS`, and stored by no cache, as the status page's answers are."""
 
 
 # -- tokens ----------------------------------------------------------------------------------------------

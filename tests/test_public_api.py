@@ -72,9 +72,11 @@ def test_the_web_glue_is_a_public_module() -> None:
     assert set(web.__all__) == defined | {
         "ADMIN_ACTIONS",
         "ADMIN_UNAUTHORIZED",
+        "ANSWER_HEADERS",
         "ERROR_STATUS",
         "LENGTH_REQUIRED",
         "NO_SERVER",
+        "PRIVATE_ANSWER_HEADERS",
         "SECONDS_SETTINGS",
         "SHADOW_SETTINGS",
     }

@@ -19,7 +19,7 @@ from inprocserve._status_page import PAGE_HEADERS, TOKEN_NEEDED
 from .conf import settings
 from .middleware import not_logged_per_request
 from .server import get_server
-from .views import only
+from .views import answered_with, only
 
 __all__ = ["status_page"]
 
@@ -27,6 +27,7 @@ _REALM = 'Basic realm="inprocserve status", charset="UTF-8"'
 
 
 @csrf_exempt  # (its token authorizes it, never a cookie: another method is a 405, not CSRF's 403)
+@answered_with(web.ANSWER_HEADERS)  # (its JSON 405; the page and its 401 have PAGE_HEADERS, nosniff among them)
 @only("GET", "HEAD")  # as the Flask plug-in's page (another method: a JSON 405)
 def status_page(request: HttpRequest) -> HttpResponse:
     config = settings()

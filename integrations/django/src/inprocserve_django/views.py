@@ -9,7 +9,7 @@ and answer is :func:`inprocserve.web.admin_answer`; these views add Django's rou
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 from django.core.exceptions import RequestDataTooBig
@@ -22,7 +22,7 @@ from inprocserve._brief import brief
 
 from .body import LengthRequired, whole_body
 from .conf import settings
-from .middleware import not_logged_per_request
+from .middleware import error_response, not_logged_per_request
 from .server import building, get_server
 
 _View = TypeVar("_View", bound=Callable[..., HttpResponse])
@@ -51,17 +51,43 @@ def only(*methods: str) -> Callable[[_View], _View]:
     return decorate
 
 
+def answered_with(headers: Mapping[str, str]) -> Callable[[_View], _View]:
+    """Every answer of the view carries ``headers`` (``web.ANSWER_HEADERS`` or ``web.PRIVATE_ANSWER_HEADERS``)
+    where it has not set them itself, its 405 and its library errors' included (answered here, as the
+    middleware would answer them, so that they carry them too): as the Flask plug-in's answers."""
+
+    def decorate(view: _View) -> _View:
+        @functools.wraps(view)
+        def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                response = view(request, *args, **kwargs)
+            except Exception as exc:  # (Http404 and errors of no library class: not answered here)
+                answer = error_response(exc)
+                if answer is None:
+                    raise
+                response = answer
+            for name, value in headers.items():
+                response.setdefault(name, value)
+            return response
+
+        return cast(_View, checked)
+
+    return decorate
+
+
 # The read-only endpoints answer GET and HEAD, and any other method 405 (as the Flask plug-in's do), exempt from
 # CSRF checks, which would answer a POST with an HTML 403 about cookies: any method answered the whole status.
 
 
 @csrf_exempt
+@answered_with(web.ANSWER_HEADERS)
 @only("GET", "HEAD")
 def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
 @csrf_exempt
+@answered_with(web.ANSWER_HEADERS)
 @only("GET", "HEAD")
 def ready(request: HttpRequest) -> JsonResponse:
     if settings()["EAGER"] and building():  # warming up after the fork: not ready, and do not wait for it
@@ -75,6 +101,7 @@ def ready(request: HttpRequest) -> JsonResponse:
 
 
 @csrf_exempt
+@answered_with(web.PRIVATE_ANSWER_HEADERS)  # (file-system paths with the admin token)
 @only("GET", "HEAD")
 def models(request: HttpRequest) -> HttpResponse:
     try:
@@ -91,6 +118,7 @@ def models(request: HttpRequest) -> HttpResponse:
 
 
 @csrf_exempt  # (any method: a 404 either way, never CSRF's HTML 403)
+@answered_with(web.ANSWER_HEADERS)
 def not_found(request: HttpRequest) -> HttpResponse:
     """The JSON 404 of a path that begins as one of the plug-in's endpoints and holds a control character
     (``models%0A``, ``models/m/switch%00``): Django's HTML 404 page answered. Only those (see urls.py): a typo in
@@ -126,6 +154,7 @@ def _admin(action: str) -> Callable[..., HttpResponse]:
             raise Http404("admin endpoints are off (INPROCSERVE['ADMIN_TOKEN'] is not set)")
         return act(request, name)
 
+    @answered_with(web.PRIVATE_ANSWER_HEADERS)
     @only("POST")
     def act(request: HttpRequest, name: str | None) -> JsonResponse:
         if not _authorized(request):

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, current_app, has_request_context, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.local import LocalProxy
 
@@ -650,6 +650,14 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
     def authorized() -> bool:
         return web.check_token(request.headers.get("Authorization"), token)
 
+    @blueprint.after_request
+    def answer_headers(response: Response) -> Response:
+        # every answer of these routes, their errors' too (a library error's, through the app's error handler);
+        # the JSON 404 and 405 of _routing_error answer before any route, and add them themselves
+        for name, value in _answer_headers(request.endpoint).items():
+            response.headers.setdefault(name, value)  # (the status page's own, PAGE_HEADERS, stay)
+        return response
+
     # merge_slashes=False, as on every route of the plug-in: werkzeug answered /-/inprocserve//health (and //ready,
     # //models) with an HTML 308 to the path with one slash, where every other path under the prefix with an empty
     # segment is the JSON 404 of _not_found
@@ -719,6 +727,16 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
 _METHODS_TAKEN = {"POST": "the admin endpoints take POST (with Authorization: Bearer <token>)"}
 """What the 405 of an endpoint that takes these methods says (others: "this endpoint takes GET or HEAD")."""
 
+_PRIVATE_ENDPOINTS = frozenset({"inprocserve.models", "inprocserve.reload", "inprocserve.model_action"})
+"""The endpoints whose answers no cache may store (``web.PRIVATE_ANSWER_HEADERS``): ``/models`` (file-system paths
+with the admin token) and the admin actions."""
+
+
+def _answer_headers(endpoint: str | None) -> Mapping[str, str]:
+    """The headers of an answer of the plug-in's ``endpoint`` (the rule's name; ``None`` for a path under the
+    prefix that names none): ``nosniff``, and ``no-store`` where :data:`_PRIVATE_ENDPOINTS` says so."""
+    return web.PRIVATE_ANSWER_HEADERS if endpoint in _PRIVATE_ENDPOINTS else web.ANSWER_HEADERS
+
 
 def _routing_error() -> Any:
     """The JSON 405 of this plug-in's endpoints (``Allow`` as werkzeug's), and the JSON 404 of a path under their
@@ -751,7 +769,7 @@ def _routing_error() -> Any:
     does = _METHODS_TAKEN.get(" ".join(taken), f"this endpoint takes {' or '.join(taken)}")
     message = f"{does}; this request sent {brief(request.method)}"
     body = {"error": "method_not_allowed", "message": message}
-    return jsonify(body), 405, {"Allow": ", ".join(valid)}
+    return jsonify(body), 405, {"Allow": ", ".join(valid), **_answer_headers(endpoint)}
 
 
 def _not_found() -> Any:
@@ -774,7 +792,7 @@ def _not_found() -> Any:
         "status (INPROCSERVE_STATUS_PAGE), reload and models/<name>/<switch|rollback|canary|kill|resume> "
         "(INPROCSERVE_ADMIN_TOKEN)"
     )
-    return jsonify({"error": "not_found", "message": message}), 404
+    return jsonify({"error": "not_found", "message": message}), 404, dict(_answer_headers(None))
 
 
 def _too_large_message() -> str:

@@ -1,0 +1,75 @@
+"""The headers of the endpoints' JSON answers, the status route's empty segment, and a token that the
+environment made a number: through Flask's test client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from inprocserve_flask import Inprocserve
+
+from inprocserve.testing import build_scale_model, save_model
+
+TOKEN = "admin-token-4c1d"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+PREFIX = "/-/inprocserve"
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    folder = tmp_path / "models"
+    save_model(build_scale_model(2.0), folder, "scale", 1)
+    return folder
+
+
+@pytest.fixture
+def app(repository: Path) -> Iterator[Flask]:
+    application = Flask("shop")
+    application.config.update(
+        INPROCSERVE_REPOSITORY=str(repository), INPROCSERVE_ADMIN_TOKEN=TOKEN, INPROCSERVE_STATUS_PAGE=True
+    )
+    Inprocserve(application)
+    yield application
+    Inprocserve.close(application)
+
+
+# (method, path, headers, status, Cache-Control)
+ANSWERS = [
+    ("GET", "/health", {}, 200, None),
+    ("GET", "/ready", {}, 200, None),
+    ("POST", "/health", {}, 405, None),
+    ("POST", "/status", {}, 405, None),
+    ("GET", "/nothing-here", {}, 404, None),
+    ("GET", "/models", {}, 200, "no-store"),
+    ("GET", "/models", BEARER, 200, "no-store"),  # (file-system paths)
+    ("POST", "/reload", BEARER, 200, "no-store"),
+    ("POST", "/reload", {}, 401, "no-store"),
+    ("GET", "/reload", BEARER, 405, "no-store"),
+    ("POST", "/models/scale/kill", BEARER, 200, "no-store"),
+    ("POST", "/models/scale/resume", BEARER, 200, "no-store"),
+    ("POST", "/models/nope/kill", BEARER, 404, "no-store"),
+    ("POST", "/models/scale/switch", BEARER, 400, "no-store"),  # (no version)
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "status", "cache"), ANSWERS)
+def test_every_json_answer_is_never_sniffed_and_the_admin_ones_never_stored(
+    app: Flask, method: str, path: str, headers: dict[str, str], status: int, cache: str | None
+) -> None:
+    response = app.test_client().open(PREFIX + path, method=method, headers=headers)
+    assert response.status_code == status and response.is_json, response.get_data()[:200]
+    assert response.headers.get("X-Content-Type-Options") == "nosniff", (path, dict(response.headers))
+    assert response.headers.get("Cache-Control") == cache, (path, dict(response.headers))
+    if path == "/models" and headers:  # what no cache may keep
+        assert str(app.config["INPROCSERVE_REPOSITORY"]) in response.get_data(as_text=True)
+
+
+def test_an_admin_action_refused_by_the_error_handler_carries_them_too(app: Flask) -> None:
+    """After Inprocserve.close(app) an admin action raises ServerClosedError, answered by the app's error handler."""
+    Inprocserve.close(app)
+    response = app.test_client().post(f"{PREFIX}/reload", headers=BEARER)
+    assert response.status_code == 503 and response.json["error"] == "unavailable", response.json  # type: ignore[index]
+    assert response.headers.get("X-Content-Type-Options") == "nosniff", dict(response.headers)
+    assert response.headers.get("Cache-Control") == "no-store", dict(response.headers)
