@@ -73,3 +73,11 @@ def test_an_admin_action_refused_by_the_error_handler_carries_them_too(app: Flas
     assert response.status_code == 503 and response.json["error"] == "unavailable", response.json  # type: ignore[index]
     assert response.headers.get("X-Content-Type-Options") == "nosniff", dict(response.headers)
     assert response.headers.get("Cache-Control") == "no-store", dict(response.headers)
+
+
+def test_the_status_route_with_an_empty_segment_is_the_json_404(app: Flask) -> None:
+    """``//status`` was werkzeug's HTML 308 to ``/status``, where ``//models`` and the others are the JSON 404."""
+    for path in ("//status", "//models"):
+        response = app.test_client().get(PREFIX + path, headers=BEARER)
+        assert response.status_code == 404 and response.is_json, (path, response.status_code, response.headers)
+        assert response.json["error"] == "not_found"  # type: ignore[index]

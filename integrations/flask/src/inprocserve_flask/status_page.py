@@ -39,7 +39,9 @@ def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Cal
             "(or INPROCSERVE_ADMIN_TOKEN) to a long random string"
         )
 
-    @blueprint.get("/status")
+    # merge_slashes=False, as on every other route of the plug-in: werkzeug answered /-/inprocserve//status with an
+    # HTML 308 to /status, where every other path under the prefix with an empty segment is the JSON 404
+    @blueprint.get("/status", merge_slashes=False)
     def status_page() -> Response:
         if not web.check_token(request.headers.get("Authorization"), token, basic=True):
             response = Response(TOKEN_NEEDED, 401, mimetype="text/plain")
