@@ -743,9 +743,20 @@ def check_token(authorization: str | None, token: str | None, *, basic: bool = F
 def token_problem(token: object) -> str | None:
     """What is wrong with a configured token (``None`` for a token that is fine, or for no token): not a
     string, blank, or not printable ASCII (a header cannot carry other text reliably, so it would never match).
-    The plug-ins refuse such a token at start-up."""
+    The plug-ins refuse such a token at start-up.
+
+    A number says how it became one: Flask's ``app.config.from_prefixed_env`` reads each ``FLASK_*`` value as
+    JSON where it can, so a token of digits in the environment arrives as an int (or a float), and the refusal
+    "must be a string, got int" left its owner looking for the code that made it one."""
     if token is None or token == "":
         return None
+    if isinstance(token, int | float) and not isinstance(token, bool):
+        return (
+            f"must be a string, got {type(token).__name__}: a value of digits read from the environment as JSON "
+            "becomes a number (Flask's app.config.from_prefixed_env reads each FLASK_* variable so); keep it a "
+            "string by quoting it as JSON in the environment ('\"1234...\"', the double quotes included), or by "
+            "setting the key from os.environ directly, after from_prefixed_env"
+        )
     if not isinstance(token, str):
         return f"must be a string, got {type(token).__name__}"
     stripped = token.strip()

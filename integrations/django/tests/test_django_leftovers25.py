@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from django.core.checks import run_checks
 from django.test import Client, override_settings
 from inprocserve_django import close_server, reset_server
 
@@ -74,3 +75,10 @@ def test_an_admin_action_after_close_server_is_a_503_without_the_middleware(serv
     close_server()
     response = Client().post(f"{PREFIX}/reload", headers=BEARER)
     assert response.status_code == 503 and response["Cache-Control"] == "no-store", response.content[:200]
+
+
+def test_a_token_that_is_a_number_says_how_it_became_one(served: Path) -> None:
+    with override_settings(INPROCSERVE={"REPOSITORY": str(served), "ADMIN_TOKEN": 12345678901234567890}):
+        errors = [error for error in run_checks() if error.id and error.id.startswith("inprocserve.")]
+    assert errors, "the number token was taken"
+    assert any("from_prefixed_env" in error.msg and "got int" in error.msg for error in errors), errors

@@ -10,6 +10,7 @@ import pytest
 from flask import Flask
 from inprocserve_flask import Inprocserve
 
+import inprocserve
 from inprocserve.testing import build_scale_model, save_model
 
 TOKEN = "admin-token-4c1d"
@@ -81,3 +82,32 @@ def test_the_status_route_with_an_empty_segment_is_the_json_404(app: Flask) -> N
         response = app.test_client().get(PREFIX + path, headers=BEARER)
         assert response.status_code == 404 and response.is_json, (path, response.status_code, response.headers)
         assert response.json["error"] == "not_found"  # type: ignore[index]
+
+
+def test_a_token_of_digits_from_the_environment_says_how_to_keep_it_a_string(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flask's from_prefixed_env reads the value as JSON: an int, refused as "must be a string, got int" alone."""
+    monkeypatch.setenv("FLASK_INPROCSERVE_ADMIN_TOKEN", "12345678901234567890")
+    app = Flask("shop")
+    app.config.update(INPROCSERVE_REPOSITORY=str(repository))
+    app.config.from_prefixed_env()
+    assert app.config["INPROCSERVE_ADMIN_TOKEN"] == 12345678901234567890
+    with pytest.raises(inprocserve.ConfigurationError) as refused:
+        Inprocserve(app)
+    message = str(refused.value)
+    assert "INPROCSERVE_ADMIN_TOKEN must be a string, got int" in message
+    assert "from_prefixed_env" in message and "'\"1234...\"'" in message and "os.environ" in message
+    assert "12345678901234567890" not in message  # (the token itself is never shown)
+
+    # the advice works: quoted as JSON in the environment, it stays a string, and the endpoints take it
+    monkeypatch.setenv("FLASK_INPROCSERVE_ADMIN_TOKEN", '"12345678901234567890"')
+    app = Flask("shop")
+    app.config.update(INPROCSERVE_REPOSITORY=str(repository))
+    app.config.from_prefixed_env()
+    Inprocserve(app)
+    try:
+        headers = {"Authorization": "Bearer 12345678901234567890"}
+        assert app.test_client().post(f"{PREFIX}/reload", headers=headers).status_code == 200
+    finally:
+        Inprocserve.close(app)
