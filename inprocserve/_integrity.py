@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -385,10 +386,9 @@ def _check_reference(reference: ExternalData, folder: Path, fail: _Fail, *, foll
     root = folder.resolve()
     target = folder / location
     try:
-        resolved = target.resolve()
-    except (OSError, RuntimeError) as exc:  # a link loop (Python 3.11 and 3.12 raise RuntimeError)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a symbolic link loop"
-        raise fail(f"{what} at {quoted}, which cannot be resolved: {reason}") from None
+        resolved = resolved_path(target)
+    except OSError as exc:  # (a link loop)
+        raise fail(f"{what} at {quoted}, which cannot be resolved: {exc.strerror or exc}") from None
     if not resolved.is_relative_to(root):
         raise fail(
             f"{what} at {quoted}, which resolves to {brief_text(str(resolved))}, outside the version folder {root}"
@@ -767,6 +767,19 @@ def _check_digest(path: Path, expected: str, sidecar: Path, fail: _Fail, *, what
 # -- files named in config.toml ---------------------------------------------------------------------------
 
 
+def resolved_path(path: Path) -> Path:
+    """``path.resolve()``, with a symbolic link loop an ``OSError`` (``ELOOP``) on every Python: 3.11 and 3.12
+    raise ``RuntimeError`` there, and 3.13 returns the path with the loop left in it (a version whose config
+    named such a file then failed later, as a file that could not be read, not naming the setting)."""
+    try:
+        resolved = path.resolve()
+    except RuntimeError:  # (Python before 3.13)
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
+    if resolved.is_symlink():  # (resolved, a path holds no link; Python 3.13 leaves one it could not follow)
+        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+    return resolved
+
+
 def resolve_model_file(folder: Path, name: str, *, what: str, model: str, version: int | None = None) -> Path:
     """``folder / name`` for a file that a model's config names, refused unless it stays inside ``folder``.
 
@@ -785,9 +798,9 @@ def resolve_model_file(folder: Path, name: str, *, what: str, model: str, versio
     if "\x00" in name:  # (before resolve(), which raises a bare "ValueError: embedded null byte" of it)
         raise fail("but holds a NUL byte")
     try:
-        resolved = (folder / name).resolve()
-    except (OSError, RuntimeError) as exc:  # a link loop (Python 3.11 and 3.12 raise RuntimeError)
-        raise fail(f"but cannot be resolved: {exc}") from None
+        resolved = resolved_path(folder / name)
+    except OSError as exc:  # (a link loop)
+        raise fail(f"but cannot be resolved: {exc.strerror or exc}") from None
     if os.path.isabs(name) or not resolved.is_relative_to(folder.resolve()):
         raise fail(f"but resolves to {resolved}")
     return resolved
