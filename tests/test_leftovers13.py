@@ -66,6 +66,7 @@ def interrupted_after(function: Any, offset: int) -> Iterator[list[int]]:
         if frame.f_code is not code:
             return None
         frame.f_trace_opcodes = True
+        frame.f_trace = local  # (Python 3.13 sends no opcode events to a frame whose f_trace its call event set)
         return local
 
     previous = sys.gettrace()
