@@ -166,15 +166,23 @@ def mates_problem(names: Sequence[str], together: Sequence[Any], twins: Sequence
     an output's largest value, under which a batch statistic beside large values of the same output hid
     (``concat(1000 x, x - mean(x, axis=0))``: each merged caller got its row minus the others' mean). Here each
     value may differ by a relative 1e-3 of itself, plus 1e-6 of the output's largest value. Outputs whose shapes
-    do not follow the rows are :func:`rows_problem`'s to report; they are skipped here.
+    do not follow the rows are :func:`rows_problem`'s to report (it runs first); one that does there but has
+    another shape beside a copy of its row has an inner length that depends on the other rows of its run.
     """
     for index, name in enumerate(names):
         merged = np.asarray(together[index])
         for row, outputs in enumerate(twins):
             alike = np.asarray(outputs[index])
-            if merged.ndim == 0 or alike.shape != merged.shape or row >= merged.shape[0]:
-                return None
-            expected, got = alike[row], merged[row]
+            if merged.ndim == 0 or row >= merged.shape[0]:
+                break  # (no rows on axis 0: rows_problem's to report, the next output's to check)
+            if alike.shape != merged.shape:
+                return (
+                    f"output {name!r} has shape {list(merged.shape)} for a row run beside another but "
+                    f"{list(alike.shape)} for the same row run beside a copy of itself: its inner length depends "
+                    "on the other rows of its run"
+                )
+            # (slices, not items: an item of a 1-D output of strings is a str, with no dtype)
+            expected, got = alike[row : row + 1], merged[row : row + 1]
             if expected.dtype.kind not in "fc" or got.dtype.kind not in "fc":
                 same = np.array_equal(expected, got)
             else:

@@ -757,3 +757,116 @@ def test_mates_problem_compares_a_row_with_itself_beside_a_copy() -> None:
     assert mates_problem(["n"], [nan], [[np.full((2, 1), np.nan, np.float32)], [np.ones((2, 1), np.float32)]]) is None
     # (outputs whose shape does not follow the rows are rows_problem's to report)
     assert mates_problem(["t"], [np.float32(3)], [[np.float32(3)], [np.float32(3)]]) is None
+
+
+def _with_a_mean_of_the_batch(nodes: list[Any], inputs: list[Any], outputs: list[Any], inits: list[Any]) -> Any:
+    """The graph given, then ``y = concat(1000 x, x - mean(x, axis=0))`` on ``x[batch, 4]`` as its last output:
+    within the check across batch sizes' tolerance, shown only by a row run beside a copy of itself."""
+    return helper.make_graph(
+        [
+            *nodes,
+            helper.make_node("Mul", ["x", "k"], ["large"]),
+            helper.make_node("ReduceMean", ["x"], ["mean"], axes=[0], keepdims=1),
+            helper.make_node("Sub", ["x", "mean"], ["centered"]),
+            helper.make_node("Concat", ["large", "centered"], ["y"], axis=1),
+        ],
+        "g",
+        [*inputs, _float("x", ["batch", 4])],
+        [*outputs, _float("y", ["batch", 8])],
+        [*inits, numpy_helper.from_array(np.array(1000.0, np.float32), "k")],
+    )
+
+
+def string_labels(*, mean_of_the_batch: bool) -> onnx.ModelProto:
+    """A classifier with string labels as skl2onnx exports it with ``zipmap=False`` (``label``: ``tensor(string)
+    [batch]``, ``probabilities[batch, 2]``), with or without an output that holds a mean over the batch."""
+    nodes = [
+        helper.make_node(
+            "LinearClassifier",
+            ["x"],
+            ["label", "probabilities"],
+            domain="ai.onnx.ml",
+            classlabels_strings=["cat", "dog"],
+            coefficients=[0.5, -0.5, 1.0, 0.0, -0.5, 0.5, -1.0, 0.0],
+            intercepts=[0.1, -0.1],
+            multi_class=1,
+            post_transform="SOFTMAX",
+        )
+    ]
+    outputs = [
+        helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"]),
+        _float("probabilities", ["batch", 2]),
+    ]
+    graph = (
+        _with_a_mean_of_the_batch(nodes, [], outputs, [])
+        if mean_of_the_batch
+        else helper.make_graph(nodes, "g", [_float("x", ["batch", 4])], outputs)
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 1)], ir_version=9
+    )
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_a_row_wise_model_with_string_labels_is_checked_and_merges(
+    repository: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 1-D output of strings (a classifier's labels) is compared like any other: its rows are strings,
+    not arrays, and the comparison beside a copy of each row must take them as they are, not warn at each
+    load that the answers could not be compared."""
+    model = string_labels(mean_of_the_batch=False)
+    with caplog.at_level(logging.WARNING, logger="inprocserve"):
+        server, reference = serve(repository, make_server, model)
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+    assert version_status(server, "m")["batchable"] is True
+    requests = [{"x": np.random.default_rng(seed).standard_normal((1, 4)).astype(np.float32)} for seed in range(6)]
+    for feeds, answers in zip(requests, served_every_way(server, requests), strict=True):
+        expected = alone(reference, feeds)
+        for answer in answers:  # (LinearClassifier's softmax of several rows may differ in the last bit)
+            np.testing.assert_array_equal(answer["label"], expected["label"])
+            np.testing.assert_allclose(answer["probabilities"], expected["probabilities"], rtol=1e-6)
+
+
+def test_a_batch_statistic_after_string_labels_is_never_merged(repository: Path, make_server: ServerFactory) -> None:
+    """The labels come first: the check of the outputs after them (a mean over the batch, shown only beside
+    a copy of each row) must still be made, not given up as inconclusive, which merged the callers."""
+    server, reference = serve(repository, make_server, string_labels(mean_of_the_batch=True))
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert "'y'" in status["unbatchable_reason"] and "beside a copy of itself" in status["unbatchable_reason"]
+    requests = [{"x": np.random.default_rng(seed).standard_normal((1, 4)).astype(np.float32)} for seed in range(6)]
+    assert_each_answer_is_its_own(server, reference, requests)
+
+
+def test_an_inner_length_that_counts_a_rows_copies_in_its_run_is_never_merged(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """``marks[batch, n]``, ``n`` 1 + the rows of the run that repeat another (``Unique`` over axis 0): 1 for
+    distinct rows run alone or together, 2 for a row beside a copy of itself. A caller whose row is the same
+    as another caller's gets another length merged. The check beside a copy of each row answered nothing
+    for such an output, and the outputs after it (here a mean over the batch) went unchecked."""
+    nodes = [
+        helper.make_node("Unique", ["x"], ["distinct"], axis=0),
+        helper.make_node("Shape", ["x"], ["rows"], start=0, end=1),
+        helper.make_node("Shape", ["distinct"], ["kept"], start=0, end=1),
+        helper.make_node("Sub", ["rows", "kept"], ["copies"]),
+        helper.make_node("Add", ["copies", "one"], ["n"]),
+        helper.make_node("Concat", ["rows", "n"], ["shape"], axis=0),
+        helper.make_node(
+            "ConstantOfShape", ["shape"], ["marks"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+        ),
+    ]
+    graph = _with_a_mean_of_the_batch(
+        nodes,
+        [],
+        [_float("marks", ["batch", "n"])],
+        [numpy_helper.from_array(np.array([1], np.int64), "one")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    server, _reference = serve(repository, make_server, model)
+    status = version_status(server, "m")
+    assert status["batchable"] is False
+    assert "'marks'" in status["unbatchable_reason"] and "beside a copy of itself" in status["unbatchable_reason"]
+    assert "inner length depends on the other rows" in status["unbatchable_reason"]
