@@ -323,9 +323,10 @@ def relative_to_repository(text: str, repository: Path | None) -> str:
     absolute = "|".join(re.escape(stem) for stem in stems if os.path.isabs(stem))
     if not absolute:
         return text
-    # (ends: before anything but a name's characters or a separator; a "." only where it ends a sentence, not
-    # where it starts an extension or a longer name: "/srv/models." is the repository, "/srv/models.old" not)
-    ends = rf"(?![{_NAME_CHARS}{separators}]|\.[{_NAME_CHARS}.{separators}])"
+    # (ends: before anything but a name's characters or a separator; dots only where they end a sentence or a
+    # cut ("/srv/models.", "/srv/models...(300 characters)"), not where a longer name or a path goes on:
+    # "/srv/models.old", "/srv/models..x" and "/srv/models./x" are other paths)
+    ends = rf"(?![{_NAME_CHARS}{separators}]|\.+[{_NAME_CHARS}{separators}])"
     return re.sub(rf"{starts}(?:{absolute}){ends}", "<repository>", text)
 
 

@@ -603,3 +603,16 @@ def test_the_repository_s_path_ending_a_sentence_is_hidden_too(tmp_path: Path) -
         f"see {repository}.old and {repository}..x"
     )
     assert relative_to_repository(f"see {repository}-old", repository) == f"see {repository}-old"
+
+
+def test_the_repository_s_path_before_an_ellipsis_is_hidden_too(tmp_path: Path) -> None:
+    """Dots after the repository's path that no name follows end a sentence or a cut, as a full stop does
+    ("… /srv/app/models...", or a value cut after it, "...(300 characters)"): the host path was kept there.
+    Dots that a name or a separator follows are another path (``models./x`` is a file in ``models.``)."""
+    repository = tmp_path / "models"
+    assert relative_to_repository(f"cannot read {repository}...", repository) == "cannot read <repository>..."
+    assert relative_to_repository(f"path {repository}..", repository) == "path <repository>.."
+    assert relative_to_repository(f"{repository}...(300 characters)", repository) == "<repository>...(300 characters)"
+    assert relative_to_repository(f"see {repository}./x and {repository}...x", repository) == (
+        f"see {repository}./x and {repository}...x"
+    )
