@@ -690,17 +690,28 @@ def _svg(width: int, height: float, summary: str, shapes: str) -> str:
 # -- formatting ---------------------------------------------------------------------------------------------
 
 
-_HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_HIDDEN = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069"
+    "\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
+)
 """Characters that reorder or hide the text around them: control characters (tab and newline kept), the
-bidirectional marks, embeddings, overrides and isolates, and the zero-width space and byte-order mark. A
-model's input names (drift features), a remote server's error text and a control file's keys are written by
-others: an override (U+202E) in an error message showed what followed it backwards, and a zero-width space
-made two different names look the same."""
+bidirectional marks, embeddings, overrides and isolates, and those that show nothing: the zero-width space, the
+soft hyphen, the word joiner and invisible operators, the byte-order mark, interlinear annotation marks and the
+tag characters (U+E0000-U+E007F, which spell text no one sees). A model's input names (drift features), a
+remote server's error text and a control file's keys are written by others: an override (U+202E) in an error
+message showed what followed it backwards, and a zero-width space made two different names look the same.
+The zero-width joiner and non-joiner stay: scripts and emoji need them."""
 
 
 def _escape(text: str) -> str:
-    """``text`` as HTML text, each of :data:`_HIDDEN` shown as its escape (``\\u202e``), not obeyed."""
-    return escape(_HIDDEN.sub(lambda found: f"\\u{ord(found.group()):04x}", text))
+    """``text`` as HTML text, each of :data:`_HIDDEN` shown as its escape (``\\u202e``, ``\\U000e0041``), not
+    obeyed."""
+    return escape(_HIDDEN.sub(_shown, text))
+
+
+def _shown(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def _mapping(value: Any) -> Mapping[str, Any]:

@@ -167,6 +167,23 @@ def test_hidden_characters_are_shown_wherever_the_page_quotes_a_value(
     assert page.count("a\\u202eb\\u2066c\\u200fd\\u0000e\tf\ng") >= 5
 
 
+def test_characters_that_show_nothing_are_shown_and_other_text_as_written(
+    repository: Path, make_server: ServerFactory
+) -> None:
+    """A word joiner, a soft hyphen or tag characters (U+E0041 spells an "A" no one sees) make two names look
+    the same as a zero-width space does; each is shown as its escape. Accents, characters beyond the Basic
+    Multilingual Plane and the zero-width joiner of an emoji sequence are text, and stay as written."""
+    save_model(build_scale_model(2.0), repository, "fraud", 1)
+    status = copy.deepcopy(make_server(repository).status(include_paths=False))
+    status["models"]["fraud"]["config_error"] = "a\u2060b\u00adc\U000e0041d"
+    status["models"]["modèle 👩\u200d💻"] = status["models"]["fraud"]
+    page = inprocserve.render_status_page(status)
+    for character in ("\u2060", "\u00ad", "\U000e0041"):
+        assert character not in page
+    assert "a\\u2060b\\u00adc\\U000e0041d" in page
+    assert "modèle 👩\u200d💻" in page
+
+
 # -- headers -----------------------------------------------------------------------------------------------
 
 
