@@ -145,7 +145,8 @@ def rows_problem(names: Sequence[str], alone: Sequence[Sequence[Any]], stacked: 
                 f"output {name!r} has shape {list(together.shape)} for rows run together but "
                 f"{list(expected.shape)} for the same rows run alone"
             )
-        difference = _difference(expected, together)
+        rtol = 1e-2 if np.float16 in (expected.dtype, together.dtype) else 1e-3
+        difference = _difference(expected, together, rtol=rtol, floor=rtol, scale=expected)
         if difference is not None:
             return (
                 f"output {name!r} of rows run together differs from the same rows run alone ({difference}): a "
@@ -182,33 +183,28 @@ def mates_problem(names: Sequence[str], together: Sequence[Any], twins: Sequence
                     "on the other rows of its run"
                 )
             # (slices, not items: an item of a 1-D output of strings is a str, with no dtype)
-            expected, got = alike[row : row + 1], merged[row : row + 1]
-            if expected.dtype.kind not in "fc" or got.dtype.kind not in "fc":
-                same = np.array_equal(expected, got)
-            else:
-                with np.errstate(invalid="ignore", over="ignore"):
-                    finite = np.abs(alike[np.isfinite(alike)].astype(np.float64))
-                    floor = 1e-6 * float(finite.max()) if finite.size else 0.0
-                    same = bool(np.allclose(got, expected, rtol=1e-3, atol=floor, equal_nan=True))
-            if not same:
+            difference = _difference(alike[row : row + 1], merged[row : row + 1], rtol=1e-3, floor=1e-6, scale=alike)
+            if difference is not None:
                 return (
                     f"output {name!r} of a row run beside another differs from the same row run beside a copy of "
-                    "itself: a row's answer depends on the other rows of its run (a statistic over the batch: "
-                    "dynamic quantization, batch normalization in training mode, a softmax or mean over axis 0)"
+                    f"itself ({difference}): a row's answer depends on the other rows of its run (a statistic over "
+                    "the batch: dynamic quantization, batch normalization in training mode, a softmax or mean over "
+                    "axis 0)"
                 )
     return None
 
 
-def _difference(expected: np.ndarray, got: np.ndarray) -> str | None:
-    """How ``got`` differs from ``expected`` beyond the tolerance of :func:`rows_problem` (``None``: it does not)."""
+def _difference(expected: np.ndarray, got: np.ndarray, *, rtol: float, floor: float, scale: np.ndarray) -> str | None:
+    """How ``got`` differs from ``expected`` (``None``: it does not): exactly for integers, bools and strings;
+    for floats beyond a relative ``rtol`` of each value plus ``floor`` of the largest finite value of ``scale``
+    (the tolerances of :func:`rows_problem` and :func:`mates_problem`), NaN equal to NaN."""
     if expected.dtype.kind not in "fc" or got.dtype.kind not in "fc":
         return None if np.array_equal(expected, got) else "values differ"
-    rtol = 1e-2 if np.float16 in (expected.dtype, got.dtype) else 1e-3
-    finite = np.abs(expected[np.isfinite(expected)])
-    atol = rtol * float(finite.max()) if finite.size else 0.0
-    if np.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True):
-        return None
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = np.abs(scale[np.isfinite(scale)].astype(np.float64))
+        atol = floor * float(finite.max()) if finite.size else 0.0
+        if np.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True):
+            return None
         gap = np.abs(got.astype(np.float64) - expected.astype(np.float64))
     gap = gap[np.isfinite(gap)]
     return f"by up to {float(gap.max()):.3g}" if gap.size else "NaN or infinity where the other has a number"

@@ -870,3 +870,13 @@ def test_an_inner_length_that_counts_a_rows_copies_in_its_run_is_never_merged(
     assert status["batchable"] is False
     assert "'marks'" in status["unbatchable_reason"] and "beside a copy of itself" in status["unbatchable_reason"]
     assert "inner length depends on the other rows" in status["unbatchable_reason"]
+
+
+def test_the_check_beside_a_copy_says_by_how_much_a_row_differs() -> None:
+    """As the check across batch sizes does ("by up to 1.72"), so that a reader can tell a batch statistic
+    from rounding without running the model."""
+    together = np.array([[1000.0, 0.5], [2000.0, -0.5]], np.float32)
+    twins = [[np.array([[1000.0, 0.0]] * 2, np.float32)], [np.array([[2000.0, 0.0]] * 2, np.float32)]]
+    assert "beside a copy of itself (by up to 0.5)" in (mates_problem(["y"], [together], twins) or "")
+    ints = np.array([[3], [4]], np.int64)
+    assert "(values differ)" in (mates_problem(["k"], [ints], [[np.array([[3], [3]])], [np.array([[5], [5]])]]) or "")
