@@ -531,8 +531,6 @@ class ModelVersion:
             try:
                 alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
                 together = self.backend.run(runner, stacked)
-                # (each row beside a copy of itself: a run of the same size, so the same kernels)
-                twins = [self.backend.run(runner, stack_inputs([row, row], names)) for row in (first, second)]
             except ServerClosedError:
                 raise
             except InprocserveError as exc:  # made-up rows are not valid input for every model
@@ -540,15 +538,25 @@ class ModelVersion:
                 if isinstance(exc, (RemoteUnavailableError, DeadlineExceededError, OverloadedError)):
                     break  # (longer rows would not reach a server that is down, nor one that is busy, either)
                 continue
-            try:
-                return rows_problem(signature.output_names, alone, together) or mates_problem(
-                    signature.output_names, together, twins
-                )
-            except Exception as exc:  # (answers of a kind the comparison does not foresee: nothing shown)
-                if raised_by_signal_handler(exc):  # the caller's task stopped by its time limit as the load
-                    raise  # compared them: its own exception (it was a warning, and the load went on)
-                raise _Inconclusive(f"its answers to made-up rows could not be compared: {exc!r}") from exc
+            problem = _compared(functools.partial(rows_problem, signature.output_names, alone, together))
+            if problem is not None:
+                return problem
+            twins = self._beside_copies(runner, first, second)
+            if twins is None:
+                return None
+            return _compared(functools.partial(mates_problem, signature.output_names, together, twins))
         raise _Inconclusive(f"the model would not run on made-up rows: {'; '.join(failures)}")
+
+    def _beside_copies(self, runner: Any, first: dict[str, Any], second: dict[str, Any]) -> list[Any] | None:
+        """The outputs of ``first`` run beside a copy of itself, and of ``second`` so (runs of the size of the two
+        stacked, so the same kernels: :func:`~._batch_ops.mates_problem`); ``None`` where one fails (these rows
+        ran stacked already: that shows nothing of the rows)."""
+        try:
+            return [self.backend.run(runner, stack_inputs([row, row], list(row))) for row in (first, second)]
+        except ServerClosedError:
+            raise
+        except InprocserveError:
+            return None
 
     def _rows_dependence_at_index_zero(self, signature: Signature) -> str | None:
         """The check of :meth:`_rows_dependence` again, for a model that would not run on its made-up rows, with
@@ -577,18 +585,15 @@ class ModelVersion:
                 try:
                     alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
                     together = self.backend.run(runner, stack_inputs([first, second], list(first)))
-                    twins = [self.backend.run(runner, stack_inputs([row, row], list(first))) for row in (first, second)]
                 except ServerClosedError:
                     raise
                 except InprocserveError:
                     continue
                 try:
-                    problem = rows_problem(signature.output_names, alone, together) or mates_problem(
-                        signature.output_names, together, twins
-                    )
-                except Exception as exc:  # (answers of a kind the comparison does not foresee: nothing shown)
-                    if raised_by_signal_handler(exc):
-                        raise
+                    problem = _compared(functools.partial(rows_problem, signature.output_names, alone, together))
+                    if problem is None and (twins := self._beside_copies(runner, first, second)) is not None:
+                        problem = _compared(functools.partial(mates_problem, signature.output_names, together, twins))
+                except _Inconclusive:  # (answers of a kind the comparison does not foresee: nothing shown)
                     break
                 if problem is not None:
                     return f"{problem} (shown with integer inputs {', '.join(sorted(names))} 0 in both rows)"
@@ -931,6 +936,18 @@ class ModelVersion:
 
 class _Inconclusive(Exception):
     """The load's check that a row's answer is its own could not be made (the message says why)."""
+
+
+def _compared(check: Callable[[], str | None]) -> str | None:
+    """``check()`` of answers to made-up rows; an error of answers of a kind the comparison does not foresee
+    is :class:`_Inconclusive` (nothing shown), unless a signal handler raised it (the caller's task stopped by
+    its time limit as the load compared them: its own exception)."""
+    try:
+        return check()
+    except Exception as exc:
+        if raised_by_signal_handler(exc):
+            raise
+        raise _Inconclusive(f"its answers to made-up rows could not be compared: {exc!r}") from exc
 
 
 def _holds(dtype: np.dtype[Any], value: float) -> bool:
