@@ -73,3 +73,20 @@ def test_a_home_relative_repository_says_that_tilde_is_not_expanded(
     assert "BASE_DIR / '~/models'" not in said, said
     with override_settings(INPROCSERVE={"REPOSITORY": Path("~/models").expanduser()}):  # (what it says works)
         assert Client().get("/-/inprocserve/ready").status_code == 200
+
+
+def test_a_relative_repository_stays_the_folder_it_was_when_the_server_was_built(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server kept the relative path: after a chdir (a test's, a job runner's) its next poll read another
+    folder, ``refresh()`` answered ``["model repository 'models' is not a directory"]`` and a new version was
+    never found. It is the folder of the working directory the server was built in, as Flask's is of init_app."""
+    from inprocserve_django import get_server
+
+    monkeypatch.chdir(project)
+    with override_settings(INPROCSERVE={"REPOSITORY": "models"}):
+        assert Client().get("/-/inprocserve/ready").status_code == 200
+        monkeypatch.chdir(project.parent / "elsewhere")
+        save_model(build_scale_model(3.0), project / "models", "fraud", 2)
+        assert get_server().refresh() == []
+        assert get_server().models == {"fraud": [2]}  # (the latest, by the default policy)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from functools import lru_cache
 from typing import Any
@@ -31,8 +32,11 @@ def _build() -> inprocserve.Server:
             raise inprocserve.ConfigurationError(
                 f"INPROCSERVE['ON_SHADOW'] is {on_shadow!r}, which does not import: {type(exc).__name__}: {exc}"
             ) from exc
+    repository = config["REPOSITORY"]
+    if repository is not None:  # (a relative one is the folder of the working directory of now, as Flask's is of
+        repository = os.path.abspath(repository)  # init_app: a later chdir, a test's or a job's, served nothing)
     return inprocserve.Server(
-        config["REPOSITORY"],
+        repository,
         config=config["CONFIG"],
         models=config["MODELS"],
         flags=config["FLAGS"],
