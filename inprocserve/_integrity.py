@@ -768,15 +768,22 @@ def _check_digest(path: Path, expected: str, sidecar: Path, fail: _Fail, *, what
 
 
 def resolved_path(path: Path) -> Path:
-    """``path.resolve()``, with a symbolic link loop an ``OSError`` (``ELOOP``) on every Python: 3.11 and 3.12
-    raise ``RuntimeError`` there, and 3.13 returns the path with the loop left in it (a version whose config
-    named such a file then failed later, as a file that could not be read, not naming the setting)."""
+    """``path.resolve()``, with a symbolic link loop anywhere on it an ``OSError`` (``ELOOP``) on every Python:
+    3.11 and 3.12 raise ``RuntimeError`` there, and 3.13 returns the path with the loop left in it (a version
+    whose config named such a file then failed later, as a file that could not be read, not naming the
+    setting). A link to a missing file, or a missing path, is no loop: its path is returned.
+
+    The result is ``stat()``-ed as 3.11 and 3.12 do: a loop in a folder on the path (``loop/file.npz``) leaves
+    3.13's last part no link (it goes on past the loop), so that checking the last part alone passed it."""
     try:
         resolved = path.resolve()
     except RuntimeError:  # (Python before 3.13)
         raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
-    if resolved.is_symlink():  # (resolved, a path holds no link; Python 3.13 leaves one it could not follow)
-        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path))
+    try:
+        os.stat(resolved)
+    except OSError as exc:  # (a missing file is no loop: the caller says what it needs of one)
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), str(path)) from None
     return resolved
 
 
