@@ -298,6 +298,9 @@ class RoutingState:
     unflagged: _Unflagged | None
     """With no flags, the plan every decision is made from (None: with flags, or a configuration ``_decide``
     refuses request by request)."""
+    serial: int = 0
+    """Its router's count of the states it made, this one's: a later state has a larger one (see
+    ``Router._arm_born``)."""
 
     def stable_of(self, ready: Mapping[int, Any], latest: int) -> int:
         """The stable version among ``ready``: the one named if it is loaded, else the latest."""
@@ -362,6 +365,11 @@ class Router:
         # by request id of a request they served may come (the hour ids are remembered), shown apart in status
         # (see _retire_arms; changed under the lock)
         self._removed: dict[str, tuple[VariantStats, float]] = {}
+        # The serial of the routing state each configured arm was added by (see _retire_arms; changed under the
+        # lock): a request decided by an earlier state is of an earlier life of an arm of that name, removed and
+        # added back since, and counts nowhere in this one (its state gives the arm the same version)
+        self._arm_born: dict[str, int] = {}
+        self._state_serials = itertools.count(1)  # (numbers the states state_for makes)
         self._canary_version: int | None = None  # the configured canary's, whose statistics "canary" holds
         self._stable_version: int | None = None  # the stable version named (alias or configured) "stable" holds
         self._stats_state: RoutingState | None = None  # the state those versions were last checked against
@@ -433,6 +441,7 @@ class Router:
             trivial and refusal is None and not killed and pin is None,
             # With no flags every flag reads its configured value: decide() reads the configuration directly.
             _Unflagged.of(config) if type(self._flags) is _NoFlags else None,
+            next(self._state_serials),
         )
 
     def adopt(self, state: RoutingState) -> None:
@@ -540,6 +549,9 @@ class Router:
                 for name, arm in config.variants.items()
                 if self._arm_versions.get(name, arm.version) != arm.version
             }
+            for name in config.variants:
+                if name not in self._arm_versions:  # (added: requests decided by earlier states are not its)
+                    self._arm_born[name] = state.serial
             self._arm_versions.update((name, arm.version) for name, arm in config.variants.items())
             gone = [name for name in self._arm_versions if name not in config.variants]
             if gone or self._removed:
@@ -570,10 +582,13 @@ class Router:
         now = time.monotonic()
         for name in names:
             version = self._arm_versions.pop(name)
+            self._arm_born.pop(name, None)
             self._left.pop(name, None)
             stats = self._stats.get(name)
             if stats is None or stats.version not in (None, version):  # (none yet: an A/B arm's request running)
                 stats = VariantStats(version=version, serial=next(self._serials))
+            elif stats.version is None:  # (made by an outcome by key before any request of the arm was noted)
+                stats.version = version  # (the arm's requests still running are of it: they count in them)
             self._removed[name] = (stats, now)
         self._restart(names)
         for name in [
@@ -1427,7 +1442,12 @@ class Router:
         arm = state.config.variants.get(variant)
         if arm is not None:
             # (not at all where a reload removed the arm since: its requests count in its final statistics alone)
-            return self._arm_versions.get(variant, arm.version) == arm.version and variant not in self._removed
+            # (nor where the arm was added back since: the request is of its earlier life, its state older)
+            return (
+                self._arm_versions.get(variant, arm.version) == arm.version
+                and variant not in self._removed
+                and state.serial >= self._arm_born.get(variant, 0)
+            )
         if variant in ("canary", "stable"):
             return state.config.canary.version in (None, self._canary_version) and state.pin in (
                 None,
