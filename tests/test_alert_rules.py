@@ -91,6 +91,7 @@ def _exposition() -> str:
         instruments.batch_duration.record(0.002, model)
         instruments.shed.add(1, model)
         instruments.deadlines.add(1, model)
+        instruments.lifecycle.add(1, {"inprocserve.model.name": "m", "inprocserve.model.event": "failed"})
         shadow = {"inprocserve.model.name": "m", "inprocserve.shadow.version": 2}
         instruments.shadow.add(1, {**shadow, "inprocserve.shadow.result": "agree"})
         instruments.shadow_diff.record(0.0, shadow)
