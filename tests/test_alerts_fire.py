@@ -6,11 +6,12 @@ app through the plug-in, and a Prometheus server (Debian's package) scrapes ever
 rules loaded. The rules are copied with each ``for:`` cut to 0s (and nothing else: the test checks that the
 copy's rules are the shipped ones but for that), scraped and evaluated every second. Each alert's condition is
 then made with real requests over HTTP: a model slower than the latency budget, requests past its queue
-(shed) and past their deadline (``X-Request-Timeout-Ms``), a model that fails inside onnxruntime, a canary
-that fails where stable answers, a shadow version that answers otherwise, traffic far from the drift
-reference. Each alert must be firing within a bounded wait, with the labels the docs promise (the model, and
-the shadow version or the version where the rule keeps them); a healthy model, whose callers send some bad
-requests too, fires none.
+(shed) and past their deadline (``X-Request-Timeout-Ms``), a model that fails inside onnxruntime, a new
+version whose file is corrupt (the workers' polls fail to load it; version 1 answers on), a canary that fails
+where stable answers, a shadow version that answers otherwise, traffic far from the drift reference. Each
+alert must be firing within a bounded wait, with the labels the docs promise (the model, and the shadow version
+or the version where the rule keeps them); a healthy model, whose callers send some bad requests too, fires
+none, nor do steady traffic's drift and a shadow version that agrees.
 
 Needs Debian's ``prometheus`` package (``make system-deps``); skips, saying so, without it.
 """
@@ -64,7 +65,11 @@ from flask import Flask, request
 from inprocserve_flask import Inprocserve, predict
 
 app = Flask(__name__)
-app.config.update(INPROCSERVE_REPOSITORY=os.environ["METRICS_TEST_REPOSITORY"], INPROCSERVE_EAGER=True)
+app.config.update(
+    INPROCSERVE_REPOSITORY=os.environ["METRICS_TEST_REPOSITORY"],
+    INPROCSERVE_EAGER=True,
+    INPROCSERVE_POLL_INTERVAL_S=0.5,
+)
 Inprocserve(app)
 
 
@@ -115,6 +120,8 @@ def build_repository(repository: Path) -> None:
         '[batching]\nmax_batch_size = 2\n[warmup]\nenabled = false\n[rollout]\nstrategy = "canary"\nstable = 1\n'
         "[rollout.canary]\nversion = 2\npercent = 50\n"
     )
+    # a release's version 2 comes later, its file corrupt (release_corrupt_version)
+    save_model(build_scale_model(1.0), repository, "released", 1)
     # shadow 2 answers three times stable's figures, shadow 3 the same ones
     save_model(build_scale_model(1.0), repository, "shadowed", 1)
     save_model(build_scale_model(3.0), repository, "shadowed", 2)
@@ -128,6 +135,15 @@ def build_repository(repository: Path) -> None:
         save_model(build_scale_model(1.0), repository, name)
         np.savez(repository / name / "reference.npz", x=reference)
         (repository / name / "config.toml").write_text('[drift]\nreference_file = "reference.npz"\nwindow = 400\n')
+
+
+def release_corrupt_version(repository: Path) -> None:
+    """Version 2 of "released" appears, its model.onnx truncated; every worker's poll tries to load it."""
+    data = build_scale_model(2.0).SerializeToString()
+    staging = repository / "released" / ".2.tmp"
+    staging.mkdir()
+    (staging / "model.onnx").write_bytes(data[: len(data) // 2])
+    staging.rename(repository / "released" / "2")  # (whole, as a release tool moves it in)
 
 
 def x(rows: int, width: int = 4, *, loc: float = 0.0) -> dict[str, Any]:
@@ -227,7 +243,7 @@ def ready(url: str) -> bool:
 
 
 @pytest.fixture
-def fleet_and_prometheus(tmp_path: Path, prometheus_binary: str) -> Iterator[tuple[str, Prometheus]]:
+def fleet_and_prometheus(tmp_path: Path, prometheus_binary: str) -> Iterator[tuple[str, Prometheus, Path]]:
     keep_gunicorns_apart()
     build_repository(tmp_path / "models")
     ports = [reserved_port() for _ in range(4)]
@@ -251,7 +267,7 @@ def fleet_and_prometheus(tmp_path: Path, prometheus_binary: str) -> Iterator[tup
             wait_until(
                 lambda: ready(f"{prometheus.url}/-/ready"), f"prometheus ready:\n{prometheus.log}", STARTUP_TIMEOUT_S
             )
-            yield base, prometheus
+            yield base, prometheus, tmp_path / "models"
         finally:
             stop_process(process)
 
@@ -265,6 +281,7 @@ EXPECTED = {
     alert("ModelShedding", "slow"): "slow",
     alert("ModelDeadlinesMissed", "slow"): "slow",
     alert("ModelErrorRateHigh", "broken"): "broken",
+    alert("ModelLoadFailed", "released"): "released",
     alert("CanaryWorseThanStable", "cand"): "cand",
     alert("ShadowDisagrees", "shadowed", inprocserve_shadow_version="2"): "shadowed",
     alert("ModelInputDrift", "drifting", inprocserve_model_version="1"): "drifting",
@@ -284,6 +301,8 @@ def traffic(base: str, models: set[str]) -> list[tuple[str, int]]:
         calls += [("broken", x(1), {})] * 3
     if "cand" in models:
         calls += [("cand", x(1), {"X-User-Id": f"user-{user}"}) for user in range(16)]
+    if "released" in models:
+        calls += [("released", x(1), {})] * 2  # version 1 answers them all along
     if "shadowed" in models:
         calls += [("shadowed", x(1), {})] * 4
     if "drifting" in models:
@@ -303,12 +322,13 @@ def test_the_rules_copy_differs_from_the_shipped_rules_in_their_for_alone() -> N
         assert copied[name] == {**rule, "for": "0s"}, name
 
 
-def test_every_shipped_alert_fires_from_a_real_fleet(fleet_and_prometheus: tuple[str, Prometheus]) -> None:
-    base, prometheus = fleet_and_prometheus
+def test_every_shipped_alert_fires_from_a_real_fleet(fleet_and_prometheus: tuple[str, Prometheus, Path]) -> None:
+    base, prometheus, repository = fleet_and_prometheus
     assert {dict(labels)["alertname"] for labels in EXPECTED} == set(_rules(ALERTS.read_text()))
     loaded = prometheus.get("/api/v1/rules")["groups"]
     assert all(rule["health"] != "err" for group in loaded for rule in group["rules"]), loaded
 
+    release_corrupt_version(repository)
     waiting = set(EXPECTED)
     seen: dict[str, list[int]] = {}
     deadline = time.monotonic() + FIRING_TIMEOUT_S
@@ -329,6 +349,7 @@ def test_every_shipped_alert_fires_from_a_real_fleet(fleet_and_prometheus: tuple
     assert set(seen["broken"]) == {500}, seen["broken"]
     assert set(seen["cand"]) == {200, 500}, seen["cand"]
     assert set(seen["mlp"]) == {200, 400}, seen["mlp"]
+    assert set(seen["released"]) == {200}, seen["released"]
 
     # The converse. The figures of the healthy parts are in Prometheus: a drift window scored on traffic drawn
     # as the reference was, the shadow version that answers as stable compared.
