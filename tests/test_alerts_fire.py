@@ -322,6 +322,7 @@ def test_the_rules_copy_differs_from_the_shipped_rules_in_their_for_alone() -> N
         assert copied[name] == {**rule, "for": "0s"}, name
 
 
+@pytest.mark.timeout(4 * STARTUP_TIMEOUT_S + 2 * FIRING_TIMEOUT_S)  # (past every bounded wait: their messages say more)
 def test_every_shipped_alert_fires_from_a_real_fleet(fleet_and_prometheus: tuple[str, Prometheus, Path]) -> None:
     base, prometheus, repository = fleet_and_prometheus
     assert {dict(labels)["alertname"] for labels in EXPECTED} == set(_rules(ALERTS.read_text()))
