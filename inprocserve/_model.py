@@ -405,8 +405,10 @@ class ModelVersion:
         batchable = self.unbatchable_reason is None
         if batchable and not signature.batchable:  # (inputs named apart, taken for one batch axis)
             signature = signature.sharing_rows()  # (so every input of a request must have the same rows)
-        elif not batchable and signature.batchable:  # (never merged nor sliced: each request runs as it is)
-            signature = signature.apart_rows()  # (so a request's inputs need not have the same rows)
+        elif not batchable and signature.batchable and self.backend.kind != "remote":  # (never merged nor
+            # sliced: each request runs as it is, so its inputs need not have the same rows; a remote version's
+            # answers are checked against the first input's rows by its backend, so there the refusal stays)
+            signature = signature.apart_rows()
         self.signature = signature = self._bounded(signature)
         if self.config.drift.enabled:
             self.drift = DriftMonitor(
