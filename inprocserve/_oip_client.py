@@ -25,6 +25,7 @@ import ssl
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -191,6 +192,7 @@ class HttpClient:
                     timeout=timeout,
                     pool_timeout=timeout_s,
                     preload_content=False,  # read below, against the deadline and the size cap
+                    decode_content=False,  # undone below, a piece at a time (see _Inflater)
                 )
             except BaseException:
                 if getattr(_calls, "holding", False):  # (see _give_back_lost)
@@ -248,13 +250,21 @@ class HttpClient:
         # is (a 422 longer than a batch's outputs was refused as too long, a server failure, not the caller's).
         prefix = _ERROR_BODY_BYTES if response.status >= 300 else None
         try:
+            inflater = _inflater(response.headers.get("Content-Encoding"), error_answer=prefix is not None)
             while True:  # bounded: by the deadline, and by the size cap
                 if time.monotonic() > deadline:
                     raise _late(timeout_s)
-                chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for all of it)
-                if not chunk:
-                    whole = True
-                    break
+                if inflater is not None and inflater.pending:  # (inflated no further than the cap: see below)
+                    chunk = inflater.inflate(b"")
+                else:
+                    chunk = response.read1(_CHUNK)  # what has arrived (read() would wait for all of it)
+                    if not chunk:
+                        if inflater is not None:
+                            inflater.end()
+                        whole = True
+                        break
+                    if inflater is not None:
+                        chunk = inflater.inflate(chunk)  # (at most _CHUNK bytes; the rest on the next turns)
                 if prefix is not None and total + len(chunk) > prefix:
                     chunks.append(chunk[: prefix - total])  # the rest stays unread: the connection is dropped
                     break
@@ -262,6 +272,10 @@ class HttpClient:
                 if total > max_bytes:
                     raise TransportError(f"the answer is longer than {max_bytes} bytes", sent=True, too_long=True)
                 chunks.append(chunk)
+        except _Unreadable as exc:
+            if prefix is None:
+                raise TransportError(str(exc), sent=True, lasting=exc.lasting) from None
+            # (an error answer is its status: its message is what could be read of it, and its connection dropped)
         finally:
             # End the watch before the connection can go back to the pool, where another call may take it.
             late = watch.end()
@@ -288,6 +302,101 @@ class HttpClient:
         """Drop the pool without touching its sockets: in a forked child they are the parent's."""
         self._pid = -1
         self._watchdog.forget()
+
+
+class _Unreadable(Exception):
+    """An answer's body that cannot be read: its ``Content-Encoding`` is one not undone here, or its compressed
+    stream is broken (``lasting``: the same answer again, as an encoding not undone)."""
+
+    def __init__(self, message: str, *, lasting: bool = False) -> None:
+        super().__init__(message)
+        self.lasting = lasting
+
+
+_UNDONE = ("gzip", "x-gzip", "deflate")
+"""The content codings undone here (one of them, once): what :mod:`zlib` reads."""
+
+
+def _inflater(content_encoding: str | None, *, error_answer: bool) -> _Inflater | None:
+    """The inflater of an answer's ``Content-Encoding`` (``None``: none, or ``identity``).
+
+    The request asks for none (``http.client`` sends ``Accept-Encoding: identity``), but a server may compress
+    unasked, and a ``headers`` entry may ask for ``gzip``. urllib3 undid any coding it knows, in whole pieces:
+    before 2.6 (the ``remote`` extra takes 2.3), each piece read at once, so a 16 KiB answer coded ``gzip,
+    gzip`` inflated to 10 GiB in memory before the size cap was looked at (a ``MemoryError``, not an error of
+    the call), and a 1 MiB ``gzip`` one to 250 MiB for a 4 KiB cap. Here one ``gzip`` or ``deflate`` is undone
+    a megabyte at a time, so the size cap counts the bytes it makes as they come; any other coding (``br``,
+    ``zstd``, two in a row) is refused: the answer was not asked for so, and :mod:`zlib` does not read it.
+
+    Raises:
+        _Unreadable: a coding not undone here (an error answer's body is then left unread: it is its status).
+    """
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",")]
+    codings = [coding for coding in codings if coding not in ("", "identity")]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in _UNDONE:
+        return _Inflater(codings[0])
+    if error_answer:
+        raise _Unreadable("")
+    raise _Unreadable(
+        f"the answer came with Content-Encoding {str(content_encoding)[:100]!r} (asked for identity), which is not "
+        "undone here: only one gzip or deflate is; have the server (or the proxy in front) answer uncompressed",
+        lasting=True,
+    )
+
+
+class _Inflater:
+    """Undoes a body's ``gzip`` or ``deflate`` coding, at most :data:`_CHUNK` bytes a turn: what a piece of it
+    inflates to past that stays compressed (zlib's ``unconsumed_tail``) until it is asked for, so a piece that
+    inflates a thousand times over is never held whole."""
+
+    __slots__ = ("_coding", "_fed", "_head", "_tail", "_zlib")
+
+    def __init__(self, coding: str) -> None:
+        self._coding = coding
+        self._zlib: Any = None
+        self._head = b""  # (the first bytes, until two tell zlib's framing from raw deflate)
+        self._tail = b""
+        self._fed = False
+
+    @property
+    def pending(self) -> bool:
+        """Whether input already read inflates further."""
+        return bool(self._tail)
+
+    def inflate(self, data: bytes) -> bytes:
+        self._fed = self._fed or bool(data)
+        if self._zlib is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            data, self._head = self._head, b""
+            # 47: zlib's framing or gzip's, told apart by the header; -15: a raw deflate stream, which some
+            # servers send as deflate (RFC 9110 means the zlib format)
+            framed = self._coding != "deflate" or data[0] == 0x1F or _zlib_header(data)
+            self._zlib = zlib.decompressobj(47 if framed else -15)
+        if self._zlib.eof:
+            raise _Unreadable(f"the answer's {self._coding} body goes on after its compressed stream ends")
+        try:
+            out: bytes = self._zlib.decompress(self._tail + data, _CHUNK)
+        except zlib.error as exc:
+            raise _Unreadable(f"the answer's {self._coding} body is not a {self._coding} stream ({exc})") from None
+        self._tail = self._zlib.unconsumed_tail
+        if self._zlib.eof and self._zlib.unused_data:  # (a second gzip member, or anything else)
+            raise _Unreadable(f"the answer's {self._coding} body goes on after its compressed stream ends")
+        return out
+
+    def end(self) -> None:
+        """The body ended: so must its compressed stream (an empty body is taken as empty)."""
+        if self._fed and (self._zlib is None or not self._zlib.eof):
+            raise _Unreadable(f"the answer's {self._coding} body ends before its compressed stream does")
+
+
+def _zlib_header(data: bytes) -> bool:
+    """Whether ``data`` opens with a zlib header: the deflate method, and a check making the two bytes a
+    multiple of 31."""
+    return data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
 
 
 def _despite_interruptions(clean_up: Callable[[], object]) -> None:
