@@ -733,7 +733,7 @@ class RemoteBackend:
                     f"the connection closed before the answer's end (it said no Content-Length, so its end is the "
                     f"close, and what came is not a whole inference response: {exc})"
                 ) from None
-            raise self._error(InferenceError, f"the answer is not an inference response: {exc}") from None
+            raise self._bad_answer(f"the answer is not an inference response: {exc}") from None
         asked, answered = self.remote.version, decoded.model_version
         if asked is not None and answered and not _same_version(answered, asked):
             # A gateway between that routes by model name only (a rewrite that drops /versions/N) has the
@@ -747,19 +747,15 @@ class RemoteBackend:
         for spec in signature.outputs:
             array = decoded.outputs.get(spec.name)
             if array is None:
-                raise self._error(
-                    InferenceError, f"the answer has no output {spec.name!r} ({', '.join(decoded.outputs)})"
-                )
+                has = ", ".join(map(repr, decoded.outputs)) or "none of those the metadata declares"
+                raise self._bad_answer(f"the answer has no output {spec.name!r} (it has {has})")
             if signature.batchable and (array.ndim == 0 or array.shape[0] != rows):
-                raise self._error(
-                    InferenceError, f"output {spec.name!r} has shape {array.shape} for a batch of {rows} rows"
-                )
+                raise self._bad_answer(f"output {spec.name!r} has shape {array.shape} for a batch of {rows} rows")
             if spec.dtype is not None and array.dtype != spec.dtype and _same_kind(array.dtype, spec.dtype):
                 array = self._converted(spec, array)
             mismatch = _unlike(spec, array)
             if mismatch:
-                raise self._error(
-                    InferenceError,
+                raise self._bad_answer(
                     f"output {spec.name!r} is {mismatch}, but the server's metadata declares "
                     f"{spec.describe()}; fix the model's declared outputs on the server, or its answers",
                 )
@@ -770,13 +766,12 @@ class RemoteBackend:
         """Refuse an output whose declared shape cannot be this batch's answer (the checks ``_outputs`` makes of
         the decoded array, on the shape alone)."""
         if batchable and (not shape or shape[0] != rows):
-            raise self._error(InferenceError, f"output {spec.name!r} has shape {shape} for a batch of {rows} rows")
+            raise self._bad_answer(f"output {spec.name!r} has shape {shape} for a batch of {rows} rows")
         if spec.shape is not None and (
             len(shape) != len(spec.shape)
             or any(isinstance(want, int) and want != got for want, got in zip(spec.shape, shape, strict=True))
         ):
-            raise self._error(
-                InferenceError,
+            raise self._bad_answer(
                 f"output {spec.name!r} is of shape {list(shape)}, but the server's metadata declares "
                 f"{spec.describe()}; fix the model's declared outputs on the server, or its answers",
             )
@@ -915,6 +910,12 @@ class RemoteBackend:
         error = self._error(RemoteUnavailableError, f"{self.remote.endpoint} is unavailable: {message}")
         self._breaker.failure()
         return error
+
+    def _bad_answer(self, message: str) -> InferenceError:
+        """The error of an answer that cannot be the model's (status 200, its content wrong): the model's
+        :class:`InferenceError`, naming the server that answered so (the load balancer's pod, a gateway's route),
+        which the message did not: a server whose answers are broken could not be told from the model."""
+        return self._error(InferenceError, f"{message} (answered by {self.remote.endpoint})")
 
     def _error(self, kind: type[_E], message: str, *, count: bool = True) -> _E:
         message = _hidden(message, self.remote.headers)
