@@ -845,6 +845,12 @@ class RemoteBackend:
             return self._error(RemoteUnavailableError, f"{self.remote.endpoint} is overloaded: {detail}{when}")
         if status >= 500:
             return self._unavailable(detail)
+        if 300 <= status < 400:
+            # Never followed (the request, and remote.toml's headers, go to the configured server only): it said
+            # only "answered 307: ...", the page of a redirect, and not where to, nor what to change.
+            location = response.headers.get("location", "")[:200]
+            to = f" to {location}" if location else ""
+            detail += f" (a redirect{to}, not followed: set url in remote.toml to where the model is served)"
         self._breaker.success()
         error = self._error(InferenceError, detail)
         # refused whoever sent it (401, 403, 404 ...): no part of the batch would pass; only one too large
