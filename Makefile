@@ -162,8 +162,9 @@ soak: install $(OLD_ORT_STAMP) $(OLD_UWSGI_STAMP)
 # they would break the main one. `make oldest` runs the plug-ins' suites there (about 3 minutes; not in CI) and
 # the core suite's files whose outcome depends on the onnxruntime, numpy or pyarrow release (OLDEST_CORE_TESTS,
 # 45 s more: onnxruntime's words for a failed run, its quantizer's kernels, session options, dtypes and text,
-# array files); OLDEST_TESTS="tests integrations" runs the whole core suite in one process (its tests took 23
-# minutes together on 2026-12-04; this venv has no pytest-xdist, nor pandas or torch, whose tests skip).
+# array files; urllib3 2.3's decoding of a compressed answer, which the remote client must bound itself);
+# OLDEST_TESTS="tests integrations" runs the whole core suite in one process (its tests took 23 minutes
+# together on 2026-12-04; this venv has no pytest-xdist, nor pandas or torch, whose tests skip).
 # pip installs the pins together with the three packages, so a pin below a floor of pyproject.toml fails here;
 # tests/test_oldest_pins.py keeps them equal.
 # The oldest Python too: numpy 1.24 has no wheel for Python 3.12 or later and cannot be built there (no distutils).
@@ -174,7 +175,8 @@ OLDEST_CORE_TESTS := tests/test_oldest_pins.py tests/test_run_failures.py tests/
 	tests/test_shapeless_inputs.py tests/test_sessions.py tests/test_session_hardening.py tests/test_pool_options.py \
 	tests/test_signature.py tests/test_graph_inputs.py tests/test_input_bounds.py tests/test_text_inputs.py \
 	tests/test_value_conversion.py tests/test_v2_codec.py tests/test_batch_independence.py \
-	tests/test_scoring_arrow_tables.py tests/test_scoring_io_hardening.py tests/test_cli_score_columns.py
+	tests/test_scoring_arrow_tables.py tests/test_scoring_io_hardening.py tests/test_cli_score_columns.py \
+	tests/test_remotehostile.py
 OLDEST_TESTS ?= integrations/flask/tests integrations/django/tests $(OLDEST_CORE_TESTS)
 
 $(OLDEST_STAMP): requirements/oldest.txt pyproject.toml integrations/flask/pyproject.toml integrations/django/pyproject.toml
