@@ -365,9 +365,11 @@ class Router:
         # by request id of a request they served may come (the hour ids are remembered), shown apart in status
         # (see _retire_arms; changed under the lock)
         self._removed: dict[str, tuple[VariantStats, float]] = {}
-        # The serial of the routing state each configured arm was added by (see _retire_arms; changed under the
-        # lock): a request decided by an earlier state is of an earlier life of an arm of that name, removed and
-        # added back since, and counts nowhere in this one (its state gives the arm the same version)
+        # The serial of the routing state that began the numbers of each configured arm, and of "canary" and
+        # "stable" (added, or pointed at another version: see _restart_changed_arms, _retire_arms; changed under
+        # the lock): a request decided by an earlier state is of an earlier life of the arm (removed and added
+        # back, or moved to another version and back, since) and counts nowhere in this one (its state gives the
+        # arm the same version)
         self._arm_born: dict[str, int] = {}
         self._state_serials = itertools.count(1)  # (numbers the states state_for makes)
         self._canary_version: int | None = None  # the configured canary's, whose statistics "canary" holds
@@ -549,9 +551,7 @@ class Router:
                 for name, arm in config.variants.items()
                 if self._arm_versions.get(name, arm.version) != arm.version
             }
-            for name in config.variants:
-                if name not in self._arm_versions:  # (added: requests decided by earlier states are not its)
-                    self._arm_born[name] = state.serial
+            added = [name for name in config.variants if name not in self._arm_versions]
             self._arm_versions.update((name, arm.version) for name, arm in config.variants.items())
             gone = [name for name in self._arm_versions if name not in config.variants]
             if gone or self._removed:
@@ -566,6 +566,8 @@ class Router:
                 if self._stable_version not in (None, stable):
                     changed.update(("canary", "stable"))
                 self._stable_version = stable
+            for name in (*added, *changed):  # (numbers begun here: requests decided by earlier states are not of
+                self._arm_born[name] = state.serial  # them, whatever version a later change points them back at)
             if not changed:
                 return
             for name in changed:
@@ -1449,9 +1451,10 @@ class Router:
                 and state.serial >= self._arm_born.get(variant, 0)
             )
         if variant in ("canary", "stable"):
-            return state.config.canary.version in (None, self._canary_version) and state.pin in (
-                None,
-                self._stable_version,
+            return (
+                state.config.canary.version in (None, self._canary_version)
+                and state.pin in (None, self._stable_version)
+                and state.serial >= self._arm_born.get(variant, 0)
             )
         return True
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from inprocserve import RolloutConfig, VariantConfig
+from inprocserve import CanaryConfig, RolloutConfig, VariantConfig
 from inprocserve._rollout import Decision, Router
 
 X = {"x": np.ones((1, 4), np.float32)}
@@ -61,3 +61,46 @@ def test_a_request_running_through_the_removal_counts_in_the_arms_final_numbers_
     assert removed["b"]["served"] == 1 and removed["b"]["version"] == 2, removed
     assert router.record_outcome("running", 1.0, None, 3, READY) == "b"
     assert router.status()["removed_variants"]["b"]["outcomes"] == 2
+
+
+def _ab_b_at(version: int) -> RolloutConfig:
+    arms = {"a": VariantConfig(version=1), "b": VariantConfig(version=version), "c": VariantConfig(version=3)}
+    return RolloutConfig(strategy="ab", stable=1, seed=7, variants=arms)
+
+
+def test_a_request_of_an_arms_earlier_version_is_not_the_arm_pointed_back_to_it() -> None:
+    """Pointed from version 2 to 3 and back to 2, the arm starts afresh each time: a request decided while it
+    was first on version 2 and noted after it came back is of that earlier life, as one of a removed arm is."""
+    router = Router("m", _ab_b_at(2), None)
+    before = router.state
+    _, running = _key_of_b(router)  # (decided on version 2, still running)
+    router.update(_ab_b_at(3))
+    router.update(_ab_b_at(2))
+    router.served("earlier", running, X, before)
+    assert router.status()["variants"].get("b", {"served": 0})["served"] == 0
+    assert router.record_outcome("earlier", 1.0, None, 3, READY) is None
+    _, now = _key_of_b(router)
+    router.served("later", now, X)
+    assert router.record_outcome("later", 1.0, None, 3, READY) == "b"
+    assert router.status()["variants"]["b"]["served"] == 1
+
+
+def test_a_request_of_an_earlier_canary_experiment_is_not_the_canary_pointed_back_to_its_version() -> None:
+    """The configured canary moved from version 2 to 3 and back starts a new experiment each time: a request
+    decided in the first one and noted after the second change counts in neither "canary" nor its outcome."""
+
+    def canary_at(version: int) -> RolloutConfig:
+        return RolloutConfig(strategy="canary", stable=1, canary=CanaryConfig(version=version, percent=50))
+
+    router = Router("m", canary_at(2), None)
+    before = router.state
+    running = next(
+        decision
+        for decision in (router.decide(READY, 3, {"user_id": f"u{i}"}) for i in range(1000))
+        if decision.variant == "canary"
+    )
+    router.update(canary_at(3))
+    router.update(canary_at(2))
+    router.served("earlier", running, X, before)
+    assert router.status()["variants"].get("canary", {"served": 0})["served"] == 0
+    assert router.record_outcome("earlier", 1.0, None, 3, READY) is None
