@@ -350,6 +350,13 @@ def gauge_source(registry_ref: weakref.ref[Registry]) -> Callable[[], list[tuple
                 values.extend(model_version.memory_observations())
                 if model_version.cache is not None:
                     values.append(("cache_bytes", float(model_version.cache.held_bytes), attributes))
+        # Versions failing to load now, per model (0 for one whose versions load): what an alert needs. The
+        # lifecycle counter's "failed" cannot say it: a version failed for good is not tried again, so its
+        # count never grows, and a version copied in place fails once and then loads under the same count.
+        failures = dict(registry.failures)
+        for name in {*registry.routes, *failures}:
+            failing = float(len(failures.get(name) or ()))
+            values.append(("failed_versions", failing, {"inprocserve.model.name": name}))
         return values
 
     return observe

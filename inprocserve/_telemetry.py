@@ -727,6 +727,12 @@ class Metrics:
             description="Bytes the prediction cache's answers hold (bounded by cache.max_bytes)",
         )
         meter.create_observable_gauge(
+            "inprocserve.model.failed_versions",
+            callbacks=[self._observe("failed_versions")],
+            unit="{version}",
+            description="Versions of a model that failed to load and have not loaded since",
+        )
+        meter.create_observable_gauge(
             "inprocserve.model.memory",
             callbacks=[self._observe("memory")],
             unit="By",
@@ -880,7 +886,8 @@ class Metrics:
         return callback
 
 
-_WORST_OF = frozenset({"psi", "ks"})  # gauges whose values of several servers are not added: the largest is kept
+_WORST_OF = frozenset({"psi", "ks", "failed_versions"})  # gauges whose values of several servers are not added:
+# the largest is kept (two servers of one process failing the same version are one version failing)
 
 
 def _add(first: float, second: float) -> float:

@@ -102,6 +102,7 @@ def _exposition() -> str:
                 ("memory", 1.0, model),
                 ("queue", 0.0, model),
                 ("in_flight", 0.0, model),
+                ("failed_versions", 1.0, {"inprocserve.model.name": "m"}),
             ]
         )
         return generate_latest(registry).decode()

@@ -746,6 +746,32 @@ def test_the_cache_bytes_gauge_says_what_the_cache_holds(
     assert gauges == [held]
 
 
+def test_the_failed_versions_gauge_counts_a_version_failing_until_it_loads(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    """What the ModelLoadFailed alert reads: the lifecycle counter's ``failed`` could not say a version still
+    fails (one failed for good is not tried again, so its count never grows) nor that it loaded since (a copy
+    in place fails once, then loads under the same count)."""
+    save_model(build_scale_model(1.0), repository, "m", 1)
+    save_model(build_scale_model(1.0), repository, "fine", 1)
+    (repository / "m" / "2").mkdir()
+    (repository / "m" / "2" / "model.onnx").write_bytes(b"half a model")
+    server = make_server(repository, control_interval_s=None)
+
+    def failing() -> dict[str, float]:
+        return {
+            point.attributes["inprocserve.model.name"]: point.value
+            for point in otel.metric_points("inprocserve.model.failed_versions")
+            if point.attributes["inprocserve.model.name"] in {"m", "fine"}
+        }
+
+    assert failing() == {"m": 1, "fine": 0}
+    (repository / "m" / "2" / "model.onnx").unlink()
+    save_model(build_scale_model(2.0), repository, "m", 2)
+    assert server.refresh() == []
+    assert failing() == {"m": 0, "fine": 0}
+
+
 def test_requests_for_unknown_models_share_one_metric_series(
     otel: Otel, repository: Path, make_server: ServerFactory
 ) -> None:
