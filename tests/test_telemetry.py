@@ -772,6 +772,50 @@ def test_the_failed_versions_gauge_counts_a_version_failing_until_it_loads(
     assert failing() == {"m": 0, "fine": 0}
 
 
+def _failed_versions(otel: Otel, name: str) -> float | None:
+    values = [
+        point.value
+        for point in otel.metric_points("inprocserve.model.failed_versions")
+        if point.attributes["inprocserve.model.name"] == name
+    ]
+    return values[0] if values else None
+
+
+def test_the_failed_versions_gauge_leaves_out_a_version_the_policy_would_not_serve(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    """Version 2 corrupt, then version 3 released and serving under ``latest``: version 2's failure stays
+    recorded (its files unchanged, it is not tried again), but it would not serve if it loaded, and the alert on
+    the gauge stayed on for good after a release that happened. Under ``all`` it would serve: still counted."""
+    save_model(build_scale_model(1.0), repository, "m", 1)
+    (repository / "m" / "2").mkdir()
+    (repository / "m" / "2" / "model.onnx").write_bytes(b"half a model")
+    server = make_server(repository, control_interval_s=None)
+    assert _failed_versions(otel, "m") == 1
+    save_model(build_scale_model(3.0), repository, "m", 3)
+    assert server.refresh() == []
+    assert server.predict("m", np.ones((1, 4), np.float32))["y"].tolist() == [[3.0] * 4]
+    assert _failed_versions(otel, "m") == 0
+    (repository / "m" / "config.toml").write_text('version_policy = "all"\n')
+    server.refresh()
+    assert _failed_versions(otel, "m") == 1
+
+
+def test_the_failed_versions_gauge_leaves_out_a_model_unloaded_by_hand(
+    otel: Otel, repository: Path, make_server: ServerFactory
+) -> None:
+    """refresh() neither loads nor forgets the versions of a model unloaded by hand: its failure counted, the
+    alert stayed on for a model taken out of service on purpose."""
+    save_model(build_scale_model(1.0), repository, "m", 1)
+    (repository / "m" / "2").mkdir()
+    (repository / "m" / "2" / "model.onnx").write_bytes(b"half a model")
+    server = make_server(repository, control_interval_s=None)
+    assert _failed_versions(otel, "m") == 1
+    server.unload("m")
+    server.refresh()
+    assert _failed_versions(otel, "m") in (0, None)
+
+
 def test_requests_for_unknown_models_share_one_metric_series(
     otel: Otel, repository: Path, make_server: ServerFactory
 ) -> None:
