@@ -351,19 +351,23 @@ class _Inflater:
     inflates to past that stays compressed (zlib's ``unconsumed_tail``) until it is asked for, so a piece that
     inflates a thousand times over is never held whole."""
 
-    __slots__ = ("_coding", "_fed", "_head", "_tail", "_zlib")
+    __slots__ = ("_coding", "_fed", "_full", "_head", "_tail", "_zlib")
 
     def __init__(self, coding: str) -> None:
         self._coding = coding
         self._zlib: Any = None
         self._head = b""  # (the first bytes, until two tell zlib's framing from raw deflate)
         self._tail = b""
+        self._full = False  # the last turn made a whole _CHUNK: zlib may hold more of it (see pending)
         self._fed = False
 
     @property
     def pending(self) -> bool:
-        """Whether input already read inflates further."""
-        return bool(self._tail)
+        """Whether input already read inflates further: input zlib has not taken yet, or output it holds. A
+        turn cut at :data:`_CHUNK` may have taken every byte read and still hold the rest of a match it was
+        copying (a raw deflate stream has no trailer left unread after it): the body's end read next was taken
+        for a stream cut short, and an answer inflating to a little over 1 MiB refused."""
+        return bool(self._tail) or (self._full and not self._zlib.eof)
 
     def inflate(self, data: bytes) -> bytes:
         self._fed = self._fed or bool(data)
@@ -383,6 +387,7 @@ class _Inflater:
         except zlib.error as exc:
             raise _Unreadable(f"the answer's {self._coding} body is not a {self._coding} stream ({exc})") from None
         self._tail = self._zlib.unconsumed_tail
+        self._full = len(out) == _CHUNK
         if self._zlib.eof and self._zlib.unused_data:  # (a second gzip member, or anything else)
             raise _Unreadable(f"the answer's {self._coding} body goes on after its compressed stream ends")
         return out

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import inprocserve
 
@@ -209,3 +211,58 @@ def test_a_gzip_answer_asked_for_is_undone_and_a_broken_one_refused(
         with pytest.raises(inprocserve.RemoteUnavailableError, match=said):
             predicted(server)
         np.testing.assert_array_equal(predicted(server), 2.0)
+
+
+def in_pieces(answer: bytes, cuts: list[int]) -> Step:
+    """Sends ``answer``'s headers, then its body cut at ``cuts``, a moment between pieces: each read apart."""
+
+    def send(conn: socket.socket) -> None:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        conn.sendall(head + b"\r\n\r\n")
+        for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True):
+            time.sleep(0.005)
+            conn.sendall(body[start:end])
+
+    return send
+
+
+_SERVED: dict[Path, inprocserve.Server] = {}
+
+
+@functools.cache
+def held_past_a_megabyte(wbits: int) -> bytes:
+    """A two-row answer (padded with whitespace) coded ``wbits`` whose first MiB zlib makes having taken every
+    byte of it, with the rest of the match it was copying still held: no input left to say more is coming."""
+    answer = y_answer()
+    for padding in range(4096):  # (whitespace of a period of 4: zlib copies matches 4 bytes back)
+        plain = (answer + (" \t\n\r" * (1 << 19))[: (1 << 20) + padding - len(answer)]).encode()
+        packer = zlib.compressobj(6, zlib.DEFLATED, wbits)
+        body = packer.compress(plain) + packer.flush()
+        inflater = zlib.decompressobj(wbits)
+        inflater.decompress(body[:-8] if wbits == 31 else body[:-4] if wbits == 15 else body, 1 << 20)
+        if not inflater.unconsumed_tail and not inflater.eof:
+            return body
+    raise AssertionError("no padding leaves zlib holding output with its input taken")
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(coding=st.sampled_from([("gzip", 31), ("deflate", 15), ("deflate", -15)]), data=st.data())
+def test_a_compressed_answer_cut_anywhere_is_taken_whole(
+    repository: Path, make_server: ServerFactory, hostile: Hostile, coding: tuple[str, int], data: st.DataObject
+) -> None:
+    # An answer inflating to a little over 1 MiB whose body zlib had taken whole at the first MiB, the rest of a
+    # match still in hand: the body's end read next was taken for a stream cut short ("ends before its
+    # compressed stream does") when it was raw deflate, which has no trailer left unread to say more is coming.
+    name, wbits = coding
+    server = _SERVED.get(repository)
+    if server is None:  # (one server for every example of the test)
+        server = _SERVED[repository] = serve(repository, make_server, hostile)
+    body = held_past_a_megabyte(wbits)
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, len(body) - 1), max_size=3))))
+    coded = {"Content-Encoding": name, "Connection": "close"}  # (in_pieces closes it after)
+    hostile.script = [in_pieces(response(body, headers=coded), cuts)]
+    np.testing.assert_array_equal(predicted(server), 2.0)
