@@ -2346,6 +2346,35 @@ class Registry:
         named = {state.stable, state.canary_version} & by_path
         return {number: loaded[number].path for number in sorted(n for n in named if n is not None and n in loaded)}
 
+    def failing_versions(self, name: str) -> int:
+        """How many of ``name``'s versions whose last load failed would serve if they loaded (the
+        ``inprocserve.model.failed_versions`` gauge, which the ModelLoadFailed alert reads): one the model's
+        version policy selects among its versions on disk, a version serving an older copy (a reload that
+        failed), or one its rollout names. A version outside the policy (version 2 corrupt, then version 3
+        released and serving under ``latest``) or unloaded by hand is not counted: its failure stays recorded,
+        untried, while its files stay as they are, and held the alert on for good. Read without the lock (by
+        the metrics' collection): each mapping is copied once."""
+        if name in self._unloaded:  # unloaded by hand: refresh() neither loads nor forgets its versions
+            return 0
+        failed = dict(self.failures.get(name) or {})
+        by_hand = set(self._unloaded_versions.get(name, ()))
+        on_disk = self._on_disk.get(name)
+        loaded = self.loaded.get(name, {})
+        count = 0
+        for number, failure in failed.items():
+            if number in by_hand:
+                continue
+            config = failure.config
+            if (
+                number in loaded
+                or config is None
+                or on_disk is None  # (no scan names its versions: a load(path=...) by hand)
+                or number in config.rollout.referenced_versions
+                or number in config.version_policy.select([v for v in on_disk if v not in by_hand])
+            ):
+                count += 1
+        return count
+
     @property
     def control_pending(self) -> bool:
         """Whether a part of :attr:`control` is not applied yet (see :attr:`control_problem`)."""

@@ -353,38 +353,9 @@ def gauge_source(registry_ref: weakref.ref[Registry]) -> Callable[[], list[tuple
         # Versions failing to load now, per model (0 for one whose versions load): what an alert needs. The
         # lifecycle counter's "failed" cannot say it: a version failed for good is not tried again, so its
         # count never grows, and a version copied in place fails once and then loads under the same count.
-        failures = dict(registry.failures)
-        for name in {*registry.routes, *failures}:
-            failing = float(_failing_versions(registry, name, dict(failures.get(name) or {})))
+        for name in {*registry.routes, *registry.failures}:
+            failing = float(registry.failing_versions(name))
             values.append(("failed_versions", failing, {"inprocserve.model.name": name}))
         return values
 
     return observe
-
-
-def _failing_versions(registry: Registry, name: str, failed: dict[int, Any]) -> int:
-    """How many of ``failed`` (a model's versions whose last load failed) would serve if they loaded: one the
-    model's version policy selects among its versions on disk, a version serving an older copy (a reload that
-    failed), or one its rollout names. Counted as well, a version outside the policy (version 2 corrupt, then
-    version 3 released and serving under ``latest``) or unloaded by hand held the ModelLoadFailed alert on
-    for good: its failure stays recorded, untried, while its files stay as they are, and a release did
-    happen."""
-    if name in registry._unloaded:  # unloaded by hand: refresh() neither loads nor forgets its versions
-        return 0
-    by_hand = registry._unloaded_versions.get(name, set())
-    on_disk = registry._on_disk.get(name)
-    loaded = registry.loaded.get(name, {})
-    count = 0
-    for number, failure in failed.items():
-        if number in by_hand:
-            continue
-        config = failure.config
-        if (
-            number in loaded
-            or config is None
-            or on_disk is None  # (no scan names its versions: a load(path=...) by hand)
-            or number in config.rollout.referenced_versions
-            or number in config.version_policy.select([v for v in on_disk if v not in by_hand])
-        ):
-            count += 1
-    return count
