@@ -98,8 +98,6 @@ NOT_MEASURED: dict[str, dict[str, str]] = {
         "on Python 3.13 and 3.12 in": "releases of Python",
         "(Django 6 needs 3.12, say)": "releases of Django and Python",
         "Python 3.11, 3.12 or 3.13: the suite runs on 3.11": "releases of Python",
-        "3.13 last on": "a release of Python",
-        ", 3.12 on": "a release of Python",
         "are from 3.11 only": "a release of Python",
         "(0.52b0 or later:": "the Prometheus exporter's oldest release that works",
         "urllib3 (2.3 or later)": "the remote extra's version requirement",
