@@ -208,6 +208,7 @@ NOT_MEASURED: dict[str, dict[str, str]] = {
         "p < 0.05": "the significance level, a setting",
     },
     "docs/flask.md": {
+        "Werkzeug before 3.0 (2.3, the oldest the plug-in takes)": "releases of Werkzeug",
         "one nested 100,000 deep": "the nesting depth of the body the example's test sends, a setting",
     },
     "docs/django.md": {

@@ -80,6 +80,7 @@ def test_url_for_the_protocol_builds_a_path_the_protocol_answers(app: Flask) -> 
 
 
 @pytest.mark.parametrize("endpoint", ["health", "ready", "models"])
+@pytest.mark.usefixtures("rules_keep_their_slashes")
 def test_an_empty_segment_before_a_read_only_endpoint_is_the_json_404(app: Flask, endpoint: str) -> None:
     answer = app.test_client().get(f"/-/inprocserve//{endpoint}")
     assert answer.status_code == 404, (answer.status_code, answer.headers.get("Location"))

@@ -76,6 +76,7 @@ def test_an_admin_action_refused_by_the_error_handler_carries_them_too(app: Flas
     assert response.headers.get("Cache-Control") == "no-store", dict(response.headers)
 
 
+@pytest.mark.usefixtures("rules_keep_their_slashes")
 def test_the_status_route_with_an_empty_segment_is_the_json_404(app: Flask) -> None:
     """``//status`` was werkzeug's HTML 308 to ``/status``, where ``//models`` and the others are the JSON 404."""
     for path in ("//status", "//models"):

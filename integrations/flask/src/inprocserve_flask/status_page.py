@@ -45,7 +45,10 @@ def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Cal
     def status_page() -> Response:
         if not web.check_token(request.headers.get("Authorization"), token, basic=True):
             response = Response(TOKEN_NEEDED, 401, mimetype="text/plain")
-            response.headers.update(PAGE_HEADERS)  # (as the page's: the 401 had none of them)
+            # (as the page's: the 401 had none of them; one by one: Werkzeug 2.3's headers.update() takes no
+            # mapping proxy, and the 401 was a 500 there)
+            for name, value in PAGE_HEADERS.items():
+                response.headers[name] = value
             response.headers["WWW-Authenticate"] = _REALM
             return response
         status, html, headers = web.status_page(
