@@ -18,8 +18,8 @@ locally and each batch is **one** inference call. What this module adds on top o
 Errors: 400/422 -> :class:`InvalidInputError` (the batcher bisects to the bad request), unless the model's
 ``/ready`` then says it is not ready (a model still loading: :class:`RemoteUnavailableError`); 404 ->
 :class:`ModelLoadError` in :meth:`prepare`, :class:`InferenceError` in :meth:`run`; 504 and timeouts ->
-:class:`DeadlineExceededError`; 5xx, refused or reset connections, an answer cut short (one without a
-length, ended by a close, that is not whole), an open circuit ->
+:class:`DeadlineExceededError`; 5xx, a redirect (never followed), refused or reset connections, an answer cut
+short (one without a length, ended by a close, that is not whole), an open circuit ->
 :class:`RemoteUnavailableError`; a call in flight when :meth:`RemoteBackend.close` ends it, or a shadow call
 when its server closes (``_stop_signal``) -> :class:`ServerClosedError` (not counted against the server).
 """
@@ -327,8 +327,8 @@ class RemoteBackend:
             InvalidInputError: the server refused these values (400/422, its model ready), or ``feeds`` lacks one of the
                 signature's inputs (the batcher never sends such feeds).
             DeadlineExceededError: ``timeout_s`` (or ``remote.timeout_s``) ran out, or the server said 504.
-            RemoteUnavailableError: refused or reset connection, a 5xx, a 400/422 from a model that is not
-                ready (loading), or the circuit is open.
+            RemoteUnavailableError: refused or reset connection, a 5xx, a redirect (301, 302, 307, 308: not
+                followed), a 400/422 from a model that is not ready (loading), or the circuit is open.
             InferenceError: 404, or an answer that is not the model's outputs (or outputs in another width
                 whose values the declared type cannot hold).
             ServerClosedError: :meth:`close` was called, before the call or while it was in flight.
@@ -643,12 +643,14 @@ class RemoteBackend:
             if missing_ok and response.status in (400, 404):
                 return None
             hint = " (is the model loaded there, under this name and version?)" if response.status == 404 else ""
+            if 300 <= response.status < 400:
+                hint = _redirect_advice(response)
             if response.status == 501 and self.remote.version is not None:
                 # KServe's Python model server (0.21) answers 501 "Model versioning not supported yet." to every
                 # path under /versions/: it serves one version of a model, reached without one.
                 hint = " (the server serves no model versions, as KServe's Python model server: leave version out)"
             raise ModelLoadError(
-                f"{where} answered {response.status}: {_hidden(_message(response), self.remote.headers)}{hint}",
+                _hidden(f"{where} answered {response.status}: {_message(response)}{hint}", self.remote.headers),
                 model=self.model,
                 version=self.version,
             )
@@ -846,11 +848,10 @@ class RemoteBackend:
         if status >= 500:
             return self._unavailable(detail)
         if 300 <= status < 400:
-            # Never followed (the request, and remote.toml's headers, go to the configured server only): it said
-            # only "answered 307: ...", the page of a redirect, and not where to, nor what to change.
-            location = response.headers.get("location", "")[:200]
-            to = f" to {location}" if location else ""
-            detail += f" (a redirect{to}, not followed: set url in remote.toml to where the model is served)"
+            # The model is not served at the configured url (a balancer or gateway sends it elsewhere): the
+            # remote is not serving, as a 5xx says. Counted as a success, a balancer answering every call with
+            # a redirect never opened the circuit, and each call waited for its answer.
+            return self._unavailable(detail + _redirect_advice(response))
         self._breaker.success()
         error = self._error(InferenceError, detail)
         # refused whoever sent it (401, 403, 404 ...): no part of the batch would pass; only one too large
@@ -1112,6 +1113,15 @@ def _upstream_reset(response: HttpResponse) -> bool:
         return False
     reason = text.rpartition("reset reason:")[2]
     return not any(never_sent in reason for never_sent in _SENT_NOWHERE)
+
+
+def _redirect_advice(response: HttpResponse) -> str:
+    """What a redirect's error adds to its status and message: where it pointed (its ``Location``), and what to
+    change. Never followed: the request, and the ``headers`` of remote.toml (its ``Authorization``), go to the
+    configured server only; the page of a redirect said only "answered 307", not where to, nor what to change."""
+    location = response.headers.get("location", "")[:200]
+    to = f" to {location}" if location else ""
+    return f" (a redirect{to}, not followed: set url in remote.toml to where the model is served)"
 
 
 def _message(response: HttpResponse) -> str:
