@@ -155,13 +155,8 @@ def decode_checked_response(
             check(scanned)  # (raises to refuse the answer before its JSON is parsed)
     if checkpoint is not None:
         checkpoint()
-    try:
-        document = _parse_json(json_part, checkpoint, from_client=False)  # (an answer: see there)
-    except InvalidInputError as exc:  # (its words are a request's: "the request JSON is malformed", of an answer)
-        message = str(exc)
-        if message.startswith("the request JSON "):
-            message = "its JSON " + message.removeprefix("the request JSON ")
-        raise InvalidInputError(message) from None
+    # (an answer: see there; said "the request JSON is malformed" of an answer, its words a request's)
+    document = _parse_json(json_part, checkpoint, from_client=False, what="its JSON")
     if not isinstance(document, dict) or not isinstance(document.get("outputs"), list):
         # Some servers and gateways answer a failure with status 200 and the protocol's error document: its
         # message is what says what went wrong ("CUDA out of memory"), and was dropped.

@@ -464,6 +464,7 @@ def _parse_json(
     *,
     from_client: bool = True,
     malformed_hint: str = "",
+    what: str = "the request JSON",
 ) -> Any:
     """``raw`` parsed. With ``checkpoint``, a document over 1 MiB calls it every :data:`CHECK_EVERY` numbers:
     ``json.loads`` is one call that holds the GIL throughout, and a one-row answer of 10 million FP32 (a
@@ -471,7 +472,8 @@ def _parse_json(
     stalled. Numbers parsed through a Python function cost about 30% more, and let other threads run between
     them. (Text has no such hook: a document of strings is parsed in one go.) A client's request may name a key
     once (``_unique_json``); an answer read from a model server (``from_client=False``) is read as json reads it.
-    ``malformed_hint`` ends the message of malformed JSON (where it came from, when that may be the fault)."""
+    ``malformed_hint`` ends the message of malformed JSON (where it came from, when that may be the fault);
+    ``what`` starts each message (``"its JSON"``: an answer's, whose caller says whose)."""
     if checkpoint is not None and len(raw) > _HOOKED_PARSE_ABOVE_BYTES:
         seen = 0
 
@@ -497,16 +499,16 @@ def _parse_json(
             hooks["parse_constant"] = _CONSTANTS.__getitem__
         return json.loads(bytes(raw), **hooks)
     except RecursionError:
-        raise InvalidInputError("the request JSON is nested too deeply to parse") from None
+        raise InvalidInputError(f"{what} is nested too deeply to parse") from None
     except DuplicateKeyError as exc:
-        raise InvalidInputError(f"the request JSON is ambiguous: {exc}") from None
+        raise InvalidInputError(f"{what} is ambiguous: {exc}") from None
     except ValueError as exc:  # malformed, not UTF-8, or an integer of more digits than Python converts
         if from_client and too_many_digits(exc):
             raise InvalidInputError(
-                f"the request JSON holds an integer of more than {sys.get_int_max_str_digits()} digits, which no "
+                f"{what} holds an integer of more than {sys.get_int_max_str_digits()} digits, which no "
                 "datatype, shape or parameter takes; send numbers that fit the tensor's datatype"
             ) from None
-        raise InvalidInputError(f"the request JSON is malformed: {exc}{malformed_hint}") from None
+        raise InvalidInputError(f"{what} is malformed: {exc}{malformed_hint}") from None
 
 
 _JSON_WORDS = {None: "null", True: "true", False: "false"}
