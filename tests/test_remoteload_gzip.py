@@ -111,5 +111,7 @@ def test_a_hostile_many_member_answer_is_bounded_in_memory_and_time(
             if traced:
                 assert peak < 24 << 20, f"{peak >> 20} MiB held for an answer of {len(body)} bytes"
             else:
-                assert took < 2.0, f"{took:.2f} s for an answer of {len(body)} bytes"
+                # (a bound against a hang, not a speed target: 0.2-0.5 s here; copying each member's rest of
+                # the piece read, as a first version did, took 3.2 s quiet and far longer under load)
+                assert took < 20.0, f"{took:.2f} s for an answer of {len(body)} bytes"
             np.testing.assert_array_equal(predicted(server), 2.0)  # the next request is answered
