@@ -338,7 +338,9 @@ def test_the_middleware_may_come_first_and_header_settings_are_checked(repositor
         (error,) = [message for message in run_checks() if message.id == "inprocserve.E009"]
     assert "not its name ('X-User-Id'?)" in error.msg  # (the one rule of inprocserve.web, as Flask's init_app)
     assert check_ids({"REPOSITORY": str(repository), "DEADLINE_HEADER": "X Deadline"}) == ["inprocserve.E009"]
-    assert check_ids({"REPOSITORY": str(repository), "USER_HEADER": "X_User_Id", "DEADLINE_HEADER": ""}) == []
+    assert check_ids({"REPOSITORY": str(repository), "USER_HEADER": "X_User_Id"}) == []
+    # "": not read either, but warned of (what os.environ.get(name, "") gives for a variable that is not set)
+    assert check_ids({"REPOSITORY": str(repository), "DEADLINE_HEADER": ""}) == ["inprocserve.W006"]
     assert check_ids({"REPOSITORY": str(repository), "USER_HEADER": None, "DEADLINE_HEADER": None}) == []
 
 

@@ -1,5 +1,6 @@
 """Number settings read from the environment as a team writes them, ``"TIMEOUT_S": os.environ.get("TIMEOUT",
-"60")``: a string, refused (system checks E011 and E012), with a hint that says to convert it."""
+"60")``: a string, refused (system checks E011 and E012), with a hint that says to convert it; and the
+settings an empty string turns off, ``"ADMIN_TOKEN": os.environ.get("ADMIN_TOKEN", "")``: warned of (W006)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
 from django.test import Client, override_settings
 
 from inprocserve.testing import build_scale_model, save_model
@@ -47,3 +50,20 @@ def test_a_number_out_of_range_says_nothing_of_strings(repository: Path) -> None
         with pytest.raises(ImproperlyConfigured) as refused:
             Client().get("/-/inprocserve/health")
     assert "INPROCSERVE['TIMEOUT_S']" in str(refused.value) and "environment" not in str(refused.value)
+
+
+@pytest.mark.parametrize("key", ["ADMIN_TOKEN", "USER_HEADER", "DEADLINE_HEADER"])
+def test_an_empty_string_that_turns_a_setting_off_is_warned_of_and_none_is_not(repository: Path, key: str) -> None:
+    # os.environ.get("INPROCSERVE_ADMIN_TOKEN", "") of a deployment that forgot the variable: the admin endpoints
+    # (the user header, the deadline header) were off without a word, where a blank " " token is error E010
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), key: ""}):
+        with pytest.raises(SystemCheckError) as warned:  # (what `manage.py check --fail-level WARNING` fails on)
+            call_command("check", fail_level="WARNING")
+        # a warning: the server still starts, and an empty token still opens nothing
+        response = Client().post("/-/inprocserve/reload", headers={"Authorization": "Bearer "})
+    said = str(warned.value)
+    assert f"(inprocserve.W006) INPROCSERVE['{key}'] is '' (an empty string)" in said, said
+    assert "os.environ.get(name, '')" in said and "None says off on purpose" in said, said
+    assert response.status_code == 404, response.content
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository), key: None}):
+        call_command("check", fail_level="WARNING")  # None: off on purpose, and said so

@@ -91,6 +91,7 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
     for name in ("USER_HEADER", "DEADLINE_HEADER"):
         messages.extend(_header_setting_errors(name, config[name]))
+    messages.extend(_empty_string_warnings(config))
     for key in ("ADMIN_TOKEN", "STATUS_PAGE_TOKEN"):
         token_problem = web.token_problem(config[key])
         if token_problem is not None:
@@ -286,6 +287,43 @@ def _header_setting_errors(name: str, value: object) -> list[Error]:
             hint="Name the request header as clients send it, such as 'X-User-Id', or None to read none.",
             id="inprocserve.E009",
         )
+    ]
+
+
+_OFF_WHEN_EMPTY = {
+    "ADMIN_TOKEN": (
+        "the admin endpoints are off",
+        "Set it to a long random string (secrets.token_urlsafe(32)) to serve them",
+    ),
+    "USER_HEADER": (
+        "no user id header is read, so anonymous requests are bucketed at random in rollouts (a canary, an A/B "
+        "test), not sticky per user",
+        "Name the header as clients send it ('X-User-Id', the default)",
+    ),
+    "DEADLINE_HEADER": (
+        "no deadline header is read, so a caller's remaining budget is ignored",
+        "Name the header as callers send it ('X-Request-Timeout-Ms', the default)",
+    ),
+}
+"""The settings whose empty string turns a feature off, with what it turns off and how to turn it on."""
+
+
+def _empty_string_warnings(config: Mapping[str, Any]) -> list[Warning]:
+    """inprocserve.W006: a setting of ``""`` (``ADMIN_TOKEN``, ``USER_HEADER``, ``DEADLINE_HEADER``), which
+    turns its feature off as ``None`` does, but is also what ``os.environ.get("NAME", "")`` gives when the
+    variable is not set: a deployment that forgot the variable had the feature off without a word (and a
+    blank ``" "`` token was error E010). Still off (no token never opens the admin endpoints): only said, so
+    that ``None`` says "off" on purpose."""
+    return [
+        Warning(
+            f"INPROCSERVE['{key}'] is '' (an empty string): {effect}. An empty string is also what "
+            f"os.environ.get(name, '') gives when the variable is not set.",
+            hint=f"{turn_on}; None says off on purpose (os.environ.get(name), with no default, gives None for a "
+            "variable that is not set).",
+            id="inprocserve.W006",
+        )
+        for key, (effect, turn_on) in _OFF_WHEN_EMPTY.items()
+        if isinstance(config[key], str) and not config[key]
     ]
 
 
