@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import sys
 import time
 import urllib.error
@@ -42,7 +40,7 @@ from inprocserve.testing import build_scale_model, save_model
 
 from .conftest import build_busy_model
 from .ports import reserved_port
-from .processes import keep_gunicorns_apart, stop_process
+from .processes import Prometheus, keep_gunicorns_apart, prometheus_binary, prometheus_server
 from .test_doc_snippets_docsa import metrics_page
 from .test_gunicorn_metrics import fleet
 from .test_telemetry import build_multiple_of_3_model
@@ -166,67 +164,6 @@ def post(base: str, model: str, body: dict[str, Any], headers: dict[str, str] | 
         return int(error.code)
 
 
-class Prometheus:
-    def __init__(self, url: str, log: Path) -> None:
-        self.url, self.log = url, log
-
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.url}{path}", timeout=10) as response:
-            body = json.load(response)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        data = self.get(f"/api/v1/query?{urllib.parse.urlencode({'query': promql})}")
-        assert data["resultType"] == "vector", data
-        return list(data["result"])
-
-    def firing(self) -> set[tuple[tuple[str, str], ...]]:
-        """The labels of every firing alert (alertname included), each as sorted pairs."""
-        return {
-            tuple(sorted(alert["labels"].items()))
-            for alert in self.get("/api/v1/alerts")["alerts"]
-            if alert["state"] == "firing"
-        }
-
-
-@pytest.fixture
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        pytest.skip("the prometheus server is not installed: `make system-deps` (apt-get install prometheus) adds it")
-    return path
-
-
-def start_prometheus(binary: str, folder: Path, targets: list[int]) -> tuple[subprocess.Popen[bytes], Prometheus]:
-    folder.mkdir()
-    rules = folder / "alerts.yml"
-    rules.write_text(rules_firing_at_once(ALERTS.read_text()))
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules)],
-        "scrape_configs": [
-            {"job_name": "fleet", "static_configs": [{"targets": [f"127.0.0.1:{port}" for port in targets]}]}
-        ],
-    }
-    (folder / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = reserved_port()  # Prometheus takes a port number only
-    log = folder / "prometheus.log"
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={folder / 'prometheus.yml'}",
-                f"--storage.tsdb.path={folder / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    return process, Prometheus(f"http://127.0.0.1:{port}", log)
-
-
 def wait_until(check: Any, what: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -243,33 +180,35 @@ def ready(url: str) -> bool:
 
 
 @pytest.fixture
-def fleet_and_prometheus(tmp_path: Path, prometheus_binary: str) -> Iterator[tuple[str, Prometheus, Path]]:
+def fleet_and_prometheus(tmp_path: Path) -> Iterator[tuple[str, Prometheus, Path]]:
+    prometheus_binary()  # (skips before a fleet starts where Prometheus is not installed)
     keep_gunicorns_apart()
     build_repository(tmp_path / "models")
     ports = [reserved_port() for _ in range(4)]
-    with fleet(tmp_path, ports, app=APP, worker_class=("gthread", "--threads", "8")) as (_, base):
-        process, prometheus = start_prometheus(prometheus_binary, tmp_path / "prometheus", ports)
-        try:
-            log = tmp_path / "gunicorn.log"
-            wait_until(
-                lambda: sum(metrics_page(port) is not None for port in ports) == 2,
-                "two workers exporting",
-                STARTUP_TIMEOUT_S,
-            )
-            # warm in both workers: each answers /ready 200 (connections go to either, so ask until 6 in a row)
-            streak = [0]
+    with (
+        fleet(tmp_path, ports, app=APP, worker_class=("gthread", "--threads", "8")) as (_, base),
+        prometheus_server(
+            tmp_path / "prometheus",
+            targets={"fleet": ports},
+            rules=rules_firing_at_once(ALERTS.read_text()),
+            startup_timeout_s=STARTUP_TIMEOUT_S,
+        ) as prometheus,
+    ):
+        log = tmp_path / "gunicorn.log"
+        wait_until(
+            lambda: sum(metrics_page(port) is not None for port in ports) == 2,
+            "two workers exporting",
+            STARTUP_TIMEOUT_S,
+        )
+        # warm in both workers: each answers /ready 200 (connections go to either, so ask until 6 in a row)
+        streak = [0]
 
-            def warm() -> bool:
-                streak[0] = streak[0] + 1 if ready(f"{base}-/inprocserve/ready") else 0
-                return streak[0] >= 6
+        def warm() -> bool:
+            streak[0] = streak[0] + 1 if ready(f"{base}-/inprocserve/ready") else 0
+            return streak[0] >= 6
 
-            wait_until(warm, f"the workers warm:\n{log.read_text()[-3000:]}", STARTUP_TIMEOUT_S)
-            wait_until(
-                lambda: ready(f"{prometheus.url}/-/ready"), f"prometheus ready:\n{prometheus.log}", STARTUP_TIMEOUT_S
-            )
-            yield base, prometheus, tmp_path / "models"
-        finally:
-            stop_process(process)
+        wait_until(warm, f"the workers warm:\n{log.read_text()[-3000:]}", STARTUP_TIMEOUT_S)
+        yield base, prometheus, tmp_path / "models"
 
 
 def alert(name: str, model: str, **labels: str) -> tuple[tuple[str, str], ...]:

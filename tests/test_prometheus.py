@@ -14,13 +14,9 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import subprocess
 import sys
 import threading
-import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -34,7 +30,7 @@ from inprocserve._telemetry import DURATION_BUCKETS_S
 from inprocserve.testing import save_model
 
 from .conftest import build_busy_model
-from .ports import reserved_port
+from .processes import Prometheus, prometheus_binary, prometheus_server
 from .test_telemetry import build_multiple_of_3_model
 
 HERE = Path(__file__).resolve().parent
@@ -66,7 +62,7 @@ class _Lines:
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:
-    """End a process: the application exits by itself once its stdin closes; Prometheus on SIGTERM."""
+    """End the application: it exits by itself once its stdin closes."""
     if process.stdin is not None:
         process.stdin.close()
         try:
@@ -82,53 +78,10 @@ def _stop(process: subprocess.Popen[Any]) -> None:
         process.wait(timeout=10)
 
 
-class Prometheus:
-    def __init__(self, url: str, log: Path) -> None:
-        self.url = url
-        self.log = log
-
-    def get(self, path: str, **params: str) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=10) as response:
-            body = json.load(response)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        data = self.get("/api/v1/query", query=promql)
-        assert data["resultType"] == "vector", data
-        return list(data["result"])
-
-    def scalar(self, promql: str) -> float | None:
-        result = self.query(promql)
-        assert len(result) <= 1, result
-        return float(result[0]["value"][1]) if result else None
-
-    def wait_for(self, promql: str, expected: float, timeout_s: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        value = None
-        while time.monotonic() < deadline:
-            value = self.scalar(promql)
-            if value == expected:
-                return
-            time.sleep(0.25)
-        raise AssertionError(f"{promql} = {value}, not {expected}, after {timeout_s}s\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return self.log.read_text()[-3000:] if self.log.exists() else ""
-
-
-@pytest.fixture
-def prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        pytest.skip("the prometheus server is not installed: `make system-deps` (apt-get install prometheus) adds it")
-    return path
-
-
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], _Lines, int, Path]]:
     """The application process: returns it, its stdout lines, its /metrics port and its results file."""
+    prometheus_binary()  # (skips before the application starts where Prometheus is not installed)
     repository = tmp_path / "models"
     save_model(build_busy_model(width=WIDTH, layers=8), repository, "busy", 1)
     save_model(build_multiple_of_3_model(), repository, "triples", 1)
@@ -165,47 +118,16 @@ def app(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], _Lines, int, Pa
 
 
 @pytest.fixture
-def prometheus(prometheus_binary: str, app: Any, tmp_path: Path) -> Iterator[Prometheus]:
+def prometheus(app: Any, tmp_path: Path) -> Iterator[Prometheus]:
     _, _, app_port, _ = app
-    rules = tmp_path / "alerts.yml"
-    shutil.copy(ALERTS, rules)  # loaded, so the real server parses the shipped rules too
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules)],
-        "scrape_configs": [{"job_name": "app", "static_configs": [{"targets": [f"127.0.0.1:{app_port}"]}]}],
-    }
-    config_file = tmp_path / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config))
-    port = reserved_port()  # Prometheus takes a port number only
-    log_path = tmp_path / "prometheus.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [
-                prometheus_binary,
-                f"--config.file={config_file}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--log.level=warn",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Prometheus(f"http://127.0.0.1:{port}", log_path)
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            assert process.poll() is None, f"prometheus exited:\n{server.log_tail()}"
-            try:
-                with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"prometheus not ready:\n{server.log_tail()}"
-            time.sleep(0.2)
+    # the shipped rules, loaded as they are, so the real server parses them too
+    with prometheus_server(
+        tmp_path / "prometheus",
+        targets={"app": [app_port]},
+        rules=ALERTS.read_text(),
+        startup_timeout_s=STARTUP_TIMEOUT_S,
+    ) as server:
         yield server
-    finally:
-        _stop(process)
 
 
 def test_prometheus_p99_agrees_with_the_callers_p99(prometheus: Prometheus, app: Any) -> None:
