@@ -316,6 +316,7 @@ def summarize(document: dict[str, Any], *, token_sent: bool = False) -> list[str
                 for variant, stats in variants.items()
             )
             lines.append(f"  rollout {rollout.get('strategy', '?')}: served {served}")
+        lines.extend(_removed_lines(rollout, f"models.{name}.rollout.removed_variants"))
         for number, value in _object(model.get("shadow"), f"models.{name}.shadow", optional=True).items():
             shadow = _object(value, f"models.{name}.shadow.{number}")
             agreement = shadow.get("label_agreement")
@@ -393,6 +394,23 @@ def _control_lines(state: dict[str, Any], *, strategy: object = None, candidate:
                 f"  control file: {which}: a configured canary sends no one to its version (`canary ... config` "
                 "hands it back)"
             )
+    return lines
+
+
+def _removed_lines(rollout: dict[str, Any], where: str) -> list[str]:
+    """A line for each arm a reload removed (``removed_variants``): its final numbers, which a late outcome by
+    request id of a request it served still adds to for an hour after that reload. The summary listed the
+    arms that answer alone, so an arm's served requests disappeared from it at a reload."""
+    lines = []
+    for arm, value in _object(rollout.get("removed_variants"), where, optional=True).items():
+        stats = _object(value, f"{where}.{arm}")
+        mean = stats.get("mean_reward")
+        reward = f"{mean:.4g}" if isinstance(mean, int | float) and not isinstance(mean, bool) else "none yet"
+        lines.append(
+            f"  removed arm {arm} (v{stats.get('version', '?')}): served {stats.get('served', 0)}, outcomes "
+            f"{stats.get('outcomes', 0)}, mean reward {reward}; removed by a reload, no new request goes to it, "
+            "kept for late outcomes by request id for an hour after that reload"
+        )
     return lines
 
 

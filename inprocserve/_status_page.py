@@ -420,6 +420,11 @@ def _rollout_block(rollout: Mapping[str, Any]) -> str:
             f"<div><h3>{heading}</h3>{chart}<table><tr><th>variant</th><th>version</th><th>served</th>"
             f"<th>share</th><th>outcomes</th><th>mean reward</th></tr>{rows}</table></div>"
         )
+    removed = _removed_arms(rollout)
+    if removed and parts:  # (beside the arms that answer, under the same heading's table)
+        parts[-1] = parts[-1].removesuffix("</div>") + removed + "</div>"
+    elif removed:
+        parts.append(f"<div>{removed}</div>")
     tests = _entries(rollout.get("tests"))
     if tests:
         control = next(iter(variants), "control")
@@ -449,6 +454,33 @@ def _rollout_block(rollout: Mapping[str, Any]) -> str:
             + "</div>"
         )
     return f'<div class="grid">{"".join(parts)}</div>' if parts else ""
+
+
+_REMOVED_ARMS_KEPT = (
+    "Removed from the configuration by a reload: no new request goes to them. Their final numbers are kept, "
+    "and a late outcome by request id of a request they served still counts in them, for an hour after the "
+    "reload that removed them; then they are forgotten."
+)
+"""What the page says of the arms under ``removed_variants`` (the status has no time of removal to show)."""
+
+
+def _removed_arms(rollout: Mapping[str, Any]) -> str:
+    """The arms a reload removed (``removed_variants``), with their final numbers and how long they are kept:
+    the page showed nothing of them, so an arm's served requests and outcomes vanished from it at a reload
+    while late outcomes still credited them."""
+    removed = _entries(rollout.get("removed_variants"))
+    if not removed:
+        return ""
+    rows = "".join(
+        f"<tr><td>{_escape(name)}{_badge('removed', 'warn')}</td><td class='n'>{_text(stats.get('version'))}</td>"
+        f"<td class='n'>{_text(stats.get('served'))}</td><td class='n'>{_text(stats.get('outcomes'))}</td>"
+        f"<td class='n'>{_number(stats.get('mean_reward'), 4)}</td></tr>"
+        for name, stats in removed.items()
+    )
+    return (
+        f"<h3>Removed arms</h3><p class='why'>{_escape(_REMOVED_ARMS_KEPT)}</p><table><tr><th>arm</th>"
+        f"<th>version</th><th>served</th><th>outcomes</th><th>mean reward</th></tr>{rows}</table>"
+    )
 
 
 def _p_text(p_value: Any) -> str:
