@@ -398,6 +398,8 @@ class Registry:
                     synced = self._sync_model(name, source, effective)
                 finally:
                     self._unstage(name)
+                if self._stop.is_set() and _stopping(name) in synced:  # (close() stopped it: see _build)
+                    raise self._stopped_load(name, None)
                 problems = [p for p in synced if p != self._reference_problems.get(name)]
                 routes = self.routes.get(name)
                 if problems and (routes is not None or name not in self._policy_problems):
@@ -860,6 +862,8 @@ class Registry:
                 self._load_version(name, number, path, config, scanned=True)
             except _Removed:
                 continue
+            except ServerClosedError:  # (stopped by close(), as the check above would have)
+                return [*problems, _stopping(name)]
             except ModelLoadError as exc:
                 self._mark_changing(name, number, retried)
                 problems.append(
@@ -898,6 +902,8 @@ class Registry:
                     self._load_version(name, number, source.versions[number], config, scanned=True)
                 except _Removed:
                     removed.add(number)
+                except ServerClosedError:  # (stopped by close(), as the check above would have)
+                    return [*problems, _stopping(name)]
                 except ModelLoadError as exc:
                     self._mark_changing(name, number, retried)
                     problems.append(_load_problem(name, number, source.versions[number], exc))
@@ -1871,11 +1877,23 @@ class Registry:
             with hashing_stops_on(self._stop):  # (close() is not held by a multi-GB data file's hashing)
                 candidate.load()
         except ModelLoadError as exc:
+            if _stopped_by_close(exc):  # (no operator has anything to fix: nothing is recorded as failed)
+                text = failure_text(exc, name, number)
+                logger.info("model %r version %s was not loaded, the server closing: %s", name, number, text)
+                raise self._stopped_load(name, number) from exc
             if scanned and not path.exists():
                 logger.info("model %r version %s was removed from the repository while it was loaded", name, number)
                 raise _Removed from exc
             return candidate, exc
         return candidate, None
+
+    @staticmethod
+    def _stopped_load(name: str, number: int | None) -> ServerClosedError:
+        """What the caller of a load that ``close()`` stopped gets (see :meth:`_build`): the server is closing,
+        as every other call on it is told. A ``ModelLoadError`` there read as a bad file (the admin endpoints
+        answered 422, "model_load_failed", where a closing server answers 503 and its client retries)."""
+        which = f"model {name!r}" if number is None else f"model {name!r} version {number}"
+        return ServerClosedError(f"{which} was not loaded: the server is closing", model=name, version=number)
 
     def _gate_rewrite(
         self, name: str, current: ModelVersion, candidate: ModelVersion, path: Path, seen: _Stamp | None
@@ -1933,8 +1951,6 @@ class Registry:
         text = failure_text(exc, name, number)  # (the line names the model and version already)
         if skipped is None:
             logger.debug("model %r version %s failed to load: %s", name, number, text)
-        elif _stopped_by_close(exc):  # (no operator has anything to fix)
-            logger.info("model %r version %s was not loaded, the server closing: %s", name, number, text)
         else:
             logger.error("model %r version %s failed to load: %s%s", name, number, text, since(skipped))
         add_safely(METRICS.lifecycle, 1, {"inprocserve.model.name": name, "inprocserve.model.event": "failed"})
@@ -2575,6 +2591,8 @@ class Registry:
                 else:
                     try:
                         self.load(name, version=number)
+                    except ServerClosedError:  # (the process is exiting: close() stopped the load)
+                        return []
                     except ModelLoadError as exc:  # (worded as a retry words it: logged once)
                         problem = f"version {number} failed to load: {exc}"
                     except ModelNotFoundError as exc:
