@@ -36,6 +36,7 @@ from ._config import (
 from ._errors import (
     ConfigurationError,
     ConfigurationTypeError,
+    ContextRefusedError,
     ControlFileUnavailableError,
     ControlStateUnknownError,
     DeadlineExceededError,
@@ -77,6 +78,7 @@ __all__ = [
     "CanaryConfig",
     "ConfigurationError",
     "ConfigurationTypeError",
+    "ContextRefusedError",
     "ControlFileUnavailableError",
     "ControlStateUnknownError",
     "DeadlineExceededError",

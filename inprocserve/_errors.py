@@ -10,7 +10,8 @@
     ├── ModelLoadError                            a model file that cannot become a session
     ├── InferenceError                            onnxruntime failed while running a request
     │   ├── InvalidInputError     (+ValueError)   the request does not match the model's signature
-    │   │   └── InputTooLargeError                its run needs more memory than this host has
+    │   │   ├── InputTooLargeError                its run needs more memory than this host has
+    │   │   └── ContextRefusedError               OpenFeatureFlags cannot read the request's context
     │   ├── OutOfMemoryError                      a run's allocation failed on a host short of memory
     │   ├── RunTimeLimitError                     a run passed its model's time limit (pool.max_run_s)
     │   └── RemoteUnavailableError                a remote model server is down, refused, or failing (5xx)
@@ -33,6 +34,7 @@ from typing import Any
 __all__ = [
     "ConfigurationError",
     "ConfigurationTypeError",
+    "ContextRefusedError",
     "ControlFileUnavailableError",
     "ControlStateUnknownError",
     "DeadlineExceededError",
@@ -131,6 +133,14 @@ class InputTooLargeError(InvalidInputError):
     """The request's run asked onnxruntime for more memory than this host has at all (or for a size past any
     number of bytes): no retry can succeed, the input must shrink. The message says how many bytes, and which
     inputs to bound (``[inputs.NAME] max`` in the model's ``config.toml``)."""
+
+
+class ContextRefusedError(InvalidInputError):
+    """:class:`~inprocserve.OpenFeatureFlags`' getters refused the ``context`` they were given (a key that is not
+    a string, a value that cannot be read as the plain value it holds): the request's mistake, whoever made the
+    read (a provider of the application's own that hands its reads to one). A prediction raises it as the
+    :class:`InvalidInputError` naming the model; any other ``InvalidInputError`` a flag provider raises is the
+    provider's own failure, which the rollout absorbs."""
 
 
 class OutOfMemoryError(InferenceError):

@@ -37,6 +37,7 @@ from . import _fork
 from ._brief import CutShort, brief_text
 from ._config_checks import MAX_INTERVAL_S, is_number, shown
 from ._errors import ConfigurationError, InprocserveError, InvalidInputError
+from ._errors import ContextRefusedError as ContextRefusedError  # (re-exported: see below)
 from ._racy import Sighting, sighting
 from ._thread_values import ThreadValue
 
@@ -63,11 +64,8 @@ _CLOSE_WAIT_S = 0.2  # how long FileFlags.close() waits for its refresher (one i
 
 logger = logging.getLogger(__name__)
 
-
-class ContextRefusedError(InvalidInputError):
-    """OpenFeatureFlags' refusal of a request's context (a key that is no string, a value that cannot be read):
-    the request's mistake, whoever called it (a user's provider that hands its reads to one). Any other
-    ``InvalidInputError`` a provider raises is the provider's own failure (see ``FlagReader``)."""
+# ContextRefusedError, raised below, lives in _errors with every other error; re-exported here, its name in this
+# module (where it was defined before) still reaches it: _flag_reader's import, and old pickles' class path.
 
 
 class FlagError(InprocserveError):

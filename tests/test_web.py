@@ -119,6 +119,7 @@ def test_warming_up_is_not_ready_and_names_the_worker() -> None:
 EXPECTED: dict[str, tuple[int | None, str]] = {
     "ConfigurationError": (None, "configuration"),
     "ConfigurationTypeError": (None, "configuration"),  # a setting the app's code got wrong: a 500
+    "ContextRefusedError": (400, "invalid_input"),  # OpenFeatureFlags refused the request's context
     "ControlFileUnavailableError": (None, "configuration"),  # a file-system fault the operator must see: 500
     "ControlStateUnknownError": (503, "unavailable"),
     "DeadlineExceededError": (504, "deadline_exceeded"),
