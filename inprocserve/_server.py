@@ -88,7 +88,8 @@ class Server(RolloutMethods):
     serialized internally and never block requests to versions they do not touch.
 
     Args:
-        repository: A folder laid out as ``<model>/<version>/model.onnx``; every model found is loaded.
+        repository: A folder laid out as ``<model>/<version>/model.onnx``; every model found is loaded. A
+            relative path is read from the working directory of now, for good (see :attr:`repository`).
             ``None`` starts empty (use :meth:`load`).
         config: Defaults for every model; a model's ``config.toml`` is laid over them.
         models: Per-model configuration in code (name -> ``ModelConfig``), laid over ``config.toml`` field
@@ -168,11 +169,15 @@ class Server(RolloutMethods):
         problem = flags_setting_problem(flags)
         if problem is not None:  # (a provider's class, or a dict of flag values: its message names InMemoryFlags)
             raise ConfigurationTypeError(f"flags {problem}")
-        folder = None if repository is None else Path(repository)
-        if folder is not None and not folder.is_dir():  # (a typo served nothing: 404s naming no cause)
+        given = None if repository is None else Path(repository)
+        # Absolute once, here: a chdir later (a daemonizing server, a test, a command) must not move it. Not
+        # resolve(): a link on the path (a release switched by a link) keeps its meaning at every poll.
+        folder = None if given is None else given.absolute()
+        if given is not None and not given.is_dir():  # (a typo served nothing: 404s naming no cause)
+            where = "" if given.is_absolute() else f" (read from the working directory: {folder})"
             raise ConfigurationError(
-                f"the model repository {str(folder)!r} is not a folder: create it, or point repository= at the "
-                "folder that holds <model>/<version>/model.onnx"
+                f"the model repository {str(given)!r} is not a folder{where}: create it, or point repository= at "
+                "the folder that holds <model>/<version>/model.onnx"
             )
         self._clock = clock
         self._ids = RequestIds()
@@ -1219,8 +1224,10 @@ class Server(RolloutMethods):
 
     @property
     def repository(self) -> Path | None:
-        """The model repository folder this server reads, as it was given (a relative path stays relative);
-        ``None`` when it has none (models loaded in code, by path). Error messages quote its files under it."""
+        """The model repository folder this server reads, absolute: a relative path given is taken from the
+        working directory as the server is built, and stays that folder after a ``chdir`` (links on it are kept,
+        not resolved); ``None`` when it has none (models loaded in code, by path). Error messages quote its files
+        under it."""
         return self._registry.repository
 
     def close(self, *, timeout_s: float | None = 30.0) -> None:
