@@ -58,10 +58,12 @@ def test_a_repository_given_as_dot_leaves_other_strings_alone(
     assert (
         public["models"]["fraud"]["versions"]["1"]["signature"] == full["models"]["fraud"]["versions"]["1"]["signature"]
     )
-    # The file is quoted relative to the repository: no location to hide, and nothing to cut out of it.
+    # The repository is the working directory, made absolute as the server was built: cut from its file's path.
     error = public["models"]["broken"]["versions"]["1"]["error"]
-    assert error == full["models"]["broken"]["versions"]["1"]["error"]
-    assert error.startswith("model 'broken' version 1: cannot load broken/1/model.onnx: ")
+    assert full["models"]["broken"]["versions"]["1"]["error"].startswith(
+        f"model 'broken' version 1: cannot load {repository}/broken/1/model.onnx: "
+    )
+    assert error.startswith("model 'broken' version 1: cannot load <path>/broken/1/model.onnx: ")
     assert str(repository) not in json.dumps(public)
 
 
@@ -74,7 +76,7 @@ def test_a_one_letter_relative_repository_is_replaced_only_where_it_is_a_path(
     server = make_server("m", control_interval_s=None)
     full, public = server.status(), server.status(include_paths=False)
     assert full["models"]["broken"]["versions"]["1"]["error"].startswith(
-        "model 'broken' version 1: cannot load m/broken/1/model.onnx"
+        f"model 'broken' version 1: cannot load {tmp_path / 'm'}/broken/1/model.onnx"  # (made absolute at start)
     )
     assert public["models"]["broken"]["versions"]["1"]["error"].startswith(
         "model 'broken' version 1: cannot load <path>/broken/1/model.onnx"

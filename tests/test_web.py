@@ -348,17 +348,19 @@ def test_a_version_that_cannot_load_is_quoted_relative_to_the_repository_and_in_
     assert message.startswith("model 'scale' version 3: cannot load scale/3/model.onnx: it is not a valid ONNX")
     (line,) = [record.getMessage() for record in caplog.records if "refused" in record.getMessage()]
     assert line.startswith("admin action switch of model 'scale' by 'alice' refused (422 model_load_failed): ")
-    assert f"cannot load {repository / 'scale' / '3' / 'model.onnx'}: " in line
+    assert (
+        f"cannot load {repository.absolute() / 'scale' / '3' / 'model.onnx'}: " in line
+    )  # (a relative one: made whole)
 
 
-def test_a_server_names_the_repository_it_reads_as_it_was_given(
+def test_a_server_names_the_repository_it_reads_absolute_as_it_was_built(
     two_versions: Path, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What admin_answer needs to quote a model file relative to the repository. It read it through a private
     method of Server (``_relative_to_repository``): the public module the Flask and Django plug-ins build on
-    reached into Server's internals."""
+    reached into Server's internals. A relative path given is the folder of the working directory of then."""
     monkeypatch.chdir(two_versions.parent)
-    assert make_server(two_versions.name).repository == Path(two_versions.name)
+    assert make_server(two_versions.name).repository == two_versions
     assert make_server(str(two_versions)).repository == two_versions
     assert make_server().repository is None  # (models loaded in code, by path, only)
 
