@@ -1161,6 +1161,7 @@ class Server(RolloutMethods):
             ModelNotFoundError: no such model in the repository, or an invalid name.
             ValueError: both ``path`` and ``remote``.
             ConfigurationTypeError: ``config`` is not a ``ModelConfig`` (a ``TypeError`` too).
+            ServerClosedError: the server is closed, or :meth:`close` stopped the load (nothing was loaded).
         """
         check_model_configs(config, None)
         return self._registry.load(name, path=path, version=version, config=config, remote=remote, by_hand=True)
