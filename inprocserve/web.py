@@ -9,7 +9,8 @@ each turns the typed results below into its framework's responses.
   kill, resume) with their JSON bodies checked, since they come from the network; :func:`admin_encoding_refused`:
   the 415 of a compressed admin body.
 * :func:`budget_spent`: the error, recorded, for a prediction whose request spent its time budget first.
-* :func:`status_page`: the status page as an HTTP answer (a 503 page where the server cannot be built).
+* :func:`status_page`: the status page as an HTTP answer (a 503 page where the server cannot be built);
+  :func:`status_page_unauthorized`: its 401.
 * :data:`ANSWER_HEADERS`, :data:`PRIVATE_ANSWER_HEADERS`: the headers of the endpoints' JSON answers.
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
 * :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``);
@@ -21,6 +22,16 @@ each turns the typed results below into its framework's responses.
   and their checks, for settings read at start-up while the server is built later in each worker.
 * :func:`model_configs_problem`: the same for its ``config=`` and ``models=``, :func:`flags_setting_problem`
   for its ``flags=``; :func:`bool_setting_problem` for an on/off setting.
+* As the app loads: :func:`check_repository_at_start` (the eager start-up check, fit for a pre-fork master),
+  :func:`refuse_at_start` and :func:`replacement_worker` (a worker replacing an earlier one starts past a
+  repository caught mid-change), :func:`repository_layout` (models and skipped entries, no file read), and
+  :func:`replace_link_advice` (a problem's advice about links given as the plug-in's setting).
+* In messages: :func:`brief` (a value someone sent, cut short) and :func:`close_match` (the ``(stable?)`` of a
+  typo).
+
+A plug-in needs nothing else from the core: the Flask and Django plug-ins import only ``inprocserve``,
+``inprocserve.web`` and ``inprocserve.v2`` (a test holds them to it), never a private ``inprocserve._...``
+module, whose names may change in any release.
 
 ::
 
@@ -43,15 +54,18 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from . import _fork
+from . import _fork, _prefork
 from . import _unique_json as unique_json
-from ._brief import brief
-from ._config import check_model_configs
+from ._brief import brief as _brief
+from ._close_match import DEFAULT_CUTOFF
+from ._close_match import close_match as _close_match
+from ._config import ModelConfig, check_model_configs
 from ._config_checks import MAX_INTERVAL_S, check_bool, check_int, is_number, shown
 from ._control import validate_percent
 from ._errors import (
@@ -71,7 +85,7 @@ from ._errors import (
 from ._flag_reader import MAX_FLAG_TIMEOUT_S
 from ._flags import FlagProvider
 from ._log_limit import LogLimit, since
-from ._repository import MAX_VERSION_DIGITS
+from ._repository import MAX_VERSION_DIGITS, link_advice_as, scan_repository
 from ._shadow import DEFAULT_MAX_QUEUED_BYTES
 from ._snapshot import relative_to_repository
 from ._unique_json import DuplicateKeyError
@@ -93,6 +107,7 @@ __all__ = [
     "PRIVATE_ANSWER_HEADERS",
     "ProcessLocalServer",
     "Readiness",
+    "RepositoryLayout",
     "SECONDS_SETTINGS",
     "SHADOW_SETTINGS",
     "admin_answer",
@@ -101,8 +116,11 @@ __all__ = [
     "body_end_unknown",
     "body_reader",
     "bool_setting_problem",
+    "brief",
     "budget_spent",
+    "check_repository_at_start",
     "check_token",
+    "close_match",
     "environ_key",
     "error_answer",
     "error_code",
@@ -112,12 +130,17 @@ __all__ = [
     "model_configs_problem",
     "probe_readiness",
     "readiness",
+    "refuse_at_start",
+    "replace_link_advice",
+    "replacement_worker",
+    "repository_layout",
     "retry_after",
     "run_admin_action",
     "seconds_setting_problem",
     "server_or_none",
     "shadow_setting_problem",
     "status_page",
+    "status_page_unauthorized",
     "token_problem",
 ]
 
@@ -352,6 +375,21 @@ def status_page(
     status = built.status(include_paths=False)
     page = render_status_page(status) if title is None else render_status_page(status, title=title)
     return 200, page, headers
+
+
+_STATUS_PAGE_REALM = 'Basic realm="inprocserve status", charset="UTF-8"'
+"""(The ``WWW-Authenticate`` challenge of :func:`status_page_unauthorized`: a browser asks for the token.)"""
+
+
+def status_page_unauthorized() -> tuple[int, str, dict[str, str]]:
+    """The status page's answer to a request without its token (:func:`check_token` with ``basic=True`` said
+    no), as an HTTP status, plain text and headers: a 401 saying how to send the token (as ``Bearer``, or as
+    the password of HTTP Basic credentials; never in the query string), with a ``WWW-Authenticate: Basic``
+    challenge, so that a browser asks for it, and the page's own headers (stored by no cache, never
+    sniffed, framed by no page), which :func:`status_page` gives its other answers."""
+    from ._status_page import PAGE_HEADERS, TOKEN_NEEDED  # (it imports this module)
+
+    return 401, TOKEN_NEEDED, {**PAGE_HEADERS, "WWW-Authenticate": _STATUS_PAGE_REALM}
 
 
 def probe_readiness(server: Callable[[], Server], required: Sequence[str] | None = None) -> Readiness:
@@ -982,3 +1020,110 @@ class ProcessLocalServer:
     def _after_fork_in_child(self) -> None:
         # A lock held by a parent thread at fork time would stay held forever in the child.
         self._lock = threading.Lock()
+
+
+# -- a plug-in's start-up and its messages -----------------------------------------------------------------
+# What a plug-in (this repository's Flask and Django ones, a team's own for another framework or a task queue's
+# workers) checks as its app loads, and how it quotes what it was given: the core's own checks and words, so
+# that every plug-in refuses and says alike.
+
+
+def brief(value: object) -> str:
+    """``repr(value)`` cut short, for a message, a log line or an answer that quotes what a client or a setting
+    gave: a string of more than 64 characters as its first ones and its length
+    (``'nnnn...'...(10000000 characters)``), a container as its first 8 items. A client chooses its paths,
+    methods and header values, and one quoted whole (megabytes) made an answer, a log line and a span as large.
+    Never raises (a value whose ``repr`` raises is named by its type)."""
+    return _brief(value)
+
+
+def close_match(name: str, known: Iterable[str], *, cutoff: float = DEFAULT_CUTOFF) -> str | None:
+    """The name among ``known`` closest to ``name``, or ``None`` if none is close enough: the ``(stable?)`` of a
+    message about a typo in a setting's key or a model's name, judged as the core judges its own
+    (``config.toml`` keys). ``cutoff`` (0..1, difflib's ratio) is how close: the default 0.6 also finds a name
+    cut short or grown (``TIMEOUT_S`` for ``DEFAULT_TIMEOUT_S``); 0.8 a letter or two off. The work is bounded
+    by the known names, whatever the length of ``name`` (which a client may choose)."""
+    return _close_match(name, known, cutoff=cutoff)
+
+
+def check_repository_at_start(
+    repository: str | os.PathLike[str],
+    *,
+    config: ModelConfig | None = None,
+    models: Mapping[str, ModelConfig] | None = None,
+    follow_symlinks: bool = False,
+) -> list[str]:
+    """The start-up check of a plug-in that builds its server after the fork (the Flask and Django plug-ins'
+    eager mode): :func:`inprocserve.check_repository` (no onnxruntime, so safe in a process that will fork),
+    whose errors fail the app's load, except in a worker that replaces an earlier one
+    (:func:`replacement_worker`), which logs them and starts: a worker whose app fails to load makes gunicorn
+    stop the whole server, the workers that serve included. Pass the arguments the server will get.
+
+    Returns:
+        What the workers will serve around (a version a rollout names that is not there, stray files), to log
+        once (with :func:`replace_link_advice` first); ``[]`` when a replacement worker started past a failed check.
+
+    Raises:
+        ConfigurationError, ModelLoadError: the repository is not a folder, a ``config.toml`` is invalid, a model
+            file is not a readable ONNX model..., outside a replacement worker.
+    """
+    return _prefork.check_at_start(os.fspath(repository), config=config, models=models, follow_symlinks=follow_symlinks)
+
+
+def refuse_at_start(error: ConfigurationError | ModelLoadError, *, repository: str | os.PathLike[str]) -> None:
+    """Raise ``error``, something a plug-in found wrong with the model repository as its app loads (a
+    repository that is not a folder: a release swapped in by two renames, a network mount briefly gone),
+    unless this process is a worker that replaces an earlier one (:func:`replacement_worker`): there, log it
+    once and return, so that the worker starts, serves what loads and builds its server again once the folder
+    is back. For the repository's state only: a setting that is wrong is wrong in every worker, and raises.
+
+    Raises:
+        ConfigurationError, ModelLoadError: ``error``, outside a replacement worker.
+    """
+    _prefork.refuse_at_start(error, repository=repository)
+
+
+def replacement_worker() -> str | None:
+    """Whether this process loads its app as a worker that replaces an earlier one: a gunicorn worker
+    started after the server's first ones (recycled by ``--max-requests``, replaced after a crash or a
+    timeout, added by ``TTIN``, started by a ``HUP`` reload), a respawned uWSGI worker, or a uWSGI process
+    after a graceful reload. A description of it (for a log line), or ``None`` (a first start, or no
+    pre-fork server): where a first start refuses a broken repository, such a worker starts
+    (:func:`refuse_at_start`)."""
+    return _prefork.replacement_worker()
+
+
+@dataclass(frozen=True)
+class RepositoryLayout:
+    """What :func:`repository_layout` found in a model repository.
+
+    Attributes:
+        models: The names of the model folders, sorted.
+        problems: What a server skips, in words (stray files, badly named folders, symbolic links it refuses,
+            unreadable folders), each quoting the path.
+    """
+
+    models: tuple[str, ...]
+    problems: tuple[str, ...]
+
+
+def repository_layout(repository: str | os.PathLike[str], *, follow_symlinks: bool = False) -> RepositoryLayout:
+    """The models in ``repository`` and what a server would skip, found as a server finds them (its
+    ``follow_symlinks`` too), by listing folders only: no model file is read, so it suits a settings check
+    that runs often (Django's ``manage.py check``). :func:`inprocserve.check_repository` reads each model's
+    signature as well.
+
+    Raises:
+        ConfigurationError: ``repository`` is not a folder, or cannot be read.
+    """
+    scan = scan_repository(Path(repository), follow_symlinks=follow_symlinks)
+    return RepositoryLayout(models=tuple(sorted(scan.models)), problems=tuple(scan.problems))
+
+
+def replace_link_advice(problem: str, advice: str) -> str:
+    """``problem`` (one of :func:`check_repository_at_start`'s, :func:`repository_layout`'s or a version's load
+    error) with its advice about symbolic links, which names the server's argument (``pass
+    follow_symlinks=True to the Server``), given as ``advice`` instead: the plug-in's setting that passes it
+    (``set INPROCSERVE_FOLLOW_SYMLINKS = True``), since its user builds no server. Other problems are returned
+    as they are, and so is a path that holds the same words."""
+    return link_advice_as(problem, advice)
