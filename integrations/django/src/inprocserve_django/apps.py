@@ -40,22 +40,20 @@ class InprocserveConfig(AppConfig):
         # reported by the checks, never taken for on)
         if config["EAGER"] is True:
             # Check now (no onnxruntime: this may be a pre-forking master) so a broken repository fails
-            # the start-up (not that of a gunicorn worker replacing an earlier one: see check_at_start);
+            # the start-up (not that of a gunicorn worker replacing an earlier one: see web.check_repository_at_start);
             # each worker builds and warms its own server right after the fork.
             import inprocserve
+            from inprocserve import web
 
             refused = checks.start_check_errors(config)
             if refused:  # (the check refused them naming the core's arguments, or none, not the settings)
                 raise ImproperlyConfigured(
                     "INPROCSERVE is not valid for EAGER's start-up check:\n" + checks.listed(refused)
                 )
-            from inprocserve._prefork import check_at_start
-            from inprocserve._repository import link_advice_as
-
             from .server import warm_after_fork
 
             if config["REPOSITORY"] is not None:
-                problems = check_at_start(
+                problems = web.check_repository_at_start(
                     config["REPOSITORY"],
                     config=config["CONFIG"],
                     models=config["MODELS"],
@@ -65,6 +63,6 @@ class InprocserveConfig(AppConfig):
                 # not there, a policy selecting nothing, stray files): said once here, at start-up, before
                 # each worker says it again.
                 for problem in problems:  # (a link's advice is the setting, not a Server the plug-in builds)
-                    problem = link_advice_as(problem, checks.LINK_SETTING)
+                    problem = web.replace_link_advice(problem, checks.LINK_SETTING)
                     logger.warning("repository check before the workers start: %s", problem)
             inprocserve.build_after_fork(warm_after_fork)

@@ -14,9 +14,6 @@ from django.utils.module_loading import import_string
 
 import inprocserve
 from inprocserve import v2, web
-from inprocserve._close_match import close_match
-from inprocserve._prefork import refuse_at_start, replacement_worker
-from inprocserve._repository import link_advice_as, scan_repository
 
 from .conf import DEFAULTS, settings, unknown_keys
 
@@ -33,7 +30,7 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         return [Error(str(exc), id="inprocserve.E012")]
     messages.extend(_value_errors(config))
     for key in unknown_keys():
-        close = close_match(str(key), DEFAULTS)  # (a typo's own fix, before the list)
+        close = web.close_match(str(key), DEFAULTS)  # (a typo's own fix, before the list)
         messages.append(
             Error(
                 f"INPROCSERVE has an unknown key {key!r}{f' ({close}?)' if close else ''}.",
@@ -57,10 +54,10 @@ def check_inprocserve(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     else:
         # As the server scans it (a linked release, with FOLLOW_SYMLINKS, is served: it was warned of as refused);
         # a value that is no bool is E012's, and the server's refusal
-        scan = scan_repository(Path(repository), follow_symlinks=config["FOLLOW_SYMLINKS"] is True)
+        scan = web.repository_layout(repository, follow_symlinks=config["FOLLOW_SYMLINKS"] is True)
         found = set(scan.models)
         for problem in scan.problems:
-            messages.append(Warning(link_advice_as(problem, LINK_SETTING), id="inprocserve.W002"))
+            messages.append(Warning(web.replace_link_advice(problem, LINK_SETTING), id="inprocserve.W002"))
     messages.extend(model_config_errors(config))
     if config["V2_LIMITS"] is not None and not isinstance(config["V2_LIMITS"], v2.Limits):
         messages.append(
@@ -228,11 +225,11 @@ def refuse_invalid_settings() -> None:
     errors = [message for message in check_inprocserve() if message.is_serious() and message.id not in left_alone]
     repository = settings()["REPOSITORY"]
     missing = [error for error in errors if error.id == "inprocserve.E001"]
-    if missing and isinstance(repository, str | os.PathLike) and replacement_worker() is not None:
+    if missing and isinstance(repository, str | os.PathLike) and web.replacement_worker() is not None:
         # A gunicorn worker replacing an earlier one while the folder is briefly gone (a release swapped in by
         # two renames, a network mount) starts, and builds its server once the folder is back: refused, it
         # made gunicorn stop the whole server ("Worker failed to boot"). A first start still refuses it.
-        refuse_at_start(inprocserve.ConfigurationError(missing[0].msg), repository=repository)  # (logs it)
+        web.refuse_at_start(inprocserve.ConfigurationError(missing[0].msg), repository=repository)  # (logs it)
         errors = [error for error in errors if error.id != "inprocserve.E001"]
     if errors:
         raise ImproperlyConfigured("INPROCSERVE is not valid (`manage.py check` reports the same):\n" + listed(errors))

@@ -14,7 +14,6 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from inprocserve import web
-from inprocserve._status_page import PAGE_HEADERS, TOKEN_NEEDED
 
 from .conf import settings
 from .middleware import not_logged_per_request
@@ -23,11 +22,9 @@ from .views import answered_with, only
 
 __all__ = ["status_page"]
 
-_REALM = 'Basic realm="inprocserve status", charset="UTF-8"'
-
 
 @csrf_exempt  # (its token authorizes it, never a cookie: another method is a 405, not CSRF's 403)
-@answered_with(web.ANSWER_HEADERS)  # (its JSON 405; the page and its 401 have PAGE_HEADERS, nosniff among them)
+@answered_with(web.ANSWER_HEADERS)  # (its JSON 405; the page and its 401 have the page's own, nosniff among them)
 @only("GET", "HEAD")  # as the Flask plug-in's page (another method: a JSON 405)
 def status_page(request: HttpRequest) -> HttpResponse:
     config = settings()
@@ -35,10 +32,10 @@ def status_page(request: HttpRequest) -> HttpResponse:
     if not config["STATUS_PAGE"] or not isinstance(token, str) or not token:
         raise Http404("the inprocserve status page is off")
     if not web.check_token(request.headers.get("Authorization"), token, basic=True):
-        response = HttpResponse(TOKEN_NEEDED, status=401, content_type="text/plain")
-        for name, value in PAGE_HEADERS.items():  # (as the page's: the 401 had none of them)
+        status, text, headers = web.status_page_unauthorized()  # (the page's headers: the 401 had none of them)
+        response = HttpResponse(text, status=status, content_type="text/plain")
+        for name, value in headers.items():
             response[name] = value
-        response["WWW-Authenticate"] = _REALM
         return response
     status, html, headers = web.status_page(get_server, retry_after_s=config["RETRY_AFTER_S"])
     response = HttpResponse(html, status=status, content_type="text/html; charset=utf-8")

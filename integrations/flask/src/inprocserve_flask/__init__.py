@@ -36,9 +36,6 @@ from werkzeug.local import LocalProxy
 
 import inprocserve
 from inprocserve import web
-from inprocserve._brief import brief
-from inprocserve._prefork import check_at_start, refuse_at_start
-from inprocserve._repository import link_advice_as
 
 from ._registration import register_once
 from .status_page import add_status_page
@@ -214,10 +211,10 @@ class Inprocserve:
             protocol = v2_blueprint(app.config)
         if app.config["INPROCSERVE_EAGER"] and app.config["INPROCSERVE_REPOSITORY"] is not None:
             # Check now, so a broken repository fails the start-up (not that of a gunicorn worker replacing
-            # an earlier one: see check_at_start); build in each worker after the fork, never here: this may
-            # be a pre-forking master, which must not import onnxruntime (its forked workers would hang or
-            # abort at exit).
-            problems = check_at_start(
+            # an earlier one: see web.check_repository_at_start); build in each worker after the fork, never
+            # here: this may be a pre-forking master, which must not import onnxruntime (its forked workers would
+            # hang or abort at exit).
+            problems = web.check_repository_at_start(
                 app.config["INPROCSERVE_REPOSITORY"],
                 config=app.config["INPROCSERVE_MODEL_CONFIG"],
                 models=app.config["INPROCSERVE_MODELS"],
@@ -355,7 +352,7 @@ def _check_settings(config: Mapping[str, Any]) -> None:
             raise error
         # A gunicorn worker replacing an earlier one while the folder is briefly gone (a release swapped in by
         # two renames, a network mount) starts anyway: failing, it made gunicorn stop the whole server.
-        refuse_at_start(error, repository=repository)
+        web.refuse_at_start(error, repository=repository)
     for key in (
         "INPROCSERVE_FOLLOW_SYMLINKS",
         "INPROCSERVE_EAGER",
@@ -387,14 +384,14 @@ def _url_prefix_problem(prefix: object) -> str | None:
     if prefix is None or prefix == "":
         return None
     if not isinstance(prefix, str):
-        return f"must be a URL path such as '/-/inprocserve', got {brief(prefix)}"
+        return f"must be a URL path such as '/-/inprocserve', got {web.brief(prefix)}"
     if not prefix.startswith("/"):
-        return f"must start with '/', such as {'/' + prefix!r}, got {brief(prefix)}"
+        return f"must start with '/', such as {'/' + prefix!r}, got {web.brief(prefix)}"
     if "//" in prefix.rstrip("/"):  # (the blueprint drops trailing slashes: '/ops/' is '/ops')
         # url_for gave /ops/x/health (werkzeug merges slashes when it builds) while the admin routes, which merge
         # none (see _blueprint), were served at /ops//x/... only: a link the app built was a 308 away from them
         fixed = "/" + "/".join(part for part in prefix.split("/") if part)
-        return f"must not hold an empty segment ('//'), got {brief(prefix)}: write {fixed!r}"
+        return f"must not hold an empty segment ('//'), got {web.brief(prefix)}: write {fixed!r}"
     return None
 
 
@@ -433,15 +430,17 @@ def _error_status_problem(statuses: object) -> str | None:
     range (``4220``) made a status line no client reads; a class given by its name failed in Flask's
     ``issubclass``, naming no setting."""
     if not isinstance(statuses, Mapping):
-        return f"must be a dict of exception class -> HTTP status, got {brief(statuses)}"
+        return f"must be a dict of exception class -> HTTP status, got {web.brief(statuses)}"
     for error_type, status in statuses.items():
         if not (isinstance(error_type, type) and issubclass(error_type, Exception)):
             return (
-                f"maps {brief(error_type)}, which is not an exception class: use the class itself, such as "
+                f"maps {web.brief(error_type)}, which is not an exception class: use the class itself, such as "
                 "inprocserve.InvalidInputError"
             )
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
-            return f"maps {error_type.__name__} to {brief(status)}: a status must be an int from 400 to 599 (say 422)"
+            return (
+                f"maps {error_type.__name__} to {web.brief(status)}: a status must be an int from 400 to 599 (say 422)"
+            )
     return None
 
 
@@ -493,7 +492,7 @@ def timeout(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]
     if callable(given):
         raise TypeError("inprocserve_flask.timeout takes the budget in seconds: write @timeout(0.2), not @timeout")
     if isinstance(given, bool) or not isinstance(given, numbers.Real):
-        raise TypeError(f"inprocserve_flask.timeout(seconds) needs a number of seconds, got {brief(given)}")
+        raise TypeError(f"inprocserve_flask.timeout(seconds) needs a number of seconds, got {web.brief(given)}")
     if not float(given) > 0:
         raise ValueError(f"inprocserve_flask.timeout(seconds) needs seconds > 0 (math.inf for none), got {seconds!r}")
 
@@ -606,7 +605,7 @@ def _outside_a_request(model: object, kwargs: Mapping[str, Any], *, called: str)
     return OutsideRequestError(
         f"inprocserve_flask.{called} reads the request's user and deadline, and there is no request context "
         f"here; outside a view (a CLI command, a job, a thread), call inprocserve_flask.server.{called}("
-        f"{brief(model)}, inputs) in the app's context (with app.app_context():), or pass {wanted} to {called}",
+        f"{web.brief(model)}, inputs) in the app's context (with app.app_context():), or pass {wanted} to {called}",
         model=model if isinstance(model, str) else None,
     )
 
@@ -655,7 +654,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
         # every answer of these routes, their errors' too (a library error's, through the app's error handler);
         # the JSON 404 and 405 of _routing_error answer before any route, and add them themselves
         for name, value in _answer_headers(request.endpoint).items():
-            response.headers.setdefault(name, value)  # (the status page's own, PAGE_HEADERS, stay)
+            response.headers.setdefault(name, value)  # (the status page's own headers stay)
         return response
 
     # merge_slashes=False, as on every route of the plug-in: werkzeug answered /-/inprocserve//health (and //ready,
@@ -767,7 +766,7 @@ def _routing_error() -> Any:
         return None
     taken = [method for method in valid if method != "OPTIONS"]
     does = _METHODS_TAKEN.get(" ".join(taken), f"this endpoint takes {' or '.join(taken)}")
-    message = f"{does}; this request sent {brief(request.method)}"
+    message = f"{does}; this request sent {web.brief(request.method)}"
     body = {"error": "method_not_allowed", "message": message}
     return jsonify(body), 405, {"Allow": ", ".join(valid), **_answer_headers(endpoint)}
 
@@ -788,7 +787,7 @@ def _not_found() -> Any:
     ):
         return None
     message = (
-        f"no inprocserve endpoint at {brief(path)}: under {prefix}/ the endpoints are health, ready, models, "
+        f"no inprocserve endpoint at {web.brief(path)}: under {prefix}/ the endpoints are health, ready, models, "
         "status (INPROCSERVE_STATUS_PAGE), reload and models/<name>/<switch|rollback|canary|kill|resume> "
         "(INPROCSERVE_ADMIN_TOKEN)"
     )
@@ -833,10 +832,9 @@ def _warn_of_unknown_keys(config: Mapping[str, Any]) -> None:
     """Log the ``INPROCSERVE_*`` keys of ``config`` the extension does not know, each with the key it is
     close to: a typo (``INPROCSERVE_REPOSITROY``) was taken silently, and the app served nothing. A warning,
     not an error, as for ``config.toml``: a key of a newer release must not stop an older one's start."""
-    from inprocserve._close_match import close_match
 
     for key in sorted(k for k in config if isinstance(k, str) and k.startswith("INPROCSERVE_") and k not in DEFAULTS):
-        close = close_match(key, DEFAULTS)
+        close = web.close_match(key, DEFAULTS)
         meant = f" ({close}?)" if close else ""
         logger.warning(
             "app.config has %s%s, which this release of inprocserve-flask does not know; it is ignored "
@@ -851,5 +849,5 @@ def _log_problems(problems: list[str]) -> None:
     rollout names that is not there, a policy selecting nothing, stray files): said once here, at start-up,
     before each worker says it again."""
     for problem in problems:  # (a link's advice is the setting that passes follow_symlinks=True to the Server)
-        problem = link_advice_as(problem, "set INPROCSERVE_FOLLOW_SYMLINKS = True")
+        problem = web.replace_link_advice(problem, "set INPROCSERVE_FOLLOW_SYMLINKS = True")
         logger.warning("repository check before the workers start: %s", problem)

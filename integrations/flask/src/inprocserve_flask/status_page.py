@@ -16,11 +16,8 @@ from flask import Blueprint, Response, current_app, request
 
 import inprocserve
 from inprocserve import web
-from inprocserve._status_page import PAGE_HEADERS, TOKEN_NEEDED
 
 __all__ = ["add_status_page"]
-
-_REALM = 'Basic realm="inprocserve status", charset="UTF-8"'
 
 
 def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Callable[[], inprocserve.Server]) -> None:
@@ -44,12 +41,9 @@ def add_status_page(blueprint: Blueprint, config: Mapping[str, Any], server: Cal
     @blueprint.get("/status", merge_slashes=False)
     def status_page() -> Response:
         if not web.check_token(request.headers.get("Authorization"), token, basic=True):
-            response = Response(TOKEN_NEEDED, 401, mimetype="text/plain")
-            # (as the page's: the 401 had none of them; one by one: Werkzeug 2.3's headers.update() takes no
-            # mapping proxy, and the 401 was a 500 there)
-            for name, value in PAGE_HEADERS.items():
-                response.headers[name] = value
-            response.headers["WWW-Authenticate"] = _REALM
+            status, text, headers = web.status_page_unauthorized()  # (the page's headers: the 401 had none)
+            response = Response(text, status, mimetype="text/plain")
+            response.headers.update(headers)
             return response
         status, html, headers = web.status_page(
             server,
