@@ -36,6 +36,16 @@ def _endpoints(limits: v2.Limits | None, required: tuple[str, ...], retry_after_
 
 @csrf_exempt  # a machine-to-machine API: clients send no CSRF token, and no cookie authorizes it
 def endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
+    response = _answer(request, rest)
+    # Every answer, JSON or binary tensors, errors included, as the plug-in's other endpoints' (whether or not
+    # SecurityMiddleware is installed): a browser made to fetch /v2/... never reads one as HTML (an error quoting
+    # the path or a tensor's name, or an output's bytes, would run as a page of the project's origin).
+    for name, value in web.ANSWER_HEADERS.items():
+        response.setdefault(name, value)
+    return response
+
+
+def _answer(request: HttpRequest, rest: str) -> HttpResponse:
     config = settings()
     if not config["V2_PROTOCOL"]:
         raise Http404("the Open Inference Protocol is off (INPROCSERVE['V2_PROTOCOL'])")

@@ -97,6 +97,16 @@ def blueprint(config: Mapping[str, Any]) -> Blueprint:
     @routes.route("/v2", methods=methods, strict_slashes=False, merge_slashes=False)
     @routes.route(f"/v2/<{_CONVERTER}:rest>", methods=methods, merge_slashes=False)
     def protocol(rest: str = "") -> Response:
+        response = answer()
+        # Every answer, JSON or binary tensors, errors included, as the plug-in's other endpoints': a browser made
+        # to fetch /v2/... never reads one as HTML (an error quoting the path or a tensor's name, or an output's
+        # bytes, would run as a page of the app's origin). (Here, not in an after_request: _routing_error's 405
+        # calls this view before routing, and no blueprint's after_request runs for it.)
+        for name, value in web.ANSWER_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    def answer() -> Response:
         closed = _state().refused()
         if closed is not None:  # (else answered as a server that could not start: "its log says why")
             body = json.dumps({"error": str(closed)})
