@@ -221,6 +221,7 @@ class Inprocserve:
                 follow_symlinks=app.config["INPROCSERVE_FOLLOW_SYMLINKS"],  # (linked releases: checked too)
             )
             _log_problems(problems)
+        _warn_of_empty_settings(app.config)
         state = _State(app)
         app.extensions[_EXTENSION] = state
         app.before_request(_note_start)  # the deadline header's budget counts from here
@@ -416,7 +417,8 @@ def _check_endpoint_settings(config: Mapping[str, Any]) -> None:
     if config["INPROCSERVE_STATUS_PAGE"]:
         raise inprocserve.ConfigurationError("INPROCSERVE_STATUS_PAGE needs INPROCSERVE_ENDPOINTS = True")
     for key in ("INPROCSERVE_ADMIN_TOKEN", "INPROCSERVE_STATUS_PAGE_TOKEN"):
-        if config[key] is not None:
+        # ('' is no token: os.environ.get(name, '') for a variable that is not set, warned of as off)
+        if config[key] not in (None, ""):
             raise inprocserve.ConfigurationError(
                 f"{key} is set but INPROCSERVE_ENDPOINTS = False: no endpoint is served, so the token turns on and "
                 f"protects nothing; set INPROCSERVE_ENDPOINTS = True to serve the admin endpoints and the status "
@@ -842,6 +844,43 @@ def _warn_of_unknown_keys(config: Mapping[str, Any]) -> None:
             key,
             meant,
         )
+
+
+_OFF_WHEN_EMPTY = {
+    "INPROCSERVE_ADMIN_TOKEN": (
+        "the admin endpoints are off",
+        "set it to a long random string (secrets.token_urlsafe(32)) to serve them",
+    ),
+    "INPROCSERVE_USER_HEADER": (
+        "no user id header is read, so anonymous requests are bucketed at random in rollouts (a canary, an A/B "
+        "test), not sticky per user",
+        "name the header as clients send it ('X-User-Id', the default)",
+    ),
+    "INPROCSERVE_DEADLINE_HEADER": (
+        "no deadline header is read, so a caller's remaining budget is ignored",
+        "name the header as callers send it ('X-Request-Timeout-Ms', the default)",
+    ),
+}
+"""The settings whose empty string turns a feature off, with what it turns off and how to turn it on (the
+Django plug-in's system check ``inprocserve.W006`` says the same)."""
+
+
+def _warn_of_empty_settings(config: Mapping[str, Any]) -> None:
+    """Log a warning, once per ``init_app``, for each setting of :data:`_OFF_WHEN_EMPTY` that is ``""``: it turns
+    its feature off as ``None`` does, but it is also what ``os.environ.get(name, "")`` gives (and
+    ``app.config.from_prefixed_env`` keeps) for a variable that is not set, so a deployment that forgot the
+    variable had the feature off without a word. Still off (no token never opens the admin endpoints): only said,
+    so that ``None`` says "off" on purpose, and says nothing."""
+    for key, (effect, turn_on) in _OFF_WHEN_EMPTY.items():
+        if isinstance(config[key], str) and not config[key]:
+            logger.warning(
+                "app.config[%r] is '' (an empty string): %s. An empty string is also what os.environ.get(name, '') "
+                "gives when the variable is not set: %s; None says off on purpose (os.environ.get(name), with no "
+                "default, gives None for a variable that is not set)",
+                key,
+                effect,
+                turn_on,
+            )
 
 
 def _log_problems(problems: list[str]) -> None:
