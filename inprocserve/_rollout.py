@@ -401,6 +401,9 @@ class Router:
         self._default_decisions: dict[int, Decision] = {}
         # (values, configuration, plan) of the last plan made from a provider's values (see _flagged_plan)
         self._flagged: tuple[Container[str], RolloutConfig, _Unflagged | None] | None = None
+        # The version the stable flag named at its last good read in this process, over the stable version it
+        # was read against (None: it named none, or that one): what a decision whose flags fail gives
+        self._stable_said: int | None = None
         self.recent: deque[Mapping[str, np.ndarray]] = deque(maxlen=max(1, config.capture_inputs))
         self._recent_bytes = 0  # what the samples in ``recent`` hold (changed under the lock)
         self._recent_sizes: deque[int] = deque()  # each sample's bytes, in the order of ``recent``
@@ -752,7 +755,7 @@ class Router:
             # ran past the budget and was abandoned, no longer says where its outcomes by key go.
             if self._drew_for_keys and ctx:
                 self._forget_draw_of(ctx, state.config.key_field)
-            return Decision(stable, "stable", reason)
+            return Decision(self._fallback_stable(ready, stable), "stable", reason)
 
         try:
             return self._flags.run(lambda: self._decide(ready, stable, ctx, state), fallback)
@@ -812,8 +815,8 @@ class Router:
         try:
             return self._flags.run(
                 lambda: self._read_stable(ready, stable, ctx, [], state.keys),
-                lambda reason: stable,
-                effect="the configured stable version answers",
+                lambda reason: self._fallback_stable(ready, stable),
+                effect="the stable version answers (the one the stable flag last named, else the configured one)",
             )
         except InvalidInputError as exc:
             raise self._of_this_model(exc) from None
@@ -857,7 +860,30 @@ class Router:
         keys: _FlagKeys,
     ) -> int:
         key = keys.stable
-        return _version(key, self._flags.number(key, float(stable), ctx, used), ready)
+        try:
+            named = _version(key, self._flags.number(key, float(stable), ctx, used), ready)
+        except UnusableFlag:  # (a version not loaded, say: the configured one answers, as it always has)
+            self._stable_said = None
+            raise
+        self._note_stable(stable, named)
+        return named
+
+    def _note_stable(self, default: int, named: int) -> None:
+        """Keep the version the stable flag named (``default``: the stable version it was read against, what
+        the flag's absence gives)."""
+        said = None if named == default else named
+        if self._stable_said != said:
+            self._stable_said = said
+
+    def _fallback_stable(self, ready: Mapping[int, Any], stable: int) -> int:
+        """The version a decision whose flags failed (the provider raised, hung or was busy, or a flag's value
+        is unusable) gives: the one the stable flag last named in this process, while it is loaded (as it
+        would with the provider answering: the flag overrides the configured stable version); else ``stable``,
+        which a stable flag whose own value is unusable gives too.
+        A provider outage, or a typo in another flag, after the stable flag moved everyone to a new version
+        (docs/rollouts.md, step 6) sent the whole fleet back to the old one."""
+        said = self._stable_said
+        return said if said is not None and said in ready else stable
 
     def _decide(self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], state: RoutingState) -> Decision:
         used: list[tuple[str, Any]] = []
@@ -890,7 +916,11 @@ class Router:
         not loaded: ``_decide`` says which, as it does with flags. With a provider's values (the plan's
         ``stable_key`` set), the decision names the flags read, as ``_decide`` does."""
         if plan.stable is not None:
+            if plan.stable in ready:
+                self._note_stable(stable, plan.stable)
             stable = plan.stable
+        elif plan.stable_key:  # (the provider's values have no stable flag: the stable version answers)
+            self._note_stable(stable, stable)
         if stable not in ready:
             return None
         for version in plan.needed:
