@@ -61,6 +61,11 @@ _LOG_EVERY_S = 60.0  # a FileFlags problem of one kind is logged at most this of
 _IDLE_REFRESHER_EXIT_S = 30.0  # a FileFlags refresher with no look asked for ends; the next request starts one
 _EMPTY_GRACE_S = 1.0  # an empty flags file replacing values is taken for one being written at least this long
 _CLOSE_WAIT_S = 0.2  # how long FileFlags.close() waits for its refresher (one in a hung mount is left)
+MAX_CONTEXT_TEXT_CHARS = 4096
+"""Longest text (the targeting key, a string field) of a request's context that OpenFeatureFlags hands to a
+provider: one that evaluates remotely sent a megabyte a flag, and flagd's engine took 11 ms on it per request."""
+MAX_CONTEXT_FIELDS = 256
+"""Most fields of a request's context that OpenFeatureFlags hands to a provider as attributes."""
 
 logger = logging.getLogger(__name__)
 
@@ -752,6 +757,24 @@ _SAID_CHARACTERS = 1000
 _PLAIN_ATTRIBUTES = (str, int, float, bool)
 
 
+def _text_problem(text: str) -> str | None:
+    """Why a text of a request's context must not reach a flag provider (None: it may): longer than
+    :data:`MAX_CONTEXT_TEXT_CHARS`, or no UTF-8 text (a lone surrogate: bytes decoded with ``surrogateescape``),
+    which a provider that sends the context over the wire fails to encode, counted as the provider failing.
+    Control characters are text, and pass: a provider's rules compare them as any other."""
+    if len(text) > MAX_CONTEXT_TEXT_CHARS:
+        return (
+            f"is {len(text):,} characters long; send at most {MAX_CONTEXT_TEXT_CHARS:,} (it goes to the flag provider "
+            "with every evaluation)"
+        )
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"is no UTF-8 text (it holds a lone surrogate: {_value_shown(text)}); send text, not bytes decoded"
+    return None
+
+
 def _attribute(value: str | numbers.Real | np.bool_) -> str | int | float | bool:
     """A scalar of a request's context as the plain value an evaluation context holds: numpy's (a data frame's
     row) too. flagd's rules raised TypeError on ``np.str_`` (the request answered stable, counted as the
@@ -1036,11 +1059,18 @@ class OpenFeatureFlags:
             ContextRefusedError: a key of ``context`` is not a string (OpenFeature names attributes by strings:
                 a provider that sends its context over the wire raised on an int key, counted as failing), or
                 a scalar of it cannot be read as the plain value it holds (a number type whose ``float()``
-                raises): the request's own mistake, as a targeting key that cannot be made text is.
+                raises): the request's own mistake, as a targeting key that cannot be made text is; or the
+                context has more than ``MAX_CONTEXT_FIELDS`` fields, or its targeting key or a string field is
+                longer than ``MAX_CONTEXT_TEXT_CHARS`` or no UTF-8 text (see ``_text_problem``).
         """
         field = self.targeting_key_field
         fields = []
         try:
+            if (count := len(context)) > MAX_CONTEXT_FIELDS:
+                raise ContextRefusedError(
+                    f"the context has {count:,} fields; send at most {MAX_CONTEXT_FIELDS} (each goes to the flag "
+                    "provider as an attribute of the evaluation context)"
+                )
             for k, v in context.items():
                 if type(k) is not str:
                     if not isinstance(k, str):
@@ -1060,16 +1090,20 @@ class OpenFeatureFlags:
         attributes = {}
         for k, v in fields:
             try:
-                attributes[k] = _attribute(v)
+                value = attributes[k] = _attribute(v)
             except Exception as exc:  # (a caller's number type: reported as a key's fault, the field unnamed)
                 raise ContextRefusedError(
                     f"the context's {_value_shown(k)} ({type(v).__name__}) cannot be read as a number: "
                     f"{type(exc).__name__}; send an int, a float, a bool or a str"
                 ) from None
+            if type(value) is str and (problem := _text_problem(value)) is not None:
+                raise ContextRefusedError(f"the context's {_value_shown(k)} {problem}")
         try:
             key = targeting_key_of(context, self.targeting_key_field)
         except InvalidInputError:  # (read keyless: the kill switch still answers; the router itself refuses
             key = None  # the key once a strategy needs it)
+        if key is not None and (problem := _text_problem(key)) is not None:
+            raise ContextRefusedError(f"the targeting key ({field!r} or 'targeting_key' in the context) {problem}")
         return self._context_type(targeting_key=key, attributes=attributes)
 
     def _details(self, method: str, key: str, default: Any, context: Any) -> Any:
