@@ -1,0 +1,59 @@
+"""A ``gzip`` answer whose second or later member is a gzip member (its header says so) that does not inflate (its
+data or its checksum broken), from the raw-socket server of :mod:`tests.test_remotehostile` to a real
+:class:`inprocserve.Server` whose version is a ``remote.toml``: the error says the member is broken, not that the
+body goes on with bytes that are not a gzip member (what a page or padding appended to the answer is told)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import inprocserve
+
+from .conftest import ServerFactory
+from .test_remotehostile import Hostile, in_pieces, predicted, response, serve, y_answer
+from .test_remotehostile import hostile as hostile  # (the fixture)
+
+
+def _broken(member: bytes, at: int) -> bytes:
+    """``member`` with its byte at ``at`` flipped."""
+    return member[:at] + bytes([member[at] ^ 0xFF]) + member[at + 1 :]
+
+
+def test_a_broken_member_after_a_whole_one_is_named_broken_not_other_bytes(
+    repository: Path, make_server: ServerFactory, hostile: Hostile
+) -> None:
+    server = serve(repository, make_server, hostile)
+    answer = y_answer().encode()
+    first = gzip.compress(answer[:9], mtime=0)
+    second = gzip.compress(answer[9:], mtime=0)
+    coded = {"Content-Encoding": "gzip"}
+    cases = {
+        "its checksum": [response(first + _broken(second, len(second) - 8), headers=coded)],
+        "its data": [response(first + _broken(second, 12), headers=coded)],
+        # (its two magic bytes read apart: the member is still told by them)
+        "its checksum, its header cut": [
+            in_pieces(
+                response(first + _broken(second, len(second) - 8), headers={**coded, "Connection": "close"}),
+                [len(first) + 1],
+            )
+        ],
+    }
+    for name, script in cases.items():
+        hostile.script = script
+        with pytest.raises(inprocserve.RemoteUnavailableError) as error:
+            predicted(server)
+        message = str(error.value)
+        assert (
+            "the answer's gzip body is broken after gzip member 1: member 2, a gzip member by its header, does not "
+            "inflate (Error -3 while decompressing data: " in message
+        ), (name, message)
+        assert "not a gzip member" not in message, (name, message)
+        np.testing.assert_array_equal(predicted(server), 2.0)  # (the next answer, whole, is taken)
+    # Bytes that are no gzip member after a whole one are still told so.
+    hostile.script = [response(first + second + b"<html>", headers=coded)]
+    with pytest.raises(inprocserve.RemoteUnavailableError, match="after gzip member 2\\) with bytes that are not"):
+        predicted(server)
