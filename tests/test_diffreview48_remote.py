@@ -1,7 +1,8 @@
-"""A ``gzip`` answer whose second or later member is a gzip member (its header says so) that does not inflate (its
-data or its checksum broken), from the raw-socket server of :mod:`tests.test_remotehostile` to a real
-:class:`inprocserve.Server` whose version is a ``remote.toml``: the error says the member is broken, not that the
-body goes on with bytes that are not a gzip member (what a page or padding appended to the answer is told)."""
+"""The remote client's answers, from the raw-socket server of :mod:`tests.test_remotehostile` to a real
+:class:`inprocserve.Server` whose version is a ``remote.toml``. A ``gzip`` answer whose second or later member is
+a gzip member (its header says so) that does not inflate (its data or its checksum broken): the error says the
+member is broken, not that the body goes on with bytes that are not a gzip member (what a page or padding
+appended to the answer is told). A redirect is sent once, where retries are allowed."""
 
 from __future__ import annotations
 
@@ -57,3 +58,21 @@ def test_a_broken_member_after_a_whole_one_is_named_broken_not_other_bytes(
     hostile.script = [response(first + second + b"<html>", headers=coded)]
     with pytest.raises(inprocserve.RemoteUnavailableError, match="after gzip member 2\\) with bytes that are not"):
         predicted(server)
+
+
+def test_a_redirect_is_sent_once_where_retries_are_allowed(
+    repository: Path, make_server: ServerFactory, hostile: Hostile
+) -> None:
+    """A redirect is not retried (the request and remote.toml's headers go to url only, and the same url answers
+    the same): the redirect tests ran with ``retries = 0``, where nothing is retried, so they could not tell."""
+    server = serve(repository, make_server, hostile, extra="retries = 2\n")
+    service_unavailable = response(b'{"error": "busy"}', status="503 Service Unavailable")
+    hostile.script = [service_unavailable, service_unavailable]
+    np.testing.assert_array_equal(predicted(server), 2.0)  # (503s are retried here: two retries, then answered)
+    assert hostile.script == []
+    for status in ("301 Moved Permanently", "302 Found", "307 Temporary Redirect", "308 Permanent Redirect"):
+        redirect = response(b"moved", status=status, headers={"Location": "http://127.0.0.1:9/v2/models/scale/infer"})
+        hostile.script = [redirect] * 3
+        with pytest.raises(inprocserve.RemoteUnavailableError, match=r"a redirect to http://127\.0\.0\.1:9/"):
+            predicted(server)
+        assert len(hostile.script) == 2, status  # (sent once)
