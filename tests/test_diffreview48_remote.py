@@ -7,6 +7,9 @@ appended to the answer is told). A redirect is sent once, where retries are allo
 from __future__ import annotations
 
 import gzip
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +79,41 @@ def test_a_redirect_is_sent_once_where_retries_are_allowed(
         with pytest.raises(inprocserve.RemoteUnavailableError, match=r"a redirect to http://127\.0\.0\.1:9/"):
             predicted(server)
         assert len(hostile.script) == 2, status  # (sent once)
+
+
+def test_a_coded_redirect_is_read_no_further_than_an_uncoded_one(
+    repository: Path, make_server: ServerFactory, hostile: Hostile
+) -> None:
+    """A redirect (an error answer: its message is in the first 64 KiB) whose gzip body goes on with members that
+    inflate to nothing: it was read to its end, however long, inflated member by member, so the call ran out of
+    time (here the server sends 5 MB of them, says more are to come, and waits) and was a DeadlineExceededError,
+    counted against the server, instead of the redirect's RemoteUnavailableError and its advice."""
+    folder = repository / "scale" / "1"
+    folder.mkdir(parents=True)
+    (folder / "remote.toml").write_text(
+        f'url = "http://127.0.0.1:{hostile.port}"\nmodel = "scale"\ntimeout_s = 2\nretries = 0\n'
+    )
+    server = make_server(repository=repository)
+    body = gzip.compress(b'{"error": "moved to the new cluster"}', mtime=0)
+    body += gzip.compress(b"", mtime=0) * ((5 << 20) // 20)
+    done = threading.Event()
+
+    def redirect_without_end(conn: socket.socket) -> None:
+        conn.sendall(
+            b"HTTP/1.1 307 Temporary Redirect\r\nContent-Encoding: gzip\r\nLocation: http://127.0.0.1:9/v2\r\n"
+            + f"Content-Length: {1 << 30}\r\n\r\n".encode()
+            + body
+        )
+        done.wait(10)  # (the rest of the gigabyte never comes)
+
+    hostile.script = [redirect_without_end]
+    try:
+        started = time.monotonic()
+        with pytest.raises(inprocserve.RemoteUnavailableError) as error:
+            predicted(server)
+    finally:
+        done.set()
+    assert "answered 307: moved to the new cluster (a redirect to http://127.0.0.1:9/v2, not followed" in str(
+        error.value
+    )
+    assert time.monotonic() - started < 2  # (not its timeout_s)
