@@ -172,7 +172,13 @@ class Server(RolloutMethods):
         given = None if repository is None else Path(repository)
         # Absolute once, here: a chdir later (a daemonizing server, a test, a command) must not move it. Not
         # resolve(): a link on the path (a release switched by a link) keeps its meaning at every poll.
-        folder = None if given is None else given.absolute()
+        try:
+            folder = None if given is None else given.absolute()
+        except OSError as exc:  # (getcwd() of a working directory deleted under the process: an old release's)
+            raise ConfigurationError(
+                f"the model repository {str(given)!r} is relative and the working directory it is read from "
+                f"cannot be read ({exc.strerror}): pass an absolute path"
+            ) from None
         if given is not None and not given.is_dir():  # (a typo served nothing: 404s naming no cause)
             where = "" if given.is_absolute() else f" (read from the working directory: {folder})"
             raise ConfigurationError(
