@@ -169,3 +169,12 @@ def test_the_link_advice_put_as_the_setting_leaves_a_path_holding_the_same_words
         f"{repository / words}: the model folder is a symbolic link; symbolic links are refused; copy the files in, "
         "or set INPROCSERVE['FOLLOW_SYMLINKS'] = True"
     ], warnings
+
+
+def test_an_empty_admin_token_with_no_url_is_warned_of_once_as_off(repository: Path) -> None:
+    """``ADMIN_TOKEN: ""`` where no URLconf includes the endpoints: W006 says the admin endpoints are off; W004,
+    which says a token "turns on and protects nothing", must not say the contrary beside it."""
+    settings = {"REPOSITORY": str(repository), "ADMIN_TOKEN": ""}
+    with override_settings(ROOT_URLCONF=__name__, INPROCSERVE=settings):
+        ids = [message.id for message in run_checks() if message.id.startswith("inprocserve.")]
+    assert ids == ["inprocserve.W006"], ids

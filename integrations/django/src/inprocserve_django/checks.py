@@ -135,7 +135,7 @@ def check_endpoints_routed(app_configs: Any = None, **kwargs: Any) -> list[Any]:
         config = settings()
     except ImproperlyConfigured:  # (E012 says so)
         return []
-    named = [key for key in ("ADMIN_TOKEN", "STATUS_PAGE", "STATUS_PAGE_TOKEN") if config[key] not in (None, False)]
+    named = [key for key in ("ADMIN_TOKEN", "STATUS_PAGE", "STATUS_PAGE_TOKEN") if config[key] not in (None, False, "")]
     if not named or _urls_included():
         return []
     return [
