@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -150,7 +151,7 @@ def score_file(
     is_repository = model_path.is_dir() and not (model_path / MODEL_FILENAME).is_file()
     with Server(model_path if is_repository else None) as server:  # a broken sibling model does not matter
         served = _open_model(server, model_path, name, version)
-        signature, limit = _loaded(server, served, version, batch_rows)
+        signature, limit, window_rows = _loaded(server, served, version, batch_rows)
         raise_if_stopped()  # (a signal that came as onnxruntime loaded may have been lost: see raise_if_stopped)
         # an output with no first axis (a total), or a fixed one unlike the inputs' (which give the rows)
         firsts = {spec.shape[0] for spec in signature.inputs if spec.shape}
@@ -178,13 +179,19 @@ def score_file(
             assert bar is not None
             bar(done_rows, total)  # the file's own row count: CSV and Parquet are read as streams of batches
 
+        in_flight = _requests_in_flight(source, limit, window_rows)
         writer: AnswerWriter | None = None
         rows = 0
         counted = _RowsRead(source)
         try:  # (the writer is made inside: a stop as it returns must still remove its file)
             writer = AnswerWriter(output_path, signature)
             for answer in server.predict_many(
-                served, counted.source, version=version, batch_rows=batch_rows, progress=report if bar else None
+                served,
+                counted.source,
+                version=version,
+                batch_rows=batch_rows,
+                max_in_flight=in_flight,
+                progress=report if bar else None,
             ):
                 rows += _answered_rows(answer, served, server, version)
                 with _writing_to(output_path):
@@ -203,6 +210,25 @@ def score_file(
             if bar is not None:
                 bar.close()
     return rows
+
+
+# The most bytes of input rows a run keeps in flight (read, queued and running), where its rows are wide: the
+# window predict_many keeps is counted in rows (two requests of them per session), and 512 rows of 64 MiB, a
+# .npz of zeros of 32 MB, were 32 GiB read ahead. A request of one chunk is always let through.
+_WINDOW_BYTES = 64 << 20
+
+
+def _requests_in_flight(source: Any, request_rows: int, window_rows: int) -> int | None:
+    """The ``max_in_flight`` for predict_many that keeps the input rows in flight within :data:`_WINDOW_BYTES`
+    where its own window (``window_rows``) would hold more, else ``None``. Only a .npy's and a .npz's rows may
+    be wide: a CSV or Parquet line is bounded as it is read."""
+    if isinstance(source, np.ndarray):  # (a .npy, memory-mapped: predict_many cuts it into requests)
+        row_bytes = source.itemsize * math.prod(source.shape[1:]) if source.ndim else 0
+    else:  # (a .npz: its batches are cut to CHUNK_BYTES already, and each is a request)
+        row_bytes, request_rows = getattr(source, "row_bytes", 0), getattr(source, "batch_rows", request_rows)
+    if row_bytes * window_rows <= _WINDOW_BYTES:
+        return None
+    return max(1, _WINDOW_BYTES // (row_bytes * request_rows))
 
 
 @contextlib.contextmanager
@@ -264,10 +290,10 @@ def _not_row_per_row(model: str, server: Server, version: int | None, what: str)
     )
 
 
-def _loaded(server: Server, model: str, version: int | None, batch_rows: int | None) -> tuple[Signature, int]:
-    """The signature of the version that will answer, and the rows to read from a streamed file at a time:
-    one request of ``predict_many``'s plan (the command is part of the library, so it may look at the
-    loaded version).
+def _loaded(server: Server, model: str, version: int | None, batch_rows: int | None) -> tuple[Signature, int, int]:
+    """The signature of the version that will answer, the rows to read from a streamed file at a time (one
+    request of ``predict_many``'s plan: the command is part of the library, so it may look at the loaded
+    version), and the rows that plan keeps in flight.
 
     Raises:
         ValueError: ``batch_rows`` is not a positive int, or more than one request may carry.
@@ -305,7 +331,7 @@ def _loaded(server: Server, model: str, version: int | None, batch_rows: int | N
     rows = plan.request_rows or plan.chunk_rows or target.config.batching.max_batch_size
     if plan.exact_rows is not None:  # (a block is cut into requests of those rows, and its answers joined back)
         rows = plan.exact_rows * max(1, SCORING_RUN_ROWS // plan.exact_rows)
-    return target.signature, rows
+    return target.signature, rows, plan.window_rows
 
 
 def _stopped(interruption: BaseException, output: str) -> int:

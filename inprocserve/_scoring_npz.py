@@ -25,7 +25,16 @@ from ._array_file import huge_header
 from ._errors import InvalidInputError
 from ._signature import Signature
 
-__all__ = ["DAMAGED_FILE", "npz_inputs", "numpy_reason"]
+__all__ = [
+    "CHUNK_BYTES",
+    "ROW_LIMIT",
+    "DAMAGED_FILE",
+    "NpzBatches",
+    "check_empty_rows",
+    "npz_inputs",
+    "numpy_reason",
+    "read_header",
+]
 
 # What zipfile, zlib and numpy raise for a damaged .npy or .npz, beside OSError and ValueError: a header byte
 # naming a zip version or compression it does not know (NotImplementedError), a member cut short (EOFError), a
@@ -33,10 +42,25 @@ __all__ = ["DAMAGED_FILE", "npz_inputs", "numpy_reason"]
 # module: TokenError). The score command let them out as a traceback instead of its one error line.
 DAMAGED_FILE = (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error, tokenize.TokenError)
 
-# The most bytes a member is read in at once where it cannot be read by rows: one row (or a single value), or
-# a whole array saved in Fortran order (its rows are not contiguous). Past it, the member is refused by its
-# header, before anything is allocated.
+# The most bytes a member is read in at once where it cannot be read by rows: a single value, or a whole array
+# saved in Fortran order (its rows are not contiguous). Past it, the member is refused by its header, before
+# anything is allocated.
 _WHOLE_LIMIT = 1 << 30
+
+# The most bytes of one row of a member (a row is never cut): past it, the member is refused by its header. A
+# row is read, copied for the request, and answered before the next: one of 1 GiB (a zip bomb's, 1 MiB
+# compressed) held 5.3 GB.
+ROW_LIMIT = 256 << 20
+
+# The most bytes of rows read at once (every member's rows of a chunk together), and so held in each batch: a
+# chunk is cut to fewer rows where its rows are wide (never below one row, or the rows a model takes per run).
+# A chunk of the model's rows was read whatever their width: a zip bomb of 16 rows of 64 MiB of zeros (1 MiB
+# compressed) held 4.2 GB, and rows of 1 GiB each would have held 16 GiB and more.
+CHUNK_BYTES = 16 << 20
+
+# The most bytes read from a zip stream at a time into an array: zipfile's read(n) joins the pieces it inflates
+# into one bytes object, which numpy then wraps, so a member read whole (Fortran order) peaked at twice its size.
+_READ_PIECE = 8 << 20
 
 
 def numpy_reason(error: BaseException) -> str:
@@ -65,8 +89,10 @@ class _Member:
         return f"input {path}: member {self.info.filename!r}"
 
 
-def _read_header(file: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+def read_header(file: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
     version = np.lib.format.read_magic(file)
+    if version not in ((1, 0), (2, 0), (3, 0)):  # (read as 2.0, its length field read 4 bytes of the header)
+        raise ValueError(f"its .npy format version {version} is none numpy writes ((1, 0), (2, 0), (3, 0))")
     if version == (1, 0):
         return np.lib.format.read_array_header_1_0(file)
     return np.lib.format.read_array_header_2_0(file)
@@ -85,13 +111,20 @@ def _members(path: Path, archive: zipfile.ZipFile, signature: Signature) -> list
         if info.is_dir():
             continue
         where = f"input {path}: member {info.filename!r}"
+        if info.flag_bits & 0x1:  # (zipfile raised RuntimeError "password required": a traceback)
+            raise InvalidInputError(f"{where} is encrypted; save the arrays with np.savez, without a password")
         try:
             with archive.open(info) as file:
-                shape, fortran, dtype = _read_header(file)
+                shape, fortran, dtype = read_header(file)
                 header_bytes = file.tell()
         except (ValueError, OSError, *DAMAGED_FILE) as exc:
             reason = numpy_reason(exc) if str(exc) else f"{type(exc).__name__} (damaged or cut short)"
             raise InvalidInputError(f"{where} is not a .npy array: {reason}") from exc
+        if any(axis < 0 for axis in shape):  # (read as no rows at all: an empty answer, and exit 0)
+            raise InvalidInputError(
+                f"{where} claims shape {tuple(shape)}, with a negative axis: the file is corrupt; write it again "
+                "with np.savez"
+            )
         if dtype.hasobject:
             raise InvalidInputError(
                 f"{where} holds Python objects (an object array), never unpickled; save it as text or numbers "
@@ -117,11 +150,12 @@ def _members(path: Path, archive: zipfile.ZipFile, signature: Signature) -> list
         member = _Member(info, name, tuple(shape), dtype, fortran and len(shape) > 1)
         _check_row_shape(where, member, signature)
         whole = claimed if member.fortran or not shape else member.row_bytes
-        if whole > _WHOLE_LIMIT:
+        limit = _WHOLE_LIMIT if member.fortran or not shape else ROW_LIMIT
+        if whole > limit:
             what = "in Fortran order (its rows are not contiguous)" if member.fortran else "one row of"
             raise InvalidInputError(
                 f"{where} claims shape {tuple(shape)} of {dtype}: {what} {whole:,} bytes, more than is read at "
-                f"once ({_WHOLE_LIMIT:,}); "
+                f"once ({limit:,}); "
                 + (
                     "save it in C order (np.ascontiguousarray) to have it read by rows"
                     if member.fortran
@@ -153,9 +187,10 @@ def _check_row_shape(where: str, member: _Member, signature: Signature) -> None:
         )
 
 
-def npz_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[Iterator[dict[str, np.ndarray]], int]:
-    """The arrays of ``path`` as batches of up to ``chunk_rows`` rows (a single value, taken whole with every
-    batch, for an input the model takes as one), and their rows.
+def npz_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[NpzBatches, int]:
+    """The arrays of ``path`` as batches of up to ``chunk_rows`` rows, and fewer where they would hold over
+    :data:`CHUNK_BYTES` (a single value, taken whole with every batch, for an input the model takes as one),
+    and their rows.
 
     Raises:
         InvalidInputError: the archive or a member cannot be read, a single value for an input of rows, no
@@ -186,11 +221,46 @@ def npz_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[Itera
             raise InvalidInputError(
                 f"input {path}: its arrays must have the same number of rows (one per input row): {listing}"
             )
+        total = next(iter(rows.values()), 1)  # (single values alone: one row, as predict_many reads them)
+        row_bytes = sum(member.row_bytes for member in members if member.shape)
+        check_empty_rows(path, total, row_bytes, what="its arrays' rows")
     except BaseException:
         archive.close()
         raise
-    total = next(iter(rows.values()), 1)  # (single values alone: one row, as predict_many reads them)
-    return _batches(path, archive, members, total, chunk_rows), total
+    step = signature.fixed_rows or 1  # (a model taking N rows per run is sent multiples of N)
+    read_rows = max(step, min(chunk_rows, CHUNK_BYTES // max(row_bytes, 1)) // step * step)
+    return NpzBatches(
+        _batches(path, archive, members, total, read_rows), row_bytes=row_bytes, batch_rows=read_rows
+    ), total
+
+
+def check_empty_rows(path: Path, rows: int, row_bytes: int, *, what: str) -> None:
+    """Rows of no bytes (shape ``(N, 0)``) cost nothing to declare: a header of 10**12 of them, in a file of a
+    few hundred bytes, was scored for hours (a model run per chunk of nothing). More such rows than the file
+    has bytes are refused.
+
+    Raises:
+        InvalidInputError: more rows of no bytes than the file has bytes.
+    """
+    size = path.stat().st_size
+    if row_bytes == 0 and rows > size:
+        raise InvalidInputError(
+            f"input {path}: {what} hold no values (0 bytes a row), and it declares {rows:,} of them in "
+            f"{size:,} bytes: the file is corrupt, or not a file of rows; write it again"
+        )
+
+
+class NpzBatches:
+    """The batches of a ``.npz`` input, with ``row_bytes``, the bytes of one row of every member together, and
+    ``batch_rows``, the most rows of a batch (what the command bounds the rows in flight by)."""
+
+    def __init__(self, batches: Iterator[dict[str, np.ndarray]], *, row_bytes: int, batch_rows: int) -> None:
+        self._batches = batches
+        self.row_bytes = row_bytes
+        self.batch_rows = batch_rows  # (the most rows of a batch)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self._batches
 
 
 def _batches(
@@ -203,7 +273,7 @@ def _batches(
             for member in members:
                 stream = archive.open(member.info)
                 streams[member.name] = stream
-                _read_header(stream)
+                read_header(stream)
                 if member.fortran or not member.shape:  # (bounded by _WHOLE_LIMIT)
                     whole[member.name] = _read(path, member, stream, math.prod(member.shape), 0).reshape(
                         member.shape, order="F" if member.fortran else "C"
@@ -237,18 +307,25 @@ def _read(path: Path, member: _Member, stream: IO[bytes], items: int, first_row:
     wanted = items * member.dtype.itemsize
     if not wanted:  # (no rows, or a dtype of no bytes: np.frombuffer refuses an empty buffer)
         return np.empty(items, dtype=member.dtype)
+    data = np.empty(wanted, dtype=np.uint8)
+    got = 0
     try:
-        data = stream.read(wanted)
+        while got < wanted:  # (a piece at a time, into the array: see _READ_PIECE)
+            piece = stream.read(min(_READ_PIECE, wanted - got))
+            if not piece:
+                break
+            data[got : got + len(piece)] = np.frombuffer(piece, dtype=np.uint8)
+            got += len(piece)
     except (OSError, *DAMAGED_FILE) as exc:
         raise InvalidInputError(
             f"{member.where(path)} cannot be read past row {first_row:,}: {exc or type(exc).__name__}; the file "
             "is damaged: write it again with np.savez"
         ) from exc
-    if len(data) < wanted:
-        held = first_row + len(data) // max(member.row_bytes, 1)
+    if got < wanted:
+        held = first_row + got // max(member.row_bytes, 1)
         rows = member.shape[0] if member.shape else 1
         raise InvalidInputError(
             f"{member.where(path)} ends after {held:,} of the {rows:,} rows its header declares: the file is "
             "truncated or corrupt (its zip entry claims more than it holds): write it again with np.savez"
         )
-    return np.frombuffer(data, dtype=member.dtype, count=items)
+    return data.view(member.dtype)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import functools
 import itertools
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -25,7 +26,7 @@ from ._scoring_columns import (
     to_float,
 )
 from ._scoring_formats import file_format, pyarrow_modules
-from ._scoring_npz import DAMAGED_FILE, npz_inputs, numpy_reason
+from ._scoring_npz import DAMAGED_FILE, check_empty_rows, npz_inputs, numpy_reason, read_header
 from ._signature import Signature
 
 __all__ = ["read_inputs"]
@@ -72,6 +73,7 @@ def read_inputs(
                 reason = not_numpy_file(file.read(8))
             if reason is not None:
                 raise InvalidInputError(f"input {path}: {reason}")
+            _check_npy(path)
             array = np.load(path, mmap_mode="r", allow_pickle=False)  # read chunk by chunk as they are scored
             return array, (len(array) if array.ndim else None)
         if suffix == ".npz":
@@ -88,6 +90,41 @@ def read_inputs(
         total = _count_csv_rows(path) if count_rows else None
         return _csv_batches(path, signature, plan, chunk_rows), total
     return _parquet_batches(path, signature, chunk_rows)
+
+
+def _check_npy(path: Path) -> None:
+    """A .npy input's header against its file, before it is memory-mapped: numpy's own refusals said "Array
+    can't be memory-mapped: Python objects in dtype." (an object array: what to do?) and "mmap length is greater
+    than file size" (a truncated file, or a header claiming more rows than it holds), and a shape with a
+    negative axis, or of 10**12 rows of no bytes, was taken.
+
+    Raises:
+        InvalidInputError: an object array, a negative axis, more data claimed than the file holds, or more rows
+            of no bytes than the file has bytes.
+        ValueError: numpy cannot read the header (said by the caller, naming the file).
+    """
+    with path.open("rb") as file:
+        shape, _, dtype = read_header(file)
+        data_bytes = path.stat().st_size - file.tell()
+    if dtype.hasobject:
+        raise InvalidInputError(
+            f"input {path} holds Python objects (an object array), never unpickled; save it as text or numbers "
+            "(array.astype(str), array.astype(np.float32))"
+        )
+    if any(axis < 0 for axis in shape):
+        raise InvalidInputError(
+            f"input {path}: its header claims shape {tuple(shape)}, with a negative axis: the file is corrupt; "
+            "write it again with np.save"
+        )
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > data_bytes:
+        raise InvalidInputError(
+            f"input {path}: its header claims shape {tuple(shape)} of {dtype} ({claimed:,} bytes) but the file "
+            f"holds {max(data_bytes, 0):,} bytes of data; the file is truncated or corrupt: write it again with "
+            "np.save"
+        )
+    if shape:
+        check_empty_rows(path, shape[0], math.prod(shape[1:]) * dtype.itemsize, what="its array's rows")
 
 
 # A field may be quoted, as CSV allows ("1.5"): Python's csv.QUOTE_ALL, pandas' to_csv(quoting=...) and
@@ -504,7 +541,10 @@ def _parquet_batches(path: Path, signature: Signature, chunk_rows: int) -> tuple
         # batch, so memory followed the row group (one of the whole file, as many writers make), not the batch
         table = pq.ParquetFile(path, buffer_size=_PARQUET_BUFFER, pre_buffer=False)
     except Exception as exc:  # pyarrow raises its own error types
-        raise InvalidInputError(f"input {path} cannot be read as Parquet: {exc}") from exc
+        words = " ".join(str(exc).split())  # (a damaged footer's thrift error ends in a line break: two lines)
+        raise InvalidInputError(
+            f"input {path} cannot be read as Parquet: {words}; the file is damaged or was not written whole"
+        ) from exc
     plan = plan_columns(signature, table.schema_arrow.names, str(path))
     if plan is not None:
         return _parquet_named(path, table, plan, chunk_rows), int(table.metadata.num_rows)
