@@ -27,8 +27,9 @@ from ._signature import Signature
 
 __all__ = [
     "CHUNK_BYTES",
-    "ROW_LIMIT",
     "DAMAGED_FILE",
+    "DIRECTORY_LIMIT",
+    "ROW_LIMIT",
     "NpzBatches",
     "check_empty_rows",
     "npz_inputs",
@@ -57,6 +58,11 @@ ROW_LIMIT = 256 << 20
 # A chunk of the model's rows was read whatever their width: a zip bomb of 16 rows of 64 MiB of zeros (1 MiB
 # compressed) held 4.2 GB, and rows of 1 GiB each would have held 16 GiB and more.
 CHUNK_BYTES = 16 << 20
+
+# The most bytes of an archive's central directory (its list of members, about 50 bytes and a name each):
+# zipfile reads it whole and makes an object of each entry as it opens the file, before a member is read; a
+# .npz holds one member per input. A 90 MB archive of a million empty entries held 600 MB as it was opened.
+DIRECTORY_LIMIT = 1 << 20
 
 # The most bytes read from a zip stream at a time into an array: zipfile's read(n) joins the pieces it inflates
 # into one bytes object, which numpy then wraps, so a member read whole (Fortran order) peaked at twice its size.
@@ -197,6 +203,13 @@ def npz_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[NpzBa
             arrays, or arrays of different rows (when the batches are read: a member cut short, naming it).
     """
     try:
+        directory = _directory_bytes(path)
+        if directory > DIRECTORY_LIMIT:
+            raise InvalidInputError(
+                f"input {path}: its zip directory is {directory:,} bytes (tens of thousands of members, where a "
+                f".npz holds one per input), more than is read ({DIRECTORY_LIMIT:,}); save only the model's "
+                "inputs, e.g. np.savez(path, x=x)"
+            )
         archive = zipfile.ZipFile(path)
     except (OSError, *DAMAGED_FILE) as exc:
         raise InvalidInputError(f"input {path} cannot be read as .npz (a zip of .npy arrays): {exc}") from exc
@@ -232,6 +245,26 @@ def npz_inputs(path: Path, signature: Signature, chunk_rows: int) -> tuple[NpzBa
     return NpzBatches(
         _batches(path, archive, members, total, read_rows), row_bytes=row_bytes, batch_rows=read_rows
     ), total
+
+
+def _directory_bytes(path: Path) -> int:
+    """The size its end record gives the central directory of the zip file ``path`` (0 where the record is not
+    found: zipfile then says the file is no zip), read before zipfile reads the directory itself."""
+    with path.open("rb") as file:
+        size = file.seek(0, 2)
+        file.seek(max(0, size - (22 + 0xFFFF)))  # (the end record, 22 bytes, and a comment of up to 64 KiB)
+        tail = file.read()
+        end = tail.rfind(b"PK\x05\x06")
+        if end < 0 or len(tail) - end < 22:
+            return 0
+        directory = int.from_bytes(tail[end + 12 : end + 16], "little")
+        locator = end - 20  # (zip64: a locator before the end record points to a record of 64-bit sizes)
+        if directory == 0xFFFFFFFF and locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
+            file.seek(int.from_bytes(tail[locator + 8 : locator + 16], "little"))
+            record = file.read(56)
+            if record[:4] == b"PK\x06\x06" and len(record) == 56:
+                directory = int.from_bytes(record[40:48], "little")
+        return directory
 
 
 def check_empty_rows(path: Path, rows: int, row_bytes: int, *, what: str) -> None:

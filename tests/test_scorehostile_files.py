@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inprocserve._scoring_npz import ROW_LIMIT
+from inprocserve._scoring_npz import DIRECTORY_LIMIT, ROW_LIMIT
 from inprocserve.testing import build_scale_model, save_model
 
 from .test_cli_score_hostile_files import _zip64_member
@@ -200,3 +200,18 @@ def test_a_parquet_footer_that_cannot_be_read_is_one_error_line(
     err = _error(capsys)
     assert err.startswith(f"error: input {tmp_path / 'x.parquet'} cannot be read as Parquet: ")
     assert err.rstrip().endswith("the file is damaged or was not written whole")
+
+
+def test_a_npz_of_tens_of_thousands_of_entries_is_refused_before_its_directory_is_read(
+    tmp_path: Path, scale_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # zipfile made an object of each entry as it opened the file: a million empty ones (90 MB) held 600 MB
+    path = tmp_path / "x.npz"
+    np.savez(path, x=_ROWS)
+    with zipfile.ZipFile(path, "a") as archive:
+        for index in range(25_000):
+            archive.writestr(zipfile.ZipInfo(f"d{index}/"), b"")
+    assert _score(scale_file, path, tmp_path / "y.npz") == 1
+    err = _error(capsys)
+    assert err.startswith(f"error: input {path}: its zip directory is ")
+    assert f"more than is read ({DIRECTORY_LIMIT:,}); save only the model's inputs" in err
