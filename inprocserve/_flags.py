@@ -1060,17 +1060,13 @@ class OpenFeatureFlags:
                 a provider that sends its context over the wire raised on an int key, counted as failing), or
                 a scalar of it cannot be read as the plain value it holds (a number type whose ``float()``
                 raises): the request's own mistake, as a targeting key that cannot be made text is; or the
-                context has more than ``MAX_CONTEXT_FIELDS`` fields, or its targeting key or a string field is
+                context has more than ``MAX_CONTEXT_FIELDS`` fields handed over (text, numbers, booleans; the
+                targeting key and fields of other types are none), or its targeting key or a string field is
                 longer than ``MAX_CONTEXT_TEXT_CHARS`` or no UTF-8 text (see ``_text_problem``).
         """
         field = self.targeting_key_field
         fields = []
         try:
-            if (count := len(context)) > MAX_CONTEXT_FIELDS:
-                raise ContextRefusedError(
-                    f"the context has {count:,} fields; send at most {MAX_CONTEXT_FIELDS} (each goes to the flag "
-                    "provider as an attribute of the evaluation context)"
-                )
             for k, v in context.items():
                 if type(k) is not str:
                     if not isinstance(k, str):
@@ -1081,6 +1077,13 @@ class OpenFeatureFlags:
                 # (the targeting key is the rollout's bucket key: flag rules and buckets agree on who the user is)
                 if k != field and isinstance(v, str | numbers.Real | np.bool_):
                     fields.append((k, v))
+                    # (counted as handed over: a list, a dict or None beside them is no attribute, and counts not)
+                    if len(fields) > MAX_CONTEXT_FIELDS:
+                        raise ContextRefusedError(
+                            f"the context has more than {MAX_CONTEXT_FIELDS} fields of text, numbers or booleans; "
+                            f"send at most {MAX_CONTEXT_FIELDS} (each goes to the flag provider as an attribute of "
+                            "the evaluation context)"
+                        )
         except InvalidInputError:
             raise
         except Exception as exc:  # (anything a caller's mapping raises as it is read)

@@ -64,7 +64,10 @@ HOSTILE = [
     ({"user_id": "u1", "agent": "x" * (LIMIT + 1)}, "the context's 'agent' is 4,097 characters long; send at most"),
     ({"user_id": "staff\udcff"}, "is no UTF-8 text (it holds a lone surrogate"),
     ({"user_id": "u1", "agent": "a\udcffb"}, "the context's 'agent' is no UTF-8 text"),
-    ({"user_id": "u1", **{f"f{i}": i for i in range(300)}}, "the context has 301 fields; send at most 256"),
+    (
+        {"user_id": "u1", **{f"f{i}": i for i in range(300)}},
+        "the context has more than 256 fields of text, numbers or booleans; send at most 256",
+    ),
 ]
 
 
