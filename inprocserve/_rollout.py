@@ -69,6 +69,10 @@ _CAPTURED_BYTES = 32 * 2**20
 """Bound on the bytes the promotion samples of one model hold (``capture_inputs`` of them at most): 256
 copies of an image model's batches would otherwise hold gigabytes in every worker."""
 _ASSIGNMENT_TTL_S = 3600.0
+_STABLE_READS_AGREED = 64
+"""Good reads of the stable flag in a row that must name one version before a decision whose flags fail gives
+it (see ``Router._fallback_stable``): a flag that names one version to every context does within a second of
+traffic; one that targets, with contexts mixed, rarely does, and its failures give the configured version."""
 _LARGEST_REWARD = 1e100
 """Bound on a reward's size: the statistics add rewards and their squares, and a few rewards near 1e308 made
 the sums infinite (a mean of inf, a status that strict JSON cannot carry), for good."""
@@ -401,9 +405,10 @@ class Router:
         self._default_decisions: dict[int, Decision] = {}
         # (values, configuration, plan) of the last plan made from a provider's values (see _flagged_plan)
         self._flagged: tuple[Container[str], RolloutConfig, _Unflagged | None] | None = None
-        # The version the stable flag named at its last good read in this process, over the stable version it
-        # was read against (None: it named none, or that one): what a decision whose flags fail gives
-        self._stable_said: int | None = None
+        # (The version the stable flag named at its last good reads in this process, None for none or the
+        # configured one; how many good reads in a row named it): what a decision whose flags fail gives, once
+        # _STABLE_READS_AGREED reads agreed (one tuple, replaced whole: read and written without the lock)
+        self._stable_said: tuple[int | None, int] = (None, 0)
         self.recent: deque[Mapping[str, np.ndarray]] = deque(maxlen=max(1, config.capture_inputs))
         self._recent_bytes = 0  # what the samples in ``recent`` hold (changed under the lock)
         self._recent_sizes: deque[int] = deque()  # each sample's bytes, in the order of ``recent``
@@ -863,27 +868,37 @@ class Router:
         try:
             named = _version(key, self._flags.number(key, float(stable), ctx, used), ready)
         except UnusableFlag:  # (a version not loaded, say: the configured one answers, as it always has)
-            self._stable_said = None
+            self._stable_said = (None, 0)
             raise
         self._note_stable(stable, named)
         return named
 
-    def _note_stable(self, default: int, named: int) -> None:
+    def _note_stable(self, default: int, named: int, *, for_every_context: bool = False) -> None:
         """Keep the version the stable flag named (``default``: the stable version it was read against, what
-        the flag's absence gives)."""
+        the flag's absence gives). ``for_every_context``: read from a plan of a provider's values, which no
+        context changes (those count as agreed at once)."""
         said = None if named == default else named
-        if self._stable_said != said:
-            self._stable_said = said
+        held, reads = self._stable_said
+        if for_every_context:
+            if (held, reads) != (said, _STABLE_READS_AGREED):
+                self._stable_said = (said, _STABLE_READS_AGREED)
+        elif held != said:
+            self._stable_said = (said, 1)
+        elif reads < _STABLE_READS_AGREED:
+            self._stable_said = (said, reads + 1)
 
     def _fallback_stable(self, ready: Mapping[int, Any], stable: int) -> int:
         """The version a decision whose flags failed (the provider raised, hung or was busy, or a flag's value
-        is unusable) gives: the one the stable flag last named in this process, while it is loaded (as it
-        would with the provider answering: the flag overrides the configured stable version); else ``stable``,
-        which a stable flag whose own value is unusable gives too.
+        is unusable) gives: the one the stable flag named at its last ``_STABLE_READS_AGREED`` good reads in
+        this process, all alike, while it is loaded (as it would with the provider answering: the flag
+        overrides the configured stable version); else ``stable``, which a stable flag whose own value is
+        unusable gives too.
         A provider outage, or a typo in another flag, after the stable flag moved everyone to a new version
-        (docs/rollouts.md, step 6) sent the whole fleet back to the old one."""
-        said = self._stable_said
-        return said if said is not None and said in ready else stable
+        (docs/rollouts.md, step 6) sent the whole fleet back to the old one. One read is not enough: a flag
+        that targets (a tenant on the new version, the rest on the old) names each context's own version, and
+        the last request's would go to every context."""
+        said, reads = self._stable_said
+        return said if said is not None and reads >= _STABLE_READS_AGREED and said in ready else stable
 
     def _decide(self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], state: RoutingState) -> Decision:
         used: list[tuple[str, Any]] = []
@@ -917,10 +932,10 @@ class Router:
         ``stable_key`` set), the decision names the flags read, as ``_decide`` does."""
         if plan.stable is not None:
             if plan.stable in ready:
-                self._note_stable(stable, plan.stable)
+                self._note_stable(stable, plan.stable, for_every_context=True)
             stable = plan.stable
         elif plan.stable_key:  # (the provider's values have no stable flag: the stable version answers)
-            self._note_stable(stable, stable)
+            self._note_stable(stable, stable, for_every_context=True)
         if stable not in ready:
             return None
         for version in plan.needed:

@@ -15,11 +15,19 @@ import pytest
 
 import inprocserve
 from inprocserve import CanaryConfig
+from inprocserve._rollout import _STABLE_READS_AGREED
 
 from .conftest import ServerFactory, rollout
 
 X = np.ones((1, 4), np.float32)
 CANARY = {"strategy": "canary", "stable": 1, "canary": CanaryConfig(version=2)}
+
+
+def _promoted(server: inprocserve.Server, version: int = 2) -> None:
+    """The stable flag read by as many requests as a failure's fallback needs to trust it (a flag read per
+    request may target: its last reads must agree, ``_rollout._STABLE_READS_AGREED``)."""
+    for i in range(_STABLE_READS_AGREED):
+        assert server.predict("scale", X, context={"user_id": f"w{i}"}).version == version
 
 
 class _Service:
@@ -82,6 +90,7 @@ def test_a_failing_flag_service_keeps_the_version_the_stable_flag_named(
     server = make_server(versions, flags=service, flag_timeout_s=0.05, config=rollout(**CANARY))
     promoted = server.predict("scale", X, context={"user_id": "u0"})
     assert (promoted.version, promoted.variant) == (2, "stable")
+    _promoted(server)
     if mode == "typo":
         service.values["scale.canary.percent"] = "ten"
     else:
@@ -111,7 +120,7 @@ def test_a_failing_flag_service_under_the_kill_switch_keeps_the_stable_flags_ver
     server = make_server(versions, flags=service, flag_timeout_s=0.05, config=rollout(**CANARY))
     assert server.predict("scale", X, context={"user_id": "u0"}).version == 2
     server.kill("scale")
-    assert server.predict("scale", X, context={"user_id": "u0"}).version == 2
+    _promoted(server)
     service.mode = "raise"
     result = server.predict("scale", X, context={"user_id": "u1"})
     assert (result.version, result.variant) == (2, "stable"), result.reason
@@ -129,7 +138,7 @@ def test_a_failing_flag_service_keeps_the_stable_flags_last_good_value(
     assert server.predict("scale", X, context={"user_id": "u0"}).version == 1
     service.mode = "up"
     service.values["scale.stable"] = 3  # a good value again: it answers, and is what failures keep
-    assert server.predict("scale", X, context={"user_id": "u0"}).version == 3
+    _promoted(server, 3)
     service.mode = "raise"
     assert server.predict("scale", X, context={"user_id": "u0"}).version == 3
 
@@ -138,7 +147,7 @@ def test_a_deleted_stable_flag_hands_back_to_the_configured_version(
     versions: Path, make_server: ServerFactory, service: _Service
 ) -> None:
     server = make_server(versions, flags=service, flag_timeout_s=10.0, config=rollout(**CANARY))
-    assert server.predict("scale", X, context={"user_id": "u0"}).version == 2
+    _promoted(server)
     service.mode = "raise"
     assert server.predict("scale", X, context={"user_id": "u0"}).version == 2
     service.mode = "up"
@@ -157,6 +166,8 @@ def test_a_plan_made_from_remembered_flags_keeps_the_stable_flags_version(
     flags.blocking = blocking  # type: ignore[misc]
     server = make_server(versions, flags=flags, flag_timeout_s=10.0, config=rollout(**CANARY))
     assert server.predict("scale", X, context={"user_id": "u0"}).version == 2
+    if blocking:  # (read per request, through the reader's workers: its last reads must agree)
+        _promoted(server)
     flags.set("scale.strategy", "canery")
     result = server.predict("scale", X, context={"user_id": "u0"})
     assert result.version == 2 and "'scale.strategy' is 'canery'" in result.reason, result.reason
