@@ -815,7 +815,8 @@ class Router:
     def _flagged_stable(
         self, ready: Mapping[int, Any], stable: int, context: Mapping[str, Any] | None, state: RoutingState
     ) -> int:
-        """The ``<prefix>.stable`` flag's version (``stable`` when it is not set, unusable, or failing)."""
+        """The ``<prefix>.stable`` flag's version: ``stable`` when it is not set or its value is unusable; when
+        the provider fails, what ``_fallback_stable`` gives."""
         ctx = context if context is not None else _EMPTY
         try:
             return self._flags.run(
