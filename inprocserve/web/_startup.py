@@ -70,6 +70,13 @@ def refuse_at_start(error: ConfigurationError | ModelLoadError, *, repository: s
     unless this process is a worker that replaces an earlier one (:func:`replacement_worker`): there, log it
     once and return, so that the worker starts, serves what loads and builds its server again once the folder
     is back. For the repository's state only: a setting that is wrong is wrong in every worker, and raises.
+    :func:`check_repository_at_start` calls it for its own errors; call it for a check of your own.
+
+    Args:
+        error: What was found wrong.
+        repository: The model repository's folder: a missing one is logged as missing, once per worker, however
+            many checks find it; another error once per worker and message. The line is an error of the
+            ``inprocserve._prefork`` logger, or on stderr where logging is not set up (a gunicorn worker).
 
     Raises:
         ConfigurationError, ModelLoadError: ``error``, outside a replacement worker.
@@ -81,9 +88,13 @@ def replacement_worker() -> str | None:
     """Whether this process loads its app as a worker that replaces an earlier one: a gunicorn worker
     started after the server's first ones (recycled by ``--max-requests``, replaced after a crash or a
     timeout, added by ``TTIN``, started by a ``HUP`` reload), a respawned uWSGI worker, or a uWSGI process
-    after a graceful reload. A description of it (for a log line), or ``None`` (a first start, or no
-    pre-fork server): where a first start refuses a broken repository, such a worker starts
-    (:func:`refuse_at_start`)."""
+    after a graceful reload. Where a first start refuses a broken repository, such a worker starts
+    (:func:`refuse_at_start`). Call it as the app loads (it finds the worker on the call stack).
+
+    Returns:
+        A description of the worker, for a log line (``"gunicorn worker 4242 was started by a reload (HUP) of
+        a running server"``); ``None`` for a first start, a ``--preload`` master, or no pre-fork server.
+    """
     return _prefork.replacement_worker()
 
 
