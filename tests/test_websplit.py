@@ -69,4 +69,4 @@ def test_the_web_logger_is_still_inprocserve_web(repository: Path, caplog: pytes
 
 
 def test_a_private_name_the_core_reads_on_the_package_is_there() -> None:
-    from inprocserve.web import _UNBUILT, _control_unknown  # noqa: F401  (the status page and v2; a test)
+    from inprocserve.web import _control_unknown  # noqa: F401  (the status page and v2 read it)

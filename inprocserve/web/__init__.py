@@ -75,7 +75,6 @@ from ._pages import (
     status_page,
     status_page_unauthorized,
 )
-from ._process import _UNBUILT as _UNBUILT  # (private: a test replaces it here, to start a fresh minute)
 from ._process import (
     NO_SERVER,
     ProcessLocalServer,

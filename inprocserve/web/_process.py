@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,12 +24,6 @@ NO_SERVER = "the model server could not start in this worker (its log says why);
 _UNBUILT = LogLimit()  # a probe every few seconds at a worker whose server cannot be built: a line a minute
 
 
-def _unbuilt_limit() -> LogLimit:
-    # Read on the package, the module the docs name: a test that must see this minute's line replaces it there.
-    limit: LogLimit = getattr(sys.modules["inprocserve.web"], "_UNBUILT", _UNBUILT)
-    return limit
-
-
 def server_or_none(server: Callable[[], Server], asked: str) -> Server | None:
     """The app's server, built by ``server()`` if it is not yet (the plug-ins' lazy mode); ``None`` if it cannot
     be built in this process (its repository gone at a worker's first request, an invalid ``config.toml``),
@@ -47,7 +40,7 @@ def server_or_none(server: Callable[[], Server], asked: str) -> Server | None:
     except ServerClosedError:  # (it was answered "could not start", and logged at ERROR every minute)
         raise
     except Exception as exc:  # (a later call builds it again: the worker serves once the cause is gone)
-        skipped = _unbuilt_limit().due()
+        skipped = _UNBUILT.due()
         if skipped is not None:
             logger.error("%s: the model server cannot be built in this process: %s%s", asked, exc, since(skipped))
         return None

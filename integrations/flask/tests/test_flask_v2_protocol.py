@@ -23,9 +23,10 @@ from tritonclient.utils import InferenceServerException
 from werkzeug.serving import make_server
 
 import inprocserve
-from inprocserve import v2, web
+from inprocserve import v2
 from inprocserve._log_limit import LogLimit
 from inprocserve.testing import build_add_model, build_mlp_model, build_scale_model, save_model
+from inprocserve.web import _process as web_process  # (its log limit: a fresh minute for one test)
 
 ALL_VERSIONS = inprocserve.ModelConfig(version_policy=inprocserve.VersionPolicy.all())
 
@@ -380,7 +381,9 @@ def test_a_worker_whose_server_cannot_be_built_answers_503_without_naming_its_fi
     500 with the error's text, which names the repository's absolute path, to any client; the readiness
     probe got a 500 with no Retry-After. Now a 503 saying only that, with Retry-After, and the log says why; the
     readiness URLs answer their documents ("ready": false), which a client reads."""
-    monkeypatch.setattr(web, "_UNBUILT", LogLimit())  # (another test's line within the minute would hold this one)
+    monkeypatch.setattr(
+        web_process, "_UNBUILT", LogLimit()
+    )  # (another test's line within the minute would hold this one)
     app = make_app(repository)
     moved = repository.with_name("elsewhere")
     repository.rename(moved)
