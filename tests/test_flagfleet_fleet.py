@@ -30,7 +30,7 @@ WORKERS = 3
 USERS = [f"u{i}" for i in range(60)]
 
 APP = """
-import json, os, threading
+import json, os, threading, time
 from urllib.parse import parse_qs
 
 import numpy as np
@@ -65,7 +65,7 @@ def app(environ, start_response):
     user = parse_qs(environ.get("QUERY_STRING", ""))["user"][0]
     result = server().predict("scale", np.ones((1, 4), np.float32), context={"user_id": user})
     body = json.dumps({"pid": os.getpid(), "version": result.version, "variant": result.variant,
-                       "reason": result.reason})
+                       "reason": result.reason, "at": time.monotonic()})
     start_response("200 OK", [("Content-Type", "application/json")])
     return [body.encode()]
 """
@@ -212,10 +212,12 @@ def test_a_canary_share_changed_reaches_every_worker_of_a_fleet_whole(tmp_path: 
     print(f"{kind}: every worker routed by the new share within {reached} s of the change")
     assert not fleet.failures, fleet.failures[:5]
     # No worker goes back to the old share once it answered by the new one, and while a share holds, a user
-    # gets one variant on every worker.
+    # gets one variant on every worker. A worker's answers in the order it made them (the clock is the machine's
+    # own): a client thread that read an answer may note it after another thread's next answer of that worker
+    # (a worker seen going 0, 10, 0, 10, 0 under load).
     by_worker: dict[int, list[float]] = defaultdict(list)
     variants: dict[tuple[int, str], set[str]] = defaultdict(set)
-    for when, answer, user in sorted(fleet.answers, key=lambda a: a[0]):
+    for when, answer, user in sorted(fleet.answers, key=lambda a: a[1]["at"]):
         share = _share_of(answer["reason"])
         seen = by_worker[answer["pid"]]
         if not seen or seen[-1] != share:
