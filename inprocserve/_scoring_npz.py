@@ -258,12 +258,18 @@ def _directory_bytes(path: Path) -> int:
         if end < 0 or len(tail) - end < 22:
             return 0
         directory = int.from_bytes(tail[end + 12 : end + 16], "little")
-        locator = end - 20  # (zip64: a locator before the end record points to a record of 64-bit sizes)
-        if directory == 0xFFFFFFFF and locator >= 0 and tail[locator : locator + 4] == b"PK\x06\x07":
-            file.seek(int.from_bytes(tail[locator + 8 : locator + 16], "little"))
-            record = file.read(56)
-            if record[:4] == b"PK\x06\x06" and len(record) == 56:
-                directory = int.from_bytes(record[40:48], "little")
+        # zip64: a locator just before the end record, and a record of 64-bit sizes just before it. zipfile
+        # takes that record's size wherever the locator is, whatever the end record says (not only where it
+        # says 0xFFFFFFFF): an archive whose end record said 0 had its directory of any size read unchecked
+        locator = size - len(tail) + end - 20
+        if locator >= 56:
+            file.seek(locator)
+            found = file.read(20)
+            if found[:4] == b"PK\x06\x07":
+                file.seek(locator - 56)
+                record = file.read(56)
+                if record[:4] == b"PK\x06\x06":
+                    directory = int.from_bytes(record[40:48], "little")
         return directory
 
 
