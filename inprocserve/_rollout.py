@@ -405,10 +405,12 @@ class Router:
         self._default_decisions: dict[int, Decision] = {}
         # (values, configuration, plan) of the last plan made from a provider's values (see _flagged_plan)
         self._flagged: tuple[Container[str], RolloutConfig, _Unflagged | None] | None = None
-        # (The version the stable flag named at its last good reads in this process, None for none or the
-        # configured one; how many good reads in a row named it): what a decision whose flags fail gives, once
-        # _STABLE_READS_AGREED reads agreed (one tuple, replaced whole: read and written without the lock)
-        self._stable_said: tuple[int | None, int] = (None, 0)
+        # (The stable flag's key; the version it named at its last good reads in this process, None for none
+        # or the configured one; how many good reads in a row named it): what a decision whose flags fail
+        # gives, once _STABLE_READS_AGREED reads of that key agreed (one tuple, replaced whole: read and
+        # written without the lock). The key is kept: a configuration naming another flag (a new flag_prefix)
+        # starts with no reads of it, and the old flag's version was given on a failure
+        self._stable_said: tuple[str, int | None, int] = ("", None, 0)
         self.recent: deque[Mapping[str, np.ndarray]] = deque(maxlen=max(1, config.capture_inputs))
         self._recent_bytes = 0  # what the samples in ``recent`` hold (changed under the lock)
         self._recent_sizes: deque[int] = deque()  # each sample's bytes, in the order of ``recent``
@@ -760,7 +762,7 @@ class Router:
             # ran past the budget and was abandoned, no longer says where its outcomes by key go.
             if self._drew_for_keys and ctx:
                 self._forget_draw_of(ctx, state.config.key_field)
-            return Decision(self._fallback_stable(ready, stable), "stable", reason)
+            return Decision(self._fallback_stable(ready, stable, state.keys.stable), "stable", reason)
 
         try:
             return self._flags.run(lambda: self._decide(ready, stable, ctx, state), fallback)
@@ -821,7 +823,7 @@ class Router:
         try:
             return self._flags.run(
                 lambda: self._read_stable(ready, stable, ctx, [], state.keys),
-                lambda reason: self._fallback_stable(ready, stable),
+                lambda reason: self._fallback_stable(ready, stable, state.keys.stable),
                 effect="the stable version answers (the one the stable flag last named, else the configured one)",
             )
         except InvalidInputError as exc:
@@ -869,26 +871,28 @@ class Router:
         try:
             named = _version(key, self._flags.number(key, float(stable), ctx, used), ready)
         except UnusableFlag:  # (a version not loaded, say: the configured one answers, as it always has)
-            self._stable_said = (None, 0)
+            self._stable_said = (key, None, 0)
             raise
-        self._note_stable(stable, named)
+        self._note_stable(key, stable, named)
         return named
 
-    def _note_stable(self, default: int, named: int, *, for_every_context: bool = False) -> None:
-        """Keep the version the stable flag named (``default``: the stable version it was read against, what
-        the flag's absence gives). ``for_every_context``: read from a plan of a provider's values, which no
-        context changes (those count as agreed at once)."""
+    def _note_stable(self, key: str, default: int, named: int, *, for_every_context: bool = False) -> None:
+        """Keep the version the stable flag ``key`` named (``default``: the stable version it was read
+        against, what the flag's absence gives). ``for_every_context``: read from a plan of a provider's
+        values, which no context changes (those count as agreed at once)."""
         said = None if named == default else named
-        held, reads = self._stable_said
+        held_key, held, reads = self._stable_said
+        if held_key != key:
+            reads = 0
         if for_every_context:
-            if (held, reads) != (said, _STABLE_READS_AGREED):
-                self._stable_said = (said, _STABLE_READS_AGREED)
-        elif held != said:
-            self._stable_said = (said, 1)
+            if (held_key, held, reads) != (key, said, _STABLE_READS_AGREED):
+                self._stable_said = (key, said, _STABLE_READS_AGREED)
+        elif held != said or not reads:
+            self._stable_said = (key, said, 1)
         elif reads < _STABLE_READS_AGREED:
-            self._stable_said = (said, reads + 1)
+            self._stable_said = (key, said, reads + 1)
 
-    def _fallback_stable(self, ready: Mapping[int, Any], stable: int) -> int:
+    def _fallback_stable(self, ready: Mapping[int, Any], stable: int, key: str) -> int:
         """The version a decision whose flags failed (the provider raised, hung or was busy, or a flag's value
         is unusable) gives: the one the stable flag named at its last ``_STABLE_READS_AGREED`` good reads in
         this process, all alike, while it is loaded (as it would with the provider answering: the flag
@@ -897,8 +901,11 @@ class Router:
         A provider outage, or a typo in another flag, after the stable flag moved everyone to a new version
         (docs/rollouts.md, step 6) sent the whole fleet back to the old one. One read is not enough: a flag
         that targets (a tenant on the new version, the rest on the old) names each context's own version, and
-        the last request's would go to every context."""
-        said, reads = self._stable_said
+        the last request's would go to every context. Only reads of ``key``, the stable flag the configuration
+        reads, count: one naming another flag (a new ``flag_prefix``) gave the old flag's version."""
+        held_key, said, reads = self._stable_said
+        if held_key != key:  # (the configuration names another stable flag, not read since)
+            return stable
         return said if said is not None and reads >= _STABLE_READS_AGREED and said in ready else stable
 
     def _decide(self, ready: Mapping[int, Any], stable: int, ctx: Mapping[str, Any], state: RoutingState) -> Decision:
@@ -933,10 +940,10 @@ class Router:
         ``stable_key`` set), the decision names the flags read, as ``_decide`` does."""
         if plan.stable is not None:
             if plan.stable in ready:
-                self._note_stable(stable, plan.stable, for_every_context=True)
+                self._note_stable(state.keys.stable, stable, plan.stable, for_every_context=True)
             stable = plan.stable
         elif plan.stable_key:  # (the provider's values have no stable flag: the stable version answers)
-            self._note_stable(stable, stable, for_every_context=True)
+            self._note_stable(state.keys.stable, stable, stable, for_every_context=True)
         if stable not in ready:
             return None
         for version in plan.needed:
