@@ -876,18 +876,15 @@ class Router:
         self._note_stable(key, stable, named)
         return named
 
-    def _note_stable(self, key: str, default: int, named: int, *, for_every_context: bool = False) -> None:
+    def _note_stable(self, key: str, default: int, named: int) -> None:
         """Keep the version the stable flag ``key`` named (``default``: the stable version it was read
-        against, what the flag's absence gives). ``for_every_context``: read from a plan of a provider's
-        values, which no context changes (those count as agreed at once)."""
+        against, what the flag's absence gives). A decision from a plan of a provider's values counts as one
+        read too, as it would reading every flag: a plan only saves the reads, it never changes a decision."""
         said = None if named == default else named
         held_key, held, reads = self._stable_said
         if held_key != key:
             reads = 0
-        if for_every_context:
-            if (held_key, held, reads) != (key, said, _STABLE_READS_AGREED):
-                self._stable_said = (key, said, _STABLE_READS_AGREED)
-        elif held != said or not reads:
+        if held != said or not reads:
             self._stable_said = (key, said, 1)
         elif reads < _STABLE_READS_AGREED:
             self._stable_said = (key, said, reads + 1)
@@ -940,10 +937,10 @@ class Router:
         ``stable_key`` set), the decision names the flags read, as ``_decide`` does."""
         if plan.stable is not None:
             if plan.stable in ready:
-                self._note_stable(state.keys.stable, stable, plan.stable, for_every_context=True)
+                self._note_stable(state.keys.stable, stable, plan.stable)
             stable = plan.stable
         elif plan.stable_key:  # (the provider's values have no stable flag: the stable version answers)
-            self._note_stable(state.keys.stable, stable, stable, for_every_context=True)
+            self._note_stable(state.keys.stable, stable, stable)
         if stable not in ready:
             return None
         for version in plan.needed:
