@@ -7,9 +7,11 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,58 @@ def scale_version(served: Served) -> dict[str, Any]:
     assert status == 200, models
     version: dict[str, Any] = models["models"]["scale"]["versions"]["1"]
     return version
+
+
+def send_together(port: int, indices: range) -> list[tuple[int, Any]]:
+    """A one-row request to the async view for each of ``indices``, a connection each, sent whole but for the
+    last byte of its body; then those last bytes one after another, so that the requests reach the server
+    together however slowly this process sent the rest. The status and body of each answer."""
+    connections: list[tuple[socket.socket, bytes]] = []
+    try:
+        for index in indices:
+            body = json.dumps({"rows": [[index, index, index, index]]}).encode()
+            head = "POST /ascore HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+            connections.append((connection, body[-1:]))
+            connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:-1])
+        for connection, last in connections:
+            connection.sendall(last)
+        answers = []
+        for connection, _ in connections:
+            response = http.client.HTTPResponse(connection)
+            response.begin()
+            answers.append((response.status, json.loads(response.read())))
+        return answers
+    finally:
+        for connection, _ in connections:
+            connection.close()
+
+
+def bursts_until_shared(
+    port: int, rows_run: Callable[[], tuple[int, int]], *, clients: int, bound_s: float = 30
+) -> int:
+    """Bursts of ``clients`` requests sent together (:func:`send_together`), each answer checked (the scale
+    model doubles its input), until the version's counts (``rows_run()``: rows and batches run) say that some
+    requests shared a run; the requests sent. Not every burst shares one: Django's ASGI handler takes each
+    request through a thread (``request_started``'s receivers) before the view, and a view's task joins a group
+    only if another task calls ``apredict`` in the same iteration of the loop, so a loop that keeps up with that
+    thread runs each request alone (192 requests from 32 client threads once ran as 192 runs at a load average
+    of 7). Fails after ``bound_s`` of bursts none of which shared a run."""
+    rows_before, batches_before = rows_run()
+    sent = 0
+    deadline = time.monotonic() + bound_s
+    while True:
+        answers = send_together(port, range(sent, sent + clients))
+        for index, (status, body) in enumerate(answers, start=sent):
+            assert status == 200, body
+            assert body == {"y": [[2.0 * index] * 4], "version": 1}
+        sent += clients
+        rows, batches = rows_run()
+        assert rows - rows_before == sent
+        # requests that arrived in the same iteration of the server's event loop ran together
+        if batches - batches_before < sent:
+            return sent
+        assert time.monotonic() < deadline, f"{sent} requests in bursts of {clients} ran as {sent} runs"
 
 
 def serve(server: str, tmp_path: Path, *, loop: str = "asyncio", workers: int = 1, inprocserve: str = "") -> Served:

@@ -4,7 +4,6 @@ request."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import time
@@ -15,7 +14,7 @@ from typing import Any
 import django
 import numpy as np
 import pytest
-from asgi_serving import Served, call, scale_version, serve
+from asgi_serving import Served, bursts_until_shared, call, scale_version, serve
 
 from inprocserve.testing import build_mlp_model, save_model
 
@@ -37,53 +36,16 @@ def uvicorn_port(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[int
         served.stop()
 
 
-def _burst(port: int, indices: range) -> list[tuple[int, Any]]:
-    """A one-row request to the async view for each of ``indices``, a connection each, sent whole but for the
-    last byte of its body; then those last bytes one after another, so that the requests reach the server
-    together however slowly this process sent the rest. The status and body of each answer."""
-    connections: list[tuple[socket.socket, bytes]] = []
-    try:
-        for index in indices:
-            body = json.dumps({"rows": [[index, index, index, index]]}).encode()
-            head = "POST /ascore HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            connection = socket.create_connection(("127.0.0.1", port), timeout=30)
-            connections.append((connection, body[-1:]))
-            connection.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:-1])
-        for connection, last in connections:
-            connection.sendall(last)
-        answers = []
-        for connection, _ in connections:
-            response = http.client.HTTPResponse(connection)
-            response.begin()
-            answers.append((response.status, json.loads(response.read())))
-        return answers
-    finally:
-        for connection, _ in connections:
-            connection.close()
-
-
 def test_concurrent_requests_to_an_async_view_share_batches(uvicorn_port: int) -> None:
-    """Requests that reach uvicorn together share runs. Not every burst does: Django's ASGI handler takes each
-    request through a thread (``request_started``'s receivers) before the view, and a view's task joins a group
-    only if another task calls ``apredict`` in the same iteration of the loop, so a loop that keeps up with that
-    thread runs each request alone (192 requests from 32 client threads once ran as 192 runs at a load average
-    of 7). Bursts go on until one shares a run, for at most 30 s."""
-    sent = 0
-    deadline = time.monotonic() + 30
-    while True:
-        answers = _burst(uvicorn_port, range(sent, sent + CLIENTS))
-        for index, (status, body) in enumerate(answers, start=sent):
-            assert status == 200, body
-            assert body == {"y": [[2.0 * index] * 4], "version": 1}
-        sent += CLIENTS
+    """Requests that reach uvicorn together share runs (bursts go on until one does, for at most 30 s)."""
+
+    def rows_run() -> tuple[int, int]:
         status, models = call(uvicorn_port, "GET", "/-/inprocserve/models")
         assert status == 200
         version = models["models"]["scale"]["versions"]["1"]
-        assert version["rows_run"] == sent
-        # requests that arrived in the same iteration of uvicorn's event loop ran together
-        if version["batches_run"] < sent:
-            break
-        assert time.monotonic() < deadline, f"{sent} requests in bursts of {CLIENTS} ran as {sent} runs"
+        return version["rows_run"], version["batches_run"]
+
+    bursts_until_shared(uvicorn_port, rows_run, clients=CLIENTS)
 
 
 def test_invalid_input_through_uvicorn_is_a_400_and_the_server_keeps_serving(uvicorn_port: int) -> None:
