@@ -190,6 +190,11 @@ class BatchingConfig:
     """Merge concurrent requests. When false every request runs alone (still through the pool)."""
     max_batch_size: int = 64
     """Largest number of rows in one ``session.run``."""
+    max_batch_bytes: int = 64 * 2**20
+    """Largest input, in bytes, of one ``session.run`` of merged rows (default 64 MiB): a model whose rows are
+    wide runs as many rows as fit, at least one, so ``max_batch_size`` rows of 32 MiB each are never stacked
+    into 2 GiB (nor a large request's slices made that large). Counted at load from the declared row (dynamic
+    inner axes at their shortest), and only where it is below ``max_batch_size`` rows; at most 2**40."""
     max_delay_s: float | None = None
     """Longest time, in seconds, the oldest queued request may wait for companions while a session is
     free. A free session waits only while recent traffic showed more concurrent rows than are queued, and
@@ -227,6 +232,7 @@ class BatchingConfig:
                 f"batching.rows_independent must be 'check', 'yes' or 'no', got {shown(self.rows_independent)}"
             )
         check_int("batching.max_batch_size", self.max_batch_size, 1, MAX_BATCH_ROWS)
+        check_int("batching.max_batch_bytes", self.max_batch_bytes, 1, _MAX_BATCH_BYTES)
         if self.max_delay_ms is not None:
             self._convert_max_delay_ms()
         if self.max_delay_s is not None:
@@ -270,6 +276,9 @@ class BatchingConfig:
     def request_row_limit(self) -> int:
         """The effective per-request row limit."""
         return self.max_request_rows if self.max_request_rows is not None else self.max_queue_rows
+
+
+_MAX_BATCH_BYTES = 2**40  # a run's input past a TiB can only be a typo
 
 
 def _is_float(value: object) -> bool:

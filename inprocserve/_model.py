@@ -28,7 +28,7 @@ from ._backend import Backend, BackendFactory, raised_by_signal_handler
 from ._batch_ops import mates_problem, rows_problem, stack_inputs
 from ._batching import Batcher
 from ._cache import PredictionCache
-from ._config import ModelConfig
+from ._config import BatchingConfig, ModelConfig
 from ._drift import DriftMonitor
 from ._errors import (
     DeadlineExceededError,
@@ -43,7 +43,7 @@ from ._errors import (
 from ._flush_policy import RunCost
 from ._heap import give_back_freed_memory
 from ._integrity import resolve_model_file
-from ._ort_backend import build_onnxruntime_backend
+from ._ort_backend import PROBE_MAX_BYTES, build_onnxruntime_backend, row_bytes, rows_within
 from ._ort_rules import thread_oversubscription
 from ._remote_model import read_remote_toml, unknown_keys_warning
 from ._repository import is_remote
@@ -167,6 +167,8 @@ class ModelVersion:
         )
         self.reject_nan = config.nan_policy == "reject"
         self.max_request_rows = config.batching.request_row_limit
+        # Rows of one run: max_batch_size, fewer where that many rows pass batching.max_batch_bytes (at load)
+        self.max_batch_rows = config.batching.max_batch_size
 
     def _load_error(self, exc: Exception) -> ModelLoadError:
         return ModelLoadError(
@@ -422,10 +424,12 @@ class ModelVersion:
                 output_shapes={spec.name: spec.shape for spec in signature.outputs},
                 dtypes={spec.name: spec.dtype for spec in (*signature.inputs, *signature.outputs)},
             )
+        batching = self._batching_within_bytes(signature, batchable=batchable)
+        self.max_batch_rows = batching.max_batch_size
         self._measured_run_cost = self._measure_run_cost(signature, batchable=batchable)
         self.batcher = Batcher(
             self.backend,
-            self.config.batching,
+            batching,
             input_names=[spec.name for spec in signature.inputs],
             output_names=signature.output_names,
             batchable=batchable,
@@ -434,6 +438,30 @@ class ModelVersion:
             deliver=self._deliver,
             clock=self._clock,
         )
+
+    def _batching_within_bytes(self, signature: Signature, *, batchable: bool) -> BatchingConfig:
+        """The batching config whose ``max_batch_size`` keeps a run's input within ``max_batch_bytes`` (its
+        rows counted as the warm-up made them up), at least one row; the config itself where it already does.
+        Computed once here: a request pays nothing for it."""
+        batching = self.config.batching
+        if not batchable:
+            return batching
+        each = row_bytes(signature, self._made_up_inner_size)
+        rows = rows_within(batching.max_batch_bytes, each, batching.max_batch_size)
+        if rows == batching.max_batch_size:
+            return batching
+        logger.info(
+            "model %r version %s: a row's input is %d bytes, so a run takes at most %d row(s) "
+            "(batching.max_batch_bytes %d; max_batch_size %d)",
+            self.name,
+            self.version,
+            each,
+            rows,
+            batching.max_batch_bytes,
+            batching.max_batch_size,
+        )
+        preferred = tuple(size for size in batching.preferred_batch_sizes if size <= rows)
+        return dataclasses.replace(batching, max_batch_size=rows, preferred_batch_sizes=preferred)
 
     def _bounded(self, signature: Signature) -> Signature:
         """The signature that checks each request's values against the config's ``inputs`` bounds (every way
@@ -627,7 +655,9 @@ class ModelVersion:
         corrects it from the runs it makes (``RunCostLearner``).
         """
         batching = self.config.batching
-        rows = min(8, batching.max_batch_size)
+        # (within the rows one run may take, and the load's byte bound for its made-up runs: wide rows)
+        each = row_bytes(signature, self._made_up_inner_size)
+        rows = rows_within(PROBE_MAX_BYTES, each, min(8, self.max_batch_rows))
         if not (batchable and batching.enabled and rows > 1):
             return None
         runner = self.backend.runners()[0]
@@ -916,6 +946,7 @@ class ModelVersion:
             "batchable": None if self.signature is None else self.why_unbatchable() is None,
             "unbatchable_reason": self.why_unbatchable(),
             "max_batch_size": self.config.batching.max_batch_size,
+            "max_batch_rows": self.max_batch_rows,
             "max_delay_s": None if batcher is None else batcher.max_delay_s,
             "max_delay_ms": None if batcher is None else round(batcher.max_delay_s * 1000, 3),
             "run_cost_ms": self._run_cost_status(),
@@ -930,9 +961,7 @@ class ModelVersion:
             "drift": None if self.drift is None else self.drift.status(),
             "cache": None if self.cache is None else self.cache.status(),
             "latency_ms": self.latency.snapshot(),
-            "batch_size": None
-            if batcher is None
-            else batcher.batch_sizes.snapshot(max_rows=self.config.batching.max_batch_size),
+            "batch_size": None if batcher is None else batcher.batch_sizes.snapshot(max_rows=self.max_batch_rows),
         }
 
 

@@ -78,6 +78,8 @@ __all__ = [
     "onnxruntime_version",
     "registered_providers",
     "resolve_providers",
+    "row_bytes",
+    "rows_within",
     "session_options",
     "thread_budget",
     "translate_run_error",
@@ -213,6 +215,25 @@ PROBE_RUNS = 5  # timed probe runs at most (see OnnxruntimeBackend._choose_threa
 # A version given more than one thread keeps a one-thread session for its short runs only while its folder
 # holds at most this much (the session is a second copy of the weights in memory).
 ONE_THREAD_SESSION_MAX_BYTES = 64 * 1024 * 1024
+# The most bytes of input a run of made-up rows at load holds (the thread probe's, the run cost's): as many rows
+# as fit, never fewer than 1. Probed with max_batch_size rows, a model of 32 MiB rows (input [batch, 2048, 4096]
+# of float32) made up 2 GiB of input and as much output, and its load peaked at 2.2 GB of RSS; rows of 300 MiB
+# could not load on an ordinary host at all.
+PROBE_MAX_BYTES = 64 * 1024 * 1024
+
+
+def row_bytes(signature: Signature, inner_size: int = 1) -> int:
+    """The bytes of one made-up row of ``signature``'s inputs, each dynamic inner axis ``inner_size`` long (an
+    input without a row axis counts nothing: it is the same whatever the rows). Nothing is filled: zeros are
+    mapped lazily."""
+    one = signature.synthesize(1, inner_size)
+    two = signature.synthesize(2, inner_size)
+    return sum(two[name].nbytes - array.nbytes for name, array in one.items())
+
+
+def rows_within(budget_bytes: int, each_bytes: int, most: int) -> int:
+    """How many rows of ``each_bytes`` fit ``budget_bytes``: at least 1, at most ``most``."""
+    return most if each_bytes <= 0 else max(1, min(most, budget_bytes // each_bytes))
 
 
 def one_thread_rows(one_s: float, many_s: float, rows: int) -> int:
@@ -499,7 +520,7 @@ class OnnxruntimeBackend:
 
         With ``intra_op_threads`` unset the thread count is chosen by measurement on the first build: one
         thread if a ``probe_rows``-row run takes under 1 ms on one thread (its CPU time where that measures it,
-        the best of three to five runs), else
+        the best of three to five runs; timed on as many of those rows as fit ``PROBE_MAX_BYTES`` of input), else
         the thread budget (always the budget with ``allow_spinning``); and then, for the runs of fewer rows
         that one thread runs in under 1 ms, a one-thread session too (:meth:`_choose_threads`).
 
@@ -565,14 +586,17 @@ class OnnxruntimeBackend:
             return budget
         probe = self._create(0, threads=1, warm=False)
         assert self.signature is not None
-        rows = probe_rows if self.signature.batchable else 1
+        wanted = probe_rows if self.signature.batchable else 1
+        rows = rows_within(PROBE_MAX_BYTES, row_bytes(self.signature), wanted)
         try:
             feeds = self._runnable_probe(probe, rows)
             elapsed = self._quickest_run(probe, feeds)
         except InprocserveError as exc:  # zeros are not valid input for every model
             logger.debug("thread probe of %r v%s failed (%s); using %d threads", self.model, self.version, exc, budget)
             return budget
-        threads = 1 if elapsed < AUTO_THREADS_SERIAL_BELOW_S else budget
+        # Fewer rows than asked (wide rows): the run of all of them is taken to cost as much per row, an upper
+        # bound (the fixed part counted again per row), so a short probe never gives one thread to long runs.
+        threads = 1 if elapsed * wanted / rows < AUTO_THREADS_SERIAL_BELOW_S else budget
         logger.info(
             "model %r version %s: a %d-row run takes %.2f ms on one thread; using %d intra-op thread(s) per session",
             self.model,
