@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._errors import InvalidInputError
+from ._ort_backend import row_bytes
 from ._ort_rules import usable_cores
 from ._scoring_inputs import as_arrays, rows_of
 
@@ -25,6 +26,7 @@ __all__ = [
     "BESIDE_VALUES_HINT",
     "SCORING_RUN_BUDGET_S",
     "SCORING_RUN_ROWS",
+    "WINDOW_BYTES",
     "ScoringPlan",
     "caller_may_run",
     "checked_whole_input",
@@ -39,6 +41,10 @@ SCORING_RUN_ROWS = 256
 # ... but only as far as a run stays this short (by the version's measured per-row cost): a model slow per row
 # (large inputs, large activations) keeps its max_batch_size, which then also bounds its memory.
 SCORING_RUN_BUDGET_S = 0.1
+# The most bytes of input rows a job keeps in flight by default (read, queued and running), where its rows are
+# wide: the window counted in rows alone (two requests per session) held 16 rows of 32 MiB, 512 MiB, of a list
+# of such rows at once. An explicit max_in_flight is kept as given; one request is always let through.
+WINDOW_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,7 +97,23 @@ def caller_may_run(facts: Mapping[str, Any], *, kind: str, sessions: int, cores:
 def plan_for_version(
     target: ModelVersion, *, batch_rows: int | None, max_in_flight: int | None, timeout_s: float | None
 ) -> ScoringPlan:
-    """The plan for scoring on one loaded version (see :func:`plan_scoring`)."""
+    """The plan for scoring on one loaded version (see :func:`plan_scoring`); without ``max_in_flight``, its
+    window holds at most :data:`WINDOW_BYTES` of input rows (counted as the version's declared row: dynamic
+    inner axes at their shortest), at least one request."""
+    plan = _plan_for_version(target, batch_rows=batch_rows, max_in_flight=max_in_flight, timeout_s=timeout_s)
+    signature = target.signature
+    if max_in_flight is not None or signature is None or plan.chunk_rows is None:
+        return plan
+    each = row_bytes(signature)
+    if each * plan.window_rows <= WINDOW_BYTES:
+        return plan
+    rows = max(1, WINDOW_BYTES // each)  # (a request of more is still let through alone: see ScoringPlan)
+    return dataclasses.replace(plan, window_rows=rows, max_in_flight=min(plan.max_in_flight, rows))
+
+
+def _plan_for_version(
+    target: ModelVersion, *, batch_rows: int | None, max_in_flight: int | None, timeout_s: float | None
+) -> ScoringPlan:
     batching = target.config.batching
     sessions = target.config.pool.size
     backend = target.backend
@@ -140,7 +162,7 @@ def plan_for_version(
         )
         return dataclasses.replace(plan, exact_rows=exact)
     return plan_scoring(
-        max_batch_size=batching.max_batch_size,
+        max_batch_size=target.max_batch_rows,
         request_row_limit=batching.request_row_limit,
         max_queue_rows=batching.max_queue_rows,
         sessions=sessions,
@@ -151,7 +173,7 @@ def plan_for_version(
         run_rows=_run_rows(
             batchable=batchable,
             chunkable=chunkable,
-            max_batch_size=batching.max_batch_size,
+            max_batch_size=target.max_batch_rows,
             per_row_s=per_row_s,
             timeout_s=timeout_s,
         ),

@@ -103,3 +103,24 @@ def test_max_batch_bytes_out_of_range_is_refused(value: object) -> None:
     with pytest.raises(ConfigurationError, match=r"batching.max_batch_bytes must be >= 1 and <= 1099511627776"):
         BatchingConfig(max_batch_bytes=value)  # type: ignore[arg-type]
 
+
+def test_predict_many_keeps_wide_rows_in_flight_within_a_byte_bound(wide_repository: Path) -> None:
+    read = 0
+    answered = 0
+    most_ahead = 0
+
+    def batches():  # type: ignore[no-untyped-def]
+        nonlocal read, most_ahead
+        row = np.ones((1, *WIDE), dtype=np.float32)
+        for _ in range(40):
+            read += 1
+            most_ahead = max(most_ahead, read - answered)
+            yield {"x": row}
+
+    with inprocserve.Server(repository=wide_repository) as server:
+        for answer in server.predict_many("wide", batches()):
+            assert answer["y"].shape == (1, *WIDE)
+            answered += 1
+    assert answered == 40
+    # 64 MiB of 8 MiB rows, and the one being read: the window in rows (2 x 64 per session) read 40 ahead
+    assert most_ahead <= (64 << 20) // WIDE_ROW_BYTES + 1, most_ahead
