@@ -668,15 +668,17 @@ class Server(RolloutMethods):
         :class:`Prediction` per batch (a batch larger than a request is sent in parts and joined back; each
         batch's arrays are copied as it is read, so a generator may reuse one buffer; a batch of no rows is
         answered in its place with zero rows of each output, without a model run). For a model fast per row,
-        requests hold several chunks, up to 256 rows, each run as one onnxruntime run (not in ``max_batch_size``
-        slices), and so do a ZipMap classifier's, whose requests are never merged; where the version's sessions
-        leave a core idle, the iterating thread runs requests itself beside the workers (docs/performance.md,
-        "Batch scoring"). A bounded window is kept submitted (default: two full requests of rows per session;
-        ``max_in_flight``: at most that many requests; never more queued rows than ``max_queue_rows``) so the
-        sessions stay busy without :class:`QueueFullError`; when other traffic fills the queue a request is
-        retried (not counted as shed). A batch of an iterable is read only while the window has room, never
-        between an answer coming in and its hand-over; a queue consumer whose reads wait for messages and that
-        must answer each one before waiting for the next passes ``max_in_flight=1``. Each request is routed like
+        requests hold several chunks, up to 256 rows, each run as one onnxruntime run (not in slices of the
+        rows one run takes: ``max_batch_size``, fewer for wide rows, ``batching.max_batch_bytes``), and so do a
+        ZipMap classifier's, whose requests are never merged; where the version's sessions leave a core idle,
+        the iterating thread runs requests itself beside the workers (docs/performance.md, "Batch scoring"). A
+        bounded window is kept submitted (default: two full requests of rows per session, and at most 64 MiB of
+        input rows, at least one request; ``max_in_flight``: at most that many requests, as given; never more
+        queued rows than ``max_queue_rows``) so the sessions stay busy without :class:`QueueFullError`; when
+        other traffic fills the queue a request is retried (not counted as shed). A batch of an iterable is read
+        only while the window has room, never between an answer coming in and its hand-over; a queue consumer
+        whose reads wait for messages and that must answer each one before waiting for the next passes
+        ``max_in_flight=1``. Each request is routed like
         a :meth:`predict` call: pin ``version`` to score a whole job on one version (the parts of one batch
         follow its first part's routing while that routing stands, and are answered by one version:
         docs/performance.md, "Batch scoring"). The version's prediction cache is neither read nor filled (nor are
