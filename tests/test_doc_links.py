@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = sorted(
     path.relative_to(ROOT).as_posix()
-    for pattern in ("README.md", "docs/*.md", "examples/*/README*.md", "integrations/*/README.md")
+    for pattern in ("README.md", "docs/*.md", "examples/README.md", "examples/*/README*.md", "integrations/*/README.md")
     for path in ROOT.glob(pattern)
 )
 FENCED = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
@@ -44,7 +44,9 @@ def anchors(page: Path) -> set[str]:
 
 
 def test_the_documents_are_found() -> None:
-    assert {"README.md", "docs/quickstart.md", "examples/queue_consumer/README.md"} <= set(DOCUMENTS)
+    assert {"README.md", "docs/quickstart.md", "examples/README.md", "examples/queue_consumer/README.md"} <= set(
+        DOCUMENTS
+    )
 
 
 @pytest.mark.parametrize("document", DOCUMENTS)
