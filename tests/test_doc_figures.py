@@ -91,6 +91,7 @@ NOT_MEASURED: dict[str, dict[str, str]] = {
         "on Linux x86-64 with Python 3.11": "a release of Python",
         "runs them for 1.5 s": "how long `make test` runs each soak test, a setting",
         "at 10,000 and 2,000 examples": "hypothesis's example counts under `make soak`, settings",
+        "the admin endpoints) at 1,000 (100)": "hypothesis's example counts of the HTTP fuzzing, settings",
         "(Python 3.11, numpy": "a release of Python",
         "cachetools 5.3, opentelemetry-api/sdk 1.31 (the API alone needs 1.30), onnx 1.15, openfeature-sdk 0.7,"
         " urllib3 2.3, pyarrow": "the oldest releases the packages claim",
