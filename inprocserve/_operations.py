@@ -719,13 +719,15 @@ class Operations:
             except Exception:  # (a file-system hiccup: nothing to say of this name now)
                 continue
             if name not in scan.models and not scan.problems:  # (a folder with problems: the scan says so)
-                typos.append(f"{brief(name)}{hint}")
+                # ('frud' (did you mean 'fraud'?)): the hint's own '; did you mean …?' made a list of several
+                # read "'a'; did you mean 'b'?, 'c'; …" and the sentence end in "?."
+                typos.append(f"{brief(name)} ({hint.removeprefix('; ')})")
         if not typos:
             return
         more = f" and {len(typos) - _TYPOS_SHOWN} more" if len(typos) > _TYPOS_SHOWN else ""
         logger.warning(
             "control file %s (revision %d) has entries for models that are not in this repository, named like "
-            "models served here: %s%s. Nothing here follows them (if they are typos in a hand edit, correct "
+            "models served here: %s%s; nothing here follows them (if they are typos in a hand edit, correct "
             "them; entries for other hosts' models are fine)",
             self.control_path,
             control.revision,

@@ -230,6 +230,22 @@ def test_an_entry_for_a_misspelt_model_is_said_by_a_server_that_starts_with_it(
     assert len(said) == 1 and "fraud" in said[0]
 
 
+def test_entries_for_several_misspelt_models_read_as_a_list(
+    two_models: Path, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each misspelt name is given with the name it is close to, as one item of the list: the hint's own
+    "; did you mean" read "'frud'; did you mean 'fraud'?, 'serch'; did you mean 'search'?. Nothing ..."."""
+    server = make_server(two_models, control_interval_s=None)
+    server.switch("fraud", 1)
+    add_by_hand(two_models, "frud", {"kill": True}, revision=2)
+    add_by_hand(two_models, "serch", {"kill": True}, revision=3)
+    with caplog.at_level("WARNING", logger="inprocserve"):
+        assert server.sync_control() == 3
+    said = [record.getMessage() for record in caplog.records if "frud" in record.getMessage()]
+    assert len(said) == 1
+    assert "'frud' (did you mean 'fraud'?), 'serch' (did you mean 'search'?); nothing here follows them" in said[0]
+
+
 @pytest.mark.parametrize(
     "entry",
     [{"kill": "yes " * 200_000}, {"stable": -(10**4000)}, {"canary_version": 2, "canary_percent": 10**4000}],
