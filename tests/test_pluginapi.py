@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -17,22 +19,66 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_SOURCES = sorted((ROOT / "integrations").glob("*/src/**/*.py"))
 
 
-def private_imports(source: str) -> list[str]:
-    """The private modules of the core that ``source`` imports (``inprocserve._x``, ``from inprocserve import
-    _x``, ``from inprocserve.v2._codec import ...``), each with its line."""
+def private_uses(source: str) -> list[str]:
+    """The private names of the core that ``source`` reaches, each with its line: imported (``import inprocserve._x``,
+    ``from inprocserve import _x``, ``from inprocserve.v2._codec import ...``), read as an attribute of a module of
+    the core however that module was imported (``inprocserve._x.y`` after ``import inprocserve``, ``web._answers``,
+    ``w._y`` after ``import inprocserve.web as w``), or named in a string (``importlib.import_module(
+    "inprocserve._x")``, ``getattr(web, "_x")``). Dunders (``inprocserve.__version__``) are public."""
+    tree = ast.parse(source)
+    bound: dict[str, str] = {}  # a name the source binds to a module (or object) of the core -> its dotted path
     found = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            modules = [alias.name for alias in node.names]
+            for alias in node.names:
+                if alias.name.partition(".")[0] == "inprocserve":  # (import a.b binds a; import a.b as c, c to a.b)
+                    bound[alias.asname or "inprocserve"] = alias.name if alias.asname else "inprocserve"
+                if _private(alias.name):
+                    found.append(f"line {node.lineno}: {alias.name}")
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module is not None:
-            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        for module in modules:
-            parts = module.split(".")
-            if parts[0] == "inprocserve" and any(part.startswith("_") for part in parts[1:]):
-                found.append(f"line {node.lineno}: {module}")
-    return found
+            names = [f"{node.module}.{alias.name}" for alias in node.names]
+            if node.module.partition(".")[0] == "inprocserve":
+                bound.update({alias.asname or alias.name: name for alias, name in zip(node.names, names, strict=True)})
+            found += [f"line {node.lineno}: {name}" for name in [node.module, *names] if _private(name)]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private_part(node.attr):
+            owner = _dotted(node.value, bound)  # (the first private step of a chain only: each use reported once)
+            if owner is not None and not _private(owner):
+                found.append(f"line {node.lineno}: {owner}.{node.attr}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _NAME_READERS:
+            if len(node.args) > 1 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+                owner = _dotted(node.args[0], bound)
+                if owner is not None and _private_part(node.args[1].value):
+                    found.append(f"line {node.lineno}: {owner}.{node.args[1].value}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _DOTTED.fullmatch(node.value):
+            if _private(node.value):
+                found.append(f"line {node.lineno}: {node.value}")
+    return sorted(set(found), key=lambda line: (int(line.split(":")[0].removeprefix("line ")), line))
+
+
+_NAME_READERS = frozenset({"getattr", "hasattr", "setattr", "delattr"})
+_DOTTED = re.compile(r"inprocserve(?:\.[A-Za-z_]\w*)+")
+
+
+def _private_part(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _private(dotted: str) -> bool:
+    """Whether ``dotted`` is a name of the core that no plug-in may use (a part after ``inprocserve`` is private)."""
+    parts = dotted.split(".")
+    return parts[0] == "inprocserve" and any(_private_part(part) for part in parts[1:])
+
+
+def _dotted(node: ast.expr, bound: Mapping[str, str]) -> str | None:
+    """The dotted path of the core that ``node`` names (``web.ANSWER_HEADERS``: ``inprocserve.web.ANSWER_HEADERS``),
+    or None for an expression that names none (a local name, a call's result)."""
+    if isinstance(node, ast.Name):
+        return bound.get(node.id)
+    if isinstance(node, ast.Attribute):
+        owner = _dotted(node.value, bound)
+        return None if owner is None else f"{owner}.{node.attr}"
+    return None
 
 
 def test_the_plugins_import_only_public_names_of_the_core() -> None:
@@ -45,7 +91,7 @@ def test_the_plugins_import_only_public_names_of_the_core() -> None:
         "def f():\n    from inprocserve.v2._codec import Limits\n"
         "import inprocserve\nfrom inprocserve import v2\nfrom . import _registration\n"
     )
-    assert private_imports(source) == [
+    assert private_uses(source) == [
         "line 1: inprocserve._brief",
         "line 2: inprocserve._prefork",
         "line 2: inprocserve._prefork.check_at_start",
@@ -53,9 +99,41 @@ def test_the_plugins_import_only_public_names_of_the_core() -> None:
         "line 5: inprocserve.v2._codec",
         "line 5: inprocserve.v2._codec.Limits",
     ]
+
+
+def test_the_scan_finds_private_names_read_as_attributes_of_the_core_s_modules() -> None:
+    """A private module reached through a public one imports nothing private, and was missed by a scan of imports."""
+    source = (
+        "import inprocserve\n"
+        "import inprocserve.web as w\n"
+        "from inprocserve import web, v2 as protocol\n"
+        "import importlib\n"
+        "inprocserve._brief.brief(1)\n"  # 5
+        "web._answers.ANSWER_HEADERS\n"  # 6
+        "w._control_unknown({})\n"  # 7
+        "protocol._codec.Limits.x\n"  # 8
+        "inprocserve.web._pages._HTML\n"  # 9 (the first private step only)
+        "importlib.import_module('inprocserve._prefork')\n"  # 10
+        "getattr(web, '_process')\n"  # 11
+        "def f(web):\n    return inprocserve.__version__, web.ANSWER_HEADERS, local._x, inprocserve.web.close_match\n"
+        "'inprocserve.web'\n"
+    )
+    assert private_uses(source) == [
+        "line 5: inprocserve._brief",
+        "line 6: inprocserve.web._answers",
+        "line 7: inprocserve.web._control_unknown",
+        "line 8: inprocserve.v2._codec",
+        "line 9: inprocserve.web._pages",
+        "line 10: inprocserve._prefork",
+        "line 11: inprocserve.web._process",
+    ]
+
+
+def test_the_plugins_use_no_private_name_of_the_core() -> None:
     assert len(PLUGIN_SOURCES) > 10  # (both plug-ins' sources were found)
-    found = {str(path.relative_to(ROOT)): private_imports(path.read_text(encoding="utf-8")) for path in PLUGIN_SOURCES}
-    assert {path: imports for path, imports in found.items() if imports} == {}
+    sources = {str(path.relative_to(ROOT)): path.read_text(encoding="utf-8") for path in PLUGIN_SOURCES}
+    found = {path: private_uses(source) for path, source in sources.items()}
+    assert {path: uses for path, uses in found.items() if uses} == {}
 
 
 def test_every_public_helper_is_typed_and_documented() -> None:
