@@ -4,6 +4,7 @@ instead (``inprocserve.web``'s start-up and message helpers) works for a team's 
 from __future__ import annotations
 
 import ast
+import inspect
 import os
 import re
 from collections.abc import Mapping
@@ -137,7 +138,7 @@ def test_the_plugins_use_no_private_name_of_the_core() -> None:
 
 
 def test_every_public_helper_is_typed_and_documented() -> None:
-    seam = {"brief", "check_repository_at_start", "close_match", "refuse_at_start", "replace_link_advice"}
+    seam = {"short_repr", "check_repository_at_start", "close_match", "refuse_at_start", "replace_link_advice"}
     seam |= {"replacement_worker", "repository_layout", "RepositoryLayout", "status_page_unauthorized"}
     assert seam <= set(web.__all__)
     for name in web.__all__:
@@ -189,9 +190,24 @@ def test_the_start_up_check_refuses_a_missing_repository_outside_a_replacement_w
         web.refuse_at_start(error, repository=tmp_path / "missing")
 
 
+def test_the_helpers_that_build_the_server_name_its_factory() -> None:
+    """They take a callable that returns the server (a holder's ``get``), not a server: the parameter says so."""
+    for helper in (web.probe_readiness, web.status_page, web.server_or_none):
+        assert next(iter(inspect.signature(helper).parameters)) == "server_factory", helper.__name__
+
+    def unbuildable() -> inprocserve.Server:
+        raise inprocserve.ConfigurationError("no repository")
+
+    assert web.probe_readiness(server_factory=unbuildable).body()["error"] == web.NO_SERVER
+    status, _, _ = web.status_page(server_factory=unbuildable)
+    assert status == 503
+    assert web.server_or_none(server_factory=unbuildable, asked="a test") is None
+
+
 def test_message_helpers() -> None:
-    assert web.brief("x" * 10_000) == repr("x" * 64) + "...(10000 characters)"
-    assert web.brief([1, 2]) == "[1, 2]"
+    assert web.short_repr("x" * 10_000) == repr("x" * 64) + "...(10000 characters)"
+    assert web.short_repr([1, 2]) == "[1, 2]"
+    assert not hasattr(web, "brief")  # (named for what it does; no alias: never in a released doc)
     assert web.close_match("REPOSITROY", ["REPOSITORY", "EAGER"]) == "REPOSITORY"
     assert web.close_match("x" * 1_000_000, ["REPOSITORY"]) is None
     assert web.close_match("TIMEOUT", ["DEFAULT_TIMEOUT_S"], cutoff=0.8) is None

@@ -64,7 +64,7 @@ def plugin_app(repository: Path) -> tuple[Callable[..., Iterable[bytes]], web.Pr
                     raise
                 return as_json(start, error.status, error.body, error.headers)
             return as_json(start, 200, {name: value.tolist() for name, value in result.items()})
-        return as_json(start, 404, {"error": "not_found", "message": f"no endpoint at {web.brief(path)}"})
+        return as_json(start, 404, {"error": "not_found", "message": f"no endpoint at {web.short_repr(path)}"})
 
     return app, holder
 

@@ -26,8 +26,8 @@ each turns the typed results below into its framework's responses.
   :func:`refuse_at_start` and :func:`replacement_worker` (a worker replacing an earlier one starts past a
   repository caught mid-change), :func:`repository_layout` (models and skipped entries, no file read), and
   :func:`replace_link_advice` (a problem's advice about links given as the plug-in's setting).
-* In messages: :func:`brief` (a value someone sent, cut short) and :func:`close_match` (the ``(stable?)`` of a
-  typo).
+* In messages: :func:`short_repr` (the ``repr`` of a value someone sent, cut short) and :func:`close_match`
+  (the ``(stable?)`` of a typo).
 
 The objects live in private submodules, one job each (``_settings``, ``_readiness``, ``_answers``, ``_admin``,
 ``_requests``, ``_process``, ``_pages``, ``_startup``); they are named, documented and kept here, as
@@ -107,13 +107,13 @@ from ._settings import (
 )
 from ._startup import (
     RepositoryLayout,
-    brief,
     check_repository_at_start,
     close_match,
     refuse_at_start,
     replace_link_advice,
     replacement_worker,
     repository_layout,
+    short_repr,
 )
 
 __all__ = [
@@ -137,7 +137,6 @@ __all__ = [
     "body_end_unknown",
     "body_reader",
     "bool_setting_problem",
-    "brief",
     "budget_spent",
     "check_repository_at_start",
     "check_token",
@@ -160,6 +159,7 @@ __all__ = [
     "seconds_setting_problem",
     "server_or_none",
     "shadow_setting_problem",
+    "short_repr",
     "status_page",
     "status_page_unauthorized",
     "token_problem",

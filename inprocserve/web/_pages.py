@@ -20,10 +20,10 @@ _TEXT = "text/plain; charset=utf-8"
 
 
 def status_page(
-    server: Callable[[], Server], *, title: str | None = None, retry_after_s: float = 5
+    server_factory: Callable[[], Server], *, title: str | None = None, retry_after_s: float = 5
 ) -> tuple[int, str, dict[str, str]]:
     """The status page (see :func:`~inprocserve.render_status_page`, without file-system paths) as an HTTP
-    status, HTML and headers, the app's server built by ``server()`` if it is not yet (pass a holder's
+    status, HTML and headers, the app's server built by ``server_factory()`` if it is not yet (pass a holder's
     :meth:`ProcessLocalServer.get`). A worker whose server cannot be built answers 503 with a page saying
     :data:`NO_SERVER`, where it answered a 500 and logged a traceback at each load; a 503 says ``Retry-After``
     ``retry_after_s`` (the plug-ins pass their ``RETRY_AFTER_S``, as for every other 503). The caller checks the
@@ -43,7 +43,7 @@ def status_page(
 
     headers = {**PAGE_HEADERS, "Content-Type": _HTML}
     try:
-        built = server_or_none(server, "status page")
+        built = server_or_none(server_factory, "status page")
     except ServerClosedError as exc:
         page = (
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>inprocserve status</title></head>'

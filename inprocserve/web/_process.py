@@ -24,9 +24,9 @@ NO_SERVER = "the model server could not start in this worker (its log says why);
 _UNBUILT = LogLimit()  # a probe every few seconds at a worker whose server cannot be built: a line a minute
 
 
-def server_or_none(server: Callable[[], Server], asked: str) -> Server | None:
-    """The app's server, built by ``server()`` if it is not yet (the plug-ins' lazy mode); ``None`` if it cannot
-    be built in this process (its repository gone at a worker's first request, an invalid ``config.toml``),
+def server_or_none(server_factory: Callable[[], Server], asked: str) -> Server | None:
+    """The app's server, built by ``server_factory()`` if it is not yet (the plug-ins' lazy mode); ``None`` if it
+    cannot be built in this process (its repository gone at a worker's first request, an invalid ``config.toml``),
     logged at most once a minute with the cause, which a client must not see: it names the server's files.
     ``asked``: what asked for it, for the log.
 
@@ -36,7 +36,7 @@ def server_or_none(server: Callable[[], Server], asked: str) -> Server | None:
             it as a 503 with its message (the probes and pages here do).
     """
     try:
-        return server()
+        return server_factory()
     except ServerClosedError:  # (it was answered "could not start", and logged at ERROR every minute)
         raise
     except Exception as exc:  # (a later call builds it again: the worker serves once the cause is gone)

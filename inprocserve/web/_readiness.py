@@ -53,12 +53,13 @@ class Readiness:
         return {"ready": False, "models": dict(self.reasons), "closed": self.closed, **degraded}
 
 
-def probe_readiness(server: Callable[[], Server], required: Sequence[str] | None = None) -> Readiness:
-    """The readiness of the app's server (see :func:`readiness`), built by ``server()`` if it is not yet: one
-    that cannot be built is not ready (:data:`NO_SERVER`, a 503 like any other), where the probe answered a
-    500 and logged a traceback each time. One the app closed for good is not ready, and ``closed``."""
+def probe_readiness(server_factory: Callable[[], Server], required: Sequence[str] | None = None) -> Readiness:
+    """The readiness of the app's server (see :func:`readiness`), built by ``server_factory()`` (such as a
+    :meth:`ProcessLocalServer.get`) if it is not yet: one that cannot be built is not ready (:data:`NO_SERVER`, a
+    503 like any other), where the probe answered a 500 and logged a traceback each time. One the app closed for
+    good is not ready, and ``closed``."""
     try:
-        built = server_or_none(server, "readiness probe")
+        built = server_or_none(server_factory, "readiness probe")
     except ServerClosedError:
         return Readiness(ready=False, closed=True)
     return Readiness(ready=False, unbuilt=True) if built is None else readiness(built, required)

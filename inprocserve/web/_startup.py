@@ -22,7 +22,7 @@ from .._repository import link_advice_as, scan_repository
 # that every plug-in refuses and says alike.
 
 
-def brief(value: object) -> str:
+def short_repr(value: object) -> str:
     """``repr(value)`` cut short, for a message, a log line or an answer that quotes what a client or a setting
     gave: a string of more than 64 characters as its first ones and its length
     (``'nnnn...'...(10000000 characters)``), a container as its first 8 items. A client chooses its paths,

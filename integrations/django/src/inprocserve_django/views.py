@@ -40,7 +40,7 @@ def only(*methods: str) -> Callable[[_View], _View]:
         @functools.wraps(view)
         def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method not in methods:
-                message = f"{does}; this request sent {web.brief(request.method)}"
+                message = f"{does}; this request sent {web.short_repr(request.method)}"
                 body = {"error": "method_not_allowed", "message": message}
                 return JsonResponse(body, status=405, headers={"Allow": allow})
             return view(request, *args, **kwargs)
@@ -123,7 +123,7 @@ def not_found(request: HttpRequest) -> HttpResponse:
     (``models%0A``, ``models/m/switch%00``): Django's HTML 404 page answered. Only those (see urls.py): a typo in
     an admin action or a trailing slash is the project's own 404, since the URLconf may be included at the root."""
     message = (
-        f"no inprocserve endpoint at {web.brief(request.path)}: the endpoints are health, ready, models, status "
+        f"no inprocserve endpoint at {web.short_repr(request.path)}: the endpoints are health, ready, models, status "
         "(INPROCSERVE['STATUS_PAGE']), reload and models/<name>/<switch|rollback|canary|kill|resume> "
         "(INPROCSERVE['ADMIN_TOKEN'])"
     )

@@ -385,14 +385,14 @@ def _url_prefix_problem(prefix: object) -> str | None:
     if prefix is None or prefix == "":
         return None
     if not isinstance(prefix, str):
-        return f"must be a URL path such as '/-/inprocserve', got {web.brief(prefix)}"
+        return f"must be a URL path such as '/-/inprocserve', got {web.short_repr(prefix)}"
     if not prefix.startswith("/"):
-        return f"must start with '/', such as {'/' + prefix!r}, got {web.brief(prefix)}"
+        return f"must start with '/', such as {'/' + prefix!r}, got {web.short_repr(prefix)}"
     if "//" in prefix.rstrip("/"):  # (the blueprint drops trailing slashes: '/ops/' is '/ops')
         # url_for gave /ops/x/health (werkzeug merges slashes when it builds) while the admin routes, which merge
         # none (see _blueprint), were served at /ops//x/... only: a link the app built was a 308 away from them
         fixed = "/" + "/".join(part for part in prefix.split("/") if part)
-        return f"must not hold an empty segment ('//'), got {web.brief(prefix)}: write {fixed!r}"
+        return f"must not hold an empty segment ('//'), got {web.short_repr(prefix)}: write {fixed!r}"
     return None
 
 
@@ -432,16 +432,17 @@ def _error_status_problem(statuses: object) -> str | None:
     range (``4220``) made a status line no client reads; a class given by its name failed in Flask's
     ``issubclass``, naming no setting."""
     if not isinstance(statuses, Mapping):
-        return f"must be a dict of exception class -> HTTP status, got {web.brief(statuses)}"
+        return f"must be a dict of exception class -> HTTP status, got {web.short_repr(statuses)}"
     for error_type, status in statuses.items():
         if not (isinstance(error_type, type) and issubclass(error_type, Exception)):
             return (
-                f"maps {web.brief(error_type)}, which is not an exception class: use the class itself, such as "
+                f"maps {web.short_repr(error_type)}, which is not an exception class: use the class itself, such as "
                 "inprocserve.InvalidInputError"
             )
         if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
             return (
-                f"maps {error_type.__name__} to {web.brief(status)}: a status must be an int from 400 to 599 (say 422)"
+                f"maps {error_type.__name__} to {web.short_repr(status)}: a status must be an int from 400 to 599 "
+                "(say 422)"
             )
     return None
 
@@ -494,7 +495,7 @@ def timeout(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]
     if callable(given):
         raise TypeError("inprocserve_flask.timeout takes the budget in seconds: write @timeout(0.2), not @timeout")
     if isinstance(given, bool) or not isinstance(given, numbers.Real):
-        raise TypeError(f"inprocserve_flask.timeout(seconds) needs a number of seconds, got {web.brief(given)}")
+        raise TypeError(f"inprocserve_flask.timeout(seconds) needs a number of seconds, got {web.short_repr(given)}")
     if not float(given) > 0:
         raise ValueError(f"inprocserve_flask.timeout(seconds) needs seconds > 0 (math.inf for none), got {seconds!r}")
 
@@ -607,7 +608,8 @@ def _outside_a_request(model: object, kwargs: Mapping[str, Any], *, called: str)
     return OutsideRequestError(
         f"inprocserve_flask.{called} reads the request's user and deadline, and there is no request context "
         f"here; outside a view (a CLI command, a job, a thread), call inprocserve_flask.server.{called}("
-        f"{web.brief(model)}, inputs) in the app's context (with app.app_context():), or pass {wanted} to {called}",
+        f"{web.short_repr(model)}, inputs) in the app's context (with app.app_context():), or pass {wanted} to "
+        f"{called}",
         model=model if isinstance(model, str) else None,
     )
 
@@ -768,7 +770,7 @@ def _routing_error() -> Any:
         return None
     taken = [method for method in valid if method != "OPTIONS"]
     does = _METHODS_TAKEN.get(" ".join(taken), f"this endpoint takes {' or '.join(taken)}")
-    message = f"{does}; this request sent {web.brief(request.method)}"
+    message = f"{does}; this request sent {web.short_repr(request.method)}"
     body = {"error": "method_not_allowed", "message": message}
     return jsonify(body), 405, {"Allow": ", ".join(valid), **_answer_headers(endpoint)}
 
@@ -789,7 +791,7 @@ def _not_found() -> Any:
     ):
         return None
     message = (
-        f"no inprocserve endpoint at {web.brief(path)}: under {prefix}/ the endpoints are health, ready, models, "
+        f"no inprocserve endpoint at {web.short_repr(path)}: under {prefix}/ the endpoints are health, ready, models, "
         "status (INPROCSERVE_STATUS_PAGE), reload and models/<name>/<switch|rollback|canary|kill|resume> "
         "(INPROCSERVE_ADMIN_TOKEN)"
     )
