@@ -1,8 +1,10 @@
 """``inprocserve.web`` is a package of private modules, one job each, behind one public module: its names, their
-``__module__``, their annotations, its logger and its imports are what they were when it was one file."""
+functions' ``__module__``, their annotations, its logger and its imports are what they were when it was one file, and
+its classes' source is found where they are defined."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import pickle
 import pkgutil
@@ -35,11 +37,12 @@ def test_each_module_imports_first_in_a_fresh_process(first: str) -> None:
     assert done.stdout.strip() == str(len(web.__all__))
 
 
-def test_every_public_object_is_inprocserve_web_s_and_its_annotations_resolve_there() -> None:
+def test_every_public_function_is_inprocserve_web_s_and_every_annotation_resolves() -> None:
     public = [getattr(web, name) for name in web.__all__]
     defined = [value for value in public if isinstance(value, type | types.FunctionType)]
     assert len(defined) > 35
-    assert {value.__module__ for value in defined} == {"inprocserve.web"}
+    functions = [value for value in defined if not isinstance(value, type)]
+    assert {value.__module__ for value in functions} == {"inprocserve.web"}
     for value in defined:  # (a class's string annotations are read in the module its __module__ names)
         assert typing.get_type_hints(value.__init__ if isinstance(value, type) else value, localns={"Server": object})
         if isinstance(value, type):
@@ -47,16 +50,37 @@ def test_every_public_object_is_inprocserve_web_s_and_its_annotations_resolve_th
     assert repr(web.Readiness(ready=True)).startswith("Readiness(ready=True")
 
 
-def test_answers_pickle_under_the_public_module() -> None:
+@pytest.mark.parametrize("name", [name for name in web.__all__ if isinstance(getattr(web, name), type)])
+def test_inspect_finds_each_public_class_s_source(name: str) -> None:
+    """In the submodule that defines it, which its ``__module__`` names (set to ``inprocserve.web``, inspect read
+    ``__init__.py`` and raised "could not find class definition"), while ``inprocserve.web.<name>`` is the class."""
+    cls = getattr(web, name)
+    source = inspect.getsource(cls)
+    assert f"class {name}" in source and source.lstrip().startswith(("class ", "@"))
+    assert cls.__module__.startswith("inprocserve.web._")
+    assert getattr(sys.modules[cls.__module__], name) is cls
+    assert inspect.getsourcefile(cls) == sys.modules[cls.__module__].__file__
+
+
+def test_answers_pickle_and_pickles_naming_the_public_module_load() -> None:
+    """Pickled under the module that defines each class; a pickle naming ``inprocserve.web.<name>`` (as the classes
+    were pickled when their ``__module__`` said so) loads as the same class."""
     for answer in (
         web.Readiness(ready=True, models=("a",)),
         web.ErrorAnswer(503, {"error": "x"}),
         web.AdminAnswer(200, {}),
+        web.RepositoryLayout(models=("a",), problems=()),
     ):
-        data = pickle.dumps(answer)
-        assert b"inprocserve.web\x94" in data or b"inprocserve.web\n" in data, data[:80]
-        assert b"inprocserve.web._" not in data
-        assert pickle.loads(data) == answer
+        assert pickle.loads(pickle.dumps(answer)) == answer
+        cls = type(answer)
+        defined_in = cls.__module__
+        cls.__module__ = "inprocserve.web"
+        try:
+            public = pickle.dumps(answer)
+        finally:
+            cls.__module__ = defined_in
+        assert b"inprocserve.web._" not in public
+        assert type(pickle.loads(public)) is cls and pickle.loads(public) == answer
 
 
 def test_the_web_logger_is_still_inprocserve_web(repository: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -31,7 +31,8 @@ each turns the typed results below into its framework's responses.
 
 The objects live in private submodules, one job each (``_settings``, ``_readiness``, ``_answers``, ``_admin``,
 ``_requests``, ``_process``, ``_pages``, ``_startup``); they are named, documented and kept here, as
-``inprocserve.web.<name>`` (their ``__module__``), and the submodules' names may change in any release.
+``inprocserve.web.<name>`` (a function's ``__module__``; a class's names the submodule that defines it, where
+``inspect.getsource`` finds it), and the submodules' names may change in any release.
 
 A plug-in needs nothing else from the core: the Flask and Django plug-ins import only ``inprocserve``,
 ``inprocserve.web`` and ``inprocserve.v2`` (a test holds them to it), never a private ``inprocserve._...``
@@ -49,8 +50,6 @@ module, whose names may change in any release.
 from __future__ import annotations
 
 import types
-from collections.abc import Mapping  # noqa: F401  (see below: the public classes' annotations name it)
-from typing import Any  # noqa: F401
 
 from ._admin import (
     ADMIN_ACTIONS,
@@ -165,11 +164,13 @@ __all__ = [
     "token_problem",
 ]
 
-# Every public object is inprocserve.web's, as the docs, reprs and pickles name it: the submodules are private.
-# (typing.get_type_hints resolves a class's annotations in the module its __module__ names, hence Mapping and Any
-# above.)
+# Every public function is inprocserve.web's, as the docs and pickles name it: the submodules are private. A class
+# keeps the module that defines it: inspect.getsource (and so help tools, debuggers, IPython's ??) reads a class's
+# source from the file of the module its __module__ names, and found no class in this one (functions are found by
+# their code's own file). Its pickles name that module (a class that moves keeps its old module's name importable),
+# and pickles that name this one load too.
 for _name in __all__:
     _value = globals()[_name]
-    if isinstance(_value, type | types.FunctionType):
+    if isinstance(_value, types.FunctionType):
         _value.__module__ = __name__
 del _name, _value
