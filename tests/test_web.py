@@ -159,7 +159,11 @@ def test_status_and_code_of_each_error(name: str) -> None:
             status,
             {"error": code, "message": "what to fix"},
         )
-        assert answer.headers == ({"Retry-After": "2"} if status == 503 else {})
+        assert answer.headers == (
+            {"Content-Type": "application/json", "Retry-After": "2"}
+            if status == 503
+            else {"Content-Type": "application/json"}
+        )
 
 
 def test_overrides_apply_to_subclasses_and_other_errors_are_not_mapped() -> None:
@@ -169,16 +173,22 @@ def test_overrides_apply_to_subclasses_and_other_errors_are_not_mapped() -> None
     assert web.http_status(inprocserve.ServerClosedError("closed"), overrides) == 503
     assert web.http_status(RuntimeError("a bug")) is None and web.error_answer(KeyError("x")) is None
     answer = web.error_answer(inprocserve.ServerClosedError("closed"), retry_after_s=0)
-    assert answer is not None and answer.headers == {"Retry-After": "1"}  # never tells a client to retry at once
+    assert answer is not None and answer.headers == {
+        "Content-Type": "application/json",
+        "Retry-After": "1",
+    }  # never tells a client to retry at once
 
 
 def test_an_overload_answered_429_by_an_override_still_says_when_to_retry() -> None:
     answer = web.error_answer(
         inprocserve.QueueFullError("full"), overrides={inprocserve.OverloadedError: 429}, retry_after_s=3
     )
-    assert answer is not None and (answer.status, answer.headers) == (429, {"Retry-After": "3"})
+    assert answer is not None and (answer.status, answer.headers) == (
+        429,
+        {"Content-Type": "application/json", "Retry-After": "3"},
+    )
     answer = web.error_answer(inprocserve.ModelNotFoundError("x"), overrides={inprocserve.ModelNotFoundError: 410})
-    assert answer is not None and answer.headers == {}
+    assert answer is not None and answer.headers == {"Content-Type": "application/json"}
 
 
 # -- admin actions ---------------------------------------------------------------------------------------
@@ -315,7 +325,24 @@ def test_admin_errors_map_to_what_the_operator_must_do(two_versions: Path, make_
     server.close()
     closed = web.admin_answer(server, "kill", "scale", None, actor="t")
     assert (closed.status, closed.body) == (503, {"error": "unavailable", "message": "the server is closed"})
-    assert closed.headers == {"Retry-After": "1"}  # (as every other 503: a client knows when to try again)
+    # (as every other 503: a client knows when to try again)
+    assert closed.headers == {"Content-Type": "application/json", "Retry-After": "1"}
+
+
+def test_every_admin_answer_says_it_is_json(two_versions: Path, make_server: ServerFactory) -> None:
+    """Its headers are the whole answer's: a plug-in that frames it itself (WSGI, Starlette's ``Response``) sent
+    the JSON untyped, for a client or a proxy to guess."""
+    server = make_server(two_versions)
+    answers = [
+        web.admin_answer(server, "switch", "scale", b'{"version": 1}', actor="t"),
+        web.admin_answer(server, "switch", "scale", b"[1]", actor="t"),
+        web.admin_answer(server, "kill", "fraud", None, actor="t"),
+        web.admin_encoding_refused("gzip"),
+    ]
+    server.close()
+    answers.append(web.admin_answer(server, "kill", "scale", None, actor="t"))
+    assert [answer.status for answer in answers if answer is not None] == [200, 400, 404, 415, 503]
+    assert all(answer is not None and answer.headers["Content-Type"] == "application/json" for answer in answers)
 
 
 @pytest.mark.parametrize("given", ["absolute", "relative", "through a symlink"])

@@ -62,7 +62,10 @@ def plugin_app(repository: Path) -> tuple[Callable[..., Iterable[bytes]], web.Pr
                 error = web.error_answer(exc)
                 if error is None:
                     raise
-                return as_json(start, error.status, error.body, error.headers)
+                # (its headers are the whole answer's, its type among them: nothing here adds one)
+                return answer(
+                    start, error.status, json.dumps(error.body).encode(), {**web.ANSWER_HEADERS, **error.headers}
+                )
             return as_json(start, 200, {name: value.tolist() for name, value in result.items()})
         return as_json(start, 404, {"error": "not_found", "message": f"no endpoint at {web.short_repr(path)}"})
 
@@ -107,10 +110,12 @@ def test_a_plain_wsgi_plugin_from_the_public_names_serves_readiness_predictions_
     status, body, _ = call(f"{served}/predict/scale", data=json.dumps({"x": [[1, 2, 3, 4]]}).encode())
     assert (status, json.loads(body)) == (200, {"y": [[2.0, 4.0, 6.0, 8.0]]})
 
-    status, body, _ = call(f"{served}/predict/nope", data=b'{"x": [[1, 2, 3, 4]]}')
+    status, body, headers = call(f"{served}/predict/nope", data=b'{"x": [[1, 2, 3, 4]]}')
     assert status == 404 and json.loads(body)["error"] == "model_not_found"
-    status, body, _ = call(f"{served}/predict/scale", data=b'{"x": [[1, 2]]}')
+    assert headers["Content-Type"] == "application/json"  # (sent untyped, for the client to guess)
+    status, body, headers = call(f"{served}/predict/scale", data=b'{"x": [[1, 2]]}')
     assert status == 400 and json.loads(body)["error"] == "invalid_input"
+    assert (headers["Content-Type"], headers["X-Content-Type-Options"]) == ("application/json", "nosniff")
 
     status, body, _ = call(f"{served}/" + "p" * 10_000)  # (a client's long path is quoted cut short)
     assert status == 404 and len(body) < 500 and "10001 characters" in json.loads(body)["message"]

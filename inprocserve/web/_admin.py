@@ -24,7 +24,7 @@ from .._errors import (
 from .._repository import MAX_VERSION_DIGITS
 from .._snapshot import relative_to_repository
 from .._unique_json import DuplicateKeyError
-from ._answers import _CODES, _lookup, retry_after
+from ._answers import _CODES, _JSON_TYPE, _lookup, retry_after
 
 if TYPE_CHECKING:
     from .._server import Server
@@ -63,8 +63,8 @@ client reads one set of codes from every endpoint (the admin endpoints answered 
 
 @dataclass(frozen=True)
 class AdminAnswer:
-    """An admin endpoint's answer: ``status``, JSON ``body`` and ``headers`` (``Retry-After`` on a 503, as
-    every other 503 of the plug-ins)."""
+    """An admin endpoint's answer: ``status``, JSON ``body`` and its ``headers`` (``Content-Type:
+    application/json``, and ``Retry-After`` on a 503, as every other 503 of the plug-ins)."""
 
     status: int
     body: dict[str, Any]
@@ -164,7 +164,7 @@ def admin_answer(
         done = run_admin_action(server, action, model, body, actor=actor)
         if "problems" in done:  # (reload: the scan's problems quote the repository's files, as a refusal's do)
             done["problems"] = [relative_to_repository(problem, server.repository) for problem in done["problems"]]
-        return AdminAnswer(200, done)
+        return AdminAnswer(200, done, {"Content-Type": _JSON_TYPE})
     except Exception as exc:
         status: int | None = _lookup(exc, _ADMIN_STATUS)
         if status is None:
@@ -175,7 +175,10 @@ def admin_answer(
         answer: dict[str, Any] = {"error": code, "message": relative_to_repository(str(exc), server.repository)}
         if isinstance(exc, PromotionRefusedError):  # what differs, for the operator
             answer["report"] = exc.report
-        return AdminAnswer(status, answer, {"Retry-After": retry_after(retry_after_s)} if status == 503 else {})
+        headers = {"Content-Type": _JSON_TYPE}
+        if status == 503:
+            headers["Retry-After"] = retry_after(retry_after_s)
+        return AdminAnswer(status, answer, headers)
 
 
 _BODY_SHAPES = {
@@ -244,4 +247,5 @@ def admin_encoding_refused(content_encoding: str | None) -> AdminAnswer | None:
         f"the admin endpoints read their JSON body as it is sent, and this one has Content-Encoding "
         f"{brief(encoding)}: send it uncompressed, without a Content-Encoding header"
     )
-    return AdminAnswer(415, {"error": "unsupported_encoding", "message": message}, {"Accept-Encoding": "identity"})
+    body = {"error": "unsupported_encoding", "message": message}
+    return AdminAnswer(415, body, {"Content-Type": _JSON_TYPE, "Accept-Encoding": "identity"})

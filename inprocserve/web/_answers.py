@@ -86,9 +86,15 @@ def error_code(error: BaseException) -> str:
     return code if code is not None else type(error).__name__
 
 
+_JSON_TYPE = "application/json"
+"""(The ``Content-Type`` the headers of :class:`ErrorAnswer` and ``AdminAnswer`` give their JSON body.)"""
+
+
 @dataclass(frozen=True)
 class ErrorAnswer:
-    """An HTTP answer for a library error: ``status``, a JSON ``body`` and extra ``headers``."""
+    """An HTTP answer for a library error: ``status``, a JSON ``body`` and its ``headers``, ``Content-Type:
+    application/json`` among them (a framework that sets no type of its own, WSGI or Starlette's ``Response``,
+    sent the answer untyped, for a client or proxy to guess)."""
 
     status: int
     body: dict[str, Any]
@@ -107,7 +113,9 @@ def error_answer(
     status = http_status(error, overrides)
     if status is None:
         return None
-    headers = {"Retry-After": retry_after(retry_after_s)} if status in (429, 503) else {}
+    headers = {"Content-Type": _JSON_TYPE}
+    if status in (429, 503):
+        headers["Retry-After"] = retry_after(retry_after_s)
     return ErrorAnswer(status, {"error": error_code(error), "message": str(error)}, headers)
 
 
@@ -131,9 +139,13 @@ def budget_spent(server: Server, model: str, version: object = None) -> Deadline
 # -- answer headers --------------------------------------------------------------------------------------
 
 ANSWER_HEADERS: Mapping[str, str] = MappingProxyType({"X-Content-Type-Options": "nosniff"})
-"""The headers of every JSON answer of the plug-ins' endpoints (``health``, ``ready``, ``models``, the admin
-actions, and their errors: 401, 404, 405, ...): a browser never reads one as another type than JSON (a message
-quoting what a client sent, read as HTML, would run as a page of the app's origin)."""
+"""The headers of every answer of the plug-ins' endpoints (``health``, ``ready``, ``models``, the admin actions,
+and their errors: 401, 404, 405, ...; the ``/v2`` routes' JSON and binary tensors): a browser never reads one as
+another type than the one it says (a message quoting what a client sent, read as HTML, would run as a page of the
+app's origin). Each answer says its own type, so these name none: laid over a binary tensor or a page, a
+``Content-Type`` here would mislabel it. The plug-ins' JSON answers say ``application/json`` (as
+:class:`ErrorAnswer`'s and ``AdminAnswer``'s headers do, for a plug-in that frames them itself); lay these over
+them where an answer has not set them (``setdefault``)."""
 
 PRIVATE_ANSWER_HEADERS: Mapping[str, str] = MappingProxyType({**ANSWER_HEADERS, "Cache-Control": "no-store"})
 """The headers of the answers of ``models`` (with the admin token it names the repository's files, and whatever

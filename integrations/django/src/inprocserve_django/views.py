@@ -161,7 +161,7 @@ def _admin(action: str) -> Callable[..., HttpResponse]:
             return JsonResponse(unauthorized, status=401, headers={"WWW-Authenticate": "Bearer"})
         refused = web.admin_encoding_refused(request.headers.get("Content-Encoding"))
         if refused is not None:  # (a gzip body was read as raw bytes: refused as "not JSON")
-            return JsonResponse(refused.body, status=refused.status, headers=dict(refused.headers))
+            return _answered(refused)
         try:  # (request.body of a chunked request is empty: the action ran as if no body was sent)
             body = whole_body(request)
         except (LengthRequired, InvalidInputError, RequestDataTooBig) as exc:  # (broken chunked framing, ...)
@@ -173,10 +173,18 @@ def _admin(action: str) -> Callable[..., HttpResponse]:
         answer = web.admin_answer(
             get_server(), action, name, body, actor=actor, retry_after_s=settings()["RETRY_AFTER_S"]
         )
-        return JsonResponse(answer.body, status=answer.status, headers=dict(answer.headers))
+        return _answered(answer)
 
     view.__name__ = action
     return cast(Callable[..., HttpResponse], view)
+
+
+def _answered(answer: web.AdminAnswer) -> JsonResponse:
+    """An admin answer with all its headers (JsonResponse refuses a ``Content-Type`` among ``headers=``)."""
+    response = JsonResponse(answer.body, status=answer.status)
+    for name, value in answer.headers.items():
+        response[name] = value
+    return response
 
 
 def _an_empty_form(request: HttpRequest, body: bytes) -> bool:
