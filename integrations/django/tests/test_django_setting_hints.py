@@ -178,3 +178,33 @@ def test_an_empty_admin_token_with_no_url_is_warned_of_once_as_off(repository: P
     with override_settings(ROOT_URLCONF=__name__, INPROCSERVE=settings):
         ids = [message.id for message in run_checks() if message.id.startswith("inprocserve.")]
     assert ids == ["inprocserve.W006"], ids
+
+
+SECURITY = "django.middleware.security.SecurityMiddleware"
+
+
+def test_an_https_redirect_of_the_probes_is_warned_and_the_exemption_it_hints_answers_them(repository: Path) -> None:
+    """With SECURE_SSL_REDIRECT, ``ready`` answered a 301 to https:// whatever the models: a probe that follows it to
+    the pod's port (no TLS) fails for ever, and Kubernetes counts a redirect to another host (SECURE_SSL_HOST) as
+    ready. The hint's exemption is tried through Django's request cycle: the probes answer, nothing else changes."""
+    from django.conf import settings as django_settings
+    from django.test import Client
+
+    redirecting = {"MIDDLEWARE": [SECURITY, *django_settings.MIDDLEWARE], "SECURE_SSL_REDIRECT": True}
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository)}, **redirecting):
+        (warned,) = [message for message in run_checks() if message.id == "inprocserve.W007"]
+        assert Client().get("/-/inprocserve/ready").status_code == 301
+    assert "/-/inprocserve/health, /-/inprocserve/ready" in warned.msg and "SECURE_SSL_HOST" in warned.msg
+    assert warned.hint == (
+        'Exempt the probes, and only them: SECURE_REDIRECT_EXEMPT = [r"^-/inprocserve/(health|ready)$"] '
+        "(docs/django.md)."
+    )
+    exempt = [warned.hint.split('[r"', 1)[1].split('"]', 1)[0]]
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository)}, SECURE_REDIRECT_EXEMPT=exempt, **redirecting):
+        assert [message for message in run_checks() if message.id == "inprocserve.W007"] == []
+        client = Client()
+        ready, health = client.get("/-/inprocserve/ready"), client.head("/-/inprocserve/health")
+        assert (ready.status_code, ready.json()["ready"], health.status_code) == (200, True, 200)
+        assert client.get("/-/inprocserve/models").status_code == 301  # (only the probes)
+    with override_settings(INPROCSERVE={"REPOSITORY": str(repository)}, SECURE_SSL_REDIRECT=True):
+        assert [message for message in run_checks() if message.id == "inprocserve.W007"] == []  # (no middleware)

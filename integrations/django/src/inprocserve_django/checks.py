@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,64 @@ def check_endpoints_routed(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             id="inprocserve.W004",
         )
     ]
+
+
+@register(Tags.urls)
+def check_probes_not_redirected(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """inprocserve.W007: ``SECURE_SSL_REDIRECT`` answers the probes (``health``, ``ready``) with a 301 to
+    ``https://``, ``SECURE_REDIRECT_EXEMPT`` exempting neither. Answered a redirect, ``ready`` says nothing of the
+    models: a probe that follows it to the pod's own port, which speaks no TLS, fails (no worker is ever ready),
+    and Kubernetes counts one to another host (``SECURE_SSL_HOST``) as a success (ready, whatever the models)."""
+    names = getattr(django_settings, "MIDDLEWARE", None) or []
+    if not getattr(django_settings, "SECURE_SSL_REDIRECT", False) or not any(map(_redirects_to_https, names)):
+        return []
+    from django.urls import NoReverseMatch, reverse
+
+    exempt = [re.compile(pattern) for pattern in getattr(django_settings, "SECURE_REDIRECT_EXEMPT", None) or []]
+    redirected = []
+    for probe in ("health", "ready"):
+        try:
+            path = reverse(f"inprocserve:{probe}").lstrip("/")  # (SecurityMiddleware matches it so)
+        except NoReverseMatch:  # (not routed: W004 says so where it matters)
+            continue
+        except Exception:  # (a URLconf that does not import: Django's own checks report it)
+            return []
+        if not any(pattern.search(path) for pattern in exempt):
+            redirected.append(path)
+    if not redirected:
+        return []
+    prefix = redirected[0].rpartition("/")[0]  # (the URLconf's prefix: empty where it is included at the root)
+    start = f"{prefix}/" if prefix else ""
+    return [
+        Warning(
+            f"SECURE_SSL_REDIRECT answers the probes ({', '.join('/' + path for path in redirected)}) with a 301 to "
+            "https://: a probe that follows it to the pod's port, which speaks no TLS, fails (no worker is ever "
+            "ready), and Kubernetes counts a redirect to another host (SECURE_SSL_HOST) as a success, ready "
+            "whatever the models.",
+            hint=f'Exempt the probes, and only them: SECURE_REDIRECT_EXEMPT = [r"^{start}(health|ready)$"] '
+            "(docs/django.md).",
+            id="inprocserve.W007",
+        )
+    ]
+
+
+_SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
+
+
+def _redirects_to_https(name: object) -> bool:
+    """Whether the middleware ``name`` is Django's ``SecurityMiddleware`` (or a subclass), which answers
+    ``SECURE_SSL_REDIRECT``."""
+    if name == _SECURITY_MIDDLEWARE:
+        return True
+    if not isinstance(name, str) or "." not in name:
+        return False
+    from django.middleware.security import SecurityMiddleware
+
+    try:
+        found = import_string(name)
+    except Exception:
+        return False
+    return isinstance(found, type) and issubclass(found, SecurityMiddleware)
 
 
 def _urls_included() -> bool:
