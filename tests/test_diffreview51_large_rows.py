@@ -1,0 +1,39 @@
+"""predict_many's runs of a whole input keep to ``batching.max_batch_bytes``, as the batcher's own runs do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+import inprocserve
+from inprocserve import BatchingConfig, ModelConfig
+from inprocserve.testing import save_model
+
+from .test_large_rows import WIDE, build_doubling_model
+
+
+def _batch_sizes(server: inprocserve.Server, name: str) -> dict[str, object]:
+    return server.status()["models"][name]["versions"]["1"]["batch_size"]
+
+
+def test_predict_many_of_a_whole_input_runs_no_more_rows_than_max_batch_bytes_allows(tmp_path: Path) -> None:
+    save_model(build_doubling_model((1024,)), tmp_path, "narrow")  # 4 KiB rows, cheap per row
+    config = ModelConfig(batching=BatchingConfig(max_batch_bytes=3 * 4096))
+    with inprocserve.Server(repository=tmp_path, models={"narrow": config}) as server:
+        answers = list(server.predict_many("narrow", np.ones((60, 1024), dtype=np.float32)))
+        assert sum(answer["y"].shape[0] for answer in answers) == 60
+        sizes = _batch_sizes(server, "narrow")
+    # runs of 3 rows (12 KiB); a scoring job's run rows, raised towards 256 by the cheap per-row cost, made one
+    # run of all 60
+    assert (sizes["rows"], sizes["batches"]) == (60, 20), sizes
+
+
+def test_predict_many_of_wide_rows_runs_within_the_default_64_mib(tmp_path: Path) -> None:
+    rows = 12
+    save_model(build_doubling_model(WIDE), tmp_path, "wide")  # 8 MiB rows: 8 per run of 64 MiB
+    with inprocserve.Server(repository=tmp_path) as server:
+        for answer in server.predict_many("wide", np.ones((rows, *WIDE), dtype=np.float32)):
+            assert float(answer["y"][-1, -1, -1]) == 2.0
+        sizes = _batch_sizes(server, "wide")
+    assert (sizes["rows"], sizes["batches"]) == (rows, 2), sizes
