@@ -447,7 +447,7 @@ class ModelVersion:
         if not batchable:
             return batching
         each = row_bytes(signature, self._made_up_inner_size)
-        rows = rows_within(batching.max_batch_bytes, each, batching.max_batch_size)
+        rows = self._rows_within_bytes(signature)
         if rows == batching.max_batch_size:
             return batching
         logger.info(
@@ -462,6 +462,13 @@ class ModelVersion:
         )
         preferred = tuple(size for size in batching.preferred_batch_sizes if size <= rows)
         return dataclasses.replace(batching, max_batch_size=rows, preferred_batch_sizes=preferred)
+
+    def _rows_within_bytes(self, signature: Signature) -> int:
+        """The rows of one run: ``max_batch_size``, fewer where that many made-up rows pass ``max_batch_bytes``
+        (a request of more is run in slices, with merging off too: the check of its rows must run then)."""
+        batching = self.config.batching
+        each = row_bytes(signature, self._made_up_inner_size)
+        return rows_within(batching.max_batch_bytes, each, batching.max_batch_size)
 
     def _bounded(self, signature: Signature) -> Signature:
         """The signature that checks each request's values against the config's ``inputs`` bounds (every way
@@ -493,7 +500,7 @@ class ModelVersion:
         batching = self.config.batching
         if setting == "yes":
             return None  # (trusted)
-        if not batching.enabled and batching.request_row_limit <= batching.max_batch_size:
+        if not batching.enabled and batching.request_row_limit <= self._rows_within_bytes(signature):
             # (no run ever holds rows of two requests nor two slices of one: nothing to check; inputs or outputs
             # named apart are then not taken for one batch axis, so a request's inputs need not share rows)
             named = signature.rows_named_apart

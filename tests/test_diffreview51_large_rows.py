@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from onnx import TensorProto, helper
 
 import inprocserve
 from inprocserve import BatchingConfig, ModelConfig
@@ -37,3 +38,23 @@ def test_predict_many_of_wide_rows_runs_within_the_default_64_mib(tmp_path: Path
             assert float(answer["y"][-1, -1, -1]) == 2.0
         sizes = _batch_sizes(server, "wide")
     assert (sizes["rows"], sizes["batches"]) == (rows, 2), sizes
+
+
+def test_merging_off_still_checks_rows_where_max_batch_bytes_slices_a_request(tmp_path: Path) -> None:
+    # y = x - mean(x over the rows): a row's answer depends on the others, so a request must run whole
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 1024])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1024])
+    mean = helper.make_node("ReduceMean", ["x"], ["m"], axes=[0], keepdims=1)
+    centre = helper.make_node("Sub", ["x", "m"], ["y"])
+    model = helper.make_model(
+        helper.make_graph([mean, centre], "centre", [x], [y]), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    model.ir_version = 8
+    save_model(model, tmp_path, "centre")
+    # merging off, and no request past max_batch_size: the load skipped the check of its rows, but 4 KiB rows
+    # of a 12 KiB max_batch_bytes ran a request of 7 rows in slices of 3, 3 and 1, each centred on its own
+    config = ModelConfig(batching=BatchingConfig(enabled=False, max_request_rows=64, max_batch_bytes=3 * 4096))
+    rows = np.arange(7, dtype=np.float32)[:, None] * np.ones((7, 1024), dtype=np.float32)
+    with inprocserve.Server(repository=tmp_path, models={"centre": config}) as server:
+        answer = server.predict("centre", {"x": rows})["y"]
+    assert answer[:, 0].tolist() == [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
