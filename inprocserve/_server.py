@@ -668,8 +668,8 @@ class Server(RolloutMethods):
         :class:`Prediction` per batch (a batch larger than a request is sent in parts and joined back; each
         batch's arrays are copied as it is read, so a generator may reuse one buffer; a batch of no rows is
         answered in its place with zero rows of each output, without a model run). For a model fast per row,
-        requests hold several chunks, up to 256 rows, each run as one onnxruntime run (not in slices of the
-        rows one run takes: ``max_batch_size``, fewer for wide rows, ``batching.max_batch_bytes``), and so do a
+        requests hold several chunks, up to 256 rows and ``batching.max_batch_bytes`` of input, each run as one
+        onnxruntime run (not in slices of the rows one run takes: ``max_batch_size``, fewer for wide rows), and so do a
         ZipMap classifier's, whose requests are never merged; where the version's sessions leave a core idle,
         the iterating thread runs requests itself beside the workers (docs/performance.md, "Batch scoring"). A
         bounded window is kept submitted (default: two full requests of rows per session, and at most 64 MiB of
