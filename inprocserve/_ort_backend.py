@@ -587,9 +587,8 @@ class OnnxruntimeBackend:
         probe = self._create(0, threads=1, warm=False)
         assert self.signature is not None
         wanted = probe_rows if self.signature.batchable else 1
-        rows = rows_within(PROBE_MAX_BYTES, row_bytes(self.signature), wanted)
         try:
-            feeds = self._runnable_probe(probe, rows)
+            feeds, rows = self._runnable_probe(probe, wanted)
             elapsed = self._quickest_run(probe, feeds)
         except InprocserveError as exc:  # zeros are not valid input for every model
             logger.debug("thread probe of %r v%s failed (%s); using %d threads", self.model, self.version, exc, budget)
@@ -630,7 +629,7 @@ class OnnxruntimeBackend:
         measures the run: a host busy meanwhile does not move it, where wall time measured on a busy host
         read a one-row run at 80 to 200 µs and a second thread as quicker or slower by the draw)."""
         rows = next(iter(many.values())).shape[0]
-        return one_thread_rows(self._quickest_run(probe, self._runnable_probe(probe, 1)), many_s, rows)
+        return one_thread_rows(self._quickest_run(probe, self._runnable_probe(probe, 1)[0]), many_s, rows)
 
     def _quickest_run(self, probe: Any, feeds: dict[str, Any]) -> float:
         """The quickest of up to ``PROBE_RUNS`` timed runs of ``feeds`` on the one-thread ``probe`` session
@@ -656,13 +655,14 @@ class OnnxruntimeBackend:
         except OSError:
             return ONE_THREAD_SESSION_MAX_BYTES + 1  # (unreadable: no second copy)
 
-    def _runnable_probe(self, probe: Any, rows: int) -> dict[str, Any]:
-        """Zeros of ``rows`` rows that ``probe`` runs (its first run, which allocates), with the model's dynamic
-        inner axes as long as the first of :meth:`Signature.made_up_inner_sizes` that runs (a convolution over
-        time failed its probe on one step and got every core, however short its run), and its inputs of any
-        rank of the first of :meth:`Signature.made_up_ranks` that runs, as the warm-up tries them: the probe
-        runs before any session, so before the warm-up, and made such an input a scalar, which a MatMul
-        refused (the model got every core).
+    def _runnable_probe(self, probe: Any, wanted: int) -> tuple[dict[str, Any], int]:
+        """Zeros of ``wanted`` rows, or of as many as fit ``PROBE_MAX_BYTES`` at the length tried (counted at 1 step, a
+        probe of 16 made up 16 times the bound), that ``probe`` runs (its first run, which allocates), and their rows;
+        with the model's dynamic inner axes as long as the first of :meth:`Signature.made_up_inner_sizes` that runs (a
+        convolution over time failed its probe on one step and got every core, however short its run), and its inputs of
+        any rank of the first of :meth:`Signature.made_up_ranks` that runs, as the warm-up tries them: the probe runs
+        before any session, so before the warm-up, and made such an input a scalar, which a MatMul refused (the model
+        got every core).
 
         Raises:
             InprocserveError: the model runs on none of them (the first failure).
@@ -671,13 +671,14 @@ class OnnxruntimeBackend:
         first_failure: InferenceError | None = None
         for rank in self.signature.made_up_ranks():
             for size in self.signature.made_up_inner_sizes():
+                rows = rows_within(PROBE_MAX_BYTES, row_bytes(self.signature, size), wanted)
                 feeds = self.signature.synthesize(rows, size, any_rank=rank)
                 try:
                     self.run(probe, feeds)
                 except InferenceError as exc:
                     first_failure = first_failure or exc
                     continue
-                return feeds
+                return feeds, rows
         assert first_failure is not None
         raise first_failure
 

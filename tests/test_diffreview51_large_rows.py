@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from onnx import TensorProto, helper
 
 import inprocserve
@@ -58,3 +59,28 @@ def test_merging_off_still_checks_rows_where_max_batch_bytes_slices_a_request(tm
     with inprocserve.Server(repository=tmp_path, models={"centre": config}) as server:
         answer = server.predict("centre", {"x": rows})["y"]
     assert answer[:, 0].tolist() == [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+
+
+def test_the_thread_probe_counts_its_rows_at_the_length_it_runs_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("inprocserve._ort_rules.usable_cores", lambda: 2)  # (one core: no probe at all)
+    # A convolution of kernel 5 over a dynamic time axis, 32768 channels: it fails on 1 and 2 steps and runs on
+    # 16, where a row is 2 MiB; counted at 1 step (128 KiB), the probe made up 64 rows, 128 MiB of input
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32768, "time"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 1, "steps"])
+    kernel = helper.make_tensor("w", TensorProto.FLOAT, [1, 32768, 5], [0.0] * (32768 * 5))
+    conv = helper.make_node("Conv", ["x", "w"], ["y"])
+    model = helper.make_model(
+        helper.make_graph([conv], "conv", [x], [y], [kernel]), opset_imports=[helper.make_opsetid("", 13)]
+    )
+    model.ir_version = 8
+    save_model(model, tmp_path, "conv")
+    config = ModelConfig(batching=BatchingConfig(rows_independent="yes"))
+    with (
+        caplog.at_level("INFO", logger="inprocserve"),
+        inprocserve.Server(repository=tmp_path, models={"conv": config}),
+    ):
+        said = [record.getMessage() for record in caplog.records if "on one thread; using" in record.getMessage()]
+    assert len(said) == 1, said
+    assert "a 32-row run takes" in said[0], said
