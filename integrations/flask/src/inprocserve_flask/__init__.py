@@ -621,10 +621,18 @@ def _error_handler(statuses: Mapping[type[Exception], int], retry_after_s: float
             raise error
         response = jsonify(answer.body)
         response.status_code = answer.status
-        response.headers.update(answer.headers)
+        response.headers.update(_untyped(answer.headers))
         return response
 
     return handle
+
+
+def _untyped(headers: Mapping[str, str]) -> dict[str, str]:
+    """An answer's ``headers`` without its ``Content-Type``: ``jsonify`` types the JSON with the app's own
+    ``app.json.mimetype`` (``application/json; charset=utf-8``, say), as every other JSON answer of the plug-in
+    (``health``, ``ready``, ``models``); the answer's plain ``application/json`` replaced it on the errors and the
+    admin answers alone."""
+    return {name: value for name, value in headers.items() if name.lower() != "content-type"}
 
 
 def _blueprint(config: Mapping[str, Any]) -> Blueprint:
@@ -700,7 +708,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
             return jsonify(unauthorized), 401, {"WWW-Authenticate": "Bearer"}
         refused = web.admin_encoding_refused(request.headers.get("Content-Encoding"))
         if refused is not None:  # (a gzip body was read as raw bytes: refused as "not JSON")
-            return jsonify(refused.body), refused.status, dict(refused.headers)
+            return jsonify(refused.body), refused.status, _untyped(refused.headers)
         if web.body_end_unknown(request.environ):  # (read as empty: the action ran as if no body was sent)
             return jsonify({"error": "length_required", "message": web.LENGTH_REQUIRED}), 411
         try:
@@ -711,7 +719,7 @@ def _blueprint(config: Mapping[str, Any]) -> Blueprint:
             return jsonify({"error": "too_large", "message": _too_large_message()}), 413
         actor = f"admin endpoint from {request.remote_addr}"
         answer = web.admin_answer(_state().server, action, model, body, actor=actor, retry_after_s=retry_after_s)
-        return jsonify(answer.body), answer.status, dict(answer.headers)
+        return jsonify(answer.body), answer.status, _untyped(answer.headers)
 
     # merge_slashes=False: werkzeug answered a path with an empty segment (models/fraud%2F/kill, which names a model
     # "fraud/" that cannot exist, arrives as models/fraud//kill) with a 308 to the path with one slash, and a client
