@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from django.conf import settings as django_settings
 from django.core.checks import Error, Tags, Warning, register
@@ -165,7 +166,9 @@ def check_probes_not_redirected(app_configs: Any = None, **kwargs: Any) -> list[
     redirected = []
     for probe in ("health", "ready"):
         try:
-            path = reverse(f"inprocserve:{probe}").lstrip("/")  # (SecurityMiddleware matches it so)
+            # (SecurityMiddleware matches request.path so: without its leading "/", and decoded, where reverse()
+            # gives a prefix such as "modèles/" percent-encoded, which no exemption of it matches)
+            path = unquote(reverse(f"inprocserve:{probe}")).lstrip("/")
         except NoReverseMatch:  # (not routed: W004 says so where it matters)
             continue
         except Exception:  # (a URLconf that does not import: Django's own checks report it)
@@ -175,7 +178,7 @@ def check_probes_not_redirected(app_configs: Any = None, **kwargs: Any) -> list[
     if not redirected:
         return []
     prefix = redirected[0].rpartition("/")[0]  # (the URLconf's prefix: empty where it is included at the root)
-    start = f"{prefix}/" if prefix else ""
+    start = _REGEX_SPECIALS.sub(r"\\\g<0>", f"{prefix}/") if prefix else ""  # ("c++/" as c\+\+/, which matches it)
     return [
         Warning(
             f"SECURE_SSL_REDIRECT answers the probes ({', '.join('/' + path for path in redirected)}) with a 301 to "
@@ -188,6 +191,9 @@ def check_probes_not_redirected(app_configs: Any = None, **kwargs: Any) -> list[
         )
     ]
 
+
+_REGEX_SPECIALS = re.compile(r"[.^$*+?{}()\[\]\\|]")
+"""(The characters of a URL prefix that a regular expression reads as syntax: escaped in the hint's exemption.)"""
 
 _SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
 
