@@ -11,7 +11,8 @@ each turns the typed results below into its framework's responses.
 * :func:`budget_spent`: the error, recorded, for a prediction whose request spent its time budget first.
 * :func:`status_page`: the status page as an HTTP answer (a 503 page where the server cannot be built);
   :func:`status_page_unauthorized`: its 401.
-* :data:`ANSWER_HEADERS`, :data:`PRIVATE_ANSWER_HEADERS`: the headers of the endpoints' JSON answers.
+* :data:`ANSWER_HEADERS`, :data:`PRIVATE_ANSWER_HEADERS`: the headers of the endpoints' answers (no
+  ``Content-Type``: laid over answers of every type).
 * :func:`check_token`: a ``Bearer`` token (or HTTP Basic password) compared in constant time.
 * :func:`environ_key`: where a request header is in a WSGI environ (and Django's ``request.META``);
   :func:`header_setting_problem`: a setting naming a header that no request can send.
