@@ -153,10 +153,11 @@ def check_endpoints_routed(app_configs: Any = None, **kwargs: Any) -> list[Any]:
 
 @register(Tags.urls)
 def check_probes_not_redirected(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """inprocserve.W007: ``SECURE_SSL_REDIRECT`` answers the probes (``health``, ``ready``) with a 301 to
-    ``https://``, ``SECURE_REDIRECT_EXEMPT`` exempting neither. Answered a redirect, ``ready`` says nothing of the
-    models: a probe that follows it to the pod's own port, which speaks no TLS, fails (no worker is ever ready),
-    and Kubernetes counts one to another host (``SECURE_SSL_HOST``) as a success (ready, whatever the models)."""
+    """inprocserve.W007: ``SECURE_SSL_REDIRECT`` answers a probe (``health``, ``ready``) with a 301 to ``https://``,
+    ``SECURE_REDIRECT_EXEMPT`` leaving it out (each one left out is named). Answered a redirect, ``ready`` says
+    nothing of the models: a probe that follows it to the pod's own port, which speaks no TLS, fails (no worker is
+    ever ready), and Kubernetes counts one to another host (``SECURE_SSL_HOST``) as a success (ready, whatever the
+    models)."""
     names = getattr(django_settings, "MIDDLEWARE", None) or []
     if not getattr(django_settings, "SECURE_SSL_REDIRECT", False) or not any(map(_redirects_to_https, names)):
         return []
