@@ -4,6 +4,7 @@ instead (``inprocserve.web``'s start-up and message helpers) works for a team's 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import inspect
 import os
 import re
@@ -51,6 +52,8 @@ def private_uses(source: str) -> list[str]:
                 owner = _dotted(node.args[0], bound)
                 if owner is not None and _private_part(node.args[1].value):
                     found.append(f"line {node.lineno}: {owner}.{node.args[1].value}")
+        elif isinstance(node, ast.Call) and _called(node.func) in _IMPORTERS:
+            found += [f"line {node.lineno}: {name}" for name in _imported(node) if _private(name)]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _DOTTED.fullmatch(node.value):
             if _private(node.value):
                 found.append(f"line {node.lineno}: {node.value}")
@@ -58,6 +61,38 @@ def private_uses(source: str) -> list[str]:
 
 
 _NAME_READERS = frozenset({"getattr", "hasattr", "setattr", "delattr"})
+_IMPORTERS = frozenset({"import_module", "__import__"})
+
+
+def _called(func: ast.expr) -> str | None:
+    """The name a call calls (``import_module`` of ``importlib.import_module(...)`` too)."""
+    return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+
+
+def _imported(call: ast.Call) -> list[str]:
+    """The modules an ``import_module`` or ``__import__`` call with constant strings imports, whole: a relative name
+    resolved against its package (``import_module("._x", "inprocserve")``), and ``__import__``'s ``fromlist``
+    (``__import__("inprocserve", fromlist=["_x"])``), which the string constants alone do not spell."""
+    strings = [arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else None for arg in call.args]
+    keywords = {keyword.arg: keyword.value for keyword in call.keywords}
+    name = strings[0] if strings else None
+    if name is None:
+        return []
+    if _called(call.func) == "import_module":
+        package = strings[1] if len(strings) > 1 else None
+        given = keywords.get("package")
+        if isinstance(given, ast.Constant) and isinstance(given.value, str):
+            package = given.value
+        if name.startswith(".") and package is not None:
+            return [importlib.util.resolve_name(name, package)]
+        return [name]
+    fromlist = call.args[3] if len(call.args) > 3 else keywords.get("fromlist")
+    parts = fromlist.elts if isinstance(fromlist, ast.List | ast.Tuple) else []
+    return [name] + [
+        f"{name}.{part.value}" for part in parts if isinstance(part, ast.Constant) and isinstance(part.value, str)
+    ]
+
+
 _DOTTED = re.compile(r"inprocserve(?:\.[A-Za-z_]\w*)+")
 
 
@@ -116,6 +151,8 @@ def test_the_scan_finds_private_names_read_as_attributes_of_the_core_s_modules()
         "inprocserve.web._pages._HTML\n"  # 9 (the first private step only)
         "importlib.import_module('inprocserve._prefork')\n"  # 10
         "getattr(web, '_process')\n"  # 11
+        "importlib.import_module('._registry', 'inprocserve')\n"  # 12 (relative, resolved against its package)
+        "__import__('inprocserve.v2', fromlist=['_codec'])\n"  # 13
         "def f(web):\n    return inprocserve.__version__, web.ANSWER_HEADERS, local._x, inprocserve.web.close_match\n"
         "'inprocserve.web'\n"
     )
@@ -127,6 +164,8 @@ def test_the_scan_finds_private_names_read_as_attributes_of_the_core_s_modules()
         "line 9: inprocserve.web._pages",
         "line 10: inprocserve._prefork",
         "line 11: inprocserve.web._process",
+        "line 12: inprocserve._registry",
+        "line 13: inprocserve.v2._codec",
     ]
 
 
