@@ -33,7 +33,9 @@ each turns the typed results below into its framework's responses.
 The objects live in private submodules, one job each (``_settings``, ``_readiness``, ``_answers``, ``_admin``,
 ``_requests``, ``_process``, ``_pages``, ``_startup``); they are named, documented and kept here, as
 ``inprocserve.web.<name>`` (a function's ``__module__``; a class's names the submodule that defines it, where
-``inspect.getsource`` finds it), and the submodules' names may change in any release.
+``inspect.getsource`` finds it), and the submodules' names may change in any release: import and pickle
+by ``inprocserve.web.<name>`` (a pickle of a class names its submodule, which a release that moves it keeps
+importable).
 
 A plug-in needs nothing else from the core: the Flask and Django plug-ins import only ``inprocserve``,
 ``inprocserve.web`` and ``inprocserve.v2`` (a test holds them to it), never a private ``inprocserve._...``
