@@ -183,7 +183,7 @@ def test_a_synchronous_follower_run_on_the_new_copy_keeps_its_answer_there(
     )
     server = make_server(busy_repository, config=config)
     old = server._registry.loaded["busy"][1]
-    blocker = hold_session(server, rows=20_000)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=21)
     leader = server.submit("busy", inputs)  # gives up queued (cancelled): its follower runs by itself
     answers: list[object] = []

@@ -737,7 +737,7 @@ def test_followers_whose_leader_gave_up_during_a_reload_of_its_version_run_on_th
     waits_on_the_old_copy: list[Any] = []
     old_wait = old.batcher.wait
     monkeypatch.setattr(old.batcher, "wait", lambda request: (waits_on_the_old_copy.append(request), old_wait(request)))
-    blocker = hold_session(server, rows=20_000)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=21)
     leader = server.submit("busy", inputs)  # gives up (cancelled) as the old copy drains
     followers = [server.submit("busy", inputs) for _ in range(2)]
@@ -774,7 +774,7 @@ def test_followers_whose_leader_gave_up_while_a_new_version_replaced_theirs_run_
     # answered "version 1 was unloaded" while version 2 served: a hot reload must not drop a request.
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
     old = server._registry.loaded["busy"][1]
-    blocker = hold_session(server, rows=20_000)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=22)
     leader = server.submit("busy", inputs)  # gives up (cancelled) as version 1 drains
     answers: list[Any] = []
@@ -817,7 +817,7 @@ def test_a_follower_moved_to_the_new_version_that_misses_its_deadline_is_recorde
     unloaded one)."""
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
     old = server._registry.loaded["busy"][1]
-    blocker = hold_session(server, rows=10_000)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=24)
     leader = server.submit("busy", inputs)
     outcome: list[BaseException] = []
@@ -858,7 +858,7 @@ def test_a_follower_whose_leader_gave_up_as_the_server_closed_is_told_it_closed(
     busy_repository: Path, make_server: ServerFactory, hold_session: Callable[..., HeldSession]
 ) -> None:
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
-    blocker = hold_session(server, rows=10_000)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=26)
     leader = server.submit("busy", inputs)
     follower = server.submit("busy", inputs)
@@ -880,7 +880,7 @@ def test_a_pinned_follower_whose_version_was_unloaded_is_told_so(
     """One that asked for version 1 by number is never answered by another version."""
     server = make_server(busy_repository, config=sharing(True, max_queue_rows=30_000, max_request_rows=30_000))
     old = server._registry.loaded["busy"][1]
-    blocker = hold_session(server, rows=20_000)
+    blocker = hold_session(server)
     inputs = busy_inputs(1, seed=23)
     leader = server.submit("busy", inputs, version=1)
     follower = server.submit("busy", inputs, version=1)
