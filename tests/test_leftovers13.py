@@ -78,7 +78,7 @@ def interrupted_after(function: Any, offset: int) -> Iterator[list[int]]:
 
 
 def test_a_call_interrupted_as_it_pops_its_kept_connection_closes_it(
-    answers_ok_noting_closes: tuple[int, threading.Event],
+    answers_ok_noting_closes: tuple[int, threading.Event], young_heap: None
 ) -> None:
     """A call interrupted (Ctrl-C, gevent's Timeout) at any point where a signal handler runs as it takes its
     slot: right as the pool's queue handed it the kept-alive connection (its ``pop()`` returned, before the call
