@@ -116,7 +116,8 @@ test: system-deps lint typecheck $(MLSERVER_STAMP) $(KSERVE_STAMP) $(OTELINST_ST
 # 197 tests at the default SOAK_SECONDS: 14 and 17 minutes on a 2-core machine busy with other work besides
 # (2026-12-07; tests/soak 8 minutes of it, the fuzzing 3 to 4, the rest 3 to 4), before the HTTP fuzzing's
 # properties joined it (2.7 minutes more at the soak profile's 1,000 examples each, on a busy host), and a
-# status page of 2,000 real models (about 25 s; 200 in `make test`).
+# status page of 2,000 real models (about 25 s; 200 in `make test`),
+# and the public status of 1,000 versions (about 25 s; 100 in `make test`).
 SOAK_SECONDS ?= 30
 # Tests that provoke a rare race repeat it a few dozen times in `make test` and several times more here
 # (tests/conftest.py: race_rounds).
@@ -155,6 +156,7 @@ soak: install $(OLD_ORT_STAMP) $(OLD_UWSGI_STAMP)
 		integrations/flask/tests/test_flask_hostile_input.py integrations/django/tests/test_django_hostile_input.py \
 		integrations/flask/tests/test_uwsgi.py integrations/flask/tests/test_gunicorn_restarts_under_load.py \
 		tests/test_statusweb.py::test_a_real_repository_of_many_models_answers_its_page_and_status \
+		tests/test_snapshot_paths.py::test_the_public_status_of_many_versions_hides_every_path \
 		$(LONG_RACE_TESTS) $(PYTEST_ARGS)
 
 # The oldest versions the three packages claim to support (requirements/oldest.txt: numpy, onnxruntime,
