@@ -16,9 +16,11 @@ from ._config import PaddingConfig
 __all__ = [
     "BatchShapeError",
     "check_rows",
+    "first_problem",
     "group_key",
     "pad_and_stack",
     "mates_problem",
+    "row_mates_problems",
     "rows_problem",
     "split_outputs",
     "stack_inputs",
@@ -138,15 +140,21 @@ def rows_problem(names: Sequence[str], alone: Sequence[Sequence[Any]], stacked: 
                 f"output {name!r} has shape {list(one)} for one row and {list(other)} for another: its inner "
                 "length depends on the rows"
             )
-        expected = np.concatenate(parts)
         together = np.asarray(together)
-        if expected.shape != together.shape:
+        expected_shape = (len(parts), *next(iter(shapes))[1:])
+        if expected_shape != together.shape:
             return (
                 f"output {name!r} has shape {list(together.shape)} for rows run together but "
-                f"{list(expected.shape)} for the same rows run alone"
+                f"{list(expected_shape)} for the same rows run alone"
             )
-        rtol = 1e-2 if np.float16 in (expected.dtype, together.dtype) else 1e-3
-        difference = _difference(expected, together, rtol=rtol, floor=rtol, scale=expected)
+        if together.size <= _BLOCK:
+            alike = [np.concatenate(parts)]
+            pairs = [(alike[0], together)]
+        else:  # (each row against its slice of the run: no concatenated copy of the rows alone)
+            alike = [np.asarray(part) for part in parts]
+            pairs = [(part, together[row : row + 1]) for row, part in enumerate(alike)]
+        rtol = 1e-2 if np.float16 in (np.result_type(*alike), together.dtype) else 1e-3
+        difference = _difference(pairs, rtol=rtol, floor=rtol, scale=alike)
         if difference is not None:
             return (
                 f"output {name!r} of rows run together differs from the same rows run alone ({difference}): a "
@@ -170,44 +178,91 @@ def mates_problem(names: Sequence[str], together: Sequence[Any], twins: Sequence
     do not follow the rows are :func:`rows_problem`'s to report (it runs first); one that does there but has
     another shape beside a copy of its row has an inner length that depends on the other rows of its run.
     """
+    return first_problem([row_mates_problems(names, together, row, outputs) for row, outputs in enumerate(twins)])
+
+
+def row_mates_problems(
+    names: Sequence[str], together: Sequence[Any], row: int, outputs: Sequence[Any]
+) -> list[str | None]:
+    """:func:`mates_problem` for row ``row`` alone, ``outputs`` those of its run beside copies of itself: what
+    differs in each output (``None``: nothing), so that a caller may drop each such run's outputs before the
+    next (:func:`first_problem` then names the problem :func:`mates_problem` names)."""
+    problems: list[str | None] = []
     for index, name in enumerate(names):
         merged = np.asarray(together[index])
-        for row, outputs in enumerate(twins):
-            alike = np.asarray(outputs[index])
-            if merged.ndim == 0 or row >= merged.shape[0]:
-                break  # (no rows on axis 0: rows_problem's to report, the next output's to check)
-            if alike.shape != merged.shape:
-                return (
-                    f"output {name!r} has shape {list(merged.shape)} for a row run beside another but "
-                    f"{list(alike.shape)} for the same row run beside a copy of itself: its inner length depends "
-                    "on the other rows of its run"
-                )
-            # (slices, not items: an item of a 1-D output of strings is a str, with no dtype)
-            difference = _difference(alike[row : row + 1], merged[row : row + 1], rtol=1e-3, floor=1e-6, scale=alike)
-            if difference is not None:
-                return (
-                    f"output {name!r} of a row run beside another differs from the same row run beside a copy of "
-                    f"itself ({difference}): a row's answer depends on the other rows of its run (a statistic over "
-                    "the batch: dynamic quantization, batch normalization in training mode, a softmax or mean over "
-                    "axis 0)"
-                )
+        alike = np.asarray(outputs[index])
+        problems.append(None)
+        if merged.ndim == 0 or row >= merged.shape[0]:
+            continue  # (no rows on axis 0: rows_problem's to report, the next output's to check)
+        if alike.shape != merged.shape:
+            problems[-1] = (
+                f"output {name!r} has shape {list(merged.shape)} for a row run beside another but "
+                f"{list(alike.shape)} for the same row run beside a copy of itself: its inner length depends "
+                "on the other rows of its run"
+            )
+            continue
+        # (slices, not items: an item of a 1-D output of strings is a str, with no dtype)
+        difference = _difference([(alike[row : row + 1], merged[row : row + 1])], rtol=1e-3, floor=1e-6, scale=[alike])
+        if difference is not None:
+            problems[-1] = (
+                f"output {name!r} of a row run beside another differs from the same row run beside a copy of "
+                f"itself ({difference}): a row's answer depends on the other rows of its run (a statistic over "
+                "the batch: dynamic quantization, batch normalization in training mode, a softmax or mean over "
+                "axis 0)"
+            )
+    return problems
+
+
+def first_problem(rows: Sequence[Sequence[str | None]]) -> str | None:
+    """The problem :func:`mates_problem` names among :func:`row_mates_problems`' of each row: the first output's
+    with one, at its first row with one (``None``: none)."""
+    for problems in zip(*rows, strict=True):
+        found: str | None = next((problem for problem in problems if problem is not None), None)
+        if found is not None:
+            return found
     return None
 
 
-def _difference(expected: np.ndarray, got: np.ndarray, *, rtol: float, floor: float, scale: np.ndarray) -> str | None:
-    """How ``got`` differs from ``expected`` (``None``: it does not): exactly for integers, bools and strings;
-    for floats beyond a relative ``rtol`` of each value plus ``floor`` of the largest finite value of ``scale``
-    (the tolerances of :func:`rows_problem` and :func:`mates_problem`), NaN equal to NaN."""
-    if expected.dtype.kind not in "fc" or got.dtype.kind not in "fc":
-        return None if np.array_equal(expected, got) else "values differ"
+_BLOCK = 1 << 20
+"""Values compared at a time: the comparison's float64 temporaries stay a few MiB, however large the rows."""
+
+
+def _difference(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], *, rtol: float, floor: float, scale: Sequence[np.ndarray]
+) -> str | None:
+    """How each pair's ``got`` differs from its ``expected``, of the same shape (``None``: none does): exactly for
+    integers, bools and strings; for floats beyond a relative ``rtol`` of each value plus ``floor`` of the largest
+    finite value of ``scale`` (the tolerances of :func:`rows_problem` and :func:`mates_problem`), NaN equal to
+    NaN. Compared :data:`_BLOCK` values at a time, so that no copy of a whole output is made (a model's rows may
+    be hundreds of MiB each, and the load compares outputs of a few)."""
+    if any(expected.dtype.kind not in "fc" or got.dtype.kind not in "fc" for expected, got in pairs):
+        return None if all(np.array_equal(expected, got) for expected, got in pairs) else "values differ"
+    blocks = list(zip(_blocks([expected for expected, _ in pairs]), _blocks([got for _, got in pairs]), strict=True))
     with np.errstate(invalid="ignore", over="ignore"):
-        finite = np.abs(scale[np.isfinite(scale)].astype(np.float64))
-        atol = floor * float(finite.max()) if finite.size else 0.0
-        if np.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True):
+        largest = 0.0
+        for block in _blocks(scale):
+            finite = np.abs(block[np.isfinite(block)].astype(np.float64))
+            largest = max(largest, float(finite.max())) if finite.size else largest
+        atol = floor * largest
+        if all(np.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True) for expected, got in blocks):
             return None
-        gap = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-    gap = gap[np.isfinite(gap)]
-    return f"by up to {float(gap.max()):.3g}" if gap.size else "NaN or infinity where the other has a number"
+        widest: float | None = None
+        for expected, got in blocks:
+            gap = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+            gap = gap[np.isfinite(gap)]
+            widest = max(widest or 0.0, float(gap.max())) if gap.size else widest
+    return f"by up to {widest:.3g}" if widest is not None else "NaN or infinity where the other has a number"
+
+
+def _blocks(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The values of ``arrays`` in order, :data:`_BLOCK` at a time: one array where they are no more (the usual
+    outputs: one comparison, not one per row), else each array's in views (where it is contiguous)."""
+    if len(arrays) == 1 and arrays[0].size <= _BLOCK:
+        return list(arrays)  # (as they are: the usual output, checked at every load)
+    flat = [array.reshape(-1) for array in arrays]
+    if sum(each.size for each in flat) <= _BLOCK:
+        return [np.concatenate(flat)] if len(flat) > 1 else flat
+    return [each[start : start + _BLOCK] for each in flat for start in range(0, max(each.size, 1), _BLOCK)]
 
 
 def split_outputs(
