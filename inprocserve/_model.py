@@ -19,13 +19,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ._array_file import UnreadableArrayFileError, load_arrays
 from ._backend import Backend, BackendFactory, raised_by_signal_handler
-from ._batch_ops import mates_problem, rows_problem, stack_inputs
+from ._batch_ops import first_problem, row_mates_problems, rows_problem, stack_inputs
 from ._batching import Batcher
 from ._cache import PredictionCache
 from ._config import BatchingConfig, ModelConfig
@@ -562,12 +562,9 @@ class ModelVersion:
         sizes = PROBE_INNER_SIZES if signature.has_dynamic_inner_axes else PROBE_INNER_SIZES[:1]
         failures: list[str] = []
         for size in sizes:
-            first, second = signature.distinct_rows(size)
-            names = [spec.name for spec in signature.inputs]
-            stacked = stack_inputs([first, second], names)
+            stacked = _stacked(*signature.distinct_rows(size))
             try:
-                alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
-                together = self.backend.run(runner, stacked)
+                problem = self._rows_compared(runner, signature, stacked)
             except ServerClosedError:
                 raise
             except InprocserveError as exc:  # made-up rows are not valid input for every model
@@ -575,25 +572,46 @@ class ModelVersion:
                 if isinstance(exc, (RemoteUnavailableError, DeadlineExceededError, OverloadedError)):
                     break  # (longer rows would not reach a server that is down, nor one that is busy, either)
                 continue
-            problem = _compared(functools.partial(rows_problem, signature.output_names, alone, together))
-            if problem is not None:
-                return problem
-            twins = self._beside_copies(runner, first, second)
-            if twins is None:
-                return None
-            return _compared(functools.partial(mates_problem, signature.output_names, together, twins))
+            return problem
         raise _Inconclusive(f"the model would not run on made-up rows: {'; '.join(failures)}")
 
-    def _beside_copies(self, runner: Any, first: dict[str, Any], second: dict[str, Any]) -> list[Any] | None:
-        """The outputs of ``first`` run beside a copy of itself, and of ``second`` so (runs of the size of the two
-        stacked, so the same kernels: :func:`~._batch_ops.mates_problem`); ``None`` where one fails (these rows
-        ran stacked already: that shows nothing of the rows)."""
-        try:
-            return [self.backend.run(runner, stack_inputs([row, row], list(row))) for row in (first, second)]
-        except ServerClosedError:
-            raise
-        except InprocserveError:
-            return None
+    def _rows_compared(self, runner: Any, signature: Signature, stacked: dict[str, np.ndarray]) -> str | None:
+        """How the answers of the two rows of ``stacked`` run alone, together, and each beside a copy of itself
+        differ (``None``: they agree, or a run beside a copy failed, which shows nothing of the rows).
+
+        Holds as few rows as the comparisons need, for a model whose rows are hundreds of MiB each: the inputs
+        are ``stacked`` and one row's copy (the rows alone are its slices, and each run beside a copy is
+        ``stacked`` with one row copied over the other), and the outputs of at most two runs of two rows at
+        once (the rows alone's are dropped once compared, and each run beside a copy's once compared with
+        the run of the two rows). ``stacked`` is overwritten.
+
+        Raises:
+            InprocserveError: a run of the rows alone or together failed (made-up rows are not valid input
+                for every model).
+            _Inconclusive: the answers could not be compared.
+        """
+        outputs = signature.output_names
+        alone = [self.backend.run(runner, _row(stacked, row)) for row in (0, 1)]
+        together = self.backend.run(runner, stacked)
+        problem = _compared(functools.partial(rows_problem, outputs, alone, together))
+        del alone
+        if problem is not None:
+            return problem
+        # Runs of the size of the two stacked, so the same kernels: each row beside a copy of itself
+        second = _row(stacked, 1, copy=True)
+        found: list[list[str | None]] = []
+        for row in (0, 1):
+            for name, array in stacked.items():  # (the first row over the second, then the second over both)
+                array[1 - row :] = array[:1] if row == 0 else second[name]
+            try:
+                twins = self.backend.run(runner, stacked)
+            except ServerClosedError:
+                raise
+            except InprocserveError:
+                return None  # (these rows ran stacked already: that shows nothing of the rows)
+            found.append(_compared(functools.partial(row_mates_problems, outputs, together, row, twins)))
+            del twins
+        return first_problem(found)
 
     def _rows_dependence_at_index_zero(self, signature: Signature) -> str | None:
         """The check of :meth:`_rows_dependence` again, for a model that would not run on its made-up rows, with
@@ -619,17 +637,14 @@ class ModelVersion:
             for size in sizes:
                 first, second = signature.distinct_rows(size)
                 second = {name: first[name] if name in names else array for name, array in second.items()}
+                stacked = _stacked(first, second)
+                del first, second
                 try:
-                    alone = [self.backend.run(runner, first), self.backend.run(runner, second)]
-                    together = self.backend.run(runner, stack_inputs([first, second], list(first)))
+                    problem = self._rows_compared(runner, signature, stacked)
                 except ServerClosedError:
                     raise
                 except InprocserveError:
                     continue
-                try:
-                    problem = _compared(functools.partial(rows_problem, signature.output_names, alone, together))
-                    if problem is None and (twins := self._beside_copies(runner, first, second)) is not None:
-                        problem = _compared(functools.partial(mates_problem, signature.output_names, together, twins))
                 except _Inconclusive:  # (answers of a kind the comparison does not foresee: nothing shown)
                     break
                 if problem is not None:
@@ -972,11 +987,14 @@ class ModelVersion:
         }
 
 
+_Found = TypeVar("_Found")
+
+
 class _Inconclusive(Exception):
     """The load's check that a row's answer is its own could not be made (the message says why)."""
 
 
-def _compared(check: Callable[[], str | None]) -> str | None:
+def _compared(check: Callable[[], _Found]) -> _Found:
     """``check()`` of answers to made-up rows; an error of answers of a kind the comparison does not foresee
     is :class:`_Inconclusive` (nothing shown), unless a signal handler raised it (the caller's task stopped by
     its time limit as the load compared them: its own exception)."""
@@ -986,6 +1004,16 @@ def _compared(check: Callable[[], str | None]) -> str | None:
         if raised_by_signal_handler(exc):
             raise
         raise _Inconclusive(f"its answers to made-up rows could not be compared: {exc!r}") from exc
+
+
+def _stacked(first: dict[str, np.ndarray], second: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The one-row requests ``first`` and ``second`` as one run of two rows (each input one new array)."""
+    return stack_inputs([first, second], list(first))
+
+
+def _row(stacked: dict[str, np.ndarray], row: int, *, copy: bool = False) -> dict[str, np.ndarray]:
+    """Row ``row`` of ``stacked`` as a one-row request: views of its arrays, or copies."""
+    return {name: array[row : row + 1].copy() if copy else array[row : row + 1] for name, array in stacked.items()}
 
 
 def _holds(dtype: np.dtype[Any], value: float) -> bool:
