@@ -580,10 +580,10 @@ class ModelVersion:
         differ (``None``: they agree, or a run beside a copy failed, which shows nothing of the rows).
 
         Holds as few rows as the comparisons need, for a model whose rows are hundreds of MiB each: the inputs
-        are ``stacked`` and one row's copy (the rows alone are its slices, and each run beside a copy is
-        ``stacked`` with one row copied over the other), and the outputs of at most two runs of two rows at
-        once (the rows alone's are dropped once compared, and each run beside a copy's once compared with
-        the run of the two rows). ``stacked`` is overwritten.
+        are ``stacked`` and one row's copy (each row run alone is a copy of its row, dropped once run, and each
+        run beside a copy is ``stacked`` with one row copied over the other), and the outputs of at most two
+        runs of two rows at once (the rows alone's are dropped once compared, and each run beside a copy's once
+        compared with the run of the two rows). ``stacked`` is overwritten.
 
         Raises:
             InprocserveError: a run of the rows alone or together failed (made-up rows are not valid input
@@ -591,14 +591,16 @@ class ModelVersion:
             _Inconclusive: the answers could not be compared.
         """
         outputs = signature.output_names
-        alone = [self.backend.run(runner, _row(stacked, row)) for row in (0, 1)]
+        # (each row alone a copy, and the second row's copy made before the run of both: feeds are the backend's
+        # to use, and one that works in them, centring its input in place, would change the rows it compares)
+        alone = [self.backend.run(runner, _row(stacked, row, copy=True)) for row in (0, 1)]
+        second = _row(stacked, 1, copy=True)
         together = self.backend.run(runner, stacked)
         problem = _compared(functools.partial(rows_problem, outputs, alone, together))
         del alone
         if problem is not None:
             return problem
         # Runs of the size of the two stacked, so the same kernels: each row beside a copy of itself
-        second = _row(stacked, 1, copy=True)
         found: list[list[str | None]] = []
         for row in (0, 1):
             for name, array in stacked.items():  # (the first row over the second, then the second over both)
