@@ -161,7 +161,7 @@ def test_a_config_toml_written_for_a_newer_release_does_not_stop_older_workers_f
     running = make_server(fraud, control_interval_s=None)
     # The shared repository's config.toml gets keys that only the upgraded hosts read.
     config.write_text(
-        "[batching]\nmax_batch_size = 16\nmax_batch_bytes = 1048576\n[rollout.canary]\nsticky_hours = 4\n"
+        "[batching]\nmax_batch_size = 16\ntoken_budget = 1048576\n[rollout.canary]\nsticky_hours = 4\n"
         "[tracing]\nsample = 0.1\n"
     )
     with caplog.at_level(logging.WARNING, logger="inprocserve"):
@@ -173,7 +173,7 @@ def test_a_config_toml_written_for_a_newer_release_does_not_stop_older_workers_f
     assert starting.models["fraud"] == [2]
     status = starting.status()["models"]["fraud"]
     assert status["config_error"] is None
-    assert "[batching] max_batch_bytes, [rollout.canary] sticky_hours, tracing" in status["config_warning"]
+    assert "[batching] token_budget, [rollout.canary] sticky_hours, tracing" in status["config_warning"]
     assert status["versions"]["2"]["max_batch_size"] == 16  # (the keys it knows are applied)
     assert "Configuration warning:" in render_status_page(starting.status())
     said = [r for r in caplog.records if "does not know" in r.getMessage()]
@@ -183,11 +183,11 @@ def test_a_config_toml_written_for_a_newer_release_does_not_stop_older_workers_f
     # same settings, whenever each started. (It kept its old ones, while a restarted worker took the new.)
     assert running.status()["models"]["fraud"]["versions"]["2"]["max_batch_size"] == 16
     assert running.status()["models"]["fraud"]["config_error"] is None
-    assert "max_batch_bytes" in running.status()["models"]["fraud"]["config_warning"]
+    assert "token_budget" in running.status()["models"]["fraud"]["config_warning"]
 
     # The deploy check of this release names them as a problem: a typo, most often.
     assert main(["validate", str(fraud)]) == 1
-    assert "max_batch_bytes" in capsys.readouterr().out
+    assert "token_budget" in capsys.readouterr().out
 
 
 def test_workers_of_one_host_serve_the_same_settings_whenever_they_started(
@@ -316,9 +316,9 @@ def test_a_newer_releases_key_in_an_ab_arm_is_left_out_like_any_other(fraud: Pat
 
 def test_the_config_warning_goes_with_the_config_toml(fraud: Path, make_server: ServerFactory) -> None:
     config = fraud / "fraud" / "config.toml"
-    config.write_text("[batching]\nmax_batch_bytes = 5\n")
+    config.write_text("[batching]\ntoken_budget = 5\n")
     server = make_server(fraud, control_interval_s=None)
-    assert "max_batch_bytes" in server.status()["models"]["fraud"]["config_warning"]
+    assert "token_budget" in server.status()["models"]["fraud"]["config_warning"]
     config.unlink()
     server.refresh()
     assert server.status()["models"]["fraud"]["config_warning"] is None  # (it named the removed file for good)
