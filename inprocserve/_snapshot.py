@@ -153,7 +153,9 @@ def _models_status(
         baseline = None if routes is None or answering is None else routes.versions[answering]
         unhealthy: dict[str, str] = {}
         for number, model_version in sorted(loaded.get(name, {}).items()):
-            facts = _brief_entry(model_version, signatures=signatures) if brief else model_version.status()
+            model_version, facts = _version_facts(
+                registry, name, number, model_version, brief=brief, signatures=signatures
+            )
             if facts["health"] is not None and routes is not None and number in routes.versions:
                 unhealthy[str(number)] = facts["health"]
             reload_failure = failures.get(name, {}).get(number)  # its files changed and loading them failed
@@ -189,6 +191,27 @@ def _models_status(
             "shadow": None if shadow_status is None else shadow_status(name),
         }
     return models
+
+
+_REPLACED_COPY_READS = 4
+"""How many copies of one version a status read follows (a hot reload takes a load each: more never happen)."""
+
+
+def _version_facts(
+    registry: Registry, name: str, number: int, model_version: ModelVersion, *, brief: bool, signatures: bool
+) -> tuple[ModelVersion, dict[str, Any]]:
+    """``model_version``'s facts, or those of the copy that replaced it meanwhile: a hot reload swaps the new
+    copy in, then retires the old one, so the old copy's, read after the table was copied, showed a served
+    version as "draining" or "unloaded", and unhealthy ("... is unloaded"; readiness then failed while the
+    answering version reloaded). The facts are read first, then the copy checked to be still the loaded one;
+    returns the copy read, and its facts."""
+    for _ in range(_REPLACED_COPY_READS):
+        facts = _brief_entry(model_version, signatures=signatures) if brief else model_version.status()
+        current = registry.loaded.get(name, {}).get(number)
+        if current is None or current is model_version:  # (unloaded meanwhile: the old copy's facts stand)
+            break
+        model_version = current
+    return model_version, facts
 
 
 def _incompatibilities(baseline: ModelVersion | None, version: ModelVersion, held: list[str] | None) -> list[str]:
