@@ -194,7 +194,8 @@ def _models_status(
 
 
 _REPLACED_COPY_READS = 4
-"""How many copies of one version a status read follows (a hot reload takes a load each: more never happen)."""
+"""How many replacing copies of one version a status read follows (each a hot reload finished while it read;
+past them, the last copy's facts stand: a reload takes a whole load, far longer than a read)."""
 
 
 def _version_facts(
