@@ -202,17 +202,21 @@ _SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
 def _redirects_to_https(name: object) -> bool:
     """Whether the middleware ``name`` is Django's ``SecurityMiddleware`` (or a subclass), which answers
     ``SECURE_SSL_REDIRECT``."""
-    if name == _SECURITY_MIDDLEWARE:
-        return True
-    if not isinstance(name, str) or "." not in name:
-        return False
     from django.middleware.security import SecurityMiddleware
 
+    return name == _SECURITY_MIDDLEWARE or _names_subclass(name, SecurityMiddleware)
+
+
+def _names_subclass(name: object, base: type) -> bool:
+    """Whether the dotted path ``name`` (a ``MIDDLEWARE`` entry) imports as ``base`` or a subclass of it (one that
+    does not import is left to Django, which reports it)."""
+    if not isinstance(name, str) or "." not in name:
+        return False
     try:
         found = import_string(name)
     except Exception:
         return False
-    return isinstance(found, type) and issubclass(found, SecurityMiddleware)
+    return isinstance(found, type) and issubclass(found, base)
 
 
 def _urls_included() -> bool:
@@ -257,13 +261,7 @@ def _is_ours(name: object) -> bool:
     is left to Django, which reports it)."""
     from .middleware import InprocserveMiddleware
 
-    if not isinstance(name, str) or "." not in name:
-        return False
-    try:
-        found = import_string(name)
-    except Exception:
-        return False
-    return isinstance(found, type) and issubclass(found, InprocserveMiddleware)
+    return _names_subclass(name, InprocserveMiddleware)
 
 
 _REPOSITORY_STATE = {"inprocserve.E002"}
