@@ -249,15 +249,21 @@ def _left_in_float32(source: Path) -> dict[str, str]:
     return {"Conv": LEFT_IN_FLOAT32_REASON} if "Conv" in op_types else {}
 
 
-def _write_quantized(tools: Any, source: Path, folder: Path, name: str, *, left_in_float32: set[str]) -> Path:
-    """Quantize ``source`` into a new temporary file in ``folder``, all but the operator types of
-    ``left_in_float32``; the caller renames or removes it.
+def _temporary_path(target: Path) -> Path:
+    """A new name for the quantized model beside ``target``, hidden, until it is renamed over ``target``."""
+    return target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+
+
+def _write_quantized(tools: Any, source: Path, path: Path, *, left_in_float32: set[str]) -> None:
+    """Quantize ``source`` into the new file ``path`` (made here), all but the operator types of
+    ``left_in_float32``; the caller renames it, or removes it whatever is raised, and from the moment it calls
+    this: a stop signal may end the call between the file's making and the code that would remove it.
 
     Raises:
-        ModelLoadError: the source cannot be loaded or quantized (no file is left behind).
+        ModelLoadError: the source cannot be loaded or quantized.
+        FileExistsError: ``path`` exists (not this call's file: never removed).
     """
     # not mkstemp: its file is private (0600), and a served model must stay readable as any new file is
-    path = folder / f".{name}.{secrets.token_hex(8)}.tmp"
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         import onnxruntime.quantization.registry
@@ -270,12 +276,8 @@ def _write_quantized(tools: Any, source: Path, folder: Path, name: str, *, left_
         tools.quantize_dynamic(str(source), str(path), op_types_to_quantize=op_types, weight_type=tools.QuantType.QInt8)
         with path.open("rb") as written:
             os.fsync(written.fileno())
-    except BaseException as exc:
-        path.unlink(missing_ok=True)
-        if isinstance(exc, Exception):
-            raise ModelLoadError(f"cannot quantize {source}: {exc}") from exc
-        raise
-    return path
+    except Exception as exc:
+        raise ModelLoadError(f"cannot quantize {source}: {exc}") from exc
 
 
 def quantize(
@@ -310,8 +312,11 @@ def quantize(
     # onnxruntime's quantization tools import onnx, which only the "quantize" extra installs
     tools = require("onnxruntime.quantization", extra="quantize", feature="quantize")
     left_in_float32 = _left_in_float32(source)
-    written = _write_quantized(tools, source, target.parent, target.name, left_in_float32=set(left_in_float32))
+    written = _temporary_path(target)
     try:
+        # (made inside the try: a Ctrl-C between the file's making and a try that began after it left the file
+        # behind, seen under load once the call had returned and before its result was assigned)
+        _write_quantized(tools, source, written, left_in_float32=set(left_in_float32))
         raise_if_stopped()
         report = _compare(source, written, sample_rows=sample_rows, seconds=seconds)
         report["left_in_float32"] = left_in_float32
@@ -326,8 +331,9 @@ def quantize(
             raise refusal
         raise_if_stopped()  # (never put in place the model of a run that was stopped)
         os.replace(written, target)
-    except BaseException:
-        written.unlink(missing_ok=True)
+    except BaseException as exc:
+        if not isinstance(exc, FileExistsError):  # (the name was another's: its file is not this run's to remove)
+            written.unlink(missing_ok=True)
         raise
     with contextlib.suppress(OSError):  # make the new name durable too, where the platform allows it
         folder = os.open(target.parent, os.O_RDONLY)
